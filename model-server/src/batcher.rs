@@ -1,0 +1,292 @@
+//! Dynamic batching: each model version has one bounded queue and a few worker
+//! threads. A worker takes the oldest request, gathers more until the batch is
+//! full or the oldest has waited `max_queue_delay`, runs them as one inference and
+//! hands each caller its own rows back. A full queue refuses at once (429).
+//!
+//! Inference is CPU-bound, so it runs on dedicated OS threads, never on the async
+//! runtime's workers.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
+use tokio::sync::oneshot;
+
+use crate::config::ModelSpec;
+use crate::datatype::TensorData;
+use crate::error::InferError;
+use crate::runtime::{OnnxModel, OutputTensor};
+
+/// Outputs of one request (ordered as `spec.outputs`), or why it failed.
+pub type JobResult = Result<Vec<OutputTensor>, InferError>;
+
+/// One request waiting in a version's queue.
+struct Job {
+    inputs: Vec<(Vec<usize>, TensorData)>,
+    rows: usize,
+    enqueued: Instant,
+    reply: oneshot::Sender<JobResult>,
+}
+
+/// Counters a version's batcher keeps, for logs and metrics.
+#[derive(Debug, Default)]
+pub struct BatchStats {
+    /// Inferences run.
+    pub batches: AtomicU64,
+    /// Requests answered through them.
+    pub requests: AtomicU64,
+    /// Rows run.
+    pub rows: AtomicU64,
+    /// Requests refused because the queue was full.
+    pub rejected: AtomicU64,
+}
+
+/// The queue in front of one loaded model version.
+pub struct Batcher {
+    sender: Sender<Job>,
+    capacity: usize,
+    model: String,
+    version: String,
+    stats: Arc<BatchStats>,
+}
+
+impl Batcher {
+    /// Starts `spec.instances` worker threads running `model`.
+    ///
+    /// # Errors
+    /// The OS error when a thread cannot be spawned.
+    pub fn start(
+        spec: Arc<ModelSpec>,
+        version: String,
+        model: Arc<OnnxModel>,
+    ) -> std::io::Result<Batcher> {
+        let capacity = spec.max_queue_size;
+        let (sender, receiver) = crossbeam_channel::bounded::<Job>(capacity);
+        let stats = Arc::new(BatchStats::default());
+        for i in 0..spec.instances {
+            let worker = Worker {
+                spec: spec.clone(),
+                version: version.clone(),
+                model: model.clone(),
+                receiver: receiver.clone(),
+                stats: stats.clone(),
+                carry: None,
+            };
+            std::thread::Builder::new()
+                .name(format!("infer-{}-v{version}-{i}", spec.name))
+                .spawn(move || worker.run())?;
+        }
+        Ok(Batcher {
+            sender,
+            capacity,
+            model: spec.name.clone(),
+            version,
+            stats,
+        })
+    }
+
+    /// Queues a checked request and waits for its rows.
+    ///
+    /// # Errors
+    /// `QueueFull` at once when the queue is full; `ShuttingDown` when the workers
+    /// are gone; the inference error otherwise.
+    pub async fn infer(&self, inputs: Vec<(Vec<usize>, TensorData)>, rows: usize) -> JobResult {
+        let (reply, answer) = oneshot::channel();
+        let job = Job {
+            inputs,
+            rows,
+            enqueued: Instant::now(),
+            reply,
+        };
+        match self.sender.try_send(job) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => {
+                self.stats.rejected.fetch_add(1, Ordering::Relaxed);
+                return Err(InferError::QueueFull {
+                    model: self.model.clone(),
+                    version: self.version.clone(),
+                    capacity: self.capacity,
+                });
+            }
+            Err(TrySendError::Disconnected(_)) => return Err(InferError::ShuttingDown),
+        }
+        answer.await.unwrap_or(Err(InferError::ShuttingDown))
+    }
+
+    /// The batcher's counters.
+    pub fn stats(&self) -> &BatchStats {
+        &self.stats
+    }
+}
+
+struct Worker {
+    spec: Arc<ModelSpec>,
+    version: String,
+    model: Arc<OnnxModel>,
+    receiver: Receiver<Job>,
+    stats: Arc<BatchStats>,
+    /// A request taken from the queue that did not fit the last batch.
+    carry: Option<Job>,
+}
+
+impl Worker {
+    fn run(mut self) {
+        while let Some(first) = self.carry.take().or_else(|| self.receiver.recv().ok()) {
+            let batch = self.gather(first);
+            self.execute(batch);
+        }
+    }
+
+    /// Collects requests to run with `first`: until max_batch_size rows, or until
+    /// `first` has waited max_queue_delay. Requests whose trailing dimensions
+    /// differ from `first` cannot be concatenated and wait for the next batch.
+    fn gather(&mut self, first: Job) -> Vec<Job> {
+        let Some(batching) = self.spec.dynamic_batching else {
+            return vec![first];
+        };
+        let deadline = first.enqueued + batching.max_queue_delay;
+        let mut rows = first.rows;
+        let mut batch = vec![first];
+        while rows < self.spec.max_batch_size {
+            let next = match self.receiver.try_recv() {
+                Ok(job) => job,
+                Err(_) => match self.receiver.recv_deadline(deadline) {
+                    Ok(job) => job,
+                    Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
+                },
+            };
+            if rows + next.rows > self.spec.max_batch_size || !same_trailing_dims(&batch[0], &next)
+            {
+                self.carry = Some(next);
+                break;
+            }
+            rows += next.rows;
+            batch.push(next);
+        }
+        batch
+    }
+
+    fn execute(&self, batch: Vec<Job>) {
+        // A caller whose deadline passed has dropped its receiver: skip its rows.
+        let batch: Vec<Job> = batch.into_iter().filter(|j| !j.reply.is_closed()).collect();
+        if batch.is_empty() {
+            return;
+        }
+        let total_rows: usize = batch.iter().map(|j| j.rows).sum();
+        let result = if batch.len() == 1 {
+            self.model.run(&self.spec, &batch[0].inputs)
+        } else {
+            match concat_inputs(&batch, total_rows) {
+                Some(inputs) => self.model.run(&self.spec, &inputs),
+                None => Err("requests in one batch have different input types".to_owned()),
+            }
+        };
+        self.stats.batches.fetch_add(1, Ordering::Relaxed);
+        self.stats
+            .requests
+            .fetch_add(batch.len() as u64, Ordering::Relaxed);
+        self.stats
+            .rows
+            .fetch_add(total_rows as u64, Ordering::Relaxed);
+        let fail = |message: String| InferError::Inference {
+            model: self.spec.name.clone(),
+            version: self.version.clone(),
+            message,
+        };
+        match result {
+            Err(message) => {
+                tracing::warn!(model = %self.spec.name, version = %self.version, rows = total_rows, %message, "inference failed");
+                for job in batch {
+                    let _ = job.reply.send(Err(fail(message.clone())));
+                }
+            }
+            Ok(outputs) if batch.len() == 1 => {
+                if let Some(job) = batch.into_iter().next() {
+                    let _ = job.reply.send(Ok(outputs));
+                }
+            }
+            Ok(outputs) => {
+                match split_outputs(&outputs, &batch, total_rows, self.spec.batched_dims) {
+                    Ok(parts) => {
+                        for (job, part) in batch.into_iter().zip(parts) {
+                            // The caller may have gone; its rows are simply dropped.
+                            let _ = job.reply.send(Ok(part));
+                        }
+                    }
+                    Err(message) => {
+                        for job in batch {
+                            let _ = job.reply.send(Err(fail(message.clone())));
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn same_trailing_dims(a: &Job, b: &Job) -> bool {
+    a.inputs.len() == b.inputs.len()
+        && a.inputs
+            .iter()
+            .zip(&b.inputs)
+            .all(|((sa, _), (sb, _))| sa.get(1..) == sb.get(1..))
+}
+
+/// Concatenates every job's inputs along the batch axis.
+fn concat_inputs(batch: &[Job], total_rows: usize) -> Option<Vec<(Vec<usize>, TensorData)>> {
+    let first = batch.first()?;
+    first
+        .inputs
+        .iter()
+        .enumerate()
+        .map(|(i, (shape, data))| {
+            let per_row = data.len() / first.rows.max(1);
+            let mut joined = TensorData::with_capacity(data.datatype(), per_row * total_rows)?;
+            for job in batch {
+                if !joined.extend_from(&job.inputs.get(i)?.1) {
+                    return None;
+                }
+            }
+            let mut full_shape = shape.clone();
+            if let Some(d0) = full_shape.first_mut() {
+                *d0 = total_rows;
+            }
+            Some((full_shape, joined))
+        })
+        .collect()
+}
+
+/// Splits batched outputs back into each job's rows.
+fn split_outputs(
+    outputs: &[OutputTensor],
+    batch: &[Job],
+    total_rows: usize,
+    batched_dims: bool,
+) -> Result<Vec<Vec<OutputTensor>>, String> {
+    let mut parts: Vec<Vec<OutputTensor>> = batch
+        .iter()
+        .map(|_| Vec::with_capacity(outputs.len()))
+        .collect();
+    for out in outputs {
+        if !batched_dims || out.shape.first().copied() != Some(total_rows) {
+            return Err(format!(
+                "an output has shape {:?}; batching needs its first dimension to be the {total_rows} rows",
+                out.shape
+            ));
+        }
+        let per_row = out.data.len() / total_rows.max(1);
+        let mut start = 0;
+        for (job, part) in batch.iter().zip(parts.iter_mut()) {
+            let end = start + job.rows * per_row;
+            let mut shape = out.shape.clone();
+            shape[0] = job.rows;
+            part.push(OutputTensor {
+                shape,
+                data: out.data.slice(start, end),
+            });
+            start = end;
+        }
+    }
+    Ok(parts)
+}

@@ -1,0 +1,18 @@
+//! A standalone Open Inference Protocol (KServe V2) server for ONNX models: gRPC
+//! and REST fronts over one engine, models run in pure Rust with tract, with
+//! dynamic batching and warm-up-gated readiness.
+//!
+//! `main.rs` only parses flags and calls [`server::ModelServer::bind`] then `run`.
+
+pub mod batcher;
+pub mod cli;
+pub mod config;
+pub mod datatype;
+pub mod engine;
+pub mod error;
+pub mod grpc;
+pub mod http;
+pub mod repository;
+pub mod request;
+pub mod runtime;
+pub mod server;

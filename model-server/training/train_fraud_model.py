@@ -1,0 +1,844 @@
+#!/usr/bin/env python3
+"""Train the example `fraud_detector` model and export it to ONNX.
+
+Everything here is deterministic (fixed seeds): re-running the script with the
+pinned versions in requirements.txt regenerates the same data set, the same
+models and the same reference outputs.
+
+What it does:
+
+1. generates a synthetic card-payment data set (one transaction per customer,
+   keyed by ``customer_id``) -- see DATASET.md for the generator and the label
+   rule;
+2. trains version 1 (StandardScaler + LogisticRegression) and version 2
+   (RandomForestClassifier) on a stratified 80/20 split, reports test AUC;
+3. exports both with skl2onnx (input ``features`` float32 [N, 15], outputs
+   ``label`` int64 [N] and ``probabilities`` float32 [N, 2], no ZipMap,
+   opsets ``'': 17`` / ``ai.onnx.ml: 3``) into the model repository;
+4. writes ``config.toml`` for the model;
+5. runs 256 held-out rows through onnxruntime (CPUExecutionProvider) and
+   writes them as reference JSON for the Rust server's tests;
+6. checks each ONNX file again with onnxruntime: output names, dtypes, shapes
+   and agreement with sklearn ``predict_proba`` on the whole test set.
+
+Usage (from the repository root):
+
+    python model-server/training/train_fraud_model.py \
+        --out-repo model-server/models \
+        --reference-dir model-server/training/reference
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+
+import onnx
+import onnxruntime as ort
+import skl2onnx
+import sklearn
+from skl2onnx import convert_sklearn
+from skl2onnx.common.data_types import FloatTensorType
+from sklearn.ensemble import RandomForestClassifier
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import roc_auc_score
+from sklearn.model_selection import train_test_split
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import StandardScaler
+
+# --------------------------------------------------------------------------
+# Constants
+# --------------------------------------------------------------------------
+
+MODEL_NAME = "fraud_detector"
+INPUT_NAME = "features"
+
+STATIC_FEATURES = [
+    "account_age_days",
+    "avg_txn_amount_30d",
+    "txn_count_30d",
+    "chargeback_count_1y",
+    "home_country_risk",
+]
+DYNAMIC_FEATURES = [
+    "txn_count_1h",
+    "txn_amount_sum_1h",
+    "distinct_merchants_24h",
+    "failed_auth_count_24h",
+    "minutes_since_last_txn",
+]
+REQUEST_FEATURES = [
+    "amount",
+    "merchant_category_risk",
+    "is_card_present",
+    "hour_of_day",
+    "distance_from_home_km",
+]
+FEATURE_NAMES = STATIC_FEATURES + DYNAMIC_FEATURES + REQUEST_FEATURES
+N_FEATURES = len(FEATURE_NAMES)
+assert N_FEATURES == 15
+
+N_CUSTOMERS = 50_000
+DATA_SEED = 20240611          # numpy Generator seed for the data set
+SPLIT_SEED = 42               # train/test split
+RF_SEED = 7                   # RandomForestClassifier random_state
+LR_SEED = 0                   # LogisticRegression random_state (lbfgs ignores it)
+SAMPLE_SEED = 1234            # choice of the reference rows
+TEST_FRACTION = 0.2
+N_REFERENCE = 256
+N_REFERENCE_FRAUD = 64        # fraud rows among the 256 reference rows
+
+RF_N_ESTIMATORS = 50
+RF_MAX_DEPTH = 10
+RF_FALLBACK_MAX_DEPTH = 8
+MAX_ONNX_BYTES = 3 * 1024 * 1024
+
+TARGET_OPSET = {"": 17, "ai.onnx.ml": 3}
+
+# Label rule coefficients (logit scale).  Documented in DATASET.md.
+LABEL_INTERCEPT = -7.5
+LABEL_NOISE_SD = 0.8
+LABEL_COEF = {
+    "log_amount_ratio": 0.9,          # log(amount / avg_txn_amount_30d), clipped at 0 below
+    "txn_count_1h": 0.35,
+    "log1p_sum_1h_ratio": 0.4,        # log1p(txn_amount_sum_1h / avg_txn_amount_30d)
+    "distinct_merchants_24h": 0.12,
+    "failed_auth_count_24h": 0.55,
+    "short_gap": 0.6,                 # minutes_since_last_txn < 5
+    "merchant_category_risk": 2.2,
+    "home_country_risk": 1.5,
+    "chargeback_count_1y": 0.7,
+    "new_account": 0.8,               # account_age_days < 30
+    "log1p_age_months": -0.25,        # log1p(account_age_days / 30)
+    "log1p_distance": 0.3,            # log1p(distance_from_home_km)
+    "cnp_night": 1.4,                 # card not present and hour in [0, 5]
+    "cnp_far": 1.0,                   # card not present and distance > 500 km
+    "big_amount_and_burst": 0.8,      # amount > 3 x avg and txn_count_1h >= 3
+    "card_not_present": 0.5,
+}
+
+# Diurnal profile for the hour of day of ordinary transactions (relative weights).
+HOUR_WEIGHTS = np.array(
+    [0.6, 0.4, 0.3, 0.25, 0.25, 0.4, 0.9, 1.8, 3.0, 3.8, 4.2, 4.6,
+     5.2, 5.0, 4.6, 4.5, 4.7, 5.2, 5.6, 5.4, 4.6, 3.6, 2.4, 1.3]
+)
+
+
+# --------------------------------------------------------------------------
+# Data generation
+# --------------------------------------------------------------------------
+
+
+def _round(x: np.ndarray, decimals: int) -> np.ndarray:
+    return np.round(x, decimals)
+
+
+def generate_dataset(n: int, seed: int) -> dict:
+    """Return a dict with customer ids, the feature matrix X (float32, n x 15),
+    the label y (int64), the true fraud probability and the latent
+    'risky session' flag (only used for documentation)."""
+    rng = np.random.default_rng(seed)
+
+    customer_id = np.array([f"C{i:06d}" for i in range(1, n + 1)])
+
+    # ---- static customer features (daily batch) -------------------------
+    account_age_days = np.clip(np.floor(rng.gamma(shape=1.5, scale=500.0, size=n)) + 1, 1, 3650)
+    avg_txn_amount_30d = _round(np.clip(rng.lognormal(mean=np.log(45.0), sigma=0.8, size=n), 2.0, 5000.0), 2)
+    activity = rng.gamma(shape=2.0, scale=12.0, size=n)          # expected txns / 30 days
+    txn_count_30d = rng.poisson(activity).astype(np.float64)
+    chargeback_count_1y = rng.poisson(0.06 + 0.15 * (account_age_days < 90), size=n).astype(np.float64)
+    home_country_risk = _round(rng.beta(2.0, 8.0, size=n), 4)
+
+    # ---- latent: is this a risky session (account takeover / card testing)?
+    # Raises the chance of bursts, CNP, night, far from home.  NOT a feature and
+    # NOT the label -- the label comes from the logistic rule below.
+    risky = rng.random(n) < 0.06
+
+    # ---- dynamic recent-activity features (streamed) ---------------------
+    base_rate_1h = txn_count_30d / (30.0 * 24.0)
+    txn_count_1h = rng.poisson(base_rate_1h + np.where(risky, 2.5, 0.05)).astype(np.float64)
+    per_txn = avg_txn_amount_30d[:, None] * rng.lognormal(0.0, 0.5, size=(n, 1))
+    txn_amount_sum_1h = _round(txn_count_1h * per_txn[:, 0], 2)
+    distinct_merchants_24h = np.minimum(
+        txn_count_1h + rng.poisson(np.minimum(txn_count_30d / 30.0, 10.0) * 0.8 + np.where(risky, 2.0, 0.0)),
+        60,
+    ).astype(np.float64)
+    failed_auth_count_24h = rng.poisson(np.where(risky, 1.2, 0.08)).astype(np.float64)
+    mean_gap_min = 30.0 * 24.0 * 60.0 / np.maximum(txn_count_30d, 1.0)
+    gap_normal = 60.0 + rng.exponential(mean_gap_min)
+    gap_in_hour = rng.uniform(0.2, 60.0, size=n)
+    minutes_since_last_txn = np.where(txn_count_1h > 0, gap_in_hour, gap_normal)
+    minutes_since_last_txn = _round(np.clip(minutes_since_last_txn, 0.0, 43200.0), 1)
+
+    # ---- request-time features (sent with the call) ----------------------
+    amount_mult = np.where(risky, rng.lognormal(0.9, 0.9, size=n), rng.lognormal(0.0, 0.6, size=n))
+    amount = _round(np.clip(avg_txn_amount_30d * amount_mult, 0.5, 20000.0), 2)
+    merchant_category_risk = _round(
+        np.where(risky, rng.beta(3.0, 4.0, size=n), rng.beta(2.0, 7.0, size=n)), 4
+    )
+    is_card_present = (rng.random(n) < np.where(risky, 0.2, 0.62)).astype(np.float64)
+    hour_normal = rng.choice(24, size=n, p=HOUR_WEIGHTS / HOUR_WEIGHTS.sum())
+    hour_risky = rng.integers(0, 24, size=n)
+    hour_of_day = np.where(risky, hour_risky, hour_normal).astype(np.float64)
+    dist_normal = np.where(
+        is_card_present > 0,
+        rng.lognormal(np.log(6.0), 1.0, size=n),
+        rng.lognormal(np.log(25.0), 1.4, size=n),
+    )
+    dist_risky = rng.lognormal(np.log(250.0), 1.5, size=n)
+    distance_from_home_km = _round(np.clip(np.where(risky, dist_risky, dist_normal), 0.0, 20000.0), 1)
+
+    # ---- label: logistic of a combination of features plus noise ---------
+    c = LABEL_COEF
+    amount_ratio = amount / avg_txn_amount_30d
+    cnp = 1.0 - is_card_present
+    night = (hour_of_day <= 5).astype(np.float64)
+    logit = (
+        LABEL_INTERCEPT
+        + c["log_amount_ratio"] * np.maximum(np.log(amount_ratio), 0.0)
+        + c["txn_count_1h"] * txn_count_1h
+        + c["log1p_sum_1h_ratio"] * np.log1p(txn_amount_sum_1h / avg_txn_amount_30d)
+        + c["distinct_merchants_24h"] * distinct_merchants_24h
+        + c["failed_auth_count_24h"] * failed_auth_count_24h
+        + c["short_gap"] * (minutes_since_last_txn < 5.0)
+        + c["merchant_category_risk"] * merchant_category_risk
+        + c["home_country_risk"] * home_country_risk
+        + c["chargeback_count_1y"] * chargeback_count_1y
+        + c["new_account"] * (account_age_days < 30)
+        + c["log1p_age_months"] * np.log1p(account_age_days / 30.0)
+        + c["log1p_distance"] * np.log1p(distance_from_home_km)
+        + c["cnp_night"] * cnp * night
+        + c["cnp_far"] * cnp * (distance_from_home_km > 500.0)
+        + c["big_amount_and_burst"] * (amount_ratio > 3.0) * (txn_count_1h >= 3)
+        + c["card_not_present"] * cnp
+        + rng.normal(0.0, LABEL_NOISE_SD, size=n)
+    )
+    p_fraud = 1.0 / (1.0 + np.exp(-logit))
+    y = (rng.random(n) < p_fraud).astype(np.int64)
+
+    columns = {
+        "account_age_days": account_age_days,
+        "avg_txn_amount_30d": avg_txn_amount_30d,
+        "txn_count_30d": txn_count_30d,
+        "chargeback_count_1y": chargeback_count_1y,
+        "home_country_risk": home_country_risk,
+        "txn_count_1h": txn_count_1h,
+        "txn_amount_sum_1h": txn_amount_sum_1h,
+        "distinct_merchants_24h": distinct_merchants_24h,
+        "failed_auth_count_24h": failed_auth_count_24h,
+        "minutes_since_last_txn": minutes_since_last_txn,
+        "amount": amount,
+        "merchant_category_risk": merchant_category_risk,
+        "is_card_present": is_card_present,
+        "hour_of_day": hour_of_day,
+        "distance_from_home_km": distance_from_home_km,
+    }
+    X = np.stack([columns[name] for name in FEATURE_NAMES], axis=1).astype(np.float32)
+    assert X.shape == (n, N_FEATURES)
+    assert np.isfinite(X).all()
+    return {"customer_id": customer_id, "X": X, "y": y, "p_fraud": p_fraud, "risky": risky}
+
+
+# --------------------------------------------------------------------------
+# ONNX export and checks
+# --------------------------------------------------------------------------
+
+
+def final_estimator(model):
+    return model.steps[-1][1] if isinstance(model, Pipeline) else model
+
+
+# Ops that tract-onnx 0.23.9 implements and that these exports may contain.
+# Notably absent: ai.onnx.ml Scaler (hence StandardScaler is exported with
+# the `div` option as Sub + Div), ZipMap, and TreeEnsemble (ai.onnx.ml opset 5).
+TRACT_OPS = {
+    ("", "Cast"), ("", "Sub"), ("", "Div"), ("", "Mul"), ("", "Add"),
+    ("", "MatMul"), ("", "Gemm"), ("", "Relu"), ("", "Sigmoid"), ("", "Softmax"),
+    ("", "Identity"), ("", "Reshape"), ("", "Concat"), ("", "ArgMax"),
+    ("ai.onnx.ml", "LinearClassifier"), ("ai.onnx.ml", "TreeEnsembleClassifier"),
+    ("ai.onnx.ml", "Normalizer"),
+}
+
+
+def export_options(model) -> dict:
+    """skl2onnx options: no ZipMap on the classifier (plain `probabilities`
+    tensor), and StandardScaler as Sub + Div instead of the ai.onnx.ml Scaler
+    op, which tract does not implement."""
+    options = {id(final_estimator(model)): {"zipmap": False}}
+    steps = model.steps if isinstance(model, Pipeline) else []
+    for _, step in steps:
+        if isinstance(step, StandardScaler):
+            options[id(step)] = {"div": "div"}
+    return options
+
+
+def fix_binary_tree_label_for_tract(onx: onnx.ModelProto) -> None:
+    """Compute `label` as ArgMax(probabilities) for a binary tree ensemble.
+
+    For a binary classifier skl2onnx writes a TreeEnsembleClassifier whose
+    leaves only carry the class-1 score (every class_id is 0).  onnxruntime
+    and tract both expand that to probabilities [1 - s, s], but tract 0.23.9
+    takes its `label` output as the argmax of the *unexpanded* scores, so
+    every label comes out 0.  Deriving the label from `probabilities` with a
+    standard ArgMax (first index wins on a tie, like sklearn's predict) gives
+    the same answer in onnxruntime, tract and sklearn; the probabilities are
+    untouched.
+    """
+    for node in list(onx.graph.node):
+        if node.op_type != "TreeEnsembleClassifier" or list(node.output) != ["label", "probabilities"]:
+            continue
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        if list(attrs["classlabels_int64s"]) != [0, 1] or any(c != 0 for c in attrs["class_ids"]):
+            continue
+        node.output[0] = "tree_ensemble_label"
+        onx.graph.node.append(onnx.helper.make_node(
+            "ArgMax", ["probabilities"], ["label"], name="label_argmax", axis=1, keepdims=0,
+        ))
+
+
+def dedupe_opsets(onx: onnx.ModelProto) -> None:
+    """skl2onnx may list the default domain twice; keep one entry per domain."""
+    best = {}
+    for o in onx.opset_import:
+        domain = "" if o.domain in ("", "ai.onnx") else o.domain
+        best[domain] = max(best.get(domain, 0), o.version)
+    del onx.opset_import[:]
+    for domain, version in sorted(best.items()):
+        onx.opset_import.append(onnx.helper.make_opsetid(domain, version))
+
+
+def export_onnx(model, version: str, description: str) -> onnx.ModelProto:
+    onx = convert_sklearn(
+        model,
+        name=f"{MODEL_NAME}_v{version}",
+        initial_types=[(INPUT_NAME, FloatTensorType([None, N_FEATURES]))],
+        # `final_types` is deliberately not passed: with it skl2onnx appends
+        # Cast nodes to the outputs, and tract turns an ONNX Cast(to=INT64)
+        # into its TDim type, so `label` would come out as TDim, not i64.
+        # skl2onnx already names the classifier outputs `label` and
+        # `probabilities`; they are renamed below only if that ever changes.
+        options=export_options(model),
+        target_opset=TARGET_OPSET,
+    )
+    # Make sure the graph's outputs are exactly `label` and `probabilities`.
+    outs = [o.name for o in onx.graph.output]
+    if outs != ["label", "probabilities"]:
+        assert len(outs) == 2, outs
+        rename = dict(zip(outs, ["label", "probabilities"]))
+        for node in onx.graph.node:
+            node.output[:] = [rename.get(x, x) for x in node.output]
+        for o in onx.graph.output:
+            o.name = rename.get(o.name, o.name)
+    fix_binary_tree_label_for_tract(onx)
+    dedupe_opsets(onx)
+    # Name the batch dimension: skl2onnx leaves it anonymous, and tract cannot
+    # type a model whose input has an anonymous dim unless the caller sets an
+    # input fact; with dim_param "batch" it gets a symbol of its own.
+    for vi in list(onx.graph.input) + list(onx.graph.output):
+        dim0 = vi.type.tensor_type.shape.dim[0]
+        dim0.ClearField("dim_value")
+        dim0.dim_param = "batch"
+    expected = {
+        "label": (onnx.TensorProto.INT64, ["batch"]),
+        "probabilities": (onnx.TensorProto.FLOAT, ["batch", 2]),
+    }
+    for o in onx.graph.output:
+        tt = o.type.tensor_type
+        dims = [d.dim_param or d.dim_value for d in tt.shape.dim]
+        if (tt.elem_type, dims) != expected[o.name]:
+            raise RuntimeError(f"unexpected output {o.name}: elem_type {tt.elem_type}, dims {dims}")
+    onx.doc_string = description
+    onx.model_version = int(version)
+    onx.producer_name = "mlgw train_fraud_model.py"
+    del onx.metadata_props[:]
+    for k, v in {
+        "model": MODEL_NAME,
+        "version": version,
+        "feature_names": ",".join(FEATURE_NAMES),
+        "sklearn_version": sklearn.__version__,
+        "skl2onnx_version": skl2onnx.__version__,
+    }.items():
+        entry = onx.metadata_props.add()
+        entry.key = k
+        entry.value = v
+    onnx.checker.check_model(onx)
+    for node in onx.graph.node:
+        key = (node.domain or "", node.op_type)
+        if node.op_type == "Cast" and any(a.name == "to" and a.i == onnx.TensorProto.INT64 for a in node.attribute):
+            raise RuntimeError("Cast(to=INT64) in the graph: tract would produce TDim, not i64")
+        if key not in TRACT_OPS:
+            raise RuntimeError(
+                f"op {key} is not in the list of ops tract-onnx 0.23.9 is known to load; refusing to export"
+            )
+    return onx
+
+
+def check_with_tract(path: Path, X_ref: np.ndarray, ref_label: np.ndarray, ref_proba: np.ndarray):
+    """Optional: run the reference rows through tract's Python bindings (the
+    same tract version as the Rust server) if they are installed.  Returns the
+    max abs diff to onnxruntime, or None when `tract` is not importable."""
+    try:
+        import tract  # noqa: PLC0415
+    except ImportError:
+        print(f"  tract check {path}: skipped (python package `tract` not installed)")
+        return None
+    # No input fact is set on purpose: the ONNX file alone must be enough.
+    model = tract.onnx().load(str(path)).into_model()
+    runnable = model.into_runnable()
+    worst = 0.0
+    for bs in (1, 3, 64, len(X_ref)):
+        label, proba = (t.to_numpy() for t in runnable.run([X_ref[:bs]]))
+        if label.dtype != np.int64 or label.shape != (bs,):
+            raise AssertionError(f"tract {path}: label {label.dtype} {label.shape}")
+        if proba.dtype != np.float32 or proba.shape != (bs, 2):
+            raise AssertionError(f"tract {path}: probabilities {proba.dtype} {proba.shape}")
+        diff = float(np.max(np.abs(proba - ref_proba[:bs])))
+        worst = max(worst, diff)
+        bad = np.nonzero(label != ref_label[:bs])[0]
+        if any(abs(float(ref_proba[i, 1]) - 0.5) > 1e-5 for i in bad) or diff > 1e-5:
+            raise AssertionError(f"tract {path}: batch {bs}: {len(bad)} label mismatches, max diff {diff:.3g}")
+    print(f"  tract {tract.version()} check {path}: loads without input facts, label i64, "
+          f"probabilities f32; max |tract - onnxruntime| over {len(X_ref)} reference rows = {worst:.3e}")
+    return worst
+
+
+def tract_version() -> str:
+    import tract  # noqa: PLC0415
+
+    return tract.version()
+
+
+def ort_session(path: Path) -> ort.InferenceSession:
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    opts.inter_op_num_threads = 1
+    return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+
+
+def check_onnx(path: Path, model, X_test: np.ndarray) -> float:
+    """Reload with onnxruntime, check the signature and compare with sklearn.
+    Returns the max abs difference of the probabilities."""
+    sess = ort_session(path)
+    ins = sess.get_inputs()
+    assert [i.name for i in ins] == [INPUT_NAME], ins
+    assert ins[0].type == "tensor(float)", ins[0].type
+    assert len(ins[0].shape) == 2 and ins[0].shape[1] == N_FEATURES, ins[0].shape
+    assert not isinstance(ins[0].shape[0], int), ins[0].shape  # dynamic batch
+    outs = sess.get_outputs()
+    assert [o.name for o in outs] == ["label", "probabilities"], [o.name for o in outs]
+    assert outs[0].type == "tensor(int64)", outs[0].type
+    assert outs[1].type == "tensor(float)", outs[1].type
+    assert len(outs[0].shape) == 1 and not isinstance(outs[0].shape[0], int), outs[0].shape
+    assert len(outs[1].shape) == 2 and outs[1].shape[1] == 2, outs[1].shape
+    assert not isinstance(outs[1].shape[0], int), outs[1].shape
+
+    label, proba = sess.run(None, {INPUT_NAME: X_test})
+    assert label.dtype == np.int64 and label.shape == (X_test.shape[0],)
+    assert proba.dtype == np.float32 and proba.shape == (X_test.shape[0], 2)
+    sk_proba = model.predict_proba(X_test)
+    sk_label = model.predict(X_test)
+    diff = float(np.max(np.abs(proba.astype(np.float64) - sk_proba)))
+    # Labels may only differ where sklearn's probability is at the 0.5 tie.
+    mismatch = np.nonzero(label != sk_label)[0]
+    for i in mismatch:
+        if abs(sk_proba[i, 1] - 0.5) > 1e-5:
+            raise AssertionError(f"{path}: label mismatch at row {i}: ort={label[i]} sk={sk_label[i]} p={sk_proba[i]}")
+    # Single-row and batch-of-one calls must agree with the batch call.
+    l1, p1 = sess.run(None, {INPUT_NAME: X_test[:1]})
+    assert l1.shape == (1,) and p1.shape == (1, 2)
+    assert np.allclose(p1, proba[:1], atol=1e-6)
+    if diff > 1e-5:
+        raise AssertionError(f"{path}: onnxruntime vs sklearn max abs diff {diff:.3g} > 1e-5")
+    print(f"  check {path}: outputs label int64 [N], probabilities float32 [N,2]; "
+          f"max |ort - sklearn| over {X_test.shape[0]} test rows = {diff:.3e}; "
+          f"label mismatches = {len(mismatch)}")
+    return diff
+
+
+# --------------------------------------------------------------------------
+# Output writers
+# --------------------------------------------------------------------------
+
+CONFIG_TEMPLATE = """\
+# fraud_detector: card-payment fraud score for one transaction, keyed by customer_id (synthetic example model)
+platform = "onnx"
+max_batch_size = 64
+
+# Input `features` is float32 [batch, 15], columns in this exact order:
+#   static customer features (daily batch job, keyed by customer_id):
+{static}
+#   dynamic recent-activity features (streamed, keyed by customer_id):
+{dynamic}
+#   request-time features (sent with the call):
+{request}
+# Outputs: `label` int64 [batch] (1 = fraud), `probabilities` float32 [batch, 2]
+# ([P(legit), P(fraud)]).
+# Versions: 1 = StandardScaler + LogisticRegression, 2 = RandomForestClassifier.
+# Generated by model-server/training/train_fraud_model.py -- see DATASET.md there.
+
+[dynamic_batching]
+max_queue_delay_ms = 2
+max_queue_size = 1024
+
+[warmup]
+iterations = 3
+
+[[input]]
+name = "features"
+datatype = "FP32"
+shape = [-1, 15]
+allow_nan = false
+
+[[output]]
+name = "label"
+datatype = "INT64"
+shape = [-1]
+
+[[output]]
+name = "probabilities"
+datatype = "FP32"
+shape = [-1, 2]
+"""
+
+
+def write_config(model_dir: Path) -> Path:
+    def block(names, start):
+        return "\n".join(f"#   {start + i:2d}  {n}" for i, n in enumerate(names))
+
+    text = CONFIG_TEMPLATE.format(
+        static=block(STATIC_FEATURES, 0),
+        dynamic=block(DYNAMIC_FEATURES, len(STATIC_FEATURES)),
+        request=block(REQUEST_FEATURES, len(STATIC_FEATURES) + len(DYNAMIC_FEATURES)),
+    )
+    path = model_dir / "config.toml"
+    path.write_text(text)
+    return path
+
+
+def f32(x) -> float:
+    """Exact float32 value as a Python float (its repr round-trips to the same f32)."""
+    return float(np.float32(x))
+
+
+def write_reference(path: Path, version: str, onnx_path: Path, X_ref: np.ndarray) -> None:
+    sess = ort_session(onnx_path)
+    label, proba = sess.run(None, {INPUT_NAME: X_ref})
+    doc = {
+        "model": MODEL_NAME,
+        "version": version,
+        "input": INPUT_NAME,
+        "feature_names": FEATURE_NAMES,
+        "inputs": [[f32(v) for v in row] for row in X_ref],
+        "outputs": {
+            "label": [int(v) for v in label],
+            "probabilities": [[f32(a), f32(b)] for a, b in proba],
+        },
+    }
+    # Self-check: the JSON decimals parse back to the very same float32 values.
+    back = np.array(doc["inputs"], dtype=np.float32)
+    assert np.array_equal(back.view(np.uint32), X_ref.view(np.uint32))
+    backp = np.array(doc["outputs"]["probabilities"], dtype=np.float32)
+    assert np.array_equal(backp.view(np.uint32), proba.view(np.uint32))
+    path.write_text(json.dumps(doc, indent=None, separators=(",", ":")) + "\n")
+
+
+def feature_table(X: np.ndarray, y: np.ndarray) -> str:
+    lines = [
+        "| # | feature | group | mean | std | min | p50 | p99 | max | mean (legit) | mean (fraud) |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    groups = (["static"] * 5) + (["dynamic"] * 5) + (["request"] * 5)
+    for j, name in enumerate(FEATURE_NAMES):
+        col = X[:, j].astype(np.float64)
+        lines.append(
+            f"| {j} | `{name}` | {groups[j]} | {col.mean():.3f} | {col.std():.3f} | {col.min():.3f} | "
+            f"{np.percentile(col, 50):.3f} | {np.percentile(col, 99):.3f} | {col.max():.3f} | "
+            f"{col[y == 0].mean():.3f} | {col[y == 1].mean():.3f} |"
+        )
+    return "\n".join(lines)
+
+
+DATASET_TEMPLATE = """\
+# Synthetic card-payment fraud data set (`fraud_detector`)
+
+<!-- Generated by train_fraud_model.py; edit the script, not this file. -->
+
+This data set is entirely synthetic. It exists so the gateway and model server
+have a realistic, deterministic example model; it says nothing about real fraud.
+It is generated in memory by `generate_dataset()` in `train_fraud_model.py`
+(numpy `default_rng({data_seed})`); nothing is downloaded and nothing but this
+description, the models and the reference rows is written to disk.
+
+## Shape
+
+* {n} rows, one card transaction per customer, keyed by `customer_id`
+  (`C000001` ... `C{n:06d}`).
+* 15 float32 features, in this exact column order (the ONNX input `features`
+  is `[batch, 15]`), grouped by where the gateway gets them from:
+  * **static** customer features, refreshed by a daily batch job:
+    {static};
+  * **dynamic** recent-activity features, streamed:
+    {dynamic};
+  * **request-time** features, sent with the call:
+    {request}.
+* Label `y` (1 = fraud, 0 = legitimate).
+
+## Class balance
+
+| split | rows | fraud | fraud rate |
+|---|---:|---:|---:|
+| all | {n} | {n_fraud} | {rate_all:.2%} |
+| train (80 %) | {n_train} | {n_fraud_train} | {rate_train:.2%} |
+| test (20 %) | {n_test} | {n_fraud_test} | {rate_test:.2%} |
+
+The split is `train_test_split(test_size=0.2, stratify=y, random_state={split_seed})`.
+
+## Generator
+
+All draws come from one `numpy.random.default_rng({data_seed})`, in the order
+of the code. Values are rounded (money to cents, distances to 0.1 km, minutes
+to 0.1, risk scores to 4 decimals, counts and hours are integers) and then
+stored as float32; the rounding keeps neighbouring values far apart compared
+with float32 precision, so tree split thresholds do not fall between two
+adjacent float32 values and sklearn, onnxruntime and tract route rows alike.
+
+A latent, unobserved **risky session** flag (P = 6 %) stands for account
+takeover / card-testing sessions: it makes bursts, card-not-present, odd hours,
+large amounts and far-away locations more likely. It is *not* a feature and
+*not* the label; it only creates the correlated structure that real fraud
+traffic has. The label is drawn from the logistic rule further down.
+
+Static (per customer):
+
+* `account_age_days` = 1 + floor(Gamma(shape 1.5, scale 500)), clipped to [1, 3650].
+* `avg_txn_amount_30d` = LogNormal(ln 45, 0.8), clipped to [2, 5000].
+* `txn_count_30d` ~ Poisson(a), a ~ Gamma(2, 12) (customer activity level, mean 24 / 30 days).
+* `chargeback_count_1y` ~ Poisson(0.06 + 0.15 * [account_age_days < 90]).
+* `home_country_risk` ~ Beta(2, 8) (score in [0, 1]).
+
+Dynamic (recent activity before this transaction):
+
+* `txn_count_1h` ~ Poisson(txn_count_30d / 720 + (2.5 if risky else 0.05)).
+* `txn_amount_sum_1h` = txn_count_1h * avg_txn_amount_30d * LogNormal(0, 0.5).
+* `distinct_merchants_24h` = min(60, txn_count_1h + Poisson(0.8 * min(txn_count_30d / 30, 10) + (2 if risky else 0))).
+* `failed_auth_count_24h` ~ Poisson(1.2 if risky else 0.08).
+* `minutes_since_last_txn` = Uniform(0.2, 60) if txn_count_1h > 0, else
+  60 + Exponential(mean 43200 / max(txn_count_30d, 1)); clipped to [0, 43200].
+
+Request-time:
+
+* `amount` = avg_txn_amount_30d * LogNormal(0, 0.6) (risky: LogNormal(0.9, 0.9)), clipped to [0.5, 20000].
+* `merchant_category_risk` ~ Beta(2, 7) (risky: Beta(3, 4)).
+* `is_card_present` ~ Bernoulli(0.62) (risky: Bernoulli(0.2)), 0/1.
+* `hour_of_day` ~ diurnal profile peaking 12:00 and 18:00, low 02:00-04:00 (risky: uniform 0..23), integer.
+* `distance_from_home_km` = LogNormal(ln 6, 1.0) if card present, LogNormal(ln 25, 1.4) if not
+  (risky: LogNormal(ln 250, 1.5)), clipped to [0, 20000].
+
+## Label rule
+
+    ratio = amount / avg_txn_amount_30d
+    cnp   = 1 - is_card_present
+    night = [hour_of_day <= 5]
+    z = {b0}
+      + {c[log_amount_ratio]}  * max(ln ratio, 0)                       # high amount relative to the 30-day average
+      + {c[txn_count_1h]} * txn_count_1h                            # burst in the last hour
+      + {c[log1p_sum_1h_ratio]}  * ln(1 + txn_amount_sum_1h / avg_txn_amount_30d)
+      + {c[distinct_merchants_24h]} * distinct_merchants_24h
+      + {c[failed_auth_count_24h]} * failed_auth_count_24h
+      + {c[short_gap]}  * [minutes_since_last_txn < 5]
+      + {c[merchant_category_risk]}  * merchant_category_risk
+      + {c[home_country_risk]}  * home_country_risk
+      + {c[chargeback_count_1y]}  * chargeback_count_1y
+      + {c[new_account]}  * [account_age_days < 30]
+      + ({c[log1p_age_months]}) * ln(1 + account_age_days / 30)
+      + {c[log1p_distance]}  * ln(1 + distance_from_home_km)            # far from home
+      + {c[cnp_night]}  * cnp * night                                 # card-not-present at night
+      + {c[cnp_far]}  * cnp * [distance_from_home_km > 500]
+      + {c[big_amount_and_burst]}  * [ratio > 3] * [txn_count_1h >= 3]
+      + {c[card_not_present]}  * cnp
+      + eps,   eps ~ Normal(0, {noise_sd})
+    y ~ Bernoulli(1 / (1 + exp(-z)))
+
+The mean of the true fraud probability over the data set is {mean_p:.2%}; the
+Bayes-optimal AUC on the test split (scoring with the true probability,
+noise included) is {bayes_auc:.4f}.
+
+## Feature summary (all rows)
+
+{table}
+
+## Models and test AUC
+
+| version | model | test AUC | ONNX size |
+|---|---|---:|---:|
+| 1 | `Pipeline([StandardScaler(), LogisticRegression(max_iter=2000, random_state={lr_seed})])` | {auc1:.4f} | {size1} bytes |
+| 2 | `RandomForestClassifier(n_estimators={rf_n}, max_depth={rf_depth}, random_state={rf_seed})` | {auc2:.4f} | {size2} bytes |
+
+onnxruntime vs sklearn `predict_proba` on the {n_test} test rows: max abs
+difference {diff1:.2e} (v1), {diff2:.2e} (v2). tract (Python bindings, same
+version as the Rust server) vs onnxruntime on the reference rows: {tract_note}.
+
+Reference rows: {n_ref} test rows ({n_ref_fraud} fraud, {n_ref_legit} legitimate; drawn with
+`default_rng({sample_seed})`), the same rows for both versions, in
+`reference/fraud_detector_v1.json` and `reference/fraud_detector_v2.json`.
+
+Built with: numpy {np_v}, scikit-learn {sk_v}, skl2onnx {skl2onnx_v}, onnx {onnx_v}, onnxruntime {ort_v}{tract_v}.
+"""
+
+
+# --------------------------------------------------------------------------
+# Main
+# --------------------------------------------------------------------------
+
+
+def main(argv=None) -> int:
+    here = Path(__file__).resolve().parent
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out-repo", required=True, type=Path, help="model repository root (model-server/models)")
+    ap.add_argument("--reference-dir", required=True, type=Path, help="where to write reference JSON files")
+    ap.add_argument("--dataset-doc", type=Path, default=here / "DATASET.md", help="where to write DATASET.md")
+    args = ap.parse_args(argv)
+
+    np.random.seed(0)  # nothing should use the global RNG, but just in case
+
+    print(f"numpy {np.__version__}, scikit-learn {sklearn.__version__}, skl2onnx {skl2onnx.__version__}, "
+          f"onnx {onnx.__version__}, onnxruntime {ort.__version__}")
+
+    data = generate_dataset(N_CUSTOMERS, DATA_SEED)
+    X, y = data["X"], data["y"]
+    idx = np.arange(len(y))
+    idx_train, idx_test = train_test_split(idx, test_size=TEST_FRACTION, stratify=y, random_state=SPLIT_SEED)
+    X_train, y_train = X[idx_train], y[idx_train]
+    X_test, y_test = X[idx_test], y[idx_test]
+    print(f"data: {len(y)} rows, fraud {int(y.sum())} ({y.mean():.2%}); "
+          f"train {len(y_train)} ({y_train.mean():.2%} fraud), test {len(y_test)} ({y_test.mean():.2%} fraud); "
+          f"mean true p = {data['p_fraud'].mean():.2%}")
+    bayes_auc = roc_auc_score(y_test, data["p_fraud"][idx_test])
+
+    # ---- train ------------------------------------------------------------
+    v1 = Pipeline([
+        ("scaler", StandardScaler()),
+        ("clf", LogisticRegression(max_iter=2000, random_state=LR_SEED)),
+    ])
+    v1.fit(X_train, y_train)
+    auc1 = roc_auc_score(y_test, v1.predict_proba(X_test)[:, 1])
+    print(f"v1 LogisticRegression: test AUC = {auc1:.4f}")
+
+    model_dir = args.out_repo / MODEL_NAME
+    sizes = {}
+    onnx_paths = {}
+
+    def save(model, version, description):
+        onx = export_onnx(model, version, description)
+        d = model_dir / version
+        d.mkdir(parents=True, exist_ok=True)
+        p = d / "model.onnx"
+        p.write_bytes(onx.SerializeToString())
+        sizes[version] = p.stat().st_size
+        onnx_paths[version] = p
+        ops = sorted({f"{n.domain or 'ai.onnx'}:{n.op_type}" for n in onx.graph.node})
+        opsets = ", ".join(f"{o.domain or 'ai.onnx'}={o.version}" for o in onx.opset_import)
+        print(f"  wrote {p} ({sizes[version]} bytes), ops: {', '.join(ops)}; opsets: {opsets}")
+        return p
+
+    save(v1, "1", "fraud_detector v1: StandardScaler + LogisticRegression on 15 float32 features")
+
+    rf_depth = RF_MAX_DEPTH
+    while True:
+        v2 = RandomForestClassifier(
+            n_estimators=RF_N_ESTIMATORS, max_depth=rf_depth, random_state=RF_SEED, n_jobs=1
+        )
+        v2.fit(X_train, y_train)
+        auc2 = roc_auc_score(y_test, v2.predict_proba(X_test)[:, 1])
+        print(f"v2 RandomForestClassifier(n_estimators={RF_N_ESTIMATORS}, max_depth={rf_depth}): test AUC = {auc2:.4f}")
+        p2 = save(v2, "2", f"fraud_detector v2: RandomForestClassifier(n_estimators={RF_N_ESTIMATORS}, "
+                           f"max_depth={rf_depth}) on 15 float32 features")
+        if sizes["2"] <= MAX_ONNX_BYTES or rf_depth == RF_FALLBACK_MAX_DEPTH:
+            break
+        print(f"  {p2} is over {MAX_ONNX_BYTES} bytes; retraining with max_depth={RF_FALLBACK_MAX_DEPTH}")
+        rf_depth = RF_FALLBACK_MAX_DEPTH
+
+    cfg = write_config(model_dir)
+    print(f"  wrote {cfg}")
+
+    # ---- reference rows -----------------------------------------------------
+    rng = np.random.default_rng(SAMPLE_SEED)
+    test_fraud = np.nonzero(y_test == 1)[0]
+    test_legit = np.nonzero(y_test == 0)[0]
+    pick = np.concatenate([
+        rng.choice(test_fraud, size=N_REFERENCE_FRAUD, replace=False),
+        rng.choice(test_legit, size=N_REFERENCE - N_REFERENCE_FRAUD, replace=False),
+    ])
+    pick = pick[rng.permutation(len(pick))]
+    X_ref = np.ascontiguousarray(X_test[pick])
+    assert X_ref.shape == (N_REFERENCE, N_FEATURES) and X_ref.dtype == np.float32
+
+    args.reference_dir.mkdir(parents=True, exist_ok=True)
+    for version in ("1", "2"):
+        path = args.reference_dir / f"{MODEL_NAME}_v{version}.json"
+        write_reference(path, version, onnx_paths[version], X_ref)
+        print(f"  wrote {path}")
+    fn_path = args.reference_dir / "feature_names.json"
+    fn_path.write_text(json.dumps(
+        {"static": STATIC_FEATURES, "dynamic": DYNAMIC_FEATURES, "request": REQUEST_FEATURES}, indent=2) + "\n")
+    print(f"  wrote {fn_path}")
+
+    # ---- final checks ---------------------------------------------------------
+    print("checking ONNX files with onnxruntime:")
+    diff1 = check_onnx(onnx_paths["1"], v1, X_test)
+    diff2 = check_onnx(onnx_paths["2"], v2, X_test)
+    tract_diffs = {}
+    for version in ("1", "2"):
+        ref = json.loads((args.reference_dir / f"{MODEL_NAME}_v{version}.json").read_text())
+        labels = ref["outputs"]["label"]
+        assert len(ref["inputs"]) == N_REFERENCE and len(labels) == N_REFERENCE
+        assert all(len(r) == N_FEATURES for r in ref["inputs"])
+        print(f"  reference v{version}: {N_REFERENCE} rows, predicted fraud in {sum(labels)} of them")
+        tract_diffs[version] = check_with_tract(
+            onnx_paths[version],
+            np.array(ref["inputs"], dtype=np.float32),
+            np.array(labels, dtype=np.int64),
+            np.array(ref["outputs"]["probabilities"], dtype=np.float32),
+        )
+
+    # ---- DATASET.md -------------------------------------------------------------
+    doc = DATASET_TEMPLATE.format(
+        data_seed=DATA_SEED, split_seed=SPLIT_SEED, sample_seed=SAMPLE_SEED, lr_seed=LR_SEED, rf_seed=RF_SEED,
+        n=len(y), n_fraud=int(y.sum()), rate_all=float(y.mean()),
+        n_train=len(y_train), n_fraud_train=int(y_train.sum()), rate_train=float(y_train.mean()),
+        n_test=len(y_test), n_fraud_test=int(y_test.sum()), rate_test=float(y_test.mean()),
+        static=", ".join(f"`{n}`" for n in STATIC_FEATURES),
+        dynamic=", ".join(f"`{n}`" for n in DYNAMIC_FEATURES),
+        request=", ".join(f"`{n}`" for n in REQUEST_FEATURES),
+        b0=LABEL_INTERCEPT, c=LABEL_COEF, noise_sd=LABEL_NOISE_SD,
+        mean_p=float(data["p_fraud"].mean()), bayes_auc=bayes_auc,
+        table=feature_table(X, y),
+        auc1=auc1, auc2=auc2, size1=sizes["1"], size2=sizes["2"],
+        rf_n=RF_N_ESTIMATORS, rf_depth=rf_depth,
+        diff1=diff1, diff2=diff2,
+        tract_note=("not checked (python package `tract` not installed)" if None in tract_diffs.values()
+                    else f"max abs difference {tract_diffs['1']:.2e} (v1), {tract_diffs['2']:.2e} (v2), labels identical"),
+        n_ref=N_REFERENCE, n_ref_fraud=N_REFERENCE_FRAUD, n_ref_legit=N_REFERENCE - N_REFERENCE_FRAUD,
+        np_v=np.__version__, sk_v=sklearn.__version__, skl2onnx_v=skl2onnx.__version__,
+        onnx_v=onnx.__version__, ort_v=ort.__version__,
+        tract_v=("" if None in tract_diffs.values() else f", tract (Python) {tract_version()}"),
+    )
+    args.dataset_doc.write_text(doc)
+    print(f"  wrote {args.dataset_doc}")
+
+    print("summary:")
+    print(f"  fraud base rate: {y.mean():.2%} ({int(y.sum())} / {len(y)})")
+    print(f"  v1 LogisticRegression test AUC {auc1:.4f}, {sizes['1']} bytes, max abs diff {diff1:.3e}")
+    print(f"  v2 RandomForest(max_depth={rf_depth}) test AUC {auc2:.4f}, {sizes['2']} bytes, max abs diff {diff2:.3e}")
+    if None not in tract_diffs.values():
+        print(f"  tract vs onnxruntime max abs diff: v1 {tract_diffs['1']:.3e}, v2 {tract_diffs['2']:.3e}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,28 @@
+//! Compiles the .proto files with protox (a pure-Rust protobuf compiler), so a
+//! fresh machine needs no system `protoc`, and feeds the descriptors to tonic.
+
+use std::path::PathBuf;
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let files = [
+        "proto/inference/grpc_predict_v2.proto",
+        "proto/gateway/v1/gateway.proto",
+    ];
+    for file in &files {
+        println!("cargo:rerun-if-changed={file}");
+    }
+    let descriptors = protox::compile(files, ["proto"])?;
+    let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
+    // Kept for gRPC server reflection (grpcurl works without local .proto files).
+    std::fs::write(
+        out_dir.join("descriptor.bin"),
+        prost::Message::encode_to_vec(&descriptors),
+    )?;
+    tonic_prost_build::configure()
+        .build_server(true)
+        .build_client(true)
+        .bytes(".inference.ModelInferRequest.raw_input_contents")
+        .bytes(".inference.ModelInferResponse.raw_output_contents")
+        .compile_fds(descriptors)?;
+    Ok(())
+}

@@ -1,0 +1,144 @@
+#!/usr/bin/env bash
+# Start/stop the test SSO provider (oidc-provider on 127.0.0.1) for mlgw integration tests.
+#
+#   RIG_DIR=/tmp/rig tests/rig/oidc.sh start   # writes $RIG_DIR/oidc.env (MLGW_TEST_OIDC_ISSUER=...)
+#   RIG_DIR=/tmp/rig tests/rig/oidc.sh stop
+#
+# Optional env for `start`: OIDC_PORT (default 0 = free port), OIDC_JWKS_FILE (reuse/rotate keys),
+# OIDC_TOKEN_TTL (seconds, default 600). See tests/rig/README.md.
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+app="$here/oidc"
+
+: "${RIG_DIR:?RIG_DIR must be set (directory for the rig state, created by the caller)}"
+mkdir -p "$RIG_DIR"
+RIG_DIR="$(cd "$RIG_DIR" && pwd)"
+export RIG_DIR
+
+log="$RIG_DIR/oidc.log"
+pidfile="$RIG_DIR/oidc.pid"
+envfile="$RIG_DIR/oidc.env"
+start_timeout="${OIDC_START_TIMEOUT:-30}"
+
+fail() {
+  echo "rig: oidc-provider: $*" >&2
+  if [[ -s "$log" ]]; then
+    echo "---- last 40 lines of $log ----" >&2
+    tail -n 40 "$log" >&2
+    echo "---- end of $log ----" >&2
+  fi
+  exit 1
+}
+
+# Is $1 a live process running our server.mjs? (guards against pid reuse)
+is_ours() {
+  local pid="$1"
+  [[ "$pid" =~ ^[0-9]+$ ]] || return 1
+  kill -0 "$pid" 2>/dev/null || return 1
+  tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q 'server\.mjs'
+}
+
+ensure_deps() {
+  command -v node >/dev/null || fail "node is not installed (needs Node.js >= 20.18)"
+  command -v npm >/dev/null || fail "npm is not installed"
+  command -v curl >/dev/null || fail "curl is not installed"
+  local major
+  major="$(node -p 'process.versions.node.split(".")[0]')"
+  (( major >= 20 )) || fail "Node.js >= 20.18 required, found $(node --version)"
+
+  # Reinstall when node_modules is missing or was installed from a different lock file.
+  local want have="" stamp="$app/node_modules/.mlgw-lock.sha256"
+  want="$(sha256sum "$app/package-lock.json" | cut -d' ' -f1)"
+  [[ -f "$stamp" ]] && have="$(cat "$stamp")"
+  if [[ ! -d "$app/node_modules/oidc-provider" || "$want" != "$have" ]]; then
+    local cache="${XDG_CACHE_HOME:-$HOME/.cache}/mlgw/npm"
+    mkdir -p "$cache"
+    echo "rig: oidc-provider: npm ci (cache $cache)" >&2
+    if ! (cd "$app" && npm ci --cache "$cache" --prefer-offline --no-audit --no-fund --loglevel=error) >"$RIG_DIR/oidc-npm.log" 2>&1; then
+      cat "$RIG_DIR/oidc-npm.log" >&2
+      fail "npm ci failed in $app (see above)"
+    fi
+    echo "$want" >"$stamp"
+  fi
+}
+
+stop() {
+  local pid
+  if [[ -f "$pidfile" ]]; then
+    pid="$(cat "$pidfile" 2>/dev/null || true)"
+    if is_ours "$pid"; then
+      kill -TERM "$pid" 2>/dev/null || true
+      for _ in $(seq 1 50); do
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+      done
+      if kill -0 "$pid" 2>/dev/null; then
+        echo "rig: oidc-provider (pid $pid) ignored TERM, sending KILL" >&2
+        kill -KILL "$pid" 2>/dev/null || true
+      fi
+      echo "rig: oidc-provider stopped (pid $pid)"
+    fi
+    rm -f "$pidfile"
+  fi
+  rm -f "$envfile"
+}
+
+start() {
+  local t0 pid issuer="" version elapsed
+  t0="$(date +%s%N)"
+
+  if [[ -f "$pidfile" ]] && is_ours "$(cat "$pidfile")"; then
+    echo "rig: oidc-provider already running (pid $(cat "$pidfile")), restarting it" >&2
+    stop >/dev/null
+  fi
+  rm -f "$envfile"
+
+  ensure_deps
+  version="$(node -p 'require(process.argv[1]).version' "$app/node_modules/oidc-provider/package.json")"
+
+  : >"$log"
+  (cd "$app" && exec node server.mjs) </dev/null >>"$log" 2>&1 &
+  pid=$!
+  echo "$pid" >"$pidfile"
+
+  local deadline=$(( $(date +%s) + start_timeout ))
+  while :; do
+    if ! kill -0 "$pid" 2>/dev/null; then
+      local rc=0
+      wait "$pid" || rc=$?
+      rm -f "$pidfile"
+      fail "process exited during startup (exit code $rc)"
+    fi
+    if [[ -z "$issuer" ]]; then
+      issuer="$(sed -n 's/^oidc-provider ready issuer=\(http[^ ]*\)$/\1/p' "$log" | tail -n 1)"
+    fi
+    if [[ -n "$issuer" ]] && curl -fsS --max-time 2 "$issuer/.well-known/openid-configuration" 2>/dev/null \
+        | grep -qF "\"issuer\":\"$issuer\""; then
+      break
+    fi
+    if (( $(date +%s) >= deadline )); then
+      kill -KILL "$pid" 2>/dev/null || true
+      rm -f "$pidfile"
+      fail "not ready after ${start_timeout}s (issuer=${issuer:-unknown}); killed pid $pid"
+    fi
+    sleep 0.2
+  done
+
+  {
+    echo "MLGW_TEST_OIDC_ISSUER=$issuer"
+    echo "MLGW_TEST_OIDC_AUDIENCE=mlgw-gateway"
+    echo "MLGW_TEST_OIDC_KEYS_FILE=${OIDC_JWKS_FILE:-$RIG_DIR/oidc-keys.json}"
+  } >"$envfile"
+
+  elapsed="$(( ($(date +%s%N) - t0) / 1000000 ))"
+  printf 'rig: oidc-provider %s ready at %s in %d.%01ds (pid %s)\n' \
+    "$version" "$issuer" $(( elapsed / 1000 )) $(( (elapsed % 1000) / 100 )) "$pid"
+}
+
+case "${1:-}" in
+  start) start ;;
+  stop) stop ;;
+  restart) stop; start ;;
+  *) echo "usage: RIG_DIR=DIR $0 start|stop|restart" >&2; exit 2 ;;
+esac

@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh clone: formatting and lint checks, the build,
+# the real parts (Cassandra, oidc-provider, our model-server with the example
+# model) started on 127.0.0.1, then every unit and integration test.
+#
+#   ./tests/run.sh
+#
+# Downloads (Cassandra jars, npm packages) and build outputs are cached under
+# ${XDG_CACHE_HOME:-$HOME/.cache}/mlgw. A part that cannot start fails the run with
+# its log tail; everything started is stopped on exit, also on failure.
+set -euo pipefail
+
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+cache="${XDG_CACHE_HOME:-$HOME/.cache}/mlgw"
+mkdir -p "$cache"
+# Shared build cache, so a fresh clone (CI) does not rebuild every dependency.
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$cache/cargo-target}"
+# Two cores: bound the build and the test threads (each test starts processes).
+jobs="${MLGW_TEST_JOBS:-2}"
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy --all-targets -- -D warnings"
+cargo clippy --workspace --all-targets --locked -j "$jobs" -- -D warnings
+
+step "cargo build --workspace --all-targets"
+cargo build --workspace --all-targets --locked -j "$jobs"
+
+RIG_DIR="$(mktemp -d "${TMPDIR:-/tmp}/mlgw-rig.XXXXXX")"
+export RIG_DIR
+cleanup() {
+  local rc=$?
+  step "stopping the rig"
+  tests/rig/model-server.sh stop || true
+  tests/rig/oidc.sh stop || true
+  tests/rig/cassandra.sh stop || true
+  if [[ $rc -eq 0 ]]; then rm -rf "$RIG_DIR"; else echo "rig state kept in $RIG_DIR"; fi
+  exit $rc
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+step "starting the real parts"
+tests/rig/cassandra.sh start
+tests/rig/oidc.sh start
+MODEL_SERVER_BIN="$CARGO_TARGET_DIR/debug/model-server" tests/rig/model-server.sh start
+set -a
+# shellcheck disable=SC1091
+. "$RIG_DIR/cassandra.env"
+# shellcheck disable=SC1091
+. "$RIG_DIR/oidc.env"
+# shellcheck disable=SC1091
+. "$RIG_DIR/model-server.env"
+set +a
+
+step "cargo test --workspace"
+cargo test --workspace --locked -j "$jobs" -- --test-threads="$jobs"

@@ -1,0 +1,277 @@
+//! Test-only support: where the real parts started by `tests/run.sh` listen, and
+//! starting our own model-server processes on free ports.
+//!
+//! Nothing here is product code. A part the tests need but cannot find fails the
+//! test with a message saying how to start it — never a silent skip.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+/// The workspace root (the folder holding the top-level Cargo.toml).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
+}
+
+/// The example model repository shipped in the repo.
+pub fn example_repository() -> PathBuf {
+    workspace_root().join("model-server/models")
+}
+
+/// Reads a variable the rig script exported, failing loudly when it is absent.
+///
+/// # Errors
+/// When the variable is unset: the tests were not started by `tests/run.sh`.
+pub fn rig_env(name: &str) -> Result<String> {
+    std::env::var(name).with_context(|| {
+        format!("{name} is not set: run the suite with ./tests/run.sh, which starts Cassandra and oidc-provider and exports their addresses")
+    })
+}
+
+/// Path of a workspace binary built in the same profile as the tests.
+///
+/// # Errors
+/// When the binary has not been built (the rig script builds it first).
+pub fn binary(name: &str) -> Result<PathBuf> {
+    let var = format!("MLGW_{}_BIN", name.to_uppercase().replace('-', "_"));
+    if let Ok(p) = std::env::var(&var) {
+        return Ok(PathBuf::from(p));
+    }
+    // Integration-test executables live in target/<profile>/deps/.
+    let exe = std::env::current_exe().context("cannot locate the test executable")?;
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .context("test executable is not under target/<profile>/deps")?;
+    let path = profile_dir.join(name);
+    if !path.is_file() {
+        bail!(
+            "{} not found: build it first (`cargo build --workspace --bins`, as tests/run.sh does) or set {var}",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+/// A model-server child process on free ports; killed when dropped.
+pub struct ModelServerProcess {
+    child: Child,
+    /// REST base URL, e.g. `http://127.0.0.1:41234`.
+    pub http_url: String,
+    /// gRPC endpoint URL, e.g. `http://127.0.0.1:41235`.
+    pub grpc_url: String,
+    log_path: PathBuf,
+}
+
+impl ModelServerProcess {
+    /// Starts the model-server on `repository` with extra flags and waits for its
+    /// "listening" line (not for readiness).
+    ///
+    /// # Errors
+    /// When the process cannot start or exits before listening; the error holds
+    /// its log tail.
+    pub async fn start(repository: &Path, extra_args: &[&str]) -> Result<Self> {
+        let bin = binary("model-server")?;
+        let log_dir = std::env::temp_dir().join("mlgw-test-logs");
+        std::fs::create_dir_all(&log_dir)?;
+        let log_path = log_dir.join(format!(
+            "model-server-{}-{:x}.log",
+            std::process::id(),
+            rand_suffix()
+        ));
+        let log = std::fs::File::create(&log_path)?;
+        let mut child = Command::new(&bin)
+            .arg("--model-repository")
+            .arg(repository)
+            .args([
+                "--http-port",
+                "0",
+                "--grpc-port",
+                "0",
+                "--host",
+                "127.0.0.1",
+            ])
+            .args(extra_args)
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("cannot start {}", bin.display()))?;
+        let stdout = child.stdout.take().context("no stdout")?;
+        let mut lines = BufReader::new(stdout).lines();
+        let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line()).await;
+        let line = match line {
+            Ok(Ok(Some(l))) => l,
+            other => {
+                let _ = child.kill().await;
+                bail!(
+                    "model-server did not report its ports ({other:?}); log tail:\n{}",
+                    log_tail(&log_path)
+                );
+            }
+        };
+        let field = |key: &str| {
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix(key))
+                .map(str::to_owned)
+                .with_context(|| format!("no {key} in {line:?}"))
+        };
+        let http_url = format!("http://{}", field("http=")?);
+        let grpc_url = format!("http://{}", field("grpc=")?);
+        // Keep draining stdout so the child never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Ok(ModelServerProcess {
+            child,
+            http_url,
+            grpc_url,
+            log_path,
+        })
+    }
+
+    /// Polls `/v2/health/ready` until 200, failing after `timeout` with the log tail.
+    ///
+    /// # Errors
+    /// When the server is not ready in time or has exited.
+    pub async fn wait_ready(&mut self, timeout: Duration) -> Result<()> {
+        let client = reqwest::Client::new();
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                bail!(
+                    "model-server exited ({status}); log tail:\n{}",
+                    self.log_tail()
+                );
+            }
+            let url = format!("{}/v2/health/ready", self.http_url);
+            if let Ok(r) = client.get(&url).send().await
+                && r.status().is_success()
+            {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "model-server not ready after {timeout:?}; log tail:\n{}",
+                    self.log_tail()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The last lines of the server's log.
+    pub fn log_tail(&self) -> String {
+        log_tail(&self.log_path)
+    }
+
+    /// The child's PID (for memory readings).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
+    /// Kills the server and waits for it to exit.
+    ///
+    /// # Errors
+    /// When the process cannot be signalled.
+    pub async fn stop(mut self) -> Result<()> {
+        self.child.kill().await?;
+        Ok(())
+    }
+}
+
+fn rand_suffix() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u8(0);
+    h.finish()
+}
+
+fn log_tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(40)..].join("\n")
+}
+
+/// The example model's reference rows and onnxruntime outputs for one version.
+#[derive(Debug, serde::Deserialize)]
+pub struct Reference {
+    /// Input rows (15 float32 values each).
+    pub inputs: Vec<Vec<f32>>,
+    /// onnxruntime's outputs.
+    pub outputs: ReferenceOutputs,
+}
+
+/// onnxruntime's outputs for the reference rows.
+#[derive(Debug, serde::Deserialize)]
+pub struct ReferenceOutputs {
+    /// Predicted class per row.
+    pub label: Vec<i64>,
+    /// [P(legit), P(fraud)] per row.
+    pub probabilities: Vec<[f32; 2]>,
+}
+
+/// Loads `model-server/training/reference/fraud_detector_v{version}.json`.
+///
+/// # Errors
+/// When the file is missing or malformed.
+pub fn reference(version: u32) -> Result<Reference> {
+    let path = workspace_root().join(format!(
+        "model-server/training/reference/fraud_detector_v{version}.json"
+    ));
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("read {}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("parse {}", path.display()))
+}
+
+/// Copies the example repository to a fresh temp folder and lets `edit` rewrite
+/// the model's config.toml text, for tests that need other settings.
+///
+/// # Errors
+/// On I/O errors.
+pub fn example_repository_with(edit: impl Fn(&str) -> String) -> Result<tempdir::TempRepo> {
+    tempdir::TempRepo::copy_example(edit)
+}
+
+/// A temporary copy of the example repository, removed when dropped.
+pub mod tempdir {
+    use super::*;
+
+    /// A temporary model repository folder.
+    pub struct TempRepo {
+        /// Its path.
+        pub path: PathBuf,
+    }
+
+    impl TempRepo {
+        pub(super) fn copy_example(edit: impl Fn(&str) -> String) -> Result<Self> {
+            let path = std::env::temp_dir().join(format!(
+                "mlgw-repo-{}-{:x}",
+                std::process::id(),
+                rand_suffix()
+            ));
+            let src = example_repository().join("fraud_detector");
+            let dst = path.join("fraud_detector");
+            for version in ["1", "2"] {
+                std::fs::create_dir_all(dst.join(version))?;
+                std::fs::copy(
+                    src.join(version).join("model.onnx"),
+                    dst.join(version).join("model.onnx"),
+                )?;
+            }
+            let config = std::fs::read_to_string(src.join("config.toml"))?;
+            std::fs::write(dst.join("config.toml"), edit(&config))?;
+            Ok(TempRepo { path })
+        }
+    }
+
+    impl Drop for TempRepo {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.path);
+        }
+    }
+}

@@ -1,0 +1,693 @@
+//! End-to-end tests of the model-server binary over gRPC and REST, with the real
+//! example ONNX models: readiness, reference outputs, bad input, batching, shedding.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use proto::inference as pb;
+use proto::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
+use rig::{ModelServerProcess, example_repository, example_repository_with, reference};
+use serde_json::{Value, json};
+use tonic::Code;
+use tonic::transport::Channel;
+
+const TOLERANCE: f32 = 1e-5;
+
+async fn ready_server(extra: &[&str]) -> Result<ModelServerProcess> {
+    let mut server = ModelServerProcess::start(&example_repository(), extra).await?;
+    server.wait_ready(Duration::from_secs(60)).await?;
+    Ok(server)
+}
+
+async fn grpc(server: &ModelServerProcess) -> Result<GrpcInferenceServiceClient<Channel>> {
+    Ok(GrpcInferenceServiceClient::connect(server.grpc_url.clone()).await?)
+}
+
+fn features_tensor(
+    rows: &[Vec<f32>],
+    raw: bool,
+) -> (pb::model_infer_request::InferInputTensor, Option<Vec<u8>>) {
+    let flat: Vec<f32> = rows.iter().flatten().copied().collect();
+    let tensor = pb::model_infer_request::InferInputTensor {
+        name: "features".into(),
+        datatype: "FP32".into(),
+        shape: vec![rows.len() as i64, 15],
+        parameters: Default::default(),
+        contents: (!raw).then(|| pb::InferTensorContents {
+            fp32_contents: flat.clone(),
+            ..Default::default()
+        }),
+    };
+    let bytes = raw.then(|| flat.iter().flat_map(|x| x.to_le_bytes()).collect());
+    (tensor, bytes)
+}
+
+fn infer_request(version: &str, rows: &[Vec<f32>], raw: bool) -> pb::ModelInferRequest {
+    let (tensor, bytes) = features_tensor(rows, raw);
+    pb::ModelInferRequest {
+        model_name: "fraud_detector".into(),
+        model_version: version.into(),
+        id: "req-1".into(),
+        inputs: vec![tensor],
+        raw_input_contents: bytes.into_iter().map(Into::into).collect(),
+        ..Default::default()
+    }
+}
+
+/// (labels, probabilities) from a gRPC response in either encoding.
+fn decode_outputs(r: &pb::ModelInferResponse) -> Result<(Vec<i64>, Vec<f32>)> {
+    let mut labels = None;
+    let mut probs = None;
+    for (i, out) in r.outputs.iter().enumerate() {
+        let raw = r.raw_output_contents.get(i);
+        match out.name.as_str() {
+            "label" => {
+                labels = Some(match raw {
+                    Some(b) => b
+                        .chunks_exact(8)
+                        .map(|c| i64::from_le_bytes(c.try_into().unwrap_or([0; 8])))
+                        .collect(),
+                    None => out
+                        .contents
+                        .as_ref()
+                        .context("no contents")?
+                        .int64_contents
+                        .clone(),
+                })
+            }
+            "probabilities" => {
+                probs = Some(match raw {
+                    Some(b) => b
+                        .chunks_exact(4)
+                        .map(|c| f32::from_le_bytes(c.try_into().unwrap_or([0; 4])))
+                        .collect(),
+                    None => out
+                        .contents
+                        .as_ref()
+                        .context("no contents")?
+                        .fp32_contents
+                        .clone(),
+                })
+            }
+            other => anyhow::bail!("unexpected output {other}"),
+        }
+    }
+    Ok((
+        labels.context("no label output")?,
+        probs.context("no probabilities output")?,
+    ))
+}
+
+fn assert_matches_reference(version: u32, labels: &[i64], probs: &[f32]) -> Result<()> {
+    let reference = reference(version)?;
+    assert!(
+        reference.inputs.len() >= 200,
+        "reference must have at least 200 rows"
+    );
+    assert_eq!(
+        labels,
+        reference.outputs.label.as_slice(),
+        "labels differ from onnxruntime (v{version})"
+    );
+    let expected: Vec<f32> = reference
+        .outputs
+        .probabilities
+        .iter()
+        .flatten()
+        .copied()
+        .collect();
+    assert_eq!(probs.len(), expected.len());
+    let worst = probs
+        .iter()
+        .zip(&expected)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    assert!(
+        worst <= TOLERANCE,
+        "v{version}: max abs diff {worst} > {TOLERANCE}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn reference_outputs_match_onnxruntime_over_grpc_raw_and_typed() -> Result<()> {
+    let server = ready_server(&[]).await?;
+    let mut client = grpc(&server).await?;
+    for version in [1u32, 2] {
+        let rows = reference(version)?.inputs;
+        // One row per request (as callers do) and all rows in chunks of 64.
+        for raw in [true, false] {
+            let mut labels = Vec::new();
+            let mut probs = Vec::new();
+            for chunk in rows.chunks(64) {
+                let r = client
+                    .model_infer(infer_request(&version.to_string(), chunk, raw))
+                    .await?
+                    .into_inner();
+                assert_eq!(r.model_version, version.to_string());
+                assert_eq!(r.id, "req-1");
+                assert_eq!(r.raw_output_contents.is_empty(), !raw, "raw in → raw out");
+                let (l, p) = decode_outputs(&r)?;
+                labels.extend(l);
+                probs.extend(p);
+            }
+            assert_matches_reference(version, &labels, &probs)?;
+        }
+        let mut labels = Vec::new();
+        let mut probs = Vec::new();
+        for row in &rows {
+            let r = client
+                .model_infer(infer_request(
+                    &version.to_string(),
+                    std::slice::from_ref(row),
+                    true,
+                ))
+                .await?
+                .into_inner();
+            let (l, p) = decode_outputs(&r)?;
+            labels.extend(l);
+            probs.extend(p);
+        }
+        assert_matches_reference(version, &labels, &probs)?;
+    }
+    // No version: the highest one answers.
+    let r = client
+        .model_infer(infer_request("", &reference(2)?.inputs[..1], false))
+        .await?;
+    assert_eq!(r.into_inner().model_version, "2");
+    Ok(())
+}
+
+#[tokio::test]
+async fn reference_outputs_match_onnxruntime_over_rest() -> Result<()> {
+    let server = ready_server(&[]).await?;
+    let http = reqwest::Client::new();
+    for version in [1u32, 2] {
+        let rows = reference(version)?.inputs;
+        let mut labels = Vec::new();
+        let mut probs = Vec::new();
+        for chunk in rows.chunks(64) {
+            // Nested rows, as most JSON clients send them.
+            let body = json!({
+                "id": "rest-1",
+                "inputs": [{"name": "features", "datatype": "FP32", "shape": [chunk.len(), 15], "data": chunk}],
+            });
+            let url = format!(
+                "{}/v2/models/fraud_detector/versions/{version}/infer",
+                server.http_url
+            );
+            let resp = http.post(url).json(&body).send().await?;
+            assert_eq!(resp.status(), 200);
+            let v: Value = resp.json().await?;
+            assert_eq!(v["model_version"], version.to_string());
+            assert_eq!(v["id"], "rest-1");
+            for out in v["outputs"].as_array().context("outputs")? {
+                let data = out["data"].as_array().context("data")?;
+                match out["name"].as_str() {
+                    Some("label") => labels.extend(data.iter().filter_map(Value::as_i64)),
+                    Some("probabilities") => {
+                        probs.extend(data.iter().filter_map(|x| x.as_f64().map(|f| f as f32)))
+                    }
+                    other => anyhow::bail!("unexpected output {other:?}"),
+                }
+            }
+        }
+        assert_matches_reference(version, &labels, &probs)?;
+    }
+    // Requesting a single output returns only that one.
+    let body = json!({
+        "inputs": [{"name": "features", "datatype": "FP32", "shape": [1, 15], "data": reference(1)?.inputs[0]}],
+        "outputs": [{"name": "probabilities"}],
+    });
+    let v: Value = http
+        .post(format!(
+            "{}/v2/models/fraud_detector/infer",
+            server.http_url
+        ))
+        .json(&body)
+        .send()
+        .await?
+        .json()
+        .await?;
+    assert_eq!(v["outputs"].as_array().map(Vec::len), Some(1));
+    assert_eq!(v["outputs"][0]["name"], "probabilities");
+    assert_eq!(v["outputs"][0]["shape"], json!([1, 2]));
+    Ok(())
+}
+
+#[tokio::test]
+async fn metadata_and_health_over_both_fronts() -> Result<()> {
+    let server = ready_server(&[]).await?;
+    let http = reqwest::Client::new();
+    let get = |path: &str| http.get(format!("{}{path}", server.http_url)).send();
+    assert_eq!(get("/v2/health/live").await?.status(), 200);
+    assert_eq!(get("/v2/health/ready").await?.status(), 200);
+    assert_eq!(get("/v2/models/fraud_detector/ready").await?.status(), 200);
+    assert_eq!(
+        get("/v2/models/fraud_detector/versions/1/ready")
+            .await?
+            .status(),
+        200
+    );
+    let meta: Value = get("/v2/models/fraud_detector").await?.json().await?;
+    assert_eq!(meta["versions"], json!(["1", "2"]));
+    assert_eq!(meta["platform"], "onnx");
+    assert_eq!(
+        meta["inputs"][0],
+        json!({"name": "features", "datatype": "FP32", "shape": [-1, 15]})
+    );
+    let server_meta: Value = get("/v2").await?.json().await?;
+    assert_eq!(server_meta["name"], "mlgw-model-server");
+
+    let mut client = grpc(&server).await?;
+    assert!(
+        client
+            .server_live(pb::ServerLiveRequest {})
+            .await?
+            .into_inner()
+            .live
+    );
+    assert!(
+        client
+            .server_ready(pb::ServerReadyRequest {})
+            .await?
+            .into_inner()
+            .ready
+    );
+    let ready = client
+        .model_ready(pb::ModelReadyRequest {
+            name: "fraud_detector".into(),
+            version: "2".into(),
+        })
+        .await?;
+    assert!(ready.into_inner().ready);
+    let meta = client
+        .model_metadata(pb::ModelMetadataRequest {
+            name: "fraud_detector".into(),
+            version: String::new(),
+        })
+        .await?
+        .into_inner();
+    assert_eq!(meta.versions, vec!["1", "2"]);
+    assert_eq!(
+        meta.outputs
+            .iter()
+            .map(|o| o.name.as_str())
+            .collect::<Vec<_>>(),
+        ["label", "probabilities"]
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn readiness_turns_true_only_after_warm_up() -> Result<()> {
+    // Enough warm-up work that the not-ready window is observable (~seconds).
+    let repo = example_repository_with(|c| {
+        c.replace(
+            "[warmup]\niterations = 3",
+            "[warmup]\niterations = 400\nbatch_size = 64",
+        )
+    })?;
+    let mut server = ModelServerProcess::start(&repo.path, &[]).await?;
+    let http = reqwest::Client::new();
+    let live = http
+        .get(format!("{}/v2/health/live", server.http_url))
+        .send()
+        .await?;
+    assert_eq!(live.status(), 200, "live as soon as it serves");
+    let ready = http
+        .get(format!("{}/v2/health/ready", server.http_url))
+        .send()
+        .await?;
+    assert_eq!(ready.status(), 503, "not ready while warming up");
+    let mut client = grpc(&server).await?;
+    assert!(
+        !client
+            .server_ready(pb::ServerReadyRequest {})
+            .await?
+            .into_inner()
+            .ready
+    );
+    // An inference before readiness is refused with a clear status, not queued.
+    let early = client
+        .model_infer(infer_request("2", &reference(2)?.inputs[..1], true))
+        .await;
+    if let Err(status) = early {
+        assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+        assert!(
+            status.message().contains("not ready"),
+            "{}",
+            status.message()
+        );
+    }
+    server.wait_ready(Duration::from_secs(120)).await?;
+    assert!(
+        client
+            .server_ready(pb::ServerReadyRequest {})
+            .await?
+            .into_inner()
+            .ready
+    );
+    assert!(
+        server.log_tail().contains("warmed up"),
+        "log says warm-up ran"
+    );
+    Ok(())
+}
+
+fn grpc_err(
+    r: std::result::Result<tonic::Response<pb::ModelInferResponse>, tonic::Status>,
+) -> tonic::Status {
+    match r {
+        Ok(_) => panic!("expected an error"),
+        Err(s) => s,
+    }
+}
+
+#[tokio::test]
+async fn bad_grpc_input_gets_a_precise_status() -> Result<()> {
+    let server = ready_server(&[]).await?;
+    let mut client = grpc(&server).await?;
+    let row = reference(1)?.inputs[0].clone();
+    let good = infer_request("1", std::slice::from_ref(&row), true);
+
+    let mut cases: Vec<(&str, pb::ModelInferRequest, Code, &str)> = Vec::new();
+    let mut r = good.clone();
+    r.model_name = "no_such_model".into();
+    cases.push((
+        "unknown model",
+        r,
+        Code::NotFound,
+        "unknown model \"no_such_model\"",
+    ));
+    let mut r = good.clone();
+    r.model_version = "7".into();
+    cases.push(("unknown version", r, Code::NotFound, "no version \"7\""));
+    let mut r = good.clone();
+    r.inputs[0].name = "feats".into();
+    cases.push((
+        "wrong tensor name",
+        r,
+        Code::InvalidArgument,
+        "unexpected input \"feats\"",
+    ));
+    let mut r = good.clone();
+    r.inputs[0].datatype = "FP64".into();
+    r.raw_input_contents[0] = row
+        .iter()
+        .flat_map(|x| f64::from(*x).to_le_bytes())
+        .collect::<Vec<u8>>()
+        .into();
+    cases.push((
+        "wrong dtype",
+        r,
+        Code::InvalidArgument,
+        "datatype FP64 does not match the model's FP32",
+    ));
+    let mut r = good.clone();
+    r.inputs[0].datatype = "FLOAT".into();
+    cases.push((
+        "unknown dtype",
+        r,
+        Code::InvalidArgument,
+        "unknown datatype \"FLOAT\"",
+    ));
+    let mut r = good.clone();
+    r.inputs[0].shape = vec![1, 14];
+    r.raw_input_contents[0] = r.raw_input_contents[0].slice(..56);
+    cases.push((
+        "wrong shape",
+        r,
+        Code::InvalidArgument,
+        "shape [1, 14] does not match the model's [-1, 15]",
+    ));
+    let mut r = good.clone();
+    r.raw_input_contents[0] = r.raw_input_contents[0].slice(..58);
+    cases.push((
+        "raw byte length",
+        r,
+        Code::InvalidArgument,
+        "expected 60 bytes",
+    ));
+    let mut r = good.clone();
+    r.raw_input_contents.clear();
+    r.inputs[0].contents = Some(pb::InferTensorContents {
+        fp32_contents: row[..14].to_vec(),
+        ..Default::default()
+    });
+    cases.push((
+        "too few values",
+        r,
+        Code::InvalidArgument,
+        "needs 15 values, got 14",
+    ));
+    let mut r = good.clone();
+    let mut nan_row = row.clone();
+    nan_row[3] = f32::NAN;
+    r.raw_input_contents[0] = nan_row
+        .iter()
+        .flat_map(|x| x.to_le_bytes())
+        .collect::<Vec<u8>>()
+        .into();
+    cases.push(("NaN", r, Code::InvalidArgument, "NaN at flat index 3"));
+    let mut r = good.clone();
+    r.inputs[0].shape = vec![-1, 15];
+    cases.push((
+        "negative dim",
+        r,
+        Code::InvalidArgument,
+        "negative dimension",
+    ));
+    let mut r = good.clone();
+    r.inputs.clear();
+    r.raw_input_contents.clear();
+    cases.push((
+        "missing input",
+        r,
+        Code::InvalidArgument,
+        "missing input \"features\"",
+    ));
+    let mut r = good.clone();
+    r.outputs
+        .push(pb::model_infer_request::InferRequestedOutputTensor {
+            name: "score".into(),
+            ..Default::default()
+        });
+    cases.push((
+        "unknown output",
+        r,
+        Code::InvalidArgument,
+        "unknown output \"score\"",
+    ));
+    let rows65 = vec![row.clone(); 65];
+    cases.push((
+        "over max_batch_size",
+        infer_request("1", &rows65, true),
+        Code::InvalidArgument,
+        "exceed the model's max_batch_size 64",
+    ));
+    let mut r = good.clone();
+    r.inputs[0].shape = vec![4_000_000_000, 4_000_000_000, 4_000_000_000];
+    cases.push(("overflowing shape", r, Code::InvalidArgument, "features"));
+
+    for (what, request, code, needle) in cases {
+        let status = grpc_err(client.model_infer(request).await);
+        assert_eq!(status.code(), code, "{what}: {status:?}");
+        assert!(
+            status.message().contains(needle),
+            "{what}: message {:?} should contain {needle:?}",
+            status.message()
+        );
+    }
+    // The server is still healthy after all of that.
+    assert!(client.model_infer(good).await.is_ok());
+    Ok(())
+}
+
+#[tokio::test]
+async fn bad_rest_input_gets_a_precise_status() -> Result<()> {
+    let server = ready_server(&[]).await?;
+    let http = reqwest::Client::new();
+    let row = reference(1)?.inputs[0].clone();
+    let url = |model: &str| format!("{}/v2/models/{model}/infer", server.http_url);
+    let post = |u: String, body: String| {
+        http.post(u)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+    };
+    let cases: Vec<(&str, String, String, u16, &str)> = vec![
+        ("unknown model", url("nope"), json!({"inputs": []}).to_string(), 404, "unknown model \"nope\""),
+        ("unknown version", format!("{}/v2/models/fraud_detector/versions/9/infer", server.http_url),
+            json!({"inputs": [{"name": "features", "datatype": "FP32", "shape": [1, 15], "data": row}]}).to_string(), 404, "no version \"9\""),
+        ("not JSON", url("fraud_detector"), "{inputs: oops".into(), 400, "not a valid V2 inference request"),
+        ("wrong name", url("fraud_detector"),
+            json!({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 15], "data": row}]}).to_string(), 400, "unexpected input \"x\""),
+        ("wrong dtype", url("fraud_detector"),
+            json!({"inputs": [{"name": "features", "datatype": "INT64", "shape": [1, 15], "data": vec![1; 15]}]}).to_string(), 400, "datatype INT64 does not match"),
+        ("wrong count", url("fraud_detector"),
+            json!({"inputs": [{"name": "features", "datatype": "FP32", "shape": [1, 15], "data": &row[..10]}]}).to_string(), 400, "needs 15 values, \"data\" has 10"),
+        ("string value", url("fraud_detector"),
+            json!({"inputs": [{"name": "features", "datatype": "FP32", "shape": [1, 2], "data": [1.0, "NaN"]}]}).to_string(), 400, "data[1] = \"NaN\" is not a number"),
+    ];
+    for (what, u, body, status, needle) in cases {
+        let resp = post(u, body).await?;
+        assert_eq!(resp.status().as_u16(), status, "{what}");
+        let v: Value = resp.json().await?;
+        let msg = v["error"].as_str().unwrap_or_default();
+        assert!(
+            msg.contains(needle),
+            "{what}: {msg:?} should contain {needle:?}"
+        );
+        assert!(v["code"].is_string(), "{what}: stable code present");
+    }
+    let resp = http
+        .get(format!("{}/v2/models/nope/ready", server.http_url))
+        .send()
+        .await?;
+    assert_eq!(resp.status(), 404);
+    Ok(())
+}
+
+/// 64 concurrent callers: the batching server answers each caller with exactly
+/// the rows the unbatched server gives.
+#[tokio::test]
+async fn batching_on_and_off_give_the_same_outputs() -> Result<()> {
+    // A long queue delay makes sure concurrent callers really are gathered.
+    let repo = example_repository_with(|c| {
+        c.replace("max_queue_delay_ms = 2", "max_queue_delay_ms = 20")
+    })?;
+    let mut batched = ModelServerProcess::start(&repo.path, &[]).await?;
+    batched.wait_ready(Duration::from_secs(60)).await?;
+    let unbatched = ready_server(&["--disable-batching"]).await?;
+    let rows = reference(2)?.inputs;
+    let run = |url: String| {
+        let rows = rows.clone();
+        async move {
+            let channel = Channel::from_shared(url)?.connect().await?;
+            let mut tasks = Vec::new();
+            for caller in 0..64usize {
+                let mut client = GrpcInferenceServiceClient::new(channel.clone());
+                // Each caller sends 1..=3 rows so batches mix request sizes.
+                let start = (caller * 4) % (rows.len() - 3);
+                let mine = rows[start..start + 1 + caller % 3].to_vec();
+                tasks.push(tokio::spawn(async move {
+                    let r = client
+                        .model_infer(infer_request("2", &mine, caller % 2 == 0))
+                        .await?
+                        .into_inner();
+                    decode_outputs(&r)
+                }));
+            }
+            let mut out = Vec::new();
+            for t in tasks {
+                out.push(t.await??);
+            }
+            anyhow::Ok(out)
+        }
+    };
+    let (a, b) = tokio::join!(
+        run(batched.grpc_url.clone()),
+        run(unbatched.grpc_url.clone())
+    );
+    let (a, b) = (a?, b?);
+    assert_eq!(a.len(), 64);
+    for (i, ((la, pa), (lb, pb))) in a.iter().zip(&b).enumerate() {
+        assert_eq!(la, lb, "caller {i}: labels");
+        assert_eq!(la.len(), 1 + i % 3, "caller {i} got its own rows back");
+        let worst = pa
+            .iter()
+            .zip(pb)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0f32, f32::max);
+        assert!(
+            worst <= TOLERANCE,
+            "caller {i}: probabilities differ by {worst}"
+        );
+    }
+    Ok(())
+}
+
+/// A full queue refuses at once with RESOURCE_EXHAUSTED / 429 instead of queueing.
+#[tokio::test]
+async fn a_full_queue_sheds_with_resource_exhausted() -> Result<()> {
+    // One inference thread, room for one waiting request, no gathering: a burst
+    // of 64-row forest requests must overflow the queue.
+    let repo = example_repository_with(|c| {
+        c.replace("max_batch_size = 64", "max_batch_size = 64\ninstances = 1")
+            .replace("max_queue_size = 1024", "max_queue_size = 1")
+    })?;
+    let mut server = ModelServerProcess::start(&repo.path, &["--disable-batching"]).await?;
+    server.wait_ready(Duration::from_secs(60)).await?;
+    let channel = Channel::from_shared(server.grpc_url.clone())?
+        .connect()
+        .await?;
+    let row = reference(2)?.inputs[0].clone();
+    let rows = vec![row.clone(); 64];
+    let mut tasks = Vec::new();
+    for _ in 0..200 {
+        let mut client = GrpcInferenceServiceClient::new(channel.clone());
+        let request = infer_request("2", &rows, true);
+        tasks.push(tokio::spawn(
+            async move { client.model_infer(request).await },
+        ));
+    }
+    let (mut ok, mut shed) = (0, 0);
+    for t in tasks {
+        match t.await? {
+            Ok(_) => ok += 1,
+            Err(s) if s.code() == Code::ResourceExhausted => {
+                assert!(s.message().contains("overloaded"), "{}", s.message());
+                shed += 1;
+            }
+            Err(s) => anyhow::bail!("unexpected status {s:?}"),
+        }
+    }
+    assert!(ok >= 1, "some calls are served");
+    assert!(
+        shed >= 1,
+        "some calls are shed at once (ok={ok}, shed={shed})"
+    );
+    // REST sheds with 429 too.
+    let http = reqwest::Client::new();
+    let body = json!({"inputs": [{"name": "features", "datatype": "FP32", "shape": [64, 15], "data": rows}]});
+    let mut tasks = Vec::new();
+    for _ in 0..100 {
+        let request = http
+            .post(format!(
+                "{}/v2/models/fraud_detector/versions/2/infer",
+                server.http_url
+            ))
+            .json(&body);
+        tasks.push(tokio::spawn(async move {
+            request.send().await.map(|r| r.status().as_u16())
+        }));
+    }
+    let mut statuses = Vec::new();
+    for t in tasks {
+        statuses.push(t.await??);
+    }
+    assert!(statuses.contains(&429), "REST sheds with 429: {statuses:?}");
+    assert!(
+        statuses.iter().all(|s| *s == 200 || *s == 429),
+        "{statuses:?}"
+    );
+    Ok(())
+}
+
+/// A bad model config stops the server before it serves, naming file and key.
+#[tokio::test]
+async fn a_bad_config_fails_at_start_naming_the_key() -> Result<()> {
+    let repo =
+        example_repository_with(|c| c.replace("datatype = \"FP32\"", "datatype = \"FLOAT32\""))?;
+    let result = ModelServerProcess::start(&repo.path, &[]).await;
+    let Err(err) = result else {
+        anyhow::bail!("server started with a bad config")
+    };
+    let text = format!("{err:#}");
+    assert!(
+        text.contains("input[0].datatype") && text.contains("config.toml"),
+        "{text}"
+    );
+    Ok(())
+}
