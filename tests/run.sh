@@ -58,4 +58,4 @@ set -a
 set +a
 
 step "cargo test --workspace"
-cargo test --workspace --locked -j "$jobs" -- --test-threads="$jobs"
+cargo test --workspace --locked --no-fail-fast -j "$jobs" -- --test-threads="$jobs"

@@ -182,7 +182,7 @@ async fn main() -> Result<()> {
         "Command: `cargo build --release -p model-server && cargo bench -p benches --bench model_server` \
          (MLGW_BENCH_SECONDS={seconds}). Single-row gRPC ModelInfer calls (raw FP32 input, 15 features), \
          closed loop, {CONNECTIONS} HTTP/2 connections, client and server on the same {}-core machine. \
-         v1 = LogisticRegression, v2 = RandomForest (50 trees). Batching on: max_batch_size 64, max_queue_delay 2 ms.\n",
+         v1 = LogisticRegression, v2 = MLP (32, 16). Batching on: max_batch_size 64, max_queue_delay 2 ms.\n",
         std::thread::available_parallelism().map_or(0, |n| n.get())
     )?;
     writeln!(

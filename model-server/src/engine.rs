@@ -164,6 +164,31 @@ impl Engine {
         })
     }
 
+    /// A V2 JSON request body for `model` with one all-zero row per input, for
+    /// the "try it" line printed at start; None for an unknown model.
+    pub fn example_request(&self, model: &str) -> Option<String> {
+        let spec = &self.models.get(model)?.spec;
+        let inputs: Vec<String> = spec
+            .inputs
+            .iter()
+            .map(|t| {
+                let shape: Vec<i64> = t.shape.iter().map(|d| (*d).max(1)).collect();
+                let count: i64 = shape.iter().product();
+                let zero = if t.datatype == crate::datatype::DataType::Bool {
+                    "false"
+                } else {
+                    "0"
+                };
+                let data = vec![zero; usize::try_from(count).unwrap_or(1)].join(",");
+                format!(
+                    r#"{{"name":"{}","datatype":"{}","shape":{shape:?},"data":[{data}]}}"#,
+                    t.name, t.datatype
+                )
+            })
+            .collect();
+        Some(format!(r#"{{"inputs":[{}]}}"#, inputs.join(",")))
+    }
+
     /// Whether one model version (None: the highest) is ready.
     ///
     /// # Errors

@@ -1,6 +1,8 @@
-//! The REST front: the V2 HTTP/JSON API under `/v2/…` (axum). JSON is decoded
-//! here into the wire-neutral request; errors are `{"error": …, "code": …}`
-//! with the status from the shared error table.
+//! The REST front: the V2 HTTP/JSON API under `/v2/…` (axum), with the binary
+//! tensor extension (`Inference-Header-Content-Length`, `binary_data_size`,
+//! `binary_data`) that Triton's HTTP clients use. Bodies are decoded here into
+//! the wire-neutral request; errors are `{"error": …, "code": …}` with the status
+//! from the shared error table.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -9,7 +11,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
@@ -49,6 +51,8 @@ pub fn router(engine: Arc<Engine>, timeout: Duration) -> Router {
             post(infer_version),
         )
         .fallback(not_found)
+        // Same bound as the gRPC front: large batches fit, a runaway body does not.
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(AppState { engine, timeout })
 }
 
@@ -172,18 +176,26 @@ async fn model_version_ready(
 async fn infer(
     State(s): State<AppState>,
     Path(model): Path<String>,
+    headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    run_infer(&s, model, None, &body).await
+    run_infer(&s, model, None, &headers, &body).await
 }
 
 async fn infer_version(
     State(s): State<AppState>,
     Path((model, version)): Path<(String, String)>,
+    headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    run_infer(&s, model, Some(version), &body).await
+    run_infer(&s, model, Some(version), &headers, &body).await
 }
+
+/// Largest request body accepted, as on the gRPC front.
+pub const MAX_BODY_BYTES: usize = 64 * 1024 * 1024;
+
+/// Header of the binary tensor extension: the JSON part's length in the body.
+const HEADER_LENGTH: &str = "inference-header-content-length";
 
 /// V2 JSON inference request body.
 #[derive(Deserialize)]
@@ -191,11 +203,7 @@ struct JsonRequest {
     #[serde(default)]
     id: Option<String>,
     #[serde(default)]
-    #[expect(
-        dead_code,
-        reason = "accepted per the V2 spec; no request parameter changes behaviour yet"
-    )]
-    parameters: Option<HashMap<String, Value>>,
+    parameters: HashMap<String, Value>,
     inputs: Vec<JsonInput>,
     #[serde(default)]
     outputs: Vec<JsonOutput>,
@@ -207,12 +215,9 @@ struct JsonInput {
     shape: Vec<i64>,
     datatype: String,
     #[serde(default)]
-    #[expect(
-        dead_code,
-        reason = "accepted per the V2 spec; no tensor parameter changes behaviour yet"
-    )]
-    parameters: Option<HashMap<String, Value>>,
-    data: Value,
+    parameters: HashMap<String, Value>,
+    #[serde(default)]
+    data: Option<Value>,
 }
 
 #[derive(Deserialize)]
@@ -222,13 +227,39 @@ struct JsonOutput {
     parameters: HashMap<String, Value>,
 }
 
+fn bool_param(params: &HashMap<String, Value>, key: &str) -> Option<bool> {
+    params.get(key).and_then(Value::as_bool)
+}
+
+/// Splits a body into its JSON part and the binary tensor data that follows it
+/// (binary tensor extension: `Inference-Header-Content-Length` says where).
+fn split_body<'a>(headers: &HeaderMap, body: &'a [u8]) -> Result<(&'a [u8], &'a [u8]), InferError> {
+    let Some(value) = headers.get(HEADER_LENGTH) else {
+        return Ok((body, &[]));
+    };
+    let length = value
+        .to_str()
+        .ok()
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .filter(|n| *n <= body.len())
+        .ok_or_else(|| {
+            InferError::InvalidInput(format!(
+                "{HEADER_LENGTH} must be the JSON part's length in bytes, at most the body's {} bytes",
+                body.len()
+            ))
+        })?;
+    Ok(body.split_at(length))
+}
+
 async fn run_infer(
     s: &AppState,
     model: String,
     version: Option<String>,
+    headers: &HeaderMap,
     body: &[u8],
 ) -> Result<Response, ApiError> {
-    let parsed: JsonRequest = serde_json::from_slice(body).map_err(|e| {
+    let (json, mut binary) = split_body(headers, body)?;
+    let parsed: JsonRequest = serde_json::from_slice(json).map_err(|e| {
         InferError::InvalidInput(format!(
             "request body is not a valid V2 inference request: {e}; expected {{\"inputs\": [{{\"name\", \"shape\", \"datatype\", \"data\"}}]}}"
         ))
@@ -243,7 +274,50 @@ async fn run_infer(
                 })?;
         let shape = checked_shape(&t.name, &t.shape)?;
         let count = element_count(&t.name, &shape)?;
-        let data = json_tensor(&t.name, datatype, &t.data, count)?;
+        let binary_size = t.parameters.get("binary_data_size").map(Value::as_u64);
+        let data = match (binary_size, &t.data) {
+            (Some(Some(size)), None) => {
+                let size = usize::try_from(size).unwrap_or(usize::MAX);
+                if size > binary.len() {
+                    return Err(InferError::InvalidInput(format!(
+                        "input \"{}\": binary_data_size {size} exceeds the {} binary bytes left in the body",
+                        t.name,
+                        binary.len()
+                    ))
+                    .into());
+                }
+                let (mine, rest) = binary.split_at(size);
+                binary = rest;
+                TensorData::from_le_bytes(datatype, mine, count)
+                    .map_err(|e| {
+                        InferError::InvalidInput(format!(
+                            "input \"{}\": binary data length mismatch for shape {shape:?}: {e}",
+                            t.name
+                        ))
+                    })?
+                    .ok_or_else(|| {
+                        InferError::InvalidInput(format!(
+                            "input \"{}\": datatype {datatype} is not supported by this server",
+                            t.name
+                        ))
+                    })?
+            }
+            (None, Some(data)) => json_tensor(&t.name, datatype, data, count)?,
+            (Some(None), _) => {
+                return Err(InferError::InvalidInput(format!(
+                    "input \"{}\": binary_data_size must be a byte count",
+                    t.name
+                ))
+                .into());
+            }
+            (Some(_), Some(_)) | (None, None) => {
+                return Err(InferError::InvalidInput(format!(
+                    "input \"{}\": give either \"data\" or parameters.binary_data_size, exactly one",
+                    t.name
+                ))
+                .into());
+            }
+        };
         inputs.push(InputTensor {
             name: t.name,
             datatype,
@@ -251,20 +325,22 @@ async fn run_infer(
             data,
         });
     }
+    if !binary.is_empty() {
+        return Err(InferError::InvalidInput(format!(
+            "{} bytes of binary data follow the JSON header but no input claims them (binary_data_size)",
+            binary.len()
+        ))
+        .into());
+    }
+    let all_binary = bool_param(&parsed.parameters, "binary_data_output").unwrap_or(false);
     let outputs = parsed
         .outputs
         .into_iter()
-        .map(|o| {
-            let binary = o.parameters.get("binary_data").and_then(Value::as_bool);
-            if binary == Some(true) {
-                return Err(InferError::InvalidInput(format!(
-                    "output \"{}\": binary_data over REST (the binary tensor extension) is not supported; use gRPC raw_output_contents or JSON",
-                    o.name
-                )));
-            }
-            Ok(RequestedOutput { name: o.name, binary })
+        .map(|o| RequestedOutput {
+            binary: bool_param(&o.parameters, "binary_data"),
+            name: o.name,
         })
-        .collect::<Result<_, _>>()?;
+        .collect();
     let request = InferRequest {
         model,
         version,
@@ -272,17 +348,28 @@ async fn run_infer(
         inputs,
         outputs,
     };
+    let binary_flags: Vec<Option<bool>> = request.outputs.iter().map(|o| o.binary).collect();
     let response = s.engine.infer(request, Some(s.timeout)).await?;
+    let mut blob: Vec<u8> = Vec::new();
     let outputs: Vec<Value> = response
         .outputs
         .into_iter()
-        .map(|o| {
-            serde_json::json!({
+        .enumerate()
+        .map(|(i, o)| {
+            let binary = binary_flags.get(i).copied().flatten().unwrap_or(all_binary);
+            let mut out = serde_json::json!({
                 "name": o.name,
                 "datatype": o.tensor.data.datatype().as_str(),
                 "shape": o.tensor.shape,
-                "data": tensor_json(&o.tensor.data),
-            })
+            });
+            if binary {
+                let bytes = o.tensor.data.to_le_bytes();
+                out["parameters"] = serde_json::json!({ "binary_data_size": bytes.len() });
+                blob.extend_from_slice(&bytes);
+            } else {
+                out["data"] = tensor_json(&o.tensor.data);
+            }
+            out
         })
         .collect();
     let mut body = serde_json::json!({
@@ -293,7 +380,27 @@ async fn run_infer(
     if !response.id.is_empty() {
         body["id"] = Value::String(response.id);
     }
-    Ok(axum::Json(body).into_response())
+    if blob.is_empty() {
+        return Ok(axum::Json(body).into_response());
+    }
+    let mut bytes = serde_json::to_vec(&body).map_err(|e| InferError::Inference {
+        model: String::new(),
+        version: String::new(),
+        message: format!("cannot encode the response: {e}"),
+    })?;
+    let header_length = bytes.len();
+    bytes.extend_from_slice(&blob);
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/octet-stream".to_owned()),
+            (
+                header::HeaderName::from_static(HEADER_LENGTH),
+                header_length.to_string(),
+            ),
+        ],
+        bytes,
+    )
+        .into_response())
 }
 
 /// Flattens (possibly nested) JSON `data` row-major into typed elements.

@@ -1,15 +1,37 @@
 //! `model-server` binary: flags, logging, then the library's bind and run.
 
 use std::io::IsTerminal;
+use std::process::ExitCode;
 
 use clap::Parser;
 use model_server::cli::Cli;
 use model_server::server::ModelServer;
 use tracing_subscriber::EnvFilter;
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> ExitCode {
     let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("model-server: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(serve(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // One clear line (file, key, what to do), no backtrace: this is the
+            // message a person fixing a config or a busy port needs.
+            eprintln!("model-server: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(cli: Cli) -> anyhow::Result<()> {
     let filter = EnvFilter::try_from_env("MLGW_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     let fmt = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -29,6 +51,25 @@ async fn main() -> anyhow::Result<()> {
         http.map_or_else(|| "?".into(), |a| a.to_string()),
         grpc.map_or_else(|| "?".into(), |a| a.to_string())
     );
+    // When every model is warm, print a ready-to-paste request for the first one.
+    let mut ready = server.ready_signal();
+    let engine = server.engine();
+    tokio::spawn(async move {
+        if ready.wait_for(|r| *r).await.is_err() {
+            return;
+        }
+        let Some((model, body, http)) = engine
+            .model_names()
+            .next()
+            .and_then(|m| Some((m.to_owned(), engine.example_request(m)?, http?)))
+        else {
+            return;
+        };
+        println!("model-server ready; try:");
+        println!(
+            "  curl -s http://{http}/v2/models/{model}/infer -H 'content-type: application/json' -d '{body}'"
+        );
+    });
     server.run(shutdown_signal()).await?;
     tracing::info!("stopped");
     Ok(())

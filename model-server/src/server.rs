@@ -62,6 +62,7 @@ pub enum ServerError {
 /// A model-server with its listeners bound, ready to run.
 pub struct ModelServer {
     engine: Arc<Engine>,
+    ready: tokio::sync::watch::Sender<bool>,
     http: TcpListener,
     grpc: TcpListener,
     request_timeout: Duration,
@@ -87,6 +88,7 @@ impl ModelServer {
         let models = repository::scan(&config.model_repository, overrides)?;
         Ok(ModelServer {
             engine: Arc::new(Engine::new(models)),
+            ready: tokio::sync::watch::Sender::new(false),
             http: bind(config.host, config.http_port).await?,
             grpc: bind(config.host, config.grpc_port).await?,
             request_timeout: config.request_timeout,
@@ -101,6 +103,11 @@ impl ModelServer {
     /// The bound gRPC address.
     pub fn grpc_addr(&self) -> Option<SocketAddr> {
         self.grpc.local_addr().ok()
+    }
+
+    /// Turns true once every model version is loaded and warmed up.
+    pub fn ready_signal(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.ready.subscribe()
     }
 
     /// The engine (for in-process benches and tests).
@@ -128,6 +135,7 @@ impl ModelServer {
         let loader = {
             let engine = self.engine.clone();
             let health = health.clone();
+            let ready = self.ready.clone();
             tokio::spawn(async move {
                 let loaded = tokio::task::spawn_blocking({
                     let engine = engine.clone();
@@ -139,6 +147,7 @@ impl ModelServer {
                         .set_serving::<GrpcInferenceServiceServer<InferenceService>>()
                         .await;
                     tracing::info!("all models loaded and warm: ready");
+                    ready.send_replace(true);
                 } else {
                     tracing::error!(join_error = ?loaded.err(), "some model failed to load; the server stays not ready");
                 }
@@ -150,7 +159,7 @@ impl ModelServer {
             .add_service(health_service)
             .add_service(
                 GrpcInferenceServiceServer::new(service)
-                    .max_decoding_message_size(64 * 1024 * 1024),
+                    .max_decoding_message_size(crate::http::MAX_BODY_BYTES),
             )
             .serve_with_incoming_shutdown(
                 tokio_stream::wrappers::TcpListenerStream::new(self.grpc),

@@ -233,45 +233,56 @@ pub fn reference(version: u32) -> Result<Reference> {
 ///
 /// # Errors
 /// On I/O errors.
-pub fn example_repository_with(edit: impl Fn(&str) -> String) -> Result<tempdir::TempRepo> {
-    tempdir::TempRepo::copy_example(edit)
+pub fn example_repository_with(edit: impl Fn(&str) -> String) -> Result<TempRepo> {
+    let repo = TempRepo::new()?;
+    repo.add_example_model("fraud_detector", edit)?;
+    Ok(repo)
 }
 
-/// A temporary copy of the example repository, removed when dropped.
-pub mod tempdir {
-    use super::*;
+/// A temporary model repository folder, removed when dropped.
+pub struct TempRepo {
+    /// Its path.
+    pub path: PathBuf,
+}
 
-    /// A temporary model repository folder.
-    pub struct TempRepo {
-        /// Its path.
-        pub path: PathBuf,
+impl TempRepo {
+    /// An empty repository folder.
+    ///
+    /// # Errors
+    /// On I/O errors.
+    pub fn new() -> Result<Self> {
+        let path = std::env::temp_dir().join(format!(
+            "mlgw-repo-{}-{:x}",
+            std::process::id(),
+            rand_suffix()
+        ));
+        std::fs::create_dir_all(&path)?;
+        Ok(TempRepo { path })
     }
 
-    impl TempRepo {
-        pub(super) fn copy_example(edit: impl Fn(&str) -> String) -> Result<Self> {
-            let path = std::env::temp_dir().join(format!(
-                "mlgw-repo-{}-{:x}",
-                std::process::id(),
-                rand_suffix()
-            ));
-            let src = example_repository().join("fraud_detector");
-            let dst = path.join("fraud_detector");
-            for version in ["1", "2"] {
-                std::fs::create_dir_all(dst.join(version))?;
-                std::fs::copy(
-                    src.join(version).join("model.onnx"),
-                    dst.join(version).join("model.onnx"),
-                )?;
-            }
-            let config = std::fs::read_to_string(src.join("config.toml"))?;
-            std::fs::write(dst.join("config.toml"), edit(&config))?;
-            Ok(TempRepo { path })
+    /// Adds the example fraud model (both versions) under `name`, its config
+    /// rewritten by `edit`.
+    ///
+    /// # Errors
+    /// On I/O errors.
+    pub fn add_example_model(&self, name: &str, edit: impl Fn(&str) -> String) -> Result<()> {
+        let src = example_repository().join("fraud_detector");
+        let dst = self.path.join(name);
+        for version in ["1", "2"] {
+            std::fs::create_dir_all(dst.join(version))?;
+            std::fs::copy(
+                src.join(version).join("model.onnx"),
+                dst.join(version).join("model.onnx"),
+            )?;
         }
+        let config = std::fs::read_to_string(src.join("config.toml"))?;
+        std::fs::write(dst.join("config.toml"), edit(&config))?;
+        Ok(())
     }
+}
 
-    impl Drop for TempRepo {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.path);
-        }
+impl Drop for TempRepo {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
     }
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use proto::inference as pb;
 use proto::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
-use rig::{ModelServerProcess, example_repository, example_repository_with, reference};
+use rig::{ModelServerProcess, TempRepo, example_repository, example_repository_with, reference};
 use serde_json::{Value, json};
 use tonic::Code;
 use tonic::transport::Channel;
@@ -301,11 +301,12 @@ async fn metadata_and_health_over_both_fronts() -> Result<()> {
 
 #[tokio::test]
 async fn readiness_turns_true_only_after_warm_up() -> Result<()> {
-    // Enough warm-up work that the not-ready window is observable (~seconds).
+    // Enough warm-up work (64-row batches) that the not-ready window lasts
+    // seconds; versions load one after another, so v2 waits behind v1.
     let repo = example_repository_with(|c| {
         c.replace(
             "[warmup]\niterations = 3",
-            "[warmup]\niterations = 400\nbatch_size = 64",
+            "[warmup]\niterations = 50000\nbatch_size = 64",
         )
     })?;
     let mut server = ModelServerProcess::start(&repo.path, &[]).await?;
@@ -332,14 +333,15 @@ async fn readiness_turns_true_only_after_warm_up() -> Result<()> {
     let early = client
         .model_infer(infer_request("2", &reference(2)?.inputs[..1], true))
         .await;
-    if let Err(status) = early {
-        assert_eq!(status.code(), Code::Unavailable, "{status:?}");
-        assert!(
-            status.message().contains("not ready"),
-            "{}",
-            status.message()
-        );
-    }
+    let status = early
+        .err()
+        .context("an inference before readiness must be refused")?;
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(
+        status.message().contains("not ready"),
+        "{}",
+        status.message()
+    );
     server.wait_ready(Duration::from_secs(120)).await?;
     assert!(
         client
@@ -611,11 +613,15 @@ async fn batching_on_and_off_give_the_same_outputs() -> Result<()> {
 /// A full queue refuses at once with RESOURCE_EXHAUSTED / 429 instead of queueing.
 #[tokio::test]
 async fn a_full_queue_sheds_with_resource_exhausted() -> Result<()> {
-    // One inference thread, room for one waiting request, no gathering: a burst
-    // of 64-row forest requests must overflow the queue.
+    // One inference thread, room for one waiting request, no gathering, and
+    // requests of 20,000 rows (~10 ms of work each): a burst must overflow.
+    const ROWS: usize = 20_000;
     let repo = example_repository_with(|c| {
-        c.replace("max_batch_size = 64", "max_batch_size = 64\ninstances = 1")
-            .replace("max_queue_size = 1024", "max_queue_size = 1")
+        c.replace(
+            "max_batch_size = 64",
+            "max_batch_size = 20000\ninstances = 1",
+        )
+        .replace("max_queue_size = 1024", "max_queue_size = 1")
     })?;
     let mut server = ModelServerProcess::start(&repo.path, &["--disable-batching"]).await?;
     server.wait_ready(Duration::from_secs(60)).await?;
@@ -623,11 +629,12 @@ async fn a_full_queue_sheds_with_resource_exhausted() -> Result<()> {
         .connect()
         .await?;
     let row = reference(2)?.inputs[0].clone();
-    let rows = vec![row.clone(); 64];
+    let rows = vec![row.clone(); ROWS];
+    let request = infer_request("2", &rows, true);
     let mut tasks = Vec::new();
-    for _ in 0..200 {
+    for _ in 0..40 {
         let mut client = GrpcInferenceServiceClient::new(channel.clone());
-        let request = infer_request("2", &rows, true);
+        let request = request.clone();
         tasks.push(tokio::spawn(
             async move { client.model_infer(request).await },
         ));
@@ -635,7 +642,10 @@ async fn a_full_queue_sheds_with_resource_exhausted() -> Result<()> {
     let (mut ok, mut shed) = (0, 0);
     for t in tasks {
         match t.await? {
-            Ok(_) => ok += 1,
+            Ok(r) => {
+                assert_eq!(decode_outputs(&r.into_inner())?.0.len(), ROWS);
+                ok += 1;
+            }
             Err(s) if s.code() == Code::ResourceExhausted => {
                 assert!(s.message().contains("overloaded"), "{}", s.message());
                 shed += 1;
@@ -648,17 +658,27 @@ async fn a_full_queue_sheds_with_resource_exhausted() -> Result<()> {
         shed >= 1,
         "some calls are shed at once (ok={ok}, shed={shed})"
     );
-    // REST sheds with 429 too.
+    // REST sheds with 429 too (binary tensor extension keeps parsing cheap).
     let http = reqwest::Client::new();
-    let body = json!({"inputs": [{"name": "features", "datatype": "FP32", "shape": [64, 15], "data": rows}]});
+    let raw: Vec<u8> = rows
+        .iter()
+        .flatten()
+        .flat_map(|x| x.to_le_bytes())
+        .collect();
+    let header = json!({"inputs": [{"name": "features", "datatype": "FP32", "shape": [ROWS, 15],
+                                    "parameters": {"binary_data_size": raw.len()}}]})
+    .to_string();
+    let mut body = header.clone().into_bytes();
+    body.extend_from_slice(&raw);
     let mut tasks = Vec::new();
-    for _ in 0..100 {
+    for _ in 0..40 {
         let request = http
             .post(format!(
                 "{}/v2/models/fraud_detector/versions/2/infer",
                 server.http_url
             ))
-            .json(&body);
+            .header("Inference-Header-Content-Length", header.len())
+            .body(body.clone());
         tasks.push(tokio::spawn(async move {
             request.send().await.map(|r| r.status().as_u16())
         }));
@@ -688,6 +708,123 @@ async fn a_bad_config_fails_at_start_naming_the_key() -> Result<()> {
     assert!(
         text.contains("input[0].datatype") && text.contains("config.toml"),
         "{text}"
+    );
+    Ok(())
+}
+
+/// Several models, each with several versions, served side by side; the second
+/// has no dynamic_batching section, so its requests run alone.
+#[tokio::test]
+async fn several_models_and_versions_are_served_at_once() -> Result<()> {
+    let repo = TempRepo::new()?;
+    repo.add_example_model("fraud_detector", str::to_owned)?;
+    repo.add_example_model("fraud_detector_eu", |c| {
+        c.replace(
+            "[dynamic_batching]\nmax_queue_delay_ms = 2\nmax_queue_size = 1024\n",
+            "",
+        )
+    })?;
+    let mut server = ModelServerProcess::start(&repo.path, &[]).await?;
+    server.wait_ready(Duration::from_secs(60)).await?;
+    let mut client = grpc(&server).await?;
+    let row = reference(1)?.inputs[0].clone();
+    for model in ["fraud_detector", "fraud_detector_eu"] {
+        for version in ["1", "2"] {
+            let mut request = infer_request(version, std::slice::from_ref(&row), false);
+            request.model_name = model.into();
+            let r = client.model_infer(request).await?.into_inner();
+            assert_eq!(
+                (r.model_name.as_str(), r.model_version.as_str()),
+                (model, version)
+            );
+            let (labels, probs) = decode_outputs(&r)?;
+            assert_eq!((labels.len(), probs.len()), (1, 2));
+        }
+    }
+    Ok(())
+}
+
+/// The binary tensor extension on REST (what tritonclient's HTTP client sends):
+/// raw input bytes after the JSON header, raw outputs asked with binary_data.
+#[tokio::test]
+async fn rest_binary_tensor_extension_round_trips() -> Result<()> {
+    let server = ready_server(&[]).await?;
+    let reference_v1 = reference(1)?;
+    let rows = &reference_v1.inputs[..64];
+    let raw: Vec<u8> = rows
+        .iter()
+        .flatten()
+        .flat_map(|x| x.to_le_bytes())
+        .collect();
+    let header = json!({
+        "inputs": [{"name": "features", "datatype": "FP32", "shape": [64, 15],
+                    "parameters": {"binary_data_size": raw.len()}}],
+        "outputs": [{"name": "label", "parameters": {"binary_data": true}},
+                    {"name": "probabilities", "parameters": {"binary_data": false}}],
+    })
+    .to_string();
+    let mut body = header.clone().into_bytes();
+    body.extend_from_slice(&raw);
+    let http = reqwest::Client::new();
+    let url = format!(
+        "{}/v2/models/fraud_detector/versions/1/infer",
+        server.http_url
+    );
+    let resp = http
+        .post(&url)
+        .header("Inference-Header-Content-Length", header.len())
+        .header("content-type", "application/octet-stream")
+        .body(body.clone())
+        .send()
+        .await?;
+    assert_eq!(resp.status(), 200);
+    let json_len: usize = resp
+        .headers()
+        .get("inference-header-content-length")
+        .context("binary response names its JSON length")?
+        .to_str()?
+        .parse()?;
+    let bytes = resp.bytes().await?;
+    let (head, blob) = bytes.split_at(json_len);
+    let head: Value = serde_json::from_slice(head)?;
+    assert_eq!(head["outputs"][0]["parameters"]["binary_data_size"], 64 * 8);
+    let labels: Vec<i64> = blob
+        .chunks_exact(8)
+        .map(|c| i64::from_le_bytes(c.try_into().unwrap_or([0; 8])))
+        .collect();
+    assert_eq!(labels, reference_v1.outputs.label[..64]);
+    let probs: Vec<f32> = head["outputs"][1]["data"]
+        .as_array()
+        .context("probabilities as JSON")?
+        .iter()
+        .filter_map(|v| v.as_f64().map(|f| f as f32))
+        .collect();
+    let expected: Vec<f32> = reference_v1.outputs.probabilities[..64]
+        .iter()
+        .flatten()
+        .copied()
+        .collect();
+    let worst = probs
+        .iter()
+        .zip(&expected)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    assert!(worst <= TOLERANCE, "max abs diff {worst}");
+
+    // A binary size that does not match the shape is named.
+    let mut short = header.clone().into_bytes();
+    short.extend_from_slice(&raw[..raw.len() - 4]);
+    let resp = http
+        .post(&url)
+        .header("Inference-Header-Content-Length", header.len())
+        .body(short)
+        .send()
+        .await?;
+    assert_eq!(resp.status(), 400);
+    let v: Value = resp.json().await?;
+    assert!(
+        v["error"].as_str().unwrap_or_default().contains("exceeds"),
+        "{v}"
     );
     Ok(())
 }
