@@ -30,6 +30,7 @@ cargo clippy --workspace --all-targets --locked -j "$jobs" -- -D warnings
 step "cargo build --workspace --all-targets"
 cargo build --workspace --all-targets --locked -j "$jobs"
 
+summary=""
 RIG_DIR="$(mktemp -d "${TMPDIR:-/tmp}/mlgw-rig.XXXXXX")"
 export RIG_DIR
 cleanup() {
@@ -39,6 +40,7 @@ cleanup() {
   tests/rig/oidc.sh stop || true
   tests/rig/cassandra.sh stop || true
   if [[ $rc -eq 0 ]]; then rm -rf "$RIG_DIR"; else echo "rig state kept in $RIG_DIR"; fi
+  if [[ -n "$summary" ]]; then printf '\n%s\n' "$summary"; fi
   exit $rc
 }
 trap cleanup EXIT
@@ -58,4 +60,11 @@ set -a
 set +a
 
 step "cargo test --workspace"
-cargo test --workspace --locked --no-fail-fast -j "$jobs" -- --test-threads="$jobs"
+status=0
+cargo test --workspace --locked --no-fail-fast -j "$jobs" -- --test-threads="$jobs" 2>&1 |
+  tee "$RIG_DIR/cargo-test.log" || status=$?
+# One closing line over every test binary (cargo prints one "test result" each).
+# Printed last, after the rig stops (see cleanup), so it is the run's closing line.
+summary="$(awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($i ~ /^passed;?$/) p += $(i-1); if ($i ~ /^failed;?$/) f += $(i-1) } }
+     END { printf "tests: %d passed, %d failed", p, f }' "$RIG_DIR/cargo-test.log")"
+exit "$status"

@@ -12,7 +12,8 @@ use crate::datatype::{DataType, TensorData};
 use crate::engine::{Engine, ModelMetadata};
 use crate::error::InferError;
 use crate::request::{
-    InferRequest, InferResponse, InputTensor, RequestedOutput, checked_shape, element_count,
+    InferRequest, InferResponse, InputTensor, RequestedOutput, decode_raw, input_header,
+    unsupported,
 };
 
 /// Server name reported by ServerMetadata.
@@ -171,20 +172,7 @@ pub fn decode_infer(r: pb::ModelInferRequest) -> Result<(InferRequest, bool), In
     }
     let mut inputs = Vec::with_capacity(r.inputs.len());
     for (i, t) in r.inputs.into_iter().enumerate() {
-        let datatype: DataType =
-            t.datatype
-                .parse()
-                .map_err(|e: crate::datatype::UnknownDataType| {
-                    InferError::InvalidInput(format!("input \"{}\": {e}", t.name))
-                })?;
-        let shape = checked_shape(&t.name, &t.shape)?;
-        let count = element_count(&t.name, &shape)?;
-        let unsupported = || {
-            InferError::InvalidInput(format!(
-                "input \"{}\": datatype {datatype} is not supported by this server",
-                t.name
-            ))
-        };
+        let header = input_header(&t.name, &t.datatype, &t.shape)?;
         let data = if raw {
             if t.contents.is_some() {
                 return Err(InferError::InvalidInput(format!(
@@ -197,21 +185,14 @@ pub fn decode_infer(r: pb::ModelInferRequest) -> Result<(InferRequest, bool), In
                 .get(i)
                 .map(|b| b.as_ref())
                 .unwrap_or_default();
-            TensorData::from_le_bytes(datatype, bytes, count)
-                .map_err(|e| {
-                    InferError::InvalidInput(format!(
-                        "input \"{}\": raw_input_contents[{i}] length mismatch for shape {shape:?}: {e}",
-                        t.name
-                    ))
-                })?
-                .ok_or_else(unsupported)?
+            decode_raw(&t.name, &header, bytes, &format!("raw_input_contents[{i}]"))?
         } else {
-            from_contents(&t.name, datatype, t.contents.unwrap_or_default())?
+            from_contents(&t.name, header.datatype, t.contents.unwrap_or_default())?
         };
         inputs.push(InputTensor {
             name: t.name,
-            datatype,
-            shape,
+            datatype: header.datatype,
+            shape: header.shape,
             data,
         });
     }
@@ -252,11 +233,6 @@ fn from_contents(
         ("fp64_contents", c.fp64_contents.len()),
         ("bytes_contents", c.bytes_contents.len()),
     ];
-    let unsupported = || {
-        InferError::InvalidInput(format!(
-            "input \"{name}\": datatype {datatype} is not supported by this server"
-        ))
-    };
     let expected = match datatype {
         DataType::Bool => "bool_contents",
         DataType::I8 | DataType::I16 | DataType::I32 => "int_contents",
@@ -265,7 +241,7 @@ fn from_contents(
         DataType::U64 => "uint64_contents",
         DataType::F32 => "fp32_contents",
         DataType::F64 => "fp64_contents",
-        DataType::F16 | DataType::Bytes => return Err(unsupported()),
+        DataType::F16 | DataType::Bytes => return Err(unsupported(name, datatype)),
     };
     if let Some((other, _)) = fields.iter().find(|(f, n)| *n > 0 && *f != expected) {
         return Err(InferError::InvalidInput(format!(
@@ -299,7 +275,7 @@ fn from_contents(
         DataType::U64 => TensorData::U64(c.uint64_contents),
         DataType::F32 => TensorData::F32(c.fp32_contents),
         DataType::F64 => TensorData::F64(c.fp64_contents),
-        DataType::F16 | DataType::Bytes => return Err(unsupported()),
+        DataType::F16 | DataType::Bytes => return Err(unsupported(name, datatype)),
     })
 }
 

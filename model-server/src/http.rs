@@ -21,7 +21,9 @@ use crate::datatype::{DataType, TensorData};
 use crate::engine::Engine;
 use crate::error::InferError;
 use crate::grpc::SERVER_NAME;
-use crate::request::{InferRequest, InputTensor, RequestedOutput, checked_shape, element_count};
+use crate::request::{
+    InferRequest, InputTensor, RequestedOutput, decode_raw, input_header, unsupported,
+};
 
 #[derive(Clone)]
 struct AppState {
@@ -266,14 +268,7 @@ async fn run_infer(
     })?;
     let mut inputs = Vec::with_capacity(parsed.inputs.len());
     for t in parsed.inputs {
-        let datatype: DataType =
-            t.datatype
-                .parse()
-                .map_err(|e: crate::datatype::UnknownDataType| {
-                    InferError::InvalidInput(format!("input \"{}\": {e}", t.name))
-                })?;
-        let shape = checked_shape(&t.name, &t.shape)?;
-        let count = element_count(&t.name, &shape)?;
+        let header = input_header(&t.name, &t.datatype, &t.shape)?;
         let binary_size = t.parameters.get("binary_data_size").map(Value::as_u64);
         let data = match (binary_size, &t.data) {
             (Some(Some(size)), None) => {
@@ -288,21 +283,9 @@ async fn run_infer(
                 }
                 let (mine, rest) = binary.split_at(size);
                 binary = rest;
-                TensorData::from_le_bytes(datatype, mine, count)
-                    .map_err(|e| {
-                        InferError::InvalidInput(format!(
-                            "input \"{}\": binary data length mismatch for shape {shape:?}: {e}",
-                            t.name
-                        ))
-                    })?
-                    .ok_or_else(|| {
-                        InferError::InvalidInput(format!(
-                            "input \"{}\": datatype {datatype} is not supported by this server",
-                            t.name
-                        ))
-                    })?
+                decode_raw(&t.name, &header, mine, "binary data")?
             }
-            (None, Some(data)) => json_tensor(&t.name, datatype, data, count)?,
+            (None, Some(data)) => json_tensor(&t.name, header.datatype, data, header.count)?,
             (Some(None), _) => {
                 return Err(InferError::InvalidInput(format!(
                     "input \"{}\": binary_data_size must be a byte count",
@@ -320,8 +303,8 @@ async fn run_infer(
         };
         inputs.push(InputTensor {
             name: t.name,
-            datatype,
-            shape,
+            datatype: header.datatype,
+            shape: header.shape,
             data,
         });
     }
@@ -470,11 +453,7 @@ fn json_tensor(
                 .map(|(i, v)| v.as_f64().ok_or_else(|| bad(i, v, "a number")))
                 .collect::<Result<_, _>>()?,
         ),
-        DataType::F16 | DataType::Bytes => {
-            return Err(InferError::InvalidInput(format!(
-                "input \"{name}\": datatype {datatype} is not supported by this server"
-            )));
-        }
+        DataType::F16 | DataType::Bytes => return Err(unsupported(name, datatype)),
     })
 }
 

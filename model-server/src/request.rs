@@ -97,6 +97,65 @@ pub fn checked_shape(tensor: &str, shape: &[i64]) -> Result<Vec<usize>, InferErr
         .collect()
 }
 
+/// What a caller declared for one input before its data is decoded.
+#[derive(Debug, Clone)]
+pub struct InputHeader {
+    /// Parsed datatype.
+    pub datatype: DataType,
+    /// Checked (non-negative) shape.
+    pub shape: Vec<usize>,
+    /// Elements the shape holds.
+    pub count: usize,
+}
+
+/// Parses an input's datatype and shape as sent on either wire.
+///
+/// # Errors
+/// `InvalidInput` naming the tensor for an unknown datatype or a bad shape.
+pub fn input_header(name: &str, datatype: &str, shape: &[i64]) -> Result<InputHeader, InferError> {
+    let datatype: DataType = datatype
+        .parse()
+        .map_err(|e: crate::datatype::UnknownDataType| {
+            InferError::InvalidInput(format!("input \"{name}\": {e}"))
+        })?;
+    let shape = checked_shape(name, shape)?;
+    let count = element_count(name, &shape)?;
+    Ok(InputHeader {
+        datatype,
+        shape,
+        count,
+    })
+}
+
+/// Decodes an input's raw little-endian bytes; `source` names where they came
+/// from (e.g. `raw_input_contents[0]`) in the error.
+///
+/// # Errors
+/// `InvalidInput` naming the tensor when the byte length does not match the
+/// shape, or the datatype is not supported.
+pub fn decode_raw(
+    name: &str,
+    header: &InputHeader,
+    bytes: &[u8],
+    source: &str,
+) -> Result<TensorData, InferError> {
+    TensorData::from_le_bytes(header.datatype, bytes, header.count)
+        .map_err(|e| {
+            InferError::InvalidInput(format!(
+                "input \"{name}\": {source} length mismatch for shape {:?}: {e}",
+                header.shape
+            ))
+        })?
+        .ok_or_else(|| unsupported(name, header.datatype))
+}
+
+/// The error for a datatype this server does not carry (FP16, BYTES).
+pub fn unsupported(name: &str, datatype: DataType) -> InferError {
+    InferError::InvalidInput(format!(
+        "input \"{name}\": datatype {datatype} is not supported by this server"
+    ))
+}
+
 /// Inputs checked against the model, ordered as the model declares them.
 #[derive(Debug)]
 pub struct CheckedInputs {
