@@ -50,6 +50,10 @@ step "starting the real parts"
 tests/rig/cassandra.sh start
 tests/rig/oidc.sh start
 MODEL_SERVER_BIN="$CARGO_TARGET_DIR/debug/model-server" tests/rig/model-server.sh start
+# Python with NVIDIA's tritonclient, for the interoperability test.
+MLGW_TEST_INTEROP_PYTHON="$(tests/rig/python-venv.sh)"
+export MLGW_TEST_INTEROP_PYTHON
+echo "rig: interop python ready: $MLGW_TEST_INTEROP_PYTHON"
 set -a
 # shellcheck disable=SC1091
 . "$RIG_DIR/cassandra.env"

@@ -15,7 +15,9 @@ use anyhow::{Context, Result};
 use hdrhistogram::Histogram;
 use proto::inference as pb;
 use proto::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
-use rig::{ModelServerProcess, example_repository, reference, workspace_root};
+use rig::{
+    ModelServerProcess, example_repository, example_repository_with, reference, workspace_root,
+};
 use tonic::transport::Channel;
 
 const CONCURRENCY: [usize; 4] = [1, 8, 32, 64];
@@ -24,7 +26,7 @@ const CONNECTIONS: usize = 4;
 
 struct Cell {
     version: &'static str,
-    batching: bool,
+    batching: &'static str,
     callers: usize,
     requests: u64,
     errors: u64,
@@ -57,7 +59,7 @@ fn request(version: &str, row: &[f32]) -> pb::ModelInferRequest {
 async fn run_cell(
     channels: &[Channel],
     version: &'static str,
-    batching: bool,
+    batching: &'static str,
     callers: usize,
     rows: &[Vec<f32>],
     duration: Duration,
@@ -140,13 +142,18 @@ async fn main() -> Result<()> {
     let rows = reference(2)?.inputs;
     let mut cells = Vec::new();
     let mut memory = Vec::new();
-    for batching in [true, false] {
-        let args: &[&str] = if batching {
-            &[]
-        } else {
-            &["--disable-batching"]
-        };
-        let mut server = ModelServerProcess::start(&example_repository(), args).await?;
+    // The shipped config (max_queue_delay 2 ms), the same with no wait (batches
+    // form only from requests already queued), and no batching at all.
+    let greedy =
+        example_repository_with(|c| c.replace("max_queue_delay_ms = 2", "max_queue_delay_ms = 0"))?;
+    let shipped = example_repository();
+    let modes: [(&'static str, &std::path::Path, &[&str]); 3] = [
+        ("on, 2 ms", &shipped, &[]),
+        ("on, 0 ms", &greedy.path, &[]),
+        ("off", &shipped, &["--disable-batching"]),
+    ];
+    for (batching, repo, args) in modes {
+        let mut server = ModelServerProcess::start(repo, args).await?;
         server.wait_ready(Duration::from_secs(120)).await?;
         let pid = server.pid().context("server pid")?;
         let mut channels = Vec::new();
@@ -161,8 +168,7 @@ async fn main() -> Result<()> {
             for callers in CONCURRENCY {
                 let cell = run_cell(&channels, version, batching, callers, &rows, duration).await?;
                 eprintln!(
-                    "v{version} batching={} callers={callers}: {:.0} req/s p50={}us p99={}us errors={}",
-                    if batching { "on" } else { "off" },
+                    "v{version} batching={batching} callers={callers}: {:.0} req/s p50={}us p99={}us errors={}",
                     cell.requests as f64 / cell.seconds,
                     cell.p50_us,
                     cell.p99_us,
@@ -182,7 +188,8 @@ async fn main() -> Result<()> {
         "Command: `cargo build --release -p model-server && cargo bench -p benches --bench model_server` \
          (MLGW_BENCH_SECONDS={seconds}). Single-row gRPC ModelInfer calls (raw FP32 input, 15 features), \
          closed loop, {CONNECTIONS} HTTP/2 connections, client and server on the same {}-core machine. \
-         v1 = LogisticRegression, v2 = MLP (32, 16). Batching on: max_batch_size 64, max_queue_delay 2 ms.\n",
+         v1 = LogisticRegression, v2 = MLP (32, 16). Batching: max_batch_size 64 with max_queue_delay 2 ms (as shipped) \
+         or 0 ms (only requests already queued join a batch), or off (--disable-batching); 2 inference threads per version.\n",
         std::thread::available_parallelism().map_or(0, |n| n.get())
     )?;
     writeln!(
@@ -198,7 +205,7 @@ async fn main() -> Result<()> {
             out,
             "| v{} | {} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {} |",
             c.version,
-            if c.batching { "on" } else { "off" },
+            c.batching,
             c.callers,
             c.requests as f64 / c.seconds,
             c.p50_us as f64 / 1000.0,
@@ -211,8 +218,7 @@ async fn main() -> Result<()> {
     for (batching, (rss, hwm)) in memory {
         writeln!(
             out,
-            "Server memory, batching {}: resident {:.1} MB at the end, peak {:.1} MB.",
-            if batching { "on" } else { "off" },
+            "Server memory, batching {batching}: resident {:.1} MB at the end, peak {:.1} MB.",
             rss as f64 / 1024.0,
             hwm as f64 / 1024.0
         )?;

@@ -19,6 +19,9 @@ use crate::request::{
 /// Server name reported by ServerMetadata.
 pub const SERVER_NAME: &str = "mlgw-model-server";
 
+/// V2 protocol extensions this server implements, as Triton names them.
+pub const EXTENSIONS: &[&str] = &["binary_tensor_data"];
+
 /// The V2 gRPC service over an [`Engine`].
 #[derive(Clone)]
 pub struct InferenceService {
@@ -75,7 +78,7 @@ impl GrpcInferenceService for InferenceService {
         Ok(Response::new(pb::ServerMetadataResponse {
             name: SERVER_NAME.into(),
             version: env!("CARGO_PKG_VERSION").into(),
-            extensions: Vec::new(),
+            extensions: EXTENSIONS.iter().map(|e| (*e).to_owned()).collect(),
         }))
     }
 

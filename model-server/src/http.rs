@@ -20,7 +20,7 @@ use serde_json::Value;
 use crate::datatype::{DataType, TensorData};
 use crate::engine::Engine;
 use crate::error::InferError;
-use crate::grpc::SERVER_NAME;
+use crate::grpc::{EXTENSIONS, SERVER_NAME};
 use crate::request::{
     InferRequest, InputTensor, RequestedOutput, decode_raw, input_header, unsupported,
 };
@@ -53,6 +53,7 @@ pub fn router(engine: Arc<Engine>, timeout: Duration) -> Router {
             post(infer_version),
         )
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         // Same bound as the gRPC front: large batches fit, a runaway body does not.
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(AppState { engine, timeout })
@@ -84,6 +85,14 @@ async fn not_found() -> Response {
     (StatusCode::NOT_FOUND, axum::Json(body)).into_response()
 }
 
+async fn method_not_allowed() -> Response {
+    let body = serde_json::json!({
+        "error": "method not allowed: health, readiness and metadata are GET, infer is POST",
+        "code": "method_not_allowed",
+    });
+    (StatusCode::METHOD_NOT_ALLOWED, axum::Json(body)).into_response()
+}
+
 async fn live() -> Response {
     axum::Json(serde_json::json!({ "live": true })).into_response()
 }
@@ -105,7 +114,7 @@ async fn server_metadata() -> Response {
     axum::Json(serde_json::json!({
         "name": SERVER_NAME,
         "version": env!("CARGO_PKG_VERSION"),
-        "extensions": [],
+        "extensions": EXTENSIONS,
     }))
     .into_response()
 }

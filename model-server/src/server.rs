@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::serve::ListenerExt;
 use proto::inference::grpc_inference_service_server::GrpcInferenceServiceServer;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -162,12 +163,18 @@ impl ModelServer {
                     .max_decoding_message_size(crate::http::MAX_BODY_BYTES),
             )
             .serve_with_incoming_shutdown(
-                tokio_stream::wrappers::TcpListenerStream::new(self.grpc),
+                // Small frames must not wait for Nagle + delayed ACK (~40 ms tails).
+                tonic::transport::server::TcpIncoming::from(self.grpc).with_nodelay(Some(true)),
                 token.clone().cancelled_owned(),
             );
         let app = crate::http::router(self.engine.clone(), self.request_timeout);
+        let listener = self.http.tap_io(|tcp| {
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::warn!(error = %e, "cannot set TCP_NODELAY on an HTTP connection");
+            }
+        });
         let http =
-            axum::serve(self.http, app).with_graceful_shutdown(token.clone().cancelled_owned());
+            axum::serve(listener, app).with_graceful_shutdown(token.clone().cancelled_owned());
 
         let trigger = token.clone();
         tokio::spawn(async move {

@@ -548,6 +548,16 @@ async fn bad_rest_input_gets_a_precise_status() -> Result<()> {
         .send()
         .await?;
     assert_eq!(resp.status(), 404);
+    let resp = http
+        .get(format!(
+            "{}/v2/models/fraud_detector/infer",
+            server.http_url
+        ))
+        .send()
+        .await?;
+    assert_eq!(resp.status(), 405);
+    let v: Value = resp.json().await?;
+    assert_eq!(v["code"], "method_not_allowed");
     Ok(())
 }
 

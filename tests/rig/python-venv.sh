@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# Prints the path of a python interpreter that has tests/interop/requirements.txt
+# installed (Triton's official Python clients, for tests/interop/).
+#
+#   py="$(tests/rig/python-venv.sh)" && "$py" tests/interop/tritonclient_check.py GRPC HTTP
+#
+# The venv lives at ${XDG_CACHE_HOME:-$HOME/.cache}/mlgw/interop-venv and is reused
+# while the sha256 of the requirements file equals the stamp in the venv
+# (.mlgw-requirements.sha256, written only after a successful install). Otherwise
+# the venv is made anew and `pip install -r` runs (pip's own cache is used as usual).
+# Concurrent runs are serialised with flock. The base interpreter is $MLGW_PYTHON,
+# else python3 (>= 3.9). Progress goes to stderr, stdout carries only the path.
+# On failure: pip's output tail on stderr and a non-zero exit.
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+root="$(cd "$here/../.." && pwd)"
+req="$root/tests/interop/requirements.txt"
+cache="${XDG_CACHE_HOME:-$HOME/.cache}/mlgw"
+venv="$cache/interop-venv"
+stamp="$venv/.mlgw-requirements.sha256"
+log="$venv/.mlgw-pip.log"
+base_python="${MLGW_PYTHON:-python3}"
+
+say() { echo "interop-venv: $*" >&2; }
+die() { say "$*"; exit 1; }
+
+[[ -f "$req" ]] || die "$req not found"
+want="$(sha256sum "$req" | cut -d' ' -f1)"
+
+# Healthy and up to date: the interpreter runs and the stamp matches.
+usable() {
+  [[ -f "$stamp" && "$(cat "$stamp")" == "$want" ]] && "$venv/bin/python" -c '' 2>/dev/null
+}
+
+mkdir -p "$cache"
+if command -v flock >/dev/null; then
+  exec 9>"$venv.lock"
+  flock 9
+fi
+
+if ! usable; then
+  t0=$SECONDS
+  command -v "$base_python" >/dev/null || die "$base_python not found (set MLGW_PYTHON to a python >= 3.9)"
+  "$base_python" -c 'import sys; sys.exit(sys.version_info < (3, 9))' \
+    || die "$("$base_python" --version 2>&1) is too old: tritonclient needs python >= 3.9 (set MLGW_PYTHON)"
+  if [[ -e "$venv" ]]; then
+    say "requirements changed or venv unusable: recreating $venv"
+    rm -rf "$venv"
+  fi
+  say "creating $venv ($("$base_python" --version 2>&1)) and installing ${req#"$root"/}..."
+  venv_out="$("$base_python" -m venv "$venv" 2>&1)" || {
+    rm -rf "$venv"
+    printf '%s\n' "$venv_out" >&2
+    die "'$base_python -m venv' failed (on Debian: apt-get install python3-venv)"
+  }
+  if ! "$venv/bin/python" -m pip install --disable-pip-version-check -q -r "$req" >"$log" 2>&1; then
+    {
+      echo "---- last 40 lines of pip's output ($log) ----"
+      tail -n 40 "$log"
+      echo "---- end of pip's output ----"
+    } >&2
+    die "pip install -r ${req#"$root"/} failed"
+  fi
+  echo "$want" >"$stamp"
+  say "ready in $((SECONDS - t0))s"
+fi
+
+echo "$venv/bin/python"
