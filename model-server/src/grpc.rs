@@ -95,8 +95,8 @@ impl GrpcInferenceService for InferenceService {
         &self,
         request: Request<pb::ModelInferRequest>,
     ) -> Result<Response<pb::ModelInferResponse>, Status> {
-        let deadline =
-            grpc_timeout(request.metadata()).map_or(self.max_timeout, |d| d.min(self.max_timeout));
+        let deadline = grpc_timeout(request.metadata())
+            .map_or(self.max_timeout, |d| answer_before(d).min(self.max_timeout));
         let (request, raw_default) = decode_infer(request.into_inner())?;
         let binary = binary_outputs(&request, raw_default);
         let response = self.engine.infer(request, Some(deadline)).await?;
@@ -117,6 +117,13 @@ fn metadata_to_pb(meta: ModelMetadata) -> pb::ModelMetadataResponse {
         inputs: meta.spec.inputs.iter().map(tensor).collect(),
         outputs: meta.spec.outputs.iter().map(tensor).collect(),
     }
+}
+
+/// How long the server may work on a call whose caller waits `deadline`: a
+/// little less, so the caller receives our DEADLINE_EXCEEDED (with a message)
+/// rather than its own transport timeout racing it.
+pub fn answer_before(deadline: Duration) -> Duration {
+    deadline.saturating_sub((deadline / 10).min(Duration::from_millis(10)))
 }
 
 /// The caller's deadline from the `grpc-timeout` header (gRPC over HTTP/2 spec:

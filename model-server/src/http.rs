@@ -402,7 +402,8 @@ fn json_tensor(
     data: &Value,
     count: usize,
 ) -> Result<TensorData, InferError> {
-    let mut flat = Vec::with_capacity(count);
+    // No preallocation from the declared shape: a lying shape must not allocate.
+    let mut flat = Vec::new();
     flatten(data, &mut flat);
     if flat.len() != count {
         return Err(InferError::InvalidInput(format!(

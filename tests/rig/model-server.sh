@@ -66,6 +66,7 @@ stop() {
     kill -TERM "$pid" 2>/dev/null || true
     for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
     kill -KILL "$pid" 2>/dev/null || true
+    echo "rig: model-server (pid $pid) stopped"
   fi
   rm -f "$pidfile"
 }

@@ -531,6 +531,8 @@ async fn bad_rest_input_gets_a_precise_status() -> Result<()> {
             json!({"inputs": [{"name": "features", "datatype": "FP32", "shape": [1, 15], "data": &row[..10]}]}).to_string(), 400, "needs 15 values, \"data\" has 10"),
         ("string value", url("fraud_detector"),
             json!({"inputs": [{"name": "features", "datatype": "FP32", "shape": [1, 2], "data": [1.0, "NaN"]}]}).to_string(), 400, "data[1] = \"NaN\" is not a number"),
+        ("lying shape", url("fraud_detector"),
+            json!({"inputs": [{"name": "features", "datatype": "FP32", "shape": [1_000_000_000u64, 15], "data": row}]}).to_string(), 400, "needs 15000000000 values"),
     ];
     for (what, u, body, status, needle) in cases {
         let resp = post(u, body).await?;
@@ -836,5 +838,47 @@ async fn rest_binary_tensor_extension_round_trips() -> Result<()> {
         v["error"].as_str().unwrap_or_default().contains("exceeds"),
         "{v}"
     );
+    Ok(())
+}
+
+/// The caller's gRPC deadline (and the server's REST timeout) bound the wait:
+/// a request held in a long batching window answers DEADLINE_EXCEEDED / 504.
+#[tokio::test]
+async fn deadlines_are_enforced_with_deadline_exceeded() -> Result<()> {
+    let repo = example_repository_with(|c| {
+        c.replace("max_queue_delay_ms = 2", "max_queue_delay_ms = 800")
+    })?;
+    let mut server =
+        ModelServerProcess::start(&repo.path, &["--request-timeout-ms", "200"]).await?;
+    server.wait_ready(Duration::from_secs(60)).await?;
+    let mut client = grpc(&server).await?;
+    let row = reference(1)?.inputs[0].clone();
+    let mut request = tonic::Request::new(infer_request("1", std::slice::from_ref(&row), true));
+    request.set_timeout(Duration::from_millis(100));
+    let started = std::time::Instant::now();
+    let status = grpc_err(client.model_infer(request).await);
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+    assert!(
+        status.message().contains("deadline exceeded"),
+        "{}",
+        status.message()
+    );
+    assert!(
+        started.elapsed() < Duration::from_millis(700),
+        "answered at the deadline, not after the batch window"
+    );
+
+    let body = json!({"inputs": [{"name": "features", "datatype": "FP32", "shape": [1, 15], "data": row}]});
+    let resp = reqwest::Client::new()
+        .post(format!(
+            "{}/v2/models/fraud_detector/infer",
+            server.http_url
+        ))
+        .json(&body)
+        .send()
+        .await?;
+    assert_eq!(resp.status(), 504);
+    let v: Value = resp.json().await?;
+    assert_eq!(v["code"], "deadline_exceeded");
     Ok(())
 }
