@@ -174,6 +174,29 @@ impl ModelServerProcess {
         self.child.id()
     }
 
+    /// Sends SIGTERM (what Kubernetes sends) and waits up to `timeout` for the
+    /// process to exit, returning its exit status.
+    ///
+    /// # Errors
+    /// When the signal cannot be sent or the process does not exit in time.
+    pub async fn terminate(&mut self, timeout: Duration) -> Result<std::process::ExitStatus> {
+        let pid = self.child.id().context("the server has already exited")?;
+        let sent = Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .await?;
+        anyhow::ensure!(sent.success(), "kill -TERM {pid} failed");
+        tokio::time::timeout(timeout, self.child.wait())
+            .await
+            .with_context(|| {
+                format!(
+                    "model-server did not exit within {timeout:?} of SIGTERM; log tail:\n{}",
+                    self.log_tail()
+                )
+            })?
+            .context("waiting for the model-server")
+    }
+
     /// Kills the server and waits for it to exit.
     ///
     /// # Errors

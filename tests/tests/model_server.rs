@@ -882,3 +882,35 @@ async fn deadlines_are_enforced_with_deadline_exceeded() -> Result<()> {
     assert_eq!(v["code"], "deadline_exceeded");
     Ok(())
 }
+
+/// SIGTERM drains: a request already waiting in a batch window is answered,
+/// new connections are refused, and the process exits 0.
+#[tokio::test]
+async fn sigterm_drains_in_flight_requests_then_exits_cleanly() -> Result<()> {
+    let repo = example_repository_with(|c| {
+        c.replace("max_queue_delay_ms = 2", "max_queue_delay_ms = 400")
+    })?;
+    let mut server = ModelServerProcess::start(&repo.path, &[]).await?;
+    server.wait_ready(Duration::from_secs(60)).await?;
+    let mut client = grpc(&server).await?;
+    let row = reference(1)?.inputs[0].clone();
+    let in_flight = tokio::spawn(async move {
+        client
+            .model_infer(infer_request("1", std::slice::from_ref(&row), true))
+            .await
+    });
+    // Let the request reach the batch window, then ask the server to stop.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let status = server.terminate(Duration::from_secs(10)).await?;
+    let answer = in_flight.await?;
+    assert!(answer.is_ok(), "in-flight request was answered: {answer:?}");
+    assert!(status.success(), "clean exit: {status}");
+    assert!(
+        server.log_tail().contains("draining"),
+        "{}",
+        server.log_tail()
+    );
+    let refused = GrpcInferenceServiceClient::connect(server.grpc_url.clone()).await;
+    assert!(refused.is_err(), "a stopped server accepts no connection");
+    Ok(())
+}
