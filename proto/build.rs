@@ -11,13 +11,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     for file in &files {
         println!("cargo:rerun-if-changed={file}");
     }
-    let descriptors = protox::compile(files, ["proto"])?;
     let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
-    // Kept for gRPC server reflection (grpcurl works without local .proto files).
-    std::fs::write(
-        out_dir.join("descriptor.bin"),
-        prost::Message::encode_to_vec(&descriptors),
-    )?;
+    // One descriptor set per API, for gRPC server reflection (grpcurl works
+    // without local .proto files); each server advertises only its own API.
+    for (file, name) in files.iter().zip(["inference", "gateway"]) {
+        let set = protox::compile([file], ["proto"])?;
+        std::fs::write(
+            out_dir.join(format!("{name}_descriptor.bin")),
+            prost::Message::encode_to_vec(&set),
+        )?;
+    }
+    let descriptors = protox::compile(files, ["proto"])?;
     tonic_prost_build::configure()
         .build_server(true)
         .build_client(true)

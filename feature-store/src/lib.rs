@@ -2,5 +2,14 @@
 //! its ScyllaDB and embedded backends, the moka row cache, static refresh jobs and
 //! the refresh auto-tuner.
 //!
-//! Not built yet: this crate is the home of issue 4 (feature store) and issue 7
-//! (auto-tuner). It holds no code so that nothing pretends to work before it does.
+//! What exists now: [`definitions`], the TOML file data engineers edit (entities,
+//! static and dynamic feature views with types, defaults, ages, ttls and windowed
+//! aggregates, request features, and each model's ordered input columns), loaded
+//! and validated with errors that name the file and key path.
+//!
+//! Not built yet (issue 4, feature store; issue 7, auto-tuner): the
+//! `FeatureStore` interface and its backends, the row cache, refresh jobs and
+//! batch metadata, the dynamic-feature ingest (which will compute the declared
+//! aggregates), the tuner and the data engineers' CLI. No code stands in for them.
+
+pub mod definitions;

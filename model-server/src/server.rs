@@ -55,6 +55,9 @@ pub enum ServerError {
     /// The gRPC server failed.
     #[error("gRPC server failed: {0}")]
     Grpc(#[from] tonic::transport::Error),
+    /// The embedded protobuf descriptors could not be served for reflection.
+    #[error("cannot build gRPC reflection from the embedded descriptors: {0}")]
+    Reflection(tonic_reflection::server::Error),
     /// The HTTP server failed.
     #[error("HTTP server failed: {0}")]
     Http(std::io::Error),
@@ -156,8 +159,13 @@ impl ModelServer {
         };
 
         let service = InferenceService::new(self.engine.clone(), self.request_timeout);
+        let reflection = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(proto::INFERENCE_DESCRIPTOR_SET)
+            .build_v1()
+            .map_err(ServerError::Reflection)?;
         let grpc = tonic::transport::Server::builder()
             .add_service(health_service)
+            .add_service(reflection)
             .add_service(
                 GrpcInferenceServiceServer::new(service)
                     .max_decoding_message_size(crate::http::MAX_BODY_BYTES),

@@ -18,5 +18,12 @@ pub mod gateway {
     }
 }
 
-/// Serialized `FileDescriptorSet` of every .proto here, for gRPC server reflection.
-pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/descriptor.bin"));
+/// Serialized `FileDescriptorSet` of the Open Inference Protocol, for gRPC
+/// server reflection on the model-server.
+pub const INFERENCE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/inference_descriptor.bin"));
+
+/// Serialized `FileDescriptorSet` of the gateway API, for gRPC server
+/// reflection on the gateway.
+pub const GATEWAY_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/gateway_descriptor.bin"));

@@ -914,3 +914,41 @@ async fn sigterm_drains_in_flight_requests_then_exits_cleanly() -> Result<()> {
     assert!(refused.is_err(), "a stopped server accepts no connection");
     Ok(())
 }
+
+/// gRPC server reflection lists the inference API (and only it), so grpcurl
+/// works against the model-server without .proto files.
+#[tokio::test]
+async fn grpc_reflection_lists_the_inference_service() -> Result<()> {
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+
+    let server = ready_server(&[]).await?;
+    let channel = Channel::from_shared(server.grpc_url.clone())?
+        .connect()
+        .await?;
+    let mut client = ServerReflectionClient::new(channel);
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut stream = client
+        .server_reflection_info(tokio_stream::iter(vec![request]))
+        .await?
+        .into_inner();
+    let response = stream.message().await?.context("a reflection answer")?;
+    let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else {
+        anyhow::bail!("unexpected reflection answer {response:?}");
+    };
+    let names: Vec<&str> = list.service.iter().map(|s| s.name.as_str()).collect();
+    assert!(
+        names.contains(&"inference.GRPCInferenceService"),
+        "{names:?}"
+    );
+    assert!(
+        !names.iter().any(|n| n.starts_with("gateway.")),
+        "{names:?}"
+    );
+    Ok(())
+}

@@ -1,0 +1,698 @@
+//! Tests of the definition format: the example file against the model's training
+//! column order, and one test per kind of problem, each checking that the message
+//! names the file and the key path.
+
+use std::path::Path;
+use std::time::Duration;
+
+use super::*;
+
+const FILE: &str = "defs/test_features.toml";
+
+/// A small valid file every problem test edits in one place.
+const BASE: &str = r#"
+[[entity]]
+name = "customer"
+keys = ["customer_id"]
+
+[[static_view]]
+name = "profile"
+entity = "customer"
+refresh_job = "profile_daily"
+max_age = "36h"
+
+[[static_view.feature]]
+name = "age_days"
+type = "int64"
+default = 1
+
+[[static_view.feature]]
+name = "country"
+type = "string"
+default = "unknown"
+
+[[dynamic_view]]
+name = "activity"
+entity = "customer"
+ttl = "48h"
+max_age = "24h"
+
+[[dynamic_view.feature]]
+name = "txn_count_1h"
+type = "int64"
+default = 0
+aggregate = { function = "count", window = "1h", of = "transaction_id" }
+
+[[dynamic_view.feature]]
+name = "amount_mean_1h"
+type = "float32"
+default = 0
+aggregate = { function = "mean", window = "1h", of = "amount" }
+
+[[request_feature]]
+name = "amount"
+type = "float64"
+required = true
+
+[[request_feature]]
+name = "card_present"
+type = "bool"
+default = false
+
+[[model]]
+name = "scorer"
+input = "features"
+dtype = "FP32"
+features = ["profile.age_days", "activity.txn_count_1h", "activity.amount_mean_1h", "request.amount", "request.card_present"]
+"#;
+
+fn parse(text: &str) -> Result<FeatureDefinitions, DefinitionsError> {
+    FeatureDefinitions::parse(text, Path::new(FILE))
+}
+
+/// BASE with the first `from` replaced by `to`; `from` must be there, so a test
+/// cannot pass on an edit that did nothing.
+fn edit(from: &str, to: &str) -> String {
+    assert!(BASE.contains(from), "BASE has no {from:?}");
+    BASE.replacen(from, to, 1)
+}
+
+/// Asserts that `text` is refused at `key` with a message naming the file and the
+/// key, and returns the problem.
+fn refused_at(text: &str, key: &str) -> DefinitionProblem {
+    let err = parse(text).expect_err("the definitions should be refused");
+    let message = err.to_string();
+    assert!(message.contains(FILE), "{message} should name the file");
+    assert!(
+        message.contains(&format!("`{key}`")),
+        "{message} should name the key {key}"
+    );
+    assert_eq!(err.key(), Some(key), "{message}");
+    err.problem().cloned().expect("an Invalid error")
+}
+
+fn parse_error(text: &str) -> String {
+    match parse(text) {
+        Err(err @ DefinitionsError::Parse { .. }) => err.to_string(),
+        other => panic!("expected a parse error, got {other:?}"),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The example file.
+
+fn example() -> FeatureDefinitions {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("definitions/fraud.toml");
+    FeatureDefinitions::load(&path).unwrap_or_else(|e| panic!("{e}"))
+}
+
+#[test]
+fn example_columns_follow_the_training_order() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../model-server/training/reference/feature_names.json");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let groups: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let names = |group: &str| -> Vec<String> {
+        groups[group]
+            .as_array()
+            .unwrap_or_else(|| panic!("{group} missing in {}", path.display()))
+            .iter()
+            .map(|n| n.as_str().unwrap().to_owned())
+            .collect()
+    };
+    let (static_names, dynamic_names, request_names) =
+        (names("static"), names("dynamic"), names("request"));
+    assert_eq!(
+        static_names.len() + dynamic_names.len() + request_names.len(),
+        15
+    );
+
+    let defs = example();
+    let model = defs.model("fraud_detector").unwrap();
+    let input = model.input();
+    assert_eq!(input.name(), "features");
+    assert_eq!(input.dtype(), InputDtype::Fp32);
+    let columns: Vec<&str> = input.columns().iter().map(|c| c.name.as_str()).collect();
+    let expected: Vec<&str> = static_names
+        .iter()
+        .chain(&dynamic_names)
+        .chain(&request_names)
+        .map(String::as_str)
+        .collect();
+    assert_eq!(columns, expected);
+
+    // Each group comes from the right kind of source.
+    for (i, column) in input.columns().iter().enumerate() {
+        let expected_source = if i < 5 {
+            ColumnSource::StaticView("customer_profile".into())
+        } else if i < 10 {
+            ColumnSource::DynamicView("customer_activity".into())
+        } else {
+            ColumnSource::Request
+        };
+        assert_eq!(column.source, expected_source, "column {i} {}", column.name);
+    }
+}
+
+#[test]
+fn example_lookups() {
+    let defs = example();
+    let model = defs.model("fraud_detector").unwrap();
+    assert_eq!(model.entities(), ["customer"]);
+    assert_eq!(model.static_views(), ["customer_profile"]);
+    assert_eq!(model.dynamic_views(), ["customer_activity"]);
+    assert_eq!(defs.entity("customer").unwrap().keys, ["customer_id"]);
+
+    let profile = defs.view("customer_profile").unwrap();
+    assert_eq!(profile.max_age, Duration::from_secs(36 * 3600));
+    let job = profile.refresh_job().unwrap();
+    assert_eq!(job.as_str(), "customer_profile_daily");
+    assert_eq!(defs.refresh_jobs(), [job]);
+    let loaded: Vec<&str> = defs
+        .views_refreshed_by("customer_profile_daily")
+        .map(|v| v.name.as_str())
+        .collect();
+    assert_eq!(loaded, ["customer_profile"]);
+
+    let activity = defs.view("customer_activity").unwrap();
+    assert_eq!(activity.ttl(), Some(Duration::from_secs(48 * 3600)));
+    let count = activity.feature("txn_count_1h").unwrap();
+    assert_eq!(
+        count.aggregate,
+        Some(Aggregate {
+            function: AggregateFunction::Count,
+            window: Duration::from_secs(3600),
+            of: "transaction_id".into(),
+        })
+    );
+
+    let input = model.input();
+    assert_eq!(input.width(), 15);
+    assert_eq!(
+        input.column_index("customer_profile.chargeback_count_1y"),
+        Some(3)
+    );
+    assert_eq!(input.column_index("request.amount"), Some(10));
+    assert_eq!(input.column_index_by_name("hour_of_day"), Some(13));
+    assert_eq!(input.column_index("request.nope"), None);
+    let from_activity: Vec<usize> = input
+        .columns_from_view("customer_activity")
+        .map(|(i, _)| i)
+        .collect();
+    assert_eq!(from_activity, [5, 6, 7, 8, 9]);
+
+    let row = input.default_row();
+    assert_eq!(row.len(), 15);
+    assert_eq!(row[..5], [1.0, 45.0, 0.0, 0.0, 0.18]);
+    assert_eq!(row[5..10], [0.0, 0.0, 0.0, 0.0, 1440.0]);
+    // amount, is_card_present and hour_of_day are required: no default, NaN.
+    let required: Vec<usize> = (10..15).filter(|&i| row[i].is_nan()).collect();
+    assert_eq!(required, [10, 12, 13]);
+    assert_eq!(row[11], 0.21);
+    assert_eq!(row[14], 10.0);
+    assert!(defs.request_feature("amount").unwrap().is_required());
+}
+
+#[test]
+fn base_is_valid() {
+    let defs = parse(BASE).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(defs.source(), Path::new(FILE));
+    assert_eq!(defs.static_views().count(), 1);
+    assert_eq!(defs.dynamic_views().count(), 1);
+    let country = defs.view("profile").unwrap().feature("country").unwrap();
+    assert_eq!(country.default, FeatureValue::String("unknown".into()));
+    // A whole number is accepted as a float default.
+    let mean = defs
+        .view("activity")
+        .unwrap()
+        .feature("amount_mean_1h")
+        .unwrap();
+    assert_eq!(mean.default, FeatureValue::Float32(0.0));
+    let input = defs.model("scorer").unwrap().input();
+    assert_eq!(input.columns()[4].feature_type, FeatureType::Bool);
+    assert_eq!(input.columns()[4].default, Some(0.0));
+    assert_eq!(input.columns()[3].default, None);
+}
+
+// ---------------------------------------------------------------------------
+// Reading and parsing.
+
+#[test]
+fn missing_file_names_the_file() {
+    let err = FeatureDefinitions::load(Path::new("/nonexistent/features.toml")).unwrap_err();
+    assert!(matches!(err, DefinitionsError::Read { .. }), "{err:?}");
+    assert!(
+        err.to_string().contains("/nonexistent/features.toml"),
+        "{err}"
+    );
+}
+
+#[test]
+fn syntax_error_keeps_line_and_column() {
+    let text = edit("max_age = \"36h\"", "max_age = 36h");
+    let message = parse_error(&text);
+    assert!(message.contains(FILE), "{message}");
+    assert!(message.contains("line 10, column"), "{message}");
+}
+
+#[test]
+fn unknown_key_is_refused_with_its_line() {
+    let text = edit("ttl = \"48h\"", "ttl = \"48h\"\nrefresh_job = \"x\"");
+    let message = parse_error(&text);
+    assert!(message.contains(FILE), "{message}");
+    assert!(message.contains("refresh_job"), "{message}");
+    assert!(message.contains("line 26"), "{message}");
+}
+
+#[test]
+fn unknown_type_function_and_dtype_are_parse_errors() {
+    let cases = [
+        (edit("type = \"int64\"", "type = \"integer\""), "integer"),
+        (edit("function = \"count\"", "function = \"p99\""), "p99"),
+        (edit("dtype = \"FP32\"", "dtype = \"FP64\""), "FP64"),
+    ];
+    for (text, word) in &cases {
+        let message = parse_error(text);
+        assert!(
+            message.contains(FILE) && message.contains(word),
+            "{message}"
+        );
+        assert!(message.contains("line"), "{message}");
+    }
+}
+
+// ---------------------------------------------------------------------------
+// One test per kind of problem.
+
+#[test]
+fn invalid_name() {
+    let p = refused_at(
+        &edit("name = \"age_days\"", "name = \"Age Days\""),
+        "static_view[0].feature[0].name",
+    );
+    assert!(matches!(p, DefinitionProblem::InvalidName { .. }), "{p}");
+    let p = refused_at(
+        &edit(
+            "features = [\"profile.age_days\"",
+            "features = [\"profile.age.days\"",
+        ),
+        "model[0].features[0]",
+    );
+    assert!(matches!(p, DefinitionProblem::BadReference { .. }), "{p}");
+    let p = refused_at(
+        &edit("name = \"scorer\"", "name = \"a/b\""),
+        "model[0].name",
+    );
+    assert!(matches!(p, DefinitionProblem::InvalidName { .. }), "{p}");
+    let p = refused_at(
+        &edit("input = \"features\"", "input = \"\""),
+        "model[0].input",
+    );
+    assert!(matches!(p, DefinitionProblem::InvalidName { .. }), "{p}");
+    let p = refused_at(
+        &edit("of = \"amount\"", "of = \"Amount\""),
+        "dynamic_view[0].feature[1].aggregate.of",
+    );
+    assert!(matches!(p, DefinitionProblem::InvalidName { .. }), "{p}");
+}
+
+#[test]
+fn reserved_view_name() {
+    let p = refused_at(
+        &edit("name = \"activity\"", "name = \"request\""),
+        "dynamic_view[0].name",
+    );
+    assert_eq!(p, DefinitionProblem::ReservedName);
+}
+
+#[test]
+fn duplicate_names() {
+    let extra_entity = "\n[[entity]]\nname = \"customer\"\nkeys = [\"id\"]\n";
+    let extra_request =
+        "\n[[request_feature]]\nname = \"amount\"\ntype = \"float32\"\ndefault = 0\n";
+    let extra_model = "\n[[model]]\nname = \"scorer\"\ninput = \"x\"\ndtype = \"FP32\"\nfeatures = [\"request.amount\"]\n";
+    let cases = [
+        (
+            format!("{BASE}{extra_entity}"),
+            "entity[1].name",
+            "entity",
+            "entity[0].name",
+        ),
+        (
+            edit("name = \"activity\"", "name = \"profile\""),
+            "dynamic_view[0].name",
+            "view",
+            "static_view[0].name",
+        ),
+        (
+            edit("name = \"country\"", "name = \"age_days\""),
+            "static_view[0].feature[1].name",
+            "feature of this view",
+            "static_view[0].feature[0].name",
+        ),
+        (
+            format!("{BASE}{extra_request}"),
+            "request_feature[2].name",
+            "request feature",
+            "request_feature[0].name",
+        ),
+        (
+            format!("{BASE}{extra_model}"),
+            "model[1].name",
+            "model",
+            "model[0].name",
+        ),
+        (
+            edit(
+                "keys = [\"customer_id\"]",
+                "keys = [\"customer_id\", \"customer_id\"]",
+            ),
+            "entity[0].keys[1]",
+            "key column of this entity",
+            "entity[0].keys[0]",
+        ),
+    ];
+    for (text, key, kind, first) in &cases {
+        let p = refused_at(text, key);
+        match &p {
+            DefinitionProblem::DuplicateName {
+                kind: k, first: f, ..
+            } => {
+                assert_eq!((k, f.as_str()), (kind, *first), "{p}");
+            }
+            other => panic!("{key}: expected DuplicateName, got {other}"),
+        }
+        assert!(p.to_string().contains(first), "{p}");
+    }
+}
+
+#[test]
+fn empty_lists() {
+    let no_features = edit(
+        "[[static_view.feature]]\nname = \"age_days\"\ntype = \"int64\"\ndefault = 1\n\n[[static_view.feature]]\nname = \"country\"\ntype = \"string\"\ndefault = \"unknown\"\n",
+        "",
+    );
+    let cases = [
+        (
+            edit("keys = [\"customer_id\"]", "keys = []"),
+            "entity[0].keys",
+        ),
+        (no_features, "static_view[0].feature"),
+        (
+            edit(
+                "features = [\"profile.age_days\", \"activity.txn_count_1h\", \"activity.amount_mean_1h\", \"request.amount\", \"request.card_present\"]",
+                "features = []",
+            ),
+            "model[0].features",
+        ),
+    ];
+    for (text, key) in &cases {
+        let p = refused_at(text, key);
+        assert!(
+            matches!(p, DefinitionProblem::EmptyList { .. }),
+            "{key}: {p}"
+        );
+    }
+}
+
+#[test]
+fn unknown_entity() {
+    let p = refused_at(
+        &edit("entity = \"customer\"\nttl", "entity = \"merchant\"\nttl"),
+        "dynamic_view[0].entity",
+    );
+    assert_eq!(
+        p,
+        DefinitionProblem::UnknownEntity {
+            name: "merchant".into(),
+            known: "customer".into()
+        }
+    );
+}
+
+#[test]
+fn bad_duration() {
+    let cases = [
+        (
+            edit("max_age = \"36h\"", "max_age = \"36 hours\""),
+            "static_view[0].max_age",
+        ),
+        (edit("ttl = \"48h\"", "ttl = \"0d\""), "dynamic_view[0].ttl"),
+        (
+            edit(
+                "window = \"1h\", of = \"amount\"",
+                "window = \"1.5h\", of = \"amount\"",
+            ),
+            "dynamic_view[0].feature[1].aggregate.window",
+        ),
+    ];
+    for (text, key) in &cases {
+        let p = refused_at(text, key);
+        assert!(
+            matches!(p, DefinitionProblem::BadDuration { .. }),
+            "{key}: {p}"
+        );
+    }
+}
+
+#[test]
+fn ttl_shorter_than_max_age() {
+    let p = refused_at(
+        &edit("ttl = \"48h\"", "ttl = \"12h\""),
+        "dynamic_view[0].ttl",
+    );
+    assert_eq!(
+        p,
+        DefinitionProblem::TtlShorterThanMaxAge {
+            ttl: "12h".into(),
+            max_age: "24h".into()
+        }
+    );
+}
+
+#[test]
+fn default_type_mismatch() {
+    let cases = [
+        (
+            edit("default = \"unknown\"", "default = 0"),
+            "static_view[0].feature[1].default",
+            FeatureType::String,
+        ),
+        (
+            edit("default = 1\n", "default = 1.5\n"),
+            "static_view[0].feature[0].default",
+            FeatureType::Int64,
+        ),
+        (
+            edit("default = false", "default = 0"),
+            "request_feature[1].default",
+            FeatureType::Bool,
+        ),
+        (
+            edit(
+                "default = 0\naggregate = { function = \"mean\"",
+                "default = nan\naggregate = { function = \"mean\"",
+            ),
+            "dynamic_view[0].feature[1].default",
+            FeatureType::Float32,
+        ),
+    ];
+    for (text, key, ty) in &cases {
+        let p = refused_at(text, key);
+        assert!(
+            matches!(&p, DefinitionProblem::DefaultType { feature_type, .. } if feature_type == ty),
+            "{key}: {p}"
+        );
+    }
+}
+
+#[test]
+fn aggregate_in_static_view() {
+    let text = edit(
+        "default = 1\n",
+        "default = 1\naggregate = { function = \"count\", window = \"1d\", of = \"x\" }\n",
+    );
+    let p = refused_at(&text, "static_view[0].feature[0].aggregate");
+    assert_eq!(p, DefinitionProblem::AggregateInStaticView);
+}
+
+#[test]
+fn aggregate_type_mismatch() {
+    let p = refused_at(
+        &edit(
+            "type = \"float32\"\ndefault = 0\naggregate",
+            "type = \"int64\"\ndefault = 0\naggregate",
+        ),
+        "dynamic_view[0].feature[1].aggregate.function",
+    );
+    assert!(
+        matches!(
+            p,
+            DefinitionProblem::AggregateType {
+                function: AggregateFunction::Mean,
+                feature_type: FeatureType::Int64,
+                ..
+            }
+        ),
+        "{p}"
+    );
+}
+
+#[test]
+fn window_longer_than_ttl() {
+    let p = refused_at(
+        &edit(
+            "window = \"1h\", of = \"transaction_id\"",
+            "window = \"3d\", of = \"transaction_id\"",
+        ),
+        "dynamic_view[0].feature[0].aggregate.window",
+    );
+    assert_eq!(
+        p,
+        DefinitionProblem::WindowLongerThanTtl {
+            window: "3d".into(),
+            ttl: "48h".into()
+        }
+    );
+}
+
+#[test]
+fn required_with_default() {
+    let p = refused_at(
+        &edit("required = true", "required = true\ndefault = 0.0"),
+        "request_feature[0].default",
+    );
+    assert_eq!(p, DefinitionProblem::RequiredWithDefault);
+}
+
+#[test]
+fn missing_default() {
+    for replacement in ["", "required = false"] {
+        let p = refused_at(&edit("required = true", replacement), "request_feature[0]");
+        assert_eq!(p, DefinitionProblem::MissingDefault);
+    }
+}
+
+#[test]
+fn bad_reference() {
+    let p = refused_at(
+        &edit("\"request.amount\"", "\"amount\""),
+        "model[0].features[3]",
+    );
+    assert_eq!(
+        p,
+        DefinitionProblem::BadReference {
+            reference: "amount".into()
+        }
+    );
+}
+
+#[test]
+fn unknown_view() {
+    let p = refused_at(
+        &edit("\"activity.txn_count_1h\"", "\"activty.txn_count_1h\""),
+        "model[0].features[1]",
+    );
+    assert_eq!(
+        p,
+        DefinitionProblem::UnknownView {
+            view: "activty".into(),
+            known: "profile, activity".into()
+        }
+    );
+}
+
+#[test]
+fn unknown_feature() {
+    let p = refused_at(
+        &edit("\"activity.amount_mean_1h\"", "\"activity.amount_sum_1h\""),
+        "model[0].features[2]",
+    );
+    assert_eq!(
+        p,
+        DefinitionProblem::UnknownFeature {
+            view: "activity".into(),
+            feature: "amount_sum_1h".into(),
+            known: "txn_count_1h, amount_mean_1h".into()
+        }
+    );
+}
+
+#[test]
+fn unknown_request_feature() {
+    let p = refused_at(
+        &edit("\"request.card_present\"", "\"request.card\""),
+        "model[0].features[4]",
+    );
+    assert!(
+        matches!(&p, DefinitionProblem::UnknownRequestFeature { name, known } if name == "card" && known == "amount, card_present"),
+        "{p}"
+    );
+}
+
+#[test]
+fn duplicate_column() {
+    // The same name from two sources.
+    let two_sources = format!(
+        "{}\n[[request_feature]]\nname = \"age_days\"\ntype = \"int64\"\ndefault = 0\n",
+        edit(
+            "\"request.card_present\"]",
+            "\"request.card_present\", \"request.age_days\"]"
+        )
+    );
+    let p = refused_at(&two_sources, "model[0].features[5]");
+    assert_eq!(
+        p,
+        DefinitionProblem::DuplicateColumn {
+            name: "age_days".into(),
+            first_index: 0,
+            first_reference: "profile.age_days".into()
+        }
+    );
+    // The same reference twice.
+    let repeated = edit(
+        "\"request.card_present\"]",
+        "\"request.card_present\", \"activity.txn_count_1h\"]",
+    );
+    let p = refused_at(&repeated, "model[0].features[5]");
+    assert!(
+        matches!(p, DefinitionProblem::DuplicateColumn { first_index: 1, .. }),
+        "{p}"
+    );
+}
+
+#[test]
+fn column_type_mismatch() {
+    let p = refused_at(
+        &edit(
+            "\"request.card_present\"]",
+            "\"request.card_present\", \"profile.country\"]",
+        ),
+        "model[0].features[5]",
+    );
+    assert_eq!(
+        p,
+        DefinitionProblem::ColumnType {
+            reference: "profile.country".into(),
+            feature_type: FeatureType::String,
+            dtype: InputDtype::Fp32
+        }
+    );
+}
+
+#[test]
+fn default_out_of_range_for_the_input() {
+    // A valid float64 default that an FP32 column cannot hold.
+    let text = format!(
+        "{}\n[[request_feature]]\nname = \"huge\"\ntype = \"float64\"\ndefault = 1e300\n",
+        edit(
+            "\"request.card_present\"]",
+            "\"request.card_present\", \"request.huge\"]"
+        )
+    );
+    let p = refused_at(&text, "model[0].features[5]");
+    assert!(
+        matches!(&p, DefinitionProblem::DefaultOutOfRange { reference, .. } if reference == "request.huge"),
+        "{p}"
+    );
+}
