@@ -19,6 +19,18 @@ async fn ready_server(extra: &[&str]) -> Result<ModelServerProcess> {
     Ok(server)
 }
 
+/// A ready server on a copy of the example repository whose config `edit`
+/// rewrites; the copy lives as long as the returned `TempRepo`.
+async fn ready_server_with(
+    edit: impl Fn(&str) -> String,
+    extra: &[&str],
+) -> Result<(TempRepo, ModelServerProcess)> {
+    let repo = example_repository_with(edit)?;
+    let mut server = ModelServerProcess::start(&repo.path, extra).await?;
+    server.wait_ready(Duration::from_secs(60)).await?;
+    Ok((repo, server))
+}
+
 async fn grpc(server: &ModelServerProcess) -> Result<GrpcInferenceServiceClient<Channel>> {
     Ok(GrpcInferenceServiceClient::connect(server.grpc_url.clone()).await?)
 }
@@ -568,11 +580,11 @@ async fn bad_rest_input_gets_a_precise_status() -> Result<()> {
 #[tokio::test]
 async fn batching_on_and_off_give_the_same_outputs() -> Result<()> {
     // A long queue delay makes sure concurrent callers really are gathered.
-    let repo = example_repository_with(|c| {
-        c.replace("max_queue_delay_ms = 2", "max_queue_delay_ms = 20")
-    })?;
-    let mut batched = ModelServerProcess::start(&repo.path, &[]).await?;
-    batched.wait_ready(Duration::from_secs(60)).await?;
+    let (_repo, batched) = ready_server_with(
+        |c| c.replace("max_queue_delay_ms = 2", "max_queue_delay_ms = 20"),
+        &[],
+    )
+    .await?;
     let unbatched = ready_server(&["--disable-batching"]).await?;
     let rows = reference(2)?.inputs;
     let run = |url: String| {
@@ -628,15 +640,17 @@ async fn a_full_queue_sheds_with_resource_exhausted() -> Result<()> {
     // One inference thread, room for one waiting request, no gathering, and
     // requests of 20,000 rows (~10 ms of work each): a burst must overflow.
     const ROWS: usize = 20_000;
-    let repo = example_repository_with(|c| {
-        c.replace(
-            "max_batch_size = 64",
-            "max_batch_size = 20000\ninstances = 1",
-        )
-        .replace("max_queue_size = 1024", "max_queue_size = 1")
-    })?;
-    let mut server = ModelServerProcess::start(&repo.path, &["--disable-batching"]).await?;
-    server.wait_ready(Duration::from_secs(60)).await?;
+    let (_repo, server) = ready_server_with(
+        |c| {
+            c.replace(
+                "max_batch_size = 64",
+                "max_batch_size = 20000\ninstances = 1",
+            )
+            .replace("max_queue_size = 1024", "max_queue_size = 1")
+        },
+        &["--disable-batching"],
+    )
+    .await?;
     let channel = Channel::from_shared(server.grpc_url.clone())?
         .connect()
         .await?;
@@ -845,12 +859,11 @@ async fn rest_binary_tensor_extension_round_trips() -> Result<()> {
 /// a request held in a long batching window answers DEADLINE_EXCEEDED / 504.
 #[tokio::test]
 async fn deadlines_are_enforced_with_deadline_exceeded() -> Result<()> {
-    let repo = example_repository_with(|c| {
-        c.replace("max_queue_delay_ms = 2", "max_queue_delay_ms = 800")
-    })?;
-    let mut server =
-        ModelServerProcess::start(&repo.path, &["--request-timeout-ms", "200"]).await?;
-    server.wait_ready(Duration::from_secs(60)).await?;
+    let (_repo, server) = ready_server_with(
+        |c| c.replace("max_queue_delay_ms = 2", "max_queue_delay_ms = 800"),
+        &["--request-timeout-ms", "200"],
+    )
+    .await?;
     let mut client = grpc(&server).await?;
     let row = reference(1)?.inputs[0].clone();
     let mut request = tonic::Request::new(infer_request("1", std::slice::from_ref(&row), true));
@@ -887,11 +900,11 @@ async fn deadlines_are_enforced_with_deadline_exceeded() -> Result<()> {
 /// new connections are refused, and the process exits 0.
 #[tokio::test]
 async fn sigterm_drains_in_flight_requests_then_exits_cleanly() -> Result<()> {
-    let repo = example_repository_with(|c| {
-        c.replace("max_queue_delay_ms = 2", "max_queue_delay_ms = 400")
-    })?;
-    let mut server = ModelServerProcess::start(&repo.path, &[]).await?;
-    server.wait_ready(Duration::from_secs(60)).await?;
+    let (_repo, mut server) = ready_server_with(
+        |c| c.replace("max_queue_delay_ms = 2", "max_queue_delay_ms = 400"),
+        &[],
+    )
+    .await?;
     let mut client = grpc(&server).await?;
     let row = reference(1)?.inputs[0].clone();
     let in_flight = tokio::spawn(async move {
