@@ -119,7 +119,7 @@ pub struct ModelSpec {
 #[non_exhaustive]
 pub enum ConfigError {
     /// The file could not be read.
-    #[error("cannot read model config {path}: {source}")]
+    #[error("cannot read model config {path}")]
     Read {
         /// The config file.
         path: PathBuf,

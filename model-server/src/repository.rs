@@ -26,7 +26,7 @@ pub struct RepositoryModel {
 #[non_exhaustive]
 pub enum RepositoryError {
     /// The folder is missing or unreadable.
-    #[error("cannot read model repository {path}: {source}")]
+    #[error("cannot read model repository {path}")]
     Read {
         /// The folder.
         path: PathBuf,

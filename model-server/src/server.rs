@@ -45,7 +45,7 @@ pub enum ServerError {
     #[error(transparent)]
     Repository(#[from] RepositoryError),
     /// A port could not be bound.
-    #[error("cannot listen on {addr}: {source}; is another process using the port?")]
+    #[error("cannot listen on {addr} (is another process using the port?)")]
     Bind {
         /// The address.
         addr: SocketAddr,

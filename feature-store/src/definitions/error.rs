@@ -13,7 +13,7 @@ use super::view::AggregateFunction;
 #[non_exhaustive]
 pub enum DefinitionsError {
     /// The file could not be read.
-    #[error("cannot read feature definitions {path}: {source}")]
+    #[error("cannot read feature definitions {path}")]
     Read {
         /// The definition file.
         path: PathBuf,
