@@ -161,6 +161,7 @@ impl ModelServer {
         let service = InferenceService::new(self.engine.clone(), self.request_timeout);
         let reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(proto::INFERENCE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .build_v1()
             .map_err(ServerError::Reflection)?;
         let grpc = tonic::transport::Server::builder()
