@@ -5,7 +5,10 @@
 //! What exists now: [`definitions`], the TOML file data engineers edit (entities,
 //! static and dynamic feature views with types, defaults, ages, ttls and windowed
 //! aggregates, request features, and each model's ordered input columns), loaded
-//! and validated with errors that name the file and key path.
+//! and validated with errors that name the file and key path; and [`freshness`],
+//! which resolves a stored row against its view at a given time into one value
+//! per feature, telling present, stale, missing and wrongly typed values apart
+//! and applying the declared defaults.
 //!
 //! Not built yet (issue 4, feature store; issue 7, auto-tuner): the
 //! `FeatureStore` interface and its backends, the row cache, refresh jobs and
@@ -13,3 +16,4 @@
 //! aggregates), the tuner and the data engineers' CLI. No code stands in for them.
 
 pub mod definitions;
+pub mod freshness;
