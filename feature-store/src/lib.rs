@@ -8,12 +8,16 @@
 //! and validated with errors that name the file and key path; and [`freshness`],
 //! which resolves a stored row against its view at a given time into one value
 //! per feature, telling present, stale, missing and wrongly typed values apart
-//! and applying the declared defaults.
+//! and applying the declared defaults; and [`csv_source`], which reads a static
+//! view's CSV refresh file into typed rows, refusing a bad file whole with an
+//! error naming the line, column and value.
 //!
 //! Not built yet (issue 4, feature store; issue 7, auto-tuner): the
-//! `FeatureStore` interface and its backends, the row cache, refresh jobs and
-//! batch metadata, the dynamic-feature ingest (which will compute the declared
-//! aggregates), the tuner and the data engineers' CLI. No code stands in for them.
+//! `FeatureStore` interface and its backends, the row cache, refresh jobs with
+//! batch metadata, Parquet sources, the dynamic-feature ingest (which will
+//! compute the declared aggregates), the tuner and the data engineers' CLI. No
+//! code stands in for them.
 
+pub mod csv_source;
 pub mod definitions;
 pub mod freshness;
