@@ -7,7 +7,6 @@
 //! runtime's workers.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
@@ -29,26 +28,12 @@ struct Job {
     reply: oneshot::Sender<JobResult>,
 }
 
-/// Counters a version's batcher keeps, for logs and metrics.
-#[derive(Debug, Default)]
-pub struct BatchStats {
-    /// Inferences run.
-    pub batches: AtomicU64,
-    /// Requests answered through them.
-    pub requests: AtomicU64,
-    /// Rows run.
-    pub rows: AtomicU64,
-    /// Requests refused because the queue was full.
-    pub rejected: AtomicU64,
-}
-
 /// The queue in front of one loaded model version.
 pub struct Batcher {
     sender: Sender<Job>,
     capacity: usize,
     model: String,
     version: String,
-    stats: Arc<BatchStats>,
 }
 
 impl Batcher {
@@ -63,14 +48,12 @@ impl Batcher {
     ) -> std::io::Result<Batcher> {
         let capacity = spec.max_queue_size;
         let (sender, receiver) = crossbeam_channel::bounded::<Job>(capacity);
-        let stats = Arc::new(BatchStats::default());
         for i in 0..spec.instances {
             let worker = Worker {
                 spec: spec.clone(),
                 version: version.clone(),
                 model: model.clone(),
                 receiver: receiver.clone(),
-                stats: stats.clone(),
                 carry: None,
             };
             std::thread::Builder::new()
@@ -82,7 +65,6 @@ impl Batcher {
             capacity,
             model: spec.name.clone(),
             version,
-            stats,
         })
     }
 
@@ -102,7 +84,6 @@ impl Batcher {
         match self.sender.try_send(job) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => {
-                self.stats.rejected.fetch_add(1, Ordering::Relaxed);
                 return Err(InferError::QueueFull {
                     model: self.model.clone(),
                     version: self.version.clone(),
@@ -113,11 +94,6 @@ impl Batcher {
         }
         answer.await.unwrap_or(Err(InferError::ShuttingDown))
     }
-
-    /// The batcher's counters.
-    pub fn stats(&self) -> &BatchStats {
-        &self.stats
-    }
 }
 
 struct Worker {
@@ -125,7 +101,6 @@ struct Worker {
     version: String,
     model: Arc<OnnxModel>,
     receiver: Receiver<Job>,
-    stats: Arc<BatchStats>,
     /// A request taken from the queue that did not fit the last batch.
     carry: Option<Job>,
 }
@@ -182,13 +157,6 @@ impl Worker {
                 None => Err("requests in one batch have different input types".to_owned()),
             }
         };
-        self.stats.batches.fetch_add(1, Ordering::Relaxed);
-        self.stats
-            .requests
-            .fetch_add(batch.len() as u64, Ordering::Relaxed);
-        self.stats
-            .rows
-            .fetch_add(total_rows as u64, Ordering::Relaxed);
         let fail = |message: String| InferError::Inference {
             model: self.spec.name.clone(),
             version: self.version.clone(),

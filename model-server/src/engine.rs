@@ -221,14 +221,6 @@ impl Engine {
         })
     }
 
-    /// The model config, for fronts that need declared types while decoding.
-    ///
-    /// # Errors
-    /// `ModelNotFound` for names that are not served.
-    pub fn spec(&self, model: &str) -> Result<Arc<ModelSpec>, InferError> {
-        Ok(self.model(model)?.spec.clone())
-    }
-
     /// Runs one inference. The outputs come in the order asked for, or as
     /// declared when none was named; `deadline` bounds the whole wait.
     ///
