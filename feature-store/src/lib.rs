@@ -8,9 +8,9 @@
 //! and validated with errors that name the file and key path; and [`freshness`],
 //! which resolves a stored row against its view at a given time into one value
 //! per feature, telling present, stale, missing and wrongly typed values apart
-//! and applying the declared defaults; and [`csv_source`], which reads a static
-//! view's CSV refresh file into typed rows, refusing a bad file whole with an
-//! error naming the line, column and value.
+//! and applying the declared defaults; and [`source`], which streams a static
+//! view's refresh file as typed rows, rejecting bad rows with their line and
+//! reason.
 //!
 //! Not built yet (issue 4, feature store; issue 7, auto-tuner): the
 //! `FeatureStore` interface and its backends, the row cache, refresh jobs with
@@ -18,6 +18,6 @@
 //! compute the declared aggregates), the tuner and the data engineers' CLI. No
 //! code stands in for them.
 
-pub mod csv_source;
 pub mod definitions;
 pub mod freshness;
+pub mod source;
