@@ -1,8 +1,9 @@
 //! Telling present, stale and missing feature values apart.
 //!
 //! A backend returns a view's row for an entity as a [`StoredRow`]: the values,
-//! the time they were written (static views: the refresh batch's write time;
-//! dynamic views: the event time) and the batch that wrote them.
+//! each with the time it was written (static views: the refresh batch's data
+//! time, the same for the whole row; dynamic views: each value's event time)
+//! and the batch that wrote them.
 //! [`resolve_view`] turns that, the view's definition and the current time into
 //! one value per declared feature, with the declared default wherever the row is
 //! absent, older than the view's `max_age`, lacks the feature, or holds a value of
@@ -14,12 +15,22 @@ use std::time::{Duration, SystemTime};
 
 use crate::definitions::{FeatureValue, FeatureView};
 
+/// One stored value and when it was written (static) or observed (dynamic).
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredValue {
+    /// The value.
+    pub value: FeatureValue,
+    /// Its time.
+    pub written_at: SystemTime,
+}
+
 /// A view's row for one entity, as a backend stores it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StoredRow {
     /// Feature name to value; features may be absent.
-    pub values: BTreeMap<String, FeatureValue>,
-    /// When the values were written (static) or observed (dynamic).
+    pub values: BTreeMap<String, StoredValue>,
+    /// The row's time: the batch's data time (static) or the newest value's
+    /// event time (dynamic).
     pub written_at: SystemTime,
     /// The refresh batch that wrote the row (static views), if known.
     pub batch_id: Option<String>,
@@ -89,11 +100,13 @@ impl ResolvedView {
 
 /// Resolves `row` (None: the entity has no row) against `view` at time `now`.
 ///
-/// A row older than `view.max_age` is stale as a whole: every feature gets its
-/// default, since a partly refreshed row would mix two batches.
+/// A value older than `view.max_age` is stale and gets its default. A static
+/// row's values share the batch's time, so a static row is stale as a whole
+/// (never a mix of two batches); a dynamic row's values age one by one.
 pub fn resolve_view(view: &FeatureView, row: Option<&StoredRow>, now: SystemTime) -> ResolvedView {
-    let age = row.map(|r| now.duration_since(r.written_at).unwrap_or(Duration::ZERO));
-    let stale = age.is_some_and(|a| a > view.max_age);
+    let age_of = |t: SystemTime| now.duration_since(t).unwrap_or(Duration::ZERO);
+    let age = row.map(|r| age_of(r.written_at));
+    let row_stale = view.is_static() && age.is_some_and(|a| a > view.max_age);
     let features = view
         .features
         .iter()
@@ -106,15 +119,18 @@ pub fn resolve_view(view: &FeatureView, row: Option<&StoredRow>, now: SystemTime
             let Some(row) = row else {
                 return default(ValueState::MissingRow);
             };
-            if stale {
+            if row_stale {
                 return default(ValueState::Stale);
             }
             match row.values.get(&spec.name) {
                 None => default(ValueState::MissingValue),
-                Some(v) if v.feature_type() != spec.feature_type => default(ValueState::WrongType),
+                Some(v) if age_of(v.written_at) > view.max_age => default(ValueState::Stale),
+                Some(v) if v.value.feature_type() != spec.feature_type => {
+                    default(ValueState::WrongType)
+                }
                 Some(v) => ResolvedFeature {
                     name: spec.name.clone(),
-                    value: v.clone(),
+                    value: v.value.clone(),
                     state: ValueState::Present,
                 },
             }
@@ -144,7 +160,13 @@ mod tests {
         StoredRow {
             values: values
                 .iter()
-                .map(|(k, v)| ((*k).to_owned(), v.clone()))
+                .map(|(k, v)| {
+                    let stored = StoredValue {
+                        value: v.clone(),
+                        written_at,
+                    };
+                    ((*k).to_owned(), stored)
+                })
                 .collect(),
             written_at,
             batch_id: Some("b-42".into()),

@@ -18,6 +18,10 @@
 //! compute the declared aggregates), the tuner and the data engineers' CLI. No
 //! code stands in for them.
 
+pub mod codec;
 pub mod definitions;
 pub mod freshness;
+pub mod reader;
+pub mod refresh;
 pub mod source;
+pub mod store;

@@ -29,7 +29,7 @@ pub struct SourceRow {
 }
 
 /// A row that could not be loaded, and why.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct RejectedRow {
     /// 1-based line (CSV) or data row number (Parquet).
     pub line: u64,

@@ -1,0 +1,553 @@
+//! Reading features for serving: the moka row cache in front of static reads,
+//! the current-batch watch, and the dynamic-feature write path.
+//!
+//! A static read asks the backend for the row of the view's *current* batch.
+//! The reader learns current batches from the store (polled every
+//! `batch_poll_interval`, and at once after an in-process refresh); when a
+//! view's batch changes, that view's cached rows are invalidated, and a cached
+//! row of another batch is never served. The cache is bounded by an estimate
+//! of the bytes it holds, entries live at most `min(view max_age,
+//! static_ttl)`, a missing entity is cached for `negative_ttl`, and concurrent
+//! misses for one key wait for a single backend read.
+//!
+//! Dynamic views bypass the cache unless `dynamic_ttl` is set.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock, Weak};
+use std::time::{Duration, Instant, SystemTime};
+
+use moka::Expiry;
+use moka::future::Cache;
+use moka::notification::RemovalCause;
+
+use crate::definitions::{FeatureDefinitions, FeatureValue, FeatureView, ViewKind};
+use crate::freshness::{ResolvedView, StoredRow, resolve_view};
+use crate::store::{CurrentBatch, DynamicWrite, FeatureStore, StoreError};
+
+/// Cache and watch settings.
+#[derive(Debug, Clone)]
+pub struct ReaderConfig {
+    /// Upper bound of the cache's estimated size in bytes.
+    pub cache_max_bytes: u64,
+    /// Longest time a static row stays cached (also capped by the view's
+    /// max_age).
+    pub static_ttl: Duration,
+    /// How long "this entity has no row" is remembered.
+    pub negative_ttl: Duration,
+    /// Cache dynamic rows this long; None: always read the store.
+    pub dynamic_ttl: Option<Duration>,
+    /// How often the current batches are re-read from the store.
+    pub batch_poll_interval: Duration,
+}
+
+impl Default for ReaderConfig {
+    fn default() -> Self {
+        ReaderConfig {
+            cache_max_bytes: 256 << 20,
+            static_ttl: Duration::from_secs(600),
+            negative_ttl: Duration::from_secs(5),
+            dynamic_ttl: None,
+            batch_poll_interval: Duration::from_secs(2),
+        }
+    }
+}
+
+/// Why features could not be read or written.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReadError {
+    /// No view of that name is defined.
+    #[error("unknown feature view {0:?}")]
+    UnknownView(String),
+    /// The view is not of the kind the call needs.
+    #[error("feature view {view:?} is {kind}; {what}")]
+    WrongKind {
+        /// The view.
+        view: String,
+        /// "static" or "dynamic".
+        kind: &'static str,
+        /// What the caller tried.
+        what: &'static str,
+    },
+    /// A pushed feature is not declared by the view.
+    #[error("feature view {view:?} has no feature {feature:?}")]
+    UnknownFeature {
+        /// The view.
+        view: String,
+        /// The feature.
+        feature: String,
+    },
+    /// A pushed value has another type than declared.
+    #[error("feature {view}.{feature} is {expected}, got a {found} value")]
+    WrongType {
+        /// The view.
+        view: String,
+        /// The feature.
+        feature: String,
+        /// Declared type.
+        expected: crate::definitions::FeatureType,
+        /// Pushed type.
+        found: crate::definitions::FeatureType,
+    },
+    /// A pushed float is NaN or infinite.
+    #[error("feature {view}.{feature}: {value} is not a finite number")]
+    NotFinite {
+        /// The view.
+        view: String,
+        /// The feature.
+        feature: String,
+        /// The value.
+        value: String,
+    },
+    /// The backend failed (shared by every caller that waited on the same load).
+    #[error(transparent)]
+    Store(Arc<StoreError>),
+}
+
+impl From<StoreError> for ReadError {
+    fn from(e: StoreError) -> Self {
+        ReadError::Store(Arc::new(e))
+    }
+}
+
+impl ReadError {
+    /// The backend error, if that is what this is.
+    pub fn store_error(&self) -> Option<&StoreError> {
+        match self {
+            ReadError::Store(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+/// Counters for metrics (monotonic since start).
+#[derive(Debug, Default)]
+struct Counters {
+    hits: AtomicU64,
+    misses: AtomicU64,
+    loads: AtomicU64,
+    load_errors: AtomicU64,
+    load_nanos: AtomicU64,
+    evicted_size: AtomicU64,
+    expired: AtomicU64,
+    invalidations: AtomicU64,
+}
+
+/// A snapshot of the cache counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+pub struct CacheStats {
+    /// Reads answered from the cache.
+    pub hits: u64,
+    /// Reads that found no valid entry (several may share one load).
+    pub misses: u64,
+    /// Backend reads made to fill the cache.
+    pub loads: u64,
+    /// Loads that failed.
+    pub load_errors: u64,
+    /// Total time spent in loads, in nanoseconds.
+    pub load_nanos: u64,
+    /// Entries evicted to respect the byte bound.
+    pub evicted_size: u64,
+    /// Entries dropped at the end of their TTL.
+    pub expired: u64,
+    /// Batch switches that invalidated a view's entries.
+    pub invalidations: u64,
+    /// Entries now cached.
+    pub entries: u64,
+    /// Estimated bytes now cached.
+    pub bytes: u64,
+}
+
+#[derive(Debug, Clone)]
+struct CachedRow {
+    /// The batch the row was read from (static views).
+    batch_id: Option<Arc<str>>,
+    row: Option<Arc<StoredRow>>,
+}
+
+type Key = (u32, String);
+
+struct RowExpiry {
+    ttls: Vec<Duration>,
+    negative: Duration,
+}
+
+impl Expiry<Key, CachedRow> for RowExpiry {
+    fn expire_after_create(&self, key: &Key, value: &CachedRow, _: Instant) -> Option<Duration> {
+        let ttl = self
+            .ttls
+            .get(key.0 as usize)
+            .copied()
+            .unwrap_or(Duration::ZERO);
+        Some(if value.row.is_none() {
+            self.negative.min(ttl)
+        } else {
+            ttl
+        })
+    }
+}
+
+fn weigh(key: &Key, value: &CachedRow) -> u32 {
+    let row = value.row.as_ref().map_or(0, |r| {
+        r.values
+            .iter()
+            .map(|(k, v)| {
+                let payload = match &v.value {
+                    FeatureValue::String(s) => s.len(),
+                    _ => 8,
+                };
+                // BTreeMap slot, String header and heap, value and time.
+                k.len() + payload + 72
+            })
+            .sum::<usize>()
+            + 96
+    });
+    u32::try_from(key.1.len() + 64 + row).unwrap_or(u32::MAX)
+}
+
+/// Reads features of one definitions file through the cache.
+pub struct FeatureReader<S> {
+    store: Arc<S>,
+    definitions: Arc<FeatureDefinitions>,
+    index: HashMap<String, u32>,
+    current: RwLock<BTreeMap<String, CurrentBatch>>,
+    cache: Cache<Key, CachedRow>,
+    counters: Arc<Counters>,
+    config: ReaderConfig,
+}
+
+impl<S: FeatureStore> FeatureReader<S> {
+    /// Builds a reader and loads the current batches once.
+    ///
+    /// # Errors
+    /// The store's error if the current batches cannot be read.
+    pub async fn new(
+        store: Arc<S>,
+        definitions: Arc<FeatureDefinitions>,
+        config: ReaderConfig,
+    ) -> Result<Self, StoreError> {
+        let mut index = HashMap::new();
+        let mut ttls = Vec::new();
+        for (i, view) in definitions.views().iter().enumerate() {
+            index.insert(view.name.clone(), u32::try_from(i).unwrap_or(u32::MAX));
+            ttls.push(match view.kind {
+                ViewKind::Static { .. } => view.max_age.min(config.static_ttl),
+                ViewKind::Dynamic { .. } => config.dynamic_ttl.unwrap_or(Duration::ZERO),
+            });
+        }
+        let counters = Arc::new(Counters::default());
+        let listener_counters = Arc::clone(&counters);
+        let cache = Cache::builder()
+            .max_capacity(config.cache_max_bytes)
+            .weigher(weigh)
+            .expire_after(RowExpiry {
+                ttls,
+                negative: config.negative_ttl,
+            })
+            .support_invalidation_closures()
+            .eviction_listener(move |_k, _v, cause| match cause {
+                RemovalCause::Size => {
+                    listener_counters
+                        .evicted_size
+                        .fetch_add(1, Ordering::Relaxed);
+                }
+                RemovalCause::Expired => {
+                    listener_counters.expired.fetch_add(1, Ordering::Relaxed);
+                }
+                RemovalCause::Explicit | RemovalCause::Replaced => {}
+            })
+            .build();
+        let current = store.current_batches().await?;
+        Ok(FeatureReader {
+            store,
+            definitions,
+            index,
+            current: RwLock::new(current),
+            cache,
+            counters,
+            config,
+        })
+    }
+
+    /// The definitions served.
+    pub fn definitions(&self) -> &FeatureDefinitions {
+        &self.definitions
+    }
+
+    /// The backend.
+    pub fn store(&self) -> &Arc<S> {
+        &self.store
+    }
+
+    /// The batch `view` serves now, as this reader knows it.
+    pub fn current_batch(&self, view: &str) -> Option<CurrentBatch> {
+        self.current.read().map_or(None, |c| c.get(view).cloned())
+    }
+
+    /// Re-reads the current batches and invalidates the cached rows of every
+    /// view whose batch changed. Returns the views that changed.
+    ///
+    /// # Errors
+    /// The store's error; the known batches are kept.
+    pub async fn refresh_current(&self) -> Result<Vec<String>, StoreError> {
+        let fresh = self.store.current_batches().await?;
+        let changed: Vec<String> = {
+            let Ok(mut current) = self.current.write() else {
+                return Ok(Vec::new());
+            };
+            let changed = fresh
+                .iter()
+                .filter(|(view, b)| current.get(*view).map(|c| &c.batch_id) != Some(&b.batch_id))
+                .map(|(view, _)| view.clone())
+                .collect();
+            *current = fresh;
+            changed
+        };
+        for view in &changed {
+            if let Some(&idx) = self.index.get(view) {
+                self.counters.invalidations.fetch_add(1, Ordering::Relaxed);
+                // Only fails if closures were not enabled at build time.
+                let _ = self.cache.invalidate_entries_if(move |k, _| k.0 == idx);
+            }
+        }
+        Ok(changed)
+    }
+
+    /// Spawns the task that calls [`Self::refresh_current`] every
+    /// `batch_poll_interval`; it ends when the reader is dropped.
+    pub fn watch_batches(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+        let weak: Weak<Self> = Arc::downgrade(self);
+        let every = self.config.batch_poll_interval;
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let Some(reader) = weak.upgrade() else { return };
+                if let Err(e) = reader.refresh_current().await {
+                    tracing::warn!(error = %e, "cannot re-read current refresh batches; serving the known ones");
+                }
+            }
+        })
+    }
+
+    fn view(&self, name: &str) -> Result<(u32, &FeatureView), ReadError> {
+        let idx = *self
+            .index
+            .get(name)
+            .ok_or_else(|| ReadError::UnknownView(name.to_owned()))?;
+        let view = self
+            .definitions
+            .views()
+            .get(idx as usize)
+            .ok_or_else(|| ReadError::UnknownView(name.to_owned()))?;
+        Ok((idx, view))
+    }
+
+    /// Reads `view` (static or dynamic) for `entity_key` and resolves it at
+    /// `now`: every declared feature, defaults where missing or stale.
+    ///
+    /// # Errors
+    /// [`ReadError::UnknownView`], or the store's error on a cache miss.
+    pub async fn read(
+        &self,
+        view_name: &str,
+        entity_key: &str,
+        now: SystemTime,
+    ) -> Result<ResolvedView, ReadError> {
+        let (idx, view) = self.view(view_name)?;
+        let row = match view.kind {
+            ViewKind::Static { .. } => self.static_row(idx, view, entity_key).await?,
+            ViewKind::Dynamic { .. } => self.dynamic_row(idx, view, entity_key).await?,
+        };
+        Ok(resolve_view(view, row.as_deref(), now))
+    }
+
+    /// Reads several views for one entity concurrently, in the given order.
+    ///
+    /// # Errors
+    /// The first error among the reads.
+    pub async fn read_many(
+        &self,
+        views: &[&str],
+        entity_key: &str,
+        now: SystemTime,
+    ) -> Result<Vec<ResolvedView>, ReadError> {
+        futures_util::future::try_join_all(views.iter().map(|v| self.read(v, entity_key, now)))
+            .await
+    }
+
+    async fn static_row(
+        &self,
+        idx: u32,
+        view: &FeatureView,
+        entity_key: &str,
+    ) -> Result<Option<Arc<StoredRow>>, ReadError> {
+        let Some(batch) = self.current_batch(&view.name) else {
+            // Never refreshed: every value is missing.
+            return Ok(None);
+        };
+        let key: Key = (idx, entity_key.to_owned());
+        if let Some(hit) = self.cache.get(&key).await {
+            if hit.batch_id.as_deref() == Some(batch.batch_id.as_str()) {
+                self.counters.hits.fetch_add(1, Ordering::Relaxed);
+                return Ok(hit.row);
+            }
+            self.cache.invalidate(&key).await;
+        }
+        self.counters.misses.fetch_add(1, Ordering::Relaxed);
+        let loaded = self
+            .cache
+            .try_get_with(key, async {
+                let row = self
+                    .load(|s| s.read_static(&view.name, &batch.batch_id, entity_key))
+                    .await?;
+                Ok::<_, StoreError>(CachedRow {
+                    batch_id: Some(Arc::from(batch.batch_id.as_str())),
+                    row: row.map(Arc::new),
+                })
+            })
+            .await
+            .map_err(ReadError::Store)?;
+        Ok(loaded.row)
+    }
+
+    async fn dynamic_row(
+        &self,
+        idx: u32,
+        view: &FeatureView,
+        entity_key: &str,
+    ) -> Result<Option<Arc<StoredRow>>, ReadError> {
+        if self.config.dynamic_ttl.is_none() {
+            let row = self.store.read_dynamic(&view.name, entity_key).await?;
+            return Ok(row.map(Arc::new));
+        }
+        let key: Key = (idx, entity_key.to_owned());
+        if let Some(hit) = self.cache.get(&key).await {
+            self.counters.hits.fetch_add(1, Ordering::Relaxed);
+            return Ok(hit.row);
+        }
+        self.counters.misses.fetch_add(1, Ordering::Relaxed);
+        let loaded = self
+            .cache
+            .try_get_with(key, async {
+                let row = self
+                    .load(|s| s.read_dynamic(&view.name, entity_key))
+                    .await?;
+                Ok::<_, StoreError>(CachedRow {
+                    batch_id: None,
+                    row: row.map(Arc::new),
+                })
+            })
+            .await
+            .map_err(ReadError::Store)?;
+        Ok(loaded.row)
+    }
+
+    async fn load<'a, F, Fut>(&'a self, f: F) -> Result<Option<StoredRow>, StoreError>
+    where
+        F: FnOnce(&'a S) -> Fut,
+        Fut: std::future::Future<Output = Result<Option<StoredRow>, StoreError>>,
+    {
+        let started = Instant::now();
+        self.counters.loads.fetch_add(1, Ordering::Relaxed);
+        let result = f(&self.store).await;
+        let nanos = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.counters.load_nanos.fetch_add(nanos, Ordering::Relaxed);
+        if result.is_err() {
+            self.counters.load_errors.fetch_add(1, Ordering::Relaxed);
+        }
+        result
+    }
+
+    /// Writes fresh values of a dynamic view for one entity. Values are
+    /// checked against the view's declared features and types; an event
+    /// older than the stored one does not overwrite it; an event already past
+    /// the view's TTL is accepted and ignored (it would read as missing).
+    ///
+    /// # Errors
+    /// [`ReadError`] naming the view and feature for bad input; the store's
+    /// error if the write fails.
+    pub async fn push(
+        &self,
+        view_name: &str,
+        entity_key: &str,
+        values: &[(String, FeatureValue)],
+        event_time: SystemTime,
+    ) -> Result<(), ReadError> {
+        let (idx, view) = self.view(view_name)?;
+        let ViewKind::Dynamic { ttl } = view.kind else {
+            return Err(ReadError::WrongKind {
+                view: view.name.clone(),
+                kind: "static",
+                what: "static views are loaded by refresh jobs, not pushed",
+            });
+        };
+        for (name, value) in values {
+            let spec = view
+                .feature(name)
+                .ok_or_else(|| ReadError::UnknownFeature {
+                    view: view.name.clone(),
+                    feature: name.clone(),
+                })?;
+            if value.feature_type() != spec.feature_type {
+                return Err(ReadError::WrongType {
+                    view: view.name.clone(),
+                    feature: name.clone(),
+                    expected: spec.feature_type,
+                    found: value.feature_type(),
+                });
+            }
+            let finite = match value {
+                FeatureValue::Float32(v) => v.is_finite(),
+                FeatureValue::Float64(v) => v.is_finite(),
+                _ => true,
+            };
+            if !finite {
+                return Err(ReadError::NotFinite {
+                    view: view.name.clone(),
+                    feature: name.clone(),
+                    value: value.to_string(),
+                });
+            }
+        }
+        self.store
+            .write_dynamic(DynamicWrite {
+                view: &view.name,
+                entity_key,
+                values,
+                event_time,
+                expires_at: event_time + ttl,
+            })
+            .await?;
+        if self.config.dynamic_ttl.is_some() {
+            self.cache.invalidate(&(idx, entity_key.to_owned())).await;
+        }
+        Ok(())
+    }
+
+    /// The cache counters now.
+    pub fn cache_stats(&self) -> CacheStats {
+        let c = &self.counters;
+        CacheStats {
+            hits: c.hits.load(Ordering::Relaxed),
+            misses: c.misses.load(Ordering::Relaxed),
+            loads: c.loads.load(Ordering::Relaxed),
+            load_errors: c.load_errors.load(Ordering::Relaxed),
+            load_nanos: c.load_nanos.load(Ordering::Relaxed),
+            evicted_size: c.evicted_size.load(Ordering::Relaxed),
+            expired: c.expired.load(Ordering::Relaxed),
+            invalidations: c.invalidations.load(Ordering::Relaxed),
+            entries: self.cache.entry_count(),
+            bytes: self.cache.weighted_size(),
+        }
+    }
+
+    /// Applies pending cache maintenance (evictions, invalidations) now;
+    /// moka otherwise does it lazily. For tests and metrics scrapes.
+    pub async fn sync_cache(&self) {
+        self.cache.run_pending_tasks().await;
+    }
+}

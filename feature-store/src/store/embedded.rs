@@ -1,0 +1,531 @@
+//! The embedded backend: one redb file, so the product runs on a laptop with no
+//! ScyllaDB, with the same semantics as the ScyllaDB backend.
+//!
+//! The file is opened in redb's multi-writer mode, so the gateway and the data
+//! engineers' CLI can use it at the same time. redb calls block, so each call
+//! runs on tokio's blocking pool. Keys are byte strings with length-prefixed
+//! parts, so no entity key (which may contain any character) can collide with
+//! another.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use redb::{ConcurrencyMode, Database, ReadableDatabase, ReadableTable, TableDefinition};
+
+use super::{
+    BatchRecord, CurrentBatch, DynamicWrite, FeatureStore, SchemaReport, StaticWrite, StoreError,
+    from_micros, to_micros,
+};
+use crate::codec;
+use crate::freshness::{StoredRow, StoredValue};
+
+/// The schema version this build writes and reads.
+pub const SCHEMA_VERSION: u32 = 1;
+
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// (view, batch, entity) → data time (i64 µs) + encoded values.
+const STATIC: TableDefinition<&[u8], &[u8]> = TableDefinition::new("static_rows");
+/// (view, entity, feature) → event time (i64 µs) + expiry (i64 µs) + value.
+const DYNAMIC: TableDefinition<&[u8], &[u8]> = TableDefinition::new("dynamic_values");
+/// (view, batch) → JSON batch record.
+const BATCHES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("refresh_batches");
+/// view → JSON current batch.
+const CURRENT: TableDefinition<&str, &[u8]> = TableDefinition::new("current_batch");
+
+/// The redb-backed store.
+pub struct EmbeddedStore {
+    db: Arc<Database>,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for EmbeddedStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EmbeddedStore")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct CurrentJson {
+    batch_id: String,
+    written_at: i64,
+    fingerprint: String,
+}
+
+fn key(parts: &[&[u8]]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(parts.iter().map(|p| p.len() + 4).sum());
+    for p in parts {
+        out.extend_from_slice(&(p.len() as u32).to_be_bytes());
+        out.extend_from_slice(p);
+    }
+    out
+}
+
+/// The exclusive upper bound of all keys starting with `prefix`.
+fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < u8::MAX {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![u8::MAX; prefix.len() + 1]
+}
+
+fn split_i64(bytes: &[u8]) -> Option<(i64, &[u8])> {
+    let (head, rest) = bytes.split_first_chunk::<8>()?;
+    Some((i64::from_le_bytes(*head), rest))
+}
+
+impl EmbeddedStore {
+    /// Opens (creating if needed) the database file at `path`. The schema is
+    /// created by [`FeatureStore::apply_schema`].
+    ///
+    /// # Errors
+    /// [`StoreError::Embedded`] if the file cannot be created or opened (bad
+    /// directory, not a redb file, a newer format).
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| StoreError::Embedded {
+                path: path.display().to_string(),
+                message: format!("cannot create directory {}: {e}", dir.display()),
+            })?;
+        }
+        let db = Database::builder()
+            .set_concurrency_mode(ConcurrencyMode::MultiWriter)
+            .create(path)
+            .map_err(|e| StoreError::Embedded {
+                path: path.display().to_string(),
+                message: e.to_string(),
+            })?;
+        Ok(EmbeddedStore {
+            db: Arc::new(db),
+            path: path.to_owned(),
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn err(&self, e: impl Into<redb::Error>) -> StoreError {
+        StoreError::Embedded {
+            path: self.path.display().to_string(),
+            message: e.into().to_string(),
+        }
+    }
+
+    /// Runs `f` on the blocking pool with the database.
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Database, &dyn Fn(redb::Error) -> StoreError) -> Result<T, StoreError>
+        + Send
+        + 'static,
+    ) -> Result<T, StoreError> {
+        let db = Arc::clone(&self.db);
+        let path = self.path.display().to_string();
+        tokio::task::spawn_blocking(move || {
+            let err = move |e: redb::Error| StoreError::Embedded {
+                path: path.clone(),
+                message: e.to_string(),
+            };
+            f(&db, &err)
+        })
+        .await
+        .map_err(|e| self.err(redb::Error::Io(std::io::Error::other(e.to_string()))))?
+    }
+
+    fn check_schema(
+        db: &Database,
+        err: &dyn Fn(redb::Error) -> StoreError,
+    ) -> Result<(), StoreError> {
+        let tx = db.begin_read().map_err(|e| err(e.into()))?;
+        let found = match tx.open_table(META) {
+            Ok(t) => t
+                .get("schema_version")
+                .map_err(|e| err(e.into()))?
+                .map_or(0, |v| v.value()),
+            Err(redb::TableError::TableDoesNotExist(_)) => 0,
+            Err(e) => return Err(err(e.into())),
+        };
+        if found == u64::from(SCHEMA_VERSION) {
+            Ok(())
+        } else {
+            Err(StoreError::SchemaVersion {
+                found: u32::try_from(found).unwrap_or(u32::MAX),
+                needed: SCHEMA_VERSION,
+            })
+        }
+    }
+}
+
+fn read_static_sync(
+    db: &Database,
+    err: &dyn Fn(redb::Error) -> StoreError,
+    view: &str,
+    batch_id: &str,
+    entity_key: &str,
+) -> Result<Option<StoredRow>, StoreError> {
+    let tx = db.begin_read().map_err(|e| err(e.into()))?;
+    let table = match tx.open_table(STATIC) {
+        Ok(t) => t,
+        Err(redb::TableError::TableDoesNotExist(_)) => {
+            return Err(StoreError::SchemaVersion {
+                found: 0,
+                needed: SCHEMA_VERSION,
+            });
+        }
+        Err(e) => return Err(err(e.into())),
+    };
+    let k = key(&[view.as_bytes(), batch_id.as_bytes(), entity_key.as_bytes()]);
+    let Some(guard) = table.get(k.as_slice()).map_err(|e| err(e.into()))? else {
+        return Ok(None);
+    };
+    let bytes = guard.value();
+    let corrupt = |what| StoreError::Corrupt {
+        view: view.to_owned(),
+        entity: entity_key.to_owned(),
+        source: codec::CodecError { offset: 0, what },
+    };
+    let (micros, blob) = split_i64(bytes).ok_or_else(|| corrupt("truncated time"))?;
+    let written_at = from_micros(micros);
+    let values = codec::decode(blob).map_err(|source| StoreError::Corrupt {
+        view: view.to_owned(),
+        entity: entity_key.to_owned(),
+        source,
+    })?;
+    Ok(Some(StoredRow {
+        values: values
+            .into_iter()
+            .map(|(k, value)| (k, StoredValue { value, written_at }))
+            .collect(),
+        written_at,
+        batch_id: Some(batch_id.to_owned()),
+    }))
+}
+
+impl FeatureStore for EmbeddedStore {
+    async fn apply_schema(&self) -> Result<SchemaReport, StoreError> {
+        self.blocking(|db, err| {
+            let tx = db.begin_write().map_err(|e| err(e.into()))?;
+            let from;
+            let mut applied = Vec::new();
+            {
+                let mut meta = tx.open_table(META).map_err(|e| err(e.into()))?;
+                from = meta
+                    .get("schema_version")
+                    .map_err(|e| err(e.into()))?
+                    .map_or(0, |v| v.value());
+                if from > u64::from(SCHEMA_VERSION) {
+                    return Err(StoreError::Embedded {
+                        path: String::new(),
+                        message: format!(
+                            "the file has schema version {from}, newer than this build's {SCHEMA_VERSION}; use a newer mlgw-features"
+                        ),
+                    });
+                }
+                for (name, open) in [
+                    ("static_rows", tx.open_table(STATIC).map(drop)),
+                    ("dynamic_values", tx.open_table(DYNAMIC).map(drop)),
+                    ("refresh_batches", tx.open_table(BATCHES).map(drop)),
+                ] {
+                    open.map_err(|e| err(e.into()))?;
+                    if from == 0 {
+                        applied.push(format!("created table {name}"));
+                    }
+                }
+                tx.open_table(CURRENT).map(drop).map_err(|e| err(e.into()))?;
+                if from == 0 {
+                    applied.push("created table current_batch".to_owned());
+                }
+                meta.insert("schema_version", u64::from(SCHEMA_VERSION))
+                    .map_err(|e| err(e.into()))?;
+            }
+            tx.commit().map_err(|e| err(e.into()))?;
+            Ok(SchemaReport {
+                from_version: u32::try_from(from).unwrap_or(u32::MAX),
+                to_version: SCHEMA_VERSION,
+                applied,
+            })
+        })
+        .await
+    }
+
+    async fn read_static(
+        &self,
+        view: &str,
+        batch_id: &str,
+        entity_key: &str,
+    ) -> Result<Option<StoredRow>, StoreError> {
+        let (view, batch_id, entity_key) =
+            (view.to_owned(), batch_id.to_owned(), entity_key.to_owned());
+        self.blocking(move |db, err| read_static_sync(db, err, &view, &batch_id, &entity_key))
+            .await
+    }
+
+    async fn write_static(&self, write: StaticWrite<'_>) -> Result<(), StoreError> {
+        let micros = to_micros(write.written_at).to_le_bytes();
+        let entries: Vec<(Vec<u8>, Vec<u8>)> = write
+            .rows
+            .iter()
+            .map(|r| {
+                let k = key(&[
+                    write.view.as_bytes(),
+                    write.batch_id.as_bytes(),
+                    r.entity_key.as_bytes(),
+                ]);
+                let mut v = Vec::with_capacity(8 + r.blob.len());
+                v.extend_from_slice(&micros);
+                v.extend_from_slice(&r.blob);
+                (k, v)
+            })
+            .collect();
+        self.blocking(move |db, err| {
+            Self::check_schema(db, err)?;
+            let tx = db.begin_write().map_err(|e| err(e.into()))?;
+            {
+                let mut table = tx.open_table(STATIC).map_err(|e| err(e.into()))?;
+                for (k, v) in &entries {
+                    table
+                        .insert(k.as_slice(), v.as_slice())
+                        .map_err(|e| err(e.into()))?;
+                }
+            }
+            tx.commit().map_err(|e| err(e.into()))
+        })
+        .await
+    }
+
+    async fn read_dynamic(
+        &self,
+        view: &str,
+        entity_key: &str,
+    ) -> Result<Option<StoredRow>, StoreError> {
+        let (view, entity_key) = (view.to_owned(), entity_key.to_owned());
+        self.blocking(move |db, err| {
+            let now = to_micros(SystemTime::now());
+            let tx = db.begin_read().map_err(|e| err(e.into()))?;
+            let table = match tx.open_table(DYNAMIC) {
+                Ok(t) => t,
+                Err(redb::TableError::TableDoesNotExist(_)) => {
+                    return Err(StoreError::SchemaVersion {
+                        found: 0,
+                        needed: SCHEMA_VERSION,
+                    });
+                }
+                Err(e) => return Err(err(e.into())),
+            };
+            let prefix = key(&[view.as_bytes(), entity_key.as_bytes()]);
+            let end = prefix_end(&prefix);
+            let mut values = BTreeMap::new();
+            let mut newest: Option<SystemTime> = None;
+            for item in table
+                .range(prefix.as_slice()..end.as_slice())
+                .map_err(|e| err(e.into()))?
+            {
+                let (k, v) = item.map_err(|e| err(e.into()))?;
+                let corrupt = |what| StoreError::Corrupt {
+                    view: view.clone(),
+                    entity: entity_key.clone(),
+                    source: codec::CodecError { offset: 0, what },
+                };
+                let feature = k
+                    .value()
+                    .get(prefix.len() + 4..)
+                    .and_then(|f| std::str::from_utf8(f).ok())
+                    .ok_or_else(|| corrupt("bad feature key"))?
+                    .to_owned();
+                let (event, rest) = split_i64(v.value()).ok_or_else(|| corrupt("truncated"))?;
+                let (expires, blob) = split_i64(rest).ok_or_else(|| corrupt("truncated"))?;
+                if expires <= now {
+                    continue;
+                }
+                let value = codec::decode_value(blob).map_err(|source| StoreError::Corrupt {
+                    view: view.clone(),
+                    entity: entity_key.clone(),
+                    source,
+                })?;
+                let written_at = from_micros(event);
+                newest = Some(newest.map_or(written_at, |n| n.max(written_at)));
+                values.insert(feature, StoredValue { value, written_at });
+            }
+            Ok(newest.map(|written_at| StoredRow {
+                values,
+                written_at,
+                batch_id: None,
+            }))
+        })
+        .await
+    }
+
+    async fn write_dynamic(&self, write: DynamicWrite<'_>) -> Result<(), StoreError> {
+        let event = to_micros(write.event_time);
+        let expires = to_micros(write.expires_at);
+        let entries: Vec<(Vec<u8>, Vec<u8>)> = write
+            .values
+            .iter()
+            .map(|(name, value)| {
+                let k = key(&[
+                    write.view.as_bytes(),
+                    write.entity_key.as_bytes(),
+                    name.as_bytes(),
+                ]);
+                let mut v = Vec::with_capacity(24);
+                v.extend_from_slice(&event.to_le_bytes());
+                v.extend_from_slice(&expires.to_le_bytes());
+                v.extend_from_slice(&codec::encode_value(value));
+                (k, v)
+            })
+            .collect();
+        self.blocking(move |db, err| {
+            Self::check_schema(db, err)?;
+            let tx = db.begin_write().map_err(|e| err(e.into()))?;
+            {
+                let mut table = tx.open_table(DYNAMIC).map_err(|e| err(e.into()))?;
+                for (k, v) in &entries {
+                    // Last write wins by event time, as ScyllaDB's cell
+                    // timestamps do: an older event never replaces a newer one.
+                    let stored = table
+                        .get(k.as_slice())
+                        .map_err(|e| err(e.into()))?
+                        .and_then(|g| split_i64(g.value()).map(|(t, _)| t));
+                    if stored.is_some_and(|t| t > event) {
+                        continue;
+                    }
+                    table
+                        .insert(k.as_slice(), v.as_slice())
+                        .map_err(|e| err(e.into()))?;
+                }
+            }
+            tx.commit().map_err(|e| err(e.into()))
+        })
+        .await
+    }
+
+    async fn put_batch(&self, record: &BatchRecord) -> Result<(), StoreError> {
+        let k = key(&[record.view.as_bytes(), record.batch_id.as_bytes()]);
+        let v = serde_json::to_vec(record).map_err(|e| StoreError::Backend(e.to_string()))?;
+        self.blocking(move |db, err| {
+            Self::check_schema(db, err)?;
+            let tx = db.begin_write().map_err(|e| err(e.into()))?;
+            {
+                let mut table = tx.open_table(BATCHES).map_err(|e| err(e.into()))?;
+                table
+                    .insert(k.as_slice(), v.as_slice())
+                    .map_err(|e| err(e.into()))?;
+            }
+            tx.commit().map_err(|e| err(e.into()))
+        })
+        .await
+    }
+
+    async fn list_batches(&self, view: &str, limit: usize) -> Result<Vec<BatchRecord>, StoreError> {
+        let prefix = key(&[view.as_bytes()]);
+        self.blocking(move |db, err| {
+            Self::check_schema(db, err)?;
+            let tx = db.begin_read().map_err(|e| err(e.into()))?;
+            let table = tx.open_table(BATCHES).map_err(|e| err(e.into()))?;
+            let end = prefix_end(&prefix);
+            let mut out = Vec::new();
+            for item in table
+                .range(prefix.as_slice()..end.as_slice())
+                .map_err(|e| err(e.into()))?
+                .rev()
+                .take(limit)
+            {
+                let (_, v) = item.map_err(|e| err(e.into()))?;
+                let record: BatchRecord = serde_json::from_slice(v.value())
+                    .map_err(|e| StoreError::Backend(format!("damaged batch record: {e}")))?;
+                out.push(record);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn set_current(&self, record: &BatchRecord) -> Result<(), StoreError> {
+        let view = record.view.clone();
+        let batch_id = record.batch_id.clone();
+        let json = serde_json::to_vec(&CurrentJson {
+            batch_id: record.batch_id.clone(),
+            written_at: to_micros(record.ingested_at),
+            fingerprint: record.fingerprint.clone(),
+        })
+        .map_err(|e| StoreError::Backend(e.to_string()))?;
+        self.blocking(move |db, err| {
+            Self::check_schema(db, err)?;
+            let tx = db.begin_write().map_err(|e| err(e.into()))?;
+            {
+                let mut current = tx.open_table(CURRENT).map_err(|e| err(e.into()))?;
+                let previous: Option<String> = current
+                    .get(view.as_str())
+                    .map_err(|e| err(e.into()))?
+                    .and_then(|g| serde_json::from_slice::<CurrentJson>(g.value()).ok())
+                    .map(|c| c.batch_id);
+                current
+                    .insert(view.as_str(), json.as_slice())
+                    .map_err(|e| err(e.into()))?;
+                // Keep the new batch and the one it replaces (for a reader that
+                // has not switched yet); drop every older batch of the view.
+                let mut rows = tx.open_table(STATIC).map_err(|e| err(e.into()))?;
+                let view_prefix = key(&[view.as_bytes()]);
+                let keep_prefixes: Vec<Vec<u8>> = [Some(batch_id.as_str()), previous.as_deref()]
+                    .into_iter()
+                    .flatten()
+                    .map(|b| key(&[view.as_bytes(), b.as_bytes()]))
+                    .collect();
+                let end = prefix_end(&view_prefix);
+                rows.retain_in(view_prefix.as_slice()..end.as_slice(), |k, _| {
+                    keep_prefixes.iter().any(|p| k.starts_with(p))
+                })
+                .map_err(|e| err(e.into()))?;
+            }
+            tx.commit().map_err(|e| err(e.into()))
+        })
+        .await
+    }
+
+    async fn current_batches(&self) -> Result<BTreeMap<String, CurrentBatch>, StoreError> {
+        self.blocking(|db, err| {
+            Self::check_schema(db, err)?;
+            let tx = db.begin_read().map_err(|e| err(e.into()))?;
+            let table = tx.open_table(CURRENT).map_err(|e| err(e.into()))?;
+            let mut out = BTreeMap::new();
+            for item in table.iter().map_err(|e| err(e.into()))? {
+                let (k, v) = item.map_err(|e| err(e.into()))?;
+                let c: CurrentJson = serde_json::from_slice(v.value())
+                    .map_err(|e| StoreError::Backend(format!("damaged current batch: {e}")))?;
+                out.insert(
+                    k.value().to_owned(),
+                    CurrentBatch {
+                        batch_id: c.batch_id,
+                        written_at: from_micros(c.written_at),
+                        fingerprint: c.fingerprint,
+                    },
+                );
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn discard_batch(&self, view: &str, batch_id: &str) -> Result<(), StoreError> {
+        let prefix = key(&[view.as_bytes(), batch_id.as_bytes()]);
+        self.blocking(move |db, err| {
+            let tx = db.begin_write().map_err(|e| err(e.into()))?;
+            {
+                let mut rows = tx.open_table(STATIC).map_err(|e| err(e.into()))?;
+                let end = prefix_end(&prefix);
+                rows.retain_in(prefix.as_slice()..end.as_slice(), |_, _| false)
+                    .map_err(|e| err(e.into()))?;
+            }
+            tx.commit().map_err(|e| err(e.into()))
+        })
+        .await
+    }
+}

@@ -1,0 +1,772 @@
+//! The ScyllaDB backend (Apache Cassandra speaks the same protocol and runs it
+//! in tests), with the `scylla` driver.
+//!
+//! Tables (keyspace configurable):
+//! - `static_rows ((view_name, entity), batch_id)`: a lookup is one single-partition
+//!   read by a prepared statement, routed token-aware by the driver. Rows are
+//!   written `USING TTL retention`, which is how superseded batches go away
+//!   without a scan.
+//! - `dynamic_values ((view_name, entity), feature)`: written `USING TIMESTAMP
+//!   <event time µs> AND TTL <seconds left>`, so the cell's timestamp is the
+//!   event time, last-write-wins keeps the newest event whatever the arrival
+//!   order, and `WRITETIME(value)` reads the event time back.
+//! - `refresh_batches ((view_name), batch_id)` and `current_batch (view)`.
+//! - `schema_meta`: the schema version.
+//!
+//! Times are stored as `bigint` microseconds, the driver's and ScyllaDB's
+//! native write-timestamp unit, so both backends keep the same precision.
+
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::time::{Duration, SystemTime};
+
+use futures_util::stream::{self, StreamExt, TryStreamExt};
+use scylla::client::session::Session;
+use scylla::client::session_builder::SessionBuilder;
+use scylla::errors::ExecutionError;
+use scylla::statement::Consistency;
+use scylla::statement::batch::{Batch, BatchType};
+use scylla::statement::prepared::PreparedStatement;
+use tokio::sync::OnceCell;
+
+use super::{
+    BatchRecord, BatchStatus, CurrentBatch, DynamicWrite, FeatureStore, SchemaReport, StaticWrite,
+    StoreError, from_micros, to_micros,
+};
+use crate::codec;
+use crate::freshness::{StoredRow, StoredValue};
+use crate::source::RejectedRow;
+
+/// The schema version this build writes and reads.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// Connection and behaviour settings.
+#[derive(Debug, Clone)]
+pub struct ScyllaConfig {
+    /// Contact points, `host:port`.
+    pub nodes: Vec<String>,
+    /// The keyspace holding the tables.
+    pub keyspace: String,
+    /// The replication map used when `apply_schema` creates the keyspace,
+    /// e.g. `{'class': 'NetworkTopologyStrategy', 'dc1': 3}`.
+    pub replication: String,
+    /// Consistency of reads (LOCAL_ONE by default: one replica in the local
+    /// DC answers, the fastest read; refresh batches are complete before they
+    /// are served, so a lagging replica only delays a switch).
+    pub read_consistency: Consistency,
+    /// Consistency of writes.
+    pub write_consistency: Consistency,
+    /// Deadline of one read.
+    pub read_timeout: Duration,
+    /// Deadline of one write (a batch of rows) or schema statement.
+    pub write_timeout: Duration,
+    /// Deadline for the first connection.
+    pub connect_timeout: Duration,
+    /// Row batches written at once by a refresh.
+    pub write_parallelism: usize,
+    /// Rows per unlogged batch (grouped by the replica that owns them).
+    pub write_batch_rows: usize,
+}
+
+impl Default for ScyllaConfig {
+    fn default() -> Self {
+        ScyllaConfig {
+            nodes: vec!["127.0.0.1:9042".to_owned()],
+            keyspace: "mlgw_features".to_owned(),
+            replication: "{'class': 'SimpleStrategy', 'replication_factor': 1}".to_owned(),
+            read_consistency: Consistency::LocalOne,
+            write_consistency: Consistency::LocalQuorum,
+            read_timeout: Duration::from_millis(500),
+            write_timeout: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(5),
+            write_parallelism: 16,
+            write_batch_rows: 32,
+        }
+    }
+}
+
+/// Parses a consistency name as written in config (`local_one`, `QUORUM`, …).
+pub fn parse_consistency(text: &str) -> Option<Consistency> {
+    Some(match text.to_ascii_lowercase().as_str() {
+        "any" => Consistency::Any,
+        "one" => Consistency::One,
+        "two" => Consistency::Two,
+        "three" => Consistency::Three,
+        "quorum" => Consistency::Quorum,
+        "all" => Consistency::All,
+        "local_quorum" => Consistency::LocalQuorum,
+        "each_quorum" => Consistency::EachQuorum,
+        "local_one" => Consistency::LocalOne,
+        _ => return None,
+    })
+}
+
+struct Statements {
+    read_static: PreparedStatement,
+    write_static: PreparedStatement,
+    read_dynamic: PreparedStatement,
+    write_dynamic: PreparedStatement,
+    put_batch: PreparedStatement,
+    list_batches: PreparedStatement,
+    set_current: PreparedStatement,
+    current_batches: PreparedStatement,
+}
+
+/// The ScyllaDB-backed store.
+pub struct ScyllaStore {
+    session: Session,
+    config: ScyllaConfig,
+    statements: OnceCell<Statements>,
+}
+
+impl std::fmt::Debug for ScyllaStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ScyllaStore")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+fn map_err(e: ExecutionError) -> StoreError {
+    match e {
+        ExecutionError::RequestTimeout(d) => StoreError::Timeout(d),
+        ExecutionError::ConnectionPoolError(_) | ExecutionError::EmptyPlan => {
+            StoreError::Unavailable(e.to_string())
+        }
+        ExecutionError::LastAttemptError(ref a) if is_connection_problem(&a.to_string()) => {
+            StoreError::Unavailable(e.to_string())
+        }
+        other => StoreError::Backend(other.to_string()),
+    }
+}
+
+/// Whether a last-attempt error means the node could not be reached (as
+/// opposed to a query it refused). The driver's attempt errors wrap I/O and
+/// broken-connection errors whose variants are not all public, so the message
+/// is the only stable signal.
+fn is_connection_problem(message: &str) -> bool {
+    let m = message.to_ascii_lowercase();
+    [
+        "broken",
+        "connection",
+        "unavailable",
+        "timed out",
+        "refused",
+        "reset",
+    ]
+    .iter()
+    .any(|needle| m.contains(needle))
+}
+
+fn rows_err(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Backend(format!("unexpected result shape: {e}"))
+}
+
+/// Runs `fut` with a deadline, so no call can hang past it even if the driver
+/// is stuck establishing a connection.
+async fn deadline<T>(
+    limit: Duration,
+    fut: impl Future<Output = Result<T, StoreError>>,
+) -> Result<T, StoreError> {
+    tokio::time::timeout(limit, fut)
+        .await
+        .unwrap_or(Err(StoreError::Timeout(limit)))
+}
+
+impl ScyllaStore {
+    /// Connects to the cluster. Tables are created by
+    /// [`FeatureStore::apply_schema`]; statements are prepared on first use.
+    ///
+    /// # Errors
+    /// [`StoreError::Unavailable`] if no contact point answers within the
+    /// connect timeout.
+    pub async fn connect(config: ScyllaConfig) -> Result<Self, StoreError> {
+        let session = deadline(config.connect_timeout, async {
+            SessionBuilder::new()
+                .known_nodes(&config.nodes)
+                .connection_timeout(config.connect_timeout)
+                .build()
+                .await
+                .map_err(|e| {
+                    StoreError::Unavailable(format!(
+                        "cannot connect to {}: {e}",
+                        config.nodes.join(", ")
+                    ))
+                })
+        })
+        .await?;
+        Ok(ScyllaStore {
+            session,
+            config,
+            statements: OnceCell::new(),
+        })
+    }
+
+    /// The settings in use.
+    pub fn config(&self) -> &ScyllaConfig {
+        &self.config
+    }
+
+    async fn prepare(&self, cql: String, read: bool) -> Result<PreparedStatement, StoreError> {
+        let mut p = self.session.prepare(cql).await.map_err(|e| {
+            let message = e.to_string();
+            if message.contains("unconfigured table") || message.contains("does not exist") {
+                StoreError::SchemaVersion {
+                    found: 0,
+                    needed: SCHEMA_VERSION,
+                }
+            } else {
+                StoreError::Backend(format!("cannot prepare statement: {message}"))
+            }
+        })?;
+        if read {
+            p.set_consistency(self.config.read_consistency);
+            p.set_request_timeout(Some(self.config.read_timeout));
+        } else {
+            p.set_consistency(self.config.write_consistency);
+            p.set_request_timeout(Some(self.config.write_timeout));
+        }
+        Ok(p)
+    }
+
+    async fn schema_version(&self) -> Result<u32, StoreError> {
+        let ks = &self.config.keyspace;
+        let cql = format!("SELECT version FROM {ks}.schema_meta WHERE name = 'features'");
+        match self.session.query_unpaged(cql, ()).await {
+            Ok(result) => {
+                let rows = result.into_rows_result().map_err(rows_err)?;
+                let row: Option<(i32,)> = rows.maybe_first_row().map_err(rows_err)?;
+                Ok(row.map_or(0, |(v,)| u32::try_from(v).unwrap_or(0)))
+            }
+            Err(e) => {
+                let message = e.to_string();
+                if message.contains("unconfigured table")
+                    || message.contains("does not exist")
+                    || message.contains("Keyspace")
+                {
+                    Ok(0)
+                } else {
+                    Err(map_err(e))
+                }
+            }
+        }
+    }
+
+    async fn statements(&self) -> Result<&Statements, StoreError> {
+        self.statements
+            .get_or_try_init(|| async {
+                let found = self.schema_version().await?;
+                if found != SCHEMA_VERSION {
+                    return Err(StoreError::SchemaVersion {
+                        found,
+                        needed: SCHEMA_VERSION,
+                    });
+                }
+                let ks = &self.config.keyspace;
+                Ok(Statements {
+                    read_static: self
+                        .prepare(
+                            format!(
+                                "SELECT written_at, features FROM {ks}.static_rows \
+                                 WHERE view_name = ? AND entity = ? AND batch_id = ?"
+                            ),
+                            true,
+                        )
+                        .await?,
+                    write_static: self
+                        .prepare(
+                            format!(
+                                "INSERT INTO {ks}.static_rows (view_name, entity, batch_id, written_at, features) \
+                                 VALUES (?, ?, ?, ?, ?) USING TTL ?"
+                            ),
+                            false,
+                        )
+                        .await?,
+                    read_dynamic: self
+                        .prepare(
+                            format!(
+                                "SELECT feature, value, WRITETIME(value) FROM {ks}.dynamic_values \
+                                 WHERE view_name = ? AND entity = ?"
+                            ),
+                            true,
+                        )
+                        .await?,
+                    write_dynamic: self
+                        .prepare(
+                            format!(
+                                "INSERT INTO {ks}.dynamic_values (view_name, entity, feature, value) \
+                                 VALUES (?, ?, ?, ?) USING TIMESTAMP ? AND TTL ?"
+                            ),
+                            false,
+                        )
+                        .await?,
+                    put_batch: self
+                        .prepare(
+                            format!(
+                                "INSERT INTO {ks}.refresh_batches (view_name, batch_id, job, ingested_at, \
+                                 started_at, finished_at, source, fingerprint, script_version, status, \
+                                 rows_written, rows_rejected, rejections, error) \
+                                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                            ),
+                            false,
+                        )
+                        .await?,
+                    list_batches: self
+                        .prepare(
+                            format!(
+                                "SELECT view_name, batch_id, job, ingested_at, started_at, finished_at, source, \
+                                 fingerprint, script_version, status, rows_written, rows_rejected, \
+                                 rejections, error FROM {ks}.refresh_batches WHERE view_name = ? LIMIT ?"
+                            ),
+                            true,
+                        )
+                        .await?,
+                    set_current: self
+                        .prepare(
+                            format!(
+                                "INSERT INTO {ks}.current_batch (view_name, batch_id, written_at, fingerprint) \
+                                 VALUES (?, ?, ?, ?)"
+                            ),
+                            false,
+                        )
+                        .await?,
+                    current_batches: self
+                        .prepare(
+                            format!(
+                                "SELECT view_name, batch_id, written_at, fingerprint FROM {ks}.current_batch"
+                            ),
+                            true,
+                        )
+                        .await?,
+                })
+            })
+            .await
+    }
+
+    /// The primary replica of a static row's partition, to group rows of one
+    /// unlogged batch by the node that stores them (a multi-partition batch
+    /// is only cheap when one replica owns every partition in it).
+    fn owner(&self, statement: &PreparedStatement, view: &str, entity: &str) -> Option<uuid::Uuid> {
+        let values = (view, entity, "", 0i64, &[] as &[u8], 0i32);
+        let token = statement.calculate_token(&values).ok()??;
+        let state = self.session.get_cluster_state();
+        state
+            .get_token_endpoints(&self.config.keyspace, "static_rows", token)
+            .first()
+            .map(|(node, _)| node.host_id)
+    }
+}
+
+type BatchRow = (
+    String,
+    String,
+    String,
+    i64,
+    Option<i64>,
+    Option<i64>,
+    String,
+    String,
+    String,
+    String,
+    i64,
+    i64,
+    Option<String>,
+    Option<String>,
+);
+
+impl FeatureStore for ScyllaStore {
+    async fn apply_schema(&self) -> Result<SchemaReport, StoreError> {
+        let ks = &self.config.keyspace;
+        let from = self.schema_version().await?;
+        if from > SCHEMA_VERSION {
+            return Err(StoreError::Backend(format!(
+                "keyspace {ks} has schema version {from}, newer than this build's {SCHEMA_VERSION}; use a newer mlgw-features"
+            )));
+        }
+        let statements = [
+            (
+                format!("keyspace {ks}"),
+                format!(
+                    "CREATE KEYSPACE IF NOT EXISTS {ks} WITH replication = {}",
+                    self.config.replication
+                ),
+            ),
+            (
+                "table schema_meta".to_owned(),
+                format!(
+                    "CREATE TABLE IF NOT EXISTS {ks}.schema_meta (name text PRIMARY KEY, version int)"
+                ),
+            ),
+            (
+                "table static_rows".to_owned(),
+                format!(
+                    "CREATE TABLE IF NOT EXISTS {ks}.static_rows (view_name text, entity text, batch_id text, \
+                     written_at bigint, features blob, PRIMARY KEY ((view_name, entity), batch_id)) \
+                     WITH CLUSTERING ORDER BY (batch_id DESC)"
+                ),
+            ),
+            (
+                "table dynamic_values".to_owned(),
+                format!(
+                    "CREATE TABLE IF NOT EXISTS {ks}.dynamic_values (view_name text, entity text, feature text, \
+                     value blob, PRIMARY KEY ((view_name, entity), feature))"
+                ),
+            ),
+            (
+                "table refresh_batches".to_owned(),
+                format!(
+                    "CREATE TABLE IF NOT EXISTS {ks}.refresh_batches (view_name text, batch_id text, job text, \
+                     ingested_at bigint, started_at bigint, finished_at bigint, source text, \
+                     fingerprint text, script_version text, status text, rows_written bigint, \
+                     rows_rejected bigint, rejections text, error text, PRIMARY KEY ((view_name), batch_id)) \
+                     WITH CLUSTERING ORDER BY (batch_id DESC)"
+                ),
+            ),
+            (
+                "table current_batch".to_owned(),
+                format!(
+                    "CREATE TABLE IF NOT EXISTS {ks}.current_batch (view_name text PRIMARY KEY, batch_id text, \
+                     written_at bigint, fingerprint text)"
+                ),
+            ),
+            (
+                format!("schema version {SCHEMA_VERSION}"),
+                format!(
+                    "INSERT INTO {ks}.schema_meta (name, version) VALUES ('features', {SCHEMA_VERSION})"
+                ),
+            ),
+        ];
+        let mut applied = Vec::new();
+        for (what, cql) in statements {
+            let mut statement = scylla::statement::Statement::new(cql);
+            statement.set_request_timeout(Some(self.config.write_timeout));
+            deadline(self.config.write_timeout, async {
+                self.session
+                    .query_unpaged(statement, ())
+                    .await
+                    .map_err(map_err)
+            })
+            .await?;
+            applied.push(what);
+        }
+        self.session
+            .await_schema_agreement()
+            .await
+            .map_err(|e| StoreError::Backend(format!("schema agreement: {e}")))?;
+        Ok(SchemaReport {
+            from_version: from,
+            to_version: SCHEMA_VERSION,
+            applied,
+        })
+    }
+
+    async fn read_static(
+        &self,
+        view: &str,
+        batch_id: &str,
+        entity_key: &str,
+    ) -> Result<Option<StoredRow>, StoreError> {
+        deadline(self.config.read_timeout, async {
+            let st = self.statements().await?;
+            let result = self
+                .session
+                .execute_unpaged(&st.read_static, (view, entity_key, batch_id))
+                .await
+                .map_err(map_err)?;
+            let rows = result.into_rows_result().map_err(rows_err)?;
+            let Some((micros, blob)) =
+                rows.maybe_first_row::<(i64, Vec<u8>)>().map_err(rows_err)?
+            else {
+                return Ok(None);
+            };
+            let written_at = from_micros(micros);
+            let values = codec::decode(&blob).map_err(|source| StoreError::Corrupt {
+                view: view.to_owned(),
+                entity: entity_key.to_owned(),
+                source,
+            })?;
+            Ok(Some(StoredRow {
+                values: values
+                    .into_iter()
+                    .map(|(k, value)| (k, StoredValue { value, written_at }))
+                    .collect(),
+                written_at,
+                batch_id: Some(batch_id.to_owned()),
+            }))
+        })
+        .await
+    }
+
+    async fn write_static(&self, write: StaticWrite<'_>) -> Result<(), StoreError> {
+        let st = deadline(self.config.write_timeout, self.statements()).await?;
+        let ttl = i32::try_from(write.retention.as_secs().max(1)).unwrap_or(i32::MAX);
+        let micros = to_micros(write.written_at);
+        // Group rows by owning replica, then cut each group into batches.
+        let mut groups: HashMap<Option<uuid::Uuid>, Vec<usize>> = HashMap::new();
+        for (i, row) in write.rows.iter().enumerate() {
+            let owner = self.owner(&st.write_static, write.view, &row.entity_key);
+            groups.entry(owner).or_default().push(i);
+        }
+        let per_batch = self.config.write_batch_rows.max(1);
+        let chunks: Vec<Vec<usize>> = groups
+            .into_values()
+            .flat_map(|idx| {
+                idx.chunks(per_batch)
+                    .map(<[usize]>::to_vec)
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        stream::iter(chunks)
+            .map(|chunk| async move {
+                let mut batch = Batch::new(BatchType::Unlogged);
+                batch.set_consistency(self.config.write_consistency);
+                batch.set_request_timeout(Some(self.config.write_timeout));
+                let mut values = Vec::with_capacity(chunk.len());
+                for &i in &chunk {
+                    batch.append_statement(st.write_static.clone());
+                    let row = &write.rows[i];
+                    values.push((
+                        write.view,
+                        row.entity_key.as_str(),
+                        write.batch_id,
+                        micros,
+                        row.blob.as_slice(),
+                        ttl,
+                    ));
+                }
+                deadline(self.config.write_timeout, async {
+                    self.session
+                        .batch(&batch, values)
+                        .await
+                        .map(drop)
+                        .map_err(map_err)
+                })
+                .await
+            })
+            .buffer_unordered(self.config.write_parallelism.max(1))
+            .try_collect::<Vec<()>>()
+            .await?;
+        Ok(())
+    }
+
+    async fn read_dynamic(
+        &self,
+        view: &str,
+        entity_key: &str,
+    ) -> Result<Option<StoredRow>, StoreError> {
+        deadline(self.config.read_timeout, async {
+            let st = self.statements().await?;
+            let result = self
+                .session
+                .execute_unpaged(&st.read_dynamic, (view, entity_key))
+                .await
+                .map_err(map_err)?;
+            let rows = result.into_rows_result().map_err(rows_err)?;
+            let mut values = BTreeMap::new();
+            let mut newest: Option<SystemTime> = None;
+            for row in rows.rows::<(String, Vec<u8>, i64)>().map_err(rows_err)? {
+                let (feature, blob, micros) = row.map_err(rows_err)?;
+                let value = codec::decode_value(&blob).map_err(|source| StoreError::Corrupt {
+                    view: view.to_owned(),
+                    entity: entity_key.to_owned(),
+                    source,
+                })?;
+                let written_at = from_micros(micros);
+                newest = Some(newest.map_or(written_at, |n| n.max(written_at)));
+                values.insert(feature, StoredValue { value, written_at });
+            }
+            Ok(newest.map(|written_at| StoredRow {
+                values,
+                written_at,
+                batch_id: None,
+            }))
+        })
+        .await
+    }
+
+    async fn write_dynamic(&self, write: DynamicWrite<'_>) -> Result<(), StoreError> {
+        deadline(self.config.write_timeout, async {
+            let st = self.statements().await?;
+            let left = write
+                .expires_at
+                .duration_since(SystemTime::now())
+                .unwrap_or(Duration::ZERO);
+            // An event already past its TTL is not written: it would read as
+            // missing anyway, and TTL 0 means "never expires" in CQL.
+            if left.as_secs() == 0 || write.values.is_empty() {
+                return Ok(());
+            }
+            let ttl = i32::try_from(left.as_secs()).unwrap_or(i32::MAX);
+            let stamp = to_micros(write.event_time);
+            let mut batch = Batch::new(BatchType::Unlogged);
+            batch.set_consistency(self.config.write_consistency);
+            batch.set_request_timeout(Some(self.config.write_timeout));
+            let mut values = Vec::with_capacity(write.values.len());
+            for (name, value) in write.values {
+                batch.append_statement(st.write_dynamic.clone());
+                values.push((
+                    write.view,
+                    write.entity_key,
+                    name.as_str(),
+                    codec::encode_value(value),
+                    stamp,
+                    ttl,
+                ));
+            }
+            self.session
+                .batch(&batch, values)
+                .await
+                .map(drop)
+                .map_err(map_err)
+        })
+        .await
+    }
+
+    async fn put_batch(&self, record: &BatchRecord) -> Result<(), StoreError> {
+        deadline(self.config.write_timeout, async {
+            let st = self.statements().await?;
+            let rejections = serde_json::to_string(&record.rejections)
+                .map_err(|e| StoreError::Backend(e.to_string()))?;
+            let values = (
+                record.view.as_str(),
+                record.batch_id.as_str(),
+                record.job.as_str(),
+                to_micros(record.ingested_at),
+                record.started_at.map(to_micros),
+                record.finished_at.map(to_micros),
+                record.source.as_str(),
+                record.fingerprint.as_str(),
+                record.script_version.as_str(),
+                record.status.as_str(),
+                i64::try_from(record.rows_written).unwrap_or(i64::MAX),
+                i64::try_from(record.rows_rejected).unwrap_or(i64::MAX),
+                rejections,
+                record.error.as_deref(),
+            );
+            self.session
+                .execute_unpaged(&st.put_batch, values)
+                .await
+                .map(drop)
+                .map_err(map_err)
+        })
+        .await
+    }
+
+    async fn list_batches(&self, view: &str, limit: usize) -> Result<Vec<BatchRecord>, StoreError> {
+        deadline(
+            self.config.read_timeout.max(Duration::from_secs(2)),
+            async {
+                let st = self.statements().await?;
+                let limit = i32::try_from(limit).unwrap_or(i32::MAX);
+                let result = self
+                    .session
+                    .execute_unpaged(&st.list_batches, (view, limit))
+                    .await
+                    .map_err(map_err)?;
+                let rows = result.into_rows_result().map_err(rows_err)?;
+                let mut out = Vec::new();
+                for row in rows.rows::<BatchRow>().map_err(rows_err)? {
+                    let (
+                        view,
+                        batch_id,
+                        job,
+                        ingested_at,
+                        started_at,
+                        finished_at,
+                        source,
+                        fingerprint,
+                        script_version,
+                        status,
+                        rows_written,
+                        rows_rejected,
+                        rejections,
+                        error,
+                    ) = row.map_err(rows_err)?;
+                    let rejections: Vec<RejectedRow> = match rejections {
+                        Some(text) => serde_json::from_str(&text).map_err(|e| {
+                            StoreError::Backend(format!("damaged batch record: {e}"))
+                        })?,
+                        None => Vec::new(),
+                    };
+                    out.push(BatchRecord {
+                        batch_id,
+                        job,
+                        view,
+                        ingested_at: from_micros(ingested_at),
+                        started_at: started_at.map(from_micros),
+                        finished_at: finished_at.map(from_micros),
+                        source,
+                        fingerprint,
+                        script_version,
+                        status: BatchStatus::parse(&status).ok_or_else(|| {
+                            StoreError::Backend(format!("unknown batch status {status:?}"))
+                        })?,
+                        rows_written: u64::try_from(rows_written).unwrap_or(0),
+                        rows_rejected: u64::try_from(rows_rejected).unwrap_or(0),
+                        rejections,
+                        error,
+                    });
+                }
+                Ok(out)
+            },
+        )
+        .await
+    }
+
+    async fn set_current(&self, record: &BatchRecord) -> Result<(), StoreError> {
+        deadline(self.config.write_timeout, async {
+            let st = self.statements().await?;
+            self.session
+                .execute_unpaged(
+                    &st.set_current,
+                    (
+                        record.view.as_str(),
+                        record.batch_id.as_str(),
+                        to_micros(record.ingested_at),
+                        record.fingerprint.as_str(),
+                    ),
+                )
+                .await
+                .map(drop)
+                .map_err(map_err)
+        })
+        .await
+    }
+
+    async fn current_batches(&self) -> Result<BTreeMap<String, CurrentBatch>, StoreError> {
+        deadline(
+            self.config.read_timeout.max(Duration::from_secs(2)),
+            async {
+                let st = self.statements().await?;
+                let result = self
+                    .session
+                    .execute_unpaged(&st.current_batches, ())
+                    .await
+                    .map_err(map_err)?;
+                let rows = result.into_rows_result().map_err(rows_err)?;
+                let mut out = BTreeMap::new();
+                for row in rows
+                    .rows::<(String, String, i64, String)>()
+                    .map_err(rows_err)?
+                {
+                    let (view, batch_id, written_at, fingerprint) = row.map_err(rows_err)?;
+                    out.insert(
+                        view,
+                        CurrentBatch {
+                            batch_id,
+                            written_at: from_micros(written_at),
+                            fingerprint,
+                        },
+                    );
+                }
+                Ok(out)
+            },
+        )
+        .await
+    }
+
+    async fn discard_batch(&self, _view: &str, _batch_id: &str) -> Result<(), StoreError> {
+        // The rows' TTL collects them; deleting would need a scan.
+        Ok(())
+    }
+}

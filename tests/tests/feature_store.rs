@@ -1,0 +1,582 @@
+//! The feature store's contract, run against both backends: the embedded redb
+//! file and ScyllaDB (the rig's real Cassandra, one keyspace per test). Each
+//! test drives the public interface the gateway and the CLI use: refresh jobs
+//! from real files, pushes of dynamic values, reads through the row cache.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
+
+use anyhow::{Context, Result, bail};
+use feature_store::definitions::{FeatureDefinitions, FeatureValue};
+use feature_store::freshness::ValueState;
+use feature_store::reader::{FeatureReader, ReaderConfig};
+use feature_store::refresh::{self, RefreshError, RefreshOptions, RefreshOutcome};
+use feature_store::store::embedded::EmbeddedStore;
+use feature_store::store::scylla::{ScyllaConfig, ScyllaStore};
+use feature_store::store::{AnyStore, BatchStatus, FeatureStore};
+use rig::rig_env;
+
+const DEFINITIONS: &str = r#"
+[[entity]]
+name = "user"
+keys = ["user_id"]
+
+[[static_view]]
+name = "profile"
+entity = "user"
+refresh_job = "profile_daily"
+max_age = "1h"
+
+[[static_view.feature]]
+name = "ratio"
+type = "float32"
+default = 0.5
+
+[[static_view.feature]]
+name = "amount"
+type = "float64"
+default = 1.5
+
+[[static_view.feature]]
+name = "visits"
+type = "int64"
+default = 7
+
+[[static_view.feature]]
+name = "vip"
+type = "bool"
+default = false
+
+[[static_view.feature]]
+name = "tier"
+type = "string"
+default = "none"
+
+[[dynamic_view]]
+name = "activity"
+entity = "user"
+ttl = "4s"
+max_age = "4s"
+
+[[dynamic_view.feature]]
+name = "clicks"
+type = "int64"
+default = 0
+
+[[dynamic_view.feature]]
+name = "spend"
+type = "float64"
+default = 0.0
+"#;
+
+static COUNTER: AtomicU64 = AtomicU64::new(0);
+
+fn unique(prefix: &str) -> String {
+    let nanos = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    format!(
+        "{prefix}_{}_{}_{nanos}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// A scratch directory removed on drop.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new() -> Result<Self> {
+        let dir = std::env::temp_dir().join(unique("mlgw_fs"));
+        std::fs::create_dir_all(&dir)?;
+        Ok(Scratch(dir))
+    }
+
+    fn file(&self, name: &str, content: &[u8]) -> Result<PathBuf> {
+        let path = self.0.join(name);
+        std::fs::write(&path, content)?;
+        Ok(path)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+struct Fixture {
+    store: AnyStore,
+    defs: Arc<FeatureDefinitions>,
+    scratch: Scratch,
+}
+
+impl Fixture {
+    async fn reader(&self, config: ReaderConfig) -> Result<Arc<FeatureReader<AnyStore>>> {
+        Ok(Arc::new(
+            FeatureReader::new(Arc::new(self.store.clone()), Arc::clone(&self.defs), config)
+                .await?,
+        ))
+    }
+
+    async fn refresh(
+        &self,
+        name: &str,
+        csv: &str,
+        options: &RefreshOptions,
+    ) -> Result<RefreshOutcome, RefreshError> {
+        let path = self.scratch.file(name, csv.as_bytes()).map_err(|e| {
+            RefreshError::Source(feature_store::source::SourceError::Io {
+                path: name.to_owned(),
+                error: std::io::Error::other(e.to_string()),
+            })
+        })?;
+        refresh::run(
+            &self.store,
+            &self.defs,
+            "profile_daily",
+            None,
+            &path,
+            options,
+            &|_| {},
+        )
+        .await
+    }
+}
+
+async fn embedded() -> Result<Fixture> {
+    let scratch = Scratch::new()?;
+    let store = EmbeddedStore::open(&scratch.0.join("features.redb"))?;
+    store.apply_schema().await?;
+    fixture(AnyStore::Embedded(Arc::new(store)), scratch)
+}
+
+async fn scylla() -> Result<Fixture> {
+    let addr = rig_env("MLGW_TEST_CASSANDRA")?;
+    let config = ScyllaConfig {
+        nodes: vec![addr],
+        keyspace: unique("fs"),
+        // Schema changes on a busy 2-core machine can take seconds.
+        write_timeout: Duration::from_secs(30),
+        read_timeout: Duration::from_secs(5),
+        ..ScyllaConfig::default()
+    };
+    let store = ScyllaStore::connect(config).await?;
+    store.apply_schema().await.context("applying the schema")?;
+    fixture(AnyStore::Scylla(Arc::new(store)), Scratch::new()?)
+}
+
+fn fixture(store: AnyStore, scratch: Scratch) -> Result<Fixture> {
+    let defs = FeatureDefinitions::parse(DEFINITIONS, std::path::Path::new("contract.toml"))?;
+    Ok(Fixture {
+        store,
+        defs: Arc::new(defs),
+        scratch,
+    })
+}
+
+fn quick() -> RefreshOptions {
+    RefreshOptions {
+        script_version: "test-1".into(),
+        chunk_rows: 50,
+        ..RefreshOptions::default()
+    }
+}
+
+fn loaded(outcome: RefreshOutcome) -> Result<feature_store::store::BatchRecord> {
+    match outcome {
+        RefreshOutcome::Loaded(b) => Ok(*b),
+        RefreshOutcome::Unchanged(c) => bail!("expected a load, got unchanged {c:?}"),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The contract.
+
+async fn every_type_round_trips(f: Fixture) -> Result<()> {
+    let batch = loaded(
+        f.refresh(
+            "p.csv",
+            "user_id,ratio,amount,visits,vip,tier\n\
+             u-1,0.25,12345.678901,-42,true,gold ★\n\
+             u:2/weird key,,,,,\n",
+            &quick(),
+        )
+        .await?,
+    )?;
+    let reader = f.reader(ReaderConfig::default()).await?;
+    let now = SystemTime::now();
+    let v = reader.read("profile", "u-1", now).await?;
+    let values: Vec<(FeatureValue, ValueState)> = v
+        .features
+        .iter()
+        .map(|x| (x.value.clone(), x.state))
+        .collect();
+    assert_eq!(
+        values,
+        vec![
+            (FeatureValue::Float32(0.25), ValueState::Present),
+            (FeatureValue::Float64(12345.678901), ValueState::Present),
+            (FeatureValue::Int64(-42), ValueState::Present),
+            (FeatureValue::Bool(true), ValueState::Present),
+            (FeatureValue::String("gold ★".into()), ValueState::Present),
+        ]
+    );
+    assert_eq!(v.batch_id.as_deref(), Some(batch.batch_id.as_str()));
+    assert!(
+        v.age.is_some_and(|a| a < Duration::from_secs(60)),
+        "{:?}",
+        v.age
+    );
+    // A row with only empty cells exists but every value is missing.
+    let empty = reader.read("profile", "u:2/weird key", now).await?;
+    assert!(empty.age.is_some());
+    assert!(
+        empty
+            .features
+            .iter()
+            .all(|x| x.state == ValueState::MissingValue)
+    );
+    Ok(())
+}
+
+async fn missing_entity_gets_defaults_flagged(f: Fixture) -> Result<()> {
+    let reader = f.reader(ReaderConfig::default()).await?;
+    // Before any refresh, and after one that lacks the entity.
+    let before = reader.read("profile", "nobody", SystemTime::now()).await?;
+    assert!(
+        before
+            .features
+            .iter()
+            .all(|x| x.state == ValueState::MissingRow)
+    );
+    f.refresh("p.csv", "user_id,visits\nu-1,3\n", &quick())
+        .await?;
+    reader.refresh_current().await?;
+    let after = reader.read("profile", "nobody", SystemTime::now()).await?;
+    assert_eq!(after.age, None);
+    assert_eq!(after.defaulted().count(), 5);
+    assert_eq!(
+        after.feature("visits").map(|x| x.value.clone()),
+        Some(FeatureValue::Int64(7))
+    );
+    assert_eq!(
+        after.feature("tier").map(|x| x.value.clone()),
+        Some(FeatureValue::String("none".into()))
+    );
+    Ok(())
+}
+
+async fn stale_value_is_flagged(f: Fixture) -> Result<()> {
+    f.refresh("p.csv", "user_id,visits\nu-1,3\n", &quick())
+        .await?;
+    let reader = f.reader(ReaderConfig::default()).await?;
+    let fresh = reader.read("profile", "u-1", SystemTime::now()).await?;
+    assert_eq!(
+        fresh.feature("visits").map(|x| x.state),
+        Some(ValueState::Present)
+    );
+    // The same stored row, looked at after the view's max_age (1h).
+    let later = SystemTime::now() + Duration::from_secs(3601);
+    let stale = reader.read("profile", "u-1", later).await?;
+    assert!(stale.features.iter().all(|x| x.state == ValueState::Stale));
+    assert_eq!(
+        stale.feature("visits").map(|x| x.value.clone()),
+        Some(FeatureValue::Int64(7))
+    );
+    assert!(stale.age.is_some_and(|a| a > Duration::from_secs(3600)));
+    Ok(())
+}
+
+async fn dynamic_value_expires_after_its_ttl(f: Fixture) -> Result<()> {
+    let reader = f.reader(ReaderConfig::default()).await?;
+    let now = SystemTime::now();
+    // Observed 1s ago with a 4s TTL: readable now, gone about 3s from now.
+    reader
+        .push(
+            "activity",
+            "u-1",
+            &[("clicks".into(), FeatureValue::Int64(5))],
+            now - Duration::from_secs(1),
+        )
+        .await?;
+    // Observed longer ago than the TTL: accepted and never visible.
+    reader
+        .push(
+            "activity",
+            "u-2",
+            &[("clicks".into(), FeatureValue::Int64(9))],
+            now - Duration::from_secs(10),
+        )
+        .await?;
+    let v = reader.read("activity", "u-1", SystemTime::now()).await?;
+    assert_eq!(
+        v.feature("clicks").map(|x| (x.value.clone(), x.state)),
+        Some((FeatureValue::Int64(5), ValueState::Present))
+    );
+    let gone = reader.read("activity", "u-2", SystemTime::now()).await?;
+    assert_eq!(gone.age, None, "an event older than the TTL is not stored");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let v = reader.read("activity", "u-1", SystemTime::now()).await?;
+        if v.age.is_none() {
+            assert_eq!(
+                v.feature("clicks").map(|x| x.state),
+                Some(ValueState::MissingRow)
+            );
+            break;
+        }
+        if tokio::time::Instant::now() > deadline {
+            bail!("the dynamic value outlived its TTL by 10s");
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    Ok(())
+}
+
+async fn older_event_does_not_overwrite_newer(f: Fixture) -> Result<()> {
+    let reader = f.reader(ReaderConfig::default()).await?;
+    let t = SystemTime::now();
+    let clicks = |n| vec![("clicks".to_owned(), FeatureValue::Int64(n))];
+    reader.push("activity", "u-1", &clicks(2), t).await?;
+    reader
+        .push(
+            "activity",
+            "u-1",
+            &clicks(1),
+            t - Duration::from_millis(500),
+        )
+        .await?;
+    let v = reader.read("activity", "u-1", SystemTime::now()).await?;
+    assert_eq!(
+        v.feature("clicks").map(|x| x.value.clone()),
+        Some(FeatureValue::Int64(2)),
+        "late older event lost"
+    );
+    // Features age independently: spend arrives later, clicks keeps its time.
+    reader
+        .push(
+            "activity",
+            "u-1",
+            &[("spend".to_owned(), FeatureValue::Float64(9.5))],
+            t + Duration::from_millis(10),
+        )
+        .await?;
+    reader
+        .push("activity", "u-1", &clicks(3), t + Duration::from_millis(20))
+        .await?;
+    let v = reader.read("activity", "u-1", SystemTime::now()).await?;
+    assert_eq!(
+        v.feature("clicks").map(|x| x.value.clone()),
+        Some(FeatureValue::Int64(3))
+    );
+    assert_eq!(
+        v.feature("spend").map(|x| x.value.clone()),
+        Some(FeatureValue::Float64(9.5))
+    );
+    // Bad pushes are refused with the view and feature named.
+    let err = reader
+        .push(
+            "activity",
+            "u-1",
+            &[("spend".to_owned(), FeatureValue::Int64(1))],
+            t,
+        )
+        .await;
+    assert_eq!(
+        err.map_err(|e| e.to_string()).err().as_deref(),
+        Some("feature activity.spend is float64, got a int64 value")
+    );
+    let err = reader.push("profile", "u-1", &clicks(1), t).await;
+    assert!(err.is_err_and(|e| {
+        e.to_string()
+            .contains("static views are loaded by refresh jobs")
+    }));
+    Ok(())
+}
+
+async fn failed_refresh_leaves_previous_batch_served(f: Fixture) -> Result<()> {
+    let first = loaded(
+        f.refresh("p1.csv", "user_id,visits\nu-1,1\nu-2,2\n", &quick())
+            .await?,
+    )?;
+    let reader = f.reader(ReaderConfig::default()).await?;
+    assert_eq!(
+        reader
+            .read("profile", "u-1", SystemTime::now())
+            .await?
+            .feature("visits")
+            .map(|x| x.value.clone()),
+        Some(FeatureValue::Int64(1))
+    );
+    // A second file that breaks after 500 good rows (10 chunks written): the
+    // bytes at the end are not UTF-8, so the CSV reader stops there.
+    let mut bad = b"user_id,visits\n".to_vec();
+    for i in 0..500 {
+        bad.extend_from_slice(format!("u-{i},{}\n", 100 + i).as_bytes());
+    }
+    bad.extend_from_slice(b"u-x,\xff\xfe\n");
+    let path = f.scratch.file("p2.csv", &bad)?;
+    let err = refresh::run(
+        &f.store,
+        &f.defs,
+        "profile_daily",
+        None,
+        &path,
+        &quick(),
+        &|_| {},
+    )
+    .await;
+    let Err(RefreshError::Failed { batch, reason }) = err else {
+        bail!("expected a failed batch, got {err:?}");
+    };
+    assert!(reason.contains("malformed CSV"), "{reason}");
+    assert_eq!(batch.status, BatchStatus::Failed);
+    assert_eq!(batch.rows_written, 500);
+    reader.refresh_current().await?;
+    let v = reader.read("profile", "u-1", SystemTime::now()).await?;
+    assert_eq!(v.batch_id.as_deref(), Some(first.batch_id.as_str()));
+    assert_eq!(
+        v.feature("visits").map(|x| x.value.clone()),
+        Some(FeatureValue::Int64(1))
+    );
+    let batches = f.store.list_batches("profile", 10).await?;
+    let statuses: Vec<BatchStatus> = batches.iter().map(|b| b.status).collect();
+    assert_eq!(
+        statuses,
+        vec![BatchStatus::Failed, BatchStatus::Done],
+        "newest first"
+    );
+    assert!(
+        batches[0]
+            .error
+            .as_deref()
+            .is_some_and(|e| e.contains("malformed CSV"))
+    );
+    Ok(())
+}
+
+async fn batch_metadata_is_recorded_and_reruns_are_idempotent(f: Fixture) -> Result<()> {
+    let csv = "user_id,visits,ratio\nu-1,1,0.5\nu-2,oops,0.1\nu-3,3,0.2\nu-1,4,0.3\nu-4,4,0.4\n";
+    let lenient = RefreshOptions {
+        max_rejected_percent: 50.0,
+        ..quick()
+    };
+    let before = SystemTime::now();
+    let batch = loaded(f.refresh("p.csv", csv, &lenient).await?)?;
+    let after = SystemTime::now();
+    assert_eq!(
+        (batch.job.as_str(), batch.view.as_str()),
+        ("profile_daily", "profile")
+    );
+    assert_eq!(batch.script_version, "test-1");
+    assert_eq!(batch.status, BatchStatus::Done);
+    assert_eq!((batch.rows_written, batch.rows_rejected), (3, 2));
+    let lines: Vec<(u64, &str)> = batch
+        .rejections
+        .iter()
+        .map(|r| (r.line, r.reason.as_str()))
+        .collect();
+    assert_eq!(
+        lines[0],
+        (3, "column \"visits\": \"oops\" is not a valid int64")
+    );
+    assert_eq!(lines[1].0, 5);
+    assert!(
+        lines[1]
+            .1
+            .contains("repeats entity \"u-1\" first given on line 2"),
+        "{}",
+        lines[1].1
+    );
+    let started = batch.started_at.context("started_at")?;
+    let finished = batch.finished_at.context("finished_at")?;
+    assert!(
+        before <= batch.ingested_at
+            && batch.ingested_at <= started
+            && started <= finished
+            && finished <= after
+    );
+    let stored = f.store.list_batches("profile", 10).await?;
+    assert_eq!(stored.len(), 1);
+    // Same microsecond precision on every backend.
+    assert_eq!(stored[0], batch);
+
+    // The same input again: nothing is written.
+    let again = f.refresh("p.csv", csv, &lenient).await?;
+    assert!(
+        matches!(again, RefreshOutcome::Unchanged(ref c) if c.batch_id == batch.batch_id),
+        "{again:?}"
+    );
+    assert_eq!(f.store.list_batches("profile", 10).await?.len(), 1);
+    // Forced: a new batch with the same content becomes current.
+    let forced = loaded(
+        f.refresh(
+            "p.csv",
+            csv,
+            &RefreshOptions {
+                force: true,
+                ..lenient.clone()
+            },
+        )
+        .await?,
+    )?;
+    assert!(
+        forced.batch_id > batch.batch_id,
+        "batch IDs are time-ordered"
+    );
+    let current = f.store.current_batches().await?;
+    assert_eq!(
+        current.get("profile").map(|c| c.batch_id.clone()),
+        Some(forced.batch_id.clone())
+    );
+    // Too many bad rows under the default 1% limit: the batch fails.
+    let strict = f
+        .refresh(
+            "p.csv",
+            csv,
+            &RefreshOptions {
+                force: true,
+                ..quick()
+            },
+        )
+        .await;
+    assert!(
+        matches!(&strict, Err(RefreshError::Failed { reason, .. }) if reason.contains("2 of 5 rows rejected")),
+        "{strict:?}"
+    );
+    Ok(())
+}
+
+macro_rules! contract {
+    ($($name:ident),* $(,)?) => {
+        mod embedded_backend {
+            $(
+                #[tokio::test]
+                async fn $name() -> anyhow::Result<()> {
+                    super::$name(super::embedded().await?).await
+                }
+            )*
+        }
+        mod scylla_backend {
+            $(
+                #[tokio::test]
+                async fn $name() -> anyhow::Result<()> {
+                    super::$name(super::scylla().await?).await
+                }
+            )*
+        }
+    };
+}
+
+contract!(
+    every_type_round_trips,
+    missing_entity_gets_defaults_flagged,
+    stale_value_is_flagged,
+    dynamic_value_expires_after_its_ttl,
+    older_event_does_not_overwrite_newer,
+    failed_refresh_leaves_previous_batch_served,
+    batch_metadata_is_recorded_and_reruns_are_idempotent,
+);
