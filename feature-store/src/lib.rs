@@ -18,7 +18,9 @@
 //! compute the declared aggregates), the tuner and the data engineers' CLI. No
 //! code stands in for them.
 
+pub mod cli;
 pub mod codec;
+pub mod config;
 pub mod definitions;
 pub mod freshness;
 pub mod reader;

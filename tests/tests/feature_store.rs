@@ -3,6 +3,7 @@
 //! test drives the public interface the gateway and the CLI use: refresh jobs
 //! from real files, pushes of dynamic values, reads through the row cache.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -10,12 +11,15 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, Result, bail};
 use feature_store::definitions::{FeatureDefinitions, FeatureValue};
-use feature_store::freshness::ValueState;
+use feature_store::freshness::{StoredRow, ValueState};
 use feature_store::reader::{FeatureReader, ReaderConfig};
 use feature_store::refresh::{self, RefreshError, RefreshOptions, RefreshOutcome};
 use feature_store::store::embedded::EmbeddedStore;
 use feature_store::store::scylla::{ScyllaConfig, ScyllaStore};
-use feature_store::store::{AnyStore, BatchStatus, FeatureStore};
+use feature_store::store::{
+    AnyStore, BatchRecord, BatchStatus, CurrentBatch, DynamicWrite, FeatureStore, SchemaReport,
+    StaticWrite, StoreError,
+};
 use rig::rig_env;
 
 const DEFINITIONS: &str = r#"
@@ -550,6 +554,180 @@ async fn batch_metadata_is_recorded_and_reruns_are_idempotent(f: Fixture) -> Res
     Ok(())
 }
 
+// ---------------------------------------------------------------------------
+// The row cache, over the real backend with a counter of backend reads.
+
+/// Delegates to a real store and counts static reads.
+struct Counting {
+    inner: AnyStore,
+    static_reads: AtomicU64,
+}
+
+impl FeatureStore for Counting {
+    async fn apply_schema(&self) -> Result<SchemaReport, StoreError> {
+        self.inner.apply_schema().await
+    }
+    async fn read_static(
+        &self,
+        view: &str,
+        batch_id: &str,
+        entity_key: &str,
+    ) -> Result<Option<StoredRow>, StoreError> {
+        self.static_reads.fetch_add(1, Ordering::SeqCst);
+        self.inner.read_static(view, batch_id, entity_key).await
+    }
+    async fn write_static(&self, write: StaticWrite<'_>) -> Result<(), StoreError> {
+        self.inner.write_static(write).await
+    }
+    async fn read_dynamic(
+        &self,
+        view: &str,
+        entity_key: &str,
+    ) -> Result<Option<StoredRow>, StoreError> {
+        self.inner.read_dynamic(view, entity_key).await
+    }
+    async fn write_dynamic(&self, write: DynamicWrite<'_>) -> Result<(), StoreError> {
+        self.inner.write_dynamic(write).await
+    }
+    async fn put_batch(&self, record: &BatchRecord) -> Result<(), StoreError> {
+        self.inner.put_batch(record).await
+    }
+    async fn list_batches(&self, view: &str, limit: usize) -> Result<Vec<BatchRecord>, StoreError> {
+        self.inner.list_batches(view, limit).await
+    }
+    async fn set_current(&self, record: &BatchRecord) -> Result<(), StoreError> {
+        self.inner.set_current(record).await
+    }
+    async fn current_batches(&self) -> Result<BTreeMap<String, CurrentBatch>, StoreError> {
+        self.inner.current_batches().await
+    }
+    async fn discard_batch(&self, view: &str, batch_id: &str) -> Result<(), StoreError> {
+        self.inner.discard_batch(view, batch_id).await
+    }
+}
+
+async fn counting_reader(
+    f: &Fixture,
+    config: ReaderConfig,
+) -> Result<(Arc<Counting>, FeatureReader<Counting>)> {
+    let counting = Arc::new(Counting {
+        inner: f.store.clone(),
+        static_reads: AtomicU64::new(0),
+    });
+    let reader = FeatureReader::new(Arc::clone(&counting), Arc::clone(&f.defs), config).await?;
+    Ok((counting, reader))
+}
+
+async fn concurrent_misses_for_one_key_make_one_backend_read(f: Fixture) -> Result<()> {
+    f.refresh("p.csv", "user_id,visits\nu-1,11\n", &quick())
+        .await?;
+    let (counting, reader) = counting_reader(&f, ReaderConfig::default()).await?;
+    let now = SystemTime::now();
+    let reads = (0..100).map(|_| reader.read("profile", "u-1", now));
+    let results = futures_util::future::join_all(reads).await;
+    for r in results {
+        assert_eq!(
+            r?.feature("visits").map(|x| x.value.clone()),
+            Some(FeatureValue::Int64(11))
+        );
+    }
+    assert_eq!(
+        counting.static_reads.load(Ordering::SeqCst),
+        1,
+        "100 concurrent misses coalesce"
+    );
+    // Missing entities are cached too (negative caching).
+    for _ in 0..10 {
+        reader.read("profile", "ghost", now).await?;
+    }
+    assert_eq!(counting.static_reads.load(Ordering::SeqCst), 2);
+    let stats = reader.cache_stats();
+    assert_eq!((stats.loads, stats.hits), (2, 9), "{stats:?}");
+    Ok(())
+}
+
+async fn cache_stays_within_its_byte_bound(f: Fixture) -> Result<()> {
+    let mut csv = String::from("user_id,visits,tier\n");
+    for i in 0..2000 {
+        csv.push_str(&format!("user-{i:05},{i},tier-{i}\n"));
+    }
+    f.refresh("p.csv", &csv, &quick()).await?;
+    let bound = 64 * 1024;
+    let (counting, reader) = counting_reader(
+        &f,
+        ReaderConfig {
+            cache_max_bytes: bound,
+            ..ReaderConfig::default()
+        },
+    )
+    .await?;
+    let now = SystemTime::now();
+    for i in 0..2000 {
+        let v = reader.read("profile", &format!("user-{i:05}"), now).await?;
+        assert_eq!(
+            v.feature("visits").map(|x| x.value.clone()),
+            Some(FeatureValue::Int64(i))
+        );
+    }
+    reader.sync_cache().await;
+    let stats = reader.cache_stats();
+    assert!(stats.bytes <= bound, "{stats:?}");
+    assert!(stats.evicted_size > 0 && stats.entries < 2000, "{stats:?}");
+    assert!(
+        stats.entries > 50,
+        "the bound holds a useful number of rows: {stats:?}"
+    );
+    assert_eq!(counting.static_reads.load(Ordering::SeqCst), 2000);
+    Ok(())
+}
+
+async fn completed_refresh_invalidates_cached_rows(f: Fixture) -> Result<()> {
+    f.refresh("p1.csv", "user_id,visits\nu-1,1\n", &quick())
+        .await?;
+    let (counting, reader) = counting_reader(
+        &f,
+        ReaderConfig {
+            batch_poll_interval: Duration::from_millis(100),
+            ..ReaderConfig::default()
+        },
+    )
+    .await?;
+    let reader = Arc::new(reader);
+    let watch = reader.watch_batches();
+    let read = || reader.read("profile", "u-1", SystemTime::now());
+    assert_eq!(
+        read().await?.feature("visits").map(|x| x.value.clone()),
+        Some(FeatureValue::Int64(1))
+    );
+    assert_eq!(
+        read().await?.feature("visits").map(|x| x.value.clone()),
+        Some(FeatureValue::Int64(1))
+    );
+    assert_eq!(
+        counting.static_reads.load(Ordering::SeqCst),
+        1,
+        "second read is a hit"
+    );
+    // Another process (here: another call) completes a refresh; the reader's
+    // watch notices within its poll interval and stops serving the old row.
+    f.refresh("p2.csv", "user_id,visits\nu-1,2\n", &quick())
+        .await?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let v = read().await?;
+        if v.feature("visits").map(|x| x.value.clone()) == Some(FeatureValue::Int64(2)) {
+            break;
+        }
+        if tokio::time::Instant::now() > deadline {
+            bail!("the cache kept serving the old batch 10s after the refresh");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(reader.cache_stats().invalidations >= 1);
+    watch.abort();
+    Ok(())
+}
+
 macro_rules! contract {
     ($($name:ident),* $(,)?) => {
         mod embedded_backend {
@@ -579,4 +757,7 @@ contract!(
     older_event_does_not_overwrite_newer,
     failed_refresh_leaves_previous_batch_served,
     batch_metadata_is_recorded_and_reruns_are_idempotent,
+    concurrent_misses_for_one_key_make_one_backend_read,
+    cache_stays_within_its_byte_bound,
+    completed_refresh_invalidates_cached_rows,
 );

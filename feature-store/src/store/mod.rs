@@ -108,7 +108,7 @@ impl BatchStatus {
 
 impl std::fmt::Display for BatchStatus {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
+        f.pad(self.as_str())
     }
 }
 

@@ -1,0 +1,194 @@
+//! The data engineers' command line, `mlgw-features`: flags and commands.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{StoreSettings, default_embedded_path};
+
+/// Manage the feature store: schema, definitions, refresh jobs, batches, reads.
+#[derive(Debug, Parser)]
+#[command(name = "mlgw-features", version)]
+pub struct Cli {
+    /// Print JSON instead of text (one document on stdout).
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Where the features are stored.
+    #[command(flatten)]
+    pub store: StoreFlags,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Backend selection: the embedded file by default, ScyllaDB with `--scylla`.
+#[derive(Debug, Args)]
+pub struct StoreFlags {
+    /// Embedded store file (default: $XDG_DATA_HOME/mlgw/features.redb).
+    #[arg(
+        long,
+        global = true,
+        env = "MLGW_FEATURES_EMBEDDED",
+        conflicts_with = "scylla"
+    )]
+    pub embedded: Option<PathBuf>,
+    /// Use ScyllaDB/Cassandra at these contact points (comma-separated host:port).
+    #[arg(long, global = true, env = "MLGW_SCYLLA_NODES", value_delimiter = ',')]
+    pub scylla: Vec<String>,
+    /// ScyllaDB keyspace.
+    #[arg(
+        long,
+        global = true,
+        env = "MLGW_SCYLLA_KEYSPACE",
+        default_value = "mlgw_features"
+    )]
+    pub keyspace: String,
+    /// Replication map used when `schema apply` creates the keyspace.
+    #[arg(long, global = true, env = "MLGW_SCYLLA_REPLICATION")]
+    pub replication: Option<String>,
+    /// Read consistency level.
+    #[arg(long, global = true, env = "MLGW_SCYLLA_READ_CONSISTENCY")]
+    pub read_consistency: Option<String>,
+    /// Per-call deadline of reads, in milliseconds.
+    #[arg(long, global = true, env = "MLGW_SCYLLA_READ_TIMEOUT_MS")]
+    pub read_timeout_ms: Option<u64>,
+}
+
+impl StoreFlags {
+    /// The backend these flags choose.
+    pub fn settings(&self) -> StoreSettings {
+        if self.scylla.is_empty() {
+            StoreSettings::Embedded {
+                path: self.embedded.clone().unwrap_or_else(default_embedded_path),
+            }
+        } else {
+            StoreSettings::Scylla {
+                nodes: self.scylla.clone(),
+                keyspace: Some(self.keyspace.clone()),
+                replication: self.replication.clone(),
+                read_consistency: self.read_consistency.clone(),
+                write_consistency: None,
+                read_timeout_ms: self.read_timeout_ms,
+                write_timeout_ms: None,
+            }
+        }
+    }
+}
+
+/// The definitions file, for commands that need it.
+#[derive(Debug, Args)]
+pub struct DefinitionsFlag {
+    /// Feature definitions file (TOML).
+    #[arg(long, short = 'd', env = "MLGW_FEATURE_DEFINITIONS")]
+    pub definitions: PathBuf,
+}
+
+/// Commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create or upgrade the store's tables (idempotent).
+    Schema {
+        /// Schema action.
+        #[command(subcommand)]
+        action: SchemaAction,
+    },
+    /// Check a definitions file and summarise it.
+    Validate {
+        /// The file.
+        #[command(flatten)]
+        definitions: DefinitionsFlag,
+    },
+    /// Refresh jobs.
+    Refresh {
+        /// Refresh action.
+        #[command(subcommand)]
+        action: RefreshAction,
+    },
+    /// Refresh batches.
+    Batches {
+        /// Batch action.
+        #[command(subcommand)]
+        action: BatchesAction,
+    },
+    /// Read an entity's features with their freshness.
+    Read {
+        /// The file.
+        #[command(flatten)]
+        definitions: DefinitionsFlag,
+        /// Views to read (comma-separated; default: every view of the entity).
+        #[arg(long, value_delimiter = ',')]
+        view: Vec<String>,
+        /// The entity key (compound keys: parts joined by `|`).
+        #[arg(long)]
+        entity: String,
+    },
+    /// Write fresh values of a dynamic view for one entity.
+    Push {
+        /// The file.
+        #[command(flatten)]
+        definitions: DefinitionsFlag,
+        /// The dynamic view.
+        #[arg(long)]
+        view: String,
+        /// The entity key.
+        #[arg(long)]
+        entity: String,
+        /// A value, `feature=value` (repeat for several).
+        #[arg(long = "set", required = true)]
+        values: Vec<String>,
+        /// Event time in seconds since the Unix epoch, fractions allowed
+        /// (default: now).
+        #[arg(long)]
+        event_time: Option<String>,
+    },
+}
+
+/// `schema` actions.
+#[derive(Debug, Subcommand)]
+pub enum SchemaAction {
+    /// Create missing tables and record the schema version.
+    Apply,
+}
+
+/// `refresh` actions.
+#[derive(Debug, Subcommand)]
+pub enum RefreshAction {
+    /// Load a CSV or Parquet file as a new batch of a static view.
+    Run {
+        /// The file.
+        #[command(flatten)]
+        definitions: DefinitionsFlag,
+        /// The refresh job (as named by a static view's `refresh_job`).
+        #[arg(long)]
+        job: String,
+        /// The view, when the job refreshes several.
+        #[arg(long)]
+        view: Option<String>,
+        /// The CSV or Parquet file.
+        #[arg(long)]
+        file: PathBuf,
+        /// Version of the script that produced the file (recorded in the batch).
+        #[arg(long, default_value = "unversioned", env = "MLGW_SCRIPT_VERSION")]
+        script_version: String,
+        /// Load even if the current batch came from identical input.
+        #[arg(long)]
+        force: bool,
+        /// Fail the batch when more than this percentage of rows is rejected.
+        #[arg(long, default_value_t = 1.0)]
+        max_rejected_percent: f64,
+    },
+}
+
+/// `batches` actions.
+#[derive(Debug, Subcommand)]
+pub enum BatchesAction {
+    /// List a view's batches, newest first.
+    List {
+        /// The static view.
+        #[arg(long)]
+        view: String,
+        /// How many.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+    },
+}

@@ -1,0 +1,567 @@
+//! The CLI's commands: each connects what it needs, does one thing and prints
+//! text for a person or, with `--json`, one JSON document for a script.
+
+use std::io::IsTerminal;
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use anyhow::{Context, Result, bail};
+use feature_store::cli::{BatchesAction, Cli, Command, RefreshAction, SchemaAction};
+use feature_store::definitions::{FeatureDefinitions, FeatureType, FeatureValue, ViewKind};
+use feature_store::freshness::{ResolvedView, ValueState};
+use feature_store::reader::{FeatureReader, ReaderConfig};
+use feature_store::refresh::{self, RefreshError, RefreshOptions, RefreshOutcome};
+use feature_store::source::KEY_SEPARATOR;
+use feature_store::store::{AnyStore, BatchRecord, FeatureStore, to_micros};
+use serde_json::{Value, json};
+
+/// `println!` that ignores a closed stdout (`mlgw-features … | head`).
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout().lock(), $($arg)*);
+    }};
+}
+
+/// Runs the command `cli` names.
+pub async fn run(cli: Cli) -> Result<ExitCode> {
+    let json = cli.json;
+    match &cli.command {
+        Command::Validate { definitions } => validate(&definitions.definitions, json),
+        Command::Schema {
+            action: SchemaAction::Apply,
+        } => {
+            let store = connect(&cli).await?;
+            let report = store.apply_schema().await?;
+            if json {
+                print_json(&json!({ "store": cli.store.settings().describe(), "report": report }));
+            } else {
+                out!(
+                    "{}: schema version {} -> {}",
+                    cli.store.settings().describe(),
+                    report.from_version,
+                    report.to_version
+                );
+                for line in &report.applied {
+                    out!("  {line}");
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Refresh {
+            action:
+                RefreshAction::Run {
+                    definitions,
+                    job,
+                    view,
+                    file,
+                    script_version,
+                    force,
+                    max_rejected_percent,
+                },
+        } => {
+            let defs = load_definitions(&definitions.definitions)?;
+            let store = connect(&cli).await?;
+            let options = RefreshOptions {
+                script_version: script_version.clone(),
+                force: *force,
+                max_rejected_percent: *max_rejected_percent,
+                ..RefreshOptions::default()
+            };
+            refresh_run(&store, &defs, job, view.as_deref(), file, &options, json).await
+        }
+        Command::Batches {
+            action: BatchesAction::List { view, limit },
+        } => {
+            let store = connect(&cli).await?;
+            let batches = store.list_batches(view, *limit).await?;
+            if json {
+                print_json(
+                    &json!({ "view": view, "batches": batches.iter().map(batch_json).collect::<Vec<_>>() }),
+                );
+            } else if batches.is_empty() {
+                out!("view {view:?} has no refresh batches");
+            } else {
+                let current = store
+                    .current_batches()
+                    .await?
+                    .remove(view)
+                    .map(|c| c.batch_id);
+                out!(
+                    "{:<38} {:<10} {:>10} {:>9}  {:<20} {:<12} job",
+                    "batch",
+                    "status",
+                    "rows",
+                    "rejected",
+                    "ingested (UTC)",
+                    "took"
+                );
+                for b in &batches {
+                    let mark = if current.as_deref() == Some(b.batch_id.as_str()) {
+                        " *current"
+                    } else {
+                        ""
+                    };
+                    let took = match (b.started_at, b.finished_at) {
+                        (Some(s), Some(f)) => {
+                            human_duration(f.duration_since(s).unwrap_or_default())
+                        }
+                        _ => "-".to_owned(),
+                    };
+                    out!(
+                        "{:<38} {:<10} {:>10} {:>9}  {:<20} {:<12} {}{mark}",
+                        b.batch_id,
+                        b.status.as_str(),
+                        b.rows_written,
+                        b.rows_rejected,
+                        utc(b.ingested_at),
+                        took,
+                        b.job
+                    );
+                    if let Some(e) = &b.error {
+                        out!("    error: {e}");
+                    }
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Read {
+            definitions,
+            view,
+            entity,
+        } => {
+            let defs = Arc::new(load_definitions(&definitions.definitions)?);
+            if let Some(unknown) = view.iter().find(|v| defs.view(v).is_none()) {
+                bail!("unknown feature view {unknown:?}");
+            }
+            let store = connect(&cli).await?;
+            read(store, defs, view, entity, json).await
+        }
+        Command::Push {
+            definitions,
+            view,
+            entity,
+            values,
+            event_time,
+        } => {
+            let defs = Arc::new(load_definitions(&definitions.definitions)?);
+            let store = connect(&cli).await?;
+            push(
+                store,
+                defs,
+                view,
+                entity,
+                values,
+                event_time.as_deref(),
+                json,
+            )
+            .await
+        }
+    }
+}
+
+async fn connect(cli: &Cli) -> Result<AnyStore> {
+    let settings = cli.store.settings();
+    settings
+        .connect()
+        .await
+        .with_context(|| format!("cannot open the {}", settings.describe()))
+}
+
+fn load_definitions(path: &Path) -> Result<FeatureDefinitions> {
+    Ok(FeatureDefinitions::load(path)?)
+}
+
+fn print_json(value: &Value) {
+    out!(
+        "{}",
+        serde_json::to_string_pretty(value).unwrap_or_default()
+    );
+}
+
+fn validate(path: &Path, json: bool) -> Result<ExitCode> {
+    let defs = load_definitions(path)?;
+    if json {
+        print_json(&json!({
+            "file": path.display().to_string(),
+            "valid": true,
+            "entities": defs.entities().iter().map(|e| json!({"name": e.name, "keys": e.keys})).collect::<Vec<_>>(),
+            "views": defs.views().iter().map(|v| json!({
+                "name": v.name,
+                "kind": if v.is_static() { "static" } else { "dynamic" },
+                "entity": v.entity,
+                "features": v.features.len(),
+                "max_age_seconds": v.max_age.as_secs(),
+                "refresh_job": v.refresh_job().map(|j| j.as_str().to_owned()),
+                "ttl_seconds": v.ttl().map(|t| t.as_secs()),
+            })).collect::<Vec<_>>(),
+            "request_features": defs.request_features().iter().map(|r| r.name.clone()).collect::<Vec<_>>(),
+            "models": defs.models().iter().map(|m| json!({"name": m.name(), "input": m.input().name(), "width": m.input().width()})).collect::<Vec<_>>(),
+        }));
+    } else {
+        out!("{}: valid", path.display());
+        for e in defs.entities() {
+            out!("  entity {} (keys: {})", e.name, e.keys.join(", "));
+        }
+        for v in defs.views() {
+            let kind = match &v.kind {
+                ViewKind::Static { refresh_job } => format!("static, job {}", refresh_job.as_str()),
+                ViewKind::Dynamic { ttl } => format!("dynamic, ttl {}", human_duration(*ttl)),
+            };
+            out!(
+                "  view {} ({kind}, max_age {}): {} features",
+                v.name,
+                human_duration(v.max_age),
+                v.features.len()
+            );
+        }
+        out!("  request features: {}", defs.request_features().len());
+        for m in defs.models() {
+            out!(
+                "  model {}: input {:?} [batch, {}]",
+                m.name(),
+                m.input().name(),
+                m.input().width()
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn refresh_run(
+    store: &AnyStore,
+    defs: &FeatureDefinitions,
+    job: &str,
+    view: Option<&str>,
+    file: &Path,
+    options: &RefreshOptions,
+    json: bool,
+) -> Result<ExitCode> {
+    let bar = if !json && std::io::stderr().is_terminal() {
+        let bar = indicatif::ProgressBar::new_spinner();
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{spinner} {pos} rows  {per_sec}  {elapsed}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+        );
+        bar.enable_steady_tick(Duration::from_millis(120));
+        Some(bar)
+    } else {
+        None
+    };
+    let progress = |n: u64| {
+        if let Some(bar) = &bar {
+            bar.set_position(n);
+        }
+    };
+    let outcome = refresh::run(store, defs, job, view, file, options, &progress).await;
+    if let Some(bar) = &bar {
+        bar.finish_and_clear();
+    }
+    match outcome {
+        Ok(RefreshOutcome::Loaded(batch)) => {
+            if json {
+                print_json(&json!({"outcome": "loaded", "batch": batch_json(&batch)}));
+            } else {
+                let secs = match (batch.started_at, batch.finished_at) {
+                    (Some(s), Some(f)) => f.duration_since(s).unwrap_or_default().as_secs_f64(),
+                    _ => 0.0,
+                };
+                out!(
+                    "batch {} done: view {}, {} rows written, {} rejected, {:.2}s ({:.0} rows/s); now current",
+                    batch.batch_id,
+                    batch.view,
+                    batch.rows_written,
+                    batch.rows_rejected,
+                    secs,
+                    batch.rows_written as f64 / secs.max(1e-9)
+                );
+                print_rejections(&batch);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Ok(RefreshOutcome::Unchanged(current)) => {
+            if json {
+                print_json(
+                    &json!({"outcome": "unchanged", "current_batch": current.batch_id, "fingerprint": current.fingerprint}),
+                );
+            } else {
+                out!(
+                    "unchanged: the current batch {} was loaded from identical input; nothing written (use --force to reload)",
+                    current.batch_id
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(RefreshError::Failed { batch, reason }) => {
+            if json {
+                print_json(
+                    &json!({"outcome": "failed", "reason": reason, "batch": batch_json(&batch)}),
+                );
+            } else {
+                print_rejections(&batch);
+            }
+            bail!(
+                "batch {} failed: {reason}; view {:?} keeps serving its previous batch",
+                batch.batch_id,
+                batch.view
+            )
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn print_rejections(batch: &BatchRecord) {
+    if batch.rows_rejected == 0 {
+        return;
+    }
+    out!(
+        "rejected rows (first {} of {}):",
+        batch.rejections.len(),
+        batch.rows_rejected
+    );
+    for r in &batch.rejections {
+        out!("  line {}: {}", r.line, r.reason);
+    }
+}
+
+fn batch_json(b: &BatchRecord) -> Value {
+    json!({
+        "batch_id": b.batch_id,
+        "job": b.job,
+        "view": b.view,
+        "status": b.status,
+        "ingested_at": utc(b.ingested_at),
+        "started_at": b.started_at.map(utc),
+        "finished_at": b.finished_at.map(utc),
+        "source": b.source,
+        "fingerprint": b.fingerprint,
+        "script_version": b.script_version,
+        "rows_written": b.rows_written,
+        "rows_rejected": b.rows_rejected,
+        "rejections": b.rejections,
+        "error": b.error,
+    })
+}
+
+fn entity_key(text: &str) -> String {
+    text.replace('|', &KEY_SEPARATOR.to_string())
+}
+
+async fn read(
+    store: AnyStore,
+    defs: Arc<FeatureDefinitions>,
+    views: &[String],
+    entity: &str,
+    json: bool,
+) -> Result<ExitCode> {
+    let names: Vec<String> = if views.is_empty() {
+        defs.views().iter().map(|v| v.name.clone()).collect()
+    } else {
+        views.to_vec()
+    };
+    let config = ReaderConfig::default();
+    let reader = FeatureReader::new(Arc::new(store), Arc::clone(&defs), config).await?;
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let resolved = reader
+        .read_many(&refs, &entity_key(entity), SystemTime::now())
+        .await?;
+    if json {
+        print_json(
+            &json!({"entity": entity, "views": resolved.iter().map(view_json).collect::<Vec<_>>()}),
+        );
+    } else {
+        for v in &resolved {
+            let age = v.age.map_or_else(
+                || "no row".to_owned(),
+                |a| format!("age {}", human_duration(a)),
+            );
+            let batch = v
+                .batch_id
+                .as_deref()
+                .map(|b| format!(", batch {b}"))
+                .unwrap_or_default();
+            out!("{} ({age}{batch})", v.view);
+            for f in &v.features {
+                out!(
+                    "  {:<28} {:<16} {}",
+                    f.name,
+                    f.value.to_string(),
+                    state(f.state)
+                );
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn state(s: ValueState) -> &'static str {
+    match s {
+        ValueState::Present => "present",
+        ValueState::MissingRow => "default (no row)",
+        ValueState::MissingValue => "default (no value)",
+        ValueState::Stale => "default (stale)",
+        ValueState::WrongType => "default (stored value has another type)",
+    }
+}
+
+fn view_json(v: &ResolvedView) -> Value {
+    json!({
+        "view": v.view,
+        "age_seconds": v.age.map(|a| a.as_secs_f64()),
+        "batch_id": v.batch_id,
+        "features": v.features.iter().map(|f| json!({
+            "name": f.name,
+            "value": value_json(&f.value),
+            "state": state(f.state),
+            "defaulted": f.state.is_defaulted(),
+        })).collect::<Vec<_>>(),
+    })
+}
+
+fn value_json(v: &FeatureValue) -> Value {
+    match v {
+        FeatureValue::Float32(x) => json!(x),
+        FeatureValue::Float64(x) => json!(x),
+        FeatureValue::Int64(x) => json!(x),
+        FeatureValue::Bool(x) => json!(x),
+        FeatureValue::String(x) => json!(x),
+    }
+}
+
+fn parse_value(text: &str, ty: FeatureType) -> Option<FeatureValue> {
+    Some(match ty {
+        FeatureType::Float32 => FeatureValue::Float32(text.parse().ok()?),
+        FeatureType::Float64 => FeatureValue::Float64(text.parse().ok()?),
+        FeatureType::Int64 => FeatureValue::Int64(text.parse().ok()?),
+        FeatureType::Bool => FeatureValue::Bool(match text {
+            "true" | "1" => true,
+            "false" | "0" => false,
+            _ => return None,
+        }),
+        FeatureType::String => FeatureValue::String(text.to_owned()),
+    })
+}
+
+async fn push(
+    store: AnyStore,
+    defs: Arc<FeatureDefinitions>,
+    view_name: &str,
+    entity: &str,
+    assignments: &[String],
+    event_time: Option<&str>,
+    json: bool,
+) -> Result<ExitCode> {
+    let view = defs
+        .view(view_name)
+        .with_context(|| format!("unknown feature view {view_name:?}"))?;
+    let mut values = Vec::with_capacity(assignments.len());
+    for a in assignments {
+        let (name, text) = a
+            .split_once('=')
+            .with_context(|| format!("--set {a:?}: write feature=value"))?;
+        let spec = view
+            .feature(name)
+            .with_context(|| format!("--set {a:?}: view {view_name:?} has no feature {name:?}"))?;
+        let value = parse_value(text, spec.feature_type).with_context(|| {
+            format!("--set {a:?}: {text:?} is not a valid {}", spec.feature_type)
+        })?;
+        values.push((name.to_owned(), value));
+    }
+    let at = match event_time {
+        None => SystemTime::now(),
+        Some(t) => {
+            let secs: f64 = t
+                .parse()
+                .ok()
+                .filter(|s: &f64| s.is_finite() && *s >= 0.0)
+                .with_context(|| {
+                    format!("--event-time {t:?}: give seconds since the Unix epoch")
+                })?;
+            SystemTime::UNIX_EPOCH + Duration::from_secs_f64(secs)
+        }
+    };
+    let reader =
+        FeatureReader::new(Arc::new(store), Arc::clone(&defs), ReaderConfig::default()).await?;
+    reader
+        .push(view_name, &entity_key(entity), &values, at)
+        .await?;
+    if json {
+        print_json(
+            &json!({"view": view_name, "entity": entity, "written": values.len(), "event_time_us": to_micros(at)}),
+        );
+    } else {
+        out!(
+            "{} value(s) written to {view_name} for {entity}",
+            values.len()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `2h13m`, `45s`, `1d2h`, `350ms`.
+fn human_duration(d: Duration) -> String {
+    let secs = d.as_secs();
+    if secs == 0 {
+        return format!("{}ms", d.as_millis());
+    }
+    let (days, hours, mins, s) = (secs / 86_400, secs / 3600 % 24, secs / 60 % 60, secs % 60);
+    let mut out = String::new();
+    for (n, unit) in [(days, "d"), (hours, "h"), (mins, "m"), (s, "s")] {
+        if n > 0 {
+            out.push_str(&format!("{n}{unit}"));
+        }
+    }
+    out
+}
+
+/// `2026-11-25T13:04:05Z` (UTC, whole seconds).
+fn utc(t: SystemTime) -> String {
+    let secs = t
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    let (y, m, d) = civil_from_days(i64::try_from(days).unwrap_or(0));
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    )
+}
+
+/// Days since 1970-01-01 to (year, month, day), proleptic Gregorian
+/// (Howard Hinnant's algorithm).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = u32::try_from(doy - (153 * mp + 2) / 5 + 1).unwrap_or(1);
+    let m = u32::try_from(if mp < 10 { mp + 3 } else { mp - 9 }).unwrap_or(1);
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_and_durations_print_for_people() {
+        assert_eq!(utc(SystemTime::UNIX_EPOCH), "1970-01-01T00:00:00Z");
+        assert_eq!(
+            utc(SystemTime::UNIX_EPOCH + Duration::from_secs(1_795_611_958)),
+            "2026-11-25T13:05:58Z"
+        );
+        assert_eq!(
+            human_duration(Duration::from_secs(2 * 3600 + 13 * 60)),
+            "2h13m"
+        );
+        assert_eq!(human_duration(Duration::from_millis(350)), "350ms");
+        assert_eq!(human_duration(Duration::from_secs(90_000)), "1d1h");
+    }
+}

@@ -1,0 +1,292 @@
+//! `mlgw-features`, the data engineers' CLI, run as a process the way a person
+//! or a scheduler runs it: on the embedded store, and on the rig's Cassandra.
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+use anyhow::{Context, Result};
+use rig::{binary, rig_env, workspace_root};
+use serde_json::Value;
+
+fn definitions() -> PathBuf {
+    workspace_root().join("feature-store/definitions/fraud.toml")
+}
+
+struct Cli {
+    store_args: Vec<String>,
+    dir: PathBuf,
+}
+
+impl Cli {
+    fn new(store_args: Vec<String>) -> Result<Self> {
+        let dir = std::env::temp_dir().join(format!(
+            "mlgw_cli_{}_{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)?
+                .as_nanos()
+        ));
+        std::fs::create_dir_all(&dir)?;
+        Ok(Cli { store_args, dir })
+    }
+
+    fn embedded() -> Result<Self> {
+        let mut cli = Cli::new(Vec::new())?;
+        cli.store_args = vec![
+            "--embedded".into(),
+            cli.dir.join("f.redb").display().to_string(),
+        ];
+        Ok(cli)
+    }
+
+    fn run(&self, args: &[&str]) -> Result<Output> {
+        let out = std::process::Command::new(binary("mlgw-features")?)
+            .args(&self.store_args)
+            .args(args)
+            .env_remove("MLGW_FEATURES_EMBEDDED")
+            .env_remove("MLGW_SCYLLA_NODES")
+            .output()
+            .context("running mlgw-features")?;
+        Ok(out)
+    }
+
+    fn json(&self, args: &[&str]) -> Result<Value> {
+        let mut all = vec!["--json"];
+        all.extend_from_slice(args);
+        let out = self.run(&all)?;
+        anyhow::ensure!(
+            out.status.success(),
+            "mlgw-features {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(serde_json::from_slice(&out.stdout)?)
+    }
+
+    fn file(&self, name: &str, content: &str) -> Result<String> {
+        let p = self.dir.join(name);
+        std::fs::write(&p, content)?;
+        Ok(p.display().to_string())
+    }
+}
+
+impl Drop for Cli {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+const PROFILE: &str = "customer_id,account_age_days,avg_txn_amount_30d,txn_count_30d,chargeback_count_1y,home_country_risk\n\
+c-1,400,52.5,31,0,0.1\n\
+c-2,12,8.25,3,1,0.4\n\
+c-3,abc,1,1,1,1\n";
+
+fn a_day_in_the_life(cli: &Cli) -> Result<()> {
+    let defs = definitions();
+    let defs = defs.to_str().context("path")?;
+    let schema = cli.json(&["schema", "apply"])?;
+    assert_eq!(schema["report"]["to_version"], 1);
+    let file = cli.file("profile.csv", PROFILE)?;
+    let refresh = [
+        "refresh",
+        "run",
+        "-d",
+        defs,
+        "--job",
+        "customer_profile_daily",
+        "--file",
+        &file,
+        "--script-version",
+        "profile-v7",
+        "--max-rejected-percent",
+        "50",
+    ];
+    let loaded = cli.json(&refresh)?;
+    assert_eq!(loaded["outcome"], "loaded");
+    let batch = &loaded["batch"];
+    assert_eq!(batch["status"], "done");
+    assert_eq!(batch["rows_written"], 2);
+    assert_eq!(batch["rows_rejected"], 1);
+    assert_eq!(batch["script_version"], "profile-v7");
+    assert_eq!(batch["rejections"][0]["line"], 4);
+    let batch_id = batch["batch_id"].as_str().context("batch_id")?.to_owned();
+    // The same input again does nothing.
+    assert_eq!(cli.json(&refresh)?["outcome"], "unchanged");
+
+    let listed = cli.json(&["batches", "list", "--view", "customer_profile"])?;
+    assert_eq!(listed["batches"].as_array().map(Vec::len), Some(1));
+    assert_eq!(listed["batches"][0]["batch_id"], batch_id.as_str());
+
+    let pushed = cli.json(&[
+        "push",
+        "-d",
+        defs,
+        "--view",
+        "customer_activity",
+        "--entity",
+        "c-1",
+        "--set",
+        "txn_count_1h=4",
+        "--set",
+        "minutes_since_last_txn=3.5",
+    ])?;
+    assert_eq!(pushed["written"], 2);
+
+    let read = cli.json(&["read", "-d", defs, "--entity", "c-1"])?;
+    let profile = &read["views"][0];
+    assert_eq!(profile["view"], "customer_profile");
+    assert_eq!(profile["batch_id"], batch_id.as_str());
+    assert_eq!(profile["features"][1]["value"], 52.5);
+    assert_eq!(profile["features"][1]["state"], "present");
+    let activity = &read["views"][1];
+    assert_eq!(activity["features"][0]["value"], 4);
+    assert_eq!(activity["features"][1]["state"], "default (no value)");
+    let missing = cli.json(&[
+        "read",
+        "-d",
+        defs,
+        "--entity",
+        "c-404",
+        "--view",
+        "customer_profile",
+    ])?;
+    assert_eq!(
+        missing["views"][0]["features"][0]["state"],
+        "default (no row)"
+    );
+    assert_eq!(
+        missing["views"][0]["features"][0]["value"], 1,
+        "declared default"
+    );
+
+    // Human output names things a person recognises.
+    let out = cli.run(&["batches", "list", "--view", "customer_profile"])?;
+    let text = String::from_utf8(out.stdout)?;
+    assert!(
+        text.contains(&batch_id) && text.contains("*current"),
+        "{text}"
+    );
+
+    // A failing batch: exit 1, the reason on stderr, the old batch still served.
+    let bad = cli.file("bad.csv", "customer_id,account_age_days\nc-1,x\nc-2,y\n")?;
+    let out = cli.run(&[
+        "refresh",
+        "run",
+        "-d",
+        defs,
+        "--job",
+        "customer_profile_daily",
+        "--file",
+        &bad,
+    ])?;
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8(out.stderr)?;
+    assert!(
+        err.contains("2 of 2 rows rejected") && err.contains("keeps serving its previous batch"),
+        "{err}"
+    );
+    let read = cli.json(&[
+        "read",
+        "-d",
+        defs,
+        "--entity",
+        "c-2",
+        "--view",
+        "customer_profile",
+    ])?;
+    assert_eq!(read["views"][0]["batch_id"], batch_id.as_str());
+    Ok(())
+}
+
+#[test]
+fn data_engineer_workflow_on_the_embedded_store() -> Result<()> {
+    a_day_in_the_life(&Cli::embedded()?)
+}
+
+#[test]
+fn data_engineer_workflow_on_cassandra() -> Result<()> {
+    let addr = rig_env("MLGW_TEST_CASSANDRA")?;
+    let keyspace = format!(
+        "cli_{}_{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .subsec_nanos()
+    );
+    let cli = Cli::new(vec![
+        "--scylla".into(),
+        addr,
+        "--keyspace".into(),
+        keyspace,
+        "--read-timeout-ms".into(),
+        "5000".into(),
+    ])?;
+    a_day_in_the_life(&cli)
+}
+
+#[test]
+fn mistakes_get_messages_a_person_can_act_on() -> Result<()> {
+    let cli = Cli::embedded()?;
+    let defs = definitions();
+    let defs = defs.to_str().context("path")?;
+    let broken = cli.file(
+        "broken.toml",
+        &std::fs::read_to_string(Path::new(defs))?
+            .replace("type = \"int64\"", "type = \"integer\""),
+    )?;
+    let cases: [(&[&str], &str); 5] = [
+        (&["validate", "-d", &broken], "broken.toml"),
+        (
+            &[
+                "refresh", "run", "-d", defs, "--job", "nightly", "--file", "x.csv",
+            ],
+            "no static view is refreshed by job \"nightly\"; jobs: \"customer_profile_daily\"",
+        ),
+        (
+            &["batches", "list", "--view", "customer_profile"],
+            "run `mlgw-features schema apply`",
+        ),
+        (
+            &[
+                "push",
+                "-d",
+                defs,
+                "--view",
+                "customer_activity",
+                "--entity",
+                "c",
+                "--set",
+                "txn_count_1h=many",
+            ],
+            "\"many\" is not a valid int64",
+        ),
+        (
+            &["read", "-d", defs, "--entity", "c", "--view", "nope"],
+            "unknown feature view \"nope\"",
+        ),
+    ];
+    for (args, needle) in cases {
+        let out = cli.run(args)?;
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        let err = String::from_utf8(out.stderr)?;
+        assert!(
+            err.contains(needle),
+            "{args:?}: {err:?} should contain {needle:?}"
+        );
+        assert!(!err.contains("panicked"), "{err}");
+    }
+    cli.run(&["schema", "apply"])?;
+    let csv = cli.file("p.txt", "a,b\n")?;
+    let out = cli.run(&[
+        "refresh",
+        "run",
+        "-d",
+        defs,
+        "--job",
+        "customer_profile_daily",
+        "--file",
+        &csv,
+    ])?;
+    let err = String::from_utf8(out.stderr)?;
+    assert!(err.contains("expected a .csv or .parquet file"), "{err}");
+    Ok(())
+}
