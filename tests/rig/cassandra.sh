@@ -4,6 +4,14 @@
 #
 #   RIG_DIR=/abs/dir tests/rig/cassandra.sh start
 #   RIG_DIR=/abs/dir tests/rig/cassandra.sh stop
+#   RIG_DIR=/abs/dir tests/rig/cassandra.sh restart
+#
+# `restart` brings back the node of a RIG_DIR that was started before (it
+# stops it first if it is still running) on the SAME native and storage
+# ports, read from the RIG_DIR's conf/cassandra.yaml, and with its data, so
+# a client that stayed up can reconnect to the address it knew (the fault
+# tests use this). It fails loudly when the RIG_DIR holds no earlier node or
+# when a port has been taken meanwhile. `start` always picks new free ports.
 #
 # RIG_DIR (made by the caller) holds everything of one run: the generated
 # config, the data directories, cassandra.log, cassandra.pid and
@@ -318,7 +326,22 @@ jvm_flags() {
   printf '%s\n' "${flags[@]}"
 }
 
+# The native and storage ports of the node this RIG_DIR ran before, from its
+# generated config, as "native storage".
+previous_ports() {
+  local yaml="${RIG_DIR}/conf/cassandra.yaml" native storage
+  [[ -f "$yaml" ]] || die "nothing to restart: ${yaml} is missing (run '$0 start' first)"
+  native="$(awk '/^native_transport_port:/ {print $2}' "$yaml")"
+  storage="$(awk '/^storage_port:/ {print $2}' "$yaml")"
+  [[ "$native" =~ ^[0-9]+$ && "$storage" =~ ^[0-9]+$ ]] \
+    || die "cannot read the previous ports from ${yaml} (native '${native}', storage '${storage}')"
+  echo "$native $storage"
+}
+
+# start [reuse]: with "reuse", the ports of the previous run in this RIG_DIR
+# instead of new free ones (see `restart`).
 start() {
+  local reuse="${1:-}"
   local pidfile="${RIG_DIR}/cassandra.pid" envfile="${RIG_DIR}/cassandra.env"
   local log="${RIG_DIR}/cassandra.log"
 
@@ -334,8 +357,13 @@ start() {
   local lib
   lib="$(cache_root)/lib"
 
-  local native_port storage_port
-  read -r native_port storage_port < <(pick_ports)
+  local ports native_port storage_port
+  if [[ "$reuse" == reuse ]]; then
+    ports="$(previous_ports)"
+  else
+    ports="$(pick_ports)"
+  fi
+  read -r native_port storage_port <<<"$ports"
   [[ -n "$native_port" && -n "$storage_port" ]] || die "could not pick free ports"
   write_config "$native_port" "$storage_port"
 
@@ -434,7 +462,7 @@ stop() {
 }
 
 main() {
-  [[ $# -eq 1 ]] || die "usage: RIG_DIR=/abs/dir $0 start|stop"
+  [[ $# -eq 1 ]] || die "usage: RIG_DIR=/abs/dir $0 start|stop|restart"
   [[ -n "${RIG_DIR:-}" ]] || die "RIG_DIR must be set to a directory the caller created"
   [[ -d "$RIG_DIR" ]] || die "RIG_DIR=${RIG_DIR} is not a directory"
   # Absolute, so the config and the PID check do not depend on the cwd.
@@ -442,7 +470,14 @@ main() {
   case "$1" in
     start) start ;;
     stop) stop ;;
-    *) die "usage: RIG_DIR=/abs/dir $0 start|stop" ;;
+    restart)
+      # Read the ports first, so a RIG_DIR without a previous node fails
+      # before anything is stopped.
+      previous_ports >/dev/null
+      stop
+      start reuse
+      ;;
+    *) die "usage: RIG_DIR=/abs/dir $0 start|stop|restart" ;;
   esac
 }
 

@@ -23,7 +23,7 @@ use std::time::{Duration, SystemTime};
 use futures_util::stream::{self, StreamExt, TryStreamExt};
 use scylla::client::session::Session;
 use scylla::client::session_builder::SessionBuilder;
-use scylla::errors::ExecutionError;
+use scylla::errors::{DbError, ExecutionError, RequestAttemptError};
 use scylla::statement::Consistency;
 use scylla::statement::batch::{Batch, BatchType};
 use scylla::statement::prepared::PreparedStatement;
@@ -133,11 +133,31 @@ fn map_err(e: ExecutionError) -> StoreError {
         ExecutionError::ConnectionPoolError(_) | ExecutionError::EmptyPlan => {
             StoreError::Unavailable(e.to_string())
         }
+        ExecutionError::LastAttemptError(RequestAttemptError::DbError(ref db, _))
+            if is_transient_db_error(db) =>
+        {
+            StoreError::Unavailable(e.to_string())
+        }
         ExecutionError::LastAttemptError(ref a) if is_connection_problem(&a.to_string()) => {
             StoreError::Unavailable(e.to_string())
         }
         other => StoreError::Backend(other.to_string()),
     }
+}
+
+/// Server answers that mean "not now" rather than "never": the coordinator
+/// is overloaded (also what Cassandra answers, "Server is shutting down",
+/// while a stopping node drains), still starting, or short of live replicas
+/// or of their replies in time. A later call may succeed.
+fn is_transient_db_error(e: &DbError) -> bool {
+    matches!(
+        e,
+        DbError::Overloaded
+            | DbError::IsBootstrapping
+            | DbError::Unavailable { .. }
+            | DbError::ReadTimeout { .. }
+            | DbError::WriteTimeout { .. }
+    )
 }
 
 /// Whether a last-attempt error means the node could not be reached (as

@@ -1,0 +1,357 @@
+//! Feature-store benchmark: refresh load rate of a 1M-row CSV into each backend,
+//! cached read cost through the moka row cache, and uncached single-entity
+//! reads (one prepared single-partition read each) against Cassandra and the
+//! embedded store at 1, 16 and 64 concurrent readers.
+//!
+//! Run: `cargo bench -p benches --bench feature_store`
+//! It starts its own Cassandra with tests/rig/cassandra.sh (or uses
+//! MLGW_BENCH_CASSANDRA=host:port) and writes benches/results/feature_store.md.
+//! Knobs: MLGW_BENCH_ROWS (default 1000000), MLGW_BENCH_SECONDS (per cell, 4).
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::{Context, Result, bail};
+use feature_store::definitions::FeatureDefinitions;
+use feature_store::reader::{FeatureReader, ReaderConfig};
+use feature_store::refresh::{self, RefreshOptions, RefreshOutcome};
+use feature_store::store::embedded::EmbeddedStore;
+use feature_store::store::scylla::{ScyllaConfig, ScyllaStore};
+use feature_store::store::{AnyStore, FeatureStore};
+use hdrhistogram::Histogram;
+use rig::workspace_root;
+
+const CONCURRENCY: [usize; 3] = [1, 16, 64];
+
+fn env_num(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// A Cassandra started for the benchmark, stopped on drop.
+struct Cassandra {
+    rig_dir: PathBuf,
+    addr: String,
+    owned: bool,
+}
+
+impl Cassandra {
+    fn start(scratch: &Path) -> Result<Self> {
+        if let Ok(addr) = std::env::var("MLGW_BENCH_CASSANDRA") {
+            return Ok(Cassandra {
+                rig_dir: PathBuf::new(),
+                addr,
+                owned: false,
+            });
+        }
+        let rig_dir = scratch.join("cassandra-rig");
+        std::fs::create_dir_all(&rig_dir)?;
+        let status = std::process::Command::new(workspace_root().join("tests/rig/cassandra.sh"))
+            .arg("start")
+            .env("RIG_DIR", &rig_dir)
+            .status()
+            .context("running tests/rig/cassandra.sh")?;
+        if !status.success() {
+            bail!("Cassandra did not start (see the rig output above)");
+        }
+        let env = std::fs::read_to_string(rig_dir.join("cassandra.env"))?;
+        let addr = env
+            .lines()
+            .find_map(|l| l.strip_prefix("MLGW_TEST_CASSANDRA="))
+            .context("cassandra.env lacks MLGW_TEST_CASSANDRA")?
+            .trim()
+            .to_owned();
+        Ok(Cassandra {
+            rig_dir,
+            addr,
+            owned: true,
+        })
+    }
+}
+
+impl Drop for Cassandra {
+    fn drop(&mut self) {
+        if self.owned {
+            let _ = std::process::Command::new(workspace_root().join("tests/rig/cassandra.sh"))
+                .arg("stop")
+                .env("RIG_DIR", &self.rig_dir)
+                .status();
+        }
+    }
+}
+
+fn write_profile_csv(path: &Path, rows: u64) -> Result<()> {
+    use std::io::Write as _;
+    let mut w = std::io::BufWriter::new(std::fs::File::create(path)?);
+    writeln!(
+        w,
+        "customer_id,account_age_days,avg_txn_amount_30d,txn_count_30d,chargeback_count_1y,home_country_risk"
+    )?;
+    for i in 0..rows {
+        writeln!(
+            w,
+            "c-{i:07},{},{:.2},{},{},{:.3}",
+            i % 3650,
+            (i % 997) as f64 * 0.37,
+            i % 120,
+            i % 3,
+            (i % 1000) as f64 / 1000.0
+        )?;
+    }
+    w.flush()?;
+    Ok(())
+}
+
+struct Load {
+    backend: &'static str,
+    rows: u64,
+    seconds: f64,
+}
+
+async fn load(
+    store: &AnyStore,
+    defs: &FeatureDefinitions,
+    csv: &Path,
+    backend: &'static str,
+) -> Result<Load> {
+    store.apply_schema().await?;
+    let options = RefreshOptions {
+        script_version: "bench".into(),
+        force: true,
+        ..RefreshOptions::default()
+    };
+    let started = Instant::now();
+    let outcome = refresh::run(
+        store,
+        defs,
+        "customer_profile_daily",
+        None,
+        csv,
+        &options,
+        &|_| {},
+    )
+    .await?;
+    let seconds = started.elapsed().as_secs_f64();
+    let RefreshOutcome::Loaded(batch) = outcome else {
+        bail!("the refresh did not load");
+    };
+    println!(
+        "refresh {backend}: {} rows in {seconds:.2}s = {:.0} rows/s",
+        batch.rows_written,
+        batch.rows_written as f64 / seconds
+    );
+    Ok(Load {
+        backend,
+        rows: batch.rows_written,
+        seconds,
+    })
+}
+
+struct ReadCell {
+    backend: &'static str,
+    readers: usize,
+    reads: u64,
+    errors: u64,
+    seconds: f64,
+    p50_us: f64,
+    p99_us: f64,
+    p999_us: f64,
+}
+
+/// Closed-loop uncached reads of random entities for `seconds`.
+async fn uncached(
+    store: &AnyStore,
+    backend: &'static str,
+    readers: usize,
+    rows: u64,
+    seconds: f64,
+) -> Result<ReadCell> {
+    let batch = store
+        .current_batches()
+        .await?
+        .remove("customer_profile")
+        .context("no current batch")?
+        .batch_id;
+    let until = Instant::now() + Duration::from_secs_f64(seconds);
+    let mut tasks = Vec::new();
+    for r in 0..readers {
+        let store = store.clone();
+        let batch = batch.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut hist = Histogram::<u64>::new(3)?;
+            let mut errors = 0u64;
+            // A cheap LCG per reader: uniform keys, no shared RNG.
+            let mut x: u64 = 0x9E37_79B9_7F4A_7C15 ^ (r as u64);
+            while Instant::now() < until {
+                x = x
+                    .wrapping_mul(6_364_136_223_846_793_005)
+                    .wrapping_add(1_442_695_040_888_963_407);
+                let key = format!("c-{:07}", (x >> 33) % rows);
+                let t = Instant::now();
+                match store.read_static("customer_profile", &batch, &key).await {
+                    Ok(Some(_)) => hist.record(t.elapsed().as_nanos() as u64)?,
+                    Ok(None) | Err(_) => errors += 1,
+                }
+            }
+            anyhow::Ok((hist, errors))
+        }));
+    }
+    let started = Instant::now();
+    let mut hist = Histogram::<u64>::new(3)?;
+    let mut errors = 0;
+    for t in tasks {
+        let (h, e) = t.await??;
+        hist.add(h)?;
+        errors += e;
+    }
+    let secs = started.elapsed().as_secs_f64().max(seconds);
+    let cell = ReadCell {
+        backend,
+        readers,
+        reads: hist.len(),
+        errors,
+        seconds: secs,
+        p50_us: hist.value_at_quantile(0.5) as f64 / 1000.0,
+        p99_us: hist.value_at_quantile(0.99) as f64 / 1000.0,
+        p999_us: hist.value_at_quantile(0.999) as f64 / 1000.0,
+    };
+    println!(
+        "uncached {backend} x{readers}: {:.0} reads/s p50 {:.0} µs p99 {:.0} µs p99.9 {:.0} µs errors {}",
+        cell.reads as f64 / cell.seconds,
+        cell.p50_us,
+        cell.p99_us,
+        cell.p999_us,
+        cell.errors
+    );
+    Ok(cell)
+}
+
+/// Mean cost of a cache hit (sequential reads of already cached entities).
+async fn cached(store: &AnyStore, defs: Arc<FeatureDefinitions>) -> Result<(f64, u64)> {
+    let reader = FeatureReader::new(Arc::new(store.clone()), defs, ReaderConfig::default()).await?;
+    let keys: Vec<String> = (0..10_000).map(|i| format!("c-{i:07}")).collect();
+    let now = SystemTime::now();
+    for k in &keys {
+        reader.read("customer_profile", k, now).await?;
+    }
+    let n = 1_000_000u64;
+    let started = Instant::now();
+    for i in 0..n {
+        let v = reader
+            .read("customer_profile", &keys[(i % 10_000) as usize], now)
+            .await?;
+        std::hint::black_box(v);
+    }
+    let ns = started.elapsed().as_nanos() as f64 / n as f64;
+    let stats = reader.cache_stats();
+    println!(
+        "cached read: {ns:.0} ns/op ({} hits, {} loads)",
+        stats.hits, stats.loads
+    );
+    Ok((ns, stats.loads))
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> Result<()> {
+    let rows = env_num("MLGW_BENCH_ROWS", 1_000_000);
+    let seconds = env_num("MLGW_BENCH_SECONDS", 4) as f64;
+    let scratch = std::env::temp_dir().join(format!("mlgw_bench_fs_{}", std::process::id()));
+    std::fs::create_dir_all(&scratch)?;
+    let defs = Arc::new(FeatureDefinitions::load(
+        &workspace_root().join("feature-store/definitions/fraud.toml"),
+    )?);
+    let csv = scratch.join("profile.csv");
+    write_profile_csv(&csv, rows)?;
+    let csv_mb = std::fs::metadata(&csv)?.len() as f64 / 1e6;
+    println!("{rows} rows, {csv_mb:.1} MB of CSV");
+
+    let cassandra = Cassandra::start(&scratch)?;
+    let scylla = AnyStore::Scylla(Arc::new(
+        ScyllaStore::connect(ScyllaConfig {
+            nodes: vec![cassandra.addr.clone()],
+            keyspace: format!("bench_{}", std::process::id()),
+            read_timeout: Duration::from_secs(2),
+            write_timeout: Duration::from_secs(30),
+            ..ScyllaConfig::default()
+        })
+        .await?,
+    ));
+    let embedded = AnyStore::Embedded(Arc::new(EmbeddedStore::open(
+        &scratch.join("features.redb"),
+    )?));
+
+    let loads = vec![
+        load(&embedded, &defs, &csv, "embedded (redb)").await?,
+        load(&scylla, &defs, &csv, "Cassandra 5.0").await?,
+    ];
+    let (cached_ns, cached_loads) = cached(&embedded, Arc::clone(&defs)).await?;
+    let mut cells = Vec::new();
+    for backend in [("Cassandra 5.0", &scylla), ("embedded (redb)", &embedded)] {
+        for readers in CONCURRENCY {
+            cells.push(uncached(backend.1, backend.0, readers, rows, seconds).await?);
+        }
+    }
+    drop(cassandra);
+    let _ = std::fs::remove_dir_all(&scratch);
+
+    let mut out = String::new();
+    writeln!(out, "# Feature-store benchmark\n")?;
+    writeln!(
+        out,
+        "Command: `cargo bench -p benches --bench feature_store` (MLGW_BENCH_ROWS={rows}, MLGW_BENCH_SECONDS={seconds}). \
+         Everything on one 2-core machine: the benchmark, and a single-node Cassandra 5.0 started by tests/rig/cassandra.sh \
+         (default JVM settings of the rig). The file is the example `customer_profile` view (key + 5 features), {csv_mb:.1} MB of CSV.\n"
+    )?;
+    writeln!(
+        out,
+        "## Refresh load (CSV parse, encode, write, batch switch)\n"
+    )?;
+    writeln!(
+        out,
+        "| backend | rows | seconds | rows/s |\n| --- | ---: | ---: | ---: |"
+    )?;
+    for l in &loads {
+        writeln!(
+            out,
+            "| {} | {} | {:.2} | {:.0} |",
+            l.backend,
+            l.rows,
+            l.seconds,
+            l.rows as f64 / l.seconds
+        )?;
+    }
+    writeln!(
+        out,
+        "\n## Cached read\n\nOne `FeatureReader::read` of a cached static row (moka lookup, batch check, resolution of 5 features with their freshness), \
+         sequential, 10,000 hot keys: **{cached_ns:.0} ns/op** ({cached_loads} backend loads to warm the cache).\n"
+    )?;
+    writeln!(
+        out,
+        "## Uncached single-entity read\n\nOne prepared single-partition read of a random entity out of {rows}, closed loop, no cache.\n"
+    )?;
+    writeln!(
+        out,
+        "| backend | readers | reads/s | p50 µs | p99 µs | p99.9 µs | errors |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: |"
+    )?;
+    for c in &cells {
+        writeln!(
+            out,
+            "| {} | {} | {:.0} | {:.0} | {:.0} | {:.0} | {} |",
+            c.backend,
+            c.readers,
+            c.reads as f64 / c.seconds,
+            c.p50_us,
+            c.p99_us,
+            c.p999_us,
+            c.errors
+        )?;
+    }
+    let path = workspace_root().join("benches/results/feature_store.md");
+    std::fs::write(&path, &out)?;
+    println!("\n{out}\nwritten to {}", path.display());
+    Ok(())
+}
