@@ -9,14 +9,14 @@
 //! which resolves a stored row against its view at a given time into one value
 //! per feature, telling present, stale, missing and wrongly typed values apart
 //! and applying the declared defaults; and [`source`], which streams a static
-//! view's refresh file as typed rows, rejecting bad rows with their line and
-//! reason.
+//! view's refresh file (CSV or Parquet) as typed rows, rejecting bad rows with
+//! their line or row number and reason.
 //!
 //! Not built yet (issue 4, feature store; issue 7, auto-tuner): the
 //! `FeatureStore` interface and its backends, the row cache, refresh jobs with
-//! batch metadata, Parquet sources, the dynamic-feature ingest (which will
-//! compute the declared aggregates), the tuner and the data engineers' CLI. No
-//! code stands in for them.
+//! batch metadata, the dynamic-feature ingest (which will compute the declared
+//! aggregates), the tuner and the data engineers' CLI. No code stands in for
+//! them.
 
 pub mod cli;
 pub mod codec;

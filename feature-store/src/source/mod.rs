@@ -5,11 +5,13 @@
 //! [`SourceItem`]s: a typed row, or a row rejected with its line (CSV) or row
 //! number (Parquet) and the reason, so a refresh can count and report bad rows
 //! instead of dropping them. Problems with the file as a whole (unreadable,
-//! malformed, an unknown or missing column) are a [`SourceError`] and stop the
-//! load before anything is written. Repeated entities are found by the refresh
-//! job, which sees every row.
+//! malformed, an unknown or missing column, a Parquet column whose type cannot
+//! hold its feature's) are a [`SourceError`] and stop the load before anything
+//! is written. Repeated entities are found by the refresh job, which sees
+//! every row.
 
 pub mod csv;
+pub mod parquet;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -66,7 +68,7 @@ pub enum SourceError {
         #[source]
         error: std::io::Error,
     },
-    /// The extension is neither `.csv` nor `.parquet`.
+    /// The extension is neither `.csv` nor `.parquet` / `.pq`.
     #[error("{path}: unknown refresh file format; expected a .csv or .parquet file")]
     UnknownFormat {
         /// The file.
@@ -130,6 +132,18 @@ pub enum SourceError {
         /// The declared feature type.
         expected: FeatureType,
     },
+    /// A Parquet key column is neither text nor integers.
+    #[error(
+        "{source_name}: key column \"{column}\" has Parquet type {found}; key columns must hold UTF-8 text or integers"
+    )]
+    KeyColumnType {
+        /// The file.
+        source_name: String,
+        /// The key column.
+        column: String,
+        /// The Parquet type found.
+        found: String,
+    },
 }
 
 /// Opens `path` for `view` (whose entity is `entity`), choosing the reader by
@@ -157,6 +171,7 @@ pub fn open(view: &FeatureView, entity: &Entity, path: &Path) -> Result<SourceRo
             )?;
             Ok(Box::new(rows))
         }
+        Some("parquet" | "pq") => Ok(Box::new(parquet::ParquetRows::open(view, entity, path)?)),
         _ => Err(SourceError::UnknownFormat {
             path: path.display().to_string(),
         }),
