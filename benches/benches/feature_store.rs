@@ -270,13 +270,22 @@ async fn main() -> Result<()> {
     println!("{rows} rows, {csv_mb:.1} MB of CSV");
 
     let cassandra = Cassandra::start(&scratch)?;
+    let defaults = ScyllaConfig::default();
+    let write_parallelism = env_num(
+        "MLGW_BENCH_WRITE_PARALLELISM",
+        defaults.write_parallelism as u64,
+    ) as usize;
+    let write_batch_rows =
+        env_num("MLGW_BENCH_BATCH_ROWS", defaults.write_batch_rows as u64) as usize;
     let scylla = AnyStore::Scylla(Arc::new(
         ScyllaStore::connect(ScyllaConfig {
             nodes: vec![cassandra.addr.clone()],
             keyspace: format!("bench_{}", std::process::id()),
             read_timeout: Duration::from_secs(2),
             write_timeout: Duration::from_secs(30),
-            ..ScyllaConfig::default()
+            write_parallelism,
+            write_batch_rows,
+            ..defaults
         })
         .await?,
     ));
@@ -284,16 +293,20 @@ async fn main() -> Result<()> {
         &scratch.join("features.redb"),
     )?));
 
-    let loads = vec![
-        load(&embedded, &defs, &csv, "embedded (redb)").await?,
-        load(&scylla, &defs, &csv, "Cassandra 5.0").await?,
-    ];
+    // Embedded first, while Cassandra is idle, so the two do not share the CPU.
+    let mut loads = vec![load(&embedded, &defs, &csv, "embedded (redb)").await?];
     let (cached_ns, cached_loads) = cached(&embedded, Arc::clone(&defs)).await?;
     let mut cells = Vec::new();
-    for backend in [("Cassandra 5.0", &scylla), ("embedded (redb)", &embedded)] {
-        for readers in CONCURRENCY {
-            cells.push(uncached(backend.1, backend.0, readers, rows, seconds).await?);
-        }
+    for readers in CONCURRENCY {
+        cells.push(uncached(&embedded, "embedded (redb)", readers, rows, seconds).await?);
+    }
+    loads.push(load(&scylla, &defs, &csv, "Cassandra 5.0").await?);
+    // Let Cassandra flush and compact what it just took in before reading.
+    let settle = env_num("MLGW_BENCH_SETTLE_SECONDS", 30);
+    println!("letting Cassandra settle for {settle}s");
+    tokio::time::sleep(Duration::from_secs(settle)).await;
+    for readers in CONCURRENCY {
+        cells.push(uncached(&scylla, "Cassandra 5.0", readers, rows, seconds).await?);
     }
     drop(cassandra);
     let _ = std::fs::remove_dir_all(&scratch);
@@ -304,7 +317,8 @@ async fn main() -> Result<()> {
         out,
         "Command: `cargo bench -p benches --bench feature_store` (MLGW_BENCH_ROWS={rows}, MLGW_BENCH_SECONDS={seconds}). \
          Everything on one 2-core machine: the benchmark, and a single-node Cassandra 5.0 started by tests/rig/cassandra.sh \
-         (default JVM settings of the rig). The file is the example `customer_profile` view (key + 5 features), {csv_mb:.1} MB of CSV.\n"
+         (default JVM settings of the rig); writes in unlogged batches of {write_batch_rows} rows, {write_parallelism} in flight; \
+         reads start after {settle}s of rest following the load. The file is the example `customer_profile` view (key + 5 features), {csv_mb:.1} MB of CSV.\n"
     )?;
     writeln!(
         out,

@@ -2,21 +2,19 @@
 //! its ScyllaDB and embedded backends, the moka row cache, static refresh jobs and
 //! the refresh auto-tuner.
 //!
-//! What exists now: [`definitions`], the TOML file data engineers edit (entities,
-//! static and dynamic feature views with types, defaults, ages, ttls and windowed
-//! aggregates, request features, and each model's ordered input columns), loaded
-//! and validated with errors that name the file and key path; and [`freshness`],
-//! which resolves a stored row against its view at a given time into one value
-//! per feature, telling present, stale, missing and wrongly typed values apart
-//! and applying the declared defaults; and [`source`], which streams a static
-//! view's refresh file (CSV or Parquet) as typed rows, rejecting bad rows with
-//! their line or row number and reason.
+//! Modules: [`definitions`] (the TOML file data engineers edit, validated with
+//! errors naming file and key path); [`source`] (CSV and Parquet refresh files
+//! streamed as typed rows, bad rows rejected with line and reason); [`codec`]
+//! (the stored byte form of a row); [`store`] (the [`store::FeatureStore`]
+//! interface, the ScyllaDB and embedded redb backends); [`freshness`] (present,
+//! missing, stale, wrong type; defaults applied); [`reader`] (the moka row
+//! cache, current-batch watch, dynamic pushes); [`refresh`] (refresh runs with
+//! batch metadata); [`config`] (backend settings); [`cli`] (the `mlgw-features`
+//! flags).
 //!
-//! Not built yet (issue 4, feature store; issue 7, auto-tuner): the
-//! `FeatureStore` interface and its backends, the row cache, refresh jobs with
-//! batch metadata, the dynamic-feature ingest (which will compute the declared
-//! aggregates), the tuner and the data engineers' CLI. No code stands in for
-//! them.
+//! Not built yet: windowed aggregates computed by the store (the definitions
+//! declare them; producers write the final values today) and the refresh
+//! auto-tuner (issue 7).
 
 pub mod cli;
 pub mod codec;

@@ -121,6 +121,10 @@ impl ReadError {
     }
 }
 
+fn arc_values(map: BTreeMap<String, CurrentBatch>) -> BTreeMap<String, Arc<CurrentBatch>> {
+    map.into_iter().map(|(k, v)| (k, Arc::new(v))).collect()
+}
+
 /// Counters for metrics (monotonic since start).
 #[derive(Debug, Default)]
 struct Counters {
@@ -211,7 +215,7 @@ pub struct FeatureReader<S> {
     store: Arc<S>,
     definitions: Arc<FeatureDefinitions>,
     index: HashMap<String, u32>,
-    current: RwLock<BTreeMap<String, CurrentBatch>>,
+    current: RwLock<BTreeMap<String, Arc<CurrentBatch>>>,
     cache: Cache<Key, CachedRow>,
     counters: Arc<Counters>,
     config: ReaderConfig,
@@ -258,7 +262,7 @@ impl<S: FeatureStore> FeatureReader<S> {
                 RemovalCause::Explicit | RemovalCause::Replaced => {}
             })
             .build();
-        let current = store.current_batches().await?;
+        let current = arc_values(store.current_batches().await?);
         Ok(FeatureReader {
             store,
             definitions,
@@ -281,8 +285,10 @@ impl<S: FeatureStore> FeatureReader<S> {
     }
 
     /// The batch `view` serves now, as this reader knows it.
-    pub fn current_batch(&self, view: &str) -> Option<CurrentBatch> {
-        self.current.read().map_or(None, |c| c.get(view).cloned())
+    pub fn current_batch(&self, view: &str) -> Option<Arc<CurrentBatch>> {
+        self.current
+            .read()
+            .map_or(None, |c| c.get(view).map(Arc::clone))
     }
 
     /// Re-reads the current batches and invalidates the cached rows of every
@@ -291,7 +297,7 @@ impl<S: FeatureStore> FeatureReader<S> {
     /// # Errors
     /// The store's error; the known batches are kept.
     pub async fn refresh_current(&self) -> Result<Vec<String>, StoreError> {
-        let fresh = self.store.current_batches().await?;
+        let fresh = arc_values(self.store.current_batches().await?);
         let changed: Vec<String> = {
             let Ok(mut current) = self.current.write() else {
                 return Ok(Vec::new());

@@ -11,7 +11,8 @@ use crate::server::ServerConfig;
 
 /// Serve ONNX models over the Open Inference Protocol (KServe V2), gRPC and REST.
 #[derive(Debug, Parser)]
-#[command(name = "model-server", version)]
+// A flag given twice takes the last value (scripts append overrides).
+#[command(name = "model-server", version, args_override_self = true)]
 pub struct Cli {
     /// Model repository: DIR/<model>/config.toml and DIR/<model>/<version>/model.onnx.
     #[arg(long, env = "MLGW_MODEL_REPOSITORY")]

@@ -79,8 +79,11 @@ impl Default for ScyllaConfig {
             read_timeout: Duration::from_millis(500),
             write_timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(5),
-            write_parallelism: 16,
-            write_batch_rows: 32,
+            // Measured on a 2-core single node: 32 x 16 loads ~21k rows/s,
+            // 64-100 x 32 ~27k; larger batches pass Cassandra's 5 KB batch
+            // warning threshold without loading faster.
+            write_parallelism: 32,
+            write_batch_rows: 64,
         }
     }
 }

@@ -1,0 +1,392 @@
+//! The model-server client: the Open Inference Protocol (KServe V2) over gRPC,
+//! so it works against this project's model-server and, unchanged, against
+//! Triton or MLServer.
+//!
+//! One HTTP/2 channel per endpoint is shared by every call (tonic multiplexes
+//! requests on it). Every call carries a deadline (the caller's, capped by the
+//! model's configured timeout). Calls are never retried: an inference that
+//! timed out may have run. A circuit breaker opens after consecutive
+//! connection failures or timeouts and fails calls at once until a cool-down
+//! has passed, when one probe call is let through.
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use proto::inference as pb;
+use proto::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
+use tonic::transport::{Channel, Endpoint};
+
+/// Why an inference call failed.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum InferError {
+    /// The model-server cannot be reached, or the breaker is open.
+    #[error("model-server {endpoint} unavailable: {detail}")]
+    Unavailable {
+        /// The endpoint.
+        endpoint: String,
+        /// What happened.
+        detail: String,
+    },
+    /// The call did not finish within its deadline.
+    #[error("model-server {endpoint} did not answer within {deadline:?}")]
+    DeadlineExceeded {
+        /// The endpoint.
+        endpoint: String,
+        /// The deadline used.
+        deadline: Duration,
+    },
+    /// The model-server is overloaded (its queue is full).
+    #[error("model-server {endpoint} is overloaded: {detail}")]
+    Overloaded {
+        /// The endpoint.
+        endpoint: String,
+        /// Its message.
+        detail: String,
+    },
+    /// The model-server refused the call or answered something unusable.
+    #[error("model-server {endpoint} failed the call: {detail}")]
+    Failed {
+        /// The endpoint.
+        endpoint: String,
+        /// What happened.
+        detail: String,
+    },
+}
+
+/// One output tensor as f64 values.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutputTensor {
+    /// Output name.
+    pub name: String,
+    /// Shape as returned.
+    pub shape: Vec<i64>,
+    /// Values, row-major.
+    pub values: Vec<f64>,
+}
+
+/// A model's answer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InferOutputs {
+    /// The version that answered.
+    pub model_version: String,
+    /// The outputs.
+    pub outputs: Vec<OutputTensor>,
+    /// Time spent in the call.
+    pub elapsed: Duration,
+}
+
+#[derive(Debug)]
+struct BreakerState {
+    consecutive_failures: u32,
+    open_until: Option<Instant>,
+}
+
+/// Breaker settings.
+#[derive(Debug, Clone, Copy)]
+pub struct BreakerConfig {
+    /// Consecutive failures that open the breaker.
+    pub failures_to_open: u32,
+    /// How long it stays open before one probe goes through.
+    pub cool_down: Duration,
+}
+
+impl Default for BreakerConfig {
+    fn default() -> Self {
+        BreakerConfig {
+            failures_to_open: 5,
+            cool_down: Duration::from_secs(2),
+        }
+    }
+}
+
+/// A V2 gRPC client for one model-server endpoint.
+pub struct ModelClient {
+    endpoint: String,
+    client: GrpcInferenceServiceClient<Channel>,
+    breaker: Mutex<BreakerState>,
+    breaker_config: BreakerConfig,
+}
+
+impl std::fmt::Debug for ModelClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ModelClient")
+            .field("endpoint", &self.endpoint)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ModelClient {
+    /// A client for `endpoint` (`http://host:port`); connects on first use and
+    /// reconnects by itself after the server comes back.
+    ///
+    /// # Errors
+    /// [`InferError::Unavailable`] if the endpoint is not a valid URI.
+    pub fn new(
+        endpoint: &str,
+        connect_timeout: Duration,
+        breaker_config: BreakerConfig,
+    ) -> Result<Self, InferError> {
+        let channel = Endpoint::from_shared(endpoint.to_owned())
+            .map_err(|e| InferError::Unavailable {
+                endpoint: endpoint.to_owned(),
+                detail: format!("not a valid endpoint URI: {e}"),
+            })?
+            .connect_timeout(connect_timeout)
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(30))
+            .keep_alive_while_idle(true)
+            .connect_lazy();
+        Ok(ModelClient {
+            endpoint: endpoint.to_owned(),
+            client: GrpcInferenceServiceClient::new(channel),
+            breaker: Mutex::new(BreakerState {
+                consecutive_failures: 0,
+                open_until: None,
+            }),
+            breaker_config,
+        })
+    }
+
+    /// The endpoint.
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
+    /// Whether the breaker is open now (calls fail fast).
+    pub fn breaker_open(&self) -> bool {
+        self.breaker
+            .lock()
+            .map(|b| b.open_until.is_some_and(|t| Instant::now() < t))
+            .unwrap_or(false)
+    }
+
+    fn admit(&self) -> Result<(), InferError> {
+        let Ok(mut b) = self.breaker.lock() else {
+            return Ok(());
+        };
+        match b.open_until {
+            Some(t) if Instant::now() < t => Err(InferError::Unavailable {
+                endpoint: self.endpoint.clone(),
+                detail: format!(
+                    "circuit open after {} consecutive failures; retrying in {:?}",
+                    b.consecutive_failures,
+                    t.saturating_duration_since(Instant::now())
+                ),
+            }),
+            Some(_) => {
+                // Half-open: let this call probe, keep others out meanwhile.
+                b.open_until = Some(Instant::now() + self.breaker_config.cool_down);
+                Ok(())
+            }
+            None => Ok(()),
+        }
+    }
+
+    fn record(&self, ok: bool) {
+        let Ok(mut b) = self.breaker.lock() else {
+            return;
+        };
+        if ok {
+            b.consecutive_failures = 0;
+            b.open_until = None;
+        } else {
+            b.consecutive_failures = b.consecutive_failures.saturating_add(1);
+            if b.consecutive_failures >= self.breaker_config.failures_to_open {
+                b.open_until = Some(Instant::now() + self.breaker_config.cool_down);
+            }
+        }
+    }
+
+    fn map_status(&self, status: &tonic::Status, deadline: Duration) -> InferError {
+        let endpoint = self.endpoint.clone();
+        match status.code() {
+            tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => {
+                InferError::DeadlineExceeded { endpoint, deadline }
+            }
+            tonic::Code::Unavailable | tonic::Code::Unknown
+                if status.message().contains("transport")
+                    || status.message().contains("connect")
+                    || status.code() == tonic::Code::Unavailable =>
+            {
+                InferError::Unavailable {
+                    endpoint,
+                    detail: status.message().to_owned(),
+                }
+            }
+            tonic::Code::ResourceExhausted => InferError::Overloaded {
+                endpoint,
+                detail: status.message().to_owned(),
+            },
+            _ => InferError::Failed {
+                endpoint,
+                detail: format!("{:?}: {}", status.code(), status.message()),
+            },
+        }
+    }
+
+    /// The model's metadata (inputs and outputs with datatypes and shapes).
+    ///
+    /// # Errors
+    /// [`InferError`] if the call fails.
+    pub async fn metadata(
+        &self,
+        model: &str,
+        version: &str,
+        deadline: Duration,
+    ) -> Result<pb::ModelMetadataResponse, InferError> {
+        let mut request = tonic::Request::new(pb::ModelMetadataRequest {
+            name: model.to_owned(),
+            version: version.to_owned(),
+        });
+        request.set_timeout(deadline);
+        let mut client = self.client.clone();
+        let call = client.model_metadata(request);
+        match tokio::time::timeout(deadline, call).await {
+            Ok(Ok(r)) => Ok(r.into_inner()),
+            Ok(Err(status)) => Err(self.map_status(&status, deadline)),
+            Err(_) => Err(InferError::DeadlineExceeded {
+                endpoint: self.endpoint.clone(),
+                deadline,
+            }),
+        }
+    }
+
+    /// Whether the model (version) is ready on the server.
+    pub async fn ready(&self, model: &str, version: &str, deadline: Duration) -> bool {
+        let mut request = tonic::Request::new(pb::ModelReadyRequest {
+            name: model.to_owned(),
+            version: version.to_owned(),
+        });
+        request.set_timeout(deadline);
+        let mut client = self.client.clone();
+        let call = client.model_ready(request);
+        matches!(tokio::time::timeout(deadline, call).await, Ok(Ok(r)) if r.get_ref().ready)
+    }
+
+    /// Runs `model` on `rows` (row-major FP32, `width` columns) as input
+    /// `input`, within `deadline`.
+    ///
+    /// # Errors
+    /// [`InferError`]; never retried.
+    pub async fn infer(
+        &self,
+        model: &str,
+        version: &str,
+        input: &str,
+        rows: &[f32],
+        width: usize,
+        deadline: Duration,
+    ) -> Result<InferOutputs, InferError> {
+        self.admit()?;
+        let n = rows.len().checked_div(width).unwrap_or(0);
+        let mut raw = Vec::with_capacity(rows.len() * 4);
+        for v in rows {
+            raw.extend_from_slice(&v.to_le_bytes());
+        }
+        let mut request = tonic::Request::new(pb::ModelInferRequest {
+            model_name: model.to_owned(),
+            model_version: version.to_owned(),
+            inputs: vec![pb::model_infer_request::InferInputTensor {
+                name: input.to_owned(),
+                datatype: "FP32".to_owned(),
+                shape: vec![n as i64, width as i64],
+                ..Default::default()
+            }],
+            raw_input_contents: vec![raw.into()],
+            ..Default::default()
+        });
+        request.set_timeout(deadline);
+        let started = Instant::now();
+        let mut client = self.client.clone();
+        let call = client.model_infer(request);
+        let result = match tokio::time::timeout(deadline, call).await {
+            Ok(Ok(r)) => decode(r.into_inner()).map_err(|detail| InferError::Failed {
+                endpoint: self.endpoint.clone(),
+                detail,
+            }),
+            Ok(Err(status)) => Err(self.map_status(&status, deadline)),
+            Err(_) => Err(InferError::DeadlineExceeded {
+                endpoint: self.endpoint.clone(),
+                deadline,
+            }),
+        };
+        // Only outages and timeouts count against the breaker; a refused
+        // request says nothing about the server's health.
+        self.record(!matches!(
+            result,
+            Err(InferError::Unavailable { .. } | InferError::DeadlineExceeded { .. })
+        ));
+        result.map(|(model_version, outputs)| InferOutputs {
+            model_version,
+            outputs,
+            elapsed: started.elapsed(),
+        })
+    }
+}
+
+fn decode(response: pb::ModelInferResponse) -> Result<(String, Vec<OutputTensor>), String> {
+    let mut outputs = Vec::with_capacity(response.outputs.len());
+    for (i, out) in response.outputs.iter().enumerate() {
+        let values = match response.raw_output_contents.get(i) {
+            Some(raw) => decode_raw(&out.datatype, raw).ok_or_else(|| {
+                format!("output {:?}: cannot decode raw {}", out.name, out.datatype)
+            })?,
+            None => {
+                let c = out
+                    .contents
+                    .as_ref()
+                    .ok_or_else(|| format!("output {:?} has no contents", out.name))?;
+                match out.datatype.as_str() {
+                    "FP32" => c.fp32_contents.iter().map(|v| f64::from(*v)).collect(),
+                    "FP64" => c.fp64_contents.clone(),
+                    "INT64" => c.int64_contents.iter().map(|v| *v as f64).collect(),
+                    "INT32" => c.int_contents.iter().map(|v| f64::from(*v)).collect(),
+                    "BOOL" => c
+                        .bool_contents
+                        .iter()
+                        .map(|v| f64::from(u8::from(*v)))
+                        .collect(),
+                    other => {
+                        return Err(format!(
+                            "output {:?}: unsupported datatype {other}",
+                            out.name
+                        ));
+                    }
+                }
+            }
+        };
+        outputs.push(OutputTensor {
+            name: out.name.clone(),
+            shape: out.shape.clone(),
+            values,
+        });
+    }
+    Ok((response.model_version, outputs))
+}
+
+fn decode_raw(datatype: &str, raw: &[u8]) -> Option<Vec<f64>> {
+    fn chunks<const N: usize>(raw: &[u8]) -> Option<impl Iterator<Item = [u8; N]> + '_> {
+        raw.len().is_multiple_of(N).then(|| {
+            raw.chunks_exact(N).map(|c| {
+                let mut a = [0u8; N];
+                a.copy_from_slice(c);
+                a
+            })
+        })
+    }
+    Some(match datatype {
+        "FP32" => chunks::<4>(raw)?
+            .map(|b| f64::from(f32::from_le_bytes(b)))
+            .collect(),
+        "FP64" => chunks::<8>(raw)?.map(f64::from_le_bytes).collect(),
+        "INT64" => chunks::<8>(raw)?
+            .map(|b| i64::from_le_bytes(b) as f64)
+            .collect(),
+        "INT32" => chunks::<4>(raw)?
+            .map(|b| f64::from(i32::from_le_bytes(b)))
+            .collect(),
+        "BOOL" => raw.iter().map(|b| f64::from(u8::from(*b != 0))).collect(),
+        _ => return None,
+    })
+}

@@ -1,0 +1,174 @@
+//! The gateway's model-server client against the real model-server: answers
+//! equal onnxruntime's reference, metadata, deadlines, and the circuit breaker
+//! while the server is down and after it comes back.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use gateway::infer::{BreakerConfig, InferError, ModelClient};
+use gateway::postprocess::PostProcess;
+use rig::{ModelServerProcess, example_repository, reference, rig_env};
+
+fn fraud_postprocess() -> PostProcess {
+    PostProcess {
+        scores_output: "probabilities".into(),
+        labels: vec!["legit".into(), "fraud".into()],
+        positive_label: Some("fraud".into()),
+        threshold: Some(0.5),
+        top_k: None,
+        platt: None,
+    }
+}
+
+#[tokio::test]
+async fn client_answers_equal_the_reference_model() -> Result<()> {
+    let endpoint = rig_env("MLGW_TEST_MODEL_SERVER_GRPC")?;
+    let client = ModelClient::new(&endpoint, Duration::from_secs(2), BreakerConfig::default())?;
+    for version in [1u32, 2] {
+        let reference = reference(version)?;
+        let rows: Vec<f32> = reference
+            .inputs
+            .iter()
+            .take(32)
+            .flatten()
+            .copied()
+            .collect();
+        let out = client
+            .infer(
+                "fraud_detector",
+                &version.to_string(),
+                "features",
+                &rows,
+                15,
+                Duration::from_secs(5),
+            )
+            .await?;
+        assert_eq!(out.model_version, version.to_string());
+        let post = fraud_postprocess();
+        for i in 0..32 {
+            let p = post.apply(&out.outputs, i).map_err(anyhow::Error::msg)?;
+            let scores = p
+                .iter()
+                .find(|o| o.name == "probabilities")
+                .map(|o| o.values.clone());
+            let want = reference.outputs.probabilities[i];
+            let got = scores.unwrap_or_default();
+            assert!(
+                (got[1] - f64::from(want[1])).abs() < 1e-4,
+                "v{version} row {i}: {got:?} vs {want:?}"
+            );
+            let label = p
+                .iter()
+                .find(|o| o.name == "probabilities")
+                .map(|o| o.label.clone());
+            let want_label = if reference.outputs.label[i] == 1 {
+                "fraud"
+            } else {
+                "legit"
+            };
+            assert_eq!(label.as_deref(), Some(want_label), "v{version} row {i}");
+        }
+    }
+    let meta = client
+        .metadata("fraud_detector", "", Duration::from_secs(2))
+        .await?;
+    assert_eq!(meta.inputs[0].name, "features");
+    assert_eq!(meta.inputs[0].shape, vec![-1, 15]);
+    assert!(
+        client
+            .ready("fraud_detector", "2", Duration::from_secs(2))
+            .await
+    );
+    // The model-server's own refusal is reported, not retried, and does not
+    // count against the breaker.
+    let err = client
+        .infer(
+            "fraud_detector",
+            "",
+            "features",
+            &[0.0; 14],
+            14,
+            Duration::from_secs(2),
+        )
+        .await
+        .err();
+    assert!(matches!(err, Some(InferError::Failed { .. })), "{err:?}");
+    assert!(!client.breaker_open());
+    Ok(())
+}
+
+#[tokio::test]
+async fn breaker_fails_fast_while_the_server_is_down_and_recovers() -> Result<()> {
+    let mut server = ModelServerProcess::start(&example_repository(), &[]).await?;
+    server.wait_ready(Duration::from_secs(60)).await?;
+    let breaker = BreakerConfig {
+        failures_to_open: 3,
+        cool_down: Duration::from_millis(500),
+    };
+    let client = ModelClient::new(&server.grpc_url, Duration::from_millis(500), breaker)?;
+    let row = reference(1)?.inputs[0].clone();
+    let call = || {
+        client.infer(
+            "fraud_detector",
+            "1",
+            "features",
+            &row,
+            15,
+            Duration::from_secs(1),
+        )
+    };
+    call().await?;
+    // Stop it: the next calls fail as unavailable within the deadline, then
+    // the breaker opens and calls fail at once without touching the network.
+    let grpc_url = server.grpc_url.clone();
+    server.stop().await?;
+    for _ in 0..3 {
+        let t = Instant::now();
+        let err = call().await.err();
+        assert!(
+            matches!(
+                err,
+                Some(InferError::Unavailable { .. } | InferError::DeadlineExceeded { .. })
+            ),
+            "{err:?}"
+        );
+        assert!(
+            t.elapsed() < Duration::from_millis(1500),
+            "{:?}",
+            t.elapsed()
+        );
+    }
+    assert!(client.breaker_open());
+    let t = Instant::now();
+    let err = call().await.err();
+    assert!(
+        t.elapsed() < Duration::from_millis(5),
+        "open breaker answers at once: {:?}",
+        t.elapsed()
+    );
+    assert!(err.is_some_and(|e| e.to_string().contains("circuit open")));
+
+    // Bring a server back on the same port; after the cool-down one probe
+    // goes through and closes the breaker.
+    let port = grpc_url.rsplit(':').next().unwrap_or_default().to_owned();
+    let mut again =
+        ModelServerProcess::start(&example_repository(), &["--grpc-port", &port]).await?;
+    again.wait_ready(Duration::from_secs(60)).await?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match call().await {
+            Ok(out) => {
+                assert_eq!(out.model_version, "1");
+                break;
+            }
+            Err(e) if Instant::now() < deadline => {
+                let _ = e;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    assert!(!client.breaker_open());
+    again.stop().await?;
+    Ok(())
+}
