@@ -410,7 +410,7 @@ fn view_json(v: &ResolvedView) -> Value {
     json!({
         "view": v.view,
         "age_seconds": v.age.map(|a| a.as_secs_f64()),
-        "batch_id": v.batch_id,
+        "batch_id": v.batch_id.as_deref(),
         "features": v.features.iter().map(|f| json!({
             "name": f.name,
             "value": value_json(&f.value),

@@ -11,6 +11,7 @@
 //! freshness and defaulted features to the caller.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use crate::definitions::{FeatureValue, FeatureView};
@@ -33,7 +34,7 @@ pub struct StoredRow {
     /// event time (dynamic).
     pub written_at: SystemTime,
     /// The refresh batch that wrote the row (static views), if known.
-    pub batch_id: Option<String>,
+    pub batch_id: Option<Arc<str>>,
 }
 
 /// What happened to one feature's value.
@@ -58,11 +59,12 @@ impl ValueState {
     }
 }
 
-/// One feature's value after resolution.
+/// One feature's value after resolution. Names borrow from the definitions,
+/// so resolving a cached row allocates only the feature list.
 #[derive(Debug, Clone, PartialEq)]
-pub struct ResolvedFeature {
+pub struct ResolvedFeature<'a> {
     /// Feature name.
-    pub name: String,
+    pub name: &'a str,
     /// The stored value, or the declared default.
     pub value: FeatureValue,
     /// Why this value was chosen.
@@ -71,30 +73,30 @@ pub struct ResolvedFeature {
 
 /// A view's features for one entity, every declared feature present.
 #[derive(Debug, Clone, PartialEq)]
-pub struct ResolvedView {
+pub struct ResolvedView<'a> {
     /// View name.
-    pub view: String,
+    pub view: &'a str,
     /// Age of the row at resolution time (zero for a row written "in the
     /// future" by a skewed clock); None when there was no row.
     pub age: Option<Duration>,
     /// The batch that wrote the row, if known.
-    pub batch_id: Option<String>,
+    pub batch_id: Option<Arc<str>>,
     /// Declared features in declared order.
-    pub features: Vec<ResolvedFeature>,
+    pub features: Vec<ResolvedFeature<'a>>,
 }
 
-impl ResolvedView {
+impl<'a> ResolvedView<'a> {
     /// The resolved feature called `name`.
-    pub fn feature(&self, name: &str) -> Option<&ResolvedFeature> {
+    pub fn feature(&self, name: &str) -> Option<&ResolvedFeature<'a>> {
         self.features.iter().find(|f| f.name == name)
     }
 
     /// Names of the features whose default replaced the stored value.
-    pub fn defaulted(&self) -> impl Iterator<Item = &str> {
+    pub fn defaulted(&self) -> impl Iterator<Item = &'a str> + '_ {
         self.features
             .iter()
             .filter(|f| f.state.is_defaulted())
-            .map(|f| f.name.as_str())
+            .map(|f| f.name)
     }
 }
 
@@ -103,7 +105,11 @@ impl ResolvedView {
 /// A value older than `view.max_age` is stale and gets its default. A static
 /// row's values share the batch's time, so a static row is stale as a whole
 /// (never a mix of two batches); a dynamic row's values age one by one.
-pub fn resolve_view(view: &FeatureView, row: Option<&StoredRow>, now: SystemTime) -> ResolvedView {
+pub fn resolve_view<'a>(
+    view: &'a FeatureView,
+    row: Option<&StoredRow>,
+    now: SystemTime,
+) -> ResolvedView<'a> {
     let age_of = |t: SystemTime| now.duration_since(t).unwrap_or(Duration::ZERO);
     let age = row.map(|r| age_of(r.written_at));
     let row_stale = view.is_static() && age.is_some_and(|a| a > view.max_age);
@@ -112,7 +118,7 @@ pub fn resolve_view(view: &FeatureView, row: Option<&StoredRow>, now: SystemTime
         .iter()
         .map(|spec| {
             let default = |state| ResolvedFeature {
-                name: spec.name.clone(),
+                name: &spec.name,
                 value: spec.default.clone(),
                 state,
             };
@@ -129,7 +135,7 @@ pub fn resolve_view(view: &FeatureView, row: Option<&StoredRow>, now: SystemTime
                     default(ValueState::WrongType)
                 }
                 Some(v) => ResolvedFeature {
-                    name: spec.name.clone(),
+                    name: &spec.name,
                     value: v.value.clone(),
                     state: ValueState::Present,
                 },
@@ -137,7 +143,7 @@ pub fn resolve_view(view: &FeatureView, row: Option<&StoredRow>, now: SystemTime
         })
         .collect();
     ResolvedView {
-        view: view.name.clone(),
+        view: &view.name,
         age,
         batch_id: row.and_then(|r| r.batch_id.clone()),
         features,

@@ -362,7 +362,7 @@ impl<S: FeatureStore> FeatureReader<S> {
         view_name: &str,
         entity_key: &str,
         now: SystemTime,
-    ) -> Result<ResolvedView, ReadError> {
+    ) -> Result<ResolvedView<'_>, ReadError> {
         let (idx, view) = self.view(view_name)?;
         let row = match view.kind {
             ViewKind::Static { .. } => self.static_row(idx, view, entity_key).await?,
@@ -380,7 +380,7 @@ impl<S: FeatureStore> FeatureReader<S> {
         views: &[&str],
         entity_key: &str,
         now: SystemTime,
-    ) -> Result<Vec<ResolvedView>, ReadError> {
+    ) -> Result<Vec<ResolvedView<'_>>, ReadError> {
         futures_util::future::try_join_all(views.iter().map(|v| self.read(v, entity_key, now)))
             .await
     }

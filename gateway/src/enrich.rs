@@ -255,7 +255,7 @@ impl<S: FeatureStore> Enricher<S> {
             };
             let feature = resolved
                 .iter()
-                .find(|r| &r.view == view)
+                .find(|r| r.view == view.as_str())
                 .and_then(|r| r.feature(&col.name));
             let (value, was_defaulted) = match feature {
                 Some(f) => (f.value.to_f32(), f.state.is_defaulted()),
@@ -273,7 +273,7 @@ impl<S: FeatureStore> Enricher<S> {
             row,
             view_ages: resolved
                 .iter()
-                .map(|r: &ResolvedView| (r.view.clone(), r.age))
+                .map(|r: &ResolvedView| (r.view.to_owned(), r.age))
                 .collect(),
             defaulted,
         })

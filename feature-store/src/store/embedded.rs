@@ -205,7 +205,7 @@ fn read_static_sync(
             .map(|(k, value)| (k, StoredValue { value, written_at }))
             .collect(),
         written_at,
-        batch_id: Some(batch_id.to_owned()),
+        batch_id: Some(Arc::from(batch_id)),
     }))
 }
 

@@ -18,6 +18,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use futures_util::stream::{self, StreamExt, TryStreamExt};
@@ -514,7 +515,7 @@ impl FeatureStore for ScyllaStore {
                     .map(|(k, value)| (k, StoredValue { value, written_at }))
                     .collect(),
                 written_at,
-                batch_id: Some(batch_id.to_owned()),
+                batch_id: Some(Arc::from(batch_id)),
             }))
         })
         .await
