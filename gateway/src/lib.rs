@@ -9,6 +9,12 @@
 //! fronts, the tower stack, the prediction log and feedback, auth (issue 6)
 //! and rollout (issue 8). No code stands in for them.
 
+pub mod config;
+pub mod core;
 pub mod enrich;
+pub mod error;
+pub mod grpc;
+pub mod http;
 pub mod infer;
 pub mod postprocess;
+pub mod server;

@@ -1,0 +1,115 @@
+//! Gateway errors and the one table that maps each to an HTTP status, a gRPC
+//! code and a stable JSON code. Both fronts answer through [`ErrorCode`];
+//! nothing else decides a status.
+
+use feature_store::reader::ReadError;
+
+use crate::enrich::EnrichError;
+use crate::infer::InferError;
+
+/// Why a prediction (or another gateway call) failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum GatewayError {
+    /// No such model is configured.
+    #[error("unknown model {model:?}; this gateway serves {known}")]
+    UnknownModel {
+        /// The model asked for.
+        model: String,
+        /// The models served.
+        known: String,
+    },
+    /// No such feature view is defined.
+    #[error("unknown feature view {view:?}; dynamic views: {known}")]
+    UnknownView {
+        /// The view asked for.
+        view: String,
+        /// The dynamic views defined.
+        known: String,
+    },
+    /// The request is malformed or does not fit the model's declarations.
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// Reading features failed.
+    #[error("feature store: {0}")]
+    FeatureStore(ReadError),
+    /// The model-server call failed.
+    #[error(transparent)]
+    Model(#[from] InferError),
+    /// The model answered something post-processing cannot use.
+    #[error("model {model:?} answered an unexpected shape: {detail}")]
+    BadModelAnswer {
+        /// The model.
+        model: String,
+        /// What was wrong.
+        detail: String,
+    },
+    /// Too many requests in flight; refused at once.
+    #[error("the gateway is at its limit of concurrent requests; retry with backoff")]
+    Overloaded,
+    /// The request's deadline passed.
+    #[error("the request did not finish within its deadline")]
+    DeadlineExceeded,
+}
+
+impl From<EnrichError> for GatewayError {
+    fn from(e: EnrichError) -> Self {
+        match e {
+            EnrichError::Read(read) => match read {
+                ReadError::Store(_) => GatewayError::FeatureStore(read),
+                other => GatewayError::InvalidArgument(other.to_string()),
+            },
+            other => GatewayError::InvalidArgument(other.to_string()),
+        }
+    }
+}
+
+/// The wire form of an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ErrorCode {
+    /// HTTP status.
+    pub http: u16,
+    /// gRPC status code.
+    pub grpc: tonic::Code,
+    /// Stable machine-readable code.
+    pub code: &'static str,
+}
+
+impl GatewayError {
+    /// The one table from error to wire codes.
+    pub fn code(&self) -> ErrorCode {
+        let (http, grpc, code) = match self {
+            GatewayError::UnknownModel { .. } => (404, tonic::Code::NotFound, "unknown_model"),
+            GatewayError::UnknownView { .. } => (404, tonic::Code::NotFound, "unknown_view"),
+            GatewayError::InvalidArgument(_) => {
+                (400, tonic::Code::InvalidArgument, "invalid_argument")
+            }
+            GatewayError::FeatureStore(e) => {
+                if e.store_error().is_some_and(|s| s.is_transient()) {
+                    (503, tonic::Code::Unavailable, "feature_store_unavailable")
+                } else {
+                    (500, tonic::Code::Internal, "feature_store_error")
+                }
+            }
+            GatewayError::Model(InferError::Unavailable { .. }) => {
+                (503, tonic::Code::Unavailable, "model_unavailable")
+            }
+            GatewayError::Model(InferError::DeadlineExceeded { .. })
+            | GatewayError::DeadlineExceeded => {
+                (504, tonic::Code::DeadlineExceeded, "deadline_exceeded")
+            }
+            GatewayError::Model(InferError::Overloaded { .. }) | GatewayError::Overloaded => {
+                (429, tonic::Code::ResourceExhausted, "overloaded")
+            }
+            GatewayError::Model(_) | GatewayError::BadModelAnswer { .. } => {
+                (502, tonic::Code::Internal, "model_failed")
+            }
+        };
+        ErrorCode { http, grpc, code }
+    }
+
+    /// The gRPC status for this error.
+    pub fn to_status(&self) -> tonic::Status {
+        tonic::Status::new(self.code().grpc, self.to_string())
+    }
+}

@@ -1,0 +1,207 @@
+//! The gRPC front (tonic): `gateway.v1.PredictionService`. Handlers convert
+//! protobuf to the core's types (no JSON on this path) and back.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use feature_store::store::FeatureStore;
+use proto::gateway::v1 as pb;
+use proto::gateway::v1::prediction_service_server::PredictionService;
+use tonic::{Request, Response, Status};
+
+use crate::core::{PredictInput, Prediction, PushRow};
+use crate::enrich::WireValue;
+use crate::error::GatewayError;
+use crate::server::Shared;
+
+/// `PredictionService` over the shared core.
+pub struct PredictionGrpc<S> {
+    shared: Arc<Shared<S>>,
+}
+
+impl<S> PredictionGrpc<S> {
+    /// Serves `shared`.
+    pub fn new(shared: Arc<Shared<S>>) -> Self {
+        PredictionGrpc { shared }
+    }
+}
+
+fn wire(name: &str, v: &pb::FeatureValue) -> Result<WireValue, GatewayError> {
+    use pb::feature_value::Kind;
+    Ok(match &v.kind {
+        Some(Kind::DoubleValue(d)) => WireValue::Double(*d),
+        Some(Kind::Int64Value(i)) => WireValue::Int(*i),
+        Some(Kind::BoolValue(b)) => WireValue::Bool(*b),
+        Some(Kind::StringValue(s)) => WireValue::Text(s.clone()),
+        None => {
+            return Err(GatewayError::InvalidArgument(format!(
+                "request_features.{name}: no value set"
+            )));
+        }
+    })
+}
+
+fn input(
+    model: String,
+    version: String,
+    r: pb::PredictRequest,
+) -> Result<PredictInput, GatewayError> {
+    let mut request_features = HashMap::with_capacity(r.request_features.len());
+    for (k, v) in &r.request_features {
+        request_features.insert(k.clone(), wire(k, v)?);
+    }
+    Ok(PredictInput {
+        model,
+        model_version: version,
+        keys: r.entity.map(|e| e.keys).unwrap_or_default(),
+        request_features,
+    })
+}
+
+/// The protobuf form of a prediction.
+pub fn to_proto(p: Prediction) -> pb::PredictResponse {
+    pb::PredictResponse {
+        prediction_id: p.prediction_id,
+        model: p.model,
+        model_version: p.model_version,
+        outputs: p
+            .outputs
+            .into_iter()
+            .map(|o| pb::Output {
+                name: o.name,
+                label: o.label,
+                score: o.score,
+                top_k: o
+                    .top_k
+                    .into_iter()
+                    .map(|(label, score)| pb::LabelScore { label, score })
+                    .collect(),
+                values: o.values,
+            })
+            .collect(),
+        freshness: Some(pb::Freshness {
+            view_age_ms: p
+                .view_ages
+                .into_iter()
+                .map(|(v, age)| {
+                    (
+                        v,
+                        age.map_or(-1, |a| i64::try_from(a.as_millis()).unwrap_or(i64::MAX)),
+                    )
+                })
+                .collect(),
+            defaulted_features: p.defaulted,
+        }),
+    }
+}
+
+/// `FeatureService` (dynamic-feature pushes) over the shared core.
+pub struct FeatureGrpc<S> {
+    shared: Arc<Shared<S>>,
+}
+
+impl<S> FeatureGrpc<S> {
+    /// Serves `shared`.
+    pub fn new(shared: Arc<Shared<S>>) -> Self {
+        FeatureGrpc { shared }
+    }
+}
+
+#[tonic::async_trait]
+impl<S: FeatureStore> proto::gateway::v1::feature_service_server::FeatureService
+    for FeatureGrpc<S>
+{
+    async fn push_features(
+        &self,
+        request: Request<pb::PushFeaturesRequest>,
+    ) -> Result<Response<pb::PushFeaturesResponse>, Status> {
+        let r = request.into_inner();
+        let mut rows = Vec::with_capacity(r.rows.len());
+        for (i, row) in r.rows.into_iter().enumerate() {
+            let mut values = HashMap::with_capacity(row.values.len());
+            for (k, v) in &row.values {
+                let w = wire(k, v).map_err(|e| {
+                    GatewayError::InvalidArgument(format!("rows[{i}].values.{k}: {e}")).to_status()
+                })?;
+                values.insert(k.clone(), w);
+            }
+            rows.push(PushRow {
+                keys: row.entity.map(|e| e.keys).unwrap_or_default(),
+                values,
+                event_time: event_time(row.event_time_ms),
+            });
+        }
+        let _permit = self.shared.admit().map_err(|e| e.to_status())?;
+        let written = self
+            .shared
+            .gateway
+            .push(&r.view, &rows)
+            .await
+            .map_err(|e| e.to_status())?;
+        Ok(Response::new(pb::PushFeaturesResponse {
+            rows_written: written,
+        }))
+    }
+}
+
+/// Unix milliseconds to a time; 0 (or negative) means now.
+pub fn event_time(ms: i64) -> Option<std::time::SystemTime> {
+    u64::try_from(ms)
+        .ok()
+        .filter(|ms| *ms > 0)
+        .map(|ms| std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms))
+}
+
+#[tonic::async_trait]
+impl<S: FeatureStore> PredictionService for PredictionGrpc<S> {
+    async fn predict(
+        &self,
+        request: Request<pb::PredictRequest>,
+    ) -> Result<Response<pb::PredictResponse>, Status> {
+        let deadline = proto::grpc_timeout(request.metadata());
+        let r = request.into_inner();
+        let (model, version) = (r.model.clone(), r.model_version.clone());
+        let input = input(model, version, r).map_err(|e| e.to_status())?;
+        let _permit = self.shared.admit().map_err(|e| e.to_status())?;
+        let p = self
+            .shared
+            .gateway
+            .predict(&input, deadline)
+            .await
+            .map_err(|e| e.to_status())?;
+        Ok(Response::new(to_proto(p)))
+    }
+
+    async fn predict_batch(
+        &self,
+        request: Request<pb::PredictBatchRequest>,
+    ) -> Result<Response<pb::PredictBatchResponse>, Status> {
+        let deadline = proto::grpc_timeout(request.metadata());
+        let r = request.into_inner();
+        let limit = self.shared.max_batch_entities;
+        if r.requests.len() > limit {
+            return Err(GatewayError::InvalidArgument(format!(
+                "requests: {} entities, at most {limit} per call",
+                r.requests.len()
+            ))
+            .to_status());
+        }
+        let _permit = self.shared.admit().map_err(|e| e.to_status())?;
+        let mut inputs = Vec::with_capacity(r.requests.len());
+        for (i, one) in r.requests.into_iter().enumerate() {
+            let one = input(r.model.clone(), r.model_version.clone(), one).map_err(|e| {
+                GatewayError::InvalidArgument(format!("requests[{i}].{e}")).to_status()
+            })?;
+            inputs.push(one);
+        }
+        let gateway = &self.shared.gateway;
+        let answers =
+            futures_util::future::join_all(inputs.iter().map(|i| gateway.predict(i, deadline)))
+                .await;
+        let mut responses = Vec::with_capacity(answers.len());
+        for a in answers {
+            responses.push(to_proto(a.map_err(|e| e.to_status())?));
+        }
+        Ok(Response::new(pb::PredictBatchResponse { responses }))
+    }
+}

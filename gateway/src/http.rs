@@ -1,0 +1,199 @@
+//! The REST front (axum): JSON in and out, mirroring the gRPC API. Handlers
+//! only convert between JSON and the core's types.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use feature_store::store::FeatureStore;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::core::{PredictInput, Prediction, PushRow};
+use crate::enrich::WireValue;
+use crate::error::GatewayError;
+use crate::server::Shared;
+
+/// The JSON body of `POST /v1/models/{model}/predict`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PredictBody {
+    /// Entity key columns to values, e.g. `{"customer_id": "c-1"}`.
+    pub entity: HashMap<String, String>,
+    /// Request features by name.
+    #[serde(default)]
+    pub request_features: HashMap<String, Value>,
+    /// A version asked for explicitly.
+    #[serde(default)]
+    pub model_version: String,
+}
+
+impl IntoResponse for GatewayError {
+    fn into_response(self) -> Response {
+        let code = self.code();
+        let status = StatusCode::from_u16(code.http).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        (
+            status,
+            Json(json!({"code": code.code, "message": self.to_string()})),
+        )
+            .into_response()
+    }
+}
+
+fn wire_value(name: &str, v: &Value) -> Result<WireValue, GatewayError> {
+    Ok(match v {
+        Value::Bool(b) => WireValue::Bool(*b),
+        Value::String(s) => WireValue::Text(s.clone()),
+        Value::Number(n) => match n.as_i64() {
+            Some(i) => WireValue::Int(i),
+            None => WireValue::Double(n.as_f64().ok_or_else(|| {
+                GatewayError::InvalidArgument(format!(
+                    "request_features.{name}: {n} is not a finite number"
+                ))
+            })?),
+        },
+        other => {
+            return Err(GatewayError::InvalidArgument(format!(
+                "request_features.{name}: expected a number, boolean or string, got {other}"
+            )));
+        }
+    })
+}
+
+/// The JSON form of a prediction (also used by tests and the demo).
+pub fn prediction_json(p: &Prediction) -> Value {
+    let ages: serde_json::Map<String, Value> = p
+        .view_ages
+        .iter()
+        .map(|(view, age)| {
+            let ms = age.map_or(-1, |a| i64::try_from(a.as_millis()).unwrap_or(i64::MAX));
+            (view.clone(), json!(ms))
+        })
+        .collect();
+    json!({
+        "prediction_id": p.prediction_id,
+        "model": p.model,
+        "model_version": p.model_version,
+        "outputs": p.outputs.iter().map(|o| json!({
+            "name": o.name,
+            "label": o.label,
+            "score": o.score,
+            "top_k": o.top_k.iter().map(|(l, s)| json!({"label": l, "score": s})).collect::<Vec<_>>(),
+            "values": o.values,
+        })).collect::<Vec<_>>(),
+        "freshness": {"view_age_ms": ages, "defaulted_features": p.defaulted},
+    })
+}
+
+async fn predict<S: FeatureStore>(
+    State(shared): State<Arc<Shared<S>>>,
+    Path(model): Path<String>,
+    body: Result<Json<PredictBody>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<Value>, GatewayError> {
+    let Json(body) = body
+        .map_err(|e| GatewayError::InvalidArgument(format!("request body: {}", e.body_text())))?;
+    let mut request_features = HashMap::with_capacity(body.request_features.len());
+    for (k, v) in &body.request_features {
+        request_features.insert(k.clone(), wire_value(k, v)?);
+    }
+    let input = PredictInput {
+        model,
+        model_version: body.model_version,
+        keys: body.entity,
+        request_features,
+    };
+    let _permit = shared.admit()?;
+    let p = shared.gateway.predict(&input, None).await?;
+    Ok(Json(prediction_json(&p)))
+}
+
+/// The JSON body of `POST /v1/features/{view}/push`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PushBody {
+    /// One entry per entity.
+    pub rows: Vec<PushRowBody>,
+}
+
+/// One entity's fresh values.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PushRowBody {
+    /// Entity key columns to values.
+    pub entity: HashMap<String, String>,
+    /// Feature name to value.
+    pub values: HashMap<String, Value>,
+    /// When observed, Unix milliseconds (absent or 0: now).
+    #[serde(default)]
+    pub event_time_ms: i64,
+}
+
+async fn push<S: FeatureStore>(
+    State(shared): State<Arc<Shared<S>>>,
+    Path(view): Path<String>,
+    body: Result<Json<PushBody>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<Value>, GatewayError> {
+    let Json(body) = body
+        .map_err(|e| GatewayError::InvalidArgument(format!("request body: {}", e.body_text())))?;
+    let mut rows = Vec::with_capacity(body.rows.len());
+    for (i, r) in body.rows.into_iter().enumerate() {
+        let mut values = HashMap::with_capacity(r.values.len());
+        for (k, v) in &r.values {
+            let w = wire_value(k, v)
+                .map_err(|e| GatewayError::InvalidArgument(format!("rows[{i}].values.{k}: {e}")))?;
+            values.insert(k.clone(), w);
+        }
+        rows.push(PushRow {
+            keys: r.entity,
+            values,
+            event_time: crate::grpc::event_time(r.event_time_ms),
+        });
+    }
+    let _permit = shared.admit()?;
+    let written = shared.gateway.push(&view, &rows).await?;
+    Ok(Json(json!({"rows_written": written})))
+}
+
+async fn healthz() -> Json<Value> {
+    Json(json!({"status": "ok"}))
+}
+
+async fn readyz<S: FeatureStore>(State(shared): State<Arc<Shared<S>>>) -> Response {
+    if shared
+        .gateway
+        .models_ready(Duration::from_millis(500))
+        .await
+    {
+        (StatusCode::OK, Json(json!({"status": "ready"}))).into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "not ready", "reason": "a model-server is down or its model is not ready"})),
+        )
+            .into_response()
+    }
+}
+
+async fn not_found() -> Response {
+    (
+        StatusCode::NOT_FOUND,
+        Json(json!({"code": "not_found", "message": "no such route; see the README for the REST API"})),
+    )
+        .into_response()
+}
+
+/// The REST routes.
+pub fn router<S: FeatureStore>(shared: Arc<Shared<S>>) -> Router {
+    Router::new()
+        .route("/v1/models/{model}/predict", post(predict::<S>))
+        .route("/v1/features/{view}/push", post(push::<S>))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz::<S>))
+        .fallback(not_found)
+        .with_state(shared)
+}

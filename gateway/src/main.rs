@@ -1,0 +1,100 @@
+//! `gateway`: reads the config, starts tracing, binds, prints the bound
+//! addresses and a ready `curl` line, serves until SIGTERM or Ctrl-C.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use gateway::config::GatewayConfig;
+use gateway::server::GatewayServer;
+use tracing_subscriber::EnvFilter;
+
+/// Serve predictions over gRPC and REST: enrich entity IDs with features,
+/// call the model-server, post-process.
+#[derive(Debug, Parser)]
+#[command(name = "gateway", version)]
+struct Cli {
+    /// The gateway config file (TOML).
+    #[arg(long, env = "MLGW_GATEWAY_CONFIG")]
+    config: PathBuf,
+    /// Override the config's REST port (0: a free port).
+    #[arg(long, env = "MLGW_GATEWAY_HTTP_PORT")]
+    http_port: Option<u16>,
+    /// Override the config's gRPC port (0: a free port).
+    #[arg(long, env = "MLGW_GATEWAY_GRPC_PORT")]
+    grpc_port: Option<u16>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = EnvFilter::try_from_env("MLGW_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("gateway: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("gateway: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let mut config = GatewayConfig::load(&cli.config)?;
+    if let Some(p) = cli.http_port {
+        config.server.http_port = p;
+    }
+    if let Some(p) = cli.grpc_port {
+        config.server.grpc_port = p;
+    }
+    let server = GatewayServer::bind(&config).await?;
+    let (http, grpc) = (server.http_addr(), server.grpc_addr());
+    let show =
+        |a: Option<std::net::SocketAddr>| a.map_or_else(|| "?".to_owned(), |a| a.to_string());
+    println!("gateway listening http={} grpc={}", show(http), show(grpc));
+    if let (Some(model), Some(http)) = (config.models.first(), http) {
+        println!(
+            "ready: curl -s {http}/v1/models/{}/predict -H 'content-type: application/json' -d '{{\"entity\": {{...}}, \"request_features\": {{...}}}}'",
+            model.name
+        );
+    }
+    server.run(shutdown_signal()).await?;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
