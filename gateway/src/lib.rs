@@ -1,13 +1,13 @@
 //! Gateway: the gRPC + REST front (auth, routing, enrichment, inference client,
 //! post-processing, prediction log, feedback, admin API).
 //!
-//! Built so far (issue 5, in steps): [`enrich`] assembles a model's input row
-//! from the feature store and the caller's request features, with freshness;
-//! [`infer`] is the Open Inference Protocol gRPC client with deadlines and a
-//! circuit breaker; [`postprocess`] turns scores into labels, decisions, top-k
-//! and calibrated scores. Not built yet: the config file, the gRPC and REST
-//! fronts, the tower stack, the prediction log and feedback, auth (issue 6)
-//! and rollout (issue 8). No code stands in for them.
+//! Built so far (issue 5, in steps): [`config`] (the TOML file), [`core`]
+//! (route → [`enrich`] → [`infer`] → [`postprocess`], pushes, the start-up
+//! model check), [`error`] (the one error table), the [`http`] and [`grpc`]
+//! fronts and the [`server`] that runs them. Not built yet: the prediction
+//! log and feedback, REST predict-batch and feedback routes, `/metrics`,
+//! `/openapi.json`, the tower layers (admission is a shared semaphore today),
+//! auth (issue 6) and rollout (issue 8). No code stands in for them.
 
 pub mod config;
 pub mod core;
