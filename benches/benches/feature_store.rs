@@ -308,6 +308,17 @@ async fn main() -> Result<()> {
     let csv_mb = std::fs::metadata(&csv)?.len() as f64 / 1e6;
     println!("{rows} rows, {csv_mb:.1} MB of CSV");
 
+    let embedded = AnyStore::Embedded(Arc::new(EmbeddedStore::open(
+        &scratch.join("features.redb"),
+    )?));
+
+    // Embedded first, before Cassandra starts, so the two do not share the CPU.
+    let mut loads = vec![load(&embedded, &defs, &csv, "embedded (redb)").await?];
+    let (cached_ns, cached_loads) = cached(&embedded, Arc::clone(&defs)).await?;
+    let mut cells = Vec::new();
+    for readers in CONCURRENCY {
+        cells.push(uncached(&embedded, "embedded (redb)", readers, rows, seconds).await?);
+    }
     let cassandra = Cassandra::start(&scratch)?;
     let defaults = ScyllaConfig::default();
     let write_parallelism = env_num(
@@ -328,17 +339,6 @@ async fn main() -> Result<()> {
         })
         .await?,
     ));
-    let embedded = AnyStore::Embedded(Arc::new(EmbeddedStore::open(
-        &scratch.join("features.redb"),
-    )?));
-
-    // Embedded first, while Cassandra is idle, so the two do not share the CPU.
-    let mut loads = vec![load(&embedded, &defs, &csv, "embedded (redb)").await?];
-    let (cached_ns, cached_loads) = cached(&embedded, Arc::clone(&defs)).await?;
-    let mut cells = Vec::new();
-    for readers in CONCURRENCY {
-        cells.push(uncached(&embedded, "embedded (redb)", readers, rows, seconds).await?);
-    }
     // A fresh JVM runs interpreted for a while: warm Cassandra's write and read
     // paths up (untimed) before measuring, as a serving cluster always is.
     let warm_csv = scratch.join("warm.csv");

@@ -131,13 +131,13 @@ impl<S: FeatureStore> proto::gateway::v1::feature_service_server::FeatureService
                 event_time: event_time(row.event_time_ms),
             });
         }
-        let _permit = self.shared.admit().map_err(|e| e.to_status())?;
-        let written = self
-            .shared
-            .gateway
-            .push(&r.view, &rows)
-            .await
-            .map_err(|e| e.to_status())?;
+        let result = async {
+            let _permit = self.shared.admit()?;
+            self.shared.gateway.push(&r.view, &rows).await
+        }
+        .await;
+        self.shared.record("grpc", "push", &result);
+        let written = result.map_err(|e| e.to_status())?;
         Ok(Response::new(pb::PushFeaturesResponse {
             rows_written: written,
         }))
@@ -158,17 +158,21 @@ impl<S: FeatureStore> PredictionService for PredictionGrpc<S> {
         &self,
         request: Request<pb::PredictRequest>,
     ) -> Result<Response<pb::PredictResponse>, Status> {
+        let started = std::time::Instant::now();
         let deadline = proto::grpc_timeout(request.metadata());
         let r = request.into_inner();
         let (model, version) = (r.model.clone(), r.model_version.clone());
-        let input = input(model, version, r).map_err(|e| e.to_status())?;
-        let _permit = self.shared.admit().map_err(|e| e.to_status())?;
-        let p = self
-            .shared
-            .gateway
-            .predict(&input, deadline)
-            .await
-            .map_err(|e| e.to_status())?;
+        let result = async {
+            let input = input(model, version, r)?;
+            let _permit = self.shared.admit()?;
+            self.shared.gateway.predict(&input, deadline).await
+        }
+        .await;
+        self.shared.record("grpc", "predict", &result);
+        let p = result.map_err(|e| e.to_status())?;
+        self.shared
+            .metrics
+            .prediction(started.elapsed(), p.model_time);
         Ok(Response::new(to_proto(p)))
     }
 

@@ -95,21 +95,96 @@ async fn predict<S: FeatureStore>(
     Path(model): Path<String>,
     body: Result<Json<PredictBody>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Json<Value>, GatewayError> {
+    let started = std::time::Instant::now();
+    let result = predict_one(&shared, model, body).await;
+    shared.record("rest", "predict", &result);
+    let p = result?;
+    shared.metrics.prediction(started.elapsed(), p.model_time);
+    Ok(Json(prediction_json(&p)))
+}
+
+async fn predict_one<S: FeatureStore>(
+    shared: &Shared<S>,
+    model: String,
+    body: Result<Json<PredictBody>, axum::extract::rejection::JsonRejection>,
+) -> Result<Prediction, GatewayError> {
     let Json(body) = body
         .map_err(|e| GatewayError::InvalidArgument(format!("request body: {}", e.body_text())))?;
+    let input = predict_input(model, body, "")?;
+    let _permit = shared.admit()?;
+    shared.gateway.predict(&input, None).await
+}
+
+fn predict_input(model: String, body: PredictBody, at: &str) -> Result<PredictInput, GatewayError> {
     let mut request_features = HashMap::with_capacity(body.request_features.len());
     for (k, v) in &body.request_features {
-        request_features.insert(k.clone(), wire_value(k, v)?);
+        let w = wire_value(k, v).map_err(|e| GatewayError::InvalidArgument(format!("{at}{e}")))?;
+        request_features.insert(k.clone(), w);
     }
-    let input = PredictInput {
+    Ok(PredictInput {
         model,
         model_version: body.model_version,
         keys: body.entity,
         request_features,
-    };
-    let _permit = shared.admit()?;
-    let p = shared.gateway.predict(&input, None).await?;
-    Ok(Json(prediction_json(&p)))
+    })
+}
+
+/// The JSON body of `POST /v1/models/{model}/predict-batch`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PredictBatchBody {
+    /// One request per entity.
+    pub requests: Vec<PredictBody>,
+}
+
+async fn predict_batch<S: FeatureStore>(
+    State(shared): State<Arc<Shared<S>>>,
+    Path(model): Path<String>,
+    body: Result<Json<PredictBatchBody>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<Value>, GatewayError> {
+    let result = async {
+        let Json(body) = body.map_err(|e| {
+            GatewayError::InvalidArgument(format!("request body: {}", e.body_text()))
+        })?;
+        if body.requests.len() > shared.max_batch_entities {
+            return Err(GatewayError::InvalidArgument(format!(
+                "requests: {} entities, at most {} per call",
+                body.requests.len(),
+                shared.max_batch_entities
+            )));
+        }
+        let mut inputs = Vec::with_capacity(body.requests.len());
+        for (i, one) in body.requests.into_iter().enumerate() {
+            inputs.push(predict_input(
+                model.clone(),
+                one,
+                &format!("requests[{i}]."),
+            )?);
+        }
+        let _permit = shared.admit()?;
+        let answers =
+            futures_util::future::join_all(inputs.iter().map(|i| shared.gateway.predict(i, None)))
+                .await;
+        let mut out = Vec::with_capacity(answers.len());
+        for a in answers {
+            out.push(prediction_json(&a?));
+        }
+        Ok(out)
+    }
+    .await;
+    shared.record("rest", "predict_batch", &result);
+    Ok(Json(json!({"responses": result?})))
+}
+
+async fn metrics<S: FeatureStore>(State(shared): State<Arc<Shared<S>>>) -> Response {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        shared.render_metrics(),
+    )
+        .into_response()
 }
 
 /// The JSON body of `POST /v1/features/{view}/push`.
@@ -154,9 +229,13 @@ async fn push<S: FeatureStore>(
             event_time: crate::grpc::event_time(r.event_time_ms),
         });
     }
-    let _permit = shared.admit()?;
-    let written = shared.gateway.push(&view, &rows).await?;
-    Ok(Json(json!({"rows_written": written})))
+    let result = async {
+        let _permit = shared.admit()?;
+        shared.gateway.push(&view, &rows).await
+    }
+    .await;
+    shared.record("rest", "push", &result);
+    Ok(Json(json!({"rows_written": result?})))
 }
 
 async fn healthz() -> Json<Value> {
@@ -191,7 +270,9 @@ async fn not_found() -> Response {
 pub fn router<S: FeatureStore>(shared: Arc<Shared<S>>) -> Router {
     Router::new()
         .route("/v1/models/{model}/predict", post(predict::<S>))
+        .route("/v1/models/{model}/predict-batch", post(predict_batch::<S>))
         .route("/v1/features/{view}/push", post(push::<S>))
+        .route("/metrics", get(metrics::<S>))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz::<S>))
         .fallback(not_found)

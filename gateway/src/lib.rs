@@ -4,9 +4,8 @@
 //! Built so far (issue 5, in steps): [`config`] (the TOML file), [`core`]
 //! (route → [`enrich`] → [`infer`] → [`postprocess`], pushes, the start-up
 //! model check), [`error`] (the one error table), the [`http`] and [`grpc`]
-//! fronts and the [`server`] that runs them. Not built yet: the prediction
-//! log and feedback, REST predict-batch and feedback routes, `/metrics`,
-//! `/openapi.json`, the tower layers (admission is a shared semaphore today),
+//! fronts, [`metrics`], and the [`server`] that runs them. Not built yet: the
+//! prediction log and feedback, `/openapi.json`, the tower layers (admission is a shared semaphore today),
 //! auth (issue 6) and rollout (issue 8). No code stands in for them.
 
 pub mod config;
@@ -16,5 +15,6 @@ pub mod error;
 pub mod grpc;
 pub mod http;
 pub mod infer;
+pub mod metrics;
 pub mod postprocess;
 pub mod server;

@@ -25,9 +25,37 @@ pub struct Shared<S> {
     limit: Arc<Semaphore>,
     /// Entities per PredictBatch call.
     pub max_batch_entities: usize,
+    /// Request counters and latencies.
+    pub metrics: crate::metrics::Metrics,
+    limit_total: usize,
+}
+
+impl<S: feature_store::store::FeatureStore> Shared<S> {
+    /// The `/metrics` text.
+    pub fn render_metrics(&self) -> String {
+        let in_flight = self
+            .limit_total
+            .saturating_sub(self.limit.available_permits());
+        let cache = self.gateway.enricher().reader().cache_stats();
+        self.metrics.render(&cache, in_flight, self.limit_total)
+    }
 }
 
 impl<S> Shared<S> {
+    /// Counts a finished request and, for a prediction, its latencies.
+    pub fn record<T>(
+        &self,
+        front: &'static str,
+        route: &'static str,
+        result: &Result<T, GatewayError>,
+    ) {
+        let code = match result {
+            Ok(_) => "ok",
+            Err(e) => e.code().code,
+        };
+        self.metrics.request(front, route, code);
+    }
+
     /// Admits a request or refuses it at once when the gateway is at its
     /// concurrency limit (load shedding: never an unbounded queue).
     ///
@@ -109,6 +137,8 @@ impl GatewayServer {
                 gateway,
                 limit: Arc::new(Semaphore::new(config.server.max_concurrent_requests)),
                 max_batch_entities: config.server.max_batch_entities,
+                metrics: crate::metrics::Metrics::default(),
+                limit_total: config.server.max_concurrent_requests,
             }),
             reader,
             http,

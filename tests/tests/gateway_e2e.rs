@@ -308,6 +308,50 @@ async fn predictions_through_the_gateway() -> Result<()> {
         )
     );
 
+    // 4b. A batch over REST answers each entity as the single call does.
+    let batch = http
+        .post(format!(
+            "{}/v1/models/fraud_detector/predict-batch",
+            gw.http
+        ))
+        .json(&json!({"requests": [
+            {"entity": {"customer_id": "c-1"}, "request_features": request_features()},
+            {"entity": {"customer_id": "c-404"}, "request_features": request_features()}]}))
+        .send()
+        .await?;
+    assert_eq!(batch.status().as_u16(), 200);
+    let batch = batch.json::<Value>().await?;
+    assert!(
+        (p_fraud(&batch["responses"][0])? - p_fraud(&after)?).abs() < 1e-9,
+        "{batch}"
+    );
+    assert!(
+        (p_fraud(&batch["responses"][1])? - p_fraud(&unknown)?).abs() < 1e-9,
+        "{batch}"
+    );
+    let metrics = http
+        .get(format!("{}/metrics", gw.http))
+        .send()
+        .await?
+        .text()
+        .await?;
+    assert!(
+        metrics.contains("mlgw_requests_total{front=\"rest\",route=\"predict\",code=\"ok\"} 3"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("mlgw_requests_total{front=\"grpc\",route=\"predict\",code=\"ok\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("mlgw_predict_seconds_count 4"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("mlgw_feature_cache_hits_total"),
+        "{metrics}"
+    );
+
     // 5. Errors carry stable codes and name the field.
     let (status, e) = predict(json!({"entity": {"customer_id": "c-1"}, "request_features": {"amount": 1.0, "is_card_present": "no", "hour_of_day": 3}})).await?;
     assert_eq!(

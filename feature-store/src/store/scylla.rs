@@ -41,6 +41,10 @@ use crate::source::RejectedRow;
 /// The schema version this build writes and reads.
 pub const SCHEMA_VERSION: u32 = 1;
 
+/// Extra attempts for an idempotent refresh write that timed out or found
+/// the cluster busy (backoff 0.4 s, 1.6 s, 6.4 s).
+const WRITE_RETRIES: u32 = 3;
+
 /// Connection and behaviour settings.
 #[derive(Debug, Clone)]
 pub struct ScyllaConfig {
@@ -558,14 +562,28 @@ impl FeatureStore for ScyllaStore {
                         ttl,
                     ));
                 }
-                deadline(self.config.write_timeout, async {
-                    self.session
-                        .batch(&batch, values)
-                        .await
-                        .map(drop)
-                        .map_err(map_err)
-                })
-                .await
+                // Static rows are idempotent (same key, same values), so a
+                // write that timed out or found the node busy is retried a
+                // few times with backoff instead of failing the whole batch.
+                let mut attempt = 0u32;
+                loop {
+                    let result = deadline(self.config.write_timeout, async {
+                        self.session
+                            .batch(&batch, &values)
+                            .await
+                            .map(drop)
+                            .map_err(map_err)
+                    })
+                    .await;
+                    match result {
+                        Err(e) if e.is_transient() && attempt < WRITE_RETRIES => {
+                            attempt += 1;
+                            tracing::debug!(error = %e, attempt, "retrying a refresh write");
+                            tokio::time::sleep(Duration::from_millis(100 << (2 * attempt))).await;
+                        }
+                        other => break other,
+                    }
+                }
             })
             .buffer_unordered(self.config.write_parallelism.max(1))
             .try_collect::<Vec<()>>()

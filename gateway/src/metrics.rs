@@ -1,0 +1,216 @@
+//! Request metrics and the Prometheus text exposition served at `/metrics`:
+//! requests by front, route and code, prediction latency (total and
+//! model-server time), and the feature cache's counters.
+
+use std::fmt::Write as _;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use feature_store::reader::CacheStats;
+
+/// Upper bounds of the latency histogram buckets, in seconds.
+const BUCKETS: [f64; 12] = [
+    0.0005, 0.001, 0.002, 0.003, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+];
+
+#[derive(Debug, Default)]
+struct Histogram {
+    counts: [AtomicU64; BUCKETS.len()],
+    count: AtomicU64,
+    sum_micros: AtomicU64,
+}
+
+impl Histogram {
+    fn observe(&self, d: Duration) {
+        let secs = d.as_secs_f64();
+        for (i, b) in BUCKETS.iter().enumerate() {
+            if secs <= *b {
+                self.counts[i].fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum_micros.fetch_add(
+            u64::try_from(d.as_micros()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
+    }
+
+    fn render(&self, out: &mut String, name: &str, help: &str) {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        for (i, b) in BUCKETS.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{le=\"{b}\"}} {}",
+                self.counts[i].load(Ordering::Relaxed)
+            );
+        }
+        let count = self.count.load(Ordering::Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
+        let sum = self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
+        let _ = writeln!(out, "{name}_sum {sum}\n{name}_count {count}");
+    }
+}
+
+/// (front, route, result code).
+type RequestKey = (&'static str, &'static str, &'static str);
+
+/// The gateway's counters, shared by both fronts.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    /// (front, route, code) → count. Few distinct keys; a lock is fine off
+    /// the per-request hot path's critical section (one increment).
+    requests: Mutex<Vec<(RequestKey, u64)>>,
+    predict_latency: Histogram,
+    model_latency: Histogram,
+}
+
+impl Metrics {
+    /// Counts one finished request.
+    pub fn request(&self, front: &'static str, route: &'static str, code: &'static str) {
+        if let Ok(mut r) = self.requests.lock() {
+            let key = (front, route, code);
+            match r.iter_mut().find(|(k, _)| *k == key) {
+                Some((_, n)) => *n += 1,
+                None => r.push((key, 1)),
+            }
+        }
+    }
+
+    /// Records a successful prediction's total and model-server time.
+    pub fn prediction(&self, total: Duration, model: Duration) {
+        self.predict_latency.observe(total);
+        self.model_latency.observe(model);
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self, cache: &CacheStats, in_flight: usize, limit: usize) -> String {
+        let mut out = String::with_capacity(4096);
+        let _ = writeln!(
+            out,
+            "# HELP mlgw_requests_total Finished requests by front, route and result code.\n# TYPE mlgw_requests_total counter"
+        );
+        if let Ok(r) = self.requests.lock() {
+            for ((front, route, code), n) in r.iter() {
+                let _ = writeln!(
+                    out,
+                    "mlgw_requests_total{{front=\"{front}\",route=\"{route}\",code=\"{code}\"}} {n}"
+                );
+            }
+        }
+        self.predict_latency.render(
+            &mut out,
+            "mlgw_predict_seconds",
+            "Time to answer a successful prediction, end to end.",
+        );
+        self.model_latency.render(
+            &mut out,
+            "mlgw_model_call_seconds",
+            "Time spent in the model-server call of a successful prediction.",
+        );
+        let gauges = [
+            (
+                "mlgw_requests_in_flight",
+                "Requests being served now.",
+                in_flight as u64,
+            ),
+            (
+                "mlgw_requests_limit",
+                "Requests served at once before shedding.",
+                limit as u64,
+            ),
+            (
+                "mlgw_feature_cache_entries",
+                "Rows in the feature cache.",
+                cache.entries,
+            ),
+            (
+                "mlgw_feature_cache_bytes",
+                "Estimated bytes in the feature cache.",
+                cache.bytes,
+            ),
+        ];
+        for (name, help, v) in gauges {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
+        }
+        let counters = [
+            (
+                "mlgw_feature_cache_hits_total",
+                "Feature reads answered from the cache.",
+                cache.hits,
+            ),
+            (
+                "mlgw_feature_cache_misses_total",
+                "Feature reads that missed the cache.",
+                cache.misses,
+            ),
+            (
+                "mlgw_feature_cache_loads_total",
+                "Store reads made to fill the cache.",
+                cache.loads,
+            ),
+            (
+                "mlgw_feature_cache_load_errors_total",
+                "Cache loads that failed.",
+                cache.load_errors,
+            ),
+            (
+                "mlgw_feature_cache_evictions_total",
+                "Rows evicted to respect the byte bound.",
+                cache.evicted_size,
+            ),
+            (
+                "mlgw_feature_cache_expirations_total",
+                "Rows dropped at the end of their TTL.",
+                cache.expired,
+            ),
+            (
+                "mlgw_feature_cache_invalidations_total",
+                "Refresh batch switches that invalidated a view.",
+                cache.invalidations,
+            ),
+        ];
+        for (name, help, v) in counters {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
+            );
+        }
+        let secs = cache.load_nanos as f64 / 1e9;
+        let _ = writeln!(
+            out,
+            "# HELP mlgw_feature_cache_load_seconds_total Time spent in cache loads.\n# TYPE mlgw_feature_cache_load_seconds_total counter\nmlgw_feature_cache_load_seconds_total {secs}"
+        );
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exposition_has_requests_latency_and_cache() {
+        let m = Metrics::default();
+        m.request("rest", "predict", "ok");
+        m.request("rest", "predict", "ok");
+        m.request("grpc", "predict", "invalid_argument");
+        m.prediction(Duration::from_micros(1500), Duration::from_micros(400));
+        let text = m.render(
+            &CacheStats {
+                hits: 7,
+                ..CacheStats::default()
+            },
+            1,
+            256,
+        );
+        assert!(
+            text.contains("mlgw_requests_total{front=\"rest\",route=\"predict\",code=\"ok\"} 2")
+        );
+        assert!(text.contains("mlgw_predict_seconds_bucket{le=\"0.002\"} 1"));
+        assert!(text.contains("mlgw_predict_seconds_bucket{le=\"0.001\"} 0"));
+        assert!(text.contains("mlgw_model_call_seconds_count 1"));
+        assert!(text.contains("mlgw_feature_cache_hits_total 7"));
+        assert!(text.contains("mlgw_requests_limit 256"));
+    }
+}
