@@ -481,3 +481,69 @@ async fn gateway_refuses_to_start_when_the_model_does_not_match() -> Result<()> 
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
+
+#[tokio::test]
+async fn overload_is_shed_at_once_and_admitted_requests_succeed() -> Result<()> {
+    let dir = std::env::temp_dir().join(format!("mlgw_gw_shed_{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let model_server = rig::rig_env("MLGW_TEST_MODEL_SERVER_GRPC")?;
+    let config = write_config(&dir, &model_server)?;
+    let text = std::fs::read_to_string(&config)?.replace(
+        "request_timeout_ms = 2000",
+        "request_timeout_ms = 2000\nmax_concurrent_requests = 2",
+    );
+    std::fs::write(&config, text)?;
+    let store = EmbeddedStore::open(&dir.join("features.redb"))?;
+    store.apply_schema().await?;
+    drop(store);
+    let gw = GatewayProcess::start(&config).await?;
+    let http = reqwest::Client::new();
+    let url = format!("{}/v1/models/fraud_detector/predict", gw.http);
+    let body = json!({"entity": {"customer_id": "c-1"}, "request_features": request_features()});
+    let calls = (0..200).map(|_| {
+        let (http, url, body) = (http.clone(), url.clone(), body.clone());
+        async move {
+            let t = Instant::now();
+            let r = http.post(url).json(&body).send().await?;
+            let status = r.status().as_u16();
+            let v: Value = r.json().await?;
+            anyhow::Ok((status, v, t.elapsed()))
+        }
+    });
+    let results = futures_util::future::join_all(calls).await;
+    let (mut ok, mut shed) = (0, 0);
+    for r in results {
+        let (status, v, took) = r?;
+        match status {
+            200 => ok += 1,
+            429 => {
+                assert_eq!(v["code"], "overloaded", "{v}");
+                assert!(
+                    took < Duration::from_secs(1),
+                    "a shed request waited {took:?}"
+                );
+                shed += 1;
+            }
+            other => bail!("unexpected {other}: {v}"),
+        }
+    }
+    assert!(
+        ok > 0 && shed > 0,
+        "ok {ok}, shed {shed}: 200 concurrent calls over a limit of 2"
+    );
+    let metrics = http
+        .get(format!("{}/metrics", gw.http))
+        .send()
+        .await?
+        .text()
+        .await?;
+    assert!(
+        metrics.contains(&format!(
+            "mlgw_requests_total{{front=\"rest\",route=\"predict\",code=\"overloaded\"}} {shed}"
+        )),
+        "{metrics}"
+    );
+    drop(gw);
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
