@@ -238,6 +238,17 @@ async fn push<S: FeatureStore>(
     Ok(Json(json!({"rows_written": result?})))
 }
 
+/// The OpenAPI document of these routes (`gateway/openapi.json`).
+pub const OPENAPI: &str = include_str!("../openapi.json");
+
+async fn openapi() -> Response {
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        OPENAPI,
+    )
+        .into_response()
+}
+
 async fn healthz() -> Json<Value> {
     Json(json!({"status": "ok"}))
 }
@@ -273,6 +284,7 @@ pub fn router<S: FeatureStore>(shared: Arc<Shared<S>>) -> Router {
         .route("/v1/models/{model}/predict-batch", post(predict_batch::<S>))
         .route("/v1/features/{view}/push", post(push::<S>))
         .route("/metrics", get(metrics::<S>))
+        .route("/openapi.json", get(openapi))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz::<S>))
         .fallback(not_found)

@@ -5,7 +5,7 @@
 //! (route → [`enrich`] → [`infer`] → [`postprocess`], pushes, the start-up
 //! model check), [`error`] (the one error table), the [`http`] and [`grpc`]
 //! fronts, [`metrics`], and the [`server`] that runs them. Not built yet: the
-//! prediction log and feedback, `/openapi.json`, the tower layers (admission is a shared semaphore today),
+//! prediction log and feedback, the tower layers (admission is a shared semaphore today),
 //! auth (issue 6) and rollout (issue 8). No code stands in for them.
 
 pub mod config;

@@ -352,6 +352,27 @@ async fn predictions_through_the_gateway() -> Result<()> {
         "{metrics}"
     );
 
+    // The OpenAPI document describes every REST route the gateway serves.
+    let doc: Value = http
+        .get(format!("{}/openapi.json", gw.http))
+        .send()
+        .await?
+        .json()
+        .await?;
+    for route in [
+        "/v1/models/{model}/predict",
+        "/v1/models/{model}/predict-batch",
+        "/v1/features/{view}/push",
+        "/healthz",
+        "/readyz",
+        "/metrics",
+    ] {
+        assert!(
+            doc["paths"][route].is_object(),
+            "{route} missing from /openapi.json"
+        );
+    }
+
     // 5. Errors carry stable codes and name the field.
     let (status, e) = predict(json!({"entity": {"customer_id": "c-1"}, "request_features": {"amount": 1.0, "is_card_present": "no", "hour_of_day": 3}})).await?;
     assert_eq!(
