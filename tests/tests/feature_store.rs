@@ -642,7 +642,11 @@ async fn concurrent_misses_for_one_key_make_one_backend_read(f: Fixture) -> Resu
     }
     assert_eq!(counting.static_reads.load(Ordering::SeqCst), 2);
     let stats = reader.cache_stats();
-    assert_eq!((stats.loads, stats.hits), (2, 9), "{stats:?}");
+    // Whether a concurrent read counts as a hit or as a miss that waited on
+    // the one load depends on scheduling; every read is counted either way.
+    assert_eq!(stats.loads, 2, "{stats:?}");
+    assert_eq!(stats.hits + stats.misses, 110, "{stats:?}");
+    assert!(stats.hits >= 9, "{stats:?}");
     Ok(())
 }
 
