@@ -37,6 +37,19 @@ pub struct StoredRow {
     pub batch_id: Option<Arc<str>>,
 }
 
+impl StoredRow {
+    /// A dynamic view's row from its unexpired values: the row's time is the
+    /// newest value's; None when there is no value.
+    pub fn dynamic(values: BTreeMap<String, StoredValue>) -> Option<StoredRow> {
+        let written_at = values.values().map(|v| v.written_at).max()?;
+        Some(StoredRow {
+            values,
+            written_at,
+            batch_id: None,
+        })
+    }
+}
+
 /// What happened to one feature's value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ValueState {

@@ -92,6 +92,20 @@ top_k = 2
     Ok(path)
 }
 
+/// A scratch folder with a gateway config pointing at the rig's shared
+/// model-server (edited by `edit`) and an empty embedded store.
+async fn scratch_gateway(tag: &str, edit: impl Fn(String) -> String) -> Result<(PathBuf, PathBuf)> {
+    let dir = std::env::temp_dir().join(format!("mlgw_gw_{tag}_{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let config = write_config(&dir, &rig::rig_env("MLGW_TEST_MODEL_SERVER_GRPC")?)?;
+    std::fs::write(&config, edit(std::fs::read_to_string(&config)?))?;
+    // The embedded store needs its schema, as the demo's setup applies.
+    EmbeddedStore::open(&dir.join("features.redb"))?
+        .apply_schema()
+        .await?;
+    Ok((dir, config))
+}
+
 fn request_features() -> Value {
     json!({"amount": 980.0, "is_card_present": false, "hour_of_day": 3, "distance_from_home_km": 1200.0})
 }
@@ -461,21 +475,13 @@ async fn predictions_through_the_gateway() -> Result<()> {
 
 #[tokio::test]
 async fn gateway_refuses_to_start_when_the_model_does_not_match() -> Result<()> {
-    let dir = std::env::temp_dir().join(format!("mlgw_gw_bad_{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    let model_server = rig::rig_env("MLGW_TEST_MODEL_SERVER_GRPC")?;
-    let config = write_config(&dir, &model_server)?;
-    std::fs::write(
-        &config,
-        std::fs::read_to_string(&config)?.replace(
+    let (dir, config) = scratch_gateway("bad", |c| {
+        c.replace(
             "scores_output = \"probabilities\"",
             "scores_output = \"scores\"",
-        ),
-    )?;
-    // The embedded store needs its schema, as the demo's setup does.
-    let store = EmbeddedStore::open(&dir.join("features.redb"))?;
-    store.apply_schema().await?;
-    drop(store);
+        )
+    })
+    .await?;
     let out = tokio::process::Command::new(binary("gateway")?)
         .arg("--config")
         .arg(&config)
@@ -505,18 +511,13 @@ async fn gateway_refuses_to_start_when_the_model_does_not_match() -> Result<()> 
 
 #[tokio::test]
 async fn overload_is_shed_at_once_and_admitted_requests_succeed() -> Result<()> {
-    let dir = std::env::temp_dir().join(format!("mlgw_gw_shed_{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    let model_server = rig::rig_env("MLGW_TEST_MODEL_SERVER_GRPC")?;
-    let config = write_config(&dir, &model_server)?;
-    let text = std::fs::read_to_string(&config)?.replace(
-        "request_timeout_ms = 2000",
-        "request_timeout_ms = 2000\nmax_concurrent_requests = 2",
-    );
-    std::fs::write(&config, text)?;
-    let store = EmbeddedStore::open(&dir.join("features.redb"))?;
-    store.apply_schema().await?;
-    drop(store);
+    let (dir, config) = scratch_gateway("shed", |c| {
+        c.replace(
+            "request_timeout_ms = 2000",
+            "request_timeout_ms = 2000\nmax_concurrent_requests = 2",
+        )
+    })
+    .await?;
     let gw = GatewayProcess::start(&config).await?;
     let http = reqwest::Client::new();
     let url = format!("{}/v1/models/fraud_detector/predict", gw.http);

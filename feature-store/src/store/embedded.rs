@@ -323,7 +323,6 @@ impl FeatureStore for EmbeddedStore {
             let prefix = key(&[view.as_bytes(), entity_key.as_bytes()]);
             let end = prefix_end(&prefix);
             let mut values = BTreeMap::new();
-            let mut newest: Option<SystemTime> = None;
             for item in table
                 .range(prefix.as_slice()..end.as_slice())
                 .map_err(|e| err(e.into()))?
@@ -351,14 +350,9 @@ impl FeatureStore for EmbeddedStore {
                     source,
                 })?;
                 let written_at = from_micros(event);
-                newest = Some(newest.map_or(written_at, |n| n.max(written_at)));
                 values.insert(feature, StoredValue { value, written_at });
             }
-            Ok(newest.map(|written_at| StoredRow {
-                values,
-                written_at,
-                batch_id: None,
-            }))
+            Ok(StoredRow::dynamic(values))
         })
         .await
     }

@@ -605,7 +605,6 @@ impl FeatureStore for ScyllaStore {
                 .map_err(map_err)?;
             let rows = result.into_rows_result().map_err(rows_err)?;
             let mut values = BTreeMap::new();
-            let mut newest: Option<SystemTime> = None;
             for row in rows.rows::<(String, Vec<u8>, i64)>().map_err(rows_err)? {
                 let (feature, blob, micros) = row.map_err(rows_err)?;
                 let value = codec::decode_value(&blob).map_err(|source| StoreError::Corrupt {
@@ -614,14 +613,9 @@ impl FeatureStore for ScyllaStore {
                     source,
                 })?;
                 let written_at = from_micros(micros);
-                newest = Some(newest.map_or(written_at, |n| n.max(written_at)));
                 values.insert(feature, StoredValue { value, written_at });
             }
-            Ok(newest.map(|written_at| StoredRow {
-                values,
-                written_at,
-                batch_id: None,
-            }))
+            Ok(StoredRow::dynamic(values))
         })
         .await
     }
