@@ -5,7 +5,8 @@
 //! Modules: [`definitions`] (the TOML file data engineers edit, validated with
 //! errors naming file and key path); [`source`] (CSV and Parquet refresh files
 //! streamed as typed rows, bad rows rejected with line and reason); [`codec`]
-//! (the stored byte form of a row); [`store`] (the [`store::FeatureStore`]
+//! (the stored byte form of a row); [`log`] (prediction log and feedback
+//! records); [`store`] (the [`store::FeatureStore`]
 //! interface, the ScyllaDB and embedded redb backends); [`freshness`] (present,
 //! missing, stale, wrong type; defaults applied); [`reader`] (the moka row
 //! cache, current-batch watch, dynamic pushes); [`refresh`] (refresh runs with
@@ -21,6 +22,7 @@ pub mod codec;
 pub mod config;
 pub mod definitions;
 pub mod freshness;
+pub mod log;
 pub mod reader;
 pub mod refresh;
 pub mod source;

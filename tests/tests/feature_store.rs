@@ -12,6 +12,7 @@ use std::time::{Duration, SystemTime};
 use anyhow::{Context, Result, bail};
 use feature_store::definitions::{FeatureDefinitions, FeatureValue};
 use feature_store::freshness::{StoredRow, ValueState};
+use feature_store::log::{FeedbackRecord, LogEntry, LoggedOutput, Outcome, PredictionRecord};
 use feature_store::reader::{FeatureReader, ReaderConfig};
 use feature_store::refresh::{self, RefreshError, RefreshOptions, RefreshOutcome};
 use feature_store::store::embedded::EmbeddedStore;
@@ -555,6 +556,114 @@ async fn batch_metadata_is_recorded_and_reruns_are_idempotent(f: Fixture) -> Res
 }
 
 // ---------------------------------------------------------------------------
+// The prediction log and feedback.
+
+/// A prediction record made `ago` before now, with a v7 ID of that time.
+fn prediction_at(ago: Duration, entity: &str) -> Result<PredictionRecord> {
+    let at = SystemTime::now() - ago;
+    let since = at.duration_since(SystemTime::UNIX_EPOCH)?;
+    let ts = uuid::Timestamp::from_unix(uuid::NoContext, since.as_secs(), since.subsec_nanos());
+    Ok(PredictionRecord {
+        prediction_id: uuid::Uuid::new_v7(ts).to_string(),
+        at: feature_store::store::from_micros(feature_store::store::to_micros(at)),
+        subject: "svc-checkout".into(),
+        model: "fraud".into(),
+        model_version: "2".into(),
+        route: "stable".into(),
+        entity: entity.into(),
+        inputs: vec![0.25, -1.0, 3.5],
+        view_ages_ms: BTreeMap::from([("profile".into(), Some(61_000)), ("clicks".into(), None)]),
+        defaulted: vec!["clicks_5m".into()],
+        outputs: vec![LoggedOutput {
+            name: "probabilities".into(),
+            label: Some("fraud".into()),
+            score: 0.875,
+        }],
+    })
+}
+
+fn feedback_for(p: &PredictionRecord, outcome: Outcome) -> FeedbackRecord {
+    let now = feature_store::store::now_micros();
+    FeedbackRecord {
+        prediction_id: p.prediction_id.clone(),
+        outcome,
+        observed_at: now,
+        received_at: now,
+        subject: "svc-chargebacks".into(),
+    }
+}
+
+async fn prediction_log_joins_feedback(f: Fixture) -> Result<()> {
+    let retention = Duration::from_secs(3600 * 24);
+    // Three hours apart, so the window spans several hours (partitions).
+    let old = prediction_at(Duration::from_secs(2 * 3600 + 5), "u-old")?;
+    let mid = prediction_at(Duration::from_secs(3600), "u-mid")?;
+    let new = prediction_at(Duration::from_millis(5), "u-new")?;
+    f.store
+        .write_predictions(&[mid.clone(), new.clone(), old.clone()], retention)
+        .await?;
+
+    // Read back by ID, exactly as written.
+    assert_eq!(
+        f.store.read_prediction(&mid.prediction_id).await?,
+        Some(mid.clone())
+    );
+    let never = uuid::Uuid::now_v7().to_string();
+    assert_eq!(f.store.read_prediction(&never).await?, None);
+
+    // Feedback for two of them; the second write for `new` replaces the first.
+    f.store
+        .write_feedback(
+            &feedback_for(&old, Outcome::Label("legit".into())),
+            retention,
+        )
+        .await?;
+    f.store
+        .write_feedback(
+            &feedback_for(&new, Outcome::Label("legit".into())),
+            retention,
+        )
+        .await?;
+    let corrected = feedback_for(&new, Outcome::Label("fraud".into()));
+    f.store.write_feedback(&corrected, retention).await?;
+
+    let from = SystemTime::now() - Duration::from_secs(3 * 3600);
+    let to = SystemTime::now() + Duration::from_secs(1);
+    let log = f.store.read_log(from, to, 100).await?;
+    let ids: Vec<&str> = log
+        .iter()
+        .map(|e| e.prediction.prediction_id.as_str())
+        .collect();
+    assert_eq!(
+        ids,
+        [&old.prediction_id, &mid.prediction_id, &new.prediction_id],
+        "oldest first"
+    );
+    assert_eq!(log[0].prediction, old);
+    assert_eq!(
+        log[0].feedback.as_ref().map(|f| &f.outcome),
+        Some(&Outcome::Label("legit".into()))
+    );
+    assert_eq!(log[1].feedback, None, "no feedback for the middle one");
+    assert_eq!(
+        log[2].feedback.as_ref(),
+        Some(&corrected),
+        "the later feedback wins"
+    );
+
+    // A window that starts after `old` leaves it out; the limit keeps the oldest.
+    let recent = f
+        .store
+        .read_log(SystemTime::now() - Duration::from_secs(3600 + 60), to, 100)
+        .await?;
+    assert_eq!(recent.len(), 2);
+    let first = f.store.read_log(from, to, 1).await?;
+    assert_eq!(first.len(), 1);
+    assert_eq!(first[0].prediction.prediction_id, old.prediction_id);
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
 // The row cache, over the real backend with a counter of backend reads.
 
 /// Delegates to a real store and counts static reads.
@@ -603,6 +712,31 @@ impl FeatureStore for Counting {
     }
     async fn discard_batch(&self, view: &str, batch_id: &str) -> Result<(), StoreError> {
         self.inner.discard_batch(view, batch_id).await
+    }
+    async fn write_predictions(
+        &self,
+        records: &[PredictionRecord],
+        retention: Duration,
+    ) -> Result<(), StoreError> {
+        self.inner.write_predictions(records, retention).await
+    }
+    async fn read_prediction(&self, id: &str) -> Result<Option<PredictionRecord>, StoreError> {
+        self.inner.read_prediction(id).await
+    }
+    async fn write_feedback(
+        &self,
+        record: &FeedbackRecord,
+        retention: Duration,
+    ) -> Result<(), StoreError> {
+        self.inner.write_feedback(record, retention).await
+    }
+    async fn read_log(
+        &self,
+        from: SystemTime,
+        to: SystemTime,
+        limit: usize,
+    ) -> Result<Vec<LogEntry>, StoreError> {
+        self.inner.read_log(from, to, limit).await
     }
 }
 
@@ -764,4 +898,5 @@ contract!(
     concurrent_misses_for_one_key_make_one_backend_read,
     cache_stays_within_its_byte_bound,
     completed_refresh_invalidates_cached_rows,
+    prediction_log_joins_feedback,
 );

@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use redb::{ConcurrencyMode, Database, ReadableDatabase, ReadableTable, TableDefinition};
 
@@ -20,9 +20,12 @@ use super::{
 };
 use crate::codec;
 use crate::freshness::{StoredRow, StoredValue};
+use crate::log::{
+    FeedbackRecord, LogEntry, PredictionKey, PredictionRecord, id_lower_bound, unix_ms,
+};
 
 /// The schema version this build writes and reads.
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 /// (view, batch, entity) → data time (i64 µs) + encoded values.
@@ -33,6 +36,10 @@ const DYNAMIC: TableDefinition<&[u8], &[u8]> = TableDefinition::new("dynamic_val
 const BATCHES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("refresh_batches");
 /// view → JSON current batch.
 const CURRENT: TableDefinition<&str, &[u8]> = TableDefinition::new("current_batch");
+/// prediction ID (UUIDv7 text, sorts by time) → JSON prediction record.
+const PREDICTIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("prediction_log");
+/// prediction ID → JSON feedback record.
+const FEEDBACK: TableDefinition<&str, &[u8]> = TableDefinition::new("feedback");
 
 /// The redb-backed store.
 pub struct EmbeddedStore {
@@ -242,6 +249,16 @@ impl FeatureStore for EmbeddedStore {
                 tx.open_table(CURRENT).map(drop).map_err(|e| err(e.into()))?;
                 if from == 0 {
                     applied.push("created table current_batch".to_owned());
+                }
+                // Version 2: the prediction log and feedback.
+                for (name, open) in [
+                    ("prediction_log", tx.open_table(PREDICTIONS).map(drop)),
+                    ("feedback", tx.open_table(FEEDBACK).map(drop)),
+                ] {
+                    open.map_err(|e| err(e.into()))?;
+                    if from < 2 {
+                        applied.push(format!("created table {name}"));
+                    }
                 }
                 meta.insert("schema_version", u64::from(SCHEMA_VERSION))
                     .map_err(|e| err(e.into()))?;
@@ -519,6 +536,118 @@ impl FeatureStore for EmbeddedStore {
                     .map_err(|e| err(e.into()))?;
             }
             tx.commit().map_err(|e| err(e.into()))
+        })
+        .await
+    }
+
+    async fn write_predictions(
+        &self,
+        records: &[PredictionRecord],
+        _retention: Duration,
+    ) -> Result<(), StoreError> {
+        // The embedded file keeps the log until it is deleted; ScyllaDB
+        // expires it by TTL.
+        let mut encoded = Vec::with_capacity(records.len());
+        for r in records {
+            PredictionKey::parse(&r.prediction_id)
+                .map_err(|e| StoreError::Backend(e.to_string()))?;
+            let v = serde_json::to_vec(r).map_err(|e| StoreError::Backend(e.to_string()))?;
+            encoded.push((r.prediction_id.clone(), v));
+        }
+        self.blocking(move |db, err| {
+            Self::check_schema(db, err)?;
+            let tx = db.begin_write().map_err(|e| err(e.into()))?;
+            {
+                let mut table = tx.open_table(PREDICTIONS).map_err(|e| err(e.into()))?;
+                for (k, v) in &encoded {
+                    table
+                        .insert(k.as_str(), v.as_slice())
+                        .map_err(|e| err(e.into()))?;
+                }
+            }
+            tx.commit().map_err(|e| err(e.into()))
+        })
+        .await
+    }
+
+    async fn read_prediction(
+        &self,
+        prediction_id: &str,
+    ) -> Result<Option<PredictionRecord>, StoreError> {
+        let id = prediction_id.to_owned();
+        self.blocking(move |db, err| {
+            Self::check_schema(db, err)?;
+            let tx = db.begin_read().map_err(|e| err(e.into()))?;
+            let table = tx.open_table(PREDICTIONS).map_err(|e| err(e.into()))?;
+            let Some(v) = table.get(id.as_str()).map_err(|e| err(e.into()))? else {
+                return Ok(None);
+            };
+            serde_json::from_slice(v.value())
+                .map(Some)
+                .map_err(|e| StoreError::Backend(format!("damaged prediction record {id}: {e}")))
+        })
+        .await
+    }
+
+    async fn write_feedback(
+        &self,
+        record: &FeedbackRecord,
+        _retention: Duration,
+    ) -> Result<(), StoreError> {
+        PredictionKey::parse(&record.prediction_id)
+            .map_err(|e| StoreError::Backend(e.to_string()))?;
+        let k = record.prediction_id.clone();
+        let v = serde_json::to_vec(record).map_err(|e| StoreError::Backend(e.to_string()))?;
+        self.blocking(move |db, err| {
+            Self::check_schema(db, err)?;
+            let tx = db.begin_write().map_err(|e| err(e.into()))?;
+            {
+                let mut table = tx.open_table(FEEDBACK).map_err(|e| err(e.into()))?;
+                table
+                    .insert(k.as_str(), v.as_slice())
+                    .map_err(|e| err(e.into()))?;
+            }
+            tx.commit().map_err(|e| err(e.into()))
+        })
+        .await
+    }
+
+    async fn read_log(
+        &self,
+        from: SystemTime,
+        to: SystemTime,
+        limit: usize,
+    ) -> Result<Vec<LogEntry>, StoreError> {
+        let (lo, hi) = (id_lower_bound(unix_ms(from)), id_lower_bound(unix_ms(to)));
+        self.blocking(move |db, err| {
+            Self::check_schema(db, err)?;
+            let tx = db.begin_read().map_err(|e| err(e.into()))?;
+            let predictions = tx.open_table(PREDICTIONS).map_err(|e| err(e.into()))?;
+            let feedback = tx.open_table(FEEDBACK).map_err(|e| err(e.into()))?;
+            let mut out = Vec::new();
+            for item in predictions
+                .range(lo.as_str()..hi.as_str())
+                .map_err(|e| err(e.into()))?
+                .take(limit)
+            {
+                let (k, v) = item.map_err(|e| err(e.into()))?;
+                let id = k.value();
+                let prediction: PredictionRecord =
+                    serde_json::from_slice(v.value()).map_err(|e| {
+                        StoreError::Backend(format!("damaged prediction record {id}: {e}"))
+                    })?;
+                let feedback = match feedback.get(id).map_err(|e| err(e.into()))? {
+                    Some(f) => Some(serde_json::from_slice(f.value()).map_err(|e| {
+                        StoreError::Backend(format!("damaged feedback record {id}: {e}"))
+                    })?),
+                    None => None,
+                };
+                out.push(LogEntry {
+                    prediction,
+                    feedback,
+                });
+            }
+            Ok(out)
         })
         .await
     }

@@ -9,6 +9,9 @@
 //! - **dynamic values**: one value per (view, entity, feature) with its event
 //!   time and expiry; a write with an older event time than the stored one
 //!   loses (ScyllaDB: the event time is the cell's write timestamp).
+//! - **prediction log and feedback** ([`crate::log`]): one record per
+//!   prediction and per feedback, keyed by the prediction ID (UUIDv7), read
+//!   back by ID or joined over a time window.
 //! - **refresh batches**: [`BatchRecord`] per run, and per static view the
 //!   current batch ([`CurrentBatch`]), switched in one write when a batch is done.
 //!
@@ -27,6 +30,7 @@ use serde::{Deserialize, Serialize};
 use crate::codec::CodecError;
 use crate::definitions::FeatureValue;
 use crate::freshness::StoredRow;
+use crate::log::{FeedbackRecord, LogEntry, PredictionRecord};
 use crate::source::RejectedRow;
 
 /// One entity's static row, encoded for writing (see [`crate::codec`]).
@@ -287,6 +291,37 @@ pub trait FeatureStore: Send + Sync + 'static {
         view: &str,
         batch_id: &str,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Appends predictions to the log, kept for `retention` where the backend
+    /// expires rows (ScyllaDB). Rewriting a record is harmless.
+    fn write_predictions(
+        &self,
+        records: &[PredictionRecord],
+        retention: Duration,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// The logged prediction with this ID (a valid UUIDv7, see
+    /// [`crate::log::PredictionKey`]), if any.
+    fn read_prediction(
+        &self,
+        prediction_id: &str,
+    ) -> impl Future<Output = Result<Option<PredictionRecord>, StoreError>> + Send;
+
+    /// Stores ground truth for a prediction, replacing earlier feedback for it.
+    fn write_feedback(
+        &self,
+        record: &FeedbackRecord,
+        retention: Duration,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Predictions made in `[from, to)`, oldest first, each with its feedback
+    /// if any, at most `limit`.
+    fn read_log(
+        &self,
+        from: SystemTime,
+        to: SystemTime,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<LogEntry>, StoreError>> + Send;
 }
 
 /// The backend chosen by configuration.
@@ -347,6 +382,34 @@ impl FeatureStore for AnyStore {
     async fn discard_batch(&self, view: &str, batch_id: &str) -> Result<(), StoreError> {
         dispatch!(self, s => s.discard_batch(view, batch_id).await)
     }
+    async fn write_predictions(
+        &self,
+        records: &[PredictionRecord],
+        retention: Duration,
+    ) -> Result<(), StoreError> {
+        dispatch!(self, s => s.write_predictions(records, retention).await)
+    }
+    async fn read_prediction(
+        &self,
+        prediction_id: &str,
+    ) -> Result<Option<PredictionRecord>, StoreError> {
+        dispatch!(self, s => s.read_prediction(prediction_id).await)
+    }
+    async fn write_feedback(
+        &self,
+        record: &FeedbackRecord,
+        retention: Duration,
+    ) -> Result<(), StoreError> {
+        dispatch!(self, s => s.write_feedback(record, retention).await)
+    }
+    async fn read_log(
+        &self,
+        from: SystemTime,
+        to: SystemTime,
+        limit: usize,
+    ) -> Result<Vec<LogEntry>, StoreError> {
+        dispatch!(self, s => s.read_log(from, to, limit).await)
+    }
 }
 
 /// Microseconds since the Unix epoch (negative before it), the unit both
@@ -373,7 +436,7 @@ pub fn from_micros(micros: i64) -> SystemTime {
     }
 }
 
-mod unix_micros {
+pub(crate) mod unix_micros {
     use std::time::SystemTime;
 
     use serde::{Deserialize, Deserializer, Serializer};

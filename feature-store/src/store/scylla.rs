@@ -11,6 +11,11 @@
 //!   event time, last-write-wins keeps the newest event whatever the arrival
 //!   order, and `WRITETIME(value)` reads the event time back.
 //! - `refresh_batches ((view_name), batch_id)` and `current_batch (view)`.
+//! - `prediction_log ((hour, shard), prediction_id)` and `feedback` keyed the
+//!   same way: the hour and shard come from the UUIDv7 prediction ID itself,
+//!   so a prediction and its feedback are found from the ID alone, one hour
+//!   of traffic spreads over [`LOG_SHARDS`] partitions, and a time window is
+//!   read partition by partition. Written `USING TTL retention`.
 //! - `schema_meta`: the schema version.
 //!
 //! Times are stored as `bigint` microseconds, the driver's and ScyllaDB's
@@ -36,10 +41,14 @@ use super::{
 };
 use crate::codec;
 use crate::freshness::{StoredRow, StoredValue};
+use crate::log::{
+    FeedbackRecord, LOG_SHARDS, LogEntry, PredictionKey, PredictionRecord, hours, id_lower_bound,
+    unix_ms,
+};
 use crate::source::RejectedRow;
 
 /// The schema version this build writes and reads.
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 
 /// Extra attempts for an idempotent refresh write that timed out or found
 /// the cluster busy (backoff 0.4 s, 1.6 s, 6.4 s).
@@ -118,7 +127,15 @@ struct Statements {
     list_batches: PreparedStatement,
     set_current: PreparedStatement,
     current_batches: PreparedStatement,
+    write_prediction: PreparedStatement,
+    read_prediction: PreparedStatement,
+    scan_predictions: PreparedStatement,
+    write_feedback: PreparedStatement,
+    scan_feedback: PreparedStatement,
 }
+
+/// Predictions written at once by one `write_predictions` call.
+const LOG_WRITE_PARALLELISM: usize = 16;
 
 /// The ScyllaDB-backed store.
 pub struct ScyllaStore {
@@ -366,9 +383,80 @@ impl ScyllaStore {
                             true,
                         )
                         .await?,
+                    write_prediction: self
+                        .prepare(
+                            format!(
+                                "INSERT INTO {ks}.prediction_log (hour, shard, prediction_id, record) \
+                                 VALUES (?, ?, ?, ?) USING TTL ?"
+                            ),
+                            false,
+                        )
+                        .await?,
+                    read_prediction: self
+                        .prepare(
+                            format!(
+                                "SELECT record FROM {ks}.prediction_log \
+                                 WHERE hour = ? AND shard = ? AND prediction_id = ?"
+                            ),
+                            true,
+                        )
+                        .await?,
+                    scan_predictions: self
+                        .prepare(
+                            format!(
+                                "SELECT prediction_id, record FROM {ks}.prediction_log \
+                                 WHERE hour = ? AND shard = ? AND prediction_id >= ? AND prediction_id < ?"
+                            ),
+                            true,
+                        )
+                        .await?,
+                    write_feedback: self
+                        .prepare(
+                            format!(
+                                "INSERT INTO {ks}.feedback (hour, shard, prediction_id, record) \
+                                 VALUES (?, ?, ?, ?) USING TTL ?"
+                            ),
+                            false,
+                        )
+                        .await?,
+                    scan_feedback: self
+                        .prepare(
+                            format!(
+                                "SELECT prediction_id, record FROM {ks}.feedback \
+                                 WHERE hour = ? AND shard = ? AND prediction_id >= ? AND prediction_id < ?"
+                            ),
+                            true,
+                        )
+                        .await?,
                 })
             })
             .await
+    }
+
+    /// The (ID, record) rows of one log partition with IDs in `[lo, hi)`.
+    async fn scan_log(
+        &self,
+        prepared: &PreparedStatement,
+        (hour, shard): (i64, i32),
+        lo: &str,
+        hi: &str,
+        limit: Duration,
+    ) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        deadline(limit, async {
+            let mut pages = self
+                .session
+                .execute_iter(prepared.clone(), (hour, shard, lo, hi))
+                .await
+                .map_err(|e| StoreError::Backend(e.to_string()))?
+                .rows_stream::<(String, Vec<u8>)>()
+                .map_err(rows_err)?;
+            let mut out = Vec::new();
+            while let Some(row) = pages.next().await {
+                out.push(row.map_err(rows_err)?);
+            }
+            Ok(out)
+        })
+        .await
     }
 
     /// The primary replica of a static row's partition, to group rows of one
@@ -383,6 +471,18 @@ impl ScyllaStore {
             .first()
             .map(|(node, _)| node.host_id)
     }
+}
+
+fn ttl_seconds(retention: Duration) -> i32 {
+    i32::try_from(retention.as_secs().max(1)).unwrap_or(i32::MAX)
+}
+
+fn decode_log_record<T: serde::de::DeserializeOwned>(
+    id: &str,
+    blob: &[u8],
+) -> Result<T, StoreError> {
+    serde_json::from_slice(blob)
+        .map_err(|e| StoreError::Backend(format!("damaged log record {id}: {e}")))
 }
 
 type BatchRow = (
@@ -455,6 +555,20 @@ impl FeatureStore for ScyllaStore {
                 format!(
                     "CREATE TABLE IF NOT EXISTS {ks}.current_batch (view_name text PRIMARY KEY, batch_id text, \
                      written_at bigint, fingerprint text)"
+                ),
+            ),
+            (
+                "table prediction_log".to_owned(),
+                format!(
+                    "CREATE TABLE IF NOT EXISTS {ks}.prediction_log (hour bigint, shard int, \
+                     prediction_id text, record blob, PRIMARY KEY ((hour, shard), prediction_id))"
+                ),
+            ),
+            (
+                "table feedback".to_owned(),
+                format!(
+                    "CREATE TABLE IF NOT EXISTS {ks}.feedback (hour bigint, shard int, \
+                     prediction_id text, record blob, PRIMARY KEY ((hour, shard), prediction_id))"
                 ),
             ),
             (
@@ -804,5 +918,136 @@ impl FeatureStore for ScyllaStore {
     async fn discard_batch(&self, _view: &str, _batch_id: &str) -> Result<(), StoreError> {
         // The rows' TTL collects them; deleting would need a scan.
         Ok(())
+    }
+
+    async fn write_predictions(
+        &self,
+        records: &[PredictionRecord],
+        retention: Duration,
+    ) -> Result<(), StoreError> {
+        let st = deadline(self.config.write_timeout, self.statements()).await?;
+        let ttl = ttl_seconds(retention);
+        let mut rows = Vec::with_capacity(records.len());
+        for r in records {
+            let key = PredictionKey::parse(&r.prediction_id)
+                .map_err(|e| StoreError::Backend(e.to_string()))?;
+            let blob = serde_json::to_vec(r).map_err(|e| StoreError::Backend(e.to_string()))?;
+            rows.push((key, r.prediction_id.clone(), blob));
+        }
+        stream::iter(rows)
+            .map(|(key, id, blob)| async move {
+                deadline(self.config.write_timeout, async {
+                    self.session
+                        .execute_unpaged(
+                            &st.write_prediction,
+                            (key.hour(), i32::from(key.shard), id.as_str(), blob, ttl),
+                        )
+                        .await
+                        .map(drop)
+                        .map_err(map_err)
+                })
+                .await
+            })
+            .buffer_unordered(LOG_WRITE_PARALLELISM)
+            .try_collect::<Vec<()>>()
+            .await?;
+        Ok(())
+    }
+
+    async fn read_prediction(
+        &self,
+        prediction_id: &str,
+    ) -> Result<Option<PredictionRecord>, StoreError> {
+        let key =
+            PredictionKey::parse(prediction_id).map_err(|e| StoreError::Backend(e.to_string()))?;
+        deadline(self.config.read_timeout, async {
+            let st = self.statements().await?;
+            let result = self
+                .session
+                .execute_unpaged(
+                    &st.read_prediction,
+                    (key.hour(), i32::from(key.shard), prediction_id),
+                )
+                .await
+                .map_err(map_err)?;
+            let rows = result.into_rows_result().map_err(rows_err)?;
+            let row: Option<(Vec<u8>,)> = rows.maybe_first_row().map_err(rows_err)?;
+            row.map(|(blob,)| decode_log_record(prediction_id, &blob))
+                .transpose()
+        })
+        .await
+    }
+
+    async fn write_feedback(
+        &self,
+        record: &FeedbackRecord,
+        retention: Duration,
+    ) -> Result<(), StoreError> {
+        let key = PredictionKey::parse(&record.prediction_id)
+            .map_err(|e| StoreError::Backend(e.to_string()))?;
+        let blob = serde_json::to_vec(record).map_err(|e| StoreError::Backend(e.to_string()))?;
+        deadline(self.config.write_timeout, async {
+            let st = self.statements().await?;
+            self.session
+                .execute_unpaged(
+                    &st.write_feedback,
+                    (
+                        key.hour(),
+                        i32::from(key.shard),
+                        record.prediction_id.as_str(),
+                        blob,
+                        ttl_seconds(retention),
+                    ),
+                )
+                .await
+                .map(drop)
+                .map_err(map_err)
+        })
+        .await
+    }
+
+    async fn read_log(
+        &self,
+        from: SystemTime,
+        to: SystemTime,
+        limit: usize,
+    ) -> Result<Vec<LogEntry>, StoreError> {
+        let st = deadline(self.config.read_timeout, self.statements()).await?;
+        let (lo, hi) = (id_lower_bound(unix_ms(from)), id_lower_bound(unix_ms(to)));
+        let partitions: Vec<(i64, i32)> = hours(from, to)
+            .flat_map(|h| (0..LOG_SHARDS).map(move |s| (h, i32::from(s))))
+            .collect();
+        let scan_limit = self.config.read_timeout.max(Duration::from_secs(5));
+        let (lo, hi) = (lo.as_str(), hi.as_str());
+        let mut predictions: Vec<(String, Vec<u8>)> = stream::iter(partitions.clone())
+            .map(|p| self.scan_log(&st.scan_predictions, p, lo, hi, scan_limit))
+            .buffer_unordered(LOG_WRITE_PARALLELISM)
+            .try_collect::<Vec<_>>()
+            .await?
+            .into_iter()
+            .flatten()
+            .collect();
+        predictions.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        predictions.truncate(limit);
+        let feedback: HashMap<String, Vec<u8>> = stream::iter(partitions)
+            .map(|p| self.scan_log(&st.scan_feedback, p, lo, hi, scan_limit))
+            .buffer_unordered(LOG_WRITE_PARALLELISM)
+            .try_collect::<Vec<_>>()
+            .await?
+            .into_iter()
+            .flatten()
+            .collect();
+        predictions
+            .into_iter()
+            .map(|(id, blob)| {
+                Ok(LogEntry {
+                    prediction: decode_log_record(&id, &blob)?,
+                    feedback: feedback
+                        .get(&id)
+                        .map(|f| decode_log_record(&id, f))
+                        .transpose()?,
+                })
+            })
+            .collect()
     }
 }
