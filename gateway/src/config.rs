@@ -1,5 +1,5 @@
 //! The gateway's config file (TOML): server limits, the feature store, the
-//! row cache and the models with their model-server endpoints and
+//! row cache, the prediction log and the models with their model-server endpoints and
 //! post-processing. Parsed with `deny_unknown_fields`, then validated into
 //! [`GatewayConfig`]; every error names the file and the key.
 
@@ -21,6 +21,8 @@ struct RawConfig {
     store: StoreSettings,
     #[serde(default)]
     cache: RawCache,
+    #[serde(default)]
+    prediction_log: crate::predlog::LogConfig,
     #[serde(rename = "model")]
     models: Vec<RawModel>,
 }
@@ -146,6 +148,8 @@ pub struct GatewayConfig {
     pub store: StoreSettings,
     /// The row cache.
     pub cache: ReaderConfig,
+    /// The prediction log.
+    pub prediction_log: crate::predlog::LogConfig,
     /// The models.
     pub models: Vec<ModelConfig>,
 }
@@ -221,6 +225,18 @@ impl GatewayConfig {
             return Err(err(
                 "server.max_batch_entities",
                 "must be at least 1".into(),
+            ));
+        }
+        if raw.prediction_log.buffer == 0 {
+            return Err(err("prediction_log.buffer", "must be at least 1".into()));
+        }
+        if raw.prediction_log.batch == 0 {
+            return Err(err("prediction_log.batch", "must be at least 1".into()));
+        }
+        if raw.prediction_log.retention.as_secs() == 0 {
+            return Err(err(
+                "prediction_log.retention",
+                "must be at least 1s, e.g. \"90d\"".into(),
             ));
         }
         if let Err(e) = raw.store.scylla_config() {
@@ -300,7 +316,48 @@ impl GatewayConfig {
             },
             store,
             cache,
+            prediction_log: raw.prediction_log,
             models,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn example() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("config/gateway.toml")
+    }
+
+    #[test]
+    fn the_example_config_is_valid() -> Result<(), ConfigError> {
+        let config = GatewayConfig::load(&example())?;
+        assert_eq!(config.models[0].name, "fraud_detector");
+        assert!(config.prediction_log.enabled);
+        assert_eq!(config.prediction_log.buffer, 65_536);
+        assert_eq!(
+            config.prediction_log.retention,
+            Duration::from_secs(90 * 24 * 3600)
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn bad_prediction_log_settings_name_the_key() {
+        let text = std::fs::read_to_string(example()).unwrap_or_default();
+        for (from, to, key) in [
+            ("buffer = 65536", "buffer = 0", "prediction_log.buffer"),
+            ("batch = 512", "batch = 0", "prediction_log.batch"),
+            ("retention = \"90d\"", "retention = \"soon\"", "line"),
+            ("retries = 3", "retries = 3\nflush = 1", "line"),
+        ] {
+            assert!(text.contains(from), "the example lost {from:?}");
+            let err = GatewayConfig::parse(&text.replace(from, to), &example())
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(err.contains(key), "{to:?}: {err}");
+        }
     }
 }

@@ -6,6 +6,9 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use feature_store::definitions::{FeatureDefinitions, ModelFeatures};
+use feature_store::log::{
+    FeedbackRecord, LoggedOutput, Outcome, PredictionKey, PredictionRecord, unix_ms,
+};
 use feature_store::reader::FeatureReader;
 use feature_store::store::FeatureStore;
 
@@ -14,6 +17,7 @@ use crate::enrich::{Enricher, WireValue};
 use crate::error::GatewayError;
 use crate::infer::{BreakerConfig, ModelClient};
 use crate::postprocess::Processed;
+use crate::predlog::PredictionLog;
 
 /// One prediction request, wire-neutral.
 #[derive(Debug, Clone, Default)]
@@ -26,6 +30,24 @@ pub struct PredictInput {
     pub keys: HashMap<String, String>,
     /// Request features.
     pub request_features: HashMap<String, WireValue>,
+    /// The caller's subject (from its token), recorded in the prediction log.
+    pub subject: String,
+}
+
+/// The subject recorded for calls made without a verified caller.
+pub const ANONYMOUS: &str = "anonymous";
+
+/// Ground truth for an earlier prediction, wire-neutral.
+#[derive(Debug, Clone)]
+pub struct FeedbackInput {
+    /// The prediction's ID as returned by predict.
+    pub prediction_id: String,
+    /// What happened (None: the caller sent neither a label nor a value).
+    pub outcome: Option<Outcome>,
+    /// When it was observed (None: now).
+    pub observed_at: Option<SystemTime>,
+    /// The caller's subject.
+    pub subject: String,
 }
 
 /// One answer, wire-neutral.
@@ -71,6 +93,8 @@ pub struct Gateway<S> {
     enricher: Enricher<S>,
     routes: HashMap<String, Route>,
     request_timeout: Duration,
+    log: Option<PredictionLog>,
+    log_retention: Duration,
 }
 
 /// Why the gateway cannot start.
@@ -139,11 +163,110 @@ impl<S: FeatureStore> Gateway<S> {
                 },
             );
         }
+        let log = config
+            .prediction_log
+            .enabled
+            .then(|| PredictionLog::start(Arc::clone(reader.store()), &config.prediction_log));
         Ok(Gateway {
             enricher: Enricher::new(reader),
             routes,
             request_timeout: config.server.request_timeout,
+            log,
+            log_retention: config.prediction_log.retention,
         })
+    }
+
+    /// The prediction log (None when disabled by config).
+    pub fn prediction_log(&self) -> Option<&PredictionLog> {
+        self.log.as_ref()
+    }
+
+    /// Writes what the prediction log holds and stops it (graceful
+    /// shutdown), waiting at most `deadline`. Returns whether everything was
+    /// written in time.
+    pub async fn close_log(&self, deadline: Duration) -> bool {
+        match &self.log {
+            Some(log) => log.close(deadline).await,
+            None => true,
+        }
+    }
+
+    /// Stores ground truth for a logged prediction.
+    ///
+    /// # Errors
+    /// [`GatewayError::InvalidArgument`] naming the field,
+    /// [`GatewayError::UnknownPrediction`] when no such prediction is
+    /// logged, or the store's failure.
+    pub async fn feedback(&self, input: FeedbackInput) -> Result<(), GatewayError> {
+        let key = PredictionKey::parse(&input.prediction_id)
+            .map_err(|e| GatewayError::InvalidArgument(format!("prediction_id: {e}")))?;
+        let outcome = match input.outcome {
+            None => {
+                return Err(GatewayError::InvalidArgument(
+                    "outcome: send `label` (a class) or `value` (a number)".to_owned(),
+                ));
+            }
+            Some(Outcome::Label(l)) if l.is_empty() || l.len() > 256 => {
+                return Err(GatewayError::InvalidArgument(format!(
+                    "label: must be 1 to 256 bytes, got {}",
+                    l.len()
+                )));
+            }
+            Some(Outcome::Value(v)) if !v.is_finite() => {
+                return Err(GatewayError::InvalidArgument(format!(
+                    "value: {v} is not a finite number"
+                )));
+            }
+            Some(o) => o,
+        };
+        let now = feature_store::store::now_micros();
+        let observed_at = input.observed_at.unwrap_or(now);
+        if observed_at > now + Duration::from_secs(300) {
+            return Err(GatewayError::InvalidArgument(
+                "observed_at_ms: more than 5 minutes in the future; send Unix milliseconds"
+                    .to_owned(),
+            ));
+        }
+        let store = self.enricher.reader().store();
+        let store_err = |e: feature_store::store::StoreError| GatewayError::FeatureStore(e.into());
+        let mut found = store
+            .read_prediction(&input.prediction_id)
+            .await
+            .map_err(store_err)?;
+        // A prediction made moments ago may still be in the log's buffer.
+        let recent = unix_ms(now).saturating_sub(key.unix_ms) < 600_000;
+        if let Some(log) = self.log.as_ref().filter(|_| found.is_none() && recent) {
+            log.flush(Duration::from_secs(2)).await;
+            found = store
+                .read_prediction(&input.prediction_id)
+                .await
+                .map_err(store_err)?;
+        }
+        let prediction = found.ok_or_else(|| GatewayError::UnknownPrediction {
+            prediction_id: input.prediction_id.clone(),
+        })?;
+        if let (Outcome::Label(label), Some(route)) = (&outcome, self.routes.get(&prediction.model))
+        {
+            let labels = &route.config.postprocess.labels;
+            if !labels.is_empty() && !labels.contains(label) {
+                return Err(GatewayError::InvalidArgument(format!(
+                    "label: {label:?} is not a label of model {:?}; its labels are {}",
+                    prediction.model,
+                    labels.join(", ")
+                )));
+            }
+        }
+        let record = FeedbackRecord {
+            prediction_id: input.prediction_id,
+            outcome,
+            observed_at,
+            received_at: now,
+            subject: input.subject,
+        };
+        store
+            .write_feedback(&record, self.log_retention)
+            .await
+            .map_err(store_err)
     }
 
     /// The enricher (for pushes and stats).
@@ -360,7 +483,7 @@ impl<S: FeatureStore> Gateway<S> {
                 model: route.config.name.clone(),
                 detail,
             })?;
-        Ok(Prediction {
+        let prediction = Prediction {
             prediction_id: uuid::Uuid::now_v7().to_string(),
             model: route.config.name.clone(),
             model_version: answer.model_version,
@@ -369,6 +492,44 @@ impl<S: FeatureStore> Gateway<S> {
             defaulted: enriched.defaulted,
             row: enriched.row,
             model_time: answer.elapsed,
-        })
+        };
+        if let Some(log) = &self.log {
+            log.record(PredictionRecord {
+                prediction_id: prediction.prediction_id.clone(),
+                at: feature_store::store::now_micros(),
+                subject: input.subject.clone(),
+                model: prediction.model.clone(),
+                model_version: prediction.model_version.clone(),
+                route: if input.model_version.is_empty() {
+                    "stable"
+                } else {
+                    "explicit"
+                }
+                .to_owned(),
+                entity: enriched.entity_key,
+                inputs: prediction.row.clone(),
+                view_ages_ms: prediction
+                    .view_ages
+                    .iter()
+                    .map(|(v, age)| {
+                        (
+                            v.clone(),
+                            age.map(|a| u64::try_from(a.as_millis()).unwrap_or(u64::MAX)),
+                        )
+                    })
+                    .collect(),
+                defaulted: prediction.defaulted.clone(),
+                outputs: prediction
+                    .outputs
+                    .iter()
+                    .map(|o| LoggedOutput {
+                        name: o.name.clone(),
+                        label: (!o.label.is_empty()).then(|| o.label.clone()),
+                        score: o.score,
+                    })
+                    .collect(),
+            });
+        }
+        Ok(prediction)
     }
 }

@@ -142,6 +142,8 @@ pub struct Enriched {
     pub view_ages: Vec<(String, Option<Duration>)>,
     /// Columns (`view.feature` / `request.name`) that got their default.
     pub defaulted: Vec<String>,
+    /// The store key the views were read with.
+    pub entity_key: String,
 }
 
 /// Assembles model inputs from the feature store and the request.
@@ -276,6 +278,7 @@ impl<S: FeatureStore> Enricher<S> {
                 .map(|r: &ResolvedView| (r.view.to_owned(), r.age))
                 .collect(),
             defaulted,
+            entity_key,
         })
     }
 }

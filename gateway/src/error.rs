@@ -44,6 +44,14 @@ pub enum GatewayError {
         /// What was wrong.
         detail: String,
     },
+    /// Feedback names a prediction that is not in the log.
+    #[error(
+        "no prediction {prediction_id:?} in the prediction log; send the prediction_id returned by predict (records expire after the log's retention)"
+    )]
+    UnknownPrediction {
+        /// The ID sent.
+        prediction_id: String,
+    },
     /// Too many requests in flight; refused at once.
     #[error("the gateway is at its limit of concurrent requests; retry with backoff")]
     Overloaded,
@@ -81,6 +89,9 @@ impl GatewayError {
         let (http, grpc, code) = match self {
             GatewayError::UnknownModel { .. } => (404, tonic::Code::NotFound, "unknown_model"),
             GatewayError::UnknownView { .. } => (404, tonic::Code::NotFound, "unknown_view"),
+            GatewayError::UnknownPrediction { .. } => {
+                (404, tonic::Code::NotFound, "prediction_not_found")
+            }
             GatewayError::InvalidArgument(_) => {
                 (400, tonic::Code::InvalidArgument, "invalid_argument")
             }

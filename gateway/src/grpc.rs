@@ -1,15 +1,17 @@
-//! The gRPC front (tonic): `gateway.v1.PredictionService`. Handlers convert
+//! The gRPC front (tonic): `gateway.v1.PredictionService`, `FeatureService`
+//! and `FeedbackService`. Handlers convert
 //! protobuf to the core's types (no JSON on this path) and back.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use feature_store::log::Outcome;
 use feature_store::store::FeatureStore;
 use proto::gateway::v1 as pb;
 use proto::gateway::v1::prediction_service_server::PredictionService;
 use tonic::{Request, Response, Status};
 
-use crate::core::{PredictInput, Prediction, PushRow};
+use crate::core::{FeedbackInput, PredictInput, Prediction, PushRow};
 use crate::enrich::WireValue;
 use crate::error::GatewayError;
 use crate::server::Shared;
@@ -55,6 +57,7 @@ fn input(
         model_version: version,
         keys: r.entity.map(|e| e.keys).unwrap_or_default(),
         request_features,
+        subject: crate::core::ANONYMOUS.to_owned(),
     })
 }
 
@@ -141,6 +144,51 @@ impl<S: FeatureStore> proto::gateway::v1::feature_service_server::FeatureService
         Ok(Response::new(pb::PushFeaturesResponse {
             rows_written: written,
         }))
+    }
+}
+
+/// `FeedbackService` (ground truth for predictions) over the shared core.
+pub struct FeedbackGrpc<S> {
+    shared: Arc<Shared<S>>,
+}
+
+impl<S> FeedbackGrpc<S> {
+    /// Serves `shared`.
+    pub fn new(shared: Arc<Shared<S>>) -> Self {
+        FeedbackGrpc { shared }
+    }
+}
+
+#[tonic::async_trait]
+impl<S: FeatureStore> proto::gateway::v1::feedback_service_server::FeedbackService
+    for FeedbackGrpc<S>
+{
+    async fn feedback(
+        &self,
+        request: Request<pb::FeedbackRequest>,
+    ) -> Result<Response<pb::FeedbackResponse>, Status> {
+        use pb::feedback_request::Outcome as Wire;
+        let r = request.into_inner();
+        let outcome = r.outcome.map(|o| match o {
+            Wire::Label(l) => Outcome::Label(l),
+            Wire::Value(v) => Outcome::Value(v),
+        });
+        let result = async {
+            let _permit = self.shared.admit()?;
+            self.shared
+                .gateway
+                .feedback(FeedbackInput {
+                    prediction_id: r.prediction_id,
+                    outcome,
+                    observed_at: event_time(r.observed_at_ms),
+                    subject: crate::core::ANONYMOUS.to_owned(),
+                })
+                .await
+        }
+        .await;
+        self.shared.record("grpc", "feedback", &result);
+        result.map_err(|e| e.to_status())?;
+        Ok(Response::new(pb::FeedbackResponse {}))
     }
 }
 

@@ -10,11 +10,12 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use feature_store::log::Outcome;
 use feature_store::store::FeatureStore;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::core::{PredictInput, Prediction, PushRow};
+use crate::core::{FeedbackInput, PredictInput, Prediction, PushRow};
 use crate::enrich::WireValue;
 use crate::error::GatewayError;
 use crate::server::Shared;
@@ -126,6 +127,7 @@ fn predict_input(model: String, body: PredictBody, at: &str) -> Result<PredictIn
         model_version: body.model_version,
         keys: body.entity,
         request_features,
+        subject: crate::core::ANONYMOUS.to_owned(),
     })
 }
 
@@ -238,6 +240,58 @@ async fn push<S: FeatureStore>(
     Ok(Json(json!({"rows_written": result?})))
 }
 
+/// The JSON body of `POST /v1/feedback`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FeedbackBody {
+    /// The ID predict returned.
+    pub prediction_id: String,
+    /// The observed class (or send `value`).
+    #[serde(default)]
+    pub label: Option<String>,
+    /// The observed number, for regression (or send `label`).
+    #[serde(default)]
+    pub value: Option<f64>,
+    /// When observed, Unix milliseconds (absent or 0: now).
+    #[serde(default)]
+    pub observed_at_ms: i64,
+}
+
+async fn feedback<S: FeatureStore>(
+    State(shared): State<Arc<Shared<S>>>,
+    body: Result<Json<FeedbackBody>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<Value>, GatewayError> {
+    let result = async {
+        let Json(body) = body.map_err(|e| {
+            GatewayError::InvalidArgument(format!("request body: {}", e.body_text()))
+        })?;
+        let outcome = match (body.label, body.value) {
+            (Some(_), Some(_)) => {
+                return Err(GatewayError::InvalidArgument(
+                    "send either `label` or `value`, not both".to_owned(),
+                ));
+            }
+            (Some(l), None) => Some(Outcome::Label(l)),
+            (None, Some(v)) => Some(Outcome::Value(v)),
+            (None, None) => None,
+        };
+        let _permit = shared.admit()?;
+        shared
+            .gateway
+            .feedback(FeedbackInput {
+                prediction_id: body.prediction_id,
+                outcome,
+                observed_at: crate::grpc::event_time(body.observed_at_ms),
+                subject: crate::core::ANONYMOUS.to_owned(),
+            })
+            .await
+    }
+    .await;
+    shared.record("rest", "feedback", &result);
+    result?;
+    Ok(Json(json!({})))
+}
+
 /// The OpenAPI document of these routes (`gateway/openapi.json`).
 pub const OPENAPI: &str = include_str!("../openapi.json");
 
@@ -283,6 +337,7 @@ pub fn router<S: FeatureStore>(shared: Arc<Shared<S>>) -> Router {
         .route("/v1/models/{model}/predict", post(predict::<S>))
         .route("/v1/models/{model}/predict-batch", post(predict_batch::<S>))
         .route("/v1/features/{view}/push", post(push::<S>))
+        .route("/v1/feedback", post(feedback::<S>))
         .route("/metrics", get(metrics::<S>))
         .route("/openapi.json", get(openapi))
         .route("/healthz", get(healthz))

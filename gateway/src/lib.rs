@@ -4,9 +4,10 @@
 //! Built so far (issue 5, in steps): [`config`] (the TOML file), [`core`]
 //! (route → [`enrich`] → [`infer`] → [`postprocess`], pushes, the start-up
 //! model check), [`error`] (the one error table), the [`http`] and [`grpc`]
-//! fronts, [`metrics`], and the [`server`] that runs them. Not built yet: the
-//! prediction log and feedback, the tower layers (admission is a shared semaphore today),
-//! auth (issue 6) and rollout (issue 8). No code stands in for them.
+//! fronts, [`metrics`], the [`predlog`] prediction log writer (feedback joins
+//! to it), and the [`server`] that runs them. Not built yet: the tower layers
+//! (admission is a shared semaphore today), auth (issue 6) and rollout
+//! (issue 8). No code stands in for them.
 
 pub mod config;
 pub mod core;
@@ -17,4 +18,5 @@ pub mod http;
 pub mod infer;
 pub mod metrics;
 pub mod postprocess;
+pub mod predlog;
 pub mod server;

@@ -37,7 +37,11 @@ impl<S: feature_store::store::FeatureStore> Shared<S> {
             .limit_total
             .saturating_sub(self.limit.available_permits());
         let cache = self.gateway.enricher().reader().cache_stats();
-        self.metrics.render(&cache, in_flight, self.limit_total)
+        let mut out = self.metrics.render(&cache, in_flight, self.limit_total);
+        if let Some(log) = self.gateway.prediction_log() {
+            log.stats().render(&mut out);
+        }
+        out
     }
 }
 
@@ -204,6 +208,11 @@ impl GatewayServer {
                     crate::grpc::FeatureGrpc::new(Arc::clone(&self.shared)),
                 ),
             )
+            .add_service(
+                proto::gateway::v1::feedback_service_server::FeedbackServiceServer::new(
+                    crate::grpc::FeedbackGrpc::new(Arc::clone(&self.shared)),
+                ),
+            )
             .serve_with_incoming_shutdown(incoming, stop(rx));
         tokio::spawn(async move {
             shutdown.await;
@@ -211,6 +220,13 @@ impl GatewayServer {
         });
         let (h, g) = tokio::join!(http.into_future(), grpc);
         watch.abort();
+        // Both fronts have drained: every answered prediction is queued.
+        let log_deadline = Duration::from_secs(10);
+        if !self.shared.gateway.close_log(log_deadline).await {
+            tracing::error!(
+                "prediction log: not everything was written within {log_deadline:?} of shutdown"
+            );
+        }
         h.map_err(|e| ServeError::Serve(format!("REST: {e}")))?;
         g.map_err(|e| ServeError::Serve(format!("gRPC: {e}")))?;
         Ok(())

@@ -377,6 +377,7 @@ async fn predictions_through_the_gateway() -> Result<()> {
         "/v1/models/{model}/predict",
         "/v1/models/{model}/predict-batch",
         "/v1/features/{view}/push",
+        "/v1/feedback",
         "/healthz",
         "/readyz",
         "/metrics",
@@ -566,6 +567,193 @@ async fn overload_is_shed_at_once_and_admitted_requests_succeed() -> Result<()> 
         "{metrics}"
     );
     drop(gw);
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+#[tokio::test]
+async fn feedback_joins_its_logged_prediction_and_sigterm_loses_none() -> Result<()> {
+    let (dir, config) = scratch_gateway("log", |c| c).await?;
+    let mut gw = GatewayProcess::start(&config).await?;
+    let http = reqwest::Client::new();
+    let predict_url = format!("{}/v1/models/fraud_detector/predict", gw.http);
+    let body = json!({"entity": {"customer_id": "c-7"}, "request_features": request_features()});
+    let first: Value = http
+        .post(&predict_url)
+        .json(&body)
+        .send()
+        .await?
+        .json()
+        .await?;
+    let id = first["prediction_id"]
+        .as_str()
+        .with_context(|| format!("no prediction_id in {first}"))?
+        .to_owned();
+
+    // Feedback over gRPC for the prediction just made (still in the log's
+    // buffer, or already written: either way it is found).
+    let mut feedback = proto::gateway::v1::feedback_service_client::FeedbackServiceClient::connect(
+        gw.grpc.clone(),
+    )
+    .await?;
+    feedback
+        .feedback(pb::FeedbackRequest {
+            prediction_id: id.clone(),
+            outcome: Some(pb::feedback_request::Outcome::Label("fraud".into())),
+            observed_at_ms: 0,
+        })
+        .await?;
+
+    // Bad feedback over REST: each refused with a code and the field named.
+    let feedback_url = format!("{}/v1/feedback", gw.http);
+    let unknown = uuid::Uuid::now_v7().to_string();
+    for (body, status, code, says) in [
+        (
+            json!({"prediction_id": unknown, "label": "fraud"}),
+            404,
+            "prediction_not_found",
+            "no prediction",
+        ),
+        (
+            json!({"prediction_id": "p-123", "label": "fraud"}),
+            400,
+            "invalid_argument",
+            "prediction_id: \"p-123\" is not a prediction ID",
+        ),
+        (
+            json!({"prediction_id": id, "label": "maybe"}),
+            400,
+            "invalid_argument",
+            "its labels are legit, fraud",
+        ),
+        (
+            json!({"prediction_id": id}),
+            400,
+            "invalid_argument",
+            "outcome: send `label`",
+        ),
+        (
+            json!({"prediction_id": id, "label": "fraud", "value": 1.0}),
+            400,
+            "invalid_argument",
+            "not both",
+        ),
+    ] {
+        let r = http.post(&feedback_url).json(&body).send().await?;
+        let got_status = r.status().as_u16();
+        let v: Value = r.json().await?;
+        assert_eq!(
+            (got_status, v["code"].as_str()),
+            (status, Some(code)),
+            "{body} -> {v}"
+        );
+        assert!(
+            v["message"].as_str().is_some_and(|m| m.contains(says)),
+            "{body} -> {v}"
+        );
+    }
+
+    // Predictions in flight when SIGTERM arrives: every answered one is in
+    // the log after the gateway exits.
+    let answered = Arc::new(std::sync::Mutex::new(vec![id.clone()]));
+    let done = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let pid = gw.child.id().context("pid")?;
+    let killer = {
+        let done = Arc::clone(&done);
+        tokio::spawn(async move {
+            while done.load(std::sync::atomic::Ordering::SeqCst) < 60 {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            std::process::Command::new("kill")
+                .arg("-TERM")
+                .arg(pid.to_string())
+                .status()
+        })
+    };
+    let calls = futures_util::stream::iter(0..400).map(|i| {
+        let (http, url, answered, done) = (
+            http.clone(),
+            predict_url.clone(),
+            Arc::clone(&answered),
+            Arc::clone(&done),
+        );
+        async move {
+            let body = json!({"entity": {"customer_id": format!("c-{i}")}, "request_features": request_features()});
+            if let Ok(r) = http.post(url).json(&body).send().await {
+                if r.status().as_u16() == 200 {
+                    if let Ok(v) = r.json::<Value>().await {
+                        if let Some(id) = v["prediction_id"].as_str() {
+                            answered
+                                .lock()
+                                .map_err(|_| anyhow::anyhow!("poisoned"))?
+                                .push(id.to_owned());
+                        }
+                    }
+                }
+            }
+            done.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            anyhow::Ok(())
+        }
+    });
+    use futures_util::StreamExt as _;
+    let results: Vec<Result<()>> = calls.buffer_unordered(16).collect().await;
+    for r in results {
+        r?;
+    }
+    killer.await??;
+    let exit = tokio::time::timeout(Duration::from_secs(20), gw.child.wait()).await??;
+    assert!(exit.success(), "gateway exited with {exit:?} after SIGTERM");
+
+    let answered = answered
+        .lock()
+        .map_err(|_| anyhow::anyhow!("poisoned"))?
+        .clone();
+    assert!(answered.len() > 60, "only {} answered", answered.len());
+    let store = EmbeddedStore::open(&dir.join("features.redb"))?;
+    let now = std::time::SystemTime::now();
+    let log = store
+        .read_log(
+            now - Duration::from_secs(3600),
+            now + Duration::from_secs(60),
+            100_000,
+        )
+        .await?;
+    let logged: std::collections::HashSet<&str> = log
+        .iter()
+        .map(|e| e.prediction.prediction_id.as_str())
+        .collect();
+    let missing: Vec<&String> = answered
+        .iter()
+        .filter(|id| !logged.contains(id.as_str()))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{} of {} answered predictions are not in the log, e.g. {:?}",
+        missing.len(),
+        answered.len(),
+        missing.first()
+    );
+    // The first prediction joins its feedback.
+    let entry = log
+        .iter()
+        .find(|e| e.prediction.prediction_id == id)
+        .context("first prediction not logged")?;
+    assert_eq!(entry.prediction.model, "fraud_detector");
+    assert_eq!(entry.prediction.entity, "c-7");
+    assert_eq!(entry.prediction.inputs.len(), 15);
+    assert!(
+        entry
+            .prediction
+            .defaulted
+            .iter()
+            .any(|d| d.starts_with("customer_profile.")),
+        "c-7 has no profile row: {:?}",
+        entry.prediction.defaulted
+    );
+    assert_eq!(
+        entry.feedback.as_ref().map(|f| &f.outcome),
+        Some(&feature_store::log::Outcome::Label("fraud".into()))
+    );
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }

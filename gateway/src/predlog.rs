@@ -1,0 +1,336 @@
+//! The prediction log writer: predictions are queued off the hot path in a
+//! bounded buffer and written to the store in batches by one task.
+//!
+//! Nothing is lost silently. A full buffer refuses the record at once (the
+//! request is not slowed down), counts it and logs a warning at most once a
+//! second with the running count. A write that fails is retried with backoff
+//! while the error is transient; what still fails is counted and logged.
+//! [`PredictionLog::flush`] waits until everything queued before it is
+//! written (feedback for a just-made prediction uses it), and
+//! [`PredictionLog::close`] writes what is left at shutdown.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use feature_store::log::PredictionRecord;
+use feature_store::store::{FeatureStore, StoreError};
+use serde::Deserialize;
+use tokio::sync::{Mutex, mpsc, oneshot};
+
+/// Prediction log settings (`[prediction_log]` in the gateway config).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// Whether predictions are logged at all.
+    pub enabled: bool,
+    /// Records the buffer holds before new ones are refused (and counted).
+    pub buffer: usize,
+    /// Records written per store call at most.
+    pub batch: usize,
+    /// How long the store keeps records (ScyllaDB TTL), e.g. "90d".
+    #[serde(with = "humantime_secs")]
+    pub retention: Duration,
+    /// Extra attempts for a write that failed transiently.
+    pub retries: u32,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            enabled: true,
+            buffer: 65_536,
+            batch: 512,
+            retention: feature_store::log::DEFAULT_LOG_RETENTION,
+            retries: 3,
+        }
+    }
+}
+
+mod humantime_secs {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(d)?;
+        feature_store::definitions::parse_duration(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+/// Counts of what happened to logged predictions.
+#[derive(Debug, Default)]
+pub struct LogStats {
+    /// Written to the store.
+    pub written: AtomicU64,
+    /// Refused because the buffer was full.
+    pub dropped_full: AtomicU64,
+    /// Lost because the store kept failing.
+    pub failed: AtomicU64,
+    /// Store calls made.
+    pub batches: AtomicU64,
+    /// Records waiting in the buffer.
+    pub queued: AtomicU64,
+}
+
+impl LogStats {
+    /// Appends the Prometheus text of these counters to `out`.
+    pub fn render(&self, out: &mut String) {
+        use std::fmt::Write as _;
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let _ = writeln!(
+            out,
+            "# HELP mlgw_prediction_log_records_total Predictions by what happened to their log record.\n\
+             # TYPE mlgw_prediction_log_records_total counter\n\
+             mlgw_prediction_log_records_total{{result=\"written\"}} {}\n\
+             mlgw_prediction_log_records_total{{result=\"dropped_buffer_full\"}} {}\n\
+             mlgw_prediction_log_records_total{{result=\"failed\"}} {}\n\
+             # HELP mlgw_prediction_log_writes_total Store calls made by the log writer.\n\
+             # TYPE mlgw_prediction_log_writes_total counter\n\
+             mlgw_prediction_log_writes_total {}\n\
+             # HELP mlgw_prediction_log_queued Records waiting in the log buffer.\n\
+             # TYPE mlgw_prediction_log_queued gauge\n\
+             mlgw_prediction_log_queued {}",
+            get(&self.written),
+            get(&self.dropped_full),
+            get(&self.failed),
+            get(&self.batches),
+            get(&self.queued),
+        );
+    }
+}
+
+enum Message {
+    Record(Box<PredictionRecord>),
+    Flush(oneshot::Sender<()>),
+}
+
+/// The handle the gateway core records predictions through.
+pub struct PredictionLog {
+    tx: mpsc::Sender<Message>,
+    stats: Arc<LogStats>,
+    writer: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    last_warning: std::sync::Mutex<Option<Instant>>,
+}
+
+impl PredictionLog {
+    /// Starts the writer task on `store`.
+    pub fn start<S: FeatureStore>(store: Arc<S>, config: &LogConfig) -> Self {
+        let (tx, rx) = mpsc::channel(config.buffer.max(1));
+        let stats = Arc::new(LogStats::default());
+        let writer = tokio::spawn(write_loop(store, rx, Arc::clone(&stats), config.clone()));
+        PredictionLog {
+            tx,
+            stats,
+            writer: Mutex::new(Some(writer)),
+            last_warning: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> &LogStats {
+        &self.stats
+    }
+
+    /// Queues a record without waiting. A full buffer (or a closed log)
+    /// refuses it: counted, and logged at most once a second.
+    pub fn record(&self, record: PredictionRecord) {
+        match self.tx.try_send(Message::Record(Box::new(record))) {
+            Ok(()) => {
+                self.stats.queued.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => {
+                let total = self.stats.dropped_full.fetch_add(1, Ordering::Relaxed) + 1;
+                let why = match e {
+                    mpsc::error::TrySendError::Full(_) => "the buffer is full",
+                    mpsc::error::TrySendError::Closed(_) => "the log is closed",
+                };
+                let mut last = self
+                    .last_warning
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                if last.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+                    *last = Some(Instant::now());
+                    tracing::warn!(
+                        dropped_total = total,
+                        "prediction log: a record was not logged because {why}; \
+                         the store is slower than the prediction rate"
+                    );
+                }
+            }
+        }
+    }
+
+    /// Waits until every record queued before this call is written (or has
+    /// failed), at most `deadline`. Returns whether it finished in time.
+    pub async fn flush(&self, deadline: Duration) -> bool {
+        let (done, wait) = oneshot::channel();
+        tokio::time::timeout(deadline, async {
+            self.tx.send(Message::Flush(done)).await.is_ok() && wait.await.is_ok()
+        })
+        .await
+        .unwrap_or(false)
+    }
+
+    /// Writes what is queued and stops the writer, waiting at most
+    /// `deadline`. Records arriving later are refused and counted.
+    pub async fn close(&self, deadline: Duration) -> bool {
+        let flushed = self.flush(deadline).await;
+        if let Some(writer) = self.writer.lock().await.take() {
+            writer.abort();
+        }
+        flushed
+    }
+}
+
+async fn write_loop<S: FeatureStore>(
+    store: Arc<S>,
+    mut rx: mpsc::Receiver<Message>,
+    stats: Arc<LogStats>,
+    config: LogConfig,
+) {
+    let limit = config.batch.max(1);
+    let mut messages = Vec::with_capacity(limit);
+    let mut records = Vec::with_capacity(limit);
+    loop {
+        if rx.recv_many(&mut messages, limit).await == 0 {
+            return;
+        }
+        let mut waiters = Vec::new();
+        for m in messages.drain(..) {
+            match m {
+                Message::Record(r) => records.push(*r),
+                Message::Flush(done) => waiters.push(done),
+            }
+        }
+        if !records.is_empty() {
+            let n = records.len() as u64;
+            stats.queued.fetch_sub(n, Ordering::Relaxed);
+            match write_with_retries(&*store, &records, &config).await {
+                Ok(()) => {
+                    stats.written.fetch_add(n, Ordering::Relaxed);
+                }
+                Err(e) => {
+                    let total = stats.failed.fetch_add(n, Ordering::Relaxed) + n;
+                    tracing::error!(
+                        error = %e,
+                        records = n,
+                        failed_total = total,
+                        "prediction log: records could not be written"
+                    );
+                }
+            }
+            stats.batches.fetch_add(1, Ordering::Relaxed);
+            records.clear();
+        }
+        for w in waiters {
+            let _ = w.send(());
+        }
+    }
+}
+
+async fn write_with_retries<S: FeatureStore>(
+    store: &S,
+    records: &[PredictionRecord],
+    config: &LogConfig,
+) -> Result<(), StoreError> {
+    let mut attempt = 0;
+    loop {
+        match store.write_predictions(records, config.retention).await {
+            Err(e) if e.is_transient() && attempt < config.retries => {
+                attempt += 1;
+                tracing::warn!(error = %e, attempt, "prediction log: retrying a write");
+                tokio::time::sleep(Duration::from_millis(100 << (2 * attempt))).await;
+            }
+            other => return other,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::time::SystemTime;
+
+    use feature_store::store::embedded::EmbeddedStore;
+
+    use super::*;
+
+    fn record(i: u32) -> PredictionRecord {
+        PredictionRecord {
+            prediction_id: uuid::Uuid::now_v7().to_string(),
+            at: feature_store::store::now_micros(),
+            subject: "svc".into(),
+            model: "m".into(),
+            model_version: "1".into(),
+            route: "stable".into(),
+            entity: format!("e-{i}"),
+            inputs: vec![i as f32],
+            view_ages_ms: BTreeMap::new(),
+            defaulted: Vec::new(),
+            outputs: Vec::new(),
+        }
+    }
+
+    async fn store(tag: &str) -> Result<(Arc<EmbeddedStore>, std::path::PathBuf), StoreError> {
+        let dir = std::env::temp_dir().join(format!("mlgw_predlog_{tag}_{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let store = EmbeddedStore::open(&dir.join("log.redb"))?;
+        store.apply_schema().await?;
+        Ok((Arc::new(store), dir))
+    }
+
+    async fn logged(store: &EmbeddedStore) -> Result<usize, StoreError> {
+        let now = SystemTime::now();
+        Ok(store
+            .read_log(
+                now - Duration::from_secs(60),
+                now + Duration::from_secs(60),
+                usize::MAX,
+            )
+            .await?
+            .len())
+    }
+
+    // One thread: the writer cannot run while the loop below fills the buffer.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_full_buffer_refuses_and_counts_never_blocks() -> Result<(), StoreError> {
+        let (store, dir) = store("full").await?;
+        let config = LogConfig {
+            buffer: 8,
+            ..LogConfig::default()
+        };
+        let log = PredictionLog::start(Arc::clone(&store), &config);
+        for i in 0..100 {
+            log.record(record(i));
+        }
+        assert_eq!(log.stats().dropped_full.load(Ordering::Relaxed), 92);
+        assert!(log.flush(Duration::from_secs(10)).await);
+        assert_eq!(log.stats().written.load(Ordering::Relaxed), 8);
+        assert_eq!(logged(&store).await?, 8);
+        let mut text = String::new();
+        log.stats().render(&mut text);
+        assert!(
+            text.contains("mlgw_prediction_log_records_total{result=\"dropped_buffer_full\"} 92")
+        );
+        let _ = std::fs::remove_dir_all(dir);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn close_writes_everything_queued() -> Result<(), StoreError> {
+        let (store, dir) = store("close").await?;
+        let log = PredictionLog::start(Arc::clone(&store), &LogConfig::default());
+        for i in 0..2000 {
+            log.record(record(i));
+        }
+        assert!(log.close(Duration::from_secs(30)).await);
+        assert_eq!(logged(&store).await?, 2000);
+        assert_eq!(log.stats().written.load(Ordering::Relaxed), 2000);
+        // After close, a record is refused and counted, not lost silently.
+        log.record(record(0));
+        assert_eq!(log.stats().dropped_full.load(Ordering::Relaxed), 1);
+        let _ = std::fs::remove_dir_all(dir);
+        Ok(())
+    }
+}
