@@ -329,11 +329,40 @@ impl<S: FeatureStore> FeatureReader<S> {
             let mut tick = tokio::time::interval(every);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             tick.tick().await;
+            // During an outage: one warning at once, then one every 30 s
+            // with the count, and a note when it ends.
+            let mut failing: Option<(Instant, u64)> = None;
             loop {
                 tick.tick().await;
                 let Some(reader) = weak.upgrade() else { return };
-                if let Err(e) = reader.refresh_current().await {
-                    tracing::warn!(error = %e, "cannot re-read current refresh batches; serving the known ones");
+                match reader.refresh_current().await {
+                    Ok(_) => {
+                        if let Some((since, n)) = failing.take() {
+                            tracing::info!(
+                                failed_polls = n,
+                                "current refresh batches readable again after {:.1?}",
+                                since.elapsed()
+                            );
+                        }
+                    }
+                    Err(e) => {
+                        let (since, n) = failing.get_or_insert((Instant::now(), 0));
+                        *n += 1;
+                        if *n == 1
+                            || n.is_multiple_of(
+                                u64::try_from(30_000 / every.as_millis().max(1))
+                                    .unwrap_or(1)
+                                    .max(1),
+                            )
+                        {
+                            tracing::warn!(
+                                error = %e,
+                                failed_polls = *n,
+                                "cannot re-read current refresh batches for {:.1?}; serving the known ones",
+                                since.elapsed()
+                            );
+                        }
+                    }
                 }
             }
         })

@@ -309,3 +309,110 @@ impl Drop for TempRepo {
         let _ = std::fs::remove_dir_all(&self.path);
     }
 }
+
+/// A name unique to this process and moment (keyspaces, scratch folders).
+pub fn unique(prefix: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    format!("{prefix}_{}_{nanos}", std::process::id())
+}
+
+/// A Cassandra node of one test alone, in its own RIG_DIR (the shared rig
+/// node of the other tests is never touched), for tests that stop it. Dropping it stops
+/// the node (synchronously, also when the test fails) and removes the
+/// directory unless the test failed, so its `cassandra.log` can be read.
+pub struct OwnCassandra {
+    /// The node's RIG_DIR (config, data, `cassandra.log`).
+    pub dir: PathBuf,
+    /// Set by the test when it passed: the directory is then removed.
+    pub passed: bool,
+}
+
+impl OwnCassandra {
+    fn script() -> PathBuf {
+        workspace_root().join("tests/rig/cassandra.sh")
+    }
+
+    /// Starts a node in a fresh RIG_DIR.
+    ///
+    /// # Errors
+    /// When the node cannot start (with the script's output).
+    pub async fn start() -> Result<Self> {
+        let dir = std::env::temp_dir().join(unique("mlgw_fault_rig"));
+        std::fs::create_dir_all(&dir)?;
+        // The guard exists before the node does, so any failure below stops it.
+        let node = OwnCassandra { dir, passed: false };
+        node.run("start").await?;
+        Ok(node)
+    }
+
+    /// Runs the rig script; its output goes to the test's output, and a
+    /// failure carries it.
+    ///
+    /// # Errors
+    /// When the script fails.
+    pub async fn run(&self, command: &str) -> Result<Duration> {
+        let started = Instant::now();
+        let out = tokio::process::Command::new("bash")
+            .arg(Self::script())
+            .arg(command)
+            .env("RIG_DIR", &self.dir)
+            .kill_on_drop(true)
+            .output()
+            .await
+            .with_context(|| format!("cannot run cassandra.sh {command}"))?;
+        let took = started.elapsed();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        if !out.status.success() {
+            bail!(
+                "cassandra.sh {command} failed ({}) after {took:?}:\n{text}",
+                out.status
+            );
+        }
+        eprint!("{text}");
+        eprintln!("own cassandra: cassandra.sh {command} took {took:.1?}");
+        Ok(took)
+    }
+
+    /// `host:port` of the node, from the env file the script wrote.
+    ///
+    /// # Errors
+    /// When the env file is missing.
+    pub fn address(&self) -> Result<String> {
+        let env = std::fs::read_to_string(self.dir.join("cassandra.env"))?;
+        env.lines()
+            .find_map(|l| l.strip_prefix("MLGW_TEST_CASSANDRA="))
+            .map(str::to_owned)
+            .context("cassandra.env names no MLGW_TEST_CASSANDRA")
+    }
+}
+
+impl Drop for OwnCassandra {
+    fn drop(&mut self) {
+        let stopped = std::process::Command::new("bash")
+            .arg(Self::script())
+            .arg("stop")
+            .env("RIG_DIR", &self.dir)
+            .status();
+        match stopped {
+            Ok(s) if s.success() => {}
+            other => eprintln!(
+                "own cassandra: stopping the Cassandra in {} failed: {other:?}",
+                self.dir.display()
+            ),
+        }
+        if self.passed {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        } else {
+            eprintln!(
+                "own cassandra: rig state kept in {} (see cassandra.log)",
+                self.dir.display()
+            );
+        }
+    }
+}

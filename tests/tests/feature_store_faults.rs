@@ -6,7 +6,7 @@
 //! same address, the same reader and store answer again, with no reconnect
 //! by hand and no process restart.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
@@ -18,6 +18,7 @@ use feature_store::reader::{FeatureReader, ReadError, ReaderConfig};
 use feature_store::refresh::{self, RefreshOptions, RefreshOutcome};
 use feature_store::store::FeatureStore;
 use feature_store::store::scylla::{ScyllaConfig, ScyllaStore};
+use rig::{OwnCassandra, unique};
 
 const DEFINITIONS: &str = r#"
 [[entity]]
@@ -64,99 +65,6 @@ const FAIL_BOUND: Duration = Duration::from_millis(300 + 2000);
 /// How long the node may take to answer our reads again after its restart
 /// (the driver's reconnect backoff tops out at 10 s).
 const RECOVERY_BOUND: Duration = Duration::from_secs(60);
-
-fn unique(prefix: &str) -> String {
-    let nanos = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos());
-    format!("{prefix}_{}_{nanos}", std::process::id())
-}
-
-/// A Cassandra node of this test alone, in its own RIG_DIR. Dropping it stops
-/// the node (synchronously, also when the test fails) and removes the
-/// directory unless the test failed, so its `cassandra.log` can be read.
-struct OwnCassandra {
-    dir: PathBuf,
-    passed: bool,
-}
-
-impl OwnCassandra {
-    fn script() -> PathBuf {
-        rig::workspace_root().join("tests/rig/cassandra.sh")
-    }
-
-    async fn start() -> Result<Self> {
-        let dir = std::env::temp_dir().join(unique("mlgw_fault_rig"));
-        std::fs::create_dir_all(&dir)?;
-        // The guard exists before the node does, so any failure below stops it.
-        let node = OwnCassandra { dir, passed: false };
-        node.run("start").await?;
-        Ok(node)
-    }
-
-    /// Runs the rig script; its output goes to the test's output, and a
-    /// failure carries it.
-    async fn run(&self, command: &str) -> Result<Duration> {
-        let started = Instant::now();
-        let out = tokio::process::Command::new("bash")
-            .arg(Self::script())
-            .arg(command)
-            .env("RIG_DIR", &self.dir)
-            .kill_on_drop(true)
-            .output()
-            .await
-            .with_context(|| format!("cannot run cassandra.sh {command}"))?;
-        let took = started.elapsed();
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        if !out.status.success() {
-            bail!(
-                "cassandra.sh {command} failed ({}) after {took:?}:\n{text}",
-                out.status
-            );
-        }
-        eprint!("{text}");
-        eprintln!("fault test: cassandra.sh {command} took {took:.1?}");
-        Ok(took)
-    }
-
-    /// `host:port` of the node, from the env file the script wrote.
-    fn address(&self) -> Result<String> {
-        let env = std::fs::read_to_string(self.dir.join("cassandra.env"))?;
-        env.lines()
-            .find_map(|l| l.strip_prefix("MLGW_TEST_CASSANDRA="))
-            .map(str::to_owned)
-            .context("cassandra.env names no MLGW_TEST_CASSANDRA")
-    }
-}
-
-impl Drop for OwnCassandra {
-    fn drop(&mut self) {
-        let stopped = std::process::Command::new("bash")
-            .arg(Self::script())
-            .arg("stop")
-            .env("RIG_DIR", &self.dir)
-            .status();
-        match stopped {
-            Ok(s) if s.success() => {}
-            other => eprintln!(
-                "fault test: stopping the Cassandra in {} failed: {other:?}",
-                self.dir.display()
-            ),
-        }
-        if self.passed {
-            let _ = std::fs::remove_dir_all(&self.dir);
-        } else {
-            eprintln!(
-                "fault test: rig state kept in {} (see cassandra.log)",
-                self.dir.display()
-            );
-        }
-    }
-}
 
 fn feature(view: &ResolvedView, name: &str) -> Result<(FeatureValue, ValueState)> {
     let f = view

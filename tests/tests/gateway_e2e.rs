@@ -15,6 +15,7 @@ use feature_store::definitions::FeatureDefinitions;
 use feature_store::refresh::{self, RefreshOptions};
 use feature_store::store::FeatureStore;
 use feature_store::store::embedded::EmbeddedStore;
+use feature_store::store::scylla::{ScyllaConfig, ScyllaStore};
 use gateway::infer::{BreakerConfig, ModelClient};
 use proto::gateway::v1 as pb;
 use proto::gateway::v1::prediction_service_client::PredictionServiceClient;
@@ -755,5 +756,135 @@ async fn feedback_joins_its_logged_prediction_and_sigterm_loses_none() -> Result
         Some(&feature_store::log::Outcome::Label("fraud".into()))
     );
     let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+/// The gateway on ScyllaDB (a Cassandra node of this test alone) through an
+/// outage: rows already cached keep answering, a cache miss fails fast with
+/// 503 `feature_store_unavailable`, and the same process recovers when the
+/// node is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cassandra_outage_cached_predictions_answer_misses_fail_fast() -> Result<()> {
+    let mut node = rig::OwnCassandra::start().await?;
+    let address = node.address()?;
+    let keyspace = rig::unique("gwfaults");
+    let store = ScyllaStore::connect(ScyllaConfig {
+        nodes: vec![address.clone()],
+        keyspace: keyspace.clone(),
+        write_timeout: Duration::from_secs(30),
+        connect_timeout: Duration::from_secs(10),
+        ..ScyllaConfig::default()
+    })
+    .await?;
+    store.apply_schema().await.context("applying the schema")?;
+    let defs = FeatureDefinitions::load(&defs_path())?;
+    let csv = node.dir.join("profile.csv");
+    std::fs::write(
+        &csv,
+        "customer_id,account_age_days,avg_txn_amount_30d,txn_count_30d,chargeback_count_1y,home_country_risk\n\
+         c-1,30,40.5,2,1,0.7\nc-2,900,12.0,40,0,0.1\n",
+    )?;
+    refresh::run(
+        &store,
+        &defs,
+        "customer_profile_daily",
+        None,
+        &csv,
+        &RefreshOptions::default(),
+        &|_| {},
+    )
+    .await?;
+
+    let dir = node.dir.join("gateway");
+    std::fs::create_dir_all(&dir)?;
+    let config = write_config(&dir, &rig::rig_env("MLGW_TEST_MODEL_SERVER_GRPC")?)?;
+    let text = std::fs::read_to_string(&config)?
+        .replace(
+            "backend = \"embedded\"\npath = \"features.redb\"",
+            &format!(
+                "backend = \"scylla\"\nnodes = [\"{address}\"]\nkeyspace = \"{keyspace}\"\n\
+                 read_timeout_ms = 300\nwrite_timeout_ms = 2000"
+            ),
+        )
+        // Dynamic rows cached too, so a fully cached entity needs no read.
+        .replace(
+            "batch_poll_ms = 200",
+            "batch_poll_ms = 200\ndynamic_ttl_ms = 600000",
+        );
+    std::fs::write(&config, text)?;
+    let gw = GatewayProcess::start(&config).await?;
+    let http = reqwest::Client::new();
+    let predict = |customer: &str| {
+        let (http, url) = (
+            http.clone(),
+            format!("{}/v1/models/fraud_detector/predict", gw.http),
+        );
+        let body =
+            json!({"entity": {"customer_id": customer}, "request_features": request_features()});
+        async move {
+            let t = Instant::now();
+            let r = http.post(url).json(&body).send().await?;
+            let status = r.status().as_u16();
+            anyhow::Ok((status, r.json::<Value>().await?, t.elapsed()))
+        }
+    };
+    // c-1 gets activity values, so both its rows are cached as present (a
+    // missing row is only remembered for the short negative TTL).
+    let pushed = http
+        .post(format!("{}/v1/features/customer_activity/push", gw.http))
+        .json(&json!({"rows": [{"entity": {"customer_id": "c-1"}, "values": {"txn_count_1h": 3}}]}))
+        .send()
+        .await?;
+    assert_eq!(pushed.status().as_u16(), 200, "{:?}", pushed.text().await);
+    let (status, warm, _) = predict("c-1").await?;
+    assert_eq!(status, 200, "{warm}");
+    assert!(
+        warm["freshness"]["view_age_ms"]["customer_profile"]
+            .as_i64()
+            .is_some_and(|a| a >= 0),
+        "{warm}"
+    );
+
+    node.run("stop").await?;
+    for _ in 0..3 {
+        let (status, again, took) = predict("c-1").await?;
+        assert_eq!(status, 200, "a cached entity must still answer: {again}");
+        assert!((p_fraud(&again)? - p_fraud(&warm)?).abs() < 1e-9);
+        assert!(took < Duration::from_secs(1), "cached answer took {took:?}");
+    }
+    for _ in 0..3 {
+        let (status, e, took) = predict("c-2").await?;
+        assert_eq!(
+            (status, e["code"].as_str()),
+            (503, Some("feature_store_unavailable")),
+            "{e}"
+        );
+        assert!(
+            took < Duration::from_millis(2300),
+            "a miss took {took:?} to fail"
+        );
+    }
+
+    node.run("restart").await?;
+    let restarted = Instant::now();
+    loop {
+        let (status, v, _) = predict("c-2").await?;
+        if status == 200 {
+            assert!(
+                v["freshness"]["view_age_ms"]["customer_profile"]
+                    .as_i64()
+                    .is_some_and(|a| a >= 0),
+                "{v}"
+            );
+            break;
+        }
+        assert_eq!(v["code"], "feature_store_unavailable", "{v}");
+        if restarted.elapsed() > Duration::from_secs(60) {
+            bail!("the gateway did not recover within 60 s of the restart: {v}");
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    drop(gw);
+    node.passed = true;
     Ok(())
 }
