@@ -12,6 +12,8 @@ use feature_store::log::{
 use feature_store::reader::FeatureReader;
 use feature_store::store::FeatureStore;
 
+use tracing::Instrument as _;
+
 use crate::config::{GatewayConfig, ModelConfig};
 use crate::enrich::{Enricher, WireValue};
 use crate::error::GatewayError;
@@ -456,6 +458,7 @@ impl<S: FeatureStore> Gateway<S> {
                 &input.request_features,
                 SystemTime::now(),
             )
+            .instrument(tracing::info_span!("enrich", model = %route.config.name))
             .await?;
         let version = if input.model_version.is_empty() {
             route.config.version.as_str()
@@ -474,6 +477,7 @@ impl<S: FeatureStore> Gateway<S> {
                 route.features.input().width(),
                 model_deadline,
             )
+            .instrument(tracing::info_span!("infer", endpoint = %route.config.endpoint))
             .await?;
         let outputs = route
             .config

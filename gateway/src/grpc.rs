@@ -134,11 +134,7 @@ impl<S: FeatureStore> proto::gateway::v1::feature_service_server::FeatureService
                 event_time: event_time(row.event_time_ms),
             });
         }
-        let result = async {
-            let _permit = self.shared.admit()?;
-            self.shared.gateway.push(&r.view, &rows).await
-        }
-        .await;
+        let result = self.shared.gateway.push(&r.view, &rows).await;
         self.shared.record("grpc", "push", &result);
         let written = result.map_err(|e| e.to_status())?;
         Ok(Response::new(pb::PushFeaturesResponse {
@@ -173,19 +169,16 @@ impl<S: FeatureStore> proto::gateway::v1::feedback_service_server::FeedbackServi
             Wire::Label(l) => Outcome::Label(l),
             Wire::Value(v) => Outcome::Value(v),
         });
-        let result = async {
-            let _permit = self.shared.admit()?;
-            self.shared
-                .gateway
-                .feedback(FeedbackInput {
-                    prediction_id: r.prediction_id,
-                    outcome,
-                    observed_at: event_time(r.observed_at_ms),
-                    subject: crate::core::ANONYMOUS.to_owned(),
-                })
-                .await
-        }
-        .await;
+        let result = self
+            .shared
+            .gateway
+            .feedback(FeedbackInput {
+                prediction_id: r.prediction_id,
+                outcome,
+                observed_at: event_time(r.observed_at_ms),
+                subject: crate::core::ANONYMOUS.to_owned(),
+            })
+            .await;
         self.shared.record("grpc", "feedback", &result);
         result.map_err(|e| e.to_status())?;
         Ok(Response::new(pb::FeedbackResponse {}))
@@ -212,7 +205,6 @@ impl<S: FeatureStore> PredictionService for PredictionGrpc<S> {
         let (model, version) = (r.model.clone(), r.model_version.clone());
         let result = async {
             let input = input(model, version, r)?;
-            let _permit = self.shared.admit()?;
             self.shared.gateway.predict(&input, deadline).await
         }
         .await;
@@ -238,7 +230,6 @@ impl<S: FeatureStore> PredictionService for PredictionGrpc<S> {
             ))
             .to_status());
         }
-        let _permit = self.shared.admit().map_err(|e| e.to_status())?;
         let mut inputs = Vec::with_capacity(r.requests.len());
         for (i, one) in r.requests.into_iter().enumerate() {
             let one = input(r.model.clone(), r.model_version.clone(), one).map_err(|e| {

@@ -112,7 +112,6 @@ async fn predict_one<S: FeatureStore>(
     let Json(body) = body
         .map_err(|e| GatewayError::InvalidArgument(format!("request body: {}", e.body_text())))?;
     let input = predict_input(model, body, "")?;
-    let _permit = shared.admit()?;
     shared.gateway.predict(&input, None).await
 }
 
@@ -163,7 +162,6 @@ async fn predict_batch<S: FeatureStore>(
                 &format!("requests[{i}]."),
             )?);
         }
-        let _permit = shared.admit()?;
         let answers =
             futures_util::future::join_all(inputs.iter().map(|i| shared.gateway.predict(i, None)))
                 .await;
@@ -231,11 +229,7 @@ async fn push<S: FeatureStore>(
             event_time: crate::grpc::event_time(r.event_time_ms),
         });
     }
-    let result = async {
-        let _permit = shared.admit()?;
-        shared.gateway.push(&view, &rows).await
-    }
-    .await;
+    let result = shared.gateway.push(&view, &rows).await;
     shared.record("rest", "push", &result);
     Ok(Json(json!({"rows_written": result?})))
 }
@@ -275,7 +269,6 @@ async fn feedback<S: FeatureStore>(
             (None, Some(v)) => Some(Outcome::Value(v)),
             (None, None) => None,
         };
-        let _permit = shared.admit()?;
         shared
             .gateway
             .feedback(FeedbackInput {

@@ -5,9 +5,9 @@
 //! (route → [`enrich`] → [`infer`] → [`postprocess`], pushes, the start-up
 //! model check), [`error`] (the one error table), the [`http`] and [`grpc`]
 //! fronts, [`metrics`], the [`predlog`] prediction log writer (feedback joins
-//! to it), and the [`server`] that runs them. Not built yet: the tower layers
-//! (admission is a shared semaphore today), auth (issue 6) and rollout
-//! (issue 8). No code stands in for them.
+//! to it), the tower stack in [`layers`] (span, shedding, concurrency limit,
+//! timeout) and the [`server`] that runs them. Not built yet: auth (issue 6)
+//! and rollout (issue 8). No code stands in for them.
 
 pub mod config;
 pub mod core;
@@ -16,6 +16,7 @@ pub mod error;
 pub mod grpc;
 pub mod http;
 pub mod infer;
+pub mod layers;
 pub mod metrics;
 pub mod postprocess;
 pub mod predlog;

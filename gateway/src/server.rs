@@ -11,7 +11,7 @@ use feature_store::definitions::FeatureDefinitions;
 use feature_store::reader::FeatureReader;
 use feature_store::store::AnyStore;
 use tokio::net::TcpListener;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::Semaphore;
 
 use crate::config::GatewayConfig;
 use crate::core::Gateway;
@@ -58,17 +58,6 @@ impl<S> Shared<S> {
             Err(e) => e.code().code,
         };
         self.metrics.request(front, route, code);
-    }
-
-    /// Admits a request or refuses it at once when the gateway is at its
-    /// concurrency limit (load shedding: never an unbounded queue).
-    ///
-    /// # Errors
-    /// [`GatewayError::Overloaded`].
-    pub fn admit(&self) -> Result<OwnedSemaphorePermit, GatewayError> {
-        Arc::clone(&self.limit)
-            .try_acquire_owned()
-            .map_err(|_| GatewayError::Overloaded)
     }
 }
 
@@ -173,7 +162,21 @@ impl GatewayServer {
         let stop = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
             let _ = rx.wait_for(|v| *v).await;
         };
-        let app = crate::http::router(Arc::clone(&self.shared));
+        // The tower stack, one definition for both fronts (crate::layers).
+        let metrics = Arc::clone(&self.shared);
+        let on_refused: crate::layers::OnRefused =
+            Arc::new(move |front, route, e: &GatewayError| {
+                metrics.metrics.request(front, route, e.code().code);
+            });
+        let timeout = self.shared.gateway.request_timeout();
+        let app =
+            crate::http::router(Arc::clone(&self.shared)).layer(crate::layers::GatewayLayer::new(
+                Arc::clone(&self.shared.limit),
+                timeout,
+                "rest",
+                crate::layers::RestReject,
+                Arc::clone(&on_refused),
+            ));
         let listener = self.http.tap_io(|tcp| {
             if let Err(e) = tcp.set_nodelay(true) {
                 tracing::warn!(error = %e, "cannot set TCP_NODELAY on an HTTP connection");
@@ -196,6 +199,13 @@ impl GatewayServer {
         let incoming =
             tonic::transport::server::TcpIncoming::from(self.grpc).with_nodelay(Some(true));
         let grpc = tonic::transport::Server::builder()
+            .layer(crate::layers::GatewayLayer::new(
+                Arc::clone(&self.shared.limit),
+                timeout,
+                "grpc",
+                crate::layers::GrpcReject,
+                Arc::clone(&on_refused),
+            ))
             .add_service(health_service)
             .add_service(reflection)
             .add_service(

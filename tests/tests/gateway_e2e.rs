@@ -555,6 +555,73 @@ async fn overload_is_shed_at_once_and_admitted_requests_succeed() -> Result<()> 
         ok > 0 && shed > 0,
         "ok {ok}, shed {shed}: 200 concurrent calls over a limit of 2"
     );
+
+    // The same stack sheds gRPC, while the health probe stays open.
+    let grpc = PredictionServiceClient::connect(gw.grpc.clone()).await?;
+    let request = pb::PredictRequest {
+        model: "fraud_detector".into(),
+        entity: Some(pb::EntityKey {
+            keys: HashMap::from([("customer_id".into(), "c-1".into())]),
+        }),
+        request_features: HashMap::from([
+            (
+                "amount".into(),
+                pb::FeatureValue {
+                    kind: Some(pb::feature_value::Kind::DoubleValue(12.0)),
+                },
+            ),
+            (
+                "is_card_present".into(),
+                pb::FeatureValue {
+                    kind: Some(pb::feature_value::Kind::BoolValue(true)),
+                },
+            ),
+            (
+                "hour_of_day".into(),
+                pb::FeatureValue {
+                    kind: Some(pb::feature_value::Kind::Int64Value(9)),
+                },
+            ),
+        ]),
+        ..pb::PredictRequest::default()
+    };
+    let calls = (0..200).map(|_| {
+        let (mut grpc, request) = (grpc.clone(), request.clone());
+        async move { grpc.predict(request).await }
+    });
+    let health = async {
+        let channel = tonic::transport::Endpoint::from_shared(gw.grpc.clone())?
+            .connect()
+            .await?;
+        let mut h = tonic_health::pb::health_client::HealthClient::new(channel);
+        let r = h
+            .check(tonic_health::pb::HealthCheckRequest::default())
+            .await?;
+        let up = http.get(format!("{}/healthz", gw.http)).send().await?;
+        anyhow::Ok((r.into_inner().status, up.status().as_u16()))
+    };
+    let (results, probes) = tokio::join!(futures_util::future::join_all(calls), health);
+    let (grpc_status, http_status) = probes?;
+    assert_eq!(grpc_status, 1, "gRPC health while shedding");
+    assert_eq!(http_status, 200, "/healthz while shedding");
+    let (mut grpc_ok, mut grpc_shed) = (0, 0);
+    for r in results {
+        match r {
+            Ok(_) => grpc_ok += 1,
+            Err(s) if s.code() == tonic::Code::ResourceExhausted => {
+                assert!(
+                    s.message().contains("limit of concurrent requests"),
+                    "{s:?}"
+                );
+                grpc_shed += 1;
+            }
+            Err(s) => bail!("unexpected gRPC status {s:?}"),
+        }
+    }
+    assert!(
+        grpc_ok > 0 && grpc_shed > 0,
+        "gRPC: ok {grpc_ok}, shed {grpc_shed}"
+    );
     let metrics = http
         .get(format!("{}/metrics", gw.http))
         .send()
