@@ -13,9 +13,11 @@
 //! batch metadata); [`config`] (backend settings); [`cli`] (the `mlgw-features`
 //! flags).
 //!
+//! [`tuner`] holds the refresh auto-tuner's metric, controller and
+//! simulation (issue 7, first part: no scheduler or admin API yet).
+//!
 //! Not built yet: windowed aggregates computed by the store (the definitions
-//! declare them; producers write the final values today) and the refresh
-//! auto-tuner (issue 7).
+//! declare them; producers write the final values today).
 
 pub mod cli;
 pub mod codec;
@@ -27,3 +29,4 @@ pub mod reader;
 pub mod refresh;
 pub mod source;
 pub mod store;
+pub mod tuner;

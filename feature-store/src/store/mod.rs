@@ -450,7 +450,7 @@ pub(crate) mod unix_micros {
     }
 }
 
-mod opt_unix_micros {
+pub(crate) mod opt_unix_micros {
     use std::time::SystemTime;
 
     use serde::{Deserialize, Deserializer, Serializer};

@@ -1,0 +1,260 @@
+//! Model metrics computed from labelled predictions, overall and by the age
+//! of a view's features at prediction time.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::log::{LogEntry, Outcome};
+
+/// The metric a job is tuned against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MetricKind {
+    /// Area under the ROC curve of the positive label's score (binary).
+    Auc,
+    /// Share of decisions equal to the outcome (score ≥ 0.5 = positive).
+    Accuracy,
+    /// Mean negative log-likelihood of the outcome (binary), lower is better.
+    LogLoss,
+    /// Mean absolute error of a numeric output, lower is better.
+    Mae,
+}
+
+impl MetricKind {
+    /// Whether a larger value is better.
+    pub fn higher_is_better(self) -> bool {
+        matches!(self, MetricKind::Auc | MetricKind::Accuracy)
+    }
+
+    /// The name shown in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            MetricKind::Auc => "AUC",
+            MetricKind::Accuracy => "accuracy",
+            MetricKind::LogLoss => "log-loss",
+            MetricKind::Mae => "MAE",
+        }
+    }
+
+    /// Whether `value` meets `threshold` in this metric's direction.
+    pub fn meets(self, value: f64, threshold: f64) -> bool {
+        if self.higher_is_better() {
+            value >= threshold
+        } else {
+            value <= threshold
+        }
+    }
+
+    /// The metric over `samples`; None when it is undefined (no samples, or
+    /// AUC with only one class).
+    pub fn compute(self, samples: &[Sample]) -> Option<f64> {
+        if samples.is_empty() {
+            return None;
+        }
+        let n = samples.len() as f64;
+        match self {
+            MetricKind::Auc => auc(samples),
+            MetricKind::Accuracy => {
+                let right = samples
+                    .iter()
+                    .filter(|s| (s.score >= 0.5) == (s.outcome >= 0.5))
+                    .count();
+                Some(right as f64 / n)
+            }
+            MetricKind::LogLoss => {
+                let eps = 1e-15;
+                let sum: f64 = samples
+                    .iter()
+                    .map(|s| {
+                        let p = s.score.clamp(eps, 1.0 - eps);
+                        if s.outcome >= 0.5 {
+                            -p.ln()
+                        } else {
+                            -(1.0 - p).ln()
+                        }
+                    })
+                    .sum();
+                Some(sum / n)
+            }
+            MetricKind::Mae => Some(
+                samples
+                    .iter()
+                    .map(|s| (s.score - s.outcome).abs())
+                    .sum::<f64>()
+                    / n,
+            ),
+        }
+    }
+}
+
+/// One labelled prediction, reduced to what a metric needs.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Sample {
+    /// The positive label's score (binary) or the predicted number.
+    pub score: f64,
+    /// 1 / 0 for positive / negative, or the observed number.
+    pub outcome: f64,
+    /// Age of the tuned view's features at prediction time (None: no row).
+    pub age: Option<Duration>,
+}
+
+/// Mann-Whitney AUC with ties counted half.
+fn auc(samples: &[Sample]) -> Option<f64> {
+    let mut sorted: Vec<(f64, bool)> = samples
+        .iter()
+        .map(|s| (s.score, s.outcome >= 0.5))
+        .collect();
+    sorted.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let positives = sorted.iter().filter(|(_, p)| *p).count() as f64;
+    let negatives = sorted.len() as f64 - positives;
+    if positives == 0.0 || negatives == 0.0 {
+        return None;
+    }
+    // Sum of the positives' (average) ranks.
+    let mut rank_sum = 0.0;
+    let mut i = 0;
+    while i < sorted.len() {
+        let mut j = i;
+        while j + 1 < sorted.len() && sorted[j + 1].0 == sorted[i].0 {
+            j += 1;
+        }
+        let avg_rank = (i + j) as f64 / 2.0 + 1.0;
+        rank_sum += sorted[i..=j].iter().filter(|(_, p)| *p).count() as f64 * avg_rank;
+        i = j + 1;
+    }
+    Some((rank_sum - positives * (positives + 1.0) / 2.0) / (positives * negatives))
+}
+
+/// Which output of a logged prediction is scored, and how outcomes map.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Scoring {
+    /// The model whose predictions count.
+    pub model: String,
+    /// The output holding the decision (e.g. `probabilities`).
+    pub output: String,
+    /// For binary metrics: the positive label (its score is the score, its
+    /// outcome is 1).
+    pub positive_label: Option<String>,
+}
+
+impl Scoring {
+    /// The sample of one logged prediction for `view`, if it has feedback
+    /// and the output it needs.
+    pub fn sample(&self, entry: &LogEntry, view: &str) -> Option<Sample> {
+        let p = &entry.prediction;
+        if p.model != self.model {
+            return None;
+        }
+        let feedback = entry.feedback.as_ref()?;
+        let out = p.outputs.iter().find(|o| o.name == self.output)?;
+        let (score, outcome) = match (&self.positive_label, &feedback.outcome) {
+            (Some(positive), Outcome::Label(label)) => {
+                // The logged score is the chosen label's; turn it into the
+                // positive label's (binary outputs).
+                let chosen = out.label.as_deref()?;
+                let score = if chosen == positive {
+                    out.score
+                } else {
+                    1.0 - out.score
+                };
+                (score, if label == positive { 1.0 } else { 0.0 })
+            }
+            (None, Outcome::Value(v)) => (out.score, *v),
+            _ => return None,
+        };
+        let age = p
+            .view_ages_ms
+            .get(view)
+            .copied()
+            .flatten()
+            .map(Duration::from_millis);
+        Some(Sample {
+            score,
+            outcome,
+            age,
+        })
+    }
+}
+
+/// The metric per feature-age bucket: `(lower bound, samples, metric)`, the
+/// last bucket open-ended; samples with no row are left out.
+pub fn by_age(
+    kind: MetricKind,
+    samples: &[Sample],
+    bounds: &[Duration],
+) -> Vec<(Duration, usize, Option<f64>)> {
+    let mut buckets: Vec<Vec<Sample>> = vec![Vec::new(); bounds.len()];
+    for s in samples {
+        let Some(age) = s.age else { continue };
+        if let Some(i) = bounds.iter().rposition(|b| age >= *b) {
+            buckets[i].push(*s);
+        }
+    }
+    bounds
+        .iter()
+        .zip(buckets)
+        .map(|(b, v)| (*b, v.len(), kind.compute(&v)))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(score: f64, outcome: f64) -> Sample {
+        Sample {
+            score,
+            outcome,
+            age: None,
+        }
+    }
+
+    #[test]
+    fn auc_matches_hand_computed_values() {
+        let perfect = [s(0.9, 1.0), s(0.8, 1.0), s(0.2, 0.0), s(0.1, 0.0)];
+        assert_eq!(MetricKind::Auc.compute(&perfect), Some(1.0));
+        let inverted = [s(0.1, 1.0), s(0.9, 0.0)];
+        assert_eq!(MetricKind::Auc.compute(&inverted), Some(0.0));
+        // One of four positive-negative pairs misordered, one tie.
+        let mixed = [s(0.9, 1.0), s(0.5, 1.0), s(0.5, 0.0), s(0.1, 0.0)];
+        assert_eq!(MetricKind::Auc.compute(&mixed), Some(0.875));
+        assert_eq!(MetricKind::Auc.compute(&[s(0.9, 1.0)]), None);
+    }
+
+    #[test]
+    fn accuracy_logloss_and_mae() {
+        let v = [s(0.9, 1.0), s(0.4, 1.0), s(0.2, 0.0), s(0.6, 0.0)];
+        assert_eq!(MetricKind::Accuracy.compute(&v), Some(0.5));
+        let ll = MetricKind::LogLoss.compute(&[s(0.5, 1.0)]).unwrap_or(0.0);
+        assert!((ll - std::f64::consts::LN_2).abs() < 1e-12);
+        assert_eq!(
+            MetricKind::Mae.compute(&[s(3.0, 1.0), s(1.0, 2.0)]),
+            Some(1.5)
+        );
+        assert!(MetricKind::LogLoss.meets(0.2, 0.3));
+        assert!(!MetricKind::Auc.meets(0.2, 0.3));
+    }
+
+    #[test]
+    fn age_buckets_split_samples() {
+        let at = |age_min: u64, score: f64, outcome: f64| Sample {
+            score,
+            outcome,
+            age: Some(Duration::from_secs(age_min * 60)),
+        };
+        let samples = [
+            at(1, 0.9, 1.0),
+            at(2, 0.1, 0.0),
+            at(90, 0.1, 1.0),
+            at(95, 0.9, 0.0),
+        ];
+        let b = by_age(
+            MetricKind::Auc,
+            &samples,
+            &[Duration::ZERO, Duration::from_secs(3600)],
+        );
+        assert_eq!(b[0], (Duration::ZERO, 2, Some(1.0)));
+        assert_eq!(b[1], (Duration::from_secs(3600), 2, Some(0.0)));
+    }
+}
