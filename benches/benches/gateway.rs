@@ -24,7 +24,7 @@
 //!
 //! Knobs: MLGW_BENCH_SECONDS (measured seconds per step, default 4; each step
 //! also has 0.5 s of unmeasured warm-up), MLGW_BENCH_RATES (req/s, default
-//! 500,1000,2000,5000), MLGW_BENCH_MAX_RATE (cap of the rising steps, default
+//! 500,1000,2000,3000,5000), MLGW_BENCH_MAX_RATE (cap of the rising steps, default
 //! 40000), MLGW_BENCH_CONCURRENCY (default 1,8,32,64), MLGW_BENCH_CUSTOMERS
 //! (loaded into the embedded store, default 1000000), MLGW_BENCH_HOT_KEYS
 //! (default 1000), MLGW_BENCH_MAX_CONCURRENT (the gateway's
@@ -33,7 +33,9 @@
 //! MLGW_BENCH_TOKEN (bearer token for every gateway call), and for the
 //! Cassandra cache-miss run MLGW_BENCH_GATEWAY_CASSANDRA=1 (start one with
 //! tests/rig/cassandra.sh) or MLGW_BENCH_CASSANDRA=host:port (reuse one),
-//! MLGW_BENCH_CASSANDRA_CUSTOMERS (default 200000).
+//! MLGW_BENCH_CASSANDRA_CUSTOMERS (default 200000), MLGW_BENCH_CASSANDRA_RATES
+//! (default 100,200,500: a single Cassandra node sharing two cores with
+//! everything else saturates far below the embedded store).
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
@@ -87,6 +89,7 @@ struct Knobs {
     queue_delay_ms: Option<u64>,
     cassandra: CassandraMode,
     cassandra_customers: u64,
+    cassandra_rates: Vec<f64>,
 }
 
 enum CassandraMode {
@@ -131,7 +134,7 @@ impl Knobs {
         };
         let knobs = Knobs {
             seconds: env_num("MLGW_BENCH_SECONDS", 4.0)?,
-            rates: env_list("MLGW_BENCH_RATES", &[500.0, 1000.0, 2000.0, 5000.0])?,
+            rates: env_list("MLGW_BENCH_RATES", &[500.0, 1000.0, 2000.0, 3000.0, 5000.0])?,
             max_rate: env_num("MLGW_BENCH_MAX_RATE", 40_000.0)?,
             concurrency: env_list("MLGW_BENCH_CONCURRENCY", &[1.0, 8.0, 32.0, 64.0])?
                 .into_iter()
@@ -146,6 +149,7 @@ impl Knobs {
                 .transpose()?,
             cassandra,
             cassandra_customers: env_num("MLGW_BENCH_CASSANDRA_CUSTOMERS", 200_000.0)? as u64,
+            cassandra_rates: env_list("MLGW_BENCH_CASSANDRA_RATES", &[100.0, 200.0, 500.0])?,
         };
         if knobs.seconds <= 0.0
             || knobs.rates.iter().any(|r| *r <= 0.0)
@@ -953,12 +957,25 @@ struct GatewayView {
     hit_ratio: f64,
 }
 
+impl GatewayView {
+    fn text(&self) -> String {
+        format!(
+            "{} / {} / {}",
+            ms(self.predict_mean_us / 1000.0),
+            ms(self.model_mean_us / 1000.0),
+            ms((self.predict_mean_us - self.model_mean_us) / 1000.0)
+        )
+    }
+}
+
 struct Step {
     backend: &'static str,
     scenario: &'static str,
     load: Load,
     m: Measured,
     gateway: Option<GatewayView>,
+    /// The gateway's own failure codes over the step (warm-up included).
+    gateway_failures: String,
     /// CPU µs per completed call, per probed process.
     cpu_per_call_us: Vec<(&'static str, f64)>,
     /// Cores kept busy by everything else on the machine during the step
@@ -978,7 +995,7 @@ impl Step {
         self.m.errors.values().sum()
     }
     fn errors_text(&self) -> String {
-        if self.m.errors.is_empty() {
+        let mut text = if self.m.errors.is_empty() {
             "0".into()
         } else {
             self.m
@@ -987,7 +1004,11 @@ impl Step {
                 .map(|(k, v)| format!("{k} {v}"))
                 .collect::<Vec<_>>()
                 .join(", ")
+        };
+        if !self.gateway_failures.is_empty() {
+            let _ = write!(text, " (gateway: {})", self.gateway_failures);
         }
+        text
     }
     fn cpu_text(&self) -> String {
         self.cpu_per_call_us
@@ -1039,6 +1060,29 @@ fn view(before: &str, after: &str) -> GatewayView {
     }
 }
 
+/// Failed gRPC predictions by the gateway's own code (from /metrics) over a
+/// step, e.g. "overloaded 12, feature_store_unavailable 3"; empty if none.
+fn failure_codes(before: &str, after: &str) -> String {
+    const PREFIX: &str = "mlgw_requests_total{front=\"grpc\",route=\"predict\",code=\"";
+    let counts = |text: &str| -> BTreeMap<String, f64> {
+        text.lines()
+            .filter_map(|l| {
+                let (code, n) = l.strip_prefix(PREFIX)?.split_once("\"} ")?;
+                Some((code.to_owned(), n.trim().parse().ok()?))
+            })
+            .collect()
+    };
+    let was = counts(before);
+    counts(after)
+        .into_iter()
+        .filter(|(code, _)| code != "ok")
+        .map(|(code, n)| (n - was.get(&code).copied().unwrap_or(0.0), code))
+        .filter(|(n, _)| *n > 0.0)
+        .map(|(n, code)| format!("{code} {n:.0}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 struct Runner {
     seconds: f64,
     probe: CpuProbe,
@@ -1079,9 +1123,12 @@ impl Runner {
             .filter(|d| d.is_finite())
             .sum();
         let other_cores = ((machine - ours) / wall).max(0.0);
-        let gateway = match (gateway_http, before) {
-            (Some(g), Some(b)) => Some(view(&b, &scrape(&self.http, g).await?)),
-            _ => None,
+        let (gateway, gateway_failures) = match (gateway_http, before) {
+            (Some(g), Some(b)) => {
+                let after = scrape(&self.http, g).await?;
+                (Some(view(&b, &after)), failure_codes(&b, &after))
+            }
+            _ => (None, String::new()),
         };
         let calls = m.completed_all.max(1) as f64;
         let cpu_per_call_us = self
@@ -1097,6 +1144,7 @@ impl Runner {
             load,
             m,
             gateway,
+            gateway_failures,
             cpu_per_call_us,
             other_cores,
         };
@@ -1130,19 +1178,25 @@ impl Runner {
         Ok(self.steps.len() - 1)
     }
 
-    /// The listed rates, then ×1.5 until shedding, errors, or the achieved
-    /// rate falling below 90% of the target (or `max_rate`). Returns the
-    /// rates run.
+    /// The listed rates, then ×1.5 (up to `max_rate`), until a step is
+    /// saturated: more than 1% of its calls shed or failed, or the achieved
+    /// rate below 90% of the target. With `paired`,
+    /// each rate is run again right after against the model-server directly,
+    /// so both see the same background load of the shared machine.
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "one call site per scenario; a struct would only rename them"
+    )]
     async fn rising(
         &mut self,
         backend: &'static str,
         scenario: &'static str,
         target: &Arc<Target>,
         gateway_http: Option<&str>,
+        paired: Option<&Arc<Target>>,
         rates: &[f64],
         max_rate: f64,
-    ) -> Result<Vec<f64>> {
-        let mut done = Vec::new();
+    ) -> Result<()> {
         let mut next = rates.to_vec();
         let mut i = 0;
         while i < next.len() {
@@ -1150,10 +1204,18 @@ impl Runner {
             let s = self
                 .step(backend, scenario, target, gateway_http, Load::Open { rate })
                 .await?;
-            done.push(rate);
+            if let Some(direct) = paired {
+                self.step(backend, "direct", direct, None, Load::Open { rate })
+                    .await?;
+            }
             let s = &self.steps[s];
-            let saturated = s.m.shed > 0 || s.errors() > 0 || s.m.achieved < 0.9 * rate;
-            if i + 1 == next.len() && !saturated {
+            // Past saturation every higher rate only measures the overload
+            // again: stop the series there.
+            let failed = (s.m.shed + s.errors()) as f64;
+            if failed > 0.01 * (failed + s.m.ok as f64) || s.m.achieved < 0.9 * rate {
+                break;
+            }
+            if i + 1 == next.len() {
                 let up = (rate * RISE / 500.0).round() * 500.0;
                 if up <= max_rate {
                     next.push(up);
@@ -1161,7 +1223,7 @@ impl Runner {
             }
             i += 1;
         }
-        Ok(done)
+        Ok(())
     }
 }
 
@@ -1289,16 +1351,19 @@ async fn run(knobs: &Knobs, scratch: &Path) -> Result<String> {
     let gw_http = gateway.http.clone();
     let g = Some(gw_http.as_str());
     let emb = "embedded";
-    let hit_rates = runner
-        .rising(emb, "hit", &hot, g, &knobs.rates, knobs.max_rate)
-        .await?;
-    for rate in &hit_rates {
-        runner
-            .step(emb, "direct", &direct, None, Load::Open { rate: *rate })
-            .await?;
-    }
     runner
-        .rising(emb, "miss", &fresh, g, &knobs.rates, knobs.max_rate)
+        .rising(
+            emb,
+            "hit",
+            &hot,
+            g,
+            Some(&direct),
+            &knobs.rates,
+            knobs.max_rate,
+        )
+        .await?;
+    runner
+        .rising(emb, "miss", &fresh, g, None, &knobs.rates, knobs.max_rate)
         .await?;
     for &callers in &knobs.concurrency {
         let s = runner
@@ -1407,7 +1472,15 @@ async fn run(knobs: &Knobs, scratch: &Path) -> Result<String> {
         let cas = "Cassandra";
         let gh = gateway.http.clone();
         runner
-            .rising(cas, "miss", &fresh, Some(&gh), &knobs.rates, knobs.max_rate)
+            .rising(
+                cas,
+                "miss",
+                &fresh,
+                Some(&gh),
+                None,
+                &knobs.cassandra_rates,
+                knobs.max_rate,
+            )
             .await?;
         for &callers in &knobs.concurrency {
             runner
@@ -1476,8 +1549,13 @@ fn report(
     writeln!(out, "# Gateway load benchmark\n")?;
     writeln!(
         out,
-        "Command: `cargo build --release -p model-server -p gateway && cargo bench -p benches --bench gateway` \
+        "Command: `cargo build --release -p model-server -p gateway && {}cargo bench -p benches --bench gateway` \
          (MLGW_BENCH_SECONDS={}, MLGW_BENCH_RATES={}, MLGW_BENCH_CONCURRENCY={}, MLGW_BENCH_CUSTOMERS={}, MLGW_BENCH_HOT_KEYS={}).\n",
+        match &knobs.cassandra {
+            CassandraMode::Off => String::new(),
+            CassandraMode::Start => "MLGW_BENCH_GATEWAY_CASSANDRA=1 ".into(),
+            CassandraMode::Reuse(addr) => format!("MLGW_BENCH_CASSANDRA={addr} "),
+        },
         knobs.seconds,
         knobs
             .rates
@@ -1517,7 +1595,9 @@ fn report(
         "Latency is of successful calls. Open loop: from the call's *intended* send time (no coordinated omission); \
          'send lag' is how late the client's pacing thread actually sent (p99) — when it grows, the client itself is short of CPU. \
          Closed loop: from the actual send. 'shed' = RESOURCE_EXHAUSTED (the gateway's admission limit, or the model-server's full queue); \
-         other failures are listed by gRPC code. 'hit %' is the feature-cache hit share from the gateway's /metrics (static views only; warm-up included). \
+         other failures are listed by gRPC code (Cancelled: tonic's own timeout fired on the call's 2-s deadline before any answer; \
+         Unavailable: the model-server circuit breaker open or a store read failed or timed out; DeadlineExceeded: the gateway's 1-s request budget or 300-ms model timeout); \
+         in parentheses, the gateway's own codes for its failed predictions from /metrics (warm-up included, so they may exceed the counts beside them). 'hit %' is the feature-cache hit share from the gateway's /metrics (static views only; warm-up included). \
          'CPU µs/call' is CPU time per completed call of gateway / model-server / client{} over the step; \
          'other load' is the cores kept busy by everything else on the machine meanwhile (it is shared with other builds and tests).\n",
         if cassandra_note.is_empty() {
@@ -1608,12 +1688,13 @@ fn report(
     writeln!(
         out,
         "Paired: the gateway's percentile minus the direct model-server's at the same rate (percentiles do not subtract exactly; \
-         this is the added latency at that percentile). Gateway-internal: mean time inside the gateway minus mean model-server call, from /metrics \
-         (excludes the client↔gateway hop).\n"
+         this is the added latency at that percentile). 'In gateway' is the gateway's own accounting from /metrics, means over the step: \
+         handler time (from the gRPC handler's start to its answer) / the model-server call within it / the rest (enrichment, post-processing). \
+         Client latency minus handler time is spent outside the handler: the client, both HTTP/2 stacks, and waiting for a CPU.\n"
     )?;
     writeln!(
         out,
-        "| req/s | gateway p50 / p99 ms | direct p50 / p99 ms | overhead p50 / p99 ms | gateway-internal mean ms | model call mean ms (in gateway) |"
+        "| req/s | gateway p50 / p99 ms | direct p50 / p99 ms | overhead p50 / p99 ms | in gateway: handler / model call / own, mean ms |"
     )?;
     writeln!(out, "| ---: | ---: | ---: | ---: | ---: | ---: |")?;
     for g in steps
@@ -1629,15 +1710,14 @@ fn report(
         let v = g.gateway.unwrap_or_default();
         writeln!(
             out,
-            "| {rate:.0} | {} / {} | {} / {} | {} / {} | {} | {} |",
+            "| {rate:.0} | {} / {} | {} / {} | {} / {} | {} |",
             ms(g.p(0.5)),
             ms(g.p(0.99)),
             ms(d.p(0.5)),
             ms(d.p(0.99)),
             ms(g.p(0.5) - d.p(0.5)),
             ms(g.p(0.99) - d.p(0.99)),
-            ms((v.predict_mean_us - v.model_mean_us) / 1000.0),
-            ms(v.model_mean_us / 1000.0)
+            v.text()
         )?;
     }
 
@@ -1682,7 +1762,7 @@ fn report(
     )?;
     writeln!(
         out,
-        "| callers | req/s | gateway p50 / p99 ms | direct (same rate, same callers) p50 / p99 ms | overhead p50 / p99 ms | gateway-internal mean ms |"
+        "| callers | req/s | gateway p50 / p99 ms | direct (same rate, same callers) p50 / p99 ms | overhead p50 / p99 ms | in gateway: handler / model call / own, mean ms |"
     )?;
     writeln!(out, "| ---: | ---: | ---: | ---: | ---: | ---: |")?;
     for &callers in &knobs.concurrency {
@@ -1714,7 +1794,7 @@ fn report(
             ms(d.p(0.99)),
             ms(g.p(0.5) - d.p(0.5)),
             ms(g.p(0.99) - d.p(0.99)),
-            ms((v.predict_mean_us - v.model_mean_us) / 1000.0)
+            v.text()
         )?;
     }
     writeln!(out, "\n![latency vs rate](gateway_latency.svg)\n")?;
