@@ -1546,11 +1546,19 @@ fn report(
 ) -> Result<String> {
     let mut out = String::new();
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find_map(|l| l.strip_prefix("model name")?.split_once(':'))
+                .map(|(_, m)| m.trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
     writeln!(out, "# Gateway load benchmark\n")?;
     writeln!(
         out,
         "Command: `cargo build --release -p model-server -p gateway && {}cargo bench -p benches --bench gateway` \
-         (MLGW_BENCH_SECONDS={}, MLGW_BENCH_RATES={}, MLGW_BENCH_CONCURRENCY={}, MLGW_BENCH_CUSTOMERS={}, MLGW_BENCH_HOT_KEYS={}).\n",
+         (MLGW_BENCH_SECONDS={}, MLGW_BENCH_RATES={}, MLGW_BENCH_CONCURRENCY={}, MLGW_BENCH_CUSTOMERS={}, MLGW_BENCH_HOT_KEYS={}{}).\n",
         match &knobs.cassandra {
             CassandraMode::Off => String::new(),
             CassandraMode::Start => "MLGW_BENCH_GATEWAY_CASSANDRA=1 ".into(),
@@ -1570,11 +1578,24 @@ fn report(
             .collect::<Vec<_>>()
             .join(","),
         knobs.customers,
-        knobs.hot_keys
+        knobs.hot_keys,
+        match knobs.cassandra {
+            CassandraMode::Off => String::new(),
+            _ => format!(
+                ", MLGW_BENCH_CASSANDRA_RATES={}, MLGW_BENCH_CASSANDRA_CUSTOMERS={}",
+                knobs
+                    .cassandra_rates
+                    .iter()
+                    .map(|r| format!("{r:.0}"))
+                    .collect::<Vec<_>>()
+                    .join(","),
+                knobs.cassandra_customers
+            ),
+        }
     )?;
     writeln!(
         out,
-        "Setup: the benchmark client, the gateway and the model-server (release builds) all on one {cores}-core machine, over 127.0.0.1. \
+        "Setup: the benchmark client, the gateway and the model-server (release builds) all on one {cores}-core machine ({cpu}), over 127.0.0.1. \
          gRPC `Predict` for `fraud_detector` (default version, v2 MLP) with one customer ID and four request features; \
          the client uses {CONNECTIONS} HTTP/2 connections and a {}-s deadline per call. Gateway: the shipped settings \
          (max_concurrent_requests {}, request_timeout 1000 ms, model timeout 300 ms, 256 MiB row cache, dynamic features read from the store on every call). \
@@ -1696,7 +1717,7 @@ fn report(
         out,
         "| req/s | gateway p50 / p99 ms | direct p50 / p99 ms | overhead p50 / p99 ms | in gateway: handler / model call / own, mean ms |"
     )?;
-    writeln!(out, "| ---: | ---: | ---: | ---: | ---: | ---: |")?;
+    writeln!(out, "| ---: | ---: | ---: | ---: | ---: |")?;
     for g in steps
         .iter()
         .filter(|s| s.backend == "embedded" && s.scenario == "hit")
