@@ -1238,11 +1238,31 @@ async fn main() -> Result<()> {
     let knobs = Knobs::from_env()?;
     let scratch = std::env::temp_dir().join(format!("mlgw_bench_gw_{}", std::process::id()));
     std::fs::create_dir_all(&scratch)?;
-    let result = run(&knobs, &scratch).await;
+    // On Ctrl-C or SIGTERM the run is dropped, and with it every process it
+    // started (kill_on_drop; Cassandra's Drop runs the rig's stop).
+    let result = tokio::select! {
+        r = run(&knobs, &scratch) => r,
+        s = interrupted() => Err(anyhow::anyhow!("interrupted by {s}; stopped everything the bench started")),
+    };
     let _ = std::fs::remove_dir_all(&scratch);
     let report = result?;
     println!("{report}");
     Ok(())
+}
+
+/// Completes on Ctrl-C or SIGTERM, naming which.
+async fn interrupted() -> &'static str {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(t) => t,
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            return "Ctrl-C";
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => "Ctrl-C",
+        _ = term.recv() => "SIGTERM",
+    }
 }
 
 async fn run(knobs: &Knobs, scratch: &Path) -> Result<String> {
