@@ -122,6 +122,12 @@ pub enum Command {
         #[arg(long)]
         entity: String,
     },
+    /// The refresh auto-tuner: judge a window, show, pin, unpin.
+    Tuner {
+        /// What to do.
+        #[command(subcommand)]
+        action: TunerAction,
+    },
     /// Write fresh values of a dynamic view for one entity.
     Push {
         /// The file.
@@ -140,6 +146,92 @@ pub enum Command {
         /// (default: now).
         #[arg(long)]
         event_time: Option<String>,
+    },
+}
+
+/// How a refresh job is tuned (the same flags for every tuner command that
+/// decides or pins).
+#[derive(Debug, Args)]
+pub struct TunerFlags {
+    /// The feature definitions.
+    #[command(flatten)]
+    pub definitions: DefinitionsFlag,
+    /// The refresh job (as named by a static view's `refresh_job`).
+    #[arg(long)]
+    pub job: String,
+    /// The model whose logged predictions are scored.
+    #[arg(long)]
+    pub model: String,
+    /// The model output holding the decision.
+    #[arg(long, default_value = "probabilities")]
+    pub output: String,
+    /// For auc/accuracy/log_loss: the positive label.
+    #[arg(long)]
+    pub positive_label: Option<String>,
+    /// auc, accuracy, log_loss or mae.
+    #[arg(long, default_value = "auc")]
+    pub metric: String,
+    /// The acceptable metric value (minimum, or maximum for log_loss/mae).
+    #[arg(long)]
+    pub threshold: f64,
+    /// The evaluation window, e.g. "1h".
+    #[arg(long, default_value = "1h")]
+    pub window: String,
+    /// Labelled predictions a window needs for a decision.
+    #[arg(long, default_value_t = 500)]
+    pub min_samples: usize,
+    /// Good windows in a row before the interval doubles.
+    #[arg(long, default_value_t = 3)]
+    pub good_windows: u32,
+    /// Windows held after a revert.
+    #[arg(long, default_value_t = 24)]
+    pub cooldown_windows: u32,
+    /// Shortest interval.
+    #[arg(long, default_value = "15m")]
+    pub min_interval: String,
+    /// Longest interval.
+    #[arg(long, default_value = "24h")]
+    pub max_interval: String,
+    /// The job's interval today, before the tuner first saw it.
+    #[arg(long, default_value = "1h")]
+    pub interval: String,
+}
+
+/// `mlgw-features tuner …`.
+#[derive(Debug, Subcommand)]
+pub enum TunerAction {
+    /// Judge the last window of a job and change its interval if due.
+    Evaluate {
+        /// The job and its policy.
+        #[command(flatten)]
+        tuner: TunerFlags,
+    },
+    /// A job's interval, last good interval, pin and decisions.
+    Show {
+        /// The refresh job.
+        #[arg(long)]
+        job: String,
+        /// Decisions to show, newest last.
+        #[arg(long, default_value_t = 20)]
+        history: usize,
+    },
+    /// Hold a job at an interval until unpinned.
+    Pin {
+        /// The job and its policy.
+        #[command(flatten)]
+        tuner: TunerFlags,
+        /// The interval, e.g. "4h".
+        #[arg(long)]
+        to: String,
+        /// Who pins (kept in the history).
+        #[arg(long)]
+        by: String,
+    },
+    /// Let the tuner decide again.
+    Unpin {
+        /// The job and its policy.
+        #[command(flatten)]
+        tuner: TunerFlags,
     },
 }
 

@@ -8,13 +8,16 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, Result, bail};
-use feature_store::cli::{BatchesAction, Cli, Command, RefreshAction, SchemaAction};
+use feature_store::cli::{BatchesAction, Cli, Command, RefreshAction, SchemaAction, TunerAction};
 use feature_store::definitions::{FeatureDefinitions, FeatureType, FeatureValue, ViewKind};
 use feature_store::freshness::{ResolvedView, ValueState};
 use feature_store::reader::{FeatureReader, ReaderConfig};
 use feature_store::refresh::{self, RefreshError, RefreshOptions, RefreshOutcome};
 use feature_store::source::KEY_SEPARATOR;
 use feature_store::store::{AnyStore, BatchRecord, FeatureStore, to_micros};
+use feature_store::tuner::TunedJob;
+use feature_store::tuner::controller::{Decision, JobState, Pin, Policy, human as tuner_human};
+use feature_store::tuner::metric::{MetricKind, Scoring};
 use serde_json::{Value, json};
 
 /// `println!` that ignores a closed stdout (`mlgw-features … | head`).
@@ -139,6 +142,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             let store = connect(&cli).await?;
             read(store, defs, view, entity, json).await
         }
+        Command::Tuner { action } => tuner(&cli, action, json).await,
         Command::Push {
             definitions,
             view,
@@ -160,6 +164,154 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             .await
         }
     }
+}
+
+fn duration_flag(flag: &str, text: &str) -> Result<Duration> {
+    feature_store::definitions::parse_duration(text).map_err(|e| anyhow::anyhow!("--{flag}: {e}"))
+}
+
+fn tuned_job(t: &feature_store::cli::TunerFlags) -> Result<TunedJob> {
+    let defs = load_definitions(&t.definitions.definitions)?;
+    let view = TunedJob::view_of(&defs, &t.job)?;
+    let metric = match t.metric.as_str() {
+        "auc" => MetricKind::Auc,
+        "accuracy" => MetricKind::Accuracy,
+        "log_loss" => MetricKind::LogLoss,
+        "mae" => MetricKind::Mae,
+        other => bail!("--metric: {other:?} is not one of auc, accuracy, log_loss, mae"),
+    };
+    if metric != MetricKind::Mae && t.positive_label.is_none() {
+        bail!("--positive-label: needed for --metric {}", t.metric);
+    }
+    let (min_interval, max_interval) = (
+        duration_flag("min-interval", &t.min_interval)?,
+        duration_flag("max-interval", &t.max_interval)?,
+    );
+    if min_interval.is_zero() || min_interval > max_interval {
+        bail!("--min-interval must be above zero and at most --max-interval");
+    }
+    Ok(TunedJob {
+        job: t.job.clone(),
+        view,
+        scoring: Scoring {
+            model: t.model.clone(),
+            output: t.output.clone(),
+            positive_label: t.positive_label.clone(),
+        },
+        policy: Policy {
+            metric,
+            threshold: t.threshold,
+            min_interval,
+            max_interval,
+            good_windows: t.good_windows.max(1),
+            cooldown_windows: t.cooldown_windows,
+            min_samples: t.min_samples.max(1),
+        },
+        window: duration_flag("window", &t.window)?,
+        current_interval: duration_flag("interval", &t.interval)?,
+    })
+}
+
+fn decision_json(d: &Decision) -> Value {
+    json!({
+        "at": utc(d.at),
+        "action": d.action,
+        "from_s": d.from.as_secs(),
+        "to_s": d.to.as_secs(),
+        "metric": d.metric,
+        "samples": d.samples,
+        "reason": d.reason,
+    })
+}
+
+fn state_json(s: &JobState, history: usize) -> Value {
+    let skip = s.history.len().saturating_sub(history);
+    json!({
+        "job": s.job,
+        "interval_s": s.interval.as_secs(),
+        "last_good_s": s.last_good.as_secs(),
+        "cooldown_left": s.cooldown_left,
+        "pin": s.pin.as_ref().map(|p| json!({"interval_s": p.interval.as_secs(), "by": p.by, "at": utc(p.at)})),
+        "history": s.history.iter().skip(skip).map(decision_json).collect::<Vec<_>>(),
+    })
+}
+
+fn print_state(s: &JobState, history: usize) {
+    out!(
+        "job {}: interval {}, last good {}{}",
+        s.job,
+        tuner_human(s.interval),
+        tuner_human(s.last_good),
+        s.pin.as_ref().map_or_else(String::new, |p| format!(
+            ", pinned at {} by {}",
+            tuner_human(p.interval),
+            p.by
+        ))
+    );
+    let skip = s.history.len().saturating_sub(history);
+    for d in s.history.iter().skip(skip) {
+        out!("  {}  {}", utc(d.at), d.reason);
+    }
+}
+
+async fn tuner(cli: &Cli, action: &TunerAction, json: bool) -> Result<ExitCode> {
+    match action {
+        TunerAction::Evaluate { tuner } => {
+            let job = tuned_job(tuner)?;
+            let store = connect(cli).await?;
+            let decision =
+                feature_store::tuner::evaluate(&store, &job, feature_store::store::now_micros())
+                    .await?;
+            if json {
+                print_json(
+                    &json!({"job": job.job, "view": job.view, "decision": decision_json(&decision)}),
+                );
+            } else {
+                out!("{}: {}", job.job, decision.reason);
+            }
+        }
+        TunerAction::Show { job, history } => {
+            let store = connect(cli).await?;
+            let Some(state) = store.get_tuner_state(job).await? else {
+                bail!(
+                    "job {job:?} has no tuner state yet; run `mlgw-features tuner evaluate` first"
+                );
+            };
+            if json {
+                print_json(&state_json(&state, *history));
+            } else {
+                print_state(&state, *history);
+            }
+        }
+        TunerAction::Pin { tuner, to, by } => {
+            let job = tuned_job(tuner)?;
+            let interval =
+                duration_flag("to", to)?.clamp(job.policy.min_interval, job.policy.max_interval);
+            let store = connect(cli).await?;
+            let pin = Pin {
+                interval,
+                by: by.clone(),
+                at: feature_store::store::now_micros(),
+            };
+            let state = feature_store::tuner::set_pin(&store, &job, Some(pin)).await?;
+            if json {
+                print_json(&state_json(&state, 1));
+            } else {
+                print_state(&state, 1);
+            }
+        }
+        TunerAction::Unpin { tuner } => {
+            let job = tuned_job(tuner)?;
+            let store = connect(cli).await?;
+            let state = feature_store::tuner::set_pin(&store, &job, None).await?;
+            if json {
+                print_json(&state_json(&state, 1));
+            } else {
+                print_state(&state, 1);
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn connect(cli: &Cli) -> Result<AnyStore> {

@@ -21,6 +21,8 @@ use feature_store::store::{
     AnyStore, BatchRecord, BatchStatus, CurrentBatch, DynamicWrite, FeatureStore, SchemaReport,
     StaticWrite, StoreError,
 };
+use feature_store::tuner::controller::{JobState, Policy, Window};
+use feature_store::tuner::metric::MetricKind;
 use rig::rig_env;
 
 const DEFINITIONS: &str = r#"
@@ -663,6 +665,43 @@ async fn prediction_log_joins_feedback(f: Fixture) -> Result<()> {
     Ok(())
 }
 
+/// The tuner's state survives a restart: saved, read back by a new store
+/// handle, equal, decisions and all.
+async fn tuner_state_survives_a_restart(f: Fixture) -> Result<()> {
+    let policy = Policy {
+        metric: MetricKind::Auc,
+        threshold: 0.88,
+        min_interval: Duration::from_secs(900),
+        max_interval: Duration::from_secs(86_400),
+        good_windows: 1,
+        cooldown_windows: 2,
+        min_samples: 10,
+    };
+    let start = feature_store::store::now_micros();
+    let mut state = JobState::new("profile_daily", Duration::from_secs(1800), &policy, start);
+    let w = Window {
+        start: state.settled_at,
+        end: state.settled_at + Duration::from_secs(3600),
+        metric: Some(0.93),
+        samples: 50,
+    };
+    state.observe(&policy, w);
+    assert_eq!(state.interval, Duration::from_secs(3600));
+    assert_eq!(f.store.get_tuner_state("profile_daily").await?, None);
+    f.store.put_tuner_state(&state).await?;
+    let reopened = match &f.store {
+        AnyStore::Embedded(s) => AnyStore::Embedded(Arc::new(EmbeddedStore::open(s.path())?)),
+        AnyStore::Scylla(s) => {
+            AnyStore::Scylla(Arc::new(ScyllaStore::connect(s.config().clone()).await?))
+        }
+    };
+    assert_eq!(
+        reopened.get_tuner_state("profile_daily").await?,
+        Some(state)
+    );
+    Ok(())
+}
+
 // ---------------------------------------------------------------------------
 // The row cache, over the real backend with a counter of backend reads.
 
@@ -737,6 +776,12 @@ impl FeatureStore for Counting {
         limit: usize,
     ) -> Result<Vec<LogEntry>, StoreError> {
         self.inner.read_log(from, to, limit).await
+    }
+    async fn get_tuner_state(&self, job: &str) -> Result<Option<JobState>, StoreError> {
+        self.inner.get_tuner_state(job).await
+    }
+    async fn put_tuner_state(&self, state: &JobState) -> Result<(), StoreError> {
+        self.inner.put_tuner_state(state).await
     }
 }
 
@@ -899,4 +944,5 @@ contract!(
     cache_stays_within_its_byte_bound,
     completed_refresh_invalidates_cached_rows,
     prediction_log_joins_feedback,
+    tuner_state_survives_a_restart,
 );

@@ -955,3 +955,144 @@ async fn cassandra_outage_cached_predictions_answer_misses_fail_fast() -> Result
     node.passed = true;
     Ok(())
 }
+
+/// Predictions and feedback through the gateway, then the refresh tuner
+/// (`mlgw-features tuner`) computes the AUC of those logged predictions and
+/// changes the real job's interval; the state persists across commands.
+#[tokio::test]
+async fn the_tuner_turns_logged_predictions_and_feedback_into_an_interval_change() -> Result<()> {
+    let (dir, config) = scratch_gateway("tuner", |c| c).await?;
+    let store_path = dir.join("features.redb");
+    let defs = FeatureDefinitions::load(&defs_path())?;
+    let mut csv = String::from(
+        "customer_id,account_age_days,avg_txn_amount_30d,txn_count_30d,chargeback_count_1y,home_country_risk\n",
+    );
+    for i in 0..120 {
+        csv.push_str(&format!(
+            "c-{i},{},{}.5,{},{},0.{}\n",
+            30 + i * 7,
+            20 + i,
+            i % 40,
+            i % 3,
+            i % 10
+        ));
+    }
+    std::fs::write(dir.join("profile.csv"), csv)?;
+    {
+        let store = EmbeddedStore::open(&store_path)?;
+        refresh::run(
+            &store,
+            &defs,
+            "customer_profile_daily",
+            None,
+            &dir.join("profile.csv"),
+            &RefreshOptions::default(),
+            &|_| {},
+        )
+        .await?;
+    }
+    let gw = GatewayProcess::start(&config).await?;
+    let http = reqwest::Client::new();
+    let mut scored = Vec::new();
+    for i in 0..120 {
+        let body = json!({"entity": {"customer_id": format!("c-{i}")}, "request_features": {
+            "amount": 20.0 + 40.0 * f64::from(i), "is_card_present": i % 2 == 0,
+            "hour_of_day": i % 24, "distance_from_home_km": 5.0 * f64::from(i)}});
+        let v: Value = http
+            .post(format!("{}/v1/models/fraud_detector/predict", gw.http))
+            .json(&body)
+            .send()
+            .await?
+            .json()
+            .await?;
+        let id = v["prediction_id"]
+            .as_str()
+            .with_context(|| format!("{v}"))?
+            .to_owned();
+        scored.push((id, p_fraud(&v)?));
+    }
+    // Ground truth that mostly agrees with the model: the riskier half is
+    // fraud, with every 8th answer flipped.
+    let mut sorted: Vec<f64> = scored.iter().map(|(_, p)| *p).collect();
+    sorted.sort_by(f64::total_cmp);
+    let median = sorted[sorted.len() / 2];
+    for (i, (id, p)) in scored.iter().enumerate() {
+        let fraud = (*p >= median) != (i % 8 == 0);
+        let r = http
+            .post(format!("{}/v1/feedback", gw.http))
+            .json(&json!({"prediction_id": id, "label": if fraud { "fraud" } else { "legit" }}))
+            .send()
+            .await?;
+        assert_eq!(r.status().as_u16(), 200, "{:?}", r.text().await);
+    }
+
+    let tuner = |args: &[&str]| {
+        let mut cmd = std::process::Command::new(binary("mlgw-features")?);
+        cmd.arg("--embedded")
+            .arg(&store_path)
+            .arg("--json")
+            .arg("tuner");
+        cmd.args(args);
+        let out = cmd.output()?;
+        if !out.status.success() {
+            bail!(
+                "mlgw-features tuner {args:?} failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        anyhow::Ok(serde_json::from_slice::<Value>(&out.stdout)?)
+    };
+    let defs_arg = defs_path().display().to_string();
+    let policy = |threshold: &'static str| {
+        vec![
+            "evaluate".to_owned(),
+            "-d".into(),
+            defs_arg.clone(),
+            "--job".into(),
+            "customer_profile_daily".into(),
+            "--model".into(),
+            "fraud_detector".into(),
+            "--positive-label".into(),
+            "fraud".into(),
+            "--threshold".into(),
+            threshold.into(),
+            "--min-samples".into(),
+            "100".into(),
+            "--good-windows".into(),
+            "1".into(),
+            "--interval".into(),
+            "1h".into(),
+        ]
+    };
+    let args = policy("0.6");
+    let first = tuner(&args.iter().map(String::as_str).collect::<Vec<_>>())?;
+    let d = &first["decision"];
+    assert_eq!(first["view"], "customer_profile");
+    assert_eq!(d["samples"], 120, "{first}");
+    let auc = d["metric"].as_f64().context("no metric")?;
+    assert!(auc > 0.6 && auc < 1.0, "AUC {auc}: {first}");
+    assert_eq!(
+        (
+            d["action"].as_str(),
+            d["from_s"].as_u64(),
+            d["to_s"].as_u64()
+        ),
+        (Some("doubled"), Some(3600), Some(7200)),
+        "{first}"
+    );
+    let shown = tuner(&["show", "--job", "customer_profile_daily"])?;
+    assert_eq!(shown["interval_s"], 7200, "{shown}");
+
+    // The same real predictions judged against a threshold they miss: the
+    // longer interval is abandoned at once for the last good one.
+    let args = policy("0.999");
+    let second = tuner(&args.iter().map(String::as_str).collect::<Vec<_>>())?;
+    assert_eq!(second["decision"]["action"], "reverted", "{second}");
+    assert_eq!(second["decision"]["to_s"], 3600, "{second}");
+    let shown = tuner(&["show", "--job", "customer_profile_daily"])?;
+    assert_eq!(shown["interval_s"], 3600);
+    assert_eq!(shown["history"].as_array().map(Vec::len), Some(2));
+    drop(gw);
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}

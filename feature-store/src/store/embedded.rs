@@ -23,9 +23,10 @@ use crate::freshness::{StoredRow, StoredValue};
 use crate::log::{
     FeedbackRecord, LogEntry, PredictionKey, PredictionRecord, id_lower_bound, unix_ms,
 };
+use crate::tuner::controller::JobState;
 
 /// The schema version this build writes and reads.
-pub const SCHEMA_VERSION: u32 = 2;
+pub const SCHEMA_VERSION: u32 = 3;
 
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 /// (view, batch, entity) → data time (i64 µs) + encoded values.
@@ -40,6 +41,8 @@ const CURRENT: TableDefinition<&str, &[u8]> = TableDefinition::new("current_batc
 const PREDICTIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("prediction_log");
 /// prediction ID → JSON feedback record.
 const FEEDBACK: TableDefinition<&str, &[u8]> = TableDefinition::new("feedback");
+/// refresh job → JSON tuner state.
+const TUNER: TableDefinition<&str, &[u8]> = TableDefinition::new("tuner_state");
 
 /// The redb-backed store.
 pub struct EmbeddedStore {
@@ -259,6 +262,11 @@ impl FeatureStore for EmbeddedStore {
                     if from < 2 {
                         applied.push(format!("created table {name}"));
                     }
+                }
+                // Version 3: the refresh tuner's state.
+                tx.open_table(TUNER).map(drop).map_err(|e| err(e.into()))?;
+                if from < 3 {
+                    applied.push("created table tuner_state".to_owned());
                 }
                 meta.insert("schema_version", u64::from(SCHEMA_VERSION))
                     .map_err(|e| err(e.into()))?;
@@ -648,6 +656,39 @@ impl FeatureStore for EmbeddedStore {
                 });
             }
             Ok(out)
+        })
+        .await
+    }
+
+    async fn get_tuner_state(&self, job: &str) -> Result<Option<JobState>, StoreError> {
+        let job = job.to_owned();
+        self.blocking(move |db, err| {
+            Self::check_schema(db, err)?;
+            let tx = db.begin_read().map_err(|e| err(e.into()))?;
+            let table = tx.open_table(TUNER).map_err(|e| err(e.into()))?;
+            let Some(v) = table.get(job.as_str()).map_err(|e| err(e.into()))? else {
+                return Ok(None);
+            };
+            serde_json::from_slice(v.value())
+                .map(Some)
+                .map_err(|e| StoreError::Backend(format!("damaged tuner state of {job}: {e}")))
+        })
+        .await
+    }
+
+    async fn put_tuner_state(&self, state: &JobState) -> Result<(), StoreError> {
+        let k = state.job.clone();
+        let v = serde_json::to_vec(state).map_err(|e| StoreError::Backend(e.to_string()))?;
+        self.blocking(move |db, err| {
+            Self::check_schema(db, err)?;
+            let tx = db.begin_write().map_err(|e| err(e.into()))?;
+            {
+                let mut table = tx.open_table(TUNER).map_err(|e| err(e.into()))?;
+                table
+                    .insert(k.as_str(), v.as_slice())
+                    .map_err(|e| err(e.into()))?;
+            }
+            tx.commit().map_err(|e| err(e.into()))
         })
         .await
     }

@@ -12,6 +12,8 @@
 //! - **prediction log and feedback** ([`crate::log`]): one record per
 //!   prediction and per feedback, keyed by the prediction ID (UUIDv7), read
 //!   back by ID or joined over a time window.
+//! - **tuner state**: per refresh job, the controller's state and decision
+//!   history as one JSON document.
 //! - **refresh batches**: [`BatchRecord`] per run, and per static view the
 //!   current batch ([`CurrentBatch`]), switched in one write when a batch is done.
 //!
@@ -32,6 +34,7 @@ use crate::definitions::FeatureValue;
 use crate::freshness::StoredRow;
 use crate::log::{FeedbackRecord, LogEntry, PredictionRecord};
 use crate::source::RejectedRow;
+use crate::tuner::controller::JobState;
 
 /// One entity's static row, encoded for writing (see [`crate::codec`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -322,6 +325,18 @@ pub trait FeatureStore: Send + Sync + 'static {
         to: SystemTime,
         limit: usize,
     ) -> impl Future<Output = Result<Vec<LogEntry>, StoreError>> + Send;
+
+    /// The refresh tuner's state of `job`, if it was ever saved.
+    fn get_tuner_state(
+        &self,
+        job: &str,
+    ) -> impl Future<Output = Result<Option<JobState>, StoreError>> + Send;
+
+    /// Saves the refresh tuner's state of one job (replacing the previous).
+    fn put_tuner_state(
+        &self,
+        state: &JobState,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
 }
 
 /// The backend chosen by configuration.
@@ -409,6 +424,12 @@ impl FeatureStore for AnyStore {
         limit: usize,
     ) -> Result<Vec<LogEntry>, StoreError> {
         dispatch!(self, s => s.read_log(from, to, limit).await)
+    }
+    async fn get_tuner_state(&self, job: &str) -> Result<Option<JobState>, StoreError> {
+        dispatch!(self, s => s.get_tuner_state(job).await)
+    }
+    async fn put_tuner_state(&self, state: &JobState) -> Result<(), StoreError> {
+        dispatch!(self, s => s.put_tuner_state(state).await)
     }
 }
 

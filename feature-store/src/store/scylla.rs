@@ -16,6 +16,7 @@
 //!   so a prediction and its feedback are found from the ID alone, one hour
 //!   of traffic spreads over [`LOG_SHARDS`] partitions, and a time window is
 //!   read partition by partition. Written `USING TTL retention`.
+//! - `tuner_state (job)`: the refresh tuner's state per job, one JSON text.
 //! - `schema_meta`: the schema version.
 //!
 //! Times are stored as `bigint` microseconds, the driver's and ScyllaDB's
@@ -46,9 +47,10 @@ use crate::log::{
     unix_ms,
 };
 use crate::source::RejectedRow;
+use crate::tuner::controller::JobState;
 
 /// The schema version this build writes and reads.
-pub const SCHEMA_VERSION: u32 = 2;
+pub const SCHEMA_VERSION: u32 = 3;
 
 /// Extra attempts for an idempotent refresh write that timed out or found
 /// the cluster busy (backoff 0.4 s, 1.6 s, 6.4 s).
@@ -132,6 +134,8 @@ struct Statements {
     scan_predictions: PreparedStatement,
     write_feedback: PreparedStatement,
     scan_feedback: PreparedStatement,
+    get_tuner: PreparedStatement,
+    put_tuner: PreparedStatement,
 }
 
 /// Predictions written at once by one `write_predictions` call.
@@ -428,6 +432,18 @@ impl ScyllaStore {
                             true,
                         )
                         .await?,
+                    get_tuner: self
+                        .prepare(
+                            format!("SELECT state FROM {ks}.tuner_state WHERE job = ?"),
+                            true,
+                        )
+                        .await?,
+                    put_tuner: self
+                        .prepare(
+                            format!("INSERT INTO {ks}.tuner_state (job, state) VALUES (?, ?)"),
+                            false,
+                        )
+                        .await?,
                 })
             })
             .await
@@ -569,6 +585,12 @@ impl FeatureStore for ScyllaStore {
                 format!(
                     "CREATE TABLE IF NOT EXISTS {ks}.feedback (hour bigint, shard int, \
                      prediction_id text, record blob, PRIMARY KEY ((hour, shard), prediction_id))"
+                ),
+            ),
+            (
+                "table tuner_state".to_owned(),
+                format!(
+                    "CREATE TABLE IF NOT EXISTS {ks}.tuner_state (job text PRIMARY KEY, state text)"
                 ),
             ),
             (
@@ -1049,5 +1071,40 @@ impl FeatureStore for ScyllaStore {
                 })
             })
             .collect()
+    }
+
+    async fn get_tuner_state(&self, job: &str) -> Result<Option<JobState>, StoreError> {
+        deadline(
+            self.config.read_timeout.max(Duration::from_secs(2)),
+            async {
+                let st = self.statements().await?;
+                // The tuner's read must see its own last write (QUORUM-written).
+                let mut statement = st.get_tuner.clone();
+                statement.set_consistency(self.config.write_consistency);
+                let result = self
+                    .session
+                    .execute_unpaged(&statement, (job,))
+                    .await
+                    .map_err(map_err)?;
+                let rows = result.into_rows_result().map_err(rows_err)?;
+                let row: Option<(String,)> = rows.maybe_first_row().map_err(rows_err)?;
+                row.map(|(text,)| decode_log_record(job, text.as_bytes()))
+                    .transpose()
+            },
+        )
+        .await
+    }
+
+    async fn put_tuner_state(&self, state: &JobState) -> Result<(), StoreError> {
+        let text = serde_json::to_string(state).map_err(|e| StoreError::Backend(e.to_string()))?;
+        deadline(self.config.write_timeout, async {
+            let st = self.statements().await?;
+            self.session
+                .execute_unpaged(&st.put_tuner, (state.job.as_str(), text))
+                .await
+                .map(drop)
+                .map_err(map_err)
+        })
+        .await
     }
 }
