@@ -146,6 +146,11 @@ impl<S: FeatureStore> Gateway<S> {
         })
     }
 
+    /// Whether `model` is configured.
+    pub fn serves(&self, model: &str) -> bool {
+        self.routes.contains_key(model)
+    }
+
     /// The enricher (for pushes and stats).
     pub fn enricher(&self) -> &Enricher<S> {
         &self.enricher

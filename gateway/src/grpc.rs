@@ -9,6 +9,7 @@ use proto::gateway::v1 as pb;
 use proto::gateway::v1::prediction_service_server::PredictionService;
 use tonic::{Request, Response, Status};
 
+use crate::auth::{Access, Caller};
 use crate::core::{PredictInput, Prediction, PushRow};
 use crate::enrich::WireValue;
 use crate::error::GatewayError;
@@ -115,6 +116,11 @@ impl<S: FeatureStore> proto::gateway::v1::feature_service_server::FeatureService
         &self,
         request: Request<pb::PushFeaturesRequest>,
     ) -> Result<Response<pb::PushFeaturesResponse>, Status> {
+        let caller = request.extensions().get::<Caller>().cloned();
+        if let Err(e) = self.shared.authorize("grpc", caller.as_ref(), Access::Push) {
+            self.shared.metrics.request("grpc", "push", e.code().code);
+            return Err(e.to_status());
+        }
         let r = request.into_inner();
         let mut rows = Vec::with_capacity(r.rows.len());
         for (i, row) in r.rows.into_iter().enumerate() {
@@ -144,6 +150,20 @@ impl<S: FeatureStore> proto::gateway::v1::feature_service_server::FeatureService
     }
 }
 
+fn authorize_predict<S: FeatureStore>(
+    shared: &Shared<S>,
+    caller: Option<&Caller>,
+    input: &PredictInput,
+) -> Result<(), GatewayError> {
+    match caller {
+        Some(caller) => crate::http::authorize_predict(shared, "grpc", caller, input),
+        // Only reachable if the auth layer were not installed.
+        None => Err(GatewayError::Unauthenticated(
+            crate::auth::AuthError::Missing,
+        )),
+    }
+}
+
 /// Unix milliseconds to a time; 0 (or negative) means now.
 pub fn event_time(ms: i64) -> Option<std::time::SystemTime> {
     u64::try_from(ms)
@@ -160,10 +180,12 @@ impl<S: FeatureStore> PredictionService for PredictionGrpc<S> {
     ) -> Result<Response<pb::PredictResponse>, Status> {
         let started = std::time::Instant::now();
         let deadline = proto::grpc_timeout(request.metadata());
+        let caller = request.extensions().get::<Caller>().cloned();
         let r = request.into_inner();
         let (model, version) = (r.model.clone(), r.model_version.clone());
         let result = async {
             let input = input(model, version, r)?;
+            authorize_predict(&self.shared, caller.as_ref(), &input)?;
             let _permit = self.shared.admit()?;
             self.shared.gateway.predict(&input, deadline).await
         }
@@ -181,6 +203,7 @@ impl<S: FeatureStore> PredictionService for PredictionGrpc<S> {
         request: Request<pb::PredictBatchRequest>,
     ) -> Result<Response<pb::PredictBatchResponse>, Status> {
         let deadline = proto::grpc_timeout(request.metadata());
+        let caller = request.extensions().get::<Caller>().cloned();
         let r = request.into_inner();
         let limit = self.shared.max_batch_entities;
         if r.requests.len() > limit {
@@ -197,6 +220,9 @@ impl<S: FeatureStore> PredictionService for PredictionGrpc<S> {
                 GatewayError::InvalidArgument(format!("requests[{i}].{e}")).to_status()
             })?;
             inputs.push(one);
+        }
+        for one in &inputs {
+            authorize_predict(&self.shared, caller.as_ref(), one).map_err(|e| e.to_status())?;
         }
         let gateway = &self.shared.gateway;
         let answers =
