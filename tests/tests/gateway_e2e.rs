@@ -5,8 +5,7 @@
 //! stopped model-server gives 503 / UNAVAILABLE quickly.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -18,92 +17,12 @@ use feature_store::store::embedded::EmbeddedStore;
 use gateway::infer::{BreakerConfig, ModelClient};
 use proto::gateway::v1 as pb;
 use proto::gateway::v1::prediction_service_client::PredictionServiceClient;
-use rig::{ModelServerProcess, binary, example_repository, workspace_root};
+use rig::gateway::{Bearer, DEV_AUTH, GatewayProcess, client_with_token, config_text, definitions};
+use rig::{ModelServerProcess, binary, example_repository};
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, BufReader};
 
-struct GatewayProcess {
-    child: tokio::process::Child,
-    http: String,
-    grpc: String,
-}
-
-impl GatewayProcess {
-    async fn start(config: &Path) -> Result<Self> {
-        let mut child = tokio::process::Command::new(binary("gateway")?)
-            .arg("--config")
-            .arg(config)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()?;
-        let stdout = child.stdout.take().context("stdout")?;
-        let mut lines = BufReader::new(stdout).lines();
-        let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
-            .await
-            .context("the gateway did not report its ports in 30 s")??
-            .context("the gateway exited before listening")?;
-        let field = |k: &str| {
-            line.split_whitespace()
-                .find_map(|w| w.strip_prefix(k))
-                .map(str::to_owned)
-                .with_context(|| format!("no {k} in {line:?}"))
-        };
-        let (http, grpc) = (
-            format!("http://{}", field("http=")?),
-            format!("http://{}", field("grpc=")?),
-        );
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        Ok(GatewayProcess { child, http, grpc })
-    }
-}
-
-fn defs_path() -> PathBuf {
-    workspace_root().join("feature-store/definitions/fraud.toml")
-}
-
-fn write_config(dir: &Path, model_grpc: &str) -> Result<PathBuf> {
-    let text = format!(
-        r#"definitions = "{defs}"
-[server]
-http_port = 0
-grpc_port = 0
-request_timeout_ms = 2000
-[store]
-backend = "embedded"
-path = "features.redb"
-[cache]
-batch_poll_ms = 200
-[[model]]
-name = "fraud_detector"
-endpoint = "{model_grpc}"
-timeout_ms = 1000
-[model.postprocess]
-scores_output = "probabilities"
-labels = ["legit", "fraud"]
-positive_label = "fraud"
-threshold = 0.5
-top_k = 2
-"#,
-        defs = defs_path().display()
-    );
-    let path = dir.join("gateway.toml");
-    std::fs::write(&path, text)?;
-    Ok(path)
-}
-
-/// A scratch folder with a gateway config pointing at the rig's shared
-/// model-server (edited by `edit`) and an empty embedded store.
 async fn scratch_gateway(tag: &str, edit: impl Fn(String) -> String) -> Result<(PathBuf, PathBuf)> {
-    let dir = std::env::temp_dir().join(format!("mlgw_gw_{tag}_{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    let config = write_config(&dir, &rig::rig_env("MLGW_TEST_MODEL_SERVER_GRPC")?)?;
-    std::fs::write(&config, edit(std::fs::read_to_string(&config)?))?;
-    // The embedded store needs its schema, as the demo's setup applies.
-    EmbeddedStore::open(&dir.join("features.redb"))?
-        .apply_schema()
-        .await?;
-    Ok((dir, config))
+    rig::gateway::scratch(tag, DEV_AUTH, edit).await
 }
 
 fn request_features() -> Value {
@@ -123,7 +42,7 @@ async fn predictions_through_the_gateway() -> Result<()> {
     let dir = std::env::temp_dir().join(format!("mlgw_gw_{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     // Feature data: a profile batch for c-1 in the embedded store.
-    let defs = Arc::new(FeatureDefinitions::load(&defs_path())?);
+    let defs = Arc::new(FeatureDefinitions::load(&definitions())?);
     let store = Arc::new(EmbeddedStore::open(&dir.join("features.redb"))?);
     store.apply_schema().await?;
     let csv = dir.join("profile.csv");
@@ -144,9 +63,10 @@ async fn predictions_through_the_gateway() -> Result<()> {
 
     let mut model_server = ModelServerProcess::start(&example_repository(), &[]).await?;
     model_server.wait_ready(Duration::from_secs(60)).await?;
-    let config = write_config(&dir, &model_server.grpc_url)?;
-    let mut gw = GatewayProcess::start(&config).await?;
-    let http = reqwest::Client::new();
+    let config = dir.join("gateway.toml");
+    std::fs::write(&config, config_text(&model_server.grpc_url, DEV_AUTH))?;
+    let mut gw = GatewayProcess::start_ready(&config).await?;
+    let http = client_with_token(gw.token()?)?;
     let predict = |body: Value| {
         let http = http.clone();
         let url = format!("{}/v1/models/fraud_detector/predict", gw.http);
@@ -282,7 +202,10 @@ async fn predictions_through_the_gateway() -> Result<()> {
     );
 
     // 4. gRPC gives the same answer as REST.
-    let mut grpc = PredictionServiceClient::connect(gw.grpc.clone()).await?;
+    let channel = tonic::transport::Endpoint::from_shared(gw.grpc.clone())?
+        .connect()
+        .await?;
+    let mut grpc = PredictionServiceClient::with_interceptor(channel, Bearer::new(gw.token()?)?);
     let fv = |k: pb::feature_value::Kind| pb::FeatureValue { kind: Some(k) };
     use pb::feature_value::Kind;
     let request = pb::PredictRequest {
@@ -518,8 +441,8 @@ async fn overload_is_shed_at_once_and_admitted_requests_succeed() -> Result<()> 
         )
     })
     .await?;
-    let gw = GatewayProcess::start(&config).await?;
-    let http = reqwest::Client::new();
+    let gw = GatewayProcess::start_ready(&config).await?;
+    let http = client_with_token(gw.token()?)?;
     let url = format!("{}/v1/models/fraud_detector/predict", gw.http);
     let body = json!({"entity": {"customer_id": "c-1"}, "request_features": request_features()});
     let calls = (0..200).map(|_| {
