@@ -654,3 +654,135 @@ fn validate_auth(
         pilots,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = r#"
+definitions = "defs.toml"
+[server]
+environment = "development"
+[store]
+backend = "embedded"
+path = "f.redb"
+[[model]]
+name = "fraud_detector"
+endpoint = "http://127.0.0.1:8001"
+version = "1"
+[model.postprocess]
+scores_output = "probabilities"
+labels = ["legit", "fraud"]
+"#;
+
+    fn parse(auth: &str) -> Result<GatewayConfig, ConfigError> {
+        GatewayConfig::parse(&format!("{BASE}{auth}"), Path::new("gw.toml"))
+    }
+
+    fn error(auth: &str) -> String {
+        parse(auth).err().map(|e| e.to_string()).unwrap_or_default()
+    }
+
+    #[test]
+    fn auth_is_required_and_defaults_are_safe() {
+        assert!(error("").starts_with("gw.toml: auth: missing"));
+        let c = parse(
+            "[auth]\nmode = \"oidc\"\nissuer = \"https://sso.example.com\"\naudience = \"gw\"\n",
+        );
+        let a = c.map(|c| c.auth).ok();
+        let a = a.as_ref();
+        assert_eq!(
+            a.map(|a| a.algorithms.clone()),
+            Some(vec![jsonwebtoken::Algorithm::RS256])
+        );
+        assert_eq!(a.map(|a| a.leeway), Some(Duration::from_secs(30)));
+        assert_eq!(a.map(|a| a.max_token_bytes), Some(8192));
+        assert_eq!(a.map(|a| a.rules.len()), Some(0), "deny by default");
+    }
+
+    #[test]
+    fn auth_errors_name_the_key() {
+        let oidc = "[auth]\nmode = \"oidc\"\naudience = \"gw\"\n";
+        for (auth, want) in [
+            (
+                format!("{oidc}issuer = \"http://sso.example.com\"\n"),
+                "gw.toml: auth.issuer: \"http://sso.example.com\" is not an https URL",
+            ),
+            (
+                format!("{oidc}issuer = \"https://s\"\nalgorithms = [\"HS256\"]\n"),
+                "gw.toml: auth.algorithms[0]: \"HS256\" is not accepted",
+            ),
+            (
+                format!("{oidc}issuer = \"https://s\"\nalgorithms = [\"none\"]\n"),
+                "auth.algorithms[0]: \"none\" is not accepted",
+            ),
+            (oidc.to_owned(), "auth.issuer: missing"),
+            (
+                format!("{oidc}issuer = \"https://s\"\nmax_token_bytes = 10\n"),
+                "auth.max_token_bytes: must be 256..=65536",
+            ),
+            (
+                format!("{oidc}issuer = \"https://s\"\ngroups_claim = \"a..b\"\n"),
+                "auth.groups_claim",
+            ),
+            (
+                format!("{oidc}issuer = \"https://s\"\n[[auth.allow]]\napi = \"predict\"\n"),
+                "auth.allow[0]: name groups, scopes or both",
+            ),
+            (
+                format!(
+                    "{oidc}issuer = \"https://s\"\n[[auth.allow]]\napi = \"delete\"\ngroups = [\"g\"]\n"
+                ),
+                "auth.allow[0].api: \"delete\"",
+            ),
+            (
+                format!(
+                    "{oidc}issuer = \"https://s\"\n[[auth.allow]]\napi = \"push\"\nmodels = [\"fraud_detector\"]\ngroups = [\"g\"]\n"
+                ),
+                "auth.allow[0].models: only for api = \"predict\"",
+            ),
+            (
+                format!(
+                    "{oidc}issuer = \"https://s\"\n[[auth.pilot]]\nmodel = \"nope\"\ngroups = [\"g\"]\n"
+                ),
+                "auth.pilot[0].model: \"nope\" is not a configured",
+            ),
+            (
+                format!(
+                    "{oidc}issuer = \"https://s\"\n[[auth.pilot]]\nmodel = \"fraud_detector\"\nversion = \"1\"\ngroups = [\"g\"]\n"
+                ),
+                "auth.pilot[0].version: a pilot version needs model",
+            ),
+            (
+                format!("{oidc}issuer = \"https://s\"\nbogus = 1\n"),
+                "unknown field `bogus`",
+            ),
+            (
+                "[auth]\nmode = \"dev\"\naudience = \"gw\"\nissuer = \"https://s\"\n".to_owned(),
+                "auth.issuer: not used with mode = \"dev\"",
+            ),
+        ] {
+            let got = error(&auth);
+            assert!(got.contains(want), "{auth}\n=> {got}");
+        }
+    }
+
+    #[test]
+    fn production_refuses_the_dev_issuer() {
+        let dev = "[auth]\nmode = \"dev\"\naudience = \"gw\"\n";
+        assert!(parse(dev).is_ok());
+        let prod = format!("{BASE}{dev}").replace("environment = \"development\"\n", "");
+        let e = GatewayConfig::parse(&prod, Path::new("gw.toml"))
+            .err()
+            .map(|e| e.to_string());
+        assert!(
+            e.as_deref().is_some_and(|e| e.starts_with("gw.toml: auth.mode: the dev issuer is refused when server.environment = \"production\"")),
+            "{e:?}"
+        );
+        let odd = format!("{BASE}{dev}").replace("\"development\"", "\"staging\"");
+        let e = GatewayConfig::parse(&odd, Path::new("gw.toml"))
+            .err()
+            .map(|e| e.to_string());
+        assert!(e.is_some_and(|e| e.contains("server.environment")));
+    }
+}

@@ -77,6 +77,31 @@ async fn predictions_through_the_gateway() -> Result<()> {
         }
     };
 
+    // 0. No token, no prediction; health, readiness, metrics and the
+    // OpenAPI document stay open.
+    let anonymous = reqwest::Client::new();
+    let r = anonymous
+        .post(format!("{}/v1/models/fraud_detector/predict", gw.http))
+        .json(&json!({"entity": {"customer_id": "c-1"}, "request_features": request_features()}))
+        .send()
+        .await?;
+    assert_eq!(r.status().as_u16(), 401);
+    assert!(
+        r.headers()
+            .get("www-authenticate")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.contains("error=\"invalid_token\""))
+    );
+    assert_eq!(r.json::<Value>().await?["code"], "invalid_token");
+    for open in ["/healthz", "/readyz", "/metrics", "/openapi.json"] {
+        let status = anonymous
+            .get(format!("{}{open}", gw.http))
+            .send()
+            .await?
+            .status();
+        assert_eq!(status.as_u16(), 200, "{open}");
+    }
+
     // 1. A known customer: the answer equals the model-server's own answer
     // for the same row, assembled here from the values we loaded.
     let (status, answer) =
@@ -308,7 +333,19 @@ async fn predictions_through_the_gateway() -> Result<()> {
             doc["paths"][route].is_object(),
             "{route} missing from /openapi.json"
         );
+        let post = &doc["paths"][route]["post"];
+        if route.starts_with("/v1/") {
+            assert_eq!(post["security"], json!([{"bearerAuth": []}]), "{route}");
+            assert!(
+                post["responses"]["401"].is_object() && post["responses"]["403"].is_object(),
+                "{route}"
+            );
+        }
     }
+    assert_eq!(
+        doc["components"]["securitySchemes"]["bearerAuth"]["scheme"],
+        "bearer"
+    );
 
     // 5. Errors carry stable codes and name the field.
     let (status, e) = predict(json!({"entity": {"customer_id": "c-1"}, "request_features": {"amount": 1.0, "is_card_present": "no", "hour_of_day": 3}})).await?;
@@ -416,7 +453,26 @@ async fn gateway_refuses_to_start_when_the_model_does_not_match() -> Result<()> 
         err.contains("postprocess.scores_output \"scores\" is not an output; the server's outputs are [\"label\", \"probabilities\"]"),
         "{err}"
     );
-    let bad = std::fs::read_to_string(&config)?.replace("timeout_ms = 1000", "timeout_ms = 0");
+    // A production config (the default environment) refuses the dev issuer.
+    let production = std::fs::read_to_string(&config)?
+        .replace(
+            "scores_output = \"scores\"",
+            "scores_output = \"probabilities\"",
+        )
+        .replace("environment = \"development\"\n", "");
+    std::fs::write(&config, &production)?;
+    let out = tokio::process::Command::new(binary("gateway")?)
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .await?;
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8(out.stderr)?;
+    assert!(
+        err.contains("gateway.toml: auth.mode: the dev issuer is refused when server.environment = \"production\""),
+        "{err}"
+    );
+    let bad = production.replace("timeout_ms = 1000", "timeout_ms = 0");
     std::fs::write(&config, bad)?;
     let out = tokio::process::Command::new(binary("gateway")?)
         .arg("--config")
