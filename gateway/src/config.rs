@@ -55,6 +55,8 @@ struct RawAuth {
     groups_claim: String,
     #[serde(default = "default_scopes_claim")]
     scopes_claim: String,
+    #[serde(default = "default_token_cache_entries")]
+    token_cache_entries: u64,
     dev: Option<RawDev>,
     #[serde(default)]
     allow: Vec<RawAllow>,
@@ -120,6 +122,9 @@ fn default_groups_claim() -> String {
 }
 fn default_scopes_claim() -> String {
     "scope".to_owned()
+}
+fn default_token_cache_entries() -> u64 {
+    10_000
 }
 fn default_dev_subject() -> String {
     "dev-user".to_owned()
@@ -650,6 +655,7 @@ fn validate_auth(
         fetch_timeout: Duration::from_millis(a.fetch_timeout_ms),
         groups_claim,
         scopes_claim,
+        token_cache_entries: a.token_cache_entries,
         rules,
         pilots,
     })

@@ -298,6 +298,10 @@ pub struct IssuerKeys {
     /// Serialises fetches; holds when the last one started.
     fetching: tokio::sync::Mutex<Option<Instant>>,
     min_refetch: Duration,
+    /// Bumped whenever keys are installed, so verifications cached under
+    /// an older key set are redone (a key that left the JWKS stops
+    /// verifying at once).
+    generation: AtomicU64,
     /// Counters.
     pub stats: KeyStats,
 }
@@ -333,6 +337,7 @@ impl IssuerKeys {
             current: RwLock::new(None),
             fetching: tokio::sync::Mutex::new(None),
             min_refetch,
+            generation: AtomicU64::new(0),
             stats: KeyStats::default(),
         })
     }
@@ -359,6 +364,7 @@ impl IssuerKeys {
             current: RwLock::new(None),
             fetching: tokio::sync::Mutex::new(None),
             min_refetch: Duration::MAX,
+            generation: AtomicU64::new(0),
             stats: KeyStats::default(),
         };
         me.install(keys);
@@ -370,6 +376,12 @@ impl IssuerKeys {
         if let Ok(mut cur) = self.current.write() {
             *cur = Some(Arc::new(keys));
         }
+        self.generation.fetch_add(1, Ordering::Release);
+    }
+
+    /// Changes whenever a key set is installed.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
     }
 
     fn snapshot(&self) -> Option<Arc<Vec<SigningKey>>> {

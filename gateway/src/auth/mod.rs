@@ -76,6 +76,8 @@ pub struct AuthSettings {
     pub groups_claim: claims::ClaimPath,
     /// Where the caller's scopes are.
     pub scopes_claim: claims::ClaimPath,
+    /// Verified tokens remembered (0: verify every request).
+    pub token_cache_entries: u64,
     /// Allow rules.
     pub rules: Vec<policy::Rule>,
     /// Pilots.
@@ -94,6 +96,7 @@ impl AuthSettings {
             max_token_bytes: self.max_token_bytes,
             groups_claim: self.groups_claim.clone(),
             scopes_claim: self.scopes_claim.clone(),
+            cache_entries: self.token_cache_entries,
         }
     }
 }

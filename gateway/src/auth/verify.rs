@@ -132,11 +132,24 @@ pub struct VerifySettings {
     pub groups_claim: ClaimPath,
     /// Where the caller's scopes are.
     pub scopes_claim: ClaimPath,
+    /// Verified tokens remembered (0: verify every time).
+    pub cache_entries: u64,
+}
+
+/// A token that verified: who, until when, under which key set.
+#[derive(Clone)]
+struct Verified {
+    caller: Caller,
+    exp: u64,
+    generation: u64,
 }
 
 /// Verifies tokens against the issuer's keys.
 pub struct Verifier {
     settings: VerifySettings,
+    /// Token text → its verification. Only tokens that passed every check
+    /// get in; a hit still checks `exp` and that the key set is unchanged.
+    cache: Option<moka::sync::Cache<String, Verified>>,
     /// One `Validation` per allowed algorithm (jsonwebtoken pins one family).
     validations: Vec<(Algorithm, Validation)>,
     keys: std::sync::Arc<IssuerKeys>,
@@ -174,8 +187,15 @@ impl Verifier {
             .map(|a| format!("{a:?}"))
             .collect::<Vec<_>>()
             .join(", ");
+        let cache = (settings.cache_entries > 0).then(|| {
+            moka::sync::Cache::builder()
+                .max_capacity(settings.cache_entries)
+                .time_to_live(Duration::from_secs(300))
+                .build()
+        });
         Verifier {
             settings,
+            cache,
             validations,
             keys,
             allowed_names,
@@ -216,6 +236,33 @@ impl Verifier {
         if token.len() > self.settings.max_token_bytes {
             return Err(AuthError::TooLarge(self.settings.max_token_bytes));
         }
+        if let Some(cache) = &self.cache {
+            if let Some(hit) = cache.get(token) {
+                let now = now_unix();
+                if hit.generation == self.keys.generation()
+                    && hit.exp.saturating_add(self.settings.leeway.as_secs()) >= now
+                {
+                    return Ok(hit.caller);
+                }
+                cache.invalidate(token);
+            }
+            let generation = self.keys.generation();
+            let (caller, exp) = self.verify_uncached(token).await?;
+            cache.insert(
+                token.to_owned(),
+                Verified {
+                    caller: caller.clone(),
+                    exp,
+                    generation,
+                },
+            );
+            return Ok(caller);
+        }
+        self.verify_uncached(token).await.map(|(caller, _)| caller)
+    }
+
+    /// Every check, no cache; the caller and the token's `exp`.
+    async fn verify_uncached(&self, token: &str) -> Result<(Caller, u64), AuthError> {
         if !token
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
@@ -315,11 +362,14 @@ impl Verifier {
             .scopes_claim
             .strings(&claims)
             .map_err(AuthError::Claims)?;
-        Ok(Caller {
-            subject: reg.sub,
-            groups,
-            scopes,
-        })
+        Ok((
+            Caller {
+                subject: reg.sub,
+                groups,
+                scopes,
+            },
+            reg.exp,
+        ))
     }
 
     fn check_header(&self, part: &str) -> Result<(Algorithm, Option<String>), AuthError> {
@@ -368,5 +418,83 @@ impl Verifier {
             Some(_) => return Err(AuthError::Header("'kid' is not a string")),
         };
         Ok((alg, kid))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::auth::dev_issuer::{DevIssuer, DevSettings};
+
+    fn setup(cache_entries: u64) -> (DevIssuer, Verifier) {
+        let dev = DevIssuer::generate(DevSettings {
+            subject: "svc-a".into(),
+            groups: vec!["g".into()],
+            scopes: vec!["predict".into()],
+            token_ttl: Duration::from_secs(1),
+        });
+        let Ok(dev) = dev else {
+            panic!("key generation")
+        };
+        let keys = IssuerKeys::fixed(dev.jwks().as_bytes(), vec![Algorithm::RS256]);
+        let Ok(keys) = keys else { panic!("fixed keys") };
+        let settings = VerifySettings {
+            issuer: "https://i.example".into(),
+            audience: "gw".into(),
+            algorithms: vec![Algorithm::RS256],
+            leeway: Duration::ZERO,
+            max_lifetime: Duration::from_secs(60),
+            max_token_bytes: 8192,
+            groups_claim: ClaimPath::new("groups").unwrap_or_else(|| panic!("path")),
+            scopes_claim: ClaimPath::new("scope").unwrap_or_else(|| panic!("path")),
+            cache_entries,
+        };
+        (dev, Verifier::new(settings, Arc::new(keys)))
+    }
+
+    #[tokio::test]
+    async fn a_cached_verification_still_expires() {
+        for cache in [0, 100] {
+            let (dev, verifier) = setup(cache);
+            let token = dev
+                .mint("https://i.example", "gw")
+                .map(|t| t.token)
+                .unwrap_or_default();
+            let want = Caller {
+                subject: "svc-a".into(),
+                groups: vec!["g".into()],
+                scopes: vec!["predict".into()],
+            };
+            assert_eq!(verifier.verify(&token).await, Ok(want.clone()));
+            assert_eq!(verifier.verify(&token).await, Ok(want), "cache {cache}");
+            // exp = iat + 1 s, no leeway: two seconds later it is refused,
+            // cached or not.
+            tokio::time::sleep(Duration::from_millis(2100)).await;
+            assert_eq!(
+                verifier.verify(&token).await,
+                Err(AuthError::Expired),
+                "cache {cache}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn the_token_must_name_this_issuer_and_audience() {
+        let (dev, verifier) = setup(100);
+        let other_iss = dev
+            .mint("https://other.example", "gw")
+            .map(|t| t.token)
+            .unwrap_or_default();
+        assert_eq!(verifier.verify(&other_iss).await, Err(AuthError::Issuer));
+        let other_aud = dev
+            .mint("https://i.example", "not-gw")
+            .map(|t| t.token)
+            .unwrap_or_default();
+        assert_eq!(
+            verifier.verify(&other_aud).await,
+            Err(AuthError::Audience("gw".into()))
+        );
     }
 }
