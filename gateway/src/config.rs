@@ -563,6 +563,12 @@ fn validate_auth(
     if a.jwks_refresh_s == 0 {
         return Err(e("auth.jwks_refresh_s", "must be at least 1".into()));
     }
+    if a.jwks_min_refetch_s == 0 {
+        return Err(e(
+            "auth.jwks_min_refetch_s",
+            "must be at least 1 (it protects the provider from floods of unknown kids)".into(),
+        ));
+    }
     if a.fetch_timeout_ms == 0 {
         return Err(e("auth.fetch_timeout_ms", "must be at least 1".into()));
     }

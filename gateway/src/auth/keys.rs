@@ -295,7 +295,10 @@ pub struct IssuerKeys {
     source: Source,
     allowed: Vec<Algorithm>,
     current: RwLock<Option<Arc<Vec<SigningKey>>>>,
-    /// Serialises fetches; holds when the last one started.
+    /// Serialises fetches (single flight); holds when the last fetch
+    /// *triggered by an unknown kid* started. Periodic refreshes do not
+    /// count: a scheduled fetch that ran just before a rotation must not
+    /// block the fetch that finds the new key.
     fetching: tokio::sync::Mutex<Option<Instant>>,
     min_refetch: Duration,
     /// Bumped whenever keys are installed, so verifications cached under
@@ -322,6 +325,9 @@ impl IssuerKeys {
             .timeout(fetch_timeout)
             .connect_timeout(fetch_timeout)
             .redirect(reqwest::redirect::Policy::limited(3))
+            // Fetches are minutes apart: a pooled connection would mostly be
+            // a stale one (e.g. after the provider restarted).
+            .pool_max_idle_per_host(0)
             .user_agent(concat!("mlgw-gateway/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| FetchError::Transport {
@@ -411,9 +417,10 @@ impl IssuerKeys {
         }
     }
 
-    /// After a token named an unknown kid: fetches again unless a fetch
-    /// started less than `min_refetch` ago (so a flood of bad kids costs the
-    /// provider at most one request per interval). Waits for a fetch already
+    /// After a token named an unknown kid: fetches again unless such a
+    /// fetch started less than `min_refetch` ago (so a flood of bad kids costs
+    /// the provider at most one extra fetch per interval, on top of the
+    /// periodic refresh). Waits for a fetch already
     /// under way. Returns whether this call fetched successfully.
     pub async fn refetch_for_unknown_kid(&self) -> bool {
         let mut last = self.fetching.lock().await;
@@ -438,8 +445,7 @@ impl IssuerKeys {
     /// # Errors
     /// [`FetchError`]; the cached keys stay.
     pub async fn refresh(&self) -> Result<usize, FetchError> {
-        let mut last = self.fetching.lock().await;
-        *last = Some(Instant::now());
+        let _single_flight = self.fetching.lock().await;
         self.fetch_and_install().await
     }
 
