@@ -33,6 +33,16 @@ cargo build --workspace --all-targets --locked -j "$jobs"
 summary=""
 RIG_DIR="$(mktemp -d "${TMPDIR:-/tmp}/mlgw-rig.XXXXXX")"
 export RIG_DIR
+# The build cache may be shared with other checkouts, whose builds overwrite
+# target/debug/<bin>: the tests run private copies of the binaries just built
+# (rig::binary and model-server.sh read these variables).
+mkdir -p "$RIG_DIR/bin"
+for bin in gateway model-server mlgw-features; do
+  cp "$CARGO_TARGET_DIR/debug/$bin" "$RIG_DIR/bin/$bin"
+done
+export MLGW_GATEWAY_BIN="$RIG_DIR/bin/gateway"
+export MLGW_MODEL_SERVER_BIN="$RIG_DIR/bin/model-server"
+export MLGW_MLGW_FEATURES_BIN="$RIG_DIR/bin/mlgw-features"
 cleanup() {
   local rc=$?
   step "stopping the rig"
@@ -49,7 +59,7 @@ trap 'exit 130' INT TERM
 step "starting the real parts"
 tests/rig/cassandra.sh start
 tests/rig/oidc.sh start
-MODEL_SERVER_BIN="$CARGO_TARGET_DIR/debug/model-server" tests/rig/model-server.sh start
+MODEL_SERVER_BIN="$MLGW_MODEL_SERVER_BIN" tests/rig/model-server.sh start
 # Python with NVIDIA's tritonclient, for the interoperability test.
 MLGW_TEST_INTEROP_PYTHON="$(tests/rig/python-venv.sh)"
 export MLGW_TEST_INTEROP_PYTHON

@@ -317,9 +317,9 @@ fn model_request(customer: u64, k: u64) -> inf::ModelInferRequest {
 // ---------------------------------------------------------------------------
 // The client
 
-/// Adds `authorization: Bearer <token>` to every gateway call. The one place
-/// to adapt when gateway auth lands (issue 6): the token comes from
-/// MLGW_BENCH_TOKEN, or a `token=<jwt>` word in the gateway's start-up lines.
+/// Adds `authorization: Bearer <token>` to every gateway call: the token
+/// comes from MLGW_BENCH_TOKEN, or the dev token the gateway prints at start
+/// (the bench runs it with the dev issuer, like the demo).
 #[derive(Clone)]
 struct Bearer(Option<MetadataValue<Ascii>>);
 
@@ -328,8 +328,8 @@ impl Bearer {
         let token = std::env::var("MLGW_BENCH_TOKEN").ok().or_else(|| {
             gateway_banner
                 .iter()
-                .flat_map(|l| l.split_whitespace())
-                .find_map(|w| w.strip_prefix("token="))
+                .find(|l| l.starts_with("dev token"))
+                .and_then(|l| l.rsplit(' ').next())
                 .map(str::to_owned)
         });
         token
@@ -739,6 +739,12 @@ impl GatewayProcess {
                 Ok(Ok(Some(line))) => {
                     banner.push(line.clone());
                     if line.starts_with("gateway listening") {
+                        // In dev mode the token line follows at once.
+                        if let Ok(Ok(Some(next))) =
+                            tokio::time::timeout(Duration::from_secs(5), lines.next_line()).await
+                        {
+                            banner.push(next);
+                        }
                         break line;
                     }
                 }
@@ -838,6 +844,7 @@ fn gateway_config(
     let text = format!(
         r#"definitions = "{defs}"
 [server]
+environment = "development"
 host = "127.0.0.1"
 http_port = 0
 grpc_port = 0
@@ -862,7 +869,8 @@ labels = ["legit", "fraud"]
 positive_label = "fraud"
 threshold = 0.5
 top_k = 2
-"#,
+{auth}"#,
+        auth = rig::gateway::DEV_AUTH,
         defs = workspace_root()
             .join("feature-store/definitions/fraud.toml")
             .display()

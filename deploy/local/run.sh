@@ -2,7 +2,8 @@
 # Runs the whole product on one machine with the embedded feature store: the
 # model-server with the example fraud model, demo feature data for 10,000
 # customers loaded by a real refresh job, and the gateway in front. Prints
-# ready-to-paste curl and grpcurl lines, then serves until Ctrl-C.
+# ready-to-paste curl and grpcurl lines carrying the dev issuer's token, then
+# serves until Ctrl-C.
 #
 #   deploy/local/run.sh            # ports: gateway 8080 (REST) / 8081 (gRPC),
 #                                  #        model-server 8000 / 8001
@@ -74,21 +75,35 @@ for _ in $(seq 1 150); do
 done
 grep -q "^gateway listening" "$DEMO/gateway.out" || die "the gateway did not start; see $DEMO/gateway.log"
 
-cat <<'TXT'
+TOKEN="$(sed -n 's/^dev token ([^)]*): //p' "$DEMO/gateway.out" | head -n 1)"
+[[ -n "$TOKEN" ]] || die "the gateway printed no dev token; see $DEMO/gateway.out"
+EXPIRES="$(sed -n 's/^dev token (.*expires \([^)]*\)).*/\1/p' "$DEMO/gateway.out" | head -n 1)"
+echo "$TOKEN" >"$DEMO/dev-token"
+
+cat <<TXT
 
 The product is running: gateway REST on 127.0.0.1:8080, gRPC on 127.0.0.1:8081;
 model-server on 8000/8001. Logs: target/mlgw-demo/*.log. Ctrl-C stops everything.
 
+Every call needs an SSO token. This demo uses the gateway's own dev issuer
+([auth] mode = "dev" in gateway/config/gateway.toml; refused in production):
+the lines below carry its token (subject dev-user, group fraud-team, expires
+$EXPIRES), also kept in target/mlgw-demo/dev-token.
+
 A prediction for customer c-0042 (busy recent activity) over REST:
 
-  curl -s localhost:8080/v1/models/fraud_detector/predict -H 'content-type: application/json' \
+  curl -s localhost:8080/v1/models/fraud_detector/predict -H "Authorization: Bearer $TOKEN" \\
+    -H 'content-type: application/json' \\
     -d '{"entity": {"customer_id": "c-0042"}, "request_features": {"amount": 980.0, "is_card_present": false, "hour_of_day": 3, "distance_from_home_km": 1200}}'
 
 The same over gRPC (reflection is on):
 
-  grpcurl -plaintext -d '{"model": "fraud_detector", "entity": {"keys": {"customer_id": "c-0042"}},
+  grpcurl -plaintext -H "authorization: Bearer $TOKEN" \\
+    -d '{"model": "fraud_detector", "entity": {"keys": {"customer_id": "c-0042"}},
     "request_features": {"amount": {"double_value": 980}, "is_card_present": {"bool_value": false},
     "hour_of_day": {"int64_value": 3}}}' localhost:8081 gateway.v1.PredictionService/Predict
+
+Without the header both answer 401 / UNAUTHENTICATED.
 
 TXT
 wait -n "${pids[@]}" || true

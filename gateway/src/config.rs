@@ -1,6 +1,7 @@
 //! The gateway's config file (TOML): server limits, the feature store, the
-//! row cache, the prediction log and the models with their model-server endpoints and
-//! post-processing. Parsed with `deny_unknown_fields`, then validated into
+//! row cache, the prediction log, the models with their model-server
+//! endpoints and post-processing, and `[auth]` (the SSO issuer, token rules,
+//! access policy). Parsed with `deny_unknown_fields`, then validated into
 //! [`GatewayConfig`]; every error names the file and the key.
 
 use std::path::{Path, PathBuf};
@@ -10,6 +11,11 @@ use feature_store::config::StoreSettings;
 use feature_store::reader::ReaderConfig;
 use serde::Deserialize;
 
+use crate::auth::claims::ClaimPath;
+use crate::auth::dev_issuer::DevSettings;
+use crate::auth::keys::{algorithm_named, is_asymmetric, url_allowed};
+use crate::auth::policy::{Api, Pilot, Rule};
+use crate::auth::{AuthMode, AuthSettings};
 use crate::postprocess::PostProcess;
 
 #[derive(Debug, Deserialize)]
@@ -25,6 +31,114 @@ struct RawConfig {
     prediction_log: crate::predlog::LogConfig,
     #[serde(rename = "model")]
     models: Vec<RawModel>,
+    auth: Option<RawAuth>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAuth {
+    mode: String,
+    issuer: Option<String>,
+    audience: String,
+    #[serde(default = "default_algorithms")]
+    algorithms: Vec<String>,
+    #[serde(default = "default_leeway_s")]
+    leeway_s: u64,
+    #[serde(default = "default_max_lifetime_s")]
+    max_token_lifetime_s: u64,
+    #[serde(default = "default_max_token_bytes")]
+    max_token_bytes: usize,
+    #[serde(default = "default_jwks_refresh_s")]
+    jwks_refresh_s: u64,
+    #[serde(default = "default_jwks_min_refetch_s")]
+    jwks_min_refetch_s: u64,
+    #[serde(default = "default_fetch_timeout_ms")]
+    fetch_timeout_ms: u64,
+    #[serde(default = "default_groups_claim")]
+    groups_claim: String,
+    #[serde(default = "default_scopes_claim")]
+    scopes_claim: String,
+    #[serde(default = "default_token_cache_entries")]
+    token_cache_entries: u64,
+    dev: Option<RawDev>,
+    #[serde(default)]
+    allow: Vec<RawAllow>,
+    #[serde(default)]
+    pilot: Vec<RawPilot>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDev {
+    #[serde(default = "default_dev_subject")]
+    subject: String,
+    #[serde(default)]
+    groups: Vec<String>,
+    #[serde(default = "default_dev_scopes")]
+    scopes: Vec<String>,
+    #[serde(default = "default_dev_ttl_s")]
+    token_ttl_s: u64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAllow {
+    api: String,
+    models: Option<Vec<String>>,
+    #[serde(default)]
+    groups: Vec<String>,
+    #[serde(default)]
+    scopes: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPilot {
+    model: String,
+    version: Option<String>,
+    groups: Vec<String>,
+}
+
+fn default_algorithms() -> Vec<String> {
+    vec!["RS256".to_owned()]
+}
+fn default_leeway_s() -> u64 {
+    30
+}
+fn default_max_lifetime_s() -> u64 {
+    86_400
+}
+fn default_max_token_bytes() -> usize {
+    8192
+}
+fn default_jwks_refresh_s() -> u64 {
+    300
+}
+fn default_jwks_min_refetch_s() -> u64 {
+    10
+}
+fn default_fetch_timeout_ms() -> u64 {
+    2000
+}
+fn default_groups_claim() -> String {
+    "groups".to_owned()
+}
+fn default_scopes_claim() -> String {
+    "scope".to_owned()
+}
+fn default_token_cache_entries() -> u64 {
+    10_000
+}
+fn default_dev_subject() -> String {
+    "dev-user".to_owned()
+}
+fn default_dev_scopes() -> Vec<String> {
+    ["predict", "push", "feedback", "admin"]
+        .map(str::to_owned)
+        .to_vec()
+}
+fn default_dev_ttl_s() -> u64 {
+    12 * 3600
 }
 
 #[derive(Debug, Deserialize)]
@@ -42,6 +156,12 @@ struct RawServer {
     max_concurrent_requests: usize,
     #[serde(default = "default_max_batch")]
     max_batch_entities: usize,
+    #[serde(default = "default_environment")]
+    environment: String,
+}
+
+fn default_environment() -> String {
+    "production".to_owned()
 }
 
 impl Default for RawServer {
@@ -53,6 +173,7 @@ impl Default for RawServer {
             request_timeout_ms: default_request_timeout_ms(),
             max_concurrent_requests: default_max_concurrent(),
             max_batch_entities: default_max_batch(),
+            environment: default_environment(),
         }
     }
 }
@@ -118,6 +239,8 @@ pub struct ServerConfig {
     pub max_concurrent_requests: usize,
     /// Entities per PredictBatch call.
     pub max_batch_entities: usize,
+    /// `production` (the default) refuses the dev issuer.
+    pub production: bool,
 }
 
 /// One model the gateway serves.
@@ -152,6 +275,8 @@ pub struct GatewayConfig {
     pub prediction_log: crate::predlog::LogConfig,
     /// The models.
     pub models: Vec<ModelConfig>,
+    /// SSO authentication and the access policy.
+    pub auth: AuthSettings,
 }
 
 /// A config that cannot be used.
@@ -303,6 +428,23 @@ impl GatewayConfig {
                 postprocess: m.postprocess,
             });
         }
+        let production = match s.environment.as_str() {
+            "production" => true,
+            "development" => false,
+            other => {
+                return Err(err(
+                    "server.environment",
+                    format!("{other:?}: write \"production\" or \"development\""),
+                ));
+            }
+        };
+        let Some(raw_auth) = raw.auth else {
+            return Err(err(
+                "auth",
+                "missing: declare [auth] (mode = \"oidc\" with the issuer, or mode = \"dev\" on a laptop); every model API needs a token".into(),
+            ));
+        };
+        let auth = validate_auth(raw_auth, production, &models).map_err(|(k, m)| err(&k, m))?;
         Ok(GatewayConfig {
             source: path.to_owned(),
             definitions: resolve(&raw.definitions),
@@ -313,13 +455,234 @@ impl GatewayConfig {
                 request_timeout: Duration::from_millis(s.request_timeout_ms),
                 max_concurrent_requests: s.max_concurrent_requests,
                 max_batch_entities: s.max_batch_entities,
+                production,
             },
             store,
             cache,
             prediction_log: raw.prediction_log,
             models,
+            auth,
         })
     }
+}
+
+fn validate_auth(
+    a: RawAuth,
+    production: bool,
+    models: &[ModelConfig],
+) -> Result<AuthSettings, (String, String)> {
+    let e = |k: &str, m: String| (k.to_owned(), m);
+    let mut algorithms = Vec::with_capacity(a.algorithms.len());
+    for (i, name) in a.algorithms.iter().enumerate() {
+        let alg = algorithm_named(name)
+            .filter(|alg| is_asymmetric(*alg))
+            .ok_or_else(|| {
+                e(
+                    &format!("auth.algorithms[{i}]"),
+                    format!("{name:?} is not accepted; use asymmetric ones: RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384, EdDSA"),
+                )
+            })?;
+        if !algorithms.contains(&alg) {
+            algorithms.push(alg);
+        }
+    }
+    if algorithms.is_empty() {
+        return Err(e("auth.algorithms", "name at least one algorithm".into()));
+    }
+    let mode = match a.mode.as_str() {
+        "oidc" => {
+            if a.dev.is_some() {
+                return Err(e("auth.dev", "only with mode = \"dev\"".into()));
+            }
+            let issuer = a.issuer.clone().ok_or_else(|| {
+                e(
+                    "auth.issuer",
+                    "missing: the OIDC issuer URL (the tokens' iss)".into(),
+                )
+            })?;
+            if !url_allowed(&issuer) {
+                return Err(e(
+                    "auth.issuer",
+                    format!(
+                        "{issuer:?} is not an https URL (plain http only to 127.0.0.1/localhost)"
+                    ),
+                ));
+            }
+            AuthMode::Oidc { issuer }
+        }
+        "dev" => {
+            if production {
+                return Err(e(
+                    "auth.mode",
+                    "the dev issuer is refused when server.environment = \"production\" (the default); use mode = \"oidc\" with your SSO issuer, or set environment = \"development\" on a laptop".into(),
+                ));
+            }
+            if a.issuer.is_some() {
+                return Err(e(
+                    "auth.issuer",
+                    "not used with mode = \"dev\" (the gateway is the issuer)".into(),
+                ));
+            }
+            if !algorithms.contains(&jsonwebtoken::Algorithm::RS256) {
+                return Err(e(
+                    "auth.algorithms",
+                    "mode = \"dev\" signs with RS256; include it".into(),
+                ));
+            }
+            let d = a.dev.unwrap_or(RawDev {
+                subject: default_dev_subject(),
+                groups: Vec::new(),
+                scopes: default_dev_scopes(),
+                token_ttl_s: default_dev_ttl_s(),
+            });
+            if d.subject.is_empty() {
+                return Err(e("auth.dev.subject", "must not be empty".into()));
+            }
+            if d.token_ttl_s == 0 || d.token_ttl_s > a.max_token_lifetime_s {
+                return Err(e(
+                    "auth.dev.token_ttl_s",
+                    format!(
+                        "must be 1..={} (auth.max_token_lifetime_s)",
+                        a.max_token_lifetime_s
+                    ),
+                ));
+            }
+            AuthMode::Dev(DevSettings {
+                subject: d.subject,
+                groups: d.groups,
+                scopes: d.scopes,
+                token_ttl: Duration::from_secs(d.token_ttl_s),
+            })
+        }
+        other => {
+            return Err(e(
+                "auth.mode",
+                format!(
+                    "{other:?}: write \"oidc\" (a real SSO issuer) or \"dev\" (the local dev issuer)"
+                ),
+            ));
+        }
+    };
+    if a.audience.is_empty() {
+        return Err(e("auth.audience", "must not be empty".into()));
+    }
+    if a.max_token_lifetime_s == 0 {
+        return Err(e("auth.max_token_lifetime_s", "must be at least 1".into()));
+    }
+    if !(256..=65_536).contains(&a.max_token_bytes) {
+        return Err(e("auth.max_token_bytes", "must be 256..=65536".into()));
+    }
+    if a.leeway_s > 300 {
+        return Err(e(
+            "auth.leeway_s",
+            "at most 300 (clock skew, not a grace period)".into(),
+        ));
+    }
+    if a.jwks_refresh_s == 0 {
+        return Err(e("auth.jwks_refresh_s", "must be at least 1".into()));
+    }
+    if a.jwks_min_refetch_s == 0 {
+        return Err(e(
+            "auth.jwks_min_refetch_s",
+            "must be at least 1 (it protects the provider from floods of unknown kids)".into(),
+        ));
+    }
+    if a.fetch_timeout_ms == 0 {
+        return Err(e("auth.fetch_timeout_ms", "must be at least 1".into()));
+    }
+    let groups_claim = ClaimPath::new(&a.groups_claim).ok_or_else(|| {
+        e(
+            "auth.groups_claim",
+            format!("{:?} is not a claim name or dotted path", a.groups_claim),
+        )
+    })?;
+    let scopes_claim = ClaimPath::new(&a.scopes_claim).ok_or_else(|| {
+        e(
+            "auth.scopes_claim",
+            format!("{:?} is not a claim name or dotted path", a.scopes_claim),
+        )
+    })?;
+    let known = |m: &str| models.iter().any(|x| x.name == m);
+    let mut rules = Vec::with_capacity(a.allow.len());
+    for (i, r) in a.allow.into_iter().enumerate() {
+        let key = |k: &str| format!("auth.allow[{i}].{k}");
+        let api = Api::named(&r.api).ok_or_else(|| {
+            e(
+                &key("api"),
+                format!("{:?}: write predict, push, feedback or admin", r.api),
+            )
+        })?;
+        if let Some(ms) = &r.models {
+            if api != Api::Predict {
+                return Err(e(&key("models"), "only for api = \"predict\"".into()));
+            }
+            if let Some(m) = ms.iter().find(|m| !known(m)) {
+                return Err(e(
+                    &key("models"),
+                    format!("{m:?} is not a configured [[model]]"),
+                ));
+            }
+        }
+        if r.groups.is_empty() && r.scopes.is_empty() {
+            return Err(e(
+                &format!("auth.allow[{i}]"),
+                "name groups, scopes or both (a rule must say who)".into(),
+            ));
+        }
+        rules.push(Rule {
+            api,
+            models: r.models,
+            groups: r.groups,
+            scopes: r.scopes,
+        });
+    }
+    let mut pilots = Vec::with_capacity(a.pilot.len());
+    for (i, p) in a.pilot.into_iter().enumerate() {
+        let key = |k: &str| format!("auth.pilot[{i}].{k}");
+        let Some(model) = models.iter().find(|m| m.name == p.model) else {
+            return Err(e(
+                &key("model"),
+                format!("{:?} is not a configured [[model]]", p.model),
+            ));
+        };
+        if p.groups.is_empty() {
+            return Err(e(&key("groups"), "name the pilot groups".into()));
+        }
+        if let Some(v) = &p.version {
+            // With an unpinned model, the server's default could be the pilot
+            // version and every caller would reach it.
+            if model.version.is_empty() || &model.version == v {
+                return Err(e(
+                    &key("version"),
+                    format!(
+                        "a pilot version needs model {:?} pinned to another version (model.version), so default traffic never lands on the pilot",
+                        p.model
+                    ),
+                ));
+            }
+        }
+        pilots.push(Pilot {
+            model: p.model,
+            version: p.version,
+            groups: p.groups,
+        });
+    }
+    Ok(AuthSettings {
+        mode,
+        audience: a.audience,
+        algorithms,
+        leeway: Duration::from_secs(a.leeway_s),
+        max_lifetime: Duration::from_secs(a.max_token_lifetime_s),
+        max_token_bytes: a.max_token_bytes,
+        jwks_refresh: Duration::from_secs(a.jwks_refresh_s),
+        jwks_min_refetch: Duration::from_secs(a.jwks_min_refetch_s),
+        fetch_timeout: Duration::from_millis(a.fetch_timeout_ms),
+        groups_claim,
+        scopes_claim,
+        token_cache_entries: a.token_cache_entries,
+        rules,
+        pilots,
+    })
 }
 
 #[cfg(test)]
@@ -359,5 +722,132 @@ mod tests {
                 .unwrap_or_default();
             assert!(err.contains(key), "{to:?}: {err}");
         }
+    }
+
+    const BASE: &str = r#"
+definitions = "defs.toml"
+[server]
+environment = "development"
+[store]
+backend = "embedded"
+path = "f.redb"
+[[model]]
+name = "fraud_detector"
+endpoint = "http://127.0.0.1:8001"
+version = "1"
+[model.postprocess]
+scores_output = "probabilities"
+labels = ["legit", "fraud"]
+"#;
+
+    fn parse(auth: &str) -> Result<GatewayConfig, ConfigError> {
+        GatewayConfig::parse(&format!("{BASE}{auth}"), Path::new("gw.toml"))
+    }
+
+    fn error(auth: &str) -> String {
+        parse(auth).err().map(|e| e.to_string()).unwrap_or_default()
+    }
+
+    #[test]
+    fn auth_is_required_and_defaults_are_safe() {
+        assert!(error("").starts_with("gw.toml: auth: missing"));
+        let c = parse(
+            "[auth]\nmode = \"oidc\"\nissuer = \"https://sso.example.com\"\naudience = \"gw\"\n",
+        );
+        let a = c.map(|c| c.auth).ok();
+        let a = a.as_ref();
+        assert_eq!(
+            a.map(|a| a.algorithms.clone()),
+            Some(vec![jsonwebtoken::Algorithm::RS256])
+        );
+        assert_eq!(a.map(|a| a.leeway), Some(Duration::from_secs(30)));
+        assert_eq!(a.map(|a| a.max_token_bytes), Some(8192));
+        assert_eq!(a.map(|a| a.rules.len()), Some(0), "deny by default");
+    }
+
+    #[test]
+    fn auth_errors_name_the_key() {
+        let oidc = "[auth]\nmode = \"oidc\"\naudience = \"gw\"\n";
+        for (auth, want) in [
+            (
+                format!("{oidc}issuer = \"http://sso.example.com\"\n"),
+                "gw.toml: auth.issuer: \"http://sso.example.com\" is not an https URL",
+            ),
+            (
+                format!("{oidc}issuer = \"https://s\"\nalgorithms = [\"HS256\"]\n"),
+                "gw.toml: auth.algorithms[0]: \"HS256\" is not accepted",
+            ),
+            (
+                format!("{oidc}issuer = \"https://s\"\nalgorithms = [\"none\"]\n"),
+                "auth.algorithms[0]: \"none\" is not accepted",
+            ),
+            (oidc.to_owned(), "auth.issuer: missing"),
+            (
+                format!("{oidc}issuer = \"https://s\"\nmax_token_bytes = 10\n"),
+                "auth.max_token_bytes: must be 256..=65536",
+            ),
+            (
+                format!("{oidc}issuer = \"https://s\"\ngroups_claim = \"a..b\"\n"),
+                "auth.groups_claim",
+            ),
+            (
+                format!("{oidc}issuer = \"https://s\"\n[[auth.allow]]\napi = \"predict\"\n"),
+                "auth.allow[0]: name groups, scopes or both",
+            ),
+            (
+                format!(
+                    "{oidc}issuer = \"https://s\"\n[[auth.allow]]\napi = \"delete\"\ngroups = [\"g\"]\n"
+                ),
+                "auth.allow[0].api: \"delete\"",
+            ),
+            (
+                format!(
+                    "{oidc}issuer = \"https://s\"\n[[auth.allow]]\napi = \"push\"\nmodels = [\"fraud_detector\"]\ngroups = [\"g\"]\n"
+                ),
+                "auth.allow[0].models: only for api = \"predict\"",
+            ),
+            (
+                format!(
+                    "{oidc}issuer = \"https://s\"\n[[auth.pilot]]\nmodel = \"nope\"\ngroups = [\"g\"]\n"
+                ),
+                "auth.pilot[0].model: \"nope\" is not a configured",
+            ),
+            (
+                format!(
+                    "{oidc}issuer = \"https://s\"\n[[auth.pilot]]\nmodel = \"fraud_detector\"\nversion = \"1\"\ngroups = [\"g\"]\n"
+                ),
+                "auth.pilot[0].version: a pilot version needs model",
+            ),
+            (
+                format!("{oidc}issuer = \"https://s\"\nbogus = 1\n"),
+                "unknown field `bogus`",
+            ),
+            (
+                "[auth]\nmode = \"dev\"\naudience = \"gw\"\nissuer = \"https://s\"\n".to_owned(),
+                "auth.issuer: not used with mode = \"dev\"",
+            ),
+        ] {
+            let got = error(&auth);
+            assert!(got.contains(want), "{auth}\n=> {got}");
+        }
+    }
+
+    #[test]
+    fn production_refuses_the_dev_issuer() {
+        let dev = "[auth]\nmode = \"dev\"\naudience = \"gw\"\n";
+        assert!(parse(dev).is_ok());
+        let prod = format!("{BASE}{dev}").replace("environment = \"development\"\n", "");
+        let e = GatewayConfig::parse(&prod, Path::new("gw.toml"))
+            .err()
+            .map(|e| e.to_string());
+        assert!(
+            e.as_deref().is_some_and(|e| e.starts_with("gw.toml: auth.mode: the dev issuer is refused when server.environment = \"production\"")),
+            "{e:?}"
+        );
+        let odd = format!("{BASE}{dev}").replace("\"development\"", "\"staging\"");
+        let e = GatewayConfig::parse(&odd, Path::new("gw.toml"))
+            .err()
+            .map(|e| e.to_string());
+        assert!(e.is_some_and(|e| e.contains("server.environment")));
     }
 }

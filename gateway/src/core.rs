@@ -271,6 +271,11 @@ impl<S: FeatureStore> Gateway<S> {
             .map_err(store_err)
     }
 
+    /// Whether `model` is configured.
+    pub fn serves(&self, model: &str) -> bool {
+        self.routes.contains_key(model)
+    }
+
     /// The enricher (for pushes and stats).
     pub fn enricher(&self) -> &Enricher<S> {
         &self.enricher

@@ -4,6 +4,7 @@
 
 use feature_store::reader::ReadError;
 
+use crate::auth::AuthError;
 use crate::enrich::EnrichError;
 use crate::infer::InferError;
 
@@ -58,6 +59,12 @@ pub enum GatewayError {
     /// The request's deadline passed.
     #[error("the request did not finish within its deadline")]
     DeadlineExceeded,
+    /// No valid bearer token (or the issuer's keys are not loaded yet).
+    #[error(transparent)]
+    Unauthenticated(#[from] AuthError),
+    /// A valid caller without the right to do this.
+    #[error("{0}")]
+    PermissionDenied(String),
 }
 
 impl From<EnrichError> for GatewayError {
@@ -115,8 +122,33 @@ impl GatewayError {
             GatewayError::Model(_) | GatewayError::BadModelAnswer { .. } => {
                 (502, tonic::Code::Internal, "model_failed")
             }
+            GatewayError::Unauthenticated(AuthError::KeysUnavailable) => {
+                (503, tonic::Code::Unavailable, "auth_unavailable")
+            }
+            GatewayError::Unauthenticated(_) => {
+                (401, tonic::Code::Unauthenticated, "invalid_token")
+            }
+            GatewayError::PermissionDenied(_) => {
+                (403, tonic::Code::PermissionDenied, "permission_denied")
+            }
         };
         ErrorCode { http, grpc, code }
+    }
+
+    /// The `WWW-Authenticate` challenge (RFC 6750) for a 401 or 403.
+    pub fn challenge(&self) -> Option<String> {
+        match self {
+            GatewayError::Unauthenticated(AuthError::KeysUnavailable) => None,
+            // The descriptions are fixed texts: no quote or token inside.
+            GatewayError::Unauthenticated(e) => Some(format!(
+                "Bearer realm=\"mlgw\", error=\"invalid_token\", error_description=\"{}\"",
+                e.to_string().replace('"', "'")
+            )),
+            GatewayError::PermissionDenied(_) => {
+                Some("Bearer realm=\"mlgw\", error=\"insufficient_scope\"".to_owned())
+            }
+            _ => None,
+        }
     }
 
     /// The gRPC status for this error.

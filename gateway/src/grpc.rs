@@ -11,6 +11,7 @@ use proto::gateway::v1 as pb;
 use proto::gateway::v1::prediction_service_server::PredictionService;
 use tonic::{Request, Response, Status};
 
+use crate::auth::{Access, Caller};
 use crate::core::{FeedbackInput, PredictInput, Prediction, PushRow};
 use crate::enrich::WireValue;
 use crate::error::GatewayError;
@@ -47,6 +48,7 @@ fn input(
     model: String,
     version: String,
     r: pb::PredictRequest,
+    caller: Option<&Caller>,
 ) -> Result<PredictInput, GatewayError> {
     let mut request_features = HashMap::with_capacity(r.request_features.len());
     for (k, v) in &r.request_features {
@@ -57,7 +59,7 @@ fn input(
         model_version: version,
         keys: r.entity.map(|e| e.keys).unwrap_or_default(),
         request_features,
-        subject: crate::core::ANONYMOUS.to_owned(),
+        subject: caller.map_or_else(|| crate::core::ANONYMOUS.to_owned(), |c| c.subject.clone()),
     })
 }
 
@@ -118,6 +120,11 @@ impl<S: FeatureStore> proto::gateway::v1::feature_service_server::FeatureService
         &self,
         request: Request<pb::PushFeaturesRequest>,
     ) -> Result<Response<pb::PushFeaturesResponse>, Status> {
+        let caller = request.extensions().get::<Caller>().cloned();
+        if let Err(e) = self.shared.authorize("grpc", caller.as_ref(), Access::Push) {
+            self.shared.metrics.request("grpc", "push", e.code().code);
+            return Err(e.to_status());
+        }
         let r = request.into_inner();
         let mut rows = Vec::with_capacity(r.rows.len());
         for (i, row) in r.rows.into_iter().enumerate() {
@@ -164,6 +171,16 @@ impl<S: FeatureStore> proto::gateway::v1::feedback_service_server::FeedbackServi
         request: Request<pb::FeedbackRequest>,
     ) -> Result<Response<pb::FeedbackResponse>, Status> {
         use pb::feedback_request::Outcome as Wire;
+        let caller = request.extensions().get::<Caller>().cloned();
+        if let Err(e) = self
+            .shared
+            .authorize("grpc", caller.as_ref(), Access::Feedback)
+        {
+            self.shared
+                .metrics
+                .request("grpc", "feedback", e.code().code);
+            return Err(e.to_status());
+        }
         let r = request.into_inner();
         let outcome = r.outcome.map(|o| match o {
             Wire::Label(l) => Outcome::Label(l),
@@ -176,12 +193,26 @@ impl<S: FeatureStore> proto::gateway::v1::feedback_service_server::FeedbackServi
                 prediction_id: r.prediction_id,
                 outcome,
                 observed_at: event_time(r.observed_at_ms),
-                subject: crate::core::ANONYMOUS.to_owned(),
+                subject: caller.map_or_else(|| crate::core::ANONYMOUS.to_owned(), |c| c.subject),
             })
             .await;
         self.shared.record("grpc", "feedback", &result);
         result.map_err(|e| e.to_status())?;
         Ok(Response::new(pb::FeedbackResponse {}))
+    }
+}
+
+fn authorize_predict<S: FeatureStore>(
+    shared: &Shared<S>,
+    caller: Option<&Caller>,
+    input: &PredictInput,
+) -> Result<(), GatewayError> {
+    match caller {
+        Some(caller) => crate::http::authorize_predict(shared, "grpc", caller, input),
+        // Only reachable if the auth layer were not installed.
+        None => Err(GatewayError::Unauthenticated(
+            crate::auth::AuthError::Missing,
+        )),
     }
 }
 
@@ -201,10 +232,12 @@ impl<S: FeatureStore> PredictionService for PredictionGrpc<S> {
     ) -> Result<Response<pb::PredictResponse>, Status> {
         let started = std::time::Instant::now();
         let deadline = proto::grpc_timeout(request.metadata());
+        let caller = request.extensions().get::<Caller>().cloned();
         let r = request.into_inner();
         let (model, version) = (r.model.clone(), r.model_version.clone());
         let result = async {
-            let input = input(model, version, r)?;
+            let input = input(model, version, r, caller.as_ref())?;
+            authorize_predict(&self.shared, caller.as_ref(), &input)?;
             self.shared.gateway.predict(&input, deadline).await
         }
         .await;
@@ -221,6 +254,7 @@ impl<S: FeatureStore> PredictionService for PredictionGrpc<S> {
         request: Request<pb::PredictBatchRequest>,
     ) -> Result<Response<pb::PredictBatchResponse>, Status> {
         let deadline = proto::grpc_timeout(request.metadata());
+        let caller = request.extensions().get::<Caller>().cloned();
         let r = request.into_inner();
         let limit = self.shared.max_batch_entities;
         if r.requests.len() > limit {
@@ -232,10 +266,17 @@ impl<S: FeatureStore> PredictionService for PredictionGrpc<S> {
         }
         let mut inputs = Vec::with_capacity(r.requests.len());
         for (i, one) in r.requests.into_iter().enumerate() {
-            let one = input(r.model.clone(), r.model_version.clone(), one).map_err(|e| {
-                GatewayError::InvalidArgument(format!("requests[{i}].{e}")).to_status()
-            })?;
+            let one = input(
+                r.model.clone(),
+                r.model_version.clone(),
+                one,
+                caller.as_ref(),
+            )
+            .map_err(|e| GatewayError::InvalidArgument(format!("requests[{i}].{e}")).to_status())?;
             inputs.push(one);
+        }
+        for one in &inputs {
+            authorize_predict(&self.shared, caller.as_ref(), one).map_err(|e| e.to_status())?;
         }
         let gateway = &self.shared.gateway;
         let answers =

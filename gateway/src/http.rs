@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::Extension;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -15,6 +16,7 @@ use feature_store::store::FeatureStore;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use crate::auth::{Access, Caller};
 use crate::core::{FeedbackInput, PredictInput, Prediction, PushRow};
 use crate::enrich::WireValue;
 use crate::error::GatewayError;
@@ -38,11 +40,20 @@ impl IntoResponse for GatewayError {
     fn into_response(self) -> Response {
         let code = self.code();
         let status = StatusCode::from_u16(code.http).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        (
+        let mut response = (
             status,
             Json(json!({"code": code.code, "message": self.to_string()})),
         )
-            .into_response()
+            .into_response();
+        if let Some(value) = self
+            .challenge()
+            .and_then(|c| axum::http::HeaderValue::from_str(&c).ok())
+        {
+            response
+                .headers_mut()
+                .insert(axum::http::header::WWW_AUTHENTICATE, value);
+        }
+        response
     }
 }
 
@@ -93,11 +104,12 @@ pub fn prediction_json(p: &Prediction) -> Value {
 
 async fn predict<S: FeatureStore>(
     State(shared): State<Arc<Shared<S>>>,
+    Extension(caller): Extension<Caller>,
     Path(model): Path<String>,
     body: Result<Json<PredictBody>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Json<Value>, GatewayError> {
     let started = std::time::Instant::now();
-    let result = predict_one(&shared, model, body).await;
+    let result = predict_one(&shared, &caller, model, body).await;
     shared.record("rest", "predict", &result);
     let p = result?;
     shared.metrics.prediction(started.elapsed(), p.model_time);
@@ -106,16 +118,44 @@ async fn predict<S: FeatureStore>(
 
 async fn predict_one<S: FeatureStore>(
     shared: &Shared<S>,
+    caller: &Caller,
     model: String,
     body: Result<Json<PredictBody>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Prediction, GatewayError> {
     let Json(body) = body
         .map_err(|e| GatewayError::InvalidArgument(format!("request body: {}", e.body_text())))?;
-    let input = predict_input(model, body, "")?;
+    let input = predict_input(model, body, "", &caller.subject)?;
+    authorize_predict(shared, "rest", caller, &input)?;
     shared.gateway.predict(&input, None).await
 }
 
-fn predict_input(model: String, body: PredictBody, at: &str) -> Result<PredictInput, GatewayError> {
+/// The policy check of one prediction; an unknown model is left to the core
+/// (404).
+pub(crate) fn authorize_predict<S: FeatureStore>(
+    shared: &Shared<S>,
+    front: &'static str,
+    caller: &Caller,
+    input: &PredictInput,
+) -> Result<(), GatewayError> {
+    if !shared.gateway.serves(&input.model) {
+        return Ok(());
+    }
+    shared.authorize(
+        front,
+        Some(caller),
+        Access::Predict {
+            model: &input.model,
+            version: &input.model_version,
+        },
+    )
+}
+
+fn predict_input(
+    model: String,
+    body: PredictBody,
+    at: &str,
+    subject: &str,
+) -> Result<PredictInput, GatewayError> {
     let mut request_features = HashMap::with_capacity(body.request_features.len());
     for (k, v) in &body.request_features {
         let w = wire_value(k, v).map_err(|e| GatewayError::InvalidArgument(format!("{at}{e}")))?;
@@ -126,7 +166,7 @@ fn predict_input(model: String, body: PredictBody, at: &str) -> Result<PredictIn
         model_version: body.model_version,
         keys: body.entity,
         request_features,
-        subject: crate::core::ANONYMOUS.to_owned(),
+        subject: subject.to_owned(),
     })
 }
 
@@ -140,6 +180,7 @@ pub struct PredictBatchBody {
 
 async fn predict_batch<S: FeatureStore>(
     State(shared): State<Arc<Shared<S>>>,
+    Extension(caller): Extension<Caller>,
     Path(model): Path<String>,
     body: Result<Json<PredictBatchBody>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Json<Value>, GatewayError> {
@@ -160,7 +201,11 @@ async fn predict_batch<S: FeatureStore>(
                 model.clone(),
                 one,
                 &format!("requests[{i}]."),
+                &caller.subject,
             )?);
+        }
+        for input in &inputs {
+            authorize_predict(&shared, "rest", &caller, input)?;
         }
         let answers =
             futures_util::future::join_all(inputs.iter().map(|i| shared.gateway.predict(i, None)))
@@ -210,9 +255,14 @@ pub struct PushRowBody {
 
 async fn push<S: FeatureStore>(
     State(shared): State<Arc<Shared<S>>>,
+    Extension(caller): Extension<Caller>,
     Path(view): Path<String>,
     body: Result<Json<PushBody>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Json<Value>, GatewayError> {
+    if let Err(e) = shared.authorize("rest", Some(&caller), Access::Push) {
+        shared.metrics.request("rest", "push", e.code().code);
+        return Err(e);
+    }
     let Json(body) = body
         .map_err(|e| GatewayError::InvalidArgument(format!("request body: {}", e.body_text())))?;
     let mut rows = Vec::with_capacity(body.rows.len());
@@ -253,8 +303,13 @@ pub struct FeedbackBody {
 
 async fn feedback<S: FeatureStore>(
     State(shared): State<Arc<Shared<S>>>,
+    Extension(caller): Extension<Caller>,
     body: Result<Json<FeedbackBody>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Json<Value>, GatewayError> {
+    if let Err(e) = shared.authorize("rest", Some(&caller), Access::Feedback) {
+        shared.metrics.request("rest", "feedback", e.code().code);
+        return Err(e);
+    }
     let result = async {
         let Json(body) = body.map_err(|e| {
             GatewayError::InvalidArgument(format!("request body: {}", e.body_text()))
@@ -275,7 +330,7 @@ async fn feedback<S: FeatureStore>(
                 prediction_id: body.prediction_id,
                 outcome,
                 observed_at: crate::grpc::event_time(body.observed_at_ms),
-                subject: crate::core::ANONYMOUS.to_owned(),
+                subject: caller.subject,
             })
             .await
     }
@@ -301,6 +356,13 @@ async fn healthz() -> Json<Value> {
 }
 
 async fn readyz<S: FeatureStore>(State(shared): State<Arc<Shared<S>>>) -> Response {
+    if !shared.auth.verifier.keys().loaded() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "not ready", "reason": "the SSO issuer's signing keys are not loaded yet"})),
+        )
+            .into_response();
+    }
     if shared
         .gateway
         .models_ready(Duration::from_millis(500))
@@ -324,13 +386,49 @@ async fn not_found() -> Response {
         .into_response()
 }
 
-/// The REST routes.
+async fn dev_discovery<S: FeatureStore>(State(shared): State<Arc<Shared<S>>>) -> Response {
+    match &shared.dev_issuer {
+        Some(dev) => (
+            [(axum::http::header::CONTENT_TYPE, "application/json")],
+            crate::auth::dev_issuer::DevIssuer::discovery(&dev.url),
+        )
+            .into_response(),
+        None => not_found().await,
+    }
+}
+
+async fn dev_jwks<S: FeatureStore>(State(shared): State<Arc<Shared<S>>>) -> Response {
+    match &shared.dev_issuer {
+        Some(dev) => (
+            [(axum::http::header::CONTENT_TYPE, "application/json")],
+            dev.issuer.jwks().to_owned(),
+        )
+            .into_response(),
+        None => not_found().await,
+    }
+}
+
+/// The REST routes: the `/v1` API behind the auth middleware; health,
+/// readiness, metrics, the OpenAPI document and (in dev mode) the dev
+/// issuer's discovery and JWKS open.
 pub fn router<S: FeatureStore>(shared: Arc<Shared<S>>) -> Router {
-    Router::new()
+    let api = Router::new()
         .route("/v1/models/{model}/predict", post(predict::<S>))
         .route("/v1/models/{model}/predict-batch", post(predict_batch::<S>))
         .route("/v1/features/{view}/push", post(push::<S>))
         .route("/v1/feedback", post(feedback::<S>))
+        .route_layer(axum::middleware::from_fn_with_state(
+            shared.auth.clone(),
+            crate::auth::layer::rest,
+        ));
+    let dev = crate::auth::dev_issuer::PATH;
+    Router::new()
+        .merge(api)
+        .route(
+            &format!("{dev}/.well-known/openid-configuration"),
+            get(dev_discovery::<S>),
+        )
+        .route(&format!("{dev}/jwks"), get(dev_jwks::<S>))
         .route("/metrics", get(metrics::<S>))
         .route("/openapi.json", get(openapi))
         .route("/healthz", get(healthz))

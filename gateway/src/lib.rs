@@ -6,9 +6,10 @@
 //! model check), [`error`] (the one error table), the [`http`] and [`grpc`]
 //! fronts, [`metrics`], the [`predlog`] prediction log writer (feedback joins
 //! to it), the tower stack in [`layers`] (span, shedding, concurrency limit,
-//! timeout) and the [`server`] that runs them. Not built yet: auth (issue 6)
-//! and rollout (issue 8). No code stands in for them.
+//! timeout), [`auth`] (SSO tokens, the access policy, the dev issuer) and the
+//! [`server`] that runs them. Not built yet: rollout (issue 8).
 
+pub mod auth;
 pub mod config;
 pub mod core;
 pub mod enrich;

@@ -66,9 +66,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let show =
         |a: Option<std::net::SocketAddr>| a.map_or_else(|| "?".to_owned(), |a| a.to_string());
     println!("gateway listening http={} grpc={}", show(http), show(grpc));
-    if let (Some(model), Some(http)) = (config.models.first(), http) {
+    let dev = server.dev_token();
+    if let Some(dev) = dev {
         println!(
-            "ready: curl -s {http}/v1/models/{}/predict -H 'content-type: application/json' -d '{{\"entity\": {{...}}, \"request_features\": {{...}}}}'",
+            "dev token (subject {}, expires {}): {}",
+            dev.subject,
+            gateway::auth::dev_issuer::utc_timestamp(dev.expires_unix),
+            dev.token
+        );
+    }
+    if let (Some(model), Some(http)) = (config.models.first(), http) {
+        let bearer = dev.map_or("$TOKEN", |d| d.token.as_str());
+        println!(
+            "ready: curl -s {http}/v1/models/{}/predict -H 'authorization: Bearer {bearer}' -H 'content-type: application/json' -d '{{\"entity\": {{...}}, \"request_features\": {{...}}}}'",
             model.name
         );
     }

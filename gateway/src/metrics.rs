@@ -61,6 +61,10 @@ pub struct Metrics {
     /// (front, route, code) → count. Few distinct keys; a lock is fine off
     /// the per-request hot path's critical section (one increment).
     requests: Mutex<Vec<(RequestKey, u64)>>,
+    /// (front, reason) → refused authentications.
+    auth_failures: Mutex<Vec<((&'static str, &'static str), u64)>>,
+    /// (front, api) → authenticated callers denied by the policy.
+    auth_denied: Mutex<Vec<((&'static str, &'static str), u64)>>,
     predict_latency: Histogram,
     model_latency: Histogram,
 }
@@ -75,6 +79,61 @@ impl Metrics {
                 None => r.push((key, 1)),
             }
         }
+    }
+
+    /// Counts a refused authentication by front and reason.
+    pub fn auth_failure(&self, front: &'static str, reason: &'static str) {
+        bump(&self.auth_failures, (front, reason));
+    }
+
+    /// Counts a caller the policy denied, by front and API.
+    pub fn auth_denied(&self, front: &'static str, api: &'static str) {
+        bump(&self.auth_denied, (front, api));
+    }
+
+    /// Appends the auth counters and the signing-key state.
+    pub fn render_auth(&self, out: &mut String, keys: &crate::auth::keys::KeyStats) {
+        let _ = writeln!(
+            out,
+            "# HELP mlgw_auth_failures_total Requests refused for a missing or invalid token, by front and reason.\n# TYPE mlgw_auth_failures_total counter"
+        );
+        if let Ok(r) = self.auth_failures.lock() {
+            for ((front, reason), n) in r.iter() {
+                let _ = writeln!(
+                    out,
+                    "mlgw_auth_failures_total{{front=\"{front}\",reason=\"{reason}\"}} {n}"
+                );
+            }
+        }
+        let _ = writeln!(
+            out,
+            "# HELP mlgw_auth_denied_total Authenticated callers refused by the access policy, by front and API.\n# TYPE mlgw_auth_denied_total counter"
+        );
+        if let Ok(r) = self.auth_denied.lock() {
+            for ((front, api), n) in r.iter() {
+                let _ = writeln!(
+                    out,
+                    "mlgw_auth_denied_total{{front=\"{front}\",api=\"{api}\"}} {n}"
+                );
+            }
+        }
+        let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+        let _ = writeln!(
+            out,
+            "# HELP mlgw_auth_signing_keys Signing keys of the issuer in use.\n# TYPE mlgw_auth_signing_keys gauge\nmlgw_auth_signing_keys {}",
+            load(&keys.keys)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP mlgw_auth_key_fetches_total Discovery + JWKS fetches by result.\n# TYPE mlgw_auth_key_fetches_total counter\nmlgw_auth_key_fetches_total{{result=\"ok\"}} {}\nmlgw_auth_key_fetches_total{{result=\"error\"}} {}",
+            load(&keys.fetches_ok),
+            load(&keys.fetches_failed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP mlgw_auth_keys_fetched_timestamp_seconds When the signing keys were last fetched (0: never).\n# TYPE mlgw_auth_keys_fetched_timestamp_seconds gauge\nmlgw_auth_keys_fetched_timestamp_seconds {}",
+            load(&keys.last_ok_unix)
+        );
     }
 
     /// Records a successful prediction's total and model-server time.
@@ -182,6 +241,18 @@ impl Metrics {
             "# HELP mlgw_feature_cache_load_seconds_total Time spent in cache loads.\n# TYPE mlgw_feature_cache_load_seconds_total counter\nmlgw_feature_cache_load_seconds_total {secs}"
         );
         out
+    }
+}
+
+fn bump(
+    counters: &Mutex<Vec<((&'static str, &'static str), u64)>>,
+    key: (&'static str, &'static str),
+) {
+    if let Ok(mut r) = counters.lock() {
+        match r.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, n)) => *n += 1,
+            None => r.push((key, 1)),
+        }
     }
 }
 

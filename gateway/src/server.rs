@@ -13,11 +13,23 @@ use feature_store::store::AnyStore;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
+use crate::auth::dev_issuer::{DevIssuer, DevToken};
+use crate::auth::keys::IssuerKeys;
+use crate::auth::layer::AuthState;
+use crate::auth::{Access, AuthMode, Caller, Policy, Verifier};
 use crate::config::GatewayConfig;
 use crate::core::Gateway;
 use crate::error::GatewayError;
 
-/// What both fronts share: the core and the admission limit.
+/// The dev issuer as served by this gateway.
+pub struct DevIssuerState {
+    /// The key pair.
+    pub issuer: DevIssuer,
+    /// Its issuer URL (`http://127.0.0.1:PORT/dev-issuer`).
+    pub url: String,
+}
+
+/// What both fronts share: the core, the admission limit, auth.
 pub struct Shared<S> {
     /// The core.
     pub gateway: Gateway<S>,
@@ -26,8 +38,14 @@ pub struct Shared<S> {
     /// Entities per PredictBatch call.
     pub max_batch_entities: usize,
     /// Request counters and latencies.
-    pub metrics: crate::metrics::Metrics,
+    pub metrics: Arc<crate::metrics::Metrics>,
     limit_total: usize,
+    /// Token verification (used by the auth layers).
+    pub auth: AuthState,
+    /// Who may call what.
+    pub policy: Policy,
+    /// The dev issuer, in `mode = "dev"`.
+    pub dev_issuer: Option<Arc<DevIssuerState>>,
 }
 
 impl<S: feature_store::store::FeatureStore> Shared<S> {
@@ -41,6 +59,8 @@ impl<S: feature_store::store::FeatureStore> Shared<S> {
         if let Some(log) = self.gateway.prediction_log() {
             log.stats().render(&mut out);
         }
+        self.metrics
+            .render_auth(&mut out, &self.auth.verifier.keys().stats);
         out
     }
 }
@@ -59,6 +79,28 @@ impl<S> Shared<S> {
         };
         self.metrics.request(front, route, code);
     }
+
+    /// Checks the access policy for an authenticated caller (`None`: the
+    /// request did not pass the auth layer, which is refused too).
+    ///
+    /// # Errors
+    /// [`GatewayError::PermissionDenied`] saying what the caller lacks.
+    pub fn authorize(
+        &self,
+        front: &'static str,
+        caller: Option<&Caller>,
+        access: Access<'_>,
+    ) -> Result<(), GatewayError> {
+        let caller = caller.ok_or(GatewayError::Unauthenticated(
+            crate::auth::AuthError::Missing,
+        ))?;
+        self.policy.check(caller, access).map_err(|message| {
+            let api = access.api().as_str();
+            self.metrics.auth_denied(front, api);
+            tracing::info!(front, api, caller = %caller.subject, "request denied: {message}");
+            GatewayError::PermissionDenied(message)
+        })
+    }
 }
 
 /// Why the gateway cannot start.
@@ -74,6 +116,9 @@ pub enum ServeError {
     /// A model check failed.
     #[error(transparent)]
     Start(#[from] crate::core::StartError),
+    /// The auth setup failed.
+    #[error("auth: {0}")]
+    Auth(String),
     /// A port cannot be bound.
     #[error("cannot listen on {addr} (is another process using the port?): {source}")]
     Bind {
@@ -93,6 +138,9 @@ pub struct GatewayServer {
     reader: Arc<FeatureReader<AnyStore>>,
     http: TcpListener,
     grpc: TcpListener,
+    keys: Arc<IssuerKeys>,
+    key_refresh: Duration,
+    dev_token: Option<DevToken>,
 }
 
 impl GatewayServer {
@@ -125,18 +173,77 @@ impl GatewayServer {
         };
         let http = bind(config.server.http_port).await?;
         let grpc = bind(config.server.grpc_port).await?;
+        let auth = &config.auth;
+        let (issuer, dev_issuer, dev_token) = match &auth.mode {
+            AuthMode::Oidc { issuer } => (issuer.trim_end_matches('/').to_owned(), None, None),
+            AuthMode::Dev(dev) => {
+                // The gateway serves the dev issuer on its own REST port and
+                // fetches it from there like any issuer.
+                let port = http
+                    .local_addr()
+                    .map_err(|source| ServeError::Bind {
+                        addr: config.server.host.clone(),
+                        source,
+                    })?
+                    .port();
+                let url = format!("http://127.0.0.1:{port}{}", crate::auth::dev_issuer::PATH);
+                let dev = dev.clone();
+                let issuer = tokio::task::spawn_blocking(move || DevIssuer::generate(dev))
+                    .await
+                    .map_err(|e| ServeError::Auth(e.to_string()))?
+                    .map_err(|e| ServeError::Auth(e.to_string()))?;
+                let token = issuer
+                    .mint(&url, &auth.audience)
+                    .map_err(|e| ServeError::Auth(e.to_string()))?;
+                (
+                    url.clone(),
+                    Some(Arc::new(DevIssuerState { issuer, url })),
+                    Some(token),
+                )
+            }
+        };
+        let keys = Arc::new(
+            IssuerKeys::for_issuer(
+                &issuer,
+                auth.algorithms.clone(),
+                auth.fetch_timeout,
+                auth.jwks_min_refetch,
+            )
+            .map_err(|e| ServeError::Auth(e.to_string()))?,
+        );
+        let verifier = Arc::new(Verifier::new(
+            auth.verify_settings(&issuer),
+            Arc::clone(&keys),
+        ));
+        let metrics = Arc::new(crate::metrics::Metrics::default());
+        let versions = config
+            .models
+            .iter()
+            .map(|m| (m.name.clone(), m.version.clone()))
+            .collect();
         Ok(GatewayServer {
             shared: Arc::new(Shared {
                 gateway,
                 limit: Arc::new(Semaphore::new(config.server.max_concurrent_requests)),
                 max_batch_entities: config.server.max_batch_entities,
-                metrics: crate::metrics::Metrics::default(),
+                metrics: Arc::clone(&metrics),
                 limit_total: config.server.max_concurrent_requests,
+                auth: AuthState { verifier, metrics },
+                policy: Policy::new(auth.rules.clone(), auth.pilots.clone(), versions),
+                dev_issuer,
             }),
             reader,
             http,
             grpc,
+            keys,
+            key_refresh: auth.jwks_refresh,
+            dev_token,
         })
+    }
+
+    /// The token the dev issuer minted at start (`mode = "dev"` only).
+    pub fn dev_token(&self) -> Option<&DevToken> {
+        self.dev_token.as_ref()
     }
 
     /// The bound REST address.
@@ -158,6 +265,10 @@ impl GatewayServer {
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> Result<(), ServeError> {
         let watch = self.reader.watch_batches();
+        // Keys load in the background: a provider that is down at start only
+        // delays readiness (and answers 503 auth_unavailable), it does not
+        // stop the gateway.
+        let key_refresh = self.keys.spawn_refresh(self.key_refresh);
         let (tx, rx) = tokio::sync::watch::channel(false);
         let stop = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
             let _ = rx.wait_for(|v| *v).await;
@@ -206,6 +317,9 @@ impl GatewayServer {
                 crate::layers::GrpcReject,
                 Arc::clone(&on_refused),
             ))
+            .layer(crate::auth::layer::GrpcAuthLayer::new(
+                self.shared.auth.clone(),
+            ))
             .add_service(health_service)
             .add_service(reflection)
             .add_service(
@@ -230,6 +344,7 @@ impl GatewayServer {
         });
         let (h, g) = tokio::join!(http.into_future(), grpc);
         watch.abort();
+        key_refresh.abort();
         // Both fronts have drained: every answered prediction is queued.
         let log_deadline = Duration::from_secs(10);
         if !self.shared.gateway.close_log(log_deadline).await {

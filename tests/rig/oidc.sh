@@ -3,6 +3,8 @@
 #
 #   RIG_DIR=/tmp/rig tests/rig/oidc.sh start   # writes $RIG_DIR/oidc.env (MLGW_TEST_OIDC_ISSUER=...)
 #   RIG_DIR=/tmp/rig tests/rig/oidc.sh stop
+#   RIG_DIR=/tmp/rig tests/rig/oidc.sh rotate  # new signing key first, old ones still published
+#   RIG_DIR=/tmp/rig tests/rig/oidc.sh retire  # publish only the newest key
 #
 # Optional env for `start`: OIDC_PORT (default 0 = free port), OIDC_JWKS_FILE (reuse/rotate keys),
 # OIDC_TOKEN_TTL (seconds, default 600). See tests/rig/README.md.
@@ -136,9 +138,26 @@ start() {
     "$version" "$issuer" $(( elapsed / 1000 )) $(( (elapsed % 1000) / 100 )) "$pid"
 }
 
+# rotate|retire: write a new key file from the one in use and restart the running
+# provider on the same port with it (same issuer; a short outage while it restarts).
+rekey() {
+  local cmd="$1" issuer keys port next
+  [[ -f "$envfile" ]] || fail "$cmd: no running provider in $RIG_DIR (start it first)"
+  issuer="$(sed -n 's/^MLGW_TEST_OIDC_ISSUER=//p' "$envfile")"
+  keys="$(sed -n 's/^MLGW_TEST_OIDC_KEYS_FILE=//p' "$envfile")"
+  port="${issuer##*:}"
+  [[ "$port" =~ ^[0-9]+$ && -f "$keys" ]] || fail "$cmd: cannot read issuer/keys from $envfile"
+  next="$RIG_DIR/oidc-keys-$(date +%s%N).json"
+  node "$app/keys.mjs" "$cmd" "$keys" "$next" >/dev/null || fail "$cmd: keys.mjs failed"
+  stop >/dev/null
+  OIDC_PORT="$port" OIDC_JWKS_FILE="$next" start
+}
+
 case "${1:-}" in
   start) start ;;
   stop) stop ;;
   restart) stop; start ;;
-  *) echo "usage: RIG_DIR=DIR $0 start|stop|restart" >&2; exit 2 ;;
+  rotate) rekey rotate ;;
+  retire) rekey retire ;;
+  *) echo "usage: RIG_DIR=DIR $0 start|stop|restart|rotate|retire" >&2; exit 2 ;;
 esac

@@ -1,5 +1,6 @@
-//! Test-only support: where the real parts started by `tests/run.sh` listen, and
-//! starting our own model-server processes on free ports.
+//! Test-only support: where the real parts started by `tests/run.sh` listen,
+//! starting our own model-server and gateway processes on free ports, and
+//! (in [`sso`]) tokens from the rig's oidc-provider and forged ones.
 //!
 //! Nothing here is product code. A part the tests need but cannot find fails the
 //! test with a message saying how to start it — never a silent skip.
@@ -11,6 +12,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
+
+pub mod gateway;
+pub mod sso;
 
 /// The workspace root (the folder holding the top-level Cargo.toml).
 pub fn workspace_root() -> PathBuf {

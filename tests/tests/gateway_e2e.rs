@@ -5,8 +5,7 @@
 //! stopped model-server gives 503 / UNAVAILABLE quickly.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -19,92 +18,12 @@ use feature_store::store::scylla::{ScyllaConfig, ScyllaStore};
 use gateway::infer::{BreakerConfig, ModelClient};
 use proto::gateway::v1 as pb;
 use proto::gateway::v1::prediction_service_client::PredictionServiceClient;
-use rig::{ModelServerProcess, binary, example_repository, workspace_root};
+use rig::gateway::{Bearer, DEV_AUTH, GatewayProcess, client_with_token, config_text, definitions};
+use rig::{ModelServerProcess, binary, example_repository};
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, BufReader};
 
-struct GatewayProcess {
-    child: tokio::process::Child,
-    http: String,
-    grpc: String,
-}
-
-impl GatewayProcess {
-    async fn start(config: &Path) -> Result<Self> {
-        let mut child = tokio::process::Command::new(binary("gateway")?)
-            .arg("--config")
-            .arg(config)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()?;
-        let stdout = child.stdout.take().context("stdout")?;
-        let mut lines = BufReader::new(stdout).lines();
-        let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
-            .await
-            .context("the gateway did not report its ports in 30 s")??
-            .context("the gateway exited before listening")?;
-        let field = |k: &str| {
-            line.split_whitespace()
-                .find_map(|w| w.strip_prefix(k))
-                .map(str::to_owned)
-                .with_context(|| format!("no {k} in {line:?}"))
-        };
-        let (http, grpc) = (
-            format!("http://{}", field("http=")?),
-            format!("http://{}", field("grpc=")?),
-        );
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        Ok(GatewayProcess { child, http, grpc })
-    }
-}
-
-fn defs_path() -> PathBuf {
-    workspace_root().join("feature-store/definitions/fraud.toml")
-}
-
-fn write_config(dir: &Path, model_grpc: &str) -> Result<PathBuf> {
-    let text = format!(
-        r#"definitions = "{defs}"
-[server]
-http_port = 0
-grpc_port = 0
-request_timeout_ms = 2000
-[store]
-backend = "embedded"
-path = "features.redb"
-[cache]
-batch_poll_ms = 200
-[[model]]
-name = "fraud_detector"
-endpoint = "{model_grpc}"
-timeout_ms = 1000
-[model.postprocess]
-scores_output = "probabilities"
-labels = ["legit", "fraud"]
-positive_label = "fraud"
-threshold = 0.5
-top_k = 2
-"#,
-        defs = defs_path().display()
-    );
-    let path = dir.join("gateway.toml");
-    std::fs::write(&path, text)?;
-    Ok(path)
-}
-
-/// A scratch folder with a gateway config pointing at the rig's shared
-/// model-server (edited by `edit`) and an empty embedded store.
 async fn scratch_gateway(tag: &str, edit: impl Fn(String) -> String) -> Result<(PathBuf, PathBuf)> {
-    let dir = std::env::temp_dir().join(format!("mlgw_gw_{tag}_{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    let config = write_config(&dir, &rig::rig_env("MLGW_TEST_MODEL_SERVER_GRPC")?)?;
-    std::fs::write(&config, edit(std::fs::read_to_string(&config)?))?;
-    // The embedded store needs its schema, as the demo's setup applies.
-    EmbeddedStore::open(&dir.join("features.redb"))?
-        .apply_schema()
-        .await?;
-    Ok((dir, config))
+    rig::gateway::scratch(tag, DEV_AUTH, edit).await
 }
 
 fn request_features() -> Value {
@@ -124,7 +43,7 @@ async fn predictions_through_the_gateway() -> Result<()> {
     let dir = std::env::temp_dir().join(format!("mlgw_gw_{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     // Feature data: a profile batch for c-1 in the embedded store.
-    let defs = Arc::new(FeatureDefinitions::load(&defs_path())?);
+    let defs = Arc::new(FeatureDefinitions::load(&definitions())?);
     let store = Arc::new(EmbeddedStore::open(&dir.join("features.redb"))?);
     store.apply_schema().await?;
     let csv = dir.join("profile.csv");
@@ -145,9 +64,10 @@ async fn predictions_through_the_gateway() -> Result<()> {
 
     let mut model_server = ModelServerProcess::start(&example_repository(), &[]).await?;
     model_server.wait_ready(Duration::from_secs(60)).await?;
-    let config = write_config(&dir, &model_server.grpc_url)?;
-    let mut gw = GatewayProcess::start(&config).await?;
-    let http = reqwest::Client::new();
+    let config = dir.join("gateway.toml");
+    std::fs::write(&config, config_text(&model_server.grpc_url, DEV_AUTH))?;
+    let mut gw = GatewayProcess::start_ready(&config).await?;
+    let http = client_with_token(gw.token()?)?;
     let predict = |body: Value| {
         let http = http.clone();
         let url = format!("{}/v1/models/fraud_detector/predict", gw.http);
@@ -157,6 +77,31 @@ async fn predictions_through_the_gateway() -> Result<()> {
             anyhow::Ok((status, r.json::<Value>().await?))
         }
     };
+
+    // 0. No token, no prediction; health, readiness, metrics and the
+    // OpenAPI document stay open.
+    let anonymous = reqwest::Client::new();
+    let r = anonymous
+        .post(format!("{}/v1/models/fraud_detector/predict", gw.http))
+        .json(&json!({"entity": {"customer_id": "c-1"}, "request_features": request_features()}))
+        .send()
+        .await?;
+    assert_eq!(r.status().as_u16(), 401);
+    assert!(
+        r.headers()
+            .get("www-authenticate")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.contains("error=\"invalid_token\""))
+    );
+    assert_eq!(r.json::<Value>().await?["code"], "invalid_token");
+    for open in ["/healthz", "/readyz", "/metrics", "/openapi.json"] {
+        let status = anonymous
+            .get(format!("{}{open}", gw.http))
+            .send()
+            .await?
+            .status();
+        assert_eq!(status.as_u16(), 200, "{open}");
+    }
 
     // 1. A known customer: the answer equals the model-server's own answer
     // for the same row, assembled here from the values we loaded.
@@ -283,7 +228,10 @@ async fn predictions_through_the_gateway() -> Result<()> {
     );
 
     // 4. gRPC gives the same answer as REST.
-    let mut grpc = PredictionServiceClient::connect(gw.grpc.clone()).await?;
+    let channel = tonic::transport::Endpoint::from_shared(gw.grpc.clone())?
+        .connect()
+        .await?;
+    let mut grpc = PredictionServiceClient::with_interceptor(channel, Bearer::new(gw.token()?)?);
     let fv = |k: pb::feature_value::Kind| pb::FeatureValue { kind: Some(k) };
     use pb::feature_value::Kind;
     let request = pb::PredictRequest {
@@ -387,7 +335,19 @@ async fn predictions_through_the_gateway() -> Result<()> {
             doc["paths"][route].is_object(),
             "{route} missing from /openapi.json"
         );
+        let post = &doc["paths"][route]["post"];
+        if route.starts_with("/v1/") {
+            assert_eq!(post["security"], json!([{"bearerAuth": []}]), "{route}");
+            assert!(
+                post["responses"]["401"].is_object() && post["responses"]["403"].is_object(),
+                "{route}"
+            );
+        }
     }
+    assert_eq!(
+        doc["components"]["securitySchemes"]["bearerAuth"]["scheme"],
+        "bearer"
+    );
 
     // 5. Errors carry stable codes and name the field.
     let (status, e) = predict(json!({"entity": {"customer_id": "c-1"}, "request_features": {"amount": 1.0, "is_card_present": "no", "hour_of_day": 3}})).await?;
@@ -495,7 +455,26 @@ async fn gateway_refuses_to_start_when_the_model_does_not_match() -> Result<()> 
         err.contains("postprocess.scores_output \"scores\" is not an output; the server's outputs are [\"label\", \"probabilities\"]"),
         "{err}"
     );
-    let bad = std::fs::read_to_string(&config)?.replace("timeout_ms = 1000", "timeout_ms = 0");
+    // A production config (the default environment) refuses the dev issuer.
+    let production = std::fs::read_to_string(&config)?
+        .replace(
+            "scores_output = \"scores\"",
+            "scores_output = \"probabilities\"",
+        )
+        .replace("environment = \"development\"\n", "");
+    std::fs::write(&config, &production)?;
+    let out = tokio::process::Command::new(binary("gateway")?)
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .await?;
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8(out.stderr)?;
+    assert!(
+        err.contains("gateway.toml: auth.mode: the dev issuer is refused when server.environment = \"production\""),
+        "{err}"
+    );
+    let bad = production.replace("timeout_ms = 1000", "timeout_ms = 0");
     std::fs::write(&config, bad)?;
     let out = tokio::process::Command::new(binary("gateway")?)
         .arg("--config")
@@ -520,8 +499,8 @@ async fn overload_is_shed_at_once_and_admitted_requests_succeed() -> Result<()> 
         )
     })
     .await?;
-    let gw = GatewayProcess::start(&config).await?;
-    let http = reqwest::Client::new();
+    let gw = GatewayProcess::start_ready(&config).await?;
+    let http = client_with_token(gw.token()?)?;
     let url = format!("{}/v1/models/fraud_detector/predict", gw.http);
     let body = json!({"entity": {"customer_id": "c-1"}, "request_features": request_features()});
     let calls = (0..200).map(|_| {
@@ -557,7 +536,10 @@ async fn overload_is_shed_at_once_and_admitted_requests_succeed() -> Result<()> 
     );
 
     // The same stack sheds gRPC, while the health probe stays open.
-    let grpc = PredictionServiceClient::connect(gw.grpc.clone()).await?;
+    let channel = tonic::transport::Endpoint::from_shared(gw.grpc.clone())?
+        .connect()
+        .await?;
+    let grpc = PredictionServiceClient::with_interceptor(channel, Bearer::new(gw.token()?)?);
     let request = pb::PredictRequest {
         model: "fraud_detector".into(),
         entity: Some(pb::EntityKey {
@@ -642,8 +624,8 @@ async fn overload_is_shed_at_once_and_admitted_requests_succeed() -> Result<()> 
 #[tokio::test]
 async fn feedback_joins_its_logged_prediction_and_sigterm_loses_none() -> Result<()> {
     let (dir, config) = scratch_gateway("log", |c| c).await?;
-    let mut gw = GatewayProcess::start(&config).await?;
-    let http = reqwest::Client::new();
+    let mut gw = GatewayProcess::start_ready(&config).await?;
+    let http = client_with_token(gw.token()?)?;
     let predict_url = format!("{}/v1/models/fraud_detector/predict", gw.http);
     let body = json!({"entity": {"customer_id": "c-7"}, "request_features": request_features()});
     let first: Value = http
@@ -660,10 +642,14 @@ async fn feedback_joins_its_logged_prediction_and_sigterm_loses_none() -> Result
 
     // Feedback over gRPC for the prediction just made (still in the log's
     // buffer, or already written: either way it is found).
-    let mut feedback = proto::gateway::v1::feedback_service_client::FeedbackServiceClient::connect(
-        gw.grpc.clone(),
-    )
-    .await?;
+    let channel = tonic::transport::Endpoint::from_shared(gw.grpc.clone())?
+        .connect()
+        .await?;
+    let mut feedback =
+        proto::gateway::v1::feedback_service_client::FeedbackServiceClient::with_interceptor(
+            channel,
+            Bearer::new(gw.token()?)?,
+        );
     feedback
         .feedback(pb::FeedbackRequest {
             prediction_id: id.clone(),
@@ -807,6 +793,11 @@ async fn feedback_joins_its_logged_prediction_and_sigterm_loses_none() -> Result
         .find(|e| e.prediction.prediction_id == id)
         .context("first prediction not logged")?;
     assert_eq!(entry.prediction.model, "fraud_detector");
+    assert_eq!(entry.prediction.subject, "dev-user", "the token's subject");
+    assert_eq!(
+        entry.feedback.as_ref().map(|f| f.subject.as_str()),
+        Some("dev-user")
+    );
     assert_eq!(entry.prediction.entity, "c-7");
     assert_eq!(entry.prediction.inputs.len(), 15);
     assert!(
@@ -844,7 +835,7 @@ async fn cassandra_outage_cached_predictions_answer_misses_fail_fast() -> Result
     })
     .await?;
     store.apply_schema().await.context("applying the schema")?;
-    let defs = FeatureDefinitions::load(&defs_path())?;
+    let defs = FeatureDefinitions::load(&definitions())?;
     let csv = node.dir.join("profile.csv");
     std::fs::write(
         &csv,
@@ -864,8 +855,8 @@ async fn cassandra_outage_cached_predictions_answer_misses_fail_fast() -> Result
 
     let dir = node.dir.join("gateway");
     std::fs::create_dir_all(&dir)?;
-    let config = write_config(&dir, &rig::rig_env("MLGW_TEST_MODEL_SERVER_GRPC")?)?;
-    let text = std::fs::read_to_string(&config)?
+    let config = dir.join("gateway.toml");
+    let text = config_text(&rig::rig_env("MLGW_TEST_MODEL_SERVER_GRPC")?, DEV_AUTH)
         .replace(
             "backend = \"embedded\"\npath = \"features.redb\"",
             &format!(
@@ -879,8 +870,8 @@ async fn cassandra_outage_cached_predictions_answer_misses_fail_fast() -> Result
             "batch_poll_ms = 200\ndynamic_ttl_ms = 600000",
         );
     std::fs::write(&config, text)?;
-    let gw = GatewayProcess::start(&config).await?;
-    let http = reqwest::Client::new();
+    let gw = GatewayProcess::start_ready(&config).await?;
+    let http = client_with_token(gw.token()?)?;
     let predict = |customer: &str| {
         let (http, url) = (
             http.clone(),
@@ -963,7 +954,7 @@ async fn cassandra_outage_cached_predictions_answer_misses_fail_fast() -> Result
 async fn the_tuner_turns_logged_predictions_and_feedback_into_an_interval_change() -> Result<()> {
     let (dir, config) = scratch_gateway("tuner", |c| c).await?;
     let store_path = dir.join("features.redb");
-    let defs = FeatureDefinitions::load(&defs_path())?;
+    let defs = FeatureDefinitions::load(&definitions())?;
     let mut csv = String::from(
         "customer_id,account_age_days,avg_txn_amount_30d,txn_count_30d,chargeback_count_1y,home_country_risk\n",
     );
@@ -991,8 +982,8 @@ async fn the_tuner_turns_logged_predictions_and_feedback_into_an_interval_change
         )
         .await?;
     }
-    let gw = GatewayProcess::start(&config).await?;
-    let http = reqwest::Client::new();
+    let gw = GatewayProcess::start_ready(&config).await?;
+    let http = client_with_token(gw.token()?)?;
     let mut scored = Vec::new();
     for i in 0..120 {
         let body = json!({"entity": {"customer_id": format!("c-{i}")}, "request_features": {
@@ -1042,7 +1033,7 @@ async fn the_tuner_turns_logged_predictions_and_feedback_into_an_interval_change
         }
         anyhow::Ok(serde_json::from_slice::<Value>(&out.stdout)?)
     };
-    let defs_arg = defs_path().display().to_string();
+    let defs_arg = definitions().display().to_string();
     let policy = |threshold: &'static str| {
         vec![
             "evaluate".to_owned(),

@@ -1,0 +1,167 @@
+//! The local dev issuer (`[auth] mode = "dev"`): an RSA-2048 key pair made at
+//! start (RustCrypto `rsa`, the backend jsonwebtoken verifies with), whose
+//! discovery document and JWKS the gateway serves itself under `/dev-issuer/`
+//! and then fetches over HTTP like any issuer's — the same path as
+//! production, no bypass. It mints one token at start for the demo. Refused
+//! when `server.environment = "production"`.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use rsa::pkcs1::EncodeRsaPrivateKey;
+use rsa::traits::PublicKeyParts;
+use serde_json::json;
+
+/// The path prefix the dev issuer is served under.
+pub const PATH: &str = "/dev-issuer";
+
+/// What the dev token says (from `[auth.dev]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DevSettings {
+    /// `sub` of the dev token.
+    pub subject: String,
+    /// `groups` of the dev token.
+    pub groups: Vec<String>,
+    /// `scope` of the dev token (space-separated when minted).
+    pub scopes: Vec<String>,
+    /// Lifetime of the dev token.
+    pub token_ttl: Duration,
+}
+
+/// Why the dev issuer cannot start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DevIssuerError {
+    /// Key generation or encoding failed.
+    #[error("dev issuer: cannot make a key: {0}")]
+    Key(String),
+    /// Signing failed.
+    #[error("dev issuer: cannot sign the dev token: {0}")]
+    Sign(String),
+}
+
+/// A minted token.
+#[derive(Debug, Clone)]
+pub struct DevToken {
+    /// The JWT.
+    pub token: String,
+    /// Its `exp`, Unix seconds.
+    pub expires_unix: u64,
+    /// Its subject.
+    pub subject: String,
+}
+
+/// The ephemeral issuer.
+pub struct DevIssuer {
+    kid: String,
+    encoding: EncodingKey,
+    jwks: String,
+    settings: DevSettings,
+}
+
+impl DevIssuer {
+    /// Makes a fresh RSA-2048 key pair (CPU work: call on a blocking thread).
+    ///
+    /// # Errors
+    /// [`DevIssuerError::Key`].
+    pub fn generate(settings: DevSettings) -> Result<Self, DevIssuerError> {
+        let mut rng = rsa::rand_core::OsRng;
+        let private = rsa::RsaPrivateKey::new(&mut rng, 2048)
+            .map_err(|e| DevIssuerError::Key(e.to_string()))?;
+        let der = private
+            .to_pkcs1_der()
+            .map_err(|e| DevIssuerError::Key(e.to_string()))?;
+        let encoding = EncodingKey::from_rsa_der(der.as_bytes());
+        let n = URL_SAFE_NO_PAD.encode(private.n().to_bytes_be());
+        let e = URL_SAFE_NO_PAD.encode(private.e().to_bytes_be());
+        let kid = format!("dev-{}", n.chars().rev().take(12).collect::<String>());
+        let jwks = json!({"keys": [{
+            "kty": "RSA", "use": "sig", "alg": "RS256", "kid": kid, "n": n, "e": e,
+        }]})
+        .to_string();
+        Ok(DevIssuer {
+            kid,
+            encoding,
+            jwks,
+            settings,
+        })
+    }
+
+    /// The discovery document for `issuer` (this gateway's `/dev-issuer` URL).
+    pub fn discovery(issuer: &str) -> String {
+        json!({
+            "issuer": issuer,
+            "jwks_uri": format!("{issuer}/jwks"),
+            "response_types_supported": ["token"],
+            "subject_types_supported": ["public"],
+            "id_token_signing_alg_values_supported": ["RS256"],
+        })
+        .to_string()
+    }
+
+    /// The public JWKS.
+    pub fn jwks(&self) -> &str {
+        &self.jwks
+    }
+
+    /// Mints the dev token for `issuer` and `audience`.
+    ///
+    /// # Errors
+    /// [`DevIssuerError::Sign`].
+    pub fn mint(&self, issuer: &str, audience: &str) -> Result<DevToken, DevIssuerError> {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let exp = now + self.settings.token_ttl.as_secs();
+        let mut header = Header::new(Algorithm::RS256);
+        header.kid = Some(self.kid.clone());
+        let claims = json!({
+            "iss": issuer, "aud": audience, "sub": self.settings.subject,
+            "iat": now, "exp": exp,
+            "groups": self.settings.groups, "scope": self.settings.scopes.join(" "),
+        });
+        let token = jsonwebtoken::encode(&header, &claims, &self.encoding)
+            .map_err(|e| DevIssuerError::Sign(e.to_string()))?;
+        Ok(DevToken {
+            token,
+            expires_unix: exp,
+            subject: self.settings.subject.clone(),
+        })
+    }
+}
+
+/// `2026-11-25T15:04:05Z` for Unix seconds (UTC), for the start-up line.
+pub fn utc_timestamp(unix: u64) -> String {
+    let days = (unix / 86_400) as i64;
+    let secs = unix % 86_400;
+    // Howard Hinnant's days-to-civil algorithm.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        secs / 3600,
+        (secs % 3600) / 60,
+        secs % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_are_utc_dates() {
+        assert_eq!(utc_timestamp(0), "1970-01-01T00:00:00Z");
+        assert_eq!(utc_timestamp(1_764_083_045), "2025-11-25T15:04:05Z");
+        assert_eq!(utc_timestamp(951_782_400), "2000-02-29T00:00:00Z");
+    }
+}

@@ -1,0 +1,327 @@
+//! Who may call what: `[[auth.allow]]` rules per API (and, for predictions,
+//! per model) name the groups and scopes that grant it; `[[auth.pilot]]`
+//! entries close a model, or one version of it, to all but their groups.
+//! Nothing is allowed that no rule grants (deny by default).
+
+use std::collections::HashMap;
+
+use super::Caller;
+
+/// An API a rule grants.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Api {
+    /// Predict and PredictBatch.
+    Predict,
+    /// PushFeatures.
+    Push,
+    /// Feedback (ground truth).
+    Feedback,
+    /// The admin API.
+    Admin,
+}
+
+impl Api {
+    /// Parses the config name.
+    pub fn named(s: &str) -> Option<Self> {
+        Some(match s {
+            "predict" => Api::Predict,
+            "push" => Api::Push,
+            "feedback" => Api::Feedback,
+            "admin" => Api::Admin,
+            _ => return None,
+        })
+    }
+
+    /// The config and metrics name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Api::Predict => "predict",
+            Api::Push => "push",
+            Api::Feedback => "feedback",
+            Api::Admin => "admin",
+        }
+    }
+
+    fn verb(self) -> &'static str {
+        match self {
+            Api::Predict => "predict",
+            Api::Push => "push features",
+            Api::Feedback => "send feedback",
+            Api::Admin => "use the admin API",
+        }
+    }
+}
+
+/// One `[[auth.allow]]` rule: callers in any of `groups` (empty: any group)
+/// holding any of `scopes` (empty: any scope) may call `api` (on `models`,
+/// `None` = every model). At least one of the two lists is non-empty.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rule {
+    /// The API.
+    pub api: Api,
+    /// Models this rule covers (predict only); `None` = all.
+    pub models: Option<Vec<String>>,
+    /// Groups that qualify.
+    pub groups: Vec<String>,
+    /// Scopes that qualify.
+    pub scopes: Vec<String>,
+}
+
+/// One `[[auth.pilot]]`: `model` (or only its `version`) is reachable only by
+/// callers in `groups` (who still need an allow rule to predict).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pilot {
+    /// The model.
+    pub model: String,
+    /// One version, or `None` for the whole model.
+    pub version: Option<String>,
+    /// The pilot groups.
+    pub groups: Vec<String>,
+}
+
+/// What a request wants to do.
+#[derive(Debug, Clone, Copy)]
+pub enum Access<'a> {
+    /// Predict with `model`, asking for `version` ("" = the configured one).
+    Predict {
+        /// The model.
+        model: &'a str,
+        /// The version asked for.
+        version: &'a str,
+    },
+    /// Push features to a view.
+    Push,
+    /// Send feedback.
+    Feedback,
+    /// Use the admin API.
+    Admin,
+}
+
+impl Access<'_> {
+    /// The API.
+    pub fn api(&self) -> Api {
+        match self {
+            Access::Predict { .. } => Api::Predict,
+            Access::Push => Api::Push,
+            Access::Feedback => Api::Feedback,
+            Access::Admin => Api::Admin,
+        }
+    }
+}
+
+/// The access policy.
+#[derive(Debug, Clone, Default)]
+pub struct Policy {
+    rules: Vec<Rule>,
+    pilots: Vec<Pilot>,
+    /// Model → its configured version ("" = the model-server's default).
+    configured_versions: HashMap<String, String>,
+}
+
+fn any_in(have: &[String], want: &[String]) -> bool {
+    want.iter().any(|w| have.contains(w))
+}
+
+impl Policy {
+    /// A policy (validated by the config loader).
+    pub fn new(
+        rules: Vec<Rule>,
+        pilots: Vec<Pilot>,
+        configured_versions: HashMap<String, String>,
+    ) -> Self {
+        Policy {
+            rules,
+            pilots,
+            configured_versions,
+        }
+    }
+
+    /// Whether `caller` may do `access`.
+    ///
+    /// # Errors
+    /// A message for the caller saying what it lacks.
+    pub fn check(&self, caller: &Caller, access: Access<'_>) -> Result<(), String> {
+        let api = access.api();
+        let who = &caller.subject;
+        let target = match access {
+            Access::Predict { model, version } => {
+                let effective = if version.is_empty() {
+                    self.configured_versions
+                        .get(model)
+                        .map_or("", String::as_str)
+                } else {
+                    version
+                };
+                for p in &self.pilots {
+                    let hits =
+                        p.model == model && p.version.as_deref().is_none_or(|v| v == effective);
+                    if hits && !any_in(&caller.groups, &p.groups) {
+                        return Err(match &p.version {
+                            Some(v) => format!(
+                                "caller '{who}' is not in a pilot group of model '{model}' version '{v}'"
+                            ),
+                            None => {
+                                format!("caller '{who}' is not in a pilot group of model '{model}'")
+                            }
+                        });
+                    }
+                }
+                format!(" with model '{model}'")
+            }
+            _ => String::new(),
+        };
+        let model = match access {
+            Access::Predict { model, .. } => Some(model),
+            _ => None,
+        };
+        let covering: Vec<&Rule> = self
+            .rules
+            .iter()
+            .filter(|r| r.api == api)
+            .filter(|r| match (&r.models, model) {
+                (None, _) => true,
+                (Some(ms), Some(m)) => ms.iter().any(|x| x == m),
+                (Some(_), None) => false,
+            })
+            .collect();
+        let verb = api.verb();
+        if covering.is_empty() {
+            return Err(format!(
+                "caller '{who}' may not {verb}{target}: no access rule grants it"
+            ));
+        }
+        let in_group = |r: &&&Rule| r.groups.is_empty() || any_in(&caller.groups, &r.groups);
+        let has_scope = |r: &&&Rule| r.scopes.is_empty() || any_in(&caller.scopes, &r.scopes);
+        if covering.iter().any(|r| in_group(&r) && has_scope(&r)) {
+            return Ok(());
+        }
+        if !covering.iter().any(|r| in_group(&r)) {
+            Err(format!(
+                "caller '{who}' is not in a group allowed to {verb}{target}"
+            ))
+        } else {
+            Err(format!(
+                "caller '{who}' lacks a scope allowed to {verb}{target}"
+            ))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn caller(sub: &str, groups: &[&str], scopes: &[&str]) -> Caller {
+        Caller {
+            subject: sub.into(),
+            groups: groups.iter().map(|s| s.to_string()).collect(),
+            scopes: scopes.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    fn policy() -> Policy {
+        let s = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        Policy::new(
+            vec![
+                Rule {
+                    api: Api::Predict,
+                    models: None,
+                    groups: s(&["fraud-team"]),
+                    scopes: s(&["predict"]),
+                },
+                Rule {
+                    api: Api::Predict,
+                    models: Some(s(&["churn"])),
+                    groups: s(&["growth"]),
+                    scopes: vec![],
+                },
+                Rule {
+                    api: Api::Push,
+                    models: None,
+                    groups: vec![],
+                    scopes: s(&["push"]),
+                },
+            ],
+            vec![
+                Pilot {
+                    model: "fraud_detector".into(),
+                    version: Some("2".into()),
+                    groups: s(&["pilot-fraud-v2"]),
+                },
+                Pilot {
+                    model: "beta".into(),
+                    version: None,
+                    groups: s(&["beta-testers"]),
+                },
+            ],
+            HashMap::from([
+                ("fraud_detector".to_owned(), "1".to_owned()),
+                ("beta".to_owned(), String::new()),
+            ]),
+        )
+    }
+
+    fn predict<'a>(model: &'a str, version: &'a str) -> Access<'a> {
+        Access::Predict { model, version }
+    }
+
+    #[test]
+    fn groups_and_scopes_grant_apis() {
+        let p = policy();
+        let svc = caller("svc-a", &["fraud-team"], &["predict"]);
+        assert_eq!(p.check(&svc, predict("fraud_detector", "")), Ok(()));
+        assert_eq!(
+            p.check(&svc, Access::Push),
+            Err("caller 'svc-a' lacks a scope allowed to push features".into())
+        );
+        let other = caller("svc-b", &["marketing"], &["predict"]);
+        assert_eq!(
+            p.check(&other, predict("fraud_detector", "")),
+            Err(
+                "caller 'svc-b' is not in a group allowed to predict with model 'fraud_detector'"
+                    .into()
+            )
+        );
+        let no_scope = caller("svc-c", &["fraud-team"], &["feedback"]);
+        assert!(
+            p.check(&no_scope, predict("fraud_detector", ""))
+                .is_err_and(|m| m.contains("lacks a scope"))
+        );
+        // A rule limited to a model covers only that model.
+        let growth = caller("g", &["growth"], &[]);
+        assert_eq!(p.check(&growth, predict("churn", "")), Ok(()));
+        assert!(p.check(&growth, predict("fraud_detector", "")).is_err());
+        // No rule at all: denied by default.
+        assert_eq!(
+            p.check(&svc, Access::Admin),
+            Err("caller 'svc-a' may not use the admin API: no access rule grants it".into())
+        );
+    }
+
+    #[test]
+    fn pilots_are_reachable_only_by_their_groups() {
+        let p = policy();
+        let svc = caller("svc-a", &["fraud-team"], &["predict"]);
+        let pilot = caller("svc-p", &["fraud-team", "pilot-fraud-v2"], &["predict"]);
+        assert_eq!(
+            p.check(&svc, predict("fraud_detector", "2")),
+            Err(
+                "caller 'svc-a' is not in a pilot group of model 'fraud_detector' version '2'"
+                    .into()
+            )
+        );
+        assert_eq!(p.check(&pilot, predict("fraud_detector", "2")), Ok(()));
+        assert_eq!(p.check(&svc, predict("fraud_detector", "1")), Ok(()));
+        assert_eq!(p.check(&svc, predict("fraud_detector", "")), Ok(()));
+        // A whole-model pilot; pilot membership alone does not grant predict.
+        let tester = caller("t", &["beta-testers"], &["predict"]);
+        assert!(
+            p.check(&svc, predict("beta", ""))
+                .is_err_and(|m| m.contains("pilot group of model 'beta'"))
+        );
+        assert!(
+            p.check(&tester, predict("beta", ""))
+                .is_err_and(|m| m.contains("not in a group allowed"))
+        );
+    }
+}

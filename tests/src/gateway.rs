@@ -1,0 +1,235 @@
+//! The gateway as a child process for the end-to-end tests: a config writer
+//! (with an `[auth]` section), start-up that reads the bound ports and the
+//! dev token from stdout, and HTTP/gRPC clients that send a bearer token.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+use crate::{binary, workspace_root};
+
+/// `[auth]` for the gateway's own dev issuer: the dev token is in group
+/// `fraud-team` with every scope; predict, push and feedback are granted to it.
+pub const DEV_AUTH: &str = r#"
+[auth]
+mode = "dev"
+audience = "mlgw-gateway"
+[auth.dev]
+groups = ["fraud-team"]
+[[auth.allow]]
+api = "predict"
+groups = ["fraud-team"]
+scopes = ["predict"]
+[[auth.allow]]
+api = "push"
+groups = ["fraud-team"]
+scopes = ["push"]
+[[auth.allow]]
+api = "feedback"
+groups = ["fraud-team"]
+scopes = ["feedback"]
+"#;
+
+/// The example feature definitions.
+pub fn definitions() -> PathBuf {
+    workspace_root().join("feature-store/definitions/fraud.toml")
+}
+
+/// A gateway config for the example model on `model_grpc`, an embedded
+/// store `features.redb` beside the config, and `auth` as its `[auth]`
+/// section (e.g. [`DEV_AUTH`]).
+pub fn config_text(model_grpc: &str, auth: &str) -> String {
+    let environment = if auth.contains("mode = \"dev\"") {
+        "environment = \"development\"\n"
+    } else {
+        ""
+    };
+    format!(
+        r#"definitions = "{defs}"
+[server]
+{environment}http_port = 0
+grpc_port = 0
+request_timeout_ms = 2000
+[store]
+backend = "embedded"
+path = "features.redb"
+[cache]
+batch_poll_ms = 200
+[[model]]
+name = "fraud_detector"
+endpoint = "{model_grpc}"
+timeout_ms = 1000
+[model.postprocess]
+scores_output = "probabilities"
+labels = ["legit", "fraud"]
+positive_label = "fraud"
+threshold = 0.5
+top_k = 2
+{auth}"#,
+        defs = definitions().display()
+    )
+}
+
+/// A running gateway; killed when dropped.
+pub struct GatewayProcess {
+    /// The child.
+    pub child: tokio::process::Child,
+    /// REST base URL.
+    pub http: String,
+    /// gRPC endpoint URL.
+    pub grpc: String,
+    /// The dev issuer's token, when the config uses `mode = "dev"`.
+    pub dev_token: Option<String>,
+}
+
+impl GatewayProcess {
+    /// Starts the gateway on `config` and reads its start-up lines (ports,
+    /// dev token) without waiting for readiness.
+    ///
+    /// # Errors
+    /// When it does not start or exits first.
+    pub async fn start(config: &Path) -> Result<Self> {
+        let mut child = tokio::process::Command::new(binary("gateway")?)
+            .arg("--config")
+            .arg(config)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()?;
+        let stdout = child.stdout.take().context("stdout")?;
+        let mut lines = BufReader::new(stdout).lines();
+        let (mut http, mut grpc, mut dev_token) = (None, None, None);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = tokio::time::timeout(left, lines.next_line())
+                .await
+                .context("the gateway did not report its ports in 60 s")??
+                .context("the gateway exited before listening")?;
+            let field = |k: &str| {
+                line.split_whitespace()
+                    .find_map(|w| w.strip_prefix(k))
+                    .map(|a| format!("http://{a}"))
+            };
+            if line.starts_with("gateway listening") {
+                http = field("http=");
+                grpc = field("grpc=");
+            } else if line.starts_with("dev token") {
+                dev_token = line.rsplit(' ').next().map(str::to_owned);
+            } else if line.starts_with("ready:") {
+                break;
+            }
+        }
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Ok(GatewayProcess {
+            child,
+            http: http.context("no http= in the listening line")?,
+            grpc: grpc.context("no grpc= in the listening line")?,
+            dev_token,
+        })
+    }
+
+    /// [`Self::start`], then waits until `/readyz` answers 200 (models ready
+    /// and the issuer's keys loaded).
+    ///
+    /// # Errors
+    /// When it does not become ready within 30 s.
+    pub async fn start_ready(config: &Path) -> Result<Self> {
+        let gw = Self::start(config).await?;
+        gw.wait_ready(Duration::from_secs(30)).await?;
+        Ok(gw)
+    }
+
+    /// Polls `/readyz` until 200.
+    ///
+    /// # Errors
+    /// After `timeout`, with the last answer.
+    pub async fn wait_ready(&self, timeout: Duration) -> Result<()> {
+        let client = reqwest::Client::new();
+        let deadline = Instant::now() + timeout;
+        loop {
+            let r = client.get(format!("{}/readyz", self.http)).send().await;
+            let last = match r {
+                Ok(r) if r.status().is_success() => return Ok(()),
+                Ok(r) => r.text().await.unwrap_or_default(),
+                Err(e) => e.to_string(),
+            };
+            if Instant::now() > deadline {
+                bail!("gateway not ready after {timeout:?}: {last}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The dev token.
+    ///
+    /// # Errors
+    /// When the gateway printed none (not `mode = "dev"`).
+    pub fn token(&self) -> Result<&str> {
+        self.dev_token
+            .as_deref()
+            .context("the gateway printed no dev token")
+    }
+}
+
+/// An HTTP client that sends `Authorization: Bearer <token>` on every request.
+///
+/// # Errors
+/// When the token is not a valid header value.
+pub fn client_with_token(token: &str) -> Result<reqwest::Client> {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))?,
+    );
+    Ok(reqwest::Client::builder()
+        .default_headers(headers)
+        .build()?)
+}
+
+/// A tonic interceptor adding `authorization: Bearer <token>`.
+#[derive(Clone)]
+pub struct Bearer(pub tonic::metadata::MetadataValue<tonic::metadata::Ascii>);
+
+impl Bearer {
+    /// For `token`.
+    ///
+    /// # Errors
+    /// When the token is not valid metadata.
+    pub fn new(token: &str) -> Result<Self> {
+        Ok(Bearer(format!("Bearer {token}").parse()?))
+    }
+}
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        req.metadata_mut().insert("authorization", self.0.clone());
+        Ok(req)
+    }
+}
+
+/// A scratch folder with a config for the rig's shared model-server (text
+/// edited by `edit`) and an empty embedded store with its schema.
+///
+/// # Errors
+/// On I/O or store errors, or when the rig's model-server is not set.
+pub async fn scratch(
+    tag: &str,
+    auth: &str,
+    edit: impl Fn(String) -> String,
+) -> Result<(PathBuf, PathBuf)> {
+    use feature_store::store::FeatureStore as _;
+    let dir = std::env::temp_dir().join(format!("mlgw_gw_{tag}_{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let text = config_text(&crate::rig_env("MLGW_TEST_MODEL_SERVER_GRPC")?, auth);
+    let config = dir.join("gateway.toml");
+    std::fs::write(&config, edit(text))?;
+    // The embedded store needs its schema, as the demo's setup applies.
+    feature_store::store::embedded::EmbeddedStore::open(&dir.join("features.redb"))?
+        .apply_schema()
+        .await?;
+    Ok((dir, config))
+}
