@@ -53,6 +53,14 @@ pub enum GatewayError {
         /// The ID sent.
         prediction_id: String,
     },
+    /// The refresh tuner has no state for a job.
+    #[error(
+        "the refresh tuner has no state for job {job:?}: it has not evaluated that job yet (`mlgw-features tuner evaluate --job {job} …`), or the name is wrong"
+    )]
+    UnknownTunerJob {
+        /// The job asked for.
+        job: String,
+    },
     /// Too many requests in flight; refused at once.
     #[error("the gateway is at its limit of concurrent requests; retry with backoff")]
     Overloaded,
@@ -96,6 +104,7 @@ impl GatewayError {
         let (http, grpc, code) = match self {
             GatewayError::UnknownModel { .. } => (404, tonic::Code::NotFound, "unknown_model"),
             GatewayError::UnknownView { .. } => (404, tonic::Code::NotFound, "unknown_view"),
+            GatewayError::UnknownTunerJob { .. } => (404, tonic::Code::NotFound, "unknown_job"),
             GatewayError::UnknownPrediction { .. } => {
                 (404, tonic::Code::NotFound, "prediction_not_found")
             }

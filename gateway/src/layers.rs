@@ -126,6 +126,7 @@ pub fn route_of(path: &str) -> Option<&'static str> {
         p if p.starts_with("/v1/models/") && p.ends_with("/predict") => "predict",
         p if p.starts_with("/v1/models/") && p.ends_with("/predict-batch") => "predict_batch",
         p if p.starts_with("/v1/features/") => "push",
+        p if p.starts_with("/v1/admin/") => "admin",
         _ => "other",
     })
 }
@@ -205,6 +206,7 @@ mod tests {
         );
         assert_eq!(route_of("/v1/features/clicks/push"), Some("push"));
         assert_eq!(route_of("/v1/feedback"), Some("feedback"));
+        assert_eq!(route_of("/v1/admin/tuner/jobs/j"), Some("admin"));
         assert_eq!(
             route_of("/gateway.v1.PredictionService/Predict"),
             Some("predict")

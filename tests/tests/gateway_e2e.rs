@@ -733,17 +733,15 @@ async fn feedback_joins_its_logged_prediction_and_sigterm_loses_none() -> Result
         );
         async move {
             let body = json!({"entity": {"customer_id": format!("c-{i}")}, "request_features": request_features()});
-            if let Ok(r) = http.post(url).json(&body).send().await {
-                if r.status().as_u16() == 200 {
-                    if let Ok(v) = r.json::<Value>().await {
-                        if let Some(id) = v["prediction_id"].as_str() {
-                            answered
-                                .lock()
-                                .map_err(|_| anyhow::anyhow!("poisoned"))?
-                                .push(id.to_owned());
-                        }
-                    }
-                }
+            if let Ok(r) = http.post(url).json(&body).send().await
+                && r.status().as_u16() == 200
+                && let Ok(v) = r.json::<Value>().await
+                && let Some(id) = v["prediction_id"].as_str()
+            {
+                answered
+                    .lock()
+                    .map_err(|_| anyhow::anyhow!("poisoned"))?
+                    .push(id.to_owned());
             }
             done.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             anyhow::Ok(())
@@ -1083,6 +1081,48 @@ async fn the_tuner_turns_logged_predictions_and_feedback_into_an_interval_change
     let shown = tuner(&["show", "--job", "customer_profile_daily"])?;
     assert_eq!(shown["interval_s"], 3600);
     assert_eq!(shown["history"].as_array().map(Vec::len), Some(2));
+
+    // The admin API shows the same state, to the admin scope only: this
+    // caller may predict, but no rule grants it admin.
+    let admin_url = format!("{}/v1/admin/tuner/jobs/customer_profile_daily", gw.http);
+    let denied = http.get(&admin_url).send().await?;
+    assert_eq!(denied.status().as_u16(), 403);
+    assert_eq!(denied.json::<Value>().await?["code"], "permission_denied");
+    let admin_config = dir.join("gateway-admin.toml");
+    std::fs::write(
+        &admin_config,
+        format!(
+            "{}\n[[auth.allow]]\napi = \"admin\"\ngroups = [\"fraud-team\"]\nscopes = [\"admin\"]\n",
+            std::fs::read_to_string(&config)?
+        ),
+    )?;
+    let admin_gw = GatewayProcess::start_ready(&admin_config).await?;
+    let admin = client_with_token(admin_gw.token()?)?;
+    let r = admin
+        .get(format!(
+            "{}/v1/admin/tuner/jobs/customer_profile_daily",
+            admin_gw.http
+        ))
+        .send()
+        .await?;
+    assert_eq!(r.status().as_u16(), 200);
+    let state: Value = r.json().await?;
+    assert_eq!(state["interval"], 3600, "{state}");
+    assert_eq!(
+        state["history"].as_array().map(Vec::len),
+        Some(2),
+        "{state}"
+    );
+    let r = admin
+        .get(format!(
+            "{}/v1/admin/tuner/jobs/nightly_typo",
+            admin_gw.http
+        ))
+        .send()
+        .await?;
+    assert_eq!(r.status().as_u16(), 404);
+    assert_eq!(r.json::<Value>().await?["code"], "unknown_job");
+    drop(admin_gw);
     drop(gw);
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
