@@ -312,6 +312,19 @@ impl ScyllaStore {
                     });
                 }
                 let ks = &self.config.keyspace;
+                // prediction_log and feedback share one layout.
+                let log_insert = |table: &str| {
+                    format!(
+                        "INSERT INTO {ks}.{table} (hour, shard, prediction_id, record) \
+                         VALUES (?, ?, ?, ?) USING TTL ?"
+                    )
+                };
+                let log_scan = |table: &str| {
+                    format!(
+                        "SELECT prediction_id, record FROM {ks}.{table} \
+                         WHERE hour = ? AND shard = ? AND prediction_id >= ? AND prediction_id < ?"
+                    )
+                };
                 Ok(Statements {
                     read_static: self
                         .prepare(
@@ -387,15 +400,7 @@ impl ScyllaStore {
                             true,
                         )
                         .await?,
-                    write_prediction: self
-                        .prepare(
-                            format!(
-                                "INSERT INTO {ks}.prediction_log (hour, shard, prediction_id, record) \
-                                 VALUES (?, ?, ?, ?) USING TTL ?"
-                            ),
-                            false,
-                        )
-                        .await?,
+                    write_prediction: self.prepare(log_insert("prediction_log"), false).await?,
                     read_prediction: self
                         .prepare(
                             format!(
@@ -405,33 +410,9 @@ impl ScyllaStore {
                             true,
                         )
                         .await?,
-                    scan_predictions: self
-                        .prepare(
-                            format!(
-                                "SELECT prediction_id, record FROM {ks}.prediction_log \
-                                 WHERE hour = ? AND shard = ? AND prediction_id >= ? AND prediction_id < ?"
-                            ),
-                            true,
-                        )
-                        .await?,
-                    write_feedback: self
-                        .prepare(
-                            format!(
-                                "INSERT INTO {ks}.feedback (hour, shard, prediction_id, record) \
-                                 VALUES (?, ?, ?, ?) USING TTL ?"
-                            ),
-                            false,
-                        )
-                        .await?,
-                    scan_feedback: self
-                        .prepare(
-                            format!(
-                                "SELECT prediction_id, record FROM {ks}.feedback \
-                                 WHERE hour = ? AND shard = ? AND prediction_id >= ? AND prediction_id < ?"
-                            ),
-                            true,
-                        )
-                        .await?,
+                    scan_predictions: self.prepare(log_scan("prediction_log"), true).await?,
+                    write_feedback: self.prepare(log_insert("feedback"), false).await?,
+                    scan_feedback: self.prepare(log_scan("feedback"), true).await?,
                     get_tuner: self
                         .prepare(
                             format!("SELECT state FROM {ks}.tuner_state WHERE job = ?"),
@@ -527,6 +508,13 @@ impl FeatureStore for ScyllaStore {
                 "keyspace {ks} has schema version {from}, newer than this build's {SCHEMA_VERSION}; use a newer mlgw-features"
             )));
         }
+        // prediction_log and feedback: one record per prediction ID.
+        let log_table = |table: &str| {
+            format!(
+                "CREATE TABLE IF NOT EXISTS {ks}.{table} (hour bigint, shard int, \
+                 prediction_id text, record blob, PRIMARY KEY ((hour, shard), prediction_id))"
+            )
+        };
         let statements = [
             (
                 format!("keyspace {ks}"),
@@ -575,18 +563,9 @@ impl FeatureStore for ScyllaStore {
             ),
             (
                 "table prediction_log".to_owned(),
-                format!(
-                    "CREATE TABLE IF NOT EXISTS {ks}.prediction_log (hour bigint, shard int, \
-                     prediction_id text, record blob, PRIMARY KEY ((hour, shard), prediction_id))"
-                ),
+                log_table("prediction_log"),
             ),
-            (
-                "table feedback".to_owned(),
-                format!(
-                    "CREATE TABLE IF NOT EXISTS {ks}.feedback (hour bigint, shard int, \
-                     prediction_id text, record blob, PRIMARY KEY ((hour, shard), prediction_id))"
-                ),
-            ),
+            ("table feedback".to_owned(), log_table("feedback")),
             (
                 "table tuner_state".to_owned(),
                 format!(
