@@ -423,16 +423,37 @@ async fn predictions_through_the_gateway() -> Result<()> {
 
     // 7. SIGTERM: the gateway exits cleanly.
     let pid = gw.child.id().context("pid")?;
-    std::process::Command::new("kill")
-        .arg("-TERM")
-        .arg(pid.to_string())
-        .status()?;
+    sigterm(pid)?;
     let exit = tokio::time::timeout(Duration::from_secs(10), gw.child.wait()).await??;
     if !exit.success() {
         bail!("gateway exited with {exit:?} after SIGTERM");
     }
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
+}
+
+/// Runs the gateway on `config`, expects it to refuse to start (exit 1) and
+/// returns what it printed on stderr.
+async fn refusal(config: &std::path::Path) -> Result<String> {
+    let out = tokio::process::Command::new(binary("gateway")?)
+        .arg("--config")
+        .arg(config)
+        .output()
+        .await?;
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "the gateway did not refuse {config:?}"
+    );
+    Ok(String::from_utf8(out.stderr)?)
+}
+
+/// Sends SIGTERM (what Kubernetes sends) to `pid`.
+fn sigterm(pid: u32) -> std::io::Result<std::process::ExitStatus> {
+    std::process::Command::new("kill")
+        .arg("-TERM")
+        .arg(pid.to_string())
+        .status()
 }
 
 #[tokio::test]
@@ -444,13 +465,7 @@ async fn gateway_refuses_to_start_when_the_model_does_not_match() -> Result<()> 
         )
     })
     .await?;
-    let out = tokio::process::Command::new(binary("gateway")?)
-        .arg("--config")
-        .arg(&config)
-        .output()
-        .await?;
-    assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8(out.stderr)?;
+    let err = refusal(&config).await?;
     assert!(
         err.contains("postprocess.scores_output \"scores\" is not an output; the server's outputs are [\"label\", \"probabilities\"]"),
         "{err}"
@@ -463,25 +478,14 @@ async fn gateway_refuses_to_start_when_the_model_does_not_match() -> Result<()> 
         )
         .replace("environment = \"development\"\n", "");
     std::fs::write(&config, &production)?;
-    let out = tokio::process::Command::new(binary("gateway")?)
-        .arg("--config")
-        .arg(&config)
-        .output()
-        .await?;
-    assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8(out.stderr)?;
+    let err = refusal(&config).await?;
     assert!(
         err.contains("gateway.toml: auth.mode: the dev issuer is refused when server.environment = \"production\""),
         "{err}"
     );
     let bad = production.replace("timeout_ms = 1000", "timeout_ms = 0");
     std::fs::write(&config, bad)?;
-    let out = tokio::process::Command::new(binary("gateway")?)
-        .arg("--config")
-        .arg(&config)
-        .output()
-        .await?;
-    let err = String::from_utf8(out.stderr)?;
+    let err = refusal(&config).await?;
     assert!(
         err.contains("gateway.toml: model[0].timeout_ms: must be at least 1"),
         "{err}"
@@ -718,10 +722,7 @@ async fn feedback_joins_its_logged_prediction_and_sigterm_loses_none() -> Result
             while done.load(std::sync::atomic::Ordering::SeqCst) < 60 {
                 tokio::time::sleep(Duration::from_millis(2)).await;
             }
-            std::process::Command::new("kill")
-                .arg("-TERM")
-                .arg(pid.to_string())
-                .status()
+            sigterm(pid)
         })
     };
     let calls = futures_util::stream::iter(0..400).map(|i| {
