@@ -4,24 +4,26 @@
 use std::path::PathBuf;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let files = [
-        "proto/inference/grpc_predict_v2.proto",
+    let inference = ["proto/inference/grpc_predict_v2.proto"];
+    let gateway = [
         "proto/gateway/v1/gateway.proto",
+        "proto/gateway/v1/routing_admin.proto",
     ];
+    let files: Vec<&str> = inference.iter().chain(&gateway).copied().collect();
     for file in &files {
         println!("cargo:rerun-if-changed={file}");
     }
     let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
     // One descriptor set per API, for gRPC server reflection (grpcurl works
     // without local .proto files); each server advertises only its own API.
-    for (file, name) in files.iter().zip(["inference", "gateway"]) {
-        let set = protox::compile([file], ["proto"])?;
+    for (api, name) in [(&inference[..], "inference"), (&gateway[..], "gateway")] {
+        let set = protox::compile(api, ["proto"])?;
         std::fs::write(
             out_dir.join(format!("{name}_descriptor.bin")),
             prost::Message::encode_to_vec(&set),
         )?;
     }
-    let descriptors = protox::compile(files, ["proto"])?;
+    let descriptors = protox::compile(&files, ["proto"])?;
     tonic_prost_build::configure()
         .build_server(true)
         .build_client(true)

@@ -861,7 +861,6 @@ batch_poll_ms = 2000
 [[model]]
 name = "fraud_detector"
 endpoint = "{model_grpc}"
-version = ""
 timeout_ms = 300
 [model.postprocess]
 scores_output = "probabilities"

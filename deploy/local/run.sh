@@ -105,6 +105,13 @@ The same over gRPC (reflection is on):
 
 Without the header both answer 401 / UNAUTHENTICATED.
 
+Rollout: version 1 answers, version 2 runs as a silent shadow. Compare them,
+then try a canary (and roll it back):
+
+  $BIN/mlgw-admin --token-file target/mlgw-demo/dev-token shadow-report fraud_detector
+  $BIN/mlgw-admin --token-file target/mlgw-demo/dev-token canary fraud_detector 2 --percent 10
+  $BIN/mlgw-admin --token-file target/mlgw-demo/dev-token rollback fraud_detector
+
 TXT
 wait -n "${pids[@]}" || true
 echo "run.sh: a process exited; stopping" >&2

@@ -44,7 +44,8 @@ pub struct PredictionRecord {
     pub model: String,
     /// The version that answered.
     pub model_version: String,
-    /// How the version was chosen (e.g. `stable`, `explicit`).
+    /// How the version was chosen: `stable`, `canary`, `pilot`, `explicit`,
+    /// or `shadow` for a silent copy that no caller saw.
     pub route: String,
     /// The entity key the features were read for.
     pub entity: String,
@@ -56,6 +57,13 @@ pub struct PredictionRecord {
     pub defaulted: Vec<String>,
     /// Post-processed outputs.
     pub outputs: Vec<LoggedOutput>,
+    /// For a shadow record: the ID of the prediction the caller got, so the
+    /// two can be compared.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shadow_of: Option<String>,
+    /// Time the model-server call took, in µs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model_time_us: Option<u64>,
 }
 
 /// The observed outcome of a prediction.

@@ -17,6 +17,7 @@ use crate::auth::keys::{algorithm_named, is_asymmetric, url_allowed};
 use crate::auth::policy::{Api, Pilot, Rule};
 use crate::auth::{AuthMode, AuthSettings};
 use crate::postprocess::PostProcess;
+use crate::rollout::{Canary, PilotVersion, RoutingTable, StickyBy, basis_points};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -32,6 +33,59 @@ struct RawConfig {
     #[serde(rename = "model")]
     models: Vec<RawModel>,
     auth: Option<RawAuth>,
+    #[serde(default)]
+    rollout: RawRollout,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRollout {
+    #[serde(default = "default_routing_poll_ms")]
+    poll_ms: u64,
+    #[serde(default = "default_config_watch_ms")]
+    config_watch_ms: u64,
+    #[serde(default = "default_shadow_concurrency")]
+    shadow_concurrency: u32,
+    #[serde(default = "default_shadow_timeout_ms")]
+    shadow_timeout_ms: u64,
+}
+
+impl Default for RawRollout {
+    fn default() -> Self {
+        RawRollout {
+            poll_ms: default_routing_poll_ms(),
+            config_watch_ms: default_config_watch_ms(),
+            shadow_concurrency: default_shadow_concurrency(),
+            shadow_timeout_ms: default_shadow_timeout_ms(),
+        }
+    }
+}
+
+fn default_routing_poll_ms() -> u64 {
+    2000
+}
+fn default_config_watch_ms() -> u64 {
+    2000
+}
+fn default_shadow_concurrency() -> u32 {
+    32
+}
+fn default_shadow_timeout_ms() -> u64 {
+    1000
+}
+
+/// How routing changes reach a running gateway, and the shadow pool.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RolloutConfig {
+    /// How often the stored routing is re-read (changes made through other
+    /// replicas).
+    pub poll: Duration,
+    /// How often the config file is checked for edits (None: never).
+    pub config_watch: Option<Duration>,
+    /// Shadow calls in flight at most; more copies are dropped and counted.
+    pub shadow_concurrency: u32,
+    /// Deadline of one shadow call.
+    pub shadow_timeout: Duration,
 }
 
 #[derive(Debug, Deserialize)]
@@ -212,11 +266,96 @@ struct RawCache {
 struct RawModel {
     name: String,
     endpoint: String,
-    #[serde(default)]
-    version: String,
+    /// Moved to `[model.routing] stable`; kept only to say so.
+    version: Option<String>,
     #[serde(default = "default_model_timeout_ms")]
     timeout_ms: u64,
     postprocess: PostProcess,
+    routing: Option<RawRouting>,
+    #[serde(default)]
+    endpoints: std::collections::BTreeMap<String, String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRouting {
+    #[serde(default)]
+    stable: String,
+    canary: Option<String>,
+    canary_percent: Option<f64>,
+    #[serde(default)]
+    shadow: Vec<String>,
+    #[serde(default)]
+    pilot: Vec<RawRoutingPilot>,
+    #[serde(default)]
+    sticky_by: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRoutingPilot {
+    version: String,
+    groups: Vec<String>,
+    #[serde(default = "default_true")]
+    auto: bool,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn validate_routing(r: Option<RawRouting>) -> Result<RoutingTable, (String, String)> {
+    let Some(r) = r else {
+        return Ok(RoutingTable::stable(""));
+    };
+    let canary = match (r.canary, r.canary_percent) {
+        (None, None) => None,
+        (Some(version), Some(p)) => Some(Canary {
+            version,
+            basis_points: basis_points(p).map_err(|m| ("canary_percent".to_owned(), m))?,
+        }),
+        (Some(_), None) => {
+            return Err((
+                "canary_percent".into(),
+                "missing: the share of callers the canary gets, e.g. 10".into(),
+            ));
+        }
+        (None, Some(_)) => {
+            return Err((
+                "canary".into(),
+                "missing: the canary version that canary_percent is for".into(),
+            ));
+        }
+    };
+    let sticky_by = match r.sticky_by.as_deref() {
+        None | Some("subject") => StickyBy::Subject,
+        Some("entity") => StickyBy::Entity,
+        Some(other) => {
+            return Err((
+                "sticky_by".into(),
+                format!(
+                    "{other:?}: write \"subject\" (the caller's token subject) or \"entity\" (the entity key)"
+                ),
+            ));
+        }
+    };
+    let table = RoutingTable {
+        stable: r.stable,
+        canary,
+        shadows: r.shadow,
+        pilots: r
+            .pilot
+            .into_iter()
+            .map(|p| PilotVersion {
+                version: p.version,
+                groups: p.groups,
+                auto: p.auto,
+            })
+            .collect(),
+        sticky_by,
+    };
+    table.validate().map_err(|m| (String::new(), m))?;
+    Ok(table)
 }
 
 fn default_model_timeout_ms() -> u64 {
@@ -248,10 +387,14 @@ pub struct ServerConfig {
 pub struct ModelConfig {
     /// Name, as in the definitions file and on the model-server.
     pub name: String,
-    /// The model-server's gRPC endpoint (`http://host:port`).
+    /// The model-server's gRPC endpoint (`http://host:port`) of every
+    /// version not in `endpoints`.
     pub endpoint: String,
-    /// Version to call ("" = the server's default).
-    pub version: String,
+    /// Versions served by another model-server (e.g. a canary deployment).
+    pub endpoints: std::collections::BTreeMap<String, String>,
+    /// The routing in the config file (the stored routing may have changed
+    /// since, through the admin API).
+    pub routing: RoutingTable,
     /// Deadline of one model-server call (the caller's, if shorter, wins).
     pub timeout: Duration,
     /// Post-processing.
@@ -277,6 +420,17 @@ pub struct GatewayConfig {
     pub models: Vec<ModelConfig>,
     /// SSO authentication and the access policy.
     pub auth: AuthSettings,
+    /// Routing changes at run time and the shadow pool.
+    pub rollout: RolloutConfig,
+}
+
+impl ModelConfig {
+    /// The model-server endpoint of `version`.
+    pub fn endpoint_of(&self, version: &str) -> &str {
+        self.endpoints
+            .get(version)
+            .map_or(&self.endpoint, String::as_str)
+    }
 }
 
 /// A config that cannot be used.
@@ -402,7 +556,8 @@ impl GatewayConfig {
                     format!("{:?} is declared twice", m.name),
                 ));
             }
-            if !(m.endpoint.starts_with("http://") || m.endpoint.starts_with("https://")) {
+            let is_url = |u: &str| u.starts_with("http://") || u.starts_with("https://");
+            if !is_url(&m.endpoint) {
                 return Err(err(
                     &format!("model[{i}].endpoint"),
                     format!(
@@ -411,6 +566,28 @@ impl GatewayConfig {
                     ),
                 ));
             }
+            if let Some((v, u)) = m.endpoints.iter().find(|(_, u)| !is_url(u)) {
+                return Err(err(
+                    &format!("model[{i}].endpoints.{v}"),
+                    format!(
+                        "{u:?} is not a URL; write http://host:port of the model-server's gRPC port"
+                    ),
+                ));
+            }
+            if m.version.is_some() {
+                return Err(err(
+                    &format!("model[{i}].version"),
+                    "moved: write the version under [model.routing] as stable = \"1\" (the routing can then change at run time)".into(),
+                ));
+            }
+            let routing = validate_routing(m.routing).map_err(|(k, msg)| {
+                let key = if k.is_empty() {
+                    format!("model[{i}].routing")
+                } else {
+                    format!("model[{i}].routing.{k}")
+                };
+                err(&key, msg)
+            })?;
             if m.timeout_ms == 0 {
                 return Err(err(
                     &format!("model[{i}].timeout_ms"),
@@ -423,7 +600,8 @@ impl GatewayConfig {
             models.push(ModelConfig {
                 name: m.name,
                 endpoint: m.endpoint,
-                version: m.version,
+                endpoints: m.endpoints,
+                routing,
                 timeout: Duration::from_millis(m.timeout_ms),
                 postprocess: m.postprocess,
             });
@@ -462,6 +640,13 @@ impl GatewayConfig {
             prediction_log: raw.prediction_log,
             models,
             auth,
+            rollout: RolloutConfig {
+                poll: Duration::from_millis(raw.rollout.poll_ms.max(100)),
+                config_watch: (raw.rollout.config_watch_ms > 0)
+                    .then(|| Duration::from_millis(raw.rollout.config_watch_ms.max(100))),
+                shadow_concurrency: raw.rollout.shadow_concurrency.max(1),
+                shadow_timeout: Duration::from_millis(raw.rollout.shadow_timeout_ms.max(1)),
+            },
         })
     }
 }
@@ -648,22 +833,17 @@ fn validate_auth(
         if p.groups.is_empty() {
             return Err(e(&key("groups"), "name the pilot groups".into()));
         }
-        if let Some(v) = &p.version {
-            // With an unpinned model, the server's default could be the pilot
-            // version and every caller would reach it.
-            if model.version.is_empty() || &model.version == v {
-                return Err(e(
-                    &key("version"),
-                    format!(
-                        "a pilot version needs model {:?} pinned to another version (model.version), so default traffic never lands on the pilot",
-                        p.model
-                    ),
-                ));
-            }
+        if p.version.is_some() {
+            return Err(e(
+                &key("version"),
+                format!(
+                    "moved: a pilot version is part of the model's routing; write [[model.routing.pilot]] version = ... groups = [...] under model {:?} (it can then change at run time); [[auth.pilot]] without a version keeps the whole model to its groups",
+                    model.name
+                ),
+            ));
         }
         pilots.push(Pilot {
             model: p.model,
-            version: p.version,
             groups: p.groups,
         });
     }
@@ -734,10 +914,11 @@ path = "f.redb"
 [[model]]
 name = "fraud_detector"
 endpoint = "http://127.0.0.1:8001"
-version = "1"
 [model.postprocess]
 scores_output = "probabilities"
 labels = ["legit", "fraud"]
+[model.routing]
+stable = "1"
 "#;
 
     fn parse(auth: &str) -> Result<GatewayConfig, ConfigError> {
@@ -746,6 +927,76 @@ labels = ["legit", "fraud"]
 
     fn error(auth: &str) -> String {
         parse(auth).err().map(|e| e.to_string()).unwrap_or_default()
+    }
+
+    const OIDC: &str = "[auth]\nmode = \"oidc\"\nissuer = \"https://s\"\naudience = \"gw\"\n";
+
+    #[test]
+    fn routing_is_read_and_checked() -> Result<(), ConfigError> {
+        let with = |routing: &str| {
+            let text = BASE.replace("[model.routing]\nstable = \"1\"\n", routing);
+            GatewayConfig::parse(&format!("{text}{OIDC}"), Path::new("gw.toml"))
+        };
+        let c = with(
+            "[model.endpoints]\n\"2\" = \"http://127.0.0.1:9001\"\n[model.routing]\nstable = \"1\"\ncanary = \"2\"\ncanary_percent = 12.5\nshadow = [\"3\"]\nsticky_by = \"entity\"\n[[model.routing.pilot]]\nversion = \"4\"\ngroups = [\"pilot-x\"]\n",
+        )?;
+        let m = &c.models[0];
+        assert_eq!(
+            m.routing.canary.as_ref().map(|c| c.basis_points),
+            Some(1250)
+        );
+        assert_eq!(m.routing.shadows, vec!["3".to_owned()]);
+        assert_eq!(m.routing.sticky_by, StickyBy::Entity);
+        assert_eq!(m.routing.pilots[0].groups, vec!["pilot-x".to_owned()]);
+        assert_eq!(m.endpoint_of("2"), "http://127.0.0.1:9001");
+        assert_eq!(m.endpoint_of("3"), "http://127.0.0.1:8001");
+        assert_eq!(with("")?.models[0].routing, RoutingTable::stable(""));
+        assert_eq!(c.rollout.poll, Duration::from_secs(2));
+        let error = |routing: &str| {
+            with(routing)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default()
+        };
+        for (routing, want) in [
+            (
+                "[model.routing]\nstable = \"1\"\ncanary = \"2\"\n",
+                "model[0].routing.canary_percent: missing",
+            ),
+            (
+                "[model.routing]\nstable = \"1\"\ncanary = \"2\"\ncanary_percent = 0\n",
+                "model[0].routing.canary_percent: 0 is not a share",
+            ),
+            (
+                "[model.routing]\ncanary = \"2\"\ncanary_percent = 5\n",
+                "model[0].routing: a canary, pilot or shadow needs a pinned stable version",
+            ),
+            (
+                "[model.routing]\nstable = \"1\"\nshadow = [\"1\"]\n",
+                "model[0].routing: version \"1\" cannot be both stable and shadow",
+            ),
+            (
+                "[model.routing]\nstable = \"1\"\nsticky_by = \"ip\"\n",
+                "model[0].routing.sticky_by: \"ip\"",
+            ),
+            (
+                "[model.endpoints]\n\"2\" = \"localhost:1\"\n",
+                "model[0].endpoints.2: \"localhost:1\" is not a URL",
+            ),
+        ] {
+            let got = error(routing);
+            assert!(
+                got.starts_with(&format!("gw.toml: {want}")),
+                "{routing:?}: {got}"
+            );
+        }
+        let old = BASE.replace(":8001\"\n", ":8001\"\nversion = \"1\"\n");
+        let got = GatewayConfig::parse(&format!("{old}{OIDC}"), Path::new("gw.toml"))
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(got.starts_with("gw.toml: model[0].version: moved"), "{got}");
+        Ok(())
     }
 
     #[test]
@@ -816,7 +1067,7 @@ labels = ["legit", "fraud"]
                 format!(
                     "{oidc}issuer = \"https://s\"\n[[auth.pilot]]\nmodel = \"fraud_detector\"\nversion = \"1\"\ngroups = [\"g\"]\n"
                 ),
-                "auth.pilot[0].version: a pilot version needs model",
+                "auth.pilot[0].version: moved: a pilot version is part of the model's routing",
             ),
             (
                 format!("{oidc}issuer = \"https://s\"\nbogus = 1\n"),

@@ -20,6 +20,9 @@ use crate::error::GatewayError;
 use crate::infer::{BreakerConfig, ModelClient};
 use crate::postprocess::Processed;
 use crate::predlog::PredictionLog;
+use crate::rollout::live::LiveRouting;
+use crate::rollout::shadow::ShadowPool;
+use crate::rollout::{self, RouteKey, RouteKind, StickyBy};
 
 /// One prediction request, wire-neutral.
 #[derive(Debug, Clone, Default)]
@@ -34,6 +37,8 @@ pub struct PredictInput {
     pub request_features: HashMap<String, WireValue>,
     /// The caller's subject (from its token), recorded in the prediction log.
     pub subject: String,
+    /// The caller's groups (pilot routing).
+    pub groups: Vec<String>,
 }
 
 /// The subject recorded for calls made without a verified caller.
@@ -71,6 +76,8 @@ pub struct Prediction {
     pub row: Vec<f32>,
     /// Time spent in the model-server call.
     pub model_time: Duration,
+    /// How the version was chosen (`stable`, `canary`, `pilot`, `explicit`).
+    pub route: RouteKind,
 }
 
 /// Fresh values of a dynamic view for one entity, wire-neutral.
@@ -87,16 +94,47 @@ pub struct PushRow {
 struct Route {
     config: ModelConfig,
     features: ModelFeatures,
-    client: Arc<ModelClient>,
+    /// Endpoint → client, for callers' calls.
+    clients: HashMap<String, Arc<ModelClient>>,
+    /// Endpoint → client, for shadow copies: their own connections and
+    /// circuit breakers, so a slow or failing shadow version never trips
+    /// the breaker that callers' calls go through.
+    shadow_clients: HashMap<String, Arc<ModelClient>>,
+}
+
+impl Route {
+    fn client(&self, version: &str) -> Result<&Arc<ModelClient>, GatewayError> {
+        self.pick(&self.clients, version)
+    }
+
+    fn shadow_client(&self, version: &str) -> Result<&Arc<ModelClient>, GatewayError> {
+        self.pick(&self.shadow_clients, version)
+    }
+
+    fn pick<'a>(
+        &self,
+        clients: &'a HashMap<String, Arc<ModelClient>>,
+        version: &str,
+    ) -> Result<&'a Arc<ModelClient>, GatewayError> {
+        let endpoint = self.config.endpoint_of(version);
+        clients.get(endpoint).ok_or_else(|| {
+            GatewayError::RoutingDamaged(format!(
+                "no client for {endpoint} (model {:?} version {version:?})",
+                self.config.name
+            ))
+        })
+    }
 }
 
 /// The gateway's core.
 pub struct Gateway<S> {
     enricher: Enricher<S>,
-    routes: HashMap<String, Route>,
+    routes: HashMap<String, Arc<Route>>,
     request_timeout: Duration,
-    log: Option<PredictionLog>,
+    log: Option<Arc<PredictionLog>>,
     log_retention: Duration,
+    routing: LiveRouting<S>,
+    shadows: Arc<ShadowPool>,
 }
 
 /// Why the gateway cannot start.
@@ -124,18 +162,39 @@ pub enum StartError {
     /// The model-server could not be asked.
     #[error(transparent)]
     Model(#[from] crate::infer::InferError),
+    /// The stored routing could not be read or stored.
+    #[error("routing: {0}")]
+    Routing(#[from] crate::rollout::live::RolloutError),
 }
 
 impl<S: FeatureStore> Gateway<S> {
-    /// Builds the core: one client per model endpoint.
+    /// Builds the core: clients for every model-server endpoint, and each
+    /// model's routing loaded from the store (or first stored from the
+    /// config file).
     ///
     /// # Errors
-    /// [`StartError`] if a configured model is not defined, or its endpoint
-    /// is not a valid URI.
-    pub fn new(config: &GatewayConfig, reader: Arc<FeatureReader<S>>) -> Result<Self, StartError> {
+    /// [`StartError`] if a configured model is not defined, an endpoint is
+    /// not a valid URI, or the stored routing cannot be read.
+    pub async fn new(
+        config: &GatewayConfig,
+        reader: Arc<FeatureReader<S>>,
+    ) -> Result<Self, StartError> {
         let defs: &FeatureDefinitions = reader.definitions();
         let mut clients: HashMap<String, Arc<ModelClient>> = HashMap::new();
+        let mut shadow_clients: HashMap<String, Arc<ModelClient>> = HashMap::new();
         let mut routes = HashMap::new();
+        let client = |pool: &mut HashMap<String, Arc<ModelClient>>, endpoint: &str| {
+            if let Some(c) = pool.get(endpoint) {
+                return Ok::<_, StartError>(Arc::clone(c));
+            }
+            let c = Arc::new(ModelClient::new(
+                endpoint,
+                Duration::from_secs(2),
+                BreakerConfig::default(),
+            )?);
+            pool.insert(endpoint.to_owned(), Arc::clone(&c));
+            Ok(c)
+        };
         for m in &config.models {
             let features = defs
                 .model(&m.name)
@@ -144,43 +203,98 @@ impl<S: FeatureStore> Gateway<S> {
                     definitions: config.definitions.display().to_string(),
                 })?
                 .clone();
-            let client = match clients.get(&m.endpoint) {
-                Some(c) => Arc::clone(c),
-                None => {
-                    let c = Arc::new(ModelClient::new(
-                        &m.endpoint,
-                        Duration::from_secs(2),
-                        BreakerConfig::default(),
-                    )?);
-                    clients.insert(m.endpoint.clone(), Arc::clone(&c));
-                    c
-                }
-            };
+            let mut route_clients = HashMap::new();
+            let mut route_shadow_clients = HashMap::new();
+            for endpoint in std::iter::once(&m.endpoint).chain(m.endpoints.values()) {
+                route_clients.insert(endpoint.clone(), client(&mut clients, endpoint)?);
+                route_shadow_clients
+                    .insert(endpoint.clone(), client(&mut shadow_clients, endpoint)?);
+            }
             routes.insert(
                 m.name.clone(),
-                Route {
+                Arc::new(Route {
                     config: m.clone(),
                     features,
-                    client,
-                },
+                    clients: route_clients,
+                    shadow_clients: route_shadow_clients,
+                }),
             );
         }
-        let log = config
-            .prediction_log
-            .enabled
-            .then(|| PredictionLog::start(Arc::clone(reader.store()), &config.prediction_log));
+        let log = config.prediction_log.enabled.then(|| {
+            Arc::new(PredictionLog::start(
+                Arc::clone(reader.store()),
+                &config.prediction_log,
+            ))
+        });
+        let file: Vec<(String, crate::rollout::RoutingTable)> = config
+            .models
+            .iter()
+            .map(|m| (m.name.clone(), m.routing.clone()))
+            .collect();
+        let routing = LiveRouting::open(Arc::clone(reader.store()), &file).await?;
         Ok(Gateway {
             enricher: Enricher::new(reader),
             routes,
             request_timeout: config.server.request_timeout,
             log,
             log_retention: config.prediction_log.retention,
+            routing,
+            shadows: Arc::new(ShadowPool::new(
+                config.rollout.shadow_concurrency,
+                config.rollout.shadow_timeout,
+            )),
         })
+    }
+
+    /// Whether the caller of `input` may have the version it asks for
+    /// explicitly (a pilot version only for its groups), checked before any
+    /// work is done; nothing to check without an explicit version.
+    ///
+    /// # Errors
+    /// [`GatewayError::PermissionDenied`] for a pilot version outside the
+    /// caller's groups, [`GatewayError::UnknownVersion`] for a version the
+    /// routing does not serve.
+    pub fn check_explicit_version(&self, input: &PredictInput) -> Result<(), GatewayError> {
+        if input.model_version.is_empty() {
+            return Ok(());
+        }
+        let Some(served) = self.routing.current(&input.model) else {
+            return Ok(());
+        };
+        rollout::choose(
+            &served.table,
+            &input.model,
+            RouteKey {
+                subject: &input.subject,
+                groups: &input.groups,
+                entity: "",
+                explicit: &input.model_version,
+            },
+        )
+        .map(drop)
+        .map_err(GatewayError::from)
+    }
+
+    /// The live routing of every model.
+    pub fn routing(&self) -> &LiveRouting<S> {
+        &self.routing
+    }
+
+    /// The shadow pool (counts for `/metrics`; drained at shutdown).
+    pub fn shadows(&self) -> &ShadowPool {
+        &self.shadows
+    }
+
+    /// The configured models, sorted.
+    pub fn model_names(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = self.routes.keys().map(String::as_str).collect();
+        names.sort_unstable();
+        names
     }
 
     /// The prediction log (None when disabled by config).
     pub fn prediction_log(&self) -> Option<&PredictionLog> {
-        self.log.as_ref()
+        self.log.as_deref()
     }
 
     /// Writes what the prediction log holds and stops it (graceful
@@ -286,64 +400,123 @@ impl<S: FeatureStore> Gateway<S> {
         self.request_timeout
     }
 
-    /// Checks every model against its model-server's metadata: the input
-    /// tensor's name, FP32 datatype and width, and the scores output.
+    /// Checks every version the routing serves (stable, canary, pilots)
+    /// against its model-server's metadata: the input tensor's name, FP32
+    /// datatype and width, and the scores output. A shadow version that
+    /// fails is only logged: it never answers a caller.
     ///
     /// # Errors
     /// [`StartError::Mismatch`] saying exactly what differs, or the call's
     /// error.
     pub async fn check_models(&self, deadline: Duration) -> Result<(), StartError> {
         for route in self.routes.values() {
-            let m = &route.config;
-            let meta = route.client.metadata(&m.name, &m.version, deadline).await?;
-            let mismatch = |detail: String| StartError::Mismatch {
-                model: m.name.clone(),
-                endpoint: m.endpoint.clone(),
-                detail,
+            let Some(served) = self.routing.current(&route.config.name) else {
+                continue;
             };
-            let input = route.features.input();
-            let Some(t) = meta.inputs.iter().find(|t| t.name == input.name()) else {
-                let names: Vec<&str> = meta.inputs.iter().map(|t| t.name.as_str()).collect();
-                return Err(mismatch(format!(
-                    "the definitions build input {:?}, the server's inputs are {names:?}",
-                    input.name()
-                )));
-            };
-            if t.datatype != input.dtype().as_str() {
-                return Err(mismatch(format!(
-                    "input {:?} is {} on the server, the definitions build {}",
-                    t.name,
-                    t.datatype,
-                    input.dtype()
-                )));
+            for version in served.table.serving_versions() {
+                Self::check_version(route, version, deadline).await?;
             }
-            let width = input.width() as i64;
-            if t.shape.len() != 2 || t.shape[1] != width {
-                return Err(mismatch(format!(
-                    "input {:?} has shape {:?} on the server, the definitions build [batch, {width}]",
-                    t.name, t.shape
-                )));
-            }
-            let scores = &m.postprocess.scores_output;
-            if !meta.outputs.iter().any(|o| &o.name == scores) {
-                let names: Vec<&str> = meta.outputs.iter().map(|o| o.name.as_str()).collect();
-                return Err(mismatch(format!(
-                    "postprocess.scores_output {scores:?} is not an output; the server's outputs are {names:?}"
-                )));
+            for version in &served.table.shadows {
+                if let Err(e) = Self::check_version(route, version, deadline).await {
+                    tracing::warn!(model = %route.config.name, version = %version, "shadow version failed its check (its copies will fail and be counted): {e}");
+                }
             }
         }
         Ok(())
     }
 
-    /// Whether every model is ready on its model-server.
+    /// Checks `versions` of `model` on their model-servers before a routing
+    /// change brings them into service.
+    ///
+    /// # Errors
+    /// What differs or why the model-server could not say, for a person.
+    pub async fn check_versions(
+        &self,
+        model: &str,
+        versions: &[String],
+        deadline: Duration,
+    ) -> Result<(), String> {
+        let route = self
+            .routes
+            .get(model)
+            .ok_or_else(|| format!("model {model:?} is not configured"))?;
+        for v in versions {
+            Self::check_version(route, v, deadline)
+                .await
+                .map_err(|e| format!("version '{v}' cannot serve: {e}"))?;
+        }
+        Ok(())
+    }
+
+    async fn check_version(
+        route: &Route,
+        version: &str,
+        deadline: Duration,
+    ) -> Result<(), StartError> {
+        let m = &route.config;
+        let endpoint = m.endpoint_of(version);
+        let client = route.client(version).map_err(|e| StartError::Mismatch {
+            model: m.name.clone(),
+            endpoint: endpoint.to_owned(),
+            detail: e.to_string(),
+        })?;
+        let meta = client.metadata(&m.name, version, deadline).await?;
+        let mismatch = |detail: String| StartError::Mismatch {
+            model: m.name.clone(),
+            endpoint: endpoint.to_owned(),
+            detail: if version.is_empty() {
+                detail
+            } else {
+                format!("version {version}: {detail}")
+            },
+        };
+        let input = route.features.input();
+        let Some(t) = meta.inputs.iter().find(|t| t.name == input.name()) else {
+            let names: Vec<&str> = meta.inputs.iter().map(|t| t.name.as_str()).collect();
+            return Err(mismatch(format!(
+                "the definitions build input {:?}, the server's inputs are {names:?}",
+                input.name()
+            )));
+        };
+        if t.datatype != input.dtype().as_str() {
+            return Err(mismatch(format!(
+                "input {:?} is {} on the server, the definitions build {}",
+                t.name,
+                t.datatype,
+                input.dtype()
+            )));
+        }
+        let width = input.width() as i64;
+        if t.shape.len() != 2 || t.shape[1] != width {
+            return Err(mismatch(format!(
+                "input {:?} has shape {:?} on the server, the definitions build [batch, {width}]",
+                t.name, t.shape
+            )));
+        }
+        let scores = &m.postprocess.scores_output;
+        if !meta.outputs.iter().any(|o| &o.name == scores) {
+            let names: Vec<&str> = meta.outputs.iter().map(|o| o.name.as_str()).collect();
+            return Err(mismatch(format!(
+                "postprocess.scores_output {scores:?} is not an output; the server's outputs are {names:?}"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Whether every version that answers callers is ready on its
+    /// model-server (shadows do not count).
     pub async fn models_ready(&self, deadline: Duration) -> bool {
         for route in self.routes.values() {
-            if !route
-                .client
-                .ready(&route.config.name, &route.config.version, deadline)
-                .await
-            {
+            let Some(served) = self.routing.current(&route.config.name) else {
                 return false;
+            };
+            for version in served.table.serving_versions() {
+                let Ok(client) = route.client(version) else {
+                    return false;
+                };
+                if !client.ready(&route.config.name, version, deadline).await {
+                    return false;
+                }
             }
         }
         true
@@ -449,12 +622,28 @@ impl<S: FeatureStore> Gateway<S> {
             .get(&input.model)
             .ok_or_else(|| GatewayError::UnknownModel {
                 model: input.model.clone(),
-                known: {
-                    let mut names: Vec<&str> = self.routes.keys().map(String::as_str).collect();
-                    names.sort_unstable();
-                    names.join(", ")
-                },
+                known: self.model_names().join(", "),
             })?;
+        let served = self.routing.current(&input.model).ok_or_else(|| {
+            GatewayError::RoutingDamaged(format!("model {:?} has no routing", input.model))
+        })?;
+        let table = &served.table;
+        // The entity key is hashed only when a canary splits by entity.
+        let sticky_entity = if table.canary.is_some() && table.sticky_by == StickyBy::Entity {
+            sticky_entity(&input.keys)
+        } else {
+            String::new()
+        };
+        let (version, kind) = rollout::choose(
+            table,
+            &route.config.name,
+            RouteKey {
+                subject: &input.subject,
+                groups: &input.groups,
+                entity: &sticky_entity,
+                explicit: &input.model_version,
+            },
+        )?;
         let enriched = self
             .enricher
             .enrich(
@@ -465,15 +654,10 @@ impl<S: FeatureStore> Gateway<S> {
             )
             .instrument(tracing::info_span!("enrich", model = %route.config.name))
             .await?;
-        let version = if input.model_version.is_empty() {
-            route.config.version.as_str()
-        } else {
-            input.model_version.as_str()
-        };
         let left = budget.saturating_sub(started.elapsed());
         let model_deadline = left.min(route.config.timeout);
         let answer = route
-            .client
+            .client(version)?
             .infer(
                 &route.config.name,
                 version,
@@ -482,7 +666,7 @@ impl<S: FeatureStore> Gateway<S> {
                 route.features.input().width(),
                 model_deadline,
             )
-            .instrument(tracing::info_span!("infer", endpoint = %route.config.endpoint))
+            .instrument(tracing::info_span!("infer", endpoint = %route.config.endpoint_of(version), version = %version, route = kind.as_str()))
             .await?;
         let outputs = route
             .config
@@ -501,20 +685,16 @@ impl<S: FeatureStore> Gateway<S> {
             defaulted: enriched.defaulted,
             row: enriched.row,
             model_time: answer.elapsed,
+            route: kind,
         };
         if let Some(log) = &self.log {
-            log.record(PredictionRecord {
+            let record = PredictionRecord {
                 prediction_id: prediction.prediction_id.clone(),
                 at: feature_store::store::now_micros(),
                 subject: input.subject.clone(),
                 model: prediction.model.clone(),
                 model_version: prediction.model_version.clone(),
-                route: if input.model_version.is_empty() {
-                    "stable"
-                } else {
-                    "explicit"
-                }
-                .to_owned(),
+                route: kind.as_str().to_owned(),
                 entity: enriched.entity_key,
                 inputs: prediction.row.clone(),
                 view_ages_ms: prediction
@@ -528,17 +708,112 @@ impl<S: FeatureStore> Gateway<S> {
                     })
                     .collect(),
                 defaulted: prediction.defaulted.clone(),
-                outputs: prediction
-                    .outputs
-                    .iter()
-                    .map(|o| LoggedOutput {
-                        name: o.name.clone(),
-                        label: (!o.label.is_empty()).then(|| o.label.clone()),
-                        score: o.score,
-                    })
-                    .collect(),
-            });
+                outputs: logged(&prediction.outputs),
+                shadow_of: None,
+                model_time_us: Some(micros(prediction.model_time)),
+            };
+            if !table.shadows.is_empty() {
+                self.shadow(route, &table.shadows, &record, log);
+            }
+            log.record(record);
         }
         Ok(prediction)
     }
+
+    /// Sends a copy of an answered call's input to each shadow version, on
+    /// tasks of their own bounded by the shadow pool; a full pool drops the
+    /// copy (counted). Each answer is logged as a `shadow` record naming the
+    /// prediction it shadowed. Nothing here can delay or fail the caller.
+    fn shadow(
+        &self,
+        route: &Arc<Route>,
+        versions: &[String],
+        primary: &PredictionRecord,
+        log: &Arc<PredictionLog>,
+    ) {
+        for version in versions {
+            let Some(permit) = self.shadows.try_start(&route.config.name, version) else {
+                continue;
+            };
+            let (route, pool, log) = (
+                Arc::clone(route),
+                Arc::clone(&self.shadows),
+                Arc::clone(log),
+            );
+            let version = version.clone();
+            let mut record = primary.clone();
+            tokio::spawn(async move {
+                let _permit = permit;
+                let m = &route.config;
+                let result = async {
+                    let answer = route
+                        .shadow_client(&version)?
+                        .infer(
+                            &m.name,
+                            &version,
+                            route.features.input().name(),
+                            &record.inputs,
+                            route.features.input().width(),
+                            pool.timeout(),
+                        )
+                        .await?;
+                    let outputs = m.postprocess.apply(&answer.outputs, 0).map_err(|detail| {
+                        GatewayError::BadModelAnswer {
+                            model: m.name.clone(),
+                            detail,
+                        }
+                    })?;
+                    Ok::<_, GatewayError>((answer.model_version, answer.elapsed, outputs))
+                }
+                .await;
+                match result {
+                    Ok((answered_version, elapsed, outputs)) => {
+                        pool.finished(&m.name, &version, true);
+                        record.shadow_of = Some(std::mem::take(&mut record.prediction_id));
+                        record.prediction_id = uuid::Uuid::now_v7().to_string();
+                        record.at = feature_store::store::now_micros();
+                        record.model_version = answered_version;
+                        record.route = RouteKind::Shadow.as_str().to_owned();
+                        record.outputs = logged(&outputs);
+                        record.model_time_us = Some(micros(elapsed));
+                        log.record(record);
+                    }
+                    Err(e) => {
+                        pool.finished(&m.name, &version, false);
+                        tracing::debug!(model = %m.name, version = %version, "shadow call failed: {e}");
+                    }
+                }
+            });
+        }
+    }
+}
+
+fn logged(outputs: &[Processed]) -> Vec<LoggedOutput> {
+    outputs
+        .iter()
+        .map(|o| LoggedOutput {
+            name: o.name.clone(),
+            label: (!o.label.is_empty()).then(|| o.label.clone()),
+            score: o.score,
+        })
+        .collect()
+}
+
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
+/// The entity's key values in key-name order, joined: what a split by
+/// entity hashes.
+fn sticky_entity(keys: &HashMap<String, String>) -> String {
+    let mut pairs: Vec<(&String, &String)> = keys.iter().collect();
+    pairs.sort_unstable();
+    let mut out = String::new();
+    for (i, (_, v)) in pairs.into_iter().enumerate() {
+        if i > 0 {
+            out.push(feature_store::source::KEY_SEPARATOR);
+        }
+        out.push_str(v);
+    }
+    out
 }

@@ -73,6 +73,46 @@ pub enum GatewayError {
     /// A valid caller without the right to do this.
     #[error("{0}")]
     PermissionDenied(String),
+    /// The caller asked for a model version the routing does not serve.
+    #[error("{0}")]
+    UnknownVersion(String),
+    /// A routing change does not fit the current routing or its versions
+    /// failed their model-server check.
+    #[error("{0}")]
+    RoutingRefused(String),
+    /// Concurrent routing changes kept winning over this one.
+    #[error("{0}")]
+    RoutingConflict(String),
+    /// The stored routing cannot be used.
+    #[error("{0}")]
+    RoutingDamaged(String),
+}
+
+impl From<crate::rollout::RouteError> for GatewayError {
+    fn from(e: crate::rollout::RouteError) -> Self {
+        match e {
+            crate::rollout::RouteError::NotPilot { .. } => {
+                GatewayError::PermissionDenied(e.to_string())
+            }
+            _ => GatewayError::UnknownVersion(e.to_string()),
+        }
+    }
+}
+
+impl From<crate::rollout::live::RolloutError> for GatewayError {
+    fn from(e: crate::rollout::live::RolloutError) -> Self {
+        use crate::rollout::live::RolloutError as R;
+        match e {
+            R::UnknownModel(model) => GatewayError::UnknownModel {
+                model,
+                known: "the models listed by GET /v1/admin/models".to_owned(),
+            },
+            R::Store(s) => GatewayError::FeatureStore(s.into()),
+            R::Change(_) | R::VersionCheck(_) => GatewayError::RoutingRefused(e.to_string()),
+            R::Conflict(_) => GatewayError::RoutingConflict(e.to_string()),
+            other => GatewayError::RoutingDamaged(other.to_string()),
+        }
+    }
 }
 
 impl From<EnrichError> for GatewayError {
@@ -140,6 +180,12 @@ impl GatewayError {
             GatewayError::PermissionDenied(_) => {
                 (403, tonic::Code::PermissionDenied, "permission_denied")
             }
+            GatewayError::UnknownVersion(_) => (404, tonic::Code::NotFound, "unknown_version"),
+            GatewayError::RoutingRefused(_) => {
+                (400, tonic::Code::FailedPrecondition, "routing_refused")
+            }
+            GatewayError::RoutingConflict(_) => (409, tonic::Code::Aborted, "routing_conflict"),
+            GatewayError::RoutingDamaged(_) => (500, tonic::Code::Internal, "routing_damaged"),
         };
         ErrorCode { http, grpc, code }
     }

@@ -60,6 +60,7 @@ fn input(
         keys: r.entity.map(|e| e.keys).unwrap_or_default(),
         request_features,
         subject: caller.map_or_else(|| crate::core::ANONYMOUS.to_owned(), |c| c.subject.clone()),
+        groups: caller.map(|c| c.groups.clone()).unwrap_or_default(),
     })
 }
 
@@ -69,6 +70,7 @@ pub fn to_proto(p: Prediction) -> pb::PredictResponse {
         prediction_id: p.prediction_id,
         model: p.model,
         model_version: p.model_version,
+        route: p.route.as_str().to_owned(),
         outputs: p
             .outputs
             .into_iter()

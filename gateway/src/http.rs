@@ -91,6 +91,7 @@ pub fn prediction_json(p: &Prediction) -> Value {
         "prediction_id": p.prediction_id,
         "model": p.model,
         "model_version": p.model_version,
+        "route": p.route.as_str(),
         "outputs": p.outputs.iter().map(|o| json!({
             "name": o.name,
             "label": o.label,
@@ -124,7 +125,7 @@ async fn predict_one<S: FeatureStore>(
 ) -> Result<Prediction, GatewayError> {
     let Json(body) = body
         .map_err(|e| GatewayError::InvalidArgument(format!("request body: {}", e.body_text())))?;
-    let input = predict_input(model, body, "", &caller.subject)?;
+    let input = predict_input(model, body, "", caller)?;
     authorize_predict(shared, "rest", caller, &input)?;
     shared.gateway.predict(&input, None).await
 }
@@ -145,16 +146,25 @@ pub(crate) fn authorize_predict<S: FeatureStore>(
         Some(caller),
         Access::Predict {
             model: &input.model,
-            version: &input.model_version,
         },
-    )
+    )?;
+    // A pilot version asked for by a caller outside its groups is a policy
+    // denial too (counted with the others).
+    shared
+        .gateway
+        .check_explicit_version(input)
+        .inspect_err(|e| {
+            if matches!(e, GatewayError::PermissionDenied(_)) {
+                shared.metrics.auth_denied(front, "predict");
+            }
+        })
 }
 
 fn predict_input(
     model: String,
     body: PredictBody,
     at: &str,
-    subject: &str,
+    caller: &Caller,
 ) -> Result<PredictInput, GatewayError> {
     let mut request_features = HashMap::with_capacity(body.request_features.len());
     for (k, v) in &body.request_features {
@@ -166,7 +176,8 @@ fn predict_input(
         model_version: body.model_version,
         keys: body.entity,
         request_features,
-        subject: subject.to_owned(),
+        subject: caller.subject.clone(),
+        groups: caller.groups.clone(),
     })
 }
 
@@ -201,7 +212,7 @@ async fn predict_batch<S: FeatureStore>(
                 model.clone(),
                 one,
                 &format!("requests[{i}]."),
-                &caller.subject,
+                &caller,
             )?);
         }
         for input in &inputs {
@@ -445,6 +456,18 @@ pub fn router<S: FeatureStore>(shared: Arc<Shared<S>>) -> Router {
         .route("/v1/features/{view}/push", post(push::<S>))
         .route("/v1/feedback", post(feedback::<S>))
         .route("/v1/admin/tuner/jobs/{job}", get(admin_tuner_job::<S>))
+        .route(
+            "/v1/admin/models",
+            get(crate::routing_admin::rest_list::<S>),
+        )
+        .route(
+            "/v1/admin/models/{model}/routing",
+            get(crate::routing_admin::rest_get::<S>).post(crate::routing_admin::rest_change::<S>),
+        )
+        .route(
+            "/v1/admin/models/{model}/shadow-report",
+            get(crate::routing_admin::rest_shadow_report::<S>),
+        )
         .route_layer(axum::middleware::from_fn_with_state(
             shared.auth.clone(),
             crate::auth::layer::rest,

@@ -7,7 +7,9 @@
 //! fronts, [`metrics`], the [`predlog`] prediction log writer (feedback joins
 //! to it), the tower stack in [`layers`] (span, shedding, concurrency limit,
 //! timeout), [`auth`] (SSO tokens, the access policy, the dev issuer) and the
-//! [`server`] that runs them. Not built yet: rollout (issue 8).
+//! [`server`] that runs them, and [`rollout`] (stable, canary, pilot and
+//! shadow versions, sticky split, changes at run time) with its admin API in
+//! [`routing_admin`].
 
 pub mod auth;
 pub mod config;
@@ -21,4 +23,6 @@ pub mod layers;
 pub mod metrics;
 pub mod postprocess;
 pub mod predlog;
+pub mod rollout;
+pub mod routing_admin;
 pub mod server;

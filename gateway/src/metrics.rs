@@ -65,6 +65,8 @@ pub struct Metrics {
     auth_failures: Mutex<Vec<((&'static str, &'static str), u64)>>,
     /// (front, api) → authenticated callers denied by the policy.
     auth_denied: Mutex<Vec<((&'static str, &'static str), u64)>>,
+    /// ("config", result) → config file reloads.
+    config_reloads: Mutex<Vec<((&'static str, &'static str), u64)>>,
     predict_latency: Histogram,
     model_latency: Histogram,
 }
@@ -89,6 +91,86 @@ impl Metrics {
     /// Counts a caller the policy denied, by front and API.
     pub fn auth_denied(&self, front: &'static str, api: &'static str) {
         bump(&self.auth_denied, (front, api));
+    }
+
+    /// Counts a config file reload by result (`applied`, `invalid`, `failed`).
+    pub fn config_reload(&self, result: &'static str) {
+        bump(&self.config_reloads, ("config", result));
+    }
+
+    /// Appends the routing per model, the shadow pool's counts and the
+    /// config reloads.
+    pub fn render_rollout<S: feature_store::store::FeatureStore>(
+        &self,
+        out: &mut String,
+        routing: &crate::rollout::live::LiveRouting<S>,
+        shadows: &crate::rollout::shadow::ShadowPool,
+    ) {
+        let _ = writeln!(
+            out,
+            "# HELP mlgw_routing_revision Revision of the routing each model serves.\n# TYPE mlgw_routing_revision gauge"
+        );
+        let mut models: Vec<&str> = routing.models().collect();
+        models.sort_unstable();
+        let mut shares = String::new();
+        for m in models {
+            if let Some(served) = routing.current(m) {
+                let _ = writeln!(
+                    out,
+                    "mlgw_routing_revision{{model=\"{m}\"}} {}",
+                    served.revision
+                );
+                for (version, role) in served.table.roles() {
+                    let share = match role {
+                        "stable" => {
+                            let canary = served.table.canary.as_ref().map_or(0, |c| c.basis_points);
+                            f64::from(crate::rollout::BUCKETS - canary) / 100.0
+                        }
+                        "canary" => served
+                            .table
+                            .canary
+                            .as_ref()
+                            .map_or(0.0, |c| f64::from(c.basis_points) / 100.0),
+                        _ => 0.0,
+                    };
+                    let _ = writeln!(
+                        shares,
+                        "mlgw_routing_share_percent{{model=\"{m}\",version=\"{version}\",role=\"{role}\"}} {share}"
+                    );
+                }
+            }
+        }
+        let _ = writeln!(
+            out,
+            "# HELP mlgw_routing_share_percent Share of callers each version gets by the sticky split (pilots and shadows: 0).\n# TYPE mlgw_routing_share_percent gauge"
+        );
+        out.push_str(&shares);
+        let _ = writeln!(
+            out,
+            "# HELP mlgw_shadow_calls_total Shadow copies by model, version and result (dropped: the shadow pool was full).\n# TYPE mlgw_shadow_calls_total counter"
+        );
+        for ((m, v), c) in shadows.counts() {
+            for (result, n) in [("ok", c.ok), ("failed", c.failed), ("dropped", c.dropped)] {
+                let _ = writeln!(
+                    out,
+                    "mlgw_shadow_calls_total{{model=\"{m}\",version=\"{v}\",result=\"{result}\"}} {n}"
+                );
+            }
+        }
+        let _ = writeln!(
+            out,
+            "# HELP mlgw_shadow_in_flight Shadow calls running now.\n# TYPE mlgw_shadow_in_flight gauge\nmlgw_shadow_in_flight {}",
+            shadows.in_flight()
+        );
+        let _ = writeln!(
+            out,
+            "# HELP mlgw_config_reloads_total Config file edits seen while running, by result.\n# TYPE mlgw_config_reloads_total counter"
+        );
+        if let Ok(r) = self.config_reloads.lock() {
+            for ((_, result), n) in r.iter() {
+                let _ = writeln!(out, "mlgw_config_reloads_total{{result=\"{result}\"}} {n}");
+            }
+        }
     }
 
     /// Appends the auth counters and the signing-key state.

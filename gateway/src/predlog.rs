@@ -269,6 +269,8 @@ mod tests {
             view_ages_ms: BTreeMap::new(),
             defaulted: Vec::new(),
             outputs: Vec::new(),
+            shadow_of: None,
+            model_time_us: Some(120),
         }
     }
 

@@ -61,6 +61,8 @@ impl<S: feature_store::store::FeatureStore> Shared<S> {
         }
         self.metrics
             .render_auth(&mut out, &self.auth.verifier.keys().stats);
+        self.metrics
+            .render_rollout(&mut out, self.gateway.routing(), self.gateway.shadows());
         out
     }
 }
@@ -141,6 +143,7 @@ pub struct GatewayServer {
     keys: Arc<IssuerKeys>,
     key_refresh: Duration,
     dev_token: Option<DevToken>,
+    config: GatewayConfig,
 }
 
 impl GatewayServer {
@@ -161,7 +164,7 @@ impl GatewayServer {
                 .await
                 .map_err(|e| ServeError::Store(e.to_string()))?,
         );
-        let gateway = Gateway::new(config, Arc::clone(&reader))?;
+        let gateway = Gateway::new(config, Arc::clone(&reader)).await?;
         gateway.check_models(Duration::from_secs(10)).await?;
         let bind = |port: u16| {
             let addr = format!("{}:{port}", config.server.host);
@@ -216,11 +219,6 @@ impl GatewayServer {
             Arc::clone(&keys),
         ));
         let metrics = Arc::new(crate::metrics::Metrics::default());
-        let versions = config
-            .models
-            .iter()
-            .map(|m| (m.name.clone(), m.version.clone()))
-            .collect();
         Ok(GatewayServer {
             shared: Arc::new(Shared {
                 gateway,
@@ -229,7 +227,7 @@ impl GatewayServer {
                 metrics: Arc::clone(&metrics),
                 limit_total: config.server.max_concurrent_requests,
                 auth: AuthState { verifier, metrics },
-                policy: Policy::new(auth.rules.clone(), auth.pilots.clone(), versions),
+                policy: Policy::new(auth.rules.clone(), auth.pilots.clone()),
                 dev_issuer,
             }),
             reader,
@@ -238,6 +236,7 @@ impl GatewayServer {
             keys,
             key_refresh: auth.jwks_refresh,
             dev_token,
+            config: config.clone(),
         })
     }
 
@@ -273,6 +272,18 @@ impl GatewayServer {
         let stop = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
             let _ = rx.wait_for(|v| *v).await;
         };
+        // Routing changes made through other replicas, and edits of the
+        // config file's routing, reach this gateway while it runs.
+        let routing_poll = {
+            let shared = Arc::clone(&self.shared);
+            let (interval, stopped) = (self.config.rollout.poll, stop(rx.clone()));
+            tokio::spawn(async move { shared.gateway.routing().watch(interval, stopped).await })
+        };
+        let config_watch = self.config.rollout.config_watch.map(|interval| {
+            let shared = Arc::clone(&self.shared);
+            let (config, stopped) = (self.config.clone(), stop(rx.clone()));
+            tokio::spawn(async move { watch_config(&shared, config, interval, stopped).await })
+        });
         // The tower stack, one definition for both fronts (crate::layers).
         let metrics = Arc::clone(&self.shared);
         let on_refused: crate::layers::OnRefused =
@@ -337,6 +348,11 @@ impl GatewayServer {
                     crate::grpc::FeedbackGrpc::new(Arc::clone(&self.shared)),
                 ),
             )
+            .add_service(
+                proto::gateway::v1::routing_admin_service_server::RoutingAdminServiceServer::new(
+                    crate::routing_admin::RoutingAdminGrpc::new(Arc::clone(&self.shared)),
+                ),
+            )
             .serve_with_incoming_shutdown(incoming, stop(rx));
         tokio::spawn(async move {
             shutdown.await;
@@ -345,6 +361,20 @@ impl GatewayServer {
         let (h, g) = tokio::join!(http.into_future(), grpc);
         watch.abort();
         key_refresh.abort();
+        routing_poll.abort();
+        if let Some(w) = config_watch {
+            w.abort();
+        }
+        // Shadow copies still running queue their records before the log closes.
+        if !self
+            .shared
+            .gateway
+            .shadows()
+            .drain(self.config.rollout.shadow_timeout)
+            .await
+        {
+            tracing::warn!("shadow calls still running at shutdown were abandoned");
+        }
         // Both fronts have drained: every answered prediction is queued.
         let log_deadline = Duration::from_secs(10);
         if !self.shared.gateway.close_log(log_deadline).await {
@@ -356,4 +386,87 @@ impl GatewayServer {
         g.map_err(|e| ServeError::Serve(format!("gRPC: {e}")))?;
         Ok(())
     }
+}
+
+/// Re-reads the config file every `interval`; when it changed and is valid,
+/// applies its routing (recorded as a change by `config-file`). Other edits
+/// need a restart and say so; an invalid file is logged and ignored.
+async fn watch_config(
+    shared: &Shared<AnyStore>,
+    mut applied: GatewayConfig,
+    interval: Duration,
+    stop: impl std::future::Future<Output = ()>,
+) {
+    tokio::pin!(stop);
+    let path = applied.source.clone();
+    let mut last_text = read_file(&path).await.ok();
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = &mut stop => return,
+            _ = tick.tick() => {}
+        }
+        let text = match read_file(&path).await {
+            Ok(t) => t,
+            Err(e) => {
+                if last_text.take().is_some() {
+                    tracing::warn!(path = %path.display(), "cannot read the config file; keeping the running config: {e}");
+                }
+                continue;
+            }
+        };
+        if last_text.as_deref() == Some(text.as_str()) {
+            continue;
+        }
+        last_text = Some(text.clone());
+        let next = match GatewayConfig::parse(&text, &path) {
+            Ok(c) => c,
+            Err(e) => {
+                shared.metrics.config_reload("invalid");
+                tracing::error!(
+                    "config file changed but is invalid; keeping the running config: {e}"
+                );
+                continue;
+            }
+        };
+        let without_routing = |c: &GatewayConfig| {
+            let mut models = c.models.clone();
+            for m in &mut models {
+                m.routing = crate::rollout::RoutingTable::stable("");
+            }
+            (models, c.server.clone(), c.definitions.clone())
+        };
+        if without_routing(&next) != without_routing(&applied) {
+            tracing::warn!(
+                "the config file changed outside [model.routing]; those changes need a restart"
+            );
+        }
+        let tables: Vec<(String, crate::rollout::RoutingTable)> = next
+            .models
+            .iter()
+            .map(|m| (m.name.clone(), m.routing.clone()))
+            .collect();
+        match shared.gateway.routing().apply_file(&tables).await {
+            Ok(changed) => {
+                shared.metrics.config_reload("applied");
+                tracing::info!(models = ?changed, "config file reloaded");
+                applied = next;
+            }
+            Err(e) => {
+                shared.metrics.config_reload("failed");
+                // Try again at the next tick.
+                last_text = None;
+                tracing::error!("config file changed but its routing could not be stored: {e}");
+            }
+        }
+    }
+}
+
+/// Reads a (small) file off the async threads.
+async fn read_file(path: &std::path::Path) -> std::io::Result<String> {
+    let path = path.to_owned();
+    tokio::task::spawn_blocking(move || std::fs::read_to_string(path))
+        .await
+        .map_err(std::io::Error::other)?
 }

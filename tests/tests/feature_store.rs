@@ -18,8 +18,8 @@ use feature_store::refresh::{self, RefreshError, RefreshOptions, RefreshOutcome}
 use feature_store::store::embedded::EmbeddedStore;
 use feature_store::store::scylla::{ScyllaConfig, ScyllaStore};
 use feature_store::store::{
-    AnyStore, BatchRecord, BatchStatus, CurrentBatch, DynamicWrite, FeatureStore, SchemaReport,
-    StaticWrite, StoreError,
+    AnyStore, BatchRecord, BatchStatus, CurrentBatch, DynamicWrite, FeatureStore, RoutingRecord,
+    SchemaReport, StaticWrite, StoreError,
 };
 use feature_store::tuner::controller::{JobState, Policy, Window};
 use feature_store::tuner::metric::MetricKind;
@@ -581,6 +581,8 @@ fn prediction_at(ago: Duration, entity: &str) -> Result<PredictionRecord> {
             label: Some("fraud".into()),
             score: 0.875,
         }],
+        shadow_of: None,
+        model_time_us: Some(850),
     })
 }
 
@@ -702,6 +704,34 @@ async fn tuner_state_survives_a_restart(f: Fixture) -> Result<()> {
     Ok(())
 }
 
+/// The routing document is written compare-and-set: the first write needs
+/// "nothing stored", each later one the revision it read; a writer holding a
+/// stale revision changes nothing, also from a second store handle (another
+/// gateway replica), and what is stored survives a reopen.
+async fn routing_is_compare_and_set(f: Fixture) -> Result<()> {
+    let model = "fraud_detector";
+    assert_eq!(f.store.get_routing(model).await?, None);
+    assert!(!f.store.put_routing(model, Some(1), "{\"a\":0}").await?);
+    assert_eq!(f.store.get_routing(model).await?, None);
+    assert!(f.store.put_routing(model, None, "{\"a\":1}").await?);
+    assert!(!f.store.put_routing(model, None, "{\"a\":2}").await?);
+    let other = match &f.store {
+        AnyStore::Embedded(s) => AnyStore::Embedded(Arc::new(EmbeddedStore::open(s.path())?)),
+        AnyStore::Scylla(s) => {
+            AnyStore::Scylla(Arc::new(ScyllaStore::connect(s.config().clone()).await?))
+        }
+    };
+    // Two writers read revision 1; only the first one's change lands.
+    let seen = other.get_routing(model).await?.context("stored")?;
+    assert_eq!((seen.revision, seen.document.as_str()), (1, "{\"a\":1}"));
+    assert!(other.put_routing(model, Some(1), "{\"a\":3}").await?);
+    assert!(!f.store.put_routing(model, Some(1), "{\"a\":4}").await?);
+    let now = f.store.get_routing(model).await?.context("stored")?;
+    assert_eq!((now.revision, now.document.as_str()), (2, "{\"a\":3}"));
+    assert_eq!(other.get_routing("another_model").await?, None);
+    Ok(())
+}
+
 // ---------------------------------------------------------------------------
 // The row cache, over the real backend with a counter of backend reads.
 
@@ -779,6 +809,17 @@ impl FeatureStore for Counting {
     }
     async fn get_tuner_state(&self, job: &str) -> Result<Option<JobState>, StoreError> {
         self.inner.get_tuner_state(job).await
+    }
+    async fn get_routing(&self, model: &str) -> Result<Option<RoutingRecord>, StoreError> {
+        self.inner.get_routing(model).await
+    }
+    async fn put_routing(
+        &self,
+        model: &str,
+        expected: Option<i64>,
+        document: &str,
+    ) -> Result<bool, StoreError> {
+        self.inner.put_routing(model, expected, document).await
     }
     async fn put_tuner_state(&self, state: &JobState) -> Result<(), StoreError> {
         self.inner.put_tuner_state(state).await
@@ -945,4 +986,5 @@ contract!(
     completed_refresh_invalidates_cached_rows,
     prediction_log_joins_feedback,
     tuner_state_survives_a_restart,
+    routing_is_compare_and_set,
 );

@@ -197,10 +197,13 @@ async fn a_provider_down_at_start_delays_readiness_not_the_start() -> Result<()>
 #[tokio::test]
 async fn pilot_groups_and_scopes_decide_who_may_call_what() -> Result<()> {
     let issuer = rig_env("MLGW_TEST_OIDC_ISSUER")?;
-    let pilot = "[[auth.pilot]]\nmodel = \"fraud_detector\"\nversion = \"2\"\ngroups = [\"pilot-fraud-v2\"]\n";
-    // Pin the model to version 1, so only callers asking for 2 meet the pilot.
-    let (dir, config) = scratch("policy", &oidc_auth(&issuer, pilot), |c| {
-        c.replace("timeout_ms = 1000", "timeout_ms = 1000\nversion = \"1\"")
+    // Version 1 is stable; version 2 is a pilot that members reach only
+    // when they ask for it.
+    let (dir, config) = scratch("policy", &oidc_auth(&issuer, ""), |c| {
+        c.replace(
+            "[model.postprocess]",
+            "[model.routing]\nstable = \"1\"\n[[model.routing.pilot]]\nversion = \"2\"\ngroups = [\"pilot-fraud-v2\"]\nauto = false\n[model.postprocess]",
+        )
     })
     .await?;
     let gw = GatewayProcess::start_ready(&config).await?;

@@ -15,8 +15,8 @@ use std::time::{Duration, SystemTime};
 use redb::{ConcurrencyMode, Database, ReadableDatabase, ReadableTable, TableDefinition};
 
 use super::{
-    BatchRecord, CurrentBatch, DynamicWrite, FeatureStore, SchemaReport, StaticWrite, StoreError,
-    from_micros, to_micros,
+    BatchRecord, CurrentBatch, DynamicWrite, FeatureStore, RoutingRecord, SchemaReport,
+    StaticWrite, StoreError, from_micros, to_micros,
 };
 use crate::codec;
 use crate::freshness::{StoredRow, StoredValue};
@@ -26,7 +26,7 @@ use crate::log::{
 use crate::tuner::controller::JobState;
 
 /// The schema version this build writes and reads.
-pub const SCHEMA_VERSION: u32 = 3;
+pub const SCHEMA_VERSION: u32 = 4;
 
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 /// (view, batch, entity) → data time (i64 µs) + encoded values.
@@ -43,6 +43,8 @@ const PREDICTIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("predicti
 const FEEDBACK: TableDefinition<&str, &[u8]> = TableDefinition::new("feedback");
 /// refresh job → JSON tuner state.
 const TUNER: TableDefinition<&str, &[u8]> = TableDefinition::new("tuner_state");
+/// model → revision (i64 LE) + the gateway's routing document.
+const ROUTING: TableDefinition<&str, &[u8]> = TableDefinition::new("model_routing");
 
 /// The redb-backed store.
 pub struct EmbeddedStore {
@@ -267,6 +269,11 @@ impl FeatureStore for EmbeddedStore {
                 tx.open_table(TUNER).map(drop).map_err(|e| err(e.into()))?;
                 if from < 3 {
                     applied.push("created table tuner_state".to_owned());
+                }
+                // Version 4: the gateway's model routing.
+                tx.open_table(ROUTING).map(drop).map_err(|e| err(e.into()))?;
+                if from < 4 {
+                    applied.push("created table model_routing".to_owned());
                 }
                 meta.insert("schema_version", u64::from(SCHEMA_VERSION))
                     .map_err(|e| err(e.into()))?;
@@ -692,4 +699,64 @@ impl FeatureStore for EmbeddedStore {
         })
         .await
     }
+
+    async fn get_routing(&self, model: &str) -> Result<Option<RoutingRecord>, StoreError> {
+        let model = model.to_owned();
+        self.blocking(move |db, err| {
+            Self::check_schema(db, err)?;
+            let tx = db.begin_read().map_err(|e| err(e.into()))?;
+            let table = tx.open_table(ROUTING).map_err(|e| err(e.into()))?;
+            let Some(v) = table.get(model.as_str()).map_err(|e| err(e.into()))? else {
+                return Ok(None);
+            };
+            decode_routing(&model, v.value()).map(Some)
+        })
+        .await
+    }
+
+    async fn put_routing(
+        &self,
+        model: &str,
+        expected: Option<i64>,
+        document: &str,
+    ) -> Result<bool, StoreError> {
+        let (model, document) = (model.to_owned(), document.to_owned());
+        self.blocking(move |db, err| {
+            Self::check_schema(db, err)?;
+            // One write transaction: redb serialises writers, so the
+            // revision check and the write are atomic across processes.
+            let tx = db.begin_write().map_err(|e| err(e.into()))?;
+            {
+                let mut table = tx.open_table(ROUTING).map_err(|e| err(e.into()))?;
+                let stored = table
+                    .get(model.as_str())
+                    .map_err(|e| err(e.into()))?
+                    .map(|v| decode_routing(&model, v.value()).map(|r| r.revision))
+                    .transpose()?;
+                if stored != expected {
+                    return Ok(false);
+                }
+                let revision = expected.map_or(1, |r| r + 1);
+                let mut value = revision.to_le_bytes().to_vec();
+                value.extend_from_slice(document.as_bytes());
+                table
+                    .insert(model.as_str(), value.as_slice())
+                    .map_err(|e| err(e.into()))?;
+            }
+            tx.commit().map_err(|e| err(e.into()))?;
+            Ok(true)
+        })
+        .await
+    }
+}
+
+fn decode_routing(model: &str, value: &[u8]) -> Result<RoutingRecord, StoreError> {
+    let damaged = |why: &str| StoreError::Backend(format!("damaged routing of {model}: {why}"));
+    let (revision, document) = value
+        .split_first_chunk::<8>()
+        .ok_or_else(|| damaged("shorter than its revision"))?;
+    Ok(RoutingRecord {
+        revision: i64::from_le_bytes(*revision),
+        document: String::from_utf8(document.to_vec()).map_err(|_| damaged("not UTF-8"))?,
+    })
 }

@@ -337,6 +337,35 @@ pub trait FeatureStore: Send + Sync + 'static {
         &self,
         state: &JobState,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// The gateway's routing document of `model` with its revision, if one
+    /// was ever saved.
+    fn get_routing(
+        &self,
+        model: &str,
+    ) -> impl Future<Output = Result<Option<RoutingRecord>, StoreError>> + Send;
+
+    /// Saves `document` as the routing of `model` if the stored revision is
+    /// still `expected` (`None`: nothing stored yet); the new revision is
+    /// `expected + 1` (or 1). Returns `false`, writing nothing, when another
+    /// writer changed it first (compare-and-set: two admins on two gateway
+    /// replicas never overwrite each other's change unseen).
+    fn put_routing(
+        &self,
+        model: &str,
+        expected: Option<i64>,
+        document: &str,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+}
+
+/// A model's routing as the gateway stores it: an opaque (JSON) document and
+/// a revision that grows by one with every change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoutingRecord {
+    /// 1 for the first document, then +1 per change.
+    pub revision: i64,
+    /// The gateway's document.
+    pub document: String,
 }
 
 /// The backend chosen by configuration.
@@ -430,6 +459,17 @@ impl FeatureStore for AnyStore {
     }
     async fn put_tuner_state(&self, state: &JobState) -> Result<(), StoreError> {
         dispatch!(self, s => s.put_tuner_state(state).await)
+    }
+    async fn get_routing(&self, model: &str) -> Result<Option<RoutingRecord>, StoreError> {
+        dispatch!(self, s => s.get_routing(model).await)
+    }
+    async fn put_routing(
+        &self,
+        model: &str,
+        expected: Option<i64>,
+        document: &str,
+    ) -> Result<bool, StoreError> {
+        dispatch!(self, s => s.put_routing(model, expected, document).await)
     }
 }
 

@@ -17,6 +17,8 @@
 //!   of traffic spreads over [`LOG_SHARDS`] partitions, and a time window is
 //!   read partition by partition. Written `USING TTL retention`.
 //! - `tuner_state (job)`: the refresh tuner's state per job, one JSON text.
+//! - `model_routing (model)`: the gateway's routing document per model and its
+//!   revision, changed only by lightweight transactions (`IF revision = ?`).
 //! - `schema_meta`: the schema version.
 //!
 //! Times are stored as `bigint` microseconds, the driver's and ScyllaDB's
@@ -37,8 +39,8 @@ use scylla::statement::prepared::PreparedStatement;
 use tokio::sync::OnceCell;
 
 use super::{
-    BatchRecord, BatchStatus, CurrentBatch, DynamicWrite, FeatureStore, SchemaReport, StaticWrite,
-    StoreError, from_micros, to_micros,
+    BatchRecord, BatchStatus, CurrentBatch, DynamicWrite, FeatureStore, RoutingRecord,
+    SchemaReport, StaticWrite, StoreError, from_micros, to_micros,
 };
 use crate::codec;
 use crate::freshness::{StoredRow, StoredValue};
@@ -50,7 +52,7 @@ use crate::source::RejectedRow;
 use crate::tuner::controller::JobState;
 
 /// The schema version this build writes and reads.
-pub const SCHEMA_VERSION: u32 = 3;
+pub const SCHEMA_VERSION: u32 = 4;
 
 /// Extra attempts for an idempotent refresh write that timed out or found
 /// the cluster busy (backoff 0.4 s, 1.6 s, 6.4 s).
@@ -136,6 +138,9 @@ struct Statements {
     scan_feedback: PreparedStatement,
     get_tuner: PreparedStatement,
     put_tuner: PreparedStatement,
+    get_routing: PreparedStatement,
+    insert_routing: PreparedStatement,
+    update_routing: PreparedStatement,
 }
 
 /// Predictions written at once by one `write_predictions` call.
@@ -425,6 +430,32 @@ impl ScyllaStore {
                             false,
                         )
                         .await?,
+                    get_routing: self
+                        .prepare(
+                            format!(
+                                "SELECT revision, document FROM {ks}.model_routing WHERE model = ?"
+                            ),
+                            true,
+                        )
+                        .await?,
+                    insert_routing: self
+                        .prepare(
+                            format!(
+                                "INSERT INTO {ks}.model_routing (model, revision, document) \
+                                 VALUES (?, 1, ?) IF NOT EXISTS"
+                            ),
+                            false,
+                        )
+                        .await?,
+                    update_routing: self
+                        .prepare(
+                            format!(
+                                "UPDATE {ks}.model_routing SET revision = ?, document = ? \
+                                 WHERE model = ? IF revision = ?"
+                            ),
+                            false,
+                        )
+                        .await?,
                 })
             })
             .await
@@ -570,6 +601,13 @@ impl FeatureStore for ScyllaStore {
                 "table tuner_state".to_owned(),
                 format!(
                     "CREATE TABLE IF NOT EXISTS {ks}.tuner_state (job text PRIMARY KEY, state text)"
+                ),
+            ),
+            (
+                "table model_routing".to_owned(),
+                format!(
+                    "CREATE TABLE IF NOT EXISTS {ks}.model_routing (model text PRIMARY KEY, \
+                     revision bigint, document text)"
                 ),
             ),
             (
@@ -1083,6 +1121,64 @@ impl FeatureStore for ScyllaStore {
                 .await
                 .map(drop)
                 .map_err(map_err)
+        })
+        .await
+    }
+
+    async fn get_routing(&self, model: &str) -> Result<Option<RoutingRecord>, StoreError> {
+        deadline(
+            self.config.read_timeout.max(Duration::from_secs(2)),
+            async {
+                let st = self.statements().await?;
+                // Read at the write consistency: a replica polling after a
+                // change on another one must see it.
+                let mut statement = st.get_routing.clone();
+                statement.set_consistency(self.config.write_consistency);
+                let result = self
+                    .session
+                    .execute_unpaged(&statement, (model,))
+                    .await
+                    .map_err(map_err)?;
+                let rows = result.into_rows_result().map_err(rows_err)?;
+                let row: Option<(i64, String)> = rows.maybe_first_row().map_err(rows_err)?;
+                Ok(row.map(|(revision, document)| RoutingRecord { revision, document }))
+            },
+        )
+        .await
+    }
+
+    async fn put_routing(
+        &self,
+        model: &str,
+        expected: Option<i64>,
+        document: &str,
+    ) -> Result<bool, StoreError> {
+        // A lightweight transaction takes several round trips (Paxos).
+        deadline(self.config.write_timeout.max(Duration::from_secs(5)), async {
+            let st = self.statements().await?;
+            let result = match expected {
+                None => {
+                    self.session
+                        .execute_unpaged(&st.insert_routing, (model, document))
+                        .await
+                }
+                Some(rev) => {
+                    self.session
+                        .execute_unpaged(&st.update_routing, (rev + 1, document, model, rev))
+                        .await
+                }
+            }
+            .map_err(map_err)?;
+            // The first column is `[applied]`; the others (the current
+            // values, when not applied) vary, so read the row untyped.
+            let rows = result.into_rows_result().map_err(rows_err)?;
+            let row: Option<scylla::value::Row> = rows.maybe_first_row().map_err(rows_err)?;
+            match row.as_ref().and_then(|r| r.columns.first()) {
+                Some(Some(scylla::value::CqlValue::Boolean(applied))) => Ok(*applied),
+                other => Err(StoreError::Backend(format!(
+                    "a conditional write of the routing of {model} answered {other:?}, not [applied]"
+                ))),
+            }
         })
         .await
     }

@@ -143,7 +143,8 @@ impl Scoring {
     /// and the output it needs.
     pub fn sample(&self, entry: &LogEntry, view: &str) -> Option<Sample> {
         let p = &entry.prediction;
-        if p.model != self.model {
+        // Shadow copies were never seen by a caller: not the model's metric.
+        if p.model != self.model || p.shadow_of.is_some() {
             return None;
         }
         let feedback = entry.feedback.as_ref()?;

@@ -1,9 +1,8 @@
 //! Who may call what: `[[auth.allow]]` rules per API (and, for predictions,
 //! per model) name the groups and scopes that grant it; `[[auth.pilot]]`
-//! entries close a model, or one version of it, to all but their groups.
-//! Nothing is allowed that no rule grants (deny by default).
-
-use std::collections::HashMap;
+//! entries close a whole model to all but their groups (pilots of one
+//! version are routing, see `crate::rollout`). Nothing is allowed that no
+//! rule grants (deny by default).
 
 use super::Caller;
 
@@ -67,14 +66,13 @@ pub struct Rule {
     pub scopes: Vec<String>,
 }
 
-/// One `[[auth.pilot]]`: `model` (or only its `version`) is reachable only by
-/// callers in `groups` (who still need an allow rule to predict).
+/// One `[[auth.pilot]]`: `model` is reachable only by callers in `groups`
+/// (who still need an allow rule to predict). Pilots of one version are part
+/// of the model's routing ([`crate::rollout`]), which can change at run time.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Pilot {
     /// The model.
     pub model: String,
-    /// One version, or `None` for the whole model.
-    pub version: Option<String>,
     /// The pilot groups.
     pub groups: Vec<String>,
 }
@@ -82,12 +80,10 @@ pub struct Pilot {
 /// What a request wants to do.
 #[derive(Debug, Clone, Copy)]
 pub enum Access<'a> {
-    /// Predict with `model`, asking for `version` ("" = the configured one).
+    /// Predict with `model` (the version is the routing's business).
     Predict {
         /// The model.
         model: &'a str,
-        /// The version asked for.
-        version: &'a str,
     },
     /// Push features to a view.
     Push,
@@ -114,8 +110,6 @@ impl Access<'_> {
 pub struct Policy {
     rules: Vec<Rule>,
     pilots: Vec<Pilot>,
-    /// Model → its configured version ("" = the model-server's default).
-    configured_versions: HashMap<String, String>,
 }
 
 fn any_in(have: &[String], want: &[String]) -> bool {
@@ -124,16 +118,8 @@ fn any_in(have: &[String], want: &[String]) -> bool {
 
 impl Policy {
     /// A policy (validated by the config loader).
-    pub fn new(
-        rules: Vec<Rule>,
-        pilots: Vec<Pilot>,
-        configured_versions: HashMap<String, String>,
-    ) -> Self {
-        Policy {
-            rules,
-            pilots,
-            configured_versions,
-        }
+    pub fn new(rules: Vec<Rule>, pilots: Vec<Pilot>) -> Self {
+        Policy { rules, pilots }
     }
 
     /// Whether `caller` may do `access`.
@@ -144,26 +130,12 @@ impl Policy {
         let api = access.api();
         let who = &caller.subject;
         let target = match access {
-            Access::Predict { model, version } => {
-                let effective = if version.is_empty() {
-                    self.configured_versions
-                        .get(model)
-                        .map_or("", String::as_str)
-                } else {
-                    version
-                };
+            Access::Predict { model } => {
                 for p in &self.pilots {
-                    let hits =
-                        p.model == model && p.version.as_deref().is_none_or(|v| v == effective);
-                    if hits && !any_in(&caller.groups, &p.groups) {
-                        return Err(match &p.version {
-                            Some(v) => format!(
-                                "caller '{who}' is not in a pilot group of model '{model}' version '{v}'"
-                            ),
-                            None => {
-                                format!("caller '{who}' is not in a pilot group of model '{model}'")
-                            }
-                        });
+                    if p.model == model && !any_in(&caller.groups, &p.groups) {
+                        return Err(format!(
+                            "caller '{who}' is not in a pilot group of model '{model}'"
+                        ));
                     }
                 }
                 format!(" with model '{model}'")
@@ -242,41 +214,29 @@ mod tests {
                     scopes: s(&["push"]),
                 },
             ],
-            vec![
-                Pilot {
-                    model: "fraud_detector".into(),
-                    version: Some("2".into()),
-                    groups: s(&["pilot-fraud-v2"]),
-                },
-                Pilot {
-                    model: "beta".into(),
-                    version: None,
-                    groups: s(&["beta-testers"]),
-                },
-            ],
-            HashMap::from([
-                ("fraud_detector".to_owned(), "1".to_owned()),
-                ("beta".to_owned(), String::new()),
-            ]),
+            vec![Pilot {
+                model: "beta".into(),
+                groups: s(&["beta-testers"]),
+            }],
         )
     }
 
-    fn predict<'a>(model: &'a str, version: &'a str) -> Access<'a> {
-        Access::Predict { model, version }
+    fn predict(model: &str) -> Access<'_> {
+        Access::Predict { model }
     }
 
     #[test]
     fn groups_and_scopes_grant_apis() {
         let p = policy();
         let svc = caller("svc-a", &["fraud-team"], &["predict"]);
-        assert_eq!(p.check(&svc, predict("fraud_detector", "")), Ok(()));
+        assert_eq!(p.check(&svc, predict("fraud_detector")), Ok(()));
         assert_eq!(
             p.check(&svc, Access::Push),
             Err("caller 'svc-a' lacks a scope allowed to push features".into())
         );
         let other = caller("svc-b", &["marketing"], &["predict"]);
         assert_eq!(
-            p.check(&other, predict("fraud_detector", "")),
+            p.check(&other, predict("fraud_detector")),
             Err(
                 "caller 'svc-b' is not in a group allowed to predict with model 'fraud_detector'"
                     .into()
@@ -284,13 +244,13 @@ mod tests {
         );
         let no_scope = caller("svc-c", &["fraud-team"], &["feedback"]);
         assert!(
-            p.check(&no_scope, predict("fraud_detector", ""))
+            p.check(&no_scope, predict("fraud_detector"))
                 .is_err_and(|m| m.contains("lacks a scope"))
         );
         // A rule limited to a model covers only that model.
         let growth = caller("g", &["growth"], &[]);
-        assert_eq!(p.check(&growth, predict("churn", "")), Ok(()));
-        assert!(p.check(&growth, predict("fraud_detector", "")).is_err());
+        assert_eq!(p.check(&growth, predict("churn")), Ok(()));
+        assert!(p.check(&growth, predict("fraud_detector")).is_err());
         // No rule at all: denied by default.
         assert_eq!(
             p.check(&svc, Access::Admin),
@@ -302,25 +262,15 @@ mod tests {
     fn pilots_are_reachable_only_by_their_groups() {
         let p = policy();
         let svc = caller("svc-a", &["fraud-team"], &["predict"]);
-        let pilot = caller("svc-p", &["fraud-team", "pilot-fraud-v2"], &["predict"]);
-        assert_eq!(
-            p.check(&svc, predict("fraud_detector", "2")),
-            Err(
-                "caller 'svc-a' is not in a pilot group of model 'fraud_detector' version '2'"
-                    .into()
-            )
-        );
-        assert_eq!(p.check(&pilot, predict("fraud_detector", "2")), Ok(()));
-        assert_eq!(p.check(&svc, predict("fraud_detector", "1")), Ok(()));
-        assert_eq!(p.check(&svc, predict("fraud_detector", "")), Ok(()));
+        assert_eq!(p.check(&svc, predict("fraud_detector")), Ok(()));
         // A whole-model pilot; pilot membership alone does not grant predict.
         let tester = caller("t", &["beta-testers"], &["predict"]);
         assert!(
-            p.check(&svc, predict("beta", ""))
+            p.check(&svc, predict("beta"))
                 .is_err_and(|m| m.contains("pilot group of model 'beta'"))
         );
         assert!(
-            p.check(&tester, predict("beta", ""))
+            p.check(&tester, predict("beta"))
                 .is_err_and(|m| m.contains("not in a group allowed"))
         );
     }

@@ -1,0 +1,458 @@
+//! The routing admin API (admin scope only), one core for both fronts: list
+//! models with their routing, show one with its history, apply a change
+//! (canary weight, promote, shadows, pilots, rollback), and the
+//! shadow-vs-primary report from the prediction log. REST under
+//! `/v1/admin/models/…`, gRPC `gateway.v1.RoutingAdminService`.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use axum::Extension;
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use feature_store::store::FeatureStore;
+use proto::gateway::v1 as pb;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tonic::{Request, Response, Status};
+
+use crate::auth::{Access, Caller};
+use crate::error::GatewayError;
+use crate::rollout::change::{RoutingAction, RoutingChange, RoutingDocument};
+use crate::rollout::report::{ShadowReport, compare};
+use crate::rollout::{RoutingTable, percent};
+use crate::server::Shared;
+
+/// Longest the model-server checks of a change may take (within the
+/// request's own timeout, of which they get three quarters).
+const VERSION_CHECK_DEADLINE: Duration = Duration::from_secs(3);
+/// Longest window a shadow report reads.
+const MAX_REPORT_WINDOW: Duration = Duration::from_secs(7 * 24 * 3600);
+/// Log records a shadow report reads at most.
+const MAX_REPORT_RECORDS: usize = 500_000;
+
+/// A model's stored routing with (a tail of) its history.
+#[derive(Debug, Clone)]
+pub struct RoutingView {
+    /// The model.
+    pub model: String,
+    /// The document's revision.
+    pub revision: i64,
+    /// The document.
+    pub document: RoutingDocument,
+}
+
+impl<S: FeatureStore> Shared<S> {
+    fn known_model(&self, model: &str) -> Result<(), GatewayError> {
+        if self.gateway.serves(model) {
+            Ok(())
+        } else {
+            Err(GatewayError::UnknownModel {
+                model: model.to_owned(),
+                known: self.gateway.model_names().join(", "),
+            })
+        }
+    }
+
+    /// The stored routing of `model` (history trimmed to the newest
+    /// `history_limit`, 0 = all).
+    ///
+    /// # Errors
+    /// Unknown model, store failure.
+    pub async fn routing_view(
+        &self,
+        model: &str,
+        history_limit: usize,
+    ) -> Result<RoutingView, GatewayError> {
+        self.known_model(model)?;
+        let (revision, mut document) = self.gateway.routing().document(model).await?;
+        if history_limit > 0 && document.history.len() > history_limit {
+            let extra = document.history.len() - history_limit;
+            document.history.drain(..extra);
+        }
+        Ok(RoutingView {
+            model: model.to_owned(),
+            revision,
+            document,
+        })
+    }
+
+    /// Applies `action` to `model` as `caller`, after checking the versions
+    /// it brings into service on their model-servers.
+    ///
+    /// # Errors
+    /// Unknown model, a change that does not fit, a failed version check, a
+    /// conflict, the store.
+    pub async fn change_routing(
+        &self,
+        model: &str,
+        action: &RoutingAction,
+        caller: &Caller,
+        reason: Option<String>,
+    ) -> Result<RoutingChange, GatewayError> {
+        self.known_model(model)?;
+        let gateway = &self.gateway;
+        let deadline = VERSION_CHECK_DEADLINE.min(gateway.request_timeout().mul_f64(0.75));
+        let check = |versions: Vec<String>| async move {
+            gateway.check_versions(model, &versions, deadline).await
+        };
+        Ok(gateway
+            .routing()
+            .apply(model, action, &caller.subject, reason, check)
+            .await?)
+    }
+
+    /// Compares each shadow version of `model` with the answers it
+    /// shadowed, over the last `window` of the prediction log.
+    ///
+    /// # Errors
+    /// Unknown model, a window out of range, the store.
+    pub async fn shadow_report(
+        &self,
+        model: &str,
+        window: Duration,
+    ) -> Result<ShadowReport, GatewayError> {
+        self.known_model(model)?;
+        if window.is_zero() || window > MAX_REPORT_WINDOW {
+            return Err(GatewayError::InvalidArgument(format!(
+                "window_s: {} is outside 1..={}",
+                window.as_secs(),
+                MAX_REPORT_WINDOW.as_secs()
+            )));
+        }
+        if let Some(log) = self.gateway.prediction_log() {
+            // Records still in the buffer count too.
+            log.flush(Duration::from_secs(2)).await;
+        }
+        let to = SystemTime::now() + Duration::from_secs(1);
+        let from = to - window;
+        let entries = self
+            .gateway
+            .enricher()
+            .reader()
+            .store()
+            .read_log(from, to, MAX_REPORT_RECORDS)
+            .await
+            .map_err(|e| GatewayError::FeatureStore(e.into()))?;
+        Ok(compare(model, &entries))
+    }
+}
+
+// ---------------------------------------------------------------------------
+// JSON (REST).
+
+/// A table as JSON, the canary's share in percent.
+pub fn table_json(t: &RoutingTable) -> Value {
+    json!({
+        "stable": t.stable,
+        "canary": t.canary.as_ref().map(|c| json!({
+            "version": c.version,
+            "percent": f64::from(c.basis_points) / 100.0,
+            "share": percent(c.basis_points),
+        })),
+        "shadows": t.shadows,
+        "pilots": t.pilots.iter().map(|p| json!({
+            "version": p.version, "groups": p.groups, "auto": p.auto,
+        })).collect::<Vec<_>>(),
+        "sticky_by": t.sticky_by.as_str(),
+    })
+}
+
+fn change_json(c: &RoutingChange) -> Value {
+    json!({
+        "revision": c.revision,
+        "at_ms": c.at_ms,
+        "by": c.by,
+        "what": c.what,
+        "reason": c.reason,
+        "before": c.before.as_ref().map(table_json),
+        "after": table_json(&c.after),
+    })
+}
+
+fn view_json(v: &RoutingView) -> Value {
+    json!({
+        "model": v.model,
+        "revision": v.revision,
+        "current": table_json(&v.document.current),
+        "history": v.document.history.iter().map(change_json).collect::<Vec<_>>(),
+    })
+}
+
+/// `GET /v1/admin/models`: every model with its routing and latest change.
+pub async fn rest_list<S: FeatureStore>(
+    State(shared): State<Arc<Shared<S>>>,
+    Extension(caller): Extension<Caller>,
+) -> Result<Json<Value>, GatewayError> {
+    let result = async {
+        shared.authorize("rest", Some(&caller), Access::Admin)?;
+        let mut models = Vec::new();
+        for m in shared.gateway.model_names() {
+            models.push(view_json(&shared.routing_view(m, 1).await?));
+        }
+        Ok(json!({ "models": models }))
+    }
+    .await;
+    shared.record("rest", "admin", &result);
+    Ok(Json(result?))
+}
+
+/// Query of `GET /v1/admin/models/{model}/routing`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HistoryQuery {
+    /// Newest changes to return (0 or absent: all).
+    #[serde(default)]
+    pub history_limit: usize,
+}
+
+/// `GET /v1/admin/models/{model}/routing`: the routing and its history.
+pub async fn rest_get<S: FeatureStore>(
+    State(shared): State<Arc<Shared<S>>>,
+    Extension(caller): Extension<Caller>,
+    Path(model): Path<String>,
+    query: Result<Query<HistoryQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Value>, GatewayError> {
+    let result = async {
+        shared.authorize("rest", Some(&caller), Access::Admin)?;
+        let Query(q) = query.map_err(|e| GatewayError::InvalidArgument(e.body_text()))?;
+        Ok(view_json(
+            &shared.routing_view(&model, q.history_limit).await?,
+        ))
+    }
+    .await;
+    shared.record("rest", "admin", &result);
+    Ok(Json(result?))
+}
+
+/// The body of `POST /v1/admin/models/{model}/routing`: one action
+/// (`{"action": "set_canary", "version": "2", "percent": 10}`) and an
+/// optional `reason`.
+#[derive(Debug, Deserialize)]
+pub struct ChangeBody {
+    /// Why, for the history.
+    #[serde(default)]
+    pub reason: Option<String>,
+    /// The action.
+    #[serde(flatten)]
+    pub action: Value,
+}
+
+/// `POST /v1/admin/models/{model}/routing`: apply one change; answers the
+/// new routing with the change last in its history.
+pub async fn rest_change<S: FeatureStore>(
+    State(shared): State<Arc<Shared<S>>>,
+    Extension(caller): Extension<Caller>,
+    Path(model): Path<String>,
+    body: Result<Json<ChangeBody>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<Value>, GatewayError> {
+    let result = async {
+        shared.authorize("rest", Some(&caller), Access::Admin)?;
+        let Json(body) = body.map_err(|e| {
+            GatewayError::InvalidArgument(format!("request body: {}", e.body_text()))
+        })?;
+        let action: RoutingAction = serde_json::from_value(body.action).map_err(|e| {
+            GatewayError::InvalidArgument(format!(
+                "request body: {e}; actions: set_stable, set_canary, set_canary_percent, promote, remove_canary, add_shadow, remove_shadow, add_pilot, remove_pilot, rollback"
+            ))
+        })?;
+        shared
+            .change_routing(&model, &action, &caller, body.reason)
+            .await?;
+        Ok(view_json(&shared.routing_view(&model, 20).await?))
+    }
+    .await;
+    shared.record("rest", "admin", &result);
+    Ok(Json(result?))
+}
+
+/// Query of `GET /v1/admin/models/{model}/shadow-report`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReportQuery {
+    /// The window in seconds, ending now (default 3600).
+    #[serde(default = "hour")]
+    pub window_s: u64,
+}
+
+fn hour() -> u64 {
+    3600
+}
+
+/// `GET /v1/admin/models/{model}/shadow-report`: shadow vs primary
+/// (agreement, score difference, model-server latency) from the log.
+pub async fn rest_shadow_report<S: FeatureStore>(
+    State(shared): State<Arc<Shared<S>>>,
+    Extension(caller): Extension<Caller>,
+    Path(model): Path<String>,
+    query: Result<Query<ReportQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Value>, GatewayError> {
+    let result = async {
+        shared.authorize("rest", Some(&caller), Access::Admin)?;
+        let Query(q) = query.map_err(|e| GatewayError::InvalidArgument(e.body_text()))?;
+        let report = shared
+            .shadow_report(&model, Duration::from_secs(q.window_s))
+            .await?;
+        let mut v = serde_json::to_value(&report)
+            .map_err(|e| GatewayError::RoutingDamaged(e.to_string()))?;
+        v["window_s"] = json!(q.window_s);
+        Ok(v)
+    }
+    .await;
+    shared.record("rest", "admin", &result);
+    Ok(Json(result?))
+}
+
+// ---------------------------------------------------------------------------
+// gRPC.
+
+fn table_pb(t: &RoutingTable) -> pb::RoutingTable {
+    pb::RoutingTable {
+        stable: t.stable.clone(),
+        canary: t.canary.as_ref().map(|c| pb::Canary {
+            version: c.version.clone(),
+            percent: f64::from(c.basis_points) / 100.0,
+        }),
+        shadows: t.shadows.clone(),
+        pilots: t
+            .pilots
+            .iter()
+            .map(|p| pb::PilotVersion {
+                version: p.version.clone(),
+                groups: p.groups.clone(),
+                auto: p.auto,
+            })
+            .collect(),
+        sticky_by: t.sticky_by.as_str().to_owned(),
+    }
+}
+
+fn state_pb(v: &RoutingView) -> pb::RoutingState {
+    pb::RoutingState {
+        model: v.model.clone(),
+        revision: v.revision,
+        current: Some(table_pb(&v.document.current)),
+        history: v
+            .document
+            .history
+            .iter()
+            .map(|c| pb::RoutingChange {
+                revision: c.revision,
+                at_ms: i64::try_from(c.at_ms).unwrap_or(i64::MAX),
+                by: c.by.clone(),
+                what: c.what.clone(),
+                reason: c.reason.clone().unwrap_or_default(),
+                before: c.before.as_ref().map(table_pb),
+                after: Some(table_pb(&c.after)),
+            })
+            .collect(),
+    }
+}
+
+fn action_from_pb(
+    a: Option<pb::change_routing_request::Action>,
+) -> Result<RoutingAction, GatewayError> {
+    use pb::change_routing_request::Action as A;
+    Ok(match a {
+        None => {
+            return Err(GatewayError::InvalidArgument(
+                "action: not set; send one of set_stable, set_canary, set_canary_percent, promote, remove_canary, add_shadow, remove_shadow, add_pilot, remove_pilot, rollback".into(),
+            ));
+        }
+        Some(A::SetStable(x)) => RoutingAction::SetStable { version: x.version },
+        Some(A::SetCanary(x)) => RoutingAction::SetCanary {
+            version: x.version,
+            percent: x.percent,
+        },
+        Some(A::SetCanaryPercent(x)) => RoutingAction::SetCanaryPercent { percent: x.percent },
+        Some(A::Promote(_)) => RoutingAction::Promote {},
+        Some(A::RemoveCanary(_)) => RoutingAction::RemoveCanary {},
+        Some(A::AddShadow(x)) => RoutingAction::AddShadow { version: x.version },
+        Some(A::RemoveShadow(x)) => RoutingAction::RemoveShadow { version: x.version },
+        Some(A::AddPilot(x)) => RoutingAction::AddPilot {
+            version: x.version,
+            groups: x.groups,
+            auto: !x.manual_only,
+        },
+        Some(A::RemovePilot(x)) => RoutingAction::RemovePilot { version: x.version },
+        Some(A::Rollback(_)) => RoutingAction::Rollback {},
+    })
+}
+
+/// `gateway.v1.RoutingAdminService` over the shared core.
+pub struct RoutingAdminGrpc<S> {
+    shared: Arc<Shared<S>>,
+}
+
+impl<S> RoutingAdminGrpc<S> {
+    /// Serves `shared`.
+    pub fn new(shared: Arc<Shared<S>>) -> Self {
+        RoutingAdminGrpc { shared }
+    }
+}
+
+#[tonic::async_trait]
+impl<S: FeatureStore> pb::routing_admin_service_server::RoutingAdminService
+    for RoutingAdminGrpc<S>
+{
+    async fn list_routing(
+        &self,
+        request: Request<pb::ListRoutingRequest>,
+    ) -> Result<Response<pb::ListRoutingResponse>, Status> {
+        let caller = request.extensions().get::<Caller>().cloned();
+        let result = async {
+            self.shared
+                .authorize("grpc", caller.as_ref(), Access::Admin)?;
+            let mut models = Vec::new();
+            for m in self.shared.gateway.model_names() {
+                models.push(state_pb(&self.shared.routing_view(m, 1).await?));
+            }
+            Ok(pb::ListRoutingResponse { models })
+        }
+        .await;
+        self.shared.record("grpc", "admin", &result);
+        result.map(Response::new).map_err(|e| e.to_status())
+    }
+
+    async fn get_routing(
+        &self,
+        request: Request<pb::GetRoutingRequest>,
+    ) -> Result<Response<pb::RoutingState>, Status> {
+        let caller = request.extensions().get::<Caller>().cloned();
+        let r = request.into_inner();
+        let result = async {
+            self.shared
+                .authorize("grpc", caller.as_ref(), Access::Admin)?;
+            let view = self
+                .shared
+                .routing_view(&r.model, r.history_limit as usize)
+                .await?;
+            Ok(state_pb(&view))
+        }
+        .await;
+        self.shared.record("grpc", "admin", &result);
+        result.map(Response::new).map_err(|e| e.to_status())
+    }
+
+    async fn change_routing(
+        &self,
+        request: Request<pb::ChangeRoutingRequest>,
+    ) -> Result<Response<pb::RoutingState>, Status> {
+        let caller = request.extensions().get::<Caller>().cloned();
+        let r = request.into_inner();
+        let result = async {
+            self.shared
+                .authorize("grpc", caller.as_ref(), Access::Admin)?;
+            let caller = caller.unwrap_or_default();
+            let action = action_from_pb(r.action)?;
+            let reason = (!r.reason.is_empty()).then_some(r.reason);
+            self.shared
+                .change_routing(&r.model, &action, &caller, reason)
+                .await?;
+            Ok(state_pb(&self.shared.routing_view(&r.model, 20).await?))
+        }
+        .await;
+        self.shared.record("grpc", "admin", &result);
+        result.map(Response::new).map_err(|e| e.to_status())
+    }
+}
