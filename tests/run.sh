@@ -65,6 +65,9 @@ MODEL_SERVER_BIN="$MLGW_MODEL_SERVER_BIN" tests/rig/model-server.sh start
 MLGW_TEST_INTEROP_PYTHON="$(tests/rig/python-venv.sh)"
 export MLGW_TEST_INTEROP_PYTHON
 echo "rig: interop python ready: $MLGW_TEST_INTEROP_PYTHON"
+# kubernetes-validate and the Compose Specification's schema, for the deploy test.
+tests/rig/deploy-tools.sh >"$RIG_DIR/deploy.env"
+echo "rig: deploy validators ready: $(tr '\n' ' ' <"$RIG_DIR/deploy.env")"
 set -a
 # shellcheck disable=SC1091
 . "$RIG_DIR/cassandra.env"
@@ -72,6 +75,8 @@ set -a
 . "$RIG_DIR/oidc.env"
 # shellcheck disable=SC1091
 . "$RIG_DIR/model-server.env"
+# shellcheck disable=SC1091
+. "$RIG_DIR/deploy.env"
 set +a
 
 step "cargo test --workspace"

@@ -1,5 +1,6 @@
 //! `gateway`: reads the config, starts tracing, binds, prints the bound
-//! addresses and a ready `curl` line, serves until SIGTERM or Ctrl-C.
+//! addresses and a ready `curl` line, serves until SIGTERM or Ctrl-C;
+//! `--check-config` only validates the config and its definitions.
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -24,10 +25,27 @@ struct Cli {
     /// Override the config's gRPC port (0: a free port).
     #[arg(long, env = "MLGW_GATEWAY_GRPC_PORT")]
     grpc_port: Option<u16>,
+    /// Load and validate the config and its feature definitions, print a
+    /// summary and exit (0: valid, 1: the error) without serving or
+    /// connecting to anything.
+    #[arg(long)]
+    check_config: bool,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if cli.check_config {
+        return match check_config(&cli.config) {
+            Ok(summary) => {
+                println!("{summary}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("gateway: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let filter = EnvFilter::try_from_env("MLGW_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -51,6 +69,30 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `--check-config`: the checks `bind` makes before it touches the network —
+/// the config, the definitions it names, and a model input declared there for
+/// every `[[model]]`.
+fn check_config(path: &std::path::Path) -> anyhow::Result<String> {
+    let config = GatewayConfig::load(path)?;
+    let defs = feature_store::definitions::FeatureDefinitions::load(&config.definitions)?;
+    for m in &config.models {
+        anyhow::ensure!(
+            defs.model(&m.name).is_some(),
+            "{}: model {:?} is not declared in the definitions {}",
+            path.display(),
+            m.name,
+            config.definitions.display()
+        );
+    }
+    let models: Vec<&str> = config.models.iter().map(|m| m.name.as_str()).collect();
+    Ok(format!(
+        "config OK: {} (definitions {}, models {})",
+        path.display(),
+        config.definitions.display(),
+        models.join(", ")
+    ))
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {

