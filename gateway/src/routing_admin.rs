@@ -38,6 +38,9 @@ pub struct RoutingView {
     pub model: String,
     /// The document's revision.
     pub revision: i64,
+    /// The revision this gateway serves now (behind `revision` until its
+    /// next poll when another replica made the change).
+    pub served_revision: i64,
     /// The document.
     pub document: RoutingDocument,
 }
@@ -70,9 +73,15 @@ impl<S: FeatureStore> Shared<S> {
             let extra = document.history.len() - history_limit;
             document.history.drain(..extra);
         }
+        let served_revision = self
+            .gateway
+            .routing()
+            .current(model)
+            .map_or(0, |s| s.revision);
         Ok(RoutingView {
             model: model.to_owned(),
             revision,
+            served_revision,
             document,
         })
     }
@@ -174,6 +183,7 @@ fn view_json(v: &RoutingView) -> Value {
     json!({
         "model": v.model,
         "revision": v.revision,
+        "served_revision": v.served_revision,
         "current": table_json(&v.document.current),
         "history": v.document.history.iter().map(change_json).collect::<Vec<_>>(),
     })
@@ -331,6 +341,7 @@ fn state_pb(v: &RoutingView) -> pb::RoutingState {
     pb::RoutingState {
         model: v.model.clone(),
         revision: v.revision,
+        served_revision: v.served_revision,
         current: Some(table_pb(&v.document.current)),
         history: v
             .document
@@ -391,6 +402,22 @@ impl<S> RoutingAdminGrpc<S> {
     }
 }
 
+impl<S: FeatureStore> RoutingAdminGrpc<S> {
+    /// The request's caller, if the policy lets it use the admin API.
+    fn admin<M>(&self, request: &Request<M>) -> Result<Caller, GatewayError> {
+        let caller = request.extensions().get::<Caller>().cloned();
+        self.shared
+            .authorize("grpc", caller.as_ref(), Access::Admin)?;
+        Ok(caller.unwrap_or_default())
+    }
+
+    /// Counts the call and turns its result into the gRPC answer.
+    fn answer<T>(&self, result: Result<T, GatewayError>) -> Result<Response<T>, Status> {
+        self.shared.record("grpc", "admin", &result);
+        result.map(Response::new).map_err(|e| e.to_status())
+    }
+}
+
 #[tonic::async_trait]
 impl<S: FeatureStore> pb::routing_admin_service_server::RoutingAdminService
     for RoutingAdminGrpc<S>
@@ -399,10 +426,9 @@ impl<S: FeatureStore> pb::routing_admin_service_server::RoutingAdminService
         &self,
         request: Request<pb::ListRoutingRequest>,
     ) -> Result<Response<pb::ListRoutingResponse>, Status> {
-        let caller = request.extensions().get::<Caller>().cloned();
+        let caller = self.admin(&request);
         let result = async {
-            self.shared
-                .authorize("grpc", caller.as_ref(), Access::Admin)?;
+            caller?;
             let mut models = Vec::new();
             for m in self.shared.gateway.model_names() {
                 models.push(state_pb(&self.shared.routing_view(m, 1).await?));
@@ -410,40 +436,32 @@ impl<S: FeatureStore> pb::routing_admin_service_server::RoutingAdminService
             Ok(pb::ListRoutingResponse { models })
         }
         .await;
-        self.shared.record("grpc", "admin", &result);
-        result.map(Response::new).map_err(|e| e.to_status())
+        self.answer(result)
     }
 
     async fn get_routing(
         &self,
         request: Request<pb::GetRoutingRequest>,
     ) -> Result<Response<pb::RoutingState>, Status> {
-        let caller = request.extensions().get::<Caller>().cloned();
+        let caller = self.admin(&request);
         let r = request.into_inner();
         let result = async {
-            self.shared
-                .authorize("grpc", caller.as_ref(), Access::Admin)?;
-            let view = self
-                .shared
-                .routing_view(&r.model, r.history_limit as usize)
-                .await?;
-            Ok(state_pb(&view))
+            caller?;
+            let limit = r.history_limit as usize;
+            Ok(state_pb(&self.shared.routing_view(&r.model, limit).await?))
         }
         .await;
-        self.shared.record("grpc", "admin", &result);
-        result.map(Response::new).map_err(|e| e.to_status())
+        self.answer(result)
     }
 
     async fn change_routing(
         &self,
         request: Request<pb::ChangeRoutingRequest>,
     ) -> Result<Response<pb::RoutingState>, Status> {
-        let caller = request.extensions().get::<Caller>().cloned();
+        let caller = self.admin(&request);
         let r = request.into_inner();
         let result = async {
-            self.shared
-                .authorize("grpc", caller.as_ref(), Access::Admin)?;
-            let caller = caller.unwrap_or_default();
+            let caller = caller?;
             let action = action_from_pb(r.action)?;
             let reason = (!r.reason.is_empty()).then_some(r.reason);
             self.shared
@@ -452,7 +470,6 @@ impl<S: FeatureStore> pb::routing_admin_service_server::RoutingAdminService
             Ok(state_pb(&self.shared.routing_view(&r.model, 20).await?))
         }
         .await;
-        self.shared.record("grpc", "admin", &result);
-        result.map(Response::new).map_err(|e| e.to_status())
+        self.answer(result)
     }
 }

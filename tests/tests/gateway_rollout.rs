@@ -391,7 +391,8 @@ async fn shadows_are_compared_but_never_reach_slow_or_fail_a_caller() -> Result<
     Ok(())
 }
 
-/// Polls the routing until `ok(current)` holds (at most 10 s).
+/// Polls the routing until `ok(current)` holds and `gw` serves it (at most
+/// 10 s).
 async fn wait_routing(
     client: &reqwest::Client,
     gw: &GatewayProcess,
@@ -408,7 +409,8 @@ async fn wait_routing(
             .await?
             .json()
             .await?;
-        if ok(&v["current"]) {
+        // The stored routing fits, and this gateway serves that revision.
+        if ok(&v["current"]) && v["served_revision"] == v["revision"] {
             return Ok(v);
         }
         if Instant::now() > deadline {
@@ -582,6 +584,26 @@ async fn pilots_admin_scope_and_rollback_in_one_call() -> Result<()> {
         lines[3].ends_with("rolled back revision 2 (removed pilot '2') by mlgw-admin"),
         "{history}"
     );
+    // The OpenAPI document describes the admin routes, behind the token.
+    let doc: Value = reqwest::get(format!("{}/openapi.json", gw.http))
+        .await?
+        .json()
+        .await?;
+    for (route, method) in [
+        ("/v1/admin/models", "get"),
+        ("/v1/admin/models/{model}/routing", "get"),
+        ("/v1/admin/models/{model}/routing", "post"),
+        ("/v1/admin/models/{model}/shadow-report", "get"),
+    ] {
+        let op = &doc["paths"][route][method];
+        assert_eq!(
+            op["security"],
+            json!([{"bearerAuth": []}]),
+            "{method} {route}"
+        );
+        assert!(op["responses"]["403"].is_object(), "{method} {route}");
+    }
+    assert!(doc["components"]["schemas"]["PredictResponse"]["properties"]["route"].is_object());
     // A token without the admin scope cannot use the CLI either.
     let out = std::process::Command::new(binary("mlgw-admin")?)
         .args(["--url", &gw.http, "--token", &service_token, "models"])
