@@ -51,6 +51,8 @@ pub enum Action {
     TooFewLabels,
     /// A person pinned the interval.
     Pinned,
+    /// The scheduler began tuning the job.
+    Started,
 }
 
 /// One decision with its reason.
@@ -86,6 +88,9 @@ pub struct Pin {
     /// When.
     #[serde(with = "crate::store::unix_micros")]
     pub at: SystemTime,
+    /// Why, as the person gave it.
+    #[serde(default)]
+    pub reason: Option<String>,
 }
 
 /// The persisted state of one job's controller.
@@ -176,7 +181,11 @@ impl JobState {
         let reason = match &pin {
             Some(p) => {
                 self.interval = p.interval;
-                format!("pinned at {} by {}", human(p.interval), p.by)
+                let why = p
+                    .reason
+                    .as_deref()
+                    .map_or_else(String::new, |r| format!(": {r}"));
+                format!("pinned at {} by {}{why}", human(p.interval), p.by)
             }
             None => "unpinned; tuning resumes".to_owned(),
         };
@@ -188,6 +197,20 @@ impl JobState {
             at: now,
             action: Action::Pinned,
             from,
+            to: self.interval,
+            metric: None,
+            samples: 0,
+            reason,
+        });
+    }
+
+    /// Records that tuning begins at `now` (the first window ends one
+    /// window later).
+    pub fn begin(&mut self, now: SystemTime, reason: String) {
+        self.push(Decision {
+            at: now,
+            action: Action::Started,
+            from: self.interval,
             to: self.interval,
             metric: None,
             samples: 0,

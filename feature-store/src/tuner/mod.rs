@@ -55,6 +55,20 @@ pub enum TunerError {
 }
 
 impl TunedJob {
+    /// The tuned job a `[[refresh_job]]` declares (None: it has no
+    /// `[refresh_job.tuner]`).
+    pub fn from_spec(spec: &crate::definitions::RefreshJobSpec) -> Option<Self> {
+        let t = spec.tuning.as_ref()?;
+        Some(TunedJob {
+            job: spec.name.clone(),
+            view: spec.view.clone(),
+            scoring: t.scoring.clone(),
+            policy: t.policy.clone(),
+            window: t.window,
+            current_interval: spec.interval,
+        })
+    }
+
     /// The view `job` refreshes, from the definitions.
     ///
     /// # Errors

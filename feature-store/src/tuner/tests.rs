@@ -193,6 +193,7 @@ fn a_pin_holds_the_interval_until_unpinned() {
             interval: 4 * HOUR,
             by: "dana@data".into(),
             at,
+            reason: None,
         }),
         at,
     );
