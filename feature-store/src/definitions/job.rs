@@ -241,7 +241,9 @@ pub(super) fn validate_job(
         (None, None) => {
             return Err((
                 "source",
-                bad("give `file` (loaded by the built-in loader), `command` (does the whole load), or both (the command writes the file)"),
+                bad(
+                    "give `file` (loaded by the built-in loader), `command` (does the whole load), or both (the command writes the file)",
+                ),
             ));
         }
     };

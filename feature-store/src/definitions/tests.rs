@@ -733,7 +733,10 @@ fn a_declared_job_is_validated_with_its_defaults() {
     assert_eq!(job.missed_run, MissedRun::RunOnce);
     assert_eq!(job.script_version, "unversioned");
     // Relative to the definitions file's folder.
-    assert_eq!(job.source, JobSource::File(Path::new("defs/profile.csv").to_owned()));
+    assert_eq!(
+        job.source,
+        JobSource::File(Path::new("defs/profile.csv").to_owned())
+    );
     let t = job.tuning.as_ref().unwrap();
     assert_eq!(t.policy.good_windows, 3);
     assert_eq!(t.policy.min_samples, 500);
@@ -747,18 +750,60 @@ fn a_declared_job_is_validated_with_its_defaults() {
 #[test]
 fn job_problems_name_their_key() {
     let cases = [
-        (with_job("name = \"profile_daily\"", "name = \"nightly\""), "refresh_job[0].name"),
-        (with_job("timeout = \"2h\"", "timeout = \"2 hours\""), "refresh_job[0].timeout"),
-        (with_job("timeout = \"2h\"", "timeout = \"2h\"\nmissed_run = \"later\""), "refresh_job[0].missed_run"),
-        (with_job("interval = \"24h\"", "interval = \"30m\""), "refresh_job[0].interval"),
-        (with_job("file = \"profile.csv\"", "command = []"), "refresh_job[0].source.command"),
-        (with_job("file = \"profile.csv\"", ""), "refresh_job[0].source"),
-        (with_job("metric = \"auc\"", "metric = \"f1\""), "refresh_job[0].tuner.metric"),
-        (with_job("positive_label = \"fraud\"", ""), "refresh_job[0].tuner.positive_label"),
-        (with_job("min_interval = \"1h\"", "min_interval = \"8d\""), "refresh_job[0].tuner.min_interval"),
-        (with_job("model = \"scorer\"", "model = \"ranker\""), "refresh_job[0].tuner.model"),
-        (with_job("window = \"1h\"", "window = \"1h\"\ngood_windows = 0"), "refresh_job[0].tuner.good_windows"),
-        (format!("{BASE}{JOB}{}", JOB.split("[refresh_job.tuner]").next().unwrap()), "refresh_job[1].name"),
+        (
+            with_job("name = \"profile_daily\"", "name = \"nightly\""),
+            "refresh_job[0].name",
+        ),
+        (
+            with_job("timeout = \"2h\"", "timeout = \"2 hours\""),
+            "refresh_job[0].timeout",
+        ),
+        (
+            with_job(
+                "timeout = \"2h\"",
+                "timeout = \"2h\"\nmissed_run = \"later\"",
+            ),
+            "refresh_job[0].missed_run",
+        ),
+        (
+            with_job("interval = \"24h\"", "interval = \"30m\""),
+            "refresh_job[0].interval",
+        ),
+        (
+            with_job("file = \"profile.csv\"", "command = []"),
+            "refresh_job[0].source.command",
+        ),
+        (
+            with_job("file = \"profile.csv\"", ""),
+            "refresh_job[0].source",
+        ),
+        (
+            with_job("metric = \"auc\"", "metric = \"f1\""),
+            "refresh_job[0].tuner.metric",
+        ),
+        (
+            with_job("positive_label = \"fraud\"", ""),
+            "refresh_job[0].tuner.positive_label",
+        ),
+        (
+            with_job("min_interval = \"1h\"", "min_interval = \"8d\""),
+            "refresh_job[0].tuner.min_interval",
+        ),
+        (
+            with_job("model = \"scorer\"", "model = \"ranker\""),
+            "refresh_job[0].tuner.model",
+        ),
+        (
+            with_job("window = \"1h\"", "window = \"1h\"\ngood_windows = 0"),
+            "refresh_job[0].tuner.good_windows",
+        ),
+        (
+            format!(
+                "{BASE}{JOB}{}",
+                JOB.split("[refresh_job.tuner]").next().unwrap()
+            ),
+            "refresh_job[1].name",
+        ),
     ];
     for (text, key) in cases {
         let problem = refused_at(&text, key);
@@ -783,7 +828,11 @@ fn a_job_source_may_be_a_command() {
             file: "/data/profile.csv".into()
         }
     );
-    let defs = parse(&with_job("file = \"profile.csv\"", "command = [\"./load.sh\"]")).unwrap();
+    let defs = parse(&with_job(
+        "file = \"profile.csv\"",
+        "command = [\"./load.sh\"]",
+    ))
+    .unwrap();
     assert_eq!(
         defs.job_spec("profile_daily").unwrap().source,
         JobSource::Command(vec!["./load.sh".into()])

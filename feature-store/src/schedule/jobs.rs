@@ -5,6 +5,8 @@
 
 use std::time::{Duration, SystemTime};
 
+use serde_json::{Value, json};
+
 use super::{RunRecord, RunRequest, ScheduleState, current_interval, next_due};
 use crate::definitions::{FeatureDefinitions, RefreshJobSpec};
 use crate::store::{BatchRecord, FeatureStore, StoreError};
@@ -42,6 +44,14 @@ pub enum JobsError {
         min: String,
         /// Its max_interval.
         max: String,
+    },
+    /// Nothing to plot yet.
+    #[error(
+        "refresh job {job:?} has no tuner decisions yet; a running scheduler records one every evaluation window"
+    )]
+    NoHistory {
+        /// The job.
+        job: String,
     },
     /// The store failed.
     #[error(transparent)]
@@ -172,7 +182,10 @@ async fn detail_of<S: FeatureStore>(
     let next_run = next_due(&schedule_for_due, interval, request.as_ref());
     let pending_request = request.filter(|r| schedule.is_pending(r));
     let last_batch = store.list_batches(&spec.view, 1).await?.into_iter().next();
-    let decisions = state.as_ref().map(|s| s.history.clone()).unwrap_or_default();
+    let decisions = state
+        .as_ref()
+        .map(|s| s.history.clone())
+        .unwrap_or_default();
     let last_window = decisions.iter().rev().find(|d| d.samples > 0).cloned();
     Ok(JobDetail {
         overview: JobOverview {
@@ -231,10 +244,10 @@ pub async fn pin<S: FeatureStore>(
         at: crate::store::now_micros(),
         reason,
     };
-    Ok(crate::tuner::set_pin(store, &job, Some(pin)).await?)
+    Ok(crate::tuner::set_pin(store, &job, Some(pin), by).await?)
 }
 
-/// Unpins `job`: the tuner decides again from the pinned interval.
+/// Unpins `job` for `by`: the tuner decides again from the pinned interval.
 ///
 /// # Errors
 /// [`JobsError`]: unknown, untuned, or the store.
@@ -242,9 +255,10 @@ pub async fn unpin<S: FeatureStore>(
     store: &S,
     defs: &FeatureDefinitions,
     job: &str,
+    by: &str,
 ) -> Result<JobState, JobsError> {
     let job = tuned(spec(defs, job)?)?;
-    Ok(crate::tuner::set_pin(store, &job, None).await?)
+    Ok(crate::tuner::set_pin(store, &job, None, by).await?)
 }
 
 /// Asks the scheduler to run `job` at its next poll (forced: identical input
@@ -268,4 +282,174 @@ pub async fn request_run<S: FeatureStore>(
     };
     store.put_run_request(&request).await?;
     Ok(request)
+}
+
+/// `2026-11-25T13:04:05Z` (UTC, whole seconds).
+pub fn utc(t: SystemTime) -> String {
+    let secs = t
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    let (y, m, d) = civil_from_days(i64::try_from(days).unwrap_or(0));
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    )
+}
+
+/// Days since 1970-01-01 to (year, month, day), proleptic Gregorian
+/// (Howard Hinnant's algorithm).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = u32::try_from(doy - (153 * mp + 2) / 5 + 1).unwrap_or(1);
+    let m = u32::try_from(if mp < 10 { mp + 3 } else { mp - 9 }).unwrap_or(1);
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
+/// The SVG plot of a job's interval and metric over its stored decisions
+/// (see [`crate::tuner::plot`]).
+///
+/// # Errors
+/// [`JobsError::NotTuned`] or [`JobsError::NoHistory`].
+pub fn report_svg(spec: &RefreshJobSpec, detail: &JobDetail) -> Result<String, JobsError> {
+    use crate::tuner::metric::MetricKind;
+    use crate::tuner::plot::{Plot, PlotPoint, metric_range, svg, ticks};
+    let tuning = spec.tuning.as_ref().ok_or_else(|| JobsError::NotTuned {
+        job: spec.name.clone(),
+    })?;
+    let (Some(first), Some(last)) = (detail.decisions.first(), detail.decisions.last()) else {
+        return Err(JobsError::NoHistory {
+            job: spec.name.clone(),
+        });
+    };
+    let start = first.at;
+    let since = |t: SystemTime| t.duration_since(start).unwrap_or_default();
+    let points: Vec<PlotPoint> = detail
+        .decisions
+        .iter()
+        .map(|d| PlotPoint {
+            at: since(d.at),
+            interval: d.to,
+            metric: d.metric,
+        })
+        .collect();
+    let span = since(last.at).max(tuning.window);
+    let step = [3600u64, 6 * 3600, 86_400, 7 * 86_400]
+        .into_iter()
+        .map(Duration::from_secs)
+        .find(|s| span / 8 <= *s)
+        .unwrap_or(Duration::from_secs(30 * 86_400));
+    let policy = &tuning.policy;
+    let unit = matches!(policy.metric, MetricKind::Auc | MetricKind::Accuracy);
+    Ok(svg(&Plot {
+        metric_name: policy.metric.name(),
+        threshold: policy.threshold,
+        interval_range: (policy.min_interval, policy.max_interval),
+        metric_range: metric_range(&points, policy.threshold, unit),
+        span,
+        points: &points,
+        x_ticks: ticks(span, step, |t| {
+            let text = utc(start + t);
+            // Date for day steps, time of day otherwise.
+            let part = if step >= Duration::from_secs(86_400) {
+                text.get(..10)
+            } else {
+                text.get(11..16)
+            };
+            part.unwrap_or(&text).to_owned()
+        }),
+        marker: None,
+        subtitle: format!(
+            "job {} (view {}), {} to {}, {} decisions",
+            spec.name,
+            spec.view,
+            utc(start),
+            utc(last.at),
+            detail.decisions.len()
+        ),
+    }))
+}
+
+fn secs(d: Duration) -> u64 {
+    d.as_secs()
+}
+
+/// The JSON form of a decision (CLI `--json` and the admin API).
+pub fn decision_json(d: &Decision) -> Value {
+    json!({
+        "at": utc(d.at),
+        "action": d.action,
+        "from_s": secs(d.from),
+        "to_s": secs(d.to),
+        "metric": d.metric,
+        "samples": d.samples,
+        "reason": d.reason,
+    })
+}
+
+/// The JSON form of a run.
+pub fn run_json(r: &RunRecord) -> Value {
+    json!({
+        "started_at": utc(r.started_at),
+        "finished_at": utc(r.finished_at),
+        "took_s": r.finished_at.duration_since(r.started_at).unwrap_or_default().as_secs_f64(),
+        "trigger": r.trigger,
+        "outcome": r.outcome.as_str(),
+        "batch_id": r.batch_id,
+        "exit_code": r.exit_code,
+        "output": r.output,
+        "message": r.message,
+        "holder": r.holder,
+    })
+}
+
+/// The JSON form of a pin.
+pub fn pin_json(p: &Pin) -> Value {
+    json!({"interval_s": secs(p.interval), "by": p.by, "at": utc(p.at), "reason": p.reason})
+}
+
+/// The JSON form of a listed job.
+pub fn overview_json(o: &JobOverview) -> Value {
+    json!({
+        "job": o.job,
+        "view": o.view,
+        "interval_s": secs(o.interval),
+        "last_good_s": o.last_good.map(secs),
+        "metric": o.metric.map(|(name, threshold)| json!({"name": name, "threshold": threshold})),
+        "last_window": o.last_window.as_ref().map(decision_json),
+        "pin": o.pin.as_ref().map(pin_json),
+        "last_batch": o.last_batch.as_ref().map(|b| json!({
+            "batch_id": b.batch_id,
+            "status": b.status.as_str(),
+            "ingested_at": utc(b.ingested_at),
+            "rows_written": b.rows_written,
+            "rows_rejected": b.rows_rejected,
+            "script_version": b.script_version,
+            "error": b.error,
+        })),
+        "last_run": o.last_run.as_ref().map(run_json),
+        "next_run": o.next_run.map(utc),
+        "pending_request": o.pending_request.as_ref().map(|r| json!({"by": r.by, "at": utc(r.at), "reason": r.reason})),
+    })
+}
+
+/// The JSON form of a job with its history (the last `limit` decisions and
+/// runs).
+pub fn detail_json(d: &JobDetail, limit: usize) -> Value {
+    let mut v = overview_json(&d.overview);
+    let tail = |n: usize| n.saturating_sub(limit);
+    v["decisions"] = d.decisions[tail(d.decisions.len())..]
+        .iter()
+        .map(decision_json)
+        .collect();
+    v["runs"] = d.runs[tail(d.runs.len())..].iter().map(run_json).collect();
+    v
 }

@@ -601,15 +601,17 @@ impl<S: FeatureStore> Scheduler<S> {
     /// Ticks every poll interval with `clock` until `shutdown`, then gives
     /// runs in flight the shutdown grace and stops the rest (their leases
     /// lapse; their batches are never served).
+    /// Every event goes to `on_event` (e.g. [`log_event`]).
     pub async fn run(
         self: Arc<Self>,
         clock: Arc<dyn Clock>,
         shutdown: impl std::future::Future<Output = ()> + Send,
+        on_event: impl Fn(&TickEvent) + Send,
     ) {
         tokio::pin!(shutdown);
         loop {
             for event in self.tick(clock.now()).await {
-                log_event(&event);
+                on_event(&event);
             }
             tokio::select! {
                 () = &mut shutdown => break,

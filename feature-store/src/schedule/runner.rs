@@ -345,7 +345,11 @@ async fn run_command(
                     .is_none()
                     .then(|| format!("command {:?} was killed by a signal", command[0])),
             ),
-            Ok(Err(e)) => (None, false, Some(format!("waiting for {:?}: {e}", command[0]))),
+            Ok(Err(e)) => (
+                None,
+                false,
+                Some(format!("waiting for {:?}: {e}", command[0])),
+            ),
             Err(_) => {
                 kill_group(&child).await;
                 let _ = child.kill().await;

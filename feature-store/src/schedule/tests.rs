@@ -143,7 +143,12 @@ async fn a_job_runs_once_per_interval_through_the_built_in_loader() {
     // The lease was released.
     assert_eq!(
         f.store
-            .try_lease(&run_lease("profile_daily"), "someone-else", f.t0, f.t0 + MIN)
+            .try_lease(
+                &run_lease("profile_daily"),
+                "someone-else",
+                f.t0,
+                f.t0 + MIN
+            )
             .await
             .unwrap(),
         LeaseOutcome::Acquired
@@ -189,7 +194,10 @@ async fn after_downtime_skip_waits_for_the_next_slot() {
     );
     let runs = f.runs().await;
     assert_eq!(runs.last().map(|r| r.outcome), Some(RunOutcome::Skipped));
-    assert!(runs[1].message.contains("skipped 5 missed run(s)"), "{runs:?}");
+    assert!(
+        runs[1].message.contains("skipped 5 missed run(s)"),
+        "{runs:?}"
+    );
     assert!(started(&f.tick(5 * HOUR + 59 * MIN).await).is_empty());
     assert_eq!(started(&f.tick(6 * HOUR).await), [Trigger::Scheduled]);
 }
@@ -295,7 +303,11 @@ command = ["sh", "-c", "sleep 30 & echo $! > child.pid; echo started; wait"]
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert!(gone, "the command's child {} survived the timeout", pid.trim());
+    assert!(
+        gone,
+        "the command's child {} survived the timeout",
+        pid.trim()
+    );
 }
 
 #[tokio::test]
@@ -365,7 +377,10 @@ async fn a_forced_run_happens_at_the_next_tick_and_reloads() {
     // Handled once; the interval counts from the forced run.
     assert!(started(&f.tick(12 * MIN).await).is_empty());
     assert!(started(&f.tick(HOUR).await).is_empty());
-    assert_eq!(started(&f.tick(HOUR + 11 * MIN).await), [Trigger::Scheduled]);
+    assert_eq!(
+        started(&f.tick(HOUR + 11 * MIN).await),
+        [Trigger::Scheduled]
+    );
 }
 
 const TUNED_JOB: &str = r#"
@@ -397,7 +412,12 @@ async fn the_tuner_is_judged_every_window_and_its_interval_drives_the_schedule()
             .collect::<Vec<_>>()
     };
     assert!(evaluated(&f.tick(Duration::ZERO).await).is_empty());
-    let state = f.store.get_tuner_state("profile_daily").await.unwrap().unwrap();
+    let state = f
+        .store
+        .get_tuner_state("profile_daily")
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(
         state.history.last().map(|d| d.action),
         Some(crate::tuner::controller::Action::Started)
@@ -421,7 +441,9 @@ async fn the_tuner_is_judged_every_window_and_its_interval_drives_the_schedule()
         .unwrap();
     assert!(started(&f.tick(4 * HOUR + 59 * MIN).await).is_empty());
     assert_eq!(started(&f.tick(5 * HOUR).await), [Trigger::Scheduled]);
-    let detail = jobs::detail(&*f.store, &defs, "profile_daily").await.unwrap();
+    let detail = jobs::detail(&*f.store, &defs, "profile_daily")
+        .await
+        .unwrap();
     assert_eq!(detail.overview.interval, 4 * HOUR);
     assert_eq!(detail.overview.next_run, Some(f.t0 + 9 * HOUR));
     assert_eq!(detail.runs.len(), 3);

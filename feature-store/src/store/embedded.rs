@@ -20,12 +20,12 @@ use super::{
     BatchRecord, CurrentBatch, DynamicWrite, FeatureStore, Lease, LeaseOutcome, SchemaReport,
     StaticWrite, StoreError, from_micros, to_micros,
 };
-use crate::schedule::{RunRequest, ScheduleState};
 use crate::codec;
 use crate::freshness::{StoredRow, StoredValue};
 use crate::log::{
     FeedbackRecord, LogEntry, PredictionKey, PredictionRecord, id_lower_bound, unix_ms,
 };
+use crate::schedule::{RunRequest, ScheduleState};
 use crate::tuner::controller::JobState;
 
 /// The schema version this build writes and reads.
@@ -779,12 +779,13 @@ impl FeatureStore for EmbeddedStore {
             let tx = db.begin_write().map_err(|e| err(e.into()))?;
             let outcome = {
                 let mut t = tx.open_table(LEASES).map_err(|e| err(e.into()))?;
-                let current: Option<LeaseJson> = match t.get(name.as_str()).map_err(|e| err(e.into()))? {
-                    Some(v) => Some(serde_json::from_slice(v.value()).map_err(|e| {
-                        StoreError::Backend(format!("damaged lease {name}: {e}"))
-                    })?),
-                    None => None,
-                };
+                let current: Option<LeaseJson> =
+                    match t.get(name.as_str()).map_err(|e| err(e.into()))? {
+                        Some(v) => Some(serde_json::from_slice(v.value()).map_err(|e| {
+                            StoreError::Backend(format!("damaged lease {name}: {e}"))
+                        })?),
+                        None => None,
+                    };
                 match current {
                     Some(c) if c.holder != holder && c.expires_at > to_micros(now) => {
                         LeaseOutcome::Held(Lease {

@@ -38,8 +38,8 @@ use crate::codec::CodecError;
 use crate::definitions::FeatureValue;
 use crate::freshness::StoredRow;
 use crate::log::{FeedbackRecord, LogEntry, PredictionRecord};
-use crate::source::RejectedRow;
 use crate::schedule::{RunRequest, ScheduleState};
+use crate::source::RejectedRow;
 use crate::tuner::controller::JobState;
 
 /// A lease on a named resource (a refresh job): who holds it, until when.

@@ -45,13 +45,13 @@ use super::{
     BatchRecord, BatchStatus, CurrentBatch, DynamicWrite, FeatureStore, Lease, LeaseOutcome,
     SchemaReport, StaticWrite, StoreError, from_micros, to_micros,
 };
-use crate::schedule::{RunRequest, ScheduleState};
 use crate::codec;
 use crate::freshness::{StoredRow, StoredValue};
 use crate::log::{
     FeedbackRecord, LOG_SHARDS, LogEntry, PredictionKey, PredictionRecord, hours, id_lower_bound,
     unix_ms,
 };
+use crate::schedule::{RunRequest, ScheduleState};
 use crate::source::RejectedRow;
 use crate::tuner::controller::JobState;
 
@@ -579,7 +579,9 @@ fn applied(result: scylla::response::query_result::QueryResult) -> Result<bool, 
         .first()
         .and_then(|c| c.as_ref())
         .and_then(scylla::value::CqlValue::as_boolean)
-        .ok_or_else(|| StoreError::Backend("a lightweight transaction answered no [applied]".into()))
+        .ok_or_else(|| {
+            StoreError::Backend("a lightweight transaction answered no [applied]".into())
+        })
 }
 
 impl ScyllaStore {
@@ -589,18 +591,21 @@ impl ScyllaStore {
         prepared: &PreparedStatement,
         key: &str,
     ) -> Result<Option<T>, StoreError> {
-        deadline(self.config.read_timeout.max(Duration::from_secs(2)), async {
-            let result = self
-                .session
-                .execute_unpaged(prepared, (key,))
-                .await
-                .map_err(map_err)?;
-            let rows = result.into_rows_result().map_err(rows_err)?;
-            let row: Option<(Option<String>,)> = rows.maybe_first_row().map_err(rows_err)?;
-            row.and_then(|(t,)| t)
-                .map(|text| decode_log_record(key, text.as_bytes()))
-                .transpose()
-        })
+        deadline(
+            self.config.read_timeout.max(Duration::from_secs(2)),
+            async {
+                let result = self
+                    .session
+                    .execute_unpaged(prepared, (key,))
+                    .await
+                    .map_err(map_err)?;
+                let rows = result.into_rows_result().map_err(rows_err)?;
+                let row: Option<(Option<String>,)> = rows.maybe_first_row().map_err(rows_err)?;
+                row.and_then(|(t,)| t)
+                    .map(|text| decode_log_record(key, text.as_bytes()))
+                    .transpose()
+            },
+        )
         .await
     }
 

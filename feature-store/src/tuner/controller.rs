@@ -175,8 +175,9 @@ impl JobState {
     }
 
     /// Pins the interval (the controller then holds it) or, with None,
-    /// unpins (the controller resumes from the pinned interval).
-    pub fn set_pin(&mut self, pin: Option<Pin>, now: SystemTime) {
+    /// unpins on behalf of `by` (the controller resumes from the pinned
+    /// interval).
+    pub fn set_pin(&mut self, pin: Option<Pin>, by: &str, now: SystemTime) {
         let from = self.interval;
         let reason = match &pin {
             Some(p) => {
@@ -187,7 +188,7 @@ impl JobState {
                     .map_or_else(String::new, |r| format!(": {r}"));
                 format!("pinned at {} by {}{why}", human(p.interval), p.by)
             }
-            None => "unpinned; tuning resumes".to_owned(),
+            None => format!("unpinned by {by}; tuning resumes"),
         };
         self.pin = pin;
         self.good_streak = 0;
