@@ -32,6 +32,10 @@ struct RawConfig {
     #[serde(rename = "model")]
     models: Vec<RawModel>,
     auth: Option<RawAuth>,
+    // --- refresh scheduler (crate::tuner_admin) ---
+    #[serde(default)]
+    scheduler: crate::tuner_admin::SchedulerSettings,
+    // --- end refresh scheduler ---
 }
 
 #[derive(Debug, Deserialize)]
@@ -277,6 +281,8 @@ pub struct GatewayConfig {
     pub models: Vec<ModelConfig>,
     /// SSO authentication and the access policy.
     pub auth: AuthSettings,
+    /// `[scheduler]`: whether this gateway runs the refresh jobs.
+    pub scheduler: crate::tuner_admin::SchedulerSettings,
 }
 
 /// A config that cannot be used.
@@ -460,6 +466,7 @@ impl GatewayConfig {
             store,
             cache,
             prediction_log: raw.prediction_log,
+            scheduler: raw.scheduler,
             models,
             auth,
         })

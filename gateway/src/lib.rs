@@ -7,7 +7,8 @@
 //! fronts, [`metrics`], the [`predlog`] prediction log writer (feedback joins
 //! to it), the tower stack in [`layers`] (span, shedding, concurrency limit,
 //! timeout), [`auth`] (SSO tokens, the access policy, the dev issuer) and the
-//! [`server`] that runs them. Not built yet: rollout (issue 8).
+//! [`server`] that runs them; [`tuner_admin`] (the refresh tuner's admin API
+//! and the hosted scheduler). Not built yet: rollout (issue 8).
 
 pub mod auth;
 pub mod config;
@@ -22,3 +23,4 @@ pub mod metrics;
 pub mod postprocess;
 pub mod predlog;
 pub mod server;
+pub mod tuner_admin;
