@@ -19,7 +19,9 @@ use serde_json::{Value, json};
 const JOB: &str = "customer_profile_daily";
 
 /// The example definitions with the example `[[refresh_job]]` replaced by
-/// one that loads `profile.csv` beside them and judges 20-second windows.
+/// one that loads `profile.csv` beside them every 30 seconds and judges
+/// 30-second windows (the interval doubles only after good windows that
+/// span a whole interval).
 fn definitions_with_job() -> Result<String> {
     let text = std::fs::read_to_string(definitions())?;
     let at = text
@@ -29,7 +31,7 @@ fn definitions_with_job() -> Result<String> {
         r#"{}[[refresh_job]]
 name = "{JOB}"
 script_version = "e2e-v1"
-interval = "1h"
+interval = "30s"
 timeout = "1m"
 [refresh_job.source]
 file = "profile.csv"
@@ -38,12 +40,12 @@ model = "fraud_detector"
 metric = "auc"
 positive_label = "fraud"
 threshold = 0.6
-min_interval = "30m"
+min_interval = "15s"
 max_interval = "8h"
 good_windows = 1
 cooldown_windows = 2
 min_samples = 100
-window = "20s"
+window = "30s"
 "#,
         &text[..at]
     ))
@@ -146,11 +148,12 @@ async fn the_scheduler_runs_a_real_job_and_the_tuner_changes_its_interval_from_r
     assert_eq!(first["last_batch"]["status"], "done", "{first}");
     assert_eq!(first["last_batch"]["rows_written"], 120, "{first}");
     assert_eq!(first["last_batch"]["script_version"], "e2e-v1", "{first}");
-    assert_eq!(first["interval_s"], 3600, "{first}");
+    assert_eq!(first["interval_s"], 30, "{first}");
     let first_batch = run["batch_id"].as_str().context("no batch")?.to_owned();
 
     // 2. Predictions on the loaded rows, then ground truth that mostly
-    // agrees with the model (the riskier half is fraud, every 8th flipped).
+    // agrees with the model (the riskier half is fraud, every 8th flipped);
+    // all within the first window, which began with the first run.
     let mut scored = Vec::new();
     for i in 0..120 {
         let body = json!({"entity": {"customer_id": format!("c-{i}")}, "request_features": {
@@ -208,16 +211,16 @@ async fn the_scheduler_runs_a_real_job_and_the_tuner_changes_its_interval_from_r
     assert!(auc > 0.6 && auc < 1.0, "AUC {auc}: {decision}");
     assert_eq!(
         (decision["from_s"].as_u64(), decision["to_s"].as_u64()),
-        (Some(3600), Some(7200))
+        (Some(30), Some(60))
     );
     assert!(
         decision["reason"]
             .as_str()
-            .is_some_and(|r| r.contains("doubled 1 h → 2 h: AUC")),
+            .is_some_and(|r| r.contains("doubled 30 s → 1 min: AUC")),
         "{decision}"
     );
-    assert_eq!(state["interval_s"], 7200, "{state}");
-    assert_eq!(state["last_good_s"], 3600, "{state}");
+    assert_eq!(state["interval_s"], 60, "{state}");
+    assert_eq!(state["last_good_s"], 30, "{state}");
 
     // 4. REST list: interval, metric of the last window, last batch, next run.
     let list: Value = admin
@@ -228,7 +231,7 @@ async fn the_scheduler_runs_a_real_job_and_the_tuner_changes_its_interval_from_r
         .await?;
     let listed = &list["jobs"][0];
     assert_eq!(listed["job"], JOB, "{list}");
-    assert_eq!(listed["interval_s"], 7200, "{list}");
+    assert_eq!(listed["interval_s"], 60, "{list}");
     assert_eq!(listed["metric"]["name"], "AUC", "{list}");
     assert!(listed["last_window"]["metric"].is_number(), "{list}");
     assert_eq!(
