@@ -8,6 +8,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let gateway = [
         "proto/gateway/v1/gateway.proto",
         "proto/gateway/v1/routing_admin.proto",
+        // The refresh tuner's admin API (served by the gateway).
+        "proto/gateway/v1/tuner_admin.proto",
     ];
     let files: Vec<&str> = inference.iter().chain(&gateway).copied().collect();
     for file in &files {

@@ -122,11 +122,19 @@ pub enum Command {
         #[arg(long)]
         entity: String,
     },
-    /// The refresh auto-tuner: judge a window, show, pin, unpin.
+    /// The refresh auto-tuner: list jobs, judge a window, show, history,
+    /// pin, unpin, run now, SVG report.
     Tuner {
         /// What to do.
         #[command(subcommand)]
         action: TunerAction,
+    },
+    /// The refresh scheduler (also hosted by the gateway with
+    /// `[scheduler] enabled = true`).
+    Scheduler {
+        /// What to do.
+        #[command(subcommand)]
+        action: SchedulerAction,
     },
     /// Write fresh values of a dynamic view for one entity.
     Push {
@@ -149,62 +157,34 @@ pub enum Command {
     },
 }
 
-/// How a refresh job is tuned (the same flags for every tuner command that
-/// decides or pins).
+/// A declared refresh job (its `[[refresh_job]]` holds the schedule and the
+/// tuner's policy).
 #[derive(Debug, Args)]
-pub struct TunerFlags {
+pub struct JobFlags {
     /// The feature definitions.
     #[command(flatten)]
     pub definitions: DefinitionsFlag,
-    /// The refresh job (as named by a static view's `refresh_job`).
+    /// The refresh job (a `[[refresh_job]]` name).
     #[arg(long)]
     pub job: String,
-    /// The model whose logged predictions are scored.
-    #[arg(long)]
-    pub model: String,
-    /// The model output holding the decision.
-    #[arg(long, default_value = "probabilities")]
-    pub output: String,
-    /// For auc/accuracy/log_loss: the positive label.
-    #[arg(long)]
-    pub positive_label: Option<String>,
-    /// auc, accuracy, log_loss or mae.
-    #[arg(long, default_value = "auc")]
-    pub metric: String,
-    /// The acceptable metric value (minimum, or maximum for log_loss/mae).
-    #[arg(long)]
-    pub threshold: f64,
-    /// The evaluation window, e.g. "1h".
-    #[arg(long, default_value = "1h")]
-    pub window: String,
-    /// Labelled predictions a window needs for a decision.
-    #[arg(long, default_value_t = 500)]
-    pub min_samples: usize,
-    /// Good windows in a row before the interval doubles.
-    #[arg(long, default_value_t = 3)]
-    pub good_windows: u32,
-    /// Windows held after a revert.
-    #[arg(long, default_value_t = 24)]
-    pub cooldown_windows: u32,
-    /// Shortest interval.
-    #[arg(long, default_value = "15m")]
-    pub min_interval: String,
-    /// Longest interval.
-    #[arg(long, default_value = "24h")]
-    pub max_interval: String,
-    /// The job's interval today, before the tuner first saw it.
-    #[arg(long, default_value = "1h")]
-    pub interval: String,
 }
 
 /// `mlgw-features tuner …`.
 #[derive(Debug, Subcommand)]
 pub enum TunerAction {
-    /// Judge the last window of a job and change its interval if due.
-    Evaluate {
-        /// The job and its policy.
+    /// Every declared job: interval, last good, last window's metric, last
+    /// batch, next run, pin.
+    List {
+        /// The feature definitions.
         #[command(flatten)]
-        tuner: TunerFlags,
+        definitions: DefinitionsFlag,
+    },
+    /// Judge the last window of a job now and change its interval if due
+    /// (the scheduler does this every window).
+    Evaluate {
+        /// The job.
+        #[command(flatten)]
+        job: JobFlags,
     },
     /// A job's interval, last good interval, pin and decisions.
     Show {
@@ -215,23 +195,78 @@ pub enum TunerAction {
         #[arg(long, default_value_t = 20)]
         history: usize,
     },
+    /// A job's decisions and runs, oldest first.
+    History {
+        /// The job.
+        #[command(flatten)]
+        job: JobFlags,
+        /// Entries to show, newest last.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
     /// Hold a job at an interval until unpinned.
     Pin {
-        /// The job and its policy.
+        /// The job.
         #[command(flatten)]
-        tuner: TunerFlags,
+        job: JobFlags,
         /// The interval, e.g. "4h".
         #[arg(long)]
         to: String,
         /// Who pins (kept in the history).
-        #[arg(long)]
+        #[arg(long, env = "USER")]
         by: String,
+        /// Why (kept in the history).
+        #[arg(long)]
+        reason: Option<String>,
     },
     /// Let the tuner decide again.
     Unpin {
-        /// The job and its policy.
+        /// The job.
         #[command(flatten)]
-        tuner: TunerFlags,
+        job: JobFlags,
+        /// Who unpins (kept in the history).
+        #[arg(long, env = "USER")]
+        by: String,
+    },
+    /// Ask the scheduler to run a job at its next poll (identical input is
+    /// reloaded).
+    Run {
+        /// The job.
+        #[command(flatten)]
+        job: JobFlags,
+        /// Who asks (kept in the run's record).
+        #[arg(long, env = "USER")]
+        by: String,
+        /// Why.
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Write an SVG plot of a job's interval and metric over time, from its
+    /// stored history.
+    Report {
+        /// The job.
+        #[command(flatten)]
+        job: JobFlags,
+        /// The SVG file to write.
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+/// `mlgw-features scheduler …`.
+#[derive(Debug, Subcommand)]
+pub enum SchedulerAction {
+    /// Run the declared refresh jobs at their intervals until Ctrl-C/SIGTERM.
+    Run {
+        /// The feature definitions.
+        #[command(flatten)]
+        definitions: DefinitionsFlag,
+        /// How often to look for due work, e.g. "5s".
+        #[arg(long, default_value = "5s")]
+        poll: String,
+        /// Look once, wait for the runs started, and exit.
+        #[arg(long)]
+        once: bool,
     },
 }
 

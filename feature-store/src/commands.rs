@@ -8,16 +8,19 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, Result, bail};
-use feature_store::cli::{BatchesAction, Cli, Command, RefreshAction, SchemaAction, TunerAction};
+use feature_store::cli::{
+    BatchesAction, Cli, Command, RefreshAction, SchedulerAction, SchemaAction, TunerAction,
+};
 use feature_store::definitions::{FeatureDefinitions, FeatureType, FeatureValue, ViewKind};
 use feature_store::freshness::{ResolvedView, ValueState};
 use feature_store::reader::{FeatureReader, ReaderConfig};
 use feature_store::refresh::{self, RefreshError, RefreshOptions, RefreshOutcome};
+use feature_store::schedule::jobs::{self, JobDetail, JobOverview, utc};
+use feature_store::schedule::{Clock, Scheduler, SchedulerConfig, SystemClock, TickEvent};
 use feature_store::source::KEY_SEPARATOR;
 use feature_store::store::{AnyStore, BatchRecord, FeatureStore, to_micros};
 use feature_store::tuner::TunedJob;
-use feature_store::tuner::controller::{Decision, JobState, Pin, Policy, human as tuner_human};
-use feature_store::tuner::metric::{MetricKind, Scoring};
+use feature_store::tuner::controller::{JobState, human as tuner_human};
 use serde_json::{Value, json};
 
 /// `println!` that ignores a closed stdout (`mlgw-features … | head`).
@@ -143,6 +146,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             read(store, defs, view, entity, json).await
         }
         Command::Tuner { action } => tuner(&cli, action, json).await,
+        Command::Scheduler { action } => scheduler(&cli, action, json).await,
         Command::Push {
             definitions,
             view,
@@ -170,60 +174,6 @@ fn duration_flag(flag: &str, text: &str) -> Result<Duration> {
     feature_store::definitions::parse_duration(text).map_err(|e| anyhow::anyhow!("--{flag}: {e}"))
 }
 
-fn tuned_job(t: &feature_store::cli::TunerFlags) -> Result<TunedJob> {
-    let defs = load_definitions(&t.definitions.definitions)?;
-    let view = TunedJob::view_of(&defs, &t.job)?;
-    let metric = match t.metric.as_str() {
-        "auc" => MetricKind::Auc,
-        "accuracy" => MetricKind::Accuracy,
-        "log_loss" => MetricKind::LogLoss,
-        "mae" => MetricKind::Mae,
-        other => bail!("--metric: {other:?} is not one of auc, accuracy, log_loss, mae"),
-    };
-    if metric != MetricKind::Mae && t.positive_label.is_none() {
-        bail!("--positive-label: needed for --metric {}", t.metric);
-    }
-    let (min_interval, max_interval) = (
-        duration_flag("min-interval", &t.min_interval)?,
-        duration_flag("max-interval", &t.max_interval)?,
-    );
-    if min_interval.is_zero() || min_interval > max_interval {
-        bail!("--min-interval must be above zero and at most --max-interval");
-    }
-    Ok(TunedJob {
-        job: t.job.clone(),
-        view,
-        scoring: Scoring {
-            model: t.model.clone(),
-            output: t.output.clone(),
-            positive_label: t.positive_label.clone(),
-        },
-        policy: Policy {
-            metric,
-            threshold: t.threshold,
-            min_interval,
-            max_interval,
-            good_windows: t.good_windows.max(1),
-            cooldown_windows: t.cooldown_windows,
-            min_samples: t.min_samples.max(1),
-        },
-        window: duration_flag("window", &t.window)?,
-        current_interval: duration_flag("interval", &t.interval)?,
-    })
-}
-
-fn decision_json(d: &Decision) -> Value {
-    json!({
-        "at": utc(d.at),
-        "action": d.action,
-        "from_s": d.from.as_secs(),
-        "to_s": d.to.as_secs(),
-        "metric": d.metric,
-        "samples": d.samples,
-        "reason": d.reason,
-    })
-}
-
 fn state_json(s: &JobState, history: usize) -> Value {
     let skip = s.history.len().saturating_sub(history);
     json!({
@@ -231,8 +181,8 @@ fn state_json(s: &JobState, history: usize) -> Value {
         "interval_s": s.interval.as_secs(),
         "last_good_s": s.last_good.as_secs(),
         "cooldown_left": s.cooldown_left,
-        "pin": s.pin.as_ref().map(|p| json!({"interval_s": p.interval.as_secs(), "by": p.by, "at": utc(p.at)})),
-        "history": s.history.iter().skip(skip).map(decision_json).collect::<Vec<_>>(),
+        "pin": s.pin.as_ref().map(jobs::pin_json),
+        "history": s.history.iter().skip(skip).map(jobs::decision_json).collect::<Vec<_>>(),
     })
 }
 
@@ -254,27 +204,140 @@ fn print_state(s: &JobState, history: usize) {
     }
 }
 
+fn print_overview(o: &JobOverview) {
+    let metric = match (&o.metric, &o.last_window) {
+        (Some((name, threshold)), Some(d)) => format!(
+            "{name} {} (threshold {threshold}, {} labels, {})",
+            d.metric
+                .map_or_else(|| "-".to_owned(), |m| format!("{m:.3}")),
+            d.samples,
+            utc(d.at)
+        ),
+        (Some((name, threshold)), None) => {
+            format!("{name}: no window judged yet (threshold {threshold})")
+        }
+        (None, _) => "fixed interval (no tuner)".to_owned(),
+    };
+    out!(
+        "{}  (view {})\n  interval {}{}{}\n  metric   {metric}",
+        o.job,
+        o.view,
+        tuner_human(o.interval),
+        o.last_good
+            .map_or_else(String::new, |g| format!(", last good {}", tuner_human(g))),
+        o.pin.as_ref().map_or_else(String::new, |p| format!(
+            ", PINNED by {} at {}{}",
+            p.by,
+            utc(p.at),
+            p.reason
+                .as_deref()
+                .map_or_else(String::new, |r| format!(" ({r})"))
+        ))
+    );
+    match &o.last_batch {
+        Some(b) => out!(
+            "  batch    {} {} ({} rows, {}){}",
+            b.batch_id,
+            b.status.as_str(),
+            b.rows_written,
+            utc(b.ingested_at),
+            b.error
+                .as_deref()
+                .map_or_else(String::new, |e| format!(": {e}"))
+        ),
+        None => out!("  batch    none yet"),
+    }
+    if let Some(r) = &o.last_run {
+        out!(
+            "  last run {} {}: {}",
+            utc(r.started_at),
+            r.outcome.as_str(),
+            r.message
+        );
+    }
+    match (&o.pending_request, o.next_run) {
+        (Some(r), _) => out!(
+            "  next run at the scheduler's next poll (requested by {} at {})",
+            r.by,
+            utc(r.at)
+        ),
+        (None, Some(t)) => out!("  next run {}", utc(t)),
+        (None, None) => out!("  next run at the scheduler's next poll (never run)"),
+    }
+}
+
+/// A job's decisions and runs merged by time, oldest first.
+fn history_lines(d: &JobDetail) -> Vec<(SystemTime, String)> {
+    let mut lines: Vec<(SystemTime, String)> = d
+        .decisions
+        .iter()
+        .map(|x| (x.at, format!("tuner  {}", x.reason)))
+        .chain(d.runs.iter().map(|r| {
+            let code = r
+                .exit_code
+                .map_or_else(String::new, |c| format!(" [exit {c}]"));
+            (
+                r.started_at,
+                format!(
+                    "run    {} ({}){code}: {}",
+                    r.outcome.as_str(),
+                    r.trigger.describe(),
+                    r.message
+                ),
+            )
+        }))
+        .collect();
+    lines.sort_by_key(|(t, _)| *t);
+    lines
+}
+
 async fn tuner(cli: &Cli, action: &TunerAction, json: bool) -> Result<ExitCode> {
     match action {
-        TunerAction::Evaluate { tuner } => {
-            let job = tuned_job(tuner)?;
+        TunerAction::List { definitions } => {
+            let defs = load_definitions(&definitions.definitions)?;
+            let store = connect(cli).await?;
+            let list = jobs::list(&store, &defs).await?;
+            if json {
+                print_json(
+                    &json!({"jobs": list.iter().map(jobs::overview_json).collect::<Vec<_>>()}),
+                );
+            } else if list.is_empty() {
+                out!(
+                    "{} declares no [[refresh_job]]",
+                    definitions.definitions.display()
+                );
+            } else {
+                for o in &list {
+                    print_overview(o);
+                }
+            }
+        }
+        TunerAction::Evaluate { job } => {
+            let defs = load_definitions(&job.definitions.definitions)?;
+            let spec = jobs::spec(&defs, &job.job)?;
+            let tuned = TunedJob::from_spec(spec).with_context(|| {
+                format!(
+                    "refresh job {:?} has no [refresh_job.tuner]; nothing to evaluate",
+                    job.job
+                )
+            })?;
             let store = connect(cli).await?;
             let decision =
-                feature_store::tuner::evaluate(&store, &job, feature_store::store::now_micros())
+                feature_store::tuner::evaluate(&store, &tuned, feature_store::store::now_micros())
                     .await?;
             if json {
                 print_json(
-                    &json!({"job": job.job, "view": job.view, "decision": decision_json(&decision)}),
+                    &json!({"job": tuned.job, "view": tuned.view, "decision": jobs::decision_json(&decision)}),
                 );
             } else {
-                out!("{}: {}", job.job, decision.reason);
+                out!("{}: {}", tuned.job, decision.reason);
             }
         }
         TunerAction::Show { job, history } => {
             let store = connect(cli).await?;
             let Some(state) = store.get_tuner_state(job).await? else {
                 bail!(
-                    "job {job:?} has no tuner state yet; run `mlgw-features tuner evaluate` first"
+                    "job {job:?} has no tuner state yet; the scheduler creates it (`mlgw-features scheduler run`), or run `mlgw-features tuner evaluate`"
                 );
             };
             if json {
@@ -283,35 +346,193 @@ async fn tuner(cli: &Cli, action: &TunerAction, json: bool) -> Result<ExitCode> 
                 print_state(&state, *history);
             }
         }
-        TunerAction::Pin { tuner, to, by } => {
-            let job = tuned_job(tuner)?;
-            let interval =
-                duration_flag("to", to)?.clamp(job.policy.min_interval, job.policy.max_interval);
+        TunerAction::History { job, limit } => {
+            let defs = load_definitions(&job.definitions.definitions)?;
             let store = connect(cli).await?;
-            let pin = Pin {
-                interval,
-                by: by.clone(),
-                at: feature_store::store::now_micros(),
-            };
-            let state = feature_store::tuner::set_pin(&store, &job, Some(pin)).await?;
+            let detail = jobs::detail(&store, &defs, &job.job).await?;
+            if json {
+                print_json(&jobs::detail_json(&detail, *limit));
+            } else {
+                print_overview(&detail.overview);
+                let lines = history_lines(&detail);
+                for (at, line) in lines.iter().skip(lines.len().saturating_sub(*limit)) {
+                    out!("  {}  {line}", utc(*at));
+                }
+            }
+        }
+        TunerAction::Pin {
+            job,
+            to,
+            by,
+            reason,
+        } => {
+            let defs = load_definitions(&job.definitions.definitions)?;
+            let interval = duration_flag("to", to)?;
+            let store = connect(cli).await?;
+            let state = jobs::pin(&store, &defs, &job.job, interval, by, reason.clone()).await?;
             if json {
                 print_json(&state_json(&state, 1));
             } else {
                 print_state(&state, 1);
             }
         }
-        TunerAction::Unpin { tuner } => {
-            let job = tuned_job(tuner)?;
+        TunerAction::Unpin { job, by } => {
+            let defs = load_definitions(&job.definitions.definitions)?;
             let store = connect(cli).await?;
-            let state = feature_store::tuner::set_pin(&store, &job, None).await?;
+            let state = jobs::unpin(&store, &defs, &job.job, by).await?;
             if json {
                 print_json(&state_json(&state, 1));
             } else {
                 print_state(&state, 1);
+            }
+        }
+        TunerAction::Run { job, by, reason } => {
+            let defs = load_definitions(&job.definitions.definitions)?;
+            let store = connect(cli).await?;
+            let request = jobs::request_run(&store, &defs, &job.job, by, reason.clone()).await?;
+            if json {
+                print_json(
+                    &json!({"job": request.job, "requested_by": request.by, "requested_at": utc(request.at), "runs": "at the scheduler's next poll"}),
+                );
+            } else {
+                out!(
+                    "run of {} requested by {} at {}; a running scheduler starts it at its next poll",
+                    request.job,
+                    request.by,
+                    utc(request.at)
+                );
+            }
+        }
+        TunerAction::Report { job, out } => {
+            let defs = load_definitions(&job.definitions.definitions)?;
+            let store = connect(cli).await?;
+            let detail = jobs::detail(&store, &defs, &job.job).await?;
+            let spec = jobs::spec(&defs, &job.job)?;
+            let svg = jobs::report_svg(spec, &detail)?;
+            std::fs::write(out, svg).with_context(|| format!("cannot write {}", out.display()))?;
+            if json {
+                print_json(
+                    &json!({"job": job.job, "out": out.display().to_string(), "decisions": detail.decisions.len()}),
+                );
+            } else {
+                out!(
+                    "{}: {} decisions plotted to {}",
+                    job.job,
+                    detail.decisions.len(),
+                    out.display()
+                );
             }
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+async fn scheduler(cli: &Cli, action: &SchedulerAction, json: bool) -> Result<ExitCode> {
+    let SchedulerAction::Run {
+        definitions,
+        poll,
+        once,
+    } = action;
+    let defs = Arc::new(load_definitions(&definitions.definitions)?);
+    if defs.job_specs().is_empty() {
+        bail!(
+            "{} declares no [[refresh_job]]; nothing to schedule",
+            definitions.definitions.display()
+        );
+    }
+    let store = Arc::new(connect(cli).await?);
+    let config = SchedulerConfig {
+        poll: duration_flag("poll", poll)?,
+        ..SchedulerConfig::for_this_process()
+    };
+    let jobs_count = defs.job_specs().len();
+    let print = move |e: &TickEvent| {
+        if json {
+            out!("{}", event_json(e));
+        } else {
+            out!("{}", event_text(e));
+        }
+    };
+    let scheduler = Arc::new(Scheduler::new(store, defs, config));
+    if *once {
+        for e in scheduler.tick(SystemClock.now()).await {
+            print(&e);
+        }
+        scheduler.wait_runs().await;
+        return Ok(ExitCode::SUCCESS);
+    }
+    if !json {
+        out!(
+            "scheduler {} running {jobs_count} job(s), looking every {poll}; Ctrl-C stops it",
+            scheduler.config().holder,
+        );
+    }
+    scheduler
+        .run(Arc::new(SystemClock), shutdown_signal(), print)
+        .await;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        let term = async {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut s) => {
+                    s.recv().await;
+                }
+                Err(_) => std::future::pending::<()>().await,
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            () = term => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+fn event_text(e: &TickEvent) -> String {
+    let now = utc(SystemClock.now());
+    match e {
+        TickEvent::Started { job, trigger } => {
+            format!("{now} {job}: run started ({})", trigger.describe())
+        }
+        TickEvent::Skipped { job, missed, next } => {
+            format!(
+                "{now} {job}: skipped {missed} missed run(s); next {}",
+                utc(*next)
+            )
+        }
+        TickEvent::LeaseHeld { job, holder, until } => {
+            format!("{now} {job}: held by {holder} until {}", utc(*until))
+        }
+        TickEvent::Evaluated { job, decision } => format!("{now} {job}: {}", decision.reason),
+        TickEvent::Error { job, message } => format!("{now} {job}: error: {message}"),
+    }
+}
+
+fn event_json(e: &TickEvent) -> Value {
+    match e {
+        TickEvent::Started { job, trigger } => {
+            json!({"event": "started", "job": job, "trigger": trigger})
+        }
+        TickEvent::Skipped { job, missed, next } => {
+            json!({"event": "skipped", "job": job, "missed": missed, "next": utc(*next)})
+        }
+        TickEvent::LeaseHeld { job, holder, until } => {
+            json!({"event": "lease_held", "job": job, "holder": holder, "until": utc(*until)})
+        }
+        TickEvent::Evaluated { job, decision } => {
+            json!({"event": "evaluated", "job": job, "decision": jobs::decision_json(decision)})
+        }
+        TickEvent::Error { job, message } => {
+            json!({"event": "error", "job": job, "message": message})
+        }
+    }
 }
 
 async fn connect(cli: &Cli) -> Result<AnyStore> {
@@ -666,36 +887,6 @@ fn human_duration(d: Duration) -> String {
         }
     }
     out
-}
-
-/// `2026-11-25T13:04:05Z` (UTC, whole seconds).
-fn utc(t: SystemTime) -> String {
-    let secs = t
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    let (y, m, d) = civil_from_days(i64::try_from(days).unwrap_or(0));
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem / 60 % 60,
-        rem % 60
-    )
-}
-
-/// Days since 1970-01-01 to (year, month, day), proleptic Gregorian
-/// (Howard Hinnant's algorithm).
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = u32::try_from(doy - (153 * mp + 2) / 5 + 1).unwrap_or(1);
-    let m = u32::try_from(if mp < 10 { mp + 3 } else { mp - 9 }).unwrap_or(1);
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d)
 }
 
 #[cfg(test)]

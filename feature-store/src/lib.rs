@@ -27,6 +27,7 @@ pub mod freshness;
 pub mod log;
 pub mod reader;
 pub mod refresh;
+pub mod schedule;
 pub mod source;
 pub mod store;
 pub mod tuner;

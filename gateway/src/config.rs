@@ -33,6 +33,10 @@ struct RawConfig {
     #[serde(rename = "model")]
     models: Vec<RawModel>,
     auth: Option<RawAuth>,
+    // --- refresh scheduler (crate::tuner_admin) ---
+    #[serde(default)]
+    scheduler: crate::tuner_admin::SchedulerSettings,
+    // --- end refresh scheduler ---
     #[serde(default)]
     rollout: RawRollout,
 }
@@ -420,6 +424,8 @@ pub struct GatewayConfig {
     pub models: Vec<ModelConfig>,
     /// SSO authentication and the access policy.
     pub auth: AuthSettings,
+    /// `[scheduler]`: whether this gateway runs the refresh jobs.
+    pub scheduler: crate::tuner_admin::SchedulerSettings,
     /// Routing changes at run time and the shadow pool.
     pub rollout: RolloutConfig,
 }
@@ -638,6 +644,7 @@ impl GatewayConfig {
             store,
             cache,
             prediction_log: raw.prediction_log,
+            scheduler: raw.scheduler,
             models,
             auth,
             rollout: RolloutConfig {

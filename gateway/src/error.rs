@@ -53,9 +53,9 @@ pub enum GatewayError {
         /// The ID sent.
         prediction_id: String,
     },
-    /// The refresh tuner has no state for a job.
+    /// No `[[refresh_job]]` of that name is declared.
     #[error(
-        "the refresh tuner has no state for job {job:?}: it has not evaluated that job yet (`mlgw-features tuner evaluate --job {job} …`), or the name is wrong"
+        "no refresh job {job:?} is declared in the feature definitions; `GET /v1/admin/tuner/jobs` lists them"
     )]
     UnknownTunerJob {
         /// The job asked for.

@@ -351,33 +351,6 @@ async fn feedback<S: FeatureStore>(
     Ok(Json(json!({})))
 }
 
-/// `GET /v1/admin/tuner/jobs/{job}`: the refresh tuner's state of one job
-/// (interval and last good interval in seconds, cool-down, pin, decisions
-/// with their reasons), for the admin scope only.
-async fn admin_tuner_job<S: FeatureStore>(
-    State(shared): State<Arc<Shared<S>>>,
-    Extension(caller): Extension<Caller>,
-    Path(job): Path<String>,
-) -> Result<Json<Value>, GatewayError> {
-    let result = async {
-        shared.authorize("rest", Some(&caller), Access::Admin)?;
-        let state = shared
-            .gateway
-            .enricher()
-            .reader()
-            .store()
-            .get_tuner_state(&job)
-            .await
-            .map_err(|e| GatewayError::FeatureStore(e.into()))?
-            .ok_or_else(|| GatewayError::UnknownTunerJob { job: job.clone() })?;
-        serde_json::to_value(&state)
-            .map_err(|e| GatewayError::InvalidArgument(format!("tuner state of {job}: {e}")))
-    }
-    .await;
-    shared.record("rest", "admin", &result);
-    Ok(Json(result?))
-}
-
 /// The OpenAPI document of these routes (`gateway/openapi.json`).
 pub const OPENAPI: &str = include_str!("../openapi.json");
 
@@ -455,7 +428,6 @@ pub fn router<S: FeatureStore>(shared: Arc<Shared<S>>) -> Router {
         .route("/v1/models/{model}/predict-batch", post(predict_batch::<S>))
         .route("/v1/features/{view}/push", post(push::<S>))
         .route("/v1/feedback", post(feedback::<S>))
-        .route("/v1/admin/tuner/jobs/{job}", get(admin_tuner_job::<S>))
         .route(
             "/v1/admin/models",
             get(crate::routing_admin::rest_list::<S>),
@@ -468,6 +440,9 @@ pub fn router<S: FeatureStore>(shared: Arc<Shared<S>>) -> Router {
             "/v1/admin/models/{model}/shadow-report",
             get(crate::routing_admin::rest_shadow_report::<S>),
         )
+        // --- refresh tuner admin API (crate::tuner_admin) ---
+        .merge(crate::tuner_admin::routes::<S>())
+        // --- end refresh tuner admin API ---
         .route_layer(axum::middleware::from_fn_with_state(
             shared.auth.clone(),
             crate::auth::layer::rest,

@@ -7,9 +7,10 @@
 //! fronts, [`metrics`], the [`predlog`] prediction log writer (feedback joins
 //! to it), the tower stack in [`layers`] (span, shedding, concurrency limit,
 //! timeout), [`auth`] (SSO tokens, the access policy, the dev issuer) and the
-//! [`server`] that runs them, and [`rollout`] (stable, canary, pilot and
-//! shadow versions, sticky split, changes at run time) with its admin API in
-//! [`routing_admin`].
+//! [`server`] that runs them, [`rollout`] (stable, canary, pilot and shadow
+//! versions, sticky split, changes at run time) with its admin API in
+//! [`routing_admin`], and [`tuner_admin`] (the refresh tuner's admin API and
+//! the hosted scheduler).
 
 pub mod auth;
 pub mod config;
@@ -26,3 +27,4 @@ pub mod predlog;
 pub mod rollout;
 pub mod routing_admin;
 pub mod server;
+pub mod tuner_admin;

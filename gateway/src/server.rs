@@ -46,6 +46,8 @@ pub struct Shared<S> {
     pub policy: Policy,
     /// The dev issuer, in `mode = "dev"`.
     pub dev_issuer: Option<Arc<DevIssuerState>>,
+    /// The hosted scheduler's poll interval (None: `[scheduler]` disabled).
+    pub scheduler_poll: Option<Duration>,
 }
 
 impl<S: feature_store::store::FeatureStore> Shared<S> {
@@ -144,6 +146,7 @@ pub struct GatewayServer {
     key_refresh: Duration,
     dev_token: Option<DevToken>,
     config: GatewayConfig,
+    scheduler: crate::tuner_admin::SchedulerSettings,
 }
 
 impl GatewayServer {
@@ -229,6 +232,7 @@ impl GatewayServer {
                 auth: AuthState { verifier, metrics },
                 policy: Policy::new(auth.rules.clone(), auth.pilots.clone()),
                 dev_issuer,
+                scheduler_poll: config.scheduler.enabled.then_some(config.scheduler.poll),
             }),
             reader,
             http,
@@ -237,6 +241,7 @@ impl GatewayServer {
             key_refresh: auth.jwks_refresh,
             dev_token,
             config: config.clone(),
+            scheduler: config.scheduler.clone(),
         })
     }
 
@@ -353,12 +358,47 @@ impl GatewayServer {
                     crate::routing_admin::RoutingAdminGrpc::new(Arc::clone(&self.shared)),
                 ),
             )
-            .serve_with_incoming_shutdown(incoming, stop(rx));
+            // --- refresh tuner admin API (crate::tuner_admin) ---
+            .add_service(
+                proto::gateway::v1::tuner_admin_service_server::TunerAdminServiceServer::new(
+                    crate::tuner_admin::TunerAdminGrpc::new(Arc::clone(&self.shared)),
+                ),
+            )
+            // --- end refresh tuner admin API ---
+            .serve_with_incoming_shutdown(incoming, stop(rx.clone()));
+        // --- refresh scheduler (crate::tuner_admin) ---
+        let scheduler = self.scheduler.enabled.then(|| {
+            let scheduler = Arc::new(feature_store::schedule::Scheduler::new(
+                Arc::clone(self.reader.store()),
+                Arc::new(self.reader.definitions().clone()),
+                feature_store::schedule::SchedulerConfig {
+                    poll: self.scheduler.poll,
+                    lease_margin: self.scheduler.lease_margin,
+                    ..feature_store::schedule::SchedulerConfig::for_this_process()
+                },
+            ));
+            tracing::info!(
+                holder = scheduler.config().holder,
+                "refresh scheduler started (every {:?})",
+                self.scheduler.poll
+            );
+            tokio::spawn(scheduler.run(
+                Arc::new(feature_store::schedule::SystemClock),
+                stop(rx.clone()),
+                feature_store::schedule::log_event,
+            ))
+        });
+        // --- end refresh scheduler ---
         tokio::spawn(async move {
             shutdown.await;
             let _ = tx.send(true);
         });
         let (h, g) = tokio::join!(http.into_future(), grpc);
+        if let Some(scheduler) = scheduler
+            && let Err(e) = scheduler.await
+        {
+            tracing::error!(error = %e, "the refresh scheduler's task failed");
+        }
         watch.abort();
         key_refresh.abort();
         routing_poll.abort();

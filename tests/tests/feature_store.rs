@@ -15,11 +15,12 @@ use feature_store::freshness::{StoredRow, ValueState};
 use feature_store::log::{FeedbackRecord, LogEntry, LoggedOutput, Outcome, PredictionRecord};
 use feature_store::reader::{FeatureReader, ReaderConfig};
 use feature_store::refresh::{self, RefreshError, RefreshOptions, RefreshOutcome};
+use feature_store::schedule::{RunRequest, ScheduleState};
 use feature_store::store::embedded::EmbeddedStore;
 use feature_store::store::scylla::{ScyllaConfig, ScyllaStore};
 use feature_store::store::{
-    AnyStore, BatchRecord, BatchStatus, CurrentBatch, DynamicWrite, FeatureStore, RoutingRecord,
-    SchemaReport, StaticWrite, StoreError,
+    AnyStore, BatchRecord, BatchStatus, CurrentBatch, DynamicWrite, FeatureStore, LeaseOutcome,
+    RoutingRecord, SchemaReport, StaticWrite, StoreError,
 };
 use feature_store::tuner::controller::{JobState, Policy, Window};
 use feature_store::tuner::metric::MetricKind;
@@ -732,6 +733,95 @@ async fn routing_is_compare_and_set(f: Fixture) -> Result<()> {
     Ok(())
 }
 
+/// The scheduler's lease: one holder at a time, renewable by its holder,
+/// taken over only once expired, released only by its holder; and of many
+/// concurrent takers exactly one wins.
+async fn a_job_lease_has_one_holder_at_a_time(f: Fixture) -> Result<()> {
+    let (t0, min) = (feature_store::store::now_micros(), Duration::from_secs(60));
+    let lease = "refresh/profile_daily";
+    assert_eq!(
+        f.store.try_lease(lease, "a", t0, t0 + min).await?,
+        LeaseOutcome::Acquired
+    );
+    match f
+        .store
+        .try_lease(lease, "b", t0 + min / 2, t0 + 2 * min)
+        .await?
+    {
+        LeaseOutcome::Held(l) => {
+            assert_eq!((l.holder.as_str(), l.expires_at), ("a", t0 + min));
+        }
+        other => bail!("b took a's unexpired lease: {other:?}"),
+    }
+    // The holder renews; the other may not release it.
+    assert_eq!(
+        f.store
+            .try_lease(lease, "a", t0 + min / 2, t0 + 3 * min)
+            .await?,
+        LeaseOutcome::Acquired
+    );
+    assert!(!f.store.release_lease(lease, "b").await?);
+    assert!(matches!(
+        f.store
+            .try_lease(lease, "b", t0 + 2 * min, t0 + 4 * min)
+            .await?,
+        LeaseOutcome::Held(_)
+    ));
+    // Expired: taken over.
+    assert_eq!(
+        f.store
+            .try_lease(lease, "b", t0 + 3 * min, t0 + 4 * min)
+            .await?,
+        LeaseOutcome::Acquired
+    );
+    assert!(!f.store.release_lease(lease, "a").await?);
+    assert!(f.store.release_lease(lease, "b").await?);
+    // Released: free for anyone.
+    assert_eq!(
+        f.store.try_lease(lease, "c", t0, t0 + min).await?,
+        LeaseOutcome::Acquired
+    );
+
+    // Eight schedulers race for a fresh lease: exactly one wins.
+    let store = Arc::new(f.store.clone());
+    let racers: Vec<_> = (0..8)
+        .map(|i| {
+            let store = Arc::clone(&store);
+            tokio::spawn(async move {
+                store
+                    .try_lease("refresh/race", &format!("host-{i}"), t0, t0 + min)
+                    .await
+            })
+        })
+        .collect();
+    let mut winners = 0;
+    for r in racers {
+        if r.await?? == LeaseOutcome::Acquired {
+            winners += 1;
+        }
+    }
+    assert_eq!(winners, 1);
+
+    // Schedules and run requests round-trip.
+    let mut schedule = ScheduleState::new("profile_daily");
+    schedule.anchor = Some(t0);
+    f.store.put_schedule(&schedule).await?;
+    assert_eq!(f.store.get_schedule("profile_daily").await?, Some(schedule));
+    let request = RunRequest {
+        job: "profile_daily".into(),
+        by: "dana".into(),
+        at: t0,
+        reason: Some("upstream fix".into()),
+    };
+    f.store.put_run_request(&request).await?;
+    assert_eq!(
+        f.store.get_run_request("profile_daily").await?,
+        Some(request)
+    );
+    assert_eq!(f.store.get_run_request("other").await?, None);
+    Ok(())
+}
+
 // ---------------------------------------------------------------------------
 // The row cache, over the real backend with a counter of backend reads.
 
@@ -820,6 +910,30 @@ impl FeatureStore for Counting {
         document: &str,
     ) -> Result<bool, StoreError> {
         self.inner.put_routing(model, expected, document).await
+    }
+    async fn try_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        now: SystemTime,
+        until: SystemTime,
+    ) -> Result<LeaseOutcome, StoreError> {
+        self.inner.try_lease(name, holder, now, until).await
+    }
+    async fn release_lease(&self, name: &str, holder: &str) -> Result<bool, StoreError> {
+        self.inner.release_lease(name, holder).await
+    }
+    async fn get_schedule(&self, job: &str) -> Result<Option<ScheduleState>, StoreError> {
+        self.inner.get_schedule(job).await
+    }
+    async fn put_schedule(&self, state: &ScheduleState) -> Result<(), StoreError> {
+        self.inner.put_schedule(state).await
+    }
+    async fn put_run_request(&self, request: &RunRequest) -> Result<(), StoreError> {
+        self.inner.put_run_request(request).await
+    }
+    async fn get_run_request(&self, job: &str) -> Result<Option<RunRequest>, StoreError> {
+        self.inner.get_run_request(job).await
     }
     async fn put_tuner_state(&self, state: &JobState) -> Result<(), StoreError> {
         self.inner.put_tuner_state(state).await
@@ -987,4 +1101,5 @@ contract!(
     prediction_log_joins_feedback,
     tuner_state_survives_a_restart,
     routing_is_compare_and_set,
+    a_job_lease_has_one_holder_at_a_time,
 );

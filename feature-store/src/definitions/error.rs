@@ -242,4 +242,7 @@ pub enum DefinitionProblem {
         /// The input's dtype.
         dtype: InputDtype,
     },
+    /// A `[[refresh_job]]` setting is wrong (the message says how).
+    #[error("{0}")]
+    RefreshJob(String),
 }

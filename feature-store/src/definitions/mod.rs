@@ -52,6 +52,7 @@
 
 mod duration;
 mod error;
+mod job;
 mod model;
 mod raw;
 mod validate;
@@ -65,6 +66,7 @@ use std::path::{Path, PathBuf};
 
 pub use duration::{DurationError, parse_duration};
 pub use error::{DefinitionProblem, DefinitionsError};
+pub use job::{JobSource, JobTuning, MissedRun, RefreshJobSpec};
 pub use model::{ColumnSource, InputColumn, InputDtype, ModelFeatures, ModelInput};
 pub use value::{FeatureType, FeatureValue};
 pub use view::{
@@ -81,6 +83,7 @@ pub struct FeatureDefinitions {
     views: Vec<FeatureView>,
     request_features: Vec<RequestFeature>,
     models: Vec<ModelFeatures>,
+    jobs: Vec<RefreshJobSpec>,
 }
 
 impl FeatureDefinitions {
@@ -164,6 +167,17 @@ impl FeatureDefinitions {
     /// The features of the model called `name`.
     pub fn model(&self, name: &str) -> Option<&ModelFeatures> {
         self.models.iter().find(|m| m.name == name)
+    }
+
+    /// The declared `[[refresh_job]]`s (what the scheduler runs), in file
+    /// order.
+    pub fn job_specs(&self) -> &[RefreshJobSpec] {
+        &self.jobs
+    }
+
+    /// The declared `[[refresh_job]]` called `name`.
+    pub fn job_spec(&self, name: &str) -> Option<&RefreshJobSpec> {
+        self.jobs.iter().find(|j| j.name == name)
     }
 
     /// The distinct refresh jobs, in the order their first view is declared.

@@ -22,6 +22,8 @@ pub(super) struct RawDefinitions {
     pub request_features: Vec<RawRequestFeature>,
     #[serde(rename = "model", default)]
     pub models: Vec<RawModel>,
+    #[serde(rename = "refresh_job", default)]
+    pub refresh_jobs: Vec<super::job::RawRefreshJob>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -696,3 +696,145 @@ fn default_out_of_range_for_the_input() {
         "{p}"
     );
 }
+
+// ---------------------------------------------------------------------------
+// [[refresh_job]]
+
+const JOB: &str = r#"
+[[refresh_job]]
+name = "profile_daily"
+interval = "24h"
+timeout = "2h"
+
+[refresh_job.source]
+file = "profile.csv"
+
+[refresh_job.tuner]
+model = "scorer"
+metric = "auc"
+positive_label = "fraud"
+threshold = 0.9
+min_interval = "1h"
+max_interval = "7d"
+window = "1h"
+"#;
+
+fn with_job(from: &str, to: &str) -> String {
+    assert!(JOB.contains(from), "JOB has no {from:?}");
+    format!("{BASE}{}", JOB.replacen(from, to, 1))
+}
+
+#[test]
+fn a_declared_job_is_validated_with_its_defaults() {
+    let defs = parse(&format!("{BASE}{JOB}")).unwrap();
+    let job = defs.job_spec("profile_daily").unwrap();
+    assert_eq!(job.view, "profile");
+    assert_eq!(job.interval, Duration::from_secs(86_400));
+    assert_eq!(job.missed_run, MissedRun::RunOnce);
+    assert_eq!(job.script_version, "unversioned");
+    // Relative to the definitions file's folder.
+    assert_eq!(
+        job.source,
+        JobSource::File(Path::new("defs/profile.csv").to_owned())
+    );
+    let t = job.tuning.as_ref().unwrap();
+    assert_eq!(t.policy.good_windows, 3);
+    assert_eq!(t.policy.min_samples, 500);
+    assert_eq!(t.scoring.output, "probabilities");
+    let example = example();
+    let spec = example.job_spec("customer_profile_daily").unwrap();
+    assert_eq!(spec.view, "customer_profile");
+    assert!(spec.tuning.is_some());
+}
+
+#[test]
+fn job_problems_name_their_key() {
+    let cases = [
+        (
+            with_job("name = \"profile_daily\"", "name = \"nightly\""),
+            "refresh_job[0].name",
+        ),
+        (
+            with_job("timeout = \"2h\"", "timeout = \"2 hours\""),
+            "refresh_job[0].timeout",
+        ),
+        (
+            with_job(
+                "timeout = \"2h\"",
+                "timeout = \"2h\"\nmissed_run = \"later\"",
+            ),
+            "refresh_job[0].missed_run",
+        ),
+        (
+            with_job("interval = \"24h\"", "interval = \"30m\""),
+            "refresh_job[0].interval",
+        ),
+        (
+            with_job("file = \"profile.csv\"", "command = []"),
+            "refresh_job[0].source.command",
+        ),
+        (
+            with_job("file = \"profile.csv\"", ""),
+            "refresh_job[0].source",
+        ),
+        (
+            with_job("metric = \"auc\"", "metric = \"f1\""),
+            "refresh_job[0].tuner.metric",
+        ),
+        (
+            with_job("positive_label = \"fraud\"", ""),
+            "refresh_job[0].tuner.positive_label",
+        ),
+        (
+            with_job("min_interval = \"1h\"", "min_interval = \"8d\""),
+            "refresh_job[0].tuner.min_interval",
+        ),
+        (
+            with_job("model = \"scorer\"", "model = \"ranker\""),
+            "refresh_job[0].tuner.model",
+        ),
+        (
+            with_job("window = \"1h\"", "window = \"1h\"\ngood_windows = 0"),
+            "refresh_job[0].tuner.good_windows",
+        ),
+        (
+            format!(
+                "{BASE}{JOB}{}",
+                JOB.split("[refresh_job.tuner]").next().unwrap()
+            ),
+            "refresh_job[1].name",
+        ),
+    ];
+    for (text, key) in cases {
+        let problem = refused_at(&text, key);
+        assert!(!problem.to_string().is_empty());
+    }
+    // A typo in a key is a parse error naming it.
+    let message = parse_error(&with_job("timeout = \"2h\"", "timout = \"2h\""));
+    assert!(message.contains("timout"), "{message}");
+}
+
+#[test]
+fn a_job_source_may_be_a_command() {
+    let defs = parse(&with_job(
+        "file = \"profile.csv\"",
+        "file = \"/data/profile.csv\"\ncommand = [\"python3\", \"export.py\"]",
+    ))
+    .unwrap();
+    assert_eq!(
+        defs.job_spec("profile_daily").unwrap().source,
+        JobSource::CommandThenFile {
+            command: vec!["python3".into(), "export.py".into()],
+            file: "/data/profile.csv".into()
+        }
+    );
+    let defs = parse(&with_job(
+        "file = \"profile.csv\"",
+        "command = [\"./load.sh\"]",
+    ))
+    .unwrap();
+    assert_eq!(
+        defs.job_spec("profile_daily").unwrap().source,
+        JobSource::Command(vec!["./load.sh".into()])
+    );
+}

@@ -42,12 +42,42 @@ pub(super) fn validate(
         v.check(&name_key, names.insert(&model.name, &name_key))?;
         models.push(v.model(model, &at, &views, &request_features)?);
     }
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut jobs: Vec<super::job::RefreshJobSpec> = Vec::with_capacity(raw.refresh_jobs.len());
+    for (i, job) in raw.refresh_jobs.iter().enumerate() {
+        let at = format!("refresh_job[{i}]");
+        let spec = super::job::validate_job(job, &views, dir)
+            .map_err(|(key, problem)| v.invalid(&format!("{at}.{key}"), problem))?;
+        if let Some(first) = jobs.iter().position(|j| j.name == spec.name) {
+            return Err(v.invalid(
+                &format!("{at}.name"),
+                DefinitionProblem::RefreshJob(format!(
+                    "job {:?} is already declared at `refresh_job[{first}]`; declare each job once",
+                    spec.name
+                )),
+            ));
+        }
+        if let Some(t) = &spec.tuning
+            && !models.iter().any(|m| m.name == t.scoring.model)
+        {
+            return Err(v.invalid(
+                &format!("{at}.tuner.model"),
+                DefinitionProblem::RefreshJob(format!(
+                    "no [[model]] is named {:?}; models: {}",
+                    t.scoring.model,
+                    known(models.iter().map(|m| m.name.as_str()))
+                )),
+            ));
+        }
+        jobs.push(spec);
+    }
     Ok(FeatureDefinitions {
         source: path.to_owned(),
         entities,
         views,
         request_features,
         models,
+        jobs,
     })
 }
 

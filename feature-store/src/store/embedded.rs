@@ -12,17 +12,20 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use redb::{ConcurrencyMode, Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{
+    ConcurrencyMode, Database, ReadableDatabase, ReadableTable, TableDefinition, TableHandle,
+};
 
 use super::{
-    BatchRecord, CurrentBatch, DynamicWrite, FeatureStore, RoutingRecord, SchemaReport,
-    StaticWrite, StoreError, from_micros, to_micros,
+    BatchRecord, CurrentBatch, DynamicWrite, FeatureStore, Lease, LeaseOutcome, RoutingRecord,
+    SchemaReport, StaticWrite, StoreError, from_micros, to_micros,
 };
 use crate::codec;
 use crate::freshness::{StoredRow, StoredValue};
 use crate::log::{
     FeedbackRecord, LogEntry, PredictionKey, PredictionRecord, id_lower_bound, unix_ms,
 };
+use crate::schedule::{RunRequest, ScheduleState};
 use crate::tuner::controller::JobState;
 
 /// The schema version this build writes and reads.
@@ -45,6 +48,18 @@ const FEEDBACK: TableDefinition<&str, &[u8]> = TableDefinition::new("feedback");
 const TUNER: TableDefinition<&str, &[u8]> = TableDefinition::new("tuner_state");
 /// model → revision (i64 LE) + the gateway's routing document.
 const ROUTING: TableDefinition<&str, &[u8]> = TableDefinition::new("model_routing");
+/// lease name → JSON holder and expiry.
+const LEASES: TableDefinition<&str, &[u8]> = TableDefinition::new("leases");
+/// refresh job → JSON schedule state.
+const SCHEDULE: TableDefinition<&str, &[u8]> = TableDefinition::new("job_schedule");
+/// refresh job → JSON run request.
+const RUN_REQUESTS: TableDefinition<&str, &[u8]> = TableDefinition::new("run_requests");
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct LeaseJson {
+    holder: String,
+    expires_at: i64,
+}
 
 /// The redb-backed store.
 pub struct EmbeddedStore {
@@ -176,6 +191,51 @@ impl EmbeddedStore {
     }
 }
 
+impl EmbeddedStore {
+    /// The JSON document under `key` in `table`.
+    async fn get_json<T: serde::de::DeserializeOwned + Send + 'static>(
+        &self,
+        table: TableDefinition<'static, &'static str, &'static [u8]>,
+        key: &str,
+    ) -> Result<Option<T>, StoreError> {
+        let key = key.to_owned();
+        self.blocking(move |db, err| {
+            Self::check_schema(db, err)?;
+            let tx = db.begin_read().map_err(|e| err(e.into()))?;
+            let t = tx.open_table(table).map_err(|e| err(e.into()))?;
+            let Some(v) = t.get(key.as_str()).map_err(|e| err(e.into()))? else {
+                return Ok(None);
+            };
+            serde_json::from_slice(v.value()).map(Some).map_err(|e| {
+                StoreError::Backend(format!("damaged {} record of {key}: {e}", table.name()))
+            })
+        })
+        .await
+    }
+
+    /// Replaces the JSON document under `key` in `table`.
+    async fn put_json<T: serde::Serialize>(
+        &self,
+        table: TableDefinition<'static, &'static str, &'static [u8]>,
+        key: &str,
+        value: &T,
+    ) -> Result<(), StoreError> {
+        let k = key.to_owned();
+        let v = serde_json::to_vec(value).map_err(|e| StoreError::Backend(e.to_string()))?;
+        self.blocking(move |db, err| {
+            Self::check_schema(db, err)?;
+            let tx = db.begin_write().map_err(|e| err(e.into()))?;
+            {
+                let mut t = tx.open_table(table).map_err(|e| err(e.into()))?;
+                t.insert(k.as_str(), v.as_slice())
+                    .map_err(|e| err(e.into()))?;
+            }
+            tx.commit().map_err(|e| err(e.into()))
+        })
+        .await
+    }
+}
+
 fn read_static_sync(
     db: &Database,
     err: &dyn Fn(redb::Error) -> StoreError,
@@ -274,6 +334,17 @@ impl FeatureStore for EmbeddedStore {
                 tx.open_table(ROUTING).map(drop).map_err(|e| err(e.into()))?;
                 if from < 4 {
                     applied.push("created table model_routing".to_owned());
+                }
+                // Version 4: the scheduler's leases, schedules and run requests.
+                for (name, open) in [
+                    ("leases", tx.open_table(LEASES).map(drop)),
+                    ("job_schedule", tx.open_table(SCHEDULE).map(drop)),
+                    ("run_requests", tx.open_table(RUN_REQUESTS).map(drop)),
+                ] {
+                    open.map_err(|e| err(e.into()))?;
+                    if from < 4 {
+                        applied.push(format!("created table {name}"));
+                    }
                 }
                 meta.insert("schema_version", u64::from(SCHEMA_VERSION))
                     .map_err(|e| err(e.into()))?;
@@ -700,6 +771,92 @@ impl FeatureStore for EmbeddedStore {
         .await
     }
 
+    async fn try_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        now: SystemTime,
+        until: SystemTime,
+    ) -> Result<LeaseOutcome, StoreError> {
+        let (name, holder) = (name.to_owned(), holder.to_owned());
+        self.blocking(move |db, err| {
+            Self::check_schema(db, err)?;
+            // One write transaction: redb serialises writers (also across
+            // processes sharing the file), so read-check-write is atomic.
+            let tx = db.begin_write().map_err(|e| err(e.into()))?;
+            let outcome = {
+                let mut t = tx.open_table(LEASES).map_err(|e| err(e.into()))?;
+                let current: Option<LeaseJson> =
+                    match t.get(name.as_str()).map_err(|e| err(e.into()))? {
+                        Some(v) => Some(serde_json::from_slice(v.value()).map_err(|e| {
+                            StoreError::Backend(format!("damaged lease {name}: {e}"))
+                        })?),
+                        None => None,
+                    };
+                match current {
+                    Some(c) if c.holder != holder && c.expires_at > to_micros(now) => {
+                        LeaseOutcome::Held(Lease {
+                            name: name.clone(),
+                            holder: c.holder,
+                            expires_at: from_micros(c.expires_at),
+                        })
+                    }
+                    _ => {
+                        let v = serde_json::to_vec(&LeaseJson {
+                            holder: holder.clone(),
+                            expires_at: to_micros(until),
+                        })
+                        .map_err(|e| StoreError::Backend(e.to_string()))?;
+                        t.insert(name.as_str(), v.as_slice())
+                            .map_err(|e| err(e.into()))?;
+                        LeaseOutcome::Acquired
+                    }
+                }
+            };
+            tx.commit().map_err(|e| err(e.into()))?;
+            Ok(outcome)
+        })
+        .await
+    }
+
+    async fn release_lease(&self, name: &str, holder: &str) -> Result<bool, StoreError> {
+        let (name, holder) = (name.to_owned(), holder.to_owned());
+        self.blocking(move |db, err| {
+            Self::check_schema(db, err)?;
+            let tx = db.begin_write().map_err(|e| err(e.into()))?;
+            let released = {
+                let mut t = tx.open_table(LEASES).map_err(|e| err(e.into()))?;
+                let mine = match t.get(name.as_str()).map_err(|e| err(e.into()))? {
+                    Some(v) => serde_json::from_slice::<LeaseJson>(v.value())
+                        .is_ok_and(|c| c.holder == holder),
+                    None => false,
+                };
+                if mine {
+                    t.remove(name.as_str()).map_err(|e| err(e.into()))?;
+                }
+                mine
+            };
+            tx.commit().map_err(|e| err(e.into()))?;
+            Ok(released)
+        })
+        .await
+    }
+
+    async fn get_schedule(&self, job: &str) -> Result<Option<ScheduleState>, StoreError> {
+        self.get_json(SCHEDULE, job).await
+    }
+
+    async fn put_schedule(&self, state: &ScheduleState) -> Result<(), StoreError> {
+        self.put_json(SCHEDULE, &state.job, state).await
+    }
+
+    async fn put_run_request(&self, request: &RunRequest) -> Result<(), StoreError> {
+        self.put_json(RUN_REQUESTS, &request.job, request).await
+    }
+
+    async fn get_run_request(&self, job: &str) -> Result<Option<RunRequest>, StoreError> {
+        self.get_json(RUN_REQUESTS, job).await
+    }
     async fn get_routing(&self, model: &str) -> Result<Option<RoutingRecord>, StoreError> {
         let model = model.to_owned();
         self.blocking(move |db, err| {

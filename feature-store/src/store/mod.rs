@@ -14,6 +14,11 @@
 //!   back by ID or joined over a time window.
 //! - **tuner state**: per refresh job, the controller's state and decision
 //!   history as one JSON document.
+//! - **scheduler**: per refresh job its schedule (runs with their outcome,
+//!   last evaluation) and the latest run request of a person, each one JSON
+//!   document, and named **leases** (holder + expiry) taken atomically — a
+//!   lightweight transaction on ScyllaDB, a write transaction on redb — so
+//!   only one scheduler process runs a job at a time.
 //! - **refresh batches**: [`BatchRecord`] per run, and per static view the
 //!   current batch ([`CurrentBatch`]), switched in one write when a batch is done.
 //!
@@ -33,8 +38,29 @@ use crate::codec::CodecError;
 use crate::definitions::FeatureValue;
 use crate::freshness::StoredRow;
 use crate::log::{FeedbackRecord, LogEntry, PredictionRecord};
+use crate::schedule::{RunRequest, ScheduleState};
 use crate::source::RejectedRow;
 use crate::tuner::controller::JobState;
+
+/// A lease on a named resource (a refresh job): who holds it, until when.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    /// The resource.
+    pub name: String,
+    /// Who holds it.
+    pub holder: String,
+    /// When it lapses unless renewed.
+    pub expires_at: SystemTime,
+}
+
+/// The answer to [`FeatureStore::try_lease`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LeaseOutcome {
+    /// The caller holds the lease until the asked time.
+    Acquired,
+    /// Someone else holds an unexpired lease.
+    Held(Lease),
+}
 
 /// One entity's static row, encoded for writing (see [`crate::codec`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -338,6 +364,47 @@ pub trait FeatureStore: Send + Sync + 'static {
         state: &JobState,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
+    /// Takes (or renews) the lease `name` for `holder` until `until`,
+    /// atomically: it succeeds when nobody holds it, `holder` holds it, or the
+    /// holder's lease expired before `now`.
+    fn try_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        now: SystemTime,
+        until: SystemTime,
+    ) -> impl Future<Output = Result<LeaseOutcome, StoreError>> + Send;
+
+    /// Gives the lease up if `holder` still holds it; true if it did.
+    fn release_lease(
+        &self,
+        name: &str,
+        holder: &str,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// The scheduler's record of `job`, if it ever ran it.
+    fn get_schedule(
+        &self,
+        job: &str,
+    ) -> impl Future<Output = Result<Option<ScheduleState>, StoreError>> + Send;
+
+    /// Saves the scheduler's record of one job (written by the lease holder).
+    fn put_schedule(
+        &self,
+        state: &ScheduleState,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Saves a person's request to run a job now (replacing an earlier one).
+    fn put_run_request(
+        &self,
+        request: &RunRequest,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// The latest run request of `job`, if any.
+    fn get_run_request(
+        &self,
+        job: &str,
+    ) -> impl Future<Output = Result<Option<RunRequest>, StoreError>> + Send;
     /// The gateway's routing document of `model` with its revision, if one
     /// was ever saved.
     fn get_routing(
@@ -470,6 +537,30 @@ impl FeatureStore for AnyStore {
         document: &str,
     ) -> Result<bool, StoreError> {
         dispatch!(self, s => s.put_routing(model, expected, document).await)
+    }
+    async fn try_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        now: SystemTime,
+        until: SystemTime,
+    ) -> Result<LeaseOutcome, StoreError> {
+        dispatch!(self, s => s.try_lease(name, holder, now, until).await)
+    }
+    async fn release_lease(&self, name: &str, holder: &str) -> Result<bool, StoreError> {
+        dispatch!(self, s => s.release_lease(name, holder).await)
+    }
+    async fn get_schedule(&self, job: &str) -> Result<Option<ScheduleState>, StoreError> {
+        dispatch!(self, s => s.get_schedule(job).await)
+    }
+    async fn put_schedule(&self, state: &ScheduleState) -> Result<(), StoreError> {
+        dispatch!(self, s => s.put_schedule(state).await)
+    }
+    async fn put_run_request(&self, request: &RunRequest) -> Result<(), StoreError> {
+        dispatch!(self, s => s.put_run_request(request).await)
+    }
+    async fn get_run_request(&self, job: &str) -> Result<Option<RunRequest>, StoreError> {
+        dispatch!(self, s => s.get_run_request(job).await)
     }
 }
 

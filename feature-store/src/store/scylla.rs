@@ -19,6 +19,11 @@
 //! - `tuner_state (job)`: the refresh tuner's state per job, one JSON text.
 //! - `model_routing (model)`: the gateway's routing document per model and its
 //!   revision, changed only by lightweight transactions (`IF revision = ?`).
+//! - `leases (name)`: holder and expiry, taken and released with lightweight
+//!   transactions (`IF NOT EXISTS` / `IF holder = ? AND expires_at = ?`) and
+//!   read at SERIAL, so two schedulers never both win one job.
+//! - `job_schedule (job)` and `run_requests (job)`: the scheduler's record
+//!   and the latest run request per job, one JSON text each.
 //! - `schema_meta`: the schema version.
 //!
 //! Times are stored as `bigint` microseconds, the driver's and ScyllaDB's
@@ -39,8 +44,8 @@ use scylla::statement::prepared::PreparedStatement;
 use tokio::sync::OnceCell;
 
 use super::{
-    BatchRecord, BatchStatus, CurrentBatch, DynamicWrite, FeatureStore, RoutingRecord,
-    SchemaReport, StaticWrite, StoreError, from_micros, to_micros,
+    BatchRecord, BatchStatus, CurrentBatch, DynamicWrite, FeatureStore, Lease, LeaseOutcome,
+    RoutingRecord, SchemaReport, StaticWrite, StoreError, from_micros, to_micros,
 };
 use crate::codec;
 use crate::freshness::{StoredRow, StoredValue};
@@ -48,6 +53,7 @@ use crate::log::{
     FeedbackRecord, LOG_SHARDS, LogEntry, PredictionKey, PredictionRecord, hours, id_lower_bound,
     unix_ms,
 };
+use crate::schedule::{RunRequest, ScheduleState};
 use crate::source::RejectedRow;
 use crate::tuner::controller::JobState;
 
@@ -141,6 +147,14 @@ struct Statements {
     get_routing: PreparedStatement,
     insert_routing: PreparedStatement,
     update_routing: PreparedStatement,
+    read_lease: PreparedStatement,
+    insert_lease: PreparedStatement,
+    update_lease: PreparedStatement,
+    delete_lease: PreparedStatement,
+    get_schedule: PreparedStatement,
+    put_schedule: PreparedStatement,
+    get_request: PreparedStatement,
+    put_request: PreparedStatement,
 }
 
 /// Predictions written at once by one `write_predictions` call.
@@ -456,6 +470,64 @@ impl ScyllaStore {
                             false,
                         )
                         .await?,
+                    read_lease: {
+                        let mut p = self
+                            .prepare(
+                                format!("SELECT holder, expires_at FROM {ks}.leases WHERE name = ?"),
+                                true,
+                            )
+                            .await?;
+                        // Linearizable with the lightweight transactions.
+                        p.set_consistency(Consistency::Serial);
+                        p
+                    },
+                    insert_lease: self
+                        .prepare(
+                            format!(
+                                "INSERT INTO {ks}.leases (name, holder, expires_at) VALUES (?, ?, ?) IF NOT EXISTS"
+                            ),
+                            false,
+                        )
+                        .await?,
+                    update_lease: self
+                        .prepare(
+                            format!(
+                                "UPDATE {ks}.leases SET holder = ?, expires_at = ? WHERE name = ? \
+                                 IF holder = ? AND expires_at = ?"
+                            ),
+                            false,
+                        )
+                        .await?,
+                    delete_lease: self
+                        .prepare(
+                            format!("DELETE FROM {ks}.leases WHERE name = ? IF holder = ?"),
+                            false,
+                        )
+                        .await?,
+                    get_schedule: self
+                        .prepare(
+                            format!("SELECT state FROM {ks}.job_schedule WHERE job = ?"),
+                            false,
+                        )
+                        .await?,
+                    put_schedule: self
+                        .prepare(
+                            format!("INSERT INTO {ks}.job_schedule (job, state) VALUES (?, ?)"),
+                            false,
+                        )
+                        .await?,
+                    get_request: self
+                        .prepare(
+                            format!("SELECT request FROM {ks}.run_requests WHERE job = ?"),
+                            false,
+                        )
+                        .await?,
+                    put_request: self
+                        .prepare(
+                            format!("INSERT INTO {ks}.run_requests (job, request) VALUES (?, ?)"),
+                            false,
+                        )
+                        .await?,
                 })
             })
             .await
@@ -529,6 +601,63 @@ type BatchRow = (
     Option<String>,
     Option<String>,
 );
+
+/// Whether a lightweight transaction applied (its first column, `[applied]`).
+fn applied(result: scylla::response::query_result::QueryResult) -> Result<bool, StoreError> {
+    let rows = result.into_rows_result().map_err(rows_err)?;
+    let row: scylla::value::Row = rows.first_row().map_err(rows_err)?;
+    row.columns
+        .first()
+        .and_then(|c| c.as_ref())
+        .and_then(scylla::value::CqlValue::as_boolean)
+        .ok_or_else(|| {
+            StoreError::Backend("a lightweight transaction answered no [applied]".into())
+        })
+}
+
+impl ScyllaStore {
+    /// The JSON text in the one-column table read by `prepared`.
+    async fn get_doc<T: serde::de::DeserializeOwned>(
+        &self,
+        prepared: &PreparedStatement,
+        key: &str,
+    ) -> Result<Option<T>, StoreError> {
+        deadline(
+            self.config.read_timeout.max(Duration::from_secs(2)),
+            async {
+                let result = self
+                    .session
+                    .execute_unpaged(prepared, (key,))
+                    .await
+                    .map_err(map_err)?;
+                let rows = result.into_rows_result().map_err(rows_err)?;
+                let row: Option<(Option<String>,)> = rows.maybe_first_row().map_err(rows_err)?;
+                row.and_then(|(t,)| t)
+                    .map(|text| decode_log_record(key, text.as_bytes()))
+                    .transpose()
+            },
+        )
+        .await
+    }
+
+    /// Writes a JSON text with `prepared` (`(key, text)`).
+    async fn put_doc<T: serde::Serialize>(
+        &self,
+        prepared: &PreparedStatement,
+        key: &str,
+        value: &T,
+    ) -> Result<(), StoreError> {
+        let text = serde_json::to_string(value).map_err(|e| StoreError::Backend(e.to_string()))?;
+        deadline(self.config.write_timeout, async {
+            self.session
+                .execute_unpaged(prepared, (key, text))
+                .await
+                .map(drop)
+                .map_err(map_err)
+        })
+        .await
+    }
+}
 
 impl FeatureStore for ScyllaStore {
     async fn apply_schema(&self) -> Result<SchemaReport, StoreError> {
@@ -608,6 +737,24 @@ impl FeatureStore for ScyllaStore {
                 format!(
                     "CREATE TABLE IF NOT EXISTS {ks}.model_routing (model text PRIMARY KEY, \
                      revision bigint, document text)"
+                ),
+            ),
+            (
+                "table leases".to_owned(),
+                format!(
+                    "CREATE TABLE IF NOT EXISTS {ks}.leases (name text PRIMARY KEY, holder text, expires_at bigint)"
+                ),
+            ),
+            (
+                "table job_schedule".to_owned(),
+                format!(
+                    "CREATE TABLE IF NOT EXISTS {ks}.job_schedule (job text PRIMARY KEY, state text)"
+                ),
+            ),
+            (
+                "table run_requests".to_owned(),
+                format!(
+                    "CREATE TABLE IF NOT EXISTS {ks}.run_requests (job text PRIMARY KEY, request text)"
                 ),
             ),
             (
@@ -1123,6 +1270,98 @@ impl FeatureStore for ScyllaStore {
                 .map_err(map_err)
         })
         .await
+    }
+
+    async fn try_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        now: SystemTime,
+        until: SystemTime,
+    ) -> Result<LeaseOutcome, StoreError> {
+        deadline(self.config.write_timeout, async {
+            let st = self.statements().await?;
+            let until_us = to_micros(until);
+            // A few rounds at most: each lost race means another scheduler
+            // changed the lease in between, which the next read shows.
+            for _ in 0..4 {
+                let result = self
+                    .session
+                    .execute_unpaged(&st.read_lease, (name,))
+                    .await
+                    .map_err(map_err)?;
+                let rows = result.into_rows_result().map_err(rows_err)?;
+                let current: Option<(Option<String>, Option<i64>)> =
+                    rows.maybe_first_row().map_err(rows_err)?;
+                let won = match current {
+                    None => applied(
+                        self.session
+                            .execute_unpaged(&st.insert_lease, (name, holder, until_us))
+                            .await
+                            .map_err(map_err)?,
+                    )?,
+                    Some((h, exp)) => {
+                        let (h, exp) = (h.unwrap_or_default(), exp.unwrap_or(0));
+                        if h != holder && exp > to_micros(now) {
+                            return Ok(LeaseOutcome::Held(Lease {
+                                name: name.to_owned(),
+                                holder: h,
+                                expires_at: from_micros(exp),
+                            }));
+                        }
+                        applied(
+                            self.session
+                                .execute_unpaged(
+                                    &st.update_lease,
+                                    (holder, until_us, name, h.as_str(), exp),
+                                )
+                                .await
+                                .map_err(map_err)?,
+                        )?
+                    }
+                };
+                if won {
+                    return Ok(LeaseOutcome::Acquired);
+                }
+            }
+            Err(StoreError::Unavailable(format!(
+                "lease {name}: lost four races in a row to other schedulers; retry"
+            )))
+        })
+        .await
+    }
+
+    async fn release_lease(&self, name: &str, holder: &str) -> Result<bool, StoreError> {
+        deadline(self.config.write_timeout, async {
+            let st = self.statements().await?;
+            applied(
+                self.session
+                    .execute_unpaged(&st.delete_lease, (name, holder))
+                    .await
+                    .map_err(map_err)?,
+            )
+        })
+        .await
+    }
+
+    async fn get_schedule(&self, job: &str) -> Result<Option<ScheduleState>, StoreError> {
+        let st = self.statements().await?;
+        self.get_doc(&st.get_schedule, job).await
+    }
+
+    async fn put_schedule(&self, state: &ScheduleState) -> Result<(), StoreError> {
+        let st = self.statements().await?;
+        self.put_doc(&st.put_schedule, &state.job, state).await
+    }
+
+    async fn put_run_request(&self, request: &RunRequest) -> Result<(), StoreError> {
+        let st = self.statements().await?;
+        self.put_doc(&st.put_request, &request.job, request).await
+    }
+
+    async fn get_run_request(&self, job: &str) -> Result<Option<RunRequest>, StoreError> {
+        let st = self.statements().await?;
+        self.get_doc(&st.get_request, job).await
     }
 
     async fn get_routing(&self, model: &str) -> Result<Option<RoutingRecord>, StoreError> {

@@ -51,6 +51,8 @@ pub enum Action {
     TooFewLabels,
     /// A person pinned the interval.
     Pinned,
+    /// The scheduler began tuning the job.
+    Started,
 }
 
 /// One decision with its reason.
@@ -86,6 +88,9 @@ pub struct Pin {
     /// When.
     #[serde(with = "crate::store::unix_micros")]
     pub at: SystemTime,
+    /// Why, as the person gave it.
+    #[serde(default)]
+    pub reason: Option<String>,
 }
 
 /// The persisted state of one job's controller.
@@ -170,15 +175,20 @@ impl JobState {
     }
 
     /// Pins the interval (the controller then holds it) or, with None,
-    /// unpins (the controller resumes from the pinned interval).
-    pub fn set_pin(&mut self, pin: Option<Pin>, now: SystemTime) {
+    /// unpins on behalf of `by` (the controller resumes from the pinned
+    /// interval).
+    pub fn set_pin(&mut self, pin: Option<Pin>, by: &str, now: SystemTime) {
         let from = self.interval;
         let reason = match &pin {
             Some(p) => {
                 self.interval = p.interval;
-                format!("pinned at {} by {}", human(p.interval), p.by)
+                let why = p
+                    .reason
+                    .as_deref()
+                    .map_or_else(String::new, |r| format!(": {r}"));
+                format!("pinned at {} by {}{why}", human(p.interval), p.by)
             }
-            None => "unpinned; tuning resumes".to_owned(),
+            None => format!("unpinned by {by}; tuning resumes"),
         };
         self.pin = pin;
         self.good_streak = 0;
@@ -188,6 +198,20 @@ impl JobState {
             at: now,
             action: Action::Pinned,
             from,
+            to: self.interval,
+            metric: None,
+            samples: 0,
+            reason,
+        });
+    }
+
+    /// Records that tuning begins at `now` (the first window ends one
+    /// window later).
+    pub fn begin(&mut self, now: SystemTime, reason: String) {
+        self.push(Decision {
+            at: now,
+            action: Action::Started,
+            from: self.interval,
             to: self.interval,
             metric: None,
             samples: 0,

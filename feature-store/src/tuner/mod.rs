@@ -6,10 +6,13 @@
 //! log joined with feedback, overall and by feature age; [`controller`]
 //! turns one window's metric into a decision on the job's interval (double,
 //! revert, shorten, cool down, hold, pin), each with its reason; [`sim`] is a
-//! deterministic synthetic world to run the controller against for weeks.
+//! deterministic synthetic world to run the controller against for weeks;
+//! [`plot`] draws interval and metric over time as SVG (the simulation's
+//! report and `mlgw-features tuner report` of a real job).
 
 pub mod controller;
 pub mod metric;
+pub mod plot;
 pub mod sim;
 
 use std::time::{Duration, SystemTime};
@@ -55,6 +58,20 @@ pub enum TunerError {
 }
 
 impl TunedJob {
+    /// The tuned job a `[[refresh_job]]` declares (None: it has no
+    /// `[refresh_job.tuner]`).
+    pub fn from_spec(spec: &crate::definitions::RefreshJobSpec) -> Option<Self> {
+        let t = spec.tuning.as_ref()?;
+        Some(TunedJob {
+            job: spec.name.clone(),
+            view: spec.view.clone(),
+            scoring: t.scoring.clone(),
+            policy: t.policy.clone(),
+            window: t.window,
+            current_interval: spec.interval,
+        })
+    }
+
     /// The view `job` refreshes, from the definitions.
     ///
     /// # Errors
@@ -131,7 +148,8 @@ pub async fn evaluate<S: FeatureStore>(
     Ok(decision)
 }
 
-/// Pins (or with None unpins) a job's interval and saves the state.
+/// Pins (or with None unpins, on behalf of `by`) a job's interval and saves
+/// the state.
 ///
 /// # Errors
 /// The store's failure.
@@ -139,9 +157,10 @@ pub async fn set_pin<S: FeatureStore>(
     store: &S,
     job: &TunedJob,
     pin: Option<Pin>,
+    by: &str,
 ) -> Result<JobState, TunerError> {
     let mut state = load_state(store, job).await?;
-    state.set_pin(pin, crate::store::now_micros());
+    state.set_pin(pin, by, crate::store::now_micros());
     store.put_tuner_state(&state).await?;
     Ok(state)
 }

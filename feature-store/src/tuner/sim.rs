@@ -269,113 +269,38 @@ pub fn largest_feasible(config: &SimConfig, from: Duration, to: Duration) -> Opt
     best
 }
 
-/// The run as an SVG: interval (log scale, left) and metric (right) per
+/// The run as an SVG (see [`super::plot`]): interval and metric per
 /// window, the threshold dashed, the drift change marked.
 pub fn svg(config: &SimConfig, result: &SimResult) -> String {
-    use std::fmt::Write as _;
-    let (w, h, left, right, top, bottom) = (960.0, 420.0, 70.0, 70.0, 30.0, 50.0);
-    let plot_w = w - left - right;
-    let plot_h = h - top - bottom;
-    let total = config.duration.as_secs_f64().max(1.0);
-    let x = |d: Duration| left + plot_w * d.as_secs_f64() / total;
-    let (lo, hi) = (
-        config.policy.min_interval.as_secs_f64().log2(),
-        config.policy.max_interval.as_secs_f64().log2(),
-    );
-    let y_int =
-        |d: Duration| top + plot_h * (1.0 - (d.as_secs_f64().log2() - lo) / (hi - lo).max(1e-9));
-    let (m_lo, m_hi) = (0.75, 1.0);
-    let y_met = |m: f64| top + plot_h * (1.0 - ((m - m_lo) / (m_hi - m_lo)).clamp(0.0, 1.0));
-    let mut out = String::new();
-    let _ = writeln!(
-        out,
-        r##"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12">
-<rect width="100%" height="100%" fill="white"/>
-<text x="{left}" y="18">Refresh interval (blue, log scale) and window {} (orange); threshold dashed</text>"##,
-        config.policy.metric.name()
-    );
-    let mut metric_path = String::new();
-    for rec in &result.windows {
-        if let Some(m) = rec.metric {
-            let cmd = if metric_path.is_empty() { 'M' } else { 'L' };
-            let _ = write!(metric_path, "{cmd}{:.1},{:.1} ", x(rec.end), y_met(m));
-        }
-    }
-    let _ = writeln!(
-        out,
-        r##"<path d="{metric_path}" fill="none" stroke="#f28e2b" stroke-width="1"/>"##
-    );
-    let mut interval_path = String::new();
-    let mut prev: Option<f64> = None;
-    for rec in &result.windows {
-        let yy = y_int(rec.interval);
-        let xx = x(rec.end);
-        match prev {
-            None => {
-                let _ = write!(interval_path, "M{left:.1},{yy:.1} L{xx:.1},{yy:.1} ");
-            }
-            Some(py) => {
-                let _ = write!(interval_path, "L{xx:.1},{py:.1} L{xx:.1},{yy:.1} ");
-            }
-        }
-        prev = Some(yy);
-    }
-    let _ = writeln!(
-        out,
-        r##"<path d="{interval_path}" fill="none" stroke="#4e79a7" stroke-width="2"/>"##
-    );
-    let ty = y_met(config.policy.threshold);
-    let _ = writeln!(
-        out,
-        r##"<line x1="{left}" x2="{:.1}" y1="{ty:.1}" y2="{ty:.1}" stroke="#e15759" stroke-dasharray="6 4"/>"##,
-        left + plot_w
-    );
-    if let Some(change) = config.drift_change_at {
-        let cx = x(change);
-        let _ = writeln!(
-            out,
-            r##"<line x1="{cx:.1}" x2="{cx:.1}" y1="{top}" y2="{:.1}" stroke="#999"/><text x="{:.1}" y="{:.1}" fill="#555">drift ×{}</text>"##,
-            top + plot_h,
-            cx + 4.0,
-            top + 14.0,
-            config.drift_factor
-        );
-    }
-    // Axes and ticks.
-    let _ = writeln!(
-        out,
-        r##"<rect x="{left}" y="{top}" width="{plot_w}" height="{plot_h}" fill="none" stroke="#333"/>"##
-    );
-    let mut tick = config.policy.min_interval;
-    while tick <= config.policy.max_interval {
-        let _ = writeln!(
-            out,
-            r##"<text x="{:.1}" y="{:.1}" text-anchor="end" fill="#4e79a7">{}</text>"##,
-            left - 6.0,
-            y_int(tick) + 4.0,
-            super::controller::human(tick)
-        );
-        tick *= 2;
-    }
-    for m in [0.75, 0.8, 0.85, 0.9, 0.95, 1.0] {
-        let _ = writeln!(
-            out,
-            r##"<text x="{:.1}" y="{:.1}" fill="#f28e2b">{m:.2}</text>"##,
-            left + plot_w + 6.0,
-            y_met(m) + 4.0
-        );
-    }
-    let days = (total / 86_400.0).round() as u64;
-    for d in (0..=days).step_by(7) {
-        let xx = x(Duration::from_secs(d * 86_400));
-        let _ = writeln!(
-            out,
-            r##"<text x="{xx:.1}" y="{:.1}" text-anchor="middle">day {d}</text>"##,
-            top + plot_h + 18.0
-        );
-    }
-    out.push_str("</svg>\n");
-    out
+    use super::plot::{Plot, PlotPoint, svg, ticks};
+    let points: Vec<PlotPoint> = result
+        .windows
+        .iter()
+        .map(|w| PlotPoint {
+            at: w.end,
+            interval: w.interval,
+            metric: w.metric,
+        })
+        .collect();
+    svg(&Plot {
+        metric_name: config.policy.metric.name(),
+        threshold: config.policy.threshold,
+        interval_range: (config.policy.min_interval, config.policy.max_interval),
+        metric_range: (0.75, 1.0),
+        span: config.duration,
+        points: &points,
+        x_ticks: ticks(config.duration, Duration::from_secs(7 * 86_400), |t| {
+            format!("day {}", t.as_secs() / 86_400)
+        }),
+        marker: config
+            .drift_change_at
+            .map(|at| (at, format!("drift ×{}", config.drift_factor))),
+        subtitle: format!(
+            "simulation: {} days, seed {}",
+            config.duration.as_secs() / 86_400,
+            config.seed
+        ),
+    })
 }
 
 #[cfg(test)]

@@ -193,7 +193,9 @@ fn a_pin_holds_the_interval_until_unpinned() {
             interval: 4 * HOUR,
             by: "dana@data".into(),
             at,
+            reason: None,
         }),
+        "dana@data",
         at,
     );
     assert_eq!(r.state.interval, 4 * HOUR);
@@ -202,7 +204,7 @@ fn a_pin_holds_the_interval_until_unpinned() {
     assert_eq!(r.window(0.99, 500), Action::Pinned);
     assert_eq!(r.state.interval, 4 * HOUR);
     let now = r.now;
-    r.state.set_pin(None, now);
+    r.state.set_pin(None, "dana@data", now);
     r.settle();
     // A pinned interval was never proven good: a bad window goes back to
     // the last interval that was.

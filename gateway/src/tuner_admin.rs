@@ -1,0 +1,492 @@
+//! The refresh tuner's admin API and the hosted scheduler: REST routes under
+//! `/v1/admin/tuner/jobs` and gRPC `gateway.v1.TunerAdminService` (admin
+//! scope only), both thin over [`feature_store::schedule::jobs`]; and the
+//! `[scheduler]` config that runs [`feature_store::schedule::Scheduler`]
+//! inside the gateway, stopped with the server.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::Extension;
+use axum::Json;
+use axum::Router;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use feature_store::definitions::{FeatureDefinitions, parse_duration};
+use feature_store::schedule::jobs::{self, JobDetail, JobOverview, JobsError};
+use feature_store::schedule::{RunRecord, RunRequest};
+use feature_store::store::FeatureStore;
+use feature_store::tuner::controller::{Decision, Pin};
+use proto::gateway::v1 as pb;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tonic::{Request, Response, Status};
+
+use crate::auth::{Access, Caller};
+use crate::error::GatewayError;
+use crate::server::Shared;
+
+/// `[scheduler]`: run the declared refresh jobs inside this gateway.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SchedulerSettings {
+    /// Whether the gateway runs the scheduler (default false; run
+    /// `mlgw-features scheduler run` elsewhere instead).
+    #[serde(default)]
+    pub enabled: bool,
+    /// How often it looks for due work, e.g. "5s".
+    #[serde(default = "default_poll", with = "duration_text")]
+    pub poll: Duration,
+    /// A run's lease lasts its timeout plus this, e.g. "1m".
+    #[serde(default = "default_margin", with = "duration_text")]
+    pub lease_margin: Duration,
+}
+
+impl Default for SchedulerSettings {
+    fn default() -> Self {
+        SchedulerSettings {
+            enabled: false,
+            poll: default_poll(),
+            lease_margin: default_margin(),
+        }
+    }
+}
+
+fn default_poll() -> Duration {
+    Duration::from_secs(5)
+}
+
+fn default_margin() -> Duration {
+    Duration::from_secs(60)
+}
+
+mod duration_text {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(d)?;
+        feature_store::definitions::parse_duration(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+impl From<JobsError> for GatewayError {
+    fn from(e: JobsError) -> Self {
+        match e {
+            JobsError::UnknownJob { job, .. } => GatewayError::UnknownTunerJob { job },
+            JobsError::Store(s) => GatewayError::FeatureStore(s.into()),
+            other => GatewayError::InvalidArgument(other.to_string()),
+        }
+    }
+}
+
+/// The admin operations both fronts call, over the gateway's store and
+/// definitions.
+struct Admin<'a, S> {
+    shared: &'a Shared<S>,
+}
+
+impl<'a, S: FeatureStore> Admin<'a, S> {
+    fn new(shared: &'a Shared<S>) -> Self {
+        Admin { shared }
+    }
+
+    fn store(&self) -> &S {
+        self.shared.gateway.enricher().reader().store()
+    }
+
+    fn defs(&self) -> &FeatureDefinitions {
+        self.shared.gateway.enricher().reader().definitions()
+    }
+
+    async fn list(&self) -> Result<Vec<JobOverview>, GatewayError> {
+        Ok(jobs::list(self.store(), self.defs()).await?)
+    }
+
+    async fn detail(&self, job: &str) -> Result<JobDetail, GatewayError> {
+        Ok(jobs::detail(self.store(), self.defs(), job).await?)
+    }
+
+    async fn pin(
+        &self,
+        caller: &Caller,
+        job: &str,
+        interval: Duration,
+        reason: Option<String>,
+    ) -> Result<JobOverview, GatewayError> {
+        jobs::pin(
+            self.store(),
+            self.defs(),
+            job,
+            interval,
+            &caller.subject,
+            reason,
+        )
+        .await?;
+        Ok(self.detail(job).await?.overview)
+    }
+
+    async fn unpin(&self, caller: &Caller, job: &str) -> Result<JobOverview, GatewayError> {
+        jobs::unpin(self.store(), self.defs(), job, &caller.subject).await?;
+        Ok(self.detail(job).await?.overview)
+    }
+
+    /// Queues a run; with the time a running scheduler starts it by.
+    async fn run(
+        &self,
+        caller: &Caller,
+        job: &str,
+        reason: Option<String>,
+    ) -> Result<(RunRequest, Option<SystemTime>), GatewayError> {
+        let request =
+            jobs::request_run(self.store(), self.defs(), job, &caller.subject, reason).await?;
+        let expected = self.shared.scheduler_poll.map(|poll| request.at + poll);
+        Ok((request, expected))
+    }
+}
+
+fn nonempty(text: String) -> Option<String> {
+    let t = text.trim();
+    (!t.is_empty()).then(|| t.to_owned())
+}
+
+// ---------------------------------------------------------------------------
+// REST
+
+/// The JSON body of `POST /v1/admin/tuner/jobs/{job}/pin`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PinBody {
+    /// The interval, e.g. "4h".
+    pub interval: String,
+    /// Why (kept in the history).
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+/// The JSON body of `POST /v1/admin/tuner/jobs/{job}/run` (optional).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunBody {
+    /// Why (kept in the run's record).
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+fn body<T: serde::de::DeserializeOwned + Default>(bytes: &[u8]) -> Result<T, GatewayError> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(bytes)
+        .map_err(|e| GatewayError::InvalidArgument(format!("request body: {e}")))
+}
+
+async fn admin<S: FeatureStore, T>(
+    shared: &Shared<S>,
+    caller: &Caller,
+    f: impl std::future::Future<Output = Result<T, GatewayError>>,
+) -> Result<T, GatewayError> {
+    let result = match shared.authorize("rest", Some(caller), Access::Admin) {
+        Ok(()) => f.await,
+        Err(e) => Err(e),
+    };
+    shared.record("rest", "admin", &result);
+    result
+}
+
+async fn rest_list<S: FeatureStore>(
+    State(shared): State<Arc<Shared<S>>>,
+    Extension(caller): Extension<Caller>,
+) -> Result<Json<Value>, GatewayError> {
+    let a = Admin::new(&shared);
+    let list = admin(&shared, &caller, a.list()).await?;
+    Ok(Json(
+        json!({"jobs": list.iter().map(jobs::overview_json).collect::<Vec<_>>()}),
+    ))
+}
+
+async fn rest_detail<S: FeatureStore>(
+    State(shared): State<Arc<Shared<S>>>,
+    Extension(caller): Extension<Caller>,
+    Path(job): Path<String>,
+) -> Result<Json<Value>, GatewayError> {
+    let a = Admin::new(&shared);
+    let d = admin(&shared, &caller, a.detail(&job)).await?;
+    Ok(Json(jobs::detail_json(&d, 100)))
+}
+
+async fn rest_pin<S: FeatureStore>(
+    State(shared): State<Arc<Shared<S>>>,
+    Extension(caller): Extension<Caller>,
+    Path(job): Path<String>,
+    bytes: axum::body::Bytes,
+) -> Result<Json<Value>, GatewayError> {
+    let a = Admin::new(&shared);
+    let o = admin(&shared, &caller, async {
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Err(GatewayError::InvalidArgument(
+                "request body: send {\"interval\": \"4h\", \"reason\": \"...\"}".to_owned(),
+            ));
+        }
+        let b: PinBody = serde_json::from_slice(&bytes)
+            .map_err(|e| GatewayError::InvalidArgument(format!("request body: {e}")))?;
+        let interval = parse_duration(&b.interval)
+            .map_err(|e| GatewayError::InvalidArgument(format!("interval: {e}")))?;
+        a.pin(&caller, &job, interval, b.reason.and_then(nonempty))
+            .await
+    })
+    .await?;
+    Ok(Json(jobs::overview_json(&o)))
+}
+
+async fn rest_unpin<S: FeatureStore>(
+    State(shared): State<Arc<Shared<S>>>,
+    Extension(caller): Extension<Caller>,
+    Path(job): Path<String>,
+) -> Result<Json<Value>, GatewayError> {
+    let a = Admin::new(&shared);
+    let o = admin(&shared, &caller, a.unpin(&caller, &job)).await?;
+    Ok(Json(jobs::overview_json(&o)))
+}
+
+async fn rest_run<S: FeatureStore>(
+    State(shared): State<Arc<Shared<S>>>,
+    Extension(caller): Extension<Caller>,
+    Path(job): Path<String>,
+    bytes: axum::body::Bytes,
+) -> Result<(StatusCode, Json<Value>), GatewayError> {
+    let a = Admin::new(&shared);
+    let (request, expected) = admin(&shared, &caller, async {
+        let b: RunBody = body(&bytes)?;
+        a.run(&caller, &job, b.reason.and_then(nonempty)).await
+    })
+    .await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({
+            "job": request.job,
+            "requested_by": request.by,
+            "requested_at": jobs::utc(request.at),
+            "expected_by": expected.map(jobs::utc),
+            "message": run_message(expected),
+        })),
+    ))
+}
+
+fn run_message(expected: Option<SystemTime>) -> String {
+    match expected {
+        Some(t) => format!(
+            "queued; this gateway's scheduler starts it by {}",
+            jobs::utc(t)
+        ),
+        None => "queued; this gateway runs no scheduler: a running `mlgw-features scheduler run` (or a gateway with [scheduler] enabled) starts it at its next poll".to_owned(),
+    }
+}
+
+/// The REST routes of the tuner admin API (merged behind the auth
+/// middleware by [`crate::http::router`]).
+pub fn routes<S: FeatureStore>() -> Router<Arc<Shared<S>>> {
+    Router::new()
+        .route("/v1/admin/tuner/jobs", get(rest_list::<S>))
+        .route("/v1/admin/tuner/jobs/{job}", get(rest_detail::<S>))
+        .route("/v1/admin/tuner/jobs/{job}/pin", post(rest_pin::<S>))
+        .route("/v1/admin/tuner/jobs/{job}/unpin", post(rest_unpin::<S>))
+        .route("/v1/admin/tuner/jobs/{job}/run", post(rest_run::<S>))
+}
+
+// ---------------------------------------------------------------------------
+// gRPC
+
+/// `gateway.v1.TunerAdminService` over the shared core.
+pub struct TunerAdminGrpc<S> {
+    shared: Arc<Shared<S>>,
+}
+
+impl<S> TunerAdminGrpc<S> {
+    /// Serves `shared`.
+    pub fn new(shared: Arc<Shared<S>>) -> Self {
+        TunerAdminGrpc { shared }
+    }
+}
+
+fn ms(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+fn decision_pb(d: &Decision) -> pb::TunerDecision {
+    let action = serde_json::to_value(d.action)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default();
+    pb::TunerDecision {
+        at_ms: ms(d.at),
+        action,
+        from_s: d.from.as_secs(),
+        to_s: d.to.as_secs(),
+        has_metric: d.metric.is_some(),
+        metric: d.metric.unwrap_or_default(),
+        samples: d.samples as u64,
+        reason: d.reason.clone(),
+    }
+}
+
+fn pin_pb(p: &Pin) -> pb::TunerPin {
+    pb::TunerPin {
+        interval_s: p.interval.as_secs(),
+        by: p.by.clone(),
+        at_ms: ms(p.at),
+        reason: p.reason.clone().unwrap_or_default(),
+    }
+}
+
+fn run_pb(r: &RunRecord) -> pb::RefreshRun {
+    let trigger = serde_json::to_value(&r.trigger)
+        .ok()
+        .and_then(|v| v["kind"].as_str().map(str::to_owned))
+        .unwrap_or_default();
+    pb::RefreshRun {
+        started_at_ms: ms(r.started_at),
+        finished_at_ms: ms(r.finished_at),
+        trigger,
+        outcome: r.outcome.as_str().to_owned(),
+        batch_id: r.batch_id.clone().unwrap_or_default(),
+        has_exit_code: r.exit_code.is_some(),
+        exit_code: r.exit_code.unwrap_or_default(),
+        output: r.output.clone(),
+        message: r.message.clone(),
+        holder: r.holder.clone(),
+    }
+}
+
+fn summary_pb(o: &JobOverview) -> pb::RefreshJobSummary {
+    pb::RefreshJobSummary {
+        job: o.job.clone(),
+        view: o.view.clone(),
+        interval_s: o.interval.as_secs(),
+        last_good_s: o.last_good.map_or(0, |g| g.as_secs()),
+        metric: o.metric.map(|(n, _)| n.to_owned()).unwrap_or_default(),
+        threshold: o.metric.map_or(0.0, |(_, t)| t),
+        last_window: o.last_window.as_ref().map(decision_pb),
+        pin: o.pin.as_ref().map(pin_pb),
+        last_batch: o.last_batch.as_ref().map(|b| pb::RefreshBatchInfo {
+            batch_id: b.batch_id.clone(),
+            status: b.status.as_str().to_owned(),
+            ingested_at_ms: ms(b.ingested_at),
+            rows_written: b.rows_written,
+            rows_rejected: b.rows_rejected,
+            error: b.error.clone().unwrap_or_default(),
+        }),
+        last_run: o.last_run.as_ref().map(run_pb),
+        next_run_ms: o.next_run.map_or(0, ms),
+        run_requested: o.pending_request.is_some(),
+    }
+}
+
+impl<S: FeatureStore> TunerAdminGrpc<S> {
+    async fn call<T, R>(
+        &self,
+        request: Request<T>,
+        f: impl AsyncFnOnce(&Admin<'_, S>, &Caller, T) -> Result<R, GatewayError>,
+    ) -> Result<Response<R>, Status> {
+        let caller = request.extensions().get::<Caller>().cloned();
+        let result = async {
+            self.shared
+                .authorize("grpc", caller.as_ref(), Access::Admin)?;
+            let caller = caller.as_ref().ok_or(GatewayError::Unauthenticated(
+                crate::auth::AuthError::Missing,
+            ))?;
+            f(&Admin::new(&self.shared), caller, request.into_inner()).await
+        }
+        .await;
+        self.shared.record("grpc", "admin", &result);
+        result.map(Response::new).map_err(|e| e.to_status())
+    }
+}
+
+#[tonic::async_trait]
+impl<S: FeatureStore> pb::tuner_admin_service_server::TunerAdminService for TunerAdminGrpc<S> {
+    async fn list_jobs(
+        &self,
+        request: Request<pb::ListJobsRequest>,
+    ) -> Result<Response<pb::ListJobsResponse>, Status> {
+        self.call(request, async |a, _, _| {
+            Ok(pb::ListJobsResponse {
+                jobs: a.list().await?.iter().map(summary_pb).collect(),
+            })
+        })
+        .await
+    }
+
+    async fn get_job(
+        &self,
+        request: Request<pb::GetJobRequest>,
+    ) -> Result<Response<pb::RefreshJobDetail>, Status> {
+        self.call(request, async |a, _, r| {
+            let d = a.detail(&r.job).await?;
+            let limit = if r.limit == 0 { 100 } else { r.limit as usize };
+            let tail = |n: usize| n.saturating_sub(limit);
+            Ok(pb::RefreshJobDetail {
+                job: Some(summary_pb(&d.overview)),
+                decisions: d.decisions[tail(d.decisions.len())..]
+                    .iter()
+                    .map(decision_pb)
+                    .collect(),
+                runs: d.runs[tail(d.runs.len())..].iter().map(run_pb).collect(),
+            })
+        })
+        .await
+    }
+
+    async fn pin_job(
+        &self,
+        request: Request<pb::PinJobRequest>,
+    ) -> Result<Response<pb::RefreshJobSummary>, Status> {
+        self.call(request, async |a, caller, r| {
+            if r.interval_s == 0 {
+                return Err(GatewayError::InvalidArgument(
+                    "interval_s: give the pinned interval in seconds".to_owned(),
+                ));
+            }
+            let o = a
+                .pin(
+                    caller,
+                    &r.job,
+                    Duration::from_secs(r.interval_s),
+                    nonempty(r.reason),
+                )
+                .await?;
+            Ok(summary_pb(&o))
+        })
+        .await
+    }
+
+    async fn unpin_job(
+        &self,
+        request: Request<pb::UnpinJobRequest>,
+    ) -> Result<Response<pb::RefreshJobSummary>, Status> {
+        self.call(request, async |a, caller, r| {
+            Ok(summary_pb(&a.unpin(caller, &r.job).await?))
+        })
+        .await
+    }
+
+    async fn run_job(
+        &self,
+        request: Request<pb::RunJobRequest>,
+    ) -> Result<Response<pb::RunJobResponse>, Status> {
+        self.call(request, async |a, caller, r| {
+            let (request, expected) = a.run(caller, &r.job, nonempty(r.reason)).await?;
+            Ok(pb::RunJobResponse {
+                job: request.job,
+                requested_by: request.by,
+                requested_at_ms: ms(request.at),
+                expected_by_ms: expected.map_or(0, ms),
+                message: run_message(expected),
+            })
+        })
+        .await
+    }
+}
