@@ -296,7 +296,7 @@ fn history_text(v: &Value) -> String {
             .unwrap_or_default();
         out.push_str(&format!(
             "  r{:<4} {}  {:<16} {}{reason}\n",
-            c["revision"],
+            c["revision"].as_i64().unwrap_or(0),
             gateway::auth::dev_issuer::utc_timestamp(at),
             s(&c["by"]),
             s(&c["what"])
