@@ -69,6 +69,8 @@ pub struct Metrics {
     config_reloads: Mutex<Vec<((&'static str, &'static str), u64)>>,
     predict_latency: Histogram,
     model_latency: Histogram,
+    /// telemetry (issue 9): total − model-server time of a prediction.
+    overhead: Histogram,
 }
 
 impl Metrics {
@@ -222,6 +224,7 @@ impl Metrics {
     pub fn prediction(&self, total: Duration, model: Duration) {
         self.predict_latency.observe(total);
         self.model_latency.observe(model);
+        self.overhead.observe(total.saturating_sub(model));
     }
 
     /// The Prometheus text exposition.
@@ -248,6 +251,11 @@ impl Metrics {
             &mut out,
             "mlgw_model_call_seconds",
             "Time spent in the model-server call of a successful prediction.",
+        );
+        self.overhead.render(
+            &mut out,
+            "mlgw_gateway_overhead_seconds",
+            "The gateway's own time in a successful prediction: total minus the model-server call.",
         );
         let gauges = [
             (

@@ -100,7 +100,8 @@ impl Batcher {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => {
                 if let Some(m) = &self.metrics {
-                    m.queue_full.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    m.queue_full
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 }
                 return Err(InferError::QueueFull {
                     model: self.model.clone(),

@@ -46,7 +46,11 @@ pub struct Cli {
     #[arg(long, env = "MLGW_OTLP_ENDPOINT")]
     pub otlp_endpoint: Option<String>,
     /// `service.name` of the exported spans.
-    #[arg(long, default_value = "mlgw-model-server", env = "MLGW_OTEL_SERVICE_NAME")]
+    #[arg(
+        long,
+        default_value = "mlgw-model-server",
+        env = "MLGW_OTEL_SERVICE_NAME"
+    )]
     pub otel_service_name: String,
     /// Share of new traces recorded (0 to 1); a caller's decision is followed.
     #[arg(long, default_value_t = 1.0, env = "MLGW_OTEL_SAMPLE_RATIO")]

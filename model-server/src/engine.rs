@@ -306,8 +306,13 @@ fn load_version(
 ) -> Result<Batcher, String> {
     let model = OnnxModel::load(&version.path, spec).map_err(|e| e.to_string())?;
     warm_up(spec, &model)?;
-    Batcher::start(spec.clone(), version.label.clone(), Arc::new(model), metrics)
-        .map_err(|e| format!("cannot start inference threads: {e}"))
+    Batcher::start(
+        spec.clone(),
+        version.label.clone(),
+        Arc::new(model),
+        metrics,
+    )
+    .map_err(|e| format!("cannot start inference threads: {e}"))
 }
 
 /// Runs the configured warm-up inferences on zero-filled inputs, so the first

@@ -101,11 +101,8 @@ impl GrpcInferenceService for InferenceService {
         let metrics = self.engine.metrics();
         let _in_flight = metrics.start();
         let started = std::time::Instant::now();
-        let span = tracing::info_span!(
-            "model_infer",
-            front = "grpc",
-            model = tracing::field::Empty
-        );
+        let span =
+            tracing::info_span!("model_infer", front = "grpc", model = tracing::field::Empty);
         telemetry::continue_trace(&span, request.metadata().as_ref());
         let mut name = String::new();
         let result = async {

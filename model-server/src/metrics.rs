@@ -215,7 +215,10 @@ mod tests {
         m.finished(1, "nope", Duration::from_millis(2), false);
         {
             let _g = m.start();
-            assert!(m.render().contains("mlgw_model_server_requests_in_flight 1\n"));
+            assert!(
+                m.render()
+                    .contains("mlgw_model_server_requests_in_flight 1\n")
+            );
         }
         let text = m.render();
         assert!(text.contains(

@@ -121,8 +121,14 @@ mod tests {
         h.render(&mut out, "b", "model=\"m\"");
         assert!(out.contains("b_bucket{model=\"m\",le=\"1\"} 1\n"), "{out}");
         assert!(out.contains("b_bucket{model=\"m\",le=\"4\"} 2\n"), "{out}");
-        assert!(out.contains("b_bucket{model=\"m\",le=\"256\"} 2\n"), "{out}");
-        assert!(out.contains("b_bucket{model=\"m\",le=\"+Inf\"} 3\n"), "{out}");
+        assert!(
+            out.contains("b_bucket{model=\"m\",le=\"256\"} 2\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("b_bucket{model=\"m\",le=\"+Inf\"} 3\n"),
+            "{out}"
+        );
         assert!(out.contains("b_count{model=\"m\"} 3\n"), "{out}");
         assert!(out.contains("b_sum{model=\"m\"} 1004\n"), "{out}");
     }
