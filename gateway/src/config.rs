@@ -681,6 +681,16 @@ impl GatewayConfig {
             export_timeout: Duration::from_millis(t.export_timeout_ms.max(1)),
             batch_delay: Duration::from_millis(t.batch_delay_ms.max(1)),
             log_json: t.log_json,
+            stages: &[
+                "request",
+                "auth",
+                "route",
+                "enrich",
+                "feature_read",
+                "infer",
+                "postprocess",
+                "log",
+            ],
         };
         telemetry
             .validate()

@@ -325,6 +325,17 @@ impl Metrics {
                 "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
             );
         }
+        // telemetry (issue 9): hits / (hits + misses) since start.
+        let looked = cache.hits + cache.misses;
+        let ratio = if looked == 0 {
+            0.0
+        } else {
+            cache.hits as f64 / looked as f64
+        };
+        let _ = writeln!(
+            out,
+            "# HELP mlgw_feature_cache_hit_ratio Share of cached feature reads answered from the cache since start.\n# TYPE mlgw_feature_cache_hit_ratio gauge\nmlgw_feature_cache_hit_ratio {ratio}"
+        );
         let secs = cache.load_nanos as f64 / 1e9;
         let _ = writeln!(
             out,

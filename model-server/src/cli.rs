@@ -73,6 +73,7 @@ impl Cli {
             export_timeout: Duration::from_millis(self.otel_export_timeout_ms.max(1)),
             batch_delay: Duration::from_millis(self.otel_batch_delay_ms.max(1)),
             log_json: self.log_json,
+            stages: &["model_infer", "decode", "queue_wait", "inference", "encode"],
         }
     }
 

@@ -200,6 +200,13 @@ impl Metrics {
             "mlgw_model_server_requests_in_flight {}",
             self.in_flight.load(Ordering::Relaxed).max(0)
         );
+        if let Some(stages) = telemetry::stages::global() {
+            stages.render(
+                &mut out,
+                "mlgw_model_server_stage_seconds",
+                "Wall time of each inference stage (the span of that name).",
+            );
+        }
         out
     }
 }

@@ -9,6 +9,7 @@
 //! `tracing` spans cost and nothing more.
 
 pub mod prom;
+pub mod stages;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -44,6 +45,8 @@ pub struct TelemetrySettings {
     pub batch_delay: Duration,
     /// JSON lines (with `trace_id`/`span_id`) instead of text.
     pub log_json: bool,
+    /// Span names timed into per-stage histograms ([`stages::global`]).
+    pub stages: &'static [&'static str],
 }
 
 impl TelemetrySettings {
@@ -56,6 +59,7 @@ impl TelemetrySettings {
             export_timeout: Duration::from_secs(3),
             batch_delay: Duration::from_millis(1000),
             log_json: false,
+            stages: &[],
         }
     }
 
@@ -159,8 +163,11 @@ pub fn init(settings: &TelemetrySettings) -> Result<Telemetry, TelemetryError> {
     } else {
         fmt.boxed()
     };
+    let stages = (!settings.stages.is_empty())
+        .then(|| stages::install(std::sync::Arc::new(stages::Stages::new(settings.stages))));
     tracing_subscriber::registry()
         .with(filter)
+        .with(stages)
         .with(otel)
         .with(fmt)
         .try_init()?;

@@ -326,6 +326,18 @@ async fn metrics_parse_and_move() -> Result<()> {
     )?;
     moved(&m0, &m1, "mlgw_model_server_batch_rows", &model[..1])?;
     moved(&m0, &m1, "mlgw_model_server_inference_seconds", &model[..1])?;
+    for stage in GATEWAY_STAGES {
+        moved(&g0, &g1, "mlgw_stage_seconds", &[("stage", stage)])?;
+    }
+    for stage in MODEL_SERVER_STAGES {
+        moved(
+            &m0,
+            &m1,
+            "mlgw_model_server_stage_seconds",
+            &[("stage", stage)],
+        )?;
+    }
+    assert!(value(&g1, "mlgw_feature_cache_hit_ratio", &[]).is_some());
     assert_eq!(
         value(&m1, "mlgw_model_server_requests_in_flight", &[]),
         Some(0.0)
