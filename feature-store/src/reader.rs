@@ -20,6 +20,7 @@ use std::time::{Duration, Instant, SystemTime};
 use moka::Expiry;
 use moka::future::Cache;
 use moka::notification::RemovalCause;
+use tracing::Instrument as _;
 
 use crate::definitions::{FeatureDefinitions, FeatureValue, FeatureView, ViewKind};
 use crate::freshness::{ResolvedView, StoredRow, resolve_view};
@@ -393,9 +394,24 @@ impl<S: FeatureStore> FeatureReader<S> {
         now: SystemTime,
     ) -> Result<ResolvedView<'_>, ReadError> {
         let (idx, view) = self.view(view_name)?;
+        // One span per view read; `cache` says hit, miss (a store read) or
+        // bypass (dynamic views without a cache TTL).
+        let span = tracing::info_span!(
+            "feature_read",
+            view = view_name,
+            cache = tracing::field::Empty
+        );
         let row = match view.kind {
-            ViewKind::Static { .. } => self.static_row(idx, view, entity_key).await?,
-            ViewKind::Dynamic { .. } => self.dynamic_row(idx, view, entity_key).await?,
+            ViewKind::Static { .. } => {
+                self.static_row(idx, view, entity_key)
+                    .instrument(span)
+                    .await?
+            }
+            ViewKind::Dynamic { .. } => {
+                self.dynamic_row(idx, view, entity_key)
+                    .instrument(span)
+                    .await?
+            }
         };
         Ok(resolve_view(view, row.as_deref(), now))
     }
@@ -427,11 +443,13 @@ impl<S: FeatureStore> FeatureReader<S> {
         let key: Key = (idx, entity_key.to_owned());
         if let Some(hit) = self.cache.get(&key).await {
             if hit.batch_id.as_deref() == Some(batch.batch_id.as_str()) {
+                tracing::Span::current().record("cache", "hit");
                 self.counters.hits.fetch_add(1, Ordering::Relaxed);
                 return Ok(hit.row);
             }
             self.cache.invalidate(&key).await;
         }
+        tracing::Span::current().record("cache", "miss");
         self.counters.misses.fetch_add(1, Ordering::Relaxed);
         let loaded = self
             .cache
@@ -456,14 +474,17 @@ impl<S: FeatureStore> FeatureReader<S> {
         entity_key: &str,
     ) -> Result<Option<Arc<StoredRow>>, ReadError> {
         if self.config.dynamic_ttl.is_none() {
+            tracing::Span::current().record("cache", "bypass");
             let row = self.store.read_dynamic(&view.name, entity_key).await?;
             return Ok(row.map(Arc::new));
         }
         let key: Key = (idx, entity_key.to_owned());
         if let Some(hit) = self.cache.get(&key).await {
+            tracing::Span::current().record("cache", "hit");
             self.counters.hits.fetch_add(1, Ordering::Relaxed);
             return Ok(hit.row);
         }
+        tracing::Span::current().record("cache", "miss");
         self.counters.misses.fetch_add(1, Ordering::Relaxed);
         let loaded = self
             .cache

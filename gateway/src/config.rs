@@ -39,7 +39,54 @@ struct RawConfig {
     // --- end refresh scheduler ---
     #[serde(default)]
     rollout: RawRollout,
+    #[serde(default)]
+    telemetry: RawTelemetry,
 }
+
+// --- telemetry (issue 9) ---
+/// `[telemetry]`: trace export (off unless `otlp_endpoint` is set) and logs.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTelemetry {
+    otlp_endpoint: Option<String>,
+    #[serde(default = "default_service_name")]
+    service_name: String,
+    #[serde(default = "one")]
+    sample_ratio: f64,
+    #[serde(default = "default_export_timeout_ms")]
+    export_timeout_ms: u64,
+    #[serde(default = "default_batch_delay_ms")]
+    batch_delay_ms: u64,
+    #[serde(default)]
+    log_json: bool,
+}
+
+impl Default for RawTelemetry {
+    fn default() -> Self {
+        RawTelemetry {
+            otlp_endpoint: None,
+            service_name: default_service_name(),
+            sample_ratio: 1.0,
+            export_timeout_ms: default_export_timeout_ms(),
+            batch_delay_ms: default_batch_delay_ms(),
+            log_json: false,
+        }
+    }
+}
+
+fn default_service_name() -> String {
+    "mlgw-gateway".to_owned()
+}
+fn one() -> f64 {
+    1.0
+}
+fn default_export_timeout_ms() -> u64 {
+    3000
+}
+fn default_batch_delay_ms() -> u64 {
+    1000
+}
+// --- end telemetry ---
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -428,6 +475,8 @@ pub struct GatewayConfig {
     pub scheduler: crate::tuner_admin::SchedulerSettings,
     /// Routing changes at run time and the shadow pool.
     pub rollout: RolloutConfig,
+    /// Trace export and log format (`[telemetry]`).
+    pub telemetry: telemetry::TelemetrySettings,
 }
 
 impl ModelConfig {
@@ -629,6 +678,30 @@ impl GatewayConfig {
             ));
         };
         let auth = validate_auth(raw_auth, production, &models).map_err(|(k, m)| err(&k, m))?;
+        // --- telemetry (issue 9) ---
+        let t = raw.telemetry;
+        let telemetry = telemetry::TelemetrySettings {
+            otlp_endpoint: t.otlp_endpoint.filter(|e| !e.is_empty()),
+            service_name: t.service_name,
+            sample_ratio: t.sample_ratio,
+            export_timeout: Duration::from_millis(t.export_timeout_ms.max(1)),
+            batch_delay: Duration::from_millis(t.batch_delay_ms.max(1)),
+            log_json: t.log_json,
+            stages: &[
+                "request",
+                "auth",
+                "route",
+                "enrich",
+                "feature_read",
+                "infer",
+                "postprocess",
+                "log",
+            ],
+        };
+        telemetry
+            .validate()
+            .map_err(|e| err("telemetry", e.to_string()))?;
+        // --- end telemetry ---
         Ok(GatewayConfig {
             source: path.to_owned(),
             definitions: resolve(&raw.definitions),
@@ -654,6 +727,7 @@ impl GatewayConfig {
                 shadow_concurrency: raw.rollout.shadow_concurrency.max(1),
                 shadow_timeout: Duration::from_millis(raw.rollout.shadow_timeout_ms.max(1)),
             },
+            telemetry,
         })
     }
 }

@@ -634,16 +634,18 @@ impl<S: FeatureStore> Gateway<S> {
         } else {
             String::new()
         };
-        let (version, kind) = rollout::choose(
-            table,
-            &route.config.name,
-            RouteKey {
-                subject: &input.subject,
-                groups: &input.groups,
-                entity: &sticky_entity,
-                explicit: &input.model_version,
-            },
-        )?;
+        let (version, kind) = tracing::info_span!("route").in_scope(|| {
+            rollout::choose(
+                table,
+                &route.config.name,
+                RouteKey {
+                    subject: &input.subject,
+                    groups: &input.groups,
+                    entity: &sticky_entity,
+                    explicit: &input.model_version,
+                },
+            )
+        })?;
         let enriched = self
             .enricher
             .enrich(
@@ -668,10 +670,8 @@ impl<S: FeatureStore> Gateway<S> {
             )
             .instrument(tracing::info_span!("infer", endpoint = %route.config.endpoint_of(version), version = %version, route = kind.as_str()))
             .await?;
-        let outputs = route
-            .config
-            .postprocess
-            .apply(&answer.outputs, 0)
+        let outputs = tracing::info_span!("postprocess")
+            .in_scope(|| route.config.postprocess.apply(&answer.outputs, 0))
             .map_err(|detail| GatewayError::BadModelAnswer {
                 model: route.config.name.clone(),
                 detail,
@@ -688,6 +688,8 @@ impl<S: FeatureStore> Gateway<S> {
             route: kind,
         };
         if let Some(log) = &self.log {
+            // telemetry (issue 9): building and queueing the log record.
+            let _log_span = tracing::info_span!("log").entered();
             let record = PredictionRecord {
                 prediction_id: prediction.prediction_id.clone(),
                 at: feature_store::store::now_micros(),

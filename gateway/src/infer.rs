@@ -297,6 +297,9 @@ impl ModelClient {
             ..Default::default()
         });
         request.set_timeout(deadline);
+        // --- telemetry (issue 9): the model-server continues this trace.
+        telemetry::inject_metadata(&tracing::Span::current(), request.metadata_mut());
+        // --- end telemetry ---
         let started = Instant::now();
         let mut client = self.client.clone();
         let call = client.model_infer(request);

@@ -165,6 +165,10 @@ where
             return Box::pin(async move { Ok(response) });
         };
         let span = tracing::info_span!("request", front = layer.front, route);
+        // --- telemetry (issue 9): continue the caller's W3C trace (REST
+        // headers and gRPC metadata alike); a no-op when export is off.
+        telemetry::continue_trace(&span, request.headers());
+        // --- end telemetry ---
         let call = inner.call(request);
         Box::pin(
             async move {

@@ -2,14 +2,12 @@
 //! addresses and a ready `curl` line, serves until SIGTERM or Ctrl-C;
 //! `--check-config` only validates the config and its definitions.
 
-use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
 use gateway::config::GatewayConfig;
 use gateway::server::GatewayServer;
-use tracing_subscriber::EnvFilter;
 
 /// Serve predictions over gRPC and REST: enrich entity IDs with features,
 /// call the model-server, post-process.
@@ -30,6 +28,10 @@ struct Cli {
     /// connecting to anything.
     #[arg(long)]
     check_config: bool,
+    /// Log JSON lines (with `trace_id`/`span_id` when exporting) instead of
+    /// text; same as `[telemetry] log_json = true`.
+    #[arg(long, env = "MLGW_LOG_JSON")]
+    log_json: bool,
 }
 
 fn main() -> ExitCode {
@@ -46,12 +48,6 @@ fn main() -> ExitCode {
             }
         };
     }
-    let filter = EnvFilter::try_from_env("MLGW_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr)
-        .init();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -96,7 +92,21 @@ fn check_config(path: &std::path::Path) -> anyhow::Result<String> {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    let mut config = GatewayConfig::load(&cli.config)?;
+    let config = GatewayConfig::load(&cli.config)?;
+    // --- telemetry (issue 9): logs, and trace export when configured ---
+    let mut settings = config.telemetry.clone();
+    settings.log_json |= cli.log_json;
+    let telemetry = telemetry::init(&settings)?;
+    let served = serve(cli, config).await;
+    // Sends the spans still queued (bounded); the runtime must still run.
+    let _ = tokio::task::spawn_blocking(move || {
+        telemetry.shutdown(std::time::Duration::from_secs(5));
+    })
+    .await;
+    served
+}
+
+async fn serve(cli: Cli, mut config: GatewayConfig) -> anyhow::Result<()> {
     if let Some(p) = cli.http_port {
         config.server.http_port = p;
     }

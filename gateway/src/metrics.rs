@@ -69,6 +69,8 @@ pub struct Metrics {
     config_reloads: Mutex<Vec<((&'static str, &'static str), u64)>>,
     predict_latency: Histogram,
     model_latency: Histogram,
+    /// telemetry (issue 9): total − model-server time of a prediction.
+    overhead: Histogram,
 }
 
 impl Metrics {
@@ -222,6 +224,7 @@ impl Metrics {
     pub fn prediction(&self, total: Duration, model: Duration) {
         self.predict_latency.observe(total);
         self.model_latency.observe(model);
+        self.overhead.observe(total.saturating_sub(model));
     }
 
     /// The Prometheus text exposition.
@@ -248,6 +251,11 @@ impl Metrics {
             &mut out,
             "mlgw_model_call_seconds",
             "Time spent in the model-server call of a successful prediction.",
+        );
+        self.overhead.render(
+            &mut out,
+            "mlgw_gateway_overhead_seconds",
+            "The gateway's own time in a successful prediction: total minus the model-server call.",
         );
         let gauges = [
             (
@@ -317,6 +325,17 @@ impl Metrics {
                 "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
             );
         }
+        // telemetry (issue 9): hits / (hits + misses) since start.
+        let looked = cache.hits + cache.misses;
+        let ratio = if looked == 0 {
+            0.0
+        } else {
+            cache.hits as f64 / looked as f64
+        };
+        let _ = writeln!(
+            out,
+            "# HELP mlgw_feature_cache_hit_ratio Share of cached feature reads answered from the cache since start.\n# TYPE mlgw_feature_cache_hit_ratio gauge\nmlgw_feature_cache_hit_ratio {ratio}"
+        );
         let secs = cache.load_nanos as f64 / 1e9;
         let _ = writeln!(
             out,

@@ -65,6 +65,14 @@ impl<S: feature_store::store::FeatureStore> Shared<S> {
             .render_auth(&mut out, &self.auth.verifier.keys().stats);
         self.metrics
             .render_rollout(&mut out, self.gateway.routing(), self.gateway.shadows());
+        // telemetry (issue 9): stage latencies timed from the request's spans.
+        if let Some(stages) = telemetry::stages::global() {
+            stages.render(
+                &mut out,
+                "mlgw_stage_seconds",
+                "Wall time of each request stage (the span of that name).",
+            );
+        }
         out
     }
 }

@@ -5,6 +5,10 @@
 //!
 //! Inference is CPU-bound, so it runs on dedicated OS threads, never on the async
 //! runtime's workers.
+//!
+//! Tracing: each request's `queue_wait` span lasts from queueing until its batch
+//! starts; the batch's `inference` span is a child of the first request's span
+//! and links the others (one run serves several traces).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -15,6 +19,7 @@ use tokio::sync::oneshot;
 use crate::config::ModelSpec;
 use crate::datatype::TensorData;
 use crate::error::InferError;
+use crate::metrics::ModelMetrics;
 use crate::runtime::{OnnxModel, OutputTensor};
 
 /// Outputs of one request (ordered as `spec.outputs`), or why it failed.
@@ -26,6 +31,10 @@ struct Job {
     rows: usize,
     enqueued: Instant,
     reply: oneshot::Sender<JobResult>,
+    /// The caller's span (the batch's parent or link).
+    caller: tracing::Span,
+    /// Open while the request waits; closed when its batch starts.
+    queued: tracing::Span,
 }
 
 /// The queue in front of one loaded model version.
@@ -34,6 +43,7 @@ pub struct Batcher {
     capacity: usize,
     model: String,
     version: String,
+    metrics: Option<Arc<ModelMetrics>>,
 }
 
 impl Batcher {
@@ -45,6 +55,7 @@ impl Batcher {
         spec: Arc<ModelSpec>,
         version: String,
         model: Arc<OnnxModel>,
+        metrics: Option<Arc<ModelMetrics>>,
     ) -> std::io::Result<Batcher> {
         let capacity = spec.max_queue_size;
         let (sender, receiver) = crossbeam_channel::bounded::<Job>(capacity);
@@ -55,6 +66,7 @@ impl Batcher {
                 model: model.clone(),
                 receiver: receiver.clone(),
                 carry: None,
+                metrics: metrics.clone(),
             };
             std::thread::Builder::new()
                 .name(format!("infer-{}-v{version}-{i}", spec.name))
@@ -65,6 +77,7 @@ impl Batcher {
             capacity,
             model: spec.name.clone(),
             version,
+            metrics,
         })
     }
 
@@ -80,10 +93,16 @@ impl Batcher {
             rows,
             enqueued: Instant::now(),
             reply,
+            caller: tracing::Span::current(),
+            queued: tracing::info_span!("queue_wait", rows),
         };
         match self.sender.try_send(job) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => {
+                if let Some(m) = &self.metrics {
+                    m.queue_full
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
                 return Err(InferError::QueueFull {
                     model: self.model.clone(),
                     version: self.version.clone(),
@@ -103,6 +122,7 @@ struct Worker {
     receiver: Receiver<Job>,
     /// A request taken from the queue that did not fit the last batch.
     carry: Option<Job>,
+    metrics: Option<Arc<ModelMetrics>>,
 }
 
 impl Worker {
@@ -144,11 +164,31 @@ impl Worker {
 
     fn execute(&self, batch: Vec<Job>) {
         // A caller whose deadline passed has dropped its receiver: skip its rows.
-        let batch: Vec<Job> = batch.into_iter().filter(|j| !j.reply.is_closed()).collect();
+        let mut batch: Vec<Job> = batch.into_iter().filter(|j| !j.reply.is_closed()).collect();
         if batch.is_empty() {
             return;
         }
         let total_rows: usize = batch.iter().map(|j| j.rows).sum();
+        for job in &mut batch {
+            if let Some(m) = &self.metrics {
+                m.queue_wait.observe_duration(job.enqueued.elapsed());
+            }
+            // Closes the wait span now that the run starts.
+            drop(std::mem::replace(&mut job.queued, tracing::Span::none()));
+        }
+        let span = tracing::info_span!(
+            parent: &batch[0].caller,
+            "inference",
+            model = %self.spec.name,
+            version = %self.version,
+            rows = total_rows,
+            requests = batch.len()
+        );
+        for job in batch.iter().skip(1) {
+            telemetry::link(&span, &job.caller);
+        }
+        let _entered = span.enter();
+        let started = Instant::now();
         let result = if batch.len() == 1 {
             self.model.run(&self.spec, &batch[0].inputs)
         } else {
@@ -157,6 +197,10 @@ impl Worker {
                 None => Err("requests in one batch have different input types".to_owned()),
             }
         };
+        if let Some(m) = &self.metrics {
+            m.inference.observe_duration(started.elapsed());
+            m.batch_rows.observe(total_rows as f64);
+        }
         let fail = |message: String| InferError::Inference {
             model: self.spec.name.clone(),
             version: self.version.clone(),

@@ -37,12 +37,46 @@ pub struct Cli {
     /// with their deadline.
     #[arg(long, default_value_t = 10_000, env = "MLGW_REQUEST_TIMEOUT_MS")]
     pub request_timeout_ms: u64,
-    /// Log as JSON lines instead of text.
+    /// Log as JSON lines instead of text (with `trace_id`/`span_id` when
+    /// exporting).
     #[arg(long, env = "MLGW_LOG_JSON")]
     pub log_json: bool,
+    /// Export spans over OTLP/gRPC to this collector, e.g.
+    /// `http://127.0.0.1:4317`; unset: no export.
+    #[arg(long, env = "MLGW_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
+    /// `service.name` of the exported spans.
+    #[arg(
+        long,
+        default_value = "mlgw-model-server",
+        env = "MLGW_OTEL_SERVICE_NAME"
+    )]
+    pub otel_service_name: String,
+    /// Share of new traces recorded (0 to 1); a caller's decision is followed.
+    #[arg(long, default_value_t = 1.0, env = "MLGW_OTEL_SAMPLE_RATIO")]
+    pub otel_sample_ratio: f64,
+    /// Deadline of one span export to the collector, in milliseconds.
+    #[arg(long, default_value_t = 3000, env = "MLGW_OTEL_EXPORT_TIMEOUT_MS")]
+    pub otel_export_timeout_ms: u64,
+    /// Longest a finished span waits before it is sent, in milliseconds.
+    #[arg(long, default_value_t = 1000, env = "MLGW_OTEL_BATCH_DELAY_MS")]
+    pub otel_batch_delay_ms: u64,
 }
 
 impl Cli {
+    /// The logging and trace-export settings these flags describe.
+    pub fn telemetry(&self) -> telemetry::TelemetrySettings {
+        telemetry::TelemetrySettings {
+            otlp_endpoint: self.otlp_endpoint.clone().filter(|e| !e.is_empty()),
+            service_name: self.otel_service_name.clone(),
+            sample_ratio: self.otel_sample_ratio,
+            export_timeout: Duration::from_millis(self.otel_export_timeout_ms.max(1)),
+            batch_delay: Duration::from_millis(self.otel_batch_delay_ms.max(1)),
+            log_json: self.log_json,
+            stages: &["model_infer", "decode", "queue_wait", "inference", "encode"],
+        }
+    }
+
     /// The server config these flags describe.
     pub fn server_config(&self) -> ServerConfig {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());

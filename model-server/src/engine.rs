@@ -10,6 +10,7 @@ use crate::batcher::Batcher;
 use crate::config::ModelSpec;
 use crate::datatype::TensorData;
 use crate::error::InferError;
+use crate::metrics::{Metrics, ModelMetrics};
 use crate::repository::RepositoryModel;
 use crate::request::{InferRequest, InferResponse, NamedOutput, check_inputs, select_outputs};
 use crate::runtime::{OnnxModel, OutputTensor};
@@ -52,6 +53,7 @@ pub struct ModelMetadata {
 /// Served models and their state; shared by the gRPC and REST fronts.
 pub struct Engine {
     models: BTreeMap<String, Model>,
+    metrics: Arc<Metrics>,
 }
 
 impl Engine {
@@ -78,8 +80,14 @@ impl Engine {
                     },
                 )
             })
-            .collect();
-        Engine { models }
+            .collect::<BTreeMap<_, _>>();
+        let metrics = Arc::new(Metrics::new(models.keys().map(String::as_str)));
+        Engine { models, metrics }
+    }
+
+    /// The counters `/metrics` shows.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 
     /// Loads, warms up and starts every version, one after another; blocking, so
@@ -89,7 +97,8 @@ impl Engine {
         for model in self.models.values() {
             for version in &model.versions {
                 let started = Instant::now();
-                let state = match load_version(&model.spec, version) {
+                let counters = self.metrics.model(&model.spec.name).cloned();
+                let state = match load_version(&model.spec, version, counters) {
                     Ok(batcher) => {
                         tracing::info!(
                             model = %model.spec.name,
@@ -290,11 +299,20 @@ impl Engine {
     }
 }
 
-fn load_version(spec: &Arc<ModelSpec>, version: &Version) -> Result<Batcher, String> {
+fn load_version(
+    spec: &Arc<ModelSpec>,
+    version: &Version,
+    metrics: Option<Arc<ModelMetrics>>,
+) -> Result<Batcher, String> {
     let model = OnnxModel::load(&version.path, spec).map_err(|e| e.to_string())?;
     warm_up(spec, &model)?;
-    Batcher::start(spec.clone(), version.label.clone(), Arc::new(model))
-        .map_err(|e| format!("cannot start inference threads: {e}"))
+    Batcher::start(
+        spec.clone(),
+        version.label.clone(),
+        Arc::new(model),
+        metrics,
+    )
+    .map_err(|e| format!("cannot start inference threads: {e}"))
 }
 
 /// Runs the configured warm-up inferences on zero-filled inputs, so the first

@@ -7,6 +7,7 @@ use std::time::Duration;
 use proto::inference as pb;
 use proto::inference::grpc_inference_service_server::GrpcInferenceService;
 use tonic::{Request, Response, Status};
+use tracing::Instrument as _;
 
 use crate::datatype::{DataType, TensorData};
 use crate::engine::{Engine, ModelMetadata};
@@ -97,10 +98,28 @@ impl GrpcInferenceService for InferenceService {
     ) -> Result<Response<pb::ModelInferResponse>, Status> {
         let deadline = grpc_timeout(request.metadata())
             .map_or(self.max_timeout, |d| answer_before(d).min(self.max_timeout));
-        let (request, raw_default) = decode_infer(request.into_inner())?;
-        let binary = binary_outputs(&request, raw_default);
-        let response = self.engine.infer(request, Some(deadline)).await?;
-        Ok(Response::new(encode_infer(response, binary)))
+        let metrics = self.engine.metrics();
+        let _in_flight = metrics.start();
+        let started = std::time::Instant::now();
+        let span =
+            tracing::info_span!("model_infer", front = "grpc", model = tracing::field::Empty);
+        telemetry::continue_trace(&span, request.metadata().as_ref());
+        let mut name = String::new();
+        let result = async {
+            let (request, raw_default) =
+                tracing::info_span!("decode").in_scope(|| decode_infer(request.into_inner()))?;
+            tracing::Span::current().record("model", request.model.as_str());
+            name.clone_from(&request.model);
+            let binary = binary_outputs(&request, raw_default);
+            let response = self.engine.infer(request, Some(deadline)).await?;
+            Ok(Response::new(
+                tracing::info_span!("encode").in_scope(|| encode_infer(response, binary)),
+            ))
+        }
+        .instrument(span)
+        .await;
+        metrics.finished(0, &name, started.elapsed(), result.is_ok());
+        result
     }
 }
 

@@ -16,6 +16,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use tracing::Instrument as _;
 
 use crate::datatype::{DataType, TensorData};
 use crate::engine::Engine;
@@ -47,6 +48,7 @@ pub fn router(engine: Arc<Engine>, timeout: Duration) -> Router {
             "/v2/models/{model}/versions/{version}/ready",
             get(model_version_ready),
         )
+        .route("/metrics", get(metrics))
         .route("/v2/models/{model}/infer", post(infer))
         .route(
             "/v2/models/{model}/versions/{version}/infer",
@@ -190,7 +192,7 @@ async fn infer(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    run_infer(&s, model, None, &headers, &body).await
+    traced_infer(&s, model, None, &headers, &body).await
 }
 
 async fn infer_version(
@@ -199,7 +201,37 @@ async fn infer_version(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    run_infer(&s, model, Some(version), &headers, &body).await
+    traced_infer(&s, model, Some(version), &headers, &body).await
+}
+
+async fn metrics(State(s): State<AppState>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        s.engine.metrics().render(),
+    )
+        .into_response()
+}
+
+/// One REST inference in its `model_infer` span (continuing the caller's
+/// trace), counted in `/metrics`.
+async fn traced_infer(
+    s: &AppState,
+    model: String,
+    version: Option<String>,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<Response, ApiError> {
+    let metrics = s.engine.metrics();
+    let _in_flight = metrics.start();
+    let started = std::time::Instant::now();
+    let span = tracing::info_span!("model_infer", front = "rest", model = %model);
+    telemetry::continue_trace(&span, headers);
+    let name = model.clone();
+    let result = run_infer(s, model, version, headers, body)
+        .instrument(span)
+        .await;
+    metrics.finished(1, &name, started.elapsed(), result.is_ok());
+    result
 }
 
 /// Largest request body accepted, as on the gRPC front.
@@ -269,6 +301,21 @@ async fn run_infer(
     headers: &HeaderMap,
     body: &[u8],
 ) -> Result<Response, ApiError> {
+    let (request, all_binary) =
+        tracing::info_span!("decode").in_scope(|| decode_rest(model, version, headers, body))?;
+    let binary_flags: Vec<Option<bool>> = request.outputs.iter().map(|o| o.binary).collect();
+    let response = s.engine.infer(request, Some(s.timeout)).await?;
+    tracing::info_span!("encode").in_scope(|| encode_rest(response, &binary_flags, all_binary))
+}
+
+/// The JSON (+ binary) body → the wire-neutral request, and whether every
+/// output is asked for as binary.
+fn decode_rest(
+    model: String,
+    version: Option<String>,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<(InferRequest, bool), ApiError> {
     let (json, mut binary) = split_body(headers, body)?;
     let parsed: JsonRequest = serde_json::from_slice(json).map_err(|e| {
         InferError::InvalidInput(format!(
@@ -340,8 +387,15 @@ async fn run_infer(
         inputs,
         outputs,
     };
-    let binary_flags: Vec<Option<bool>> = request.outputs.iter().map(|o| o.binary).collect();
-    let response = s.engine.infer(request, Some(s.timeout)).await?;
+    Ok((request, all_binary))
+}
+
+/// The response → JSON, or JSON + binary tensor data.
+fn encode_rest(
+    response: crate::request::InferResponse,
+    binary_flags: &[Option<bool>],
+    all_binary: bool,
+) -> Result<Response, ApiError> {
     let mut blob: Vec<u8> = Vec::new();
     let outputs: Vec<Value> = response
         .outputs

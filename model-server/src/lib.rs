@@ -12,6 +12,7 @@ pub mod engine;
 pub mod error;
 pub mod grpc;
 pub mod http;
+pub mod metrics;
 pub mod repository;
 pub mod request;
 pub mod runtime;

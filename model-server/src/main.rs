@@ -1,12 +1,11 @@
 //! `model-server` binary: flags, logging, then the library's bind and run.
 
-use std::io::IsTerminal;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::Parser;
 use model_server::cli::Cli;
 use model_server::server::ModelServer;
-use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -32,16 +31,15 @@ fn main() -> ExitCode {
 }
 
 async fn serve(cli: Cli) -> anyhow::Result<()> {
-    let filter = EnvFilter::try_from_env("MLGW_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    let fmt = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr);
-    if cli.log_json {
-        fmt.json().init();
-    } else {
-        fmt.init();
-    }
+    let telemetry = telemetry::init(&cli.telemetry())?;
+    let served = serve_traced(cli).await;
+    // The exporter blocks while it sends the last spans (bounded by its
+    // deadline); the runtime must still run for its gRPC channel.
+    let _ = tokio::task::spawn_blocking(move || telemetry.shutdown(Duration::from_secs(5))).await;
+    served
+}
+
+async fn serve_traced(cli: Cli) -> anyhow::Result<()> {
     let config = cli.server_config();
     let server = ModelServer::bind(&config).await?;
     let (http, grpc) = (server.http_addr(), server.grpc_addr());

@@ -33,11 +33,16 @@ impl AuthState {
         front: &'static str,
         headers: &http::HeaderMap,
     ) -> Result<Caller, GatewayError> {
-        self.verifier.authenticate(headers).await.map_err(|e| {
-            self.metrics.auth_failure(front, e.reason());
-            tracing::info!(front, reason = e.reason(), "request refused: {e}");
-            GatewayError::Unauthenticated(e)
-        })
+        self.verifier
+            .authenticate(headers)
+            // telemetry (issue 9): the token check is its own stage.
+            .instrument(tracing::info_span!("auth", front))
+            .await
+            .map_err(|e| {
+                self.metrics.auth_failure(front, e.reason());
+                tracing::info!(front, reason = e.reason(), "request refused: {e}");
+                GatewayError::Unauthenticated(e)
+            })
     }
 }
 
