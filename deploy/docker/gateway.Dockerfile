@@ -11,6 +11,7 @@ WORKDIR /src
 # the workspace; sources of the other crates are small.
 COPY Cargo.toml Cargo.lock ./
 COPY proto proto
+COPY telemetry telemetry
 COPY feature-store feature-store
 COPY model-server model-server
 COPY gateway gateway

@@ -13,6 +13,7 @@ FROM docker.io/library/rust:${RUST_VERSION}-slim-bookworm AS build
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY proto proto
+COPY telemetry telemetry
 COPY feature-store feature-store
 COPY model-server model-server
 COPY gateway gateway

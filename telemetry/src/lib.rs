@@ -69,7 +69,7 @@ impl TelemetrySettings {
     /// [`TelemetryError::Endpoint`] or [`TelemetryError::SampleRatio`].
     pub fn validate(&self) -> Result<(), TelemetryError> {
         if let Some(e) = &self.otlp_endpoint
-            && !(e.starts_with("http://") || e.starts_with("https://"))
+            && !e.starts_with("http://")
         {
             return Err(TelemetryError::Endpoint(e.clone()));
         }
@@ -84,9 +84,9 @@ impl TelemetrySettings {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum TelemetryError {
-    /// The endpoint is not a URL the OTLP/gRPC exporter can dial.
+    /// The endpoint is not a plain-HTTP/2 URL the exporter can dial.
     #[error(
-        "otlp_endpoint {0:?} must be an http:// or https:// URL of an OTLP/gRPC collector, e.g. http://127.0.0.1:4317"
+        "otlp_endpoint {0:?} must be an http:// URL of an OTLP/gRPC collector, e.g. http://127.0.0.1:4317 (TLS to the collector is not built in: use a local or sidecar collector)"
     )]
     Endpoint(String),
     /// The ratio is outside 0..=1.
