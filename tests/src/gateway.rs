@@ -242,3 +242,27 @@ pub async fn scratch(
         .await?;
     Ok((dir, config))
 }
+
+/// The gRPC form of the README's example call: customer `c-1`, a 980.0 card-
+/// not-present payment at 3 am, 1,200 km from home.
+pub fn example_grpc_request() -> proto::gateway::v1::PredictRequest {
+    use pb::feature_value::Kind;
+    use proto::gateway::v1 as pb;
+    let fv = |k: Kind| pb::FeatureValue { kind: Some(k) };
+    pb::PredictRequest {
+        model: "fraud_detector".into(),
+        model_version: String::new(),
+        entity: Some(pb::EntityKey {
+            keys: std::collections::HashMap::from([("customer_id".into(), "c-1".into())]),
+        }),
+        request_features: std::collections::HashMap::from([
+            ("amount".into(), fv(Kind::DoubleValue(980.0))),
+            ("is_card_present".into(), fv(Kind::BoolValue(false))),
+            ("hour_of_day".into(), fv(Kind::Int64Value(3))),
+            (
+                "distance_from_home_km".into(),
+                fv(Kind::DoubleValue(1200.0)),
+            ),
+        ]),
+    }
+}

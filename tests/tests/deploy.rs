@@ -225,6 +225,23 @@ fn string_list(v: &Value) -> Vec<String> {
 // ---------------------------------------------------------------------------
 // a. Schemas
 
+/// `kubernetes-validate --strict` against [`KUBERNETES_VERSION`] on `files`.
+async fn kubernetes_validate(files: &[PathBuf]) -> Result<Output> {
+    run(
+        tokio::process::Command::new(python()?)
+            .args([
+                "-m",
+                "kubernetes_validate",
+                "--strict",
+                "-k",
+                KUBERNETES_VERSION,
+            ])
+            .args(files),
+        Duration::from_secs(120),
+    )
+    .await
+}
+
 #[tokio::test]
 async fn every_manifest_passes_kubernetes_validate_strict() -> Result<()> {
     let files = manifest_files()?;
@@ -242,19 +259,7 @@ async fn every_manifest_passes_kubernetes_validate_strict() -> Result<()> {
         "kustomization.yaml resources vs the files in deploy/k8s"
     );
 
-    let out = run(
-        tokio::process::Command::new(python()?)
-            .args([
-                "-m",
-                "kubernetes_validate",
-                "--strict",
-                "-k",
-                KUBERNETES_VERSION,
-            ])
-            .args(&files),
-        Duration::from_secs(120),
-    )
-    .await?;
+    let out = kubernetes_validate(&files).await?;
     let text = output_text(&out);
     assert!(out.status.success(), "kubernetes-validate failed:\n{text}");
     // One "passed" line per object: nothing was skipped for lack of a schema.
@@ -282,19 +287,7 @@ async fn every_manifest_passes_kubernetes_validate_strict() -> Result<()> {
     );
     let bad_file = dir.join("gateway.yaml");
     std::fs::write(&bad_file, bad)?;
-    let out = run(
-        tokio::process::Command::new(python()?)
-            .args([
-                "-m",
-                "kubernetes_validate",
-                "--strict",
-                "-k",
-                KUBERNETES_VERSION,
-            ])
-            .arg(&bad_file),
-        Duration::from_secs(120),
-    )
-    .await?;
+    let out = kubernetes_validate(&[bad_file]).await?;
     assert!(
         !out.status.success(),
         "a misspelt field passed:\n{}",

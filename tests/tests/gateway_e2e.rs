@@ -232,24 +232,7 @@ async fn predictions_through_the_gateway() -> Result<()> {
         .connect()
         .await?;
     let mut grpc = PredictionServiceClient::with_interceptor(channel, Bearer::new(gw.token()?)?);
-    let fv = |k: pb::feature_value::Kind| pb::FeatureValue { kind: Some(k) };
-    use pb::feature_value::Kind;
-    let request = pb::PredictRequest {
-        model: "fraud_detector".into(),
-        model_version: String::new(),
-        entity: Some(pb::EntityKey {
-            keys: HashMap::from([("customer_id".into(), "c-1".into())]),
-        }),
-        request_features: HashMap::from([
-            ("amount".into(), fv(Kind::DoubleValue(980.0))),
-            ("is_card_present".into(), fv(Kind::BoolValue(false))),
-            ("hour_of_day".into(), fv(Kind::Int64Value(3))),
-            (
-                "distance_from_home_km".into(),
-                fv(Kind::DoubleValue(1200.0)),
-            ),
-        ]),
-    };
+    let request = rig::gateway::example_grpc_request();
     let g = grpc.predict(request.clone()).await?.into_inner();
     let g_p = g
         .outputs

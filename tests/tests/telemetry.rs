@@ -17,7 +17,6 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
 use opentelemetry_proto::tonic::common::v1::any_value;
-use proto::gateway::v1 as pb;
 use proto::gateway::v1::prediction_service_client::PredictionServiceClient;
 use rig::gateway::{DEV_AUTH, GatewayProcess, config_text};
 use rig::{ModelServerProcess, example_repository};
@@ -128,27 +127,6 @@ fn body() -> serde_json::Value {
         {"amount": 980.0, "is_card_present": false, "hour_of_day": 3, "distance_from_home_km": 1200.0}})
 }
 
-fn grpc_request() -> pb::PredictRequest {
-    use pb::feature_value::Kind;
-    let fv = |k: Kind| pb::FeatureValue { kind: Some(k) };
-    pb::PredictRequest {
-        model: "fraud_detector".into(),
-        model_version: String::new(),
-        entity: Some(pb::EntityKey {
-            keys: HashMap::from([("customer_id".into(), "c-1".into())]),
-        }),
-        request_features: HashMap::from([
-            ("amount".into(), fv(Kind::DoubleValue(980.0))),
-            ("is_card_present".into(), fv(Kind::BoolValue(false))),
-            ("hour_of_day".into(), fv(Kind::Int64Value(3))),
-            (
-                "distance_from_home_km".into(),
-                fv(Kind::DoubleValue(1200.0)),
-            ),
-        ]),
-    }
-}
-
 const GATEWAY_STAGES: [&str; 8] = [
     "request",
     "auth",
@@ -229,7 +207,7 @@ async fn one_trace_spans_gateway_and_model_server() -> Result<()> {
         .connect()
         .await?;
     let mut client = PredictionServiceClient::new(channel);
-    let mut request = tonic::Request::new(grpc_request());
+    let mut request = tonic::Request::new(rig::gateway::example_grpc_request());
     request
         .metadata_mut()
         .insert("authorization", format!("Bearer {token}").parse()?);
