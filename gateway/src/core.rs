@@ -630,7 +630,7 @@ impl<S: FeatureStore> Gateway<S> {
         let table = &served.table;
         // The entity key is hashed only when a canary splits by entity.
         let sticky_entity = if table.canary.is_some() && table.sticky_by == StickyBy::Entity {
-            sticky_entity(&input.keys)
+            self.enricher.entity_key(&route.features, &input.keys)?
         } else {
             String::new()
         };
@@ -803,19 +803,4 @@ fn logged(outputs: &[Processed]) -> Vec<LoggedOutput> {
 
 fn micros(d: Duration) -> u64 {
     u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
-}
-
-/// The entity's key values in key-name order, joined: what a split by
-/// entity hashes.
-fn sticky_entity(keys: &HashMap<String, String>) -> String {
-    let mut pairs: Vec<(&String, &String)> = keys.iter().collect();
-    pairs.sort_unstable();
-    let mut out = String::new();
-    for (i, (_, v)) in pairs.into_iter().enumerate() {
-        if i > 0 {
-            out.push(feature_store::source::KEY_SEPARATOR);
-        }
-        out.push_str(v);
-    }
-    out
 }

@@ -167,6 +167,20 @@ impl<S: FeatureStore> Enricher<S> {
         self.reader.definitions()
     }
 
+    /// The store key of `model`'s entity from the caller's key map (key
+    /// values in the entity's declared order), checked as [`Self::enrich`]
+    /// checks it.
+    ///
+    /// # Errors
+    /// [`EnrichError`] naming an unknown, missing or empty key.
+    pub fn entity_key(
+        &self,
+        model: &ModelFeatures,
+        keys: &HashMap<String, String>,
+    ) -> Result<String, EnrichError> {
+        entity_key(self.reader.definitions(), model, keys)
+    }
+
     /// Builds the input row of `model` for the entity `keys` and the caller's
     /// request features, reading the model's views concurrently.
     ///
