@@ -137,6 +137,93 @@ struct Counters {
     evicted_size: AtomicU64,
     expired: AtomicU64,
     invalidations: AtomicU64,
+    /// [op][kind] failed store calls, indexed by [`StoreOp`] and [`StoreErrorKind`].
+    store_errors: [[AtomicU64; StoreErrorKind::ALL.len()]; StoreOp::ALL.len()],
+}
+
+impl Counters {
+    fn store_error<T>(&self, op: StoreOp, result: &Result<T, StoreError>) {
+        if let Err(e) = result {
+            self.store_errors[op as usize][StoreErrorKind::of(e) as usize]
+                .fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// What the reader asked the store for, as counted in [`StoreErrorStats`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreOp {
+    /// A row read (static through the cache, or dynamic).
+    Read,
+    /// A dynamic value written by the push path.
+    Write,
+    /// The poll of the views' current batches.
+    BatchWatch,
+}
+
+impl StoreOp {
+    /// Every op, in index order.
+    pub const ALL: [StoreOp; 3] = [StoreOp::Read, StoreOp::Write, StoreOp::BatchWatch];
+
+    /// The `op` label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StoreOp::Read => "read",
+            StoreOp::Write => "write",
+            StoreOp::BatchWatch => "batch_watch",
+        }
+    }
+}
+
+/// How a store call failed, as counted in [`StoreErrorStats`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreErrorKind {
+    /// It did not finish within its deadline.
+    Timeout,
+    /// The backend could not be reached.
+    Unavailable,
+    /// Anything else: the backend answered an error, a damaged row, a schema
+    /// mismatch.
+    Error,
+}
+
+impl StoreErrorKind {
+    /// Every kind, in index order.
+    pub const ALL: [StoreErrorKind; 3] = [
+        StoreErrorKind::Timeout,
+        StoreErrorKind::Unavailable,
+        StoreErrorKind::Error,
+    ];
+
+    fn of(e: &StoreError) -> Self {
+        match e {
+            StoreError::Timeout(_) => StoreErrorKind::Timeout,
+            StoreError::Unavailable(_) => StoreErrorKind::Unavailable,
+            _ => StoreErrorKind::Error,
+        }
+    }
+
+    /// The `kind` label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StoreErrorKind::Timeout => "timeout",
+            StoreErrorKind::Unavailable => "unavailable",
+            StoreErrorKind::Error => "error",
+        }
+    }
+}
+
+/// Failed store calls since start, by op and kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct StoreErrorStats {
+    counts: [[u64; StoreErrorKind::ALL.len()]; StoreOp::ALL.len()],
+}
+
+impl StoreErrorStats {
+    /// Failed calls of `op` that failed as `kind`.
+    pub fn get(&self, op: StoreOp, kind: StoreErrorKind) -> u64 {
+        self.counts[op as usize][kind as usize]
+    }
 }
 
 /// A snapshot of the cache counters.
@@ -298,7 +385,9 @@ impl<S: FeatureStore> FeatureReader<S> {
     /// # Errors
     /// The store's error; the known batches are kept.
     pub async fn refresh_current(&self) -> Result<Vec<String>, StoreError> {
-        let fresh = arc_values(self.store.current_batches().await?);
+        let fresh = self.store.current_batches().await;
+        self.counters.store_error(StoreOp::BatchWatch, &fresh);
+        let fresh = arc_values(fresh?);
         let changed: Vec<String> = {
             let Ok(mut current) = self.current.write() else {
                 return Ok(Vec::new());
@@ -475,8 +564,9 @@ impl<S: FeatureStore> FeatureReader<S> {
     ) -> Result<Option<Arc<StoredRow>>, ReadError> {
         if self.config.dynamic_ttl.is_none() {
             tracing::Span::current().record("cache", "bypass");
-            let row = self.store.read_dynamic(&view.name, entity_key).await?;
-            return Ok(row.map(Arc::new));
+            let row = self.store.read_dynamic(&view.name, entity_key).await;
+            self.counters.store_error(StoreOp::Read, &row);
+            return Ok(row?.map(Arc::new));
         }
         let key: Key = (idx, entity_key.to_owned());
         if let Some(hit) = self.cache.get(&key).await {
@@ -515,6 +605,7 @@ impl<S: FeatureStore> FeatureReader<S> {
         if result.is_err() {
             self.counters.load_errors.fetch_add(1, Ordering::Relaxed);
         }
+        self.counters.store_error(StoreOp::Read, &result);
         result
     }
 
@@ -569,7 +660,8 @@ impl<S: FeatureStore> FeatureReader<S> {
                 });
             }
         }
-        self.store
+        let written = self
+            .store
             .write_dynamic(DynamicWrite {
                 view: &view.name,
                 entity_key,
@@ -577,11 +669,24 @@ impl<S: FeatureStore> FeatureReader<S> {
                 event_time,
                 expires_at: event_time + ttl,
             })
-            .await?;
+            .await;
+        self.counters.store_error(StoreOp::Write, &written);
+        written?;
         if self.config.dynamic_ttl.is_some() {
             self.cache.invalidate(&(idx, entity_key.to_owned())).await;
         }
         Ok(())
+    }
+
+    /// Failed store calls since start, by op and kind.
+    pub fn store_error_stats(&self) -> StoreErrorStats {
+        let mut stats = StoreErrorStats::default();
+        for (op, row) in self.counters.store_errors.iter().enumerate() {
+            for (kind, n) in row.iter().enumerate() {
+                stats.counts[op][kind] = n.load(Ordering::Relaxed);
+            }
+        }
+        stats
     }
 
     /// The cache counters now.

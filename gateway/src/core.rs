@@ -1,7 +1,7 @@
 //! The prediction core both fronts call: route to the model, enrich, infer,
 //! post-process, answer with an ID, the version and the features' freshness.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -17,7 +17,7 @@ use tracing::Instrument as _;
 use crate::config::{GatewayConfig, ModelConfig};
 use crate::enrich::{Enricher, WireValue};
 use crate::error::GatewayError;
-use crate::infer::{BreakerConfig, ModelClient};
+use crate::infer::{BreakerConfig, CircuitState, ModelClient};
 use crate::postprocess::Processed;
 use crate::predlog::PredictionLog;
 use crate::rollout::live::LiveRouting;
@@ -283,6 +283,27 @@ impl<S: FeatureStore> Gateway<S> {
     /// The shadow pool (counts for `/metrics`; drained at shutdown).
     pub fn shadows(&self) -> &ShadowPool {
         &self.shadows
+    }
+
+    /// Every model-server client's circuit breaker, once per endpoint and
+    /// pool (`callers` or `shadow`): (pool, endpoint, state, times opened),
+    /// sorted.
+    pub fn circuits(&self) -> Vec<(&'static str, &str, CircuitState, u64)> {
+        let mut seen: BTreeMap<(&'static str, &str), (CircuitState, u64)> = BTreeMap::new();
+        for route in self.routes.values() {
+            for (pool, clients) in [
+                ("callers", &route.clients),
+                ("shadow", &route.shadow_clients),
+            ] {
+                for (endpoint, client) in clients {
+                    seen.entry((pool, endpoint.as_str()))
+                        .or_insert_with(|| client.circuit());
+                }
+            }
+        }
+        seen.into_iter()
+            .map(|((pool, endpoint), (state, opens))| (pool, endpoint, state, opens))
+            .collect()
     }
 
     /// The configured models, sorted.

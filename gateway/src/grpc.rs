@@ -143,8 +143,10 @@ impl<S: FeatureStore> proto::gateway::v1::feature_service_server::FeatureService
                 event_time: event_time(row.event_time_ms),
             });
         }
+        let started = std::time::Instant::now();
         let result = self.shared.gateway.push(&r.view, &rows).await;
-        self.shared.record("grpc", "push", &result);
+        self.shared
+            .record_timed("grpc", "push", "-", started, &result);
         let written = result.map_err(|e| e.to_status())?;
         Ok(Response::new(pb::PushFeaturesResponse {
             rows_written: written,
@@ -188,6 +190,7 @@ impl<S: FeatureStore> proto::gateway::v1::feedback_service_server::FeedbackServi
             Wire::Label(l) => Outcome::Label(l),
             Wire::Value(v) => Outcome::Value(v),
         });
+        let started = std::time::Instant::now();
         let result = self
             .shared
             .gateway
@@ -198,7 +201,8 @@ impl<S: FeatureStore> proto::gateway::v1::feedback_service_server::FeedbackServi
                 subject: caller.map_or_else(|| crate::core::ANONYMOUS.to_owned(), |c| c.subject),
             })
             .await;
-        self.shared.record("grpc", "feedback", &result);
+        self.shared
+            .record_timed("grpc", "feedback", "-", started, &result);
         result.map_err(|e| e.to_status())?;
         Ok(Response::new(pb::FeedbackResponse {}))
     }
@@ -235,15 +239,19 @@ impl<S: FeatureStore> PredictionService for PredictionGrpc<S> {
         let started = std::time::Instant::now();
         let deadline = proto::grpc_timeout(request.metadata());
         let caller = request.extensions().get::<Caller>().cloned();
-        let r = request.into_inner();
-        let (model, version) = (r.model.clone(), r.model_version.clone());
+        let mut r = request.into_inner();
+        let (model, version) = (
+            std::mem::take(&mut r.model),
+            std::mem::take(&mut r.model_version),
+        );
         let result = async {
-            let input = input(model, version, r, caller.as_ref())?;
+            let input = input(model.clone(), version, r, caller.as_ref())?;
             authorize_predict(&self.shared, caller.as_ref(), &input)?;
             self.shared.gateway.predict(&input, deadline).await
         }
         .await;
-        self.shared.record("grpc", "predict", &result);
+        self.shared
+            .record_timed("grpc", "predict", &model, started, &result);
         let p = result.map_err(|e| e.to_status())?;
         self.shared
             .metrics
@@ -255,39 +263,48 @@ impl<S: FeatureStore> PredictionService for PredictionGrpc<S> {
         &self,
         request: Request<pb::PredictBatchRequest>,
     ) -> Result<Response<pb::PredictBatchResponse>, Status> {
+        let started = std::time::Instant::now();
         let deadline = proto::grpc_timeout(request.metadata());
         let caller = request.extensions().get::<Caller>().cloned();
         let r = request.into_inner();
-        let limit = self.shared.max_batch_entities;
-        if r.requests.len() > limit {
-            return Err(GatewayError::InvalidArgument(format!(
-                "requests: {} entities, at most {limit} per call",
-                r.requests.len()
-            ))
-            .to_status());
+        let model = r.model.clone();
+        let result = async {
+            let limit = self.shared.max_batch_entities;
+            if r.requests.len() > limit {
+                return Err(GatewayError::InvalidArgument(format!(
+                    "requests: {} entities, at most {limit} per call",
+                    r.requests.len()
+                )));
+            }
+            let mut inputs = Vec::with_capacity(r.requests.len());
+            for (i, one) in r.requests.into_iter().enumerate() {
+                let one = input(
+                    r.model.clone(),
+                    r.model_version.clone(),
+                    one,
+                    caller.as_ref(),
+                )
+                .map_err(|e| GatewayError::InvalidArgument(format!("requests[{i}].{e}")))?;
+                inputs.push(one);
+            }
+            for one in &inputs {
+                authorize_predict(&self.shared, caller.as_ref(), one)?;
+            }
+            self.shared.metrics.batch_entities(inputs.len());
+            let gateway = &self.shared.gateway;
+            let answers =
+                futures_util::future::join_all(inputs.iter().map(|i| gateway.predict(i, deadline)))
+                    .await;
+            let mut responses = Vec::with_capacity(answers.len());
+            for a in answers {
+                responses.push(to_proto(a?));
+            }
+            Ok(responses)
         }
-        let mut inputs = Vec::with_capacity(r.requests.len());
-        for (i, one) in r.requests.into_iter().enumerate() {
-            let one = input(
-                r.model.clone(),
-                r.model_version.clone(),
-                one,
-                caller.as_ref(),
-            )
-            .map_err(|e| GatewayError::InvalidArgument(format!("requests[{i}].{e}")).to_status())?;
-            inputs.push(one);
-        }
-        for one in &inputs {
-            authorize_predict(&self.shared, caller.as_ref(), one).map_err(|e| e.to_status())?;
-        }
-        let gateway = &self.shared.gateway;
-        let answers =
-            futures_util::future::join_all(inputs.iter().map(|i| gateway.predict(i, deadline)))
-                .await;
-        let mut responses = Vec::with_capacity(answers.len());
-        for a in answers {
-            responses.push(to_proto(a.map_err(|e| e.to_status())?));
-        }
+        .await;
+        self.shared
+            .record_timed("grpc", "predict_batch", &model, started, &result);
+        let responses = result.map_err(|e| e.to_status())?;
         Ok(Response::new(pb::PredictBatchResponse { responses }))
     }
 }

@@ -110,8 +110,8 @@ async fn predict<S: FeatureStore>(
     body: Result<Json<PredictBody>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Json<Value>, GatewayError> {
     let started = std::time::Instant::now();
-    let result = predict_one(&shared, &caller, model, body).await;
-    shared.record("rest", "predict", &result);
+    let result = predict_one(&shared, &caller, model.clone(), body).await;
+    shared.record_timed("rest", "predict", &model, started, &result);
     let p = result?;
     shared.metrics.prediction(started.elapsed(), p.model_time);
     Ok(Json(prediction_json(&p)))
@@ -195,6 +195,7 @@ async fn predict_batch<S: FeatureStore>(
     Path(model): Path<String>,
     body: Result<Json<PredictBatchBody>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Json<Value>, GatewayError> {
+    let started = std::time::Instant::now();
     let result = async {
         let Json(body) = body.map_err(|e| {
             GatewayError::InvalidArgument(format!("request body: {}", e.body_text()))
@@ -218,6 +219,7 @@ async fn predict_batch<S: FeatureStore>(
         for input in &inputs {
             authorize_predict(&shared, "rest", &caller, input)?;
         }
+        shared.metrics.batch_entities(inputs.len());
         let answers =
             futures_util::future::join_all(inputs.iter().map(|i| shared.gateway.predict(i, None)))
                 .await;
@@ -228,7 +230,7 @@ async fn predict_batch<S: FeatureStore>(
         Ok(out)
     }
     .await;
-    shared.record("rest", "predict_batch", &result);
+    shared.record_timed("rest", "predict_batch", &model, started, &result);
     Ok(Json(json!({"responses": result?})))
 }
 
@@ -238,7 +240,7 @@ async fn metrics<S: FeatureStore>(State(shared): State<Arc<Shared<S>>>) -> Respo
             axum::http::header::CONTENT_TYPE,
             "text/plain; version=0.0.4",
         )],
-        shared.render_metrics(),
+        shared.render_metrics_with_jobs().await,
     )
         .into_response()
 }
@@ -290,8 +292,9 @@ async fn push<S: FeatureStore>(
             event_time: crate::grpc::event_time(r.event_time_ms),
         });
     }
+    let started = std::time::Instant::now();
     let result = shared.gateway.push(&view, &rows).await;
-    shared.record("rest", "push", &result);
+    shared.record_timed("rest", "push", "-", started, &result);
     Ok(Json(json!({"rows_written": result?})))
 }
 
@@ -321,6 +324,7 @@ async fn feedback<S: FeatureStore>(
         shared.metrics.request("rest", "feedback", e.code().code);
         return Err(e);
     }
+    let started = std::time::Instant::now();
     let result = async {
         let Json(body) = body.map_err(|e| {
             GatewayError::InvalidArgument(format!("request body: {}", e.body_text()))
@@ -346,7 +350,7 @@ async fn feedback<S: FeatureStore>(
             .await
     }
     .await;
-    shared.record("rest", "feedback", &result);
+    shared.record_timed("rest", "feedback", "-", started, &result);
     result?;
     Ok(Json(json!({})))
 }

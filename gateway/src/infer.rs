@@ -80,6 +80,32 @@ pub struct InferOutputs {
 struct BreakerState {
     consecutive_failures: u32,
     open_until: Option<Instant>,
+    /// A half-open probe is out (let through after the cool-down).
+    probing: bool,
+    /// Times the breaker opened since start.
+    opens: u64,
+}
+
+/// Where a client's circuit breaker stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CircuitState {
+    /// Calls go through.
+    Closed,
+    /// Calls fail at once until the cool-down has passed.
+    Open,
+    /// The cool-down has passed: one probe call decides.
+    HalfOpen,
+}
+
+impl CircuitState {
+    /// The gauge value exported at `/metrics` (0 closed, 1 open, 2 half-open).
+    pub fn gauge(self) -> u8 {
+        match self {
+            CircuitState::Closed => 0,
+            CircuitState::Open => 1,
+            CircuitState::HalfOpen => 2,
+        }
+    }
 }
 
 /// Breaker settings.
@@ -143,6 +169,8 @@ impl ModelClient {
             breaker: Mutex::new(BreakerState {
                 consecutive_failures: 0,
                 open_until: None,
+                probing: false,
+                opens: 0,
             }),
             breaker_config,
         })
@@ -161,6 +189,20 @@ impl ModelClient {
             .unwrap_or(false)
     }
 
+    /// The breaker's state now, and how often it has opened since start.
+    pub fn circuit(&self) -> (CircuitState, u64) {
+        let Ok(b) = self.breaker.lock() else {
+            return (CircuitState::Closed, 0);
+        };
+        let state = match b.open_until {
+            None => CircuitState::Closed,
+            Some(_) if b.probing => CircuitState::HalfOpen,
+            Some(t) if Instant::now() < t => CircuitState::Open,
+            Some(_) => CircuitState::HalfOpen,
+        };
+        (state, b.opens)
+    }
+
     fn admit(&self) -> Result<(), InferError> {
         let Ok(mut b) = self.breaker.lock() else {
             return Ok(());
@@ -177,6 +219,7 @@ impl ModelClient {
             Some(_) => {
                 // Half-open: let this call probe, keep others out meanwhile.
                 b.open_until = Some(Instant::now() + self.breaker_config.cool_down);
+                b.probing = true;
                 Ok(())
             }
             None => Ok(()),
@@ -187,6 +230,8 @@ impl ModelClient {
         let Ok(mut b) = self.breaker.lock() else {
             return;
         };
+        let was_closed = b.open_until.is_none();
+        b.probing = false;
         if ok {
             b.consecutive_failures = 0;
             b.open_until = None;
@@ -194,6 +239,9 @@ impl ModelClient {
             b.consecutive_failures = b.consecutive_failures.saturating_add(1);
             if b.consecutive_failures >= self.breaker_config.failures_to_open {
                 b.open_until = Some(Instant::now() + self.breaker_config.cool_down);
+                if was_closed {
+                    b.opens = b.opens.saturating_add(1);
+                }
             }
         }
     }
@@ -392,4 +440,41 @@ fn decode_raw(datatype: &str, raw: &[u8]) -> Option<Vec<f64>> {
         "BOOL" => raw.iter().map(|b| f64::from(u8::from(*b != 0))).collect(),
         _ => return None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_circuit_opens_after_consecutive_failures_and_a_probe_closes_it() {
+        let cool_down = Duration::from_millis(50);
+        let client = ModelClient::new(
+            "http://127.0.0.1:9",
+            Duration::from_millis(10),
+            BreakerConfig {
+                failures_to_open: 3,
+                cool_down,
+            },
+        )
+        .expect("valid URI");
+        assert_eq!(client.circuit(), (CircuitState::Closed, 0));
+        for _ in 0..2 {
+            client.record(false);
+        }
+        assert_eq!(client.circuit().0, CircuitState::Closed, "2 of 3 failures");
+        client.record(false);
+        assert_eq!(client.circuit(), (CircuitState::Open, 1));
+        assert!(client.admit().is_err(), "open: calls fail at once");
+        // More failures while open do not count as another opening.
+        client.record(false);
+        assert_eq!(client.circuit(), (CircuitState::Open, 1));
+        tokio::time::sleep(cool_down * 2).await;
+        assert_eq!(client.circuit().0, CircuitState::HalfOpen, "cool-down over");
+        assert!(client.admit().is_ok(), "one probe goes through");
+        assert_eq!(client.circuit().0, CircuitState::HalfOpen, "probe out");
+        assert!(client.admit().is_err(), "others wait for the probe");
+        client.record(true);
+        assert_eq!(client.circuit(), (CircuitState::Closed, 1));
+    }
 }

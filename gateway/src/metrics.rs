@@ -1,62 +1,26 @@
 //! Request metrics and the Prometheus text exposition served at `/metrics`:
-//! requests by front, route and code, prediction latency (total and
-//! model-server time), and the feature cache's counters.
+//! requests by front, route and code, latency (prediction total and
+//! model-server time, every request by front, API and model), batch sizes,
+//! the feature cache's counters, store errors, the model clients' circuit
+//! breakers and the refresh jobs' intervals.
 
 use std::fmt::Write as _;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use feature_store::reader::CacheStats;
+use feature_store::reader::{CacheStats, StoreErrorKind, StoreErrorStats, StoreOp};
+use feature_store::schedule::jobs::JobOverview;
+use telemetry::prom::{Histogram, LATENCY_BUCKETS, SIZE_BUCKETS, header, label};
 
-/// Upper bounds of the latency histogram buckets, in seconds.
-const BUCKETS: [f64; 12] = [
-    0.0005, 0.001, 0.002, 0.003, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
-];
-
-#[derive(Debug, Default)]
-struct Histogram {
-    counts: [AtomicU64; BUCKETS.len()],
-    count: AtomicU64,
-    sum_micros: AtomicU64,
-}
-
-impl Histogram {
-    fn observe(&self, d: Duration) {
-        let secs = d.as_secs_f64();
-        for (i, b) in BUCKETS.iter().enumerate() {
-            if secs <= *b {
-                self.counts[i].fetch_add(1, Ordering::Relaxed);
-            }
-        }
-        self.count.fetch_add(1, Ordering::Relaxed);
-        self.sum_micros.fetch_add(
-            u64::try_from(d.as_micros()).unwrap_or(u64::MAX),
-            Ordering::Relaxed,
-        );
-    }
-
-    fn render(&self, out: &mut String, name: &str, help: &str) {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
-        for (i, b) in BUCKETS.iter().enumerate() {
-            let _ = writeln!(
-                out,
-                "{name}_bucket{{le=\"{b}\"}} {}",
-                self.counts[i].load(Ordering::Relaxed)
-            );
-        }
-        let count = self.count.load(Ordering::Relaxed);
-        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
-        let sum = self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
-        let _ = writeln!(out, "{name}_sum {sum}\n{name}_count {count}");
-    }
-}
+/// (front, api, model): one request latency series.
+type LatencyKey = (&'static str, &'static str, String);
 
 /// (front, route, result code).
 type RequestKey = (&'static str, &'static str, &'static str);
 
 /// The gateway's counters, shared by both fronts.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Metrics {
     /// (front, route, code) → count. Few distinct keys; a lock is fine off
     /// the per-request hot path's critical section (one increment).
@@ -71,6 +35,27 @@ pub struct Metrics {
     model_latency: Histogram,
     /// telemetry (issue 9): total − model-server time of a prediction.
     overhead: Histogram,
+    /// (front, api, model) → time to answer, whatever the result. Few keys;
+    /// the lock is held only to find the series.
+    request_latency: Mutex<Vec<(LatencyKey, Arc<Histogram>)>>,
+    /// Entities per predict-batch call.
+    batch_entities: Histogram,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            requests: Mutex::default(),
+            auth_failures: Mutex::default(),
+            auth_denied: Mutex::default(),
+            config_reloads: Mutex::default(),
+            predict_latency: Histogram::new(LATENCY_BUCKETS),
+            model_latency: Histogram::new(LATENCY_BUCKETS),
+            overhead: Histogram::new(LATENCY_BUCKETS),
+            request_latency: Mutex::default(),
+            batch_entities: Histogram::new(SIZE_BUCKETS),
+        }
+    }
 }
 
 impl Metrics {
@@ -220,11 +205,172 @@ impl Metrics {
         );
     }
 
+    /// Times one finished request of `api` for `model` (`-` when the API is
+    /// not about one model), successful or not.
+    pub fn request_latency(
+        &self,
+        front: &'static str,
+        api: &'static str,
+        model: &str,
+        elapsed: Duration,
+    ) {
+        let series = {
+            let Ok(mut all) = self.request_latency.lock() else {
+                return;
+            };
+            match all
+                .iter()
+                .find(|((f, a, m), _)| *f == front && *a == api && m == model)
+            {
+                Some((_, h)) => Arc::clone(h),
+                None => {
+                    // Bounded by the configured models: unknown ones are
+                    // refused before a prediction is timed under their name.
+                    let h = Arc::new(Histogram::new(LATENCY_BUCKETS));
+                    all.push(((front, api, model.to_owned()), Arc::clone(&h)));
+                    h
+                }
+            }
+        };
+        series.observe_duration(elapsed);
+    }
+
+    /// Counts the entities of one predict-batch call.
+    pub fn batch_entities(&self, n: usize) {
+        self.batch_entities.observe(n as f64);
+    }
+
+    /// Writes each model-server client's circuit breaker (pool, endpoint,
+    /// state, times opened), as [`crate::core::Gateway::circuits`] lists them.
+    pub fn render_circuits(
+        &self,
+        out: &mut String,
+        circuits: &[(&'static str, &str, crate::infer::CircuitState, u64)],
+    ) {
+        let _ = writeln!(
+            out,
+            "# HELP mlgw_model_circuit_state Circuit breaker of each model-server client: 0 closed, 1 open (calls fail at once), 2 half-open (one probe out).\n# TYPE mlgw_model_circuit_state gauge"
+        );
+        for (pool, endpoint, state, _) in circuits {
+            let _ = writeln!(
+                out,
+                "mlgw_model_circuit_state{{pool=\"{pool}\",endpoint=\"{}\"}} {}",
+                label(endpoint),
+                state.gauge()
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP mlgw_model_circuit_opens_total Times each circuit breaker opened after consecutive failures.\n# TYPE mlgw_model_circuit_opens_total counter"
+        );
+        for (pool, endpoint, _, opens) in circuits {
+            let _ = writeln!(
+                out,
+                "mlgw_model_circuit_opens_total{{pool=\"{pool}\",endpoint=\"{}\"}} {opens}",
+                label(endpoint)
+            );
+        }
+    }
+
+    /// Writes the feature store's failed calls by op and kind.
+    pub fn render_store_errors(&self, out: &mut String, stats: &StoreErrorStats) {
+        let _ = writeln!(
+            out,
+            "# HELP mlgw_feature_store_errors_total Failed feature store calls by op (read, write, batch_watch) and kind (timeout, unavailable, error).\n# TYPE mlgw_feature_store_errors_total counter"
+        );
+        for op in StoreOp::ALL {
+            for kind in StoreErrorKind::ALL {
+                let _ = writeln!(
+                    out,
+                    "mlgw_feature_store_errors_total{{op=\"{}\",kind=\"{}\"}} {}",
+                    op.as_str(),
+                    kind.as_str(),
+                    stats.get(op, kind)
+                );
+            }
+        }
+    }
+
+    /// Writes each refresh job's interval in force and its state, read from
+    /// the store for this scrape (`None`: the read failed or timed out).
+    pub fn render_refresh_jobs(&self, out: &mut String, jobs: Option<&[JobOverview]>) {
+        let _ = writeln!(
+            out,
+            "# HELP mlgw_refresh_jobs_read Whether this scrape could read the refresh jobs' state from the store (1) or not (0: the job series are missing).\n# TYPE mlgw_refresh_jobs_read gauge\nmlgw_refresh_jobs_read {}",
+            u8::from(jobs.is_some())
+        );
+        let Some(jobs) = jobs else {
+            return;
+        };
+        let families: [(&str, &str, &str); 6] = [
+            (
+                "mlgw_refresh_interval_seconds",
+                "gauge",
+                "Interval in force for each refresh job (pinned, tuned or declared).",
+            ),
+            (
+                "mlgw_refresh_last_good_interval_seconds",
+                "gauge",
+                "Longest interval the tuner has proven good (tuned jobs).",
+            ),
+            (
+                "mlgw_refresh_pinned",
+                "gauge",
+                "1 while a person's pin holds the job's interval.",
+            ),
+            (
+                "mlgw_refresh_last_batch_finished_timestamp_seconds",
+                "gauge",
+                "When the view's newest batch finished, done or failed (Unix time).",
+            ),
+            (
+                "mlgw_refresh_last_batch_failed",
+                "gauge",
+                "1 if the view's newest batch failed (the previous done batch is still served).",
+            ),
+            (
+                "mlgw_refresh_next_run_timestamp_seconds",
+                "gauge",
+                "When the job's next run is due (Unix time).",
+            ),
+        ];
+        let unix = |t: std::time::SystemTime| {
+            t.duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs_f64())
+                .unwrap_or(0.0)
+        };
+        for (i, (name, kind, help)) in families.iter().enumerate() {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            for j in jobs {
+                let value = match i {
+                    0 => Some(j.interval.as_secs_f64()),
+                    1 => j.last_good.map(|d| d.as_secs_f64()),
+                    2 => Some(f64::from(u8::from(j.pin.is_some()))),
+                    3 => j.last_batch.as_ref().and_then(|b| b.finished_at).map(unix),
+                    4 => j.last_batch.as_ref().map(|b| {
+                        f64::from(u8::from(
+                            b.status == feature_store::store::BatchStatus::Failed,
+                        ))
+                    }),
+                    _ => j.next_run.map(unix),
+                };
+                if let Some(v) = value {
+                    let _ = writeln!(
+                        out,
+                        "{name}{{job=\"{}\",view=\"{}\"}} {v}",
+                        label(&j.job),
+                        label(&j.view)
+                    );
+                }
+            }
+        }
+    }
+
     /// Records a successful prediction's total and model-server time.
     pub fn prediction(&self, total: Duration, model: Duration) {
-        self.predict_latency.observe(total);
-        self.model_latency.observe(model);
-        self.overhead.observe(total.saturating_sub(model));
+        self.predict_latency.observe_duration(total);
+        self.model_latency.observe_duration(model);
+        self.overhead.observe_duration(total.saturating_sub(model));
     }
 
     /// The Prometheus text exposition.
@@ -242,21 +388,49 @@ impl Metrics {
                 );
             }
         }
-        self.predict_latency.render(
+        for (name, help, h) in [
+            (
+                "mlgw_predict_seconds",
+                "Time to answer a successful prediction, end to end.",
+                &self.predict_latency,
+            ),
+            (
+                "mlgw_model_call_seconds",
+                "Time spent in the model-server call of a successful prediction.",
+                &self.model_latency,
+            ),
+            (
+                "mlgw_gateway_overhead_seconds",
+                "The gateway's own time in a successful prediction: total minus the model-server call.",
+                &self.overhead,
+            ),
+        ] {
+            header(&mut out, name, "histogram", help);
+            h.render(&mut out, name, "");
+        }
+        header(
             &mut out,
-            "mlgw_predict_seconds",
-            "Time to answer a successful prediction, end to end.",
+            "mlgw_request_seconds",
+            "histogram",
+            "Time to answer a request by front, API and model (- for APIs not about one model), whatever the result.",
         );
-        self.model_latency.render(
+        if let Ok(all) = self.request_latency.lock() {
+            for ((front, api, model), h) in all.iter() {
+                h.render(
+                    &mut out,
+                    "mlgw_request_seconds",
+                    &format!("front=\"{front}\",api=\"{api}\",model=\"{}\"", label(model)),
+                );
+            }
+        }
+        header(
             &mut out,
-            "mlgw_model_call_seconds",
-            "Time spent in the model-server call of a successful prediction.",
+            "mlgw_predict_batch_entities",
+            "histogram",
+            "Entities per predict-batch call.",
         );
-        self.overhead.render(
-            &mut out,
-            "mlgw_gateway_overhead_seconds",
-            "The gateway's own time in a successful prediction: total minus the model-server call.",
-        );
+        self.batch_entities
+            .render(&mut out, "mlgw_predict_batch_entities", "");
         let gauges = [
             (
                 "mlgw_requests_in_flight",
@@ -384,5 +558,62 @@ mod tests {
         assert!(text.contains("mlgw_model_call_seconds_count 1"));
         assert!(text.contains("mlgw_feature_cache_hits_total 7"));
         assert!(text.contains("mlgw_requests_limit 256"));
+    }
+
+    #[test]
+    fn labelled_latency_sizes_circuits_and_store_errors() {
+        let m = Metrics::default();
+        m.request_latency("grpc", "predict", "a", Duration::from_micros(800));
+        m.request_latency("grpc", "predict", "a", Duration::from_millis(30));
+        m.request_latency("rest", "feedback", "-", Duration::from_micros(100));
+        m.batch_entities(3);
+        let mut text = m.render(&CacheStats::default(), 0, 8);
+        assert!(
+            text.contains(
+                "mlgw_request_seconds_bucket{front=\"grpc\",api=\"predict\",model=\"a\",le=\"0.001\"} 1"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "mlgw_request_seconds_count{front=\"grpc\",api=\"predict\",model=\"a\"} 2"
+            )
+        );
+        assert!(text.contains(
+            "mlgw_request_seconds_sum{front=\"rest\",api=\"feedback\",model=\"-\"} 0.0001"
+        ));
+        assert!(text.contains("mlgw_predict_batch_entities_bucket{le=\"2\"} 0"));
+        assert!(text.contains("mlgw_predict_batch_entities_bucket{le=\"4\"} 1"));
+        assert!(text.contains("mlgw_predict_batch_entities_sum 3"));
+        m.render_circuits(
+            &mut text,
+            &[
+                ("callers", "http://m:1", crate::infer::CircuitState::Open, 2),
+                (
+                    "shadow",
+                    "http://m:1",
+                    crate::infer::CircuitState::Closed,
+                    0,
+                ),
+            ],
+        );
+        assert!(
+            text.contains("mlgw_model_circuit_state{pool=\"callers\",endpoint=\"http://m:1\"} 1")
+        );
+        assert!(text.contains(
+            "mlgw_model_circuit_opens_total{pool=\"callers\",endpoint=\"http://m:1\"} 2"
+        ));
+        m.render_store_errors(&mut text, &StoreErrorStats::default());
+        assert!(text.contains(
+            "mlgw_feature_store_errors_total{op=\"batch_watch\",kind=\"unavailable\"} 0"
+        ));
+        m.render_refresh_jobs(&mut text, None);
+        assert!(text.contains("mlgw_refresh_jobs_read 0"));
+        // Every family is declared once.
+        let mut types: Vec<&str> = text.lines().filter(|l| l.starts_with("# TYPE")).collect();
+        let n = types.len();
+        types.sort_unstable();
+        types.dedup();
+        assert_eq!(types.len(), n, "a family declared twice: {text}");
     }
 }

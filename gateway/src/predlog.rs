@@ -59,7 +59,7 @@ mod humantime_secs {
 }
 
 /// Counts of what happened to logged predictions.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct LogStats {
     /// Written to the store.
     pub written: AtomicU64,
@@ -71,6 +71,21 @@ pub struct LogStats {
     pub batches: AtomicU64,
     /// Records waiting in the buffer.
     pub queued: AtomicU64,
+    /// Records per store write.
+    pub batch_records: telemetry::prom::Histogram,
+}
+
+impl Default for LogStats {
+    fn default() -> Self {
+        LogStats {
+            written: AtomicU64::default(),
+            dropped_full: AtomicU64::default(),
+            failed: AtomicU64::default(),
+            batches: AtomicU64::default(),
+            queued: AtomicU64::default(),
+            batch_records: telemetry::prom::Histogram::new(telemetry::prom::SIZE_BUCKETS),
+        }
+    }
 }
 
 impl LogStats {
@@ -97,6 +112,14 @@ impl LogStats {
             get(&self.batches),
             get(&self.queued),
         );
+        telemetry::prom::header(
+            out,
+            "mlgw_prediction_log_batch_records",
+            "histogram",
+            "Records per prediction log write.",
+        );
+        self.batch_records
+            .render(out, "mlgw_prediction_log_batch_records", "");
     }
 }
 
@@ -221,6 +244,7 @@ async fn write_loop<S: FeatureStore>(
                 }
             }
             stats.batches.fetch_add(1, Ordering::Relaxed);
+            stats.batch_records.observe(n as f64);
             records.clear();
         }
         for w in waiters {

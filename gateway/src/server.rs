@@ -50,14 +50,38 @@ pub struct Shared<S> {
     pub scheduler_poll: Option<Duration>,
 }
 
+/// How long a `/metrics` scrape waits for the refresh jobs' state.
+const METRICS_STORE_DEADLINE: Duration = Duration::from_secs(1);
+
 impl<S: feature_store::store::FeatureStore> Shared<S> {
-    /// The `/metrics` text.
+    /// The `/metrics` text, with the refresh jobs' state read from the store
+    /// under a deadline (a scrape never waits on a slow store for long).
+    pub async fn render_metrics_with_jobs(&self) -> String {
+        let reader = self.gateway.enricher().reader();
+        let jobs = tokio::time::timeout(
+            METRICS_STORE_DEADLINE,
+            feature_store::schedule::jobs::list(&**reader.store(), reader.definitions()),
+        )
+        .await
+        .ok()
+        .and_then(Result::ok);
+        let mut out = self.render_metrics();
+        self.metrics.render_refresh_jobs(&mut out, jobs.as_deref());
+        out
+    }
+
+    /// The `/metrics` text without the refresh jobs (no store call).
     pub fn render_metrics(&self) -> String {
         let in_flight = self
             .limit_total
             .saturating_sub(self.limit.available_permits());
-        let cache = self.gateway.enricher().reader().cache_stats();
+        let reader = self.gateway.enricher().reader();
+        let cache = reader.cache_stats();
         let mut out = self.metrics.render(&cache, in_flight, self.limit_total);
+        self.metrics
+            .render_store_errors(&mut out, &reader.store_error_stats());
+        self.metrics
+            .render_circuits(&mut out, &self.gateway.circuits());
         if let Some(log) = self.gateway.prediction_log() {
             log.stats().render(&mut out);
         }
@@ -78,6 +102,21 @@ impl<S: feature_store::store::FeatureStore> Shared<S> {
 }
 
 impl<S> Shared<S> {
+    /// Counts a finished request and times it under `api` and `model` (`-`
+    /// for APIs not about one model).
+    pub fn record_timed<T>(
+        &self,
+        front: &'static str,
+        api: &'static str,
+        model: &str,
+        started: std::time::Instant,
+        result: &Result<T, GatewayError>,
+    ) {
+        self.record(front, api, result);
+        self.metrics
+            .request_latency(front, api, model, started.elapsed());
+    }
+
     /// Counts a finished request and, for a prediction, its latencies.
     pub fn record<T>(
         &self,

@@ -297,6 +297,37 @@ async fn predictions_through_the_gateway() -> Result<()> {
         metrics.contains("mlgw_feature_cache_hits_total"),
         "{metrics}"
     );
+    // Latency per front, API and model; the batch's size; the breaker closed.
+    for (series, at_least) in [
+        (
+            "mlgw_request_seconds_count{front=\"rest\",api=\"predict\",model=\"fraud_detector\"}",
+            3.0,
+        ),
+        (
+            "mlgw_request_seconds_count{front=\"rest\",api=\"predict_batch\",model=\"fraud_detector\"}",
+            1.0,
+        ),
+        ("mlgw_predict_batch_entities_bucket{le=\"2\"}", 1.0),
+    ] {
+        let v = series_value(&metrics, series).with_context(|| format!("{series} in {metrics}"))?;
+        assert!(v >= at_least, "{series} = {v}");
+    }
+    assert_eq!(
+        series_value(&metrics, "mlgw_predict_batch_entities_bucket{le=\"1\"}"),
+        Some(0.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        series_value(
+            &metrics,
+            &format!(
+                "mlgw_model_circuit_state{{pool=\"callers\",endpoint=\"{}\"}}",
+                model_server.grpc_url
+            )
+        ),
+        Some(0.0),
+        "{metrics}"
+    );
 
     // The OpenAPI document describes every REST route the gateway serves.
     let doc: Value = http
@@ -375,6 +406,7 @@ async fn predictions_through_the_gateway() -> Result<()> {
     );
 
     // 6. The model-server goes away: 503 with a clear code, quickly; not ready.
+    let model_server_url = model_server.grpc_url.clone();
     model_server.stop().await?;
     for _ in 0..3 {
         let t = Instant::now();
@@ -403,6 +435,32 @@ async fn predictions_through_the_gateway() -> Result<()> {
         .err()
         .context("expected an error")?;
     assert_eq!(status.code(), tonic::Code::Unavailable);
+    // Five failures in a row opened the breaker: /metrics says so.
+    for _ in 0..2 {
+        let (status, _) = predict(
+            json!({"entity": {"customer_id": "c-1"}, "request_features": request_features()}),
+        )
+        .await?;
+        assert_eq!(status, 503);
+    }
+    let metrics = http
+        .get(format!("{}/metrics", gw.http))
+        .send()
+        .await?
+        .text()
+        .await?;
+    let circuit = |family: &str| {
+        series_value(
+            &metrics,
+            &format!("{family}{{pool=\"callers\",endpoint=\"{model_server_url}\"}}"),
+        )
+    };
+    assert_eq!(circuit("mlgw_model_circuit_state"), Some(1.0), "{metrics}");
+    assert_eq!(
+        circuit("mlgw_model_circuit_opens_total"),
+        Some(1.0),
+        "{metrics}"
+    );
 
     // 7. SIGTERM: the gateway exits cleanly.
     let pid = gw.child.id().context("pid")?;
@@ -413,6 +471,18 @@ async fn predictions_through_the_gateway() -> Result<()> {
     }
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
+}
+
+/// The value of one series (`name{labels}` exactly as exposed) in a
+/// Prometheus text exposition.
+fn series_value(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|l| {
+        l.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
 }
 
 /// Runs the gateway on `config`, expects it to refuse to start (exit 1) and
@@ -904,6 +974,23 @@ async fn cassandra_outage_cached_predictions_answer_misses_fail_fast() -> Result
             "a miss took {took:?} to fail"
         );
     }
+    // The failed reads (and batch polls) are counted by op and kind.
+    let metrics = http
+        .get(format!("{}/metrics", gw.http))
+        .send()
+        .await?
+        .text()
+        .await?;
+    let read_failures: f64 = ["timeout", "unavailable", "error"]
+        .iter()
+        .filter_map(|kind| {
+            series_value(
+                &metrics,
+                &format!("mlgw_feature_store_errors_total{{op=\"read\",kind=\"{kind}\"}}"),
+            )
+        })
+        .sum();
+    assert!(read_failures >= 3.0, "3 failed misses counted: {metrics}");
 
     node.run("restart").await?;
     let restarted = Instant::now();

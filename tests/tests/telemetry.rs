@@ -291,6 +291,16 @@ async fn metrics_parse_and_move() -> Result<()> {
     moved(
         &g0,
         &g1,
+        "mlgw_request_seconds",
+        &[
+            ("front", "rest"),
+            ("api", "predict"),
+            ("model", "fraud_detector"),
+        ],
+    )?;
+    moved(
+        &g0,
+        &g1,
         "mlgw_requests_total",
         &[("front", "rest"), ("route", "predict"), ("code", "ok")],
     )?;
@@ -316,6 +326,21 @@ async fn metrics_parse_and_move() -> Result<()> {
         )?;
     }
     assert!(value(&g1, "mlgw_feature_cache_hit_ratio", &[]).is_some());
+    // The families an operator alerts on are there (and parse) from the start.
+    assert_eq!(
+        value(&g1, "mlgw_model_circuit_state", &[("pool", "callers")]),
+        Some(0.0)
+    );
+    assert_eq!(
+        value(
+            &g1,
+            "mlgw_feature_store_errors_total",
+            &[("op", "read"), ("kind", "timeout")]
+        ),
+        Some(0.0)
+    );
+    assert_eq!(value(&g1, "mlgw_refresh_jobs_read", &[]), Some(1.0));
+    assert!(value(&g1, "mlgw_prediction_log_batch_records", &[]).is_some());
     assert_eq!(
         value(&m1, "mlgw_model_server_requests_in_flight", &[]),
         Some(0.0)

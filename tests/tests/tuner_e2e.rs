@@ -252,6 +252,30 @@ async fn the_scheduler_runs_a_real_job_and_the_tuner_changes_its_interval_from_r
     assert_eq!(pinned["interval_s"], 14_400, "{pinned}");
     assert_eq!(pinned["pin"]["by"], "dev-user", "{pinned}");
     assert_eq!(pinned["pin"]["reason"], "quarter close", "{pinned}");
+    // /metrics shows the interval in force and the pin, per job.
+    let metrics = admin
+        .get(format!("{}/metrics", admin_gw.http))
+        .send()
+        .await?
+        .text()
+        .await?;
+    let view = listed["view"].as_str().context("view")?;
+    for (family, expected) in [
+        ("mlgw_refresh_interval_seconds", "14400"),
+        ("mlgw_refresh_pinned", "1"),
+        ("mlgw_refresh_last_batch_failed", "0"),
+    ] {
+        let series = format!("{family}{{job=\"{JOB}\",view=\"{view}\"}} {expected}");
+        assert!(
+            metrics.lines().any(|l| l == series),
+            "{series} missing: {metrics}"
+        );
+    }
+    let good = format!("mlgw_refresh_last_good_interval_seconds{{job=\"{JOB}\",view=\"{view}\"}} ");
+    assert!(
+        metrics.lines().any(|l| l.starts_with(&good)),
+        "{good} missing: {metrics}"
+    );
     let r = admin
         .post(format!("{job_url}/pin"))
         .json(&json!({"interval": "1d"}))
