@@ -247,28 +247,31 @@ impl Metrics {
         out: &mut String,
         circuits: &[(&'static str, &str, crate::infer::CircuitState, u64)],
     ) {
-        let _ = writeln!(
-            out,
-            "# HELP mlgw_model_circuit_state Circuit breaker of each model-server client: 0 closed, 1 open (calls fail at once), 2 half-open (one probe out).\n# TYPE mlgw_model_circuit_state gauge"
-        );
-        for (pool, endpoint, state, _) in circuits {
-            let _ = writeln!(
-                out,
-                "mlgw_model_circuit_state{{pool=\"{pool}\",endpoint=\"{}\"}} {}",
-                label(endpoint),
-                state.gauge()
-            );
-        }
-        let _ = writeln!(
-            out,
-            "# HELP mlgw_model_circuit_opens_total Times each circuit breaker opened after consecutive failures.\n# TYPE mlgw_model_circuit_opens_total counter"
-        );
-        for (pool, endpoint, _, opens) in circuits {
-            let _ = writeln!(
-                out,
-                "mlgw_model_circuit_opens_total{{pool=\"{pool}\",endpoint=\"{}\"}} {opens}",
-                label(endpoint)
-            );
+        type Value = fn(crate::infer::CircuitState, u64) -> u64;
+        let families: [(&str, &str, &str, Value); 2] = [
+            (
+                "mlgw_model_circuit_state",
+                "gauge",
+                "Circuit breaker of each model-server client: 0 closed, 1 open (calls fail at once), 2 half-open (one probe out).",
+                |state, _| u64::from(state.gauge()),
+            ),
+            (
+                "mlgw_model_circuit_opens_total",
+                "counter",
+                "Times each circuit breaker opened after consecutive failures.",
+                |_, opens| opens,
+            ),
+        ];
+        for (name, kind, help, value) in families {
+            header(out, name, kind, help);
+            for (pool, endpoint, state, opens) in circuits {
+                let _ = writeln!(
+                    out,
+                    "{name}{{pool=\"{pool}\",endpoint=\"{}\"}} {}",
+                    label(endpoint),
+                    value(*state, *opens)
+                );
+            }
         }
     }
 

@@ -275,12 +275,7 @@ async fn predictions_through_the_gateway() -> Result<()> {
         (p_fraud(&batch["responses"][1])? - p_fraud(&unknown)?).abs() < 1e-9,
         "{batch}"
     );
-    let metrics = http
-        .get(format!("{}/metrics", gw.http))
-        .send()
-        .await?
-        .text()
-        .await?;
+    let metrics = metrics_text(&http, &gw.http).await?;
     assert!(
         metrics.contains("mlgw_requests_total{front=\"rest\",route=\"predict\",code=\"ok\"} 3"),
         "{metrics}"
@@ -443,12 +438,7 @@ async fn predictions_through_the_gateway() -> Result<()> {
         .await?;
         assert_eq!(status, 503);
     }
-    let metrics = http
-        .get(format!("{}/metrics", gw.http))
-        .send()
-        .await?
-        .text()
-        .await?;
+    let metrics = metrics_text(&http, &gw.http).await?;
     let circuit = |family: &str| {
         series_value(
             &metrics,
@@ -471,6 +461,16 @@ async fn predictions_through_the_gateway() -> Result<()> {
     }
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
+}
+
+/// The gateway's `/metrics` text.
+async fn metrics_text(http: &reqwest::Client, gateway: &str) -> Result<String> {
+    Ok(http
+        .get(format!("{gateway}/metrics"))
+        .send()
+        .await?
+        .text()
+        .await?)
 }
 
 /// The value of one series (`name{labels}` exactly as exposed) in a
@@ -661,12 +661,7 @@ async fn overload_is_shed_at_once_and_admitted_requests_succeed() -> Result<()> 
         grpc_ok > 0 && grpc_shed > 0,
         "gRPC: ok {grpc_ok}, shed {grpc_shed}"
     );
-    let metrics = http
-        .get(format!("{}/metrics", gw.http))
-        .send()
-        .await?
-        .text()
-        .await?;
+    let metrics = metrics_text(&http, &gw.http).await?;
     assert!(
         metrics.contains(&format!(
             "mlgw_requests_total{{front=\"rest\",route=\"predict\",code=\"overloaded\"}} {shed}"
@@ -975,12 +970,7 @@ async fn cassandra_outage_cached_predictions_answer_misses_fail_fast() -> Result
         );
     }
     // The failed reads (and batch polls) are counted by op and kind.
-    let metrics = http
-        .get(format!("{}/metrics", gw.http))
-        .send()
-        .await?
-        .text()
-        .await?;
+    let metrics = metrics_text(&http, &gw.http).await?;
     let read_failures: f64 = ["timeout", "unavailable", "error"]
         .iter()
         .filter_map(|kind| {
