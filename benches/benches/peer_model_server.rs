@@ -30,7 +30,8 @@
 //!
 //! Knobs: MLGW_BENCH_SECONDS (measured seconds per step, default 4, plus 0.5 s
 //! warm-up), MLGW_BENCH_RATES (open-loop req/s, default
-//! 250,500,1000,2000,4000,8000,16000), MLGW_BENCH_CONCURRENCY (closed-loop
+//! 50,100,200,400,1000,2000,4000,8000,16000: MLServer
+//! saturates at a few hundred on two cores), MLGW_BENCH_CONCURRENCY (closed-loop
 //! callers, default 1,8,64), MLGW_BENCH_MLSERVER_WORKERS (MLServer's
 //! `parallel_workers`, default 1 as MLServer ships), MLGW_BENCH_MODEL_VERSION
 //! (1 = logistic regression, 2 = MLP, default 2).
@@ -116,7 +117,9 @@ impl Knobs {
             seconds: env_num("MLGW_BENCH_SECONDS", 4.0)?,
             rates: env_list(
                 "MLGW_BENCH_RATES",
-                &[250.0, 500.0, 1000.0, 2000.0, 4000.0, 8000.0, 16000.0],
+                &[
+                    50.0, 100.0, 200.0, 400.0, 1000.0, 2000.0, 4000.0, 8000.0, 16000.0,
+                ],
             )?,
             callers: env_list("MLGW_BENCH_CONCURRENCY", &[1.0, 8.0, 64.0])?,
             workers: env_num("MLGW_BENCH_MLSERVER_WORKERS", 1.0)? as u64,
