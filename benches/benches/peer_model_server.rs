@@ -47,7 +47,7 @@ use anyhow::{Context, Result, bail, ensure};
 use benches::grpc_client::{DirectClient, channels, direct_clients};
 use benches::knobs::{env_list, env_num, list_text};
 use benches::load::{self, Load, Measured, Outcome};
-use benches::process::{cpu_seconds, free_port, tail};
+use benches::process::{cpu_seconds, free_port, interrupted, tail};
 use benches::report::{machine, ms};
 use proto::inference as pb;
 use rig::{ModelServerProcess, TempRepo, example_repository, reference, workspace_root};
@@ -606,6 +606,15 @@ async fn main() -> Result<()> {
     if std::env::args().any(|a| a == "--test" || a == "--list") {
         return Ok(());
     }
+    // On Ctrl-C or SIGTERM the run is dropped, so every server it started
+    // (MLServer's whole process group too) is killed before exiting.
+    tokio::select! {
+        done = run() => done,
+        signal = interrupted() => bail!("interrupted by {signal}"),
+    }
+}
+
+async fn run() -> Result<()> {
     let knobs = Knobs::from_env()?;
     let version = knobs.version.as_str();
     let shipped = std::fs::read_to_string(example_repository().join(MODEL).join("config.toml"))?;
