@@ -112,10 +112,15 @@ enum Scenario {
     Hung,
 }
 
+/// Run in this order, rotated by one each round. "hung" comes right after
+/// "healthy" in rounds 1–3: the shadow client's breaker is then closed when
+/// the server freezes, so copies hold pool slots until their timeout (and
+/// the pool fills). Right after "stopped" the breaker would still be open
+/// and the frozen server's copies would fail fast instead.
 const SCENARIOS: [Scenario; 4] = [
     Scenario::Baseline,
-    Scenario::Healthy,
     Scenario::Stopped,
+    Scenario::Healthy,
     Scenario::Hung,
 ];
 
@@ -692,7 +697,7 @@ fn report(
         out,
         "Scenarios: **baseline** no shadow; **healthy** shadow \"{SHADOW}\" with its model-server up; **stopped** its model-server killed (SIGKILL: connections refused); \
          **hung** its model-server frozen (SIGSTOP: connections accepted, no answer, so each copy holds a pool slot until the shadow timeout). \
-         {} rounds; the scenario order rotates by one each round (round 1: baseline, healthy, stopped, hung; round 2 starts with healthy; …) so slow drift of the shared machine does not land on one scenario. \
+         {} rounds; the scenario order rotates by one each round (round 1: baseline, stopped, healthy, hung; round 2 starts with stopped; …) so slow drift of the shared machine does not land on one scenario, and hung follows healthy in rounds 1–3 (the shadow's breaker closed when it freezes). \
          Shadow copies (ok / failed / dropped) are deltas of `mlgw_shadow_calls_total` over the step, warm-up included.\n",
         knobs.rounds
     )?;
