@@ -37,41 +37,33 @@
 //! (default 100,200,500: a single Cassandra node sharing two cores with
 //! everything else saturates far below the embedded store).
 
-use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use feature_store::definitions::FeatureDefinitions;
-use feature_store::refresh::{self, RefreshOptions, RefreshOutcome};
+use benches::demo::{Keys, load_profiles, model_request, predict_request};
+use benches::grpc_client::{
+    Bearer, DirectClient, GatewayClient, channels, direct_clients, gateway_clients,
+};
+use benches::knobs::{env_list, env_num};
+use benches::load::{self, Call, Load, Measured, Outcome, WARMUP, closed_loop};
+use benches::process::{
+    CpuProbe, CpuUse, GatewayProcess, GatewaySettings, gateway_config, interrupted,
+};
+use benches::prometheus::{failure_codes, metric, scrape};
+use benches::report::{Series, latency_chart, machine, ms};
+use feature_store::store::AnyStore;
 use feature_store::store::embedded::EmbeddedStore;
 use feature_store::store::scylla::{ScyllaConfig, ScyllaStore};
-use feature_store::store::{AnyStore, FeatureStore};
-use hdrhistogram::Histogram;
-use proto::gateway::v1 as gw;
-use proto::gateway::v1::prediction_service_client::PredictionServiceClient;
-use proto::inference as inf;
-use proto::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
-use rig::{ModelServerProcess, binary, example_repository_with, workspace_root};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tonic::metadata::{Ascii, MetadataValue};
-use tonic::service::Interceptor;
-use tonic::service::interceptor::InterceptedService;
-use tonic::transport::Channel;
+use rig::{ModelServerProcess, example_repository_with, workspace_root};
 
 /// Callers share this many HTTP/2 connections, as a client pool would.
 const CONNECTIONS: usize = 4;
-/// Unmeasured warm-up at the start of every step.
-const WARMUP: Duration = Duration::from_millis(500);
 /// Deadline the client puts on every call (`grpc-timeout`).
 const CALL_TIMEOUT: Duration = Duration::from_secs(2);
-/// Open loop: calls in flight beyond this are not sent but counted as
-/// `client_backlog`, so an overloaded run cannot exhaust the machine.
-const MAX_OUTSTANDING: u64 = 20_000;
 /// Rising steps multiply the rate by this.
 const RISE: f64 = 1.5;
 
@@ -96,30 +88,6 @@ enum CassandraMode {
     Off,
     Start,
     Reuse(String),
-}
-
-fn env_num(name: &str, default: f64) -> Result<f64> {
-    match std::env::var(name) {
-        Ok(v) => v
-            .trim()
-            .parse()
-            .with_context(|| format!("{name}={v:?} is not a number")),
-        Err(_) => Ok(default),
-    }
-}
-
-fn env_list(name: &str, default: &[f64]) -> Result<Vec<f64>> {
-    match std::env::var(name) {
-        Ok(v) => v
-            .split(',')
-            .map(|s| {
-                s.trim()
-                    .parse::<f64>()
-                    .with_context(|| format!("{name}={v:?}: {s:?} is not a number"))
-            })
-            .collect(),
-        Err(_) => Ok(default.to_vec()),
-    }
 }
 
 impl Knobs {
@@ -166,234 +134,7 @@ impl Knobs {
 }
 
 // ---------------------------------------------------------------------------
-// Demo data: the same customer profiles as deploy/local/run.sh, keyed c-NNNNNNN.
-
-fn customer_id(i: u64) -> String {
-    format!("c-{i:07}")
-}
-
-/// account_age_days, avg_txn_amount_30d, txn_count_30d, chargeback_count_1y,
-/// home_country_risk of customer `i`.
-fn profile(i: u64) -> [f32; 5] {
-    [
-        (30 + (i * 37) % 3000) as f32,
-        (15 + (i * 13) % 200) as f32 + 0.5,
-        ((i * 7) % 90) as f32,
-        if i.is_multiple_of(23) { 2.0 } else { 0.0 },
-        ((i * 11) % 100) as f32 / 100.0,
-    ]
-}
-
-fn write_profiles(path: &Path, customers: u64) -> Result<()> {
-    use std::io::Write as _;
-    let mut w = std::io::BufWriter::new(std::fs::File::create(path)?);
-    writeln!(
-        w,
-        "customer_id,account_age_days,avg_txn_amount_30d,txn_count_30d,chargeback_count_1y,home_country_risk"
-    )?;
-    for i in 0..customers {
-        let p = profile(i);
-        writeln!(
-            w,
-            "{},{},{:.2},{},{},{:.2}",
-            customer_id(i),
-            p[0],
-            p[1],
-            p[2],
-            p[3],
-            p[4]
-        )?;
-    }
-    w.flush()?;
-    Ok(())
-}
-
-async fn load_profiles(store: &AnyStore, customers: u64, scratch: &Path) -> Result<f64> {
-    let defs =
-        FeatureDefinitions::load(&workspace_root().join("feature-store/definitions/fraud.toml"))?;
-    store.apply_schema().await?;
-    let csv = scratch.join(format!("profiles-{customers}.csv"));
-    write_profiles(&csv, customers)?;
-    let started = Instant::now();
-    let outcome = refresh::run(
-        store,
-        &defs,
-        "customer_profile_daily",
-        None,
-        &csv,
-        &RefreshOptions {
-            script_version: "bench".into(),
-            force: true,
-            ..RefreshOptions::default()
-        },
-        &|_| {},
-    )
-    .await?;
-    let RefreshOutcome::Loaded(batch) = outcome else {
-        bail!("the demo refresh did not load");
-    };
-    if batch.rows_written != customers {
-        bail!("loaded {} of {customers} customers", batch.rows_written);
-    }
-    let _ = std::fs::remove_file(&csv);
-    Ok(started.elapsed().as_secs_f64())
-}
-
-/// The request-time features of call `k` (varied so no two calls are alike):
-/// amount, is_card_present, hour_of_day, distance_from_home_km.
-fn request_values(k: u64) -> (f64, bool, i64, f64) {
-    (
-        5.0 + (k % 997) as f64 * 1.3,
-        !k.is_multiple_of(3),
-        (k % 24) as i64,
-        (k % 200) as f64 * 0.7,
-    )
-}
-
-fn predict_request(customer: u64, k: u64) -> gw::PredictRequest {
-    use gw::feature_value::Kind;
-    let fv = |k: Kind| gw::FeatureValue { kind: Some(k) };
-    let (amount, card, hour, distance) = request_values(k);
-    gw::PredictRequest {
-        model: "fraud_detector".into(),
-        model_version: String::new(),
-        entity: Some(gw::EntityKey {
-            keys: HashMap::from([("customer_id".into(), customer_id(customer))]),
-        }),
-        request_features: HashMap::from([
-            ("amount".into(), fv(Kind::DoubleValue(amount))),
-            ("is_card_present".into(), fv(Kind::BoolValue(card))),
-            ("hour_of_day".into(), fv(Kind::Int64Value(hour))),
-            (
-                "distance_from_home_km".into(),
-                fv(Kind::DoubleValue(distance)),
-            ),
-        ]),
-    }
-}
-
-/// The FP32 row the gateway assembles for the same call: the profile, the
-/// activity defaults (no dynamic values are loaded), the request features
-/// with merchant_category_risk defaulted.
-fn model_request(customer: u64, k: u64) -> inf::ModelInferRequest {
-    let p = profile(customer);
-    let (amount, card, hour, distance) = request_values(k);
-    let row = [
-        p[0],
-        p[1],
-        p[2],
-        p[3],
-        p[4],
-        0.0,
-        0.0,
-        0.0,
-        0.0,
-        1440.0,
-        amount as f32,
-        0.21,
-        f32::from(u8::from(card)),
-        hour as f32,
-        distance as f32,
-    ];
-    inf::ModelInferRequest {
-        model_name: "fraud_detector".into(),
-        model_version: String::new(),
-        inputs: vec![inf::model_infer_request::InferInputTensor {
-            name: "features".into(),
-            datatype: "FP32".into(),
-            shape: vec![1, row.len() as i64],
-            ..Default::default()
-        }],
-        raw_input_contents: vec![
-            row.iter()
-                .flat_map(|x| x.to_le_bytes())
-                .collect::<Vec<u8>>()
-                .into(),
-        ],
-        ..Default::default()
-    }
-}
-
-// ---------------------------------------------------------------------------
-// The client
-
-/// Adds `authorization: Bearer <token>` to every gateway call: the token
-/// comes from MLGW_BENCH_TOKEN, or the dev token the gateway prints at start
-/// (the bench runs it with the dev issuer, like the demo).
-#[derive(Clone)]
-struct Bearer(Option<MetadataValue<Ascii>>);
-
-impl Bearer {
-    fn new(gateway_banner: &[String]) -> Result<Self> {
-        let token = std::env::var("MLGW_BENCH_TOKEN").ok().or_else(|| {
-            gateway_banner
-                .iter()
-                .find(|l| l.starts_with("dev token"))
-                .and_then(|l| l.rsplit(' ').next())
-                .map(str::to_owned)
-        });
-        token
-            .map(|t| {
-                MetadataValue::try_from(format!("Bearer {t}"))
-                    .context("the bearer token is not valid header text")
-            })
-            .transpose()
-            .map(Bearer)
-    }
-}
-
-impl Interceptor for Bearer {
-    fn call(
-        &mut self,
-        mut request: tonic::Request<()>,
-    ) -> Result<tonic::Request<()>, tonic::Status> {
-        if let Some(token) = &self.0 {
-            request
-                .metadata_mut()
-                .insert("authorization", token.clone());
-        }
-        Ok(request)
-    }
-}
-
-type GatewayClient = PredictionServiceClient<InterceptedService<Channel, Bearer>>;
-type DirectClient = GrpcInferenceServiceClient<Channel>;
-
-/// Which customer each call asks for.
-enum Keys {
-    /// `k % count`: a small hot set, warmed into the row cache.
-    Hot { count: u64 },
-    /// Never repeated: a permutation of all loaded customers, walked by a
-    /// counter shared by every step of the run.
-    Fresh {
-        customers: u64,
-        next: Arc<AtomicU64>,
-    },
-}
-
-impl Keys {
-    fn customer(&self, k: u64) -> u64 {
-        match self {
-            Keys::Hot { count } => k % count,
-            Keys::Fresh { customers, next } => {
-                let n = next.fetch_add(1, Ordering::Relaxed) % customers;
-                // n ↦ n·p mod N is a permutation when p (a prime above any
-                // N used here) shares no factor with N; it spreads the reads
-                // over the whole key range instead of walking it in order.
-                ((u128::from(n) * 2_654_435_761) % u128::from(*customers)) as u64
-            }
-        }
-    }
-}
-
-/// What one call ended with.
-#[derive(Clone, Copy, Debug)]
-enum Outcome {
-    Ok,
-    Status(tonic::Code),
-    /// Not sent: too many calls already in flight (open loop only).
-    Backlog,
-}
+// The targets
 
 /// Where the calls go.
 enum Target {
@@ -407,7 +148,7 @@ enum Target {
     },
 }
 
-impl Target {
+impl Call for Target {
     async fn call(&self, k: u64) -> Outcome {
         let conn = (k as usize) % CONNECTIONS;
         let result = match self {
@@ -422,462 +163,12 @@ impl Target {
                 clients[conn].clone().model_infer(request).await.map(drop)
             }
         };
-        match result {
-            Ok(()) => Outcome::Ok,
-            Err(status) => Outcome::Status(status.code()),
-        }
+        Outcome::from_grpc(&result)
     }
-}
-
-async fn channels(url: &str) -> Result<Vec<Channel>> {
-    let mut out = Vec::with_capacity(CONNECTIONS);
-    for _ in 0..CONNECTIONS {
-        out.push(
-            Channel::from_shared(url.to_owned())?
-                .tcp_nodelay(true)
-                .connect()
-                .await
-                .with_context(|| format!("cannot connect to {url}"))?,
-        );
-    }
-    Ok(out)
 }
 
 // ---------------------------------------------------------------------------
-// Measuring
-
-/// What one step measured (its measured window only, warm-up excluded).
-struct Measured {
-    /// Latency of successful calls, µs.
-    hist: Histogram<u64>,
-    ok: u64,
-    shed: u64,
-    /// Other failures by gRPC code (or `client_backlog`).
-    errors: BTreeMap<String, u64>,
-    /// Successful calls per second over the window.
-    achieved: f64,
-    /// Open loop: how late the pacing thread sent, p99 µs.
-    send_lag_p99_us: Option<u64>,
-    /// Calls completed in the whole step (warm-up too), for CPU per call.
-    completed_all: u64,
-}
-
-struct Tally {
-    hist: Histogram<u64>,
-    ok: u64,
-    shed: u64,
-    errors: BTreeMap<String, u64>,
-    last_done: Option<Instant>,
-    completed_all: u64,
-}
-
-impl Tally {
-    fn new() -> Result<Self> {
-        Ok(Tally {
-            hist: Histogram::new_with_bounds(1, 120_000_000, 3)?,
-            ok: 0,
-            shed: 0,
-            errors: BTreeMap::new(),
-            last_done: None,
-            completed_all: 0,
-        })
-    }
-
-    fn add(
-        &mut self,
-        outcome: Outcome,
-        latency: Duration,
-        in_window: bool,
-        done: Instant,
-    ) -> Result<()> {
-        self.completed_all += 1;
-        if !in_window {
-            return Ok(());
-        }
-        self.last_done = Some(self.last_done.map_or(done, |d| d.max(done)));
-        match outcome {
-            Outcome::Ok => {
-                self.ok += 1;
-                self.hist.record((latency.as_micros() as u64).max(1))?;
-            }
-            Outcome::Status(tonic::Code::ResourceExhausted) => self.shed += 1,
-            Outcome::Status(code) => *self.errors.entry(format!("{code:?}")).or_default() += 1,
-            Outcome::Backlog => *self.errors.entry("client_backlog".into()).or_default() += 1,
-        }
-        Ok(())
-    }
-
-    fn merge(&mut self, other: Tally) -> Result<()> {
-        self.hist.add(other.hist)?;
-        self.ok += other.ok;
-        self.shed += other.shed;
-        for (k, v) in other.errors {
-            *self.errors.entry(k).or_default() += v;
-        }
-        self.last_done = match (self.last_done, other.last_done) {
-            (Some(a), Some(b)) => Some(a.max(b)),
-            (a, b) => a.or(b),
-        };
-        self.completed_all += other.completed_all;
-        Ok(())
-    }
-
-    fn finish(
-        self,
-        window_start: Instant,
-        window: Duration,
-        send_lag_p99_us: Option<u64>,
-    ) -> Measured {
-        // Calls still answering after the window stretch it: a system that
-        // cannot keep up shows an achieved rate below the target.
-        let span = self
-            .last_done
-            .map_or(window, |d| d.saturating_duration_since(window_start))
-            .max(window);
-        Measured {
-            achieved: self.ok as f64 / span.as_secs_f64(),
-            hist: self.hist,
-            ok: self.ok,
-            shed: self.shed,
-            errors: self.errors,
-            send_lag_p99_us,
-            completed_all: self.completed_all,
-        }
-    }
-}
-
-struct Sample {
-    outcome: Outcome,
-    latency: Duration,
-    in_window: bool,
-    done: Instant,
-}
-
-/// Open loop at `rate`: call *i* is due at `start + i / rate`, sent then by a
-/// dedicated pacing thread (tokio's timer ticks in milliseconds, too coarse
-/// for 5,000 req/s), and its latency runs from that due time.
-async fn open_loop(target: Arc<Target>, rate: f64, seconds: f64) -> Result<Measured> {
-    let total = ((WARMUP.as_secs_f64() + seconds) * rate).round() as u64;
-    let start = Instant::now() + Duration::from_millis(20);
-    let window_start = start + WARMUP;
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Sample>();
-    let runtime = tokio::runtime::Handle::current();
-    let outstanding = Arc::new(AtomicU64::new(0));
-    let pacer = std::thread::Builder::new()
-        .name("bench-pacer".into())
-        .spawn(move || -> Result<Histogram<u64>> {
-            // A channel nobody sends on: recv_timeout is a precise sleep
-            // (clippy's rule against thread::sleep targets runtime threads).
-            let (_keep, wait) = std::sync::mpsc::channel::<()>();
-            let mut lag = Histogram::<u64>::new_with_bounds(1, 120_000_000, 3)?;
-            for i in 0..total {
-                let due = start + Duration::from_secs_f64(i as f64 / rate);
-                let now = Instant::now();
-                if due > now {
-                    let _ = wait.recv_timeout(due - now);
-                }
-                let in_window = due >= window_start;
-                if in_window {
-                    lag.record((due.elapsed().as_micros() as u64).max(1))?;
-                }
-                if outstanding.load(Ordering::Relaxed) >= MAX_OUTSTANDING {
-                    let _ = tx.send(Sample {
-                        outcome: Outcome::Backlog,
-                        latency: Duration::ZERO,
-                        in_window,
-                        done: Instant::now(),
-                    });
-                    continue;
-                }
-                outstanding.fetch_add(1, Ordering::Relaxed);
-                let (target, tx, outstanding) =
-                    (Arc::clone(&target), tx.clone(), Arc::clone(&outstanding));
-                runtime.spawn(async move {
-                    let outcome = target.call(i).await;
-                    let done = Instant::now();
-                    outstanding.fetch_sub(1, Ordering::Relaxed);
-                    let _ = tx.send(Sample {
-                        outcome,
-                        latency: done.saturating_duration_since(due),
-                        in_window,
-                        done,
-                    });
-                });
-            }
-            Ok(lag)
-        })?;
-    let mut tally = Tally::new()?;
-    // Ends when the pacer and every call have dropped their senders.
-    while let Some(s) = rx.recv().await {
-        tally.add(s.outcome, s.latency, s.in_window, s.done)?;
-    }
-    let lag = pacer
-        .join()
-        .map_err(|_| anyhow::anyhow!("the pacing thread panicked"))??;
-    Ok(tally.finish(
-        window_start,
-        Duration::from_secs_f64(seconds),
-        Some(lag.value_at_quantile(0.99)),
-    ))
-}
-
-/// Closed loop: `callers` tasks each send their next call when the last one
-/// answers; with `pace`, the callers together send at most that many calls a
-/// second (the paired direct run matches the gateway's rate this way).
-async fn closed_loop(
-    target: Arc<Target>,
-    callers: usize,
-    pace: Option<f64>,
-    seconds: f64,
-) -> Result<Measured> {
-    let start = Instant::now();
-    let window_start = start + WARMUP;
-    let end = window_start + Duration::from_secs_f64(seconds);
-    let mut tasks = Vec::with_capacity(callers);
-    for c in 0..callers {
-        let target = Arc::clone(&target);
-        tasks.push(tokio::spawn(async move {
-            let mut tally = Tally::new()?;
-            let mut n = 0u64;
-            loop {
-                let k = n * callers as u64 + c as u64;
-                if let Some(rate) = pace {
-                    let due = start + Duration::from_secs_f64(k as f64 / rate);
-                    tokio::time::sleep_until(due.into()).await;
-                }
-                let sent = Instant::now();
-                if sent >= end {
-                    break;
-                }
-                let outcome = target.call(k).await;
-                let done = Instant::now();
-                tally.add(outcome, done - sent, sent >= window_start, done)?;
-                n += 1;
-            }
-            anyhow::Ok(tally)
-        }));
-    }
-    let mut all = Tally::new()?;
-    for t in tasks {
-        all.merge(t.await??)?;
-    }
-    Ok(all.finish(window_start, Duration::from_secs_f64(seconds), None))
-}
-
-// ---------------------------------------------------------------------------
-// Processes
-
-/// CPU seconds a process has used so far (utime + stime).
-fn cpu_seconds(pid: &str) -> Option<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = stat.rsplit_once(')')?.1;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
-    // USER_HZ is 100 on Linux.
-    Some(ticks / 100.0)
-}
-
-/// CPU seconds the whole machine has been busy (all cores, /proc/stat).
-fn machine_busy_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
-    let ticks: Vec<f64> = stat
-        .lines()
-        .next()
-        .unwrap_or_default()
-        .split_whitespace()
-        .skip(1)
-        .filter_map(|t| t.parse().ok())
-        .collect();
-    // user nice system idle iowait irq softirq steal …: busy = all − idle − iowait.
-    let idle = ticks.get(3).copied().unwrap_or(0.0) + ticks.get(4).copied().unwrap_or(0.0);
-    (ticks.iter().take(8).sum::<f64>() - idle) / 100.0
-}
-
-/// The processes whose CPU time each step reads.
-struct CpuProbe {
-    pids: Vec<(&'static str, String)>,
-}
-
-impl CpuProbe {
-    fn read(&self) -> Vec<f64> {
-        self.pids
-            .iter()
-            .map(|(_, pid)| cpu_seconds(pid).unwrap_or(f64::NAN))
-            .collect()
-    }
-}
-
-/// The gateway as a child process on free ports; killed when dropped.
-struct GatewayProcess {
-    child: tokio::process::Child,
-    http: String,
-    grpc: String,
-    /// Its stdout lines up to and including "gateway listening …".
-    banner: Vec<String>,
-    log: PathBuf,
-}
-
-impl GatewayProcess {
-    async fn start(config: &Path, log: PathBuf) -> Result<Self> {
-        let bin = binary("gateway")?;
-        let mut child = tokio::process::Command::new(&bin)
-            .arg("--config")
-            .arg(config)
-            .env("MLGW_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&log)?)
-            .kill_on_drop(true)
-            .spawn()
-            .with_context(|| format!("cannot start {}", bin.display()))?;
-        let stdout = child.stdout.take().context("no stdout")?;
-        let mut lines = BufReader::new(stdout).lines();
-        let mut banner = Vec::new();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let listening = loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match tokio::time::timeout(left, lines.next_line()).await {
-                Ok(Ok(Some(line))) => {
-                    banner.push(line.clone());
-                    if line.starts_with("gateway listening") {
-                        // In dev mode the token line follows at once.
-                        if let Ok(Ok(Some(next))) =
-                            tokio::time::timeout(Duration::from_secs(5), lines.next_line()).await
-                        {
-                            banner.push(next);
-                        }
-                        break line;
-                    }
-                }
-                other => {
-                    let _ = child.kill().await;
-                    bail!(
-                        "the gateway did not report its ports ({other:?}); log tail:\n{}",
-                        tail(&log)
-                    );
-                }
-            }
-        };
-        let field = |key: &str| {
-            listening
-                .split_whitespace()
-                .find_map(|w| w.strip_prefix(key))
-                .map(|a| format!("http://{a}"))
-                .with_context(|| format!("no {key} in {listening:?}"))
-        };
-        let (http, grpc) = (field("http=")?, field("grpc=")?);
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        let mut gw = GatewayProcess {
-            child,
-            http,
-            grpc,
-            banner,
-            log,
-        };
-        gw.wait_ready().await?;
-        Ok(gw)
-    }
-
-    async fn wait_ready(&mut self) -> Result<()> {
-        let client = reqwest::Client::new();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(status) = self.child.try_wait()? {
-                bail!(
-                    "the gateway exited ({status}); log tail:\n{}",
-                    tail(&self.log)
-                );
-            }
-            if let Ok(r) = client.get(format!("{}/readyz", self.http)).send().await
-                && r.status().is_success()
-            {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "the gateway is not ready after 30 s; log tail:\n{}",
-                    tail(&self.log)
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    fn pid(&self) -> Result<String> {
-        Ok(self
-            .child
-            .id()
-            .context("the gateway has exited")?
-            .to_string())
-    }
-
-    /// Stops the gateway with SIGTERM (a graceful drain), SIGKILL after 10 s.
-    async fn stop(mut self) -> Result<()> {
-        if let Some(pid) = self.child.id() {
-            let _ = tokio::process::Command::new("kill")
-                .args(["-TERM", &pid.to_string()])
-                .status()
-                .await;
-            if tokio::time::timeout(Duration::from_secs(10), self.child.wait())
-                .await
-                .is_err()
-            {
-                self.child.kill().await?;
-            }
-        }
-        Ok(())
-    }
-}
-
-fn tail(path: &Path) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(30)..].join("\n")
-}
-
-fn gateway_config(
-    dir: &Path,
-    model_grpc: &str,
-    store: &str,
-    max_concurrent: u64,
-) -> Result<PathBuf> {
-    // gateway/config/gateway.toml's settings, on free ports and our store.
-    let text = format!(
-        r#"definitions = "{defs}"
-[server]
-environment = "development"
-host = "127.0.0.1"
-http_port = 0
-grpc_port = 0
-request_timeout_ms = 1000
-max_concurrent_requests = {max_concurrent}
-max_batch_entities = 64
-{store}
-[cache]
-max_bytes = 268435456
-static_ttl_s = 600
-negative_ttl_s = 5
-dynamic_ttl_ms = 0
-batch_poll_ms = 2000
-[[model]]
-name = "fraud_detector"
-endpoint = "{model_grpc}"
-timeout_ms = 300
-[model.postprocess]
-scores_output = "probabilities"
-labels = ["legit", "fraud"]
-positive_label = "fraud"
-threshold = 0.5
-top_k = 2
-{auth}"#,
-        auth = rig::gateway::DEV_AUTH,
-        defs = workspace_root()
-            .join("feature-store/definitions/fraud.toml")
-            .display()
-    );
-    let path = dir.join(format!("gateway-{}.toml", dir.read_dir()?.count()));
-    std::fs::write(&path, text)?;
-    Ok(path)
-}
+// Cassandra
 
 /// A Cassandra started for the benchmark (tests/rig/cassandra.sh), stopped on
 /// drop; or one given by MLGW_BENCH_CASSANDRA, left alone.
@@ -947,12 +238,6 @@ impl Drop for Cassandra {
 // ---------------------------------------------------------------------------
 // Steps
 
-#[derive(Clone, Copy, PartialEq)]
-enum Load {
-    Open { rate: f64 },
-    Closed { callers: usize, pace: Option<f64> },
-}
-
 /// The gateway's own accounting over one step, from /metrics.
 #[derive(Default, Clone, Copy)]
 struct GatewayView {
@@ -983,63 +268,29 @@ struct Step {
     gateway: Option<GatewayView>,
     /// The gateway's own failure codes over the step (warm-up included).
     gateway_failures: String,
-    /// CPU µs per completed call, per probed process.
-    cpu_per_call_us: Vec<(&'static str, f64)>,
-    /// Cores kept busy by everything else on the machine during the step
-    /// (other users' builds and tests share it).
-    other_cores: f64,
+    /// CPU µs per completed call, per probed process, and the cores kept
+    /// busy by everything else on the machine during the step (other users'
+    /// builds and tests share it).
+    cpu: CpuUse,
 }
 
 impl Step {
     fn p(&self, q: f64) -> f64 {
-        if self.m.ok == 0 {
-            f64::NAN
-        } else {
-            self.m.hist.value_at_quantile(q) as f64 / 1000.0
-        }
+        self.m.p_ms(q)
     }
     fn errors(&self) -> u64 {
-        self.m.errors.values().sum()
+        self.m.error_count()
     }
     fn errors_text(&self) -> String {
-        let mut text = if self.m.errors.is_empty() {
-            "0".into()
-        } else {
-            self.m
-                .errors
-                .iter()
-                .map(|(k, v)| format!("{k} {v}"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
+        let mut text = self.m.errors_text();
         if !self.gateway_failures.is_empty() {
             let _ = write!(text, " (gateway: {})", self.gateway_failures);
         }
         text
     }
     fn cpu_text(&self) -> String {
-        self.cpu_per_call_us
-            .iter()
-            .map(|(_, v)| format!("{v:.0}"))
-            .collect::<Vec<_>>()
-            .join(" / ")
+        self.cpu.text()
     }
-}
-
-fn metric(text: &str, name: &str) -> f64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
-        .unwrap_or(0.0)
-}
-
-async fn scrape(http: &reqwest::Client, gateway: &str) -> Result<String> {
-    Ok(http
-        .get(format!("{gateway}/metrics"))
-        .send()
-        .await?
-        .error_for_status()?
-        .text()
-        .await?)
 }
 
 fn view(before: &str, after: &str) -> GatewayView {
@@ -1067,29 +318,6 @@ fn view(before: &str, after: &str) -> GatewayView {
     }
 }
 
-/// Failed gRPC predictions by the gateway's own code (from /metrics) over a
-/// step, e.g. "overloaded 12, feature_store_unavailable 3"; empty if none.
-fn failure_codes(before: &str, after: &str) -> String {
-    const PREFIX: &str = "mlgw_requests_total{front=\"grpc\",route=\"predict\",code=\"";
-    let counts = |text: &str| -> BTreeMap<String, f64> {
-        text.lines()
-            .filter_map(|l| {
-                let (code, n) = l.strip_prefix(PREFIX)?.split_once("\"} ")?;
-                Some((code.to_owned(), n.trim().parse().ok()?))
-            })
-            .collect()
-    };
-    let was = counts(before);
-    counts(after)
-        .into_iter()
-        .filter(|(code, _)| code != "ok")
-        .map(|(code, n)| (n - was.get(&code).copied().unwrap_or(0.0), code))
-        .filter(|(n, _)| *n > 0.0)
-        .map(|(n, code)| format!("{code} {n:.0}"))
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
 struct Runner {
     seconds: f64,
     probe: CpuProbe,
@@ -1110,26 +338,9 @@ impl Runner {
             Some(g) => Some(scrape(&self.http, g).await?),
             None => None,
         };
-        let cpu_before = self.probe.read();
-        let (machine_before, wall) = (machine_busy_seconds(), Instant::now());
-        let m = match load {
-            Load::Open { rate } => open_loop(Arc::clone(target), rate, self.seconds).await?,
-            Load::Closed { callers, pace } => {
-                closed_loop(Arc::clone(target), callers, pace, self.seconds).await?
-            }
-        };
-        let cpu_after = self.probe.read();
-        let (machine, wall) = (
-            machine_busy_seconds() - machine_before,
-            wall.elapsed().as_secs_f64(),
-        );
-        let ours: f64 = cpu_before
-            .iter()
-            .zip(&cpu_after)
-            .map(|(b, a)| a - b)
-            .filter(|d| d.is_finite())
-            .sum();
-        let other_cores = ((machine - ours) / wall).max(0.0);
+        let mark = self.probe.begin();
+        let m = load::run(target, load, self.seconds).await?;
+        let cpu = self.probe.end(mark, m.completed_all);
         let (gateway, gateway_failures) = match (gateway_http, before) {
             (Some(g), Some(b)) => {
                 let after = scrape(&self.http, g).await?;
@@ -1137,14 +348,6 @@ impl Runner {
             }
             _ => (None, String::new()),
         };
-        let calls = m.completed_all.max(1) as f64;
-        let cpu_per_call_us = self
-            .probe
-            .pids
-            .iter()
-            .zip(cpu_before.iter().zip(&cpu_after))
-            .map(|((name, _), (b, a))| (*name, (a - b) / calls * 1e6))
-            .collect();
         let step = Step {
             backend,
             scenario,
@@ -1152,20 +355,9 @@ impl Runner {
             m,
             gateway,
             gateway_failures,
-            cpu_per_call_us,
-            other_cores,
+            cpu,
         };
-        let load_text = match load {
-            Load::Open { rate } => format!("open {rate:.0}/s"),
-            Load::Closed {
-                callers,
-                pace: None,
-            } => format!("closed x{callers}"),
-            Load::Closed {
-                callers,
-                pace: Some(r),
-            } => format!("closed x{callers} paced {r:.0}/s"),
-        };
+        let load_text = load.text();
         eprintln!(
             "{backend} {scenario} {load_text}: {:.0} req/s p50 {:.2} p99 {:.2} p99.9 {:.2} ms, shed {}, errors {}, hit {:.2}, lag p99 {} µs, cpu µs/call {}, other load {:.2} cores",
             step.m.achieved,
@@ -1179,7 +371,7 @@ impl Runner {
                 .send_lag_p99_us
                 .map_or_else(|| "-".into(), |l| l.to_string()),
             step.cpu_text(),
-            step.other_cores,
+            step.cpu.other_cores,
         );
         self.steps.push(step);
         Ok(self.steps.len() - 1)
@@ -1257,21 +449,6 @@ async fn main() -> Result<()> {
     Ok(())
 }
 
-/// Completes on Ctrl-C or SIGTERM, naming which.
-async fn interrupted() -> &'static str {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(t) => t,
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-            return "Ctrl-C";
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => "Ctrl-C",
-        _ = term.recv() => "SIGTERM",
-    }
-}
-
 async fn run(knobs: &Knobs, scratch: &Path) -> Result<String> {
     let configs = scratch.join("configs");
     std::fs::create_dir_all(&configs)?;
@@ -1317,12 +494,16 @@ async fn run(knobs: &Knobs, scratch: &Path) -> Result<String> {
     // --- Embedded store ---------------------------------------------------
     let config = gateway_config(
         &configs,
-        &model_server.grpc_url,
-        &format!(
-            "[store]\nbackend = \"embedded\"\npath = \"{}\"",
-            redb.display()
-        ),
-        knobs.max_concurrent,
+        &GatewaySettings {
+            model_grpc: &model_server.grpc_url,
+            store: &format!(
+                "[store]\nbackend = \"embedded\"\npath = \"{}\"",
+                redb.display()
+            ),
+            max_concurrent: knobs.max_concurrent,
+            model_extra: "",
+            extra: "",
+        },
     )?;
     let gateway = GatewayProcess::start(&config, scratch.join("gateway-embedded.log")).await?;
     let bearer = Bearer::new(&gateway.banner)?;
@@ -1333,11 +514,8 @@ async fn run(knobs: &Knobs, scratch: &Path) -> Result<String> {
             ("client", std::process::id().to_string()),
         ],
     };
-    let gw_channels = channels(&gateway.grpc).await?;
-    let gateway_clients: Vec<GatewayClient> = gw_channels
-        .iter()
-        .map(|c| PredictionServiceClient::with_interceptor(c.clone(), bearer.clone()))
-        .collect();
+    let gw_channels = channels(&gateway.grpc, CONNECTIONS).await?;
+    let gateway_clients: Vec<GatewayClient> = gateway_clients(&gw_channels, &bearer);
     let hot = Arc::new(Target::Gateway {
         clients: gateway_clients.clone(),
         keys: Keys::Hot {
@@ -1352,26 +530,22 @@ async fn run(knobs: &Knobs, scratch: &Path) -> Result<String> {
         },
     });
     let direct = Arc::new(Target::Direct {
-        clients: channels(&model_server.grpc_url)
-            .await?
-            .into_iter()
-            .map(GrpcInferenceServiceClient::new)
-            .collect(),
+        clients: direct_clients(&channels(&model_server.grpc_url, CONNECTIONS).await?),
         hot: knobs.hot_keys,
     });
     // Fail loudly before measuring anything if a call does not go through.
     for (name, t) in [("gateway", &hot), ("model-server", &direct)] {
-        if let Outcome::Status(code) = t.call(0).await {
+        if let Some(code) = t.call(0).await.failure() {
             bail!(
-                "a first call to the {name} failed with {code:?}; see {}",
+                "a first call to the {name} failed with {code}; see {}",
                 gateway.log.display()
             );
         }
     }
     // Warm the hot set into the row cache (and both paths), unmeasured.
     for k in 0..knobs.hot_keys.max(2000) {
-        if let Outcome::Status(code) = hot.call(k).await {
-            bail!("warming the cache: a call failed with {code:?}");
+        if let Some(code) = hot.call(k).await.failure() {
+            bail!("warming the cache: a call failed with {code}");
         }
     }
 
@@ -1457,12 +631,16 @@ async fn run(knobs: &Knobs, scratch: &Path) -> Result<String> {
         );
         let config = gateway_config(
             &configs,
-            &model_server.grpc_url,
-            &format!(
-                "[store]\nbackend = \"scylla\"\nnodes = [\"{}\"]\nkeyspace = \"{keyspace}\"",
-                node.addr
-            ),
-            knobs.max_concurrent,
+            &GatewaySettings {
+                model_grpc: &model_server.grpc_url,
+                store: &format!(
+                    "[store]\nbackend = \"scylla\"\nnodes = [\"{}\"]\nkeyspace = \"{keyspace}\"",
+                    node.addr
+                ),
+                max_concurrent: knobs.max_concurrent,
+                model_extra: "",
+                extra: "",
+            },
         )?;
         let gateway = GatewayProcess::start(&config, scratch.join("gateway-cassandra.log")).await?;
         let mut pids = vec![
@@ -1475,11 +653,10 @@ async fn run(knobs: &Knobs, scratch: &Path) -> Result<String> {
         }
         runner.probe = CpuProbe { pids };
         let bearer = Bearer::new(&gateway.banner)?;
-        let clients: Vec<GatewayClient> = channels(&gateway.grpc)
-            .await?
-            .into_iter()
-            .map(|c| PredictionServiceClient::with_interceptor(c, bearer.clone()))
-            .collect();
+        let clients = benches::grpc_client::gateway_clients(
+            &channels(&gateway.grpc, CONNECTIONS).await?,
+            &bearer,
+        );
         let fresh = Arc::new(Target::Gateway {
             clients,
             keys: Keys::Fresh {
@@ -1487,9 +664,9 @@ async fn run(knobs: &Knobs, scratch: &Path) -> Result<String> {
                 next: Arc::new(AtomicU64::new(0)),
             },
         });
-        if let Outcome::Status(code) = fresh.call(0).await {
+        if let Some(code) = fresh.call(0).await.failure() {
             bail!(
-                "a first call to the Cassandra gateway failed with {code:?}; see {}",
+                "a first call to the Cassandra gateway failed with {code}; see {}",
                 gateway.log.display()
             );
         }
@@ -1556,14 +733,6 @@ fn find<'a>(steps: &'a [Step], backend: &str, scenario: &str, load: Load) -> Opt
         .find(|s| s.backend == backend && s.scenario == scenario && s.load == load)
 }
 
-fn ms(v: f64) -> String {
-    if v.is_nan() {
-        "-".into()
-    } else {
-        format!("{v:.2}")
-    }
-}
-
 fn report(
     steps: &[Step],
     knobs: &Knobs,
@@ -1572,15 +741,7 @@ fn report(
     cassandra_note: &str,
 ) -> Result<String> {
     let mut out = String::new();
-    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|c| {
-            c.lines()
-                .find_map(|l| l.strip_prefix("model name")?.split_once(':'))
-                .map(|(_, m)| m.trim().to_owned())
-        })
-        .unwrap_or_else(|| "unknown CPU".into());
+    let (cores, cpu) = machine();
     writeln!(out, "# Gateway load benchmark\n")?;
     writeln!(
         out,
@@ -1725,7 +886,7 @@ fn report(
             s.m.send_lag_p99_us
                 .map_or_else(|| "-".into(), |l| l.to_string()),
             s.cpu_text(),
-            s.other_cores
+            s.cpu.other_cores
         )?;
     }
 
@@ -1800,7 +961,7 @@ fn report(
             s.gateway
                 .map_or_else(|| "-".into(), |g| format!("{:.1}", g.hit_ratio * 100.0)),
             s.cpu_text(),
-            s.other_cores
+            s.cpu.other_cores
         )?;
     }
 
@@ -1851,7 +1012,7 @@ fn report(
 
 /// Latency (p50 and p99, log scale) against the target rate, open loop.
 fn svg(steps: &[Step]) -> String {
-    let series: Vec<(&str, &str, &str, f64, &str)> = vec![
+    let series: Vec<(&str, &str, &'static str, f64, &str)> = vec![
         (
             "embedded",
             "hit",
@@ -1899,107 +1060,18 @@ fn svg(steps: &[Step]) -> String {
             })
             .collect()
     };
-    let all: Vec<(f64, f64)> = series
+    let series: Vec<Series> = series
         .iter()
-        .flat_map(|(b, s, _, q, _)| points(b, s, *q))
+        .map(|(b, sc, color, q, label)| Series {
+            label: (*label).to_owned(),
+            color,
+            dashed: *q < 0.9,
+            line: true,
+            points: points(b, sc, *q),
+        })
         .collect();
-    let max_x = all.iter().map(|p| p.0).fold(1000.0, f64::max);
-    let (lo, hi) = (0.1f64, all.iter().map(|p| p.1).fold(10.0, f64::max) * 1.2);
-    let (w, h, left, top, right, bottom) = (760.0, 420.0, 60.0, 20.0, 230.0, 50.0);
-    let (pw, ph) = (w - left - right, h - top - bottom);
-    let x = |r: f64| left + r / max_x * pw;
-    let y = |v: f64| top + ph - (v.log10() - lo.log10()) / (hi.log10() - lo.log10()) * ph;
-    let mut s = String::new();
-    let _ = writeln!(
-        s,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="11">"#
-    );
-    let _ = writeln!(s, r#"<rect width="{w}" height="{h}" fill="white"/>"#);
-    let _ = writeln!(
-        s,
-        r#"<text x="{}" y="14" text-anchor="middle" font-size="13">Predict latency vs offered rate (open loop, from intended send time)</text>"#,
-        left + pw / 2.0
-    );
-    for decade in [
-        0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0,
-    ] {
-        if decade < lo || decade > hi {
-            continue;
-        }
-        let yy = y(decade);
-        let _ = writeln!(
-            s,
-            r##"<line x1="{left}" x2="{}" y1="{yy:.1}" y2="{yy:.1}" stroke="#ddd"/><text x="{}" y="{:.1}" text-anchor="end">{decade}</text>"##,
-            left + pw,
-            left - 4.0,
-            yy + 4.0
-        );
-    }
-    let step = if max_x > 20_000.0 {
-        5000.0
-    } else if max_x > 8000.0 {
-        2000.0
-    } else {
-        1000.0
-    };
-    let mut r = 0.0;
-    while r <= max_x {
-        let xx = x(r);
-        let _ = writeln!(
-            s,
-            r##"<line x1="{xx:.1}" x2="{xx:.1}" y1="{top}" y2="{}" stroke="#eee"/><text x="{xx:.1}" y="{}" text-anchor="middle">{r:.0}</text>"##,
-            top + ph,
-            top + ph + 14.0
-        );
-        r += step;
-    }
-    let _ = writeln!(
-        s,
-        r#"<text x="{}" y="{}" text-anchor="middle">offered rate, req/s</text><text x="14" y="{}" transform="rotate(-90 14 {})" text-anchor="middle">latency, ms (log)</text>"#,
-        left + pw / 2.0,
-        h - 12.0,
-        top + ph / 2.0,
-        top + ph / 2.0
-    );
-    let mut legend = 0.0;
-    for (b, sc, color, q, label) in &series {
-        let pts = points(b, sc, *q);
-        if pts.is_empty() {
-            continue;
-        }
-        let dash = if *q < 0.9 {
-            r#" stroke-dasharray="4 3""#
-        } else {
-            ""
-        };
-        let path: Vec<String> = pts
-            .iter()
-            .map(|(r, v)| format!("{:.1},{:.1}", x(*r), y(*v)))
-            .collect();
-        let _ = writeln!(
-            s,
-            r#"<polyline points="{}" fill="none" stroke="{color}" stroke-width="2"{dash}/>"#,
-            path.join(" ")
-        );
-        for (r, v) in &pts {
-            let _ = writeln!(
-                s,
-                r#"<circle cx="{:.1}" cy="{:.1}" r="3" fill="{color}"/>"#,
-                x(*r),
-                y(*v)
-            );
-        }
-        let ly = top + 10.0 + legend * 18.0;
-        let lx = left + pw + 15.0;
-        let _ = writeln!(
-            s,
-            r#"<line x1="{lx}" x2="{}" y1="{ly}" y2="{ly}" stroke="{color}" stroke-width="2"{dash}/><text x="{}" y="{}">{label}</text>"#,
-            lx + 24.0,
-            lx + 30.0,
-            ly + 4.0
-        );
-        legend += 1.0;
-    }
-    let _ = writeln!(s, "</svg>");
-    s
+    latency_chart(
+        "Predict latency vs offered rate (open loop, from intended send time)",
+        &series,
+    )
 }

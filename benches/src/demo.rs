@@ -1,0 +1,223 @@
+//! Demo data: the same customer profiles as deploy/local/run.sh, keyed
+//! `c-NNNNNNN`, loaded into a store by a refresh run, and the requests that
+//! ask about them.
+//!
+//! - [`customer_id`], [`profile`]: customer `i`'s key and static features.
+//! - [`load_profiles`]: writes `customers` profiles as CSV and loads them
+//!   through the `customer_profile_daily` refresh (returns the seconds taken).
+//! - [`predict_request`]: the gateway's gRPC `Predict` for a customer with
+//!   request features varied by the call number; [`model_request`]: the FP32
+//!   row the gateway assembles for the same call, for V2 `ModelInfer`
+//!   straight to a model-server; [`request_values`]: those request features.
+//! - [`Keys`]: which customer call `k` asks for (a hot set, or never
+//!   repeated).
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use anyhow::{Result, bail};
+use feature_store::definitions::FeatureDefinitions;
+use feature_store::refresh::{self, RefreshOptions, RefreshOutcome};
+use feature_store::store::{AnyStore, FeatureStore};
+use proto::gateway::v1 as gw;
+use proto::inference as inf;
+use rig::workspace_root;
+
+/// The model every demo request asks for.
+pub const MODEL: &str = "fraud_detector";
+
+/// The store key of customer `i`: `c-0000042`.
+pub fn customer_id(i: u64) -> String {
+    format!("c-{i:07}")
+}
+
+/// account_age_days, avg_txn_amount_30d, txn_count_30d, chargeback_count_1y,
+/// home_country_risk of customer `i`.
+pub fn profile(i: u64) -> [f32; 5] {
+    [
+        (30 + (i * 37) % 3000) as f32,
+        (15 + (i * 13) % 200) as f32 + 0.5,
+        ((i * 7) % 90) as f32,
+        if i.is_multiple_of(23) { 2.0 } else { 0.0 },
+        ((i * 11) % 100) as f32 / 100.0,
+    ]
+}
+
+/// Writes customers `0..customers` as the refresh's CSV input.
+///
+/// # Errors
+/// On I/O errors.
+pub fn write_profiles(path: &Path, customers: u64) -> Result<()> {
+    use std::io::Write as _;
+    let mut w = std::io::BufWriter::new(std::fs::File::create(path)?);
+    writeln!(
+        w,
+        "customer_id,account_age_days,avg_txn_amount_30d,txn_count_30d,chargeback_count_1y,home_country_risk"
+    )?;
+    for i in 0..customers {
+        let p = profile(i);
+        writeln!(
+            w,
+            "{},{},{:.2},{},{},{:.2}",
+            customer_id(i),
+            p[0],
+            p[1],
+            p[2],
+            p[3],
+            p[4]
+        )?;
+    }
+    w.flush()?;
+    Ok(())
+}
+
+/// Applies the schema and loads customers `0..customers` into `store` by a
+/// forced refresh run (the CSV is written in `scratch` and removed after);
+/// returns the seconds the refresh took.
+///
+/// # Errors
+/// When the definitions, the store or the refresh fail, or not every row
+/// was written.
+pub async fn load_profiles(store: &AnyStore, customers: u64, scratch: &Path) -> Result<f64> {
+    let defs =
+        FeatureDefinitions::load(&workspace_root().join("feature-store/definitions/fraud.toml"))?;
+    store.apply_schema().await?;
+    let csv = scratch.join(format!("profiles-{customers}.csv"));
+    write_profiles(&csv, customers)?;
+    let started = Instant::now();
+    let outcome = refresh::run(
+        store,
+        &defs,
+        "customer_profile_daily",
+        None,
+        &csv,
+        &RefreshOptions {
+            script_version: "bench".into(),
+            force: true,
+            ..RefreshOptions::default()
+        },
+        &|_| {},
+    )
+    .await?;
+    let RefreshOutcome::Loaded(batch) = outcome else {
+        bail!("the demo refresh did not load");
+    };
+    if batch.rows_written != customers {
+        bail!("loaded {} of {customers} customers", batch.rows_written);
+    }
+    let _ = std::fs::remove_file(&csv);
+    Ok(started.elapsed().as_secs_f64())
+}
+
+/// The request-time features of call `k` (varied so no two calls are alike):
+/// amount, is_card_present, hour_of_day, distance_from_home_km.
+pub fn request_values(k: u64) -> (f64, bool, i64, f64) {
+    (
+        5.0 + (k % 997) as f64 * 1.3,
+        !k.is_multiple_of(3),
+        (k % 24) as i64,
+        (k % 200) as f64 * 0.7,
+    )
+}
+
+/// The gateway `Predict` request of call `k` for `customer` (default
+/// version).
+pub fn predict_request(customer: u64, k: u64) -> gw::PredictRequest {
+    use gw::feature_value::Kind;
+    let fv = |k: Kind| gw::FeatureValue { kind: Some(k) };
+    let (amount, card, hour, distance) = request_values(k);
+    gw::PredictRequest {
+        model: MODEL.into(),
+        model_version: String::new(),
+        entity: Some(gw::EntityKey {
+            keys: HashMap::from([("customer_id".into(), customer_id(customer))]),
+        }),
+        request_features: HashMap::from([
+            ("amount".into(), fv(Kind::DoubleValue(amount))),
+            ("is_card_present".into(), fv(Kind::BoolValue(card))),
+            ("hour_of_day".into(), fv(Kind::Int64Value(hour))),
+            (
+                "distance_from_home_km".into(),
+                fv(Kind::DoubleValue(distance)),
+            ),
+        ]),
+    }
+}
+
+/// The FP32 row the gateway assembles for the same call: the profile, the
+/// activity defaults (no dynamic values are loaded), the request features
+/// with merchant_category_risk defaulted.
+pub fn model_request(customer: u64, k: u64) -> inf::ModelInferRequest {
+    let p = profile(customer);
+    let (amount, card, hour, distance) = request_values(k);
+    let row = [
+        p[0],
+        p[1],
+        p[2],
+        p[3],
+        p[4],
+        0.0,
+        0.0,
+        0.0,
+        0.0,
+        1440.0,
+        amount as f32,
+        0.21,
+        f32::from(u8::from(card)),
+        hour as f32,
+        distance as f32,
+    ];
+    inf::ModelInferRequest {
+        model_name: MODEL.into(),
+        model_version: String::new(),
+        inputs: vec![inf::model_infer_request::InferInputTensor {
+            name: "features".into(),
+            datatype: "FP32".into(),
+            shape: vec![1, row.len() as i64],
+            ..Default::default()
+        }],
+        raw_input_contents: vec![
+            row.iter()
+                .flat_map(|x| x.to_le_bytes())
+                .collect::<Vec<u8>>()
+                .into(),
+        ],
+        ..Default::default()
+    }
+}
+
+/// Which customer each call asks for.
+pub enum Keys {
+    /// `k % count`: a small hot set, warmed into the row cache.
+    Hot {
+        /// Size of the hot set.
+        count: u64,
+    },
+    /// Never repeated: a permutation of all loaded customers, walked by a
+    /// counter shared by every step of the run.
+    Fresh {
+        /// Customers loaded.
+        customers: u64,
+        /// The shared counter.
+        next: Arc<AtomicU64>,
+    },
+}
+
+impl Keys {
+    /// The customer call `k` asks for.
+    pub fn customer(&self, k: u64) -> u64 {
+        match self {
+            Keys::Hot { count } => k % count,
+            Keys::Fresh { customers, next } => {
+                let n = next.fetch_add(1, Ordering::Relaxed) % customers;
+                // n ↦ n·p mod N is a permutation when p (a prime above any
+                // N used here) shares no factor with N; it spreads the reads
+                // over the whole key range instead of walking it in order.
+                ((u128::from(n) * 2_654_435_761) % u128::from(*customers)) as u64
+            }
+        }
+    }
+}

@@ -1,0 +1,448 @@
+//! The load driver: open loop at a fixed rate (latency from each call's
+//! *intended* send time, so queueing is never hidden — no coordinated
+//! omission) and closed loop with a number of callers, over any async call.
+//!
+//! - A target is anything implementing [`Call`]: `call(k)` sends call number
+//!   `k` of the run (use `k` to vary the request) and returns its
+//!   [`Outcome`]: [`Outcome::Ok`], [`Outcome::Shed`] (load shedding, e.g.
+//!   gRPC `RESOURCE_EXHAUSTED` or HTTP 429) or [`Outcome::Failed`] with a
+//!   code. [`call_fn`] turns an `async` closure into a target;
+//!   [`Outcome::from_grpc`] maps a tonic result.
+//! - [`open_loop`] (or [`run`] with [`Load::Open`]): a dedicated pacing thread
+//!   sends call *i* at `start + i / rate` whether or not earlier ones have
+//!   answered; more than [`MAX_OUTSTANDING`] calls in flight are not sent but
+//!   counted as `client_backlog`.
+//! - [`closed_loop`] (or [`Load::Closed`]): `callers` tasks each send their
+//!   next call when the last one answers, optionally paced to a total rate;
+//!   latency from the actual send.
+//! - Every step has [`WARMUP`] of unmeasured calls first; the returned
+//!   [`Measured`] covers the measured window only (`completed_all` counts
+//!   the warm-up too, for CPU per call).
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use hdrhistogram::Histogram;
+
+/// Unmeasured warm-up at the start of every step.
+pub const WARMUP: Duration = Duration::from_millis(500);
+/// Open loop: calls in flight beyond this are not sent but counted as
+/// `client_backlog`, so an overloaded run cannot exhaust the machine.
+pub const MAX_OUTSTANDING: u64 = 20_000;
+
+/// What one call ended with.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Answered successfully; its latency is recorded.
+    Ok,
+    /// Refused by load shedding (gRPC `RESOURCE_EXHAUSTED`, HTTP 429/503…).
+    Shed,
+    /// Failed otherwise; the code names the failure in the tally
+    /// (e.g. `"Unavailable"`, `"500"`).
+    Failed(String),
+    /// Not sent: too many calls already in flight (open loop only).
+    Backlog,
+}
+
+impl Outcome {
+    /// A failure with this code.
+    pub fn failed(code: impl Into<String>) -> Self {
+        Outcome::Failed(code.into())
+    }
+
+    /// `None` when ok, else what went wrong (`Shed`, the code, `client_backlog`).
+    pub fn failure(&self) -> Option<String> {
+        match self {
+            Outcome::Ok => None,
+            Outcome::Shed => Some("Shed".into()),
+            Outcome::Failed(code) => Some(code.clone()),
+            Outcome::Backlog => Some("client_backlog".into()),
+        }
+    }
+
+    /// A tonic call's result: `RESOURCE_EXHAUSTED` is shed, any other status
+    /// a failure named by its code (`"Unavailable"`, `"DeadlineExceeded"`…).
+    pub fn from_grpc<T>(result: &Result<T, tonic::Status>) -> Self {
+        match result {
+            Ok(_) => Outcome::Ok,
+            Err(s) if s.code() == tonic::Code::ResourceExhausted => Outcome::Shed,
+            Err(s) => Outcome::Failed(format!("{:?}", s.code())),
+        }
+    }
+}
+
+/// A target of the driver: sends call number `k` of the run.
+pub trait Call: Send + Sync + 'static {
+    /// Sends call `k` and says how it ended (latency is measured outside).
+    fn call(&self, k: u64) -> impl Future<Output = Outcome> + Send;
+}
+
+/// A [`Call`] made of a closure returning a future; see [`call_fn`].
+pub struct CallFn<F>(pub F);
+
+/// Makes `f` (`Fn(u64) -> impl Future<Output = Outcome>`) a target.
+pub fn call_fn<F, Fut>(f: F) -> CallFn<F>
+where
+    F: Fn(u64) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Outcome> + Send,
+{
+    CallFn(f)
+}
+
+impl<F, Fut> Call for CallFn<F>
+where
+    F: Fn(u64) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Outcome> + Send,
+{
+    fn call(&self, k: u64) -> impl Future<Output = Outcome> + Send {
+        (self.0)(k)
+    }
+}
+
+/// How a step loads its target.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Load {
+    /// Open loop at `rate` calls a second.
+    Open {
+        /// Calls a second.
+        rate: f64,
+    },
+    /// Closed loop with `callers` concurrent callers, optionally paced to
+    /// `pace` calls a second in total.
+    Closed {
+        /// Concurrent callers.
+        callers: usize,
+        /// At most this many calls a second in total.
+        pace: Option<f64>,
+    },
+}
+
+impl Load {
+    /// `open 1000/s`, `closed x8`, `closed x8 paced 950/s`.
+    pub fn text(&self) -> String {
+        match *self {
+            Load::Open { rate } => format!("open {rate:.0}/s"),
+            Load::Closed {
+                callers,
+                pace: None,
+            } => format!("closed x{callers}"),
+            Load::Closed {
+                callers,
+                pace: Some(r),
+            } => format!("closed x{callers} paced {r:.0}/s"),
+        }
+    }
+}
+
+/// Runs one step of `load` for `seconds` measured seconds (after [`WARMUP`]).
+///
+/// # Errors
+/// When a histogram cannot record or the pacing thread fails.
+pub async fn run<C: Call>(target: &Arc<C>, load: Load, seconds: f64) -> Result<Measured> {
+    match load {
+        Load::Open { rate } => open_loop(Arc::clone(target), rate, seconds).await,
+        Load::Closed { callers, pace } => {
+            closed_loop(Arc::clone(target), callers, pace, seconds).await
+        }
+    }
+}
+
+/// What one step measured (its measured window only, warm-up excluded).
+pub struct Measured {
+    /// Latency of successful calls, µs.
+    pub hist: Histogram<u64>,
+    /// Successful calls.
+    pub ok: u64,
+    /// Shed calls.
+    pub shed: u64,
+    /// Other failures by code (or `client_backlog`).
+    pub errors: BTreeMap<String, u64>,
+    /// Successful calls per second over the window.
+    pub achieved: f64,
+    /// Open loop: how late the pacing thread sent, p99 µs.
+    pub send_lag_p99_us: Option<u64>,
+    /// Calls completed in the whole step (warm-up too), for CPU per call.
+    pub completed_all: u64,
+}
+
+impl Measured {
+    /// Latency quantile `q` of successful calls in ms (NaN without any).
+    pub fn p_ms(&self, q: f64) -> f64 {
+        if self.ok == 0 {
+            f64::NAN
+        } else {
+            self.hist.value_at_quantile(q) as f64 / 1000.0
+        }
+    }
+
+    /// Failures other than shedding.
+    pub fn error_count(&self) -> u64 {
+        self.errors.values().sum()
+    }
+
+    /// `0`, or the failures by code: `Unavailable 3, client_backlog 2`.
+    pub fn errors_text(&self) -> String {
+        if self.errors.is_empty() {
+            "0".into()
+        } else {
+            let mut text = String::new();
+            for (i, (k, v)) in self.errors.iter().enumerate() {
+                let sep = if i == 0 { "" } else { ", " };
+                let _ = write!(text, "{sep}{k} {v}");
+            }
+            text
+        }
+    }
+}
+
+/// Accumulates the outcomes of calls into a [`Measured`].
+pub struct Tally {
+    hist: Histogram<u64>,
+    ok: u64,
+    shed: u64,
+    errors: BTreeMap<String, u64>,
+    last_done: Option<Instant>,
+    completed_all: u64,
+}
+
+impl Tally {
+    /// An empty tally (latencies 1 µs … 120 s, 3 significant digits).
+    ///
+    /// # Errors
+    /// Never in practice (the histogram bounds are fixed).
+    pub fn new() -> Result<Self> {
+        Ok(Tally {
+            hist: Histogram::new_with_bounds(1, 120_000_000, 3)?,
+            ok: 0,
+            shed: 0,
+            errors: BTreeMap::new(),
+            last_done: None,
+            completed_all: 0,
+        })
+    }
+
+    /// Adds one call that ended at `done` after `latency`; only calls
+    /// `in_window` are tallied (all count in `completed_all`).
+    ///
+    /// # Errors
+    /// When the latency is beyond the histogram's range.
+    pub fn add(
+        &mut self,
+        outcome: Outcome,
+        latency: Duration,
+        in_window: bool,
+        done: Instant,
+    ) -> Result<()> {
+        self.completed_all += 1;
+        if !in_window {
+            return Ok(());
+        }
+        self.last_done = Some(self.last_done.map_or(done, |d| d.max(done)));
+        match outcome {
+            Outcome::Ok => {
+                self.ok += 1;
+                self.hist.record((latency.as_micros() as u64).max(1))?;
+            }
+            Outcome::Shed => self.shed += 1,
+            Outcome::Failed(code) => *self.errors.entry(code).or_default() += 1,
+            Outcome::Backlog => *self.errors.entry("client_backlog".into()).or_default() += 1,
+        }
+        Ok(())
+    }
+
+    /// Adds another tally (of another caller of the same step).
+    ///
+    /// # Errors
+    /// When the histograms cannot be added.
+    pub fn merge(&mut self, other: Tally) -> Result<()> {
+        self.hist.add(other.hist)?;
+        self.ok += other.ok;
+        self.shed += other.shed;
+        for (k, v) in other.errors {
+            *self.errors.entry(k).or_default() += v;
+        }
+        self.last_done = match (self.last_done, other.last_done) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        };
+        self.completed_all += other.completed_all;
+        Ok(())
+    }
+
+    /// The step's result over the window `window_start .. + window`.
+    pub fn finish(
+        self,
+        window_start: Instant,
+        window: Duration,
+        send_lag_p99_us: Option<u64>,
+    ) -> Measured {
+        // Calls still answering after the window stretch it: a system that
+        // cannot keep up shows an achieved rate below the target.
+        let span = self
+            .last_done
+            .map_or(window, |d| d.saturating_duration_since(window_start))
+            .max(window);
+        Measured {
+            achieved: self.ok as f64 / span.as_secs_f64(),
+            hist: self.hist,
+            ok: self.ok,
+            shed: self.shed,
+            errors: self.errors,
+            send_lag_p99_us,
+            completed_all: self.completed_all,
+        }
+    }
+}
+
+struct Sample {
+    outcome: Outcome,
+    latency: Duration,
+    in_window: bool,
+    done: Instant,
+}
+
+/// Open loop at `rate`: call *i* is due at `start + i / rate`, sent then by a
+/// dedicated pacing thread (tokio's timer ticks in milliseconds, too coarse
+/// for 5,000 req/s), and its latency runs from that due time. Must run on a
+/// multi-threaded tokio runtime.
+///
+/// # Errors
+/// When the pacing thread cannot start or panics, or a histogram fails.
+pub async fn open_loop<C: Call>(target: Arc<C>, rate: f64, seconds: f64) -> Result<Measured> {
+    let total = ((WARMUP.as_secs_f64() + seconds) * rate).round() as u64;
+    let start = Instant::now() + Duration::from_millis(20);
+    let window_start = start + WARMUP;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Sample>();
+    let runtime = tokio::runtime::Handle::current();
+    let outstanding = Arc::new(AtomicU64::new(0));
+    let pacer = std::thread::Builder::new()
+        .name("bench-pacer".into())
+        .spawn(move || -> Result<Histogram<u64>> {
+            // A channel nobody sends on: recv_timeout is a precise sleep
+            // (clippy's rule against thread::sleep targets runtime threads).
+            let (_keep, wait) = std::sync::mpsc::channel::<()>();
+            let mut lag = Histogram::<u64>::new_with_bounds(1, 120_000_000, 3)?;
+            for i in 0..total {
+                let due = start + Duration::from_secs_f64(i as f64 / rate);
+                let now = Instant::now();
+                if due > now {
+                    let _ = wait.recv_timeout(due - now);
+                }
+                let in_window = due >= window_start;
+                if in_window {
+                    lag.record((due.elapsed().as_micros() as u64).max(1))?;
+                }
+                if outstanding.load(Ordering::Relaxed) >= MAX_OUTSTANDING {
+                    let _ = tx.send(Sample {
+                        outcome: Outcome::Backlog,
+                        latency: Duration::ZERO,
+                        in_window,
+                        done: Instant::now(),
+                    });
+                    continue;
+                }
+                outstanding.fetch_add(1, Ordering::Relaxed);
+                let (target, tx, outstanding) =
+                    (Arc::clone(&target), tx.clone(), Arc::clone(&outstanding));
+                runtime.spawn(async move {
+                    let outcome = target.call(i).await;
+                    let done = Instant::now();
+                    outstanding.fetch_sub(1, Ordering::Relaxed);
+                    let _ = tx.send(Sample {
+                        outcome,
+                        latency: done.saturating_duration_since(due),
+                        in_window,
+                        done,
+                    });
+                });
+            }
+            Ok(lag)
+        })?;
+    let mut tally = Tally::new()?;
+    // Ends when the pacer and every call have dropped their senders.
+    while let Some(s) = rx.recv().await {
+        tally.add(s.outcome, s.latency, s.in_window, s.done)?;
+    }
+    let lag = pacer
+        .join()
+        .map_err(|_| anyhow::anyhow!("the pacing thread panicked"))??;
+    Ok(tally.finish(
+        window_start,
+        Duration::from_secs_f64(seconds),
+        Some(lag.value_at_quantile(0.99)),
+    ))
+}
+
+/// Closed loop: `callers` tasks each send their next call when the last one
+/// answers; with `pace`, the callers together send at most that many calls a
+/// second (a paired run can match another's rate this way).
+///
+/// # Errors
+/// When a caller task fails or panics.
+pub async fn closed_loop<C: Call>(
+    target: Arc<C>,
+    callers: usize,
+    pace: Option<f64>,
+    seconds: f64,
+) -> Result<Measured> {
+    let start = Instant::now();
+    let window_start = start + WARMUP;
+    let end = window_start + Duration::from_secs_f64(seconds);
+    let mut tasks = Vec::with_capacity(callers);
+    for c in 0..callers {
+        let target = Arc::clone(&target);
+        tasks.push(tokio::spawn(async move {
+            let mut tally = Tally::new()?;
+            let mut n = 0u64;
+            loop {
+                let k = n * callers as u64 + c as u64;
+                if let Some(rate) = pace {
+                    let due = start + Duration::from_secs_f64(k as f64 / rate);
+                    tokio::time::sleep_until(due.into()).await;
+                }
+                let sent = Instant::now();
+                if sent >= end {
+                    break;
+                }
+                let outcome = target.call(k).await;
+                let done = Instant::now();
+                tally.add(outcome, done - sent, sent >= window_start, done)?;
+                n += 1;
+            }
+            anyhow::Ok(tally)
+        }));
+    }
+    let mut all = Tally::new()?;
+    for t in tasks {
+        all.merge(t.await??)?;
+    }
+    Ok(all.finish(window_start, Duration::from_secs_f64(seconds), None))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn open_loop_counts_every_outcome_of_the_window() -> Result<()> {
+        let target = Arc::new(call_fn(|k: u64| async move {
+            match k % 10 {
+                0 => Outcome::Shed,
+                1 => Outcome::failed("boom"),
+                _ => Outcome::Ok,
+            }
+        }));
+        let m = run(&target, Load::Open { rate: 2000.0 }, 0.5).await?;
+        assert_eq!(m.ok + m.shed + m.error_count(), 1000);
+        assert_eq!(m.shed, 100);
+        assert_eq!(m.errors.get("boom"), Some(&100));
+        assert_eq!(m.completed_all, 2000);
+        assert!(m.p_ms(0.5) < 50.0, "{}", m.p_ms(0.5));
+        Ok(())
+    }
+}

@@ -1,0 +1,154 @@
+//! The results files' pieces: numbers in ms ([`ms`]), the machine note
+//! ([`machine`]: cores and CPU model), and a hand-written SVG line chart of
+//! latency (log scale) against offered rate ([`latency_chart`]).
+
+use std::fmt::Write as _;
+
+/// `12.34`, or `-` for NaN.
+pub fn ms(v: f64) -> String {
+    if v.is_nan() {
+        "-".into()
+    } else {
+        format!("{v:.2}")
+    }
+}
+
+/// (cores, CPU model name) of this machine.
+pub fn machine() -> (usize, String) {
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find_map(|l| l.strip_prefix("model name")?.split_once(':'))
+                .map(|(_, m)| m.trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    (cores, cpu)
+}
+
+/// One line (or set of dots) of a chart.
+pub struct Series {
+    /// Legend text; empty: not in the legend.
+    pub label: String,
+    /// SVG colour, e.g. `#1f77b4`.
+    pub color: &'static str,
+    /// Dashed line (e.g. for p50 beside a solid p99).
+    pub dashed: bool,
+    /// Draw a line through the points (else dots only).
+    pub line: bool,
+    /// (offered rate in req/s, latency in ms).
+    pub points: Vec<(f64, f64)>,
+}
+
+/// Latency (log scale, ms) against offered rate (linear, req/s) as SVG:
+/// `title` on top, one polyline with dots per series, legend on the right.
+pub fn latency_chart(title: &str, series: &[Series]) -> String {
+    let all: Vec<(f64, f64)> = series.iter().flat_map(|s| s.points.clone()).collect();
+    let max_x = all.iter().map(|p| p.0).fold(1000.0, f64::max);
+    let (lo, hi) = (0.1f64, all.iter().map(|p| p.1).fold(10.0, f64::max) * 1.2);
+    let (w, h, left, top, right, bottom) = (760.0, 420.0, 60.0, 20.0, 230.0, 50.0);
+    let (pw, ph) = (w - left - right, h - top - bottom);
+    let x = |r: f64| left + r / max_x * pw;
+    let y = |v: f64| top + ph - (v.log10() - lo.log10()) / (hi.log10() - lo.log10()) * ph;
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="11">"#
+    );
+    let _ = writeln!(s, r#"<rect width="{w}" height="{h}" fill="white"/>"#);
+    let _ = writeln!(
+        s,
+        r#"<text x="{}" y="14" text-anchor="middle" font-size="13">{title}</text>"#,
+        left + pw / 2.0
+    );
+    for decade in [
+        0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0,
+    ] {
+        if decade < lo || decade > hi {
+            continue;
+        }
+        let yy = y(decade);
+        let _ = writeln!(
+            s,
+            r##"<line x1="{left}" x2="{}" y1="{yy:.1}" y2="{yy:.1}" stroke="#ddd"/><text x="{}" y="{:.1}" text-anchor="end">{decade}</text>"##,
+            left + pw,
+            left - 4.0,
+            yy + 4.0
+        );
+    }
+    let step = if max_x > 20_000.0 {
+        5000.0
+    } else if max_x > 8000.0 {
+        2000.0
+    } else {
+        1000.0
+    };
+    let mut r = 0.0;
+    while r <= max_x {
+        let xx = x(r);
+        let _ = writeln!(
+            s,
+            r##"<line x1="{xx:.1}" x2="{xx:.1}" y1="{top}" y2="{}" stroke="#eee"/><text x="{xx:.1}" y="{}" text-anchor="middle">{r:.0}</text>"##,
+            top + ph,
+            top + ph + 14.0
+        );
+        r += step;
+    }
+    let _ = writeln!(
+        s,
+        r#"<text x="{}" y="{}" text-anchor="middle">offered rate, req/s</text><text x="14" y="{}" transform="rotate(-90 14 {})" text-anchor="middle">latency, ms (log)</text>"#,
+        left + pw / 2.0,
+        h - 12.0,
+        top + ph / 2.0,
+        top + ph / 2.0
+    );
+    let mut legend = 0.0;
+    for one in series {
+        if one.points.is_empty() {
+            continue;
+        }
+        let color = one.color;
+        let dash = if one.dashed {
+            r#" stroke-dasharray="4 3""#
+        } else {
+            ""
+        };
+        if one.line {
+            let path: Vec<String> = one
+                .points
+                .iter()
+                .map(|(r, v)| format!("{:.1},{:.1}", x(*r), y(*v)))
+                .collect();
+            let _ = writeln!(
+                s,
+                r#"<polyline points="{}" fill="none" stroke="{color}" stroke-width="2"{dash}/>"#,
+                path.join(" ")
+            );
+        }
+        for (r, v) in &one.points {
+            let _ = writeln!(
+                s,
+                r#"<circle cx="{:.1}" cy="{:.1}" r="3" fill="{color}"/>"#,
+                x(*r),
+                y(*v)
+            );
+        }
+        if one.label.is_empty() {
+            continue;
+        }
+        let ly = top + 10.0 + legend * 18.0;
+        let lx = left + pw + 15.0;
+        let _ = writeln!(
+            s,
+            r#"<line x1="{lx}" x2="{}" y1="{ly}" y2="{ly}" stroke="{color}" stroke-width="2"{dash}/><text x="{}" y="{}">{}</text>"#,
+            lx + 24.0,
+            lx + 30.0,
+            ly + 4.0,
+            one.label
+        );
+        legend += 1.0;
+    }
+    let _ = writeln!(s, "</svg>");
+    s
+}
