@@ -62,8 +62,8 @@ use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, Result, bail, ensure};
-use benches::demo::{Keys, MODEL, customer_id, load_profiles, predict_request, profile};
-use benches::demo::{request_values, write_profiles};
+use benches::demo::{Keys, customer_id, load_profiles, predict_request, profile};
+use benches::demo::{request_values, row_request, write_profiles};
 use benches::grpc_client::{
     Bearer, DirectClient, GatewayClient, channels, direct_clients, gateway_clients,
 };
@@ -494,18 +494,7 @@ fn pipeline_request(store: &[f32; 10], k: u64) -> inf::ModelInferRequest {
         hour as f32,
         distance as f32,
     ]);
-    inf::ModelInferRequest {
-        model_name: MODEL.into(),
-        model_version: String::new(),
-        inputs: vec![inf::model_infer_request::InferInputTensor {
-            name: "features".into(),
-            datatype: "FP32".into(),
-            shape: vec![1, row.len() as i64],
-            ..Default::default()
-        }],
-        raw_input_contents: vec![row.iter().flat_map(|x| x.to_le_bytes()).collect()],
-        ..Default::default()
-    }
+    row_request("", &row)
 }
 
 /// P(fraud) from a model-server answer.

@@ -173,23 +173,7 @@ struct Answer {
 }
 
 fn request(version: &str, row: &[f32]) -> pb::ModelInferRequest {
-    pb::ModelInferRequest {
-        model_name: MODEL.into(),
-        model_version: version.into(),
-        inputs: vec![pb::model_infer_request::InferInputTensor {
-            name: "features".into(),
-            datatype: "FP32".into(),
-            shape: vec![1, row.len() as i64],
-            ..Default::default()
-        }],
-        raw_input_contents: vec![
-            row.iter()
-                .flat_map(|x| x.to_le_bytes())
-                .collect::<Vec<u8>>()
-                .into(),
-        ],
-        ..Default::default()
-    }
+    benches::demo::row_request(version, row)
 }
 
 /// The answers in a response: outputs `label` (INT64 [n]) and

@@ -170,21 +170,22 @@ pub fn model_request(customer: u64, k: u64) -> inf::ModelInferRequest {
         hour as f32,
         distance as f32,
     ];
+    row_request("", &row)
+}
+
+/// A single-row V2 `ModelInfer` for `fraud_detector` at `version` (`""`:
+/// the server's default): `row` as the raw FP32 input `features` [1, n].
+pub fn row_request(version: &str, row: &[f32]) -> inf::ModelInferRequest {
     inf::ModelInferRequest {
         model_name: MODEL.into(),
-        model_version: String::new(),
+        model_version: version.into(),
         inputs: vec![inf::model_infer_request::InferInputTensor {
             name: "features".into(),
             datatype: "FP32".into(),
             shape: vec![1, row.len() as i64],
             ..Default::default()
         }],
-        raw_input_contents: vec![
-            row.iter()
-                .flat_map(|x| x.to_le_bytes())
-                .collect::<Vec<u8>>()
-                .into(),
-        ],
+        raw_input_contents: vec![row.iter().flat_map(|x| x.to_le_bytes()).collect()],
         ..Default::default()
     }
 }
