@@ -3,6 +3,12 @@
 //! full or the oldest has waited `max_queue_delay`, runs them as one inference and
 //! hands each caller its own rows back. A full queue refuses at once (429).
 //!
+//! Waiting only pays while the CPU is busy anyway: when no other worker of the
+//! version is running an inference, a worker takes what is already queued and
+//! runs at once (unless `wait_when_idle`), so a lightly loaded server adds no
+//! batching delay, and under load batches form from the queue that builds up
+//! behind the running inferences.
+//!
 //! Inference is CPU-bound, so it runs on dedicated OS threads, never on the async
 //! runtime's workers.
 //!
@@ -11,6 +17,7 @@
 //! and links the others (one run serves several traces).
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
@@ -59,6 +66,7 @@ impl Batcher {
     ) -> std::io::Result<Batcher> {
         let capacity = spec.max_queue_size;
         let (sender, receiver) = crossbeam_channel::bounded::<Job>(capacity);
+        let running = Arc::new(AtomicUsize::new(0));
         for i in 0..spec.instances {
             let worker = Worker {
                 spec: spec.clone(),
@@ -67,6 +75,7 @@ impl Batcher {
                 receiver: receiver.clone(),
                 carry: None,
                 metrics: metrics.clone(),
+                running: Arc::clone(&running),
             };
             std::thread::Builder::new()
                 .name(format!("infer-{}-v{version}-{i}", spec.name))
@@ -123,18 +132,23 @@ struct Worker {
     /// A request taken from the queue that did not fit the last batch.
     carry: Option<Job>,
     metrics: Option<Arc<ModelMetrics>>,
+    /// How many of the version's workers are running an inference now.
+    running: Arc<AtomicUsize>,
 }
 
 impl Worker {
     fn run(mut self) {
         while let Some(first) = self.carry.take().or_else(|| self.receiver.recv().ok()) {
             let batch = self.gather(first);
+            self.running.fetch_add(1, Ordering::AcqRel);
             self.execute(batch);
+            self.running.fetch_sub(1, Ordering::AcqRel);
         }
     }
 
     /// Collects requests to run with `first`: until max_batch_size rows, or until
-    /// `first` has waited max_queue_delay. Requests whose trailing dimensions
+    /// `first` has waited max_queue_delay (no waiting at all while no other
+    /// worker runs, unless `wait_when_idle`). Requests whose trailing dimensions
     /// differ from `first` cannot be concatenated and wait for the next batch.
     fn gather(&mut self, first: Job) -> Vec<Job> {
         let Some(batching) = self.spec.dynamic_batching else {
@@ -146,6 +160,10 @@ impl Worker {
         while rows < self.spec.max_batch_size {
             let next = match self.receiver.try_recv() {
                 Ok(job) => job,
+                // Nothing queued and the CPU idle: waiting would only delay.
+                Err(_) if !batching.wait_when_idle && self.running.load(Ordering::Acquire) == 0 => {
+                    break;
+                }
                 Err(_) => match self.receiver.recv_deadline(deadline) {
                     Ok(job) => job,
                     Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,

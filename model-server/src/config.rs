@@ -32,6 +32,8 @@ struct RawModelConfig {
 struct RawDynamicBatching {
     max_queue_delay_ms: f64,
     max_queue_size: Option<usize>,
+    #[serde(default)]
+    wait_when_idle: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -84,6 +86,12 @@ pub struct TensorSpec {
 pub struct DynamicBatching {
     /// How long the oldest queued request may wait for others to join it.
     pub max_queue_delay: Duration,
+    /// Whether a worker waits for the batch to fill even when no other
+    /// worker of the version is running an inference. Off (the default): an
+    /// idle server runs a request at once with whatever is already queued, and
+    /// the wait applies only while the CPU is busy with other batches, which
+    /// is when waiting gathers more rows for nothing.
+    pub wait_when_idle: bool,
 }
 
 /// A validated model configuration.
@@ -244,6 +252,7 @@ impl ModelSpec {
             if !overrides.disable_batching {
                 dynamic_batching = Some(DynamicBatching {
                     max_queue_delay: Duration::from_secs_f64(db.max_queue_delay_ms / 1000.0),
+                    wait_when_idle: db.wait_when_idle,
                 });
             }
         }

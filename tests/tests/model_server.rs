@@ -855,12 +855,57 @@ async fn rest_binary_tensor_extension_round_trips() -> Result<()> {
     Ok(())
 }
 
+/// An idle server does not hold a lone request for a batch to fill: with a
+/// 1.5 s batching window, a request sent while nothing else runs is answered
+/// at once; with `wait_when_idle` it waits out the window.
+#[tokio::test]
+async fn an_idle_server_runs_a_lone_request_at_once() -> Result<()> {
+    let row = reference(1)?.inputs[0].clone();
+    let timed = |wait: bool| {
+        let row = row.clone();
+        async move {
+            let (_repo, server) = ready_server_with(
+                |c| {
+                    c.replace(
+                        "max_queue_delay_ms = 2",
+                        &format!("max_queue_delay_ms = 1500\nwait_when_idle = {wait}"),
+                    )
+                },
+                &[],
+            )
+            .await?;
+            let mut client = grpc(&server).await?;
+            let started = std::time::Instant::now();
+            client
+                .model_infer(infer_request("2", std::slice::from_ref(&row), true))
+                .await?;
+            anyhow::Ok(started.elapsed())
+        }
+    };
+    let idle = timed(false).await?;
+    assert!(
+        idle < Duration::from_millis(1000),
+        "a lone request waited {idle:?} for a batch on an idle server"
+    );
+    let waited = timed(true).await?;
+    assert!(
+        waited >= Duration::from_millis(1500),
+        "wait_when_idle = true answered after {waited:?}, before its 1.5 s window"
+    );
+    Ok(())
+}
+
 /// The caller's gRPC deadline (and the server's REST timeout) bound the wait:
 /// a request held in a long batching window answers DEADLINE_EXCEEDED / 504.
 #[tokio::test]
 async fn deadlines_are_enforced_with_deadline_exceeded() -> Result<()> {
     let (_repo, server) = ready_server_with(
-        |c| c.replace("max_queue_delay_ms = 2", "max_queue_delay_ms = 800"),
+        |c| {
+            c.replace(
+                "max_queue_delay_ms = 2",
+                "max_queue_delay_ms = 800\nwait_when_idle = true",
+            )
+        },
         &["--request-timeout-ms", "200"],
     )
     .await?;
@@ -901,7 +946,12 @@ async fn deadlines_are_enforced_with_deadline_exceeded() -> Result<()> {
 #[tokio::test]
 async fn sigterm_drains_in_flight_requests_then_exits_cleanly() -> Result<()> {
     let (_repo, mut server) = ready_server_with(
-        |c| c.replace("max_queue_delay_ms = 2", "max_queue_delay_ms = 400"),
+        |c| {
+            c.replace(
+                "max_queue_delay_ms = 2",
+                "max_queue_delay_ms = 400\nwait_when_idle = true",
+            )
+        },
         &[],
     )
     .await?;
