@@ -129,7 +129,9 @@ impl Default for BreakerConfig {
 /// A V2 gRPC client for one model-server endpoint.
 pub struct ModelClient {
     endpoint: String,
-    client: GrpcInferenceServiceClient<Channel>,
+    /// [`CONNECTIONS`] HTTP/2 connections, used in turn.
+    clients: Vec<GrpcInferenceServiceClient<Channel>>,
+    next: std::sync::atomic::AtomicUsize,
     breaker: Mutex<BreakerState>,
     breaker_config: BreakerConfig,
 }
@@ -142,9 +144,16 @@ impl std::fmt::Debug for ModelClient {
     }
 }
 
+/// HTTP/2 connections per model-server endpoint. One connection carries every
+/// call on one connection task at each end, which serialises framing: at
+/// ~5,000 calls/s over one connection the model call took 4 ms inside the
+/// gateway against 0.9 ms for the same calls spread over four.
+pub const CONNECTIONS: usize = 4;
+
 impl ModelClient {
-    /// A client for `endpoint` (`http://host:port`); connects on first use and
-    /// reconnects by itself after the server comes back.
+    /// A client for `endpoint` (`http://host:port`) over [`CONNECTIONS`]
+    /// connections used in turn; each connects on first use and reconnects by
+    /// itself after the server comes back.
     ///
     /// # Errors
     /// [`InferError::Unavailable`] if the endpoint is not a valid URI.
@@ -153,7 +162,7 @@ impl ModelClient {
         connect_timeout: Duration,
         breaker_config: BreakerConfig,
     ) -> Result<Self, InferError> {
-        let channel = Endpoint::from_shared(endpoint.to_owned())
+        let target = Endpoint::from_shared(endpoint.to_owned())
             .map_err(|e| InferError::Unavailable {
                 endpoint: endpoint.to_owned(),
                 detail: format!("not a valid endpoint URI: {e}"),
@@ -161,11 +170,14 @@ impl ModelClient {
             .connect_timeout(connect_timeout)
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(30))
-            .keep_alive_while_idle(true)
-            .connect_lazy();
+            .keep_alive_while_idle(true);
+        let clients = (0..CONNECTIONS)
+            .map(|_| GrpcInferenceServiceClient::new(target.connect_lazy()))
+            .collect();
         Ok(ModelClient {
             endpoint: endpoint.to_owned(),
-            client: GrpcInferenceServiceClient::new(channel),
+            clients,
+            next: std::sync::atomic::AtomicUsize::new(0),
             breaker: Mutex::new(BreakerState {
                 consecutive_failures: 0,
                 open_until: None,
@@ -174,6 +186,12 @@ impl ModelClient {
             }),
             breaker_config,
         })
+    }
+
+    /// The next connection's client, in turn.
+    fn client(&self) -> GrpcInferenceServiceClient<Channel> {
+        let i = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.clients[i % self.clients.len()].clone()
     }
 
     /// The endpoint.
@@ -288,7 +306,7 @@ impl ModelClient {
             version: version.to_owned(),
         });
         request.set_timeout(deadline);
-        let mut client = self.client.clone();
+        let mut client = self.client();
         let call = client.model_metadata(request);
         match tokio::time::timeout(deadline, call).await {
             Ok(Ok(r)) => Ok(r.into_inner()),
@@ -307,7 +325,7 @@ impl ModelClient {
             version: version.to_owned(),
         });
         request.set_timeout(deadline);
-        let mut client = self.client.clone();
+        let mut client = self.client();
         let call = client.model_ready(request);
         matches!(tokio::time::timeout(deadline, call).await, Ok(Ok(r)) if r.get_ref().ready)
     }
@@ -349,7 +367,7 @@ impl ModelClient {
         telemetry::inject_metadata(&tracing::Span::current(), request.metadata_mut());
         // --- end telemetry ---
         let started = Instant::now();
-        let mut client = self.client.clone();
+        let mut client = self.client();
         let call = client.model_infer(request);
         let result = match tokio::time::timeout(deadline, call).await {
             Ok(Ok(r)) => decode(r.into_inner()).map_err(|detail| InferError::Failed {

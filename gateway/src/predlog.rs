@@ -33,6 +33,11 @@ pub struct LogConfig {
     pub retention: Duration,
     /// Extra attempts for a write that failed transiently.
     pub retries: u32,
+    /// How long the writer waits after the first queued record for more to
+    /// join its batch (unless the batch is full or a flush waits). Each store
+    /// write has a fixed cost (an embedded commit, a round trip), so at low
+    /// rates one write per record would cost more CPU than the predictions.
+    pub linger_ms: u64,
 }
 
 impl Default for LogConfig {
@@ -43,6 +48,7 @@ impl Default for LogConfig {
             batch: 512,
             retention: feature_store::log::DEFAULT_LOG_RETENTION,
             retries: 3,
+            linger_ms: 20,
         }
     }
 }
@@ -218,6 +224,18 @@ async fn write_loop<S: FeatureStore>(
     loop {
         if rx.recv_many(&mut messages, limit).await == 0 {
             return;
+        }
+        if config.linger_ms > 0 {
+            let until = tokio::time::Instant::now() + Duration::from_millis(config.linger_ms);
+            while messages.len() < limit && !messages.iter().any(|m| matches!(m, Message::Flush(_)))
+            {
+                let room = limit - messages.len();
+                // recv_many is cancel-safe: a timeout loses nothing.
+                match tokio::time::timeout_at(until, rx.recv_many(&mut messages, room)).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {}
+                }
+            }
         }
         let mut waiters = Vec::new();
         for m in messages.drain(..) {
