@@ -303,7 +303,16 @@ pub enum RefreshAction {
         /// Fail the batch when more than this percentage of rows is rejected.
         #[arg(long, default_value_t = 1.0)]
         max_rejected_percent: f64,
+        /// A run silent for longer than this (no progress renewing its lease
+        /// in the store) counts as interrupted, e.g. killed; its batch is then
+        /// failed by the next run of the view or `batches reap`.
+        #[arg(long, default_value = "60s", value_parser = parse_liveness)]
+        liveness: std::time::Duration,
     },
+}
+
+fn parse_liveness(text: &str) -> Result<std::time::Duration, String> {
+    crate::definitions::parse_duration(text).map_err(|e| e.to_string())
 }
 
 /// `batches` actions.
@@ -317,5 +326,18 @@ pub enum BatchesAction {
         /// How many.
         #[arg(long, default_value_t = 20)]
         limit: usize,
+    },
+    /// Fail the view's batches whose runs stopped without finishing (killed,
+    /// machine lost): `ingested`/`processing` batches whose run has not
+    /// renewed its liveness lease within `--liveness`. Their rows are
+    /// discarded; the current batch is untouched.
+    Reap {
+        /// The static view.
+        #[arg(long)]
+        view: String,
+        /// How long a reaped batch's lease is then held (a run that wakes up
+        /// finds it taken and stops).
+        #[arg(long, default_value = "60s", value_parser = parse_liveness)]
+        liveness: std::time::Duration,
     },
 }

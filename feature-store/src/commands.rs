@@ -66,6 +66,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
                     script_version,
                     force,
                     max_rejected_percent,
+                    liveness,
                 },
         } => {
             let defs = load_definitions(&definitions.definitions)?;
@@ -74,9 +75,32 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
                 script_version: script_version.clone(),
                 force: *force,
                 max_rejected_percent: *max_rejected_percent,
+                liveness: *liveness,
                 ..RefreshOptions::default()
             };
             refresh_run(&store, &defs, job, view.as_deref(), file, &options, json).await
+        }
+        Command::Batches {
+            action: BatchesAction::Reap { view, liveness },
+        } => {
+            let store = connect(&cli).await?;
+            let reaped = feature_store::refresh::reap_interrupted(&store, view, *liveness).await?;
+            if json {
+                print_json(
+                    &json!({ "view": view, "reaped": reaped.iter().map(batch_json).collect::<Vec<_>>() }),
+                );
+            } else if reaped.is_empty() {
+                out!("view {view:?}: no interrupted refresh run");
+            } else {
+                for b in &reaped {
+                    out!(
+                        "batch {} failed: {}",
+                        b.batch_id,
+                        b.error.as_deref().unwrap_or("interrupted")
+                    );
+                }
+            }
+            Ok(())
         }
         Command::Batches {
             action: BatchesAction::List { view, limit },

@@ -11,11 +11,20 @@
 //! The file is parsed on a blocking thread and handed to the writer in chunks
 //! through a bounded channel, so reading and writing overlap and memory stays
 //! bounded by a few chunks whatever the file size.
+//!
+//! A run that dies without a word (killed, machine lost) cannot mark its own
+//! batch failed. So each run holds a liveness lease in the store
+//! (`refresh-batch/<batch id>`, renewed every third of
+//! [`RefreshOptions::liveness`]) for as long as it works. [`reap_interrupted`]
+//! (called by every run for its view before it loads, and by `mlgw-features
+//! batches reap`) takes the lease of each `ingested`/`processing` batch whose
+//! run stopped renewing it, marks the batch failed as interrupted and discards
+//! its rows. A run that finds its lease taken stops and fails its batch.
 
 use std::collections::HashMap;
 use std::io::Read;
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant, SystemTime};
 
 use sha2::{Digest, Sha256};
 
@@ -23,8 +32,8 @@ use crate::codec;
 use crate::definitions::{FeatureDefinitions, FeatureView};
 use crate::source::{self, RejectedRow, SourceError, SourceItem};
 use crate::store::{
-    BatchRecord, BatchStatus, CurrentBatch, EncodedRow, FeatureStore, StaticWrite, StoreError,
-    now_micros,
+    BatchRecord, BatchStatus, CurrentBatch, EncodedRow, FeatureStore, LeaseOutcome, StaticWrite,
+    StoreError, now_micros,
 };
 
 /// How many rejected rows a batch record keeps with their reasons (all are
@@ -45,6 +54,20 @@ pub struct RefreshOptions {
     /// How long the backend keeps the rows (None: four times the view's
     /// max_age, at least seven days).
     pub retention: Option<Duration>,
+    /// How long the run's liveness lease lasts without renewal: a run silent
+    /// for longer counts as interrupted. Renewed every third of it.
+    pub liveness: Duration,
+}
+
+/// The default [`RefreshOptions::liveness`].
+pub const DEFAULT_LIVENESS: Duration = Duration::from_secs(60);
+
+/// How many of a view's newest batches [`reap_interrupted`] looks at.
+const REAP_SCAN: usize = 50;
+
+/// The store lease a run holds while it works on `batch_id`.
+pub fn liveness_lease(batch_id: &str) -> String {
+    format!("refresh-batch/{batch_id}")
 }
 
 impl Default for RefreshOptions {
@@ -55,6 +78,7 @@ impl Default for RefreshOptions {
             max_rejected_percent: 1.0,
             chunk_rows: 4096,
             retention: None,
+            liveness: DEFAULT_LIVENESS,
         }
     }
 }
@@ -240,6 +264,19 @@ pub async fn run<S: FeatureStore>(
         return Ok(RefreshOutcome::Unchanged(current));
     }
 
+    // Batches of this view whose runs died are failed now, before a new one
+    // starts; a store that cannot say is no reason to refuse this run.
+    match reap_interrupted(store, &view.name, options.liveness).await {
+        Ok(reaped) => {
+            for r in reaped {
+                tracing::warn!(batch = %r.batch_id, view = %r.view, "an earlier refresh run was interrupted; its batch is now failed");
+            }
+        }
+        Err(e) => {
+            tracing::warn!(view = %view.name, error = %e, "cannot look for interrupted refresh runs")
+        }
+    }
+
     let ingested_at = now_micros();
     let mut record = BatchRecord {
         batch_id: uuid::Uuid::now_v7().to_string(),
@@ -257,11 +294,32 @@ pub async fn run<S: FeatureStore>(
         rejections: Vec::new(),
         error: None,
     };
+    let mut alive = Liveness::new(&record.batch_id, options.liveness);
+    // Held before the record exists, so no reaper ever sees the batch unleased.
+    alive.renew(store).await.map_err(|e| match e {
+        LivenessError::Store(e) => RefreshError::Store(e),
+        LivenessError::Lost(l) => RefreshError::Store(StoreError::Backend(l)),
+    })?;
     store.put_batch(&record).await?;
 
-    let result = load(store, &view, &entity, path, options, &mut record, progress).await;
+    let result = load(
+        store,
+        &view,
+        &entity,
+        path,
+        options,
+        &mut record,
+        &mut alive,
+        progress,
+    )
+    .await;
     record.finished_at = Some(now_micros());
-    match result {
+    let result = match result {
+        // The last word before the switch: still ours?
+        Ok(()) => alive.renew(store).await.map_err(|e| e.to_string()),
+        Err(e) => Err(e),
+    };
+    let outcome = match result {
         Ok(()) => {
             record.status = BatchStatus::Done;
             let switched = async {
@@ -277,7 +335,128 @@ pub async fn run<S: FeatureStore>(
             }
         }
         Err(reason) => Err(fail(store, record, reason).await),
+    };
+    alive.release(store).await;
+    outcome
+}
+
+/// A run's hold on its liveness lease.
+struct Liveness {
+    name: String,
+    holder: String,
+    period: Duration,
+    renewed: Option<Instant>,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum LivenessError {
+    #[error("cannot renew the run's liveness lease: {0}")]
+    Store(StoreError),
+    #[error("{0}")]
+    Lost(String),
+}
+
+impl Liveness {
+    fn new(batch_id: &str, period: Duration) -> Self {
+        Liveness {
+            name: liveness_lease(batch_id),
+            holder: batch_id.to_owned(),
+            period: period.max(Duration::from_millis(300)),
+            renewed: None,
+        }
     }
+
+    /// Whether a third of the period has passed since the last renewal.
+    fn due(&self) -> bool {
+        self.renewed.is_none_or(|t| t.elapsed() >= self.period / 3)
+    }
+
+    async fn renew<S: FeatureStore>(&mut self, store: &S) -> Result<(), LivenessError> {
+        let now = SystemTime::now();
+        match store
+            .try_lease(&self.name, &self.holder, now, now + self.period)
+            .await
+            .map_err(LivenessError::Store)?
+        {
+            LeaseOutcome::Acquired => {
+                self.renewed = Some(Instant::now());
+                Ok(())
+            }
+            LeaseOutcome::Held(l) => Err(LivenessError::Lost(format!(
+                "the run went silent for longer than its liveness of {:?} and {} declared it interrupted; its batch is failed",
+                self.period, l.holder
+            ))),
+        }
+    }
+
+    async fn release<S: FeatureStore>(&self, store: &S) {
+        if let Err(e) = store.release_lease(&self.name, &self.holder).await {
+            tracing::debug!(lease = %self.name, error = %e, "cannot release the liveness lease; it expires by itself");
+        }
+    }
+}
+
+/// Fails `view`'s batches whose runs stopped without finishing: each
+/// `ingested`/`processing` batch among the newest whose liveness lease has
+/// lapsed is marked failed (interrupted) and its rows are discarded. A run
+/// still renewing its lease is left alone. Returns the batches failed.
+///
+/// # Errors
+/// The first store error; batches failed before it stay failed.
+pub async fn reap_interrupted<S: FeatureStore>(
+    store: &S,
+    view: &str,
+    liveness: Duration,
+) -> Result<Vec<BatchRecord>, StoreError> {
+    let reaper = format!("reaper-{}", uuid::Uuid::now_v7());
+    let mut reaped = Vec::new();
+    for candidate in store.list_batches(view, REAP_SCAN).await? {
+        if !matches!(
+            candidate.status,
+            BatchStatus::Ingested | BatchStatus::Processing
+        ) {
+            continue;
+        }
+        let lease = liveness_lease(&candidate.batch_id);
+        let now = SystemTime::now();
+        match store
+            .try_lease(&lease, &reaper, now, now + liveness)
+            .await?
+        {
+            LeaseOutcome::Held(_) => continue,
+            LeaseOutcome::Acquired => {}
+        }
+        // The run may have finished between the listing and the lease (it
+        // records `done` before it lets its lease go): decide on what the
+        // store says now.
+        let Some(mut record) = store
+            .list_batches(view, REAP_SCAN)
+            .await?
+            .into_iter()
+            .find(|b| b.batch_id == candidate.batch_id)
+        else {
+            continue;
+        };
+        if matches!(
+            record.status,
+            BatchStatus::Ingested | BatchStatus::Processing
+        ) {
+            let since = record.started_at.unwrap_or(record.ingested_at);
+            record.status = BatchStatus::Failed;
+            record.finished_at = Some(now_micros());
+            record.error = Some(format!(
+                "interrupted: its run stopped without finishing (no sign of life for {liveness:?}; it was {} after {} rows, started {}); the rows it wrote were discarded",
+                candidate.status,
+                record.rows_written,
+                crate::schedule::jobs::utc(since)
+            ));
+            store.put_batch(&record).await?;
+            store.discard_batch(view, &record.batch_id).await?;
+            reaped.push(record);
+        }
+        // Kept until it expires: a run that wakes up finds it taken and stops.
+    }
+    Ok(reaped)
 }
 
 async fn fail<S: FeatureStore>(store: &S, mut record: BatchRecord, reason: String) -> RefreshError {
@@ -303,6 +482,7 @@ async fn load<S: FeatureStore>(
     path: &Path,
     options: &RefreshOptions,
     record: &mut BatchRecord,
+    alive: &mut Liveness,
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<(), String> {
     let rows = source::open(view, entity, path).map_err(|e| e.to_string())?;
@@ -365,6 +545,12 @@ async fn load<S: FeatureStore>(
         .unwrap_or_else(|| (view.max_age * 4).max(Duration::from_secs(7 * 86_400)));
     let mut outcome = Ok(());
     while let Some(chunk) = rx.recv().await {
+        if alive.due()
+            && let Err(e) = alive.renew(store).await
+        {
+            outcome = Err(e.to_string());
+            break;
+        }
         match chunk {
             Chunk::Rows(rows) => {
                 let write = StaticWrite {

@@ -205,13 +205,132 @@ fn a_day_in_the_life(cli: &Cli) -> Result<()> {
     Ok(())
 }
 
+/// A refresh killed midway (SIGKILL: it cannot say anything) leaves its batch
+/// `processing`; the previous batch keeps being served; once the run's
+/// liveness has lapsed, `batches reap` fails the batch as interrupted and
+/// discards its rows, and the next run starts clean.
+fn a_killed_refresh(cli: &Cli) -> Result<()> {
+    let defs = definitions();
+    let defs = defs.to_str().context("path")?;
+    cli.json(&["schema", "apply"])?;
+    let small = cli.file("small.csv", PROFILE)?;
+    let refresh = |file: &str| {
+        vec![
+            "refresh".to_owned(),
+            "run".into(),
+            "-d".into(),
+            defs.to_owned(),
+            "--job".into(),
+            "customer_profile_daily".into(),
+            "--file".into(),
+            file.to_owned(),
+            "--max-rejected-percent".into(),
+            "50".into(),
+            "--liveness".into(),
+            "3s".into(),
+        ]
+    };
+    let args = refresh(&small);
+    let first = cli.json(&args.iter().map(String::as_str).collect::<Vec<_>>())?;
+    let served = first["batch"]["batch_id"].as_str().context("batch_id")?.to_owned();
+
+    // Big enough that the load is still writing when it is killed.
+    let mut big = String::from(PROFILE.lines().next().context("header")?);
+    big.push('\n');
+    for i in 0..400_000 {
+        big.push_str(&format!("k-{i},{},{}.5,{},0,0.2\n", i % 900, i % 70, i % 40));
+    }
+    let big = cli.file("big.csv", &big)?;
+    let mut child = std::process::Command::new(binary("mlgw-features")?)
+        .args(&cli.store_args)
+        .args(refresh(&big))
+        .env_remove("MLGW_FEATURES_EMBEDDED")
+        .env_remove("MLGW_SCYLLA_NODES")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    let list = || cli.json(&["batches", "list", "--view", "customer_profile"]);
+    let started = std::time::Instant::now();
+    let interrupted = loop {
+        let listed = list()?;
+        let running = listed["batches"]
+            .as_array()
+            .and_then(|b| b.iter().find(|b| b["batch_id"] != served.as_str()))
+            .cloned();
+        if let Some(b) = running
+            && b["status"] == "processing"
+            && b["rows_written"].as_u64().unwrap_or(0) > 0
+        {
+            break b["batch_id"].as_str().context("batch_id")?.to_owned();
+        }
+        anyhow::ensure!(
+            child.try_wait()?.is_none(),
+            "the big refresh ended before it could be killed; make the file bigger"
+        );
+        anyhow::ensure!(
+            started.elapsed() < std::time::Duration::from_secs(120),
+            "the big refresh never showed progress: {listed}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    child.kill()?;
+    child.wait()?;
+
+    // Right after: still processing, and nobody serves it.
+    let listed = list()?;
+    let status_of = |listed: &Value, id: &str| {
+        listed["batches"]
+            .as_array()
+            .and_then(|b| b.iter().find(|b| b["batch_id"] == id))
+            .map(|b| b["status"].clone())
+    };
+    assert_eq!(status_of(&listed, &interrupted), Some("processing".into()));
+    let read = cli.json(&["read", "-d", defs, "--entity", "c-1", "--view", "customer_profile"])?;
+    assert_eq!(read["views"][0]["batch_id"], served.as_str());
+    // Its lease has not lapsed yet: a reap now leaves it alone.
+    let early = cli.json(&["batches", "reap", "--view", "customer_profile"])?;
+    assert_eq!(early["reaped"].as_array().map(Vec::len), Some(0), "{early}");
+
+    std::thread::sleep(std::time::Duration::from_millis(3500));
+    let reaped = cli.json(&["batches", "reap", "--view", "customer_profile"])?;
+    assert_eq!(reaped["reaped"].as_array().map(Vec::len), Some(1), "{reaped}");
+    assert_eq!(reaped["reaped"][0]["batch_id"], interrupted.as_str());
+    assert_eq!(reaped["reaped"][0]["status"], "failed");
+    let why = reaped["reaped"][0]["error"].as_str().unwrap_or_default();
+    assert!(why.starts_with("interrupted"), "{why}");
+    let listed = list()?;
+    assert_eq!(status_of(&listed, &interrupted), Some("failed".into()));
+    assert_eq!(status_of(&listed, &served), Some("done".into()));
+    // The served batch still answers; the interrupted one never did.
+    let read = cli.json(&["read", "-d", defs, "--entity", "k-7", "--view", "customer_profile"])?;
+    assert_eq!(read["views"][0]["batch_id"], served.as_str());
+    assert_eq!(
+        read["views"][0]["features"][0]["state"],
+        "default (no row)",
+        "{read}"
+    );
+    // A second reap finds nothing more.
+    let again = cli.json(&["batches", "reap", "--view", "customer_profile"])?;
+    assert_eq!(again["reaped"].as_array().map(Vec::len), Some(0));
+    Ok(())
+}
+
 #[test]
 fn data_engineer_workflow_on_the_embedded_store() -> Result<()> {
     a_day_in_the_life(&Cli::embedded()?)
 }
 
 #[test]
-fn data_engineer_workflow_on_cassandra() -> Result<()> {
+fn killed_refresh_on_the_embedded_store() -> Result<()> {
+    a_killed_refresh(&Cli::embedded()?)
+}
+
+#[test]
+fn killed_refresh_on_cassandra() -> Result<()> {
+    a_killed_refresh(&cassandra_cli()?)
+}
+
+fn cassandra_cli() -> Result<Cli> {
     let addr = rig_env("MLGW_TEST_CASSANDRA")?;
     let keyspace = format!(
         "cli_{}_{}",
@@ -227,8 +346,12 @@ fn data_engineer_workflow_on_cassandra() -> Result<()> {
         keyspace,
         "--read-timeout-ms".into(),
         "5000".into(),
-    ])?;
-    a_day_in_the_life(&cli)
+    ])
+}
+
+#[test]
+fn data_engineer_workflow_on_cassandra() -> Result<()> {
+    a_day_in_the_life(&cassandra_cli()?)
 }
 
 #[test]
