@@ -1,4 +1,7 @@
-//! Feature-store benchmark: refresh load rate of a 1M-row CSV into each backend,
+//! Feature-store benchmark: parse rate of the refresh sources (the same 1M rows
+//! as CSV and as Parquet written the way pyarrow writes by default), refresh
+//! load rate of the CSV into each backend and of the Parquet file into the
+//! embedded store,
 //! cached read cost through the moka row cache, and uncached single-entity
 //! reads (one prepared single-partition read each) against Cassandra and the
 //! embedded store at 1, 16 and 64 concurrent readers.
@@ -123,6 +126,133 @@ impl Drop for Cassandra {
     }
 }
 
+/// The value of row `i` in each profile column, shared by the CSV and the
+/// Parquet file so both hold the same data.
+fn profile_row(i: u64) -> (String, i64, f32, i64, i64, f32) {
+    (
+        format!("c-{i:07}"),
+        (i % 3650) as i64,
+        ((i % 997) as f64 * 0.37) as f32,
+        (i % 120) as i64,
+        (i % 3) as i64,
+        (i % 1000) as f32 / 1000.0,
+    )
+}
+
+/// The profile rows as Parquet: snappy pages with dictionaries (pyarrow's
+/// defaults), row groups of 128k rows, every feature nullable.
+fn write_profile_parquet(path: &Path, rows: u64) -> Result<()> {
+    use parquet::basic::Compression;
+    use parquet::data_type::{ByteArray, ByteArrayType, FloatType, Int64Type};
+    use parquet::file::properties::WriterProperties;
+    use parquet::file::writer::SerializedFileWriter;
+    use parquet::schema::parser::parse_message_type;
+
+    const GROUP: u64 = 128 * 1024;
+    let schema = Arc::new(parse_message_type(
+        "message profile {
+            required binary customer_id (STRING);
+            optional int64 account_age_days;
+            optional float avg_txn_amount_30d;
+            optional int64 txn_count_30d;
+            optional int64 chargeback_count_1y;
+            optional float home_country_risk;
+        }",
+    )?);
+    let props = WriterProperties::builder()
+        .set_compression(Compression::SNAPPY)
+        .build();
+    let mut writer =
+        SerializedFileWriter::new(std::fs::File::create(path)?, schema, Arc::new(props))?;
+    let mut start = 0;
+    while start < rows {
+        let end = rows.min(start + GROUP);
+        let group: Vec<_> = (start..end).map(profile_row).collect();
+        let defs = vec![1i16; group.len()];
+        let mut rg = writer.next_row_group()?;
+        let mut n = 0;
+        while let Some(mut column) = rg.next_column()? {
+            match n {
+                0 => {
+                    let keys: Vec<ByteArray> = group
+                        .iter()
+                        .map(|r| ByteArray::from(r.0.as_str()))
+                        .collect();
+                    column
+                        .typed::<ByteArrayType>()
+                        .write_batch(&keys, None, None)?;
+                }
+                1 | 3 | 4 => {
+                    let v: Vec<i64> = group
+                        .iter()
+                        .map(|r| match n {
+                            1 => r.1,
+                            3 => r.3,
+                            _ => r.4,
+                        })
+                        .collect();
+                    column
+                        .typed::<Int64Type>()
+                        .write_batch(&v, Some(&defs), None)?;
+                }
+                _ => {
+                    let v: Vec<f32> = group
+                        .iter()
+                        .map(|r| if n == 2 { r.2 } else { r.5 })
+                        .collect();
+                    column
+                        .typed::<FloatType>()
+                        .write_batch(&v, Some(&defs), None)?;
+                }
+            }
+            column.close()?;
+            n += 1;
+        }
+        rg.close()?;
+        start = end;
+    }
+    writer.close()?;
+    Ok(())
+}
+
+/// Reads every row of `path` through the refresh source (`source::open`:
+/// parse, type-check, one `SourceRow` per line), nothing written.
+fn parse_rate(defs: &FeatureDefinitions, path: &Path, format: &'static str) -> Result<Parse> {
+    let view = defs
+        .view("customer_profile")
+        .context("customer_profile view")?;
+    let entity = defs.entity(&view.entity).context("customer entity")?;
+    let started = Instant::now();
+    let (mut rows, mut rejected) = (0u64, 0u64);
+    for item in feature_store::source::open(view, entity, path)? {
+        match item? {
+            feature_store::source::SourceItem::Row(_) => rows += 1,
+            feature_store::source::SourceItem::Rejected(_) => rejected += 1,
+        }
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    if rejected > 0 {
+        bail!("{format}: {rejected} rows rejected; the bench file must be clean");
+    }
+    println!(
+        "parse {format}: {rows} rows in {seconds:.2}s = {:.0} rows/s",
+        rows as f64 / seconds
+    );
+    Ok(Parse {
+        format,
+        bytes: std::fs::metadata(path)?.len(),
+        rows,
+        seconds,
+    })
+}
+
+struct Parse {
+    format: &'static str,
+    bytes: u64,
+    rows: u64,
+    seconds: f64,
+}
+
 fn write_profile_csv(path: &Path, rows: u64) -> Result<()> {
     use std::io::Write as _;
     let mut w = std::io::BufWriter::new(std::fs::File::create(path)?);
@@ -131,15 +261,8 @@ fn write_profile_csv(path: &Path, rows: u64) -> Result<()> {
         "customer_id,account_age_days,avg_txn_amount_30d,txn_count_30d,chargeback_count_1y,home_country_risk"
     )?;
     for i in 0..rows {
-        writeln!(
-            w,
-            "c-{i:07},{},{:.2},{},{},{:.3}",
-            i % 3650,
-            (i % 997) as f64 * 0.37,
-            i % 120,
-            i % 3,
-            (i % 1000) as f64 / 1000.0
-        )?;
+        let (key, age, amount, count, chargebacks, risk) = profile_row(i);
+        writeln!(w, "{key},{age},{amount},{count},{chargebacks},{risk}")?;
     }
     w.flush()?;
     Ok(())
@@ -307,13 +430,22 @@ async fn main() -> Result<()> {
     write_profile_csv(&csv, rows)?;
     let csv_mb = std::fs::metadata(&csv)?.len() as f64 / 1e6;
     println!("{rows} rows, {csv_mb:.1} MB of CSV");
+    let parquet = scratch.join("profile.parquet");
+    write_profile_parquet(&parquet, rows)?;
+    let parses = vec![
+        parse_rate(&defs, &csv, "CSV")?,
+        parse_rate(&defs, &parquet, "Parquet (snappy, dictionary)")?,
+    ];
 
     let embedded = AnyStore::Embedded(Arc::new(EmbeddedStore::open(
         &scratch.join("features.redb"),
     )?));
 
     // Embedded first, before Cassandra starts, so the two do not share the CPU.
-    let mut loads = vec![load(&embedded, &defs, &csv, "embedded (redb)").await?];
+    let mut loads = vec![
+        load(&embedded, &defs, &csv, "embedded (redb), CSV").await?,
+        load(&embedded, &defs, &parquet, "embedded (redb), Parquet").await?,
+    ];
     let (cached_ns, cached_loads) = cached(&embedded, Arc::clone(&defs)).await?;
     let mut cells = Vec::new();
     for readers in CONCURRENCY {
@@ -350,7 +482,7 @@ async fn main() -> Result<()> {
         "Cassandra 5.0 (warm-up, not reported)",
     )
     .await?;
-    loads.push(load(&scylla, &defs, &csv, "Cassandra 5.0").await?);
+    loads.push(load(&scylla, &defs, &csv, "Cassandra 5.0, CSV").await?);
     // Let Cassandra flush and compact what it just took in before reading:
     // wait until its process is idle (or a fixed time for an outside node).
     let settled = cassandra
@@ -386,7 +518,26 @@ async fn main() -> Result<()> {
     )?;
     writeln!(
         out,
-        "## Refresh load (CSV parse, encode, write, batch switch)\n"
+        "## Source parse rate (read, decode, type-check; nothing written)\n"
+    )?;
+    writeln!(
+        out,
+        "| format | file MB | rows | seconds | rows/s |\n| --- | ---: | ---: | ---: | ---: |"
+    )?;
+    for p in &parses {
+        writeln!(
+            out,
+            "| {} | {:.1} | {} | {:.2} | {:.0} |",
+            p.format,
+            p.bytes as f64 / 1e6,
+            p.rows,
+            p.seconds,
+            p.rows as f64 / p.seconds
+        )?;
+    }
+    writeln!(
+        out,
+        "\n## Refresh load (parse, encode, write, batch switch)\n"
     )?;
     writeln!(
         out,

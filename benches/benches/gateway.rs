@@ -61,6 +61,9 @@ use feature_store::store::scylla::{ScyllaConfig, ScyllaStore};
 use rig::{ModelServerProcess, example_repository_with, workspace_root};
 
 /// Callers share this many HTTP/2 connections, as a client pool would.
+/// The throughput target, offered by 32 paced callers.
+const TARGET_RATE: f64 = 5000.0;
+
 const CONNECTIONS: usize = 4;
 /// Deadline the client puts on every call (`grpc-timeout`).
 const CALL_TIMEOUT: Duration = Duration::from_secs(2);
@@ -593,6 +596,16 @@ async fn run(knobs: &Knobs, scratch: &Path) -> Result<String> {
             )
             .await?;
     }
+    // The target's load: 32 callers together offering 5,000 calls a second.
+    // Unpaced callers saturate by definition (latency = callers / throughput).
+    let target_load = Load::Closed {
+        callers: 32,
+        pace: Some(TARGET_RATE),
+    };
+    runner.step(emb, "hit", &hot, g, target_load).await?;
+    runner
+        .step(emb, "direct", &direct, None, target_load)
+        .await?;
     for &callers in &knobs.concurrency {
         runner
             .step(
@@ -830,12 +843,31 @@ fn report(
             },
         )
     });
+    if let Some(s) = find(
+        steps,
+        "embedded",
+        "hit",
+        Load::Closed {
+            callers: 32,
+            pace: Some(TARGET_RATE),
+        },
+    ) {
+        writeln!(
+            out,
+            "| full Predict, cache hit, 32 callers offering 5,000 req/s together: ≥ 5,000 req/s with p99 < 5 ms | {:.0} req/s, p50 {} ms, p99 {} ms, p99.9 {} ms (timed from each call's due time) |",
+            s.m.achieved,
+            ms(s.p(0.5)),
+            ms(s.p(0.99)),
+            ms(s.p(0.999))
+        )?;
+    }
     if let Some(s) = c32 {
         writeln!(
             out,
-            "| full Predict, cache hit, 32 callers: ≥ 5,000 req/s with p99 < 5 ms | {:.0} req/s, p99 {} ms |",
+            "| the same 32 callers unpaced (each sends again as soon as answered: the machine's ceiling) | {:.0} req/s, p99 {} ms; with 32 calls always in flight the mean latency is 32 / throughput = {:.2} ms by Little's law |",
             s.m.achieved,
-            ms(s.p(0.99))
+            ms(s.p(0.99)),
+            32_000.0 / s.m.achieved
         )?;
     }
     if let (Some(g), Some(d)) = (
@@ -944,8 +976,12 @@ fn report(
         "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | --- | ---: |"
     )?;
     for s in steps {
-        let Load::Closed { callers, .. } = s.load else {
+        let Load::Closed { callers, pace } = s.load else {
             continue;
+        };
+        let callers = match pace {
+            Some(r) if s.scenario != "direct" => format!("{callers}, paced {r:.0}/s"),
+            _ => callers.to_string(),
         };
         writeln!(
             out,

@@ -380,7 +380,9 @@ pub async fn open_loop<C: Call>(target: Arc<C>, rate: f64, seconds: f64) -> Resu
 
 /// Closed loop: `callers` tasks each send their next call when the last one
 /// answers; with `pace`, the callers together send at most that many calls a
-/// second (a paired run can match another's rate this way).
+/// second (a paired run can match another's rate this way), each call due at
+/// its slot of the schedule and timed from then (as wrk2 does), so a late
+/// answer's delay to the calls behind it is counted.
 ///
 /// # Errors
 /// When a caller task fails or panics.
@@ -401,8 +403,8 @@ pub async fn closed_loop<C: Call>(
             let mut n = 0u64;
             loop {
                 let k = n * callers as u64 + c as u64;
-                if let Some(rate) = pace {
-                    let due = start + Duration::from_secs_f64(k as f64 / rate);
+                let due = pace.map(|rate| start + Duration::from_secs_f64(k as f64 / rate));
+                if let Some(due) = due {
                     tokio::time::sleep_until(due.into()).await;
                 }
                 let sent = Instant::now();
@@ -411,7 +413,10 @@ pub async fn closed_loop<C: Call>(
                 }
                 let outcome = target.call(k).await;
                 let done = Instant::now();
-                tally.add(outcome, done - sent, sent >= window_start, done)?;
+                // Paced: from the call's due time, so a caller held up by a
+                // slow answer counts its lateness (no coordinated omission).
+                let from = due.unwrap_or(sent);
+                tally.add(outcome, done - from, from >= window_start, done)?;
                 n += 1;
             }
             anyhow::Ok(tally)

@@ -1258,68 +1258,6 @@ default = "none"
         assert!(rows.next().is_none(), "the reader stops after an error");
     }
 
-    /// Read rate on a million `customer_profile` rows written as pyarrow does by
-    /// default (snappy, dictionaries; unique keys, one value in ten null):
-    /// `cargo test -p feature-store --release -- --ignored --nocapture read_rate`.
-    #[test]
-    #[ignore = "a measurement: run in release"]
-    fn read_rate_of_a_million_rows() {
-        const ROWS: usize = 1_000_000;
-        let int = |salt: usize| {
-            Data::I64(
-                (0..ROWS)
-                    .map(|i| (i % 10 != salt).then_some((i * 7 + salt) as i64 % 1000))
-                    .collect(),
-            )
-        };
-        let float = |salt: usize| {
-            Data::F32(
-                (0..ROWS)
-                    .map(|i| (i % 10 != salt).then_some((i % 997) as f32 * 0.5))
-                    .collect(),
-            )
-        };
-        let props = WriterProperties::builder()
-            .set_compression(Compression::SNAPPY)
-            .build();
-        let file = write_with(
-            "million.parquet",
-            "message m {
-                required binary customer_id (STRING);
-                optional int64 account_age_days;
-                optional float avg_txn_amount_30d;
-                optional int64 txn_count_30d;
-                optional int64 chargeback_count_1y;
-                optional float home_country_risk;
-            }",
-            &[
-                Data::Str((0..ROWS).map(|i| Some(format!("c-{i:08}"))).collect()),
-                int(1),
-                float(2),
-                int(3),
-                int(4),
-                float(5),
-            ],
-            ROWS,
-            props,
-        );
-        let size = std::fs::metadata(&file.0).unwrap().len();
-        let start = std::time::Instant::now();
-        let mut rows = 0;
-        let mut values = 0;
-        for item in open_in(&fraud(), "customer_profile", &file).unwrap() {
-            values += row(&item.unwrap()).values.len();
-            rows += 1;
-        }
-        let elapsed = start.elapsed();
-        assert_eq!(rows, ROWS);
-        assert_eq!(values, ROWS * 5 - ROWS / 2);
-        println!(
-            "{rows} rows ({size} bytes) in {elapsed:.2?}: {:.0} rows/s",
-            rows as f64 / elapsed.as_secs_f64()
-        );
-    }
-
     #[test]
     fn codecs_other_than_snappy_are_refused_by_name() {
         assert_eq!(check_codec("x", Compression::SNAPPY), Ok(()));
