@@ -863,6 +863,15 @@ async fn push(
         let spec = view
             .feature(name)
             .with_context(|| format!("--set {a:?}: view {view_name:?} has no feature {name:?}"))?;
+        if let Some(agg) = &spec.aggregate {
+            bail!(
+                "--set {a:?}: {name} is computed by the feature store ({} of {} over {}); push events with --field {}=…",
+                agg.function,
+                agg.of,
+                tuner_human(agg.window),
+                agg.of
+            );
+        }
         let value = parse_value(text, spec.feature_type).with_context(|| {
             format!("--set {a:?}: {text:?} is not a valid {}", spec.feature_type)
         })?;
