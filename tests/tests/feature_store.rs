@@ -749,6 +749,18 @@ async fn late_events_count_and_replays_count_once(f: Fixture) -> Result<()> {
     };
     reader.push_event("payments", "u-1", &tagged(100.0)).await?;
     reader.push_event("payments", "u-1", &tagged(100.0)).await?;
+    // The backend holds each replayed event once (same time and ID: one row).
+    let stored = f
+        .store
+        .read_events(
+            "payments",
+            "u-1",
+            now - Duration::from_secs(3 * 3600),
+            now,
+            100,
+        )
+        .await?;
+    assert_eq!(stored.events.len(), 4, "{stored:?}");
     let v = reader.read("payments", "u-1", now).await?;
     // payment_id is carried by three distinct events; amount by four.
     assert_eq!(value_of(&v, "n_1h").0, FeatureValue::Int64(3));
