@@ -19,7 +19,9 @@
 //!   workers, default 2 = the cores, no access log, no worker restarts).
 //! * Both load the same demo customers: `benches::demo::profile` for the
 //!   static view, [`activity`] for the dynamic one; the gateway's store gets
-//!   them through its refresh run and `write_dynamic`, Feast through parquet
+//!   them through its refresh run, `write_dynamic` (the two plain features)
+//!   and `write_event` (the transactions and failed authorisations its
+//!   windowed aggregates are computed from), Feast through parquet
 //!   files (benches/peers/feast/load.py), `feast apply` and `feast
 //!   materialize`. Before measuring, a few customers are read back through
 //!   Feast and compared with the loaded values, and the gateway's scores
@@ -74,9 +76,10 @@ use benches::process::{
     machine_busy_seconds, tail,
 };
 use benches::report::{Series, latency_chart, machine, ms};
+use feature_store::aggregate::Event;
 use feature_store::definitions::FeatureValue;
 use feature_store::store::scylla::{ScyllaConfig, ScyllaStore};
-use feature_store::store::{AnyStore, DynamicWrite, FeatureStore};
+use feature_store::store::{AnyStore, DynamicWrite, EventWrite, FeatureStore};
 use proto::inference as inf;
 use rig::{OwnCassandra, workspace_root};
 
@@ -187,11 +190,16 @@ fn write_activity_csv(path: &Path, customers: u64) -> Result<()> {
 }
 
 /// Writes every customer's activity into our store (event time one minute
-/// ago, as load.py gives Feast), `PARALLEL` writes at a time.
+/// ago, as load.py gives Feast), `PARALLEL` customers at a time: the two
+/// plain features as values, and for the three windowed aggregates the raw
+/// events they are computed from (`txn_count_1h` transactions of 12.25 each,
+/// so their sum is `txn_amount_sum_1h`; `failed_auth_count_24h` failed
+/// authorisations), so the gateway serves the values Feast holds.
 async fn load_activity(store: &AnyStore, customers: u64) -> Result<f64> {
     const PARALLEL: u64 = 64;
     let started = Instant::now();
-    let event_time = SystemTime::now() - Duration::from_secs(60);
+    let event_time = feature_store::store::now_micros() - Duration::from_secs(60);
+    let expires_at = event_time + Duration::from_secs(48 * 3600);
     let mut tasks = tokio::task::JoinSet::new();
     for lane in 0..PARALLEL {
         let store = store.clone();
@@ -199,11 +207,9 @@ async fn load_activity(store: &AnyStore, customers: u64) -> Result<f64> {
             let mut i = lane;
             while i < customers {
                 let (a, b, c, d, e) = activity(i);
+                debug_assert!((b - a as f64 * 12.25).abs() < 1e-9);
                 let values = [
-                    ("txn_count_1h".to_owned(), FeatureValue::Int64(a)),
-                    ("txn_amount_sum_1h".to_owned(), FeatureValue::Float64(b)),
                     ("distinct_merchants_24h".to_owned(), FeatureValue::Int64(c)),
-                    ("failed_auth_count_24h".to_owned(), FeatureValue::Int64(d)),
                     (
                         "minutes_since_last_txn".to_owned(),
                         FeatureValue::Float32(e),
@@ -216,10 +222,37 @@ async fn load_activity(store: &AnyStore, customers: u64) -> Result<f64> {
                         entity_key: &key,
                         values: &values,
                         event_time,
-                        expires_at: event_time + Duration::from_secs(48 * 3600),
+                        expires_at,
                     })
                     .await
                     .with_context(|| format!("writing the activity of {key}"))?;
+                let transactions = (0..a).map(|k| {
+                    BTreeMap::from([
+                        (
+                            "transaction_id".to_owned(),
+                            FeatureValue::String(format!("t-{k}")),
+                        ),
+                        ("amount".to_owned(), FeatureValue::Float64(12.25)),
+                    ])
+                });
+                let failed = (0..d).map(|k| {
+                    BTreeMap::from([(
+                        "failed_auth_id".to_owned(),
+                        FeatureValue::String(format!("f-{k}")),
+                    )])
+                });
+                for fields in transactions.chain(failed) {
+                    let event = Event::new(&key, None, event_time, fields);
+                    store
+                        .write_event(EventWrite {
+                            view: "customer_activity",
+                            entity_key: &key,
+                            event: &event,
+                            expires_at,
+                        })
+                        .await
+                        .with_context(|| format!("writing an event of {key}"))?;
+                }
                 i += PARALLEL;
             }
             anyhow::Ok(())
@@ -1288,7 +1321,7 @@ fn report(runner: &Runner, knobs: &Knobs, names: &[String], setup: &Setup) -> Re
          - **Work per prediction, both systems:** the 5 features of the static view `customer_profile` and the 5 of the dynamic view `customer_activity` of one customer from a single-node Cassandra 5.0{reuse}, plus 5 request-time features, then `fraud_detector` on this project's model-server (the same process for both, 4 HTTP/2 connections).\n\
          - **Ours:** gRPC `Predict` to the release gateway (Cassandra backend, keyspace of its own, shipped settings: row cache for static rows, dynamic view read on every call, max_concurrent_requests 256, prediction log on — it also writes every prediction to Cassandra, which the Feast pipeline does not). *Cache hit:* {hot} hot customers, warmed. *Cache miss:* customer IDs never repeated (static read from Cassandra too).\n\
          - **Feast pipeline:** `POST /get-online-features` (the 10 features, JSON, HTTP/1.1 keep-alive, reqwest) to `feast serve` (Cassandra online store, token-aware, protocol v5, keyspace of its own), then V2 `ModelInfer` with the 10 values + 5 request features; answered when both are done. Feast has no row cache: every call reads both views from Cassandra, so hit and miss are the same work for it (run on never-repeated IDs). *Default:* `feast serve` as it starts (1 worker, access log on, `--max-requests 1000`: gunicorn restarts the worker every ~1,000 requests). *Tuned:* `-w {workers} --no-access-log --max-requests 0`: {workers} workers, no access log, no worker restarts.\n\
-         - **Same data:** {customers} customers, the gateway's through its refresh run ({:.1} s) and `write_dynamic` ({:.1} s), Feast's from parquet made from the same values (benches/peers/feast/load.py), `feast apply`, `feast materialize` ({:.1} s of {:.1} s in all). Checked before measuring: Feast's 10 values for {} customers equal the loaded ones, and the gateway's P(fraud) equals the Feast pipeline's for the same calls.\n\
+         - **Same data:** {customers} customers, the gateway's through its refresh run ({:.1} s) and `write_dynamic` + `write_event` (the raw events of its windowed aggregates; {:.1} s), Feast's from parquet made from the same values (benches/peers/feast/load.py), `feast apply`, `feast materialize` ({:.1} s of {:.1} s in all). Checked before measuring: Feast's 10 values for {} customers equal the loaded ones, and the gateway's P(fraud) equals the Feast pipeline's for the same calls.\n\
          - **Load:** open loop (each call sent at its intended time, latency from then), {:.0} s measured per step after {:.1} s warm-up, the same rates for every system ({}), then ×{RISE} until a step blows up (p99 > {:.0} ms, > 1% failed, or < 90% achieved), then two bisection steps. Deadline 2 s per call. {:.0} s closed-loop warm-up (16 callers) before each system. CPU per call from /proc (`feast` = the gunicorn master and its workers).\n",
         setup.ours_profiles_s,
         setup.ours_activity_s,

@@ -53,8 +53,20 @@ awk 'BEGIN {
 "$BIN/mlgw-features" refresh run -d "$DEFS" --job customer_profile_daily \
   --file "$DEMO/customer_profile.csv" --script-version demo-1
 "$BIN/mlgw-features" push -d "$DEFS" --view customer_activity --entity c-0042 \
-  --set txn_count_1h=9 --set txn_amount_sum_1h=2350 --set distinct_merchants_24h=6 \
-  --set failed_auth_count_24h=4 --set minutes_since_last_txn=1.5 >/dev/null
+  --set distinct_merchants_24h=6 --set minutes_since_last_txn=1.5 >/dev/null
+# The windowed aggregates are computed by the store from raw events: three
+# transactions in the last hour (txn_count_1h = 3, txn_amount_sum_1h = 2350)
+# and four failed authorisations (failed_auth_count_24h = 4), all at start-up
+# (an hour later the transactions have left their window).
+for t in "t-1 1200" "t-2 800" "t-3 350"; do
+  read -r id amount <<<"$t"
+  "$BIN/mlgw-features" push -d "$DEFS" --view customer_activity --entity c-0042 \
+    --field transaction_id="$id" --field amount="$amount" --event-id "$id" >/dev/null
+done
+for f in f-1 f-2 f-3 f-4; do
+  "$BIN/mlgw-features" push -d "$DEFS" --view customer_activity --entity c-0042 \
+    --field failed_auth_id="$f" --event-id "$f" >/dev/null
+done
 
 # Wait for the model-server before the gateway checks its models.
 for _ in $(seq 1 300); do

@@ -136,7 +136,8 @@ pub enum Command {
         #[command(subcommand)]
         action: SchedulerAction,
     },
-    /// Write fresh values of a dynamic view for one entity.
+    /// Write fresh values of a dynamic view for one entity, and/or one raw
+    /// event behind its windowed aggregates (`--field`).
     Push {
         /// The file.
         #[command(flatten)]
@@ -148,8 +149,16 @@ pub enum Command {
         #[arg(long)]
         entity: String,
         /// A value, `feature=value` (repeat for several).
-        #[arg(long = "set", required = true)]
+        #[arg(long = "set", required_unless_present = "fields")]
         values: Vec<String>,
+        /// A field of one raw event, `field=value` (repeat for several), for
+        /// views whose features are windowed aggregates.
+        #[arg(long = "field")]
+        fields: Vec<String>,
+        /// The event's ID (default: derived from the entity, event time and
+        /// fields, so pushing the same event twice counts it once).
+        #[arg(long, requires = "fields")]
+        event_id: Option<String>,
         /// Event time in seconds since the Unix epoch, fractions allowed
         /// (default: now).
         #[arg(long)]

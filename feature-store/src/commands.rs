@@ -176,6 +176,8 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             view,
             entity,
             values,
+            fields,
+            event_id,
             event_time,
         } => {
             let defs = Arc::new(load_definitions(&definitions.definitions)?);
@@ -183,10 +185,14 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             push(
                 store,
                 defs,
-                view,
-                entity,
-                values,
-                event_time.as_deref(),
+                PushArgs {
+                    view_name: view,
+                    entity,
+                    assignments: values,
+                    fields,
+                    event_id: event_id.as_deref(),
+                    event_time: event_time.as_deref(),
+                },
                 json,
             )
             .await
@@ -841,33 +847,73 @@ fn parse_value(text: &str, ty: FeatureType) -> Option<FeatureValue> {
     })
 }
 
+struct PushArgs<'a> {
+    view_name: &'a str,
+    entity: &'a str,
+    assignments: &'a [String],
+    fields: &'a [String],
+    event_id: Option<&'a str>,
+    event_time: Option<&'a str>,
+}
+
+/// An event field's text as a value: a number where the view's aggregates
+/// need one (sum, mean, max, min), else a whole number if it is one, else text.
+fn parse_event_field(text: &str, numeric: bool) -> Option<FeatureValue> {
+    if let Ok(i) = text.parse::<i64>() {
+        return Some(FeatureValue::Int64(i));
+    }
+    match text.parse::<f64>() {
+        Ok(x) if x.is_finite() => Some(FeatureValue::Float64(x)),
+        _ if numeric => None,
+        _ => Some(FeatureValue::String(text.to_owned())),
+    }
+}
+
 async fn push(
     store: AnyStore,
     defs: Arc<FeatureDefinitions>,
-    view_name: &str,
-    entity: &str,
-    assignments: &[String],
-    event_time: Option<&str>,
+    args: PushArgs<'_>,
     json: bool,
 ) -> Result<ExitCode> {
+    let view_name = args.view_name;
     let view = defs
         .view(view_name)
         .with_context(|| format!("unknown feature view {view_name:?}"))?;
-    let mut values = Vec::with_capacity(assignments.len());
-    for a in assignments {
+    let mut values = Vec::with_capacity(args.assignments.len());
+    for a in args.assignments {
         let (name, text) = a
             .split_once('=')
             .with_context(|| format!("--set {a:?}: write feature=value"))?;
         let spec = view
             .feature(name)
             .with_context(|| format!("--set {a:?}: view {view_name:?} has no feature {name:?}"))?;
+        if let Some(agg) = &spec.aggregate {
+            bail!(
+                "--set {a:?}: {name} is computed by the feature store ({} of {} over {}); push events with --field {}=…",
+                agg.function,
+                agg.of,
+                tuner_human(agg.window),
+                agg.of
+            );
+        }
         let value = parse_value(text, spec.feature_type).with_context(|| {
             format!("--set {a:?}: {text:?} is not a valid {}", spec.feature_type)
         })?;
         values.push((name.to_owned(), value));
     }
-    let at = match event_time {
-        None => SystemTime::now(),
+    let mut fields = std::collections::BTreeMap::new();
+    for a in args.fields {
+        let (name, text) = a
+            .split_once('=')
+            .with_context(|| format!("--field {a:?}: write field=value"))?;
+        let numeric =
+            view.event_field(name) == Some(feature_store::definitions::EventFieldUse::Numeric);
+        let value = parse_event_field(text, numeric)
+            .with_context(|| format!("--field {a:?}: {text:?} is not a number"))?;
+        fields.insert(name.to_owned(), value);
+    }
+    let at = match args.event_time {
+        None => feature_store::store::now_micros(),
         Some(t) => {
             let secs: f64 = t
                 .parse()
@@ -881,18 +927,38 @@ async fn push(
     };
     let reader =
         FeatureReader::new(Arc::new(store), Arc::clone(&defs), ReaderConfig::default()).await?;
-    reader
-        .push(view_name, &entity_key(entity), &values, at)
-        .await?;
+    let key = entity_key(args.entity);
+    let event = (!fields.is_empty()).then(|| {
+        feature_store::aggregate::Event::new(&key, args.event_id.map(str::to_owned), at, fields)
+    });
+    if !values.is_empty() {
+        reader.push(view_name, &key, &values, at).await?;
+    }
+    if let Some(event) = &event {
+        reader.push_event(view_name, &key, event).await?;
+    }
+    let entity = args.entity;
     if json {
-        print_json(
-            &json!({"view": view_name, "entity": entity, "written": values.len(), "event_time_us": to_micros(at)}),
-        );
+        print_json(&json!({
+            "view": view_name,
+            "entity": entity,
+            "written": values.len(),
+            "event_id": event.as_ref().map(|e| e.event_id.as_str()),
+            "event_time_us": to_micros(at),
+        }));
     } else {
-        out!(
-            "{} value(s) written to {view_name} for {entity}",
-            values.len()
-        );
+        if !values.is_empty() {
+            out!(
+                "{} value(s) written to {view_name} for {entity}",
+                values.len()
+            );
+        }
+        if let Some(event) = &event {
+            out!(
+                "event {} written to {view_name} for {entity}",
+                event.event_id
+            );
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -117,7 +117,9 @@ impl<'a> ResolvedView<'a> {
 ///
 /// A value older than `view.max_age` is stale and gets its default. A static
 /// row's values share the batch's time, so a static row is stale as a whole
-/// (never a mix of two batches); a dynamic row's values age one by one.
+/// (never a mix of two batches); a dynamic row's values age one by one. A
+/// windowed aggregate ([`crate::aggregate`]) is never stale: it was computed
+/// for `now` from the events in its window, and without any it is missing.
 pub fn resolve_view<'a>(
     view: &'a FeatureView,
     row: Option<&StoredRow>,
@@ -143,7 +145,11 @@ pub fn resolve_view<'a>(
             }
             match row.values.get(&spec.name) {
                 None => default(ValueState::MissingValue),
-                Some(v) if age_of(v.written_at) > view.max_age => default(ValueState::Stale),
+                // An aggregate is computed at read time over its own window,
+                // which already bounds how old its events may be.
+                Some(v) if spec.aggregate.is_none() && age_of(v.written_at) > view.max_age => {
+                    default(ValueState::Stale)
+                }
                 Some(v) if v.value.feature_type() != spec.feature_type => {
                     default(ValueState::WrongType)
                 }
@@ -270,6 +276,30 @@ mod tests {
                 .all(|f| f.state == ValueState::MissingRow)
         );
         assert_eq!(resolved.defaulted().count(), view.features.len());
+    }
+
+    #[test]
+    fn an_aggregate_is_never_stale_a_plain_dynamic_value_is() {
+        let defs = example();
+        let view = defs.view("customer_activity").unwrap();
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(10_000_000);
+        let old = now - view.max_age - Duration::from_secs(1);
+        let r = row(
+            old,
+            &[
+                ("failed_auth_count_24h", FeatureValue::Int64(3)),
+                ("minutes_since_last_txn", FeatureValue::Float32(2.0)),
+            ],
+        );
+        let resolved = resolve_view(view, Some(&r), now);
+        assert_eq!(
+            resolved.feature("failed_auth_count_24h").unwrap().state,
+            ValueState::Present
+        );
+        assert_eq!(
+            resolved.feature("minutes_since_last_txn").unwrap().state,
+            ValueState::Stale
+        );
     }
 
     #[test]

@@ -5,7 +5,8 @@
 //! Modules: [`definitions`] (the TOML file data engineers edit, validated with
 //! errors naming file and key path); [`source`] (CSV and Parquet refresh files
 //! streamed as typed rows, bad rows rejected with line and reason); [`codec`]
-//! (the stored byte form of a row); [`log`] (prediction log and feedback
+//! (the stored byte form of a row); [`aggregate`] (raw events of dynamic
+//! views and the windowed aggregates computed from them); [`log`] (prediction log and feedback
 //! records); [`store`] (the [`store::FeatureStore`]
 //! interface, the ScyllaDB and embedded redb backends); [`freshness`] (present,
 //! missing, stale, wrong type; defaults applied); [`reader`] (the moka row
@@ -15,10 +16,8 @@
 //!
 //! [`tuner`] holds the refresh auto-tuner's metric, controller and
 //! simulation (issue 7, first part: no scheduler or admin API yet).
-//!
-//! Not built yet: windowed aggregates computed by the store (the definitions
-//! declare them; producers write the final values today).
 
+pub mod aggregate;
 pub mod cli;
 pub mod codec;
 pub mod config;

@@ -10,7 +10,12 @@
 //! static_ttl)`, a missing entity is cached for `negative_ttl`, and concurrent
 //! misses for one key wait for a single backend read.
 //!
-//! Dynamic views bypass the cache unless `dynamic_ttl` is set.
+//! Dynamic views bypass the cache unless `dynamic_ttl` is set. A dynamic view
+//! that declares windowed aggregates is read with two concurrent store calls:
+//! its plain values and one range read of the entity's raw events over the
+//! widest window (at most `max_events_per_read`, newest first), from which
+//! [`crate::aggregate::compute`] makes the aggregate features. A read that
+//! hits the cap is counted ([`EventStats::capped_reads`]) and logged.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -22,9 +27,10 @@ use moka::future::Cache;
 use moka::notification::RemovalCause;
 use tracing::Instrument as _;
 
+use crate::aggregate::{self, Event, EventFieldProblem, EventRange, MAX_EVENT_ID_BYTES};
 use crate::definitions::{FeatureDefinitions, FeatureValue, FeatureView, ViewKind};
 use crate::freshness::{ResolvedView, StoredRow, resolve_view};
-use crate::store::{CurrentBatch, DynamicWrite, FeatureStore, StoreError};
+use crate::store::{CurrentBatch, DynamicWrite, EventWrite, FeatureStore, StoreError};
 
 /// Cache and watch settings.
 #[derive(Debug, Clone)]
@@ -40,7 +46,14 @@ pub struct ReaderConfig {
     pub dynamic_ttl: Option<Duration>,
     /// How often the current batches are re-read from the store.
     pub batch_poll_interval: Duration,
+    /// The most raw events read per (view, entity) to compute its windowed
+    /// aggregates; more in the window are left out (the oldest), counted and
+    /// logged. At least 1.
+    pub max_events_per_read: usize,
 }
+
+/// The default of [`ReaderConfig::max_events_per_read`].
+pub const DEFAULT_MAX_EVENTS_PER_READ: usize = 10_000;
 
 impl Default for ReaderConfig {
     fn default() -> Self {
@@ -50,6 +63,7 @@ impl Default for ReaderConfig {
             negative_ttl: Duration::from_secs(5),
             dynamic_ttl: None,
             batch_poll_interval: Duration::from_secs(2),
+            max_events_per_read: DEFAULT_MAX_EVENTS_PER_READ,
         }
     }
 }
@@ -101,6 +115,54 @@ pub enum ReadError {
         /// The value.
         value: String,
     },
+    /// A pushed value names a feature the store computes from events.
+    #[error(
+        "feature {view}.{feature} is computed by the feature store ({function} of {of} over {window}); push events carrying {of:?} instead of its value"
+    )]
+    ComputedFeature {
+        /// The view.
+        view: String,
+        /// The feature.
+        feature: String,
+        /// The aggregate function.
+        function: crate::definitions::AggregateFunction,
+        /// The event field it reads.
+        of: String,
+        /// Its window, as people write it.
+        window: String,
+    },
+    /// Events were pushed to a view that declares no windowed aggregate.
+    #[error(
+        "feature view {view:?} declares no windowed aggregate; push its values instead of events"
+    )]
+    NoAggregates {
+        /// The view.
+        view: String,
+    },
+    /// A pushed event carries no field.
+    #[error("an event of feature view {view:?} carries no field; its aggregates read {known}")]
+    NoEventFields {
+        /// The view.
+        view: String,
+        /// The fields its aggregates read.
+        known: String,
+    },
+    /// A pushed event's ID is too long.
+    #[error("event ID of {len} bytes is longer than {MAX_EVENT_ID_BYTES}")]
+    EventIdTooLong {
+        /// Its length in bytes.
+        len: usize,
+    },
+    /// One field of a pushed event does not fit the view's aggregates.
+    #[error("feature view {view:?}, event field {field:?}: {problem}")]
+    EventField {
+        /// The view.
+        view: String,
+        /// The field.
+        field: String,
+        /// What is wrong.
+        problem: EventFieldProblem,
+    },
     /// The backend failed (shared by every caller that waited on the same load).
     #[error(transparent)]
     Store(Arc<StoreError>),
@@ -137,6 +199,12 @@ struct Counters {
     evicted_size: AtomicU64,
     expired: AtomicU64,
     invalidations: AtomicU64,
+    event_reads: AtomicU64,
+    events_read: AtomicU64,
+    capped_reads: AtomicU64,
+    /// When the last cap warning was logged (ms since the reader started, +1;
+    /// 0: never), so a hot entity does not flood the log.
+    cap_warned_at_ms: AtomicU64,
     /// [op][kind] failed store calls, indexed by [`StoreOp`] and [`StoreErrorKind`].
     store_errors: [[AtomicU64; StoreErrorKind::ALL.len()]; StoreOp::ALL.len()],
 }
@@ -226,6 +294,18 @@ impl StoreErrorStats {
     }
 }
 
+/// Counters of the raw-event reads behind windowed aggregates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+pub struct EventStats {
+    /// Range reads of an entity's events.
+    pub reads: u64,
+    /// Events those reads returned.
+    pub events: u64,
+    /// Reads that hit `max_events_per_read` (the oldest events in the window
+    /// were left out, so wide aggregates are undercounted).
+    pub capped_reads: u64,
+}
+
 /// A snapshot of the cache counters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
 pub struct CacheStats {
@@ -307,6 +387,7 @@ pub struct FeatureReader<S> {
     cache: Cache<Key, CachedRow>,
     counters: Arc<Counters>,
     config: ReaderConfig,
+    started: Instant,
 }
 
 impl<S: FeatureStore> FeatureReader<S> {
@@ -359,6 +440,7 @@ impl<S: FeatureStore> FeatureReader<S> {
             cache,
             counters,
             config,
+            started: Instant::now(),
         })
     }
 
@@ -497,7 +579,7 @@ impl<S: FeatureStore> FeatureReader<S> {
                     .await?
             }
             ViewKind::Dynamic { .. } => {
-                self.dynamic_row(idx, view, entity_key)
+                self.dynamic_row(idx, view, entity_key, now)
                     .instrument(span)
                     .await?
             }
@@ -561,10 +643,11 @@ impl<S: FeatureStore> FeatureReader<S> {
         idx: u32,
         view: &FeatureView,
         entity_key: &str,
+        now: SystemTime,
     ) -> Result<Option<Arc<StoredRow>>, ReadError> {
         if self.config.dynamic_ttl.is_none() {
             tracing::Span::current().record("cache", "bypass");
-            let row = self.store.read_dynamic(&view.name, entity_key).await;
+            let row = self.read_dynamic_now(view, entity_key, now).await;
             self.counters.store_error(StoreOp::Read, &row);
             return Ok(row?.map(Arc::new));
         }
@@ -579,8 +662,10 @@ impl<S: FeatureStore> FeatureReader<S> {
         let loaded = self
             .cache
             .try_get_with(key, async {
+                // The aggregates are computed for this load's `now` and
+                // served as such for `dynamic_ttl`.
                 let row = self
-                    .load(|s| s.read_dynamic(&view.name, entity_key))
+                    .load(|_| self.read_dynamic_now(view, entity_key, now))
                     .await?;
                 Ok::<_, StoreError>(CachedRow {
                     batch_id: None,
@@ -590,6 +675,72 @@ impl<S: FeatureStore> FeatureReader<S> {
             .await
             .map_err(ReadError::Store)?;
         Ok(loaded.row)
+    }
+
+    /// A dynamic view's row at `now`: its plain values, and for a view with
+    /// aggregates, those computed from the events in the widest window — two
+    /// store reads made concurrently. Stored plain values of aggregate
+    /// features are ignored: only events feed them.
+    async fn read_dynamic_now(
+        &self,
+        view: &FeatureView,
+        entity_key: &str,
+        now: SystemTime,
+    ) -> Result<Option<StoredRow>, StoreError> {
+        let Some(widest) = view.widest_window() else {
+            return self.store.read_dynamic(&view.name, entity_key).await;
+        };
+        let from = now.checked_sub(widest).unwrap_or(SystemTime::UNIX_EPOCH);
+        let limit = self.config.max_events_per_read.max(1);
+        // Boxed: the two backend futures side by side are large (tens of KB
+        // in debug builds), and a caller polling on a small stack must not
+        // carry them inline. One allocation beside the events' own.
+        let (row, events) = Box::pin(futures_util::future::try_join(
+            self.store.read_dynamic(&view.name, entity_key),
+            self.store
+                .read_events(&view.name, entity_key, from, now, limit),
+        ))
+        .await?;
+        self.count_events(view, entity_key, &events, limit);
+        let mut values = row.map(|r| r.values).unwrap_or_default();
+        values.retain(|name, _| view.feature(name).is_none_or(|f| f.aggregate.is_none()));
+        values.extend(aggregate::compute(view, &events.events, now));
+        Ok(StoredRow::dynamic(values))
+    }
+
+    fn count_events(
+        &self,
+        view: &FeatureView,
+        entity_key: &str,
+        events: &EventRange,
+        limit: usize,
+    ) {
+        let c = &self.counters;
+        c.event_reads.fetch_add(1, Ordering::Relaxed);
+        c.events_read
+            .fetch_add(events.events.len() as u64, Ordering::Relaxed);
+        if !events.truncated {
+            return;
+        }
+        let capped = c.capped_reads.fetch_add(1, Ordering::Relaxed) + 1;
+        // One warning per 10 s at most, with the running count.
+        let now_ms = u64::try_from(self.started.elapsed().as_millis())
+            .unwrap_or(u64::MAX)
+            .saturating_add(1);
+        let last = c.cap_warned_at_ms.load(Ordering::Relaxed);
+        if (last == 0 || now_ms.saturating_sub(last) >= 10_000)
+            && c.cap_warned_at_ms
+                .compare_exchange(last, now_ms, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            tracing::warn!(
+                view = %view.name,
+                entity = entity_key,
+                limit,
+                capped_reads = capped,
+                "more events in the aggregate window than max_events_per_read; the oldest were left out, so wide aggregates are undercounted"
+            );
+        }
     }
 
     async fn load<'a, F, Fut>(&'a self, f: F) -> Result<Option<StoredRow>, StoreError>
@@ -639,6 +790,15 @@ impl<S: FeatureStore> FeatureReader<S> {
                     view: view.name.clone(),
                     feature: name.clone(),
                 })?;
+            if let Some(a) = &spec.aggregate {
+                return Err(ReadError::ComputedFeature {
+                    view: view.name.clone(),
+                    feature: name.clone(),
+                    function: a.function,
+                    of: a.of.clone(),
+                    window: crate::tuner::controller::human(a.window),
+                });
+            }
             if value.feature_type() != spec.feature_type {
                 return Err(ReadError::WrongType {
                     view: view.name.clone(),
@@ -676,6 +836,79 @@ impl<S: FeatureStore> FeatureReader<S> {
             self.cache.invalidate(&(idx, entity_key.to_owned())).await;
         }
         Ok(())
+    }
+
+    /// Stores one raw event of a dynamic view with windowed aggregates for
+    /// one entity. Its fields are checked against the view's aggregates (each
+    /// field must be read by one; a field summed, averaged or compared must be
+    /// a finite number); an event already past the view's TTL is accepted and
+    /// ignored; the same (event time, event ID) again is the same event.
+    ///
+    /// # Errors
+    /// [`ReadError`] naming the view and field for bad input; the store's
+    /// error if the write fails.
+    pub async fn push_event(
+        &self,
+        view_name: &str,
+        entity_key: &str,
+        event: &Event,
+    ) -> Result<(), ReadError> {
+        let (idx, view) = self.view(view_name)?;
+        let ViewKind::Dynamic { ttl } = view.kind else {
+            return Err(ReadError::WrongKind {
+                view: view.name.clone(),
+                kind: "static",
+                what: "static views are loaded by refresh jobs, not pushed",
+            });
+        };
+        if view.widest_window().is_none() {
+            return Err(ReadError::NoAggregates {
+                view: view.name.clone(),
+            });
+        }
+        if event.fields.is_empty() {
+            return Err(ReadError::NoEventFields {
+                view: view.name.clone(),
+                known: view.event_fields().join(", "),
+            });
+        }
+        if event.event_id.len() > MAX_EVENT_ID_BYTES {
+            return Err(ReadError::EventIdTooLong {
+                len: event.event_id.len(),
+            });
+        }
+        for (name, value) in &event.fields {
+            aggregate::check_field(view, name, value).map_err(|problem| ReadError::EventField {
+                view: view.name.clone(),
+                field: name.clone(),
+                problem,
+            })?;
+        }
+        let written = self
+            .store
+            .write_event(EventWrite {
+                view: &view.name,
+                entity_key,
+                event,
+                expires_at: event.event_time + ttl,
+            })
+            .await;
+        self.counters.store_error(StoreOp::Write, &written);
+        written?;
+        if self.config.dynamic_ttl.is_some() {
+            self.cache.invalidate(&(idx, entity_key.to_owned())).await;
+        }
+        Ok(())
+    }
+
+    /// The raw-event read counters since start.
+    pub fn event_stats(&self) -> EventStats {
+        let c = &self.counters;
+        EventStats {
+            reads: c.event_reads.load(Ordering::Relaxed),
+            events: c.events_read.load(Ordering::Relaxed),
+            capped_reads: c.capped_reads.load(Ordering::Relaxed),
+        }
     }
 
     /// Failed store calls since start, by op and kind.

@@ -310,6 +310,7 @@ struct RawCache {
     negative_ttl_s: Option<u64>,
     dynamic_ttl_ms: Option<u64>,
     batch_poll_ms: Option<u64>,
+    max_events_per_read: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -599,7 +600,17 @@ impl GatewayConfig {
             batch_poll_interval: c.batch_poll_ms.map_or(defaults.batch_poll_interval, |ms| {
                 Duration::from_millis(ms.max(10))
             }),
+            max_events_per_read: c
+                .max_events_per_read
+                .unwrap_or(defaults.max_events_per_read),
         };
+        if cache.max_events_per_read == 0 {
+            return Err(err(
+                "cache.max_events_per_read",
+                "must be at least 1 (the raw events read per entity for windowed aggregates)"
+                    .into(),
+            ));
+        }
         if raw.models.is_empty() {
             return Err(err("model", "declare at least one [[model]]".into()));
         }

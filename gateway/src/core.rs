@@ -5,11 +5,12 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use feature_store::definitions::{FeatureDefinitions, ModelFeatures};
+use feature_store::aggregate::Event;
+use feature_store::definitions::{FeatureDefinitions, FeatureValue, ModelFeatures};
 use feature_store::log::{
     FeedbackRecord, LoggedOutput, Outcome, PredictionKey, PredictionRecord, unix_ms,
 };
-use feature_store::reader::FeatureReader;
+use feature_store::reader::{FeatureReader, ReadError};
 use feature_store::store::FeatureStore;
 
 use tracing::Instrument as _;
@@ -89,6 +90,29 @@ pub struct PushRow {
     pub values: HashMap<String, WireValue>,
     /// When the values were observed (None: now).
     pub event_time: Option<SystemTime>,
+}
+
+/// One raw event behind a dynamic view's windowed aggregates, wire-neutral.
+#[derive(Debug, Clone, Default)]
+pub struct PushEvent {
+    /// Entity key columns to values.
+    pub keys: HashMap<String, String>,
+    /// The caller's event ID; empty: derived from the entity, event time and
+    /// fields, so a replay of the same event counts once.
+    pub event_id: String,
+    /// Field name to value (`amount`, `transaction_id`, …).
+    pub fields: HashMap<String, WireValue>,
+    /// When it happened (None: now).
+    pub event_time: Option<SystemTime>,
+}
+
+/// What a push wrote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PushCounts {
+    /// Rows of values written.
+    pub rows: u64,
+    /// Events written (a replayed event is written again and counted).
+    pub events: u64,
 }
 
 struct Route {
@@ -543,13 +567,19 @@ impl<S: FeatureStore> Gateway<S> {
         true
     }
 
-    /// Writes fresh values of dynamic view `view`, row by row in order; stops
-    /// at the first bad row (rows before it are written) and says which.
+    /// Writes fresh values (`rows`) and raw events (`events`) of dynamic view
+    /// `view`, one by one in order, rows first; stops at the first bad one
+    /// (those before it are written) and says which.
     ///
     /// # Errors
     /// [`GatewayError::UnknownView`], [`GatewayError::InvalidArgument`] naming
-    /// `rows[i]…`, or the store's failure.
-    pub async fn push(&self, view_name: &str, rows: &[PushRow]) -> Result<u64, GatewayError> {
+    /// `rows[i]…` or `events[i]…`, or the store's failure.
+    pub async fn push(
+        &self,
+        view_name: &str,
+        rows: &[PushRow],
+        events: &[PushEvent],
+    ) -> Result<PushCounts, GatewayError> {
         let defs = self.enricher.definitions();
         let view = defs
             .view(view_name)
@@ -565,26 +595,29 @@ impl<S: FeatureStore> Gateway<S> {
         let entity = defs.entity(&view.entity).ok_or_else(|| {
             GatewayError::InvalidArgument(format!("view {view_name:?} has no entity"))
         })?;
-        let mut written = 0;
-        for (i, row) in rows.iter().enumerate() {
-            let bad = |m: String| GatewayError::InvalidArgument(format!("rows[{i}].{m}"));
-            for k in row.keys.keys() {
+        let entity_key = |keys: &HashMap<String, String>| -> Result<String, String> {
+            for k in keys.keys() {
                 if !entity.keys.contains(k) {
-                    return Err(bad(format!(
+                    return Err(format!(
                         "entity.keys: unknown key {k:?}; entity {:?} is keyed by {}",
                         entity.name,
                         entity.keys.join(", ")
-                    )));
+                    ));
                 }
             }
             let mut parts = Vec::with_capacity(entity.keys.len());
             for k in &entity.keys {
-                match row.keys.get(k) {
+                match keys.get(k) {
                     Some(v) if !v.is_empty() => parts.push(v.as_str()),
-                    _ => return Err(bad(format!("entity.keys: missing key {k:?}"))),
+                    _ => return Err(format!("entity.keys: missing key {k:?}")),
                 }
             }
-            let key = parts.join(&feature_store::source::KEY_SEPARATOR.to_string());
+            Ok(parts.join(&feature_store::source::KEY_SEPARATOR.to_string()))
+        };
+        let mut written = PushCounts::default();
+        for (i, row) in rows.iter().enumerate() {
+            let bad = |m: String| GatewayError::InvalidArgument(format!("rows[{i}].{m}"));
+            let key = entity_key(&row.keys).map_err(bad)?;
             if row.values.is_empty() {
                 return Err(bad("values: empty; send at least one feature".to_owned()));
             }
@@ -595,6 +628,15 @@ impl<S: FeatureStore> Gateway<S> {
                         "values.{name}: view {view_name:?} has no such feature"
                     ))
                 })?;
+                if let Some(a) = &spec.aggregate {
+                    return Err(bad(format!(
+                        "values.{name}: computed by the feature store ({} of {} over {}); push events carrying {:?} instead",
+                        a.function,
+                        a.of,
+                        feature_store::tuner::controller::human(a.window),
+                        a.of
+                    )));
+                }
                 let typed = v.typed(spec.feature_type).ok_or_else(|| {
                     bad(format!(
                         "values.{name}: expected {}, got {v:?}",
@@ -609,7 +651,38 @@ impl<S: FeatureStore> Gateway<S> {
                 .push(view_name, &key, &values, at)
                 .await
                 .map_err(GatewayError::FeatureStore)?;
-            written += 1;
+            written.rows += 1;
+        }
+        for (i, event) in events.iter().enumerate() {
+            let bad = |m: String| GatewayError::InvalidArgument(format!("events[{i}].{m}"));
+            let key = entity_key(&event.keys).map_err(bad)?;
+            let fields: BTreeMap<String, FeatureValue> = event
+                .fields
+                .iter()
+                .map(|(name, v)| (name.clone(), v.untyped()))
+                .collect();
+            let at = event
+                .event_time
+                .unwrap_or_else(feature_store::store::now_micros);
+            let id = Some(event.event_id.clone()).filter(|id| !id.is_empty());
+            let stored = Event::new(&key, id, at, fields);
+            self.enricher
+                .reader()
+                .push_event(view_name, &key, &stored)
+                .await
+                .map_err(|e| match e {
+                    ReadError::EventField { field, problem, .. } => {
+                        bad(format!("fields.{field}: {problem}"))
+                    }
+                    ReadError::NoEventFields { known, .. } => bad(format!(
+                        "fields: empty; send at least one of the fields the aggregates read: {known}"
+                    )),
+                    ReadError::EventIdTooLong { .. } => bad(format!("event_id: {e}")),
+                    ReadError::NoAggregates { .. } => bad(e.to_string()),
+                    ReadError::Store(_) => GatewayError::FeatureStore(e),
+                    other => GatewayError::InvalidArgument(other.to_string()),
+                })?;
+            written.events += 1;
         }
         Ok(written)
     }

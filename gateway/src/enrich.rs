@@ -42,6 +42,17 @@ impl WireValue {
         }
     }
 
+    /// The value as sent, without a declared type (raw event fields): a
+    /// double as float64, a whole number as int64.
+    pub fn untyped(&self) -> FeatureValue {
+        match self {
+            WireValue::Double(v) => FeatureValue::Float64(*v),
+            WireValue::Int(v) => FeatureValue::Int64(*v),
+            WireValue::Bool(v) => FeatureValue::Bool(*v),
+            WireValue::Text(v) => FeatureValue::String(v.clone()),
+        }
+    }
+
     /// The value as `ty`, if it fits (whole numbers become floats; an
     /// integral double becomes an int64; nothing becomes a bool or string
     /// implicitly).
@@ -403,7 +414,7 @@ mod tests {
             .push(
                 "customer_activity",
                 "c-1",
-                &[("txn_count_1h".into(), FeatureValue::Int64(6))],
+                &[("distinct_merchants_24h".into(), FeatureValue::Int64(6))],
                 now,
             )
             .await
@@ -415,7 +426,7 @@ mod tests {
         assert_eq!(
             out.row,
             vec![
-                400.0, 52.5, 31.0, 2.0, 0.25, 6.0, 0.0, 0.0, 0.0, 1440.0, 980.0, 0.21, 0.0, 3.0,
+                400.0, 52.5, 31.0, 2.0, 0.25, 0.0, 0.0, 6.0, 0.0, 1440.0, 980.0, 0.21, 0.0, 3.0,
                 10.0
             ]
         );
@@ -424,8 +435,8 @@ mod tests {
             vec![
                 "request.merchant_category_risk",
                 "request.distance_from_home_km",
+                "customer_activity.txn_count_1h",
                 "customer_activity.txn_amount_sum_1h",
-                "customer_activity.distinct_merchants_24h",
                 "customer_activity.failed_auth_count_24h",
                 "customer_activity.minutes_since_last_txn",
             ]

@@ -12,7 +12,7 @@ use proto::gateway::v1::prediction_service_server::PredictionService;
 use tonic::{Request, Response, Status};
 
 use crate::auth::{Access, Caller};
-use crate::core::{FeedbackInput, PredictInput, Prediction, PushRow};
+use crate::core::{FeedbackInput, PredictInput, Prediction, PushEvent, PushRow};
 use crate::enrich::WireValue;
 use crate::error::GatewayError;
 use crate::server::Shared;
@@ -41,6 +41,17 @@ fn wire(name: &str, v: &pb::FeatureValue) -> Result<WireValue, GatewayError> {
                 "request_features.{name}: no value set"
             )));
         }
+    })
+}
+
+/// A raw event field's value; None when no value is set.
+fn event_field(v: &pb::FeatureValue) -> Option<WireValue> {
+    use pb::feature_value::Kind;
+    Some(match v.kind.as_ref()? {
+        Kind::DoubleValue(d) => WireValue::Double(*d),
+        Kind::Int64Value(i) => WireValue::Int(*i),
+        Kind::BoolValue(b) => WireValue::Bool(*b),
+        Kind::StringValue(s) => WireValue::Text(s.clone()),
     })
 }
 
@@ -143,13 +154,31 @@ impl<S: FeatureStore> proto::gateway::v1::feature_service_server::FeatureService
                 event_time: event_time(row.event_time_ms),
             });
         }
+        let mut events = Vec::with_capacity(r.events.len());
+        for (i, e) in r.events.into_iter().enumerate() {
+            let mut fields = HashMap::with_capacity(e.fields.len());
+            for (k, v) in &e.fields {
+                let w = event_field(v).ok_or_else(|| {
+                    GatewayError::InvalidArgument(format!("events[{i}].fields.{k}: no value set"))
+                        .to_status()
+                })?;
+                fields.insert(k.clone(), w);
+            }
+            events.push(PushEvent {
+                keys: e.entity.map(|e| e.keys).unwrap_or_default(),
+                event_id: e.event_id,
+                fields,
+                event_time: event_time(e.event_time_ms),
+            });
+        }
         let started = std::time::Instant::now();
-        let result = self.shared.gateway.push(&r.view, &rows).await;
+        let result = self.shared.gateway.push(&r.view, &rows, &events).await;
         self.shared
             .record_timed("grpc", "push", "-", started, &result);
         let written = result.map_err(|e| e.to_status())?;
         Ok(Response::new(pb::PushFeaturesResponse {
-            rows_written: written,
+            rows_written: written.rows,
+            events_written: written.events,
         }))
     }
 }

@@ -17,7 +17,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::auth::{Access, Caller};
-use crate::core::{FeedbackInput, PredictInput, Prediction, PushRow};
+use crate::core::{FeedbackInput, PredictInput, Prediction, PushEvent, PushRow};
 use crate::enrich::WireValue;
 use crate::error::GatewayError;
 use crate::server::Shared;
@@ -74,6 +74,23 @@ fn wire_value(name: &str, v: &Value) -> Result<WireValue, GatewayError> {
                 "request_features.{name}: expected a number, boolean or string, got {other}"
             )));
         }
+    })
+}
+
+/// A raw event field's JSON value (the view's aggregates decide later which
+/// types fit).
+fn event_field(v: &Value) -> Result<WireValue, String> {
+    Ok(match v {
+        Value::Bool(b) => WireValue::Bool(*b),
+        Value::String(s) => WireValue::Text(s.clone()),
+        Value::Number(n) => match n.as_i64() {
+            Some(i) => WireValue::Int(i),
+            None => WireValue::Double(
+                n.as_f64()
+                    .ok_or_else(|| format!("{n} is not a finite number"))?,
+            ),
+        },
+        other => return Err(format!("expected a number, boolean or string, got {other}")),
     })
 }
 
@@ -249,8 +266,29 @@ async fn metrics<S: FeatureStore>(State(shared): State<Arc<Shared<S>>>) -> Respo
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PushBody {
-    /// One entry per entity.
+    /// Fresh values, one entry per entity.
+    #[serde(default)]
     pub rows: Vec<PushRowBody>,
+    /// Raw events behind the view's windowed aggregates.
+    #[serde(default)]
+    pub events: Vec<PushEventBody>,
+}
+
+/// One raw event of a dynamic view with windowed aggregates.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PushEventBody {
+    /// Entity key columns to values.
+    pub entity: HashMap<String, String>,
+    /// Idempotency key (absent or empty: derived from the entity, event time
+    /// and fields).
+    #[serde(default)]
+    pub event_id: String,
+    /// Field name to value (`amount`, `transaction_id`, …).
+    pub fields: HashMap<String, Value>,
+    /// When it happened, Unix milliseconds (absent or 0: now).
+    #[serde(default)]
+    pub event_time_ms: i64,
 }
 
 /// One entity's fresh values.
@@ -292,10 +330,29 @@ async fn push<S: FeatureStore>(
             event_time: crate::grpc::event_time(r.event_time_ms),
         });
     }
+    let mut events = Vec::with_capacity(body.events.len());
+    for (i, e) in body.events.into_iter().enumerate() {
+        let mut fields = HashMap::with_capacity(e.fields.len());
+        for (k, v) in &e.fields {
+            let w = event_field(v).map_err(|m| {
+                GatewayError::InvalidArgument(format!("events[{i}].fields.{k}: {m}"))
+            })?;
+            fields.insert(k.clone(), w);
+        }
+        events.push(PushEvent {
+            keys: e.entity,
+            event_id: e.event_id,
+            fields,
+            event_time: crate::grpc::event_time(e.event_time_ms),
+        });
+    }
     let started = std::time::Instant::now();
-    let result = shared.gateway.push(&view, &rows).await;
+    let result = shared.gateway.push(&view, &rows, &events).await;
     shared.record_timed("rest", "push", "-", started, &result);
-    Ok(Json(json!({"rows_written": result?})))
+    let written = result?;
+    Ok(Json(
+        json!({"rows_written": written.rows, "events_written": written.events}),
+    ))
 }
 
 /// The JSON body of `POST /v1/feedback`.

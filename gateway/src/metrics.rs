@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use feature_store::reader::{CacheStats, StoreErrorKind, StoreErrorStats, StoreOp};
+use feature_store::reader::{CacheStats, EventStats, StoreErrorKind, StoreErrorStats, StoreOp};
 use feature_store::schedule::jobs::JobOverview;
 use telemetry::prom::{Histogram, LATENCY_BUCKETS, SIZE_BUCKETS, header, label};
 
@@ -272,6 +272,32 @@ impl Metrics {
                     value(*state, *opens)
                 );
             }
+        }
+    }
+
+    /// Writes the counters of the raw-event reads behind windowed aggregates.
+    pub fn render_event_reads(&self, out: &mut String, stats: &EventStats) {
+        for (name, help, v) in [
+            (
+                "mlgw_feature_event_reads_total",
+                "Range reads of an entity's raw events for windowed aggregates.",
+                stats.reads,
+            ),
+            (
+                "mlgw_feature_events_read_total",
+                "Raw events returned by those reads.",
+                stats.events,
+            ),
+            (
+                "mlgw_feature_event_reads_capped_total",
+                "Event reads that hit max_events_per_read (the oldest events in the window were left out).",
+                stats.capped_reads,
+            ),
+        ] {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
+            );
         }
     }
 

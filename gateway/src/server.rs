@@ -81,6 +81,8 @@ impl<S: feature_store::store::FeatureStore> Shared<S> {
         self.metrics
             .render_store_errors(&mut out, &reader.store_error_stats());
         self.metrics
+            .render_event_reads(&mut out, &reader.event_stats());
+        self.metrics
             .render_circuits(&mut out, &self.gateway.circuits());
         if let Some(log) = self.gateway.prediction_log() {
             log.stats().render(&mut out);

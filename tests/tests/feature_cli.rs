@@ -133,11 +133,56 @@ fn a_day_in_the_life(cli: &Cli) -> Result<()> {
         "--entity",
         "c-1",
         "--set",
-        "txn_count_1h=4",
+        "distinct_merchants_24h=4",
         "--set",
         "minutes_since_last_txn=3.5",
     ])?;
     assert_eq!(pushed["written"], 2);
+    // Raw events feed the windowed aggregates; the same event twice (same
+    // event time, derived ID) counts once.
+    let now_s = format!(
+        "{}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_secs()
+            - 60
+    );
+    for _ in 0..2 {
+        let event = cli.json(&[
+            "push",
+            "-d",
+            defs,
+            "--view",
+            "customer_activity",
+            "--entity",
+            "c-1",
+            "--field",
+            "transaction_id=t-1",
+            "--field",
+            "amount=12.5",
+            "--event-time",
+            &now_s,
+        ])?;
+        assert!(
+            event["event_id"]
+                .as_str()
+                .is_some_and(|id| id.starts_with("sha256:")),
+            "{event}"
+        );
+    }
+    cli.json(&[
+        "push",
+        "-d",
+        defs,
+        "--view",
+        "customer_activity",
+        "--entity",
+        "c-1",
+        "--field",
+        "amount=7.25",
+        "--event-id",
+        "t-2",
+    ])?;
 
     let read = cli.json(&["read", "-d", defs, "--entity", "c-1"])?;
     let profile = &read["views"][0];
@@ -146,8 +191,12 @@ fn a_day_in_the_life(cli: &Cli) -> Result<()> {
     assert_eq!(profile["features"][1]["value"], 52.5);
     assert_eq!(profile["features"][1]["state"], "present");
     let activity = &read["views"][1];
-    assert_eq!(activity["features"][0]["value"], 4);
-    assert_eq!(activity["features"][1]["state"], "default (no value)");
+    // txn_count_1h: events carrying transaction_id; txn_amount_sum_1h: both.
+    assert_eq!(activity["features"][0]["value"], 1, "{activity}");
+    assert_eq!(activity["features"][0]["state"], "present");
+    assert_eq!(activity["features"][1]["value"], 19.75, "{activity}");
+    assert_eq!(activity["features"][2]["value"], 4);
+    assert_eq!(activity["features"][3]["state"], "default (no value)");
     let missing = cli.json(&[
         "read",
         "-d",
@@ -364,7 +413,7 @@ fn mistakes_get_messages_a_person_can_act_on() -> Result<()> {
         &std::fs::read_to_string(Path::new(defs))?
             .replace("type = \"int64\"", "type = \"integer\""),
     )?;
-    let cases: [(&[&str], &str); 5] = [
+    let cases: [(&[&str], &str); 7] = [
         (&["validate", "-d", &broken], "broken.toml"),
         (
             &[
@@ -386,9 +435,37 @@ fn mistakes_get_messages_a_person_can_act_on() -> Result<()> {
                 "--entity",
                 "c",
                 "--set",
-                "txn_count_1h=many",
+                "distinct_merchants_24h=many",
             ],
             "\"many\" is not a valid int64",
+        ),
+        (
+            &[
+                "push",
+                "-d",
+                defs,
+                "--view",
+                "customer_activity",
+                "--entity",
+                "c",
+                "--set",
+                "txn_count_1h=3",
+            ],
+            "computed by the feature store",
+        ),
+        (
+            &[
+                "push",
+                "-d",
+                defs,
+                "--view",
+                "customer_activity",
+                "--entity",
+                "c",
+                "--field",
+                "amount=lots",
+            ],
+            "--field \"amount=lots\": \"lots\" is not a number",
         ),
         (
             &["read", "-d", defs, "--entity", "c", "--view", "nope"],

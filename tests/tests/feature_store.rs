@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, Result, bail};
+use feature_store::aggregate::{Event, EventRange};
 use feature_store::definitions::{FeatureDefinitions, FeatureValue};
 use feature_store::freshness::{StoredRow, ValueState};
 use feature_store::log::{FeedbackRecord, LogEntry, LoggedOutput, Outcome, PredictionRecord};
@@ -19,8 +20,8 @@ use feature_store::schedule::{RunRequest, ScheduleState};
 use feature_store::store::embedded::EmbeddedStore;
 use feature_store::store::scylla::{ScyllaConfig, ScyllaStore};
 use feature_store::store::{
-    AnyStore, BatchRecord, BatchStatus, CurrentBatch, DynamicWrite, FeatureStore, LeaseOutcome,
-    RoutingRecord, SchemaReport, StaticWrite, StoreError,
+    AnyStore, BatchRecord, BatchStatus, CurrentBatch, DynamicWrite, EventWrite, FeatureStore,
+    LeaseOutcome, RoutingRecord, SchemaReport, StaticWrite, StoreError,
 };
 use feature_store::tuner::controller::{JobState, Policy, Window};
 use feature_store::tuner::metric::MetricKind;
@@ -77,6 +78,55 @@ default = 0
 name = "spend"
 type = "float64"
 default = 0.0
+
+# Windowed aggregates computed by the store from raw events, beside one plain
+# (producer-written) feature.
+[[dynamic_view]]
+name = "payments"
+entity = "user"
+ttl = "2h"
+max_age = "2h"
+
+[[dynamic_view.feature]]
+name = "n_10m"
+type = "int64"
+default = 0
+aggregate = { function = "count", window = "10m", of = "payment_id" }
+
+[[dynamic_view.feature]]
+name = "n_1h"
+type = "int64"
+default = 0
+aggregate = { function = "count", window = "1h", of = "payment_id" }
+
+[[dynamic_view.feature]]
+name = "sum_1h"
+type = "float64"
+default = -1.0
+aggregate = { function = "sum", window = "1h", of = "amount" }
+
+[[dynamic_view.feature]]
+name = "mean_1h"
+type = "float64"
+default = -1.0
+aggregate = { function = "mean", window = "1h", of = "amount" }
+
+[[dynamic_view.feature]]
+name = "max_1h"
+type = "float32"
+default = -1.0
+aggregate = { function = "max", window = "1h", of = "amount" }
+
+[[dynamic_view.feature]]
+name = "min_2h"
+type = "int64"
+default = -1
+aggregate = { function = "min", window = "2h", of = "amount" }
+
+[[dynamic_view.feature]]
+name = "last_country"
+type = "string"
+default = "none"
 "#;
 
 static COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -559,6 +609,295 @@ async fn batch_metadata_is_recorded_and_reruns_are_idempotent(f: Fixture) -> Res
 }
 
 // ---------------------------------------------------------------------------
+// Windowed aggregates computed from raw events.
+
+const MIN: Duration = Duration::from_secs(60);
+
+/// A payment event `ago` before `now` (no ID: derived, so a replay is the
+/// same event).
+fn payment(now: SystemTime, ago: Duration, id: &str, amount: f64) -> Event {
+    let at = feature_store::store::from_micros(feature_store::store::to_micros(now - ago));
+    Event::new(
+        "u-1",
+        None,
+        at,
+        BTreeMap::from([
+            ("payment_id".to_owned(), FeatureValue::String(id.to_owned())),
+            ("amount".to_owned(), FeatureValue::Float64(amount)),
+        ]),
+    )
+}
+
+fn value_of(
+    v: &feature_store::freshness::ResolvedView<'_>,
+    name: &str,
+) -> (FeatureValue, ValueState) {
+    v.feature(name)
+        .map(|x| (x.value.clone(), x.state))
+        .unwrap_or((FeatureValue::Bool(false), ValueState::MissingRow))
+}
+
+async fn aggregates_count_sum_mean_max_min_over_their_windows(f: Fixture) -> Result<()> {
+    let reader = f.reader(ReaderConfig::default()).await?;
+    let now = SystemTime::now();
+    // Inside 10m, inside 1h, inside 2h only, and past the ttl (never stored).
+    for e in [
+        payment(now, 5 * MIN, "p-1", 10.5),
+        payment(now, 30 * MIN, "p-2", 20.25),
+        payment(now, 90 * MIN, "p-3", 4.0),
+        payment(now, 150 * MIN, "p-4", 1.0),
+    ] {
+        reader.push_event("payments", "u-1", &e).await?;
+    }
+    // A plain value of the same view works as before.
+    reader
+        .push(
+            "payments",
+            "u-1",
+            &[("last_country".to_owned(), FeatureValue::String("NL".into()))],
+            now - 20 * MIN,
+        )
+        .await?;
+    let v = reader.read("payments", "u-1", now).await?;
+    let present = ValueState::Present;
+    assert_eq!(value_of(&v, "n_10m"), (FeatureValue::Int64(1), present));
+    assert_eq!(value_of(&v, "n_1h"), (FeatureValue::Int64(2), present));
+    assert_eq!(
+        value_of(&v, "sum_1h"),
+        (FeatureValue::Float64(30.75), present)
+    );
+    assert_eq!(
+        value_of(&v, "mean_1h"),
+        (FeatureValue::Float64(15.375), present)
+    );
+    assert_eq!(
+        value_of(&v, "max_1h"),
+        (FeatureValue::Float32(20.25), present)
+    );
+    assert_eq!(
+        value_of(&v, "min_2h"),
+        (FeatureValue::Int64(4), present),
+        "1.0 is past the ttl"
+    );
+    assert_eq!(
+        value_of(&v, "last_country"),
+        (FeatureValue::String("NL".into()), present)
+    );
+    // The row's age is the newest contribution's (the event 5 min ago).
+    assert!(
+        v.age.is_some_and(|a| a >= 5 * MIN && a < 6 * MIN),
+        "{:?}",
+        v.age
+    );
+
+    // Twenty minutes on, the 10-minute window is empty: the default, flagged
+    // like a missing value; the wider windows still hold their events.
+    let later = reader.read("payments", "u-1", now + 20 * MIN).await?;
+    assert_eq!(
+        value_of(&later, "n_10m"),
+        (FeatureValue::Int64(0), ValueState::MissingValue)
+    );
+    assert!(later.defaulted().any(|d| d == "n_10m"));
+    assert_eq!(value_of(&later, "n_1h"), (FeatureValue::Int64(2), present));
+    // Forty-five minutes on, only the 2h window has anything left.
+    let much_later = reader.read("payments", "u-1", now + 45 * MIN).await?;
+    assert_eq!(
+        value_of(&much_later, "n_1h"),
+        (FeatureValue::Int64(1), present)
+    );
+    assert_eq!(
+        value_of(&much_later, "sum_1h"),
+        (FeatureValue::Float64(10.5), present)
+    );
+
+    // An entity without events or values: every feature defaulted, no row.
+    let nobody = reader.read("payments", "u-2", now).await?;
+    assert_eq!(nobody.age, None);
+    assert!(
+        nobody
+            .features
+            .iter()
+            .all(|x| x.state == ValueState::MissingRow)
+    );
+    assert_eq!(value_of(&nobody, "sum_1h").0, FeatureValue::Float64(-1.0));
+    Ok(())
+}
+
+async fn late_events_count_and_replays_count_once(f: Fixture) -> Result<()> {
+    let reader = f.reader(ReaderConfig::default()).await?;
+    let now = SystemTime::now();
+    let newest = payment(now, MIN, "p-new", 8.0);
+    reader.push_event("payments", "u-1", &newest).await?;
+    // Older events arriving after a newer one are counted all the same.
+    reader
+        .push_event("payments", "u-1", &payment(now, 40 * MIN, "p-old", 2.0))
+        .await?;
+    reader
+        .push_event("payments", "u-1", &payment(now, 3 * MIN, "p-mid", 5.0))
+        .await?;
+    // Replays: the same event again (derived ID), and an explicit ID twice
+    // with different payloads: each is one event.
+    reader.push_event("payments", "u-1", &newest).await?;
+    let at = newest.event_time - MIN;
+    let tagged = |amount: f64| {
+        Event::new(
+            "u-1",
+            Some("evt-42".into()),
+            at,
+            BTreeMap::from([("amount".to_owned(), FeatureValue::Float64(amount))]),
+        )
+    };
+    reader.push_event("payments", "u-1", &tagged(100.0)).await?;
+    reader.push_event("payments", "u-1", &tagged(100.0)).await?;
+    // The backend holds each replayed event once (same time and ID: one row).
+    let stored = f
+        .store
+        .read_events(
+            "payments",
+            "u-1",
+            now - Duration::from_secs(3 * 3600),
+            now,
+            100,
+        )
+        .await?;
+    assert_eq!(stored.events.len(), 4, "{stored:?}");
+    let v = reader.read("payments", "u-1", now).await?;
+    // payment_id is carried by three distinct events; amount by four.
+    assert_eq!(value_of(&v, "n_1h").0, FeatureValue::Int64(3));
+    assert_eq!(value_of(&v, "n_10m").0, FeatureValue::Int64(2));
+    assert_eq!(value_of(&v, "sum_1h").0, FeatureValue::Float64(115.0));
+    assert_eq!(value_of(&v, "max_1h").0, FeatureValue::Float32(100.0));
+    assert_eq!(value_of(&v, "min_2h").0, FeatureValue::Int64(2));
+
+    // Bad events are refused naming the field; nothing is written.
+    let bad = |fields: Vec<(&str, FeatureValue)>| {
+        Event::new(
+            "u-1",
+            None,
+            now,
+            fields.into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
+        )
+    };
+    let err = reader
+        .push_event(
+            "payments",
+            "u-1",
+            &bad(vec![("amount", FeatureValue::String("12".into()))]),
+        )
+        .await
+        .err()
+        .map(|e| e.to_string());
+    assert_eq!(
+        err.as_deref(),
+        Some(
+            "feature view \"payments\", event field \"amount\": expected a number, got a string value"
+        )
+    );
+    let err = reader
+        .push_event(
+            "payments",
+            "u-1",
+            &bad(vec![("amont", FeatureValue::Int64(1))]),
+        )
+        .await
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(
+        err.contains("its aggregates read amount, payment_id"),
+        "{err}"
+    );
+    assert!(
+        reader
+            .push_event("payments", "u-1", &bad(vec![]))
+            .await
+            .is_err()
+    );
+    assert!(
+        reader
+            .push_event(
+                "activity",
+                "u-1",
+                &bad(vec![("amount", FeatureValue::Int64(1))])
+            )
+            .await
+            .is_err_and(|e| e.to_string().contains("declares no windowed aggregate"))
+    );
+    // A plain value of an aggregate feature is refused: only events feed it.
+    let err = reader
+        .push(
+            "payments",
+            "u-1",
+            &[("n_1h".to_owned(), FeatureValue::Int64(9))],
+            now,
+        )
+        .await
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(
+        err.contains("computed by the feature store (count of payment_id over 60 min)"),
+        "{err}"
+    );
+    let again = reader.read("payments", "u-1", now).await?;
+    assert_eq!(value_of(&again, "n_1h").0, FeatureValue::Int64(3));
+    assert_eq!(value_of(&again, "sum_1h").0, FeatureValue::Float64(115.0));
+    Ok(())
+}
+
+async fn the_event_cap_bounds_a_read_and_is_reported(f: Fixture) -> Result<()> {
+    let reader = f
+        .reader(ReaderConfig {
+            max_events_per_read: 5,
+            ..ReaderConfig::default()
+        })
+        .await?;
+    let now = SystemTime::now();
+    for i in 0..8u32 {
+        let e = payment(now, MIN * (i + 1), &format!("p-{i}"), f64::from(i));
+        reader.push_event("payments", "u-1", &e).await?;
+    }
+    let before = reader.event_stats();
+    assert_eq!(before.capped_reads, 0);
+    let v = reader.read("payments", "u-1", now).await?;
+    // The five newest events (1..5 min ago, amounts 0..4) are read.
+    assert_eq!(value_of(&v, "n_1h").0, FeatureValue::Int64(5));
+    assert_eq!(value_of(&v, "sum_1h").0, FeatureValue::Float64(10.0));
+    let stats = reader.event_stats();
+    assert_eq!((stats.reads, stats.events, stats.capped_reads), (1, 5, 1));
+    // A window with fewer events than the cap is not reported.
+    let narrow = reader.read("payments", "u-1", now - 5 * MIN).await?;
+    assert!(value_of(&narrow, "n_1h").1 == ValueState::Present);
+    assert_eq!(reader.event_stats().capped_reads, 1);
+    // The store itself says when a range held more than the limit.
+    let range = f
+        .store
+        .read_events(
+            "payments",
+            "u-1",
+            now - Duration::from_secs(3 * 3600),
+            now,
+            8,
+        )
+        .await?;
+    assert_eq!((range.events.len(), range.truncated), (8, false));
+    let times: Vec<SystemTime> = range.events.iter().map(|e| e.event_time).collect();
+    assert!(times.windows(2).all(|w| w[0] > w[1]), "newest first");
+    let range = f
+        .store
+        .read_events(
+            "payments",
+            "u-1",
+            now - Duration::from_secs(3 * 3600),
+            now,
+            7,
+        )
+        .await?;
+    assert_eq!((range.events.len(), range.truncated), (7, true));
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
 // The prediction log and feedback.
 
 /// A prediction record made `ago` before now, with a v7 ID of that time.
@@ -857,6 +1196,21 @@ impl FeatureStore for Counting {
     async fn write_dynamic(&self, write: DynamicWrite<'_>) -> Result<(), StoreError> {
         self.inner.write_dynamic(write).await
     }
+    async fn write_event(&self, write: EventWrite<'_>) -> Result<(), StoreError> {
+        self.inner.write_event(write).await
+    }
+    async fn read_events(
+        &self,
+        view: &str,
+        entity_key: &str,
+        from: SystemTime,
+        to: SystemTime,
+        limit: usize,
+    ) -> Result<EventRange, StoreError> {
+        self.inner
+            .read_events(view, entity_key, from, to, limit)
+            .await
+    }
     async fn put_batch(&self, record: &BatchRecord) -> Result<(), StoreError> {
         self.inner.put_batch(record).await
     }
@@ -1102,4 +1456,7 @@ contract!(
     tuner_state_survives_a_restart,
     routing_is_compare_and_set,
     a_job_lease_has_one_holder_at_a_time,
+    aggregates_count_sum_mean_max_min_over_their_windows,
+    late_events_count_and_replays_count_once,
+    the_event_cap_bounds_a_read_and_is_reported,
 );

@@ -264,7 +264,7 @@ async fn pilot_groups_and_scopes_decide_who_may_call_what() -> Result<()> {
     );
 
     // Allowed to predict is not allowed to push features: that needs the push scope.
-    let push = json!({"rows": [{"entity": {"customer_id": "c-1"}, "values": {"txn_count_1h": 2}}]});
+    let push = json!({"rows": [{"entity": {"customer_id": "c-1"}, "values": {"distinct_merchants_24h": 2}}]});
     let url = format!("{}/v1/features/customer_activity/push", gw.http);
     let r = client_with_token(&service)?
         .post(&url)
@@ -295,6 +295,7 @@ async fn pilot_groups_and_scopes_decide_who_may_call_what() -> Result<()> {
         .push_features(pb::PushFeaturesRequest {
             view: "customer_activity".into(),
             rows: vec![],
+            events: vec![],
         })
         .await
         .err();

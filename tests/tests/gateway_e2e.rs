@@ -184,7 +184,7 @@ async fn predictions_through_the_gateway() -> Result<()> {
         .post(format!("{}/v1/features/customer_activity/push", gw.http))
         .json(
             &json!({"rows": [{"entity": {"customer_id": "c-1"}, "values": {
-            "txn_count_1h": 12, "failed_auth_count_24h": 6, "minutes_since_last_txn": 0.5}}]}),
+            "distinct_merchants_24h": 12, "minutes_since_last_txn": 0.5}}]}),
         )
         .send()
         .await?;
@@ -192,7 +192,7 @@ async fn predictions_through_the_gateway() -> Result<()> {
     assert_eq!(pushed.json::<Value>().await?["rows_written"], 1);
     let refused = http
         .post(format!("{}/v1/features/customer_activity/push", gw.http))
-        .json(&json!({"rows": [{"entity": {"customer_id": "c-1"}, "values": {"txn_count_1h": "many"}}]}))
+        .json(&json!({"rows": [{"entity": {"customer_id": "c-1"}, "values": {"distinct_merchants_24h": "many"}}]}))
         .send()
         .await?;
     assert_eq!(refused.status().as_u16(), 400);
@@ -200,7 +200,7 @@ async fn predictions_through_the_gateway() -> Result<()> {
     assert!(
         refused["message"]
             .as_str()
-            .is_some_and(|m| m.starts_with("rows[0].values.txn_count_1h: expected int64")),
+            .is_some_and(|m| m.starts_with("rows[0].values.distinct_merchants_24h: expected int64")),
         "{refused}"
     );
     let unknown_view = http
@@ -864,6 +864,245 @@ async fn feedback_joins_its_logged_prediction_and_sigterm_loses_none() -> Result
     Ok(())
 }
 
+/// The logged input row of the prediction `id` (the log is written off the
+/// request path, so wait a little for it).
+async fn logged_inputs(store: &EmbeddedStore, id: &str) -> Result<Vec<f32>> {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if let Some(record) = store.read_prediction(id).await? {
+            return Ok(record.inputs);
+        }
+        if Instant::now() > deadline {
+            bail!("prediction {id} was not logged within 15 s");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Transaction events pushed through REST and gRPC are aggregated by the
+/// feature store: the next prediction's input (as the prediction log records
+/// it) carries `txn_count_1h` / `txn_amount_sum_1h` / `failed_auth_count_24h`
+/// over their windows; an event outside the window, a replayed event and a bad
+/// event change nothing, and bad input names the field.
+#[tokio::test]
+async fn pushed_events_feed_the_windowed_aggregates_of_the_next_prediction() -> Result<()> {
+    // Columns of the model input (fraud.toml's [[model]] order).
+    const TXN_COUNT_1H: usize = 5;
+    const TXN_SUM_1H: usize = 6;
+    const FAILED_AUTH_24H: usize = 8;
+    let (dir, config) = scratch_gateway("agg", |c| c).await?;
+    let gw = GatewayProcess::start_ready(&config).await?;
+    let store = EmbeddedStore::open(&dir.join("features.redb"))?;
+    let http = client_with_token(gw.token()?)?;
+    let predict = || {
+        let http = http.clone();
+        let url = format!("{}/v1/models/fraud_detector/predict", gw.http);
+        let body =
+            json!({"entity": {"customer_id": "c-77"}, "request_features": request_features()});
+        async move {
+            let r = http.post(url).json(&body).send().await?;
+            let status = r.status().as_u16();
+            let v: Value = r.json().await?;
+            anyhow::ensure!(status == 200, "predict answered {status}: {v}");
+            anyhow::Ok(v)
+        }
+    };
+    let id_of = |v: &Value| {
+        v["prediction_id"]
+            .as_str()
+            .map(str::to_owned)
+            .with_context(|| format!("no prediction_id in {v}"))
+    };
+
+    // Before any event: the aggregates are their defaults, flagged.
+    let before = predict().await?;
+    let inputs = logged_inputs(&store, &id_of(&before)?).await?;
+    assert_eq!(
+        (
+            inputs[TXN_COUNT_1H],
+            inputs[TXN_SUM_1H],
+            inputs[FAILED_AUTH_24H]
+        ),
+        (0.0, 0.0, 0.0)
+    );
+    assert!(
+        before["freshness"]["defaulted_features"]
+            .to_string()
+            .contains("customer_activity.txn_count_1h"),
+        "{before}"
+    );
+
+    let now_ms = i64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_millis(),
+    )?;
+    let min_ms = 60_000;
+    let push_url = format!("{}/v1/features/customer_activity/push", gw.http);
+    let c77 = json!({"customer_id": "c-77"});
+    // Over REST: two transactions in the last hour, one two hours ago
+    // (outside 1h, inside the 48h ttl), a failed authorisation, and the first
+    // transaction again (same event_id): one event.
+    let pushed = http
+        .post(&push_url)
+        .json(&json!({"events": [
+            {"entity": c77, "event_id": "t-1", "event_time_ms": now_ms - 10 * min_ms,
+             "fields": {"transaction_id": "t-1", "amount": 120.5}},
+            {"entity": c77, "event_id": "t-2", "event_time_ms": now_ms - 2 * min_ms,
+             "fields": {"transaction_id": "t-2", "amount": 30.25}},
+            {"entity": c77, "event_id": "t-0", "event_time_ms": now_ms - 120 * min_ms,
+             "fields": {"transaction_id": "t-0", "amount": 999.0}},
+            {"entity": c77, "event_time_ms": now_ms - 5 * min_ms,
+             "fields": {"failed_auth_id": "f-1"}},
+            {"entity": c77, "event_id": "t-1", "event_time_ms": now_ms - 10 * min_ms,
+             "fields": {"transaction_id": "t-1", "amount": 120.5}},
+        ]}))
+        .send()
+        .await?;
+    assert_eq!(pushed.status().as_u16(), 200);
+    assert_eq!(
+        pushed.json::<Value>().await?,
+        json!({"rows_written": 0, "events_written": 5})
+    );
+
+    // Over gRPC: a late transaction (older than the REST ones) without an ID,
+    // sent twice: the derived ID makes the replay the same event.
+    let channel = tonic::transport::Endpoint::from_shared(gw.grpc.clone())?
+        .connect()
+        .await?;
+    let mut features =
+        proto::gateway::v1::feature_service_client::FeatureServiceClient::with_interceptor(
+            channel,
+            Bearer::new(gw.token()?)?,
+        );
+    use pb::feature_value::Kind;
+    let fv = |k: Kind| pb::FeatureValue { kind: Some(k) };
+    let late = pb::FeatureEvent {
+        entity: Some(pb::EntityKey {
+            keys: HashMap::from([("customer_id".into(), "c-77".into())]),
+        }),
+        event_id: String::new(),
+        event_time_ms: now_ms - 30 * min_ms,
+        fields: HashMap::from([
+            ("transaction_id".into(), fv(Kind::StringValue("t-3".into()))),
+            ("amount".into(), fv(Kind::DoubleValue(50.0))),
+        ]),
+    };
+    let answer = features
+        .push_features(pb::PushFeaturesRequest {
+            view: "customer_activity".into(),
+            rows: vec![],
+            events: vec![late.clone(), late.clone()],
+        })
+        .await?
+        .into_inner();
+    assert_eq!((answer.rows_written, answer.events_written), (0, 2));
+
+    // The next prediction: 3 transactions in the hour (t-1, t-2, t-3), their
+    // amounts summed, one failed authorisation in 24h.
+    let after = predict().await?;
+    let inputs = logged_inputs(&store, &id_of(&after)?).await?;
+    assert_eq!(
+        (
+            inputs[TXN_COUNT_1H],
+            inputs[TXN_SUM_1H],
+            inputs[FAILED_AUTH_24H]
+        ),
+        (3.0, 200.75, 1.0),
+        "{inputs:?}"
+    );
+    let defaulted = after["freshness"]["defaulted_features"].to_string();
+    assert!(
+        !defaulted.contains("txn_count_1h") && !defaulted.contains("failed_auth_count_24h"),
+        "{defaulted}"
+    );
+    assert!(
+        after["freshness"]["view_age_ms"]["customer_activity"]
+            .as_i64()
+            .is_some_and(|a| (2 * min_ms..3 * min_ms).contains(&a)),
+        "the newest contributing event is 2 min old: {after}"
+    );
+    assert_ne!(
+        p_fraud(&after)?,
+        p_fraud(&before)?,
+        "the events changed nothing"
+    );
+
+    // Bad events are refused, naming the field, over both fronts.
+    for (body, says) in [
+        (
+            json!({"events": [{"entity": c77, "fields": {"transaction_id": "t-9", "amount": "lots"}}]}),
+            "events[0].fields.amount: expected a number, got a string value",
+        ),
+        (
+            json!({"events": [{"entity": c77, "fields": {"amout": 3}}]}),
+            "events[0].fields.amout: no aggregate of the view reads this field",
+        ),
+        (
+            json!({"events": [{"entity": c77, "fields": {}}]}),
+            "events[0].fields: empty",
+        ),
+        (
+            json!({"events": [{"entity": {"user": "u"}, "fields": {"amount": 1}}]}),
+            "events[0].entity.keys: unknown key \"user\"",
+        ),
+        (
+            json!({"rows": [{"entity": c77, "values": {"txn_count_1h": 3}}]}),
+            "rows[0].values.txn_count_1h: computed by the feature store",
+        ),
+    ] {
+        let r = http.post(&push_url).json(&body).send().await?;
+        let status = r.status().as_u16();
+        let v: Value = r.json().await?;
+        assert_eq!(
+            (status, v["code"].as_str()),
+            (400, Some("invalid_argument")),
+            "{body} -> {v}"
+        );
+        assert!(
+            v["message"].as_str().is_some_and(|m| m.starts_with(says)),
+            "{body} -> {v}"
+        );
+    }
+    let mut bad = late.clone();
+    bad.fields
+        .insert("amount".into(), fv(Kind::BoolValue(true)));
+    let status = features
+        .push_features(pb::PushFeaturesRequest {
+            view: "customer_activity".into(),
+            rows: vec![],
+            events: vec![bad],
+        })
+        .await
+        .err()
+        .context("a bool amount must be refused")?;
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    assert!(
+        status
+            .message()
+            .starts_with("events[0].fields.amount: expected a number, got a bool value"),
+        "{}",
+        status.message()
+    );
+    // Nothing refused was counted.
+    let again = predict().await?;
+    let inputs = logged_inputs(&store, &id_of(&again)?).await?;
+    assert_eq!((inputs[TXN_COUNT_1H], inputs[TXN_SUM_1H]), (3.0, 200.75));
+    // The event reads are in /metrics.
+    let metrics = metrics_text(&http, &gw.http).await?;
+    assert!(
+        series_value(&metrics, "mlgw_feature_event_reads_total").is_some_and(|v| v >= 3.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        series_value(&metrics, "mlgw_feature_event_reads_capped_total"),
+        Some(0.0)
+    );
+    drop(gw);
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
 /// The gateway on ScyllaDB (a Cassandra node of this test alone) through an
 /// outage: rows already cached keep answering, a cache miss fails fast with
 /// 503 `feature_store_unavailable`, and the same process recovers when the
@@ -937,7 +1176,7 @@ async fn cassandra_outage_cached_predictions_answer_misses_fail_fast() -> Result
     // missing row is only remembered for the short negative TTL).
     let pushed = http
         .post(format!("{}/v1/features/customer_activity/push", gw.http))
-        .json(&json!({"rows": [{"entity": {"customer_id": "c-1"}, "values": {"txn_count_1h": 3}}]}))
+        .json(&json!({"rows": [{"entity": {"customer_id": "c-1"}, "values": {"distinct_merchants_24h": 3}}]}))
         .send()
         .await?;
     assert_eq!(pushed.status().as_u16(), 200, "{:?}", pushed.text().await);

@@ -70,8 +70,8 @@ pub use job::{JobSource, JobTuning, MissedRun, RefreshJobSpec};
 pub use model::{ColumnSource, InputColumn, InputDtype, ModelFeatures, ModelInput};
 pub use value::{FeatureType, FeatureValue};
 pub use view::{
-    Aggregate, AggregateFunction, Entity, FeatureSpec, FeatureView, RefreshJobName, RequestFeature,
-    ViewKind,
+    Aggregate, AggregateFunction, Entity, EventFieldUse, FeatureSpec, FeatureView, RefreshJobName,
+    RequestFeature, ViewKind,
 };
 
 /// A validated definition file: every reference resolves, every default has its

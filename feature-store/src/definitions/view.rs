@@ -82,6 +82,52 @@ impl FeatureView {
             ViewKind::Dynamic { ttl } => Some(ttl),
         }
     }
+
+    /// The windowed aggregates of this view with their features, in declared
+    /// order.
+    pub fn aggregates(&self) -> impl Iterator<Item = (&FeatureSpec, &Aggregate)> {
+        self.features
+            .iter()
+            .filter_map(|f| f.aggregate.as_ref().map(|a| (f, a)))
+    }
+
+    /// The widest window of the view's aggregates: how far back a read must
+    /// look for events. None when the view declares no aggregate.
+    pub fn widest_window(&self) -> Option<Duration> {
+        self.aggregates().map(|(_, a)| a.window).max()
+    }
+
+    /// How the view's aggregates use the raw event field `name`: None when no
+    /// aggregate reads it, [`EventFieldUse::Numeric`] when a sum, mean, max or
+    /// min does (so the field must be a number), else
+    /// [`EventFieldUse::Counted`].
+    pub fn event_field(&self, name: &str) -> Option<EventFieldUse> {
+        self.aggregates()
+            .filter(|(_, a)| a.of == name)
+            .map(|(_, a)| match a.function {
+                AggregateFunction::Count => EventFieldUse::Counted,
+                _ => EventFieldUse::Numeric,
+            })
+            .max()
+    }
+
+    /// The raw event fields the view's aggregates read, sorted, without
+    /// repeats (for messages).
+    pub fn event_fields(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = self.aggregates().map(|(_, a)| a.of.as_str()).collect();
+        names.sort_unstable();
+        names.dedup();
+        names
+    }
+}
+
+/// How a dynamic view's aggregates use one raw event field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum EventFieldUse {
+    /// Only counted: any value type will do.
+    Counted,
+    /// Summed, averaged or compared: the value must be a finite number.
+    Numeric,
 }
 
 /// How a feature view gets its values.

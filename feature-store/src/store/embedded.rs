@@ -17,9 +17,10 @@ use redb::{
 };
 
 use super::{
-    BatchRecord, CurrentBatch, DynamicWrite, FeatureStore, Lease, LeaseOutcome, RoutingRecord,
-    SchemaReport, StaticWrite, StoreError, from_micros, to_micros,
+    BatchRecord, CurrentBatch, DynamicWrite, EventWrite, FeatureStore, Lease, LeaseOutcome,
+    RoutingRecord, SchemaReport, StaticWrite, StoreError, from_micros, to_micros,
 };
+use crate::aggregate::{Event, EventRange};
 use crate::codec;
 use crate::freshness::{StoredRow, StoredValue};
 use crate::log::{
@@ -29,13 +30,22 @@ use crate::schedule::{RunRequest, ScheduleState};
 use crate::tuner::controller::JobState;
 
 /// The schema version this build writes and reads.
-pub const SCHEMA_VERSION: u32 = 4;
+pub const SCHEMA_VERSION: u32 = 5;
 
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 /// (view, batch, entity) → data time (i64 µs) + encoded values.
 const STATIC: TableDefinition<&[u8], &[u8]> = TableDefinition::new("static_rows");
 /// (view, entity, feature) → event time (i64 µs) + expiry (i64 µs) + value.
 const DYNAMIC: TableDefinition<&[u8], &[u8]> = TableDefinition::new("dynamic_values");
+/// (view, entity) + event time (8 bytes, ordered) + event ID → expiry (i64
+/// µs) + encoded fields: the raw events behind windowed aggregates.
+const EVENTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("dynamic_events");
+/// expiry (8 bytes, ordered) + the event's key → nothing: which events to
+/// prune first, so pruning never scans unexpired rows.
+const EVENT_EXPIRY: TableDefinition<&[u8], &[u8]> = TableDefinition::new("dynamic_event_expiry");
+/// Expired events removed by one event write, at most (bounds the write's
+/// work; every write prunes, so expired rows never pile up).
+const EVENT_PRUNE_PER_WRITE: usize = 256;
 /// (view, batch) → JSON batch record.
 const BATCHES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("refresh_batches");
 /// view → JSON current batch.
@@ -101,6 +111,16 @@ fn prefix_end(prefix: &[u8]) -> Vec<u8> {
         }
     }
     vec![u8::MAX; prefix.len() + 1]
+}
+
+/// `micros` as 8 bytes that sort like the number (sign bit flipped, big-endian).
+fn ordered_micros(micros: i64) -> [u8; 8] {
+    ((micros as u64) ^ (1 << 63)).to_be_bytes()
+}
+
+/// Inverse of [`ordered_micros`].
+fn from_ordered_micros(bytes: [u8; 8]) -> i64 {
+    (u64::from_be_bytes(bytes) ^ (1 << 63)) as i64
 }
 
 fn split_i64(bytes: &[u8]) -> Option<(i64, &[u8])> {
@@ -362,6 +382,16 @@ impl FeatureStore for EmbeddedStore {
                         applied.push(format!("created table {name}"));
                     }
                 }
+                // Version 5: raw events of dynamic views and their expiry index.
+                for (name, open) in [
+                    ("dynamic_events", tx.open_table(EVENTS).map(drop)),
+                    ("dynamic_event_expiry", tx.open_table(EVENT_EXPIRY).map(drop)),
+                ] {
+                    open.map_err(|e| err(e.into()))?;
+                    if from < 5 {
+                        applied.push(format!("created table {name}"));
+                    }
+                }
                 meta.insert("schema_version", u64::from(SCHEMA_VERSION))
                     .map_err(|e| err(e.into()))?;
             }
@@ -511,6 +541,130 @@ impl FeatureStore for EmbeddedStore {
                 }
             }
             tx.commit().map_err(|e| err(e.into()))
+        })
+        .await
+    }
+
+    async fn write_event(&self, write: EventWrite<'_>) -> Result<(), StoreError> {
+        let expires = to_micros(write.expires_at);
+        let mut k = key(&[write.view.as_bytes(), write.entity_key.as_bytes()]);
+        k.extend_from_slice(&ordered_micros(to_micros(write.event.event_time)));
+        k.extend_from_slice(write.event.event_id.as_bytes());
+        let blob = codec::encode(write.event.fields.iter().map(|(n, v)| (n.as_str(), v)));
+        let mut v = Vec::with_capacity(8 + blob.len());
+        v.extend_from_slice(&expires.to_le_bytes());
+        v.extend_from_slice(&blob);
+        let mut expiry_key = ordered_micros(expires).to_vec();
+        expiry_key.extend_from_slice(&k);
+        self.blocking(move |db, err| {
+            Self::check_schema(db, err)?;
+            let now = to_micros(SystemTime::now());
+            let tx = db.begin_write().map_err(|e| err(e.into()))?;
+            {
+                let mut events = tx.open_table(EVENTS).map_err(|e| err(e.into()))?;
+                let mut expiry = tx.open_table(EVENT_EXPIRY).map_err(|e| err(e.into()))?;
+                // As on ScyllaDB, an event past its TTL is not written.
+                if expires > now {
+                    events
+                        .insert(k.as_slice(), v.as_slice())
+                        .map_err(|e| err(e.into()))?;
+                    expiry
+                        .insert(expiry_key.as_slice(), [].as_slice())
+                        .map_err(|e| err(e.into()))?;
+                }
+                // Prune the events that expired first, a bounded number per
+                // write. An index entry whose event was rewritten with a
+                // later expiry only drops itself.
+                let due: Vec<Vec<u8>> = expiry
+                    .range(..ordered_micros(now.saturating_add(1)).as_slice())
+                    .map_err(|e| err(e.into()))?
+                    .take(EVENT_PRUNE_PER_WRITE)
+                    .map(|item| item.map(|(k, _)| k.value().to_vec()))
+                    .collect::<Result<_, _>>()
+                    .map_err(|e| err(e.into()))?;
+                for index_key in due {
+                    expiry
+                        .remove(index_key.as_slice())
+                        .map_err(|e| err(e.into()))?;
+                    let Some(event_key) = index_key.get(8..) else {
+                        continue;
+                    };
+                    let stored = events
+                        .get(event_key)
+                        .map_err(|e| err(e.into()))?
+                        .and_then(|g| split_i64(g.value()).map(|(t, _)| t));
+                    if stored.is_some_and(|t| t <= now) {
+                        events.remove(event_key).map_err(|e| err(e.into()))?;
+                    }
+                }
+            }
+            tx.commit().map_err(|e| err(e.into()))
+        })
+        .await
+    }
+
+    async fn read_events(
+        &self,
+        view: &str,
+        entity_key: &str,
+        from: SystemTime,
+        to: SystemTime,
+        limit: usize,
+    ) -> Result<EventRange, StoreError> {
+        let (view, entity_key) = (view.to_owned(), entity_key.to_owned());
+        let prefix = key(&[view.as_bytes(), entity_key.as_bytes()]);
+        let mut lo = prefix.clone();
+        lo.extend_from_slice(&ordered_micros(to_micros(from)));
+        let mut hi = prefix.clone();
+        hi.extend_from_slice(&ordered_micros(to_micros(to).saturating_add(1)));
+        self.blocking(move |db, err| {
+            Self::check_schema(db, err)?;
+            let now = to_micros(SystemTime::now());
+            let tx = db.begin_read().map_err(|e| err(e.into()))?;
+            let table = tx.open_table(EVENTS).map_err(|e| err(e.into()))?;
+            let corrupt = |what| StoreError::Corrupt {
+                view: view.clone(),
+                entity: entity_key.clone(),
+                source: codec::CodecError { offset: 0, what },
+            };
+            let mut out = EventRange::default();
+            // Newest first; expired rows (the oldest) are skipped until pruned.
+            for item in table
+                .range(lo.as_slice()..hi.as_slice())
+                .map_err(|e| err(e.into()))?
+                .rev()
+            {
+                let (k, v) = item.map_err(|e| err(e.into()))?;
+                let (expires, blob) = split_i64(v.value()).ok_or_else(|| corrupt("truncated"))?;
+                if expires <= now {
+                    continue;
+                }
+                if out.events.len() == limit {
+                    out.truncated = true;
+                    break;
+                }
+                let rest = k
+                    .value()
+                    .get(prefix.len()..)
+                    .ok_or_else(|| corrupt("bad event key"))?;
+                let (time, id) = rest
+                    .split_first_chunk::<8>()
+                    .ok_or_else(|| corrupt("bad event key"))?;
+                let event_id = std::str::from_utf8(id)
+                    .map_err(|_| corrupt("event ID is not UTF-8"))?
+                    .to_owned();
+                let fields = codec::decode(blob).map_err(|source| StoreError::Corrupt {
+                    view: view.clone(),
+                    entity: entity_key.clone(),
+                    source,
+                })?;
+                out.events.push(Event {
+                    event_id,
+                    event_time: from_micros(from_ordered_micros(*time)),
+                    fields,
+                });
+            }
+            Ok(out)
         })
         .await
     }

@@ -9,6 +9,10 @@
 //! - **dynamic values**: one value per (view, entity, feature) with its event
 //!   time and expiry; a write with an older event time than the stored one
 //!   loses (ScyllaDB: the event time is the cell's write timestamp).
+//! - **dynamic events**: the raw events behind a dynamic view's windowed
+//!   aggregates ([`crate::aggregate`]), one row per (view, entity, event
+//!   time, event ID), kept until event time + the view's ttl and read back
+//!   newest first over a time range with a limit.
 //! - **prediction log and feedback** ([`crate::log`]): one record per
 //!   prediction and per feedback, keyed by the prediction ID (UUIDv7), read
 //!   back by ID or joined over a time window.
@@ -34,6 +38,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
+use crate::aggregate::{Event, EventRange};
 use crate::codec::CodecError;
 use crate::definitions::FeatureValue;
 use crate::freshness::StoredRow;
@@ -99,6 +104,20 @@ pub struct DynamicWrite<'a> {
     pub event_time: SystemTime,
     /// When they expire (event time + the view's TTL); after this they read as
     /// missing.
+    pub expires_at: SystemTime,
+}
+
+/// One raw event of a dynamic view for one entity, to store.
+#[derive(Debug, Clone, Copy)]
+pub struct EventWrite<'a> {
+    /// The view.
+    pub view: &'a str,
+    /// The entity key.
+    pub entity_key: &'a str,
+    /// The event; its (event time, event ID) is its identity.
+    pub event: &'a Event,
+    /// When it expires (event time + the view's TTL); after this it is never
+    /// read.
     pub expires_at: SystemTime,
 }
 
@@ -289,6 +308,26 @@ pub trait FeatureStore: Send + Sync + 'static {
         write: DynamicWrite<'_>,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
+    /// Stores one raw event; writing the same (event time, event ID) again
+    /// replaces it, so a replay is one event. An event already expired is
+    /// accepted and not stored.
+    fn write_event(
+        &self,
+        write: EventWrite<'_>,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// The unexpired events of `entity_key` in `view` with event times in
+    /// `[from, to]`, newest first, at most `limit`; `truncated` says that more
+    /// were in the range (the oldest were left out).
+    fn read_events(
+        &self,
+        view: &str,
+        entity_key: &str,
+        from: SystemTime,
+        to: SystemTime,
+        limit: usize,
+    ) -> impl Future<Output = Result<EventRange, StoreError>> + Send;
+
     /// Inserts or replaces a batch record.
     fn put_batch(
         &self,
@@ -477,6 +516,19 @@ impl FeatureStore for AnyStore {
     }
     async fn write_dynamic(&self, write: DynamicWrite<'_>) -> Result<(), StoreError> {
         dispatch!(self, s => s.write_dynamic(write).await)
+    }
+    async fn write_event(&self, write: EventWrite<'_>) -> Result<(), StoreError> {
+        dispatch!(self, s => s.write_event(write).await)
+    }
+    async fn read_events(
+        &self,
+        view: &str,
+        entity_key: &str,
+        from: SystemTime,
+        to: SystemTime,
+        limit: usize,
+    ) -> Result<EventRange, StoreError> {
+        dispatch!(self, s => s.read_events(view, entity_key, from, to, limit).await)
     }
     async fn put_batch(&self, record: &BatchRecord) -> Result<(), StoreError> {
         dispatch!(self, s => s.put_batch(record).await)

@@ -10,6 +10,11 @@
 //!   <event time µs> AND TTL <seconds left>`, so the cell's timestamp is the
 //!   event time, last-write-wins keeps the newest event whatever the arrival
 //!   order, and `WRITETIME(value)` reads the event time back.
+//! - `dynamic_events ((view_name, entity), event_time DESC, event_id)`: the
+//!   raw events behind windowed aggregates, one row each, written `USING TTL
+//!   <seconds left>` (event time + the view's ttl − now); a read is one
+//!   single-partition slice of the widest window, newest first, with a
+//!   `LIMIT` one above the reader's cap (so it knows the cap was hit).
 //! - `refresh_batches ((view_name), batch_id)` and `current_batch (view)`.
 //! - `prediction_log ((hour, shard), prediction_id)` and `feedback` keyed the
 //!   same way: the hour and shard come from the UUIDv7 prediction ID itself,
@@ -44,9 +49,10 @@ use scylla::statement::prepared::PreparedStatement;
 use tokio::sync::OnceCell;
 
 use super::{
-    BatchRecord, BatchStatus, CurrentBatch, DynamicWrite, FeatureStore, Lease, LeaseOutcome,
-    RoutingRecord, SchemaReport, StaticWrite, StoreError, from_micros, to_micros,
+    BatchRecord, BatchStatus, CurrentBatch, DynamicWrite, EventWrite, FeatureStore, Lease,
+    LeaseOutcome, RoutingRecord, SchemaReport, StaticWrite, StoreError, from_micros, to_micros,
 };
+use crate::aggregate::{Event, EventRange};
 use crate::codec;
 use crate::freshness::{StoredRow, StoredValue};
 use crate::log::{
@@ -58,7 +64,7 @@ use crate::source::RejectedRow;
 use crate::tuner::controller::JobState;
 
 /// The schema version this build writes and reads.
-pub const SCHEMA_VERSION: u32 = 4;
+pub const SCHEMA_VERSION: u32 = 5;
 
 /// Extra attempts for an idempotent refresh write that timed out or found
 /// the cluster busy (backoff 0.4 s, 1.6 s, 6.4 s).
@@ -133,6 +139,8 @@ struct Statements {
     write_static: PreparedStatement,
     read_dynamic: PreparedStatement,
     write_dynamic: PreparedStatement,
+    write_event: PreparedStatement,
+    read_events: PreparedStatement,
     put_batch: PreparedStatement,
     list_batches: PreparedStatement,
     set_current: PreparedStatement,
@@ -379,6 +387,25 @@ impl ScyllaStore {
                                  VALUES (?, ?, ?, ?) USING TIMESTAMP ? AND TTL ?"
                             ),
                             false,
+                        )
+                        .await?,
+                    write_event: self
+                        .prepare(
+                            format!(
+                                "INSERT INTO {ks}.dynamic_events (view_name, entity, event_time, event_id, fields) \
+                                 VALUES (?, ?, ?, ?, ?) USING TTL ?"
+                            ),
+                            false,
+                        )
+                        .await?,
+                    read_events: self
+                        .prepare(
+                            format!(
+                                "SELECT event_time, event_id, fields FROM {ks}.dynamic_events \
+                                 WHERE view_name = ? AND entity = ? AND event_time >= ? AND event_time <= ? \
+                                 LIMIT ?"
+                            ),
+                            true,
                         )
                         .await?,
                     put_batch: self
@@ -705,6 +732,15 @@ impl FeatureStore for ScyllaStore {
                 ),
             ),
             (
+                "table dynamic_events".to_owned(),
+                format!(
+                    "CREATE TABLE IF NOT EXISTS {ks}.dynamic_events (view_name text, entity text, \
+                     event_time bigint, event_id text, fields blob, \
+                     PRIMARY KEY ((view_name, entity), event_time, event_id)) \
+                     WITH CLUSTERING ORDER BY (event_time DESC, event_id ASC)"
+                ),
+            ),
+            (
                 "table refresh_batches".to_owned(),
                 format!(
                     "CREATE TABLE IF NOT EXISTS {ks}.refresh_batches (view_name text, batch_id text, job text, \
@@ -954,6 +990,83 @@ impl FeatureStore for ScyllaStore {
                 .await
                 .map(drop)
                 .map_err(map_err)
+        })
+        .await
+    }
+
+    async fn write_event(&self, write: EventWrite<'_>) -> Result<(), StoreError> {
+        deadline(self.config.write_timeout, async {
+            let st = self.statements().await?;
+            let left = write
+                .expires_at
+                .duration_since(SystemTime::now())
+                .unwrap_or(Duration::ZERO);
+            // Past its TTL: not written (TTL 0 would mean "never expires").
+            if left.as_secs() == 0 {
+                return Ok(());
+            }
+            let ttl = i32::try_from(left.as_secs()).unwrap_or(i32::MAX);
+            let event = write.event;
+            let blob = codec::encode(event.fields.iter().map(|(n, v)| (n.as_str(), v)));
+            self.session
+                .execute_unpaged(
+                    &st.write_event,
+                    (
+                        write.view,
+                        write.entity_key,
+                        to_micros(event.event_time),
+                        event.event_id.as_str(),
+                        blob,
+                        ttl,
+                    ),
+                )
+                .await
+                .map(drop)
+                .map_err(map_err)
+        })
+        .await
+    }
+
+    async fn read_events(
+        &self,
+        view: &str,
+        entity_key: &str,
+        from: SystemTime,
+        to: SystemTime,
+        limit: usize,
+    ) -> Result<EventRange, StoreError> {
+        deadline(self.config.read_timeout, async {
+            let st = self.statements().await?;
+            // One row more than asked says whether the cap was hit.
+            let asked = i32::try_from(limit.saturating_add(1)).unwrap_or(i32::MAX);
+            let result = self
+                .session
+                .execute_unpaged(
+                    &st.read_events,
+                    (view, entity_key, to_micros(from), to_micros(to), asked),
+                )
+                .await
+                .map_err(map_err)?;
+            let rows = result.into_rows_result().map_err(rows_err)?;
+            let mut out = EventRange::default();
+            for row in rows.rows::<(i64, String, Vec<u8>)>().map_err(rows_err)? {
+                let (micros, event_id, blob) = row.map_err(rows_err)?;
+                if out.events.len() == limit {
+                    out.truncated = true;
+                    break;
+                }
+                let fields = codec::decode(&blob).map_err(|source| StoreError::Corrupt {
+                    view: view.to_owned(),
+                    entity: entity_key.to_owned(),
+                    source,
+                })?;
+                out.events.push(Event {
+                    event_id,
+                    event_time: from_micros(micros),
+                    fields,
+                });
+            }
+            Ok(out)
         })
         .await
     }
