@@ -100,7 +100,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
                     );
                 }
             }
-            Ok(())
+            Ok(ExitCode::SUCCESS)
         }
         Command::Batches {
             action: BatchesAction::List { view, limit },

@@ -388,7 +388,7 @@ fn cassandra_cli() -> Result<Cli> {
             .duration_since(std::time::UNIX_EPOCH)?
             .subsec_nanos()
     );
-    let cli = Cli::new(vec![
+    Cli::new(vec![
         "--scylla".into(),
         addr,
         "--keyspace".into(),

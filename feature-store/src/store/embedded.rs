@@ -611,20 +611,29 @@ impl FeatureStore for EmbeddedStore {
         to: SystemTime,
         limit: usize,
     ) -> Result<EventRange, StoreError> {
-        let (view, entity_key) = (view.to_owned(), entity_key.to_owned());
         let prefix = key(&[view.as_bytes(), entity_key.as_bytes()]);
         let mut lo = prefix.clone();
         lo.extend_from_slice(&ordered_micros(to_micros(from)));
         let mut hi = prefix.clone();
         hi.extend_from_slice(&ordered_micros(to_micros(to).saturating_add(1)));
-        self.blocking(move |db, err| {
-            Self::check_schema(db, err)?;
+        // Inline like the other reads of one entity: a window's events are
+        // a short range of one key prefix (at most `limit`).
+        self.inline(|db, err| {
             let now = to_micros(SystemTime::now());
             let tx = db.begin_read().map_err(|e| err(e.into()))?;
-            let table = tx.open_table(EVENTS).map_err(|e| err(e.into()))?;
+            let table = match tx.open_table(EVENTS) {
+                Ok(t) => t,
+                Err(redb::TableError::TableDoesNotExist(_)) => {
+                    return Err(StoreError::SchemaVersion {
+                        found: 0,
+                        needed: SCHEMA_VERSION,
+                    });
+                }
+                Err(e) => return Err(err(e.into())),
+            };
             let corrupt = |what| StoreError::Corrupt {
-                view: view.clone(),
-                entity: entity_key.clone(),
+                view: view.to_owned(),
+                entity: entity_key.to_owned(),
                 source: codec::CodecError { offset: 0, what },
             };
             let mut out = EventRange::default();
@@ -654,8 +663,8 @@ impl FeatureStore for EmbeddedStore {
                     .map_err(|_| corrupt("event ID is not UTF-8"))?
                     .to_owned();
                 let fields = codec::decode(blob).map_err(|source| StoreError::Corrupt {
-                    view: view.clone(),
-                    entity: entity_key.clone(),
+                    view: view.to_owned(),
+                    entity: entity_key.to_owned(),
                     source,
                 })?;
                 out.events.push(Event {
@@ -666,7 +675,6 @@ impl FeatureStore for EmbeddedStore {
             }
             Ok(out)
         })
-        .await
     }
 
     async fn put_batch(&self, record: &BatchRecord) -> Result<(), StoreError> {
