@@ -304,8 +304,10 @@ pub async fn run<S: FeatureStore>(
 
     let result = load(
         store,
-        &view,
-        &entity,
+        Target {
+            view: &view,
+            entity: &entity,
+        },
         path,
         options,
         &mut record,
@@ -475,10 +477,15 @@ async fn fail<S: FeatureStore>(store: &S, mut record: BatchRecord, reason: Strin
     }
 }
 
+/// The view a run loads and its entity.
+struct Target<'a> {
+    view: &'a FeatureView,
+    entity: &'a crate::definitions::Entity,
+}
+
 async fn load<S: FeatureStore>(
     store: &S,
-    view: &FeatureView,
-    entity: &crate::definitions::Entity,
+    Target { view, entity }: Target<'_>,
     path: &Path,
     options: &RefreshOptions,
     record: &mut BatchRecord,
@@ -545,11 +552,15 @@ async fn load<S: FeatureStore>(
         .unwrap_or_else(|| (view.max_age * 4).max(Duration::from_secs(7 * 86_400)));
     let mut outcome = Ok(());
     while let Some(chunk) = rx.recv().await {
-        if alive.due()
-            && let Err(e) = alive.renew(store).await
-        {
-            outcome = Err(e.to_string());
-            break;
+        if alive.due() {
+            if let Err(e) = alive.renew(store).await {
+                outcome = Err(e.to_string());
+                break;
+            }
+            // Progress for `batches list` while the run goes on.
+            if let Err(e) = store.put_batch(record).await {
+                tracing::debug!(batch = %record.batch_id, error = %e, "cannot record the run's progress");
+            }
         }
         match chunk {
             Chunk::Rows(rows) => {

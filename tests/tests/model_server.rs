@@ -856,7 +856,7 @@ async fn rest_binary_tensor_extension_round_trips() -> Result<()> {
 }
 
 /// An idle server does not hold a lone request for a batch to fill: with a
-/// 1.5 s batching window, a request sent while nothing else runs is answered
+/// 0.9 s batching window, a request sent while nothing else runs is answered
 /// at once; with `wait_when_idle` it waits out the window.
 #[tokio::test]
 async fn an_idle_server_runs_a_lone_request_at_once() -> Result<()> {
@@ -868,7 +868,7 @@ async fn an_idle_server_runs_a_lone_request_at_once() -> Result<()> {
                 |c| {
                     c.replace(
                         "max_queue_delay_ms = 2",
-                        &format!("max_queue_delay_ms = 1500\nwait_when_idle = {wait}"),
+                        &format!("max_queue_delay_ms = 900\nwait_when_idle = {wait}"),
                     )
                 },
                 &[],
@@ -884,13 +884,13 @@ async fn an_idle_server_runs_a_lone_request_at_once() -> Result<()> {
     };
     let idle = timed(false).await?;
     assert!(
-        idle < Duration::from_millis(1000),
+        idle < Duration::from_millis(600),
         "a lone request waited {idle:?} for a batch on an idle server"
     );
     let waited = timed(true).await?;
     assert!(
-        waited >= Duration::from_millis(1500),
-        "wait_when_idle = true answered after {waited:?}, before its 1.5 s window"
+        waited >= Duration::from_millis(900),
+        "wait_when_idle = true answered after {waited:?}, before its 0.9 s window"
     );
     Ok(())
 }
