@@ -272,6 +272,23 @@ impl EmbeddedStore {
     }
 }
 
+/// Opens `table` for reading; a file without it predates the schema
+/// (run `schema apply`).
+fn read_table<K: redb::Key + 'static, V: redb::Value + 'static>(
+    tx: &redb::ReadTransaction,
+    table: TableDefinition<'_, K, V>,
+    err: &dyn Fn(redb::Error) -> StoreError,
+) -> Result<redb::ReadOnlyTable<K, V>, StoreError> {
+    match tx.open_table(table) {
+        Ok(t) => Ok(t),
+        Err(redb::TableError::TableDoesNotExist(_)) => Err(StoreError::SchemaVersion {
+            found: 0,
+            needed: SCHEMA_VERSION,
+        }),
+        Err(e) => Err(err(e.into())),
+    }
+}
+
 fn read_static_sync(
     db: &Database,
     err: &dyn Fn(redb::Error) -> StoreError,
@@ -280,16 +297,7 @@ fn read_static_sync(
     entity_key: &str,
 ) -> Result<Option<StoredRow>, StoreError> {
     let tx = db.begin_read().map_err(|e| err(e.into()))?;
-    let table = match tx.open_table(STATIC) {
-        Ok(t) => t,
-        Err(redb::TableError::TableDoesNotExist(_)) => {
-            return Err(StoreError::SchemaVersion {
-                found: 0,
-                needed: SCHEMA_VERSION,
-            });
-        }
-        Err(e) => return Err(err(e.into())),
-    };
+    let table = read_table(&tx, STATIC, err)?;
     let k = key(&[view.as_bytes(), batch_id.as_bytes(), entity_key.as_bytes()]);
     let Some(guard) = table.get(k.as_slice()).map_err(|e| err(e.into()))? else {
         return Ok(None);
@@ -455,16 +463,7 @@ impl FeatureStore for EmbeddedStore {
         self.inline(|db, err| {
             let now = to_micros(SystemTime::now());
             let tx = db.begin_read().map_err(|e| err(e.into()))?;
-            let table = match tx.open_table(DYNAMIC) {
-                Ok(t) => t,
-                Err(redb::TableError::TableDoesNotExist(_)) => {
-                    return Err(StoreError::SchemaVersion {
-                        found: 0,
-                        needed: SCHEMA_VERSION,
-                    });
-                }
-                Err(e) => return Err(err(e.into())),
-            };
+            let table = read_table(&tx, DYNAMIC, err)?;
             let prefix = key(&[view.as_bytes(), entity_key.as_bytes()]);
             let end = prefix_end(&prefix);
             let mut values = BTreeMap::new();
@@ -621,16 +620,7 @@ impl FeatureStore for EmbeddedStore {
         self.inline(|db, err| {
             let now = to_micros(SystemTime::now());
             let tx = db.begin_read().map_err(|e| err(e.into()))?;
-            let table = match tx.open_table(EVENTS) {
-                Ok(t) => t,
-                Err(redb::TableError::TableDoesNotExist(_)) => {
-                    return Err(StoreError::SchemaVersion {
-                        found: 0,
-                        needed: SCHEMA_VERSION,
-                    });
-                }
-                Err(e) => return Err(err(e.into())),
-            };
+            let table = read_table(&tx, EVENTS, err)?;
             let corrupt = |what| StoreError::Corrupt {
                 view: view.to_owned(),
                 entity: entity_key.to_owned(),
