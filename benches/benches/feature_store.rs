@@ -128,7 +128,10 @@ impl Drop for Cassandra {
 
 /// The value of row `i` in each profile column, shared by the CSV and the
 /// Parquet file so both hold the same data.
-fn profile_row(i: u64) -> (String, i64, f32, i64, i64, f32) {
+/// One profile row: key, account age, average amount, count, chargebacks, risk.
+type ProfileRow = (String, i64, f32, i64, i64, f32);
+
+fn profile_row(i: u64) -> ProfileRow {
     (
         format!("c-{i:07}"),
         (i % 3650) as i64,
@@ -170,44 +173,43 @@ fn write_profile_parquet(path: &Path, rows: u64) -> Result<()> {
         let group: Vec<_> = (start..end).map(profile_row).collect();
         let defs = vec![1i16; group.len()];
         let mut rg = writer.next_row_group()?;
-        let mut n = 0;
-        while let Some(mut column) = rg.next_column()? {
-            match n {
-                0 => {
-                    let keys: Vec<ByteArray> = group
-                        .iter()
-                        .map(|r| ByteArray::from(r.0.as_str()))
-                        .collect();
-                    column
-                        .typed::<ByteArrayType>()
-                        .write_batch(&keys, None, None)?;
-                }
-                1 | 3 | 4 => {
-                    let v: Vec<i64> = group
-                        .iter()
-                        .map(|r| match n {
-                            1 => r.1,
-                            3 => r.3,
-                            _ => r.4,
-                        })
-                        .collect();
-                    column
-                        .typed::<Int64Type>()
-                        .write_batch(&v, Some(&defs), None)?;
-                }
-                _ => {
-                    let v: Vec<f32> = group
-                        .iter()
-                        .map(|r| if n == 2 { r.2 } else { r.5 })
-                        .collect();
-                    column
-                        .typed::<FloatType>()
-                        .write_batch(&v, Some(&defs), None)?;
-                }
-            }
+        // Columns in schema order: the key, then the five features.
+        let ints = |f: fn(&ProfileRow) -> i64| -> Vec<i64> { group.iter().map(f).collect() };
+        let floats = |f: fn(&ProfileRow) -> f32| -> Vec<f32> { group.iter().map(f).collect() };
+        let keys: Vec<ByteArray> = group
+            .iter()
+            .map(|r| ByteArray::from(r.0.as_str()))
+            .collect();
+        let mut put = |write: &dyn Fn(
+            &mut parquet::file::writer::SerializedColumnWriter<'_>,
+        ) -> parquet::errors::Result<usize>|
+         -> Result<()> {
+            let mut column = rg.next_column()?.context("fewer columns than the schema")?;
+            write(&mut column)?;
             column.close()?;
-            n += 1;
-        }
+            Ok(())
+        };
+        put(&|c| c.typed::<ByteArrayType>().write_batch(&keys, None, None))?;
+        put(&|c| {
+            c.typed::<Int64Type>()
+                .write_batch(&ints(|r| r.1), Some(&defs), None)
+        })?;
+        put(&|c| {
+            c.typed::<FloatType>()
+                .write_batch(&floats(|r| r.2), Some(&defs), None)
+        })?;
+        put(&|c| {
+            c.typed::<Int64Type>()
+                .write_batch(&ints(|r| r.3), Some(&defs), None)
+        })?;
+        put(&|c| {
+            c.typed::<Int64Type>()
+                .write_batch(&ints(|r| r.4), Some(&defs), None)
+        })?;
+        put(&|c| {
+            c.typed::<FloatType>()
+                .write_batch(&floats(|r| r.5), Some(&defs), None)
+        })?;
         rg.close()?;
         start = end;
     }
