@@ -515,7 +515,7 @@ async fn main() -> Result<()> {
         out,
         "Command: `cargo bench -p benches --bench feature_store` (MLGW_BENCH_ROWS={rows}, MLGW_BENCH_SECONDS={seconds}). \
          Everything on one 2-core machine: the benchmark, and a single-node Cassandra 5.0 started by tests/rig/cassandra.sh \
-         (default JVM settings of the rig); writes in unlogged batches of {write_batch_rows} rows, {write_parallelism} in flight; \
+         (the rig's JVM settings and Cassandra 5.0's recommended storage engine: trie memtables, BTI SSTables); writes in unlogged batches of {write_batch_rows} rows, {write_parallelism} in flight; \
          both paths are warmed up first (an untimed 100k-row load; 10 s of reads) and reads start once Cassandra is idle after the load ({settle}s). The file is the example `customer_profile` view (key + 5 features), {csv_mb:.1} MB of CSV.\n"
     )?;
     writeln!(

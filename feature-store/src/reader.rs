@@ -18,6 +18,7 @@
 //! hits the cap is counted ([`EventStats::capped_reads`]) and logged.
 
 use std::collections::{BTreeMap, HashMap};
+use std::hash::{BuildHasher as _, RandomState};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, Weak};
 use std::time::{Duration, Instant, SystemTime};
@@ -333,12 +334,21 @@ pub struct CacheStats {
 
 #[derive(Debug, Clone)]
 struct CachedRow {
+    /// The entity the row belongs to: the key holds only its hash, so a hit
+    /// is served only when this matches the entity asked for.
+    entity: Arc<str>,
     /// The batch the row was read from (static views).
     batch_id: Option<Arc<str>>,
     row: Option<Arc<StoredRow>>,
 }
 
-type Key = (u32, String);
+/// (view index, keyed 64-bit hash of the entity key). A fixed-size key keeps
+/// the cache's probes to integer compares (no string to fetch and compare per
+/// probe, no allocation per lookup); the hash is keyed per reader (SipHash
+/// with random keys), and the entity stored in the entry is checked on every
+/// hit, so two entities sharing a hash are each read from the store instead
+/// of ever serving one the other's row.
+type Key = (u32, u64);
 
 struct RowExpiry {
     ttls: Vec<Duration>,
@@ -375,7 +385,8 @@ fn weigh(key: &Key, value: &CachedRow) -> u32 {
             .sum::<usize>()
             + 96
     });
-    u32::try_from(key.1.len() + 64 + row).unwrap_or(u32::MAX)
+    let _ = key;
+    u32::try_from(value.entity.len() + 80 + row).unwrap_or(u32::MAX)
 }
 
 /// Reads features of one definitions file through the cache.
@@ -388,6 +399,7 @@ pub struct FeatureReader<S> {
     counters: Arc<Counters>,
     config: ReaderConfig,
     started: Instant,
+    hasher: RandomState,
 }
 
 impl<S: FeatureStore> FeatureReader<S> {
@@ -441,6 +453,7 @@ impl<S: FeatureStore> FeatureReader<S> {
             counters,
             config,
             started: Instant::now(),
+            hasher: RandomState::new(),
         })
     }
 
@@ -611,8 +624,13 @@ impl<S: FeatureStore> FeatureReader<S> {
             // Never refreshed: every value is missing.
             return Ok(None);
         };
-        let key: Key = (idx, entity_key.to_owned());
+        let key = self.key(idx, entity_key);
+        let read = || self.load(|s| s.read_static(&view.name, &batch.batch_id, entity_key));
         if let Some(hit) = self.cache.get(&key).await {
+            if &*hit.entity != entity_key {
+                // Another entity with the same key hash holds the slot.
+                return Self::past_cache(read().await);
+            }
             if hit.batch_id.as_deref() == Some(batch.batch_id.as_str()) {
                 tracing::Span::current().record("cache", "hit");
                 self.counters.hits.fetch_add(1, Ordering::Relaxed);
@@ -625,17 +643,35 @@ impl<S: FeatureStore> FeatureReader<S> {
         let loaded = self
             .cache
             .try_get_with(key, async {
-                let row = self
-                    .load(|s| s.read_static(&view.name, &batch.batch_id, entity_key))
-                    .await?;
+                let row = read().await?;
                 Ok::<_, StoreError>(CachedRow {
+                    entity: Arc::from(entity_key),
                     batch_id: Some(Arc::from(batch.batch_id.as_str())),
                     row: row.map(Arc::new),
                 })
             })
             .await
             .map_err(ReadError::Store)?;
+        if &*loaded.entity != entity_key {
+            // Coalesced onto the load of another entity with the same hash.
+            return Self::past_cache(read().await);
+        }
         Ok(loaded.row)
+    }
+
+    fn key(&self, idx: u32, entity_key: &str) -> Key {
+        (idx, self.hasher.hash_one(entity_key))
+    }
+
+    /// A row read straight from the store, bypassing the cache (the rare
+    /// entity whose key hash another cached entity holds).
+    fn past_cache(
+        row: Result<Option<StoredRow>, StoreError>,
+    ) -> Result<Option<Arc<StoredRow>>, ReadError> {
+        tracing::Span::current().record("cache", "bypass");
+        Ok(row
+            .map_err(|e| ReadError::Store(Arc::new(e)))?
+            .map(Arc::new))
     }
 
     async fn dynamic_row(
@@ -651,8 +687,12 @@ impl<S: FeatureStore> FeatureReader<S> {
             self.counters.store_error(StoreOp::Read, &row);
             return Ok(row?.map(Arc::new));
         }
-        let key: Key = (idx, entity_key.to_owned());
+        let key = self.key(idx, entity_key);
+        let read = || self.load(|_| self.read_dynamic_now(view, entity_key, now));
         if let Some(hit) = self.cache.get(&key).await {
+            if &*hit.entity != entity_key {
+                return Self::past_cache(read().await);
+            }
             tracing::Span::current().record("cache", "hit");
             self.counters.hits.fetch_add(1, Ordering::Relaxed);
             return Ok(hit.row);
@@ -664,16 +704,18 @@ impl<S: FeatureStore> FeatureReader<S> {
             .try_get_with(key, async {
                 // The aggregates are computed for this load's `now` and
                 // served as such for `dynamic_ttl`.
-                let row = self
-                    .load(|_| self.read_dynamic_now(view, entity_key, now))
-                    .await?;
+                let row = read().await?;
                 Ok::<_, StoreError>(CachedRow {
+                    entity: Arc::from(entity_key),
                     batch_id: None,
                     row: row.map(Arc::new),
                 })
             })
             .await
             .map_err(ReadError::Store)?;
+        if &*loaded.entity != entity_key {
+            return Self::past_cache(read().await);
+        }
         Ok(loaded.row)
     }
 
@@ -833,7 +875,7 @@ impl<S: FeatureStore> FeatureReader<S> {
         self.counters.store_error(StoreOp::Write, &written);
         written?;
         if self.config.dynamic_ttl.is_some() {
-            self.cache.invalidate(&(idx, entity_key.to_owned())).await;
+            self.cache.invalidate(&self.key(idx, entity_key)).await;
         }
         Ok(())
     }
@@ -896,7 +938,7 @@ impl<S: FeatureStore> FeatureReader<S> {
         self.counters.store_error(StoreOp::Write, &written);
         written?;
         if self.config.dynamic_ttl.is_some() {
-            self.cache.invalidate(&(idx, entity_key.to_owned())).await;
+            self.cache.invalidate(&self.key(idx, entity_key)).await;
         }
         Ok(())
     }
@@ -943,5 +985,75 @@ impl<S: FeatureStore> FeatureReader<S> {
     /// moka otherwise does it lazily. For tests and metrics scrapes.
     pub async fn sync_cache(&self) {
         self.cache.run_pending_tasks().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::store::embedded::EmbeddedStore;
+
+    #[tokio::test]
+    async fn a_cached_row_of_another_entity_with_the_same_key_is_never_served() {
+        let dir = std::env::temp_dir().join(format!("mlgw-reader-{}", uuid::Uuid::now_v7()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let store = Arc::new(EmbeddedStore::open(&dir.join("f.redb")).unwrap());
+        store.apply_schema().await.unwrap();
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("definitions/fraud.toml");
+        let defs = Arc::new(FeatureDefinitions::load(&path).unwrap());
+        let config = ReaderConfig {
+            dynamic_ttl: Some(Duration::from_secs(60)),
+            ..ReaderConfig::default()
+        };
+        let reader = FeatureReader::new(store, defs, config).await.unwrap();
+        let now = SystemTime::now();
+        let minutes = "minutes_since_last_txn".to_owned();
+        reader
+            .push(
+                "customer_activity",
+                "c-a",
+                &[(minutes.clone(), FeatureValue::Float32(3.0))],
+                now,
+            )
+            .await
+            .unwrap();
+        let (idx, _) = reader.view("customer_activity").unwrap();
+        let value_of = |v: &ResolvedView<'_>| {
+            v.features
+                .iter()
+                .find(|f| f.name == minutes)
+                .map(|f| f.value.clone())
+        };
+        // Another entity's row planted under c-a's key, as a hash collision
+        // would leave it.
+        let mut foreign = BTreeMap::new();
+        foreign.insert(
+            minutes.clone(),
+            crate::freshness::StoredValue {
+                value: FeatureValue::Float32(99.0),
+                written_at: now,
+            },
+        );
+        let planted = CachedRow {
+            entity: Arc::from("c-b"),
+            batch_id: None,
+            row: Some(Arc::new(StoredRow::dynamic(foreign.clone()).unwrap())),
+        };
+        reader.cache.insert(reader.key(idx, "c-a"), planted).await;
+        let read = reader.read("customer_activity", "c-a", now).await.unwrap();
+        assert_eq!(value_of(&read), Some(FeatureValue::Float32(3.0)));
+        // The same entry planted for c-a itself is served from the cache.
+        let own = CachedRow {
+            entity: Arc::from("c-a"),
+            batch_id: None,
+            row: Some(Arc::new(StoredRow::dynamic(foreign).unwrap())),
+        };
+        reader.cache.insert(reader.key(idx, "c-a"), own).await;
+        let read = reader.read("customer_activity", "c-a", now).await.unwrap();
+        assert_eq!(value_of(&read), Some(FeatureValue::Float32(99.0)));
+        drop(reader);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
