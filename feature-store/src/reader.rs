@@ -734,14 +734,13 @@ impl<S: FeatureStore> FeatureReader<S> {
         };
         let from = now.checked_sub(widest).unwrap_or(SystemTime::UNIX_EPOCH);
         let limit = self.config.max_events_per_read.max(1);
-        // Boxed: the two backend futures side by side are large (tens of KB
-        // in debug builds), and a caller polling on a small stack must not
-        // carry them inline. One allocation beside the events' own.
-        let (row, events) = Box::pin(futures_util::future::try_join(
-            self.store.read_dynamic(&view.name, entity_key),
+        // Boxed: the backend's future (by default two reads side by side) is
+        // large (tens of KB in debug builds), and a caller polling on a small
+        // stack must not carry it inline. One allocation beside the events'.
+        let (row, events) = Box::pin(
             self.store
-                .read_events(&view.name, entity_key, from, now, limit),
-        ))
+                .read_dynamic_window(&view.name, entity_key, from, now, limit),
+        )
         .await?;
         self.count_events(view, entity_key, &events, limit);
         let mut values = row.map(|r| r.values).unwrap_or_default();

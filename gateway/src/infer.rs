@@ -2,8 +2,8 @@
 //! so it works against this project's model-server and, unchanged, against
 //! Triton or MLServer.
 //!
-//! One HTTP/2 channel per endpoint is shared by every call (tonic multiplexes
-//! requests on it). Every call carries a deadline (the caller's, capped by the
+//! Calls are spread over a few HTTP/2 connections per endpoint ([`CONNECTIONS`],
+//! each a [`Connection`] that calls start on directly). Every call carries a deadline (the caller's, capped by the
 //! model's configured timeout). Calls are never retried: an inference that
 //! timed out may have run. A circuit breaker opens after consecutive
 //! connection failures or timeouts and fails calls at once until a cool-down
@@ -14,7 +14,8 @@ use std::time::{Duration, Instant};
 
 use proto::inference as pb;
 use proto::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
-use tonic::transport::{Channel, Endpoint};
+
+use crate::h2conn::{ConnSettings, Connection};
 
 /// Why an inference call failed.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -130,7 +131,7 @@ impl Default for BreakerConfig {
 pub struct ModelClient {
     endpoint: String,
     /// [`CONNECTIONS`] HTTP/2 connections, used in turn.
-    clients: Vec<GrpcInferenceServiceClient<Channel>>,
+    clients: Vec<GrpcInferenceServiceClient<Connection>>,
     next: std::sync::atomic::AtomicUsize,
     breaker: Mutex<BreakerState>,
     breaker_config: BreakerConfig,
@@ -162,17 +163,33 @@ impl ModelClient {
         connect_timeout: Duration,
         breaker_config: BreakerConfig,
     ) -> Result<Self, InferError> {
-        let target = Endpoint::from_shared(endpoint.to_owned())
-            .map_err(|e| InferError::Unavailable {
-                endpoint: endpoint.to_owned(),
-                detail: format!("not a valid endpoint URI: {e}"),
-            })?
-            .connect_timeout(connect_timeout)
-            .tcp_nodelay(true)
-            .http2_keep_alive_interval(Duration::from_secs(30))
-            .keep_alive_while_idle(true);
+        let unusable = |detail: String| InferError::Unavailable {
+            endpoint: endpoint.to_owned(),
+            detail,
+        };
+        let origin: http::Uri = endpoint
+            .parse()
+            .map_err(|e| unusable(format!("not a valid endpoint URI: {e}")))?;
+        if origin.scheme_str() != Some("http") {
+            return Err(unusable(
+                "the endpoint must be http://host:port (plaintext HTTP/2)".into(),
+            ));
+        }
+        let host = origin
+            .host()
+            .ok_or_else(|| unusable("the endpoint names no host".into()))?;
+        let address = format!("{host}:{}", origin.port_u16().unwrap_or(80));
+        let settings = ConnSettings {
+            connect_timeout,
+            keep_alive_interval: Duration::from_secs(30),
+        };
         let clients = (0..CONNECTIONS)
-            .map(|_| GrpcInferenceServiceClient::new(target.connect_lazy()))
+            .map(|_| {
+                GrpcInferenceServiceClient::with_origin(
+                    Connection::new(address.clone(), settings),
+                    origin.clone(),
+                )
+            })
             .collect();
         Ok(ModelClient {
             endpoint: endpoint.to_owned(),
@@ -189,7 +206,7 @@ impl ModelClient {
     }
 
     /// The next connection's client, in turn.
-    fn client(&self) -> GrpcInferenceServiceClient<Channel> {
+    fn client(&self) -> GrpcInferenceServiceClient<Connection> {
         let i = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.clients[i % self.clients.len()].clone()
     }

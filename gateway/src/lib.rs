@@ -18,6 +18,7 @@ pub mod core;
 pub mod enrich;
 pub mod error;
 pub mod grpc;
+pub mod h2conn;
 pub mod http;
 pub mod infer;
 pub mod layers;

@@ -9,6 +9,13 @@ use clap::Parser;
 use gateway::config::GatewayConfig;
 use gateway::server::GatewayServer;
 
+/// mimalloc instead of the system allocator: a call allocates and frees many
+/// small buffers across two worker threads (HTTP/2 frames, protobuf
+/// messages, tasks), and glibc's malloc spent about a fifth of the
+/// gateway's CPU on them under load (`benches/results/gateway.md`).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Serve predictions over gRPC and REST: enrich entity IDs with features,
 /// call the model-server, post-process.
 #[derive(Debug, Parser)]

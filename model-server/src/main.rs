@@ -7,6 +7,11 @@ use clap::Parser;
 use model_server::cli::Cli;
 use model_server::server::ModelServer;
 
+/// mimalloc instead of the system allocator, as in the gateway: many small
+/// per-call buffers across the IO and inference threads.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()

@@ -894,6 +894,20 @@ async fn the_event_cap_bounds_a_read_and_is_reported(f: Fixture) -> Result<()> {
         )
         .await?;
     assert_eq!((range.events.len(), range.truncated), (7, true));
+    // Read together (from one snapshot where the backend can), the row and
+    // the events are what the two reads give apart.
+    let (row, together) = f
+        .store
+        .read_dynamic_window(
+            "payments",
+            "u-1",
+            now - Duration::from_secs(3 * 3600),
+            now,
+            7,
+        )
+        .await?;
+    assert_eq!(together, range);
+    assert_eq!(row, f.store.read_dynamic("payments", "u-1").await?);
     Ok(())
 }
 

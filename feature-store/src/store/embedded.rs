@@ -289,6 +289,112 @@ fn read_table<K: redb::Key + 'static, V: redb::Value + 'static>(
     }
 }
 
+/// The unexpired dynamic values of `entity_key` in `view` at `now` (µs).
+fn dynamic_in(
+    tx: &redb::ReadTransaction,
+    err: &dyn Fn(redb::Error) -> StoreError,
+    view: &str,
+    entity_key: &str,
+    now: i64,
+) -> Result<Option<StoredRow>, StoreError> {
+    let table = read_table(tx, DYNAMIC, err)?;
+    let prefix = key(&[view.as_bytes(), entity_key.as_bytes()]);
+    let end = prefix_end(&prefix);
+    let mut values = BTreeMap::new();
+    for item in table
+        .range(prefix.as_slice()..end.as_slice())
+        .map_err(|e| err(e.into()))?
+    {
+        let (k, v) = item.map_err(|e| err(e.into()))?;
+        let corrupt = |what| StoreError::Corrupt {
+            view: view.to_owned(),
+            entity: entity_key.to_owned(),
+            source: codec::CodecError { offset: 0, what },
+        };
+        let feature = k
+            .value()
+            .get(prefix.len() + 4..)
+            .and_then(|f| std::str::from_utf8(f).ok())
+            .ok_or_else(|| corrupt("bad feature key"))?
+            .to_owned();
+        let (event, rest) = split_i64(v.value()).ok_or_else(|| corrupt("truncated"))?;
+        let (expires, blob) = split_i64(rest).ok_or_else(|| corrupt("truncated"))?;
+        if expires <= now {
+            continue;
+        }
+        let value = codec::decode_value(blob).map_err(|source| StoreError::Corrupt {
+            view: view.to_owned(),
+            entity: entity_key.to_owned(),
+            source,
+        })?;
+        let written_at = from_micros(event);
+        values.insert(feature, StoredValue { value, written_at });
+    }
+    Ok(StoredRow::dynamic(values))
+}
+
+/// The unexpired events of `entity_key` in `view` with event times in
+/// `[from, to]`, newest first, at most `limit`, at `now` (µs).
+fn events_in(
+    tx: &redb::ReadTransaction,
+    err: &dyn Fn(redb::Error) -> StoreError,
+    view: &str,
+    entity_key: &str,
+    (from, to): (SystemTime, SystemTime),
+    limit: usize,
+    now: i64,
+) -> Result<EventRange, StoreError> {
+    let prefix = key(&[view.as_bytes(), entity_key.as_bytes()]);
+    let mut lo = prefix.clone();
+    lo.extend_from_slice(&ordered_micros(to_micros(from)));
+    let mut hi = prefix.clone();
+    hi.extend_from_slice(&ordered_micros(to_micros(to).saturating_add(1)));
+    let table = read_table(tx, EVENTS, err)?;
+    let corrupt = |what| StoreError::Corrupt {
+        view: view.to_owned(),
+        entity: entity_key.to_owned(),
+        source: codec::CodecError { offset: 0, what },
+    };
+    let mut out = EventRange::default();
+    // Newest first; expired rows (the oldest) are skipped until pruned.
+    for item in table
+        .range(lo.as_slice()..hi.as_slice())
+        .map_err(|e| err(e.into()))?
+        .rev()
+    {
+        let (k, v) = item.map_err(|e| err(e.into()))?;
+        let (expires, blob) = split_i64(v.value()).ok_or_else(|| corrupt("truncated"))?;
+        if expires <= now {
+            continue;
+        }
+        if out.events.len() == limit {
+            out.truncated = true;
+            break;
+        }
+        let rest = k
+            .value()
+            .get(prefix.len()..)
+            .ok_or_else(|| corrupt("bad event key"))?;
+        let (time, id) = rest
+            .split_first_chunk::<8>()
+            .ok_or_else(|| corrupt("bad event key"))?;
+        let event_id = std::str::from_utf8(id)
+            .map_err(|_| corrupt("event ID is not UTF-8"))?
+            .to_owned();
+        let fields = codec::decode(blob).map_err(|source| StoreError::Corrupt {
+            view: view.to_owned(),
+            entity: entity_key.to_owned(),
+            source,
+        })?;
+        out.events.push(Event {
+            event_id,
+            event_time: from_micros(from_ordered_micros(*time)),
+            fields,
+        });
+    }
+    Ok(out)
+}
+
 fn read_static_sync(
     db: &Database,
     err: &dyn Fn(redb::Error) -> StoreError,
@@ -461,42 +567,8 @@ impl FeatureStore for EmbeddedStore {
         entity_key: &str,
     ) -> Result<Option<StoredRow>, StoreError> {
         self.inline(|db, err| {
-            let now = to_micros(SystemTime::now());
             let tx = db.begin_read().map_err(|e| err(e.into()))?;
-            let table = read_table(&tx, DYNAMIC, err)?;
-            let prefix = key(&[view.as_bytes(), entity_key.as_bytes()]);
-            let end = prefix_end(&prefix);
-            let mut values = BTreeMap::new();
-            for item in table
-                .range(prefix.as_slice()..end.as_slice())
-                .map_err(|e| err(e.into()))?
-            {
-                let (k, v) = item.map_err(|e| err(e.into()))?;
-                let corrupt = |what| StoreError::Corrupt {
-                    view: view.to_owned(),
-                    entity: entity_key.to_owned(),
-                    source: codec::CodecError { offset: 0, what },
-                };
-                let feature = k
-                    .value()
-                    .get(prefix.len() + 4..)
-                    .and_then(|f| std::str::from_utf8(f).ok())
-                    .ok_or_else(|| corrupt("bad feature key"))?
-                    .to_owned();
-                let (event, rest) = split_i64(v.value()).ok_or_else(|| corrupt("truncated"))?;
-                let (expires, blob) = split_i64(rest).ok_or_else(|| corrupt("truncated"))?;
-                if expires <= now {
-                    continue;
-                }
-                let value = codec::decode_value(blob).map_err(|source| StoreError::Corrupt {
-                    view: view.to_owned(),
-                    entity: entity_key.to_owned(),
-                    source,
-                })?;
-                let written_at = from_micros(event);
-                values.insert(feature, StoredValue { value, written_at });
-            }
-            Ok(StoredRow::dynamic(values))
+            dynamic_in(&tx, err, view, entity_key, to_micros(SystemTime::now()))
         })
     }
 
@@ -610,60 +682,33 @@ impl FeatureStore for EmbeddedStore {
         to: SystemTime,
         limit: usize,
     ) -> Result<EventRange, StoreError> {
-        let prefix = key(&[view.as_bytes(), entity_key.as_bytes()]);
-        let mut lo = prefix.clone();
-        lo.extend_from_slice(&ordered_micros(to_micros(from)));
-        let mut hi = prefix.clone();
-        hi.extend_from_slice(&ordered_micros(to_micros(to).saturating_add(1)));
         // Inline like the other reads of one entity: a window's events are
         // a short range of one key prefix (at most `limit`).
         self.inline(|db, err| {
-            let now = to_micros(SystemTime::now());
             let tx = db.begin_read().map_err(|e| err(e.into()))?;
-            let table = read_table(&tx, EVENTS, err)?;
-            let corrupt = |what| StoreError::Corrupt {
-                view: view.to_owned(),
-                entity: entity_key.to_owned(),
-                source: codec::CodecError { offset: 0, what },
-            };
-            let mut out = EventRange::default();
-            // Newest first; expired rows (the oldest) are skipped until pruned.
-            for item in table
-                .range(lo.as_slice()..hi.as_slice())
-                .map_err(|e| err(e.into()))?
-                .rev()
-            {
-                let (k, v) = item.map_err(|e| err(e.into()))?;
-                let (expires, blob) = split_i64(v.value()).ok_or_else(|| corrupt("truncated"))?;
-                if expires <= now {
-                    continue;
-                }
-                if out.events.len() == limit {
-                    out.truncated = true;
-                    break;
-                }
-                let rest = k
-                    .value()
-                    .get(prefix.len()..)
-                    .ok_or_else(|| corrupt("bad event key"))?;
-                let (time, id) = rest
-                    .split_first_chunk::<8>()
-                    .ok_or_else(|| corrupt("bad event key"))?;
-                let event_id = std::str::from_utf8(id)
-                    .map_err(|_| corrupt("event ID is not UTF-8"))?
-                    .to_owned();
-                let fields = codec::decode(blob).map_err(|source| StoreError::Corrupt {
-                    view: view.to_owned(),
-                    entity: entity_key.to_owned(),
-                    source,
-                })?;
-                out.events.push(Event {
-                    event_id,
-                    event_time: from_micros(from_ordered_micros(*time)),
-                    fields,
-                });
-            }
-            Ok(out)
+            let now = to_micros(SystemTime::now());
+            events_in(&tx, err, view, entity_key, (from, to), limit, now)
+        })
+    }
+
+    /// Both reads in one read transaction: one snapshot, and one
+    /// transaction start (a shared file lock and a header read in the
+    /// multi-writer mode) instead of two on the hot path of a view with
+    /// aggregates.
+    async fn read_dynamic_window(
+        &self,
+        view: &str,
+        entity_key: &str,
+        from: SystemTime,
+        to: SystemTime,
+        limit: usize,
+    ) -> Result<(Option<StoredRow>, EventRange), StoreError> {
+        self.inline(|db, err| {
+            let tx = db.begin_read().map_err(|e| err(e.into()))?;
+            let now = to_micros(SystemTime::now());
+            let row = dynamic_in(&tx, err, view, entity_key, now)?;
+            let events = events_in(&tx, err, view, entity_key, (from, to), limit, now)?;
+            Ok((row, events))
         })
     }
 

@@ -328,6 +328,24 @@ pub trait FeatureStore: Send + Sync + 'static {
         limit: usize,
     ) -> impl Future<Output = Result<EventRange, StoreError>> + Send;
 
+    /// [`read_dynamic`](Self::read_dynamic) and
+    /// [`read_events`](Self::read_events) of one entity together, as a view
+    /// with aggregates needs them. By default the two run concurrently; a
+    /// backend that can serve both from one snapshot for less overrides it.
+    fn read_dynamic_window(
+        &self,
+        view: &str,
+        entity_key: &str,
+        from: SystemTime,
+        to: SystemTime,
+        limit: usize,
+    ) -> impl Future<Output = Result<(Option<StoredRow>, EventRange), StoreError>> + Send {
+        futures_util::future::try_join(
+            self.read_dynamic(view, entity_key),
+            self.read_events(view, entity_key, from, to, limit),
+        )
+    }
+
     /// Inserts or replaces a batch record.
     fn put_batch(
         &self,
@@ -529,6 +547,16 @@ impl FeatureStore for AnyStore {
         limit: usize,
     ) -> Result<EventRange, StoreError> {
         dispatch!(self, s => s.read_events(view, entity_key, from, to, limit).await)
+    }
+    async fn read_dynamic_window(
+        &self,
+        view: &str,
+        entity_key: &str,
+        from: SystemTime,
+        to: SystemTime,
+        limit: usize,
+    ) -> Result<(Option<StoredRow>, EventRange), StoreError> {
+        dispatch!(self, s => s.read_dynamic_window(view, entity_key, from, to, limit).await)
     }
     async fn put_batch(&self, record: &BatchRecord) -> Result<(), StoreError> {
         dispatch!(self, s => s.put_batch(record).await)

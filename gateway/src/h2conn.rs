@@ -1,0 +1,193 @@
+//! One HTTP/2 connection to a model-server, driven through hyper directly.
+//!
+//! tonic's `Channel` puts a `tower::buffer` task in front of its connection:
+//! each call is handed to that task, which starts it on the connection's
+//! task. Here a call starts on the connection's task directly (hyper's
+//! `SendRequest` is a handle to it that any task may use): one task hand-off
+//! less on every model call.
+//!
+//! The connection is made on first use and again after it closed (the
+//! server restarted, a keep-alive ping went unanswered); one caller makes it
+//! while the others wait for that attempt. A failure to connect, or a
+//! connection lost under a call, answers UNAVAILABLE naming the address.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use hyper::client::conn::http2::SendRequest;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tonic::body::Body;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// How a connection is made and kept.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnSettings {
+    /// Bound on the TCP connect and the HTTP/2 handshake.
+    pub connect_timeout: Duration,
+    /// HTTP/2 PING interval, also while idle; an unanswered ping closes the
+    /// connection, and the next call makes a new one.
+    pub keep_alive_interval: Duration,
+}
+
+/// A lazily made, self-renewing HTTP/2 connection: a `tower::Service` for
+/// tonic's generated clients (use them `with_origin`, so requests carry the
+/// scheme and authority HTTP/2 needs).
+#[derive(Clone)]
+pub struct Connection {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    /// `host:port`.
+    address: String,
+    settings: ConnSettings,
+    /// The open connection's handle, if one was made.
+    sender: Mutex<Option<SendRequest<Body>>>,
+    /// Held while connecting: one attempt at a time.
+    connecting: tokio::sync::Mutex<()>,
+}
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection")
+            .field("address", &self.shared.address)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Connection {
+    /// A connection to `address` (`host:port`), made on first use.
+    pub fn new(address: String, settings: ConnSettings) -> Self {
+        Connection {
+            shared: Arc::new(Shared {
+                address,
+                settings,
+                sender: Mutex::new(None),
+                connecting: tokio::sync::Mutex::new(()),
+            }),
+        }
+    }
+
+    /// The handle of the open connection, if it is still open.
+    fn open(&self) -> Option<SendRequest<Body>> {
+        let sender = self
+            .shared
+            .sender
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        sender.as_ref().filter(|s| !s.is_closed()).cloned()
+    }
+
+    async fn sender(&self) -> Result<SendRequest<Body>, tonic::Status> {
+        if let Some(s) = self.open() {
+            return Ok(s);
+        }
+        let _one = self.shared.connecting.lock().await;
+        // Another caller may have connected while this one waited.
+        if let Some(s) = self.open() {
+            return Ok(s);
+        }
+        let address = &self.shared.address;
+        let sender = tokio::time::timeout(self.shared.settings.connect_timeout, self.connect())
+            .await
+            .map_err(|_| {
+                tonic::Status::unavailable(format!(
+                    "cannot connect to {address}: no connection within {:?}",
+                    self.shared.settings.connect_timeout
+                ))
+            })?
+            .map_err(|e| tonic::Status::unavailable(format!("cannot connect to {address}: {e}")))?;
+        *self
+            .shared
+            .sender
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(sender.clone());
+        Ok(sender)
+    }
+
+    async fn connect(&self) -> Result<SendRequest<Body>, BoxError> {
+        let stream = tokio::net::TcpStream::connect(&self.shared.address).await?;
+        stream.set_nodelay(true)?;
+        let (sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .keep_alive_interval(self.shared.settings.keep_alive_interval)
+            .keep_alive_while_idle(true)
+            .handshake(TokioIo::new(stream))
+            .await?;
+        let address = self.shared.address.clone();
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(%address, error = %e, "model-server connection closed");
+            }
+        });
+        Ok(sender)
+    }
+}
+
+impl tower::Service<http::Request<Body>> for Connection {
+    type Response = http::Response<hyper::body::Incoming>;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        // Readiness is the connection's, checked per call in `call`.
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move {
+            let mut sender = this.sender().await?;
+            let lost = |e: hyper::Error| {
+                let address = &this.shared.address;
+                tonic::Status::unavailable(format!("connection to {address} failed: {e}"))
+            };
+            sender.ready().await.map_err(lost)?;
+            Ok(sender.send_request(request).await.map_err(lost)?)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proto::inference as pb;
+    use proto::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
+
+    #[tokio::test]
+    async fn a_server_that_is_not_there_answers_unavailable_naming_the_address() {
+        // A port that was free a moment ago: nothing listens on it.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("a free port");
+        let address = format!("127.0.0.1:{port}");
+        let settings = ConnSettings {
+            connect_timeout: Duration::from_secs(2),
+            keep_alive_interval: Duration::from_secs(30),
+        };
+        let origin: http::Uri = format!("http://{address}").parse().expect("a URI");
+        let mut client = GrpcInferenceServiceClient::with_origin(
+            Connection::new(address.clone(), settings),
+            origin,
+        );
+        for _ in 0..2 {
+            let status = client
+                .server_live(pb::ServerLiveRequest {})
+                .await
+                .expect_err("nothing listens");
+            assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+            assert!(
+                status
+                    .message()
+                    .contains(&format!("cannot connect to {address}")),
+                "{}",
+                status.message()
+            );
+        }
+    }
+}
