@@ -9,7 +9,11 @@
 //! Run: `cargo bench -p benches --bench feature_store`
 //! It starts its own Cassandra with tests/rig/cassandra.sh (or uses
 //! MLGW_BENCH_CASSANDRA=host:port) and writes benches/results/feature_store.md.
-//! Knobs: MLGW_BENCH_ROWS (default 1000000), MLGW_BENCH_SECONDS (per cell, 4).
+//! Knobs: MLGW_BENCH_ROWS (default 1000000), MLGW_BENCH_SECONDS (per cell, 4),
+//! MLGW_BENCH_WARM_ROWS (the untimed Cassandra warm-up load, default ROWS),
+//! MLGW_BENCH_WRITE_PARALLELISM and MLGW_BENCH_BATCH_ROWS (the write path's
+//! settings, default the shipped ones), MLGW_BENCH_ONLY=cassandra-load (only
+//! the Cassandra refresh, printed, no results file: for tuning the writes).
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -443,15 +447,20 @@ async fn main() -> Result<()> {
         &scratch.join("features.redb"),
     )?));
 
+    // MLGW_BENCH_ONLY=cassandra-load measures the Cassandra refresh alone (for
+    // tuning the write path) and writes no results file.
+    let only_load = std::env::var("MLGW_BENCH_ONLY").is_ok_and(|v| v == "cassandra-load");
     // Embedded first, before Cassandra starts, so the two do not share the CPU.
-    let mut loads = vec![
-        load(&embedded, &defs, &csv, "embedded (redb), CSV").await?,
-        load(&embedded, &defs, &parquet, "embedded (redb), Parquet").await?,
-    ];
-    let (cached_ns, cached_loads) = cached(&embedded, Arc::clone(&defs)).await?;
+    let mut loads = Vec::new();
+    let (mut cached_ns, mut cached_loads) = (0.0, 0);
     let mut cells = Vec::new();
-    for readers in CONCURRENCY {
-        cells.push(uncached(&embedded, "embedded (redb)", readers, rows, seconds).await?);
+    if !only_load {
+        loads.push(load(&embedded, &defs, &csv, "embedded (redb), CSV").await?);
+        loads.push(load(&embedded, &defs, &parquet, "embedded (redb), Parquet").await?);
+        (cached_ns, cached_loads) = cached(&embedded, Arc::clone(&defs)).await?;
+        for readers in CONCURRENCY {
+            cells.push(uncached(&embedded, "embedded (redb)", readers, rows, seconds).await?);
+        }
     }
     let cassandra = Cassandra::start(&scratch)?;
     let defaults = ScyllaConfig::default();
@@ -473,10 +482,14 @@ async fn main() -> Result<()> {
         })
         .await?,
     ));
-    // A fresh JVM runs interpreted for a while: warm Cassandra's write and read
-    // paths up (untimed) before measuring, as a serving cluster always is.
+    // A fresh JVM runs interpreted for a while and its JIT compiler then takes
+    // a fifth of the node's CPU: warm the write path up with an untimed load
+    // of the same size (MLGW_BENCH_WARM_ROWS), so the timed load is what a
+    // daily refresh into a node that has been serving costs: the view already
+    // holds the previous batch, and nothing is still being compiled.
+    let warm_rows = rows.min(env_num("MLGW_BENCH_WARM_ROWS", rows));
     let warm_csv = scratch.join("warm.csv");
-    write_profile_csv(&warm_csv, rows.min(100_000))?;
+    write_profile_csv(&warm_csv, warm_rows)?;
     load(
         &scylla,
         &defs,
@@ -484,7 +497,30 @@ async fn main() -> Result<()> {
         "Cassandra 5.0 (warm-up, not reported)",
     )
     .await?;
+    // Let the warm-up's flushes and compactions finish first, so the timed
+    // load does not pay for the warm-up's data.
+    let warmed = cassandra.settle(Duration::from_secs(120)).await;
+    println!(
+        "Cassandra idle {:.0}s after the warm-up",
+        warmed.as_secs_f64()
+    );
+    let warm_settle = warmed.as_secs();
+    let cpu_before = cassandra.cpu_seconds();
     loads.push(load(&scylla, &defs, &csv, "Cassandra 5.0, CSV").await?);
+    let load_cpu = match (cpu_before, cassandra.cpu_seconds()) {
+        (Some(before), Some(after)) => format!(
+            "{:.1} s, {:.1} µs per row",
+            after - before,
+            (after - before) * 1e6 / rows as f64
+        ),
+        _ => "not measured (an outside node)".to_owned(),
+    };
+    println!("Cassandra CPU during the load: {load_cpu}");
+    if only_load {
+        drop(cassandra);
+        let _ = std::fs::remove_dir_all(&scratch);
+        return Ok(());
+    }
     // Let Cassandra flush and compact what it just took in before reading:
     // wait until its process is idle (or a fixed time for an outside node).
     let settled = cassandra
@@ -516,7 +552,7 @@ async fn main() -> Result<()> {
         "Command: `cargo bench -p benches --bench feature_store` (MLGW_BENCH_ROWS={rows}, MLGW_BENCH_SECONDS={seconds}). \
          Everything on one 2-core machine: the benchmark, and a single-node Cassandra 5.0 started by tests/rig/cassandra.sh \
          (the rig's JVM settings and Cassandra 5.0's recommended storage engine: trie memtables, BTI SSTables); writes in unlogged batches of {write_batch_rows} rows, {write_parallelism} in flight; \
-         both paths are warmed up first (an untimed 100k-row load; 10 s of reads) and reads start once Cassandra is idle after the load ({settle}s). The file is the example `customer_profile` view (key + 5 features), {csv_mb:.1} MB of CSV.\n"
+         both paths are warmed up first (an untimed load of {warm_rows} rows, then a wait until Cassandra is idle, {warm_settle}s; 10 s of reads) and reads start once Cassandra is idle after the timed load ({settle}s). The timed load's Cassandra CPU: {load_cpu}. The file is the example `customer_profile` view (key + 5 features), {csv_mb:.1} MB of CSV.\n"
     )?;
     writeln!(
         out,
