@@ -436,25 +436,22 @@ async fn main() -> Result<()> {
     write_profile_csv(&csv, rows)?;
     let csv_mb = std::fs::metadata(&csv)?.len() as f64 / 1e6;
     println!("{rows} rows, {csv_mb:.1} MB of CSV");
-    let parquet = scratch.join("profile.parquet");
-    write_profile_parquet(&parquet, rows)?;
-    let parses = vec![
-        parse_rate(&defs, &csv, "CSV")?,
-        parse_rate(&defs, &parquet, "Parquet (snappy, dictionary)")?,
-    ];
-
-    let embedded = AnyStore::Embedded(Arc::new(EmbeddedStore::open(
-        &scratch.join("features.redb"),
-    )?));
-
     // MLGW_BENCH_ONLY=cassandra-load measures the Cassandra refresh alone (for
     // tuning the write path) and writes no results file.
     let only_load = std::env::var("MLGW_BENCH_ONLY").is_ok_and(|v| v == "cassandra-load");
-    // Embedded first, before Cassandra starts, so the two do not share the CPU.
+    let mut parses = Vec::new();
     let mut loads = Vec::new();
     let (mut cached_ns, mut cached_loads) = (0.0, 0);
     let mut cells = Vec::new();
+    // Embedded first, before Cassandra starts, so the two do not share the CPU.
     if !only_load {
+        let parquet = scratch.join("profile.parquet");
+        write_profile_parquet(&parquet, rows)?;
+        parses.push(parse_rate(&defs, &csv, "CSV")?);
+        parses.push(parse_rate(&defs, &parquet, "Parquet (snappy, dictionary)")?);
+        let embedded = AnyStore::Embedded(Arc::new(EmbeddedStore::open(
+            &scratch.join("features.redb"),
+        )?));
         loads.push(load(&embedded, &defs, &csv, "embedded (redb), CSV").await?);
         loads.push(load(&embedded, &defs, &parquet, "embedded (redb), Parquet").await?);
         (cached_ns, cached_loads) = cached(&embedded, Arc::clone(&defs)).await?;
@@ -488,8 +485,13 @@ async fn main() -> Result<()> {
     // daily refresh into a node that has been serving costs: the view already
     // holds the previous batch, and nothing is still being compiled.
     let warm_rows = rows.min(env_num("MLGW_BENCH_WARM_ROWS", rows));
-    let warm_csv = scratch.join("warm.csv");
-    write_profile_csv(&warm_csv, warm_rows)?;
+    let warm_csv = if warm_rows == rows {
+        csv.clone()
+    } else {
+        let path = scratch.join("warm.csv");
+        write_profile_csv(&path, warm_rows)?;
+        path
+    };
     load(
         &scylla,
         &defs,
