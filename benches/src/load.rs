@@ -384,29 +384,76 @@ pub async fn open_loop<C: Call>(target: Arc<C>, rate: f64, seconds: f64) -> Resu
 /// its slot of the schedule and timed from then (as wrk2 does), so a late
 /// answer's delay to the calls behind it is counted.
 ///
+/// The slots are released by a pacing thread, as in [`open_loop`]: tokio's
+/// timer rounds every sleep up to its next millisecond tick, which would
+/// release the calls of a millisecond together and count up to a millisecond
+/// of the timer's own lateness in every latency. Must run on a
+/// multi-threaded tokio runtime when paced.
+///
 /// # Errors
-/// When a caller task fails or panics.
+/// When a caller task fails or panics, or the pacing thread cannot start.
 pub async fn closed_loop<C: Call>(
     target: Arc<C>,
     callers: usize,
     pace: Option<f64>,
     seconds: f64,
 ) -> Result<Measured> {
-    let start = Instant::now();
+    let start = Instant::now() + Duration::from_millis(20);
     let window_start = start + WARMUP;
     let end = window_start + Duration::from_secs_f64(seconds);
+    // Paced: one permit per slot, added by the pacer at the slot's time; the
+    // n-th permit taken is slot n (tokio's semaphore is fair, first come
+    // first served).
+    let slots = pace.map(|rate| {
+        let permits = Arc::new(tokio::sync::Semaphore::new(0));
+        let taken = Arc::new(AtomicU64::new(0));
+        (rate, permits, taken)
+    });
+    let pacer = match &slots {
+        Some((rate, permits, _)) => {
+            let (rate, permits) = (*rate, Arc::clone(permits));
+            let total = ((end - start).as_secs_f64() * rate).round() as u64;
+            Some(
+                std::thread::Builder::new()
+                    .name("bench-pacer".into())
+                    .spawn(move || {
+                        let (_keep, wait) = std::sync::mpsc::channel::<()>();
+                        for i in 0..total {
+                            let due = start + Duration::from_secs_f64(i as f64 / rate);
+                            let now = Instant::now();
+                            if due > now {
+                                let _ = wait.recv_timeout(due - now);
+                            }
+                            permits.add_permits(1);
+                        }
+                        // The schedule is over: callers waiting for a slot stop.
+                        permits.close();
+                    })?,
+            )
+        }
+        None => None,
+    };
+    // Unpaced: call numbers shared by the callers, so no two send the same.
+    let next = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::with_capacity(callers);
-    for c in 0..callers {
+    for _ in 0..callers {
         let target = Arc::clone(&target);
+        let slots = slots.clone();
+        let next = Arc::clone(&next);
         tasks.push(tokio::spawn(async move {
             let mut tally = Tally::new()?;
-            let mut n = 0u64;
             loop {
-                let k = n * callers as u64 + c as u64;
-                let due = pace.map(|rate| start + Duration::from_secs_f64(k as f64 / rate));
-                if let Some(due) = due {
-                    tokio::time::sleep_until(due.into()).await;
-                }
+                let (k, due) = match &slots {
+                    Some((rate, permits, taken)) => {
+                        let Ok(permit) = permits.acquire().await else {
+                            break;
+                        };
+                        permit.forget();
+                        let k = taken.fetch_add(1, Ordering::Relaxed);
+                        (k, Some(start + Duration::from_secs_f64(k as f64 / rate)))
+                    }
+                    None => (next.fetch_add(1, Ordering::Relaxed), None),
+                };
                 let sent = Instant::now();
                 if sent >= end {
                     break;
@@ -417,7 +464,6 @@ pub async fn closed_loop<C: Call>(
                 // slow answer counts its lateness (no coordinated omission).
                 let from = due.unwrap_or(sent);
                 tally.add(outcome, done - from, from >= window_start, done)?;
-                n += 1;
             }
             anyhow::Ok(tally)
         }));
@@ -425,6 +471,11 @@ pub async fn closed_loop<C: Call>(
     let mut all = Tally::new()?;
     for t in tasks {
         all.merge(t.await??)?;
+    }
+    if let Some(pacer) = pacer {
+        pacer
+            .join()
+            .map_err(|_| anyhow::anyhow!("the pacing thread panicked"))?;
     }
     Ok(all.finish(window_start, Duration::from_secs_f64(seconds), None))
 }
@@ -448,6 +499,48 @@ mod tests {
         assert_eq!(m.errors.get("boom"), Some(&100));
         assert_eq!(m.completed_all, 2000);
         assert!(m.p_ms(0.5) < 50.0, "{}", m.p_ms(0.5));
+        Ok(())
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn paced_closed_loop_sends_each_slot_once_at_the_rate() -> Result<()> {
+        let seen = Arc::new(std::sync::Mutex::new(std::collections::HashSet::new()));
+        let target = Arc::new(call_fn({
+            let seen = Arc::clone(&seen);
+            move |k: u64| {
+                let fresh = seen.lock().map(|mut s| s.insert(k)).unwrap_or(false);
+                async move {
+                    if fresh {
+                        Outcome::Ok
+                    } else {
+                        Outcome::failed("duplicate")
+                    }
+                }
+            }
+        }));
+        let load = Load::Closed {
+            callers: 8,
+            pace: Some(2000.0),
+        };
+        let m = run(&target, load, 0.5).await?;
+        assert!(m.errors.is_empty(), "{}", m.errors_text());
+        // 1000 slots in the window; the last ones may fall just past its end.
+        assert!((990..=1000).contains(&m.ok), "{} calls in the window", m.ok);
+        assert!(
+            (1980..=2000).contains(&m.completed_all),
+            "{}",
+            m.completed_all
+        );
+
+        // Unpaced, the callers share one sequence of call numbers too.
+        let load = Load::Closed {
+            callers: 8,
+            pace: None,
+        };
+        seen.lock().map(|mut s| s.clear()).ok();
+        let m = run(&target, load, 0.2).await?;
+        assert!(m.errors.is_empty(), "{}", m.errors_text());
+        assert!(m.ok > 0);
         Ok(())
     }
 }

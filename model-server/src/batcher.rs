@@ -7,7 +7,9 @@
 //! version is running an inference, a worker takes what is already queued and
 //! runs at once (unless `wait_when_idle`), so a lightly loaded server adds no
 //! batching delay, and under load batches form from the queue that builds up
-//! behind the running inferences.
+//! behind the running inferences. A worker already waiting stops as soon as
+//! the other inferences end (checked every [`IDLE_CHECK`]): the window is an
+//! upper bound, not a fixed delay.
 //!
 //! Inference is CPU-bound, so it runs on dedicated OS threads, never on the async
 //! runtime's workers.
@@ -18,9 +20,9 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError, TrySendError};
 use tokio::sync::oneshot;
 
 use crate::config::ModelSpec;
@@ -28,6 +30,10 @@ use crate::datatype::TensorData;
 use crate::error::InferError;
 use crate::metrics::ModelMetrics;
 use crate::runtime::{OnnxModel, OutputTensor};
+
+/// How often a worker holding a batch open re-checks whether the version's
+/// other inferences have finished (then it stops waiting and runs).
+const IDLE_CHECK: Duration = Duration::from_micros(100);
 
 /// Outputs of one request (ordered as `spec.outputs`), or why it failed.
 pub type JobResult = Result<Vec<OutputTensor>, InferError>;
@@ -158,16 +164,8 @@ impl Worker {
         let mut rows = first.rows;
         let mut batch = vec![first];
         while rows < self.spec.max_batch_size {
-            let next = match self.receiver.try_recv() {
-                Ok(job) => job,
-                // Nothing queued and the CPU idle: waiting would only delay.
-                Err(_) if !batching.wait_when_idle && self.running.load(Ordering::Acquire) == 0 => {
-                    break;
-                }
-                Err(_) => match self.receiver.recv_deadline(deadline) {
-                    Ok(job) => job,
-                    Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
-                },
+            let Some(next) = self.next_job(deadline, batching.wait_when_idle) else {
+                break;
             };
             if rows + next.rows > self.spec.max_batch_size || !same_trailing_dims(&batch[0], &next)
             {
@@ -178,6 +176,38 @@ impl Worker {
             batch.push(next);
         }
         batch
+    }
+
+    /// The next queued request to join the batch, waiting for one until
+    /// `deadline` only while another worker of the version runs an inference
+    /// (always, with `wait_when_idle`). The wait is cut into short slices and
+    /// re-checks that: once the other inference ends, a core is free and
+    /// holding the batch back any longer would only add latency.
+    fn next_job(&self, deadline: Instant, wait_when_idle: bool) -> Option<Job> {
+        loop {
+            match self.receiver.try_recv() {
+                Ok(job) => return Some(job),
+                Err(TryRecvError::Disconnected) => return None,
+                Err(TryRecvError::Empty) => {}
+            }
+            if !wait_when_idle && self.running.load(Ordering::Acquire) == 0 {
+                return None;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return None;
+            }
+            let slice = if wait_when_idle {
+                deadline
+            } else {
+                deadline.min(now + IDLE_CHECK)
+            };
+            match self.receiver.recv_deadline(slice) {
+                Ok(job) => return Some(job),
+                Err(RecvTimeoutError::Disconnected) => return None,
+                Err(RecvTimeoutError::Timeout) => {}
+            }
+        }
     }
 
     fn execute(&self, batch: Vec<Job>) {

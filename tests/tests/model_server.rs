@@ -1,6 +1,7 @@
 //! End-to-end tests of the model-server binary over gRPC and REST, with the real
 //! example ONNX models: readiness, reference outputs, bad input, batching, shedding.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -891,6 +892,58 @@ async fn an_idle_server_runs_a_lone_request_at_once() -> Result<()> {
     assert!(
         waited >= Duration::from_millis(900),
         "wait_when_idle = true answered after {waited:?}, before its 0.9 s window"
+    );
+    Ok(())
+}
+
+/// A worker holding a batch open stops waiting once the version's other
+/// inferences are done: 32 callers sending one request after another keep
+/// both workers busy in turns, so a worker often starts a batch while the
+/// other runs; with a 0.9 s window every call is still answered at once,
+/// each with its own row's answer.
+#[tokio::test]
+async fn a_short_batch_runs_once_the_other_inference_ends() -> Result<()> {
+    let (_repo, server) = ready_server_with(
+        |c| c.replace("max_queue_delay_ms = 2", "max_queue_delay_ms = 900"),
+        &["--instances", "2"],
+    )
+    .await?;
+    let client = grpc(&server).await?;
+    let reference = Arc::new(reference(2)?);
+    let n = reference.inputs.len();
+    let started = std::time::Instant::now();
+    let mut callers = tokio::task::JoinSet::new();
+    for caller in 0..32usize {
+        let mut client = client.clone();
+        let reference = Arc::clone(&reference);
+        callers.spawn(async move {
+            let mut slowest = Duration::ZERO;
+            for j in 0..8usize {
+                let i = (caller * 8 + j) % n;
+                let row = &reference.inputs[i];
+                let started = std::time::Instant::now();
+                let answer = client
+                    .model_infer(infer_request("2", std::slice::from_ref(row), false))
+                    .await?;
+                slowest = slowest.max(started.elapsed());
+                let (labels, _) = decode_outputs(&answer.into_inner())?;
+                anyhow::ensure!(
+                    labels == [reference.outputs.label[i]],
+                    "row {i}: {labels:?}"
+                );
+            }
+            anyhow::Ok(slowest)
+        });
+    }
+    let mut slowest = Duration::ZERO;
+    while let Some(joined) = callers.join_next().await {
+        slowest = slowest.max(joined??);
+    }
+    assert!(
+        slowest < Duration::from_millis(600),
+        "a call waited {slowest:?}: a batch was held for the 0.9 s window after the \
+         other inference had ended (256 calls took {:?})",
+        started.elapsed()
     );
     Ok(())
 }
