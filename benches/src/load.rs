@@ -306,6 +306,35 @@ struct Sample {
     done: Instant,
 }
 
+/// Slot `i` of a schedule at `rate` calls a second from `start`.
+fn slot(start: Instant, i: u64, rate: f64) -> Instant {
+    start + Duration::from_secs_f64(i as f64 / rate)
+}
+
+/// A precise sleep for a pacing thread: tokio's timer ticks in
+/// milliseconds, too coarse for thousands of calls a second. It waits on a
+/// channel nobody sends on (clippy's rule against `thread::sleep` targets
+/// runtime threads).
+struct Sleeper {
+    _keep: std::sync::mpsc::Sender<()>,
+    wait: std::sync::mpsc::Receiver<()>,
+}
+
+impl Sleeper {
+    fn new() -> Self {
+        let (_keep, wait) = std::sync::mpsc::channel();
+        Sleeper { _keep, wait }
+    }
+
+    /// Returns at `due` (at once when it has passed).
+    fn until(&self, due: Instant) {
+        let now = Instant::now();
+        if due > now {
+            let _ = self.wait.recv_timeout(due - now);
+        }
+    }
+}
+
 /// Open loop at `rate`: call *i* is due at `start + i / rate`, sent then by a
 /// dedicated pacing thread (tokio's timer ticks in milliseconds, too coarse
 /// for 5,000 req/s), and its latency runs from that due time. Must run on a
@@ -323,16 +352,11 @@ pub async fn open_loop<C: Call>(target: Arc<C>, rate: f64, seconds: f64) -> Resu
     let pacer = std::thread::Builder::new()
         .name("bench-pacer".into())
         .spawn(move || -> Result<Histogram<u64>> {
-            // A channel nobody sends on: recv_timeout is a precise sleep
-            // (clippy's rule against thread::sleep targets runtime threads).
-            let (_keep, wait) = std::sync::mpsc::channel::<()>();
+            let sleeper = Sleeper::new();
             let mut lag = Histogram::<u64>::new_with_bounds(1, 120_000_000, 3)?;
             for i in 0..total {
-                let due = start + Duration::from_secs_f64(i as f64 / rate);
-                let now = Instant::now();
-                if due > now {
-                    let _ = wait.recv_timeout(due - now);
-                }
+                let due = slot(start, i, rate);
+                sleeper.until(due);
                 let in_window = due >= window_start;
                 if in_window {
                     lag.record((due.elapsed().as_micros() as u64).max(1))?;
@@ -401,29 +425,20 @@ pub async fn closed_loop<C: Call>(
     let start = Instant::now() + Duration::from_millis(20);
     let window_start = start + WARMUP;
     let end = window_start + Duration::from_secs_f64(seconds);
-    // Paced: one permit per slot, added by the pacer at the slot's time; the
-    // n-th permit taken is slot n (tokio's semaphore is fair, first come
-    // first served).
-    let slots = pace.map(|rate| {
-        let permits = Arc::new(tokio::sync::Semaphore::new(0));
-        let taken = Arc::new(AtomicU64::new(0));
-        (rate, permits, taken)
-    });
+    // Paced: one permit per slot, added by the pacer at the slot's time
+    // (tokio's semaphore is fair, first come first served).
+    let slots = pace.map(|rate| (rate, Arc::new(tokio::sync::Semaphore::new(0))));
     let pacer = match &slots {
-        Some((rate, permits, _)) => {
+        Some((rate, permits)) => {
             let (rate, permits) = (*rate, Arc::clone(permits));
             let total = ((end - start).as_secs_f64() * rate).round() as u64;
             Some(
                 std::thread::Builder::new()
                     .name("bench-pacer".into())
                     .spawn(move || {
-                        let (_keep, wait) = std::sync::mpsc::channel::<()>();
+                        let sleeper = Sleeper::new();
                         for i in 0..total {
-                            let due = start + Duration::from_secs_f64(i as f64 / rate);
-                            let now = Instant::now();
-                            if due > now {
-                                let _ = wait.recv_timeout(due - now);
-                            }
+                            sleeper.until(slot(start, i, rate));
                             permits.add_permits(1);
                         }
                         // The schedule is over: callers waiting for a slot stop.
@@ -433,7 +448,8 @@ pub async fn closed_loop<C: Call>(
         }
         None => None,
     };
-    // Unpaced: call numbers shared by the callers, so no two send the same.
+    // Call numbers shared by the callers, so no two send the same; paced,
+    // the n-th call taken is slot n.
     let next = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::with_capacity(callers);
     for _ in 0..callers {
@@ -443,17 +459,14 @@ pub async fn closed_loop<C: Call>(
         tasks.push(tokio::spawn(async move {
             let mut tally = Tally::new()?;
             loop {
-                let (k, due) = match &slots {
-                    Some((rate, permits, taken)) => {
-                        let Ok(permit) = permits.acquire().await else {
-                            break;
-                        };
-                        permit.forget();
-                        let k = taken.fetch_add(1, Ordering::Relaxed);
-                        (k, Some(start + Duration::from_secs_f64(k as f64 / rate)))
-                    }
-                    None => (next.fetch_add(1, Ordering::Relaxed), None),
-                };
+                if let Some((_, permits)) = &slots {
+                    let Ok(permit) = permits.acquire().await else {
+                        break;
+                    };
+                    permit.forget();
+                }
+                let k = next.fetch_add(1, Ordering::Relaxed);
+                let due = slots.as_ref().map(|(rate, _)| slot(start, k, *rate));
                 let sent = Instant::now();
                 if sent >= end {
                     break;
