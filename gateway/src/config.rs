@@ -439,8 +439,9 @@ pub struct ServerConfig {
 pub struct ModelConfig {
     /// Name, as in the definitions file and on the model-server.
     pub name: String,
-    /// The model-server's gRPC endpoint (`http://host:port`) of every
-    /// version not in `endpoints`.
+    /// The model-server's gRPC endpoint (`http://host:port`, or
+    /// `unix:/path` for a Unix-domain socket on this host) of every version
+    /// not in `endpoints`.
     pub endpoint: String,
     /// Versions served by another model-server (e.g. a canary deployment).
     pub endpoints: std::collections::BTreeMap<String, String>,
@@ -622,23 +623,13 @@ impl GatewayConfig {
                     format!("{:?} is declared twice", m.name),
                 ));
             }
-            let is_url = |u: &str| u.starts_with("http://") || u.starts_with("https://");
-            if !is_url(&m.endpoint) {
-                return Err(err(
-                    &format!("model[{i}].endpoint"),
-                    format!(
-                        "{:?} is not a URL; write http://host:port of the model-server's gRPC port",
-                        m.endpoint
-                    ),
-                ));
+            if let Err(msg) = crate::infer::parse_endpoint(&m.endpoint) {
+                return Err(err(&format!("model[{i}].endpoint"), msg));
             }
-            if let Some((v, u)) = m.endpoints.iter().find(|(_, u)| !is_url(u)) {
-                return Err(err(
-                    &format!("model[{i}].endpoints.{v}"),
-                    format!(
-                        "{u:?} is not a URL; write http://host:port of the model-server's gRPC port"
-                    ),
-                ));
+            for (v, u) in &m.endpoints {
+                if let Err(msg) = crate::infer::parse_endpoint(u) {
+                    return Err(err(&format!("model[{i}].endpoints.{v}"), msg));
+                }
             }
             if m.version.is_some() {
                 return Err(err(
@@ -1073,7 +1064,19 @@ stable = "1"
             ),
             (
                 "[model.endpoints]\n\"2\" = \"localhost:1\"\n",
-                "model[0].endpoints.2: \"localhost:1\" is not a URL",
+                "model[0].endpoints.2: \"localhost:1\": only plaintext HTTP/2",
+            ),
+            (
+                "[model.endpoints]\n\"2\" = \"https://ms.example.com\"\n",
+                "model[0].endpoints.2: \"https://ms.example.com\": only plaintext HTTP/2",
+            ),
+            (
+                "[model.endpoints]\n\"2\" = \"unix:run/ms.sock\"\n",
+                "model[0].endpoints.2: \"unix:run/ms.sock\": the socket path must be absolute",
+            ),
+            (
+                "[model.endpoints]\n\"2\" = \"unix:\"\n",
+                "model[0].endpoints.2: \"unix:\" names no socket path",
             ),
         ] {
             let got = error(routing);

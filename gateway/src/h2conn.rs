@@ -10,8 +10,13 @@
 //! server restarted, a keep-alive ping went unanswered); one caller makes it
 //! while the others wait for that attempt. A failure to connect, or a
 //! connection lost under a call, answers UNAVAILABLE naming the address.
+//!
+//! The connection runs over TCP, or over a Unix-domain socket to a
+//! model-server on the same host (a sidecar): the same HTTP/2 and gRPC, with
+//! the kernel's loopback TCP stack left out of every call.
 
 use std::future::Future;
+use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
@@ -23,10 +28,28 @@ use tonic::body::Body;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+/// Where a connection goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// `host:port` over TCP (with TCP_NODELAY).
+    Tcp(String),
+    /// A Unix-domain socket's path.
+    Unix(PathBuf),
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Target::Tcp(address) => f.write_str(address),
+            Target::Unix(path) => write!(f, "unix:{}", path.display()),
+        }
+    }
+}
+
 /// How a connection is made and kept.
 #[derive(Debug, Clone, Copy)]
 pub struct ConnSettings {
-    /// Bound on the TCP connect and the HTTP/2 handshake.
+    /// Bound on the connect and the HTTP/2 handshake.
     pub connect_timeout: Duration,
     /// HTTP/2 PING interval, also while idle; an unanswered ping closes the
     /// connection, and the next call makes a new one.
@@ -42,7 +65,8 @@ pub struct Connection {
 }
 
 struct Shared {
-    /// `host:port`.
+    target: Target,
+    /// The target as error messages name it.
     address: String,
     settings: ConnSettings,
     /// The open connection's handle, if one was made.
@@ -60,11 +84,12 @@ impl std::fmt::Debug for Connection {
 }
 
 impl Connection {
-    /// A connection to `address` (`host:port`), made on first use.
-    pub fn new(address: String, settings: ConnSettings) -> Self {
+    /// A connection to `target`, made on first use.
+    pub fn new(target: Target, settings: ConnSettings) -> Self {
         Connection {
             shared: Arc::new(Shared {
-                address,
+                address: target.to_string(),
+                target,
                 settings,
                 sender: Mutex::new(None),
                 connecting: tokio::sync::Mutex::new(()),
@@ -110,8 +135,26 @@ impl Connection {
     }
 
     async fn connect(&self) -> Result<SendRequest<Body>, BoxError> {
-        let stream = tokio::net::TcpStream::connect(&self.shared.address).await?;
-        stream.set_nodelay(true)?;
+        match &self.shared.target {
+            Target::Tcp(address) => {
+                let stream = tokio::net::TcpStream::connect(address).await?;
+                stream.set_nodelay(true)?;
+                self.handshake(stream).await
+            }
+            #[cfg(unix)]
+            Target::Unix(path) => {
+                let stream = tokio::net::UnixStream::connect(path).await?;
+                self.handshake(stream).await
+            }
+            #[cfg(not(unix))]
+            Target::Unix(_) => Err("Unix-domain sockets need a Unix host".into()),
+        }
+    }
+
+    async fn handshake<T>(&self, stream: T) -> Result<SendRequest<Body>, BoxError>
+    where
+        T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+    {
         let (sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .keep_alive_interval(self.shared.settings.keep_alive_interval)
@@ -172,7 +215,7 @@ mod tests {
         };
         let origin: http::Uri = format!("http://{address}").parse().expect("a URI");
         let mut client = GrpcInferenceServiceClient::with_origin(
-            Connection::new(address.clone(), settings),
+            Connection::new(Target::Tcp(address.clone()), settings),
             origin,
         );
         for _ in 0..2 {

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use proto::inference as pb;
 use proto::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
 
-use crate::h2conn::{ConnSettings, Connection};
+use crate::h2conn::{ConnSettings, Connection, Target};
 
 /// Why an inference call failed.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -152,33 +152,22 @@ impl std::fmt::Debug for ModelClient {
 pub const CONNECTIONS: usize = 4;
 
 impl ModelClient {
-    /// A client for `endpoint` (`http://host:port`) over [`CONNECTIONS`]
+    /// A client for `endpoint` (see [`parse_endpoint`]) over [`CONNECTIONS`]
     /// connections used in turn; each connects on first use and reconnects by
     /// itself after the server comes back.
     ///
     /// # Errors
-    /// [`InferError::Unavailable`] if the endpoint is not a valid URI.
+    /// [`InferError::Unavailable`] if the endpoint is not usable.
     pub fn new(
         endpoint: &str,
         connect_timeout: Duration,
         breaker_config: BreakerConfig,
     ) -> Result<Self, InferError> {
-        let unusable = |detail: String| InferError::Unavailable {
-            endpoint: endpoint.to_owned(),
-            detail,
-        };
-        let origin: http::Uri = endpoint
-            .parse()
-            .map_err(|e| unusable(format!("not a valid endpoint URI: {e}")))?;
-        if origin.scheme_str() != Some("http") {
-            return Err(unusable(
-                "the endpoint must be http://host:port (plaintext HTTP/2)".into(),
-            ));
-        }
-        let host = origin
-            .host()
-            .ok_or_else(|| unusable("the endpoint names no host".into()))?;
-        let address = format!("{host}:{}", origin.port_u16().unwrap_or(80));
+        let (target, origin) =
+            parse_endpoint(endpoint).map_err(|detail| InferError::Unavailable {
+                endpoint: endpoint.to_owned(),
+                detail,
+            })?;
         let settings = ConnSettings {
             connect_timeout,
             keep_alive_interval: Duration::from_secs(30),
@@ -186,7 +175,7 @@ impl ModelClient {
         let clients = (0..CONNECTIONS)
             .map(|_| {
                 GrpcInferenceServiceClient::with_origin(
-                    Connection::new(address.clone(), settings),
+                    Connection::new(target.clone(), settings),
                     origin.clone(),
                 )
             })
@@ -411,6 +400,47 @@ impl ModelClient {
     }
 }
 
+/// A model-server endpoint as the config writes it: `http://host:port` (its
+/// gRPC port, plaintext HTTP/2) or `unix:/absolute/path` (also
+/// `unix:///absolute/path`, gRPC's spelling) for a model-server on the same
+/// host listening on a Unix-domain socket. Returns where to connect and the
+/// origin (scheme and authority) the HTTP/2 requests carry.
+///
+/// # Errors
+/// A sentence saying what is wrong and what to write instead.
+pub fn parse_endpoint(endpoint: &str) -> Result<(Target, http::Uri), String> {
+    const EXPECTED: &str = "write http://host:port of the model-server's gRPC port, or unix:/path/to/socket for one on this host";
+    if let Some(rest) = endpoint.strip_prefix("unix:") {
+        let path = rest.strip_prefix("//").unwrap_or(rest);
+        if path.is_empty() {
+            return Err(format!("{endpoint:?} names no socket path; {EXPECTED}"));
+        }
+        let path = std::path::PathBuf::from(path);
+        if !path.is_absolute() {
+            return Err(format!(
+                "{endpoint:?}: the socket path must be absolute (unix:/run/mlgw/model.sock)"
+            ));
+        }
+        return Ok((
+            Target::Unix(path),
+            http::Uri::from_static("http://localhost"),
+        ));
+    }
+    let origin: http::Uri = endpoint
+        .parse()
+        .map_err(|e| format!("{endpoint:?} is not a URL ({e}); {EXPECTED}"))?;
+    if origin.scheme_str() != Some("http") {
+        return Err(format!(
+            "{endpoint:?}: only plaintext HTTP/2 is spoken; {EXPECTED}"
+        ));
+    }
+    let host = origin
+        .host()
+        .ok_or_else(|| format!("{endpoint:?} names no host; {EXPECTED}"))?;
+    let address = format!("{host}:{}", origin.port_u16().unwrap_or(80));
+    Ok((Target::Tcp(address), origin))
+}
+
 fn decode(response: pb::ModelInferResponse) -> Result<(String, Vec<OutputTensor>), String> {
     let mut outputs = Vec::with_capacity(response.outputs.len());
     for (i, out) in response.outputs.iter().enumerate() {
@@ -480,6 +510,33 @@ fn decode_raw(datatype: &str, raw: &[u8]) -> Option<Vec<f64>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn endpoints_are_tcp_urls_or_absolute_unix_socket_paths() {
+        let tcp = parse_endpoint("http://127.0.0.1:8001").expect("a TCP endpoint");
+        assert_eq!(tcp.0, Target::Tcp("127.0.0.1:8001".into()));
+        assert_eq!(tcp.1.to_string(), "http://127.0.0.1:8001/");
+        assert_eq!(
+            parse_endpoint("http://ms").map(|(t, _)| t),
+            Ok(Target::Tcp("ms:80".into()))
+        );
+        for uds in ["unix:/run/mlgw/ms.sock", "unix:///run/mlgw/ms.sock"] {
+            let (target, origin) = parse_endpoint(uds).expect("a socket endpoint");
+            assert_eq!(target, Target::Unix("/run/mlgw/ms.sock".into()), "{uds}");
+            assert_eq!(target.to_string(), "unix:/run/mlgw/ms.sock");
+            assert_eq!(origin.host(), Some("localhost"));
+        }
+        for (bad, says) in [
+            ("unix:ms.sock", "must be absolute"),
+            ("unix://", "names no socket path"),
+            ("https://ms:8001", "only plaintext HTTP/2"),
+            ("ms:8001", "only plaintext HTTP/2"),
+            ("http://", "is not a URL"),
+        ] {
+            let got = parse_endpoint(bad).expect_err(bad);
+            assert!(got.contains(says), "{bad}: {got}");
+        }
+    }
 
     #[tokio::test]
     async fn the_circuit_opens_after_consecutive_failures_and_a_probe_closes_it() {

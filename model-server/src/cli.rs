@@ -23,6 +23,11 @@ pub struct Cli {
     /// gRPC port; 0 picks a free port.
     #[arg(long, default_value_t = 8001, env = "MLGW_GRPC_PORT")]
     pub grpc_port: u16,
+    /// Also serve gRPC on this Unix-domain socket, for a gateway on the same
+    /// host (a sidecar): the gateway's endpoint is then `unix:PATH`. A stale
+    /// socket file is replaced; it is removed at exit.
+    #[arg(long, env = "MLGW_GRPC_SOCKET")]
+    pub grpc_socket: Option<PathBuf>,
     /// Address to listen on (0.0.0.0 in a container).
     #[arg(long, default_value = "127.0.0.1", env = "MLGW_HOST")]
     pub host: IpAddr,
@@ -85,6 +90,7 @@ impl Cli {
             host: self.host,
             http_port: self.http_port,
             grpc_port: self.grpc_port,
+            grpc_socket: self.grpc_socket.clone(),
             disable_batching: self.disable_batching,
             default_instances: self.instances.unwrap_or(cores).max(1),
             request_timeout: Duration::from_millis(self.request_timeout_ms.max(1)),

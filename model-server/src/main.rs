@@ -49,8 +49,12 @@ async fn serve_traced(cli: Cli) -> anyhow::Result<()> {
     let server = ModelServer::bind(&config).await?;
     let (http, grpc) = (server.http_addr(), server.grpc_addr());
     // One stable line on stdout so scripts and tests can find the bound ports.
+    let socket = server
+        .grpc_socket()
+        .map(|p| format!(" grpc_socket={}", p.display()))
+        .unwrap_or_default();
     println!(
-        "model-server listening http={} grpc={}",
+        "model-server listening http={} grpc={}{socket}",
         http.map_or_else(|| "?".into(), |a| a.to_string()),
         grpc.map_or_else(|| "?".into(), |a| a.to_string())
     );

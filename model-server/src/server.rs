@@ -29,6 +29,9 @@ pub struct ServerConfig {
     pub http_port: u16,
     /// gRPC port (0 picks a free one).
     pub grpc_port: u16,
+    /// Also serve gRPC on this Unix-domain socket (for a gateway on the same
+    /// host: the same API without the loopback TCP stack).
+    pub grpc_socket: Option<PathBuf>,
     /// Turn dynamic batching off for every model.
     pub disable_batching: bool,
     /// Worker threads per model version when a config does not say.
@@ -52,6 +55,14 @@ pub enum ServerError {
         /// The OS error.
         source: std::io::Error,
     },
+    /// The gRPC Unix-domain socket could not be bound.
+    #[error("cannot listen on the Unix socket {path}: {detail}")]
+    Socket {
+        /// The socket's path.
+        path: PathBuf,
+        /// What went wrong.
+        detail: String,
+    },
     /// The gRPC server failed.
     #[error("gRPC server failed: {0}")]
     Grpc(#[from] tonic::transport::Error),
@@ -69,7 +80,71 @@ pub struct ModelServer {
     ready: tokio::sync::watch::Sender<bool>,
     http: TcpListener,
     grpc: TcpListener,
+    grpc_socket: Option<SocketListener>,
     request_timeout: Duration,
+}
+
+/// The bound gRPC Unix socket.
+struct SocketListener {
+    #[cfg(unix)]
+    listener: tokio::net::UnixListener,
+    file: SocketFile,
+}
+
+/// A socket's file, removed when the server stops.
+struct SocketFile(PathBuf);
+
+impl Drop for SocketFile {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::remove_file(&self.0)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(path = %self.0.display(), error = %e, "cannot remove the gRPC socket file");
+        }
+    }
+}
+
+/// Binds the gRPC Unix socket at `path`. A socket file left by a server that
+/// is gone is replaced; one a live server answers on, or any other file, is
+/// an error (never removed).
+#[cfg(unix)]
+async fn bind_socket(path: &std::path::Path) -> Result<SocketListener, ServerError> {
+    use std::os::unix::fs::FileTypeExt;
+    let fail = |detail: String| ServerError::Socket {
+        path: path.to_owned(),
+        detail,
+    };
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_socket() => {
+            if tokio::net::UnixStream::connect(path).await.is_ok() {
+                return Err(fail(
+                    "another server is listening on it (stop it, or pick another path)".into(),
+                ));
+            }
+            std::fs::remove_file(path)
+                .map_err(|e| fail(format!("cannot remove the stale socket file: {e}")))?;
+        }
+        Ok(_) => {
+            return Err(fail(
+                "the path exists and is not a socket (refusing to replace it)".into(),
+            ));
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(fail(e.to_string())),
+    }
+    let listener = tokio::net::UnixListener::bind(path).map_err(|e| fail(e.to_string()))?;
+    Ok(SocketListener {
+        listener,
+        file: SocketFile(path.to_owned()),
+    })
+}
+
+#[cfg(not(unix))]
+async fn bind_socket(path: &std::path::Path) -> Result<SocketListener, ServerError> {
+    Err(ServerError::Socket {
+        path: path.to_owned(),
+        detail: "Unix-domain sockets need a Unix host".into(),
+    })
 }
 
 async fn bind(host: IpAddr, port: u16) -> Result<TcpListener, ServerError> {
@@ -90,11 +165,18 @@ impl ModelServer {
             default_instances: config.default_instances,
         };
         let models = repository::scan(&config.model_repository, overrides)?;
+        let http = bind(config.host, config.http_port).await?;
+        let grpc = bind(config.host, config.grpc_port).await?;
+        let grpc_socket = match &config.grpc_socket {
+            Some(path) => Some(bind_socket(path).await?),
+            None => None,
+        };
         Ok(ModelServer {
             engine: Arc::new(Engine::new(models)),
             ready: tokio::sync::watch::Sender::new(false),
-            http: bind(config.host, config.http_port).await?,
-            grpc: bind(config.host, config.grpc_port).await?,
+            http,
+            grpc,
+            grpc_socket,
             request_timeout: config.request_timeout,
         })
     }
@@ -107,6 +189,11 @@ impl ModelServer {
     /// The bound gRPC address.
     pub fn grpc_addr(&self) -> Option<SocketAddr> {
         self.grpc.local_addr().ok()
+    }
+
+    /// The path of the gRPC Unix socket, if one is served.
+    pub fn grpc_socket(&self) -> Option<&std::path::Path> {
+        self.grpc_socket.as_ref().map(|s| s.file.0.as_path())
     }
 
     /// Turns true once every model version is loaded and warmed up.
@@ -159,23 +246,54 @@ impl ModelServer {
         };
 
         let service = InferenceService::new(self.engine.clone(), self.request_timeout);
-        let reflection = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(proto::INFERENCE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            .build_v1()
-            .map_err(ServerError::Reflection)?;
+        let routes = |service: InferenceService| -> Result<tonic::service::Routes, ServerError> {
+            let reflection = tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(proto::INFERENCE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+                .build_v1()
+                .map_err(ServerError::Reflection)?;
+            let mut routes = tonic::service::RoutesBuilder::default();
+            routes
+                .add_service(health_service.clone())
+                .add_service(reflection)
+                .add_service(
+                    GrpcInferenceServiceServer::new(service)
+                        .max_decoding_message_size(crate::http::MAX_BODY_BYTES),
+                );
+            Ok(routes.routes())
+        };
         let grpc = tonic::transport::Server::builder()
-            .add_service(health_service)
-            .add_service(reflection)
-            .add_service(
-                GrpcInferenceServiceServer::new(service)
-                    .max_decoding_message_size(crate::http::MAX_BODY_BYTES),
-            )
+            .add_routes(routes(service.clone())?)
             .serve_with_incoming_shutdown(
                 // Small frames must not wait for Nagle + delayed ACK (~40 ms tails).
                 tonic::transport::server::TcpIncoming::from(self.grpc).with_nodelay(Some(true)),
                 token.clone().cancelled_owned(),
             );
+        // The same services on the Unix socket, if one is bound; the socket
+        // file goes when this future ends.
+        let socket_routes = match &self.grpc_socket {
+            Some(_) => Some(routes(service)?),
+            None => None,
+        };
+        let grpc_socket = {
+            let socket = self.grpc_socket;
+            let cancelled = token.clone().cancelled_owned();
+            async move {
+                match (socket, socket_routes) {
+                    #[cfg(unix)]
+                    (Some(SocketListener { listener, file }), Some(routes)) => {
+                        let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
+                        let served = tonic::transport::Server::builder()
+                            .add_routes(routes)
+                            .serve_with_incoming_shutdown(incoming, cancelled)
+                            .await;
+                        drop(file);
+                        served.map_err(ServerError::Grpc)
+                    }
+                    _ => Ok(()),
+                }
+            }
+        };
         let app = crate::http::router(self.engine.clone(), self.request_timeout);
         let listener = self.http.tap_io(|tcp| {
             if let Err(e) = tcp.set_nodelay(true) {
@@ -191,9 +309,10 @@ impl ModelServer {
             tracing::info!("shutdown requested: draining in-flight calls");
             trigger.cancel();
         });
-        let (grpc, http) = tokio::join!(grpc, http);
+        let (grpc, grpc_socket, http) = tokio::join!(grpc, grpc_socket, http);
         loader.abort();
         grpc?;
+        grpc_socket?;
         http.map_err(ServerError::Http)?;
         Ok(())
     }

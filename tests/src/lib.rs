@@ -70,6 +70,9 @@ pub struct ModelServerProcess {
     pub http_url: String,
     /// gRPC endpoint URL, e.g. `http://127.0.0.1:41235`.
     pub grpc_url: String,
+    /// The gRPC Unix socket's endpoint (`unix:/path`), when started with
+    /// `--grpc-socket`.
+    pub grpc_socket_url: Option<String>,
     log_path: PathBuf,
 }
 
@@ -128,12 +131,14 @@ impl ModelServerProcess {
         };
         let http_url = format!("http://{}", field("http=")?);
         let grpc_url = format!("http://{}", field("grpc=")?);
+        let grpc_socket_url = field("grpc_socket=").ok().map(|p| format!("unix:{p}"));
         // Keep draining stdout so the child never blocks on a full pipe.
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
         Ok(ModelServerProcess {
             child,
             http_url,
             grpc_url,
+            grpc_socket_url,
             log_path,
         })
     }

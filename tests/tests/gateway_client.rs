@@ -1,11 +1,12 @@
 //! The gateway's model-server client against the real model-server: answers
 //! equal onnxruntime's reference, metadata, deadlines, and the circuit breaker
-//! while the server is down and after it comes back.
+//! while the server is down and after it comes back, and the same calls over
+//! the model-server's Unix socket.
 
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use gateway::infer::{BreakerConfig, InferError, ModelClient};
+use gateway::infer::{BreakerConfig, InferError, InferOutputs, ModelClient};
 use gateway::postprocess::PostProcess;
 use rig::{ModelServerProcess, example_repository, reference, rig_env};
 
@@ -172,5 +173,101 @@ async fn breaker_fails_fast_while_the_server_is_down_and_recovers() -> Result<()
     }
     assert!(!client.breaker_open());
     again.stop().await?;
+    Ok(())
+}
+
+/// The model-server's gRPC Unix socket (a sidecar's transport): the client
+/// over `unix:/path` gets the same answers as over TCP; a stale socket file is
+/// replaced, a live one or a plain file is refused, and the file is gone after
+/// a SIGTERM.
+#[tokio::test]
+async fn the_unix_socket_serves_the_same_answers_and_is_cleaned_up() -> Result<()> {
+    let dir = std::env::temp_dir().join(format!("mlgw_uds_{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let path = dir.join("ms.sock");
+    // A socket file left by a server that is gone.
+    drop(std::os::unix::net::UnixListener::bind(&path)?);
+    assert!(path.exists());
+    let socket_arg = path.display().to_string();
+    let mut server =
+        ModelServerProcess::start(&example_repository(), &["--grpc-socket", &socket_arg]).await?;
+    server.wait_ready(Duration::from_secs(60)).await?;
+    let endpoint = server
+        .grpc_socket_url
+        .clone()
+        .ok_or_else(|| anyhow::anyhow!("no grpc_socket= in the listening line"))?;
+    assert_eq!(endpoint, format!("unix:{socket_arg}"));
+
+    let over_socket =
+        ModelClient::new(&endpoint, Duration::from_secs(2), BreakerConfig::default())?;
+    let over_tcp = ModelClient::new(
+        &server.grpc_url,
+        Duration::from_secs(2),
+        BreakerConfig::default(),
+    )?;
+    let rows: Vec<f32> = reference(2)?
+        .inputs
+        .iter()
+        .take(16)
+        .flatten()
+        .copied()
+        .collect();
+    async fn infer(client: &ModelClient, rows: &[f32]) -> Result<InferOutputs, InferError> {
+        client
+            .infer(
+                "fraud_detector",
+                "2",
+                "features",
+                rows,
+                15,
+                Duration::from_secs(5),
+            )
+            .await
+    }
+    let (a, b) = (
+        infer(&over_socket, &rows).await?,
+        infer(&over_tcp, &rows).await?,
+    );
+    assert_eq!(a.outputs, b.outputs, "same model, same rows, same answer");
+    assert_eq!(a.model_version, "2");
+    assert!(
+        over_socket
+            .ready("fraud_detector", "2", Duration::from_secs(2))
+            .await
+    );
+
+    // A second server may not take over a socket a live server answers on.
+    let taken = ModelServerProcess::start(&example_repository(), &["--grpc-socket", &socket_arg])
+        .await
+        .err()
+        .map(|e| format!("{e:#}"))
+        .unwrap_or_default();
+    assert!(
+        taken.contains("another server is listening on it"),
+        "{taken}"
+    );
+    // Nor replace a file that is not a socket.
+    let plain = dir.join("notes.txt");
+    std::fs::write(&plain, "keep me")?;
+    let plain_arg = plain.display().to_string();
+    let refused = ModelServerProcess::start(&example_repository(), &["--grpc-socket", &plain_arg])
+        .await
+        .err()
+        .map(|e| format!("{e:#}"))
+        .unwrap_or_default();
+    assert!(refused.contains("is not a socket"), "{refused}");
+    assert_eq!(std::fs::read_to_string(&plain)?, "keep me");
+    // The first server still answers on its socket.
+    infer(&over_socket, &rows).await?;
+
+    let status = server.terminate(Duration::from_secs(10)).await?;
+    assert!(status.success(), "{status}");
+    assert!(!path.exists(), "the socket file is removed at exit");
+    let err = infer(&over_socket, &rows).await.err();
+    assert!(
+        matches!(&err, Some(InferError::Unavailable { detail, .. }) if detail.contains(&endpoint)),
+        "{err:?}"
+    );
+    std::fs::remove_dir_all(&dir)?;
     Ok(())
 }
