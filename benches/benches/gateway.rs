@@ -30,7 +30,10 @@
 //! (default 1000), MLGW_BENCH_MAX_CONCURRENT (the gateway's
 //! max_concurrent_requests, default 256 as shipped), MLGW_BENCH_QUEUE_DELAY_MS
 //! (model-server batching delay, default: the shipped config's),
-//! MLGW_BENCH_TOKEN (bearer token for every gateway call), and for the
+//! MLGW_BENCH_TOKEN (bearer token for every gateway call),
+//! MLGW_BENCH_TRANSPORT (`tcp`, default: the gateway and the bench's direct
+//! calls reach the model-server over 127.0.0.1; `uds`: over its
+//! `--grpc-socket` Unix-domain socket, the sidecar deployment), and for the
 //! Cassandra cache-miss run MLGW_BENCH_GATEWAY_CASSANDRA=1 (start one with
 //! tests/rig/cassandra.sh) or MLGW_BENCH_CASSANDRA=host:port (reuse one),
 //! MLGW_BENCH_CASSANDRA_CUSTOMERS (default 200000), MLGW_BENCH_CASSANDRA_RATES
@@ -82,9 +85,26 @@ struct Knobs {
     hot_keys: u64,
     max_concurrent: u64,
     queue_delay_ms: Option<u64>,
+    /// How the gateway (and the direct calls) reach the model-server.
+    transport: Transport,
     cassandra: CassandraMode,
     cassandra_customers: u64,
     cassandra_rates: Vec<f64>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Transport {
+    Tcp,
+    Uds,
+}
+
+impl Transport {
+    fn name(self) -> &'static str {
+        match self {
+            Transport::Tcp => "tcp",
+            Transport::Uds => "uds",
+        }
+    }
 }
 
 enum CassandraMode {
@@ -118,6 +138,11 @@ impl Knobs {
                 .ok()
                 .map(|v| v.parse().context("MLGW_BENCH_QUEUE_DELAY_MS"))
                 .transpose()?,
+            transport: match std::env::var("MLGW_BENCH_TRANSPORT").as_deref() {
+                Err(_) | Ok("tcp") => Transport::Tcp,
+                Ok("uds") => Transport::Uds,
+                Ok(other) => bail!("MLGW_BENCH_TRANSPORT={other}: write tcp or uds"),
+            },
             cassandra,
             cassandra_customers: env_num("MLGW_BENCH_CASSANDRA_CUSTOMERS", 200_000.0)? as u64,
             cassandra_rates: env_list("MLGW_BENCH_CASSANDRA_RATES", &[100.0, 200.0, 500.0])?,
@@ -471,8 +496,25 @@ async fn run(knobs: &Knobs, scratch: &Path) -> Result<String> {
         .find(|l| l.starts_with("max_queue_delay_ms"))
         .unwrap_or("max_queue_delay_ms = ?")
         .to_owned();
-    let mut model_server = ModelServerProcess::start(&repo.path, &[]).await?;
+    let socket = scratch.join("model-server.sock");
+    let socket_arg = socket.to_string_lossy().into_owned();
+    let ms_args: &[&str] = match knobs.transport {
+        Transport::Tcp => &[],
+        Transport::Uds => &["--grpc-socket", &socket_arg],
+    };
+    let mut model_server = ModelServerProcess::start(&repo.path, ms_args).await?;
     model_server.wait_ready(Duration::from_secs(120)).await?;
+    let model_url = match knobs.transport {
+        Transport::Tcp => model_server.grpc_url.clone(),
+        Transport::Uds => model_server
+            .grpc_socket_url
+            .clone()
+            .context("the model-server did not print its grpc_socket")?,
+    };
+    eprintln!(
+        "the gateway reaches the model-server over {} ({model_url})",
+        knobs.transport.name()
+    );
     let ms_pid = model_server.pid().context("model-server pid")?.to_string();
 
     // Demo data in the embedded store.
@@ -498,7 +540,7 @@ async fn run(knobs: &Knobs, scratch: &Path) -> Result<String> {
     let config = gateway_config(
         &configs,
         &GatewaySettings {
-            model_grpc: &model_server.grpc_url,
+            model_grpc: &model_url,
             store: &format!(
                 "[store]\nbackend = \"embedded\"\npath = \"{}\"",
                 redb.display()
@@ -533,7 +575,7 @@ async fn run(knobs: &Knobs, scratch: &Path) -> Result<String> {
         },
     });
     let direct = Arc::new(Target::Direct {
-        clients: direct_clients(&channels(&model_server.grpc_url, CONNECTIONS).await?),
+        clients: direct_clients(&channels(&model_url, CONNECTIONS).await?),
         hot: knobs.hot_keys,
     });
     // Fail loudly before measuring anything if a call does not go through.
@@ -645,7 +687,7 @@ async fn run(knobs: &Knobs, scratch: &Path) -> Result<String> {
         let config = gateway_config(
             &configs,
             &GatewaySettings {
-                model_grpc: &model_server.grpc_url,
+                model_grpc: &model_url,
                 store: &format!(
                     "[store]\nbackend = \"scylla\"\nnodes = [\"{}\"]\nkeyspace = \"{keyspace}\"",
                     node.addr
@@ -758,8 +800,12 @@ fn report(
     writeln!(out, "# Gateway load benchmark\n")?;
     writeln!(
         out,
-        "Command: `cargo build --release -p model-server -p gateway && {}cargo bench -p benches --bench gateway` \
+        "Command: `cargo build --release -p model-server -p gateway && {}{}cargo bench -p benches --bench gateway` \
          (MLGW_BENCH_SECONDS={}, MLGW_BENCH_RATES={}, MLGW_BENCH_CONCURRENCY={}, MLGW_BENCH_CUSTOMERS={}, MLGW_BENCH_HOT_KEYS={}{}).\n",
+        match knobs.transport {
+            Transport::Tcp => "",
+            Transport::Uds => "MLGW_BENCH_TRANSPORT=uds ",
+        },
         match &knobs.cassandra {
             CassandraMode::Off => String::new(),
             CassandraMode::Start => "MLGW_BENCH_GATEWAY_CASSANDRA=1 ".into(),
@@ -796,7 +842,7 @@ fn report(
     )?;
     writeln!(
         out,
-        "Setup: the benchmark client, the gateway and the model-server (release builds) all on one {cores}-core machine ({cpu}), over 127.0.0.1. \
+        "Setup: the benchmark client, the gateway and the model-server (release builds) all on one {cores}-core machine ({cpu}); the client reaches the gateway over 127.0.0.1, and the gateway (and the direct calls) reach the model-server {}. \
          gRPC `Predict` for `fraud_detector` (default version, v2 MLP) with one customer ID and four request features; \
          the client uses {CONNECTIONS} HTTP/2 connections and a {}-s deadline per call. Gateway: the shipped settings \
          (max_concurrent_requests {}, request_timeout 1000 ms, model timeout 300 ms, 256 MiB row cache, dynamic features read from the store on every call). \
@@ -806,6 +852,11 @@ fn report(
          (a permutation of all loaded customers), so the static row is read from the store; in both, the dynamic view is read from the store \
          (no dynamic values are loaded, so it is a lookup that finds nothing). **direct**: the same FP32 row sent straight to the model-server's \
          `ModelInfer`, the paired run for the gateway's overhead.{cassandra_note} Each step has {:.1} s of unmeasured warm-up.\n",
+        match knobs.transport {
+            Transport::Tcp => "over 127.0.0.1 too",
+            Transport::Uds =>
+                "over its Unix-domain socket (`--grpc-socket`, MLGW_BENCH_TRANSPORT=uds: the sidecar deployment)",
+        },
         CALL_TIMEOUT.as_secs(),
         knobs.max_concurrent,
         knobs.customers,

@@ -5,12 +5,14 @@
 //! server speaking `inference.GRPCInferenceService`, e.g. MLServer).
 
 use anyhow::{Context, Result};
+use hyper_util::rt::TokioIo;
 use proto::gateway::v1::prediction_service_client::PredictionServiceClient;
 use proto::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
+use tokio::net::UnixStream;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::Channel;
+use tonic::transport::{Channel, Endpoint, Uri};
 
 /// The gateway's `PredictionService` with the bearer token.
 pub type GatewayClient = PredictionServiceClient<InterceptedService<Channel, Bearer>>;
@@ -66,20 +68,37 @@ impl Interceptor for Bearer {
     }
 }
 
-/// `count` connected HTTP/2 channels to `url` (TCP_NODELAY).
+/// `count` connected HTTP/2 channels to `url`: `http://host:port` (TCP,
+/// with TCP_NODELAY) or `unix:/abs/path` (a Unix-domain socket, as a
+/// sidecar's caller would use; the model-server's `--grpc-socket`).
 ///
 /// # Errors
 /// When `url` is not a URI or does not accept a connection.
 pub async fn channels(url: &str, count: usize) -> Result<Vec<Channel>> {
     let mut out = Vec::with_capacity(count);
     for _ in 0..count {
-        out.push(
-            Channel::from_shared(url.to_owned())?
-                .tcp_nodelay(true)
-                .connect()
-                .await
-                .with_context(|| format!("cannot connect to {url}"))?,
-        );
+        let channel = match url.strip_prefix("unix:") {
+            Some(path) => {
+                let path = std::path::PathBuf::from(path.trim_start_matches("//"));
+                // The URI only names the HTTP/2 authority; the connector
+                // ignores it and dials the socket.
+                Endpoint::from_static("http://localhost")
+                    .connect_with_connector(tower::service_fn(move |_: Uri| {
+                        let path = path.clone();
+                        async move {
+                            Ok::<_, std::io::Error>(TokioIo::new(UnixStream::connect(path).await?))
+                        }
+                    }))
+                    .await
+            }
+            None => {
+                Channel::from_shared(url.to_owned())?
+                    .tcp_nodelay(true)
+                    .connect()
+                    .await
+            }
+        };
+        out.push(channel.with_context(|| format!("cannot connect to {url}"))?);
     }
     Ok(out)
 }
