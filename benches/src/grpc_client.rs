@@ -5,6 +5,7 @@
 //! server speaking `inference.GRPCInferenceService`, e.g. MLServer).
 
 use anyhow::{Context, Result};
+use gateway::h2conn::Target;
 use hyper_util::rt::TokioIo;
 use proto::gateway::v1::prediction_service_client::PredictionServiceClient;
 use proto::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
@@ -77,9 +78,9 @@ impl Interceptor for Bearer {
 pub async fn channels(url: &str, count: usize) -> Result<Vec<Channel>> {
     let mut out = Vec::with_capacity(count);
     for _ in 0..count {
-        let channel = match url.strip_prefix("unix:") {
-            Some(path) => {
-                let path = std::path::PathBuf::from(path.trim_start_matches("//"));
+        // The gateway's own endpoint parser: the same spellings it accepts.
+        let channel = match gateway::infer::parse_endpoint(url) {
+            Ok((Target::Unix(path), _)) => {
                 // The URI only names the HTTP/2 authority; the connector
                 // ignores it and dials the socket.
                 Endpoint::from_static("http://localhost")
@@ -91,7 +92,7 @@ pub async fn channels(url: &str, count: usize) -> Result<Vec<Channel>> {
                     }))
                     .await
             }
-            None => {
+            _ => {
                 Channel::from_shared(url.to_owned())?
                     .tcp_nodelay(true)
                     .connect()
