@@ -417,15 +417,18 @@ impl GatewayServer {
             .serve_with_incoming_shutdown(incoming, stop(rx.clone()));
         // --- refresh scheduler (crate::tuner_admin) ---
         let scheduler = self.scheduler.enabled.then(|| {
-            let scheduler = Arc::new(feature_store::schedule::Scheduler::new(
-                Arc::clone(self.reader.store()),
-                Arc::new(self.reader.definitions().clone()),
-                feature_store::schedule::SchedulerConfig {
-                    poll: self.scheduler.poll,
-                    lease_margin: self.scheduler.lease_margin,
-                    ..feature_store::schedule::SchedulerConfig::for_this_process()
-                },
-            ));
+            let scheduler = Arc::new(
+                feature_store::schedule::Scheduler::new(
+                    Arc::clone(self.reader.store()),
+                    Arc::new(self.reader.definitions().clone()),
+                    feature_store::schedule::SchedulerConfig {
+                        poll: self.scheduler.poll,
+                        lease_margin: self.scheduler.lease_margin,
+                        ..feature_store::schedule::SchedulerConfig::for_this_process()
+                    },
+                )
+                .serving(&self.reader),
+            );
             tracing::info!(
                 holder = scheduler.config().holder,
                 "refresh scheduler started (every {:?})",

@@ -19,7 +19,7 @@ mod runner;
 mod tests;
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
@@ -27,6 +27,7 @@ use tokio::sync::Mutex;
 use tokio::task::JoinHandle;
 
 use crate::definitions::{FeatureDefinitions, MissedRun, RefreshJobSpec};
+use crate::reader::FeatureReader;
 use crate::store::{FeatureStore, LeaseOutcome, StoreError};
 use crate::tuner::controller::{Decision, human};
 use crate::tuner::{TunedJob, TunerError};
@@ -374,6 +375,7 @@ pub struct Scheduler<S> {
     defs: Arc<FeatureDefinitions>,
     config: SchedulerConfig,
     running: Mutex<HashMap<String, JoinHandle<()>>>,
+    reader: Option<Weak<FeatureReader<S>>>,
 }
 
 impl<S: FeatureStore> Scheduler<S> {
@@ -384,7 +386,16 @@ impl<S: FeatureStore> Scheduler<S> {
             defs,
             config,
             running: Mutex::new(HashMap::new()),
+            reader: None,
         }
+    }
+
+    /// Tells the scheduler which reader serves this process's predictions:
+    /// a loaded run refreshes its current batches before it is recorded.
+    #[must_use]
+    pub fn serving(mut self, reader: &Arc<FeatureReader<S>>) -> Self {
+        self.reader = Some(Arc::downgrade(reader));
+        self
     }
 
     /// Its settings.
@@ -498,6 +509,7 @@ impl<S: FeatureStore> Scheduler<S> {
                     started_at: now,
                     holder: self.config.holder.clone(),
                     schedule,
+                    reader: self.reader.clone(),
                 };
                 let handle = tokio::spawn(run.run());
                 self.running.lock().await.insert(spec.name.clone(), handle);

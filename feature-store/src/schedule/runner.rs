@@ -6,13 +6,14 @@
 
 use std::path::Path;
 use std::process::Stdio;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
 use tokio::io::AsyncReadExt;
 
 use super::{RunOutcome, RunRecord, ScheduleState, Trigger, run_lease};
 use crate::definitions::{FeatureDefinitions, JobSource, RefreshJobSpec};
+use crate::reader::FeatureReader;
 use crate::refresh::{self, RefreshError, RefreshOptions, RefreshOutcome};
 use crate::store::{BatchStatus, FeatureStore};
 
@@ -32,6 +33,9 @@ pub(super) struct JobRun<S> {
     pub started_at: SystemTime,
     pub holder: String,
     pub schedule: ScheduleState,
+    /// This process's reader, refreshed after a load (see the module docs
+    /// of [`super`]).
+    pub reader: Option<Weak<FeatureReader<S>>>,
 }
 
 /// What the run produced before it is recorded.
@@ -69,6 +73,13 @@ impl<S: FeatureStore> JobRun<S> {
                 tracing::warn!(job, "refresh run failed: {}", ended.message);
             }
             _ => tracing::info!(job, "refresh run ended: {}", ended.message),
+        }
+        if ended.outcome == RunOutcome::Loaded
+            && let Some(reader) = self.reader.as_ref().and_then(Weak::upgrade)
+            && let Err(e) = reader.refresh_current().await
+        {
+            // The batch poll picks it up later.
+            tracing::warn!(job, error = %e, "cannot re-read the current batches after the run; the next batch poll will");
         }
         self.schedule.anchor = Some(self.started_at);
         self.schedule.push(RunRecord {

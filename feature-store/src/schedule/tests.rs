@@ -40,6 +40,7 @@ struct Fixture {
     dir: PathBuf,
     store: Arc<EmbeddedStore>,
     scheduler: Scheduler<EmbeddedStore>,
+    defs: Arc<FeatureDefinitions>,
     t0: SystemTime,
 }
 
@@ -69,7 +70,8 @@ async fn fixture(job: &str) -> Fixture {
         shutdown_grace: Duration::from_secs(5),
     };
     Fixture {
-        scheduler: Scheduler::new(Arc::clone(&store), defs, config),
+        scheduler: Scheduler::new(Arc::clone(&store), Arc::clone(&defs), config),
+        defs,
         store,
         dir,
         t0: crate::store::now_micros(),
@@ -113,6 +115,43 @@ impl Fixture {
             .map(|s| s.runs)
             .unwrap_or_default()
     }
+}
+
+#[tokio::test]
+async fn a_loaded_run_is_served_by_this_process_at_once() {
+    let mut f = fixture(FILE_JOB).await;
+    let reader = |store: &Arc<EmbeddedStore>| {
+        crate::reader::FeatureReader::new(
+            Arc::clone(store),
+            Arc::clone(&f.defs),
+            crate::reader::ReaderConfig::default(),
+        )
+    };
+    let served = Arc::new(reader(&f.store).await.unwrap());
+    let other = reader(&f.store).await.unwrap();
+    assert!(served.current_batch("profile").is_none());
+    f.scheduler = Scheduler::new(
+        Arc::clone(&f.store),
+        Arc::clone(&f.defs),
+        f.scheduler.config().clone(),
+    )
+    .serving(&served);
+    f.tick(Duration::ZERO).await;
+    let runs = f.runs().await;
+    assert_eq!(runs[0].outcome, RunOutcome::Loaded, "{runs:?}");
+    assert!(runs[0].batch_id.is_some());
+    // The scheduler's reader serves the batch without waiting for a poll;
+    // a reader it was not told of learns it only when it polls.
+    assert_eq!(
+        served.current_batch("profile").map(|b| b.batch_id.clone()),
+        runs[0].batch_id
+    );
+    assert!(other.current_batch("profile").is_none());
+    other.refresh_current().await.unwrap();
+    assert_eq!(
+        other.current_batch("profile").map(|b| b.batch_id.clone()),
+        runs[0].batch_id
+    );
 }
 
 #[tokio::test]
