@@ -31,6 +31,8 @@
 //! max_concurrent_requests, default 256 as shipped), MLGW_BENCH_QUEUE_DELAY_MS
 //! (model-server batching delay, default: the shipped config's),
 //! MLGW_BENCH_TOKEN (bearer token for every gateway call),
+//! MLGW_BENCH_GATEWAY_EXTRA (TOML sections added to the embedded-store
+//! gateway's config, e.g. `[prediction_log]` settings, for A/B runs),
 //! MLGW_BENCH_TRANSPORT (`tcp`, default: the gateway and the bench's direct
 //! calls reach the model-server over 127.0.0.1; `uds`: over its
 //! `--grpc-socket` Unix-domain socket, the sidecar deployment), and for the
@@ -85,6 +87,8 @@ struct Knobs {
     hot_keys: u64,
     max_concurrent: u64,
     queue_delay_ms: Option<u64>,
+    /// TOML sections added to the embedded-store gateway's config.
+    gateway_extra: String,
     /// How the gateway (and the direct calls) reach the model-server.
     transport: Transport,
     cassandra: CassandraMode,
@@ -138,6 +142,14 @@ impl Knobs {
                 .ok()
                 .map(|v| v.parse().context("MLGW_BENCH_QUEUE_DELAY_MS"))
                 .transpose()?,
+            gateway_extra: {
+                // Whole sections; they go before `[cache]`, so they end with a newline.
+                let mut extra = std::env::var("MLGW_BENCH_GATEWAY_EXTRA").unwrap_or_default();
+                if !extra.is_empty() && !extra.ends_with('\n') {
+                    extra.push('\n');
+                }
+                extra
+            },
             transport: match std::env::var("MLGW_BENCH_TRANSPORT").as_deref() {
                 Err(_) | Ok("tcp") => Transport::Tcp,
                 Ok("uds") => Transport::Uds,
@@ -547,7 +559,7 @@ async fn run(knobs: &Knobs, scratch: &Path) -> Result<String> {
             ),
             max_concurrent: knobs.max_concurrent,
             model_extra: "",
-            extra: "",
+            extra: &knobs.gateway_extra,
         },
     )?;
     let gateway = GatewayProcess::start(&config, scratch.join("gateway-embedded.log")).await?;
@@ -845,7 +857,7 @@ fn report(
         "Setup: the benchmark client, the gateway and the model-server (release builds) all on one {cores}-core machine ({cpu}); the client reaches the gateway over 127.0.0.1, and the gateway (and the direct calls) reach the model-server {}. \
          gRPC `Predict` for `fraud_detector` (default version, v2 MLP) with one customer ID and four request features; \
          the client uses {CONNECTIONS} HTTP/2 connections and a {}-s deadline per call. Gateway: the shipped settings \
-         (max_concurrent_requests {}, request_timeout 1000 ms, model timeout 300 ms, 256 MiB row cache, dynamic features read from the store on every call). \
+         (max_concurrent_requests {}, request_timeout 1000 ms, model timeout 300 ms, 256 MiB row cache, dynamic features read from the store on every call){}. \
          Model-server: the example model's config ({queue_delay}, max_batch_size 64, 2 inference threads). \
          Embedded store: {} customers loaded by a refresh run ({load_seconds:.1} s). \
          **hit**: {} hot customers, warmed into the row cache first; **miss**: every call a customer not asked for before in the run \
@@ -859,6 +871,14 @@ fn report(
         },
         CALL_TIMEOUT.as_secs(),
         knobs.max_concurrent,
+        if knobs.gateway_extra.is_empty() {
+            String::new()
+        } else {
+            format!(
+                ", with `{}` added to its config (MLGW_BENCH_GATEWAY_EXTRA)",
+                knobs.gateway_extra.trim().replace('\n', "; ")
+            )
+        },
         knobs.customers,
         knobs.hot_keys,
         WARMUP.as_secs_f64()
