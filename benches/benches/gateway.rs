@@ -33,6 +33,8 @@
 //! MLGW_BENCH_TOKEN (bearer token for every gateway call),
 //! MLGW_BENCH_GATEWAY_EXTRA (TOML sections added to the embedded-store
 //! gateway's config, e.g. `[prediction_log]` settings, for A/B runs),
+//! MLGW_BENCH_GATEWAY_LOG (the gateway's log filter, default `warn`: its
+//! info-level stage spans off; the shipped default is `info`),
 //! MLGW_BENCH_TRANSPORT (`tcp`, default: the gateway and the bench's direct
 //! calls reach the model-server over 127.0.0.1; `uds`: over its
 //! `--grpc-socket` Unix-domain socket, the sidecar deployment), and for the
@@ -857,7 +859,7 @@ fn report(
         "Setup: the benchmark client, the gateway and the model-server (release builds) all on one {cores}-core machine ({cpu}); the client reaches the gateway over 127.0.0.1, and the gateway (and the direct calls) reach the model-server {}. \
          gRPC `Predict` for `fraud_detector` (default version, v2 MLP) with one customer ID and four request features; \
          the client uses {CONNECTIONS} HTTP/2 connections and a {}-s deadline per call. Gateway: the shipped settings \
-         (max_concurrent_requests {}, request_timeout 1000 ms, model timeout 300 ms, 256 MiB row cache, dynamic features read from the store on every call){}. \
+         (max_concurrent_requests {}, request_timeout 1000 ms, model timeout 300 ms, 256 MiB row cache, dynamic features read from the store on every call){}; log filter `MLGW_LOG={}`{}. \
          Model-server: the example model's config ({queue_delay}, max_batch_size 64, 2 inference threads). \
          Embedded store: {} customers loaded by a refresh run ({load_seconds:.1} s). \
          **hit**: {} hot customers, warmed into the row cache first; **miss**: every call a customer not asked for before in the run \
@@ -878,6 +880,12 @@ fn report(
                 ", with `{}` added to its config (MLGW_BENCH_GATEWAY_EXTRA)",
                 knobs.gateway_extra.trim().replace('\n', "; ")
             )
+        },
+        benches::process::gateway_log_filter(),
+        if benches::process::gateway_log_filter() == "warn" {
+            " (the shipped default is `info`; at `warn` the per-stage spans are not created)"
+        } else {
+            ""
         },
         knobs.customers,
         knobs.hot_keys,

@@ -152,9 +152,18 @@ pub struct GatewayProcess {
     pub log: PathBuf,
 }
 
+/// The log filter the benches start the gateway with: `MLGW_BENCH_GATEWAY_LOG`,
+/// default `warn`. At `warn` the gateway's info-level spans (one per request
+/// stage) are not created, so neither their cost nor the per-stage timings
+/// in `/metrics` are there; the shipped default is `info`.
+pub fn gateway_log_filter() -> String {
+    std::env::var("MLGW_BENCH_GATEWAY_LOG").unwrap_or_else(|_| "warn".into())
+}
+
 impl GatewayProcess {
-    /// Starts the gateway binary on `config` (stderr to `log`, MLGW_LOG=warn)
-    /// and waits until `/readyz` answers 200.
+    /// Starts the gateway binary on `config` (stderr to `log`, its log
+    /// filter `MLGW_LOG` set to [`gateway_log_filter`]) and waits until
+    /// `/readyz` answers 200.
     ///
     /// # Errors
     /// When it does not start, report its ports or become ready in time;
@@ -164,7 +173,7 @@ impl GatewayProcess {
         let mut child = tokio::process::Command::new(&bin)
             .arg("--config")
             .arg(config)
-            .env("MLGW_LOG", "warn")
+            .env("MLGW_LOG", gateway_log_filter())
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&log)?)
             .kill_on_drop(true)
