@@ -811,6 +811,7 @@ fn report(
 ) -> Result<String> {
     let mut out = String::new();
     let (cores, cpu) = machine();
+    let log_filter = benches::process::gateway_log_filter();
     writeln!(out, "# Gateway load benchmark\n")?;
     writeln!(
         out,
@@ -881,8 +882,8 @@ fn report(
                 knobs.gateway_extra.trim().replace('\n', "; ")
             )
         },
-        benches::process::gateway_log_filter(),
-        if benches::process::gateway_log_filter() == "warn" {
+        log_filter,
+        if log_filter == "warn" {
             " (the shipped default is `info`; at `warn` the per-stage spans are not created)"
         } else {
             ""
