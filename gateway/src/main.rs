@@ -16,6 +16,49 @@ use gateway::server::GatewayServer;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// mimalloc keeps the memory it frees instead of returning it to the OS a
+/// second later (its `purge_delay`, 1000 ms by default). The embedded
+/// store's commits free and re-allocate page buffers every few milliseconds;
+/// with purging, each re-use faulted in and zeroed a fresh 2-MiB huge page
+/// inside the write transaction, and the paced p99 at 5,000 req/s was about
+/// 1.5 ms worse (`benches/results/gateway.md`, "Session of 2026-12-04
+/// (fifth)"). The cost: the process keeps its high-water mark of memory.
+/// `MIMALLOC_PURGE_DELAY` in the environment wins over this.
+#[allow(unsafe_code)]
+mod allocator {
+    use std::ffi::{c_int, c_long};
+
+    /// `mi_option_purge_delay` in mimalloc.h's `mi_option_e` (mimalloc v3,
+    /// as built by libmimalloc-sys 0.1).
+    const PURGE_DELAY: c_int = 15;
+    /// mimalloc v3's default for it: checked first, so that an option table
+    /// laid out differently is left alone rather than set blindly.
+    const DEFAULT_PURGE_DELAY_MS: c_long = 1000;
+
+    unsafe extern "C" {
+        fn mi_option_get(option: c_int) -> c_long;
+        fn mi_option_set(option: c_int, value: c_long);
+    }
+
+    /// Turns purging off unless the environment sets it; says whether it did.
+    pub fn keep_freed_memory() -> bool {
+        if std::env::var_os("MIMALLOC_PURGE_DELAY").is_some() {
+            return false;
+        }
+        // SAFETY: both functions only read and write an entry of mimalloc's
+        // option table (linked in by the `mimalloc` crate, the global
+        // allocator); they take any option index and any value, and are safe
+        // to call at any time from any thread.
+        unsafe {
+            if mi_option_get(PURGE_DELAY) != DEFAULT_PURGE_DELAY_MS {
+                return false;
+            }
+            mi_option_set(PURGE_DELAY, -1);
+        }
+        true
+    }
+}
+
 /// Serve predictions over gRPC and REST: enrich entity IDs with features,
 /// call the model-server, post-process.
 #[derive(Debug, Parser)]
@@ -42,6 +85,7 @@ struct Cli {
 }
 
 fn main() -> ExitCode {
+    let kept = allocator::keep_freed_memory();
     let cli = Cli::parse();
     if cli.check_config {
         return match check_config(&cli.config) {
@@ -65,7 +109,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli)) {
+    match runtime.block_on(run(cli, kept)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("gateway: {e:#}");
@@ -98,12 +142,20 @@ fn check_config(path: &std::path::Path) -> anyhow::Result<String> {
     ))
 }
 
-async fn run(cli: Cli) -> anyhow::Result<()> {
+async fn run(cli: Cli, kept: bool) -> anyhow::Result<()> {
     let config = GatewayConfig::load(&cli.config)?;
     // --- telemetry (issue 9): logs, and trace export when configured ---
     let mut settings = config.telemetry.clone();
     settings.log_json |= cli.log_json;
     let telemetry = telemetry::init(&settings)?;
+    tracing::debug!(
+        purge = if kept {
+            "off"
+        } else {
+            "mimalloc's default or MIMALLOC_PURGE_DELAY"
+        },
+        "allocator"
+    );
     let served = serve(cli, config).await;
     // Sends the spans still queued (bounded); the runtime must still run.
     let _ = tokio::task::spawn_blocking(move || {
