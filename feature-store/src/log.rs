@@ -66,6 +66,243 @@ pub struct PredictionRecord {
     pub model_time_us: Option<u64>,
 }
 
+/// First byte of a [`PredictionRecord`] in the binary layout (version 1).
+/// Records written before it are JSON, whose first byte is `{`.
+const BINARY_V1: u8 = 1;
+
+impl PredictionRecord {
+    /// The record as the stores keep it: a compact binary layout (little
+    /// endian; strings and lists prefixed by a u32 length; the input row as
+    /// raw f32). About a third the size of its JSON and several times
+    /// cheaper to make, which matters as every answered prediction is one.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let strings = self.prediction_id.len()
+            + self.subject.len()
+            + self.model.len()
+            + self.model_version.len()
+            + self.route.len()
+            + self.entity.len();
+        let mut out =
+            Vec::with_capacity(64 + strings + 4 * self.inputs.len() + 32 * self.outputs.len());
+        out.push(BINARY_V1);
+        for text in [
+            &self.prediction_id,
+            &self.subject,
+            &self.model,
+            &self.model_version,
+            &self.route,
+            &self.entity,
+        ] {
+            put_str(&mut out, text);
+        }
+        out.extend_from_slice(&crate::store::to_micros(self.at).to_le_bytes());
+        put_len(&mut out, self.inputs.len());
+        for v in &self.inputs {
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+        put_len(&mut out, self.view_ages_ms.len());
+        for (view, age) in &self.view_ages_ms {
+            put_str(&mut out, view);
+            put_opt_u64(&mut out, *age);
+        }
+        put_len(&mut out, self.defaulted.len());
+        for d in &self.defaulted {
+            put_str(&mut out, d);
+        }
+        put_len(&mut out, self.outputs.len());
+        for o in &self.outputs {
+            put_str(&mut out, &o.name);
+            match &o.label {
+                Some(l) => {
+                    out.push(1);
+                    put_str(&mut out, l);
+                }
+                None => out.push(0),
+            }
+            out.extend_from_slice(&o.score.to_le_bytes());
+        }
+        match &self.shadow_of {
+            Some(id) => {
+                out.push(1);
+                put_str(&mut out, id);
+            }
+            None => out.push(0),
+        }
+        put_opt_u64(&mut out, self.model_time_us);
+        out
+    }
+
+    /// Reads a record written by [`PredictionRecord::to_bytes`], or the JSON
+    /// of earlier releases.
+    ///
+    /// # Errors
+    /// A damaged record (cut short, bad UTF-8, unknown layout, bytes left
+    /// over): what is wrong and at which byte; never a panic.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, DamagedRecord> {
+        match bytes.first() {
+            Some(b'{') => serde_json::from_slice(bytes).map_err(|e| DamagedRecord(e.to_string())),
+            Some(&BINARY_V1) => {
+                let mut r = Reader { bytes, at: 1 };
+                let record = r.record()?;
+                if r.at != bytes.len() {
+                    return Err(r.damaged("bytes after the end of the record"));
+                }
+                Ok(record)
+            }
+            Some(other) => Err(DamagedRecord(format!("unknown record layout {other:#04x}"))),
+            None => Err(DamagedRecord("empty record".to_owned())),
+        }
+    }
+}
+
+/// Why stored bytes are not a prediction record.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct DamagedRecord(pub String);
+
+fn put_len(out: &mut Vec<u8>, n: usize) {
+    out.extend_from_slice(&u32::try_from(n).unwrap_or(u32::MAX).to_le_bytes());
+}
+
+fn put_str(out: &mut Vec<u8>, s: &str) {
+    // A field over 4 GiB cannot be made by the gateway (its request bodies
+    // are bounded far below that); the length saturates rather than wraps.
+    put_len(out, s.len());
+    out.extend_from_slice(s.as_bytes());
+}
+
+fn put_opt_u64(out: &mut Vec<u8>, v: Option<u64>) {
+    match v {
+        Some(v) => {
+            out.push(1);
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+        None => out.push(0),
+    }
+}
+
+struct Reader<'a> {
+    bytes: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn damaged(&self, what: &str) -> DamagedRecord {
+        DamagedRecord(format!("{what} at byte {}", self.at))
+    }
+
+    fn take(&mut self, n: usize) -> Result<&'a [u8], DamagedRecord> {
+        let end = self
+            .at
+            .checked_add(n)
+            .filter(|end| *end <= self.bytes.len())
+            .ok_or_else(|| self.damaged("record cut short"))?;
+        let out = &self.bytes[self.at..end];
+        self.at = end;
+        Ok(out)
+    }
+
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], DamagedRecord> {
+        let mut a = [0u8; N];
+        a.copy_from_slice(self.take(N)?);
+        Ok(a)
+    }
+
+    fn len(&mut self) -> Result<usize, DamagedRecord> {
+        let n = u32::from_le_bytes(self.array()?);
+        let n = usize::try_from(n).map_err(|_| self.damaged("length too large"))?;
+        // Every element takes at least one byte: a longer list than the
+        // bytes left is damage, found before allocating for it.
+        if n > self.bytes.len() - self.at {
+            return Err(self.damaged("length beyond the end of the record"));
+        }
+        Ok(n)
+    }
+
+    fn string(&mut self) -> Result<String, DamagedRecord> {
+        let n = self.len()?;
+        let raw = self.take(n)?;
+        std::str::from_utf8(raw)
+            .map(str::to_owned)
+            .map_err(|_| self.damaged("text that is not UTF-8"))
+    }
+
+    fn flag(&mut self) -> Result<bool, DamagedRecord> {
+        match self.array::<1>()? {
+            [0] => Ok(false),
+            [1] => Ok(true),
+            _ => Err(self.damaged("a presence flag that is neither 0 nor 1")),
+        }
+    }
+
+    fn opt_u64(&mut self) -> Result<Option<u64>, DamagedRecord> {
+        Ok(if self.flag()? {
+            Some(u64::from_le_bytes(self.array()?))
+        } else {
+            None
+        })
+    }
+
+    fn record(&mut self) -> Result<PredictionRecord, DamagedRecord> {
+        let prediction_id = self.string()?;
+        let subject = self.string()?;
+        let model = self.string()?;
+        let model_version = self.string()?;
+        let route = self.string()?;
+        let entity = self.string()?;
+        let at = crate::store::from_micros(i64::from_le_bytes(self.array()?));
+        let n = self.len()?;
+        let mut inputs = Vec::with_capacity(n);
+        for _ in 0..n {
+            inputs.push(f32::from_le_bytes(self.array()?));
+        }
+        let mut view_ages_ms = BTreeMap::new();
+        for _ in 0..self.len()? {
+            let view = self.string()?;
+            let age = self.opt_u64()?;
+            view_ages_ms.insert(view, age);
+        }
+        let n = self.len()?;
+        let mut defaulted = Vec::with_capacity(n);
+        for _ in 0..n {
+            defaulted.push(self.string()?);
+        }
+        let n = self.len()?;
+        let mut outputs = Vec::with_capacity(n);
+        for _ in 0..n {
+            let name = self.string()?;
+            let label = if self.flag()? {
+                Some(self.string()?)
+            } else {
+                None
+            };
+            let score = f64::from_le_bytes(self.array()?);
+            outputs.push(LoggedOutput { name, label, score });
+        }
+        let shadow_of = if self.flag()? {
+            Some(self.string()?)
+        } else {
+            None
+        };
+        let model_time_us = self.opt_u64()?;
+        Ok(PredictionRecord {
+            prediction_id,
+            at,
+            subject,
+            model,
+            model_version,
+            route,
+            entity,
+            inputs,
+            view_ages_ms,
+            defaulted,
+            outputs,
+            shadow_of,
+            model_time_us,
+        })
+    }
+}
+
 /// The observed outcome of a prediction.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -212,6 +449,84 @@ mod tests {
         assert!(id_lower_bound(ms).as_str() <= id.as_str());
         assert!(id_lower_bound(ms + 1).as_str() > id.as_str());
         assert!(id_lower_bound(ms - 1).as_str() < id.as_str());
+    }
+
+    fn sample(shadow: bool) -> PredictionRecord {
+        PredictionRecord {
+            prediction_id: uuid::Uuid::now_v7().to_string(),
+            at: UNIX_EPOCH + Duration::from_micros(1_764_000_000_123_456),
+            subject: "alice@example.com".to_owned(),
+            model: "fraud".to_owned(),
+            model_version: "2".to_owned(),
+            route: "canary".to_owned(),
+            entity: "customer_id=c-42 ✓".to_owned(),
+            inputs: vec![0.5, -1.25, f32::MAX, 0.0, 1e-30],
+            view_ages_ms: BTreeMap::from([
+                ("customer_profile".to_owned(), Some(3_600_000)),
+                ("customer_activity".to_owned(), None),
+            ]),
+            defaulted: vec!["txn_count_1h".to_owned()],
+            outputs: vec![
+                LoggedOutput {
+                    name: "scores".to_owned(),
+                    label: Some("fraud".to_owned()),
+                    score: 0.875,
+                },
+                LoggedOutput {
+                    name: "raw".to_owned(),
+                    label: None,
+                    score: -3.5,
+                },
+            ],
+            shadow_of: shadow.then(|| uuid::Uuid::now_v7().to_string()),
+            model_time_us: (!shadow).then_some(412),
+        }
+    }
+
+    #[test]
+    fn a_record_reads_back_as_written_and_is_smaller_than_its_json() {
+        for shadow in [false, true] {
+            let r = sample(shadow);
+            let bytes = r.to_bytes();
+            assert_eq!(PredictionRecord::from_bytes(&bytes), Ok(r.clone()));
+            let json = serde_json::to_vec(&r).expect("serialises");
+            assert!(
+                bytes.len() < json.len(),
+                "{} >= {}",
+                bytes.len(),
+                json.len()
+            );
+        }
+    }
+
+    #[test]
+    fn records_written_as_json_by_earlier_releases_still_read() {
+        let r = sample(false);
+        let json = serde_json::to_vec(&r).expect("serialises");
+        assert_eq!(PredictionRecord::from_bytes(&json), Ok(r));
+    }
+
+    #[test]
+    fn damaged_records_are_errors_never_panics() {
+        let bytes = sample(true).to_bytes();
+        for cut in 0..bytes.len() {
+            assert!(
+                PredictionRecord::from_bytes(&bytes[..cut]).is_err(),
+                "a record cut to {cut} bytes was accepted"
+            );
+        }
+        let mut longer = bytes.clone();
+        longer.push(0);
+        let err = PredictionRecord::from_bytes(&longer).expect_err("trailing byte");
+        assert!(err.0.contains("after the end"), "{err}");
+        let mut huge = bytes.clone();
+        huge[1..5].copy_from_slice(&u32::MAX.to_le_bytes());
+        let err = PredictionRecord::from_bytes(&huge).expect_err("huge length");
+        assert!(err.0.contains("beyond the end"), "{err}");
+        let mut layout = bytes;
+        layout[0] = 9;
+        let err = PredictionRecord::from_bytes(&layout).expect_err("unknown layout");
+        assert!(err.0.contains("unknown record layout 0x09"), "{err}");
     }
 
     #[test]

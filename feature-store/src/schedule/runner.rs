@@ -395,7 +395,7 @@ async fn run_command(
 }
 
 /// Kills the process group of `child` (it leads its own group). Done with
-/// the `kill` program: this crate forbids `unsafe`, which `libc::kill` needs.
+/// the `kill` program: this crate has no `unsafe`, which `libc::kill` needs.
 async fn kill_group(child: &tokio::process::Child) {
     let Some(pid) = child.id() else { return };
     let killed = tokio::process::Command::new("kill")

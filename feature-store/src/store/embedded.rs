@@ -63,7 +63,8 @@ const EVENT_PRUNE_PER_WRITE: usize = 256;
 const BATCHES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("refresh_batches");
 /// view → JSON current batch.
 const CURRENT: TableDefinition<&str, &[u8]> = TableDefinition::new("current_batch");
-/// prediction ID (UUIDv7 text, sorts by time) → JSON prediction record.
+/// prediction ID (UUIDv7 text, sorts by time) → prediction record
+/// (`PredictionRecord::to_bytes`; JSON when written before that layout).
 const PREDICTIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("prediction_log");
 /// prediction ID → JSON feedback record.
 const FEEDBACK: TableDefinition<&str, &[u8]> = TableDefinition::new("feedback");
@@ -916,8 +917,7 @@ impl FeatureStore for EmbeddedStore {
         for r in records {
             PredictionKey::parse(&r.prediction_id)
                 .map_err(|e| StoreError::Backend(e.to_string()))?;
-            let v = serde_json::to_vec(r).map_err(|e| StoreError::Backend(e.to_string()))?;
-            encoded.push((r.prediction_id.clone(), v));
+            encoded.push((r.prediction_id.clone(), r.to_bytes()));
         }
         self.blocking(move |db, err| {
             Self::check_schema(db, err)?;
@@ -947,7 +947,7 @@ impl FeatureStore for EmbeddedStore {
             let Some(v) = table.get(id.as_str()).map_err(|e| err(e.into()))? else {
                 return Ok(None);
             };
-            serde_json::from_slice(v.value())
+            PredictionRecord::from_bytes(v.value())
                 .map(Some)
                 .map_err(|e| StoreError::Backend(format!("damaged prediction record {id}: {e}")))
         })
@@ -997,10 +997,9 @@ impl FeatureStore for EmbeddedStore {
             {
                 let (k, v) = item.map_err(|e| err(e.into()))?;
                 let id = k.value();
-                let prediction: PredictionRecord =
-                    serde_json::from_slice(v.value()).map_err(|e| {
-                        StoreError::Backend(format!("damaged prediction record {id}: {e}"))
-                    })?;
+                let prediction = PredictionRecord::from_bytes(v.value()).map_err(|e| {
+                    StoreError::Backend(format!("damaged prediction record {id}: {e}"))
+                })?;
                 let feedback = match feedback.get(id).map_err(|e| err(e.into()))? {
                     Some(f) => Some(serde_json::from_slice(f.value()).map_err(|e| {
                         StoreError::Backend(format!("damaged feedback record {id}: {e}"))

@@ -604,6 +604,11 @@ fn ttl_seconds(retention: Duration) -> i32 {
     i32::try_from(retention.as_secs().max(1)).unwrap_or(i32::MAX)
 }
 
+fn decode_prediction(id: &str, blob: &[u8]) -> Result<PredictionRecord, StoreError> {
+    PredictionRecord::from_bytes(blob)
+        .map_err(|e| StoreError::Backend(format!("damaged log record {id}: {e}")))
+}
+
 fn decode_log_record<T: serde::de::DeserializeOwned>(
     id: &str,
     blob: &[u8],
@@ -1230,8 +1235,7 @@ impl FeatureStore for ScyllaStore {
         for r in records {
             let key = PredictionKey::parse(&r.prediction_id)
                 .map_err(|e| StoreError::Backend(e.to_string()))?;
-            let blob = serde_json::to_vec(r).map_err(|e| StoreError::Backend(e.to_string()))?;
-            rows.push((key, r.prediction_id.clone(), blob));
+            rows.push((key, r.prediction_id.clone(), r.to_bytes()));
         }
         stream::iter(rows)
             .map(|(key, id, blob)| async move {
@@ -1271,7 +1275,7 @@ impl FeatureStore for ScyllaStore {
                 .map_err(map_err)?;
             let rows = result.into_rows_result().map_err(rows_err)?;
             let row: Option<(Vec<u8>,)> = rows.maybe_first_row().map_err(rows_err)?;
-            row.map(|(blob,)| decode_log_record(prediction_id, &blob))
+            row.map(|(blob,)| decode_prediction(prediction_id, &blob))
                 .transpose()
         })
         .await
@@ -1340,7 +1344,7 @@ impl FeatureStore for ScyllaStore {
             .into_iter()
             .map(|(id, blob)| {
                 Ok(LogEntry {
-                    prediction: decode_log_record(&id, &blob)?,
+                    prediction: decode_prediction(&id, &blob)?,
                     feedback: feedback
                         .get(&id)
                         .map(|f| decode_log_record(&id, f))
