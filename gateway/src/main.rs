@@ -21,7 +21,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// store's commits free and re-allocate page buffers every few milliseconds;
 /// with purging, each re-use faulted in and zeroed a fresh 2-MiB huge page
 /// inside the write transaction, and the paced p99 at 5,000 req/s was about
-/// 1.5 ms worse (`benches/results/gateway.md`, "Session of 2026-12-04
+/// 1.2 ms worse (median; `benches/results/gateway.md`, "Session of 2026-12-04
 /// (fifth)"). The cost: the process keeps its high-water mark of memory.
 /// `MIMALLOC_PURGE_DELAY` in the environment wins over this.
 #[allow(unsafe_code)]
