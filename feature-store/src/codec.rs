@@ -79,7 +79,7 @@ pub fn encode_value(value: &FeatureValue) -> Vec<u8> {
 /// # Errors
 /// [`CodecError`] if the blob is truncated or holds an unknown tag.
 pub fn decode(bytes: &[u8]) -> Result<BTreeMap<String, FeatureValue>, CodecError> {
-    let mut r = Reader { bytes, at: 0 };
+    let mut r = Reader::new(bytes);
     let count = u16::from_le_bytes(r.array::<2>()?);
     let mut values = BTreeMap::new();
     for _ in 0..count {
@@ -97,23 +97,34 @@ pub fn decode(bytes: &[u8]) -> Result<BTreeMap<String, FeatureValue>, CodecError
 /// # Errors
 /// [`CodecError`] if the blob is truncated or holds an unknown tag.
 pub fn decode_value(bytes: &[u8]) -> Result<FeatureValue, CodecError> {
-    Reader { bytes, at: 0 }.value()
+    Reader::new(bytes).value()
 }
 
-struct Reader<'a> {
+/// A bounds-checked cursor over stored bytes; also used by the prediction
+/// log's record layout (`log`).
+pub(crate) struct Reader<'a> {
     bytes: &'a [u8],
     at: usize,
 }
 
 impl<'a> Reader<'a> {
-    fn err(&self, what: &'static str) -> CodecError {
+    pub(crate) fn new(bytes: &'a [u8]) -> Self {
+        Reader { bytes, at: 0 }
+    }
+
+    /// Bytes not read yet.
+    pub(crate) fn remaining(&self) -> usize {
+        self.bytes.len() - self.at
+    }
+
+    pub(crate) fn err(&self, what: &'static str) -> CodecError {
         CodecError {
             offset: self.at,
             what,
         }
     }
 
-    fn take(&mut self, n: usize) -> Result<&'a [u8], CodecError> {
+    pub(crate) fn take(&mut self, n: usize) -> Result<&'a [u8], CodecError> {
         let end = self
             .at
             .checked_add(n)
@@ -124,7 +135,7 @@ impl<'a> Reader<'a> {
         Ok(slice)
     }
 
-    fn array<const N: usize>(&mut self) -> Result<[u8; N], CodecError> {
+    pub(crate) fn array<const N: usize>(&mut self) -> Result<[u8; N], CodecError> {
         let mut out = [0u8; N];
         out.copy_from_slice(self.take(N)?);
         Ok(out)

@@ -142,9 +142,10 @@ impl PredictionRecord {
         match bytes.first() {
             Some(b'{') => serde_json::from_slice(bytes).map_err(|e| DamagedRecord(e.to_string())),
             Some(&BINARY_V1) => {
-                let mut r = Reader { bytes, at: 1 };
+                let mut r = Reader(crate::codec::Reader::new(bytes));
+                r.array::<1>()?;
                 let record = r.record()?;
-                if r.at != bytes.len() {
+                if r.0.remaining() != 0 {
                     return Err(r.damaged("bytes after the end of the record"));
                 }
                 Ok(record)
@@ -181,31 +182,22 @@ fn put_opt_u64(out: &mut Vec<u8>, v: Option<u64>) {
     }
 }
 
-struct Reader<'a> {
-    bytes: &'a [u8],
-    at: usize,
+impl From<crate::codec::CodecError> for DamagedRecord {
+    fn from(e: crate::codec::CodecError) -> Self {
+        DamagedRecord(format!("{} at byte {}", e.what, e.offset))
+    }
 }
 
-impl<'a> Reader<'a> {
-    fn damaged(&self, what: &str) -> DamagedRecord {
-        DamagedRecord(format!("{what} at byte {}", self.at))
-    }
+/// The record layout's fields over the stores' shared byte cursor.
+struct Reader<'a>(crate::codec::Reader<'a>);
 
-    fn take(&mut self, n: usize) -> Result<&'a [u8], DamagedRecord> {
-        let end = self
-            .at
-            .checked_add(n)
-            .filter(|end| *end <= self.bytes.len())
-            .ok_or_else(|| self.damaged("record cut short"))?;
-        let out = &self.bytes[self.at..end];
-        self.at = end;
-        Ok(out)
+impl Reader<'_> {
+    fn damaged(&self, what: &'static str) -> DamagedRecord {
+        self.0.err(what).into()
     }
 
     fn array<const N: usize>(&mut self) -> Result<[u8; N], DamagedRecord> {
-        let mut a = [0u8; N];
-        a.copy_from_slice(self.take(N)?);
-        Ok(a)
+        Ok(self.0.array()?)
     }
 
     fn len(&mut self) -> Result<usize, DamagedRecord> {
@@ -213,7 +205,7 @@ impl<'a> Reader<'a> {
         let n = usize::try_from(n).map_err(|_| self.damaged("length too large"))?;
         // Every element takes at least one byte: a longer list than the
         // bytes left is damage, found before allocating for it.
-        if n > self.bytes.len() - self.at {
+        if n > self.0.remaining() {
             return Err(self.damaged("length beyond the end of the record"));
         }
         Ok(n)
@@ -221,7 +213,7 @@ impl<'a> Reader<'a> {
 
     fn string(&mut self) -> Result<String, DamagedRecord> {
         let n = self.len()?;
-        let raw = self.take(n)?;
+        let raw = self.0.take(n)?;
         std::str::from_utf8(raw)
             .map(str::to_owned)
             .map_err(|_| self.damaged("text that is not UTF-8"))
