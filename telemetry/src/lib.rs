@@ -8,6 +8,7 @@
 //! false and the helpers here return at once, so a request costs what its
 //! `tracing` spans cost and nothing more.
 
+pub mod fields;
 pub mod prom;
 pub mod stages;
 
@@ -22,12 +23,13 @@ use opentelemetry_sdk::trace::{
     BatchConfigBuilder, BatchSpanProcessor, Sampler, SdkTracerProvider,
 };
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+use tracing_subscriber::filter::Targets;
 use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt as _;
-use tracing_subscriber::{EnvFilter, Layer as _};
+use tracing_subscriber::{EnvFilter, Layer as _, Registry};
 
 /// How a process logs and exports its spans.
 #[derive(Debug, Clone, PartialEq)]
@@ -140,7 +142,7 @@ impl Telemetry {
 pub fn init(settings: &TelemetrySettings) -> Result<Telemetry, TelemetryError> {
     use std::io::IsTerminal as _;
     settings.validate()?;
-    let filter = EnvFilter::try_from_env("MLGW_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = log_filter(std::env::var("MLGW_LOG").ok().as_deref()).boxed();
     let provider = match &settings.otlp_endpoint {
         Some(endpoint) => Some(provider(settings, endpoint)?),
         None => None,
@@ -158,10 +160,11 @@ pub fn init(settings: &TelemetrySettings) -> Result<Telemetry, TelemetryError> {
             .flatten_event(true)
             .with_current_span(false)
             .with_span_list(false)
+            .fmt_fields(fields::NoSpanFields)
             .map_event_format(TraceIds)
             .boxed()
     } else {
-        fmt.boxed()
+        fmt.fmt_fields(fields::PlainFields).boxed()
     };
     let stages = (!settings.stages.is_empty())
         .then(|| stages::install(std::sync::Arc::new(stages::Stages::new(settings.stages))));
@@ -173,6 +176,47 @@ pub fn init(settings: &TelemetrySettings) -> Result<Telemetry, TelemetryError> {
         .try_init()?;
     ENABLED.store(provider.is_some(), Ordering::Relaxed);
     Ok(Telemetry { provider })
+}
+
+/// The log filter for `spec` (`MLGW_LOG`; unset means `info`). A plain list
+/// of `target=level` directives, the usual case, becomes a [`Targets`]
+/// filter, which decides per callsite and keeps no state per span; span and
+/// field directives (`target[span{field=value}]=level`) need an
+/// [`EnvFilter`], which takes a shared lock on every span's enter and exit.
+/// A spec neither accepts is reported on stderr and `info` is used.
+fn log_filter(spec: Option<&str>) -> LogFilter {
+    let spec = spec
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .unwrap_or("info");
+    if !spec.contains(['[', '{'])
+        && let Ok(targets) = spec.parse::<Targets>()
+    {
+        return LogFilter::Targets(targets);
+    }
+    match EnvFilter::try_new(spec) {
+        Ok(filter) => LogFilter::Env(Box::new(filter)),
+        Err(e) => {
+            eprintln!("MLGW_LOG={spec:?} is not a log filter ({e}); logging at info");
+            LogFilter::Targets(
+                Targets::new().with_default(tracing::level_filters::LevelFilter::INFO),
+            )
+        }
+    }
+}
+
+enum LogFilter {
+    Targets(Targets),
+    Env(Box<EnvFilter>),
+}
+
+impl LogFilter {
+    fn boxed(self) -> Box<dyn tracing_subscriber::Layer<Registry> + Send + Sync> {
+        match self {
+            LogFilter::Targets(t) => t.boxed(),
+            LogFilter::Env(e) => e.boxed(),
+        }
+    }
 }
 
 fn provider(
@@ -348,6 +392,17 @@ mod tests {
         s.otlp_endpoint = Some("http://127.0.0.1:4317".into());
         s.sample_ratio = 1.5;
         assert!(matches!(s.validate(), Err(TelemetryError::SampleRatio(_))));
+    }
+
+    #[test]
+    fn plain_filters_need_no_span_state() {
+        let is_targets = |spec: Option<&str>| matches!(log_filter(spec), LogFilter::Targets(_));
+        assert!(is_targets(None));
+        assert!(is_targets(Some("warn")));
+        assert!(is_targets(Some("info,gateway::auth=debug,h2=off")));
+        assert!(!is_targets(Some("info,gateway[request{caller=dev}]=debug")));
+        // Not a filter: reported, and `info` is used.
+        assert!(is_targets(Some("gateway=loud")));
     }
 
     #[test]
