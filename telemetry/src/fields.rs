@@ -5,8 +5,8 @@
 //! case an event inside it is logged later. With the stock formatter every
 //! string field goes through `Debug` (quoted and escaped one character at a
 //! time), which was about half of what a request's spans cost at `info`.
-//! [`PlainFields`] writes logfmt instead: `name=value`, a string unquoted
-//! unless it holds a space, quote, `=` or control character. In JSON mode no
+//! [`PlainFields`] writes logfmt instead: `name=value`, a value quoted only
+//! when it needs to be (see `plain`). In JSON mode no
 //! line shows span fields (only `trace_id`/`span_id`), so [`NoSpanFields`]
 //! writes none.
 
@@ -39,14 +39,20 @@ struct PlainVisitor<'a, 'w> {
     result: fmt::Result,
 }
 
-impl PlainVisitor<'_, '_> {
-    fn separate(&mut self) -> fmt::Result {
-        if self.empty {
-            self.empty = false;
+impl<'w> PlainVisitor<'_, 'w> {
+    /// Writes one field with `write`, after a space unless it is the first;
+    /// once a write failed, nothing more.
+    fn field(&mut self, write: impl FnOnce(&mut Writer<'w>) -> fmt::Result) {
+        if self.result.is_err() {
+            return;
+        }
+        let first = std::mem::replace(&mut self.empty, false);
+        self.result = if first {
             Ok(())
         } else {
             self.writer.write_char(' ')
         }
+        .and_then(|()| write(self.writer));
     }
 
     fn name(field: &Field) -> &'static str {
@@ -55,7 +61,8 @@ impl PlainVisitor<'_, '_> {
     }
 }
 
-/// Whether `s` can stand unquoted in a logfmt value.
+/// Whether `s` can stand unquoted in a logfmt value: not empty, and no
+/// space, control character, quote, backslash or `=`.
 fn plain(s: &str) -> bool {
     !s.is_empty()
         && s.bytes()
@@ -64,45 +71,50 @@ fn plain(s: &str) -> bool {
 
 impl Visit for PlainVisitor<'_, '_> {
     fn record_str(&mut self, field: &Field, value: &str) {
-        if self.result.is_err() {
-            return;
-        }
-        self.result = self.separate().and_then(|()| {
-            if field.name() == "message" {
-                self.writer.write_str(value)
+        let name = Self::name(field);
+        self.field(|w| {
+            if name == "message" {
+                w.write_str(value)
             } else if plain(value) {
-                write!(self.writer, "{}={value}", Self::name(field))
+                write!(w, "{name}={value}")
             } else {
-                write!(self.writer, "{}={value:?}", Self::name(field))
+                write!(w, "{name}={value:?}")
             }
         });
     }
 
+    /// The error and its sources, `outer: inner: root`.
     fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
-        self.record_debug(field, &format_args!("{value}"));
+        let mut chain = value.to_string();
+        let mut source = value.source();
+        while let Some(e) = source {
+            let _ = write!(chain, ": {e}");
+            source = e.source();
+        }
+        self.record_str(field, &chain);
     }
 
     fn record_u64(&mut self, field: &Field, value: u64) {
-        self.number(field, value);
+        let name = Self::name(field);
+        self.field(|w| write!(w, "{name}={value}"));
     }
 
     fn record_i64(&mut self, field: &Field, value: i64) {
-        self.number(field, value);
+        let name = Self::name(field);
+        self.field(|w| write!(w, "{name}={value}"));
     }
 
     fn record_bool(&mut self, field: &Field, value: bool) {
-        self.number(field, value);
+        let name = Self::name(field);
+        self.field(|w| write!(w, "{name}={value}"));
     }
 
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
-        if self.result.is_err() {
-            return;
-        }
-        self.result = self.separate().and_then(|()| {
-            if field.name() == "message" {
-                return write!(self.writer, "{value:?}");
+        let name = Self::name(field);
+        self.field(|w| {
+            if name == "message" {
+                return write!(w, "{value:?}");
             }
-            let name = Self::name(field);
             // Whether the value needs quotes shows only once it is written:
             // write it into this thread's scratch buffer first (a Debug
             // impl that itself logs finds the buffer taken and is quoted).
@@ -111,25 +123,14 @@ impl Visit for PlainVisitor<'_, '_> {
                     text.clear();
                     write!(text, "{value:?}")?;
                     if plain(&text) {
-                        write!(self.writer, "{name}={text}")
+                        write!(w, "{name}={text}")
                     } else {
-                        write!(self.writer, "{name}={:?}", text.as_str())
+                        write!(w, "{name}={:?}", text.as_str())
                     }
                 }
-                Err(_) => write!(self.writer, "{name}=\"{value:?}\""),
+                Err(_) => write!(w, "{name}=\"{value:?}\""),
             })
         });
-    }
-}
-
-impl PlainVisitor<'_, '_> {
-    fn number(&mut self, field: &Field, value: impl fmt::Display) {
-        if self.result.is_err() {
-            return;
-        }
-        self.result = self
-            .separate()
-            .and_then(|()| write!(self.writer, "{}={value}", Self::name(field)));
     }
 }
 
@@ -182,6 +183,18 @@ mod tests {
                 Ok(())
             }
         }
+        #[derive(Debug)]
+        struct Outer(std::io::Error);
+        impl fmt::Display for Outer {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("model call failed")
+            }
+        }
+        impl std::error::Error for Outer {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                Some(&self.0)
+            }
+        }
         let buffer = Buffer::default();
         let out = buffer.clone();
         let subscriber = tracing_subscriber::registry().with(
@@ -197,6 +210,14 @@ mod tests {
             let infer = tracing::info_span!("infer", endpoint = "http://127.0.0.1:8500", rows = 3);
             let _in = infer.enter();
             tracing::warn!(code = "unavailable", reason = "model server gone", status = ?Some(503), pair = ?(1, 2), "call failed");
+            let error = Outer(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "no answer",
+            ));
+            tracing::warn!(
+                error = &error as &(dyn std::error::Error + 'static),
+                "call failed"
+            );
         });
         let text = String::from_utf8(buffer.0.lock().map(|b| b.clone()).unwrap_or_default())
             .unwrap_or_default();
@@ -208,6 +229,10 @@ mod tests {
         );
         assert!(
             text.contains(r#"call failed code=unavailable reason="model server gone" status=Some(503) pair="(1, 2)""#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"call failed error="model call failed: no answer""#),
             "{text}"
         );
     }
