@@ -33,7 +33,8 @@
 //! MLGW_BENCH_TOKEN (bearer token for every gateway call),
 //! MLGW_BENCH_GATEWAY_EXTRA (TOML sections added to the embedded-store
 //! gateway's config, e.g. `[prediction_log]` settings, for A/B runs),
-//! MLGW_BENCH_GATEWAY_LOG (the gateway's log filter, default `warn`: its
+//! MLGW_BENCH_MODEL_EXTRA (TOML added inside that gateway's `[[model]]`,
+//! e.g. `[model.coalesce]` settings), MLGW_BENCH_GATEWAY_LOG (the gateway's log filter, default `warn`: its
 //! info-level stage spans off; the shipped default is `info`),
 //! MLGW_BENCH_TRANSPORT (`tcp`, default: the gateway and the bench's direct
 //! calls reach the model-server over 127.0.0.1; `uds`: over its
@@ -60,7 +61,7 @@ use benches::load::{self, Call, Load, Measured, Outcome, WARMUP, closed_loop};
 use benches::process::{
     CpuProbe, CpuUse, GatewayProcess, GatewaySettings, gateway_config, interrupted,
 };
-use benches::prometheus::{failure_codes, metric, scrape};
+use benches::prometheus::{failure_codes, metric, metric_sum, scrape};
 use benches::report::{Series, latency_chart, machine, ms};
 use feature_store::store::AnyStore;
 use feature_store::store::embedded::EmbeddedStore;
@@ -77,6 +78,16 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(2);
 /// Rising steps multiply the rate by this.
 const RISE: f64 = 1.5;
 
+/// TOML text from environment variable `var` (empty when unset), ending with
+/// a newline so that the config's next section starts on a line of its own.
+fn toml_lines(var: &str) -> String {
+    let mut text = std::env::var(var).unwrap_or_default();
+    if !text.is_empty() && !text.ends_with('\n') {
+        text.push('\n');
+    }
+    text
+}
+
 // ---------------------------------------------------------------------------
 // Knobs
 
@@ -91,6 +102,8 @@ struct Knobs {
     queue_delay_ms: Option<u64>,
     /// TOML sections added to the embedded-store gateway's config.
     gateway_extra: String,
+    /// TOML added inside its `[[model]]` (e.g. a `[model.coalesce]` section).
+    model_extra: String,
     /// How the gateway (and the direct calls) reach the model-server.
     transport: Transport,
     cassandra: CassandraMode,
@@ -144,14 +157,9 @@ impl Knobs {
                 .ok()
                 .map(|v| v.parse().context("MLGW_BENCH_QUEUE_DELAY_MS"))
                 .transpose()?,
-            gateway_extra: {
-                // Whole sections; they go before `[cache]`, so they end with a newline.
-                let mut extra = std::env::var("MLGW_BENCH_GATEWAY_EXTRA").unwrap_or_default();
-                if !extra.is_empty() && !extra.ends_with('\n') {
-                    extra.push('\n');
-                }
-                extra
-            },
+            // Whole sections; they go before `[cache]` and `[model.postprocess]`.
+            gateway_extra: toml_lines("MLGW_BENCH_GATEWAY_EXTRA"),
+            model_extra: toml_lines("MLGW_BENCH_MODEL_EXTRA"),
             transport: match std::env::var("MLGW_BENCH_TRANSPORT").as_deref() {
                 Err(_) | Ok("tcp") => Transport::Tcp,
                 Ok("uds") => Transport::Uds,
@@ -287,6 +295,9 @@ struct GatewayView {
     predict_mean_us: f64,
     /// Mean time of its model-server call, µs.
     model_mean_us: f64,
+    /// Predictions per `ModelInfer` call of the callers' clients (above 1
+    /// when predictions were sent together, `[model.coalesce]`).
+    rows_per_call: f64,
     /// Share of feature-cache reads answered from the cache.
     hit_ratio: f64,
 }
@@ -294,10 +305,11 @@ struct GatewayView {
 impl GatewayView {
     fn text(&self) -> String {
         format!(
-            "{} / {} / {}",
+            "{} / {} / {} | {:.2}",
             ms(self.predict_mean_us / 1000.0),
             ms(self.model_mean_us / 1000.0),
-            ms((self.predict_mean_us - self.model_mean_us) / 1000.0)
+            ms((self.predict_mean_us - self.model_mean_us) / 1000.0),
+            self.rows_per_call
         )
     }
 }
@@ -352,6 +364,13 @@ fn view(before: &str, after: &str) -> GatewayView {
     GatewayView {
         predict_mean_us: mean_us("mlgw_predict_seconds"),
         model_mean_us: mean_us("mlgw_model_call_seconds"),
+        rows_per_call: {
+            let callers = |name: &str| {
+                let series = format!("{name}{{pool=\"callers\"");
+                metric_sum(after, &series) - metric_sum(before, &series)
+            };
+            callers("mlgw_model_call_rows_total") / callers("mlgw_model_calls_total")
+        },
         hit_ratio: if hits + misses > 0.0 {
             hits / (hits + misses)
         } else {
@@ -560,7 +579,7 @@ async fn run(knobs: &Knobs, scratch: &Path) -> Result<String> {
                 redb.display()
             ),
             max_concurrent: knobs.max_concurrent,
-            model_extra: "",
+            model_extra: &knobs.model_extra,
             extra: &knobs.gateway_extra,
         },
     )?;
@@ -874,14 +893,23 @@ fn report(
         },
         CALL_TIMEOUT.as_secs(),
         knobs.max_concurrent,
-        if knobs.gateway_extra.is_empty() {
-            String::new()
-        } else {
-            format!(
-                ", with `{}` added to its config (MLGW_BENCH_GATEWAY_EXTRA)",
-                knobs.gateway_extra.trim().replace('\n', "; ")
-            )
-        },
+        [
+            (
+                &knobs.gateway_extra,
+                "its config (MLGW_BENCH_GATEWAY_EXTRA)"
+            ),
+            (
+                &knobs.model_extra,
+                "its `[[model]]` (MLGW_BENCH_MODEL_EXTRA)"
+            ),
+        ]
+        .iter()
+        .filter(|(extra, _)| !extra.is_empty())
+        .map(|(extra, to)| format!(
+            ", with `{}` added to {to}",
+            extra.trim().replace('\n', "; ")
+        ))
+        .collect::<String>(),
         log_filter,
         if log_filter == "warn" {
             " (the shipped default is `info`; at `warn` the per-stage spans are not created)"
@@ -1011,13 +1039,15 @@ fn report(
         "Paired: the gateway's percentile minus the direct model-server's at the same rate (percentiles do not subtract exactly; \
          this is the added latency at that percentile). 'In gateway' is the gateway's own accounting from /metrics, means over the step: \
          handler time (from the gRPC handler's start to its answer) / the model-server call within it / the rest (enrichment, post-processing). \
-         Client latency minus handler time is spent outside the handler: the client, both HTTP/2 stacks, and waiting for a CPU.\n"
+         Client latency minus handler time is spent outside the handler: the client, both HTTP/2 stacks, and waiting for a CPU. \
+         'Predictions per model call': rows over `ModelInfer` calls sent by the gateway (`mlgw_model_call_rows_total` / `mlgw_model_calls_total`); \
+         above 1 when predictions that arrived while the model-server was busy went together (`[model.coalesce]`).\n"
     )?;
     writeln!(
         out,
-        "| req/s | gateway p50 / p99 ms | direct p50 / p99 ms | overhead p50 / p99 ms | in gateway: handler / model call / own, mean ms |"
+        "| req/s | gateway p50 / p99 ms | direct p50 / p99 ms | overhead p50 / p99 ms | in gateway: handler / model call / own, mean ms | predictions per model call |"
     )?;
-    writeln!(out, "| ---: | ---: | ---: | ---: | ---: |")?;
+    writeln!(out, "| ---: | ---: | ---: | ---: | ---: | ---: |")?;
     for g in steps
         .iter()
         .filter(|s| s.backend == "embedded" && s.scenario == "hit")
@@ -1087,31 +1117,32 @@ fn report(
     )?;
     writeln!(
         out,
-        "| callers | req/s | gateway p50 / p99 ms | direct (same rate, same callers) p50 / p99 ms | overhead p50 / p99 ms | in gateway: handler / model call / own, mean ms |"
+        "| callers | req/s | gateway p50 / p99 ms | direct (same rate, same callers) p50 / p99 ms | overhead p50 / p99 ms | in gateway: handler / model call / own, mean ms | predictions per model call |"
     )?;
-    writeln!(out, "| ---: | ---: | ---: | ---: | ---: | ---: |")?;
-    for &callers in &knobs.concurrency {
-        let Some(g) = find(
-            steps,
-            "embedded",
-            "hit",
-            Load::Closed {
-                callers,
-                pace: None,
-            },
-        ) else {
+    writeln!(out, "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |")?;
+    // Each closed-loop hit step (unpaced, then the paced one) is followed by
+    // its paired direct step.
+    for (i, g) in steps.iter().enumerate() {
+        let Load::Closed { callers, pace } = g.load else {
             continue;
         };
-        let Some(d) = steps.iter().find(|s| {
-            s.scenario == "direct"
-                && matches!(s.load, Load::Closed { callers: c, pace: Some(_) } if c == callers)
+        if g.backend != "embedded" || g.scenario != "hit" {
+            continue;
+        }
+        let Some(d) = steps.get(i + 1).filter(|d| {
+            d.scenario == "direct"
+                && matches!(d.load, Load::Closed { callers: c, .. } if c == callers)
         }) else {
             continue;
+        };
+        let who = match pace {
+            None => callers.to_string(),
+            Some(rate) => format!("{callers}, paced {rate:.0}/s"),
         };
         let v = g.gateway.unwrap_or_default();
         writeln!(
             out,
-            "| {callers} | {:.0} | {} / {} | {} / {} | {} / {} | {} |",
+            "| {who} | {:.0} | {} / {} | {} / {} | {} / {} | {} |",
             g.m.achieved,
             ms(g.p(0.5)),
             ms(g.p(0.99)),

@@ -16,6 +16,15 @@ pub fn metric(text: &str, name: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// The sum of every series whose line starts with `prefix` (a name and the
+/// start of its labels, e.g. `mlgw_model_calls_total{pool="callers"`).
+pub fn metric_sum(text: &str, prefix: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 /// `metric(after, name) - metric(before, name)`.
 pub fn delta(before: &str, after: &str, name: &str) -> f64 {
     metric(after, name) - metric(before, name)

@@ -16,6 +16,7 @@ use crate::auth::dev_issuer::DevSettings;
 use crate::auth::keys::{algorithm_named, is_asymmetric, url_allowed};
 use crate::auth::policy::{Api, Pilot, Rule};
 use crate::auth::{AuthMode, AuthSettings};
+use crate::coalesce::Coalesce;
 use crate::postprocess::PostProcess;
 use crate::rollout::{Canary, PilotVersion, RoutingTable, StickyBy, basis_points};
 
@@ -326,7 +327,34 @@ struct RawModel {
     routing: Option<RawRouting>,
     #[serde(default)]
     endpoints: std::collections::BTreeMap<String, String>,
+    coalesce: Option<RawCoalesce>,
 }
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCoalesce {
+    #[serde(default = "default_coalesce_in_flight")]
+    max_in_flight: usize,
+    #[serde(default = "default_coalesce_rows")]
+    max_rows: usize,
+}
+
+fn default_coalesce_in_flight() -> usize {
+    DEFAULT_COALESCE.max_in_flight
+}
+
+fn default_coalesce_rows() -> usize {
+    DEFAULT_COALESCE.max_rows
+}
+
+/// `[model.coalesce]` when the section is absent.
+pub const DEFAULT_COALESCE: Coalesce = Coalesce {
+    max_in_flight: 2,
+    max_rows: 16,
+};
+
+/// Rows one coalesced call may carry at most (`[model.coalesce] max_rows`).
+const MAX_COALESCE_ROWS: usize = 1024;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -452,6 +480,9 @@ pub struct ModelConfig {
     pub timeout: Duration,
     /// Post-processing.
     pub postprocess: PostProcess,
+    /// How single predictions are sent together while the model-server is
+    /// busy (`[model.coalesce]`).
+    pub coalesce: Coalesce,
 }
 
 /// The validated config.
@@ -654,6 +685,22 @@ impl GatewayConfig {
             m.postprocess
                 .validate()
                 .map_err(|e| err(&format!("model[{i}]"), e.to_string()))?;
+            let coalesce = match m.coalesce {
+                None => DEFAULT_COALESCE,
+                Some(c) if !(1..=MAX_COALESCE_ROWS).contains(&c.max_rows) => {
+                    return Err(err(
+                        &format!("model[{i}].coalesce.max_rows"),
+                        format!(
+                            "{} is out of range: write 1 to {MAX_COALESCE_ROWS}, at most the model-server's max batch size (it refuses larger calls)",
+                            c.max_rows
+                        ),
+                    ));
+                }
+                Some(c) => Coalesce {
+                    max_in_flight: c.max_in_flight,
+                    max_rows: c.max_rows,
+                },
+            };
             models.push(ModelConfig {
                 name: m.name,
                 endpoint: m.endpoint,
@@ -661,6 +708,7 @@ impl GatewayConfig {
                 routing,
                 timeout: Duration::from_millis(m.timeout_ms),
                 postprocess: m.postprocess,
+                coalesce,
             });
         }
         let production = match s.environment.as_str() {
@@ -1034,6 +1082,14 @@ stable = "1"
         assert_eq!(m.endpoint_of("2"), "http://127.0.0.1:9001");
         assert_eq!(m.endpoint_of("3"), "http://127.0.0.1:8001");
         assert_eq!(with("")?.models[0].routing, RoutingTable::stable(""));
+        assert_eq!(with("")?.models[0].coalesce, DEFAULT_COALESCE);
+        assert_eq!(
+            with("[model.coalesce]\nmax_in_flight = 0\n")?.models[0].coalesce,
+            Coalesce {
+                max_in_flight: 0,
+                max_rows: DEFAULT_COALESCE.max_rows
+            }
+        );
         assert_eq!(c.rollout.poll, Duration::from_secs(2));
         let error = |routing: &str| {
             with(routing)
@@ -1077,6 +1133,10 @@ stable = "1"
             (
                 "[model.endpoints]\n\"2\" = \"unix:\"\n",
                 "model[0].endpoints.2: \"unix:\" names no socket path",
+            ),
+            (
+                "[model.coalesce]\nmax_rows = 0\n",
+                "model[0].coalesce.max_rows: 0 is out of range: write 1 to 1024",
             ),
         ] {
             let got = error(routing);

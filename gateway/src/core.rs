@@ -150,6 +150,23 @@ impl Route {
     }
 }
 
+/// One model-server client as `/metrics` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientStatus<'a> {
+    /// `callers` or `shadow`.
+    pub pool: &'static str,
+    /// Its endpoint.
+    pub endpoint: &'a str,
+    /// Its circuit breaker now.
+    pub state: CircuitState,
+    /// Times the breaker opened since start.
+    pub opens: u64,
+    /// `ModelInfer` calls sent since start.
+    pub calls: u64,
+    /// Rows those calls carried (more than calls: predictions sent together).
+    pub rows: u64,
+}
+
 /// The gateway's core.
 pub struct Gateway<S> {
     enricher: Enricher<S>,
@@ -309,25 +326,32 @@ impl<S: FeatureStore> Gateway<S> {
         &self.shadows
     }
 
-    /// Every model-server client's circuit breaker, once per endpoint and
-    /// pool (`callers` or `shadow`): (pool, endpoint, state, times opened),
-    /// sorted.
-    pub fn circuits(&self) -> Vec<(&'static str, &str, CircuitState, u64)> {
-        let mut seen: BTreeMap<(&'static str, &str), (CircuitState, u64)> = BTreeMap::new();
+    /// Every model-server client's circuit breaker and call counts, once per
+    /// endpoint and pool (`callers` or `shadow`), sorted.
+    pub fn model_clients(&self) -> Vec<ClientStatus<'_>> {
+        let mut seen: BTreeMap<(&'static str, &str), ClientStatus<'_>> = BTreeMap::new();
         for route in self.routes.values() {
             for (pool, clients) in [
                 ("callers", &route.clients),
                 ("shadow", &route.shadow_clients),
             ] {
                 for (endpoint, client) in clients {
-                    seen.entry((pool, endpoint.as_str()))
-                        .or_insert_with(|| client.circuit());
+                    seen.entry((pool, endpoint.as_str())).or_insert_with(|| {
+                        let (state, opens) = client.circuit();
+                        let (calls, rows) = client.calls_and_rows();
+                        ClientStatus {
+                            pool,
+                            endpoint,
+                            state,
+                            opens,
+                            calls,
+                            rows,
+                        }
+                    });
                 }
             }
         }
-        seen.into_iter()
-            .map(|((pool, endpoint), (state, opens))| (pool, endpoint, state, opens))
-            .collect()
+        seen.into_values().collect()
     }
 
     /// The configured models, sorted.
@@ -536,6 +560,13 @@ impl<S: FeatureStore> Gateway<S> {
             return Err(mismatch(format!(
                 "input {:?} has shape {:?} on the server, the definitions build [batch, {width}]",
                 t.name, t.shape
+            )));
+        }
+        let coalesce = m.coalesce;
+        if coalesce.max_in_flight > 0 && coalesce.max_rows > 1 && t.shape[0] != -1 {
+            return Err(mismatch(format!(
+                "input {:?} has a fixed batch size ({}) on the server, so predictions cannot be sent together; set [model.coalesce] max_rows = 1 (or max_in_flight = 0)",
+                t.name, t.shape[0]
             )));
         }
         let scores = &m.postprocess.scores_output;
@@ -754,18 +785,23 @@ impl<S: FeatureStore> Gateway<S> {
         let model_deadline = left.min(route.config.timeout);
         let answer = route
             .client(version)?
-            .infer(
+            .infer_row(
                 &route.config.name,
                 version,
                 route.features.input().name(),
                 &enriched.row,
-                route.features.input().width(),
+                route.config.coalesce,
                 model_deadline,
             )
             .instrument(tracing::info_span!("infer", endpoint = %route.config.endpoint_of(version), version = %version, route = kind.as_str()))
             .await?;
         let outputs = tracing::info_span!("postprocess")
-            .in_scope(|| route.config.postprocess.apply(&answer.outputs, 0))
+            .in_scope(|| {
+                route
+                    .config
+                    .postprocess
+                    .apply(&answer.outputs.outputs, answer.row)
+            })
             .map_err(|detail| GatewayError::BadModelAnswer {
                 model: route.config.name.clone(),
                 detail,
@@ -773,7 +809,7 @@ impl<S: FeatureStore> Gateway<S> {
         let prediction = Prediction {
             prediction_id: uuid::Uuid::now_v7().to_string(),
             model: route.config.name.clone(),
-            model_version: answer.model_version,
+            model_version: answer.outputs.model_version.clone(),
             outputs,
             view_ages: enriched.view_ages,
             defaulted: enriched.defaulted,

@@ -9,12 +9,14 @@
 //! connection failures or timeouts and fails calls at once until a cool-down
 //! has passed, when one probe call is let through.
 
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use proto::inference as pb;
 use proto::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
 
+use crate::coalesce::{Coalesce, Lane, RowAnswer};
 use crate::h2conn::{ConnSettings, Connection, Target};
 
 /// Why an inference call failed.
@@ -135,6 +137,11 @@ pub struct ModelClient {
     next: std::sync::atomic::AtomicUsize,
     breaker: Mutex<BreakerState>,
     breaker_config: BreakerConfig,
+    /// The single-row call lanes, one per (model, version) seen.
+    lanes: Mutex<Vec<Arc<Lane>>>,
+    /// `ModelInfer` calls sent, and the rows they carried.
+    calls: AtomicU64,
+    rows: AtomicU64,
 }
 
 impl std::fmt::Debug for ModelClient {
@@ -191,12 +198,64 @@ impl ModelClient {
                 opens: 0,
             }),
             breaker_config,
+            lanes: Mutex::new(Vec::new()),
+            calls: AtomicU64::new(0),
+            rows: AtomicU64::new(0),
         })
+    }
+
+    /// `ModelInfer` calls sent since start, and the rows they carried (more
+    /// rows than calls: predictions sent together, see [`crate::coalesce`]).
+    pub fn calls_and_rows(&self) -> (u64, u64) {
+        (
+            self.calls.load(Ordering::Relaxed),
+            self.rows.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Runs one prediction's `row` through `model` `version` (input `input`,
+    /// `row.len()` FP32 columns) within `deadline`, sent together with other
+    /// predictions of the same version while `coalesce.max_in_flight` calls
+    /// are already out (see [`crate::coalesce`]).
+    ///
+    /// # Errors
+    /// [`InferError`]; never retried.
+    pub async fn infer_row(
+        self: &Arc<Self>,
+        model: &str,
+        version: &str,
+        input: &str,
+        row: &[f32],
+        coalesce: Coalesce,
+        deadline: Duration,
+    ) -> Result<RowAnswer, InferError> {
+        let lane = self.lane(model, version, input, row.len(), coalesce);
+        lane.infer(self, row, deadline).await
+    }
+
+    fn lane(
+        &self,
+        model: &str,
+        version: &str,
+        input: &str,
+        width: usize,
+        coalesce: Coalesce,
+    ) -> Arc<Lane> {
+        let mut lanes = self.lanes.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(lane) = lanes
+            .iter()
+            .find(|l| l.serves(model, version, input, width) && l.settings() == coalesce)
+        {
+            return Arc::clone(lane);
+        }
+        let lane = Arc::new(Lane::new(model, version, input, width, coalesce));
+        lanes.push(Arc::clone(&lane));
+        lane
     }
 
     /// The next connection's client, in turn.
     fn client(&self) -> GrpcInferenceServiceClient<Connection> {
-        let i = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let i = self.next.fetch_add(1, Ordering::Relaxed);
         self.clients[i % self.clients.len()].clone()
     }
 
@@ -352,6 +411,8 @@ impl ModelClient {
     ) -> Result<InferOutputs, InferError> {
         self.admit()?;
         let n = rows.len().checked_div(width).unwrap_or(0);
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        self.rows.fetch_add(n as u64, Ordering::Relaxed);
         let mut raw = Vec::with_capacity(rows.len() * 4);
         for v in rows {
             raw.extend_from_slice(&v.to_le_bytes());

@@ -13,6 +13,7 @@
 //! the hosted scheduler).
 
 pub mod auth;
+pub mod coalesce;
 pub mod config;
 pub mod core;
 pub mod enrich;

@@ -2,13 +2,14 @@
 //! requests by front, route and code, latency (prediction total and
 //! model-server time, every request by front, API and model), batch sizes,
 //! the feature cache's counters, store errors, the model clients' circuit
-//! breakers and the refresh jobs' intervals.
+//! breakers and call counts, and the refresh jobs intervals.
 
 use std::fmt::Write as _;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::core::ClientStatus;
 use feature_store::reader::{CacheStats, EventStats, StoreErrorKind, StoreErrorStats, StoreOp};
 use feature_store::schedule::jobs::JobOverview;
 use telemetry::prom::{Histogram, LATENCY_BUCKETS, SIZE_BUCKETS, header, label};
@@ -240,36 +241,45 @@ impl Metrics {
         self.batch_entities.observe(n as f64);
     }
 
-    /// Writes each model-server client's circuit breaker (pool, endpoint,
-    /// state, times opened), as [`crate::core::Gateway::circuits`] lists them.
-    pub fn render_circuits(
-        &self,
-        out: &mut String,
-        circuits: &[(&'static str, &str, crate::infer::CircuitState, u64)],
-    ) {
-        type Value = fn(crate::infer::CircuitState, u64) -> u64;
-        let families: [(&str, &str, &str, Value); 2] = [
+    /// Writes each model-server client's circuit breaker and call counts, as
+    /// [`crate::core::Gateway::model_clients`] lists them.
+    pub fn render_model_clients(&self, out: &mut String, clients: &[ClientStatus<'_>]) {
+        type Value = fn(&ClientStatus<'_>) -> u64;
+        let families: [(&str, &str, &str, Value); 4] = [
             (
                 "mlgw_model_circuit_state",
                 "gauge",
                 "Circuit breaker of each model-server client: 0 closed, 1 open (calls fail at once), 2 half-open (one probe out).",
-                |state, _| u64::from(state.gauge()),
+                |c| u64::from(c.state.gauge()),
             ),
             (
                 "mlgw_model_circuit_opens_total",
                 "counter",
                 "Times each circuit breaker opened after consecutive failures.",
-                |_, opens| opens,
+                |c| c.opens,
+            ),
+            (
+                "mlgw_model_calls_total",
+                "counter",
+                "ModelInfer calls sent by each model-server client.",
+                |c| c.calls,
+            ),
+            (
+                "mlgw_model_call_rows_total",
+                "counter",
+                "Rows those calls carried; more than calls when predictions were sent together ([model.coalesce]).",
+                |c| c.rows,
             ),
         ];
         for (name, kind, help, value) in families {
             header(out, name, kind, help);
-            for (pool, endpoint, state, opens) in circuits {
+            for c in clients {
                 let _ = writeln!(
                     out,
-                    "{name}{{pool=\"{pool}\",endpoint=\"{}\"}} {}",
-                    label(endpoint),
-                    value(*state, *opens)
+                    "{name}{{pool=\"{}\",endpoint=\"{}\"}} {}",
+                    c.pool,
+                    label(c.endpoint),
+                    value(c)
                 );
             }
         }
@@ -563,6 +573,7 @@ fn bump(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::infer::CircuitState;
 
     #[test]
     fn exposition_has_requests_latency_and_cache() {
@@ -614,16 +625,19 @@ mod tests {
         assert!(text.contains("mlgw_predict_batch_entities_bucket{le=\"2\"} 0"));
         assert!(text.contains("mlgw_predict_batch_entities_bucket{le=\"4\"} 1"));
         assert!(text.contains("mlgw_predict_batch_entities_sum 3"));
-        m.render_circuits(
+        let client = |pool, state, opens, calls, rows| ClientStatus {
+            pool,
+            endpoint: "http://m:1",
+            state,
+            opens,
+            calls,
+            rows,
+        };
+        m.render_model_clients(
             &mut text,
             &[
-                ("callers", "http://m:1", crate::infer::CircuitState::Open, 2),
-                (
-                    "shadow",
-                    "http://m:1",
-                    crate::infer::CircuitState::Closed,
-                    0,
-                ),
+                client("callers", CircuitState::Open, 2, 40, 100),
+                client("shadow", CircuitState::Closed, 0, 7, 7),
             ],
         );
         assert!(
@@ -632,6 +646,14 @@ mod tests {
         assert!(text.contains(
             "mlgw_model_circuit_opens_total{pool=\"callers\",endpoint=\"http://m:1\"} 2"
         ));
+        assert!(
+            text.contains("mlgw_model_calls_total{pool=\"callers\",endpoint=\"http://m:1\"} 40")
+        );
+        assert!(
+            text.contains(
+                "mlgw_model_call_rows_total{pool=\"callers\",endpoint=\"http://m:1\"} 100"
+            )
+        );
         m.render_store_errors(&mut text, &StoreErrorStats::default());
         assert!(text.contains(
             "mlgw_feature_store_errors_total{op=\"batch_watch\",kind=\"unavailable\"} 0"

@@ -83,7 +83,7 @@ impl<S: feature_store::store::FeatureStore> Shared<S> {
         self.metrics
             .render_event_reads(&mut out, &reader.event_stats());
         self.metrics
-            .render_circuits(&mut out, &self.gateway.circuits());
+            .render_model_clients(&mut out, &self.gateway.model_clients());
         if let Some(log) = self.gateway.prediction_log() {
             log.stats().render(&mut out);
         }

@@ -1244,3 +1244,81 @@ async fn cassandra_outage_cached_predictions_answer_misses_fail_fast() -> Result
     node.passed = true;
     Ok(())
 }
+
+/// `[model.coalesce]`: predictions that arrive while the model-server is
+/// busy go to it together, and each still gets the answer for its own row.
+#[tokio::test]
+async fn predictions_sent_together_answer_as_if_each_went_alone() -> Result<()> {
+    let (dir, config) = scratch_gateway("coalesce", |text| {
+        text.replace(
+            "timeout_ms = 1000\n",
+            "timeout_ms = 1000\n[model.coalesce]\nmax_in_flight = 1\nmax_rows = 8\n",
+        )
+    })
+    .await?;
+    let gw = GatewayProcess::start_ready(&config).await?;
+    let http = client_with_token(gw.token()?)?;
+    let url = format!("{}/v1/models/fraud_detector/predict", gw.http);
+    // 48 different rows (amount and distance differ), all at once.
+    let body = |i: usize| {
+        json!({"entity": {"customer_id": format!("c-{i}")}, "request_features": {
+            "amount": 25.0 * i as f64, "is_card_present": i.is_multiple_of(2), "hour_of_day": i % 24,
+            "distance_from_home_km": 37.0 * i as f64}})
+    };
+    let calls: Vec<_> = (0..48)
+        .map(|i| {
+            let (http, url, body) = (http.clone(), url.clone(), body(i));
+            tokio::spawn(async move {
+                let r = http.post(url).json(&body).send().await?;
+                anyhow::Ok((r.status().as_u16(), r.json::<Value>().await?))
+            })
+        })
+        .collect();
+    let mut together = Vec::with_capacity(calls.len());
+    for call in calls {
+        let (status, answer) = call.await??;
+        assert_eq!(status, 200, "{answer}");
+        together.push(p_fraud(&answer)?);
+    }
+    let metrics = metrics_text(&http, &gw.http).await?;
+    let series = |name: &str| {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(name) && l.contains("pool=\"callers\""))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .with_context(|| format!("no {name} in /metrics"))
+    };
+    let (calls, rows) = (
+        series("mlgw_model_calls_total")?,
+        series("mlgw_model_call_rows_total")?,
+    );
+    assert_eq!(rows, 48.0, "every prediction's row sent once");
+    assert!(
+        calls < rows,
+        "some predictions went together: {calls} calls"
+    );
+    // The same rows one at a time: each goes alone, and answers the same.
+    for (i, p) in together.iter().enumerate() {
+        let r = http.post(&url).json(&body(i)).send().await?;
+        let alone = p_fraud(&r.json::<Value>().await?)?;
+        assert!(
+            (alone - p).abs() < 1e-6,
+            "row {i}: {p} together, {alone} alone"
+        );
+    }
+    let metrics = metrics_text(&http, &gw.http).await?;
+    assert_eq!(
+        series_value(
+            &metrics,
+            &format!(
+                "mlgw_model_calls_total{{pool=\"callers\",endpoint=\"{}\"}}",
+                rig::rig_env("MLGW_TEST_MODEL_SERVER_GRPC")?
+            )
+        ),
+        Some(calls + 48.0),
+        "one call each when sent one at a time"
+    );
+    drop(gw);
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
