@@ -14,6 +14,9 @@
 //!   (oldest first, skipping callers that gave up) and sends them as one call
 //!   of N rows, and each waiter gets its own row of the answer.
 //!
+//! Shadow copies go through the lanes of the shadow clients (their own
+//! slots), so they never take a slot of the callers' calls.
+//!
 //! So the number of calls grows more slowly than the number of predictions
 //! exactly when the machine is short of CPU, which is when the fixed cost
 //! matters. Triton's and our model-server's dynamic batchers do the same on

@@ -880,22 +880,27 @@ impl<S: FeatureStore> Gateway<S> {
                 let result = async {
                     let answer = route
                         .shadow_client(&version)?
-                        .infer(
+                        .infer_row(
                             &m.name,
                             &version,
                             route.features.input().name(),
                             &record.inputs,
-                            route.features.input().width(),
+                            m.coalesce,
                             pool.timeout(),
                         )
                         .await?;
-                    let outputs = m.postprocess.apply(&answer.outputs, 0).map_err(|detail| {
-                        GatewayError::BadModelAnswer {
+                    let outputs = m
+                        .postprocess
+                        .apply(&answer.outputs.outputs, answer.row)
+                        .map_err(|detail| GatewayError::BadModelAnswer {
                             model: m.name.clone(),
                             detail,
-                        }
-                    })?;
-                    Ok::<_, GatewayError>((answer.model_version, answer.elapsed, outputs))
+                        })?;
+                    Ok::<_, GatewayError>((
+                        answer.outputs.model_version.clone(),
+                        answer.elapsed,
+                        outputs,
+                    ))
                 }
                 .await;
                 match result {

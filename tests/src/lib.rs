@@ -206,6 +206,22 @@ impl ModelServerProcess {
             .context("waiting for the model-server")
     }
 
+    /// Freezes (`SIGSTOP`) or thaws (`SIGCONT`) the server: a frozen one keeps
+    /// its connections open and answers nothing, like a hung process.
+    ///
+    /// # Errors
+    /// When the process has exited or cannot be signalled.
+    pub fn freeze(&self, frozen: bool) -> Result<()> {
+        let pid = self.child.id().context("the model-server has exited")?;
+        let signal = if frozen { "-STOP" } else { "-CONT" };
+        let status = std::process::Command::new("kill")
+            .arg(signal)
+            .arg(pid.to_string())
+            .status()?;
+        anyhow::ensure!(status.success(), "kill {signal} {pid}: {status}");
+        Ok(())
+    }
+
     /// Kills the server and waits for it to exit.
     ///
     /// # Errors

@@ -1322,3 +1322,76 @@ async fn predictions_sent_together_answer_as_if_each_went_alone() -> Result<()> 
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
+
+/// A hung model-server (frozen: its connections stay open, nothing answers)
+/// behind `[model.coalesce]`: the predictions queued behind the hung call
+/// give up at their own deadline with a clear code instead of waiting
+/// without bound, and the gateway answers again once the server thaws.
+#[tokio::test]
+async fn queued_predictions_behind_a_hung_model_server_time_out_and_recover() -> Result<()> {
+    let mut model_server = ModelServerProcess::start(&example_repository(), &[]).await?;
+    model_server.wait_ready(Duration::from_secs(60)).await?;
+    let shared = rig::rig_env("MLGW_TEST_MODEL_SERVER_GRPC")?;
+    let private = model_server.grpc_url.clone();
+    let (dir, config) = scratch_gateway("hung", |text| {
+        text.replace(&shared, &private).replace(
+            "timeout_ms = 1000\n",
+            "timeout_ms = 300\n[model.coalesce]\nmax_in_flight = 1\nmax_rows = 8\n",
+        )
+    })
+    .await?;
+    let gw = GatewayProcess::start_ready(&config).await?;
+    let http = client_with_token(gw.token()?)?;
+    let url = format!("{}/v1/models/fraud_detector/predict", gw.http);
+    let body = json!({"entity": {"customer_id": "c-1"}, "request_features": request_features()});
+    let predict = || {
+        let (http, url, body) = (http.clone(), url.clone(), body.clone());
+        async move {
+            let t = Instant::now();
+            let r = http.post(url).json(&body).send().await?;
+            let status = r.status().as_u16();
+            let answer = r.json::<Value>().await?;
+            anyhow::Ok((status, answer, t.elapsed()))
+        }
+    };
+    assert_eq!(predict().await?.0, 200);
+
+    model_server.freeze(true)?;
+    let calls: Vec<_> = (0..24).map(|_| tokio::spawn(predict())).collect();
+    for call in calls {
+        let (status, answer, took) = call.await??;
+        assert!(
+            matches!(
+                (status, answer["code"].as_str()),
+                (504, Some("deadline_exceeded")) | (503, Some("model_unavailable"))
+            ),
+            "{status} {answer}"
+        );
+        assert!(
+            took < Duration::from_millis(1500),
+            "answered after {took:?}"
+        );
+    }
+
+    model_server.freeze(false)?;
+    // The circuit breaker opened on the timeouts; after its cool-down one
+    // probe goes through and the lane's slot is free again.
+    let until = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (status, answer, _) = predict().await?;
+        if status == 200 {
+            break;
+        }
+        assert!(Instant::now() < until, "no recovery: {status} {answer}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let answers: Vec<_> = (0..8).map(|_| tokio::spawn(predict())).collect();
+    for a in answers {
+        let (status, answer, _) = a.await??;
+        assert_eq!(status, 200, "{answer}");
+    }
+    drop(gw);
+    model_server.stop().await?;
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
