@@ -22,6 +22,12 @@
 //! matters. Triton's and our model-server's dynamic batchers do the same on
 //! the server side; this saves the per-call cost that comes before them.
 //!
+//! `max_rows` must not exceed the model's max batch size, which the V2
+//! metadata does not tell. When the model-server refuses a call of several
+//! rows (INVALID_ARGUMENT: nothing ran), the lane halves its row limit, says
+//! so in a warning, and sends each of those rows again alone; so a limit set
+//! too high costs one refused call per halving, never the predictions.
+//!
 //! Bounds: a waiter holds one of the gateway's admission permits and waits at
 //! most its own deadline, so the queue is bounded by the concurrency limit
 //! and never outlives its callers. A batch call's deadline is the latest of
@@ -31,6 +37,7 @@
 //! [`ModelClient::infer`].
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -78,6 +85,9 @@ pub struct Lane {
     input: String,
     width: usize,
     settings: Coalesce,
+    /// Rows per call now: `settings.max_rows`, halved after each call of
+    /// several rows that the model-server refused.
+    max_rows: AtomicUsize,
     state: Mutex<LaneState>,
 }
 
@@ -112,6 +122,7 @@ impl Lane {
             input: input.to_owned(),
             width,
             settings,
+            max_rows: AtomicUsize::new(settings.max_rows.max(1)),
             state: Mutex::new(LaneState::default()),
         }
     }
@@ -135,6 +146,11 @@ impl Lane {
     /// Predictions waiting for a slot now.
     pub fn queued(&self) -> usize {
         self.state().queue.len()
+    }
+
+    /// Rows one call carries at most now (see the module's docs on refusals).
+    pub fn max_rows(&self) -> usize {
+        self.max_rows.load(Ordering::Relaxed)
     }
 
     /// Runs one row (`row.len() == width`) through the model within
@@ -211,9 +227,10 @@ impl Lane {
     /// Takes the next batch for a freed slot: up to `max_rows` waiters who
     /// still wait, oldest first. Empty: the slot is released.
     fn next_batch(&self) -> Vec<Waiter> {
+        let max_rows = self.max_rows();
         let mut state = self.state();
         let mut batch = Vec::new();
-        while batch.len() < self.settings.max_rows.max(1) {
+        while batch.len() < max_rows {
             let Some(w) = state.queue.pop_front() else {
                 break;
             };
@@ -307,6 +324,42 @@ async fn send_batch(slot: Slot, batch: Vec<Waiter>) {
         .instrument(span)
         .await;
     match result {
+        Err(InferError::Refused { detail, .. }) if n > 1 => {
+            // Nothing ran: most likely more rows than the model's max batch
+            // size. Send fewer from now on, and these rows one by one.
+            let fewer = (n / 2).max(1);
+            if lane.max_rows.fetch_min(fewer, Ordering::Relaxed) > fewer {
+                tracing::warn!(
+                    model = %lane.model,
+                    version = %lane.version,
+                    endpoint = %client.endpoint(),
+                    "the model-server refused a call of {n} predictions ({detail}); sending at most {fewer} per call from now on: set [model.coalesce] max_rows to at most the model's max batch size"
+                );
+            }
+            for w in batch {
+                let (client, lane) = (Arc::clone(client), Arc::clone(lane));
+                tokio::spawn(async move {
+                    let deadline = w.deadline.saturating_duration_since(Instant::now());
+                    let result = client
+                        .infer(
+                            &lane.model,
+                            &lane.version,
+                            &lane.input,
+                            &w.row,
+                            lane.width,
+                            deadline,
+                        )
+                        .instrument(w.span.clone())
+                        .await;
+                    let _ = w.answer.send(result.map(|outputs| RowAnswer {
+                        outputs: Arc::new(outputs),
+                        row: 0,
+                        rows_in_call: 1,
+                        elapsed: w.queued.elapsed(),
+                    }));
+                });
+            }
+        }
         Ok(outputs) => {
             let outputs = Arc::new(outputs);
             for (row, w) in batch.into_iter().enumerate() {
@@ -345,6 +398,9 @@ mod tests {
     #[derive(Clone)]
     struct Echo {
         delay: Duration,
+        /// Calls of more rows are refused (INVALID_ARGUMENT), as a V2
+        /// server refuses more rows than the model's max batch size.
+        max_batch: usize,
         calls: Arc<Mutex<Vec<usize>>>,
         refused: Arc<AtomicU64>,
     }
@@ -404,6 +460,13 @@ mod tests {
                 self.refused.fetch_add(1, Ordering::Relaxed);
                 return Err(Status::invalid_argument("NaN"));
             }
+            if rows > self.max_batch {
+                self.refused.fetch_add(1, Ordering::Relaxed);
+                return Err(Status::invalid_argument(format!(
+                    "{rows} rows exceed the model's max_batch_size {}",
+                    self.max_batch
+                )));
+            }
             self.calls.lock().expect("calls").push(rows);
             tokio::time::sleep(self.delay).await;
             let mut out = Vec::with_capacity(rows * 8);
@@ -427,8 +490,13 @@ mod tests {
     }
 
     async fn echo_server(delay: Duration) -> (Echo, String) {
+        echo_server_with(delay, usize::MAX).await
+    }
+
+    async fn echo_server_with(delay: Duration, max_batch: usize) -> (Echo, String) {
         let echo = Echo {
             delay,
+            max_batch,
             calls: Arc::default(),
             refused: Arc::default(),
         };
@@ -542,7 +610,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_waiter_past_its_deadline_gives_up_and_is_not_sent() {
-        let (echo, url) = echo_server(Duration::from_millis(150)).await;
+        let (echo, url) = echo_server(Duration::from_millis(300)).await;
         let client = client(&url);
         let first = {
             let client = Arc::clone(&client);
@@ -550,8 +618,15 @@ mod tests {
                 async move { predict(&client, 1, ONE_AT_A_TIME, Duration::from_secs(2)).await },
             )
         };
-        tokio::time::sleep(Duration::from_millis(30)).await;
-        // The slot is busy for ~120 ms more: a 20-ms caller gives up queued.
+        // Wait (bounded) until the first call is out and holds the slot.
+        for _ in 0..100 {
+            if client.calls_and_rows().0 == 1 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        assert_eq!(client.calls_and_rows().0, 1, "the first call is out");
+        // The slot is busy for up to 300 ms more: a 20-ms caller gives up queued.
         let hurried = predict(&client, 2, ONE_AT_A_TIME, Duration::from_millis(20)).await;
         assert!(
             matches!(hurried, Err(InferError::DeadlineExceeded { .. })),
@@ -593,5 +668,39 @@ mod tests {
         }
         assert_eq!(echo.refused.load(Ordering::Relaxed), 1);
         assert_eq!(echo.calls.lock().expect("calls").iter().sum::<usize>(), 5);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_refused_batch_halves_the_row_limit_and_its_rows_are_answered_alone() {
+        let (echo, url) = echo_server_with(Duration::from_millis(30), 3).await;
+        let client = client(&url);
+        let calls: Vec<_> = (0..30)
+            .map(|i| {
+                let client = Arc::clone(&client);
+                tokio::spawn(async move {
+                    (
+                        i,
+                        predict(&client, i, ONE_AT_A_TIME, Duration::from_secs(3)).await,
+                    )
+                })
+            })
+            .collect();
+        for call in calls {
+            let (i, answer) = call.await.expect("task");
+            let answer = answer.expect("answered despite the refusals");
+            assert_eq!(echoed(&answer), vec![i as f64, -(i as f64)], "call {i}");
+        }
+        assert!(
+            echo.refused.load(Ordering::Relaxed) >= 1,
+            "8 rows were refused"
+        );
+        let lane = client.lane("m", "1", "x", 3, ONE_AT_A_TIME);
+        assert_eq!(lane.max_rows(), 2, "8 refused, then 4 refused, then 2");
+        let sent = echo.calls.lock().expect("calls").clone();
+        assert_eq!(
+            sent.iter().sum::<usize>(),
+            30,
+            "every row answered once: {sent:?}"
+        );
     }
 }

@@ -47,7 +47,16 @@ pub enum InferError {
         /// Its message.
         detail: String,
     },
-    /// The model-server refused the call or answered something unusable.
+    /// The model-server refused the call's input (INVALID_ARGUMENT): nothing
+    /// ran, so the rows may be sent again (e.g. in smaller calls).
+    #[error("model-server {endpoint} refused the call: {detail}")]
+    Refused {
+        /// The endpoint.
+        endpoint: String,
+        /// Its message.
+        detail: String,
+    },
+    /// The model-server failed the call or answered something unusable.
     #[error("model-server {endpoint} failed the call: {detail}")]
     Failed {
         /// The endpoint.
@@ -233,7 +242,7 @@ impl ModelClient {
         lane.infer(self, row, deadline).await
     }
 
-    fn lane(
+    pub(crate) fn lane(
         &self,
         model: &str,
         version: &str,
@@ -346,6 +355,10 @@ impl ModelClient {
                 }
             }
             tonic::Code::ResourceExhausted => InferError::Overloaded {
+                endpoint,
+                detail: status.message().to_owned(),
+            },
+            tonic::Code::InvalidArgument => InferError::Refused {
                 endpoint,
                 detail: status.message().to_owned(),
             },

@@ -93,7 +93,10 @@ async fn client_answers_equal_the_reference_model() -> Result<()> {
         )
         .await
         .err();
-    assert!(matches!(err, Some(InferError::Failed { .. })), "{err:?}");
+    assert!(
+        matches!(&err, Some(InferError::Refused { detail, .. }) if detail.contains("does not match the model's [-1, 15]")),
+        "{err:?}"
+    );
     assert!(!client.breaker_open());
     Ok(())
 }

@@ -1395,3 +1395,65 @@ async fn queued_predictions_behind_a_hung_model_server_time_out_and_recover() ->
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
+
+/// `[model.coalesce] max_rows` above the model's max batch size (which V2
+/// metadata does not tell): the model-server refuses the larger calls, and
+/// the gateway sends those rows again alone, so every prediction answers.
+#[tokio::test]
+async fn max_rows_above_the_models_max_batch_size_costs_no_prediction() -> Result<()> {
+    let repo =
+        rig::example_repository_with(|c| c.replace("max_batch_size = 64", "max_batch_size = 2"))?;
+    let mut model_server = ModelServerProcess::start(&repo.path, &[]).await?;
+    model_server.wait_ready(Duration::from_secs(60)).await?;
+    let shared = rig::rig_env("MLGW_TEST_MODEL_SERVER_GRPC")?;
+    let private = model_server.grpc_url.clone();
+    let (dir, config) = scratch_gateway("max_rows", |text| {
+        text.replace(&shared, &private).replace(
+            "timeout_ms = 1000\n",
+            "timeout_ms = 1000\n[model.coalesce]\nmax_in_flight = 1\nmax_rows = 8\n",
+        )
+    })
+    .await?;
+    let gw = GatewayProcess::start_ready(&config).await?;
+    let http = client_with_token(gw.token()?)?;
+    let url = format!("{}/v1/models/fraud_detector/predict", gw.http);
+    let body = |i: usize| {
+        json!({"entity": {"customer_id": format!("c-{i}")}, "request_features": {
+            "amount": 40.0 * i as f64, "is_card_present": false, "hour_of_day": 2,
+            "distance_from_home_km": 15.0 * i as f64}})
+    };
+    let calls: Vec<_> = (0..32)
+        .map(|i| {
+            let (http, url, body) = (http.clone(), url.clone(), body(i));
+            tokio::spawn(async move {
+                let r = http.post(url).json(&body).send().await?;
+                anyhow::Ok((r.status().as_u16(), r.json::<Value>().await?))
+            })
+        })
+        .collect();
+    let mut together = Vec::with_capacity(calls.len());
+    for call in calls {
+        let (status, answer) = call.await??;
+        assert_eq!(status, 200, "{answer}");
+        together.push(p_fraud(&answer)?);
+    }
+    // The model-server did refuse calls: larger ones were tried first.
+    let refused = metrics_text(&http, &model_server.http_url).await?;
+    let refused = series_value(
+        &refused,
+        "mlgw_model_server_request_errors_total{model=\"fraud_detector\",front=\"grpc\"}",
+    );
+    assert!(refused.is_some_and(|n| n >= 1.0), "{refused:?}");
+    for (i, p) in together.iter().enumerate() {
+        let r = http.post(&url).json(&body(i)).send().await?;
+        let alone = p_fraud(&r.json::<Value>().await?)?;
+        assert!(
+            (alone - p).abs() < 1e-6,
+            "row {i}: {p} together, {alone} alone"
+        );
+    }
+    drop(gw);
+    model_server.stop().await?;
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
