@@ -327,6 +327,7 @@ async fn send_batch(slot: Slot, batch: Vec<Waiter>) {
         Err(InferError::Refused { detail, .. }) if n > 1 => {
             // Nothing ran: most likely more rows than the model's max batch
             // size. Send fewer from now on, and these rows one by one.
+            client.count_refused_batch();
             let fewer = (n / 2).max(1);
             if lane.max_rows.fetch_min(fewer, Ordering::Relaxed) > fewer {
                 tracing::warn!(
@@ -690,10 +691,9 @@ mod tests {
             let answer = answer.expect("answered despite the refusals");
             assert_eq!(echoed(&answer), vec![i as f64, -(i as f64)], "call {i}");
         }
-        assert!(
-            echo.refused.load(Ordering::Relaxed) >= 1,
-            "8 rows were refused"
-        );
+        let refused = echo.refused.load(Ordering::Relaxed);
+        assert!(refused >= 1, "8 rows were refused");
+        assert_eq!(client.refused_batches(), refused, "each refusal counted");
         let lane = client.lane("m", "1", "x", 3, ONE_AT_A_TIME);
         assert_eq!(lane.max_rows(), 2, "8 refused, then 4 refused, then 2");
         let sent = echo.calls.lock().expect("calls").clone();

@@ -165,6 +165,8 @@ pub struct ClientStatus<'a> {
     pub calls: u64,
     /// Rows those calls carried (more than calls: predictions sent together).
     pub rows: u64,
+    /// Calls of several predictions the model-server refused.
+    pub refused_batches: u64,
 }
 
 /// The gateway's core.
@@ -346,6 +348,7 @@ impl<S: FeatureStore> Gateway<S> {
                             opens,
                             calls,
                             rows,
+                            refused_batches: client.refused_batches(),
                         }
                     });
                 }

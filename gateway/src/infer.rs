@@ -151,6 +151,9 @@ pub struct ModelClient {
     /// `ModelInfer` calls sent, and the rows they carried.
     calls: AtomicU64,
     rows: AtomicU64,
+    /// Calls of several predictions the model-server refused (their rows
+    /// were sent again alone; see [`crate::coalesce`]).
+    refused_batches: AtomicU64,
 }
 
 impl std::fmt::Debug for ModelClient {
@@ -210,6 +213,7 @@ impl ModelClient {
             lanes: Mutex::new(Vec::new()),
             calls: AtomicU64::new(0),
             rows: AtomicU64::new(0),
+            refused_batches: AtomicU64::new(0),
         })
     }
 
@@ -220,6 +224,16 @@ impl ModelClient {
             self.calls.load(Ordering::Relaxed),
             self.rows.load(Ordering::Relaxed),
         )
+    }
+
+    /// Calls of several predictions the model-server refused since start
+    /// (`max_rows` above the model's max batch size, most likely).
+    pub fn refused_batches(&self) -> u64 {
+        self.refused_batches.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn count_refused_batch(&self) {
+        self.refused_batches.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Runs one prediction's `row` through `model` `version` (input `input`,

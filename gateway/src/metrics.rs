@@ -245,7 +245,7 @@ impl Metrics {
     /// [`crate::core::Gateway::model_clients`] lists them.
     pub fn render_model_clients(&self, out: &mut String, clients: &[ClientStatus<'_>]) {
         type Value = fn(&ClientStatus<'_>) -> u64;
-        let families: [(&str, &str, &str, Value); 4] = [
+        let families: [(&str, &str, &str, Value); 5] = [
             (
                 "mlgw_model_circuit_state",
                 "gauge",
@@ -269,6 +269,12 @@ impl Metrics {
                 "counter",
                 "Rows those calls carried; more than calls when predictions were sent together ([model.coalesce]).",
                 |c| c.rows,
+            ),
+            (
+                "mlgw_model_coalesced_calls_refused_total",
+                "counter",
+                "Calls of several predictions the model-server refused (INVALID_ARGUMENT, most likely [model.coalesce] max_rows above the model's max batch size); their rows were sent again alone and the row limit halved.",
+                |c| c.refused_batches,
             ),
         ];
         for (name, kind, help, value) in families {
@@ -632,6 +638,7 @@ mod tests {
             opens,
             calls,
             rows,
+            refused_batches: 3,
         };
         m.render_model_clients(
             &mut text,
@@ -654,6 +661,9 @@ mod tests {
                 "mlgw_model_call_rows_total{pool=\"callers\",endpoint=\"http://m:1\"} 100"
             )
         );
+        assert!(text.contains(
+            "mlgw_model_coalesced_calls_refused_total{pool=\"shadow\",endpoint=\"http://m:1\"} 3"
+        ));
         m.render_store_errors(&mut text, &StoreErrorStats::default());
         assert!(text.contains(
             "mlgw_feature_store_errors_total{op=\"batch_watch\",kind=\"unavailable\"} 0"

@@ -1444,6 +1444,18 @@ async fn max_rows_above_the_models_max_batch_size_costs_no_prediction() -> Resul
         "mlgw_model_server_request_errors_total{model=\"fraud_detector\",front=\"grpc\"}",
     );
     assert!(refused.is_some_and(|n| n >= 1.0), "{refused:?}");
+    // ... and the gateway counted each one it re-sent alone.
+    let counted = metrics_text(&http, &gw.http).await?;
+    let counted = series_value(
+        &counted,
+        &format!(
+            "mlgw_model_coalesced_calls_refused_total{{pool=\"callers\",endpoint=\"{private}\"}}"
+        ),
+    );
+    assert_eq!(
+        counted, refused,
+        "the gateway's count equals the server's refusals"
+    );
     for (i, p) in together.iter().enumerate() {
         let r = http.post(&url).json(&body(i)).send().await?;
         let alone = p_fraud(&r.json::<Value>().await?)?;
