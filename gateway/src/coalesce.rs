@@ -143,11 +143,6 @@ impl Lane {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Predictions waiting for a slot now.
-    pub fn queued(&self) -> usize {
-        self.state().queue.len()
-    }
-
     /// Rows one call carries at most now (see the module's docs on refusals).
     pub fn max_rows(&self) -> usize {
         self.max_rows.load(Ordering::Relaxed)
@@ -191,22 +186,7 @@ impl Lane {
             // Sent at once, alone. The slot (when coalescable) is handed on
             // to the queue when this call ends, or when the caller gives up.
             let _slot = coalescable.then(|| Slot::taken(client, self));
-            let outputs = client
-                .infer(
-                    &self.model,
-                    &self.version,
-                    &self.input,
-                    row,
-                    self.width,
-                    deadline,
-                )
-                .await?;
-            return Ok(RowAnswer {
-                outputs: Arc::new(outputs),
-                row: 0,
-                rows_in_call: 1,
-                elapsed: started.elapsed(),
-            });
+            return self.send_alone(client, row, deadline, started).await;
         };
         match tokio::time::timeout(deadline, rx).await {
             Ok(Ok(answer)) => answer.map(|mut a| {
@@ -222,6 +202,33 @@ impl Lane {
                 deadline,
             }),
         }
+    }
+
+    /// Sends `row` in a call of its own within `deadline`; the answer's
+    /// `elapsed` counts from `since` (the prediction's send or queueing).
+    async fn send_alone(
+        &self,
+        client: &ModelClient,
+        row: &[f32],
+        deadline: Duration,
+        since: Instant,
+    ) -> Result<RowAnswer, InferError> {
+        let outputs = client
+            .infer(
+                &self.model,
+                &self.version,
+                &self.input,
+                row,
+                self.width,
+                deadline,
+            )
+            .await?;
+        Ok(RowAnswer {
+            outputs: Arc::new(outputs),
+            row: 0,
+            rows_in_call: 1,
+            elapsed: since.elapsed(),
+        })
     }
 
     /// Takes the next batch for a freed slot: up to `max_rows` waiters who
@@ -341,23 +348,11 @@ async fn send_batch(slot: Slot, batch: Vec<Waiter>) {
                 let (client, lane) = (Arc::clone(client), Arc::clone(lane));
                 tokio::spawn(async move {
                     let deadline = w.deadline.saturating_duration_since(Instant::now());
-                    let result = client
-                        .infer(
-                            &lane.model,
-                            &lane.version,
-                            &lane.input,
-                            &w.row,
-                            lane.width,
-                            deadline,
-                        )
+                    let answer = lane
+                        .send_alone(&client, &w.row, deadline, w.queued)
                         .instrument(w.span.clone())
                         .await;
-                    let _ = w.answer.send(result.map(|outputs| RowAnswer {
-                        outputs: Arc::new(outputs),
-                        row: 0,
-                        rows_in_call: 1,
-                        elapsed: w.queued.elapsed(),
-                    }));
+                    let _ = w.answer.send(answer);
                 });
             }
         }

@@ -1245,52 +1245,108 @@ async fn cassandra_outage_cached_predictions_answer_misses_fail_fast() -> Result
     Ok(())
 }
 
-/// `[model.coalesce]`: predictions that arrive while the model-server is
-/// busy go to it together, and each still gets the answer for its own row.
-#[tokio::test]
-async fn predictions_sent_together_answer_as_if_each_went_alone() -> Result<()> {
-    let (dir, config) = scratch_gateway("coalesce", |text| {
-        text.replace(
+/// A gateway whose `[[model]]` gets `[model.coalesce] max_in_flight = 1`,
+/// `max_rows = 8` and the model timeout `timeout_ms`, in front of
+/// `model_grpc` (None: the rig's shared model-server).
+async fn coalescing_gateway(
+    tag: &str,
+    model_grpc: Option<&str>,
+    timeout_ms: u64,
+) -> Result<(PathBuf, GatewayProcess)> {
+    let shared = rig::rig_env("MLGW_TEST_MODEL_SERVER_GRPC")?;
+    let endpoint = model_grpc.unwrap_or(&shared);
+    let (dir, config) = scratch_gateway(tag, |text| {
+        text.replace(&shared, endpoint).replace(
             "timeout_ms = 1000\n",
-            "timeout_ms = 1000\n[model.coalesce]\nmax_in_flight = 1\nmax_rows = 8\n",
+            &format!(
+                "timeout_ms = {timeout_ms}\n[model.coalesce]\nmax_in_flight = 1\nmax_rows = 8\n"
+            ),
         )
     })
     .await?;
     let gw = GatewayProcess::start_ready(&config).await?;
-    let http = client_with_token(gw.token()?)?;
-    let url = format!("{}/v1/models/fraud_detector/predict", gw.http);
-    // 48 different rows (amount and distance differ), all at once.
-    let body = |i: usize| {
-        json!({"entity": {"customer_id": format!("c-{i}")}, "request_features": {
-            "amount": 25.0 * i as f64, "is_card_present": i.is_multiple_of(2), "hour_of_day": i % 24,
-            "distance_from_home_km": 37.0 * i as f64}})
-    };
-    let calls: Vec<_> = (0..48)
+    Ok((dir, gw))
+}
+
+/// REST predict bodies for customers `c-0`… with request features that
+/// differ per row (so every row is a different tensor).
+fn distinct_bodies(n: usize) -> Vec<Value> {
+    (0..n)
         .map(|i| {
-            let (http, url, body) = (http.clone(), url.clone(), body(i));
+            json!({"entity": {"customer_id": format!("c-{i}")}, "request_features": {
+                "amount": 25.0 * i as f64, "is_card_present": i.is_multiple_of(2),
+                "hour_of_day": i % 24, "distance_from_home_km": 37.0 * i as f64}})
+        })
+        .collect()
+}
+
+/// Sends every body to `url` at once; each must answer 200. Returns each
+/// answer's P(fraud), in order.
+async fn p_fraud_all_at_once(
+    http: &reqwest::Client,
+    url: &str,
+    bodies: &[Value],
+) -> Result<Vec<f64>> {
+    let calls: Vec<_> = bodies
+        .iter()
+        .map(|body| {
+            let (http, url, body) = (http.clone(), url.to_owned(), body.clone());
             tokio::spawn(async move {
                 let r = http.post(url).json(&body).send().await?;
                 anyhow::Ok((r.status().as_u16(), r.json::<Value>().await?))
             })
         })
         .collect();
-    let mut together = Vec::with_capacity(calls.len());
+    let mut p = Vec::with_capacity(calls.len());
     for call in calls {
         let (status, answer) = call.await??;
         assert_eq!(status, 200, "{answer}");
-        together.push(p_fraud(&answer)?);
+        p.push(p_fraud(&answer)?);
     }
-    let metrics = metrics_text(&http, &gw.http).await?;
-    let series = |name: &str| {
-        metrics
-            .lines()
-            .find(|l| l.starts_with(name) && l.contains("pool=\"callers\""))
-            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .with_context(|| format!("no {name} in /metrics"))
+    Ok(p)
+}
+
+/// Sends each body alone, one after the other, and checks its P(fraud)
+/// equals `together` (what it got when sent with the others).
+async fn assert_each_answers_as_alone(
+    http: &reqwest::Client,
+    url: &str,
+    bodies: &[Value],
+    together: &[f64],
+) -> Result<()> {
+    for (i, (body, p)) in bodies.iter().zip(together).enumerate() {
+        let r = http.post(url).json(body).send().await?;
+        let alone = p_fraud(&r.json::<Value>().await?)?;
+        assert!(
+            (alone - p).abs() < 1e-6,
+            "row {i}: {p} together, {alone} alone"
+        );
+    }
+    Ok(())
+}
+
+/// `[model.coalesce]`: predictions that arrive while the model-server is
+/// busy go to it together, and each still gets the answer for its own row.
+#[tokio::test]
+async fn predictions_sent_together_answer_as_if_each_went_alone() -> Result<()> {
+    let (dir, gw) = coalescing_gateway("coalesce", None, 1000).await?;
+    let http = client_with_token(gw.token()?)?;
+    let url = format!("{}/v1/models/fraud_detector/predict", gw.http);
+    let calls_series = |name: &str| -> Result<String> {
+        Ok(format!(
+            "{name}{{pool=\"callers\",endpoint=\"{}\"}}",
+            rig::rig_env("MLGW_TEST_MODEL_SERVER_GRPC")?
+        ))
     };
+    // 48 different rows, all at once.
+    let bodies = distinct_bodies(48);
+    let together = p_fraud_all_at_once(&http, &url, &bodies).await?;
+    let metrics = metrics_text(&http, &gw.http).await?;
     let (calls, rows) = (
-        series("mlgw_model_calls_total")?,
-        series("mlgw_model_call_rows_total")?,
+        series_value(&metrics, &calls_series("mlgw_model_calls_total")?)
+            .context("no mlgw_model_calls_total")?,
+        series_value(&metrics, &calls_series("mlgw_model_call_rows_total")?)
+            .context("no mlgw_model_call_rows_total")?,
     );
     assert_eq!(rows, 48.0, "every prediction's row sent once");
     assert!(
@@ -1298,23 +1354,10 @@ async fn predictions_sent_together_answer_as_if_each_went_alone() -> Result<()> 
         "some predictions went together: {calls} calls"
     );
     // The same rows one at a time: each goes alone, and answers the same.
-    for (i, p) in together.iter().enumerate() {
-        let r = http.post(&url).json(&body(i)).send().await?;
-        let alone = p_fraud(&r.json::<Value>().await?)?;
-        assert!(
-            (alone - p).abs() < 1e-6,
-            "row {i}: {p} together, {alone} alone"
-        );
-    }
+    assert_each_answers_as_alone(&http, &url, &bodies, &together).await?;
     let metrics = metrics_text(&http, &gw.http).await?;
     assert_eq!(
-        series_value(
-            &metrics,
-            &format!(
-                "mlgw_model_calls_total{{pool=\"callers\",endpoint=\"{}\"}}",
-                rig::rig_env("MLGW_TEST_MODEL_SERVER_GRPC")?
-            )
-        ),
+        series_value(&metrics, &calls_series("mlgw_model_calls_total")?),
         Some(calls + 48.0),
         "one call each when sent one at a time"
     );
@@ -1331,16 +1374,7 @@ async fn predictions_sent_together_answer_as_if_each_went_alone() -> Result<()> 
 async fn queued_predictions_behind_a_hung_model_server_time_out_and_recover() -> Result<()> {
     let mut model_server = ModelServerProcess::start(&example_repository(), &[]).await?;
     model_server.wait_ready(Duration::from_secs(60)).await?;
-    let shared = rig::rig_env("MLGW_TEST_MODEL_SERVER_GRPC")?;
-    let private = model_server.grpc_url.clone();
-    let (dir, config) = scratch_gateway("hung", |text| {
-        text.replace(&shared, &private).replace(
-            "timeout_ms = 1000\n",
-            "timeout_ms = 300\n[model.coalesce]\nmax_in_flight = 1\nmax_rows = 8\n",
-        )
-    })
-    .await?;
-    let gw = GatewayProcess::start_ready(&config).await?;
+    let (dir, gw) = coalescing_gateway("hung", Some(&model_server.grpc_url), 300).await?;
     let http = client_with_token(gw.token()?)?;
     let url = format!("{}/v1/models/fraud_detector/predict", gw.http);
     let body = json!({"entity": {"customer_id": "c-1"}, "request_features": request_features()});
@@ -1405,38 +1439,12 @@ async fn max_rows_above_the_models_max_batch_size_costs_no_prediction() -> Resul
         rig::example_repository_with(|c| c.replace("max_batch_size = 64", "max_batch_size = 2"))?;
     let mut model_server = ModelServerProcess::start(&repo.path, &[]).await?;
     model_server.wait_ready(Duration::from_secs(60)).await?;
-    let shared = rig::rig_env("MLGW_TEST_MODEL_SERVER_GRPC")?;
     let private = model_server.grpc_url.clone();
-    let (dir, config) = scratch_gateway("max_rows", |text| {
-        text.replace(&shared, &private).replace(
-            "timeout_ms = 1000\n",
-            "timeout_ms = 1000\n[model.coalesce]\nmax_in_flight = 1\nmax_rows = 8\n",
-        )
-    })
-    .await?;
-    let gw = GatewayProcess::start_ready(&config).await?;
+    let (dir, gw) = coalescing_gateway("max_rows", Some(&private), 1000).await?;
     let http = client_with_token(gw.token()?)?;
     let url = format!("{}/v1/models/fraud_detector/predict", gw.http);
-    let body = |i: usize| {
-        json!({"entity": {"customer_id": format!("c-{i}")}, "request_features": {
-            "amount": 40.0 * i as f64, "is_card_present": false, "hour_of_day": 2,
-            "distance_from_home_km": 15.0 * i as f64}})
-    };
-    let calls: Vec<_> = (0..32)
-        .map(|i| {
-            let (http, url, body) = (http.clone(), url.clone(), body(i));
-            tokio::spawn(async move {
-                let r = http.post(url).json(&body).send().await?;
-                anyhow::Ok((r.status().as_u16(), r.json::<Value>().await?))
-            })
-        })
-        .collect();
-    let mut together = Vec::with_capacity(calls.len());
-    for call in calls {
-        let (status, answer) = call.await??;
-        assert_eq!(status, 200, "{answer}");
-        together.push(p_fraud(&answer)?);
-    }
+    let bodies = distinct_bodies(32);
+    let together = p_fraud_all_at_once(&http, &url, &bodies).await?;
     // The model-server did refuse calls: larger ones were tried first.
     let refused = metrics_text(&http, &model_server.http_url).await?;
     let refused = series_value(
@@ -1456,14 +1464,7 @@ async fn max_rows_above_the_models_max_batch_size_costs_no_prediction() -> Resul
         counted, refused,
         "the gateway's count equals the server's refusals"
     );
-    for (i, p) in together.iter().enumerate() {
-        let r = http.post(&url).json(&body(i)).send().await?;
-        let alone = p_fraud(&r.json::<Value>().await?)?;
-        assert!(
-            (alone - p).abs() < 1e-6,
-            "row {i}: {p} together, {alone} alone"
-        );
-    }
+    assert_each_answers_as_alone(&http, &url, &bodies, &together).await?;
     drop(gw);
     model_server.stop().await?;
     let _ = std::fs::remove_dir_all(&dir);
