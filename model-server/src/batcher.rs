@@ -11,15 +11,19 @@
 //! the other inferences end (checked every [`IDLE_CHECK`]): the window is an
 //! upper bound, not a fixed delay.
 //!
-//! Inference is CPU-bound, so it runs on dedicated OS threads, never on the async
-//! runtime's workers.
+//! Inference is CPU-bound, so it runs on dedicated OS threads, not on the async
+//! runtime's workers, with one exception: a request that finds the version
+//! idle (nothing running or queued) and whose run is expected to take under
+//! the model's `inline_max_us` runs on the thread that decoded it. For a small
+//! model the hand-off to an inference thread and back (two wake-ups) costs
+//! more than the run itself.
 //!
 //! Tracing: each request's `queue_wait` span lasts from queueing until its batch
 //! starts; the batch's `inference` span is a child of the first request's span
 //! and links the others (one run serves several traces).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError, TrySendError};
@@ -54,13 +58,77 @@ struct Job {
 pub struct Batcher {
     sender: Sender<Job>,
     capacity: usize,
-    model: String,
+    shared: Arc<Shared>,
+}
+
+/// What the version's callers and its worker threads share.
+struct Shared {
+    spec: Arc<ModelSpec>,
     version: String,
+    model: Arc<OnnxModel>,
     metrics: Option<Arc<ModelMetrics>>,
+    /// How many of the version's inferences run now (workers and inline).
+    running: AtomicUsize,
+    /// Recent run time per row, in nanoseconds (a moving average): what a
+    /// request's run is expected to cost, to decide whether it may run inline.
+    /// Small batches overstate it (the run's fixed cost is spread over few
+    /// rows), which only errs towards the queue.
+    nanos_per_row: AtomicU64,
+}
+
+/// Counts one running inference until dropped (also if the run panics).
+struct Running<'a>(&'a AtomicUsize);
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl Shared {
+    fn start_running(&self) -> Running<'_> {
+        self.running.fetch_add(1, Ordering::AcqRel);
+        Running(&self.running)
+    }
+
+    /// Records a finished run of `rows` rows that took `took`.
+    fn ran(&self, took: Duration, rows: usize) {
+        if let Some(m) = &self.metrics {
+            m.inference.observe_duration(took);
+            m.batch_rows.observe(rows as f64);
+        }
+        let sample = u64::try_from(took.as_nanos() / rows.max(1) as u128).unwrap_or(u64::MAX);
+        let old = self.nanos_per_row.load(Ordering::Relaxed);
+        // Racy read-modify-write: a lost update only skips one sample.
+        let new = if sample >= old {
+            old + (sample - old) / 8
+        } else {
+            old - (old - sample) / 8
+        };
+        self.nanos_per_row.store(new, Ordering::Relaxed);
+    }
+
+    fn expected_run(&self, rows: usize) -> Duration {
+        Duration::from_nanos(
+            self.nanos_per_row
+                .load(Ordering::Relaxed)
+                .saturating_mul(rows as u64),
+        )
+    }
+
+    fn inference_error(&self, message: String) -> InferError {
+        InferError::Inference {
+            model: self.spec.name.clone(),
+            version: self.version.clone(),
+            message,
+        }
+    }
 }
 
 impl Batcher {
-    /// Starts `spec.instances` worker threads running `model`.
+    /// Starts `spec.instances` worker threads running `model`; `warm_run` is
+    /// how long a warm-up run of `warm_rows` rows took (the first estimate of
+    /// a run's cost).
     ///
     /// # Errors
     /// The OS error when a thread cannot be spawned.
@@ -69,19 +137,29 @@ impl Batcher {
         version: String,
         model: Arc<OnnxModel>,
         metrics: Option<Arc<ModelMetrics>>,
+        (warm_run, warm_rows): (Duration, usize),
     ) -> std::io::Result<Batcher> {
         let capacity = spec.max_queue_size;
         let (sender, receiver) = crossbeam_channel::bounded::<Job>(capacity);
-        let running = Arc::new(AtomicUsize::new(0));
+        let warm_per_row = warm_run.as_nanos() / warm_rows.max(1) as u128;
+        let shared = Arc::new(Shared {
+            spec: Arc::clone(&spec),
+            version: version.clone(),
+            model,
+            metrics,
+            running: AtomicUsize::new(0),
+            // No warm-up run: assume slow until real runs say otherwise.
+            nanos_per_row: AtomicU64::new(if warm_rows == 0 {
+                u64::MAX
+            } else {
+                u64::try_from(warm_per_row).unwrap_or(u64::MAX)
+            }),
+        });
         for i in 0..spec.instances {
             let worker = Worker {
-                spec: spec.clone(),
-                version: version.clone(),
-                model: model.clone(),
+                shared: Arc::clone(&shared),
                 receiver: receiver.clone(),
                 carry: None,
-                metrics: metrics.clone(),
-                running: Arc::clone(&running),
             };
             std::thread::Builder::new()
                 .name(format!("infer-{}-v{version}-{i}", spec.name))
@@ -90,18 +168,20 @@ impl Batcher {
         Ok(Batcher {
             sender,
             capacity,
-            model: spec.name.clone(),
-            version,
-            metrics,
+            shared,
         })
     }
 
-    /// Queues a checked request and waits for its rows.
+    /// Queues a checked request and waits for its rows (or runs it at once on
+    /// this thread, see [`ModelSpec::inline_max`]).
     ///
     /// # Errors
     /// `QueueFull` at once when the queue is full; `ShuttingDown` when the workers
     /// are gone; the inference error otherwise.
     pub async fn infer(&self, inputs: Vec<(Vec<usize>, TensorData)>, rows: usize) -> JobResult {
+        if let Some(result) = self.run_inline(&inputs, rows) {
+            return result;
+        }
         let (reply, answer) = oneshot::channel();
         let job = Job {
             inputs,
@@ -114,13 +194,12 @@ impl Batcher {
         match self.sender.try_send(job) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => {
-                if let Some(m) = &self.metrics {
-                    m.queue_full
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if let Some(m) = &self.shared.metrics {
+                    m.queue_full.fetch_add(1, Ordering::Relaxed);
                 }
                 return Err(InferError::QueueFull {
-                    model: self.model.clone(),
-                    version: self.version.clone(),
+                    model: self.shared.spec.name.clone(),
+                    version: self.shared.version.clone(),
                     capacity: self.capacity,
                 });
             }
@@ -128,46 +207,85 @@ impl Batcher {
         }
         answer.await.unwrap_or(Err(InferError::ShuttingDown))
     }
+
+    /// Runs the request on the calling thread when a worker would run it at
+    /// once anyway (no inference of the version running, nothing queued, no
+    /// `wait_when_idle`) and its run is expected to be short; None otherwise.
+    /// A worker would give the same answer, after two thread wake-ups.
+    fn run_inline(&self, inputs: &[(Vec<usize>, TensorData)], rows: usize) -> Option<JobResult> {
+        let shared = &*self.shared;
+        let spec = &*shared.spec;
+        if spec.inline_max.is_zero()
+            || spec.dynamic_batching.is_some_and(|b| b.wait_when_idle)
+            || shared.expected_run(rows) > spec.inline_max
+            || !self.sender.is_empty()
+        {
+            return None;
+        }
+        // Claims the version only if nothing runs: at most one inline run, and
+        // none beside the workers' batches (which would then wait for it).
+        shared
+            .running
+            .compare_exchange(0, 1, Ordering::AcqRel, Ordering::Acquire)
+            .ok()?;
+        let _running = Running(&shared.running);
+        if let Some(m) = &shared.metrics {
+            m.queue_wait.observe_duration(Duration::ZERO);
+            m.inline_runs.fetch_add(1, Ordering::Relaxed);
+        }
+        let span = tracing::info_span!(
+            "inference",
+            model = %spec.name,
+            version = %shared.version,
+            rows,
+            requests = 1,
+            inline = true
+        );
+        let _entered = span.enter();
+        let started = Instant::now();
+        let result = shared.model.run(spec, inputs);
+        shared.ran(started.elapsed(), rows);
+        Some(result.map_err(|message| {
+            tracing::warn!(model = %spec.name, version = %shared.version, rows, %message, "inference failed");
+            shared.inference_error(message)
+        }))
+    }
 }
 
 struct Worker {
-    spec: Arc<ModelSpec>,
-    version: String,
-    model: Arc<OnnxModel>,
+    shared: Arc<Shared>,
     receiver: Receiver<Job>,
     /// A request taken from the queue that did not fit the last batch.
     carry: Option<Job>,
-    metrics: Option<Arc<ModelMetrics>>,
-    /// How many of the version's workers are running an inference now.
-    running: Arc<AtomicUsize>,
 }
 
 impl Worker {
     fn run(mut self) {
         while let Some(first) = self.carry.take().or_else(|| self.receiver.recv().ok()) {
             let batch = self.gather(first);
-            self.running.fetch_add(1, Ordering::AcqRel);
+            let _running = self.shared.start_running();
             self.execute(batch);
-            self.running.fetch_sub(1, Ordering::AcqRel);
         }
     }
 
     /// Collects requests to run with `first`: until max_batch_size rows, or until
     /// `first` has waited max_queue_delay (no waiting at all while no other
-    /// worker runs, unless `wait_when_idle`). Requests whose trailing dimensions
-    /// differ from `first` cannot be concatenated and wait for the next batch.
+    /// inference runs, unless `wait_when_idle`). Requests whose trailing
+    /// dimensions differ from `first` cannot be concatenated and wait for the
+    /// next batch.
     fn gather(&mut self, first: Job) -> Vec<Job> {
-        let Some(batching) = self.spec.dynamic_batching else {
+        let Some(batching) = self.shared.spec.dynamic_batching else {
             return vec![first];
         };
         let deadline = first.enqueued + batching.max_queue_delay;
         let mut rows = first.rows;
         let mut batch = vec![first];
-        while rows < self.spec.max_batch_size {
+        while rows < self.shared.spec.max_batch_size {
             let Some(next) = self.next_job(deadline, batching.wait_when_idle) else {
                 break;
             };
-            if rows + next.rows > self.spec.max_batch_size || !same_trailing_dims(&batch[0], &next)
+            if rows + next.rows > self.shared.spec.max_batch_size
+                || !same_trailing_dims(&batch[0], &next)
             {
                 self.carry = Some(next);
                 break;
@@ -179,10 +297,10 @@ impl Worker {
     }
 
     /// The next queued request to join the batch, waiting for one until
-    /// `deadline` only while another worker of the version runs an inference
-    /// (always, with `wait_when_idle`). The wait is cut into short slices and
-    /// re-checks that: once the other inference ends, a core is free and
-    /// holding the batch back any longer would only add latency.
+    /// `deadline` only while another inference of the version runs (always,
+    /// with `wait_when_idle`). The wait is cut into short slices and re-checks
+    /// that: once the other inference ends, a core is free and holding the
+    /// batch back any longer would only add latency.
     fn next_job(&self, deadline: Instant, wait_when_idle: bool) -> Option<Job> {
         loop {
             match self.receiver.try_recv() {
@@ -190,7 +308,7 @@ impl Worker {
                 Err(TryRecvError::Disconnected) => return None,
                 Err(TryRecvError::Empty) => {}
             }
-            if !wait_when_idle && self.running.load(Ordering::Acquire) == 0 {
+            if !wait_when_idle && self.shared.running.load(Ordering::Acquire) == 0 {
                 return None;
             }
             let now = Instant::now();
@@ -211,6 +329,8 @@ impl Worker {
     }
 
     fn execute(&self, batch: Vec<Job>) {
+        let shared = &*self.shared;
+        let spec = &*shared.spec;
         // A caller whose deadline passed has dropped its receiver: skip its rows.
         let mut batch: Vec<Job> = batch.into_iter().filter(|j| !j.reply.is_closed()).collect();
         if batch.is_empty() {
@@ -218,7 +338,7 @@ impl Worker {
         }
         let total_rows: usize = batch.iter().map(|j| j.rows).sum();
         for job in &mut batch {
-            if let Some(m) = &self.metrics {
+            if let Some(m) = &shared.metrics {
                 m.queue_wait.observe_duration(job.enqueued.elapsed());
             }
             // Closes the wait span now that the run starts.
@@ -227,8 +347,8 @@ impl Worker {
         let span = tracing::info_span!(
             parent: &batch[0].caller,
             "inference",
-            model = %self.spec.name,
-            version = %self.version,
+            model = %spec.name,
+            version = %shared.version,
             rows = total_rows,
             requests = batch.len()
         );
@@ -238,27 +358,19 @@ impl Worker {
         let _entered = span.enter();
         let started = Instant::now();
         let result = if batch.len() == 1 {
-            self.model.run(&self.spec, &batch[0].inputs)
+            shared.model.run(spec, &batch[0].inputs)
         } else {
             match concat_inputs(&batch, total_rows) {
-                Some(inputs) => self.model.run(&self.spec, &inputs),
+                Some(inputs) => shared.model.run(spec, &inputs),
                 None => Err("requests in one batch have different input types".to_owned()),
             }
         };
-        if let Some(m) = &self.metrics {
-            m.inference.observe_duration(started.elapsed());
-            m.batch_rows.observe(total_rows as f64);
-        }
-        let fail = |message: String| InferError::Inference {
-            model: self.spec.name.clone(),
-            version: self.version.clone(),
-            message,
-        };
+        shared.ran(started.elapsed(), total_rows);
         match result {
             Err(message) => {
-                tracing::warn!(model = %self.spec.name, version = %self.version, rows = total_rows, %message, "inference failed");
+                tracing::warn!(model = %spec.name, version = %shared.version, rows = total_rows, %message, "inference failed");
                 for job in batch {
-                    let _ = job.reply.send(Err(fail(message.clone())));
+                    let _ = job.reply.send(Err(shared.inference_error(message.clone())));
                 }
             }
             Ok(outputs) if batch.len() == 1 => {
@@ -266,21 +378,19 @@ impl Worker {
                     let _ = job.reply.send(Ok(outputs));
                 }
             }
-            Ok(outputs) => {
-                match split_outputs(&outputs, &batch, total_rows, self.spec.batched_dims) {
-                    Ok(parts) => {
-                        for (job, part) in batch.into_iter().zip(parts) {
-                            // The caller may have gone; its rows are simply dropped.
-                            let _ = job.reply.send(Ok(part));
-                        }
-                    }
-                    Err(message) => {
-                        for job in batch {
-                            let _ = job.reply.send(Err(fail(message.clone())));
-                        }
+            Ok(outputs) => match split_outputs(&outputs, &batch, total_rows, spec.batched_dims) {
+                Ok(parts) => {
+                    for (job, part) in batch.into_iter().zip(parts) {
+                        // The caller may have gone; its rows are simply dropped.
+                        let _ = job.reply.send(Ok(part));
                     }
                 }
-            }
+                Err(message) => {
+                    for job in batch {
+                        let _ = job.reply.send(Err(shared.inference_error(message.clone())));
+                    }
+                }
+            },
         }
     }
 }

@@ -18,6 +18,8 @@ struct RawModelConfig {
     max_batch_size: u32,
     #[serde(default)]
     instances: Option<u32>,
+    #[serde(default)]
+    inline_max_us: Option<f64>,
     dynamic_batching: Option<RawDynamicBatching>,
     #[serde(default)]
     warmup: RawWarmup,
@@ -116,6 +118,12 @@ pub struct ModelSpec {
     pub max_queue_size: usize,
     /// Worker threads running this model's inferences.
     pub instances: usize,
+    /// A request that finds the version idle (nothing running, nothing
+    /// queued) and whose run is expected to take at most this long runs on
+    /// the thread that decoded it, skipping the hand-off to an inference
+    /// thread and back (two thread wake-ups, which cost more than a small
+    /// model's whole run). Zero: every request goes through the queue.
+    pub inline_max: Duration,
     /// Warm-up inferences each version must answer before it is ready.
     pub warmup_iterations: u32,
     /// Rows in each warm-up inference.
@@ -166,6 +174,11 @@ pub struct ConfigOverrides {
 const DEFAULT_MAX_QUEUE_SIZE: usize = 1024;
 /// Beyond this the "batch" stops being a latency trade-off and becomes a stall.
 const MAX_QUEUE_DELAY_MS: f64 = 1000.0;
+/// Default of `inline_max_us`: short enough that a run on the async runtime's
+/// thread does not hold up the other requests it serves.
+const DEFAULT_INLINE_MAX_US: f64 = 50.0;
+/// Upper bound of `inline_max_us`: longer runs belong on inference threads.
+const MAX_INLINE_MAX_US: f64 = 1000.0;
 
 impl ModelSpec {
     /// Reads and validates `path` for the model called `name`.
@@ -261,6 +274,13 @@ impl ModelSpec {
             Some(n) => n as usize,
             None => overrides.default_instances.max(1),
         };
+        let inline_max_us = raw.inline_max_us.unwrap_or(DEFAULT_INLINE_MAX_US);
+        if !(0.0..=MAX_INLINE_MAX_US).contains(&inline_max_us) {
+            return Err(invalid(
+                "inline_max_us",
+                format!("{inline_max_us} is out of range; use 0 (never) to {MAX_INLINE_MAX_US} µs"),
+            ));
+        }
         let warmup_batch_size = match raw.warmup.batch_size {
             Some(0) => return Err(invalid("warmup.batch_size", "must be at least 1".into())),
             Some(n) if batched_dims && n > raw.max_batch_size => {
@@ -282,6 +302,7 @@ impl ModelSpec {
             dynamic_batching,
             max_queue_size,
             instances,
+            inline_max: Duration::from_secs_f64(inline_max_us / 1e6),
             warmup_iterations: raw.warmup.iterations,
             warmup_batch_size,
         })
@@ -397,6 +418,7 @@ shape = [-1]
         assert_eq!(spec.inputs[0].datatype, DataType::F32);
         assert!(!spec.inputs[0].allow_nan);
         assert_eq!(spec.instances, 2);
+        assert_eq!(spec.inline_max, Duration::from_micros(50));
     }
 
     #[test]
@@ -415,18 +437,19 @@ shape = [-1]
             (GOOD.replace("[-1, 15]", "[8, 15]"), "input[0].shape"),
             (GOOD.replace("\"onnx\"", "\"tensorflow\""), "platform"),
             (GOOD.replace("= 2\n", "= 5000\n"), "max_queue_delay_ms"),
+            (format!("inline_max_us = -1\n{GOOD}"), "inline_max_us"),
             (
                 GOOD.replace("\"label\"", "\"features\"")
                     .replace("INT64", "FP32"),
                 "",
             ),
         ];
-        for (text, key) in &cases[..4] {
+        for (text, key) in &cases[..5] {
             let err = parse(text).unwrap_err().to_string();
             assert!(err.contains(key), "{err} should name {key}");
         }
         // Same name for an input and an output is fine (different namespaces).
-        assert!(parse(&cases[4].0).is_ok());
+        assert!(parse(&cases[5].0).is_ok());
     }
 
     #[test]

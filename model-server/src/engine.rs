@@ -305,20 +305,22 @@ fn load_version(
     metrics: Option<Arc<ModelMetrics>>,
 ) -> Result<Batcher, String> {
     let model = OnnxModel::load(&version.path, spec).map_err(|e| e.to_string())?;
-    warm_up(spec, &model)?;
+    let warm_run = warm_up(spec, &model)?;
     Batcher::start(
         spec.clone(),
         version.label.clone(),
         Arc::new(model),
         metrics,
+        warm_run,
     )
     .map_err(|e| format!("cannot start inference threads: {e}"))
 }
 
 /// Runs the configured warm-up inferences on zero-filled inputs, so the first
 /// real request does not pay for lazy initialisation, and so readiness means
-/// "has answered an inference".
-fn warm_up(spec: &ModelSpec, model: &OnnxModel) -> Result<(), String> {
+/// "has answered an inference". Returns how long the fastest run took and its
+/// rows (zero rows when none ran).
+fn warm_up(spec: &ModelSpec, model: &OnnxModel) -> Result<(Duration, usize), String> {
     let inputs: Vec<(Vec<usize>, TensorData)> = spec
         .inputs
         .iter()
@@ -341,13 +343,22 @@ fn warm_up(spec: &ModelSpec, model: &OnnxModel) -> Result<(), String> {
             Ok((shape, data))
         })
         .collect::<Result<_, String>>()?;
+    let rows = if spec.batched_dims {
+        spec.warmup_batch_size
+    } else {
+        1
+    };
+    let mut fastest = None;
     for _ in 0..spec.warmup_iterations {
+        let started = Instant::now();
         let outputs = model
             .run(spec, &inputs)
             .map_err(|e| format!("warm-up inference failed: {e}"))?;
+        let took = started.elapsed();
+        fastest = Some(fastest.map_or(took, |f: Duration| f.min(took)));
         if outputs.len() != spec.outputs.len() {
             return Err("warm-up inference returned the wrong number of outputs".into());
         }
     }
-    Ok(())
+    Ok(fastest.map_or((Duration::ZERO, 0), |f| (f, rows)))
 }

@@ -32,6 +32,8 @@ pub struct ModelMetrics {
     pub(crate) inference: Histogram,
     /// Requests refused because the queue was full.
     pub(crate) queue_full: AtomicU64,
+    /// Requests run on the thread that decoded them (idle version, short run).
+    pub(crate) inline_runs: AtomicU64,
 }
 
 impl ModelMetrics {
@@ -46,6 +48,7 @@ impl ModelMetrics {
             batch_rows: Histogram::new(SIZE_BUCKETS),
             inference: Histogram::new(LATENCY_BUCKETS),
             queue_full: AtomicU64::new(0),
+            inline_runs: AtomicU64::new(0),
         }
     }
 }
@@ -187,6 +190,19 @@ impl Metrics {
                 out,
                 "mlgw_model_server_queue_full_total{{model=\"{name}\"}} {}",
                 m.queue_full.load(Ordering::Relaxed)
+            );
+        }
+        prom::header(
+            &mut out,
+            "mlgw_model_server_inline_runs_total",
+            "counter",
+            "Requests run at once on the thread that decoded them (the version idle, the run expected under inline_max_us) instead of on an inference thread.",
+        );
+        for (name, m) in &models {
+            let _ = writeln!(
+                out,
+                "mlgw_model_server_inline_runs_total{{model=\"{name}\"}} {}",
+                m.inline_runs.load(Ordering::Relaxed)
             );
         }
         prom::header(

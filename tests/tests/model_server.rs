@@ -896,6 +896,86 @@ async fn an_idle_server_runs_a_lone_request_at_once() -> Result<()> {
     Ok(())
 }
 
+/// The model-server's `mlgw_model_server_inline_runs_total` for the example model.
+async fn inline_runs(server: &ModelServerProcess) -> Result<u64> {
+    let text = reqwest::get(format!("{}/metrics", server.http_url))
+        .await?
+        .text()
+        .await?;
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("mlgw_model_server_inline_runs_total{model=\"fraud_detector\"}"))
+        .context("no mlgw_model_server_inline_runs_total series for fraud_detector")?;
+    let value = line.rsplit(' ').next().unwrap_or_default();
+    value
+        .parse()
+        .with_context(|| format!("inline run count {value:?}"))
+}
+
+/// A short request that finds its version idle runs on the thread that
+/// decoded it, with the same answer as on an inference thread; a request
+/// whose run is expected to be long, or every request with `inline_max_us = 0`,
+/// still goes through the inference threads.
+#[tokio::test]
+async fn lone_short_requests_run_inline_with_the_same_answers() -> Result<()> {
+    let reference = reference(2)?;
+    let rows = &reference.inputs[..60];
+    for inline_max_us in [1000, 0] {
+        let (_repo, server) = ready_server_with(
+            |c| {
+                c.replace(
+                    "max_batch_size = 64",
+                    &format!("max_batch_size = 20000\ninline_max_us = {inline_max_us}"),
+                )
+            },
+            &[],
+        )
+        .await?;
+        let mut client = grpc(&server).await?;
+        for (i, row) in rows.iter().enumerate() {
+            let answer = client
+                .model_infer(infer_request("2", std::slice::from_ref(row), i % 2 == 0))
+                .await?
+                .into_inner();
+            let (labels, probs) = decode_outputs(&answer)?;
+            assert_eq!(labels, [reference.outputs.label[i]], "row {i}");
+            let worst = probs
+                .iter()
+                .zip(&reference.outputs.probabilities[i])
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0f32, f32::max);
+            assert!(
+                worst <= TOLERANCE,
+                "row {i}: probabilities differ by {worst}"
+            );
+        }
+        let after_lone = inline_runs(&server).await?;
+        if inline_max_us == 0 {
+            assert_eq!(after_lone, 0, "inline_max_us = 0 never runs inline");
+        } else {
+            // One after another on an idle server: all of them, unless a run
+            // of this small model took over 1 ms on a starved host.
+            assert!(
+                after_lone >= 54,
+                "only {after_lone} of 60 lone one-row requests ran inline"
+            );
+        }
+        // 20,000 rows are expected to take far longer than 1 ms.
+        let big = vec![rows[0].clone(); 20_000];
+        let answer = client
+            .model_infer(infer_request("2", &big, true))
+            .await?
+            .into_inner();
+        assert_eq!(decode_outputs(&answer)?.0.len(), 20_000);
+        assert_eq!(
+            inline_runs(&server).await?,
+            after_lone,
+            "a 20,000-row request ran inline"
+        );
+    }
+    Ok(())
+}
+
 /// A worker holding a batch open stops waiting once the version's other
 /// inferences are done: 32 callers sending one request after another keep
 /// both workers busy in turns, so a worker often starts a batch while the
