@@ -34,7 +34,8 @@
 //! MLGW_BENCH_GATEWAY_EXTRA (TOML sections added to the embedded-store
 //! gateway's config, e.g. `[prediction_log]` settings, for A/B runs),
 //! MLGW_BENCH_MODEL_EXTRA (TOML added inside that gateway's `[[model]]`,
-//! e.g. `[model.coalesce]` settings), MLGW_BENCH_GATEWAY_LOG (the gateway's log filter, default `warn`: its
+//! e.g. `[model.coalesce]` settings), MLGW_BENCH_STORE_EXTRA (keys added
+//! to that gateway's embedded `[store]`, e.g. `cache_mib = 32`), MLGW_BENCH_GATEWAY_LOG (the gateway's log filter, default `warn`: its
 //! info-level stage spans off; the shipped default is `info`),
 //! MLGW_BENCH_TRANSPORT (`tcp`, default: the gateway and the bench's direct
 //! calls reach the model-server over 127.0.0.1; `uds`: over its
@@ -104,6 +105,8 @@ struct Knobs {
     gateway_extra: String,
     /// TOML added inside its `[[model]]` (e.g. a `[model.coalesce]` section).
     model_extra: String,
+    /// Keys added to its `[store]` table (e.g. `cache_mib = 32`).
+    store_extra: String,
     /// How the gateway (and the direct calls) reach the model-server.
     transport: Transport,
     cassandra: CassandraMode,
@@ -160,6 +163,7 @@ impl Knobs {
             // Whole sections; they go before `[cache]` and `[model.postprocess]`.
             gateway_extra: toml_lines("MLGW_BENCH_GATEWAY_EXTRA"),
             model_extra: toml_lines("MLGW_BENCH_MODEL_EXTRA"),
+            store_extra: toml_lines("MLGW_BENCH_STORE_EXTRA"),
             transport: match std::env::var("MLGW_BENCH_TRANSPORT").as_deref() {
                 Err(_) | Ok("tcp") => Transport::Tcp,
                 Ok("uds") => Transport::Uds,
@@ -575,8 +579,9 @@ async fn run(knobs: &Knobs, scratch: &Path) -> Result<String> {
         &GatewaySettings {
             model_grpc: &model_url,
             store: &format!(
-                "[store]\nbackend = \"embedded\"\npath = \"{}\"",
-                redb.display()
+                "[store]\nbackend = \"embedded\"\npath = \"{}\"\n{}",
+                redb.display(),
+                knobs.store_extra
             ),
             max_concurrent: knobs.max_concurrent,
             model_extra: &knobs.model_extra,
@@ -902,6 +907,7 @@ fn report(
                 &knobs.model_extra,
                 "its `[[model]]` (MLGW_BENCH_MODEL_EXTRA)"
             ),
+            (&knobs.store_extra, "its `[store]` (MLGW_BENCH_STORE_EXTRA)"),
         ]
         .iter()
         .filter(|(extra, _)| !extra.is_empty())

@@ -60,6 +60,7 @@ impl StoreFlags {
         if self.scylla.is_empty() {
             StoreSettings::Embedded {
                 path: self.embedded.clone().unwrap_or_else(default_embedded_path),
+                cache_mib: None,
             }
         } else {
             StoreSettings::Scylla {

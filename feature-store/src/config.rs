@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::store::embedded::EmbeddedStore;
+use crate::store::embedded::{DEFAULT_CACHE_BYTES, EmbeddedStore};
 use crate::store::scylla::{ScyllaConfig, ScyllaStore, parse_consistency};
 use crate::store::{AnyStore, StoreError};
 
@@ -19,6 +19,10 @@ pub enum StoreSettings {
     Embedded {
         /// The database file (created if missing).
         path: PathBuf,
+        /// MiB of the file's pages kept in memory (default
+        /// [`DEFAULT_CACHE_BYTES`]; 0: rely on the kernel's page cache only).
+        #[serde(default)]
+        cache_mib: Option<u64>,
     },
     /// A ScyllaDB (or Cassandra) cluster.
     Scylla {
@@ -134,8 +138,11 @@ impl StoreSettings {
     /// [`SettingsError`] for bad settings or an unreachable backend.
     pub async fn connect(&self) -> Result<AnyStore, SettingsError> {
         match self {
-            StoreSettings::Embedded { path } => {
-                let store = EmbeddedStore::open(path)?;
+            StoreSettings::Embedded { path, cache_mib } => {
+                let cache_bytes = cache_mib.map_or(DEFAULT_CACHE_BYTES, |mib| {
+                    usize::try_from(mib.saturating_mul(1 << 20)).unwrap_or(usize::MAX)
+                });
+                let store = EmbeddedStore::open_with_cache(path, cache_bytes)?;
                 Ok(AnyStore::Embedded(Arc::new(store)))
             }
             StoreSettings::Scylla { .. } => {
@@ -149,7 +156,7 @@ impl StoreSettings {
     /// A one-line description for logs and CLI output.
     pub fn describe(&self) -> String {
         match self {
-            StoreSettings::Embedded { path } => format!("embedded store {}", path.display()),
+            StoreSettings::Embedded { path, .. } => format!("embedded store {}", path.display()),
             StoreSettings::Scylla {
                 nodes, keyspace, ..
             } => format!(
@@ -196,6 +203,15 @@ mod tests {
         assert_eq!(
             bad.scylla_config().unwrap_err().to_string(),
             "store.read_consistency: \"fast\" is not a consistency level; use one of any, one, two, three, quorum, all, local_quorum, each_quorum, local_one"
+        );
+        let embedded: StoreSettings =
+            toml::from_str("backend = \"embedded\"\npath = \"x\"\ncache_mib = 16\n").unwrap();
+        assert_eq!(
+            embedded,
+            StoreSettings::Embedded {
+                path: PathBuf::from("x"),
+                cache_mib: Some(16)
+            }
         );
         let unknown =
             toml::from_str::<StoreSettings>("backend = \"embedded\"\npath = \"x\"\nsize = 3\n");

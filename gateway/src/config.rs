@@ -610,8 +610,9 @@ impl GatewayConfig {
             return Err(err("store", e.to_string()));
         }
         let store = match raw.store {
-            StoreSettings::Embedded { path } => StoreSettings::Embedded {
+            StoreSettings::Embedded { path, cache_mib } => StoreSettings::Embedded {
                 path: resolve(&path),
+                cache_mib,
             },
             other => other,
         };

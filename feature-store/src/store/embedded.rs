@@ -201,14 +201,31 @@ fn split_i64(bytes: &[u8]) -> Option<(i64, &[u8])> {
     Some((i64::from_le_bytes(*head), rest))
 }
 
+/// Memory for the file's pages kept in the process (read and written), by
+/// default. redb's own default is 1 GiB, and a gateway writing its prediction
+/// log fills it with pages it will not read again: it grew by ~2.4 KB per
+/// prediction, each new 2-MiB huge page faulted in and zeroed on the hot
+/// path. Beyond this the kernel's page cache still holds the file.
+pub const DEFAULT_CACHE_BYTES: usize = 128 << 20;
+
 impl EmbeddedStore {
-    /// Opens (creating if needed) the database file at `path`. The schema is
-    /// created by [`FeatureStore::apply_schema`].
+    /// Opens (creating if needed) the database file at `path`, with
+    /// [`DEFAULT_CACHE_BYTES`] of page cache. The schema is created by
+    /// [`FeatureStore::apply_schema`].
     ///
     /// # Errors
     /// [`StoreError::Embedded`] if the file cannot be created or opened (bad
     /// directory, not a redb file, a newer format).
     pub fn open(path: &Path) -> Result<Self, StoreError> {
+        Self::open_with_cache(path, DEFAULT_CACHE_BYTES)
+    }
+
+    /// [`EmbeddedStore::open`] with `cache_bytes` of page cache (0: none,
+    /// every read goes to the file through the kernel's page cache).
+    ///
+    /// # Errors
+    /// As [`EmbeddedStore::open`].
+    pub fn open_with_cache(path: &Path, cache_bytes: usize) -> Result<Self, StoreError> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| StoreError::Embedded {
                 path: path.display().to_string(),
@@ -217,6 +234,7 @@ impl EmbeddedStore {
         }
         let db = Database::builder()
             .set_concurrency_mode(ConcurrencyMode::MultiWriter)
+            .set_cache_size(cache_bytes)
             .create(path)
             .map_err(|e| StoreError::Embedded {
                 path: path.display().to_string(),
