@@ -152,41 +152,10 @@ EOF
   exec 9>&- 2>/dev/null || true
 }
 
-# Two distinct free loopback ports, below the kernel's ephemeral range
-# (net.ipv4.ip_local_port_range). A port from that range (what binding port
-# 0 gives) can be taken by any outgoing connection or port-0 listener on the
-# machine while the node is stopped, and `restart` needs the same ports
-# again: the fault tests failed that way when other tests had many
-# connections open. Each candidate is checked by binding it; both sockets
-# are held until both are chosen, so the two cannot coincide.
+# Two distinct free loopback ports below the kernel's ephemeral range:
+# `restart` needs the same ports again (pick-ports.py says why).
 pick_ports() {
-  python3 - <<'EOF'
-import random
-import socket
-
-try:
-    with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
-        ephemeral_low = int(f.read().split()[0])
-except (OSError, ValueError, IndexError):
-    ephemeral_low = 32768
-low, high = 10000, max(ephemeral_low - 1, 10001)
-socks = []
-for _ in range(1000):
-    if len(socks) == 2:
-        break
-    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    try:
-        s.bind(("127.0.0.1", random.randint(low, high)))
-    except OSError:
-        s.close()
-        continue
-    socks.append(s)
-if len(socks) < 2:
-    raise SystemExit(f"no two free ports in {low}-{high} on 127.0.0.1")
-print(" ".join(str(s.getsockname()[1]) for s in socks))
-for s in socks:
-    s.close()
-EOF
+  python3 "$SCRIPT_DIR/pick-ports.py" 2
 }
 
 write_config() {

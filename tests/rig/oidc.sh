@@ -6,7 +6,7 @@
 #   RIG_DIR=/tmp/rig tests/rig/oidc.sh rotate  # new signing key first, old ones still published
 #   RIG_DIR=/tmp/rig tests/rig/oidc.sh retire  # publish only the newest key
 #
-# Optional env for `start`: OIDC_PORT (default 0 = free port), OIDC_JWKS_FILE (reuse/rotate keys),
+# Optional env for `start`: OIDC_PORT (default: a free port below the ephemeral range), OIDC_JWKS_FILE (reuse/rotate keys),
 # OIDC_TOKEN_TTL (seconds, default 600). See tests/rig/README.md.
 set -euo pipefail
 
@@ -98,6 +98,13 @@ start() {
 
   ensure_deps
   version="$(node -p 'require(process.argv[1]).version' "$app/node_modules/oidc-provider/package.json")"
+
+  # Not port 0: stop / start and key rotation restart it on the same port,
+  # so it must come from below the ephemeral range (pick-ports.py says why).
+  if [[ -z "${OIDC_PORT:-}" || "${OIDC_PORT}" == "0" ]]; then
+    OIDC_PORT="$(python3 "$here/pick-ports.py" 1)" || fail "no free port for the provider"
+    export OIDC_PORT
+  fi
 
   : >"$log"
   (cd "$app" && exec node server.mjs) </dev/null >>"$log" 2>&1 &

@@ -232,6 +232,30 @@ impl ModelServerProcess {
     }
 }
 
+/// A free 127.0.0.1 port below the kernel's ephemeral range, for a server a
+/// test stops and starts again on the same port. A port-0 port comes from
+/// that range, where any outgoing connection of another test can take it
+/// while the server is down (`tests/rig/pick-ports.py` does the same for
+/// the rig scripts).
+///
+/// # Errors
+/// When no port in range can be bound after 1,000 tries.
+pub fn restartable_port() -> Result<u16> {
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|t| t.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let (low, high) = (10_000u16, ephemeral_low.saturating_sub(1).max(10_001));
+    let span = u64::from(high - low) + 1;
+    for _ in 0..1000 {
+        let port = low + u16::try_from(rand_suffix() % span).unwrap_or(0);
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    bail!("no free port in {low}-{high} on 127.0.0.1")
+}
+
 fn rand_suffix() -> u64 {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();

@@ -103,7 +103,10 @@ async fn client_answers_equal_the_reference_model() -> Result<()> {
 
 #[tokio::test]
 async fn breaker_fails_fast_while_the_server_is_down_and_recovers() -> Result<()> {
-    let mut server = ModelServerProcess::start(&example_repository(), &[]).await?;
+    // It comes back on the same port after seconds down.
+    let port = rig::restartable_port()?.to_string();
+    let mut server =
+        ModelServerProcess::start(&example_repository(), &["--grpc-port", &port]).await?;
     server.wait_ready(Duration::from_secs(60)).await?;
     let breaker = BreakerConfig {
         failures_to_open: 3,
@@ -124,7 +127,6 @@ async fn breaker_fails_fast_while_the_server_is_down_and_recovers() -> Result<()
     call().await?;
     // Stop it: the next calls fail as unavailable within the deadline, then
     // the breaker opens and calls fail at once without touching the network.
-    let grpc_url = server.grpc_url.clone();
     server.stop().await?;
     for _ in 0..3 {
         let t = Instant::now();
@@ -156,7 +158,6 @@ async fn breaker_fails_fast_while_the_server_is_down_and_recovers() -> Result<()
 
     // Bring a server back on the same port; after the cool-down one probe
     // goes through and closes the breaker.
-    let port = grpc_url.rsplit(':').next().unwrap_or_default().to_owned();
     let mut again =
         ModelServerProcess::start(&example_repository(), &["--grpc-port", &port]).await?;
     again.wait_ready(Duration::from_secs(60)).await?;
