@@ -126,9 +126,10 @@ impl Shared {
 }
 
 impl Batcher {
-    /// Starts `spec.instances` worker threads running `model`; `warm_run` is
-    /// how long a warm-up run of `warm_rows` rows took (the first estimate of
-    /// a run's cost).
+    /// Starts `spec.instances` worker threads running `model`; `warm_per_row`
+    /// is a warm-up run's time per row, the first estimate of a run's cost
+    /// (None: no warm-up ran, so runs count as slow until real ones say
+    /// otherwise).
     ///
     /// # Errors
     /// The OS error when a thread cannot be spawned.
@@ -137,23 +138,19 @@ impl Batcher {
         version: String,
         model: Arc<OnnxModel>,
         metrics: Option<Arc<ModelMetrics>>,
-        (warm_run, warm_rows): (Duration, usize),
+        warm_per_row: Option<Duration>,
     ) -> std::io::Result<Batcher> {
         let capacity = spec.max_queue_size;
         let (sender, receiver) = crossbeam_channel::bounded::<Job>(capacity);
-        let warm_per_row = warm_run.as_nanos() / warm_rows.max(1) as u128;
         let shared = Arc::new(Shared {
             spec: Arc::clone(&spec),
             version: version.clone(),
             model,
             metrics,
             running: AtomicUsize::new(0),
-            // No warm-up run: assume slow until real runs say otherwise.
-            nanos_per_row: AtomicU64::new(if warm_rows == 0 {
-                u64::MAX
-            } else {
-                u64::try_from(warm_per_row).unwrap_or(u64::MAX)
-            }),
+            nanos_per_row: AtomicU64::new(warm_per_row.map_or(u64::MAX, |d| {
+                u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+            })),
         });
         for i in 0..spec.instances {
             let worker = Worker {

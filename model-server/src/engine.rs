@@ -305,22 +305,22 @@ fn load_version(
     metrics: Option<Arc<ModelMetrics>>,
 ) -> Result<Batcher, String> {
     let model = OnnxModel::load(&version.path, spec).map_err(|e| e.to_string())?;
-    let warm_run = warm_up(spec, &model)?;
+    let warm_per_row = warm_up(spec, &model)?;
     Batcher::start(
         spec.clone(),
         version.label.clone(),
         Arc::new(model),
         metrics,
-        warm_run,
+        warm_per_row,
     )
     .map_err(|e| format!("cannot start inference threads: {e}"))
 }
 
 /// Runs the configured warm-up inferences on zero-filled inputs, so the first
 /// real request does not pay for lazy initialisation, and so readiness means
-/// "has answered an inference". Returns how long the fastest run took and its
-/// rows (zero rows when none ran).
-fn warm_up(spec: &ModelSpec, model: &OnnxModel) -> Result<(Duration, usize), String> {
+/// "has answered an inference". Returns the fastest run's time per row (None
+/// when no run was configured).
+fn warm_up(spec: &ModelSpec, model: &OnnxModel) -> Result<Option<Duration>, String> {
     let inputs: Vec<(Vec<usize>, TensorData)> = spec
         .inputs
         .iter()
@@ -343,8 +343,8 @@ fn warm_up(spec: &ModelSpec, model: &OnnxModel) -> Result<(Duration, usize), Str
             Ok((shape, data))
         })
         .collect::<Result<_, String>>()?;
-    let rows = if spec.batched_dims {
-        spec.warmup_batch_size
+    let rows: u32 = if spec.batched_dims {
+        u32::try_from(spec.warmup_batch_size).unwrap_or(u32::MAX)
     } else {
         1
     };
@@ -360,5 +360,5 @@ fn warm_up(spec: &ModelSpec, model: &OnnxModel) -> Result<(Duration, usize), Str
             return Err("warm-up inference returned the wrong number of outputs".into());
         }
     }
-    Ok(fastest.map_or((Duration::ZERO, 0), |f| (f, rows)))
+    Ok(fastest.map(|f| f / rows.max(1)))
 }

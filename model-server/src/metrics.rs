@@ -14,6 +14,9 @@ use telemetry::prom::{self, Histogram, LATENCY_BUCKETS, SIZE_BUCKETS};
 /// A histogram family of every model: name, help, which histogram.
 type Family = (&'static str, &'static str, fn(&ModelMetrics) -> &Histogram);
 
+/// A counter of every model: name, help, which counter.
+type Counter = (&'static str, &'static str, fn(&ModelMetrics) -> &AtomicU64);
+
 /// The fronts, in label order.
 pub const FRONTS: [&str; 2] = ["grpc", "rest"];
 
@@ -179,31 +182,27 @@ impl Metrics {
                 get(m).render(&mut out, family, &format!("model=\"{name}\""));
             }
         }
-        prom::header(
-            &mut out,
-            "mlgw_model_server_queue_full_total",
-            "counter",
-            "Requests refused at once (429 / RESOURCE_EXHAUSTED) because the model's queue was full.",
-        );
-        for (name, m) in &models {
-            let _ = writeln!(
-                out,
-                "mlgw_model_server_queue_full_total{{model=\"{name}\"}} {}",
-                m.queue_full.load(Ordering::Relaxed)
-            );
-        }
-        prom::header(
-            &mut out,
-            "mlgw_model_server_inline_runs_total",
-            "counter",
-            "Requests run at once on the thread that decoded them (the version idle, the run expected under inline_max_us) instead of on an inference thread.",
-        );
-        for (name, m) in &models {
-            let _ = writeln!(
-                out,
-                "mlgw_model_server_inline_runs_total{{model=\"{name}\"}} {}",
-                m.inline_runs.load(Ordering::Relaxed)
-            );
+        let counters: [Counter; 2] = [
+            (
+                "mlgw_model_server_queue_full_total",
+                "Requests refused at once (429 / RESOURCE_EXHAUSTED) because the model's queue was full.",
+                |m| &m.queue_full,
+            ),
+            (
+                "mlgw_model_server_inline_runs_total",
+                "Requests run at once on the thread that decoded them (the version idle, the run expected under inline_max_us) instead of on an inference thread.",
+                |m| &m.inline_runs,
+            ),
+        ];
+        for (family, help, get) in counters {
+            prom::header(&mut out, family, "counter", help);
+            for (name, m) in &models {
+                let _ = writeln!(
+                    out,
+                    "{family}{{model=\"{name}\"}} {}",
+                    get(m).load(Ordering::Relaxed)
+                );
+            }
         }
         prom::header(
             &mut out,

@@ -233,27 +233,27 @@ impl ModelServerProcess {
 }
 
 /// A free 127.0.0.1 port below the kernel's ephemeral range, for a server a
-/// test stops and starts again on the same port. A port-0 port comes from
-/// that range, where any outgoing connection of another test can take it
-/// while the server is down (`tests/rig/pick-ports.py` does the same for
-/// the rig scripts).
+/// test stops and starts again on the same port; picked by
+/// `tests/rig/pick-ports.py`, as the rig scripts pick theirs (it says why).
 ///
 /// # Errors
-/// When no port in range can be bound after 1,000 tries.
+/// When the script cannot run or finds no free port.
 pub fn restartable_port() -> Result<u16> {
-    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-        .ok()
-        .and_then(|t| t.split_whitespace().next()?.parse::<u16>().ok())
-        .unwrap_or(32768);
-    let (low, high) = (10_000u16, ephemeral_low.saturating_sub(1).max(10_001));
-    let span = u64::from(high - low) + 1;
-    for _ in 0..1000 {
-        let port = low + u16::try_from(rand_suffix() % span).unwrap_or(0);
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return Ok(port);
-        }
-    }
-    bail!("no free port in {low}-{high} on 127.0.0.1")
+    let script = workspace_root().join("tests/rig/pick-ports.py");
+    let out = std::process::Command::new("python3")
+        .arg(&script)
+        .output()
+        .with_context(|| format!("cannot run python3 {}", script.display()))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    anyhow::ensure!(
+        out.status.success(),
+        "{} failed: {}",
+        script.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text.trim()
+        .parse()
+        .with_context(|| format!("{} printed {text:?}, not a port", script.display()))
 }
 
 fn rand_suffix() -> u64 {
