@@ -24,9 +24,10 @@ use anyhow::{Context, Result, bail};
 use feature_store::definitions::FeatureDefinitions;
 use feature_store::reader::{FeatureReader, ReaderConfig};
 use feature_store::refresh::{self, RefreshOptions, RefreshOutcome};
+use feature_store::store::AnyStore;
 use feature_store::store::embedded::EmbeddedStore;
+use feature_store::store::prelude::*;
 use feature_store::store::scylla::{ScyllaConfig, ScyllaStore};
-use feature_store::store::{AnyStore, FeatureStore};
 use hdrhistogram::Histogram;
 use rig::workspace_root;
 

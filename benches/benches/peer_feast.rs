@@ -78,8 +78,9 @@ use benches::process::{
 use benches::report::{Series, latency_chart, machine, ms};
 use feature_store::aggregate::Event;
 use feature_store::definitions::FeatureValue;
+use feature_store::store::prelude::*;
 use feature_store::store::scylla::{ScyllaConfig, ScyllaStore};
-use feature_store::store::{AnyStore, DynamicWrite, EventWrite, FeatureStore};
+use feature_store::store::{AnyStore, DynamicWrite, EventWrite};
 use proto::inference as inf;
 use rig::{OwnCassandra, workspace_root};
 

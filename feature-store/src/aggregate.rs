@@ -5,7 +5,7 @@
 //! is fed *events*: one per observed fact (a transaction, a failed
 //! authorisation), with its event time, its fields (`amount = 12.5`,
 //! `transaction_id = "t-1"`) and an event ID. Each event is stored as its own
-//! row ([`crate::store::FeatureStore::write_event`]), so events arriving out of
+//! row (the store's `write_event`), so events arriving out of
 //! order need nothing special, and rewriting an event (same time and ID) is
 //! harmless. A read fetches the entity's events within the view's widest
 //! window, newest first and capped, and [`compute`] turns them into one value
@@ -28,10 +28,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use sha2::{Digest, Sha256};
 
+use crate::clock::to_micros;
 use crate::codec;
 use crate::definitions::{AggregateFunction, FeatureType, FeatureValue, FeatureView};
 use crate::freshness::StoredValue;
-use crate::store::to_micros;
 
 /// The longest event ID accepted, in bytes.
 pub const MAX_EVENT_ID_BYTES: usize = 128;

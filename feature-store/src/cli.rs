@@ -316,14 +316,9 @@ pub enum RefreshAction {
         /// A run silent for longer than this (no progress renewing its lease
         /// in the store) counts as interrupted, e.g. killed; its batch is then
         /// failed by the next run of the view or `batches reap`.
-        #[arg(long, default_value = "60s", value_parser = parse_duration_arg)]
+        #[arg(long, default_value = "60s", value_parser = crate::definitions::parse_duration)]
         liveness: std::time::Duration,
     },
-}
-
-/// A clap value parser for durations written as in definition files ("60s").
-fn parse_duration_arg(text: &str) -> Result<std::time::Duration, String> {
-    crate::definitions::parse_duration(text).map_err(|e| e.to_string())
 }
 
 /// `batches` actions.
@@ -348,7 +343,7 @@ pub enum BatchesAction {
         view: String,
         /// How long a reaped batch's lease is then held (a run that wakes up
         /// finds it taken and stops).
-        #[arg(long, default_value = "60s", value_parser = parse_duration_arg)]
+        #[arg(long, default_value = "60s", value_parser = crate::definitions::parse_duration)]
         liveness: std::time::Duration,
     },
 }

@@ -11,14 +11,15 @@ use anyhow::{Context, Result, bail};
 use feature_store::cli::{
     BatchesAction, Cli, Command, RefreshAction, SchedulerAction, SchemaAction, TunerAction,
 };
+use feature_store::clock::utc;
 use feature_store::definitions::{FeatureDefinitions, FeatureType, FeatureValue, ViewKind};
 use feature_store::freshness::{ResolvedView, ValueState};
 use feature_store::reader::{FeatureReader, ReaderConfig};
 use feature_store::refresh::{self, RefreshError, RefreshOptions, RefreshOutcome};
-use feature_store::schedule::jobs::{self, JobDetail, JobOverview, utc};
+use feature_store::schedule::jobs::{self, JobDetail, JobOverview};
 use feature_store::schedule::{Clock, Scheduler, SchedulerConfig, SystemClock, TickEvent};
 use feature_store::source::KEY_SEPARATOR;
-use feature_store::store::{AnyStore, BatchRecord, FeatureStore, to_micros};
+use feature_store::store::{AnyStore, BatchRecord, BatchStore, RowStore, TunerStore, to_micros};
 use feature_store::tuner::TunedJob;
 use feature_store::tuner::controller::{JobState, human as tuner_human};
 use serde_json::{Value, json};
@@ -352,9 +353,12 @@ async fn tuner(cli: &Cli, action: &TunerAction, json: bool) -> Result<ExitCode> 
                 )
             })?;
             let store = connect(cli).await?;
-            let decision =
-                feature_store::tuner::evaluate(&store, &tuned, feature_store::store::now_micros())
-                    .await?;
+            let decision = feature_store::schedule::tuning::evaluate(
+                &store,
+                &tuned,
+                feature_store::store::now_micros(),
+            )
+            .await?;
             if json {
                 print_json(
                     &json!({"job": tuned.job, "view": tuned.view, "decision": jobs::decision_json(&decision)}),

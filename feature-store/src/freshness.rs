@@ -118,7 +118,7 @@ impl<'a> ResolvedView<'a> {
 /// A value older than `view.max_age` is stale and gets its default. A static
 /// row's values share the batch's time, so a static row is stale as a whole
 /// (never a mix of two batches); a dynamic row's values age one by one. A
-/// windowed aggregate ([`crate::aggregate`]) is never stale: it was computed
+/// windowed aggregate (see the `aggregate` module) is never stale: it was computed
 /// for `now` from the events in its window, and without any it is missing.
 pub fn resolve_view<'a>(
     view: &'a FeatureView,

@@ -1,24 +1,31 @@
-//! Feature store: feature definitions, the `FeatureStore` read/write interface with
-//! its ScyllaDB and embedded backends, the moka row cache, static refresh jobs and
-//! the refresh auto-tuner.
+//! Feature store: the feature definitions data engineers write, the storage
+//! behind them (ScyllaDB, or an embedded redb file), the reader the gateway
+//! serves features from, refresh runs that load static views, the refresh
+//! scheduler and the auto-tuner that picks each job's interval.
 //!
-//! Modules: [`definitions`] (the TOML file data engineers edit, validated with
-//! errors naming file and key path); [`source`] (CSV and Parquet refresh files
-//! streamed as typed rows, bad rows rejected with line and reason); [`codec`]
-//! (the stored byte form of a row); [`aggregate`] (raw events of dynamic
-//! views and the windowed aggregates computed from them); [`log`] (prediction log and feedback
-//! records); [`store`] (the [`store::FeatureStore`]
-//! interface, the ScyllaDB and embedded redb backends); [`freshness`] (present,
-//! missing, stale, wrong type; defaults applied); [`reader`] (the moka row
-//! cache, current-batch watch, dynamic pushes); [`refresh`] (refresh runs with
-//! batch metadata); [`config`] (backend settings); [`cli`] (the `mlgw-features`
-//! flags).
-//!
-//! [`tuner`] holds the refresh auto-tuner's metric, controller and
-//! simulation (issue 7, first part: no scheduler or admin API yet).
+//! Modules, lowest layer first (none uses a module listed after it):
+//! - [`clock`]: time as the store keeps it; [`definitions`]: the TOML
+//!   definitions, validated with errors naming file and key path (including
+//!   how each refresh job is tuned); [`source`]: CSV and Parquet refresh files as
+//!   typed rows, bad rows rejected with line and reason; [`codec`]: the
+//!   stored byte form of a row.
+//! - [`freshness`]: present, missing, stale, wrong type, defaults applied;
+//!   [`aggregate`]: raw events of dynamic views and their windowed
+//!   aggregates; [`log`]: prediction log and feedback records; [`runs`]: the
+//!   scheduler's stored records; [`tuner`]: the auto-tuner's metric,
+//!   controller, simulation and plot (pure computation).
+//! - [`store`]: one trait per storage concern, the two backends (a folder of
+//!   files by concern each) and [`store::AnyStore`].
+//! - [`reader`]: the row cache, current-batch watch and dynamic pushes;
+//!   [`refresh`]: refresh runs with batch records; [`config`]: backend
+//!   settings.
+//! - [`schedule`]: the refresh scheduler, the tuner's steps against the
+//!   store, and the job operations shared by the CLI and the admin API;
+//!   [`cli`]: the `mlgw-features` flags.
 
 pub mod aggregate;
 pub mod cli;
+pub mod clock;
 pub mod codec;
 pub mod config;
 pub mod definitions;
@@ -26,6 +33,7 @@ pub mod freshness;
 pub mod log;
 pub mod reader;
 pub mod refresh;
+pub mod runs;
 pub mod schedule;
 pub mod source;
 pub mod store;

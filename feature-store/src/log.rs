@@ -36,7 +36,7 @@ pub struct PredictionRecord {
     /// Time-ordered ID (UUIDv7) given to the caller.
     pub prediction_id: String,
     /// When the answer was made.
-    #[serde(with = "crate::store::unix_micros")]
+    #[serde(with = "crate::clock::unix_micros")]
     pub at: SystemTime,
     /// The caller's subject (never a token).
     pub subject: String,
@@ -95,7 +95,7 @@ impl PredictionRecord {
         ] {
             put_str(&mut out, text);
         }
-        out.extend_from_slice(&crate::store::to_micros(self.at).to_le_bytes());
+        out.extend_from_slice(&crate::clock::to_micros(self.at).to_le_bytes());
         put_len(&mut out, self.inputs.len());
         for v in &self.inputs {
             out.extend_from_slice(&v.to_le_bytes());
@@ -140,7 +140,7 @@ impl PredictionRecord {
     /// over): what is wrong and at which byte; never a panic.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, DamagedRecord> {
         match bytes.first() {
-            Some(b'{') => serde_json::from_slice(bytes).map_err(|e| DamagedRecord(e.to_string())),
+            Some(b'{') => Ok(serde_json::from_slice(bytes)?),
             Some(&BINARY_V1) => {
                 let mut r = Reader(crate::codec::Reader::new(bytes));
                 r.array::<1>()?;
@@ -150,16 +150,29 @@ impl PredictionRecord {
                 }
                 Ok(record)
             }
-            Some(other) => Err(DamagedRecord(format!("unknown record layout {other:#04x}"))),
-            None => Err(DamagedRecord("empty record".to_owned())),
+            Some(&other) => Err(DamagedRecord::UnknownLayout(other)),
+            None => Err(DamagedRecord::Empty),
         }
     }
 }
 
 /// Why stored bytes are not a prediction record.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct DamagedRecord(pub String);
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DamagedRecord {
+    /// A JSON record (earlier releases) that does not parse.
+    #[error("{0}")]
+    Json(#[from] serde_json::Error),
+    /// The binary layout is cut short or malformed.
+    #[error("{} at byte {}", .0.what, .0.offset)]
+    Layout(#[source] crate::codec::CodecError),
+    /// The first byte names no known layout.
+    #[error("unknown record layout {0:#04x}")]
+    UnknownLayout(u8),
+    /// No bytes at all.
+    #[error("empty record")]
+    Empty,
+}
 
 fn put_len(out: &mut Vec<u8>, n: usize) {
     out.extend_from_slice(&u32::try_from(n).unwrap_or(u32::MAX).to_le_bytes());
@@ -184,7 +197,7 @@ fn put_opt_u64(out: &mut Vec<u8>, v: Option<u64>) {
 
 impl From<crate::codec::CodecError> for DamagedRecord {
     fn from(e: crate::codec::CodecError) -> Self {
-        DamagedRecord(format!("{} at byte {}", e.what, e.offset))
+        DamagedRecord::Layout(e)
     }
 }
 
@@ -242,7 +255,7 @@ impl Reader<'_> {
         let model_version = self.string()?;
         let route = self.string()?;
         let entity = self.string()?;
-        let at = crate::store::from_micros(i64::from_le_bytes(self.array()?));
+        let at = crate::clock::from_micros(i64::from_le_bytes(self.array()?));
         let n = self.len()?;
         let mut inputs = Vec::with_capacity(n);
         for _ in 0..n {
@@ -314,10 +327,10 @@ pub struct FeedbackRecord {
     /// What happened.
     pub outcome: Outcome,
     /// When it was observed.
-    #[serde(with = "crate::store::unix_micros")]
+    #[serde(with = "crate::clock::unix_micros")]
     pub observed_at: SystemTime,
     /// When the gateway received it.
-    #[serde(with = "crate::store::unix_micros")]
+    #[serde(with = "crate::clock::unix_micros")]
     pub received_at: SystemTime,
     /// Who sent it.
     pub subject: String,
@@ -480,7 +493,7 @@ mod tests {
         for shadow in [false, true] {
             let r = sample(shadow);
             let bytes = r.to_bytes();
-            assert_eq!(PredictionRecord::from_bytes(&bytes), Ok(r.clone()));
+            assert_eq!(PredictionRecord::from_bytes(&bytes).ok(), Some(r.clone()));
             let json = serde_json::to_vec(&r).expect("serialises");
             assert!(
                 bytes.len() < json.len(),
@@ -495,7 +508,7 @@ mod tests {
     fn records_written_as_json_by_earlier_releases_still_read() {
         let r = sample(false);
         let json = serde_json::to_vec(&r).expect("serialises");
-        assert_eq!(PredictionRecord::from_bytes(&json), Ok(r));
+        assert_eq!(PredictionRecord::from_bytes(&json).ok(), Some(r));
     }
 
     #[test]
@@ -510,15 +523,18 @@ mod tests {
         let mut longer = bytes.clone();
         longer.push(0);
         let err = PredictionRecord::from_bytes(&longer).expect_err("trailing byte");
-        assert!(err.0.contains("after the end"), "{err}");
+        assert!(err.to_string().contains("after the end"), "{err}");
         let mut huge = bytes.clone();
         huge[1..5].copy_from_slice(&u32::MAX.to_le_bytes());
         let err = PredictionRecord::from_bytes(&huge).expect_err("huge length");
-        assert!(err.0.contains("beyond the end"), "{err}");
+        assert!(err.to_string().contains("beyond the end"), "{err}");
         let mut layout = bytes;
         layout[0] = 9;
         let err = PredictionRecord::from_bytes(&layout).expect_err("unknown layout");
-        assert!(err.0.contains("unknown record layout 0x09"), "{err}");
+        assert!(
+            err.to_string().contains("unknown record layout 0x09"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -31,7 +31,7 @@ use tracing::Instrument as _;
 use crate::aggregate::{self, Event, EventFieldProblem, EventRange, MAX_EVENT_ID_BYTES};
 use crate::definitions::{FeatureDefinitions, FeatureValue, FeatureView, ViewKind};
 use crate::freshness::{ResolvedView, StoredRow, resolve_view};
-use crate::store::{CurrentBatch, DynamicWrite, EventWrite, FeatureStore, StoreError};
+use crate::store::{BatchStore, CurrentBatch, DynamicWrite, EventWrite, RowStore, StoreError};
 
 /// Cache and watch settings.
 #[derive(Debug, Clone)]
@@ -402,7 +402,7 @@ pub struct FeatureReader<S> {
     hasher: RandomState,
 }
 
-impl<S: FeatureStore> FeatureReader<S> {
+impl<S: RowStore + BatchStore> FeatureReader<S> {
     /// Builds a reader and loads the current batches once.
     ///
     /// # Errors

@@ -28,12 +28,13 @@ use std::time::{Duration, Instant, SystemTime};
 
 use sha2::{Digest, Sha256};
 
+use crate::clock::now_micros;
 use crate::codec;
 use crate::definitions::{FeatureDefinitions, FeatureView};
 use crate::source::{self, RejectedRow, SourceError, SourceItem};
 use crate::store::{
-    BatchRecord, BatchStatus, CurrentBatch, EncodedRow, FeatureStore, LeaseOutcome, StaticWrite,
-    StoreError, now_micros,
+    BatchRecord, BatchStatus, BatchStore, CoordinationStore, CurrentBatch, EncodedRow,
+    LeaseOutcome, RowStore, StaticWrite, StoreError,
 };
 
 /// How many rejected rows a batch record keeps with their reasons (all are
@@ -226,7 +227,7 @@ enum Chunk {
 /// # Errors
 /// [`RefreshError`]; once a batch is recorded, every failure is
 /// [`RefreshError::Failed`] with the batch marked failed.
-pub async fn run<S: FeatureStore>(
+pub async fn run<S: RowStore + BatchStore + CoordinationStore>(
     store: &S,
     definitions: &FeatureDefinitions,
     job: &str,
@@ -373,7 +374,7 @@ impl Liveness {
         self.renewed.is_none_or(|t| t.elapsed() >= self.period / 3)
     }
 
-    async fn renew<S: FeatureStore>(&mut self, store: &S) -> Result<(), LivenessError> {
+    async fn renew<S: CoordinationStore>(&mut self, store: &S) -> Result<(), LivenessError> {
         let now = SystemTime::now();
         match store
             .try_lease(&self.name, &self.holder, now, now + self.period)
@@ -391,7 +392,7 @@ impl Liveness {
         }
     }
 
-    async fn release<S: FeatureStore>(&self, store: &S) {
+    async fn release<S: CoordinationStore>(&self, store: &S) {
         if let Err(e) = store.release_lease(&self.name, &self.holder).await {
             tracing::debug!(lease = %self.name, error = %e, "cannot release the liveness lease; it expires by itself");
         }
@@ -405,7 +406,7 @@ impl Liveness {
 ///
 /// # Errors
 /// The first store error; batches failed before it stay failed.
-pub async fn reap_interrupted<S: FeatureStore>(
+pub async fn reap_interrupted<S: RowStore + BatchStore + CoordinationStore>(
     store: &S,
     view: &str,
     liveness: Duration,
@@ -450,7 +451,7 @@ pub async fn reap_interrupted<S: FeatureStore>(
                 "interrupted: its run stopped without finishing (no sign of life for {liveness:?}; it was {} after {} rows, started {}); the rows it wrote were discarded",
                 candidate.status,
                 record.rows_written,
-                crate::schedule::jobs::utc(since)
+                crate::clock::utc(since)
             ));
             store.put_batch(&record).await?;
             store.discard_batch(view, &record.batch_id).await?;
@@ -461,7 +462,11 @@ pub async fn reap_interrupted<S: FeatureStore>(
     Ok(reaped)
 }
 
-async fn fail<S: FeatureStore>(store: &S, mut record: BatchRecord, reason: String) -> RefreshError {
+async fn fail<S: RowStore + BatchStore + CoordinationStore>(
+    store: &S,
+    mut record: BatchRecord,
+    reason: String,
+) -> RefreshError {
     record.status = BatchStatus::Failed;
     record.error = Some(reason.clone());
     // Best effort: the batch is not current whatever happens here.
@@ -483,7 +488,7 @@ struct Target<'a> {
     entity: &'a crate::definitions::Entity,
 }
 
-async fn load<S: FeatureStore>(
+async fn load<S: RowStore + BatchStore + CoordinationStore>(
     store: &S,
     Target { view, entity }: Target<'_>,
     path: &Path,

@@ -11,7 +11,7 @@ use feature_store::log::{
     FeedbackRecord, LoggedOutput, Outcome, PredictionKey, PredictionRecord, unix_ms,
 };
 use feature_store::reader::{FeatureReader, ReadError};
-use feature_store::store::FeatureStore;
+use feature_store::store::FullStore;
 
 use tracing::Instrument as _;
 
@@ -210,7 +210,7 @@ pub enum StartError {
     Routing(#[from] crate::rollout::live::RolloutError),
 }
 
-impl<S: FeatureStore> Gateway<S> {
+impl<S: FullStore> Gateway<S> {
     /// Builds the core: clients for every model-server endpoint, and each
     /// model's routing loaded from the store (or first stored from the
     /// config file).

@@ -17,7 +17,7 @@ use feature_store::definitions::{
 use feature_store::freshness::ResolvedView;
 use feature_store::reader::{FeatureReader, ReadError};
 use feature_store::source::KEY_SEPARATOR;
-use feature_store::store::FeatureStore;
+use feature_store::store::FullStore;
 
 /// A value sent by the caller, before it is checked against its declaration.
 #[derive(Debug, Clone, PartialEq)]
@@ -162,7 +162,7 @@ pub struct Enricher<S> {
     reader: Arc<FeatureReader<S>>,
 }
 
-impl<S: FeatureStore> Enricher<S> {
+impl<S: FullStore> Enricher<S> {
     /// Enriches with `reader`.
     pub fn new(reader: Arc<FeatureReader<S>>) -> Self {
         Enricher { reader }
@@ -348,6 +348,7 @@ mod tests {
     use feature_store::reader::ReaderConfig;
     use feature_store::refresh::{self, RefreshOptions};
     use feature_store::store::embedded::EmbeddedStore;
+    use feature_store::store::prelude::*;
 
     use super::*;
 

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use feature_store::log::Outcome;
-use feature_store::store::FeatureStore;
+use feature_store::store::FullStore;
 use proto::gateway::v1 as pb;
 use proto::gateway::v1::prediction_service_server::PredictionService;
 use tonic::{Request, Response, Status};
@@ -126,9 +126,7 @@ impl<S> FeatureGrpc<S> {
 }
 
 #[tonic::async_trait]
-impl<S: FeatureStore> proto::gateway::v1::feature_service_server::FeatureService
-    for FeatureGrpc<S>
-{
+impl<S: FullStore> proto::gateway::v1::feature_service_server::FeatureService for FeatureGrpc<S> {
     async fn push_features(
         &self,
         request: Request<pb::PushFeaturesRequest>,
@@ -196,7 +194,7 @@ impl<S> FeedbackGrpc<S> {
 }
 
 #[tonic::async_trait]
-impl<S: FeatureStore> proto::gateway::v1::feedback_service_server::FeedbackService
+impl<S: FullStore> proto::gateway::v1::feedback_service_server::FeedbackService
     for FeedbackGrpc<S>
 {
     async fn feedback(
@@ -237,7 +235,7 @@ impl<S: FeatureStore> proto::gateway::v1::feedback_service_server::FeedbackServi
     }
 }
 
-fn authorize_predict<S: FeatureStore>(
+fn authorize_predict<S: FullStore>(
     shared: &Shared<S>,
     caller: Option<&Caller>,
     input: &PredictInput,
@@ -260,7 +258,7 @@ pub fn event_time(ms: i64) -> Option<std::time::SystemTime> {
 }
 
 #[tonic::async_trait]
-impl<S: FeatureStore> PredictionService for PredictionGrpc<S> {
+impl<S: FullStore> PredictionService for PredictionGrpc<S> {
     async fn predict(
         &self,
         request: Request<pb::PredictRequest>,

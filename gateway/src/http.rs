@@ -12,7 +12,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use feature_store::log::Outcome;
-use feature_store::store::FeatureStore;
+use feature_store::store::FullStore;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -120,7 +120,7 @@ pub fn prediction_json(p: &Prediction) -> Value {
     })
 }
 
-async fn predict<S: FeatureStore>(
+async fn predict<S: FullStore>(
     State(shared): State<Arc<Shared<S>>>,
     Extension(caller): Extension<Caller>,
     Path(model): Path<String>,
@@ -134,7 +134,7 @@ async fn predict<S: FeatureStore>(
     Ok(Json(prediction_json(&p)))
 }
 
-async fn predict_one<S: FeatureStore>(
+async fn predict_one<S: FullStore>(
     shared: &Shared<S>,
     caller: &Caller,
     model: String,
@@ -149,7 +149,7 @@ async fn predict_one<S: FeatureStore>(
 
 /// The policy check of one prediction; an unknown model is left to the core
 /// (404).
-pub(crate) fn authorize_predict<S: FeatureStore>(
+pub(crate) fn authorize_predict<S: FullStore>(
     shared: &Shared<S>,
     front: &'static str,
     caller: &Caller,
@@ -206,7 +206,7 @@ pub struct PredictBatchBody {
     pub requests: Vec<PredictBody>,
 }
 
-async fn predict_batch<S: FeatureStore>(
+async fn predict_batch<S: FullStore>(
     State(shared): State<Arc<Shared<S>>>,
     Extension(caller): Extension<Caller>,
     Path(model): Path<String>,
@@ -251,7 +251,7 @@ async fn predict_batch<S: FeatureStore>(
     Ok(Json(json!({"responses": result?})))
 }
 
-async fn metrics<S: FeatureStore>(State(shared): State<Arc<Shared<S>>>) -> Response {
+async fn metrics<S: FullStore>(State(shared): State<Arc<Shared<S>>>) -> Response {
     (
         [(
             axum::http::header::CONTENT_TYPE,
@@ -304,7 +304,7 @@ pub struct PushRowBody {
     pub event_time_ms: i64,
 }
 
-async fn push<S: FeatureStore>(
+async fn push<S: FullStore>(
     State(shared): State<Arc<Shared<S>>>,
     Extension(caller): Extension<Caller>,
     Path(view): Path<String>,
@@ -372,7 +372,7 @@ pub struct FeedbackBody {
     pub observed_at_ms: i64,
 }
 
-async fn feedback<S: FeatureStore>(
+async fn feedback<S: FullStore>(
     State(shared): State<Arc<Shared<S>>>,
     Extension(caller): Extension<Caller>,
     body: Result<Json<FeedbackBody>, axum::extract::rejection::JsonRejection>,
@@ -427,7 +427,7 @@ async fn healthz() -> Json<Value> {
     Json(json!({"status": "ok"}))
 }
 
-async fn readyz<S: FeatureStore>(State(shared): State<Arc<Shared<S>>>) -> Response {
+async fn readyz<S: FullStore>(State(shared): State<Arc<Shared<S>>>) -> Response {
     if !shared.auth.verifier.keys().loaded() {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -458,7 +458,7 @@ async fn not_found() -> Response {
         .into_response()
 }
 
-async fn dev_discovery<S: FeatureStore>(State(shared): State<Arc<Shared<S>>>) -> Response {
+async fn dev_discovery<S: FullStore>(State(shared): State<Arc<Shared<S>>>) -> Response {
     match &shared.dev_issuer {
         Some(dev) => (
             [(axum::http::header::CONTENT_TYPE, "application/json")],
@@ -469,7 +469,7 @@ async fn dev_discovery<S: FeatureStore>(State(shared): State<Arc<Shared<S>>>) ->
     }
 }
 
-async fn dev_jwks<S: FeatureStore>(State(shared): State<Arc<Shared<S>>>) -> Response {
+async fn dev_jwks<S: FullStore>(State(shared): State<Arc<Shared<S>>>) -> Response {
     match &shared.dev_issuer {
         Some(dev) => (
             [(axum::http::header::CONTENT_TYPE, "application/json")],
@@ -483,7 +483,7 @@ async fn dev_jwks<S: FeatureStore>(State(shared): State<Arc<Shared<S>>>) -> Resp
 /// The REST routes: the `/v1` API behind the auth middleware; health,
 /// readiness, metrics, the OpenAPI document and (in dev mode) the dev
 /// issuer's discovery and JWKS open.
-pub fn router<S: FeatureStore>(shared: Arc<Shared<S>>) -> Router {
+pub fn router<S: FullStore>(shared: Arc<Shared<S>>) -> Router {
     let api = Router::new()
         .route("/v1/models/{model}/predict", post(predict::<S>))
         .route("/v1/models/{model}/predict-batch", post(predict_batch::<S>))

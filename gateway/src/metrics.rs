@@ -88,7 +88,7 @@ impl Metrics {
 
     /// Appends the routing per model, the shadow pool's counts and the
     /// config reloads.
-    pub fn render_rollout<S: feature_store::store::FeatureStore>(
+    pub fn render_rollout<S: feature_store::store::FullStore>(
         &self,
         out: &mut String,
         routing: &crate::rollout::live::LiveRouting<S>,

@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use feature_store::log::PredictionRecord;
-use feature_store::store::{FeatureStore, StoreError};
+use feature_store::store::{FullStore, StoreError};
 use serde::Deserialize;
 use tokio::sync::{Mutex, mpsc, oneshot};
 
@@ -144,7 +144,7 @@ pub struct PredictionLog {
 
 impl PredictionLog {
     /// Starts the writer task on `store`.
-    pub fn start<S: FeatureStore>(store: Arc<S>, config: &LogConfig) -> Self {
+    pub fn start<S: FullStore>(store: Arc<S>, config: &LogConfig) -> Self {
         let (tx, rx) = mpsc::channel(config.buffer.max(1));
         let stats = Arc::new(LogStats::default());
         let writer = tokio::spawn(write_loop(store, rx, Arc::clone(&stats), config.clone()));
@@ -212,7 +212,7 @@ impl PredictionLog {
     }
 }
 
-async fn write_loop<S: FeatureStore>(
+async fn write_loop<S: FullStore>(
     store: Arc<S>,
     mut rx: mpsc::Receiver<Message>,
     stats: Arc<LogStats>,
@@ -271,7 +271,7 @@ async fn write_loop<S: FeatureStore>(
     }
 }
 
-async fn write_with_retries<S: FeatureStore>(
+async fn write_with_retries<S: FullStore>(
     store: &S,
     records: &[PredictionRecord],
     config: &LogConfig,
@@ -295,6 +295,7 @@ mod tests {
     use std::time::SystemTime;
 
     use feature_store::store::embedded::EmbeddedStore;
+    use feature_store::store::prelude::*;
 
     use super::*;
 

@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime};
 use axum::Extension;
 use axum::Json;
 use axum::extract::{Path, Query, State};
-use feature_store::store::FeatureStore;
+use feature_store::store::FullStore;
 use proto::gateway::v1 as pb;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -45,7 +45,7 @@ pub struct RoutingView {
     pub document: RoutingDocument,
 }
 
-impl<S: FeatureStore> Shared<S> {
+impl<S: FullStore> Shared<S> {
     fn known_model(&self, model: &str) -> Result<(), GatewayError> {
         if self.gateway.serves(model) {
             Ok(())
@@ -190,7 +190,7 @@ fn view_json(v: &RoutingView) -> Value {
 }
 
 /// `GET /v1/admin/models`: every model with its routing and latest change.
-pub async fn rest_list<S: FeatureStore>(
+pub async fn rest_list<S: FullStore>(
     State(shared): State<Arc<Shared<S>>>,
     Extension(caller): Extension<Caller>,
 ) -> Result<Json<Value>, GatewayError> {
@@ -217,7 +217,7 @@ pub struct HistoryQuery {
 }
 
 /// `GET /v1/admin/models/{model}/routing`: the routing and its history.
-pub async fn rest_get<S: FeatureStore>(
+pub async fn rest_get<S: FullStore>(
     State(shared): State<Arc<Shared<S>>>,
     Extension(caller): Extension<Caller>,
     Path(model): Path<String>,
@@ -250,7 +250,7 @@ pub struct ChangeBody {
 
 /// `POST /v1/admin/models/{model}/routing`: apply one change; answers the
 /// new routing with the change last in its history.
-pub async fn rest_change<S: FeatureStore>(
+pub async fn rest_change<S: FullStore>(
     State(shared): State<Arc<Shared<S>>>,
     Extension(caller): Extension<Caller>,
     Path(model): Path<String>,
@@ -291,7 +291,7 @@ fn hour() -> u64 {
 
 /// `GET /v1/admin/models/{model}/shadow-report`: shadow vs primary
 /// (agreement, score difference, model-server latency) from the log.
-pub async fn rest_shadow_report<S: FeatureStore>(
+pub async fn rest_shadow_report<S: FullStore>(
     State(shared): State<Arc<Shared<S>>>,
     Extension(caller): Extension<Caller>,
     Path(model): Path<String>,
@@ -402,7 +402,7 @@ impl<S> RoutingAdminGrpc<S> {
     }
 }
 
-impl<S: FeatureStore> RoutingAdminGrpc<S> {
+impl<S: FullStore> RoutingAdminGrpc<S> {
     /// The request's caller, if the policy lets it use the admin API.
     fn admin<M>(&self, request: &Request<M>) -> Result<Caller, GatewayError> {
         let caller = request.extensions().get::<Caller>().cloned();
@@ -419,9 +419,7 @@ impl<S: FeatureStore> RoutingAdminGrpc<S> {
 }
 
 #[tonic::async_trait]
-impl<S: FeatureStore> pb::routing_admin_service_server::RoutingAdminService
-    for RoutingAdminGrpc<S>
-{
+impl<S: FullStore> pb::routing_admin_service_server::RoutingAdminService for RoutingAdminGrpc<S> {
     async fn list_routing(
         &self,
         request: Request<pb::ListRoutingRequest>,

@@ -53,7 +53,7 @@ pub struct Shared<S> {
 /// How long a `/metrics` scrape waits for the refresh jobs' state.
 const METRICS_STORE_DEADLINE: Duration = Duration::from_secs(1);
 
-impl<S: feature_store::store::FeatureStore> Shared<S> {
+impl<S: feature_store::store::FullStore> Shared<S> {
     /// The `/metrics` text, with the refresh jobs' state read from the store
     /// under a deadline (a scrape never waits on a slow store for long).
     pub async fn render_metrics_with_jobs(&self) -> String {

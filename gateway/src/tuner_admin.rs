@@ -16,7 +16,7 @@ use axum::routing::{get, post};
 use feature_store::definitions::{FeatureDefinitions, parse_duration};
 use feature_store::schedule::jobs::{self, JobDetail, JobOverview, JobsError};
 use feature_store::schedule::{RunRecord, RunRequest};
-use feature_store::store::FeatureStore;
+use feature_store::store::FullStore;
 use feature_store::tuner::controller::{Decision, Pin};
 use proto::gateway::v1 as pb;
 use serde::Deserialize;
@@ -88,7 +88,7 @@ struct Admin<'a, S> {
     shared: &'a Shared<S>,
 }
 
-impl<'a, S: FeatureStore> Admin<'a, S> {
+impl<'a, S: FullStore> Admin<'a, S> {
     fn new(shared: &'a Shared<S>) -> Self {
         Admin { shared }
     }
@@ -183,7 +183,7 @@ fn body<T: serde::de::DeserializeOwned + Default>(bytes: &[u8]) -> Result<T, Gat
         .map_err(|e| GatewayError::InvalidArgument(format!("request body: {e}")))
 }
 
-async fn admin<S: FeatureStore, T>(
+async fn admin<S: FullStore, T>(
     shared: &Shared<S>,
     caller: &Caller,
     f: impl std::future::Future<Output = Result<T, GatewayError>>,
@@ -196,7 +196,7 @@ async fn admin<S: FeatureStore, T>(
     result
 }
 
-async fn rest_list<S: FeatureStore>(
+async fn rest_list<S: FullStore>(
     State(shared): State<Arc<Shared<S>>>,
     Extension(caller): Extension<Caller>,
 ) -> Result<Json<Value>, GatewayError> {
@@ -207,7 +207,7 @@ async fn rest_list<S: FeatureStore>(
     ))
 }
 
-async fn rest_detail<S: FeatureStore>(
+async fn rest_detail<S: FullStore>(
     State(shared): State<Arc<Shared<S>>>,
     Extension(caller): Extension<Caller>,
     Path(job): Path<String>,
@@ -217,7 +217,7 @@ async fn rest_detail<S: FeatureStore>(
     Ok(Json(jobs::detail_json(&d, 100)))
 }
 
-async fn rest_pin<S: FeatureStore>(
+async fn rest_pin<S: FullStore>(
     State(shared): State<Arc<Shared<S>>>,
     Extension(caller): Extension<Caller>,
     Path(job): Path<String>,
@@ -241,7 +241,7 @@ async fn rest_pin<S: FeatureStore>(
     Ok(Json(jobs::overview_json(&o)))
 }
 
-async fn rest_unpin<S: FeatureStore>(
+async fn rest_unpin<S: FullStore>(
     State(shared): State<Arc<Shared<S>>>,
     Extension(caller): Extension<Caller>,
     Path(job): Path<String>,
@@ -251,7 +251,7 @@ async fn rest_unpin<S: FeatureStore>(
     Ok(Json(jobs::overview_json(&o)))
 }
 
-async fn rest_run<S: FeatureStore>(
+async fn rest_run<S: FullStore>(
     State(shared): State<Arc<Shared<S>>>,
     Extension(caller): Extension<Caller>,
     Path(job): Path<String>,
@@ -287,7 +287,7 @@ fn run_message(expected: Option<SystemTime>) -> String {
 
 /// The REST routes of the tuner admin API (merged behind the auth
 /// middleware by [`crate::http::router`]).
-pub fn routes<S: FeatureStore>() -> Router<Arc<Shared<S>>> {
+pub fn routes<S: FullStore>() -> Router<Arc<Shared<S>>> {
     Router::new()
         .route("/v1/admin/tuner/jobs", get(rest_list::<S>))
         .route("/v1/admin/tuner/jobs/{job}", get(rest_detail::<S>))
@@ -385,7 +385,7 @@ fn summary_pb(o: &JobOverview) -> pb::RefreshJobSummary {
     }
 }
 
-impl<S: FeatureStore> TunerAdminGrpc<S> {
+impl<S: FullStore> TunerAdminGrpc<S> {
     async fn call<T, R>(
         &self,
         request: Request<T>,
@@ -407,7 +407,7 @@ impl<S: FeatureStore> TunerAdminGrpc<S> {
 }
 
 #[tonic::async_trait]
-impl<S: FeatureStore> pb::tuner_admin_service_server::TunerAdminService for TunerAdminGrpc<S> {
+impl<S: FullStore> pb::tuner_admin_service_server::TunerAdminService for TunerAdminGrpc<S> {
     async fn list_jobs(
         &self,
         request: Request<pb::ListJobsRequest>,

@@ -230,7 +230,7 @@ pub async fn scratch(
     auth: &str,
     edit: impl Fn(String) -> String,
 ) -> Result<(PathBuf, PathBuf)> {
-    use feature_store::store::FeatureStore as _;
+    use feature_store::store::prelude::*;
     let dir = std::env::temp_dir().join(format!("mlgw_gw_{tag}_{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let text = config_text(&crate::rig_env("MLGW_TEST_MODEL_SERVER_GRPC")?, auth);

@@ -13,15 +13,16 @@ use anyhow::{Context, Result, bail};
 use feature_store::aggregate::{Event, EventRange};
 use feature_store::definitions::{FeatureDefinitions, FeatureValue};
 use feature_store::freshness::{StoredRow, ValueState};
-use feature_store::log::{FeedbackRecord, LogEntry, LoggedOutput, Outcome, PredictionRecord};
+use feature_store::log::{FeedbackRecord, LoggedOutput, Outcome, PredictionRecord};
 use feature_store::reader::{FeatureReader, ReaderConfig};
 use feature_store::refresh::{self, RefreshError, RefreshOptions, RefreshOutcome};
 use feature_store::schedule::{RunRequest, ScheduleState};
 use feature_store::store::embedded::EmbeddedStore;
+use feature_store::store::prelude::*;
 use feature_store::store::scylla::{ScyllaConfig, ScyllaStore};
 use feature_store::store::{
-    AnyStore, BatchRecord, BatchStatus, CurrentBatch, DynamicWrite, EventWrite, FeatureStore,
-    LeaseOutcome, RoutingRecord, SchemaReport, StaticWrite, StoreError,
+    AnyStore, BatchRecord, BatchStatus, BatchStore, CurrentBatch, DynamicWrite, EventWrite,
+    LeaseOutcome, RowStore, SchemaReport, StaticWrite, StoreError,
 };
 use feature_store::tuner::controller::{JobState, Policy, Window};
 use feature_store::tuner::metric::MetricKind;
@@ -1184,7 +1185,8 @@ struct Counting {
     static_reads: AtomicU64,
 }
 
-impl FeatureStore for Counting {
+/// The reader needs only rows and batches.
+impl RowStore for Counting {
     async fn apply_schema(&self) -> Result<SchemaReport, StoreError> {
         self.inner.apply_schema().await
     }
@@ -1225,6 +1227,9 @@ impl FeatureStore for Counting {
             .read_events(view, entity_key, from, to, limit)
             .await
     }
+}
+
+impl BatchStore for Counting {
     async fn put_batch(&self, record: &BatchRecord) -> Result<(), StoreError> {
         self.inner.put_batch(record).await
     }
@@ -1239,72 +1244,6 @@ impl FeatureStore for Counting {
     }
     async fn discard_batch(&self, view: &str, batch_id: &str) -> Result<(), StoreError> {
         self.inner.discard_batch(view, batch_id).await
-    }
-    async fn write_predictions(
-        &self,
-        records: &[PredictionRecord],
-        retention: Duration,
-    ) -> Result<(), StoreError> {
-        self.inner.write_predictions(records, retention).await
-    }
-    async fn read_prediction(&self, id: &str) -> Result<Option<PredictionRecord>, StoreError> {
-        self.inner.read_prediction(id).await
-    }
-    async fn write_feedback(
-        &self,
-        record: &FeedbackRecord,
-        retention: Duration,
-    ) -> Result<(), StoreError> {
-        self.inner.write_feedback(record, retention).await
-    }
-    async fn read_log(
-        &self,
-        from: SystemTime,
-        to: SystemTime,
-        limit: usize,
-    ) -> Result<Vec<LogEntry>, StoreError> {
-        self.inner.read_log(from, to, limit).await
-    }
-    async fn get_tuner_state(&self, job: &str) -> Result<Option<JobState>, StoreError> {
-        self.inner.get_tuner_state(job).await
-    }
-    async fn get_routing(&self, model: &str) -> Result<Option<RoutingRecord>, StoreError> {
-        self.inner.get_routing(model).await
-    }
-    async fn put_routing(
-        &self,
-        model: &str,
-        expected: Option<i64>,
-        document: &str,
-    ) -> Result<bool, StoreError> {
-        self.inner.put_routing(model, expected, document).await
-    }
-    async fn try_lease(
-        &self,
-        name: &str,
-        holder: &str,
-        now: SystemTime,
-        until: SystemTime,
-    ) -> Result<LeaseOutcome, StoreError> {
-        self.inner.try_lease(name, holder, now, until).await
-    }
-    async fn release_lease(&self, name: &str, holder: &str) -> Result<bool, StoreError> {
-        self.inner.release_lease(name, holder).await
-    }
-    async fn get_schedule(&self, job: &str) -> Result<Option<ScheduleState>, StoreError> {
-        self.inner.get_schedule(job).await
-    }
-    async fn put_schedule(&self, state: &ScheduleState) -> Result<(), StoreError> {
-        self.inner.put_schedule(state).await
-    }
-    async fn put_run_request(&self, request: &RunRequest) -> Result<(), StoreError> {
-        self.inner.put_run_request(request).await
-    }
-    async fn get_run_request(&self, job: &str) -> Result<Option<RunRequest>, StoreError> {
-        self.inner.get_run_request(job).await
-    }
-    async fn put_tuner_state(&self, state: &JobState) -> Result<(), StoreError> {
-        self.inner.put_tuner_state(state).await
     }
 }
 

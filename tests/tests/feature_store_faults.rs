@@ -16,7 +16,7 @@ use feature_store::definitions::{FeatureDefinitions, FeatureValue};
 use feature_store::freshness::{ResolvedView, ValueState};
 use feature_store::reader::{FeatureReader, ReadError, ReaderConfig};
 use feature_store::refresh::{self, RefreshOptions, RefreshOutcome};
-use feature_store::store::FeatureStore;
+use feature_store::store::prelude::*;
 use feature_store::store::scylla::{ScyllaConfig, ScyllaStore};
 use rig::{OwnCassandra, unique};
 

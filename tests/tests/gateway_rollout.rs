@@ -12,8 +12,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
-use feature_store::store::FeatureStore as _;
 use feature_store::store::embedded::EmbeddedStore;
+use feature_store::store::prelude::*;
 use futures_util::StreamExt as _;
 use proto::gateway::v1 as pb;
 use rig::gateway::{Bearer, DEV_AUTH, GatewayProcess, client_with_token, scratch};

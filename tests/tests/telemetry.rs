@@ -104,7 +104,7 @@ async fn stack(tag: &str, otlp: Option<&str>) -> Result<(ModelServerProcess, Gat
     }
     let mut ms = ModelServerProcess::start(&example_repository(), &args).await?;
     ms.wait_ready(Duration::from_secs(60)).await?;
-    use feature_store::store::FeatureStore as _;
+    use feature_store::store::prelude::*;
     let dir = std::env::temp_dir().join(format!("mlgw_otel_{tag}_{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     feature_store::store::embedded::EmbeddedStore::open(&dir.join("features.redb"))?

@@ -11,9 +11,8 @@ use serde::Deserialize;
 
 use super::duration::parse_duration;
 use super::error::DefinitionProblem;
+use super::tuning::{MetricKind, Policy, Scoring};
 use super::view::FeatureView;
-use crate::tuner::controller::Policy;
-use crate::tuner::metric::{MetricKind, Scoring};
 
 /// `[[refresh_job]]` as written.
 #[derive(Debug, Deserialize)]

@@ -55,6 +55,7 @@ mod error;
 mod job;
 mod model;
 mod raw;
+mod tuning;
 mod validate;
 mod value;
 mod view;
@@ -68,6 +69,7 @@ pub use duration::{DurationError, parse_duration};
 pub use error::{DefinitionProblem, DefinitionsError};
 pub use job::{JobSource, JobTuning, MissedRun, RefreshJobSpec};
 pub use model::{ColumnSource, InputColumn, InputDtype, ModelFeatures, ModelInput};
+pub use tuning::{MetricKind, Policy, Scoring};
 pub use value::{FeatureType, FeatureValue};
 pub use view::{
     Aggregate, AggregateFunction, Entity, EventFieldUse, FeatureSpec, FeatureView, RefreshJobName,

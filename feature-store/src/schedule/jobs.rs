@@ -8,10 +8,12 @@ use std::time::{Duration, SystemTime};
 use serde_json::{Value, json};
 
 use super::{RunRecord, RunRequest, ScheduleState, current_interval, next_due};
+/// How job views spell times (UTC, whole seconds); from [`crate::clock`].
+pub use crate::clock::utc;
 use crate::definitions::{FeatureDefinitions, RefreshJobSpec};
-use crate::store::{BatchRecord, FeatureStore, StoreError};
+use crate::store::{BatchRecord, BatchStore, CoordinationStore, StoreError, TunerStore};
+use crate::tuner::TunedJob;
 use crate::tuner::controller::{Decision, JobState, Pin};
-use crate::tuner::{TunedJob, TunerError};
 
 /// Why a job operation was refused or failed.
 #[derive(Debug, thiserror::Error)]
@@ -56,15 +58,6 @@ pub enum JobsError {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
-}
-
-impl From<TunerError> for JobsError {
-    fn from(e: TunerError) -> Self {
-        match e {
-            TunerError::UnknownJob { job, known } => JobsError::UnknownJob { job, known },
-            TunerError::Store(s) => JobsError::Store(s),
-        }
-    }
 }
 
 /// One job as listed.
@@ -133,7 +126,7 @@ fn known(defs: &FeatureDefinitions) -> String {
 ///
 /// # Errors
 /// The store's failure.
-pub async fn list<S: FeatureStore>(
+pub async fn list<S: TunerStore + BatchStore + CoordinationStore>(
     store: &S,
     defs: &FeatureDefinitions,
 ) -> Result<Vec<JobOverview>, JobsError> {
@@ -148,7 +141,7 @@ pub async fn list<S: FeatureStore>(
 ///
 /// # Errors
 /// [`JobsError::UnknownJob`] or the store's failure.
-pub async fn detail<S: FeatureStore>(
+pub async fn detail<S: TunerStore + BatchStore + CoordinationStore>(
     store: &S,
     defs: &FeatureDefinitions,
     job: &str,
@@ -156,7 +149,7 @@ pub async fn detail<S: FeatureStore>(
     detail_of(store, spec(defs, job)?).await
 }
 
-async fn detail_of<S: FeatureStore>(
+async fn detail_of<S: TunerStore + BatchStore + CoordinationStore>(
     store: &S,
     spec: &RefreshJobSpec,
 ) -> Result<JobDetail, JobsError> {
@@ -219,7 +212,7 @@ fn tuned(spec: &RefreshJobSpec) -> Result<TunedJob, JobsError> {
 ///
 /// # Errors
 /// [`JobsError`]: unknown, untuned, out of bounds, or the store.
-pub async fn pin<S: FeatureStore>(
+pub async fn pin<S: TunerStore>(
     store: &S,
     defs: &FeatureDefinitions,
     job: &str,
@@ -241,24 +234,24 @@ pub async fn pin<S: FeatureStore>(
     let pin = Pin {
         interval,
         by: by.to_owned(),
-        at: crate::store::now_micros(),
+        at: crate::clock::now_micros(),
         reason,
     };
-    Ok(crate::tuner::set_pin(store, &job, Some(pin), by).await?)
+    Ok(super::tuning::set_pin(store, &job, Some(pin), by).await?)
 }
 
 /// Unpins `job` for `by`: the tuner decides again from the pinned interval.
 ///
 /// # Errors
 /// [`JobsError`]: unknown, untuned, or the store.
-pub async fn unpin<S: FeatureStore>(
+pub async fn unpin<S: TunerStore>(
     store: &S,
     defs: &FeatureDefinitions,
     job: &str,
     by: &str,
 ) -> Result<JobState, JobsError> {
     let job = tuned(spec(defs, job)?)?;
-    Ok(crate::tuner::set_pin(store, &job, None, by).await?)
+    Ok(super::tuning::set_pin(store, &job, None, by).await?)
 }
 
 /// Asks the scheduler to run `job` at its next poll (forced: identical input
@@ -266,7 +259,7 @@ pub async fn unpin<S: FeatureStore>(
 ///
 /// # Errors
 /// [`JobsError::UnknownJob`] or the store's failure.
-pub async fn request_run<S: FeatureStore>(
+pub async fn request_run<S: CoordinationStore>(
     store: &S,
     defs: &FeatureDefinitions,
     job: &str,
@@ -277,41 +270,11 @@ pub async fn request_run<S: FeatureStore>(
     let request = RunRequest {
         job: spec.name.clone(),
         by: by.to_owned(),
-        at: crate::store::now_micros(),
+        at: crate::clock::now_micros(),
         reason,
     };
     store.put_run_request(&request).await?;
     Ok(request)
-}
-
-/// `2026-11-25T13:04:05Z` (UTC, whole seconds).
-pub fn utc(t: SystemTime) -> String {
-    let secs = t
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    let (y, m, d) = civil_from_days(i64::try_from(days).unwrap_or(0));
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem / 60 % 60,
-        rem % 60
-    )
-}
-
-/// Days since 1970-01-01 to (year, month, day), proleptic Gregorian
-/// (Howard Hinnant's algorithm).
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = u32::try_from(doy - (153 * mp + 2) / 5 + 1).unwrap_or(1);
-    let m = u32::try_from(if mp < 10 { mp + 3 } else { mp - 9 }).unwrap_or(1);
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d)
 }
 
 /// The SVG plot of a job's interval and metric over its stored decisions

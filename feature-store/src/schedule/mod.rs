@@ -17,167 +17,22 @@ pub mod jobs;
 mod runner;
 #[cfg(test)]
 mod tests;
+pub mod tuning;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, SystemTime};
 
-use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 use tokio::task::JoinHandle;
 
 use crate::definitions::{FeatureDefinitions, MissedRun, RefreshJobSpec};
 use crate::reader::FeatureReader;
-use crate::store::{FeatureStore, LeaseOutcome, StoreError};
+use crate::store::{FullStore, LeaseOutcome, StoreError, TunerStore};
+use crate::tuner::TunedJob;
 use crate::tuner::controller::{Decision, human};
-use crate::tuner::{TunedJob, TunerError};
 
-/// Runs kept per job in its [`ScheduleState`].
-pub const KEPT_RUNS: usize = 200;
-
-/// A person's request to run a job now.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RunRequest {
-    /// The job.
-    pub job: String,
-    /// Who asked.
-    pub by: String,
-    /// When.
-    #[serde(with = "crate::store::unix_micros")]
-    pub at: SystemTime,
-    /// Why, as given.
-    #[serde(default)]
-    pub reason: Option<String>,
-}
-
-/// Why a run started.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case", tag = "kind")]
-pub enum Trigger {
-    /// The job had never run (and its view has no batch).
-    First,
-    /// Its interval passed.
-    Scheduled,
-    /// Runs were missed while no scheduler ran; `missed_run = "run_once"`.
-    CatchUp {
-        /// How many slots were missed.
-        missed: u32,
-    },
-    /// A person asked for it.
-    Forced {
-        /// Who.
-        by: String,
-    },
-}
-
-impl Trigger {
-    /// A short phrase for reports.
-    pub fn describe(&self) -> String {
-        match self {
-            Trigger::First => "first run".to_owned(),
-            Trigger::Scheduled => "interval passed".to_owned(),
-            Trigger::CatchUp { missed } => format!("catch-up after {missed} missed run(s)"),
-            Trigger::Forced { by } => format!("forced by {by}"),
-        }
-    }
-}
-
-/// How a run ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum RunOutcome {
-    /// A new batch is current (or the command's load succeeded).
-    Loaded,
-    /// The input was identical to the current batch's; nothing written.
-    Unchanged,
-    /// The run failed; the previous batch stays current.
-    Failed,
-    /// The run passed its timeout and was stopped.
-    TimedOut,
-    /// Missed runs skipped (`missed_run = "skip"`); nothing ran.
-    Skipped,
-}
-
-impl RunOutcome {
-    /// The name stored and shown.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RunOutcome::Loaded => "loaded",
-            RunOutcome::Unchanged => "unchanged",
-            RunOutcome::Failed => "failed",
-            RunOutcome::TimedOut => "timed_out",
-            RunOutcome::Skipped => "skipped",
-        }
-    }
-}
-
-/// One run (or skip) of a job.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct RunRecord {
-    /// When it started (scheduler time).
-    #[serde(with = "crate::store::unix_micros")]
-    pub started_at: SystemTime,
-    /// When it ended.
-    #[serde(with = "crate::store::unix_micros")]
-    pub finished_at: SystemTime,
-    /// Why it ran.
-    pub trigger: Trigger,
-    /// How it ended.
-    pub outcome: RunOutcome,
-    /// The batch it loaded (or found current, or that failed).
-    pub batch_id: Option<String>,
-    /// A command's exit code.
-    pub exit_code: Option<i32>,
-    /// The end of a command's output (stdout then stderr, at most
-    /// [`runner::OUTPUT_TAIL`] bytes).
-    #[serde(default)]
-    pub output: String,
-    /// What happened, in words.
-    pub message: String,
-    /// The scheduler that ran it.
-    pub holder: String,
-}
-
-/// The scheduler's record of one job, written only under the job's lease.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ScheduleState {
-    /// The job.
-    pub job: String,
-    /// The slot the schedule counts from: the last run's start, or the
-    /// last skipped slot. The next run is due one interval later.
-    #[serde(with = "crate::store::opt_unix_micros")]
-    pub anchor: Option<SystemTime>,
-    /// The time of the last run request handled.
-    #[serde(with = "crate::store::opt_unix_micros")]
-    pub handled_request: Option<SystemTime>,
-    /// Runs, oldest first (the last [`KEPT_RUNS`]).
-    pub runs: Vec<RunRecord>,
-}
-
-impl ScheduleState {
-    /// A job never run by a scheduler.
-    pub fn new(job: &str) -> Self {
-        ScheduleState {
-            job: job.to_owned(),
-            anchor: None,
-            handled_request: None,
-            runs: Vec::new(),
-        }
-    }
-
-    fn push(&mut self, run: RunRecord) {
-        self.runs.push(run);
-        if self.runs.len() > KEPT_RUNS {
-            let extra = self.runs.len() - KEPT_RUNS;
-            self.runs.drain(..extra);
-        }
-    }
-
-    /// Whether `request` is newer than the last one handled.
-    pub fn is_pending(&self, request: &RunRequest) -> bool {
-        self.handled_request.is_none_or(|h| request.at > h)
-    }
-}
+pub use crate::runs::{KEPT_RUNS, RunOutcome, RunRecord, RunRequest, ScheduleState, Trigger};
 
 /// Where time comes from for [`Scheduler::run`].
 pub trait Clock: Send + Sync + 'static {
@@ -191,7 +46,7 @@ pub struct SystemClock;
 
 impl Clock for SystemClock {
     fn now(&self) -> SystemTime {
-        crate::store::now_micros()
+        crate::clock::now_micros()
     }
 }
 
@@ -281,9 +136,6 @@ pub enum ScheduleError {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
-    /// The tuner failed.
-    #[error(transparent)]
-    Tuner(#[from] TunerError),
 }
 
 /// The lease name of a job's runs.
@@ -300,7 +152,7 @@ fn tuner_lease(job: &str) -> String {
 ///
 /// # Errors
 /// The store's failure.
-pub async fn current_interval<S: FeatureStore>(
+pub async fn current_interval<S: TunerStore>(
     store: &S,
     spec: &RefreshJobSpec,
 ) -> Result<Duration, StoreError> {
@@ -378,7 +230,7 @@ pub struct Scheduler<S> {
     reader: Option<Weak<FeatureReader<S>>>,
 }
 
-impl<S: FeatureStore> Scheduler<S> {
+impl<S: FullStore> Scheduler<S> {
     /// A scheduler of every `[[refresh_job]]` in `defs`.
     pub fn new(store: Arc<S>, defs: Arc<FeatureDefinitions>, config: SchedulerConfig) -> Self {
         Scheduler {
@@ -547,7 +399,7 @@ impl<S: FeatureStore> Scheduler<S> {
                 // A job the tuner has never seen: its first window starts
                 // now, so it is judged on predictions made under this
                 // scheduler.
-                let mut state = crate::tuner::load_state(store, job).await?;
+                let mut state = tuning::load_state(store, job).await?;
                 state.begin(
                     now,
                     format!(
@@ -579,7 +431,7 @@ impl<S: FeatureStore> Scheduler<S> {
         let result = if again.is_some_and(|t| now < t + job.window) {
             Ok(None)
         } else {
-            crate::tuner::evaluate(store, job, now).await.map(Some)
+            tuning::evaluate(store, job, now).await.map(Some)
         };
         store.release_lease(&lease, &self.config.holder).await?;
         if let Some(decision) = result? {

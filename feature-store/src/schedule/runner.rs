@@ -15,7 +15,7 @@ use super::{RunOutcome, RunRecord, ScheduleState, Trigger, run_lease};
 use crate::definitions::{FeatureDefinitions, JobSource, RefreshJobSpec};
 use crate::reader::FeatureReader;
 use crate::refresh::{self, RefreshError, RefreshOptions, RefreshOutcome};
-use crate::store::{BatchStatus, FeatureStore};
+use crate::store::{BatchStatus, FullStore};
 
 /// Bytes of a command's output kept in its run record (the end of it).
 pub const OUTPUT_TAIL: usize = 4096;
@@ -59,7 +59,7 @@ impl Ended {
     }
 }
 
-impl<S: FeatureStore> JobRun<S> {
+impl<S: FullStore> JobRun<S> {
     /// Runs, records, releases the lease. Never panics; failures are
     /// recorded as the run's outcome or logged.
     pub async fn run(mut self) {
@@ -199,7 +199,7 @@ impl<S: FeatureStore> JobRun<S> {
             max_rejected_percent: self.spec.max_rejected_percent,
             ..RefreshOptions::default()
         };
-        let begun = crate::store::now_micros();
+        let begun = crate::clock::now_micros();
         let run = refresh::run(
             &*self.store,
             &self.defs,
@@ -275,7 +275,7 @@ impl<S: FeatureStore> JobRun<S> {
                 && matches!(b.status, BatchStatus::Ingested | BatchStatus::Processing)
         })?;
         record.status = BatchStatus::Failed;
-        record.finished_at = Some(crate::store::now_micros());
+        record.finished_at = Some(crate::clock::now_micros());
         record.error = Some(format!(
             "stopped by the scheduler: the job's timeout of {:?} passed",
             self.spec.timeout

@@ -9,6 +9,7 @@ use std::time::{Duration, SystemTime};
 
 use super::*;
 use crate::store::embedded::EmbeddedStore;
+use crate::store::prelude::*;
 
 const MIN: Duration = Duration::from_secs(60);
 const HOUR: Duration = Duration::from_secs(3600);
@@ -74,7 +75,7 @@ async fn fixture(job: &str) -> Fixture {
         defs,
         store,
         dir,
-        t0: crate::store::now_micros(),
+        t0: crate::clock::now_micros(),
     }
 }
 

@@ -7,29 +7,7 @@ use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
-use super::metric::MetricKind;
-
-/// How a job is tuned (from the tuner config).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Policy {
-    /// The metric.
-    pub metric: MetricKind,
-    /// The acceptable value (minimum for AUC/accuracy, maximum for
-    /// log-loss/MAE).
-    pub threshold: f64,
-    /// Shortest interval.
-    #[serde(with = "secs")]
-    pub min_interval: Duration,
-    /// Longest interval.
-    #[serde(with = "secs")]
-    pub max_interval: Duration,
-    /// Windows in a row at or above the threshold before the interval doubles.
-    pub good_windows: u32,
-    /// Windows held after a revert before the next attempt.
-    pub cooldown_windows: u32,
-    /// Labelled predictions a window needs for a decision.
-    pub min_samples: usize,
-}
+pub use crate::definitions::Policy;
 
 /// What the controller did with one window.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -59,15 +37,15 @@ pub enum Action {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Decision {
     /// The end of the window decided on.
-    #[serde(with = "crate::store::unix_micros")]
+    #[serde(with = "crate::clock::unix_micros")]
     pub at: SystemTime,
     /// What was done.
     pub action: Action,
     /// Interval before.
-    #[serde(with = "secs")]
+    #[serde(with = "crate::clock::secs")]
     pub from: Duration,
     /// Interval after.
-    #[serde(with = "secs")]
+    #[serde(with = "crate::clock::secs")]
     pub to: Duration,
     /// The window's metric, if defined.
     pub metric: Option<f64>,
@@ -81,12 +59,12 @@ pub struct Decision {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Pin {
     /// The pinned interval.
-    #[serde(with = "secs")]
+    #[serde(with = "crate::clock::secs")]
     pub interval: Duration,
     /// Who pinned it.
     pub by: String,
     /// When.
-    #[serde(with = "crate::store::unix_micros")]
+    #[serde(with = "crate::clock::unix_micros")]
     pub at: SystemTime,
     /// Why, as the person gave it.
     #[serde(default)]
@@ -99,17 +77,17 @@ pub struct JobState {
     /// The refresh job.
     pub job: String,
     /// The interval the scheduler uses now.
-    #[serde(with = "secs")]
+    #[serde(with = "crate::clock::secs")]
     pub interval: Duration,
     /// The longest interval proven good.
-    #[serde(with = "secs")]
+    #[serde(with = "crate::clock::secs")]
     pub last_good: Duration,
     /// Good windows in a row at the current interval.
     pub good_streak: u32,
     /// Start of the first window of the current good streak: the interval
     /// doubles only once the streak spans a whole interval, so every feature
     /// age the interval produces has been measured.
-    #[serde(default, with = "crate::store::opt_unix_micros")]
+    #[serde(default, with = "crate::clock::opt_unix_micros")]
     pub good_since: Option<SystemTime>,
     /// Windows of cool-down left.
     pub cooldown_left: u32,
@@ -119,7 +97,7 @@ pub struct JobState {
     #[serde(default)]
     pub failed_attempts: u32,
     /// Windows ending before this mix rows from the previous interval.
-    #[serde(with = "crate::store::unix_micros")]
+    #[serde(with = "crate::clock::unix_micros")]
     pub settled_at: SystemTime,
     /// A person's pin, if any.
     pub pin: Option<Pin>,
@@ -387,19 +365,5 @@ impl JobState {
         };
         self.push(decision.clone());
         decision
-    }
-}
-
-mod secs {
-    use std::time::Duration;
-
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_u64(d.as_secs())
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        Ok(Duration::from_secs(u64::deserialize(d)?))
     }
 }

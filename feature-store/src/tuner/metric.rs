@@ -3,49 +3,11 @@
 
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
-
 use crate::log::{LogEntry, Outcome};
 
-/// The metric a job is tuned against.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum MetricKind {
-    /// Area under the ROC curve of the positive label's score (binary).
-    Auc,
-    /// Share of decisions equal to the outcome (score ≥ 0.5 = positive).
-    Accuracy,
-    /// Mean negative log-likelihood of the outcome (binary), lower is better.
-    LogLoss,
-    /// Mean absolute error of a numeric output, lower is better.
-    Mae,
-}
+pub use crate::definitions::{MetricKind, Scoring};
 
 impl MetricKind {
-    /// Whether a larger value is better.
-    pub fn higher_is_better(self) -> bool {
-        matches!(self, MetricKind::Auc | MetricKind::Accuracy)
-    }
-
-    /// The name shown in reports.
-    pub fn name(self) -> &'static str {
-        match self {
-            MetricKind::Auc => "AUC",
-            MetricKind::Accuracy => "accuracy",
-            MetricKind::LogLoss => "log-loss",
-            MetricKind::Mae => "MAE",
-        }
-    }
-
-    /// Whether `value` meets `threshold` in this metric's direction.
-    pub fn meets(self, value: f64, threshold: f64) -> bool {
-        if self.higher_is_better() {
-            value >= threshold
-        } else {
-            value <= threshold
-        }
-    }
-
     /// The metric over `samples`; None when it is undefined (no samples, or
     /// AUC with only one class).
     pub fn compute(self, samples: &[Sample]) -> Option<f64> {
@@ -124,18 +86,6 @@ fn auc(samples: &[Sample]) -> Option<f64> {
         i = j + 1;
     }
     Some((rank_sum - positives * (positives + 1.0) / 2.0) / (positives * negatives))
-}
-
-/// Which output of a logged prediction is scored, and how outcomes map.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Scoring {
-    /// The model whose predictions count.
-    pub model: String,
-    /// The output holding the decision (e.g. `probabilities`).
-    pub output: String,
-    /// For binary metrics: the positive label (its score is the score, its
-    /// outcome is 1).
-    pub positive_label: Option<String>,
 }
 
 impl Scoring {

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
-use feature_store::store::{FeatureStore, StoreError};
+use feature_store::store::{FullStore, StoreError};
 
 use super::RoutingTable;
 use super::change::{ChangeError, RoutingAction, RoutingChange, RoutingDocument, describe};
@@ -77,7 +77,7 @@ fn now_ms() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
-impl<S: FeatureStore> LiveRouting<S> {
+impl<S: FullStore> LiveRouting<S> {
     /// Loads (or first stores) each model's routing; `file` is each model's
     /// routing from the config file.
     ///

@@ -1,0 +1,151 @@
+//! Feature rows and events: the schema, static rows per refresh batch,
+//! dynamic values, and the raw events behind windowed aggregates. What a
+//! feature read needs, and what a refresh or a push writes.
+
+use std::future::Future;
+use std::time::{Duration, SystemTime};
+
+use serde::Serialize;
+
+use super::StoreError;
+use crate::aggregate::{Event, EventRange};
+use crate::definitions::FeatureValue;
+use crate::freshness::StoredRow;
+
+/// One entity's static row, encoded for writing (see [`crate::codec`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EncodedRow {
+    /// The entity key.
+    pub entity_key: String,
+    /// The encoded values.
+    pub blob: Vec<u8>,
+}
+
+/// A batch of static rows for one view and refresh batch.
+#[derive(Debug, Clone, Copy)]
+pub struct StaticWrite<'a> {
+    /// The view.
+    pub view: &'a str,
+    /// The refresh batch writing the rows.
+    pub batch_id: &'a str,
+    /// The data time the rows carry (what their age is measured from).
+    pub written_at: SystemTime,
+    /// How long a backend that collects old batches by TTL keeps the rows.
+    pub retention: Duration,
+    /// The rows.
+    pub rows: &'a [EncodedRow],
+}
+
+/// Fresh values for one entity of a dynamic view.
+#[derive(Debug, Clone)]
+pub struct DynamicWrite<'a> {
+    /// The view.
+    pub view: &'a str,
+    /// The entity key.
+    pub entity_key: &'a str,
+    /// Feature name and value.
+    pub values: &'a [(String, FeatureValue)],
+    /// When the values were observed.
+    pub event_time: SystemTime,
+    /// When they expire (event time + the view's TTL); after this they read as
+    /// missing.
+    pub expires_at: SystemTime,
+}
+
+/// One raw event of a dynamic view for one entity, to store.
+#[derive(Debug, Clone, Copy)]
+pub struct EventWrite<'a> {
+    /// The view.
+    pub view: &'a str,
+    /// The entity key.
+    pub entity_key: &'a str,
+    /// The event; its (event time, event ID) is its identity.
+    pub event: &'a Event,
+    /// When it expires (event time + the view's TTL); after this it is never
+    /// read.
+    pub expires_at: SystemTime,
+}
+
+/// What `apply_schema` did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SchemaReport {
+    /// The schema version before.
+    pub from_version: u32,
+    /// The schema version now.
+    pub to_version: u32,
+    /// One line per statement or table applied.
+    pub applied: Vec<String>,
+}
+
+/// Feature rows and events, and the schema that holds every concern's
+/// tables. All calls are cancel-safe and carry the backend's per-call
+/// deadline.
+pub trait RowStore: Send + Sync + 'static {
+    /// Creates or upgrades the tables of every concern. Idempotent.
+    fn apply_schema(&self) -> impl Future<Output = Result<SchemaReport, StoreError>> + Send;
+
+    /// The static row of `entity_key` in `view` as written by `batch_id`.
+    fn read_static(
+        &self,
+        view: &str,
+        batch_id: &str,
+        entity_key: &str,
+    ) -> impl Future<Output = Result<Option<StoredRow>, StoreError>> + Send;
+
+    /// Writes static rows of one batch. Rewriting a row is harmless.
+    fn write_static(
+        &self,
+        write: StaticWrite<'_>,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// The unexpired dynamic values of `entity_key` in `view` (None: no value).
+    fn read_dynamic(
+        &self,
+        view: &str,
+        entity_key: &str,
+    ) -> impl Future<Output = Result<Option<StoredRow>, StoreError>> + Send;
+
+    /// Writes dynamic values; a value older than the stored one is ignored.
+    fn write_dynamic(
+        &self,
+        write: DynamicWrite<'_>,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Stores one raw event; writing the same (event time, event ID) again
+    /// replaces it, so a replay is one event. An event already expired is
+    /// accepted and not stored.
+    fn write_event(
+        &self,
+        write: EventWrite<'_>,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// The unexpired events of `entity_key` in `view` with event times in
+    /// `[from, to]`, newest first, at most `limit`; `truncated` says that more
+    /// were in the range (the oldest were left out).
+    fn read_events(
+        &self,
+        view: &str,
+        entity_key: &str,
+        from: SystemTime,
+        to: SystemTime,
+        limit: usize,
+    ) -> impl Future<Output = Result<EventRange, StoreError>> + Send;
+
+    /// [`read_dynamic`](Self::read_dynamic) and
+    /// [`read_events`](Self::read_events) of one entity together, as a view
+    /// with aggregates needs them. By default the two run concurrently; a
+    /// backend that can serve both from one snapshot for less overrides it.
+    fn read_dynamic_window(
+        &self,
+        view: &str,
+        entity_key: &str,
+        from: SystemTime,
+        to: SystemTime,
+        limit: usize,
+    ) -> impl Future<Output = Result<(Option<StoredRow>, EventRange), StoreError>> + Send {
+        futures_util::future::try_join(
+            self.read_dynamic(view, entity_key),
+            self.read_events(view, entity_key, from, to, limit),
+        )
+    }
+}

@@ -1,0 +1,144 @@
+//! The prediction log and feedback on ScyllaDB: partitions of one hour and
+//! shard taken from the UUIDv7 prediction ID itself, so a record is found
+//! from its ID alone and a time window is read partition by partition.
+
+use std::collections::HashMap;
+use std::time::{Duration, SystemTime};
+
+use futures_util::stream::{self, StreamExt, TryStreamExt};
+
+use super::{LOG_WRITE_PARALLELISM, ScyllaStore, deadline, ttl_seconds};
+use crate::log::{
+    FeedbackRecord, LOG_SHARDS, LogEntry, PredictionKey, PredictionRecord, hours, id_lower_bound,
+    unix_ms,
+};
+use crate::store::decode;
+use crate::store::{LogStore, StoreError};
+
+impl LogStore for ScyllaStore {
+    async fn write_predictions(
+        &self,
+        records: &[PredictionRecord],
+        retention: Duration,
+    ) -> Result<(), StoreError> {
+        let st = deadline(self.config.write_timeout, self.statements()).await?;
+        let ttl = ttl_seconds(retention);
+        let mut rows = Vec::with_capacity(records.len());
+        for r in records {
+            let key = PredictionKey::parse(&r.prediction_id)?;
+            rows.push((key, r.prediction_id.clone(), r.to_bytes()));
+        }
+        stream::iter(rows)
+            .map(|(key, id, blob)| async move {
+                deadline(self.config.write_timeout, async {
+                    self.session
+                        .execute_unpaged(
+                            &st.write_prediction,
+                            (key.hour(), i32::from(key.shard), id.as_str(), blob, ttl),
+                        )
+                        .await
+                        .map(drop)
+                        .map_err(StoreError::from)
+                })
+                .await
+            })
+            .buffer_unordered(LOG_WRITE_PARALLELISM)
+            .try_collect::<Vec<()>>()
+            .await?;
+        Ok(())
+    }
+
+    async fn read_prediction(
+        &self,
+        prediction_id: &str,
+    ) -> Result<Option<PredictionRecord>, StoreError> {
+        let key = PredictionKey::parse(prediction_id)?;
+        deadline(self.config.read_timeout, async {
+            let st = self.statements().await?;
+            let result = self
+                .session
+                .execute_unpaged(
+                    &st.read_prediction,
+                    (key.hour(), i32::from(key.shard), prediction_id),
+                )
+                .await?;
+            let rows = result.into_rows_result()?;
+            let row: Option<(Vec<u8>,)> = rows.maybe_first_row()?;
+            row.map(|(blob,)| decode::prediction(|| format!("log record {prediction_id}"), &blob))
+                .transpose()
+        })
+        .await
+    }
+
+    async fn write_feedback(
+        &self,
+        record: &FeedbackRecord,
+        retention: Duration,
+    ) -> Result<(), StoreError> {
+        let key = PredictionKey::parse(&record.prediction_id)?;
+        let blob = serde_json::to_vec(record)?;
+        deadline(self.config.write_timeout, async {
+            let st = self.statements().await?;
+            self.session
+                .execute_unpaged(
+                    &st.write_feedback,
+                    (
+                        key.hour(),
+                        i32::from(key.shard),
+                        record.prediction_id.as_str(),
+                        blob,
+                        ttl_seconds(retention),
+                    ),
+                )
+                .await
+                .map(drop)
+                .map_err(StoreError::from)
+        })
+        .await
+    }
+
+    async fn read_log(
+        &self,
+        from: SystemTime,
+        to: SystemTime,
+        limit: usize,
+    ) -> Result<Vec<LogEntry>, StoreError> {
+        let st = deadline(self.config.read_timeout, self.statements()).await?;
+        let (lo, hi) = (id_lower_bound(unix_ms(from)), id_lower_bound(unix_ms(to)));
+        let partitions: Vec<(i64, i32)> = hours(from, to)
+            .flat_map(|h| (0..LOG_SHARDS).map(move |s| (h, i32::from(s))))
+            .collect();
+        let scan_limit = self.config.read_timeout.max(Duration::from_secs(5));
+        let (lo, hi) = (lo.as_str(), hi.as_str());
+        let mut predictions: Vec<(String, Vec<u8>)> = stream::iter(partitions.clone())
+            .map(|p| self.scan_log(&st.scan_predictions, p, lo, hi, scan_limit))
+            .buffer_unordered(LOG_WRITE_PARALLELISM)
+            .try_collect::<Vec<_>>()
+            .await?
+            .into_iter()
+            .flatten()
+            .collect();
+        predictions.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        predictions.truncate(limit);
+        let feedback: HashMap<String, Vec<u8>> = stream::iter(partitions)
+            .map(|p| self.scan_log(&st.scan_feedback, p, lo, hi, scan_limit))
+            .buffer_unordered(LOG_WRITE_PARALLELISM)
+            .try_collect::<Vec<_>>()
+            .await?
+            .into_iter()
+            .flatten()
+            .collect();
+        predictions
+            .into_iter()
+            .map(|(id, blob)| {
+                Ok(LogEntry {
+                    prediction: decode::prediction(|| format!("log record {id}"), &blob)?,
+                    feedback: feedback
+                        .get(&id)
+                        .map(|f| decode::json(|| format!("log record {id}"), f))
+                        .transpose()?,
+                })
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,244 @@
+//! Feature rows and events on ScyllaDB: a static row is one
+//! single-partition read; static rows are written in unlogged batches
+//! grouped by the replica that owns them, retried when the cluster is busy;
+//! dynamic values carry their event time as the cell's write timestamp.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, SystemTime};
+
+use futures_util::stream::{self, StreamExt, TryStreamExt};
+use scylla::statement::batch::{Batch, BatchType};
+
+use super::{ScyllaStore, WRITE_RETRIES, deadline};
+use crate::aggregate::EventRange;
+use crate::clock::to_micros;
+use crate::codec;
+use crate::freshness::StoredRow;
+use crate::store::decode;
+use crate::store::{DynamicWrite, EventWrite, RowStore, SchemaReport, StaticWrite, StoreError};
+
+impl RowStore for ScyllaStore {
+    async fn apply_schema(&self) -> Result<SchemaReport, StoreError> {
+        self.create_tables().await
+    }
+
+    async fn read_static(
+        &self,
+        view: &str,
+        batch_id: &str,
+        entity_key: &str,
+    ) -> Result<Option<StoredRow>, StoreError> {
+        deadline(self.config.read_timeout, async {
+            let st = self.statements().await?;
+            let result = self
+                .session
+                .execute_unpaged(&st.read_static, (view, entity_key, batch_id))
+                .await?;
+            let rows = result.into_rows_result()?;
+            let Some((micros, blob)) = rows.maybe_first_row::<(i64, Vec<u8>)>()? else {
+                return Ok(None);
+            };
+            Ok(Some(decode::static_row(
+                view, batch_id, entity_key, micros, &blob,
+            )?))
+        })
+        .await
+    }
+
+    async fn write_static(&self, write: StaticWrite<'_>) -> Result<(), StoreError> {
+        let st = deadline(self.config.write_timeout, self.statements()).await?;
+        let ttl = i32::try_from(write.retention.as_secs().max(1)).unwrap_or(i32::MAX);
+        let micros = to_micros(write.written_at);
+        // Group rows by owning replica, then cut each group into batches.
+        let mut groups: HashMap<Option<uuid::Uuid>, Vec<usize>> = HashMap::new();
+        for (i, row) in write.rows.iter().enumerate() {
+            let owner = self.owner(&st.write_static, write.view, &row.entity_key);
+            groups.entry(owner).or_default().push(i);
+        }
+        let per_batch = self.config.write_batch_rows.max(1);
+        let chunks: Vec<Vec<usize>> = groups
+            .into_values()
+            .flat_map(|idx| {
+                idx.chunks(per_batch)
+                    .map(<[usize]>::to_vec)
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        stream::iter(chunks)
+            .map(|chunk| async move {
+                let mut batch = Batch::new(BatchType::Unlogged);
+                batch.set_consistency(self.config.write_consistency);
+                batch.set_request_timeout(Some(self.config.write_timeout));
+                let mut values = Vec::with_capacity(chunk.len());
+                for &i in &chunk {
+                    batch.append_statement(st.write_static.clone());
+                    let row = &write.rows[i];
+                    values.push((
+                        write.view,
+                        row.entity_key.as_str(),
+                        write.batch_id,
+                        micros,
+                        row.blob.as_slice(),
+                        ttl,
+                    ));
+                }
+                // Static rows are idempotent (same key, same values), so a
+                // write that timed out or found the node busy is retried a
+                // few times with backoff instead of failing the whole batch.
+                let mut attempt = 0u32;
+                loop {
+                    let result = deadline(self.config.write_timeout, async {
+                        self.session
+                            .batch(&batch, &values)
+                            .await
+                            .map(drop)
+                            .map_err(StoreError::from)
+                    })
+                    .await;
+                    match result {
+                        Err(e) if e.is_transient() && attempt < WRITE_RETRIES => {
+                            attempt += 1;
+                            tracing::debug!(error = %e, attempt, "retrying a refresh write");
+                            tokio::time::sleep(Duration::from_millis(100 << (2 * attempt))).await;
+                        }
+                        other => break other,
+                    }
+                }
+            })
+            .buffer_unordered(self.config.write_parallelism.max(1))
+            .try_collect::<Vec<()>>()
+            .await?;
+        Ok(())
+    }
+
+    async fn read_dynamic(
+        &self,
+        view: &str,
+        entity_key: &str,
+    ) -> Result<Option<StoredRow>, StoreError> {
+        deadline(self.config.read_timeout, async {
+            let st = self.statements().await?;
+            let result = self
+                .session
+                .execute_unpaged(&st.read_dynamic, (view, entity_key))
+                .await?;
+            let rows = result.into_rows_result()?;
+            let mut values = BTreeMap::new();
+            for row in rows.rows::<(String, Vec<u8>, i64)>()? {
+                let (feature, blob, micros) = row?;
+                values.insert(
+                    feature,
+                    decode::dynamic_value(view, entity_key, micros, &blob)?,
+                );
+            }
+            Ok(StoredRow::dynamic(values))
+        })
+        .await
+    }
+
+    async fn write_dynamic(&self, write: DynamicWrite<'_>) -> Result<(), StoreError> {
+        deadline(self.config.write_timeout, async {
+            let st = self.statements().await?;
+            let left = write
+                .expires_at
+                .duration_since(SystemTime::now())
+                .unwrap_or(Duration::ZERO);
+            // An event already past its TTL is not written: it would read as
+            // missing anyway, and TTL 0 means "never expires" in CQL.
+            if left.as_secs() == 0 || write.values.is_empty() {
+                return Ok(());
+            }
+            let ttl = i32::try_from(left.as_secs()).unwrap_or(i32::MAX);
+            let stamp = to_micros(write.event_time);
+            let mut batch = Batch::new(BatchType::Unlogged);
+            batch.set_consistency(self.config.write_consistency);
+            batch.set_request_timeout(Some(self.config.write_timeout));
+            let mut values = Vec::with_capacity(write.values.len());
+            for (name, value) in write.values {
+                batch.append_statement(st.write_dynamic.clone());
+                values.push((
+                    write.view,
+                    write.entity_key,
+                    name.as_str(),
+                    codec::encode_value(value),
+                    stamp,
+                    ttl,
+                ));
+            }
+            self.session
+                .batch(&batch, values)
+                .await
+                .map(drop)
+                .map_err(StoreError::from)
+        })
+        .await
+    }
+
+    async fn write_event(&self, write: EventWrite<'_>) -> Result<(), StoreError> {
+        deadline(self.config.write_timeout, async {
+            let st = self.statements().await?;
+            let left = write
+                .expires_at
+                .duration_since(SystemTime::now())
+                .unwrap_or(Duration::ZERO);
+            // Past its TTL: not written (TTL 0 would mean "never expires").
+            if left.as_secs() == 0 {
+                return Ok(());
+            }
+            let ttl = i32::try_from(left.as_secs()).unwrap_or(i32::MAX);
+            let event = write.event;
+            let blob = codec::encode(event.fields.iter().map(|(n, v)| (n.as_str(), v)));
+            self.session
+                .execute_unpaged(
+                    &st.write_event,
+                    (
+                        write.view,
+                        write.entity_key,
+                        to_micros(event.event_time),
+                        event.event_id.as_str(),
+                        blob,
+                        ttl,
+                    ),
+                )
+                .await
+                .map(drop)
+                .map_err(StoreError::from)
+        })
+        .await
+    }
+
+    async fn read_events(
+        &self,
+        view: &str,
+        entity_key: &str,
+        from: SystemTime,
+        to: SystemTime,
+        limit: usize,
+    ) -> Result<EventRange, StoreError> {
+        deadline(self.config.read_timeout, async {
+            let st = self.statements().await?;
+            // One row more than asked says whether the cap was hit.
+            let asked = i32::try_from(limit.saturating_add(1)).unwrap_or(i32::MAX);
+            let result = self
+                .session
+                .execute_unpaged(
+                    &st.read_events,
+                    (view, entity_key, to_micros(from), to_micros(to), asked),
+                )
+                .await?;
+            let rows = result.into_rows_result()?;
+            let mut out = EventRange::default();
+            for row in rows.rows::<(i64, String, Vec<u8>)>()? {
+                let (micros, event_id, blob) = row?;
+                if out.events.len() == limit {
+                    out.truncated = true;
+                    break;
+                }
+                out.events
+                    .push(decode::event(view, entity_key, micros, event_id, &blob)?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+}
