@@ -5,7 +5,7 @@
 //! server speaking `inference.GRPCInferenceService`, e.g. MLServer).
 
 use anyhow::{Context, Result};
-use gateway::h2conn::Target;
+use gateway::model::h2conn::Target;
 use hyper_util::rt::TokioIo;
 use proto::gateway::v1::prediction_service_client::PredictionServiceClient;
 use proto::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
@@ -79,7 +79,7 @@ pub async fn channels(url: &str, count: usize) -> Result<Vec<Channel>> {
     let mut out = Vec::with_capacity(count);
     for _ in 0..count {
         // The gateway's own endpoint parser: the same spellings it accepts.
-        let channel = match gateway::infer::parse_endpoint(url) {
+        let channel = match gateway::model::infer::parse_endpoint(url) {
             Ok((Target::Unix(path), _)) => {
                 // The URI only names the HTTP/2 authority; the connector
                 // ignores it and dials the socket.

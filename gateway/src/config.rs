@@ -1,8 +1,10 @@
 //! The gateway's config file (TOML): server limits, the feature store, the
 //! row cache, the prediction log, the models with their model-server
-//! endpoints and post-processing, and `[auth]` (the SSO issuer, token rules,
-//! access policy). Parsed with `deny_unknown_fields`, then validated into
-//! [`GatewayConfig`]; every error names the file and the key.
+//! endpoints and post-processing, `[auth]`, `[scheduler]`, `[rollout]` and
+//! `[telemetry]`. Parsed with `deny_unknown_fields`, then validated into
+//! [`GatewayConfig`]; sections owned by a concern are validated by it
+//! (`auth::settings`, `rollout::settings`, `scheduler`, `predlog`,
+//! `postprocess`), and every error names the file and the key.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -11,14 +13,9 @@ use feature_store::config::StoreSettings;
 use feature_store::reader::ReaderConfig;
 use serde::Deserialize;
 
-use crate::auth::claims::ClaimPath;
-use crate::auth::dev_issuer::DevSettings;
-use crate::auth::keys::{algorithm_named, is_asymmetric, url_allowed};
-use crate::auth::policy::{Api, Pilot, Rule};
-use crate::auth::{AuthMode, AuthSettings};
-use crate::coalesce::Coalesce;
+use crate::auth::AuthSettings;
+use crate::model::coalesce::Coalesce;
 use crate::postprocess::PostProcess;
-use crate::rollout::{Canary, PilotVersion, RoutingTable, StickyBy, basis_points};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -33,18 +30,15 @@ struct RawConfig {
     prediction_log: crate::predlog::LogConfig,
     #[serde(rename = "model")]
     models: Vec<RawModel>,
-    auth: Option<RawAuth>,
-    // --- refresh scheduler (crate::tuner_admin) ---
+    auth: Option<crate::auth::settings::RawAuth>,
     #[serde(default)]
-    scheduler: crate::tuner_admin::SchedulerSettings,
-    // --- end refresh scheduler ---
+    scheduler: crate::scheduler::SchedulerSettings,
     #[serde(default)]
     rollout: RawRollout,
     #[serde(default)]
     telemetry: RawTelemetry,
 }
 
-// --- telemetry (issue 9) ---
 /// `[telemetry]`: trace export (off unless `otlp_endpoint` is set) and logs.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -87,7 +81,6 @@ fn default_export_timeout_ms() -> u64 {
 fn default_batch_delay_ms() -> u64 {
     1000
 }
-// --- end telemetry ---
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -138,113 +131,6 @@ pub struct RolloutConfig {
     pub shadow_concurrency: u32,
     /// Deadline of one shadow call.
     pub shadow_timeout: Duration,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawAuth {
-    mode: String,
-    issuer: Option<String>,
-    audience: String,
-    #[serde(default = "default_algorithms")]
-    algorithms: Vec<String>,
-    #[serde(default = "default_leeway_s")]
-    leeway_s: u64,
-    #[serde(default = "default_max_lifetime_s")]
-    max_token_lifetime_s: u64,
-    #[serde(default = "default_max_token_bytes")]
-    max_token_bytes: usize,
-    #[serde(default = "default_jwks_refresh_s")]
-    jwks_refresh_s: u64,
-    #[serde(default = "default_jwks_min_refetch_s")]
-    jwks_min_refetch_s: u64,
-    #[serde(default = "default_fetch_timeout_ms")]
-    fetch_timeout_ms: u64,
-    #[serde(default = "default_groups_claim")]
-    groups_claim: String,
-    #[serde(default = "default_scopes_claim")]
-    scopes_claim: String,
-    #[serde(default = "default_token_cache_entries")]
-    token_cache_entries: u64,
-    dev: Option<RawDev>,
-    #[serde(default)]
-    allow: Vec<RawAllow>,
-    #[serde(default)]
-    pilot: Vec<RawPilot>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawDev {
-    #[serde(default = "default_dev_subject")]
-    subject: String,
-    #[serde(default)]
-    groups: Vec<String>,
-    #[serde(default = "default_dev_scopes")]
-    scopes: Vec<String>,
-    #[serde(default = "default_dev_ttl_s")]
-    token_ttl_s: u64,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawAllow {
-    api: String,
-    models: Option<Vec<String>>,
-    #[serde(default)]
-    groups: Vec<String>,
-    #[serde(default)]
-    scopes: Vec<String>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawPilot {
-    model: String,
-    version: Option<String>,
-    groups: Vec<String>,
-}
-
-fn default_algorithms() -> Vec<String> {
-    vec!["RS256".to_owned()]
-}
-fn default_leeway_s() -> u64 {
-    30
-}
-fn default_max_lifetime_s() -> u64 {
-    86_400
-}
-fn default_max_token_bytes() -> usize {
-    8192
-}
-fn default_jwks_refresh_s() -> u64 {
-    300
-}
-fn default_jwks_min_refetch_s() -> u64 {
-    10
-}
-fn default_fetch_timeout_ms() -> u64 {
-    2000
-}
-fn default_groups_claim() -> String {
-    "groups".to_owned()
-}
-fn default_scopes_claim() -> String {
-    "scope".to_owned()
-}
-fn default_token_cache_entries() -> u64 {
-    10_000
-}
-fn default_dev_subject() -> String {
-    "dev-user".to_owned()
-}
-fn default_dev_scopes() -> Vec<String> {
-    ["predict", "push", "feedback", "admin"]
-        .map(str::to_owned)
-        .to_vec()
-}
-fn default_dev_ttl_s() -> u64 {
-    12 * 3600
 }
 
 #[derive(Debug, Deserialize)]
@@ -324,7 +210,7 @@ struct RawModel {
     #[serde(default = "default_model_timeout_ms")]
     timeout_ms: u64,
     postprocess: PostProcess,
-    routing: Option<RawRouting>,
+    routing: Option<crate::rollout::settings::RawRouting>,
     #[serde(default)]
     endpoints: std::collections::BTreeMap<String, String>,
     coalesce: Option<RawCoalesce>,
@@ -355,88 +241,6 @@ pub const DEFAULT_COALESCE: Coalesce = Coalesce {
 
 /// Rows one coalesced call may carry at most (`[model.coalesce] max_rows`).
 const MAX_COALESCE_ROWS: usize = 1024;
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawRouting {
-    #[serde(default)]
-    stable: String,
-    canary: Option<String>,
-    canary_percent: Option<f64>,
-    #[serde(default)]
-    shadow: Vec<String>,
-    #[serde(default)]
-    pilot: Vec<RawRoutingPilot>,
-    #[serde(default)]
-    sticky_by: Option<String>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawRoutingPilot {
-    version: String,
-    groups: Vec<String>,
-    #[serde(default = "default_true")]
-    auto: bool,
-}
-
-fn default_true() -> bool {
-    true
-}
-
-fn validate_routing(r: Option<RawRouting>) -> Result<RoutingTable, (String, String)> {
-    let Some(r) = r else {
-        return Ok(RoutingTable::stable(""));
-    };
-    let canary = match (r.canary, r.canary_percent) {
-        (None, None) => None,
-        (Some(version), Some(p)) => Some(Canary {
-            version,
-            basis_points: basis_points(p).map_err(|m| ("canary_percent".to_owned(), m))?,
-        }),
-        (Some(_), None) => {
-            return Err((
-                "canary_percent".into(),
-                "missing: the share of callers the canary gets, e.g. 10".into(),
-            ));
-        }
-        (None, Some(_)) => {
-            return Err((
-                "canary".into(),
-                "missing: the canary version that canary_percent is for".into(),
-            ));
-        }
-    };
-    let sticky_by = match r.sticky_by.as_deref() {
-        None | Some("subject") => StickyBy::Subject,
-        Some("entity") => StickyBy::Entity,
-        Some(other) => {
-            return Err((
-                "sticky_by".into(),
-                format!(
-                    "{other:?}: write \"subject\" (the caller's token subject) or \"entity\" (the entity key)"
-                ),
-            ));
-        }
-    };
-    let table = RoutingTable {
-        stable: r.stable,
-        canary,
-        shadows: r.shadow,
-        pilots: r
-            .pilot
-            .into_iter()
-            .map(|p| PilotVersion {
-                version: p.version,
-                groups: p.groups,
-                auto: p.auto,
-            })
-            .collect(),
-        sticky_by,
-    };
-    table.validate().map_err(|m| (String::new(), m))?;
-    Ok(table)
-}
 
 fn default_model_timeout_ms() -> u64 {
     300
@@ -475,7 +279,7 @@ pub struct ModelConfig {
     pub endpoints: std::collections::BTreeMap<String, String>,
     /// The routing in the config file (the stored routing may have changed
     /// since, through the admin API).
-    pub routing: RoutingTable,
+    pub routing: crate::rollout::RoutingTable,
     /// Deadline of one model-server call (the caller's, if shorter, wins).
     pub timeout: Duration,
     /// Post-processing.
@@ -505,7 +309,7 @@ pub struct GatewayConfig {
     /// SSO authentication and the access policy.
     pub auth: AuthSettings,
     /// `[scheduler]`: whether this gateway runs the refresh jobs.
-    pub scheduler: crate::tuner_admin::SchedulerSettings,
+    pub scheduler: crate::scheduler::SchedulerSettings,
     /// Routing changes at run time and the shadow pool.
     pub rollout: RolloutConfig,
     /// Trace export and log format (`[telemetry]`).
@@ -655,11 +459,11 @@ impl GatewayConfig {
                     format!("{:?} is declared twice", m.name),
                 ));
             }
-            if let Err(msg) = crate::infer::parse_endpoint(&m.endpoint) {
+            if let Err(msg) = crate::model::infer::parse_endpoint(&m.endpoint) {
                 return Err(err(&format!("model[{i}].endpoint"), msg));
             }
             for (v, u) in &m.endpoints {
-                if let Err(msg) = crate::infer::parse_endpoint(u) {
+                if let Err(msg) = crate::model::infer::parse_endpoint(u) {
                     return Err(err(&format!("model[{i}].endpoints.{v}"), msg));
                 }
             }
@@ -669,7 +473,7 @@ impl GatewayConfig {
                     "moved: write the version under [model.routing] as stable = \"1\" (the routing can then change at run time)".into(),
                 ));
             }
-            let routing = validate_routing(m.routing).map_err(|(k, msg)| {
+            let routing = crate::rollout::settings::validate(m.routing).map_err(|(k, msg)| {
                 let key = if k.is_empty() {
                     format!("model[{i}].routing")
                 } else {
@@ -728,8 +532,9 @@ impl GatewayConfig {
                 "missing: declare [auth] (mode = \"oidc\" with the issuer, or mode = \"dev\" on a laptop); every model API needs a token".into(),
             ));
         };
-        let auth = validate_auth(raw_auth, production, &models).map_err(|(k, m)| err(&k, m))?;
-        // --- telemetry (issue 9) ---
+        let names: Vec<&str> = models.iter().map(|m| m.name.as_str()).collect();
+        let auth = crate::auth::settings::validate(raw_auth, production, &names)
+            .map_err(|(k, m)| err(&k, m))?;
         let t = raw.telemetry;
         let telemetry = telemetry::TelemetrySettings {
             otlp_endpoint: t.otlp_endpoint.filter(|e| !e.is_empty()),
@@ -752,7 +557,6 @@ impl GatewayConfig {
         telemetry
             .validate()
             .map_err(|e| err("telemetry", e.to_string()))?;
-        // --- end telemetry ---
         Ok(GatewayConfig {
             source: path.to_owned(),
             definitions: resolve(&raw.definitions),
@@ -783,223 +587,10 @@ impl GatewayConfig {
     }
 }
 
-fn validate_auth(
-    a: RawAuth,
-    production: bool,
-    models: &[ModelConfig],
-) -> Result<AuthSettings, (String, String)> {
-    let e = |k: &str, m: String| (k.to_owned(), m);
-    let mut algorithms = Vec::with_capacity(a.algorithms.len());
-    for (i, name) in a.algorithms.iter().enumerate() {
-        let alg = algorithm_named(name)
-            .filter(|alg| is_asymmetric(*alg))
-            .ok_or_else(|| {
-                e(
-                    &format!("auth.algorithms[{i}]"),
-                    format!("{name:?} is not accepted; use asymmetric ones: RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384, EdDSA"),
-                )
-            })?;
-        if !algorithms.contains(&alg) {
-            algorithms.push(alg);
-        }
-    }
-    if algorithms.is_empty() {
-        return Err(e("auth.algorithms", "name at least one algorithm".into()));
-    }
-    let mode = match a.mode.as_str() {
-        "oidc" => {
-            if a.dev.is_some() {
-                return Err(e("auth.dev", "only with mode = \"dev\"".into()));
-            }
-            let issuer = a.issuer.clone().ok_or_else(|| {
-                e(
-                    "auth.issuer",
-                    "missing: the OIDC issuer URL (the tokens' iss)".into(),
-                )
-            })?;
-            if !url_allowed(&issuer) {
-                return Err(e(
-                    "auth.issuer",
-                    format!(
-                        "{issuer:?} is not an https URL (plain http only to 127.0.0.1/localhost)"
-                    ),
-                ));
-            }
-            AuthMode::Oidc { issuer }
-        }
-        "dev" => {
-            if production {
-                return Err(e(
-                    "auth.mode",
-                    "the dev issuer is refused when server.environment = \"production\" (the default); use mode = \"oidc\" with your SSO issuer, or set environment = \"development\" on a laptop".into(),
-                ));
-            }
-            if a.issuer.is_some() {
-                return Err(e(
-                    "auth.issuer",
-                    "not used with mode = \"dev\" (the gateway is the issuer)".into(),
-                ));
-            }
-            if !algorithms.contains(&jsonwebtoken::Algorithm::RS256) {
-                return Err(e(
-                    "auth.algorithms",
-                    "mode = \"dev\" signs with RS256; include it".into(),
-                ));
-            }
-            let d = a.dev.unwrap_or(RawDev {
-                subject: default_dev_subject(),
-                groups: Vec::new(),
-                scopes: default_dev_scopes(),
-                token_ttl_s: default_dev_ttl_s(),
-            });
-            if d.subject.is_empty() {
-                return Err(e("auth.dev.subject", "must not be empty".into()));
-            }
-            if d.token_ttl_s == 0 || d.token_ttl_s > a.max_token_lifetime_s {
-                return Err(e(
-                    "auth.dev.token_ttl_s",
-                    format!(
-                        "must be 1..={} (auth.max_token_lifetime_s)",
-                        a.max_token_lifetime_s
-                    ),
-                ));
-            }
-            AuthMode::Dev(DevSettings {
-                subject: d.subject,
-                groups: d.groups,
-                scopes: d.scopes,
-                token_ttl: Duration::from_secs(d.token_ttl_s),
-            })
-        }
-        other => {
-            return Err(e(
-                "auth.mode",
-                format!(
-                    "{other:?}: write \"oidc\" (a real SSO issuer) or \"dev\" (the local dev issuer)"
-                ),
-            ));
-        }
-    };
-    if a.audience.is_empty() {
-        return Err(e("auth.audience", "must not be empty".into()));
-    }
-    if a.max_token_lifetime_s == 0 {
-        return Err(e("auth.max_token_lifetime_s", "must be at least 1".into()));
-    }
-    if !(256..=65_536).contains(&a.max_token_bytes) {
-        return Err(e("auth.max_token_bytes", "must be 256..=65536".into()));
-    }
-    if a.leeway_s > 300 {
-        return Err(e(
-            "auth.leeway_s",
-            "at most 300 (clock skew, not a grace period)".into(),
-        ));
-    }
-    if a.jwks_refresh_s == 0 {
-        return Err(e("auth.jwks_refresh_s", "must be at least 1".into()));
-    }
-    if a.jwks_min_refetch_s == 0 {
-        return Err(e(
-            "auth.jwks_min_refetch_s",
-            "must be at least 1 (it protects the provider from floods of unknown kids)".into(),
-        ));
-    }
-    if a.fetch_timeout_ms == 0 {
-        return Err(e("auth.fetch_timeout_ms", "must be at least 1".into()));
-    }
-    let groups_claim = ClaimPath::new(&a.groups_claim).ok_or_else(|| {
-        e(
-            "auth.groups_claim",
-            format!("{:?} is not a claim name or dotted path", a.groups_claim),
-        )
-    })?;
-    let scopes_claim = ClaimPath::new(&a.scopes_claim).ok_or_else(|| {
-        e(
-            "auth.scopes_claim",
-            format!("{:?} is not a claim name or dotted path", a.scopes_claim),
-        )
-    })?;
-    let known = |m: &str| models.iter().any(|x| x.name == m);
-    let mut rules = Vec::with_capacity(a.allow.len());
-    for (i, r) in a.allow.into_iter().enumerate() {
-        let key = |k: &str| format!("auth.allow[{i}].{k}");
-        let api = Api::named(&r.api).ok_or_else(|| {
-            e(
-                &key("api"),
-                format!("{:?}: write predict, push, feedback or admin", r.api),
-            )
-        })?;
-        if let Some(ms) = &r.models {
-            if api != Api::Predict {
-                return Err(e(&key("models"), "only for api = \"predict\"".into()));
-            }
-            if let Some(m) = ms.iter().find(|m| !known(m)) {
-                return Err(e(
-                    &key("models"),
-                    format!("{m:?} is not a configured [[model]]"),
-                ));
-            }
-        }
-        if r.groups.is_empty() && r.scopes.is_empty() {
-            return Err(e(
-                &format!("auth.allow[{i}]"),
-                "name groups, scopes or both (a rule must say who)".into(),
-            ));
-        }
-        rules.push(Rule {
-            api,
-            models: r.models,
-            groups: r.groups,
-            scopes: r.scopes,
-        });
-    }
-    let mut pilots = Vec::with_capacity(a.pilot.len());
-    for (i, p) in a.pilot.into_iter().enumerate() {
-        let key = |k: &str| format!("auth.pilot[{i}].{k}");
-        let Some(model) = models.iter().find(|m| m.name == p.model) else {
-            return Err(e(
-                &key("model"),
-                format!("{:?} is not a configured [[model]]", p.model),
-            ));
-        };
-        if p.groups.is_empty() {
-            return Err(e(&key("groups"), "name the pilot groups".into()));
-        }
-        if p.version.is_some() {
-            return Err(e(
-                &key("version"),
-                format!(
-                    "moved: a pilot version is part of the model's routing; write [[model.routing.pilot]] version = ... groups = [...] under model {:?} (it can then change at run time); [[auth.pilot]] without a version keeps the whole model to its groups",
-                    model.name
-                ),
-            ));
-        }
-        pilots.push(Pilot {
-            model: p.model,
-            groups: p.groups,
-        });
-    }
-    Ok(AuthSettings {
-        mode,
-        audience: a.audience,
-        algorithms,
-        leeway: Duration::from_secs(a.leeway_s),
-        max_lifetime: Duration::from_secs(a.max_token_lifetime_s),
-        max_token_bytes: a.max_token_bytes,
-        jwks_refresh: Duration::from_secs(a.jwks_refresh_s),
-        jwks_min_refetch: Duration::from_secs(a.jwks_min_refetch_s),
-        fetch_timeout: Duration::from_millis(a.fetch_timeout_ms),
-        groups_claim,
-        scopes_claim,
-        token_cache_entries: a.token_cache_entries,
-        rules,
-        pilots,
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::rollout::{RoutingTable, StickyBy};
 
     fn example() -> PathBuf {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("config/gateway.toml")

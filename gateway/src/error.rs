@@ -1,12 +1,21 @@
 //! Gateway errors and the one table that maps each to an HTTP status, a gRPC
-//! code and a stable JSON code. Both fronts answer through [`ErrorCode`];
-//! nothing else decides a status.
+//! code and a stable JSON code ([`GatewayError::code`]); the REST answer
+//! (`IntoResponse`) and the gRPC status ([`GatewayError::into_status`]) are
+//! both made here, so nothing else decides a status.
 
+use std::sync::Arc;
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
 use feature_store::reader::ReadError;
+use feature_store::schedule::jobs::JobsError;
 
-use crate::auth::AuthError;
+use crate::auth::{AuthError, Denied};
 use crate::enrich::EnrichError;
-use crate::infer::InferError;
+use crate::model::infer::InferError;
+use crate::rollout::RouteError;
+use crate::rollout::live::RolloutError;
 
 /// Why a prediction (or another gateway call) failed.
 #[derive(Debug, thiserror::Error)]
@@ -31,9 +40,12 @@ pub enum GatewayError {
     /// The request is malformed or does not fit the model's declarations.
     #[error("{0}")]
     InvalidArgument(String),
+    /// The request's entity or features do not fit the model's declarations.
+    #[error(transparent)]
+    Input(EnrichError),
     /// Reading features failed.
     #[error("feature store: {0}")]
-    FeatureStore(ReadError),
+    FeatureStore(#[source] ReadError),
     /// The model-server call failed.
     #[error(transparent)]
     Model(#[from] InferError),
@@ -43,7 +55,8 @@ pub enum GatewayError {
         /// The model.
         model: String,
         /// What was wrong.
-        detail: String,
+        #[source]
+        detail: crate::postprocess::AnswerError,
     },
     /// Feedback names a prediction that is not in the log.
     #[error(
@@ -71,46 +84,37 @@ pub enum GatewayError {
     #[error(transparent)]
     Unauthenticated(#[from] AuthError),
     /// A valid caller without the right to do this.
-    #[error("{0}")]
-    PermissionDenied(String),
-    /// The caller asked for a model version the routing does not serve.
-    #[error("{0}")]
-    UnknownVersion(String),
-    /// A routing change does not fit the current routing or its versions
-    /// failed their model-server check.
-    #[error("{0}")]
-    RoutingRefused(String),
-    /// Concurrent routing changes kept winning over this one.
-    #[error("{0}")]
-    RoutingConflict(String),
-    /// The stored routing cannot be used.
+    #[error(transparent)]
+    PermissionDenied(#[from] Denied),
+    /// The caller asked for a version it may not have (a pilot outside its
+    /// groups: permission denied) or that the routing does not serve.
+    #[error(transparent)]
+    Route(#[from] RouteError),
+    /// A routing change was refused, lost to concurrent changes, or the
+    /// stored routing cannot be used (the table tells which).
+    #[error(transparent)]
+    Rollout(RolloutError),
+    /// A tuner admin request does not fit the job.
+    #[error(transparent)]
+    Tuner(JobsError),
+    /// The routing cannot be used (a configuration the start-up checks
+    /// should have refused).
     #[error("{0}")]
     RoutingDamaged(String),
+    /// A shadow report could not be encoded.
+    #[error("{0}")]
+    Report(#[source] serde_json::Error),
 }
 
-impl From<crate::rollout::RouteError> for GatewayError {
-    fn from(e: crate::rollout::RouteError) -> Self {
+impl From<RolloutError> for GatewayError {
+    fn from(e: RolloutError) -> Self {
         match e {
-            crate::rollout::RouteError::NotPilot { .. } => {
-                GatewayError::PermissionDenied(e.to_string())
-            }
-            _ => GatewayError::UnknownVersion(e.to_string()),
-        }
-    }
-}
-
-impl From<crate::rollout::live::RolloutError> for GatewayError {
-    fn from(e: crate::rollout::live::RolloutError) -> Self {
-        use crate::rollout::live::RolloutError as R;
-        match e {
-            R::UnknownModel(model) => GatewayError::UnknownModel {
+            RolloutError::UnknownModel(model) => GatewayError::UnknownModel {
                 model,
                 known: "the models listed by GET /v1/admin/models".to_owned(),
             },
-            R::Store(s) => GatewayError::FeatureStore(s.into()),
-            R::Change(_) | R::VersionCheck(_) => GatewayError::RoutingRefused(e.to_string()),
-            R::Conflict(_) => GatewayError::RoutingConflict(e.to_string()),
-            other => GatewayError::RoutingDamaged(other.to_string()),
+            RolloutError::Store(s) => GatewayError::FeatureStore(s.into()),
+            other => GatewayError::Rollout(other),
         }
     }
 }
@@ -118,11 +122,18 @@ impl From<crate::rollout::live::RolloutError> for GatewayError {
 impl From<EnrichError> for GatewayError {
     fn from(e: EnrichError) -> Self {
         match e {
-            EnrichError::Read(read) => match read {
-                ReadError::Store(_) => GatewayError::FeatureStore(read),
-                other => GatewayError::InvalidArgument(other.to_string()),
-            },
-            other => GatewayError::InvalidArgument(other.to_string()),
+            EnrichError::Read(read @ ReadError::Store(_)) => GatewayError::FeatureStore(read),
+            other => GatewayError::Input(other),
+        }
+    }
+}
+
+impl From<JobsError> for GatewayError {
+    fn from(e: JobsError) -> Self {
+        match e {
+            JobsError::UnknownJob { job, .. } => GatewayError::UnknownTunerJob { job },
+            JobsError::Store(s) => GatewayError::FeatureStore(s.into()),
+            other => GatewayError::Tuner(other),
         }
     }
 }
@@ -148,7 +159,7 @@ impl GatewayError {
             GatewayError::UnknownPrediction { .. } => {
                 (404, tonic::Code::NotFound, "prediction_not_found")
             }
-            GatewayError::InvalidArgument(_) => {
+            GatewayError::InvalidArgument(_) | GatewayError::Input(_) | GatewayError::Tuner(_) => {
                 (400, tonic::Code::InvalidArgument, "invalid_argument")
             }
             GatewayError::FeatureStore(e) => {
@@ -177,15 +188,20 @@ impl GatewayError {
             GatewayError::Unauthenticated(_) => {
                 (401, tonic::Code::Unauthenticated, "invalid_token")
             }
-            GatewayError::PermissionDenied(_) => {
+            GatewayError::PermissionDenied(_)
+            | GatewayError::Route(RouteError::NotPilot { .. }) => {
                 (403, tonic::Code::PermissionDenied, "permission_denied")
             }
-            GatewayError::UnknownVersion(_) => (404, tonic::Code::NotFound, "unknown_version"),
-            GatewayError::RoutingRefused(_) => {
+            GatewayError::Route(_) => (404, tonic::Code::NotFound, "unknown_version"),
+            GatewayError::Rollout(RolloutError::Change(_) | RolloutError::VersionCheck(_)) => {
                 (400, tonic::Code::FailedPrecondition, "routing_refused")
             }
-            GatewayError::RoutingConflict(_) => (409, tonic::Code::Aborted, "routing_conflict"),
-            GatewayError::RoutingDamaged(_) => (500, tonic::Code::Internal, "routing_damaged"),
+            GatewayError::Rollout(RolloutError::Conflict(_)) => {
+                (409, tonic::Code::Aborted, "routing_conflict")
+            }
+            GatewayError::Rollout(_)
+            | GatewayError::RoutingDamaged(_)
+            | GatewayError::Report(_) => (500, tonic::Code::Internal, "routing_damaged"),
         };
         ErrorCode { http, grpc, code }
     }
@@ -199,15 +215,109 @@ impl GatewayError {
                 "Bearer realm=\"mlgw\", error=\"invalid_token\", error_description=\"{}\"",
                 e.to_string().replace('"', "'")
             )),
-            GatewayError::PermissionDenied(_) => {
+            GatewayError::PermissionDenied(_)
+            | GatewayError::Route(RouteError::NotPilot { .. }) => {
                 Some("Bearer realm=\"mlgw\", error=\"insufficient_scope\"".to_owned())
             }
             _ => None,
         }
     }
 
-    /// The gRPC status for this error.
-    pub fn to_status(&self) -> tonic::Status {
-        tonic::Status::new(self.code().grpc, self.to_string())
+    /// Whether this is a policy denial (counted with the others).
+    pub fn is_denial(&self) -> bool {
+        self.code().code == "permission_denied"
+    }
+
+    /// The gRPC status for this error, with the error as its source (so the
+    /// request metrics read its code, and the chain stays typed).
+    pub fn into_status(self) -> tonic::Status {
+        let mut status = tonic::Status::new(self.code().grpc, self.to_string());
+        status.set_source(Arc::new(self));
+        status
+    }
+
+    /// The JSON error body with the table's status (and the bearer challenge
+    /// for a 401 or 403); the [`ErrorCode`] rides in the response's
+    /// extensions for the request metrics.
+    pub fn to_response(&self) -> Response {
+        let code = self.code();
+        let status = StatusCode::from_u16(code.http).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let mut response = (
+            status,
+            Json(serde_json::json!({"code": code.code, "message": self.to_string()})),
+        )
+            .into_response();
+        if let Some(value) = self
+            .challenge()
+            .and_then(|c| axum::http::HeaderValue::from_str(&c).ok())
+        {
+            response
+                .headers_mut()
+                .insert(axum::http::header::WWW_AUTHENTICATE, value);
+        }
+        response.extensions_mut().insert(code);
+        response
+    }
+
+    /// The [`ErrorCode`] of an answer made by [`GatewayError::to_response`]
+    /// or [`GatewayError::into_status`] (None: not an error answer).
+    pub fn code_of_response<B>(response: &http::Response<B>) -> Option<ErrorCode> {
+        if let Some(code) = response.extensions().get::<ErrorCode>() {
+            return Some(*code);
+        }
+        let status = response.extensions().get::<tonic::Status>()?;
+        let source = std::error::Error::source(status)?;
+        source
+            .downcast_ref::<GatewayError>()
+            .map(GatewayError::code)
+    }
+}
+
+impl IntoResponse for GatewayError {
+    fn into_response(self) -> Response {
+        self.to_response()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_code_is_counted_by_the_request_metrics() {
+        let errors = [
+            GatewayError::InvalidArgument("x".into()),
+            GatewayError::UnknownTunerJob { job: "j".into() },
+            GatewayError::UnknownPrediction {
+                prediction_id: "p".into(),
+            },
+            GatewayError::Overloaded,
+            GatewayError::DeadlineExceeded,
+            GatewayError::Unauthenticated(AuthError::Missing),
+            GatewayError::Unauthenticated(AuthError::KeysUnavailable),
+            GatewayError::PermissionDenied(Denied::from("no")),
+            GatewayError::RoutingDamaged("x".into()),
+        ];
+        for e in errors {
+            let code = e.code().code;
+            assert!(crate::metrics::CODES.contains(&code), "{code}");
+        }
+    }
+
+    #[test]
+    fn both_answers_carry_the_code() {
+        let e = GatewayError::InvalidArgument("bad".into());
+        let rest = e.to_response();
+        assert_eq!(rest.status(), 400);
+        assert_eq!(
+            GatewayError::code_of_response(&rest).map(|c| c.code),
+            Some("invalid_argument")
+        );
+        let grpc: http::Response<tonic::body::Body> =
+            GatewayError::Overloaded.into_status().into_http();
+        assert_eq!(
+            GatewayError::code_of_response(&grpc).map(|c| c.code),
+            Some("overloaded")
+        );
     }
 }

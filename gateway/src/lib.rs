@@ -1,32 +1,40 @@
-//! Gateway: the gRPC + REST front (auth, routing, enrichment, inference client,
-//! post-processing, prediction log, feedback, admin API).
+//! Gateway: the gRPC + REST front of the ML platform.
 //!
-//! Built so far (issue 5, in steps): [`config`] (the TOML file), [`core`]
-//! (route → [`enrich`] → [`infer`] → [`postprocess`], pushes, the start-up
-//! model check), [`error`] (the one error table), the [`http`] and [`grpc`]
-//! fronts, [`metrics`], the [`predlog`] prediction log writer (feedback joins
-//! to it), the tower stack in [`layers`] (span, shedding, concurrency limit,
-//! timeout), [`auth`] (SSO tokens, the access policy, the dev issuer) and the
-//! [`server`] that runs them, [`rollout`] (stable, canary, pilot and shadow
-//! versions, sticky split, changes at run time) with its admin API in
-//! [`routing_admin`], and [`tuner_admin`] (the refresh tuner's admin API and
-//! the hosted scheduler).
+//! Rooms, from the edge inwards:
+//! - [`server`]: binds, builds [`state::AppState`], runs and shuts down.
+//! - [`front`]: the REST ([`front::rest`]) and gRPC ([`front::grpc`])
+//!   fronts, their shared [`front::wire`] conversions, authentication
+//!   layers and the tower stack ([`front::layers`]: shedding, timeout,
+//!   request metrics).
+//! - [`admin`]: the routing and tuner admin APIs, beside the fronts.
+//! - [`serve`]: the prediction path both fronts call: predict (with
+//!   shadows), push, feedback, start-up checks and readiness.
+//! - [`enrich`] (features from the store and the request), [`model`] (the
+//!   model-server client: [`model::infer`], [`model::coalesce`],
+//!   [`model::h2conn`]), [`postprocess`], [`predlog`] (the prediction log),
+//!   [`rollout`] (stable, canary, pilot and shadow versions).
+//! - [`auth`] (tokens, the access policy, the dev issuer), [`error`] (the
+//!   one error table), [`metrics`] (the gateway's counters), [`config`]
+//!   (the TOML file), [`scheduler`] (the hosted refresh scheduler).
+//!
+//! A request's way: the tower stack admits and times it → the front
+//! authenticates the caller and converts the wire form → [`serve::Core`]
+//! checks the policy, routes to a version, enriches, calls the model,
+//! post-processes and logs → the front converts the answer (or the error,
+//! through [`error`]'s table) back to its wire form.
 
+pub mod admin;
 pub mod auth;
-pub mod coalesce;
 pub mod config;
-pub mod core;
 pub mod enrich;
 pub mod error;
-pub mod grpc;
-pub mod h2conn;
-pub mod http;
-pub mod infer;
-pub mod layers;
+pub mod front;
 pub mod metrics;
+pub mod model;
 pub mod postprocess;
 pub mod predlog;
 pub mod rollout;
-pub mod routing_admin;
+pub mod scheduler;
+pub mod serve;
 pub mod server;
-pub mod tuner_admin;
+pub mod state;

@@ -21,8 +21,8 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// store's commits free and re-allocate page buffers every few milliseconds;
 /// with purging, each re-use faulted in and zeroed a fresh 2-MiB huge page
 /// inside the write transaction, and the paced p99 at 5,000 req/s was about
-/// 1.2 ms worse (median; `benches/results/gateway.md`, "Session of 2026-12-04
-/// (fifth)"). The cost: the process keeps its high-water mark of memory.
+/// 1.2 ms worse (median; measured with the gateway bench, see
+/// `benches/results/gateway.md`). The cost: the process keeps its high-water mark of memory.
 /// `MIMALLOC_PURGE_DELAY` in the environment wins over this.
 #[allow(unsafe_code)]
 mod allocator {
@@ -144,7 +144,7 @@ fn check_config(path: &std::path::Path) -> anyhow::Result<String> {
 
 async fn run(cli: Cli, kept: bool) -> anyhow::Result<()> {
     let config = GatewayConfig::load(&cli.config)?;
-    // --- telemetry (issue 9): logs, and trace export when configured ---
+    // Logs, and trace export when configured.
     let mut settings = config.telemetry.clone();
     settings.log_json |= cli.log_json;
     let telemetry = telemetry::init(&settings)?;

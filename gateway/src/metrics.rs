@@ -1,31 +1,153 @@
-//! Request metrics and the Prometheus text exposition served at `/metrics`:
-//! requests by front, route and code, latency (prediction total and
-//! model-server time, every request by front, API and model), batch sizes,
-//! the feature cache's counters, store errors, the model clients' circuit
-//! breakers and call counts, and the refresh jobs intervals.
+//! The gateway's own counters and their Prometheus text: requests by front,
+//! route and code with their latency by front, API and model (recorded once
+//! per request by the fronts' tower stack), prediction latencies, batch
+//! sizes, auth refusals, config reloads; and the text of the feature store's
+//! stats the gateway reads (cache, store errors, event reads, refresh jobs).
+//! Other components render their own stats; the `/metrics` route gathers them.
 
+use std::cell::Cell;
 use std::fmt::Write as _;
-use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::future::Future;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use crate::core::ClientStatus;
 use feature_store::reader::{CacheStats, EventStats, StoreErrorKind, StoreErrorStats, StoreOp};
 use feature_store::schedule::jobs::JobOverview;
 use telemetry::prom::{Histogram, LATENCY_BUCKETS, SIZE_BUCKETS, header, label};
 
-/// (front, api, model): one request latency series.
-type LatencyKey = (&'static str, &'static str, String);
+/// The front a request came in through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Front {
+    /// The REST (JSON) front.
+    Rest,
+    /// The gRPC front.
+    Grpc,
+}
 
-/// (front, route, result code).
-type RequestKey = (&'static str, &'static str, &'static str);
+impl Front {
+    const ALL: [Front; 2] = [Front::Rest, Front::Grpc];
+
+    /// The `front` label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Front::Rest => "rest",
+            Front::Grpc => "grpc",
+        }
+    }
+}
+
+/// The API a request calls: the `route` label of `mlgw_requests_total` and
+/// the `api` label of `mlgw_request_seconds`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    /// One prediction.
+    Predict,
+    /// Several entities' predictions.
+    PredictBatch,
+    /// Dynamic feature values or events.
+    Push,
+    /// Ground truth for a prediction.
+    Feedback,
+    /// The routing and tuner admin APIs.
+    Admin,
+    /// Anything else (unknown paths).
+    Other,
+}
+
+impl Route {
+    const ALL: [Route; 6] = [
+        Route::Predict,
+        Route::PredictBatch,
+        Route::Push,
+        Route::Feedback,
+        Route::Admin,
+        Route::Other,
+    ];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Route::Predict => "predict",
+            Route::PredictBatch => "predict_batch",
+            Route::Push => "push",
+            Route::Feedback => "feedback",
+            Route::Admin => "admin",
+            Route::Other => "other",
+        }
+    }
+}
+
+/// Every result code a request can end with: `ok` and the error table's
+/// codes, so each counter is an atomic found by index.
+pub const CODES: [&str; 19] = [
+    "ok",
+    "invalid_argument",
+    "unknown_model",
+    "unknown_view",
+    "unknown_job",
+    "unknown_version",
+    "prediction_not_found",
+    "feature_store_unavailable",
+    "feature_store_error",
+    "model_unavailable",
+    "model_failed",
+    "deadline_exceeded",
+    "overloaded",
+    "auth_unavailable",
+    "invalid_token",
+    "permission_denied",
+    "routing_refused",
+    "routing_conflict",
+    "routing_damaged",
+];
+
+/// Which model a request was about, as an index into the models the
+/// [`Metrics`] were built for (0: none, `-`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ModelSlot(u16);
+
+impl ModelSlot {
+    /// No model (`-`).
+    pub const NONE: ModelSlot = ModelSlot(0);
+
+    /// The slot of the `i`-th model of the list given to [`Metrics::new`].
+    pub fn of_index(i: usize) -> ModelSlot {
+        u16::try_from(i + 1).map_or(ModelSlot::NONE, ModelSlot)
+    }
+}
+
+tokio::task_local! {
+    /// The model the current request is about, noted by the prediction path.
+    static MODEL: Cell<ModelSlot>;
+}
+
+/// Notes the model the current request is about, for its latency series
+/// (a no-op outside a request observed by [`observe`]).
+pub fn note_model(slot: ModelSlot) {
+    let _ = MODEL.try_with(|m| m.set(slot));
+}
+
+/// Runs `request` and returns its output with the model it noted.
+pub async fn observe<F: Future>(request: F) -> (F::Output, ModelSlot) {
+    MODEL
+        .scope(Cell::new(ModelSlot::NONE), async move {
+            let out = request.await;
+            let slot = MODEL.try_with(Cell::get).unwrap_or_default();
+            (out, slot)
+        })
+        .await
+}
 
 /// The gateway's counters, shared by both fronts.
 #[derive(Debug)]
 pub struct Metrics {
-    /// (front, route, code) → count. Few distinct keys; a lock is fine off
-    /// the per-request hot path's critical section (one increment).
-    requests: Mutex<Vec<(RequestKey, u64)>>,
+    /// Model label values, `-` first (see [`ModelSlot`]).
+    models: Vec<String>,
+    /// [front][route][code] → finished requests.
+    requests: Vec<AtomicU64>,
+    /// [front][route][model slot] → time to answer.
+    request_latency: Vec<Histogram>,
     /// (front, reason) → refused authentications.
     auth_failures: Mutex<Vec<((&'static str, &'static str), u64)>>,
     /// (front, api) → authenticated callers denied by the policy.
@@ -34,51 +156,77 @@ pub struct Metrics {
     config_reloads: Mutex<Vec<((&'static str, &'static str), u64)>>,
     predict_latency: Histogram,
     model_latency: Histogram,
-    /// telemetry (issue 9): total − model-server time of a prediction.
+    /// Total − model-server time of a prediction.
     overhead: Histogram,
-    /// (front, api, model) → time to answer, whatever the result. Few keys;
-    /// the lock is held only to find the series.
-    request_latency: Mutex<Vec<(LatencyKey, Arc<Histogram>)>>,
     /// Entities per predict-batch call.
     batch_entities: Histogram,
 }
 
 impl Default for Metrics {
     fn default() -> Self {
+        Metrics::new(&[])
+    }
+}
+
+impl Metrics {
+    /// Counters for a gateway serving `models` (the latency series of each
+    /// are made up front: none is created while serving).
+    pub fn new(models: &[String]) -> Self {
+        let models: Vec<String> = std::iter::once("-".to_owned())
+            .chain(models.iter().cloned())
+            .collect();
+        let series = Front::ALL.len() * Route::ALL.len();
         Metrics {
-            requests: Mutex::default(),
+            requests: (0..series * CODES.len())
+                .map(|_| AtomicU64::new(0))
+                .collect(),
+            request_latency: (0..series * models.len())
+                .map(|_| Histogram::new(LATENCY_BUCKETS))
+                .collect(),
+            models,
             auth_failures: Mutex::default(),
             auth_denied: Mutex::default(),
             config_reloads: Mutex::default(),
             predict_latency: Histogram::new(LATENCY_BUCKETS),
             model_latency: Histogram::new(LATENCY_BUCKETS),
             overhead: Histogram::new(LATENCY_BUCKETS),
-            request_latency: Mutex::default(),
             batch_entities: Histogram::new(SIZE_BUCKETS),
         }
     }
-}
 
-impl Metrics {
-    /// Counts one finished request.
-    pub fn request(&self, front: &'static str, route: &'static str, code: &'static str) {
-        if let Ok(mut r) = self.requests.lock() {
-            let key = (front, route, code);
-            match r.iter_mut().find(|(k, _)| *k == key) {
-                Some((_, n)) => *n += 1,
-                None => r.push((key, 1)),
-            }
+    fn series(front: Front, route: Route) -> usize {
+        front as usize * Route::ALL.len() + route as usize
+    }
+
+    /// Counts one finished request by its result code (one of [`CODES`])
+    /// and times it under its model (if it noted one).
+    pub fn request(
+        &self,
+        front: Front,
+        route: Route,
+        code: &'static str,
+        model: ModelSlot,
+        elapsed: Duration,
+    ) {
+        let series = Self::series(front, route);
+        if let Some(c) = CODES.iter().position(|known| *known == code) {
+            self.requests[series * CODES.len() + c].fetch_add(1, Ordering::Relaxed);
+        } else {
+            debug_assert!(false, "code {code:?} is missing from metrics::CODES");
         }
+        let m = usize::from(model.0);
+        let m = if m < self.models.len() { m } else { 0 };
+        self.request_latency[series * self.models.len() + m].observe_duration(elapsed);
     }
 
     /// Counts a refused authentication by front and reason.
-    pub fn auth_failure(&self, front: &'static str, reason: &'static str) {
-        bump(&self.auth_failures, (front, reason));
+    pub fn auth_failure(&self, front: Front, reason: &'static str) {
+        bump(&self.auth_failures, (front.as_str(), reason));
     }
 
     /// Counts a caller the policy denied, by front and API.
-    pub fn auth_denied(&self, front: &'static str, api: &'static str) {
-        bump(&self.auth_denied, (front, api));
+    pub fn auth_denied(&self, front: Front, api: &'static str) {
+        bump(&self.auth_denied, (front.as_str(), api));
     }
 
     /// Counts a config file reload by result (`applied`, `invalid`, `failed`).
@@ -86,207 +234,51 @@ impl Metrics {
         bump(&self.config_reloads, ("config", result));
     }
 
-    /// Appends the routing per model, the shadow pool's counts and the
-    /// config reloads.
-    pub fn render_rollout<S: feature_store::store::FullStore>(
-        &self,
-        out: &mut String,
-        routing: &crate::rollout::live::LiveRouting<S>,
-        shadows: &crate::rollout::shadow::ShadowPool,
-    ) {
-        let _ = writeln!(
-            out,
-            "# HELP mlgw_routing_revision Revision of the routing each model serves.\n# TYPE mlgw_routing_revision gauge"
-        );
-        let mut models: Vec<&str> = routing.models().collect();
-        models.sort_unstable();
-        let mut shares = String::new();
-        for m in models {
-            if let Some(served) = routing.current(m) {
-                let _ = writeln!(
-                    out,
-                    "mlgw_routing_revision{{model=\"{m}\"}} {}",
-                    served.revision
-                );
-                for (version, role) in served.table.roles() {
-                    let share = match role {
-                        "stable" => {
-                            let canary = served.table.canary.as_ref().map_or(0, |c| c.basis_points);
-                            f64::from(crate::rollout::BUCKETS - canary) / 100.0
-                        }
-                        "canary" => served
-                            .table
-                            .canary
-                            .as_ref()
-                            .map_or(0.0, |c| f64::from(c.basis_points) / 100.0),
-                        _ => 0.0,
-                    };
-                    let _ = writeln!(
-                        shares,
-                        "mlgw_routing_share_percent{{model=\"{m}\",version=\"{version}\",role=\"{role}\"}} {share}"
-                    );
-                }
-            }
-        }
-        let _ = writeln!(
-            out,
-            "# HELP mlgw_routing_share_percent Share of callers each version gets by the sticky split (pilots and shadows: 0).\n# TYPE mlgw_routing_share_percent gauge"
-        );
-        out.push_str(&shares);
-        let _ = writeln!(
-            out,
-            "# HELP mlgw_shadow_calls_total Shadow copies by model, version and result (dropped: the shadow pool was full).\n# TYPE mlgw_shadow_calls_total counter"
-        );
-        for ((m, v), c) in shadows.counts() {
-            for (result, n) in [("ok", c.ok), ("failed", c.failed), ("dropped", c.dropped)] {
-                let _ = writeln!(
-                    out,
-                    "mlgw_shadow_calls_total{{model=\"{m}\",version=\"{v}\",result=\"{result}\"}} {n}"
-                );
-            }
-        }
-        let _ = writeln!(
-            out,
-            "# HELP mlgw_shadow_in_flight Shadow calls running now.\n# TYPE mlgw_shadow_in_flight gauge\nmlgw_shadow_in_flight {}",
-            shadows.in_flight()
-        );
-        let _ = writeln!(
-            out,
-            "# HELP mlgw_config_reloads_total Config file edits seen while running, by result.\n# TYPE mlgw_config_reloads_total counter"
-        );
-        if let Ok(r) = self.config_reloads.lock() {
-            for ((_, result), n) in r.iter() {
-                let _ = writeln!(out, "mlgw_config_reloads_total{{result=\"{result}\"}} {n}");
-            }
-        }
-    }
-
-    /// Appends the auth counters and the signing-key state.
-    pub fn render_auth(&self, out: &mut String, keys: &crate::auth::keys::KeyStats) {
-        let _ = writeln!(
-            out,
-            "# HELP mlgw_auth_failures_total Requests refused for a missing or invalid token, by front and reason.\n# TYPE mlgw_auth_failures_total counter"
-        );
-        if let Ok(r) = self.auth_failures.lock() {
-            for ((front, reason), n) in r.iter() {
-                let _ = writeln!(
-                    out,
-                    "mlgw_auth_failures_total{{front=\"{front}\",reason=\"{reason}\"}} {n}"
-                );
-            }
-        }
-        let _ = writeln!(
-            out,
-            "# HELP mlgw_auth_denied_total Authenticated callers refused by the access policy, by front and API.\n# TYPE mlgw_auth_denied_total counter"
-        );
-        if let Ok(r) = self.auth_denied.lock() {
-            for ((front, api), n) in r.iter() {
-                let _ = writeln!(
-                    out,
-                    "mlgw_auth_denied_total{{front=\"{front}\",api=\"{api}\"}} {n}"
-                );
-            }
-        }
-        let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
-        let _ = writeln!(
-            out,
-            "# HELP mlgw_auth_signing_keys Signing keys of the issuer in use.\n# TYPE mlgw_auth_signing_keys gauge\nmlgw_auth_signing_keys {}",
-            load(&keys.keys)
-        );
-        let _ = writeln!(
-            out,
-            "# HELP mlgw_auth_key_fetches_total Discovery + JWKS fetches by result.\n# TYPE mlgw_auth_key_fetches_total counter\nmlgw_auth_key_fetches_total{{result=\"ok\"}} {}\nmlgw_auth_key_fetches_total{{result=\"error\"}} {}",
-            load(&keys.fetches_ok),
-            load(&keys.fetches_failed)
-        );
-        let _ = writeln!(
-            out,
-            "# HELP mlgw_auth_keys_fetched_timestamp_seconds When the signing keys were last fetched (0: never).\n# TYPE mlgw_auth_keys_fetched_timestamp_seconds gauge\nmlgw_auth_keys_fetched_timestamp_seconds {}",
-            load(&keys.last_ok_unix)
-        );
-    }
-
-    /// Times one finished request of `api` for `model` (`-` when the API is
-    /// not about one model), successful or not.
-    pub fn request_latency(
-        &self,
-        front: &'static str,
-        api: &'static str,
-        model: &str,
-        elapsed: Duration,
-    ) {
-        let series = {
-            let Ok(mut all) = self.request_latency.lock() else {
-                return;
-            };
-            match all
-                .iter()
-                .find(|((f, a, m), _)| *f == front && *a == api && m == model)
-            {
-                Some((_, h)) => Arc::clone(h),
-                None => {
-                    // Bounded by the configured models: unknown ones are
-                    // refused before a prediction is timed under their name.
-                    let h = Arc::new(Histogram::new(LATENCY_BUCKETS));
-                    all.push(((front, api, model.to_owned()), Arc::clone(&h)));
-                    h
-                }
-            }
-        };
-        series.observe_duration(elapsed);
-    }
-
     /// Counts the entities of one predict-batch call.
     pub fn batch_entities(&self, n: usize) {
         self.batch_entities.observe(n as f64);
     }
 
-    /// Writes each model-server client's circuit breaker and call counts, as
-    /// [`crate::core::Gateway::model_clients`] lists them.
-    pub fn render_model_clients(&self, out: &mut String, clients: &[ClientStatus<'_>]) {
-        type Value = fn(&ClientStatus<'_>) -> u64;
-        let families: [(&str, &str, &str, Value); 5] = [
+    /// Records a successful prediction's total and model-server time.
+    pub fn prediction(&self, total: Duration, model: Duration) {
+        self.predict_latency.observe_duration(total);
+        self.model_latency.observe_duration(model);
+        self.overhead.observe_duration(total.saturating_sub(model));
+    }
+
+    /// Appends the auth refusals and the config reloads.
+    fn render_auth_and_reloads(&self, out: &mut String) {
+        let families = [
             (
-                "mlgw_model_circuit_state",
-                "gauge",
-                "Circuit breaker of each model-server client: 0 closed, 1 open (calls fail at once), 2 half-open (one probe out).",
-                |c| u64::from(c.state.gauge()),
+                "mlgw_auth_failures_total",
+                "Requests refused for a missing or invalid token, by front and reason.",
+                &self.auth_failures,
+                ["front", "reason"],
             ),
             (
-                "mlgw_model_circuit_opens_total",
-                "counter",
-                "Times each circuit breaker opened after consecutive failures.",
-                |c| c.opens,
-            ),
-            (
-                "mlgw_model_calls_total",
-                "counter",
-                "ModelInfer calls sent by each model-server client.",
-                |c| c.calls,
-            ),
-            (
-                "mlgw_model_call_rows_total",
-                "counter",
-                "Rows those calls carried; more than calls when predictions were sent together ([model.coalesce]).",
-                |c| c.rows,
-            ),
-            (
-                "mlgw_model_coalesced_calls_refused_total",
-                "counter",
-                "Calls of several predictions the model-server refused (INVALID_ARGUMENT, most likely [model.coalesce] max_rows above the model's max batch size); their rows were sent again alone and the row limit halved.",
-                |c| c.refused_batches,
+                "mlgw_auth_denied_total",
+                "Authenticated callers refused by the access policy, by front and API.",
+                &self.auth_denied,
+                ["front", "api"],
             ),
         ];
-        for (name, kind, help, value) in families {
-            header(out, name, kind, help);
-            for c in clients {
-                let _ = writeln!(
-                    out,
-                    "{name}{{pool=\"{}\",endpoint=\"{}\"}} {}",
-                    c.pool,
-                    label(c.endpoint),
-                    value(c)
-                );
+        for (name, help, counters, [l1, l2]) in families {
+            header(out, name, "counter", help);
+            if let Ok(r) = counters.lock() {
+                for ((a, b), n) in r.iter() {
+                    let _ = writeln!(out, "{name}{{{l1}=\"{a}\",{l2}=\"{b}\"}} {n}");
+                }
+            }
+        }
+        header(
+            out,
+            "mlgw_config_reloads_total",
+            "counter",
+            "Config file edits seen while running, by result.",
+        );
+        if let Ok(r) = self.config_reloads.lock() {
+            for ((_, result), n) in r.iter() {
+                let _ = writeln!(out, "mlgw_config_reloads_total{{result=\"{result}\"}} {n}");
             }
         }
     }
@@ -411,26 +403,29 @@ impl Metrics {
         }
     }
 
-    /// Records a successful prediction's total and model-server time.
-    pub fn prediction(&self, total: Duration, model: Duration) {
-        self.predict_latency.observe_duration(total);
-        self.model_latency.observe_duration(model);
-        self.overhead.observe_duration(total.saturating_sub(model));
-    }
-
-    /// The Prometheus text exposition.
-    pub fn render(&self, cache: &CacheStats, in_flight: usize, limit: usize) -> String {
-        let mut out = String::with_capacity(4096);
-        let _ = writeln!(
+    /// Appends the gateway's own counters, the admission gauges
+    /// (`in_flight` of `limit`) and the feature cache's `cache` stats.
+    pub fn render(&self, out: &mut String, cache: &CacheStats, in_flight: usize, limit: usize) {
+        header(
             out,
-            "# HELP mlgw_requests_total Finished requests by front, route and result code.\n# TYPE mlgw_requests_total counter"
+            "mlgw_requests_total",
+            "counter",
+            "Finished requests by front, route and result code.",
         );
-        if let Ok(r) = self.requests.lock() {
-            for ((front, route, code), n) in r.iter() {
-                let _ = writeln!(
-                    out,
-                    "mlgw_requests_total{{front=\"{front}\",route=\"{route}\",code=\"{code}\"}} {n}"
-                );
+        for front in Front::ALL {
+            for route in Route::ALL {
+                let series = Self::series(front, route);
+                for (c, code) in CODES.iter().enumerate() {
+                    let n = self.requests[series * CODES.len() + c].load(Ordering::Relaxed);
+                    if n > 0 {
+                        let _ = writeln!(
+                            out,
+                            "mlgw_requests_total{{front=\"{}\",route=\"{}\",code=\"{code}\"}} {n}",
+                            front.as_str(),
+                            route.as_str()
+                        );
+                    }
+                }
             }
         }
         for (name, help, h) in [
@@ -450,32 +445,43 @@ impl Metrics {
                 &self.overhead,
             ),
         ] {
-            header(&mut out, name, "histogram", help);
-            h.render(&mut out, name, "");
+            header(out, name, "histogram", help);
+            h.render(out, name, "");
         }
         header(
-            &mut out,
+            out,
             "mlgw_request_seconds",
             "histogram",
             "Time to answer a request by front, API and model (- for APIs not about one model), whatever the result.",
         );
-        if let Ok(all) = self.request_latency.lock() {
-            for ((front, api, model), h) in all.iter() {
-                h.render(
-                    &mut out,
-                    "mlgw_request_seconds",
-                    &format!("front=\"{front}\",api=\"{api}\",model=\"{}\"", label(model)),
-                );
+        for front in Front::ALL {
+            for route in Route::ALL {
+                let series = Self::series(front, route);
+                for (m, model) in self.models.iter().enumerate() {
+                    let h = &self.request_latency[series * self.models.len() + m];
+                    if h.count() > 0 {
+                        h.render(
+                            out,
+                            "mlgw_request_seconds",
+                            &format!(
+                                "front=\"{}\",api=\"{}\",model=\"{}\"",
+                                front.as_str(),
+                                route.as_str(),
+                                label(model)
+                            ),
+                        );
+                    }
+                }
             }
         }
         header(
-            &mut out,
+            out,
             "mlgw_predict_batch_entities",
             "histogram",
             "Entities per predict-batch call.",
         );
         self.batch_entities
-            .render(&mut out, "mlgw_predict_batch_entities", "");
+            .render(out, "mlgw_predict_batch_entities", "");
         let gauges = [
             (
                 "mlgw_requests_in_flight",
@@ -544,7 +550,7 @@ impl Metrics {
                 "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
             );
         }
-        // telemetry (issue 9): hits / (hits + misses) since start.
+        // hits / (hits + misses) since start.
         let looked = cache.hits + cache.misses;
         let ratio = if looked == 0 {
             0.0
@@ -560,7 +566,7 @@ impl Metrics {
             out,
             "# HELP mlgw_feature_cache_load_seconds_total Time spent in cache loads.\n# TYPE mlgw_feature_cache_load_seconds_total counter\nmlgw_feature_cache_load_seconds_total {secs}"
         );
-        out
+        self.render_auth_and_reloads(out);
     }
 }
 
@@ -579,16 +585,24 @@ fn bump(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::infer::CircuitState;
 
     #[test]
     fn exposition_has_requests_latency_and_cache() {
-        let m = Metrics::default();
-        m.request("rest", "predict", "ok");
-        m.request("rest", "predict", "ok");
-        m.request("grpc", "predict", "invalid_argument");
+        let m = Metrics::new(&["a".to_owned()]);
+        let t = Duration::from_micros(100);
+        m.request(Front::Rest, Route::Predict, "ok", ModelSlot::NONE, t);
+        m.request(Front::Rest, Route::Predict, "ok", ModelSlot::NONE, t);
+        m.request(
+            Front::Grpc,
+            Route::Predict,
+            "invalid_argument",
+            ModelSlot::NONE,
+            t,
+        );
         m.prediction(Duration::from_micros(1500), Duration::from_micros(400));
-        let text = m.render(
+        let mut text = String::new();
+        m.render(
+            &mut text,
             &CacheStats {
                 hits: 7,
                 ..CacheStats::default()
@@ -607,13 +621,33 @@ mod tests {
     }
 
     #[test]
-    fn labelled_latency_sizes_circuits_and_store_errors() {
-        let m = Metrics::default();
-        m.request_latency("grpc", "predict", "a", Duration::from_micros(800));
-        m.request_latency("grpc", "predict", "a", Duration::from_millis(30));
-        m.request_latency("rest", "feedback", "-", Duration::from_micros(100));
+    fn labelled_latency_sizes_and_store_errors() {
+        let m = Metrics::new(&["a".to_owned()]);
+        let a = ModelSlot::of_index(0);
+        m.request(
+            Front::Grpc,
+            Route::Predict,
+            "ok",
+            a,
+            Duration::from_micros(800),
+        );
+        m.request(
+            Front::Grpc,
+            Route::Predict,
+            "ok",
+            a,
+            Duration::from_millis(30),
+        );
+        m.request(
+            Front::Rest,
+            Route::Feedback,
+            "ok",
+            ModelSlot::NONE,
+            Duration::from_micros(100),
+        );
         m.batch_entities(3);
-        let mut text = m.render(&CacheStats::default(), 0, 8);
+        let mut text = String::new();
+        m.render(&mut text, &CacheStats::default(), 0, 8);
         assert!(
             text.contains(
                 "mlgw_request_seconds_bucket{front=\"grpc\",api=\"predict\",model=\"a\",le=\"0.001\"} 1"
@@ -631,39 +665,6 @@ mod tests {
         assert!(text.contains("mlgw_predict_batch_entities_bucket{le=\"2\"} 0"));
         assert!(text.contains("mlgw_predict_batch_entities_bucket{le=\"4\"} 1"));
         assert!(text.contains("mlgw_predict_batch_entities_sum 3"));
-        let client = |pool, state, opens, calls, rows| ClientStatus {
-            pool,
-            endpoint: "http://m:1",
-            state,
-            opens,
-            calls,
-            rows,
-            refused_batches: 3,
-        };
-        m.render_model_clients(
-            &mut text,
-            &[
-                client("callers", CircuitState::Open, 2, 40, 100),
-                client("shadow", CircuitState::Closed, 0, 7, 7),
-            ],
-        );
-        assert!(
-            text.contains("mlgw_model_circuit_state{pool=\"callers\",endpoint=\"http://m:1\"} 1")
-        );
-        assert!(text.contains(
-            "mlgw_model_circuit_opens_total{pool=\"callers\",endpoint=\"http://m:1\"} 2"
-        ));
-        assert!(
-            text.contains("mlgw_model_calls_total{pool=\"callers\",endpoint=\"http://m:1\"} 40")
-        );
-        assert!(
-            text.contains(
-                "mlgw_model_call_rows_total{pool=\"callers\",endpoint=\"http://m:1\"} 100"
-            )
-        );
-        assert!(text.contains(
-            "mlgw_model_coalesced_calls_refused_total{pool=\"shadow\",endpoint=\"http://m:1\"} 3"
-        ));
         m.render_store_errors(&mut text, &StoreErrorStats::default());
         assert!(text.contains(
             "mlgw_feature_store_errors_total{op=\"batch_watch\",kind=\"unavailable\"} 0"

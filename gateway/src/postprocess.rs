@@ -3,7 +3,7 @@
 
 use serde::Deserialize;
 
-use crate::infer::OutputTensor;
+use crate::model::infer::OutputTensor;
 
 /// Platt scaling of a positive-class score: `1 / (1 + exp(a·s + b))`.
 #[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
@@ -20,6 +20,33 @@ impl Platt {
     pub fn apply(self, s: f64) -> f64 {
         1.0 / (1.0 + (self.a * s + self.b).exp())
     }
+}
+
+/// Why a model's answer cannot be post-processed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum AnswerError {
+    /// An output has fewer rows than the call carried.
+    #[error("output {output:?} has no row {row}")]
+    NoRow {
+        /// The output.
+        output: String,
+        /// The row asked for.
+        row: usize,
+    },
+    /// The scores output's width does not match the configured labels.
+    #[error("output {output:?} has {scores} scores per row but {labels} labels are configured")]
+    Width {
+        /// The output.
+        output: String,
+        /// Scores per row.
+        scores: usize,
+        /// Labels configured.
+        labels: usize,
+    },
+    /// The scores output is missing.
+    #[error("the model answered without output {0:?}")]
+    MissingOutput(String),
 }
 
 /// How one model's answer is turned into the response.
@@ -113,8 +140,13 @@ impl PostProcess {
     /// output are returned with their values only.
     ///
     /// # Errors
-    /// A message if the scores output is missing or has the wrong width.
-    pub fn apply(&self, outputs: &[OutputTensor], row: usize) -> Result<Vec<Processed>, String> {
+    /// [`AnswerError`] if the scores output is missing or has the wrong
+    /// width.
+    pub fn apply(
+        &self,
+        outputs: &[OutputTensor],
+        row: usize,
+    ) -> Result<Vec<Processed>, AnswerError> {
         let mut out = Vec::with_capacity(outputs.len());
         let mut found = false;
         for o in outputs {
@@ -122,7 +154,10 @@ impl PostProcess {
             let values: Vec<f64> = o
                 .values
                 .get(row * width..(row + 1) * width)
-                .ok_or_else(|| format!("output {:?} has no row {row}", o.name))?
+                .ok_or_else(|| AnswerError::NoRow {
+                    output: o.name.clone(),
+                    row,
+                })?
                 .to_vec();
             if o.name != self.scores_output {
                 out.push(Processed {
@@ -136,12 +171,11 @@ impl PostProcess {
             }
             found = true;
             if values.len() != self.labels.len() {
-                return Err(format!(
-                    "output {:?} has {} scores per row but {} labels are configured",
-                    o.name,
-                    values.len(),
-                    self.labels.len()
-                ));
+                return Err(AnswerError::Width {
+                    output: o.name.clone(),
+                    scores: values.len(),
+                    labels: self.labels.len(),
+                });
             }
             let mut scores = values.clone();
             let positive = self
@@ -180,10 +214,7 @@ impl PostProcess {
             });
         }
         if !found {
-            return Err(format!(
-                "the model answered without output {:?}",
-                self.scores_output
-            ));
+            return Err(AnswerError::MissingOutput(self.scores_output.clone()));
         }
         Ok(out)
     }
@@ -274,6 +305,7 @@ mod tests {
             fraud(None, None)
                 .apply(&wrong, 0)
                 .unwrap_err()
+                .to_string()
                 .contains("3 scores per row but 2 labels")
         );
     }

@@ -1,6 +1,10 @@
-//! Building and running the gateway: the store, the reader and its batch
-//! watch, the core, the REST and gRPC fronts on bound listeners (port 0 picks
-//! a free port), health and reflection, and graceful shutdown.
+//! The server on top of everything: [`GatewayServer::bind`] opens the
+//! store, builds the state (prediction path, auth, metrics), checks every
+//! model and binds both ports (port 0 picks a free one);
+//! [`GatewayServer::run`] composes the REST and gRPC fronts with the admin
+//! APIs, health and reflection behind the shared tower stack, hosts the
+//! background tasks (key refresh, routing poll, config watch, scheduler) and
+//! shuts down gracefully.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -13,148 +17,17 @@ use feature_store::store::AnyStore;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
-use crate::auth::dev_issuer::{DevIssuer, DevToken};
-use crate::auth::keys::IssuerKeys;
-use crate::auth::layer::AuthState;
-use crate::auth::{Access, AuthMode, Caller, Policy, Verifier};
+use crate::admin::routing::RoutingAdminGrpc;
+use crate::admin::tuner::TunerAdminGrpc;
+use crate::auth::dev_issuer::{DevIssuer, DevIssuerError, DevToken};
+use crate::auth::keys::{FetchError, IssuerKeys};
+use crate::auth::{AuthMode, Authenticator, Authorizer, Policy, Verifier};
 use crate::config::GatewayConfig;
-use crate::core::Gateway;
-use crate::error::GatewayError;
-
-/// The dev issuer as served by this gateway.
-pub struct DevIssuerState {
-    /// The key pair.
-    pub issuer: DevIssuer,
-    /// Its issuer URL (`http://127.0.0.1:PORT/dev-issuer`).
-    pub url: String,
-}
-
-/// What both fronts share: the core, the admission limit, auth.
-pub struct Shared<S> {
-    /// The core.
-    pub gateway: Gateway<S>,
-    /// At most this many requests are served at once.
-    limit: Arc<Semaphore>,
-    /// Entities per PredictBatch call.
-    pub max_batch_entities: usize,
-    /// Request counters and latencies.
-    pub metrics: Arc<crate::metrics::Metrics>,
-    limit_total: usize,
-    /// Token verification (used by the auth layers).
-    pub auth: AuthState,
-    /// Who may call what.
-    pub policy: Policy,
-    /// The dev issuer, in `mode = "dev"`.
-    pub dev_issuer: Option<Arc<DevIssuerState>>,
-    /// The hosted scheduler's poll interval (None: `[scheduler]` disabled).
-    pub scheduler_poll: Option<Duration>,
-}
-
-/// How long a `/metrics` scrape waits for the refresh jobs' state.
-const METRICS_STORE_DEADLINE: Duration = Duration::from_secs(1);
-
-impl<S: feature_store::store::FullStore> Shared<S> {
-    /// The `/metrics` text, with the refresh jobs' state read from the store
-    /// under a deadline (a scrape never waits on a slow store for long).
-    pub async fn render_metrics_with_jobs(&self) -> String {
-        let reader = self.gateway.enricher().reader();
-        let jobs = tokio::time::timeout(
-            METRICS_STORE_DEADLINE,
-            feature_store::schedule::jobs::list(&**reader.store(), reader.definitions()),
-        )
-        .await
-        .ok()
-        .and_then(Result::ok);
-        let mut out = self.render_metrics();
-        self.metrics.render_refresh_jobs(&mut out, jobs.as_deref());
-        out
-    }
-
-    /// The `/metrics` text without the refresh jobs (no store call).
-    pub fn render_metrics(&self) -> String {
-        let in_flight = self
-            .limit_total
-            .saturating_sub(self.limit.available_permits());
-        let reader = self.gateway.enricher().reader();
-        let cache = reader.cache_stats();
-        let mut out = self.metrics.render(&cache, in_flight, self.limit_total);
-        self.metrics
-            .render_store_errors(&mut out, &reader.store_error_stats());
-        self.metrics
-            .render_event_reads(&mut out, &reader.event_stats());
-        self.metrics
-            .render_model_clients(&mut out, &self.gateway.model_clients());
-        if let Some(log) = self.gateway.prediction_log() {
-            log.stats().render(&mut out);
-        }
-        self.metrics
-            .render_auth(&mut out, &self.auth.verifier.keys().stats);
-        self.metrics
-            .render_rollout(&mut out, self.gateway.routing(), self.gateway.shadows());
-        // telemetry (issue 9): stage latencies timed from the request's spans.
-        if let Some(stages) = telemetry::stages::global() {
-            stages.render(
-                &mut out,
-                "mlgw_stage_seconds",
-                "Wall time of each request stage (the span of that name).",
-            );
-        }
-        out
-    }
-}
-
-impl<S> Shared<S> {
-    /// Counts a finished request and times it under `api` and `model` (`-`
-    /// for APIs not about one model).
-    pub fn record_timed<T>(
-        &self,
-        front: &'static str,
-        api: &'static str,
-        model: &str,
-        started: std::time::Instant,
-        result: &Result<T, GatewayError>,
-    ) {
-        self.record(front, api, result);
-        self.metrics
-            .request_latency(front, api, model, started.elapsed());
-    }
-
-    /// Counts a finished request and, for a prediction, its latencies.
-    pub fn record<T>(
-        &self,
-        front: &'static str,
-        route: &'static str,
-        result: &Result<T, GatewayError>,
-    ) {
-        let code = match result {
-            Ok(_) => "ok",
-            Err(e) => e.code().code,
-        };
-        self.metrics.request(front, route, code);
-    }
-
-    /// Checks the access policy for an authenticated caller (`None`: the
-    /// request did not pass the auth layer, which is refused too).
-    ///
-    /// # Errors
-    /// [`GatewayError::PermissionDenied`] saying what the caller lacks.
-    pub fn authorize(
-        &self,
-        front: &'static str,
-        caller: Option<&Caller>,
-        access: Access<'_>,
-    ) -> Result<(), GatewayError> {
-        let caller = caller.ok_or(GatewayError::Unauthenticated(
-            crate::auth::AuthError::Missing,
-        ))?;
-        self.policy.check(caller, access).map_err(|message| {
-            let api = access.api().as_str();
-            self.metrics.auth_denied(front, api);
-            tracing::info!(front, api, caller = %caller.subject, "request denied: {message}");
-            GatewayError::PermissionDenied(message)
-        })
-    }
-}
+use crate::front::grpc::{FeatureGrpc, FeedbackGrpc, PredictionGrpc};
+use crate::front::layers::{GatewayLayer, GrpcReject, RestReject};
+use crate::metrics::{Front, Metrics};
+use crate::serve::Core;
+use crate::state::{AppState, DevIssuerState};
 
 /// Why the gateway cannot start.
 #[derive(Debug, thiserror::Error)]
@@ -165,13 +38,22 @@ pub enum ServeError {
     Definitions(#[from] feature_store::definitions::DefinitionsError),
     /// The store cannot be opened or reached.
     #[error("feature store: {0}")]
-    Store(String),
+    StoreSettings(#[source] feature_store::config::SettingsError),
+    /// The store cannot be read.
+    #[error("feature store: {0}")]
+    Store(#[source] feature_store::store::StoreError),
     /// A model check failed.
     #[error(transparent)]
-    Start(#[from] crate::core::StartError),
-    /// The auth setup failed.
+    Start(#[from] crate::serve::StartError),
+    /// The dev issuer could not be made.
     #[error("auth: {0}")]
-    Auth(String),
+    DevIssuer(#[source] DevIssuerError),
+    /// The issuer's keys cannot be fetched from its URL.
+    #[error("auth: {0}")]
+    Keys(#[source] FetchError),
+    /// A start-up task failed.
+    #[error("auth: {0}")]
+    Task(#[source] tokio::task::JoinError),
     /// A port cannot be bound.
     #[error("cannot listen on {addr} (is another process using the port?): {source}")]
     Bind {
@@ -180,14 +62,20 @@ pub enum ServeError {
         /// The OS error.
         source: std::io::Error,
     },
-    /// A server failed while running.
+    /// gRPC reflection could not be built.
     #[error("server error: {0}")]
-    Serve(String),
+    Reflection(#[source] tonic_reflection::server::Error),
+    /// The REST server failed while running.
+    #[error("server error: REST: {0}")]
+    Rest(#[source] std::io::Error),
+    /// The gRPC server failed while running.
+    #[error("server error: gRPC: {0}")]
+    Grpc(#[source] tonic::transport::Error),
 }
 
 /// A gateway with bound listeners, ready to run.
 pub struct GatewayServer {
-    shared: Arc<Shared<AnyStore>>,
+    state: Arc<AppState<AnyStore>>,
     reader: Arc<FeatureReader<AnyStore>>,
     http: TcpListener,
     grpc: TcpListener,
@@ -195,7 +83,6 @@ pub struct GatewayServer {
     key_refresh: Duration,
     dev_token: Option<DevToken>,
     config: GatewayConfig,
-    scheduler: crate::tuner_admin::SchedulerSettings,
 }
 
 impl GatewayServer {
@@ -210,14 +97,27 @@ impl GatewayServer {
             .store
             .connect()
             .await
-            .map_err(|e| ServeError::Store(e.to_string()))?;
+            .map_err(ServeError::StoreSettings)?;
         let reader = Arc::new(
             FeatureReader::new(Arc::new(store), defs, config.cache.clone())
                 .await
-                .map_err(|e| ServeError::Store(e.to_string()))?,
+                .map_err(ServeError::Store)?,
         );
-        let gateway = Gateway::new(config, Arc::clone(&reader)).await?;
-        gateway.check_models(Duration::from_secs(10)).await?;
+        let models: Vec<String> = config.models.iter().map(|m| m.name.clone()).collect();
+        let metrics = Arc::new(Metrics::new(&models));
+        let auth = &config.auth;
+        let authz = Arc::new(Authorizer::new(
+            Policy::new(auth.rules.clone(), auth.pilots.clone()),
+            Arc::clone(&metrics),
+        ));
+        let core = Core::new(
+            config,
+            Arc::clone(&reader),
+            Arc::clone(&authz),
+            Arc::clone(&metrics),
+        )
+        .await?;
+        core.check_models(Duration::from_secs(10)).await?;
         let bind = |port: u16| {
             let addr = format!("{}:{port}", config.server.host);
             async move {
@@ -228,7 +128,6 @@ impl GatewayServer {
         };
         let http = bind(config.server.http_port).await?;
         let grpc = bind(config.server.grpc_port).await?;
-        let auth = &config.auth;
         let (issuer, dev_issuer, dev_token) = match &auth.mode {
             AuthMode::Oidc { issuer } => (issuer.trim_end_matches('/').to_owned(), None, None),
             AuthMode::Dev(dev) => {
@@ -245,11 +144,11 @@ impl GatewayServer {
                 let dev = dev.clone();
                 let issuer = tokio::task::spawn_blocking(move || DevIssuer::generate(dev))
                     .await
-                    .map_err(|e| ServeError::Auth(e.to_string()))?
-                    .map_err(|e| ServeError::Auth(e.to_string()))?;
+                    .map_err(ServeError::Task)?
+                    .map_err(ServeError::DevIssuer)?;
                 let token = issuer
                     .mint(&url, &auth.audience)
-                    .map_err(|e| ServeError::Auth(e.to_string()))?;
+                    .map_err(ServeError::DevIssuer)?;
                 (
                     url.clone(),
                     Some(Arc::new(DevIssuerState { issuer, url })),
@@ -264,24 +163,25 @@ impl GatewayServer {
                 auth.fetch_timeout,
                 auth.jwks_min_refetch,
             )
-            .map_err(|e| ServeError::Auth(e.to_string()))?,
+            .map_err(ServeError::Keys)?,
         );
         let verifier = Arc::new(Verifier::new(
             auth.verify_settings(&issuer),
             Arc::clone(&keys),
         ));
-        let metrics = Arc::new(crate::metrics::Metrics::default());
         Ok(GatewayServer {
-            shared: Arc::new(Shared {
-                gateway,
+            state: Arc::new(AppState {
+                core,
+                authn: Authenticator {
+                    verifier,
+                    metrics: Arc::clone(&metrics),
+                },
+                authz,
+                metrics,
                 limit: Arc::new(Semaphore::new(config.server.max_concurrent_requests)),
-                max_batch_entities: config.server.max_batch_entities,
-                metrics: Arc::clone(&metrics),
                 limit_total: config.server.max_concurrent_requests,
-                auth: AuthState { verifier, metrics },
-                policy: Policy::new(auth.rules.clone(), auth.pilots.clone()),
                 dev_issuer,
-                scheduler_poll: config.scheduler.enabled.then_some(config.scheduler.poll),
+                scheduler_poll: config.scheduler.poll(),
             }),
             reader,
             http,
@@ -290,7 +190,6 @@ impl GatewayServer {
             key_refresh: auth.jwks_refresh,
             dev_token,
             config: config.clone(),
-            scheduler: config.scheduler.clone(),
         })
     }
 
@@ -312,7 +211,7 @@ impl GatewayServer {
     /// Serves until `shutdown` completes, then drains in-flight requests.
     ///
     /// # Errors
-    /// [`ServeError::Serve`] if a front fails.
+    /// [`ServeError`] if a front fails.
     pub async fn run(
         self,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
@@ -329,30 +228,29 @@ impl GatewayServer {
         // Routing changes made through other replicas, and edits of the
         // config file's routing, reach this gateway while it runs.
         let routing_poll = {
-            let shared = Arc::clone(&self.shared);
+            let state = Arc::clone(&self.state);
             let (interval, stopped) = (self.config.rollout.poll, stop(rx.clone()));
-            tokio::spawn(async move { shared.gateway.routing().watch(interval, stopped).await })
+            tokio::spawn(async move { state.core.routing().watch(interval, stopped).await })
         };
         let config_watch = self.config.rollout.config_watch.map(|interval| {
-            let shared = Arc::clone(&self.shared);
+            let state = Arc::clone(&self.state);
             let (config, stopped) = (self.config.clone(), stop(rx.clone()));
-            tokio::spawn(async move { watch_config(&shared, config, interval, stopped).await })
+            tokio::spawn(async move { watch_config(&state, config, interval, stopped).await })
         });
-        // The tower stack, one definition for both fronts (crate::layers).
-        let metrics = Arc::clone(&self.shared);
-        let on_refused: crate::layers::OnRefused =
-            Arc::new(move |front, route, e: &GatewayError| {
-                metrics.metrics.request(front, route, e.code().code);
-            });
-        let timeout = self.shared.gateway.request_timeout();
+        let state = &self.state;
+        // The tower stack, one definition for both fronts.
+        fn stack<R>(state: &AppState<AnyStore>, front: Front, reject: R) -> GatewayLayer<R> {
+            GatewayLayer::new(
+                Arc::clone(&state.limit),
+                state.core.request_timeout(),
+                front,
+                reject,
+                Arc::clone(&state.metrics),
+            )
+        }
         let app =
-            crate::http::router(Arc::clone(&self.shared)).layer(crate::layers::GatewayLayer::new(
-                Arc::clone(&self.shared.limit),
-                timeout,
-                "rest",
-                crate::layers::RestReject,
-                Arc::clone(&on_refused),
-            ));
+            crate::front::rest::router(Arc::clone(state), crate::admin::rest_routes::<AnyStore>())
+                .layer(stack(state, Front::Rest, RestReject));
         let listener = self.http.tap_io(|tcp| {
             if let Err(e) = tcp.set_nodelay(true) {
                 tracing::warn!(error = %e, "cannot set TCP_NODELAY on an HTTP connection");
@@ -363,84 +261,50 @@ impl GatewayServer {
         let (health, health_service) = tonic_health::server::health_reporter();
         health
             .set_serving::<proto::gateway::v1::prediction_service_server::PredictionServiceServer<
-                crate::grpc::PredictionGrpc<AnyStore>,
+                PredictionGrpc<AnyStore>,
             >>()
             .await;
         let reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(proto::GATEWAY_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .build_v1()
-            .map_err(|e| ServeError::Serve(e.to_string()))?;
+            .map_err(ServeError::Reflection)?;
         // Small frames must not wait for Nagle + delayed ACK (~40 ms tails).
         let incoming =
             tonic::transport::server::TcpIncoming::from(self.grpc).with_nodelay(Some(true));
         let grpc = tonic::transport::Server::builder()
-            .layer(crate::layers::GatewayLayer::new(
-                Arc::clone(&self.shared.limit),
-                timeout,
-                "grpc",
-                crate::layers::GrpcReject,
-                Arc::clone(&on_refused),
-            ))
-            .layer(crate::auth::layer::GrpcAuthLayer::new(
-                self.shared.auth.clone(),
-            ))
+            .layer(stack(state, Front::Grpc, GrpcReject))
+            .layer(crate::front::authn::GrpcAuthLayer::new(state.authn.clone()))
             .add_service(health_service)
             .add_service(reflection)
             .add_service(
                 proto::gateway::v1::prediction_service_server::PredictionServiceServer::new(
-                    crate::grpc::PredictionGrpc::new(Arc::clone(&self.shared)),
+                    PredictionGrpc::new(Arc::clone(state)),
                 ),
             )
             .add_service(
                 proto::gateway::v1::feature_service_server::FeatureServiceServer::new(
-                    crate::grpc::FeatureGrpc::new(Arc::clone(&self.shared)),
+                    FeatureGrpc::new(Arc::clone(state)),
                 ),
             )
             .add_service(
                 proto::gateway::v1::feedback_service_server::FeedbackServiceServer::new(
-                    crate::grpc::FeedbackGrpc::new(Arc::clone(&self.shared)),
+                    FeedbackGrpc::new(Arc::clone(state)),
                 ),
             )
             .add_service(
                 proto::gateway::v1::routing_admin_service_server::RoutingAdminServiceServer::new(
-                    crate::routing_admin::RoutingAdminGrpc::new(Arc::clone(&self.shared)),
+                    RoutingAdminGrpc::new(Arc::clone(state)),
                 ),
             )
-            // --- refresh tuner admin API (crate::tuner_admin) ---
             .add_service(
                 proto::gateway::v1::tuner_admin_service_server::TunerAdminServiceServer::new(
-                    crate::tuner_admin::TunerAdminGrpc::new(Arc::clone(&self.shared)),
+                    TunerAdminGrpc::new(Arc::clone(state)),
                 ),
             )
-            // --- end refresh tuner admin API ---
             .serve_with_incoming_shutdown(incoming, stop(rx.clone()));
-        // --- refresh scheduler (crate::tuner_admin) ---
-        let scheduler = self.scheduler.enabled.then(|| {
-            let scheduler = Arc::new(
-                feature_store::schedule::Scheduler::new(
-                    Arc::clone(self.reader.store()),
-                    Arc::new(self.reader.definitions().clone()),
-                    feature_store::schedule::SchedulerConfig {
-                        poll: self.scheduler.poll,
-                        lease_margin: self.scheduler.lease_margin,
-                        ..feature_store::schedule::SchedulerConfig::for_this_process()
-                    },
-                )
-                .serving(&self.reader),
-            );
-            tracing::info!(
-                holder = scheduler.config().holder,
-                "refresh scheduler started (every {:?})",
-                self.scheduler.poll
-            );
-            tokio::spawn(scheduler.run(
-                Arc::new(feature_store::schedule::SystemClock),
-                stop(rx.clone()),
-                feature_store::schedule::log_event,
-            ))
-        });
-        // --- end refresh scheduler ---
+        let scheduler =
+            crate::scheduler::spawn(&self.config.scheduler, &self.reader, stop(rx.clone()));
         tokio::spawn(async move {
             shutdown.await;
             let _ = tx.send(true);
@@ -459,8 +323,8 @@ impl GatewayServer {
         }
         // Shadow copies still running queue their records before the log closes.
         if !self
-            .shared
-            .gateway
+            .state
+            .core
             .shadows()
             .drain(self.config.rollout.shadow_timeout)
             .await
@@ -469,13 +333,13 @@ impl GatewayServer {
         }
         // Both fronts have drained: every answered prediction is queued.
         let log_deadline = Duration::from_secs(10);
-        if !self.shared.gateway.close_log(log_deadline).await {
+        if !self.state.core.close_log(log_deadline).await {
             tracing::error!(
                 "prediction log: not everything was written within {log_deadline:?} of shutdown"
             );
         }
-        h.map_err(|e| ServeError::Serve(format!("REST: {e}")))?;
-        g.map_err(|e| ServeError::Serve(format!("gRPC: {e}")))?;
+        h.map_err(ServeError::Rest)?;
+        g.map_err(ServeError::Grpc)?;
         Ok(())
     }
 }
@@ -484,7 +348,7 @@ impl GatewayServer {
 /// applies its routing (recorded as a change by `config-file`). Other edits
 /// need a restart and say so; an invalid file is logged and ignored.
 async fn watch_config(
-    shared: &Shared<AnyStore>,
+    state: &AppState<AnyStore>,
     mut applied: GatewayConfig,
     interval: Duration,
     stop: impl std::future::Future<Output = ()>,
@@ -515,7 +379,7 @@ async fn watch_config(
         let next = match GatewayConfig::parse(&text, &path) {
             Ok(c) => c,
             Err(e) => {
-                shared.metrics.config_reload("invalid");
+                state.metrics.config_reload("invalid");
                 tracing::error!(
                     "config file changed but is invalid; keeping the running config: {e}"
                 );
@@ -539,14 +403,14 @@ async fn watch_config(
             .iter()
             .map(|m| (m.name.clone(), m.routing.clone()))
             .collect();
-        match shared.gateway.routing().apply_file(&tables).await {
+        match state.core.routing().apply_file(&tables).await {
             Ok(changed) => {
-                shared.metrics.config_reload("applied");
+                state.metrics.config_reload("applied");
                 tracing::info!(models = ?changed, "config file reloaded");
                 applied = next;
             }
             Err(e) => {
-                shared.metrics.config_reload("failed");
+                state.metrics.config_reload("failed");
                 // Try again at the next tick.
                 last_text = None;
                 tracing::error!("config file changed but its routing could not be stored: {e}");

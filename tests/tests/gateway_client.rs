@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use gateway::infer::{BreakerConfig, InferError, InferOutputs, ModelClient};
+use gateway::model::infer::{BreakerConfig, InferError, InferOutputs, ModelClient};
 use gateway::postprocess::PostProcess;
 use rig::{ModelServerProcess, example_repository, reference, rig_env};
 

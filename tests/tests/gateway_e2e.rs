@@ -15,7 +15,7 @@ use feature_store::refresh::{self, RefreshOptions};
 use feature_store::store::embedded::EmbeddedStore;
 use feature_store::store::prelude::*;
 use feature_store::store::scylla::{ScyllaConfig, ScyllaStore};
-use gateway::infer::{BreakerConfig, ModelClient};
+use gateway::model::infer::{BreakerConfig, ModelClient};
 use proto::gateway::v1 as pb;
 use proto::gateway::v1::prediction_service_client::PredictionServiceClient;
 use rig::gateway::{Bearer, DEV_AUTH, GatewayProcess, client_with_token, config_text, definitions};

@@ -279,6 +279,30 @@ pub struct KeyStats {
     pub last_ok_unix: AtomicU64,
 }
 
+impl KeyStats {
+    /// Appends the signing-key state to a `/metrics` page.
+    pub fn render(&self, out: &mut String) {
+        use std::fmt::Write as _;
+        let load = |a: &AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+        let _ = writeln!(
+            out,
+            "# HELP mlgw_auth_signing_keys Signing keys of the issuer in use.\n# TYPE mlgw_auth_signing_keys gauge\nmlgw_auth_signing_keys {}",
+            load(&self.keys)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP mlgw_auth_key_fetches_total Discovery + JWKS fetches by result.\n# TYPE mlgw_auth_key_fetches_total counter\nmlgw_auth_key_fetches_total{{result=\"ok\"}} {}\nmlgw_auth_key_fetches_total{{result=\"error\"}} {}",
+            load(&self.fetches_ok),
+            load(&self.fetches_failed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP mlgw_auth_keys_fetched_timestamp_seconds When the signing keys were last fetched (0: never).\n# TYPE mlgw_auth_keys_fetched_timestamp_seconds gauge\nmlgw_auth_keys_fetched_timestamp_seconds {}",
+            load(&self.last_ok_unix)
+        );
+    }
+}
+
 /// Where the keys come from.
 enum Source {
     /// An OIDC issuer, fetched over HTTP(S).

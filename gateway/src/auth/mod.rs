@@ -1,4 +1,4 @@
-//! SSO authentication and scoped access (issue 6).
+//! SSO authentication and scoped access.
 //!
 //! - [`keys`]: the issuer's discovery document and JWKS, cached and refreshed.
 //! - [`verify`]: token checks → [`Caller`], or an [`AuthError`] (401; 503
@@ -6,25 +6,29 @@
 //! - [`claims`]: strict JSON (duplicate members refused), registered claims
 //!   with their types, configurable group/scope claim paths.
 //! - [`policy`]: which groups/scopes may call which API and model; pilots.
-//! - [`layer`]: the tower layer (gRPC) and axum middleware (REST) that put the
-//!   [`Caller`] into the request's extensions.
+//! - [`authorize`]: [`Authenticator`] (header → [`Caller`], failures
+//!   counted) and [`Authorizer`] (one check per API kind, denials counted),
+//!   what the fronts call once per request.
+//! - [`settings`]: the `[auth]` section's validation.
 //! - [`dev_issuer`]: the local issuer for the demo (`mode = "dev"`).
 //!
 //! **For handlers and the prediction log:** every request that passed the
-//! auth layer carries exactly one [`Caller`] in its extensions — axum:
+//! authentication layer carries exactly one [`Caller`] in its extensions — axum:
 //! `Extension<Caller>`; tonic: `request.extensions().get::<Caller>()`. Record
 //! `caller.subject`; never the token (the gateway never keeps it).
 
+pub mod authorize;
 pub mod claims;
 pub mod dev_issuer;
 pub mod keys;
-pub mod layer;
 pub mod policy;
+pub mod settings;
 pub mod verify;
 
 use std::time::Duration;
 
-pub use policy::{Access, Api, Policy};
+pub use authorize::{Authenticator, Authorizer};
+pub use policy::{Access, Api, Denied, Policy};
 pub use verify::{AuthError, Verifier, VerifySettings};
 
 /// The authenticated caller of a request.
@@ -37,6 +41,18 @@ pub struct Caller {
     pub groups: Vec<String>,
     /// Scopes from the configured scopes claim.
     pub scopes: Vec<String>,
+}
+
+impl Caller {
+    /// The caller the authentication layer put into a request's
+    /// `extensions`.
+    ///
+    /// # Errors
+    /// [`AuthError::Missing`] when there is none (the layer was not
+    /// installed in front of this handler).
+    pub fn of(extensions: &http::Extensions) -> Result<&Caller, AuthError> {
+        extensions.get::<Caller>().ok_or(AuthError::Missing)
+    }
 }
 
 /// Where the keys come from.

@@ -105,6 +105,17 @@ impl Access<'_> {
     }
 }
 
+/// A caller the policy refuses, with a message saying what it lacks.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Denied(pub String);
+
+impl From<&str> for Denied {
+    fn from(message: &str) -> Self {
+        Denied(message.to_owned())
+    }
+}
+
 /// The access policy.
 #[derive(Debug, Clone, Default)]
 pub struct Policy {
@@ -125,17 +136,17 @@ impl Policy {
     /// Whether `caller` may do `access`.
     ///
     /// # Errors
-    /// A message for the caller saying what it lacks.
-    pub fn check(&self, caller: &Caller, access: Access<'_>) -> Result<(), String> {
+    /// [`Denied`] saying what the caller lacks.
+    pub fn check(&self, caller: &Caller, access: Access<'_>) -> Result<(), Denied> {
         let api = access.api();
         let who = &caller.subject;
         let target = match access {
             Access::Predict { model } => {
                 for p in &self.pilots {
                     if p.model == model && !any_in(&caller.groups, &p.groups) {
-                        return Err(format!(
+                        return Err(Denied(format!(
                             "caller '{who}' is not in a pilot group of model '{model}'"
-                        ));
+                        )));
                     }
                 }
                 format!(" with model '{model}'")
@@ -158,9 +169,9 @@ impl Policy {
             .collect();
         let verb = api.verb();
         if covering.is_empty() {
-            return Err(format!(
+            return Err(Denied(format!(
                 "caller '{who}' may not {verb}{target}: no access rule grants it"
-            ));
+            )));
         }
         let in_group = |r: &&&Rule| r.groups.is_empty() || any_in(&caller.groups, &r.groups);
         let has_scope = |r: &&&Rule| r.scopes.is_empty() || any_in(&caller.scopes, &r.scopes);
@@ -168,13 +179,13 @@ impl Policy {
             return Ok(());
         }
         if !covering.iter().any(|r| in_group(&r)) {
-            Err(format!(
+            Err(Denied(format!(
                 "caller '{who}' is not in a group allowed to {verb}{target}"
-            ))
+            )))
         } else {
-            Err(format!(
+            Err(Denied(format!(
                 "caller '{who}' lacks a scope allowed to {verb}{target}"
-            ))
+            )))
         }
     }
 }
@@ -245,7 +256,7 @@ mod tests {
         let no_scope = caller("svc-c", &["fraud-team"], &["feedback"]);
         assert!(
             p.check(&no_scope, predict("fraud_detector"))
-                .is_err_and(|m| m.contains("lacks a scope"))
+                .is_err_and(|m| m.0.contains("lacks a scope"))
         );
         // A rule limited to a model covers only that model.
         let growth = caller("g", &["growth"], &[]);
@@ -267,11 +278,11 @@ mod tests {
         let tester = caller("t", &["beta-testers"], &["predict"]);
         assert!(
             p.check(&svc, predict("beta"))
-                .is_err_and(|m| m.contains("pilot group of model 'beta'"))
+                .is_err_and(|m| m.0.contains("pilot group of model 'beta'"))
         );
         assert!(
             p.check(&tester, predict("beta"))
-                .is_err_and(|m| m.contains("not in a group allowed"))
+                .is_err_and(|m| m.0.contains("not in a group allowed"))
         );
     }
 }

@@ -46,7 +46,7 @@ pub enum RolloutError {
     Change(#[from] ChangeError),
     /// A version the change brings in failed its model-server check.
     #[error("{0}; the routing was not changed")]
-    VersionCheck(String),
+    VersionCheck(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// Other writers kept changing the routing.
     #[error(
         "the routing of {0:?} kept changing under this request ({CAS_ATTEMPTS} attempts); read it again and retry"
@@ -237,7 +237,7 @@ impl<S: FullStore> LiveRouting<S> {
     /// # Errors
     /// [`RolloutError`]: unknown model, a change that does not apply, a
     /// failed version check, too many concurrent writers, the store.
-    pub async fn apply<F, Fut>(
+    pub async fn apply<F, Fut, E>(
         &self,
         model: &str,
         action: &RoutingAction,
@@ -247,7 +247,8 @@ impl<S: FullStore> LiveRouting<S> {
     ) -> Result<RoutingChange, RolloutError>
     where
         F: Fn(Vec<String>) -> Fut,
-        Fut: Future<Output = Result<(), String>>,
+        Fut: Future<Output = Result<(), E>>,
+        E: std::error::Error + Send + Sync + 'static,
     {
         let cell = self
             .models
@@ -266,7 +267,9 @@ impl<S: FullStore> LiveRouting<S> {
                     .map(str::to_owned)
                     .collect();
                 if !fresh.is_empty() {
-                    check(fresh).await.map_err(RolloutError::VersionCheck)?;
+                    check(fresh)
+                        .await
+                        .map_err(|e| RolloutError::VersionCheck(Box::new(e)))?;
                 }
                 checked = true;
             }

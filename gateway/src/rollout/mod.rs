@@ -16,11 +16,15 @@
 //!   by replicas, compare-and-set), polled, and fed by the config file.
 //! - [`shadow`]: the bounded, off-the-hot-path copies to shadow versions.
 //! - [`report`]: shadow-vs-primary comparison from the prediction log.
+//! - [`stats`]: the routing and shadow counts `/metrics` shows.
+//! - [`settings`]: `[model.routing]` in the config file, validated.
 
 pub mod change;
 pub mod live;
 pub mod report;
+pub mod settings;
 pub mod shadow;
+pub mod stats;
 
 use serde::{Deserialize, Serialize};
 

@@ -16,12 +16,14 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use tonic::{Request, Response, Status};
 
-use crate::auth::{Access, Caller};
+use crate::auth::Caller;
 use crate::error::GatewayError;
+use crate::metrics::Front;
 use crate::rollout::change::{RoutingAction, RoutingChange, RoutingDocument};
 use crate::rollout::report::{ShadowReport, compare};
 use crate::rollout::{RoutingTable, percent};
-use crate::server::Shared;
+use crate::serve::Core;
+use crate::state::AppState;
 
 /// Longest the model-server checks of a change may take (within the
 /// request's own timeout, of which they get three quarters).
@@ -45,14 +47,25 @@ pub struct RoutingView {
     pub document: RoutingDocument,
 }
 
-impl<S: FullStore> Shared<S> {
+/// The routing admin operations both fronts call, over the prediction
+/// path's live routing.
+pub struct RoutingAdmin<'a, S> {
+    core: &'a Core<S>,
+}
+
+impl<'a, S: FullStore> RoutingAdmin<'a, S> {
+    /// The operations over `core`.
+    pub fn new(core: &'a Core<S>) -> Self {
+        RoutingAdmin { core }
+    }
+
     fn known_model(&self, model: &str) -> Result<(), GatewayError> {
-        if self.gateway.serves(model) {
+        if self.core.serves(model) {
             Ok(())
         } else {
             Err(GatewayError::UnknownModel {
                 model: model.to_owned(),
-                known: self.gateway.model_names().join(", "),
+                known: self.core.model_names().join(", "),
             })
         }
     }
@@ -68,16 +81,12 @@ impl<S: FullStore> Shared<S> {
         history_limit: usize,
     ) -> Result<RoutingView, GatewayError> {
         self.known_model(model)?;
-        let (revision, mut document) = self.gateway.routing().document(model).await?;
+        let (revision, mut document) = self.core.routing().document(model).await?;
         if history_limit > 0 && document.history.len() > history_limit {
             let extra = document.history.len() - history_limit;
             document.history.drain(..extra);
         }
-        let served_revision = self
-            .gateway
-            .routing()
-            .current(model)
-            .map_or(0, |s| s.revision);
+        let served_revision = self.core.routing().current(model).map_or(0, |s| s.revision);
         Ok(RoutingView {
             model: model.to_owned(),
             revision,
@@ -100,12 +109,12 @@ impl<S: FullStore> Shared<S> {
         reason: Option<String>,
     ) -> Result<RoutingChange, GatewayError> {
         self.known_model(model)?;
-        let gateway = &self.gateway;
-        let deadline = VERSION_CHECK_DEADLINE.min(gateway.request_timeout().mul_f64(0.75));
+        let core = self.core;
+        let deadline = VERSION_CHECK_DEADLINE.min(core.request_timeout().mul_f64(0.75));
         let check = |versions: Vec<String>| async move {
-            gateway.check_versions(model, &versions, deadline).await
+            core.check_versions(model, &versions, deadline).await
         };
-        Ok(gateway
+        Ok(core
             .routing()
             .apply(model, action, &caller.subject, reason, check)
             .await?)
@@ -129,14 +138,14 @@ impl<S: FullStore> Shared<S> {
                 MAX_REPORT_WINDOW.as_secs()
             )));
         }
-        if let Some(log) = self.gateway.prediction_log() {
+        if let Some(log) = self.core.prediction_log() {
             // Records still in the buffer count too.
             log.flush(Duration::from_secs(2)).await;
         }
         let to = SystemTime::now() + Duration::from_secs(1);
         let from = to - window;
         let entries = self
-            .gateway
+            .core
             .enricher()
             .reader()
             .store()
@@ -147,7 +156,6 @@ impl<S: FullStore> Shared<S> {
     }
 }
 
-// ---------------------------------------------------------------------------
 // JSON (REST).
 
 /// A table as JSON, the canary's share in percent.
@@ -191,19 +199,19 @@ fn view_json(v: &RoutingView) -> Value {
 
 /// `GET /v1/admin/models`: every model with its routing and latest change.
 pub async fn rest_list<S: FullStore>(
-    State(shared): State<Arc<Shared<S>>>,
+    State(state): State<Arc<AppState<S>>>,
     Extension(caller): Extension<Caller>,
 ) -> Result<Json<Value>, GatewayError> {
-    let result = async {
-        shared.authorize("rest", Some(&caller), Access::Admin)?;
+    let result: Result<Value, GatewayError> = async {
+        state.authz.admin(Front::Rest, &caller)?;
+        let admin = RoutingAdmin::new(&state.core);
         let mut models = Vec::new();
-        for m in shared.gateway.model_names() {
-            models.push(view_json(&shared.routing_view(m, 1).await?));
+        for m in state.core.model_names() {
+            models.push(view_json(&admin.routing_view(m, 1).await?));
         }
         Ok(json!({ "models": models }))
     }
     .await;
-    shared.record("rest", "admin", &result);
     Ok(Json(result?))
 }
 
@@ -218,20 +226,20 @@ pub struct HistoryQuery {
 
 /// `GET /v1/admin/models/{model}/routing`: the routing and its history.
 pub async fn rest_get<S: FullStore>(
-    State(shared): State<Arc<Shared<S>>>,
+    State(state): State<Arc<AppState<S>>>,
     Extension(caller): Extension<Caller>,
     Path(model): Path<String>,
     query: Result<Query<HistoryQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Value>, GatewayError> {
-    let result = async {
-        shared.authorize("rest", Some(&caller), Access::Admin)?;
+    let result: Result<Value, GatewayError> = async {
+        state.authz.admin(Front::Rest, &caller)?;
+        let admin = RoutingAdmin::new(&state.core);
         let Query(q) = query.map_err(|e| GatewayError::InvalidArgument(e.body_text()))?;
         Ok(view_json(
-            &shared.routing_view(&model, q.history_limit).await?,
+            &admin.routing_view(&model, q.history_limit).await?,
         ))
     }
     .await;
-    shared.record("rest", "admin", &result);
     Ok(Json(result?))
 }
 
@@ -251,13 +259,14 @@ pub struct ChangeBody {
 /// `POST /v1/admin/models/{model}/routing`: apply one change; answers the
 /// new routing with the change last in its history.
 pub async fn rest_change<S: FullStore>(
-    State(shared): State<Arc<Shared<S>>>,
+    State(state): State<Arc<AppState<S>>>,
     Extension(caller): Extension<Caller>,
     Path(model): Path<String>,
     body: Result<Json<ChangeBody>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Json<Value>, GatewayError> {
-    let result = async {
-        shared.authorize("rest", Some(&caller), Access::Admin)?;
+    let result: Result<Value, GatewayError> = async {
+        state.authz.admin(Front::Rest, &caller)?;
+        let admin = RoutingAdmin::new(&state.core);
         let Json(body) = body.map_err(|e| {
             GatewayError::InvalidArgument(format!("request body: {}", e.body_text()))
         })?;
@@ -266,13 +275,12 @@ pub async fn rest_change<S: FullStore>(
                 "request body: {e}; actions: set_stable, set_canary, set_canary_percent, promote, remove_canary, add_shadow, remove_shadow, add_pilot, remove_pilot, rollback"
             ))
         })?;
-        shared
+        admin
             .change_routing(&model, &action, &caller, body.reason)
             .await?;
-        Ok(view_json(&shared.routing_view(&model, 20).await?))
+        Ok(view_json(&admin.routing_view(&model, 20).await?))
     }
     .await;
-    shared.record("rest", "admin", &result);
     Ok(Json(result?))
 }
 
@@ -292,28 +300,26 @@ fn hour() -> u64 {
 /// `GET /v1/admin/models/{model}/shadow-report`: shadow vs primary
 /// (agreement, score difference, model-server latency) from the log.
 pub async fn rest_shadow_report<S: FullStore>(
-    State(shared): State<Arc<Shared<S>>>,
+    State(state): State<Arc<AppState<S>>>,
     Extension(caller): Extension<Caller>,
     Path(model): Path<String>,
     query: Result<Query<ReportQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Value>, GatewayError> {
-    let result = async {
-        shared.authorize("rest", Some(&caller), Access::Admin)?;
+    let result: Result<Value, GatewayError> = async {
+        state.authz.admin(Front::Rest, &caller)?;
+        let admin = RoutingAdmin::new(&state.core);
         let Query(q) = query.map_err(|e| GatewayError::InvalidArgument(e.body_text()))?;
-        let report = shared
+        let report = admin
             .shadow_report(&model, Duration::from_secs(q.window_s))
             .await?;
-        let mut v = serde_json::to_value(&report)
-            .map_err(|e| GatewayError::RoutingDamaged(e.to_string()))?;
+        let mut v = serde_json::to_value(&report).map_err(GatewayError::Report)?;
         v["window_s"] = json!(q.window_s);
         Ok(v)
     }
     .await;
-    shared.record("rest", "admin", &result);
     Ok(Json(result?))
 }
 
-// ---------------------------------------------------------------------------
 // gRPC.
 
 fn table_pb(t: &RoutingTable) -> pb::RoutingTable {
@@ -390,36 +396,40 @@ fn action_from_pb(
     })
 }
 
-/// `gateway.v1.RoutingAdminService` over the shared core.
+/// `gateway.v1.RoutingAdminService` over the prediction path's routing.
 pub struct RoutingAdminGrpc<S> {
-    shared: Arc<Shared<S>>,
+    state: Arc<AppState<S>>,
 }
 
 impl<S> RoutingAdminGrpc<S> {
-    /// Serves `shared`.
-    pub fn new(shared: Arc<Shared<S>>) -> Self {
-        RoutingAdminGrpc { shared }
+    /// Serves `state`.
+    pub fn new(state: Arc<AppState<S>>) -> Self {
+        RoutingAdminGrpc { state }
     }
 }
 
 impl<S: FullStore> RoutingAdminGrpc<S> {
     /// The request's caller, if the policy lets it use the admin API.
     fn admin<M>(&self, request: &Request<M>) -> Result<Caller, GatewayError> {
-        let caller = request.extensions().get::<Caller>().cloned();
-        self.shared
-            .authorize("grpc", caller.as_ref(), Access::Admin)?;
-        Ok(caller.unwrap_or_default())
+        let caller = Caller::of(request.extensions())?;
+        self.state.authz.admin(Front::Grpc, caller)?;
+        Ok(caller.clone())
     }
 
-    /// Counts the call and turns its result into the gRPC answer.
-    fn answer<T>(&self, result: Result<T, GatewayError>) -> Result<Response<T>, Status> {
-        self.shared.record("grpc", "admin", &result);
-        result.map(Response::new).map_err(|e| e.to_status())
+    fn routing(&self) -> RoutingAdmin<'_, S> {
+        RoutingAdmin::new(&self.state.core)
+    }
+
+    /// Turns a result into the gRPC answer.
+    fn answer<T>(result: Result<T, GatewayError>) -> Result<Response<T>, Status> {
+        result.map(Response::new).map_err(GatewayError::into_status)
     }
 }
 
 #[tonic::async_trait]
-impl<S: FullStore> pb::routing_admin_service_server::RoutingAdminService for RoutingAdminGrpc<S> {
+impl<S: FullStore> pb::routing_admin_service_server::RoutingAdminService
+    for RoutingAdminGrpc<S>
+{
     async fn list_routing(
         &self,
         request: Request<pb::ListRoutingRequest>,
@@ -428,13 +438,13 @@ impl<S: FullStore> pb::routing_admin_service_server::RoutingAdminService for Rou
         let result = async {
             caller?;
             let mut models = Vec::new();
-            for m in self.shared.gateway.model_names() {
-                models.push(state_pb(&self.shared.routing_view(m, 1).await?));
+            for m in self.state.core.model_names() {
+                models.push(state_pb(&self.routing().routing_view(m, 1).await?));
             }
             Ok(pb::ListRoutingResponse { models })
         }
         .await;
-        self.answer(result)
+        Self::answer(result)
     }
 
     async fn get_routing(
@@ -446,10 +456,12 @@ impl<S: FullStore> pb::routing_admin_service_server::RoutingAdminService for Rou
         let result = async {
             caller?;
             let limit = r.history_limit as usize;
-            Ok(state_pb(&self.shared.routing_view(&r.model, limit).await?))
+            Ok(state_pb(
+                &self.routing().routing_view(&r.model, limit).await?,
+            ))
         }
         .await;
-        self.answer(result)
+        Self::answer(result)
     }
 
     async fn change_routing(
@@ -462,12 +474,12 @@ impl<S: FullStore> pb::routing_admin_service_server::RoutingAdminService for Rou
             let caller = caller?;
             let action = action_from_pb(r.action)?;
             let reason = (!r.reason.is_empty()).then_some(r.reason);
-            self.shared
+            self.routing()
                 .change_routing(&r.model, &action, &caller, reason)
                 .await?;
-            Ok(state_pb(&self.shared.routing_view(&r.model, 20).await?))
+            Ok(state_pb(&self.routing().routing_view(&r.model, 20).await?))
         }
         .await;
-        self.answer(result)
+        Self::answer(result)
     }
 }

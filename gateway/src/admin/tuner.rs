@@ -1,8 +1,7 @@
-//! The refresh tuner's admin API and the hosted scheduler: REST routes under
-//! `/v1/admin/tuner/jobs` and gRPC `gateway.v1.TunerAdminService` (admin
-//! scope only), both thin over [`feature_store::schedule::jobs`]; and the
-//! `[scheduler]` config that runs [`feature_store::schedule::Scheduler`]
-//! inside the gateway, stopped with the server.
+//! The refresh tuner's admin API: REST routes under `/v1/admin/tuner/jobs`
+//! and gRPC `gateway.v1.TunerAdminService` (admin scope only), both thin
+//! over [`feature_store::schedule::jobs`]; the gateway's own scheduler, when
+//! enabled, starts the runs asked for here.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -14,7 +13,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use feature_store::definitions::{FeatureDefinitions, parse_duration};
-use feature_store::schedule::jobs::{self, JobDetail, JobOverview, JobsError};
+use feature_store::schedule::jobs::{self, JobDetail, JobOverview};
 use feature_store::schedule::{RunRecord, RunRequest};
 use feature_store::store::FullStore;
 use feature_store::tuner::controller::{Decision, Pin};
@@ -23,82 +22,28 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use tonic::{Request, Response, Status};
 
-use crate::auth::{Access, Caller};
+use crate::auth::Caller;
 use crate::error::GatewayError;
-use crate::server::Shared;
-
-/// `[scheduler]`: run the declared refresh jobs inside this gateway.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SchedulerSettings {
-    /// Whether the gateway runs the scheduler (default false; run
-    /// `mlgw-features scheduler run` elsewhere instead).
-    #[serde(default)]
-    pub enabled: bool,
-    /// How often it looks for due work, e.g. "5s".
-    #[serde(default = "default_poll", with = "duration_text")]
-    pub poll: Duration,
-    /// A run's lease lasts its timeout plus this, e.g. "1m".
-    #[serde(default = "default_margin", with = "duration_text")]
-    pub lease_margin: Duration,
-}
-
-impl Default for SchedulerSettings {
-    fn default() -> Self {
-        SchedulerSettings {
-            enabled: false,
-            poll: default_poll(),
-            lease_margin: default_margin(),
-        }
-    }
-}
-
-fn default_poll() -> Duration {
-    Duration::from_secs(5)
-}
-
-fn default_margin() -> Duration {
-    Duration::from_secs(60)
-}
-
-mod duration_text {
-    use std::time::Duration;
-
-    use serde::{Deserialize, Deserializer};
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        let text = String::deserialize(d)?;
-        feature_store::definitions::parse_duration(&text).map_err(serde::de::Error::custom)
-    }
-}
-
-impl From<JobsError> for GatewayError {
-    fn from(e: JobsError) -> Self {
-        match e {
-            JobsError::UnknownJob { job, .. } => GatewayError::UnknownTunerJob { job },
-            JobsError::Store(s) => GatewayError::FeatureStore(s.into()),
-            other => GatewayError::InvalidArgument(other.to_string()),
-        }
-    }
-}
+use crate::metrics::Front;
+use crate::state::AppState;
 
 /// The admin operations both fronts call, over the gateway's store and
 /// definitions.
 struct Admin<'a, S> {
-    shared: &'a Shared<S>,
+    state: &'a AppState<S>,
 }
 
 impl<'a, S: FullStore> Admin<'a, S> {
-    fn new(shared: &'a Shared<S>) -> Self {
-        Admin { shared }
+    fn new(state: &'a AppState<S>) -> Self {
+        Admin { state }
     }
 
     fn store(&self) -> &S {
-        self.shared.gateway.enricher().reader().store()
+        self.state.core.enricher().reader().store()
     }
 
     fn defs(&self) -> &FeatureDefinitions {
-        self.shared.gateway.enricher().reader().definitions()
+        self.state.core.enricher().reader().definitions()
     }
 
     async fn list(&self) -> Result<Vec<JobOverview>, GatewayError> {
@@ -142,7 +87,7 @@ impl<'a, S: FullStore> Admin<'a, S> {
     ) -> Result<(RunRequest, Option<SystemTime>), GatewayError> {
         let request =
             jobs::request_run(self.store(), self.defs(), job, &caller.subject, reason).await?;
-        let expected = self.shared.scheduler_poll.map(|poll| request.at + poll);
+        let expected = self.state.scheduler_poll.map(|poll| request.at + poll);
         Ok((request, expected))
     }
 }
@@ -152,7 +97,6 @@ fn nonempty(text: String) -> Option<String> {
     (!t.is_empty()).then(|| t.to_owned())
 }
 
-// ---------------------------------------------------------------------------
 // REST
 
 /// The JSON body of `POST /v1/admin/tuner/jobs/{job}/pin`.
@@ -184,47 +128,43 @@ fn body<T: serde::de::DeserializeOwned + Default>(bytes: &[u8]) -> Result<T, Gat
 }
 
 async fn admin<S: FullStore, T>(
-    shared: &Shared<S>,
+    state: &AppState<S>,
     caller: &Caller,
     f: impl std::future::Future<Output = Result<T, GatewayError>>,
 ) -> Result<T, GatewayError> {
-    let result = match shared.authorize("rest", Some(caller), Access::Admin) {
-        Ok(()) => f.await,
-        Err(e) => Err(e),
-    };
-    shared.record("rest", "admin", &result);
-    result
+    state.authz.admin(Front::Rest, caller)?;
+    f.await
 }
 
 async fn rest_list<S: FullStore>(
-    State(shared): State<Arc<Shared<S>>>,
+    State(state): State<Arc<AppState<S>>>,
     Extension(caller): Extension<Caller>,
 ) -> Result<Json<Value>, GatewayError> {
-    let a = Admin::new(&shared);
-    let list = admin(&shared, &caller, a.list()).await?;
+    let a = Admin::new(&state);
+    let list = admin(&state, &caller, a.list()).await?;
     Ok(Json(
         json!({"jobs": list.iter().map(jobs::overview_json).collect::<Vec<_>>()}),
     ))
 }
 
 async fn rest_detail<S: FullStore>(
-    State(shared): State<Arc<Shared<S>>>,
+    State(state): State<Arc<AppState<S>>>,
     Extension(caller): Extension<Caller>,
     Path(job): Path<String>,
 ) -> Result<Json<Value>, GatewayError> {
-    let a = Admin::new(&shared);
-    let d = admin(&shared, &caller, a.detail(&job)).await?;
+    let a = Admin::new(&state);
+    let d = admin(&state, &caller, a.detail(&job)).await?;
     Ok(Json(jobs::detail_json(&d, 100)))
 }
 
 async fn rest_pin<S: FullStore>(
-    State(shared): State<Arc<Shared<S>>>,
+    State(state): State<Arc<AppState<S>>>,
     Extension(caller): Extension<Caller>,
     Path(job): Path<String>,
     bytes: axum::body::Bytes,
 ) -> Result<Json<Value>, GatewayError> {
-    let a = Admin::new(&shared);
-    let o = admin(&shared, &caller, async {
+    let a = Admin::new(&state);
+    let o = admin(&state, &caller, async {
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return Err(GatewayError::InvalidArgument(
                 "request body: send {\"interval\": \"4h\", \"reason\": \"...\"}".to_owned(),
@@ -242,23 +182,23 @@ async fn rest_pin<S: FullStore>(
 }
 
 async fn rest_unpin<S: FullStore>(
-    State(shared): State<Arc<Shared<S>>>,
+    State(state): State<Arc<AppState<S>>>,
     Extension(caller): Extension<Caller>,
     Path(job): Path<String>,
 ) -> Result<Json<Value>, GatewayError> {
-    let a = Admin::new(&shared);
-    let o = admin(&shared, &caller, a.unpin(&caller, &job)).await?;
+    let a = Admin::new(&state);
+    let o = admin(&state, &caller, a.unpin(&caller, &job)).await?;
     Ok(Json(jobs::overview_json(&o)))
 }
 
 async fn rest_run<S: FullStore>(
-    State(shared): State<Arc<Shared<S>>>,
+    State(state): State<Arc<AppState<S>>>,
     Extension(caller): Extension<Caller>,
     Path(job): Path<String>,
     bytes: axum::body::Bytes,
 ) -> Result<(StatusCode, Json<Value>), GatewayError> {
-    let a = Admin::new(&shared);
-    let (request, expected) = admin(&shared, &caller, async {
+    let a = Admin::new(&state);
+    let (request, expected) = admin(&state, &caller, async {
         let b: RunBody = body(&bytes)?;
         a.run(&caller, &job, b.reason.and_then(nonempty)).await
     })
@@ -286,8 +226,8 @@ fn run_message(expected: Option<SystemTime>) -> String {
 }
 
 /// The REST routes of the tuner admin API (merged behind the auth
-/// middleware by [`crate::http::router`]).
-pub fn routes<S: FullStore>() -> Router<Arc<Shared<S>>> {
+/// middleware by the REST front's router).
+pub fn routes<S: FullStore>() -> Router<Arc<AppState<S>>> {
     Router::new()
         .route("/v1/admin/tuner/jobs", get(rest_list::<S>))
         .route("/v1/admin/tuner/jobs/{job}", get(rest_detail::<S>))
@@ -296,18 +236,17 @@ pub fn routes<S: FullStore>() -> Router<Arc<Shared<S>>> {
         .route("/v1/admin/tuner/jobs/{job}/run", post(rest_run::<S>))
 }
 
-// ---------------------------------------------------------------------------
 // gRPC
 
-/// `gateway.v1.TunerAdminService` over the shared core.
+/// `gateway.v1.TunerAdminService` over the store's jobs.
 pub struct TunerAdminGrpc<S> {
-    shared: Arc<Shared<S>>,
+    state: Arc<AppState<S>>,
 }
 
 impl<S> TunerAdminGrpc<S> {
-    /// Serves `shared`.
-    pub fn new(shared: Arc<Shared<S>>) -> Self {
-        TunerAdminGrpc { shared }
+    /// Serves `state`.
+    pub fn new(state: Arc<AppState<S>>) -> Self {
+        TunerAdminGrpc { state }
     }
 }
 
@@ -391,18 +330,14 @@ impl<S: FullStore> TunerAdminGrpc<S> {
         request: Request<T>,
         f: impl AsyncFnOnce(&Admin<'_, S>, &Caller, T) -> Result<R, GatewayError>,
     ) -> Result<Response<R>, Status> {
-        let caller = request.extensions().get::<Caller>().cloned();
+        let (_, extensions, message) = request.into_parts();
         let result = async {
-            self.shared
-                .authorize("grpc", caller.as_ref(), Access::Admin)?;
-            let caller = caller.as_ref().ok_or(GatewayError::Unauthenticated(
-                crate::auth::AuthError::Missing,
-            ))?;
-            f(&Admin::new(&self.shared), caller, request.into_inner()).await
+            let caller = Caller::of(&extensions)?;
+            self.state.authz.admin(Front::Grpc, caller)?;
+            f(&Admin::new(&self.state), caller, message).await
         }
         .await;
-        self.shared.record("grpc", "admin", &result);
-        result.map(Response::new).map_err(|e| e.to_status())
+        result.map(Response::new).map_err(GatewayError::into_status)
     }
 }
 

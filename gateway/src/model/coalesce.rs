@@ -44,7 +44,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 use tracing::Instrument as _;
 
-use crate::infer::{InferError, InferOutputs, ModelClient};
+use super::infer::{InferError, InferOutputs, ModelClient};
 
 /// How a model's single-row calls are sent together.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,6 +62,70 @@ impl Coalesce {
         max_in_flight: 0,
         max_rows: 1,
     };
+}
+
+/// A model-server client that sends single rows, each (model, version)
+/// through its own [`Lane`]: what the prediction path calls.
+#[derive(Debug)]
+pub struct RowClient {
+    client: Arc<ModelClient>,
+    /// The single-row call lanes, one per (model, version) seen.
+    lanes: Mutex<Vec<Arc<Lane>>>,
+}
+
+impl RowClient {
+    /// Sends rows over `client`.
+    pub fn new(client: ModelClient) -> Self {
+        RowClient {
+            client: Arc::new(client),
+            lanes: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// The client every call goes through (breaker, counters, readiness).
+    pub fn client(&self) -> &ModelClient {
+        &self.client
+    }
+
+    /// Runs one prediction's `row` through `model` `version` (input `input`,
+    /// `row.len()` FP32 columns) within `deadline`, sent together with other
+    /// predictions of the same version while `coalesce.max_in_flight` calls
+    /// are already out (see the module's docs).
+    ///
+    /// # Errors
+    /// [`InferError`]; never retried.
+    pub async fn infer_row(
+        &self,
+        model: &str,
+        version: &str,
+        input: &str,
+        row: &[f32],
+        coalesce: Coalesce,
+        deadline: Duration,
+    ) -> Result<RowAnswer, InferError> {
+        let lane = self.lane(model, version, input, row.len(), coalesce);
+        lane.infer(&self.client, row, deadline).await
+    }
+
+    pub(crate) fn lane(
+        &self,
+        model: &str,
+        version: &str,
+        input: &str,
+        width: usize,
+        coalesce: Coalesce,
+    ) -> Arc<Lane> {
+        let mut lanes = self.lanes.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(lane) = lanes
+            .iter()
+            .find(|l| l.serves(model, version, input, width) && l.settings() == coalesce)
+        {
+            return Arc::clone(lane);
+        }
+        let lane = Arc::new(Lane::new(model, version, input, width, coalesce));
+        lanes.push(Arc::clone(&lane));
+        lane
+    }
 }
 
 /// One prediction's share of a model call.
@@ -387,7 +451,7 @@ mod tests {
     use tonic::{Request, Response, Status};
 
     use super::*;
-    use crate::infer::BreakerConfig;
+    use crate::model::infer::BreakerConfig;
 
     /// A V2 server whose model answers each row with its first two values
     /// (output "echo", [rows, 2]) after `delay`, recording each call's rows.
@@ -511,11 +575,11 @@ mod tests {
         (echo, url)
     }
 
-    fn client(url: &str) -> Arc<ModelClient> {
-        Arc::new(
+    fn client(url: &str) -> Arc<RowClient> {
+        Arc::new(RowClient::new(
             ModelClient::new(url, Duration::from_secs(2), BreakerConfig::default())
                 .expect("client"),
-        )
+        ))
     }
 
     fn row(i: usize) -> Vec<f32> {
@@ -523,7 +587,7 @@ mod tests {
     }
 
     async fn predict(
-        client: &Arc<ModelClient>,
+        client: &Arc<RowClient>,
         i: usize,
         settings: Coalesce,
         deadline: Duration,
@@ -579,7 +643,7 @@ mod tests {
             sent.len() < 20 && together > 0,
             "some went together: {sent:?}"
         );
-        assert_eq!(client.calls_and_rows(), (sent.len() as u64, 20));
+        assert_eq!(client.client().calls_and_rows(), (sent.len() as u64, 20));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -616,12 +680,16 @@ mod tests {
         };
         // Wait (bounded) until the first call is out and holds the slot.
         for _ in 0..100 {
-            if client.calls_and_rows().0 == 1 {
+            if client.client().calls_and_rows().0 == 1 {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
-        assert_eq!(client.calls_and_rows().0, 1, "the first call is out");
+        assert_eq!(
+            client.client().calls_and_rows().0,
+            1,
+            "the first call is out"
+        );
         // The slot is busy for up to 300 ms more: a 20-ms caller gives up queued.
         let hurried = predict(&client, 2, ONE_AT_A_TIME, Duration::from_millis(20)).await;
         assert!(
@@ -688,7 +756,11 @@ mod tests {
         }
         let refused = echo.refused.load(Ordering::Relaxed);
         assert!(refused >= 1, "8 rows were refused");
-        assert_eq!(client.refused_batches(), refused, "each refusal counted");
+        assert_eq!(
+            client.client().refused_batches(),
+            refused,
+            "each refusal counted"
+        );
         let lane = client.lane("m", "1", "x", 3, ONE_AT_A_TIME);
         assert_eq!(lane.max_rows(), 2, "8 refused, then 4 refused, then 2");
         let sent = echo.calls.lock().expect("calls").clone();

@@ -9,7 +9,9 @@
 //! The connection is made on first use and again after it closed (the
 //! server restarted, a keep-alive ping went unanswered); one caller makes it
 //! while the others wait for that attempt. A failure to connect, or a
-//! connection lost under a call, answers UNAVAILABLE naming the address.
+//! connection lost under a call, answers UNAVAILABLE naming the address,
+//! with a typed [`ConnError`] as the status's source (so the client decides
+//! "unavailable" from the error's type, never from its text).
 //!
 //! The connection runs over TCP, or over a Unix-domain socket to a
 //! model-server on the same host (a sidecar): the same HTTP/2 and gRPC, with
@@ -27,6 +29,47 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tonic::body::Body;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Why a connection could not carry a call.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConnError {
+    /// No connection was made within the connect timeout.
+    #[error("cannot connect to {address}: no connection within {timeout:?}")]
+    ConnectTimeout {
+        /// Where.
+        address: String,
+        /// The timeout.
+        timeout: Duration,
+    },
+    /// Connecting (or the HTTP/2 handshake) failed.
+    #[error("cannot connect to {address}: {source}")]
+    Connect {
+        /// Where.
+        address: String,
+        /// Why.
+        #[source]
+        source: BoxError,
+    },
+    /// The connection failed under a call.
+    #[error("connection to {address} failed: {source}")]
+    Lost {
+        /// Where.
+        address: String,
+        /// Why.
+        #[source]
+        source: hyper::Error,
+    },
+}
+
+impl ConnError {
+    /// The UNAVAILABLE status a call answers, with this error as its source.
+    fn into_status(self) -> tonic::Status {
+        let mut status = tonic::Status::unavailable(self.to_string());
+        status.set_source(Arc::new(self));
+        status
+    }
+}
 
 /// Where a connection goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -107,7 +150,7 @@ impl Connection {
         sender.as_ref().filter(|s| !s.is_closed()).cloned()
     }
 
-    async fn sender(&self) -> Result<SendRequest<Body>, tonic::Status> {
+    async fn sender(&self) -> Result<SendRequest<Body>, ConnError> {
         if let Some(s) = self.open() {
             return Ok(s);
         }
@@ -117,15 +160,17 @@ impl Connection {
             return Ok(s);
         }
         let address = &self.shared.address;
-        let sender = tokio::time::timeout(self.shared.settings.connect_timeout, self.connect())
+        let timeout = self.shared.settings.connect_timeout;
+        let sender = tokio::time::timeout(timeout, self.connect())
             .await
-            .map_err(|_| {
-                tonic::Status::unavailable(format!(
-                    "cannot connect to {address}: no connection within {:?}",
-                    self.shared.settings.connect_timeout
-                ))
+            .map_err(|_| ConnError::ConnectTimeout {
+                address: address.clone(),
+                timeout,
             })?
-            .map_err(|e| tonic::Status::unavailable(format!("cannot connect to {address}: {e}")))?;
+            .map_err(|source| ConnError::Connect {
+                address: address.clone(),
+                source,
+            })?;
         *self
             .shared
             .sender
@@ -184,10 +229,13 @@ impl tower::Service<http::Request<Body>> for Connection {
     fn call(&mut self, request: http::Request<Body>) -> Self::Future {
         let this = self.clone();
         Box::pin(async move {
-            let mut sender = this.sender().await?;
-            let lost = |e: hyper::Error| {
-                let address = &this.shared.address;
-                tonic::Status::unavailable(format!("connection to {address} failed: {e}"))
+            let mut sender = this.sender().await.map_err(ConnError::into_status)?;
+            let lost = |source: hyper::Error| {
+                ConnError::Lost {
+                    address: this.shared.address.clone(),
+                    source,
+                }
+                .into_status()
             };
             sender.ready().await.map_err(lost)?;
             Ok(sender.send_request(request).await.map_err(lost)?)
@@ -224,6 +272,8 @@ mod tests {
                 .await
                 .expect_err("nothing listens");
             assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+            let source = std::error::Error::source(&status).expect("a typed source");
+            assert!(source.is::<ConnError>(), "{source:?}");
             assert!(
                 status
                     .message()

@@ -6,7 +6,6 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use axum::extract::{Request, State};
@@ -14,51 +13,23 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use tracing::Instrument as _;
 
-use super::{Caller, Verifier};
+use crate::auth::{Authenticator, Caller};
 use crate::error::GatewayError;
-use crate::metrics::Metrics;
-
-/// What both fronts' auth steps share.
-#[derive(Clone)]
-pub struct AuthState {
-    /// The verifier.
-    pub verifier: Arc<Verifier>,
-    /// Where failures are counted.
-    pub metrics: Arc<Metrics>,
-}
-
-impl AuthState {
-    async fn caller(
-        &self,
-        front: &'static str,
-        headers: &http::HeaderMap,
-    ) -> Result<Caller, GatewayError> {
-        self.verifier
-            .authenticate(headers)
-            // telemetry (issue 9): the token check is its own stage.
-            .instrument(tracing::info_span!("auth", front))
-            .await
-            .map_err(|e| {
-                self.metrics.auth_failure(front, e.reason());
-                tracing::info!(front, reason = e.reason(), "request refused: {e}");
-                GatewayError::Unauthenticated(e)
-            })
-    }
-}
+use crate::metrics::Front;
 
 fn span(caller: &Caller) -> tracing::Span {
     tracing::info_span!("request", caller = %caller.subject)
 }
 
 /// REST: axum middleware for the routes that need a caller.
-pub async fn rest(State(auth): State<AuthState>, mut req: Request, next: Next) -> Response {
-    match auth.caller("rest", req.headers()).await {
+pub async fn rest(State(auth): State<Authenticator>, mut req: Request, next: Next) -> Response {
+    match auth.caller(Front::Rest, req.headers()).await {
         Ok(caller) => {
             let span = span(&caller);
             req.extensions_mut().insert(caller);
             next.run(req).instrument(span).await
         }
-        Err(e) => e.into_response(),
+        Err(e) => GatewayError::Unauthenticated(e).into_response(),
     }
 }
 
@@ -72,12 +43,12 @@ fn open_grpc_path(path: &str) -> bool {
 /// gRPC: a tower layer over the tonic router.
 #[derive(Clone)]
 pub struct GrpcAuthLayer {
-    auth: AuthState,
+    auth: Authenticator,
 }
 
 impl GrpcAuthLayer {
     /// The layer.
-    pub fn new(auth: AuthState) -> Self {
+    pub fn new(auth: Authenticator) -> Self {
         GrpcAuthLayer { auth }
     }
 }
@@ -96,7 +67,7 @@ impl<S> tower::Layer<S> for GrpcAuthLayer {
 #[derive(Clone)]
 pub struct GrpcAuth<S> {
     inner: S,
-    auth: AuthState,
+    auth: Authenticator,
 }
 
 impl<S, B, RB> tower::Service<http::Request<B>> for GrpcAuth<S>
@@ -123,13 +94,13 @@ where
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let auth = self.auth.clone();
         Box::pin(async move {
-            match auth.caller("grpc", req.headers()).await {
+            match auth.caller(Front::Grpc, req.headers()).await {
                 Ok(caller) => {
                     let span = span(&caller);
                     req.extensions_mut().insert(caller);
                     inner.call(req).instrument(span).await
                 }
-                Err(e) => Ok(e.to_status().into_http()),
+                Err(e) => Ok(GatewayError::Unauthenticated(e).into_status().into_http()),
             }
         })
     }

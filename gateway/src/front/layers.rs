@@ -1,6 +1,7 @@
 //! The tower stack both fronts share, composed in one place
 //! ([`GatewayLayer`]): a tracing span per request, load shedding in front of
-//! a concurrency limit, and a request timeout.
+//! a concurrency limit, a request timeout, and the request metrics (front,
+//! route, result code, latency by model) recorded once per request.
 //!
 //! Shedding: a request that finds every permit taken is answered at once
 //! (429 / RESOURCE_EXHAUSTED `overloaded`) and never queued, so requests that
@@ -21,11 +22,12 @@ use tower::{Layer, Service};
 use tracing::Instrument as _;
 
 use crate::error::GatewayError;
+use crate::metrics::{Front, Metrics, ModelSlot, Route};
 
 /// How a front answers a request the stack refuses.
 pub trait Reject<B>: Clone + Send + Sync + 'static {
     /// The response for `error` in this front's wire format.
-    fn reject(&self, error: &GatewayError) -> Response<B>;
+    fn reject(&self, error: GatewayError) -> Response<B>;
 }
 
 /// REST: the JSON error body with the error table's status.
@@ -33,17 +35,8 @@ pub trait Reject<B>: Clone + Send + Sync + 'static {
 pub struct RestReject;
 
 impl Reject<axum::body::Body> for RestReject {
-    fn reject(&self, error: &GatewayError) -> Response<axum::body::Body> {
-        let code = error.code();
-        let body = serde_json::json!({"code": code.code, "message": error.to_string()});
-        let mut response = Response::new(axum::body::Body::from(body.to_string()));
-        *response.status_mut() = http::StatusCode::from_u16(code.http)
-            .unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
-        response.headers_mut().insert(
-            http::header::CONTENT_TYPE,
-            http::HeaderValue::from_static("application/json"),
-        );
-        response
+    fn reject(&self, error: GatewayError) -> Response<axum::body::Body> {
+        error.to_response()
     }
 }
 
@@ -52,41 +45,37 @@ impl Reject<axum::body::Body> for RestReject {
 pub struct GrpcReject;
 
 impl Reject<tonic::body::Body> for GrpcReject {
-    fn reject(&self, error: &GatewayError) -> Response<tonic::body::Body> {
-        error.to_status().into_http()
+    fn reject(&self, error: GatewayError) -> Response<tonic::body::Body> {
+        error.into_status().into_http()
     }
 }
-
-/// Called with (front, route) for each request the stack sheds or times out,
-/// so `/metrics` counts it like any other answer.
-pub type OnRefused = Arc<dyn Fn(&'static str, &'static str, &GatewayError) + Send + Sync>;
 
 /// The shared stack. Clone it once per front.
 #[derive(Clone)]
 pub struct GatewayLayer<R> {
     limit: Arc<Semaphore>,
     timeout: Duration,
-    front: &'static str,
+    front: Front,
     reject: R,
-    on_refused: OnRefused,
+    metrics: Arc<Metrics>,
 }
 
 impl<R> GatewayLayer<R> {
     /// A stack admitting at most the permits of `limit` at once, with
-    /// requests cut at `timeout`.
+    /// requests cut at `timeout`, each counted and timed in `metrics`.
     pub fn new(
         limit: Arc<Semaphore>,
         timeout: Duration,
-        front: &'static str,
+        front: Front,
         reject: R,
-        on_refused: OnRefused,
+        metrics: Arc<Metrics>,
     ) -> Self {
         GatewayLayer {
             limit,
             timeout,
             front,
             reject,
-            on_refused,
+            metrics,
         }
     }
 }
@@ -109,9 +98,9 @@ pub struct GatewayService<S, R> {
     layer: GatewayLayer<R>,
 }
 
-/// The route label of a request path, as `/metrics` shows it (None: exempt
-/// from shedding).
-pub fn route_of(path: &str) -> Option<&'static str> {
+/// The route of a request path, as `/metrics` shows it (None: exempt from
+/// shedding and not counted).
+pub fn route_of(path: &str) -> Option<Route> {
     if path.starts_with("/grpc.health.")
         || path.starts_with("/grpc.reflection.")
         || matches!(path, "/healthz" | "/readyz" | "/metrics" | "/openapi.json")
@@ -119,16 +108,33 @@ pub fn route_of(path: &str) -> Option<&'static str> {
         return None;
     }
     Some(match path {
-        "/gateway.v1.PredictionService/Predict" => "predict",
-        "/gateway.v1.PredictionService/PredictBatch" => "predict_batch",
-        "/gateway.v1.FeatureService/PushFeatures" => "push",
-        "/gateway.v1.FeedbackService/Feedback" | "/v1/feedback" => "feedback",
-        p if p.starts_with("/v1/models/") && p.ends_with("/predict") => "predict",
-        p if p.starts_with("/v1/models/") && p.ends_with("/predict-batch") => "predict_batch",
-        p if p.starts_with("/v1/features/") => "push",
-        p if p.starts_with("/v1/admin/") => "admin",
-        _ => "other",
+        "/gateway.v1.PredictionService/Predict" => Route::Predict,
+        "/gateway.v1.PredictionService/PredictBatch" => Route::PredictBatch,
+        "/gateway.v1.FeatureService/PushFeatures" => Route::Push,
+        "/gateway.v1.FeedbackService/Feedback" | "/v1/feedback" => Route::Feedback,
+        p if p.starts_with("/v1/models/") && p.ends_with("/predict") => Route::Predict,
+        p if p.starts_with("/v1/models/") && p.ends_with("/predict-batch") => Route::PredictBatch,
+        p if p.starts_with("/v1/features/") => Route::Push,
+        p if p.starts_with("/v1/admin/")
+            || p.starts_with("/gateway.v1.RoutingAdminService/")
+            || p.starts_with("/gateway.v1.TunerAdminService/") =>
+        {
+            Route::Admin
+        }
+        _ => Route::Other,
     })
+}
+
+/// The result code of an answer: the error table's code for an error made
+/// by [`GatewayError`], `ok` for a success, None for anything else (an
+/// unknown path or method answered by the framework: not counted).
+fn code_of<B>(response: &Response<B>) -> Option<&'static str> {
+    if let Some(code) = GatewayError::code_of_response(response) {
+        return Some(code.code);
+    }
+    let framework_error =
+        response.extensions().get::<tonic::Status>().is_some() || !response.status().is_success();
+    (!framework_error).then_some("ok")
 }
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
@@ -158,29 +164,44 @@ where
             return Box::pin(inner.call(request));
         };
         let layer = self.layer.clone();
+        let started = std::time::Instant::now();
         let Ok(permit) = Arc::clone(&layer.limit).try_acquire_owned() else {
             let error = GatewayError::Overloaded;
-            (layer.on_refused)(layer.front, route, &error);
-            let response = layer.reject.reject(&error);
+            layer.metrics.request(
+                layer.front,
+                route,
+                error.code().code,
+                ModelSlot::NONE,
+                started.elapsed(),
+            );
+            let response = layer.reject.reject(error);
             return Box::pin(async move { Ok(response) });
         };
-        let span = tracing::info_span!("request", front = layer.front, route);
-        // --- telemetry (issue 9): continue the caller's W3C trace (REST
-        // headers and gRPC metadata alike); a no-op when export is off.
+        let span = tracing::info_span!(
+            "request",
+            front = layer.front.as_str(),
+            route = route.as_str()
+        );
+        // Continue the caller's W3C trace (REST headers and gRPC metadata
+        // alike); a no-op when export is off.
         telemetry::continue_trace(&span, request.headers());
-        // --- end telemetry ---
         let call = inner.call(request);
         Box::pin(
             async move {
                 let _permit = permit;
-                match tokio::time::timeout(layer.timeout, call).await {
-                    Ok(result) => result,
-                    Err(_) => {
-                        let error = GatewayError::DeadlineExceeded;
-                        (layer.on_refused)(layer.front, route, &error);
-                        Ok(layer.reject.reject(&error))
-                    }
+                let (answer, model) =
+                    crate::metrics::observe(tokio::time::timeout(layer.timeout, call)).await;
+                let response = match answer {
+                    Ok(Ok(response)) => response,
+                    Ok(Err(e)) => return Err(e),
+                    Err(_) => layer.reject.reject(GatewayError::DeadlineExceeded),
+                };
+                if let Some(code) = code_of(&response) {
+                    layer
+                        .metrics
+                        .request(layer.front, route, code, model, started.elapsed());
                 }
+                Ok(response)
             }
             .instrument(span),
         )
@@ -203,18 +224,22 @@ mod tests {
         ] {
             assert_eq!(route_of(exempt), None, "{exempt}");
         }
-        assert_eq!(route_of("/v1/models/fraud/predict"), Some("predict"));
+        assert_eq!(route_of("/v1/models/fraud/predict"), Some(Route::Predict));
         assert_eq!(
             route_of("/v1/models/fraud/predict-batch"),
-            Some("predict_batch")
+            Some(Route::PredictBatch)
         );
-        assert_eq!(route_of("/v1/features/clicks/push"), Some("push"));
-        assert_eq!(route_of("/v1/feedback"), Some("feedback"));
-        assert_eq!(route_of("/v1/admin/tuner/jobs/j"), Some("admin"));
+        assert_eq!(route_of("/v1/features/clicks/push"), Some(Route::Push));
+        assert_eq!(route_of("/v1/feedback"), Some(Route::Feedback));
+        assert_eq!(route_of("/v1/admin/tuner/jobs/j"), Some(Route::Admin));
+        assert_eq!(
+            route_of("/gateway.v1.RoutingAdminService/ListRouting"),
+            Some(Route::Admin)
+        );
         assert_eq!(
             route_of("/gateway.v1.PredictionService/Predict"),
-            Some("predict")
+            Some(Route::Predict)
         );
-        assert_eq!(route_of("/nope"), Some("other"));
+        assert_eq!(route_of("/nope"), Some(Route::Other));
     }
 }

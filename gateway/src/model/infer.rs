@@ -9,15 +9,14 @@
 //! connection failures or timeouts and fails calls at once until a cool-down
 //! has passed, when one probe call is let through.
 
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use proto::inference as pb;
 use proto::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
 
-use crate::coalesce::{Coalesce, Lane, RowAnswer};
-use crate::h2conn::{ConnSettings, Connection, Target};
+use super::h2conn::{ConnError, ConnSettings, Connection, Target};
 
 /// Why an inference call failed.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -146,13 +145,11 @@ pub struct ModelClient {
     next: std::sync::atomic::AtomicUsize,
     breaker: Mutex<BreakerState>,
     breaker_config: BreakerConfig,
-    /// The single-row call lanes, one per (model, version) seen.
-    lanes: Mutex<Vec<Arc<Lane>>>,
     /// `ModelInfer` calls sent, and the rows they carried.
     calls: AtomicU64,
     rows: AtomicU64,
     /// Calls of several predictions the model-server refused (their rows
-    /// were sent again alone; see [`crate::coalesce`]).
+    /// were sent again alone; see [`super::coalesce`]).
     refused_batches: AtomicU64,
 }
 
@@ -210,7 +207,6 @@ impl ModelClient {
                 opens: 0,
             }),
             breaker_config,
-            lanes: Mutex::new(Vec::new()),
             calls: AtomicU64::new(0),
             rows: AtomicU64::new(0),
             refused_batches: AtomicU64::new(0),
@@ -218,7 +214,7 @@ impl ModelClient {
     }
 
     /// `ModelInfer` calls sent since start, and the rows they carried (more
-    /// rows than calls: predictions sent together, see [`crate::coalesce`]).
+    /// rows than calls: predictions sent together, see [`super::coalesce`]).
     pub fn calls_and_rows(&self) -> (u64, u64) {
         (
             self.calls.load(Ordering::Relaxed),
@@ -234,46 +230,6 @@ impl ModelClient {
 
     pub(crate) fn count_refused_batch(&self) {
         self.refused_batches.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// Runs one prediction's `row` through `model` `version` (input `input`,
-    /// `row.len()` FP32 columns) within `deadline`, sent together with other
-    /// predictions of the same version while `coalesce.max_in_flight` calls
-    /// are already out (see [`crate::coalesce`]).
-    ///
-    /// # Errors
-    /// [`InferError`]; never retried.
-    pub async fn infer_row(
-        self: &Arc<Self>,
-        model: &str,
-        version: &str,
-        input: &str,
-        row: &[f32],
-        coalesce: Coalesce,
-        deadline: Duration,
-    ) -> Result<RowAnswer, InferError> {
-        let lane = self.lane(model, version, input, row.len(), coalesce);
-        lane.infer(self, row, deadline).await
-    }
-
-    pub(crate) fn lane(
-        &self,
-        model: &str,
-        version: &str,
-        input: &str,
-        width: usize,
-        coalesce: Coalesce,
-    ) -> Arc<Lane> {
-        let mut lanes = self.lanes.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(lane) = lanes
-            .iter()
-            .find(|l| l.serves(model, version, input, width) && l.settings() == coalesce)
-        {
-            return Arc::clone(lane);
-        }
-        let lane = Arc::new(Lane::new(model, version, input, width, coalesce));
-        lanes.push(Arc::clone(&lane));
-        lane
     }
 
     /// The next connection's client, in turn.
@@ -358,11 +314,7 @@ impl ModelClient {
             tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => {
                 InferError::DeadlineExceeded { endpoint, deadline }
             }
-            tonic::Code::Unavailable | tonic::Code::Unknown
-                if status.message().contains("transport")
-                    || status.message().contains("connect")
-                    || status.code() == tonic::Code::Unavailable =>
-            {
+            _ if status.code() == tonic::Code::Unavailable || connection_failed(status) => {
                 InferError::Unavailable {
                     endpoint,
                     detail: status.message().to_owned(),
@@ -457,9 +409,8 @@ impl ModelClient {
             ..Default::default()
         });
         request.set_timeout(deadline);
-        // --- telemetry (issue 9): the model-server continues this trace.
+        // The model-server continues this trace.
         telemetry::inject_metadata(&tracing::Span::current(), request.metadata_mut());
-        // --- end telemetry ---
         let started = Instant::now();
         let mut client = self.client();
         let call = client.model_infer(request);
@@ -486,6 +437,19 @@ impl ModelClient {
             elapsed: started.elapsed(),
         })
     }
+}
+
+/// Whether a call's status comes from a connection that could not carry it
+/// (a [`ConnError`] in its source chain).
+fn connection_failed(status: &tonic::Status) -> bool {
+    let mut source = std::error::Error::source(status);
+    while let Some(e) = source {
+        if e.is::<ConnError>() {
+            return true;
+        }
+        source = e.source();
+    }
+    false
 }
 
 /// A model-server endpoint as the config writes it: `http://host:port` (its

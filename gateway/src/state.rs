@@ -1,0 +1,49 @@
+//! [`AppState`]: what the handlers of both fronts and the admin APIs share,
+//! built once by the server. Plain data: the checks and the recording live
+//! with their owners (auth, the tower stack, the prediction path).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Semaphore;
+
+use crate::auth::dev_issuer::DevIssuer;
+use crate::auth::{Authenticator, Authorizer};
+use crate::metrics::Metrics;
+use crate::serve::Core;
+
+/// The dev issuer as served by this gateway.
+pub struct DevIssuerState {
+    /// The key pair.
+    pub issuer: DevIssuer,
+    /// Its issuer URL (`http://127.0.0.1:PORT/dev-issuer`).
+    pub url: String,
+}
+
+/// What every handler may use.
+pub struct AppState<S> {
+    /// The prediction path.
+    pub core: Core<S>,
+    /// Token verification (the authentication layers).
+    pub authn: Authenticator,
+    /// The access policy, one check per API kind.
+    pub authz: Arc<Authorizer>,
+    /// The gateway's own counters.
+    pub metrics: Arc<Metrics>,
+    /// The admission limit (requests served at once).
+    pub limit: Arc<Semaphore>,
+    /// Its size.
+    pub limit_total: usize,
+    /// The dev issuer, in `mode = "dev"`.
+    pub dev_issuer: Option<Arc<DevIssuerState>>,
+    /// The hosted scheduler's poll interval (None: `[scheduler]` disabled).
+    pub scheduler_poll: Option<Duration>,
+}
+
+impl<S> AppState<S> {
+    /// Requests being served now.
+    pub fn in_flight(&self) -> usize {
+        self.limit_total
+            .saturating_sub(self.limit.available_permits())
+    }
+}
