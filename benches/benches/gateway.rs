@@ -62,11 +62,12 @@ use benches::load::{self, Call, Load, Measured, Outcome, WARMUP, closed_loop};
 use benches::process::{
     CpuProbe, CpuUse, GatewayProcess, GatewaySettings, gateway_config, interrupted,
 };
-use benches::prometheus::{failure_codes, metric, metric_sum, scrape};
+use benches::prometheus::{delta, failure_codes, scrape};
 use benches::report::{Series, latency_chart, machine, ms};
 use feature_store::store::AnyStore;
 use feature_store::store::embedded::EmbeddedStore;
 use feature_store::store::scylla::{ScyllaConfig, ScyllaStore};
+use rig::metrics::Page;
 use rig::{ModelServerProcess, example_repository_with, workspace_root};
 
 /// Callers share this many HTTP/2 connections, as a client pool would.
@@ -351,8 +352,8 @@ impl Step {
     }
 }
 
-fn view(before: &str, after: &str) -> GatewayView {
-    let d = |name: &str| metric(after, name) - metric(before, name);
+fn view(before: &Page, after: &Page) -> GatewayView {
+    let d = |name: &str| delta(before, after, name);
     let mean_us = |name: &str| {
         let n = d(&format!("{name}_count"));
         if n > 0.0 {
@@ -370,8 +371,8 @@ fn view(before: &str, after: &str) -> GatewayView {
         model_mean_us: mean_us("mlgw_model_call_seconds"),
         rows_per_call: {
             let callers = |name: &str| {
-                let series = format!("{name}{{pool=\"callers\"");
-                metric_sum(after, &series) - metric_sum(before, &series)
+                let pool = [("pool", "callers")];
+                after.sum(name, &pool) - before.sum(name, &pool)
             };
             callers("mlgw_model_call_rows_total") / callers("mlgw_model_calls_total")
         },

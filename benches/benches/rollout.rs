@@ -1,4 +1,4 @@
-//! Rollout benchmark (issue 8): a shadow version that is slow or failing
+//! Rollout benchmark: a shadow version that is slow or failing
 //! does not change the stable answers or their latency beyond noise, and
 //! its dropped copies are counted.
 //!

@@ -502,31 +502,9 @@ async fn scheduler(cli: &Cli, action: &SchedulerAction, json: bool) -> Result<Ex
         );
     }
     scheduler
-        .run(Arc::new(SystemClock), shutdown_signal(), print)
+        .run(Arc::new(SystemClock), telemetry::shutdown_signal(), print)
         .await;
     Ok(ExitCode::SUCCESS)
-}
-
-async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        let term = async {
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(mut s) => {
-                    s.recv().await;
-                }
-                Err(_) => std::future::pending::<()>().await,
-            }
-        };
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            () = term => {}
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
 }
 
 fn event_text(e: &TickEvent) -> String {

@@ -192,7 +192,7 @@ impl Batcher {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => {
                 if let Some(m) = &self.shared.metrics {
-                    m.queue_full.fetch_add(1, Ordering::Relaxed);
+                    m.queue_full.inc();
                 }
                 return Err(InferError::QueueFull {
                     model: self.shared.spec.name.clone(),
@@ -228,7 +228,7 @@ impl Batcher {
         let _running = Running(&shared.running);
         if let Some(m) = &shared.metrics {
             m.queue_wait.observe_duration(Duration::ZERO);
-            m.inline_runs.fetch_add(1, Ordering::Relaxed);
+            m.inline_runs.inc();
         }
         // Every request's trace has the same stages: this one waited for nothing.
         drop(tracing::info_span!("queue_wait", rows));

@@ -205,11 +205,17 @@ async fn infer_version(
 }
 
 async fn metrics(State(s): State<AppState>) -> Response {
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        s.engine.metrics().render(),
-    )
-        .into_response()
+    match s.engine.metrics().render() {
+        Ok(text) => (
+            [(header::CONTENT_TYPE, telemetry::prom::CONTENT_TYPE)],
+            text,
+        )
+            .into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot encode /metrics");
+            StatusCode::INTERNAL_SERVER_ERROR.into_response()
+        }
+    }
 }
 
 /// One REST inference in its `model_infer` span (continuing the caller's

@@ -1,24 +1,35 @@
 //! The model-server's Prometheus page (`GET /metrics` on the REST port):
 //! request latency per model and front, queue wait, batch sizes, inference
-//! time, queue-full refusals and requests in flight. Label sets are the
-//! served models (fixed at start) × the two fronts, so cardinality is bounded.
+//! time, queue-full refusals and requests in flight, in a `prometheus-client`
+//! registry. Label sets are the served models (fixed at start) × the two
+//! fronts, so cardinality is bounded and every handle is resolved once at
+//! start: a request touches atomics only.
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
-use telemetry::prom::{self, Histogram, LATENCY_BUCKETS, SIZE_BUCKETS};
-
-/// A histogram family of every model: name, help, which histogram.
-type Family = (&'static str, &'static str, fn(&ModelMetrics) -> &Histogram);
-
-/// A counter of every model: name, help, which counter.
-type Counter = (&'static str, &'static str, fn(&ModelMetrics) -> &AtomicU64);
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use telemetry::prom::{Histogram, LATENCY_BUCKETS, Registry, SIZE_BUCKETS};
 
 /// The fronts, in label order.
 pub const FRONTS: [&str; 2] = ["grpc", "rest"];
+
+/// Labels of the per-model, per-front families.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ModelFront {
+    model: String,
+    front: &'static str,
+}
+
+/// Labels of the per-model families.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ModelLabel {
+    model: String,
+}
 
 /// The counters of one served model.
 #[derive(Debug)]
@@ -26,7 +37,7 @@ pub struct ModelMetrics {
     /// Inference requests by front (index in [`FRONTS`]), whole handler time.
     latency: [Histogram; 2],
     /// Failed inference requests by front.
-    errors: [AtomicU64; 2],
+    errors: [Counter; 2],
     /// Time from queueing to being taken into a batch.
     pub(crate) queue_wait: Histogram,
     /// Rows per run.
@@ -34,35 +45,19 @@ pub struct ModelMetrics {
     /// Time of one run (the whole batch).
     pub(crate) inference: Histogram,
     /// Requests refused because the queue was full.
-    pub(crate) queue_full: AtomicU64,
+    pub(crate) queue_full: Counter,
     /// Requests run on the thread that decoded them (idle version, short run).
-    pub(crate) inline_runs: AtomicU64,
-}
-
-impl ModelMetrics {
-    fn new() -> Self {
-        ModelMetrics {
-            latency: [
-                Histogram::new(LATENCY_BUCKETS),
-                Histogram::new(LATENCY_BUCKETS),
-            ],
-            errors: [AtomicU64::new(0), AtomicU64::new(0)],
-            queue_wait: Histogram::new(LATENCY_BUCKETS),
-            batch_rows: Histogram::new(SIZE_BUCKETS),
-            inference: Histogram::new(LATENCY_BUCKETS),
-            queue_full: AtomicU64::new(0),
-            inline_runs: AtomicU64::new(0),
-        }
-    }
+    pub(crate) inline_runs: Counter,
 }
 
 /// Every model's counters and the in-flight gauge; shared by both fronts.
 #[derive(Debug)]
 pub struct Metrics {
+    registry: Registry,
     models: BTreeMap<String, Arc<ModelMetrics>>,
-    in_flight: AtomicI64,
+    in_flight: Gauge,
     /// Inference requests naming a model that is not served, by front.
-    unknown_model: [AtomicU64; 2],
+    unknown_model: [Counter; 2],
 }
 
 /// Decrements the in-flight gauge when the request ends (even on cancel).
@@ -70,20 +65,105 @@ pub struct InFlight<'a>(&'a Metrics);
 
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.0.in_flight.dec();
     }
 }
 
+fn latency_family() -> Histogram {
+    Histogram::new(LATENCY_BUCKETS)
+}
+
+fn size_family() -> Histogram {
+    Histogram::new(SIZE_BUCKETS)
+}
+
 impl Metrics {
-    /// Counters for the served `models`.
+    /// Counters for the served `models`, registered under today's names
+    /// (the registry appends `_total` to counters and a period to help).
     pub fn new<'a>(models: impl IntoIterator<Item = &'a str>) -> Self {
+        let latency = Family::<ModelFront, Histogram>::new_with_constructor(latency_family);
+        let errors = Family::<ModelFront, Counter>::default();
+        let queue_wait = Family::<ModelLabel, Histogram>::new_with_constructor(latency_family);
+        let batch_rows = Family::<ModelLabel, Histogram>::new_with_constructor(size_family);
+        let inference = Family::<ModelLabel, Histogram>::new_with_constructor(latency_family);
+        let queue_full = Family::<ModelLabel, Counter>::default();
+        let inline_runs = Family::<ModelLabel, Counter>::default();
+        let in_flight = Gauge::default();
+
+        let by_front = |model: &str, i: usize| ModelFront {
+            model: model.to_owned(),
+            front: FRONTS[i],
+        };
+        let models: BTreeMap<String, Arc<ModelMetrics>> = models
+            .into_iter()
+            .map(|name| {
+                let model = ModelLabel {
+                    model: name.to_owned(),
+                };
+                let m = ModelMetrics {
+                    latency: [0, 1].map(|i| latency.get_or_create_owned(&by_front(name, i))),
+                    errors: [0, 1].map(|i| errors.get_or_create_owned(&by_front(name, i))),
+                    queue_wait: queue_wait.get_or_create_owned(&model),
+                    batch_rows: batch_rows.get_or_create_owned(&model),
+                    inference: inference.get_or_create_owned(&model),
+                    queue_full: queue_full.get_or_create_owned(&model),
+                    inline_runs: inline_runs.get_or_create_owned(&model),
+                };
+                (name.to_owned(), Arc::new(m))
+            })
+            .collect();
+        let unknown_model = [0, 1].map(|i| errors.get_or_create_owned(&by_front("", i)));
+
+        let mut registry = Registry::default();
+        registry.register(
+            "mlgw_model_server_request_seconds",
+            "Inference requests by model and front, decode to encode (failed ones included)",
+            latency,
+        );
+        registry.register(
+            "mlgw_model_server_request_errors",
+            "Inference requests that failed, by model and front (model=\"\": a model not served)",
+            errors,
+        );
+        registry.register(
+            "mlgw_model_server_queue_wait_seconds",
+            "Time a request waited in its model's queue before its batch ran",
+            queue_wait,
+        );
+        registry.register(
+            "mlgw_model_server_batch_rows",
+            "Rows per inference run (dynamic batching joins requests)",
+            batch_rows,
+        );
+        registry.register(
+            "mlgw_model_server_inference_seconds",
+            "Time of one inference run (a whole batch)",
+            inference,
+        );
+        registry.register(
+            "mlgw_model_server_queue_full",
+            "Requests refused at once (429 / RESOURCE_EXHAUSTED) because the model's queue was full",
+            queue_full,
+        );
+        registry.register(
+            "mlgw_model_server_inline_runs",
+            "Requests run at once on the thread that decoded them (the version idle, the run expected under inline_max_us) instead of on an inference thread",
+            inline_runs,
+        );
+        registry.register(
+            "mlgw_model_server_requests_in_flight",
+            "Inference requests being served now",
+            in_flight.clone(),
+        );
+        registry.register_collector(telemetry::stages::collector(
+            "mlgw_model_server_stage_seconds",
+            "Wall time of each inference stage (the span of that name).",
+        ));
         Metrics {
-            models: models
-                .into_iter()
-                .map(|m| (m.to_owned(), Arc::new(ModelMetrics::new())))
-                .collect(),
-            in_flight: AtomicI64::new(0),
-            unknown_model: [AtomicU64::new(0), AtomicU64::new(0)],
+            registry,
+            models,
+            in_flight,
+            unknown_model,
         }
     }
 
@@ -94,7 +174,7 @@ impl Metrics {
 
     /// Counts a request in flight until the guard drops.
     pub fn start(&self) -> InFlight<'_> {
-        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.in_flight.inc();
         InFlight(self)
     }
 
@@ -105,124 +185,23 @@ impl Metrics {
             Some(m) => {
                 m.latency[front].observe_duration(elapsed);
                 if !ok {
-                    m.errors[front].fetch_add(1, Ordering::Relaxed);
+                    m.errors[front].inc();
                 }
             }
             None => {
-                self.unknown_model[front].fetch_add(1, Ordering::Relaxed);
+                self.unknown_model[front].inc();
             }
         }
     }
 
-    /// The Prometheus text exposition.
-    pub fn render(&self) -> String {
-        let mut out = String::with_capacity(8192);
-        let models: Vec<(String, &ModelMetrics)> = self
-            .models
-            .iter()
-            .map(|(name, m)| (prom::label(name), m.as_ref()))
-            .collect();
-        prom::header(
-            &mut out,
-            "mlgw_model_server_request_seconds",
-            "histogram",
-            "Inference requests by model and front, decode to encode (failed ones included).",
-        );
-        for (name, m) in &models {
-            for (i, front) in FRONTS.iter().enumerate() {
-                m.latency[i].render(
-                    &mut out,
-                    "mlgw_model_server_request_seconds",
-                    &format!("model=\"{name}\",front=\"{front}\""),
-                );
-            }
-        }
-        prom::header(
-            &mut out,
-            "mlgw_model_server_request_errors_total",
-            "counter",
-            "Inference requests that failed, by model and front (model=\"\": a model not served).",
-        );
-        for (name, m) in &models {
-            for (i, front) in FRONTS.iter().enumerate() {
-                let _ = writeln!(
-                    out,
-                    "mlgw_model_server_request_errors_total{{model=\"{name}\",front=\"{front}\"}} {}",
-                    m.errors[i].load(Ordering::Relaxed)
-                );
-            }
-        }
-        for (i, front) in FRONTS.iter().enumerate() {
-            let _ = writeln!(
-                out,
-                "mlgw_model_server_request_errors_total{{model=\"\",front=\"{front}\"}} {}",
-                self.unknown_model[i].load(Ordering::Relaxed)
-            );
-        }
-        let families: [Family; 3] = [
-            (
-                "mlgw_model_server_queue_wait_seconds",
-                "Time a request waited in its model's queue before its batch ran.",
-                |m| &m.queue_wait,
-            ),
-            (
-                "mlgw_model_server_batch_rows",
-                "Rows per inference run (dynamic batching joins requests).",
-                |m| &m.batch_rows,
-            ),
-            (
-                "mlgw_model_server_inference_seconds",
-                "Time of one inference run (a whole batch).",
-                |m| &m.inference,
-            ),
-        ];
-        for (family, help, get) in families {
-            prom::header(&mut out, family, "histogram", help);
-            for (name, m) in &models {
-                get(m).render(&mut out, family, &format!("model=\"{name}\""));
-            }
-        }
-        let counters: [Counter; 2] = [
-            (
-                "mlgw_model_server_queue_full_total",
-                "Requests refused at once (429 / RESOURCE_EXHAUSTED) because the model's queue was full.",
-                |m| &m.queue_full,
-            ),
-            (
-                "mlgw_model_server_inline_runs_total",
-                "Requests run at once on the thread that decoded them (the version idle, the run expected under inline_max_us) instead of on an inference thread.",
-                |m| &m.inline_runs,
-            ),
-        ];
-        for (family, help, get) in counters {
-            prom::header(&mut out, family, "counter", help);
-            for (name, m) in &models {
-                let _ = writeln!(
-                    out,
-                    "{family}{{model=\"{name}\"}} {}",
-                    get(m).load(Ordering::Relaxed)
-                );
-            }
-        }
-        prom::header(
-            &mut out,
-            "mlgw_model_server_requests_in_flight",
-            "gauge",
-            "Inference requests being served now.",
-        );
-        let _ = writeln!(
-            out,
-            "mlgw_model_server_requests_in_flight {}",
-            self.in_flight.load(Ordering::Relaxed).max(0)
-        );
-        if let Some(stages) = telemetry::stages::global() {
-            stages.render(
-                &mut out,
-                "mlgw_model_server_stage_seconds",
-                "Wall time of each inference stage (the span of that name).",
-            );
-        }
-        out
+    /// The Prometheus text exposition (format 0.0.4,
+    /// [`telemetry::prom::CONTENT_TYPE`]).
+    ///
+    /// # Errors
+    /// When a metric fails to encode itself (none of the registered ones
+    /// does; the error is the formatter's).
+    pub fn render(&self) -> Result<String, std::fmt::Error> {
+        telemetry::prom::encode(&self.registry)
     }
 }
 
@@ -231,18 +210,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_served_models_get_labels() {
+    fn only_served_models_get_labels() -> Result<(), std::fmt::Error> {
         let m = Metrics::new(["fraud"]);
         m.finished(0, "fraud", Duration::from_millis(2), true);
         m.finished(1, "nope", Duration::from_millis(2), false);
         {
             let _g = m.start();
             assert!(
-                m.render()
+                m.render()?
                     .contains("mlgw_model_server_requests_in_flight 1\n")
             );
         }
-        let text = m.render();
+        let text = m.render()?;
         assert!(text.contains(
             "mlgw_model_server_request_seconds_count{model=\"fraud\",front=\"grpc\"} 1\n"
         ));
@@ -251,5 +230,39 @@ mod tests {
         );
         assert!(!text.contains("nope"));
         assert!(text.contains("mlgw_model_server_requests_in_flight 0\n"));
+        Ok(())
+    }
+
+    #[test]
+    fn names_help_and_types_are_unchanged() -> Result<(), std::fmt::Error> {
+        let text = Metrics::new(["fraud"]).render()?;
+        for (name, kind) in [
+            ("mlgw_model_server_request_seconds", "histogram"),
+            ("mlgw_model_server_request_errors_total", "counter"),
+            ("mlgw_model_server_queue_wait_seconds", "histogram"),
+            ("mlgw_model_server_batch_rows", "histogram"),
+            ("mlgw_model_server_inference_seconds", "histogram"),
+            ("mlgw_model_server_queue_full_total", "counter"),
+            ("mlgw_model_server_inline_runs_total", "counter"),
+            ("mlgw_model_server_requests_in_flight", "gauge"),
+        ] {
+            assert!(
+                text.contains(&format!("# TYPE {name} {kind}\n")),
+                "{name}: {text}"
+            );
+        }
+        assert!(text.contains("# HELP mlgw_model_server_queue_wait_seconds Time a request waited in its model's queue before its batch ran.\n"), "{text}");
+        assert!(!text.contains(".."), "{text}");
+        assert!(
+            text.contains("mlgw_model_server_batch_rows_bucket{model=\"fraud\",le=\"256\"} 0\n"),
+            "{text}"
+        );
+        assert!(text.contains("mlgw_model_server_request_seconds_bucket{model=\"fraud\",front=\"rest\",le=\"0.00025\"} 0\n"), "{text}");
+        assert!(
+            text.contains("mlgw_model_server_queue_full_total{model=\"fraud\"} 0\n"),
+            "{text}"
+        );
+        assert!(!text.contains("# EOF"), "{text}");
+        Ok(())
     }
 }

@@ -1,7 +1,9 @@
-//! Tracing shared by the gateway and the model-server: the subscriber (text or
-//! JSON lines, the JSON ones carrying `trace_id`/`span_id`), optional export of
-//! spans over OTLP/gRPC to a collector, and W3C trace-context (`traceparent`,
-//! `tracestate`) extraction and injection.
+//! Process setup shared by the servers: the tracing subscriber (text or
+//! JSON lines, the JSON ones carrying `trace_id`/`span_id`), optional export
+//! of spans over OTLP/gRPC to a collector, W3C trace-context (`traceparent`,
+//! `tracestate`) extraction and injection, per-stage latency histograms timed
+//! from the spans ([`stages`]), Prometheus metrics on `prometheus-client`
+//! ([`prom`]) and the shutdown signal ([`shutdown_signal`]).
 //!
 //! Export is off unless an endpoint is configured. Off, no exporter, no
 //! OpenTelemetry layer and no propagation work are set up: [`enabled`] is
@@ -10,7 +12,10 @@
 
 pub mod fields;
 pub mod prom;
+pub mod shutdown;
 pub mod stages;
+
+pub use shutdown::shutdown_signal;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;

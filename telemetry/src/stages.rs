@@ -7,15 +7,18 @@
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric as _};
+use prometheus_client::metrics::MetricType;
 use tracing::span;
 use tracing_subscriber::Layer;
 use tracing_subscriber::layer::Context;
 use tracing_subscriber::registry::LookupSpan;
 
-use crate::prom::{self, Histogram, LATENCY_BUCKETS};
+use crate::prom::{Histogram, LATENCY_BUCKETS, Registry};
 
 /// The timed stages and their histograms.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Stages {
     names: &'static [&'static str],
     histograms: Vec<Histogram>,
@@ -35,11 +38,59 @@ impl Stages {
         }
     }
 
-    /// Writes the family `name` with one `stage` label per timed span name.
+    /// Writes the family `name` with one `stage` label per timed span name,
+    /// for a page not (yet) rendered from a [`Registry`].
     pub fn render(&self, out: &mut String, name: &str, help: &str) {
-        prom::header(out, name, "histogram", help);
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(StageFamily {
+            stages: Some(Arc::new(self.clone())),
+            name: name.to_owned(),
+            help: help.to_owned(),
+        }));
+        if let Ok(text) = crate::prom::encode(&registry) {
+            out.push_str(&text);
+        }
+    }
+
+    fn encode(
+        &self,
+        mut encoder: DescriptorEncoder<'_>,
+        name: &str,
+        help: &str,
+    ) -> std::fmt::Result {
+        let mut family = encoder.encode_descriptor(name, help, None, MetricType::Histogram)?;
         for (stage, h) in self.names.iter().zip(&self.histograms) {
-            h.render(out, name, &format!("stage=\"{stage}\""));
+            h.encode(family.encode_family(&[("stage", *stage)])?)?;
+        }
+        Ok(())
+    }
+}
+
+/// The family `name` (help `help`, written as given: end it with a period)
+/// of the stages installed by [`crate::init`], read at each scrape; nothing
+/// when no stages are installed. Register it with
+/// [`Registry::register_collector`].
+pub fn collector(name: &str, help: &str) -> Box<dyn Collector> {
+    Box::new(StageFamily {
+        stages: None,
+        name: name.to_owned(),
+        help: help.to_owned(),
+    })
+}
+
+/// A stage family for a registry: given stages, or the global ones.
+#[derive(Debug)]
+struct StageFamily {
+    stages: Option<Arc<Stages>>,
+    name: String,
+    help: String,
+}
+
+impl Collector for StageFamily {
+    fn encode(&self, encoder: DescriptorEncoder<'_>) -> std::fmt::Result {
+        match self.stages.as_ref().or_else(|| global()) {
+            Some(stages) => stages.encode(encoder, &self.name, &self.help),
+            None => Ok(()),
         }
     }
 }
@@ -82,5 +133,34 @@ where
         {
             h.observe_duration(at.elapsed());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_stage_is_one_labelled_histogram() {
+        let stages = Stages::new(&["decode", "encode"]);
+        stages.histograms[1].observe(0.002);
+        let mut out = String::new();
+        stages.render(&mut out, "s_seconds", "Stage time.");
+        assert!(
+            out.starts_with("# HELP s_seconds Stage time.\n# TYPE s_seconds histogram\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("s_seconds_count{stage=\"decode\"} 0\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("s_seconds_bucket{stage=\"encode\",le=\"0.002\"} 1\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("s_seconds_count{stage=\"encode\"} 1\n"),
+            "{out}"
+        );
     }
 }

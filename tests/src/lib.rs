@@ -1,6 +1,7 @@
 //! Test-only support: where the real parts started by `tests/run.sh` listen,
-//! starting our own model-server and gateway processes on free ports, and
-//! (in [`sso`]) tokens from the rig's oidc-provider and forged ones.
+//! starting our own model-server and gateway processes on free ports,
+//! (in [`sso`]) tokens from the rig's oidc-provider and forged ones, and (in
+//! [`metrics`]) reading the servers' `/metrics` pages.
 //!
 //! Nothing here is product code. A part the tests need but cannot find fails the
 //! test with a message saying how to start it — never a silent skip.
@@ -14,6 +15,7 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
 pub mod gateway;
+pub mod metrics;
 pub mod sso;
 
 /// The workspace root (the folder holding the top-level Cargo.toml).

@@ -152,11 +152,9 @@ async fn provider_tokens_are_accepted_and_key_rotation_needs_no_restart() -> Res
         .as_u16();
     assert_eq!(ready, 200);
     let text = metrics(&gw).await?;
-    let errors = text
-        .lines()
-        .find_map(|l| l.strip_prefix("mlgw_auth_key_fetches_total{result=\"error\"} "))
-        .and_then(|n| n.parse::<u64>().ok());
-    assert!(errors.is_some_and(|n| n >= 1), "{text}");
+    let errors = rig::metrics::Page::parse(&text)?
+        .value("mlgw_auth_key_fetches_total", &[("result", "error")]);
+    assert!(errors.is_some_and(|n| n >= 1.0), "{text}");
     drop(gw);
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())

@@ -473,16 +473,10 @@ async fn metrics_text(http: &reqwest::Client, gateway: &str) -> Result<String> {
         .await?)
 }
 
-/// The value of one series (`name{labels}` exactly as exposed) in a
-/// Prometheus text exposition.
+/// The value of one series (`name{labels}` as exposed) in a Prometheus
+/// text exposition.
 fn series_value(text: &str, series: &str) -> Option<f64> {
-    text.lines().find_map(|l| {
-        l.strip_prefix(series)?
-            .strip_prefix(' ')?
-            .trim()
-            .parse()
-            .ok()
-    })
+    rig::metrics::Page::parse(text).ok()?.get(series)
 }
 
 /// Runs the gateway on `config`, expects it to refuse to start (exit 1) and

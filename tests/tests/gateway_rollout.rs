@@ -17,6 +17,7 @@ use feature_store::store::prelude::*;
 use futures_util::StreamExt as _;
 use proto::gateway::v1 as pb;
 use rig::gateway::{Bearer, DEV_AUTH, GatewayProcess, client_with_token, scratch};
+use rig::metrics::Page;
 use rig::sso::{client_credentials, oidc_auth};
 use rig::{ModelServerProcess, binary, example_repository, rig_env};
 use serde_json::{Value, json};
@@ -216,34 +217,26 @@ fn black_hole() -> Result<(std::net::TcpListener, String)> {
     Ok((l, url))
 }
 
-async fn metric(gw: &GatewayProcess, prefix: &str) -> Result<f64> {
-    let text = reqwest::get(format!("{}/metrics", gw.http))
-        .await?
-        .text()
-        .await?;
-    Ok(text
-        .lines()
-        .filter(|l| l.starts_with(prefix))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum())
+/// The gateway's `/metrics`, parsed.
+async fn metrics(gw: &GatewayProcess) -> Result<Page> {
+    Page::scrape(&reqwest::Client::new(), &gw.http).await
 }
 
-async fn wait_metric(gw: &GatewayProcess, prefix: &str, at_least: f64) -> Result<f64> {
+/// Waits until the series written `series` (`name{labels}` as exposed)
+/// reaches `at_least`, and returns its value.
+async fn wait_metric(gw: &GatewayProcess, series: &str, at_least: f64) -> Result<f64> {
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
-        let v = metric(gw, prefix).await?;
+        let page = metrics(gw).await?;
+        let v = page.get(series).unwrap_or(0.0);
         if v >= at_least {
             return Ok(v);
         }
         if Instant::now() > deadline {
             // With the metric's other series (e.g. the other results).
-            let name = prefix.split('{').next().unwrap_or(prefix);
-            let text = reqwest::get(format!("{}/metrics", gw.http))
-                .await?
-                .text()
-                .await?;
-            let series: Vec<&str> = text.lines().filter(|l| l.starts_with(name)).collect();
-            bail!("{prefix} is {v}, expected at least {at_least}; {series:?}");
+            let name = series.split('{').next().unwrap_or(series);
+            let others: Vec<_> = page.series(name).collect();
+            bail!("{series} is {v}, expected at least {at_least}; {others:?}");
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

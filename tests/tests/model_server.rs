@@ -898,18 +898,14 @@ async fn an_idle_server_runs_a_lone_request_at_once() -> Result<()> {
 
 /// The model-server's `mlgw_model_server_inline_runs_total` for the example model.
 async fn inline_runs(server: &ModelServerProcess) -> Result<u64> {
-    let text = reqwest::get(format!("{}/metrics", server.http_url))
-        .await?
-        .text()
-        .await?;
-    let line = text
-        .lines()
-        .find(|l| l.starts_with("mlgw_model_server_inline_runs_total{model=\"fraud_detector\"}"))
+    let page = rig::metrics::Page::scrape(&reqwest::Client::new(), &server.http_url).await?;
+    let runs = page
+        .value(
+            "mlgw_model_server_inline_runs_total",
+            &[("model", "fraud_detector")],
+        )
         .context("no mlgw_model_server_inline_runs_total series for fraud_detector")?;
-    let value = line.rsplit(' ').next().unwrap_or_default();
-    value
-        .parse()
-        .with_context(|| format!("inline run count {value:?}"))
+    Ok(runs as u64)
 }
 
 /// A short request that finds its version idle runs on the thread that

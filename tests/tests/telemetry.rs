@@ -19,6 +19,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 use opentelemetry_proto::tonic::common::v1::any_value;
 use proto::gateway::v1::prediction_service_client::PredictionServiceClient;
 use rig::gateway::{DEV_AUTH, GatewayProcess, config_text};
+use rig::metrics::Page;
 use rig::{ModelServerProcess, example_repository};
 use serde_json::json;
 
@@ -237,28 +238,23 @@ async fn one_trace_spans_gateway_and_model_server() -> Result<()> {
     Ok(())
 }
 
-/// A sample's value: counters and gauges as they are, histograms by count.
-fn value(scrape: &prometheus_parse::Scrape, metric: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    scrape
-        .samples
-        .iter()
-        .find(|s| s.metric == metric && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
-        .map(|s| match &s.value {
-            prometheus_parse::Value::Counter(v)
-            | prometheus_parse::Value::Gauge(v)
-            | prometheus_parse::Value::Untyped(v) => *v,
-            prometheus_parse::Value::Histogram(b) => b
-                .iter()
-                .find(|c| c.less_than.is_infinite())
-                .map_or(0.0, |c| c.count),
-            prometheus_parse::Value::Summary(_) => f64::NAN,
-        })
+/// The first series of `metric` whose labels include `labels`: counters and
+/// gauges as they are, histograms by count.
+fn value(page: &Page, metric: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let first = |name: &str| {
+        page.series(name)
+            .find(|(l, _)| {
+                labels
+                    .iter()
+                    .all(|(k, v)| l.get(*k).map(String::as_str) == Some(*v))
+            })
+            .map(|(_, v)| v)
+    };
+    first(&format!("{metric}_count")).or_else(|| first(metric))
 }
 
-async fn scrape(url: &str) -> Result<prometheus_parse::Scrape> {
-    let text = reqwest::get(format!("{url}/metrics")).await?.text().await?;
-    let lines = text.lines().map(|l| Ok(l.to_owned()));
-    Ok(prometheus_parse::Scrape::parse(lines)?)
+async fn scrape(url: &str) -> Result<Page> {
+    Page::scrape(&reqwest::Client::new(), url).await
 }
 
 #[tokio::test]
@@ -277,10 +273,7 @@ async fn metrics_parse_and_move() -> Result<()> {
         assert_eq!(a.status(), 200);
     }
     let (g1, m1) = (scrape(&gw.http).await?, scrape(&ms.http_url).await?);
-    let moved = |a: &prometheus_parse::Scrape,
-                 b: &prometheus_parse::Scrape,
-                 m: &str,
-                 l: &[(&str, &str)]| {
+    let moved = |a: &Page, b: &Page, m: &str, l: &[(&str, &str)]| {
         let before = value(a, m, l).unwrap_or(0.0);
         let after = value(b, m, l).with_context(|| format!("{m} {l:?} missing"))?;
         anyhow::ensure!(after >= before + 3.0, "{m} {l:?}: {before} → {after}");

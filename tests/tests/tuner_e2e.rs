@@ -260,21 +260,23 @@ async fn the_scheduler_runs_a_real_job_and_the_tuner_changes_its_interval_from_r
         .text()
         .await?;
     let view = listed["view"].as_str().context("view")?;
+    let page = rig::metrics::Page::parse(&metrics)?;
+    let labels = [("job", JOB), ("view", view)];
     for (family, expected) in [
-        ("mlgw_refresh_interval_seconds", "14400"),
-        ("mlgw_refresh_pinned", "1"),
-        ("mlgw_refresh_last_batch_failed", "0"),
+        ("mlgw_refresh_interval_seconds", 14400.0),
+        ("mlgw_refresh_pinned", 1.0),
+        ("mlgw_refresh_last_batch_failed", 0.0),
     ] {
-        let series = format!("{family}{{job=\"{JOB}\",view=\"{view}\"}} {expected}");
-        assert!(
-            metrics.lines().any(|l| l == series),
-            "{series} missing: {metrics}"
+        assert_eq!(
+            page.value(family, &labels),
+            Some(expected),
+            "{family}: {metrics}"
         );
     }
-    let good = format!("mlgw_refresh_last_good_interval_seconds{{job=\"{JOB}\",view=\"{view}\"}} ");
     assert!(
-        metrics.lines().any(|l| l.starts_with(&good)),
-        "{good} missing: {metrics}"
+        page.value("mlgw_refresh_last_good_interval_seconds", &labels)
+            .is_some(),
+        "mlgw_refresh_last_good_interval_seconds missing: {metrics}"
     );
     let r = admin
         .post(format!("{job_url}/pin"))
