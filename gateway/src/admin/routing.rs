@@ -427,9 +427,7 @@ impl<S: FullStore> RoutingAdminGrpc<S> {
 }
 
 #[tonic::async_trait]
-impl<S: FullStore> pb::routing_admin_service_server::RoutingAdminService
-    for RoutingAdminGrpc<S>
-{
+impl<S: FullStore> pb::routing_admin_service_server::RoutingAdminService for RoutingAdminGrpc<S> {
     async fn list_routing(
         &self,
         request: Request<pb::ListRoutingRequest>,
