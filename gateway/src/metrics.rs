@@ -1,20 +1,36 @@
-//! The gateway's own counters and their Prometheus text: requests by front,
-//! route and code with their latency by front, API and model (recorded once
-//! per request by the fronts' tower stack), prediction latencies, batch
-//! sizes, auth refusals, config reloads; and the text of the feature store's
-//! stats the gateway reads (cache, store errors, event reads, refresh jobs).
-//! Other components render their own stats; the `/metrics` route gathers them.
+//! The gateway's metrics on a `prometheus-client` [`Registry`]: requests by
+//! front, route and code with their latency by front, API and model
+//! (recorded once per request by the fronts' tower stack), prediction
+//! latencies, batch sizes, auth refusals and config reloads ([`Metrics`]);
+//! the admission gauges ([`Admission`]); the feature store's stats the
+//! gateway reads ([`StoreFamilies`]: cache, store errors, event reads,
+//! refresh jobs). Other components register their own collectors; the
+//! server builds the one registry at start and `/metrics` encodes it.
+//!
+//! The request counters and latencies are pre-resolved arrays of atomics
+//! indexed by (front, route, code or model), so a request does no label
+//! lookup and no allocation; a series appears once it has counted something.
+//! State owned elsewhere and read asynchronously (the refresh jobs) is handed
+//! over before each scrape through a [`Sampled`] slot.
 
 use std::cell::Cell;
-use std::fmt::Write as _;
 use std::future::Future;
-use std::sync::Mutex;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use feature_store::reader::{CacheStats, EventStats, StoreErrorKind, StoreErrorStats, StoreOp};
+use arc_swap::ArcSwapOption;
+use feature_store::reader::{FeatureReader, StoreErrorKind, StoreOp};
 use feature_store::schedule::jobs::JobOverview;
-use telemetry::prom::{Histogram, LATENCY_BUCKETS, SIZE_BUCKETS, header, label};
+use feature_store::store::{BatchStatus, FullStore};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::ConstGauge;
+use telemetry::prom::{Histogram, LATENCY_BUCKETS, Registry, SIZE_BUCKETS};
+use tokio::sync::Semaphore;
 
 /// The front a request came in through.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -149,11 +165,11 @@ pub struct Metrics {
     /// [front][route][model slot] → time to answer.
     request_latency: Vec<Histogram>,
     /// (front, reason) → refused authentications.
-    auth_failures: Mutex<Vec<((&'static str, &'static str), u64)>>,
+    auth_failures: Family<FrontReason, Counter>,
     /// (front, api) → authenticated callers denied by the policy.
-    auth_denied: Mutex<Vec<((&'static str, &'static str), u64)>>,
-    /// ("config", result) → config file reloads.
-    config_reloads: Mutex<Vec<((&'static str, &'static str), u64)>>,
+    auth_denied: Family<FrontApi, Counter>,
+    /// result → config file reloads.
+    config_reloads: Family<ReloadResult, Counter>,
     predict_latency: Histogram,
     model_latency: Histogram,
     /// Total − model-server time of a prediction.
@@ -184,9 +200,9 @@ impl Metrics {
                 .map(|_| Histogram::new(LATENCY_BUCKETS))
                 .collect(),
             models,
-            auth_failures: Mutex::default(),
-            auth_denied: Mutex::default(),
-            config_reloads: Mutex::default(),
+            auth_failures: Family::default(),
+            auth_denied: Family::default(),
+            config_reloads: Family::default(),
             predict_latency: Histogram::new(LATENCY_BUCKETS),
             model_latency: Histogram::new(LATENCY_BUCKETS),
             overhead: Histogram::new(LATENCY_BUCKETS),
@@ -221,17 +237,29 @@ impl Metrics {
 
     /// Counts a refused authentication by front and reason.
     pub fn auth_failure(&self, front: Front, reason: &'static str) {
-        bump(&self.auth_failures, (front.as_str(), reason));
+        self.auth_failures
+            .get_or_create(&FrontReason {
+                front: front.as_str(),
+                reason,
+            })
+            .inc();
     }
 
     /// Counts a caller the policy denied, by front and API.
     pub fn auth_denied(&self, front: Front, api: &'static str) {
-        bump(&self.auth_denied, (front.as_str(), api));
+        self.auth_denied
+            .get_or_create(&FrontApi {
+                front: front.as_str(),
+                api,
+            })
+            .inc();
     }
 
     /// Counts a config file reload by result (`applied`, `invalid`, `failed`).
     pub fn config_reload(&self, result: &'static str) {
-        bump(&self.config_reloads, ("config", result));
+        self.config_reloads
+            .get_or_create(&ReloadResult { result })
+            .inc();
     }
 
     /// Counts the entities of one predict-batch call.
@@ -246,253 +274,243 @@ impl Metrics {
         self.overhead.observe_duration(total.saturating_sub(model));
     }
 
-    /// Appends the auth refusals and the config reloads.
-    fn render_auth_and_reloads(&self, out: &mut String) {
-        let families = [
-            (
-                "mlgw_auth_failures_total",
-                "Requests refused for a missing or invalid token, by front and reason.",
-                &self.auth_failures,
-                ["front", "reason"],
-            ),
-            (
-                "mlgw_auth_denied_total",
-                "Authenticated callers refused by the access policy, by front and API.",
-                &self.auth_denied,
-                ["front", "api"],
-            ),
-        ];
-        for (name, help, counters, [l1, l2]) in families {
-            header(out, name, "counter", help);
-            if let Ok(r) = counters.lock() {
-                for ((a, b), n) in r.iter() {
-                    let _ = writeln!(out, "{name}{{{l1}=\"{a}\",{l2}=\"{b}\"}} {n}");
-                }
-            }
-        }
-        header(
-            out,
-            "mlgw_config_reloads_total",
-            "counter",
-            "Config file edits seen while running, by result.",
-        );
-        if let Ok(r) = self.config_reloads.lock() {
-            for ((_, result), n) in r.iter() {
-                let _ = writeln!(out, "mlgw_config_reloads_total{{result=\"{result}\"}} {n}");
-            }
-        }
-    }
-
-    /// Writes the counters of the raw-event reads behind windowed aggregates.
-    pub fn render_event_reads(&self, out: &mut String, stats: &EventStats) {
-        for (name, help, v) in [
-            (
-                "mlgw_feature_event_reads_total",
-                "Range reads of an entity's raw events for windowed aggregates.",
-                stats.reads,
-            ),
-            (
-                "mlgw_feature_events_read_total",
-                "Raw events returned by those reads.",
-                stats.events,
-            ),
-            (
-                "mlgw_feature_event_reads_capped_total",
-                "Event reads that hit max_events_per_read (the oldest events in the window were left out).",
-                stats.capped_reads,
-            ),
-        ] {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
-            );
-        }
-    }
-
-    /// Writes the feature store's failed calls by op and kind.
-    pub fn render_store_errors(&self, out: &mut String, stats: &StoreErrorStats) {
-        let _ = writeln!(
-            out,
-            "# HELP mlgw_feature_store_errors_total Failed feature store calls by op (read, write, batch_watch) and kind (timeout, unavailable, error).\n# TYPE mlgw_feature_store_errors_total counter"
-        );
-        for op in StoreOp::ALL {
-            for kind in StoreErrorKind::ALL {
-                let _ = writeln!(
-                    out,
-                    "mlgw_feature_store_errors_total{{op=\"{}\",kind=\"{}\"}} {}",
-                    op.as_str(),
-                    kind.as_str(),
-                    stats.get(op, kind)
-                );
-            }
-        }
-    }
-
-    /// Writes each refresh job's interval in force and its state, read from
-    /// the store for this scrape (`None`: the read failed or timed out).
-    pub fn render_refresh_jobs(&self, out: &mut String, jobs: Option<&[JobOverview]>) {
-        let _ = writeln!(
-            out,
-            "# HELP mlgw_refresh_jobs_read Whether this scrape could read the refresh jobs' state from the store (1) or not (0: the job series are missing).\n# TYPE mlgw_refresh_jobs_read gauge\nmlgw_refresh_jobs_read {}",
-            u8::from(jobs.is_some())
-        );
-        let Some(jobs) = jobs else {
-            return;
-        };
-        let families: [(&str, &str, &str); 6] = [
-            (
-                "mlgw_refresh_interval_seconds",
-                "gauge",
-                "Interval in force for each refresh job (pinned, tuned or declared).",
-            ),
-            (
-                "mlgw_refresh_last_good_interval_seconds",
-                "gauge",
-                "Longest interval the tuner has proven good (tuned jobs).",
-            ),
-            (
-                "mlgw_refresh_pinned",
-                "gauge",
-                "1 while a person's pin holds the job's interval.",
-            ),
-            (
-                "mlgw_refresh_last_batch_finished_timestamp_seconds",
-                "gauge",
-                "When the view's newest batch finished, done or failed (Unix time).",
-            ),
-            (
-                "mlgw_refresh_last_batch_failed",
-                "gauge",
-                "1 if the view's newest batch failed (the previous done batch is still served).",
-            ),
-            (
-                "mlgw_refresh_next_run_timestamp_seconds",
-                "gauge",
-                "When the job's next run is due (Unix time).",
-            ),
-        ];
-        let unix = |t: std::time::SystemTime| {
-            t.duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_secs_f64())
-                .unwrap_or(0.0)
-        };
-        for (i, (name, kind, help)) in families.iter().enumerate() {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-            for j in jobs {
-                let value = match i {
-                    0 => Some(j.interval.as_secs_f64()),
-                    1 => j.last_good.map(|d| d.as_secs_f64()),
-                    2 => Some(f64::from(u8::from(j.pin.is_some()))),
-                    3 => j.last_batch.as_ref().and_then(|b| b.finished_at).map(unix),
-                    4 => j.last_batch.as_ref().map(|b| {
-                        f64::from(u8::from(
-                            b.status == feature_store::store::BatchStatus::Failed,
-                        ))
-                    }),
-                    _ => j.next_run.map(unix),
-                };
-                if let Some(v) = value {
-                    let _ = writeln!(
-                        out,
-                        "{name}{{job=\"{}\",view=\"{}\"}} {v}",
-                        label(&j.job),
-                        label(&j.view)
-                    );
-                }
-            }
-        }
-    }
-
-    /// Appends the gateway's own counters, the admission gauges
-    /// (`in_flight` of `limit`) and the feature cache's `cache` stats.
-    pub fn render(&self, out: &mut String, cache: &CacheStats, in_flight: usize, limit: usize) {
-        header(
-            out,
-            "mlgw_requests_total",
-            "counter",
-            "Finished requests by front, route and result code.",
-        );
-        for front in Front::ALL {
-            for route in Route::ALL {
-                let series = Self::series(front, route);
-                for (c, code) in CODES.iter().enumerate() {
-                    let n = self.requests[series * CODES.len() + c].load(Ordering::Relaxed);
-                    if n > 0 {
-                        let _ = writeln!(
-                            out,
-                            "mlgw_requests_total{{front=\"{}\",route=\"{}\",code=\"{code}\"}} {n}",
-                            front.as_str(),
-                            route.as_str()
-                        );
-                    }
-                }
-            }
-        }
+    /// Registers these metrics in `registry` under their names (the
+    /// registry appends `_total` to counters and a period to help texts).
+    pub fn register(self: &Arc<Self>, registry: &mut Registry) {
+        registry.register_collector(Box::new(RequestFamilies(Arc::clone(self))));
         for (name, help, h) in [
             (
                 "mlgw_predict_seconds",
-                "Time to answer a successful prediction, end to end.",
+                "Time to answer a successful prediction, end to end",
                 &self.predict_latency,
             ),
             (
                 "mlgw_model_call_seconds",
-                "Time spent in the model-server call of a successful prediction.",
+                "Time spent in the model-server call of a successful prediction",
                 &self.model_latency,
             ),
             (
                 "mlgw_gateway_overhead_seconds",
-                "The gateway's own time in a successful prediction: total minus the model-server call.",
+                "The gateway's own time in a successful prediction: total minus the model-server call",
                 &self.overhead,
             ),
+            (
+                "mlgw_predict_batch_entities",
+                "Entities per predict-batch call",
+                &self.batch_entities,
+            ),
         ] {
-            header(out, name, "histogram", help);
-            h.render(out, name, "");
+            registry.register(name, help, h.clone());
         }
-        header(
-            out,
-            "mlgw_request_seconds",
-            "histogram",
-            "Time to answer a request by front, API and model (- for APIs not about one model), whatever the result.",
+        registry.register(
+            "mlgw_auth_failures",
+            "Requests refused for a missing or invalid token, by front and reason",
+            self.auth_failures.clone(),
         );
+        registry.register(
+            "mlgw_auth_denied",
+            "Authenticated callers refused by the access policy, by front and API",
+            self.auth_denied.clone(),
+        );
+        registry.register(
+            "mlgw_config_reloads",
+            "Config file edits seen while running, by result",
+            self.config_reloads.clone(),
+        );
+    }
+}
+
+/// Labels of `mlgw_auth_failures_total`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FrontReason {
+    front: &'static str,
+    reason: &'static str,
+}
+
+/// Labels of `mlgw_auth_denied_total`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FrontApi {
+    front: &'static str,
+    api: &'static str,
+}
+
+/// Labels of `mlgw_config_reloads_total`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReloadResult {
+    result: &'static str,
+}
+
+/// `mlgw_requests_total` and `mlgw_request_seconds`, read from the
+/// pre-resolved arrays: only series that counted something are written.
+#[derive(Debug)]
+struct RequestFamilies(Arc<Metrics>);
+
+impl Collector for RequestFamilies {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> std::fmt::Result {
+        let m = &self.0;
+        let mut family = encoder.encode_descriptor(
+            "mlgw_requests",
+            "Finished requests by front, route and result code.",
+            None,
+            MetricType::Counter,
+        )?;
         for front in Front::ALL {
             for route in Route::ALL {
-                let series = Self::series(front, route);
-                for (m, model) in self.models.iter().enumerate() {
-                    let h = &self.request_latency[series * self.models.len() + m];
-                    if h.count() > 0 {
-                        h.render(
-                            out,
-                            "mlgw_request_seconds",
-                            &format!(
-                                "front=\"{}\",api=\"{}\",model=\"{}\"",
-                                front.as_str(),
-                                route.as_str(),
-                                label(model)
-                            ),
-                        );
+                let series = Metrics::series(front, route);
+                for (c, code) in CODES.iter().enumerate() {
+                    let n = m.requests[series * CODES.len() + c].load(Ordering::Relaxed);
+                    if n > 0 {
+                        let labels = [
+                            ("front", front.as_str()),
+                            ("route", route.as_str()),
+                            ("code", *code),
+                        ];
+                        ConstCounter::new(n).encode(family.encode_family(&labels)?)?;
                     }
                 }
             }
         }
-        header(
-            out,
-            "mlgw_predict_batch_entities",
-            "histogram",
-            "Entities per predict-batch call.",
-        );
-        self.batch_entities
-            .render(out, "mlgw_predict_batch_entities", "");
-        let gauges = [
+        let mut family = encoder.encode_descriptor(
+            "mlgw_request_seconds",
+            "Time to answer a request by front, API and model (- for APIs not about one model), whatever the result.",
+            None,
+            MetricType::Histogram,
+        )?;
+        for front in Front::ALL {
+            for route in Route::ALL {
+                let series = Metrics::series(front, route);
+                for (i, model) in m.models.iter().enumerate() {
+                    let h = &m.request_latency[series * m.models.len() + i];
+                    if h.count() > 0 {
+                        let labels = [
+                            ("front", front.as_str()),
+                            ("api", route.as_str()),
+                            ("model", model.as_str()),
+                        ];
+                        h.encode(family.encode_family(&labels)?)?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A value handed over before each scrape by the code that owns it (read
+/// asynchronously or from state the registry cannot hold); encodes nothing
+/// until the first hand-over. Clones share the slot.
+pub struct Sampled<T>(Arc<ArcSwapOption<T>>);
+
+impl<T> Sampled<T> {
+    /// An empty slot.
+    pub fn new() -> Self {
+        Sampled(Arc::new(ArcSwapOption::empty()))
+    }
+
+    /// Hands over this scrape's value.
+    pub fn set(&self, value: T) {
+        self.0.store(Some(Arc::new(value)));
+    }
+}
+
+impl<T> Default for Sampled<T> {
+    fn default() -> Self {
+        Sampled::new()
+    }
+}
+
+impl<T> Clone for Sampled<T> {
+    fn clone(&self) -> Self {
+        Sampled(Arc::clone(&self.0))
+    }
+}
+
+impl<T> std::fmt::Debug for Sampled<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Sampled")
+    }
+}
+
+impl<T: Collector> Collector for Sampled<T> {
+    fn encode(&self, encoder: DescriptorEncoder<'_>) -> std::fmt::Result {
+        match self.0.load_full() {
+            Some(value) => value.encode(encoder),
+            None => Ok(()),
+        }
+    }
+}
+
+/// The admission gauges: requests in flight of the limit.
+#[derive(Debug)]
+pub struct Admission {
+    /// The admission semaphore.
+    pub limit: Arc<Semaphore>,
+    /// Its size.
+    pub total: usize,
+}
+
+impl Collector for Admission {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> std::fmt::Result {
+        let in_flight = self.total.saturating_sub(self.limit.available_permits());
+        for (name, help, v) in [
             (
                 "mlgw_requests_in_flight",
                 "Requests being served now.",
-                in_flight as u64,
+                in_flight,
             ),
             (
                 "mlgw_requests_limit",
                 "Requests served at once before shedding.",
-                limit as u64,
+                self.total,
             ),
+        ] {
+            let family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+            ConstGauge::new(i64::try_from(v).unwrap_or(i64::MAX)).encode(family)?;
+        }
+        Ok(())
+    }
+}
+
+/// The refresh jobs' state read from the store for one scrape (`None`: the
+/// read failed or timed out).
+#[derive(Debug)]
+pub struct RefreshJobs(pub Option<Vec<JobOverview>>);
+
+/// The feature store's stats: the feature cache, failed store calls, raw
+/// event reads (read from the reader at each scrape) and the refresh jobs
+/// (handed over before each scrape).
+pub struct StoreFamilies<S> {
+    reader: Arc<FeatureReader<S>>,
+    jobs: Sampled<RefreshJobs>,
+}
+
+impl<S> StoreFamilies<S> {
+    /// The families of `reader`'s stats and of the jobs handed to `jobs`.
+    pub fn new(reader: Arc<FeatureReader<S>>, jobs: Sampled<RefreshJobs>) -> Self {
+        StoreFamilies { reader, jobs }
+    }
+}
+
+impl<S> std::fmt::Debug for StoreFamilies<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StoreFamilies")
+    }
+}
+
+fn scalar<M: EncodeMetric>(
+    encoder: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    metric_type: MetricType,
+    metric: M,
+) -> std::fmt::Result {
+    metric.encode(encoder.encode_descriptor(name, help, None, metric_type)?)
+}
+
+impl<S: FullStore + 'static> Collector for StoreFamilies<S> {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> std::fmt::Result {
+        let cache = self.reader.cache_stats();
+        for (name, help, v) in [
             (
                 "mlgw_feature_cache_entries",
                 "Rows in the feature cache.",
@@ -503,52 +521,60 @@ impl Metrics {
                 "Estimated bytes in the feature cache.",
                 cache.bytes,
             ),
-        ];
-        for (name, help, v) in gauges {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
+        ] {
+            let v = i64::try_from(v).unwrap_or(i64::MAX);
+            scalar(
+                &mut encoder,
+                name,
+                help,
+                MetricType::Gauge,
+                ConstGauge::new(v),
+            )?;
         }
-        let counters = [
+        for (name, help, v) in [
             (
-                "mlgw_feature_cache_hits_total",
+                "mlgw_feature_cache_hits",
                 "Feature reads answered from the cache.",
                 cache.hits,
             ),
             (
-                "mlgw_feature_cache_misses_total",
+                "mlgw_feature_cache_misses",
                 "Feature reads that missed the cache.",
                 cache.misses,
             ),
             (
-                "mlgw_feature_cache_loads_total",
+                "mlgw_feature_cache_loads",
                 "Store reads made to fill the cache.",
                 cache.loads,
             ),
             (
-                "mlgw_feature_cache_load_errors_total",
+                "mlgw_feature_cache_load_errors",
                 "Cache loads that failed.",
                 cache.load_errors,
             ),
             (
-                "mlgw_feature_cache_evictions_total",
+                "mlgw_feature_cache_evictions",
                 "Rows evicted to respect the byte bound.",
                 cache.evicted_size,
             ),
             (
-                "mlgw_feature_cache_expirations_total",
+                "mlgw_feature_cache_expirations",
                 "Rows dropped at the end of their TTL.",
                 cache.expired,
             ),
             (
-                "mlgw_feature_cache_invalidations_total",
+                "mlgw_feature_cache_invalidations",
                 "Refresh batch switches that invalidated a view.",
                 cache.invalidations,
             ),
-        ];
-        for (name, help, v) in counters {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
-            );
+        ] {
+            scalar(
+                &mut encoder,
+                name,
+                help,
+                MetricType::Counter,
+                ConstCounter::new(v),
+            )?;
         }
         // hits / (hits + misses) since start.
         let looked = cache.hits + cache.misses;
@@ -557,38 +583,155 @@ impl Metrics {
         } else {
             cache.hits as f64 / looked as f64
         };
-        let _ = writeln!(
-            out,
-            "# HELP mlgw_feature_cache_hit_ratio Share of cached feature reads answered from the cache since start.\n# TYPE mlgw_feature_cache_hit_ratio gauge\nmlgw_feature_cache_hit_ratio {ratio}"
-        );
-        let secs = cache.load_nanos as f64 / 1e9;
-        let _ = writeln!(
-            out,
-            "# HELP mlgw_feature_cache_load_seconds_total Time spent in cache loads.\n# TYPE mlgw_feature_cache_load_seconds_total counter\nmlgw_feature_cache_load_seconds_total {secs}"
-        );
-        self.render_auth_and_reloads(out);
+        scalar(
+            &mut encoder,
+            "mlgw_feature_cache_hit_ratio",
+            "Share of cached feature reads answered from the cache since start.",
+            MetricType::Gauge,
+            ConstGauge::new(ratio),
+        )?;
+        scalar(
+            &mut encoder,
+            "mlgw_feature_cache_load_seconds",
+            "Time spent in cache loads.",
+            MetricType::Counter,
+            ConstCounter::new(cache.load_nanos as f64 / 1e9),
+        )?;
+
+        let errors = self.reader.store_error_stats();
+        let mut family = encoder.encode_descriptor(
+            "mlgw_feature_store_errors",
+            "Failed feature store calls by op (read, write, batch_watch) and kind (timeout, unavailable, error).",
+            None,
+            MetricType::Counter,
+        )?;
+        for op in StoreOp::ALL {
+            for kind in StoreErrorKind::ALL {
+                let labels = [("op", op.as_str()), ("kind", kind.as_str())];
+                ConstCounter::new(errors.get(op, kind)).encode(family.encode_family(&labels)?)?;
+            }
+        }
+
+        let events = self.reader.event_stats();
+        for (name, help, v) in [
+            (
+                "mlgw_feature_event_reads",
+                "Range reads of an entity's raw events for windowed aggregates.",
+                events.reads,
+            ),
+            (
+                "mlgw_feature_events_read",
+                "Raw events returned by those reads.",
+                events.events,
+            ),
+            (
+                "mlgw_feature_event_reads_capped",
+                "Event reads that hit max_events_per_read (the oldest events in the window were left out).",
+                events.capped_reads,
+            ),
+        ] {
+            scalar(
+                &mut encoder,
+                name,
+                help,
+                MetricType::Counter,
+                ConstCounter::new(v),
+            )?;
+        }
+        match self.jobs.0.load_full() {
+            Some(jobs) => encode_jobs(&mut encoder, jobs.0.as_deref()),
+            None => Ok(()),
+        }
     }
 }
 
-fn bump(
-    counters: &Mutex<Vec<((&'static str, &'static str), u64)>>,
-    key: (&'static str, &'static str),
-) {
-    if let Ok(mut r) = counters.lock() {
-        match r.iter_mut().find(|(k, _)| *k == key) {
-            Some((_, n)) => *n += 1,
-            None => r.push((key, 1)),
+/// Each refresh job's interval in force and its state, and whether they
+/// could be read (`None`: the job series are left out).
+fn encode_jobs(
+    encoder: &mut DescriptorEncoder<'_>,
+    jobs: Option<&[JobOverview]>,
+) -> std::fmt::Result {
+    scalar(
+        encoder,
+        "mlgw_refresh_jobs_read",
+        "Whether this scrape could read the refresh jobs' state from the store (1) or not (0: the job series are missing).",
+        MetricType::Gauge,
+        ConstGauge::new(i64::from(jobs.is_some())),
+    )?;
+    let Some(jobs) = jobs else {
+        return Ok(());
+    };
+    let unix = |t: SystemTime| {
+        t.duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(0.0)
+    };
+    type Value = fn(&JobOverview, &dyn Fn(SystemTime) -> f64) -> Option<f64>;
+    let families: [(&str, &str, Value); 6] = [
+        (
+            "mlgw_refresh_interval_seconds",
+            "Interval in force for each refresh job (pinned, tuned or declared).",
+            |j, _| Some(j.interval.as_secs_f64()),
+        ),
+        (
+            "mlgw_refresh_last_good_interval_seconds",
+            "Longest interval the tuner has proven good (tuned jobs).",
+            |j, _| j.last_good.map(|d| d.as_secs_f64()),
+        ),
+        (
+            "mlgw_refresh_pinned",
+            "1 while a person's pin holds the job's interval.",
+            |j, _| Some(f64::from(u8::from(j.pin.is_some()))),
+        ),
+        (
+            "mlgw_refresh_last_batch_finished_timestamp_seconds",
+            "When the view's newest batch finished, done or failed (Unix time).",
+            |j, unix| j.last_batch.as_ref().and_then(|b| b.finished_at).map(unix),
+        ),
+        (
+            "mlgw_refresh_last_batch_failed",
+            "1 if the view's newest batch failed (the previous done batch is still served).",
+            |j, _| {
+                j.last_batch
+                    .as_ref()
+                    .map(|b| f64::from(u8::from(b.status == BatchStatus::Failed)))
+            },
+        ),
+        (
+            "mlgw_refresh_next_run_timestamp_seconds",
+            "When the job's next run is due (Unix time).",
+            |j, unix| j.next_run.map(unix),
+        ),
+    ];
+    for (name, help, value) in families {
+        let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+        for j in jobs {
+            if let Some(v) = value(j, &unix) {
+                let labels = [("job", j.job.as_str()), ("view", j.view.as_str())];
+                ConstGauge::new(v).encode(family.encode_family(&labels)?)?;
+            }
         }
     }
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn page(m: &Arc<Metrics>) -> Result<String, std::fmt::Error> {
+        let mut registry = Registry::default();
+        m.register(&mut registry);
+        registry.register_collector(Box::new(Admission {
+            limit: Arc::new(Semaphore::new(256)),
+            total: 256,
+        }));
+        telemetry::prom::encode(&registry)
+    }
+
     #[test]
-    fn exposition_has_requests_latency_and_cache() {
-        let m = Metrics::new(&["a".to_owned()]);
+    fn exposition_has_requests_and_latency() -> Result<(), std::fmt::Error> {
+        let m = Arc::new(Metrics::new(&["a".to_owned()]));
         let t = Duration::from_micros(100);
         m.request(Front::Rest, Route::Predict, "ok", ModelSlot::NONE, t);
         m.request(Front::Rest, Route::Predict, "ok", ModelSlot::NONE, t);
@@ -600,29 +743,31 @@ mod tests {
             t,
         );
         m.prediction(Duration::from_micros(1500), Duration::from_micros(400));
-        let mut text = String::new();
-        m.render(
-            &mut text,
-            &CacheStats {
-                hits: 7,
-                ..CacheStats::default()
-            },
-            1,
-            256,
-        );
+        m.auth_failure(Front::Grpc, "expired");
+        m.config_reload("applied");
+        let text = page(&m)?;
         assert!(
-            text.contains("mlgw_requests_total{front=\"rest\",route=\"predict\",code=\"ok\"} 2")
+            text.contains("mlgw_requests_total{front=\"rest\",route=\"predict\",code=\"ok\"} 2\n"),
+            "{text}"
         );
-        assert!(text.contains("mlgw_predict_seconds_bucket{le=\"0.002\"} 1"));
-        assert!(text.contains("mlgw_predict_seconds_bucket{le=\"0.001\"} 0"));
-        assert!(text.contains("mlgw_model_call_seconds_count 1"));
-        assert!(text.contains("mlgw_feature_cache_hits_total 7"));
-        assert!(text.contains("mlgw_requests_limit 256"));
+        // Series that counted nothing are left out.
+        assert!(!text.contains("code=\"overloaded\""), "{text}");
+        assert!(text.contains("mlgw_predict_seconds_bucket{le=\"0.002\"} 1\n"));
+        assert!(text.contains("mlgw_predict_seconds_bucket{le=\"0.001\"} 0\n"));
+        assert!(text.contains("mlgw_model_call_seconds_count 1\n"));
+        assert!(text.contains("mlgw_requests_limit 256\n"));
+        assert!(text.contains("mlgw_requests_in_flight 0\n"));
+        assert!(
+            text.contains("mlgw_auth_failures_total{front=\"grpc\",reason=\"expired\"} 1\n"),
+            "{text}"
+        );
+        assert!(text.contains("mlgw_config_reloads_total{result=\"applied\"} 1\n"));
+        Ok(())
     }
 
     #[test]
-    fn labelled_latency_sizes_and_store_errors() {
-        let m = Metrics::new(&["a".to_owned()]);
+    fn labelled_latency_and_sizes() -> Result<(), std::fmt::Error> {
+        let m = Arc::new(Metrics::new(&["a".to_owned()]));
         let a = ModelSlot::of_index(0);
         m.request(
             Front::Grpc,
@@ -646,36 +791,48 @@ mod tests {
             Duration::from_micros(100),
         );
         m.batch_entities(3);
-        let mut text = String::new();
-        m.render(&mut text, &CacheStats::default(), 0, 8);
+        let text = page(&m)?;
         assert!(
             text.contains(
-                "mlgw_request_seconds_bucket{front=\"grpc\",api=\"predict\",model=\"a\",le=\"0.001\"} 1"
+                "mlgw_request_seconds_bucket{front=\"grpc\",api=\"predict\",model=\"a\",le=\"0.001\"} 1\n"
             ),
             "{text}"
         );
-        assert!(
-            text.contains(
-                "mlgw_request_seconds_count{front=\"grpc\",api=\"predict\",model=\"a\"} 2"
-            )
-        );
+        assert!(text.contains(
+            "mlgw_request_seconds_count{front=\"grpc\",api=\"predict\",model=\"a\"} 2\n"
+        ));
         assert!(text.contains(
             "mlgw_request_seconds_sum{front=\"rest\",api=\"feedback\",model=\"-\"} 0.0001"
         ));
-        assert!(text.contains("mlgw_predict_batch_entities_bucket{le=\"2\"} 0"));
-        assert!(text.contains("mlgw_predict_batch_entities_bucket{le=\"4\"} 1"));
+        assert!(!text.contains("api=\"push\""), "{text}");
+        assert!(text.contains("mlgw_predict_batch_entities_bucket{le=\"2\"} 0\n"));
+        assert!(text.contains("mlgw_predict_batch_entities_bucket{le=\"4\"} 1\n"));
         assert!(text.contains("mlgw_predict_batch_entities_sum 3"));
-        m.render_store_errors(&mut text, &StoreErrorStats::default());
-        assert!(text.contains(
-            "mlgw_feature_store_errors_total{op=\"batch_watch\",kind=\"unavailable\"} 0"
-        ));
-        m.render_refresh_jobs(&mut text, None);
-        assert!(text.contains("mlgw_refresh_jobs_read 0"));
-        // Every family is declared once.
-        let mut types: Vec<&str> = text.lines().filter(|l| l.starts_with("# TYPE")).collect();
-        let n = types.len();
-        types.sort_unstable();
-        types.dedup();
-        assert_eq!(types.len(), n, "a family declared twice: {text}");
+        Ok(())
+    }
+
+    #[test]
+    fn refresh_jobs_read_or_not() -> Result<(), std::fmt::Error> {
+        let mut registry = Registry::default();
+        let jobs = Sampled::<RefreshJobs>::new();
+        registry.register_collector(Box::new(JobsOnly(jobs.clone())));
+        assert_eq!(telemetry::prom::encode(&registry)?, "");
+        jobs.set(RefreshJobs(None));
+        let text = telemetry::prom::encode(&registry)?;
+        assert!(text.contains("mlgw_refresh_jobs_read 0\n"), "{text}");
+        assert!(!text.contains("mlgw_refresh_interval_seconds"), "{text}");
+        Ok(())
+    }
+
+    #[derive(Debug)]
+    struct JobsOnly(Sampled<RefreshJobs>);
+
+    impl Collector for JobsOnly {
+        fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> std::fmt::Result {
+            match self.0.0.load_full() {
+                Some(jobs) => encode_jobs(&mut encoder, jobs.0.as_deref()),
+                None => Ok(()),
+            }
+        }
     }
 }

@@ -15,6 +15,11 @@ use std::time::{Duration, Instant};
 
 use feature_store::log::PredictionRecord;
 use feature_store::store::{FullStore, StoreError};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric as _};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
 use serde::Deserialize;
 use tokio::sync::{Mutex, mpsc, oneshot};
 
@@ -94,38 +99,48 @@ impl Default for LogStats {
     }
 }
 
-impl LogStats {
-    /// Appends the Prometheus text of these counters to `out`.
-    pub fn render(&self, out: &mut String) {
-        use std::fmt::Write as _;
+/// The prediction log's counters as a `prometheus-client` collector, read
+/// at each scrape.
+#[derive(Debug)]
+pub struct LogFamilies(Arc<LogStats>);
+
+impl Collector for LogFamilies {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> std::fmt::Result {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        let _ = writeln!(
-            out,
-            "# HELP mlgw_prediction_log_records_total Predictions by what happened to their log record.\n\
-             # TYPE mlgw_prediction_log_records_total counter\n\
-             mlgw_prediction_log_records_total{{result=\"written\"}} {}\n\
-             mlgw_prediction_log_records_total{{result=\"dropped_buffer_full\"}} {}\n\
-             mlgw_prediction_log_records_total{{result=\"failed\"}} {}\n\
-             # HELP mlgw_prediction_log_writes_total Store calls made by the log writer.\n\
-             # TYPE mlgw_prediction_log_writes_total counter\n\
-             mlgw_prediction_log_writes_total {}\n\
-             # HELP mlgw_prediction_log_queued Records waiting in the log buffer.\n\
-             # TYPE mlgw_prediction_log_queued gauge\n\
-             mlgw_prediction_log_queued {}",
-            get(&self.written),
-            get(&self.dropped_full),
-            get(&self.failed),
-            get(&self.batches),
-            get(&self.queued),
-        );
-        telemetry::prom::header(
-            out,
+        let stats = &self.0;
+        let mut family = encoder.encode_descriptor(
+            "mlgw_prediction_log_records",
+            "Predictions by what happened to their log record.",
+            None,
+            MetricType::Counter,
+        )?;
+        for (result, c) in [
+            ("written", &stats.written),
+            ("dropped_buffer_full", &stats.dropped_full),
+            ("failed", &stats.failed),
+        ] {
+            ConstCounter::new(get(c)).encode(family.encode_family(&[("result", result)])?)?;
+        }
+        ConstCounter::new(get(&stats.batches)).encode(encoder.encode_descriptor(
+            "mlgw_prediction_log_writes",
+            "Store calls made by the log writer.",
+            None,
+            MetricType::Counter,
+        )?)?;
+        ConstGauge::new(i64::try_from(get(&stats.queued)).unwrap_or(i64::MAX)).encode(
+            encoder.encode_descriptor(
+                "mlgw_prediction_log_queued",
+                "Records waiting in the log buffer.",
+                None,
+                MetricType::Gauge,
+            )?,
+        )?;
+        stats.batch_records.encode(encoder.encode_descriptor(
             "mlgw_prediction_log_batch_records",
-            "histogram",
             "Records per prediction log write.",
-        );
-        self.batch_records
-            .render(out, "mlgw_prediction_log_batch_records", "");
+            None,
+            MetricType::Histogram,
+        )?)
     }
 }
 
@@ -159,6 +174,11 @@ impl PredictionLog {
     /// The counters.
     pub fn stats(&self) -> &LogStats {
         &self.stats
+    }
+
+    /// The collector of these counters for the `/metrics` registry.
+    pub fn families(&self) -> LogFamilies {
+        LogFamilies(Arc::clone(&self.stats))
     }
 
     /// Queues a record without waiting. A full buffer (or a closed log)
@@ -353,8 +373,9 @@ mod tests {
         assert!(log.flush(Duration::from_secs(10)).await);
         assert_eq!(log.stats().written.load(Ordering::Relaxed), 8);
         assert_eq!(logged(&store).await?, 8);
-        let mut text = String::new();
-        log.stats().render(&mut text);
+        let mut registry = telemetry::prom::Registry::default();
+        registry.register_collector(Box::new(log.families()));
+        let text = telemetry::prom::encode(&registry).unwrap_or_default();
         assert!(
             text.contains("mlgw_prediction_log_records_total{result=\"dropped_buffer_full\"} 92")
         );

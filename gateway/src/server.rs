@@ -20,14 +20,15 @@ use tokio::sync::Semaphore;
 use crate::admin::routing::RoutingAdminGrpc;
 use crate::admin::tuner::TunerAdminGrpc;
 use crate::auth::dev_issuer::{DevIssuer, DevIssuerError, DevToken};
+use crate::auth::keys::KeyFamilies;
 use crate::auth::keys::{FetchError, IssuerKeys};
 use crate::auth::{AuthMode, Authenticator, Authorizer, Policy, Verifier};
 use crate::config::GatewayConfig;
 use crate::front::grpc::{FeatureGrpc, FeedbackGrpc, PredictionGrpc};
 use crate::front::layers::{GatewayLayer, GrpcReject, RestReject};
-use crate::metrics::{Front, Metrics};
+use crate::metrics::{Admission, Front, Metrics, Sampled, StoreFamilies};
 use crate::serve::Core;
-use crate::state::{AppState, DevIssuerState};
+use crate::state::{AppState, DevIssuerState, MetricsPage};
 
 /// Why the gateway cannot start.
 #[derive(Debug, thiserror::Error)]
@@ -169,6 +170,8 @@ impl GatewayServer {
             auth.verify_settings(&issuer),
             Arc::clone(&keys),
         ));
+        let limit = Arc::new(Semaphore::new(config.server.max_concurrent_requests));
+        let page = metrics_page(&metrics, &reader, &core, &keys, &limit, config);
         Ok(GatewayServer {
             state: Arc::new(AppState {
                 core,
@@ -178,7 +181,8 @@ impl GatewayServer {
                 },
                 authz,
                 metrics,
-                limit: Arc::new(Semaphore::new(config.server.max_concurrent_requests)),
+                page,
+                limit,
                 limit_total: config.server.max_concurrent_requests,
                 dev_issuer,
                 scheduler_poll: config.scheduler.poll(),
@@ -425,4 +429,46 @@ async fn read_file(path: &std::path::Path) -> std::io::Result<String> {
     tokio::task::spawn_blocking(move || std::fs::read_to_string(path))
         .await
         .map_err(std::io::Error::other)?
+}
+
+/// The one `/metrics` registry: the gateway's counters, the admission
+/// gauges, the feature store's stats, the prediction log, the signing keys,
+/// the stage latencies, and the slots of the families sampled at each
+/// scrape (refresh jobs, model clients, rollout).
+fn metrics_page(
+    metrics: &Arc<Metrics>,
+    reader: &Arc<FeatureReader<AnyStore>>,
+    core: &Core<AnyStore>,
+    keys: &Arc<IssuerKeys>,
+    limit: &Arc<Semaphore>,
+    config: &GatewayConfig,
+) -> MetricsPage {
+    let mut registry = telemetry::prom::Registry::default();
+    metrics.register(&mut registry);
+    registry.register_collector(Box::new(Admission {
+        limit: Arc::clone(limit),
+        total: config.server.max_concurrent_requests,
+    }));
+    let (jobs, clients, rollout) = (Sampled::new(), Sampled::new(), Sampled::new());
+    registry.register_collector(Box::new(StoreFamilies::new(
+        Arc::clone(reader),
+        jobs.clone(),
+    )));
+    registry.register_collector(Box::new(clients.clone()));
+    if let Some(log) = core.prediction_log() {
+        registry.register_collector(Box::new(log.families()));
+    }
+    registry.register_collector(Box::new(KeyFamilies(Arc::clone(keys))));
+    registry.register_collector(Box::new(rollout.clone()));
+    // Stage latencies timed from the request's spans.
+    registry.register_collector(telemetry::stages::collector(
+        "mlgw_stage_seconds",
+        "Wall time of each request stage (the span of that name).",
+    ));
+    MetricsPage {
+        registry,
+        jobs,
+        clients,
+        rollout,
+    }
 }

@@ -9,7 +9,9 @@ use tokio::sync::Semaphore;
 
 use crate::auth::dev_issuer::DevIssuer;
 use crate::auth::{Authenticator, Authorizer};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, RefreshJobs, Sampled};
+use crate::model::stats::ClientFamilies;
+use crate::rollout::stats::RolloutFamilies;
 use crate::serve::Core;
 
 /// The dev issuer as served by this gateway.
@@ -18,6 +20,20 @@ pub struct DevIssuerState {
     pub issuer: DevIssuer,
     /// Its issuer URL (`http://127.0.0.1:PORT/dev-issuer`).
     pub url: String,
+}
+
+/// The `/metrics` registry, built once at start, and the slots of the
+/// families handed over before each scrape (read asynchronously from the
+/// store, or from state the prediction path owns).
+pub struct MetricsPage {
+    /// Every component's metrics and collectors.
+    pub registry: telemetry::prom::Registry,
+    /// The refresh jobs' state, read from the store under a deadline.
+    pub jobs: Sampled<RefreshJobs>,
+    /// The model-server clients' breakers and call counts.
+    pub clients: Sampled<ClientFamilies>,
+    /// The routing per model and the shadow pool's counts.
+    pub rollout: Sampled<RolloutFamilies>,
 }
 
 /// What every handler may use.
@@ -30,6 +46,8 @@ pub struct AppState<S> {
     pub authz: Arc<Authorizer>,
     /// The gateway's own counters.
     pub metrics: Arc<Metrics>,
+    /// The `/metrics` registry and its sampled families.
+    pub page: MetricsPage,
     /// The admission limit (requests served at once).
     pub limit: Arc<Semaphore>,
     /// Its size.

@@ -12,11 +12,7 @@
 //! Naming: the registry appends `_total` to a counter's name and a period to
 //! its help text, so counters are registered without `_total` and help texts
 //! without a final period.
-//!
-//! [`Histogram::render`], [`header`] and [`label`] write text lines for the
-//! pages not yet on a registry (the gateway's).
 
-use std::fmt::Write as _;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -116,27 +112,6 @@ impl Histogram {
             buckets,
         }
     }
-
-    /// Writes the `_bucket`, `_sum` and `_count` lines of `name` with
-    /// `labels` (already formatted, e.g. `model="fraud"`, or empty), for a
-    /// page written line by line instead of from a [`Registry`].
-    pub fn render(&self, out: &mut String, name: &str, labels: &str) {
-        let s = self.snapshot();
-        let sep = if labels.is_empty() { "" } else { "," };
-        let mut cumulative = 0;
-        for (b, n) in &s.buckets {
-            cumulative += n;
-            let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{b}\"}} {cumulative}");
-        }
-        let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {}", s.count);
-        let braces = if labels.is_empty() {
-            String::new()
-        } else {
-            format!("{{{labels}}}")
-        };
-        let _ = writeln!(out, "{name}_sum{braces} {}", s.sum);
-        let _ = writeln!(out, "{name}_count{braces} {}", s.count);
-    }
 }
 
 impl TypedMetric for Histogram {
@@ -163,27 +138,6 @@ pub fn encode(registry: &Registry) -> Result<String, std::fmt::Error> {
     let mut out = String::with_capacity(8192);
     prometheus_client::encoding::prometheus_text::encode(&mut out, registry)?;
     Ok(out)
-}
-
-/// Writes the `# HELP` and `# TYPE` lines of a metric family, for a page
-/// written line by line instead of from a [`Registry`].
-pub fn header(out: &mut String, name: &str, kind: &str, help: &str) {
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-}
-
-/// Escapes a label value (backslash, quote, newline) for the text format,
-/// for a page written line by line instead of from a [`Registry`].
-pub fn label(value: &str) -> String {
-    let mut s = String::with_capacity(value.len());
-    for c in value.chars() {
-        match c {
-            '\\' => s.push_str("\\\\"),
-            '"' => s.push_str("\\\""),
-            '\n' => s.push_str("\\n"),
-            c => s.push(c),
-        }
-    }
-    s
 }
 
 #[cfg(test)]
@@ -242,27 +196,5 @@ mod tests {
             );
         }
         Ok(())
-    }
-
-    #[test]
-    fn line_by_line_render_matches_the_registry_samples() {
-        let h = Histogram::new(SIZE_BUCKETS);
-        h.observe(1.0);
-        h.observe(3.0);
-        h.observe(1000.0);
-        let mut out = String::new();
-        h.render(&mut out, "b", "model=\"m\"");
-        assert!(out.contains("b_bucket{model=\"m\",le=\"1\"} 1\n"), "{out}");
-        assert!(
-            out.contains("b_bucket{model=\"m\",le=\"+Inf\"} 3\n"),
-            "{out}"
-        );
-        assert!(out.contains("b_count{model=\"m\"} 3\n"), "{out}");
-        assert!(out.contains("b_sum{model=\"m\"} 1004\n"), "{out}");
-    }
-
-    #[test]
-    fn label_values_are_escaped() {
-        assert_eq!(label("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
     }
 }

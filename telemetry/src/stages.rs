@@ -15,7 +15,7 @@ use tracing_subscriber::Layer;
 use tracing_subscriber::layer::Context;
 use tracing_subscriber::registry::LookupSpan;
 
-use crate::prom::{Histogram, LATENCY_BUCKETS, Registry};
+use crate::prom::{Histogram, LATENCY_BUCKETS};
 
 /// The timed stages and their histograms.
 #[derive(Debug, Clone)]
@@ -38,20 +38,6 @@ impl Stages {
         }
     }
 
-    /// Writes the family `name` with one `stage` label per timed span name,
-    /// for a page not (yet) rendered from a [`Registry`].
-    pub fn render(&self, out: &mut String, name: &str, help: &str) {
-        let mut registry = Registry::default();
-        registry.register_collector(Box::new(StageFamily {
-            stages: Some(Arc::new(self.clone())),
-            name: name.to_owned(),
-            help: help.to_owned(),
-        }));
-        if let Ok(text) = crate::prom::encode(&registry) {
-            out.push_str(&text);
-        }
-    }
-
     fn encode(
         &self,
         mut encoder: DescriptorEncoder<'_>,
@@ -69,7 +55,7 @@ impl Stages {
 /// The family `name` (help `help`, written as given: end it with a period)
 /// of the stages installed by [`crate::init`], read at each scrape; nothing
 /// when no stages are installed. Register it with
-/// [`Registry::register_collector`].
+/// [`Registry::register_collector`](crate::prom::Registry::register_collector).
 pub fn collector(name: &str, help: &str) -> Box<dyn Collector> {
     Box::new(StageFamily {
         stages: None,
@@ -139,13 +125,19 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::prom::Registry;
 
     #[test]
-    fn each_stage_is_one_labelled_histogram() {
+    fn each_stage_is_one_labelled_histogram() -> std::fmt::Result {
         let stages = Stages::new(&["decode", "encode"]);
         stages.histograms[1].observe(0.002);
-        let mut out = String::new();
-        stages.render(&mut out, "s_seconds", "Stage time.");
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(StageFamily {
+            stages: Some(Arc::new(stages)),
+            name: "s_seconds".to_owned(),
+            help: "Stage time.".to_owned(),
+        }));
+        let out = crate::prom::encode(&registry)?;
         assert!(
             out.starts_with("# HELP s_seconds Stage time.\n# TYPE s_seconds histogram\n"),
             "{out}"
@@ -162,5 +154,6 @@ mod tests {
             out.contains("s_seconds_count{stage=\"encode\"} 1\n"),
             "{out}"
         );
+        Ok(())
     }
 }

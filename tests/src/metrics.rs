@@ -137,6 +137,20 @@ impl Page {
             .filter_map(|s| Some((&*s.labels, scalar(&s.value)?)))
     }
 
+    /// Every series' name and label names (sorted), `le` left out: a
+    /// histogram appears once under its own name and again as `_sum` and
+    /// `_count`. For comparing which series two pages expose.
+    pub fn series_shapes(&self) -> std::collections::BTreeSet<(String, Vec<String>)> {
+        self.samples
+            .iter()
+            .map(|s| {
+                let mut names: Vec<String> = s.labels.keys().cloned().collect();
+                names.sort_unstable();
+                (s.metric.clone(), names)
+            })
+            .collect()
+    }
+
     /// The count and sum of the histogram `name` with exactly `labels`.
     pub fn histogram(&self, name: &str, labels: &[(&str, &str)]) -> Option<HistogramTotals> {
         Some(HistogramTotals {

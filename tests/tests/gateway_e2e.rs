@@ -323,6 +323,7 @@ async fn predictions_through_the_gateway() -> Result<()> {
         Some(0.0),
         "{metrics}"
     );
+    assert_series_shapes(&metrics)?;
 
     // The OpenAPI document describes every REST route the gateway serves.
     let doc: Value = http
@@ -471,6 +472,118 @@ async fn metrics_text(http: &reqwest::Client, gateway: &str) -> Result<String> {
         .await?
         .text()
         .await?)
+}
+
+/// Every series the gateway's `/metrics` may expose: name (histograms under
+/// their own name and as `_sum`, `_count`) and label names. Dashboards, the
+/// deploy files and these tests read them, so none may be renamed, relabelled
+/// or added by accident.
+const GATEWAY_SERIES: &[(&str, &[&str])] = &[
+    ("mlgw_requests_total", &["code", "front", "route"]),
+    ("mlgw_request_seconds", &["api", "front", "model"]),
+    ("mlgw_predict_seconds", &[]),
+    ("mlgw_model_call_seconds", &[]),
+    ("mlgw_gateway_overhead_seconds", &[]),
+    ("mlgw_predict_batch_entities", &[]),
+    ("mlgw_requests_in_flight", &[]),
+    ("mlgw_requests_limit", &[]),
+    ("mlgw_feature_cache_entries", &[]),
+    ("mlgw_feature_cache_bytes", &[]),
+    ("mlgw_feature_cache_hits_total", &[]),
+    ("mlgw_feature_cache_misses_total", &[]),
+    ("mlgw_feature_cache_loads_total", &[]),
+    ("mlgw_feature_cache_load_errors_total", &[]),
+    ("mlgw_feature_cache_evictions_total", &[]),
+    ("mlgw_feature_cache_expirations_total", &[]),
+    ("mlgw_feature_cache_invalidations_total", &[]),
+    ("mlgw_feature_cache_hit_ratio", &[]),
+    ("mlgw_feature_cache_load_seconds_total", &[]),
+    ("mlgw_feature_store_errors_total", &["kind", "op"]),
+    ("mlgw_feature_event_reads_total", &[]),
+    ("mlgw_feature_events_read_total", &[]),
+    ("mlgw_feature_event_reads_capped_total", &[]),
+    ("mlgw_auth_failures_total", &["front", "reason"]),
+    ("mlgw_auth_denied_total", &["api", "front"]),
+    ("mlgw_config_reloads_total", &["result"]),
+    ("mlgw_model_circuit_state", &["endpoint", "pool"]),
+    ("mlgw_model_circuit_opens_total", &["endpoint", "pool"]),
+    ("mlgw_model_calls_total", &["endpoint", "pool"]),
+    ("mlgw_model_call_rows_total", &["endpoint", "pool"]),
+    (
+        "mlgw_model_coalesced_calls_refused_total",
+        &["endpoint", "pool"],
+    ),
+    ("mlgw_prediction_log_records_total", &["result"]),
+    ("mlgw_prediction_log_writes_total", &[]),
+    ("mlgw_prediction_log_queued", &[]),
+    ("mlgw_prediction_log_batch_records", &[]),
+    ("mlgw_auth_signing_keys", &[]),
+    ("mlgw_auth_key_fetches_total", &["result"]),
+    ("mlgw_auth_keys_fetched_timestamp_seconds", &[]),
+    ("mlgw_routing_revision", &["model"]),
+    ("mlgw_routing_share_percent", &["model", "role", "version"]),
+    ("mlgw_shadow_calls_total", &["model", "result", "version"]),
+    ("mlgw_shadow_in_flight", &[]),
+    ("mlgw_stage_seconds", &["stage"]),
+    ("mlgw_refresh_jobs_read", &[]),
+    ("mlgw_refresh_interval_seconds", &["job", "view"]),
+    ("mlgw_refresh_last_good_interval_seconds", &["job", "view"]),
+    ("mlgw_refresh_pinned", &["job", "view"]),
+    (
+        "mlgw_refresh_last_batch_finished_timestamp_seconds",
+        &["job", "view"],
+    ),
+    ("mlgw_refresh_last_batch_failed", &["job", "view"]),
+    ("mlgw_refresh_next_run_timestamp_seconds", &["job", "view"]),
+];
+
+/// Series every page of this test's gateway shows (the others appear once
+/// something happened: a refusal, a reload, a shadow copy…).
+const ALWAYS: &[&str] = &[
+    "mlgw_requests_total",
+    "mlgw_request_seconds",
+    "mlgw_predict_seconds",
+    "mlgw_predict_batch_entities",
+    "mlgw_requests_limit",
+    "mlgw_feature_cache_hits_total",
+    "mlgw_feature_cache_load_seconds_total",
+    "mlgw_feature_store_errors_total",
+    "mlgw_feature_event_reads_total",
+    "mlgw_model_circuit_state",
+    "mlgw_model_calls_total",
+    "mlgw_auth_signing_keys",
+    "mlgw_auth_key_fetches_total",
+    "mlgw_shadow_in_flight",
+    "mlgw_refresh_jobs_read",
+];
+
+/// Checks the page's series against [`GATEWAY_SERIES`]: each known, with
+/// its label names, and the [`ALWAYS`] ones present.
+fn assert_series_shapes(text: &str) -> Result<()> {
+    let shapes = rig::metrics::Page::parse(text)?.series_shapes();
+    let known = |name: &str, labels: &[String]| {
+        GATEWAY_SERIES.iter().any(|(n, l)| {
+            let base = name
+                .strip_suffix("_sum")
+                .or_else(|| name.strip_suffix("_count"))
+                .filter(|b| *b == *n)
+                .unwrap_or(name);
+            base == *n && l.iter().copied().eq(labels.iter().map(String::as_str))
+        })
+    };
+    for (name, labels) in shapes.iter().filter(|(n, _)| n.starts_with("mlgw_")) {
+        assert!(
+            known(name, labels),
+            "unexpected series {name} {labels:?}: {text}"
+        );
+    }
+    for name in ALWAYS {
+        assert!(
+            shapes.iter().any(|(n, _)| n == name),
+            "{name} missing: {text}"
+        );
+    }
+    Ok(())
 }
 
 /// The value of one series (`name{labels}` as exposed) in a Prometheus

@@ -11,6 +11,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::{Algorithm, DecodingKey};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric as _};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
 use serde::Deserialize;
 
 /// Largest discovery document or JWKS read (a provider is not a firehose).
@@ -279,27 +284,42 @@ pub struct KeyStats {
     pub last_ok_unix: AtomicU64,
 }
 
-impl KeyStats {
-    /// Appends the signing-key state to a `/metrics` page.
-    pub fn render(&self, out: &mut String) {
-        use std::fmt::Write as _;
+/// The signing keys' state as a `prometheus-client` collector, read at
+/// each scrape.
+pub struct KeyFamilies(pub Arc<IssuerKeys>);
+
+impl std::fmt::Debug for KeyFamilies {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("KeyFamilies")
+    }
+}
+
+impl Collector for KeyFamilies {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> std::fmt::Result {
+        let stats = &self.0.stats;
         let load = |a: &AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
-        let _ = writeln!(
-            out,
-            "# HELP mlgw_auth_signing_keys Signing keys of the issuer in use.\n# TYPE mlgw_auth_signing_keys gauge\nmlgw_auth_signing_keys {}",
-            load(&self.keys)
-        );
-        let _ = writeln!(
-            out,
-            "# HELP mlgw_auth_key_fetches_total Discovery + JWKS fetches by result.\n# TYPE mlgw_auth_key_fetches_total counter\nmlgw_auth_key_fetches_total{{result=\"ok\"}} {}\nmlgw_auth_key_fetches_total{{result=\"error\"}} {}",
-            load(&self.fetches_ok),
-            load(&self.fetches_failed)
-        );
-        let _ = writeln!(
-            out,
-            "# HELP mlgw_auth_keys_fetched_timestamp_seconds When the signing keys were last fetched (0: never).\n# TYPE mlgw_auth_keys_fetched_timestamp_seconds gauge\nmlgw_auth_keys_fetched_timestamp_seconds {}",
-            load(&self.last_ok_unix)
-        );
+        let gauge = |a: &AtomicU64| ConstGauge::new(i64::try_from(load(a)).unwrap_or(i64::MAX));
+        gauge(&stats.keys).encode(encoder.encode_descriptor(
+            "mlgw_auth_signing_keys",
+            "Signing keys of the issuer in use.",
+            None,
+            MetricType::Gauge,
+        )?)?;
+        let mut family = encoder.encode_descriptor(
+            "mlgw_auth_key_fetches",
+            "Discovery + JWKS fetches by result.",
+            None,
+            MetricType::Counter,
+        )?;
+        for (result, c) in [("ok", &stats.fetches_ok), ("error", &stats.fetches_failed)] {
+            ConstCounter::new(load(c)).encode(family.encode_family(&[("result", result)])?)?;
+        }
+        gauge(&stats.last_ok_unix).encode(encoder.encode_descriptor(
+            "mlgw_auth_keys_fetched_timestamp_seconds",
+            "When the signing keys were last fetched (0: never).",
+            None,
+            MetricType::Gauge,
+        )?)
     }
 }
 

@@ -265,14 +265,20 @@ async fn feedback<S: FullStore>(
 }
 
 async fn metrics<S: FullStore>(State(state): Shared<S>) -> Response {
-    (
-        [(
-            axum::http::header::CONTENT_TYPE,
-            "text/plain; version=0.0.4",
-        )],
-        super::scrape::render(&state).await,
-    )
-        .into_response()
+    match super::scrape::render(&state).await {
+        Ok(text) => (
+            [(
+                axum::http::header::CONTENT_TYPE,
+                telemetry::prom::CONTENT_TYPE,
+            )],
+            text,
+        )
+            .into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot encode /metrics");
+            axum::http::StatusCode::INTERNAL_SERVER_ERROR.into_response()
+        }
+    }
 }
 
 /// The OpenAPI document of these routes (`gateway/openapi.json`).
