@@ -175,9 +175,7 @@ fn push_input(
 }
 
 #[tonic::async_trait]
-impl<S: FullStore> proto::gateway::v1::feature_service_server::FeatureService
-    for FeatureGrpc<S>
-{
+impl<S: FullStore> proto::gateway::v1::feature_service_server::FeatureService for FeatureGrpc<S> {
     async fn push_features(
         &self,
         request: Request<pb::PushFeaturesRequest>,
