@@ -138,6 +138,38 @@ impl From<JobsError> for GatewayError {
     }
 }
 
+/// Every (HTTP status, code) pair [`GatewayError::code`] gives, for the
+/// OpenAPI document's error answers; a unit test keeps the two equal.
+pub const HTTP_CODES: &[(u16, &str)] = &[
+    (404, "unknown_model"),
+    (404, "unknown_view"),
+    (404, "unknown_job"),
+    (404, "prediction_not_found"),
+    (400, "invalid_argument"),
+    (503, "feature_store_unavailable"),
+    (500, "feature_store_error"),
+    (503, "model_unavailable"),
+    (504, "deadline_exceeded"),
+    (429, "overloaded"),
+    (502, "model_failed"),
+    (503, "auth_unavailable"),
+    (401, "invalid_token"),
+    (403, "permission_denied"),
+    (404, "unknown_version"),
+    (400, "routing_refused"),
+    (409, "routing_conflict"),
+    (500, "routing_damaged"),
+];
+
+/// The JSON body of every REST error answer.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    /// Stable machine-readable code.
+    pub code: &'static str,
+    /// What went wrong, for a person.
+    pub message: String,
+}
+
 /// The wire form of an error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ErrorCode {
@@ -244,7 +276,10 @@ impl GatewayError {
         let status = StatusCode::from_u16(code.http).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let mut response = (
             status,
-            Json(serde_json::json!({"code": code.code, "message": self.to_string()})),
+            Json(ErrorBody {
+                code: code.code,
+                message: self.to_string(),
+            }),
         )
             .into_response();
         if let Some(value) = self
@@ -301,6 +336,74 @@ mod tests {
         for e in errors {
             let code = e.code().code;
             assert!(crate::metrics::CODES.contains(&code), "{code}");
+        }
+    }
+
+    /// One error for each arm of the table.
+    fn samples() -> Vec<GatewayError> {
+        use feature_store::store::StoreError;
+        let s = |x: &str| x.to_owned();
+        let read = |e: StoreError| ReadError::Store(Arc::new(e));
+        vec![
+            GatewayError::UnknownModel {
+                model: s("m"),
+                known: s("k"),
+            },
+            GatewayError::UnknownView {
+                view: s("v"),
+                known: s("k"),
+            },
+            GatewayError::UnknownTunerJob { job: s("j") },
+            GatewayError::UnknownPrediction {
+                prediction_id: s("p"),
+            },
+            GatewayError::InvalidArgument(s("x")),
+            GatewayError::FeatureStore(read(StoreError::Timeout(std::time::Duration::ZERO))),
+            GatewayError::FeatureStore(read(StoreError::Backend(s("b")))),
+            GatewayError::Model(InferError::Unavailable {
+                endpoint: s("e"),
+                detail: s("d"),
+            }),
+            GatewayError::DeadlineExceeded,
+            GatewayError::Overloaded,
+            GatewayError::Model(InferError::Refused {
+                endpoint: s("e"),
+                detail: s("d"),
+            }),
+            GatewayError::Unauthenticated(AuthError::KeysUnavailable),
+            GatewayError::Unauthenticated(AuthError::Missing),
+            GatewayError::PermissionDenied(Denied::from("no")),
+            GatewayError::Route(RouteError::NotServed {
+                model: s("m"),
+                version: s("v"),
+                detail: s(""),
+                served: s("1"),
+            }),
+            GatewayError::Rollout(RolloutError::VersionCheck(s("x").into())),
+            GatewayError::Rollout(RolloutError::Conflict(s("m"))),
+            GatewayError::RoutingDamaged(s("x")),
+        ]
+    }
+
+    #[test]
+    fn http_codes_list_exactly_the_table() {
+        // Every pair the table can give (one error per arm).
+        let mut given: Vec<(u16, &str)> = Vec::new();
+        for e in samples() {
+            let c = e.code();
+            given.push((c.http, c.code));
+        }
+        for pair in &given {
+            assert!(
+                HTTP_CODES.contains(pair),
+                "{pair:?} missing from HTTP_CODES"
+            );
+        }
+        for pair in HTTP_CODES {
+            assert!(
+                given.contains(pair),
+                "{pair:?} listed but no sample gives it"
+            );
         }
     }
 

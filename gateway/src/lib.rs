@@ -7,6 +7,8 @@
 //!   layers and the tower stack ([`front::layers`]: shedding, timeout,
 //!   request metrics).
 //! - [`admin`]: the routing and tuner admin APIs, beside the fronts.
+//! - [`apidoc`]: the frame of the REST API's OpenAPI document (info,
+//!   bearer scheme, error answers); the routes add their own paths.
 //! - [`serve`]: the prediction path both fronts call: predict (with
 //!   shadows), push, feedback, start-up checks and readiness.
 //! - [`enrich`] (features from the store and the request), [`model`] (the
@@ -24,6 +26,7 @@
 //! through [`error`]'s table) back to its wire form.
 
 pub mod admin;
+pub mod apidoc;
 pub mod auth;
 pub mod config;
 pub mod enrich;

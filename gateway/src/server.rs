@@ -69,6 +69,9 @@ pub enum ServeError {
     /// The REST server failed while running.
     #[error("server error: REST: {0}")]
     Rest(#[source] std::io::Error),
+    /// The OpenAPI document could not be encoded.
+    #[error("server error: OpenAPI document: {0}")]
+    OpenApi(#[source] serde_json::Error),
     /// The gRPC server failed while running.
     #[error("server error: gRPC: {0}")]
     Grpc(#[source] tonic::transport::Error),
@@ -254,6 +257,7 @@ impl GatewayServer {
         }
         let app =
             crate::front::rest::router(Arc::clone(state), crate::admin::rest_routes::<AnyStore>())
+                .map_err(ServeError::OpenApi)?
                 .layer(stack(state, Front::Rest, RestReject));
         let listener = self.http.tap_io(|tcp| {
             if let Err(e) = tcp.set_nodelay(true) {

@@ -9,23 +9,12 @@ pub mod tuner;
 
 use std::sync::Arc;
 
-use axum::Router;
-use axum::routing::get;
 use feature_store::store::FullStore;
+use utoipa_axum::router::OpenApiRouter;
 
 use crate::state::AppState;
 
-/// The admin APIs' REST routes.
-pub fn rest_routes<S: FullStore>() -> Router<Arc<AppState<S>>> {
-    Router::new()
-        .route("/v1/admin/models", get(routing::rest_list::<S>))
-        .route(
-            "/v1/admin/models/{model}/routing",
-            get(routing::rest_get::<S>).post(routing::rest_change::<S>),
-        )
-        .route(
-            "/v1/admin/models/{model}/shadow-report",
-            get(routing::rest_shadow_report::<S>),
-        )
-        .merge(tuner::routes::<S>())
+/// The admin APIs' REST routes, with their OpenAPI operations.
+pub fn rest_routes<S: FullStore>() -> OpenApiRouter<Arc<AppState<S>>> {
+    routing::routes::<S>().merge(tuner::routes::<S>())
 }

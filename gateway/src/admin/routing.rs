@@ -12,10 +12,13 @@ use axum::Json;
 use axum::extract::{Path, Query, State};
 use feature_store::store::FullStore;
 use proto::gateway::v1 as pb;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tonic::{Request, Response, Status};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
 
+use crate::apidoc::AdminErrors;
 use crate::auth::Caller;
 use crate::error::GatewayError;
 use crate::metrics::Front;
@@ -156,67 +159,178 @@ impl<'a, S: FullStore> RoutingAdmin<'a, S> {
     }
 }
 
-// JSON (REST).
+// JSON (REST). Fields are in alphabetical order: these answers were first
+// written as `serde_json::Value`s, whose keys sort.
+
+/// A routing table as JSON, the canary's share in percent.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = RoutingTable)]
+pub struct TableJson {
+    /// The canary, if any.
+    pub canary: Option<CanaryJson>,
+    /// Pilot versions and their groups.
+    pub pilots: Vec<PilotJson>,
+    /// Shadow versions (called silently).
+    pub shadows: Vec<String>,
+    /// The stable version.
+    pub stable: String,
+    /// What keeps a caller on one side of the canary split.
+    #[schema(value_type = String, example = "subject")]
+    pub sticky_by: &'static str,
+}
+
+/// The canary of a routing table.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = Canary)]
+pub struct CanaryJson {
+    /// Its share of the traffic in percent.
+    pub percent: f64,
+    /// The same share as text, e.g. "12.5%".
+    pub share: String,
+    /// The canary version.
+    pub version: String,
+}
+
+/// A pilot version of a routing table.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = Pilot)]
+pub struct PilotJson {
+    /// Whether members of its groups get it without asking.
+    pub auto: bool,
+    /// The groups that may use it.
+    pub groups: Vec<String>,
+    /// The pilot version.
+    pub version: String,
+}
+
+/// One change of a model's routing.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = RoutingChange)]
+pub struct ChangeJson {
+    /// The table after the change.
+    pub after: TableJson,
+    /// When, Unix milliseconds.
+    pub at_ms: u64,
+    /// The table before (none for the first).
+    pub before: Option<TableJson>,
+    /// Who made it.
+    pub by: String,
+    /// Why, if given.
+    pub reason: Option<String>,
+    /// The document's revision after the change.
+    pub revision: i64,
+    /// What changed, in words.
+    pub what: String,
+}
+
+/// A model's routing with (a tail of) its history.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = RoutingState)]
+pub struct ViewJson {
+    /// The routing now.
+    pub current: TableJson,
+    /// Changes, oldest first.
+    pub history: Vec<ChangeJson>,
+    /// The model.
+    pub model: String,
+    /// The document's revision.
+    pub revision: i64,
+    /// The revision this gateway serves (behind `revision` until its next
+    /// poll when another replica made the change).
+    pub served_revision: i64,
+}
+
+/// Every model with its routing and latest change.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = RoutingList)]
+pub struct ListJson {
+    /// One entry per model.
+    pub models: Vec<ViewJson>,
+}
 
 /// A table as JSON, the canary's share in percent.
-pub fn table_json(t: &RoutingTable) -> Value {
-    json!({
-        "stable": t.stable,
-        "canary": t.canary.as_ref().map(|c| json!({
-            "version": c.version,
-            "percent": f64::from(c.basis_points) / 100.0,
-            "share": percent(c.basis_points),
-        })),
-        "shadows": t.shadows,
-        "pilots": t.pilots.iter().map(|p| json!({
-            "version": p.version, "groups": p.groups, "auto": p.auto,
-        })).collect::<Vec<_>>(),
-        "sticky_by": t.sticky_by.as_str(),
-    })
+pub fn table_json(t: &RoutingTable) -> TableJson {
+    TableJson {
+        canary: t.canary.as_ref().map(|c| CanaryJson {
+            percent: f64::from(c.basis_points) / 100.0,
+            share: percent(c.basis_points),
+            version: c.version.clone(),
+        }),
+        pilots: t
+            .pilots
+            .iter()
+            .map(|p| PilotJson {
+                auto: p.auto,
+                groups: p.groups.clone(),
+                version: p.version.clone(),
+            })
+            .collect(),
+        shadows: t.shadows.clone(),
+        stable: t.stable.clone(),
+        sticky_by: t.sticky_by.as_str(),
+    }
 }
 
-fn change_json(c: &RoutingChange) -> Value {
-    json!({
-        "revision": c.revision,
-        "at_ms": c.at_ms,
-        "by": c.by,
-        "what": c.what,
-        "reason": c.reason,
-        "before": c.before.as_ref().map(table_json),
-        "after": table_json(&c.after),
-    })
+fn change_json(c: &RoutingChange) -> ChangeJson {
+    ChangeJson {
+        after: table_json(&c.after),
+        at_ms: c.at_ms,
+        before: c.before.as_ref().map(table_json),
+        by: c.by.clone(),
+        reason: c.reason.clone(),
+        revision: c.revision,
+        what: c.what.clone(),
+    }
 }
 
-fn view_json(v: &RoutingView) -> Value {
-    json!({
-        "model": v.model,
-        "revision": v.revision,
-        "served_revision": v.served_revision,
-        "current": table_json(&v.document.current),
-        "history": v.document.history.iter().map(change_json).collect::<Vec<_>>(),
-    })
+fn view_json(v: &RoutingView) -> ViewJson {
+    ViewJson {
+        current: table_json(&v.document.current),
+        history: v.document.history.iter().map(change_json).collect(),
+        model: v.model.clone(),
+        revision: v.revision,
+        served_revision: v.served_revision,
+    }
+}
+
+/// The REST routes of the routing admin API (merged behind the auth
+/// middleware by the REST front's router).
+pub fn routes<S: FullStore>() -> OpenApiRouter<Arc<AppState<S>>> {
+    use crate::typed_routes;
+    OpenApiRouter::new()
+        .routes(typed_routes!(S; rest_list))
+        .routes(typed_routes!(S; rest_get, rest_change))
+        .routes(typed_routes!(S; rest_shadow_report))
 }
 
 /// `GET /v1/admin/models`: every model with its routing and latest change.
+#[utoipa::path(
+    get,
+    path = "/v1/admin/models",
+    operation_id = "list_routing",
+    summary = "Every model with its routing and latest change",
+    responses((status = 200, description = "The models", body = ListJson), AdminErrors),
+)]
 pub async fn rest_list<S: FullStore>(
     State(state): State<Arc<AppState<S>>>,
     Extension(caller): Extension<Caller>,
-) -> Result<Json<Value>, GatewayError> {
-    let result: Result<Value, GatewayError> = async {
+) -> Result<Json<ListJson>, GatewayError> {
+    let result: Result<ListJson, GatewayError> = async {
         state.authz.admin(Front::Rest, &caller)?;
         let admin = RoutingAdmin::new(&state.core);
         let mut models = Vec::new();
         for m in state.core.model_names() {
             models.push(view_json(&admin.routing_view(m, 1).await?));
         }
-        Ok(json!({ "models": models }))
+        Ok(ListJson { models })
     }
     .await;
     Ok(Json(result?))
 }
 
 /// Query of `GET /v1/admin/models/{model}/routing`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct HistoryQuery {
     /// Newest changes to return (0 or absent: all).
@@ -225,13 +339,21 @@ pub struct HistoryQuery {
 }
 
 /// `GET /v1/admin/models/{model}/routing`: the routing and its history.
+#[utoipa::path(
+    get,
+    path = "/v1/admin/models/{model}/routing",
+    operation_id = "get_routing",
+    summary = "A model's routing and its history",
+    params(("model" = String, Path, description = "The model's name", example = "fraud"), HistoryQuery),
+    responses((status = 200, description = "The routing", body = ViewJson), AdminErrors),
+)]
 pub async fn rest_get<S: FullStore>(
     State(state): State<Arc<AppState<S>>>,
     Extension(caller): Extension<Caller>,
     Path(model): Path<String>,
     query: Result<Query<HistoryQuery>, axum::extract::rejection::QueryRejection>,
-) -> Result<Json<Value>, GatewayError> {
-    let result: Result<Value, GatewayError> = async {
+) -> Result<Json<ViewJson>, GatewayError> {
+    let result: Result<ViewJson, GatewayError> = async {
         state.authz.admin(Front::Rest, &caller)?;
         let admin = RoutingAdmin::new(&state.core);
         let Query(q) = query.map_err(|e| GatewayError::InvalidArgument(e.body_text()))?;
@@ -246,25 +368,39 @@ pub async fn rest_get<S: FullStore>(
 /// The body of `POST /v1/admin/models/{model}/routing`: one action
 /// (`{"action": "set_canary", "version": "2", "percent": 10}`) and an
 /// optional `reason`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
+#[schema(as = RoutingChangeRequest, example = json!({"action": "set_canary", "version": "2", "percent": 10, "reason": "try v2"}))]
 pub struct ChangeBody {
     /// Why, for the history.
     #[serde(default)]
     pub reason: Option<String>,
-    /// The action.
+    /// The action: `action` names it (set_stable, set_canary,
+    /// set_canary_percent, promote, remove_canary, add_shadow,
+    /// remove_shadow, add_pilot, remove_pilot, rollback), with its fields
+    /// (`version`, `percent`, `groups`, `auto`) beside it.
     #[serde(flatten)]
+    #[schema(value_type = Object)]
     pub action: Value,
 }
 
 /// `POST /v1/admin/models/{model}/routing`: apply one change; answers the
 /// new routing with the change last in its history.
+#[utoipa::path(
+    post,
+    path = "/v1/admin/models/{model}/routing",
+    operation_id = "change_routing",
+    summary = "Apply one routing change",
+    params(("model" = String, Path, description = "The model's name", example = "fraud")),
+    request_body = ChangeBody,
+    responses((status = 200, description = "The new routing, the change last in its history", body = ViewJson), AdminErrors),
+)]
 pub async fn rest_change<S: FullStore>(
     State(state): State<Arc<AppState<S>>>,
     Extension(caller): Extension<Caller>,
     Path(model): Path<String>,
     body: Result<Json<ChangeBody>, axum::extract::rejection::JsonRejection>,
-) -> Result<Json<Value>, GatewayError> {
-    let result: Result<Value, GatewayError> = async {
+) -> Result<Json<ViewJson>, GatewayError> {
+    let result: Result<ViewJson, GatewayError> = async {
         state.authz.admin(Front::Rest, &caller)?;
         let admin = RoutingAdmin::new(&state.core);
         let Json(body) = body.map_err(|e| {
@@ -285,7 +421,8 @@ pub async fn rest_change<S: FullStore>(
 }
 
 /// Query of `GET /v1/admin/models/{model}/shadow-report`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ReportQuery {
     /// The window in seconds, ending now (default 3600).
@@ -299,6 +436,17 @@ fn hour() -> u64 {
 
 /// `GET /v1/admin/models/{model}/shadow-report`: shadow vs primary
 /// (agreement, score difference, model-server latency) from the log.
+#[utoipa::path(
+    get,
+    path = "/v1/admin/models/{model}/shadow-report",
+    operation_id = "shadow_report",
+    summary = "Shadow versions vs the primary, from the prediction log",
+    params(("model" = String, Path, description = "The model's name", example = "fraud"), ReportQuery),
+    responses(
+        (status = 200, description = "The report: the model's ShadowReport with the window", body = Object),
+        AdminErrors,
+    ),
+)]
 pub async fn rest_shadow_report<S: FullStore>(
     State(state): State<Arc<AppState<S>>>,
     Extension(caller): Extension<Caller>,

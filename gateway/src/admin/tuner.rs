@@ -8,20 +8,21 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::Extension;
 use axum::Json;
-use axum::Router;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::routing::{get, post};
 use feature_store::definitions::{FeatureDefinitions, parse_duration};
 use feature_store::schedule::jobs::{self, JobDetail, JobOverview};
 use feature_store::schedule::{RunRecord, RunRequest};
 use feature_store::store::FullStore;
 use feature_store::tuner::controller::{Decision, Pin};
 use proto::gateway::v1 as pb;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tonic::{Request, Response, Status};
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
 
+use crate::apidoc::AdminErrors;
 use crate::auth::Caller;
 use crate::error::GatewayError;
 use crate::metrics::Front;
@@ -100,7 +101,8 @@ fn nonempty(text: String) -> Option<String> {
 // REST
 
 /// The JSON body of `POST /v1/admin/tuner/jobs/{job}/pin`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
+#[schema(as = PinRequest, example = json!({"interval": "4h", "reason": "month-end load"}))]
 #[serde(deny_unknown_fields)]
 pub struct PinBody {
     /// The interval, e.g. "4h".
@@ -111,7 +113,8 @@ pub struct PinBody {
 }
 
 /// The JSON body of `POST /v1/admin/tuner/jobs/{job}/run` (optional).
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[schema(as = RunRequest, example = json!({"reason": "fresh data landed"}))]
 #[serde(deny_unknown_fields)]
 pub struct RunBody {
     /// Why (kept in the run's record).
@@ -136,6 +139,14 @@ async fn admin<S: FullStore, T>(
     f.await
 }
 
+/// `GET /v1/admin/tuner/jobs`.
+#[utoipa::path(
+    get,
+    path = "/v1/admin/tuner/jobs",
+    operation_id = "list_tuner_jobs",
+    summary = "Every refresh job with its interval, pin and last run",
+    responses((status = 200, description = "`{\"jobs\": [...]}`, one entry per declared refresh job", body = Object), AdminErrors),
+)]
 async fn rest_list<S: FullStore>(
     State(state): State<Arc<AppState<S>>>,
     Extension(caller): Extension<Caller>,
@@ -147,6 +158,15 @@ async fn rest_list<S: FullStore>(
     ))
 }
 
+/// `GET /v1/admin/tuner/jobs/{job}`.
+#[utoipa::path(
+    get,
+    path = "/v1/admin/tuner/jobs/{job}",
+    operation_id = "get_tuner_job",
+    summary = "One refresh job with its recent decisions and runs",
+    params(("job" = String, Path, description = "A declared refresh job", example = "customer_profile_daily")),
+    responses((status = 200, description = "The job, its last 100 decisions and runs", body = Object), AdminErrors),
+)]
 async fn rest_detail<S: FullStore>(
     State(state): State<Arc<AppState<S>>>,
     Extension(caller): Extension<Caller>,
@@ -157,6 +177,16 @@ async fn rest_detail<S: FullStore>(
     Ok(Json(jobs::detail_json(&d, 100)))
 }
 
+/// `POST /v1/admin/tuner/jobs/{job}/pin`.
+#[utoipa::path(
+    post,
+    path = "/v1/admin/tuner/jobs/{job}/pin",
+    operation_id = "pin_tuner_job",
+    summary = "Pin a job's interval (the tuner stops changing it)",
+    params(("job" = String, Path, description = "A declared refresh job", example = "customer_profile_daily")),
+    request_body = PinBody,
+    responses((status = 200, description = "The job after the change", body = Object), AdminErrors),
+)]
 async fn rest_pin<S: FullStore>(
     State(state): State<Arc<AppState<S>>>,
     Extension(caller): Extension<Caller>,
@@ -181,6 +211,15 @@ async fn rest_pin<S: FullStore>(
     Ok(Json(jobs::overview_json(&o)))
 }
 
+/// `POST /v1/admin/tuner/jobs/{job}/unpin`.
+#[utoipa::path(
+    post,
+    path = "/v1/admin/tuner/jobs/{job}/unpin",
+    operation_id = "unpin_tuner_job",
+    summary = "Remove a job's pin (the tuner decides again)",
+    params(("job" = String, Path, description = "A declared refresh job", example = "customer_profile_daily")),
+    responses((status = 200, description = "The job after the change", body = Object), AdminErrors),
+)]
 async fn rest_unpin<S: FullStore>(
     State(state): State<Arc<AppState<S>>>,
     Extension(caller): Extension<Caller>,
@@ -191,12 +230,43 @@ async fn rest_unpin<S: FullStore>(
     Ok(Json(jobs::overview_json(&o)))
 }
 
+/// The JSON answer of a queued run.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({
+    "expected_by": null, "job": "customer_profile_daily",
+    "message": "queued; this gateway runs no scheduler: ...",
+    "requested_at": "2026-12-06T12:00:00Z", "requested_by": "mlgw-admin"
+}))]
+pub struct RunQueued {
+    /// When this gateway's scheduler starts it at the latest (none: no
+    /// scheduler here).
+    pub expected_by: Option<String>,
+    /// The job.
+    pub job: String,
+    /// What happens next, for a person.
+    pub message: String,
+    /// When asked, UTC.
+    pub requested_at: String,
+    /// Who asked.
+    pub requested_by: String,
+}
+
+/// `POST /v1/admin/tuner/jobs/{job}/run`.
+#[utoipa::path(
+    post,
+    path = "/v1/admin/tuner/jobs/{job}/run",
+    operation_id = "run_tuner_job",
+    summary = "Queue a run of a job now",
+    params(("job" = String, Path, description = "A declared refresh job", example = "customer_profile_daily")),
+    request_body(content = Option<RunBody>, description = "Optional"),
+    responses((status = 202, description = "Queued", body = RunQueued), AdminErrors),
+)]
 async fn rest_run<S: FullStore>(
     State(state): State<Arc<AppState<S>>>,
     Extension(caller): Extension<Caller>,
     Path(job): Path<String>,
     bytes: axum::body::Bytes,
-) -> Result<(StatusCode, Json<Value>), GatewayError> {
+) -> Result<(StatusCode, Json<RunQueued>), GatewayError> {
     let a = Admin::new(&state);
     let (request, expected) = admin(&state, &caller, async {
         let b: RunBody = body(&bytes)?;
@@ -205,13 +275,13 @@ async fn rest_run<S: FullStore>(
     .await?;
     Ok((
         StatusCode::ACCEPTED,
-        Json(json!({
-            "job": request.job,
-            "requested_by": request.by,
-            "requested_at": jobs::utc(request.at),
-            "expected_by": expected.map(jobs::utc),
-            "message": run_message(expected),
-        })),
+        Json(RunQueued {
+            expected_by: expected.map(jobs::utc),
+            job: request.job,
+            message: run_message(expected),
+            requested_at: jobs::utc(request.at),
+            requested_by: request.by,
+        }),
     ))
 }
 
@@ -227,13 +297,14 @@ fn run_message(expected: Option<SystemTime>) -> String {
 
 /// The REST routes of the tuner admin API (merged behind the auth
 /// middleware by the REST front's router).
-pub fn routes<S: FullStore>() -> Router<Arc<AppState<S>>> {
-    Router::new()
-        .route("/v1/admin/tuner/jobs", get(rest_list::<S>))
-        .route("/v1/admin/tuner/jobs/{job}", get(rest_detail::<S>))
-        .route("/v1/admin/tuner/jobs/{job}/pin", post(rest_pin::<S>))
-        .route("/v1/admin/tuner/jobs/{job}/unpin", post(rest_unpin::<S>))
-        .route("/v1/admin/tuner/jobs/{job}/run", post(rest_run::<S>))
+pub fn routes<S: FullStore>() -> OpenApiRouter<Arc<AppState<S>>> {
+    use crate::typed_routes;
+    OpenApiRouter::new()
+        .routes(typed_routes!(S; rest_list))
+        .routes(typed_routes!(S; rest_detail))
+        .routes(typed_routes!(S; rest_pin))
+        .routes(typed_routes!(S; rest_unpin))
+        .routes(typed_routes!(S; rest_run))
 }
 
 // gRPC

@@ -2,7 +2,9 @@
 //! handler extracts its inputs, runs the one auth check of its API kind and
 //! calls one function of the prediction path; the router puts the `/v1`
 //! API behind the authentication middleware and leaves health, readiness,
-//! metrics, the OpenAPI document and the dev issuer open.
+//! metrics, the OpenAPI document and the dev issuer open. The router and
+//! the OpenAPI document are built from one route table ([`routes`]); the
+//! routes left out of the document are listed in [`UNDOCUMENTED`].
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -13,15 +15,19 @@ use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::get;
 use axum::{Json, Router};
 use feature_store::log::Outcome;
 use feature_store::store::FullStore;
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
 
-use super::wire::{self, event_time};
+use super::wire::{self, PredictResponse, event_time};
+use crate::apidoc::{FeedbackErrors, PredictErrors, PushErrors};
 use crate::auth::Caller;
+use crate::error::ErrorBody;
 use crate::error::GatewayError;
 use crate::metrics::Front;
 use crate::serve::{FeedbackInput, PredictInput, PushEvent, PushRow};
@@ -31,13 +37,18 @@ use crate::state::AppState;
 pub type Shared<S> = State<Arc<AppState<S>>>;
 
 /// The JSON body of `POST /v1/models/{model}/predict`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = PredictRequest, example = json!({
+    "entity": {"customer_id": "c-1"},
+    "request_features": {"amount": 980.0, "is_card_present": false, "hour_of_day": 3}
+}))]
 pub struct PredictBody {
     /// Entity key columns to values, e.g. `{"customer_id": "c-1"}`.
     pub entity: HashMap<String, String>,
     /// Request features by name.
     #[serde(default)]
+    #[schema(value_type = HashMap<String, wire::FeatureValueSchema>)]
     pub request_features: HashMap<String, Value>,
     /// A version asked for explicitly.
     #[serde(default)]
@@ -75,12 +86,21 @@ fn predict_input(
     })
 }
 
+/// `POST /v1/models/{model}/predict`.
+#[utoipa::path(
+    post,
+    path = "/v1/models/{model}/predict",
+    summary = "Predict for one entity",
+    params(("model" = String, Path, description = "The model's name", example = "fraud")),
+    request_body = PredictBody,
+    responses((status = 200, description = "The prediction", body = PredictResponse), PredictErrors),
+)]
 async fn predict<S: FullStore>(
     State(state): Shared<S>,
     Extension(caller): Extension<Caller>,
     Path(model): Path<String>,
     body: Result<Json<PredictBody>, JsonRejection>,
-) -> Result<Json<Value>, GatewayError> {
+) -> Result<Json<PredictResponse>, GatewayError> {
     let input = predict_input(model, json_body(body)?, "", &caller)?;
     let p = state
         .core
@@ -90,19 +110,41 @@ async fn predict<S: FullStore>(
 }
 
 /// The JSON body of `POST /v1/models/{model}/predict-batch`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = PredictBatchRequest, example = json!({
+    "requests": [{"entity": {"customer_id": "c-1"}}, {"entity": {"customer_id": "c-2"}}]
+}))]
 pub struct PredictBatchBody {
     /// One request per entity.
     pub requests: Vec<PredictBody>,
 }
 
+/// The JSON answer of `POST /v1/models/{model}/predict-batch`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PredictBatchResponse {
+    /// One prediction per request, in order.
+    pub responses: Vec<PredictResponse>,
+}
+
+/// `POST /v1/models/{model}/predict-batch`.
+#[utoipa::path(
+    post,
+    path = "/v1/models/{model}/predict-batch",
+    summary = "Predict for several entities in one call",
+    params(("model" = String, Path, description = "The model's name", example = "fraud")),
+    request_body = PredictBatchBody,
+    responses(
+        (status = 200, description = "One prediction per request, in order", body = PredictBatchResponse),
+        PredictErrors,
+    ),
+)]
 async fn predict_batch<S: FullStore>(
     State(state): Shared<S>,
     Extension(caller): Extension<Caller>,
     Path(model): Path<String>,
     body: Result<Json<PredictBatchBody>, JsonRejection>,
-) -> Result<Json<Value>, GatewayError> {
+) -> Result<Json<PredictBatchResponse>, GatewayError> {
     let body = json_body(body)?;
     let limit = state.core.max_batch_entities();
     if body.requests.len() > limit {
@@ -124,13 +166,17 @@ async fn predict_batch<S: FullStore>(
         .core
         .predict_batch(Front::Rest, &caller, &inputs, None)
         .await?;
-    let responses: Vec<Value> = answers.iter().map(wire::prediction_json).collect();
-    Ok(Json(json!({ "responses": responses })))
+    Ok(Json(PredictBatchResponse {
+        responses: answers.iter().map(wire::prediction_json).collect(),
+    }))
 }
 
 /// The JSON body of `POST /v1/features/{view}/push`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = PushRequest, example = json!({
+    "rows": [{"entity": {"customer_id": "c-1"}, "values": {"txn_count_1h": 3}}]
+}))]
 pub struct PushBody {
     /// Fresh values, one entry per entity.
     #[serde(default)]
@@ -141,8 +187,9 @@ pub struct PushBody {
 }
 
 /// One raw event of a dynamic view with windowed aggregates.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = PushEvent)]
 pub struct PushEventBody {
     /// Entity key columns to values.
     pub entity: HashMap<String, String>,
@@ -151,6 +198,7 @@ pub struct PushEventBody {
     #[serde(default)]
     pub event_id: String,
     /// Field name to value (`amount`, `transaction_id`, …).
+    #[schema(value_type = HashMap<String, wire::FeatureValueSchema>)]
     pub fields: HashMap<String, Value>,
     /// When it happened, Unix milliseconds (absent or 0: now).
     #[serde(default)]
@@ -158,12 +206,14 @@ pub struct PushEventBody {
 }
 
 /// One entity's fresh values.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = PushRow)]
 pub struct PushRowBody {
     /// Entity key columns to values.
     pub entity: HashMap<String, String>,
     /// Feature name to value.
+    #[schema(value_type = HashMap<String, wire::FeatureValueSchema>)]
     pub values: HashMap<String, Value>,
     /// When observed, Unix milliseconds (absent or 0: now).
     #[serde(default)]
@@ -204,23 +254,46 @@ fn push_input(body: PushBody) -> Result<(Vec<PushRow>, Vec<PushEvent>), GatewayE
     Ok((rows, events))
 }
 
+/// The JSON answer of a push.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({"events_written": 0, "rows_written": 1}))]
+pub struct PushResponse {
+    /// Events written (a replayed event is written again and counted).
+    pub events_written: u64,
+    /// Rows of values written.
+    pub rows_written: u64,
+}
+
+/// `POST /v1/features/{view}/push`.
+#[utoipa::path(
+    post,
+    path = "/v1/features/{view}/push",
+    summary = "Push fresh values or raw events into a dynamic feature view",
+    params(("view" = String, Path, description = "A dynamic feature view", example = "customer_realtime")),
+    request_body = PushBody,
+    responses((status = 200, description = "What was written", body = PushResponse), PushErrors),
+)]
 async fn push<S: FullStore>(
     State(state): Shared<S>,
     Extension(caller): Extension<Caller>,
     Path(view): Path<String>,
     body: Result<Json<PushBody>, JsonRejection>,
-) -> Result<Json<Value>, GatewayError> {
+) -> Result<Json<PushResponse>, GatewayError> {
     state.authz.push(Front::Rest, &caller)?;
     let (rows, events) = push_input(json_body(body)?)?;
     let written = state.core.push(&view, &rows, &events).await?;
-    Ok(Json(
-        json!({"rows_written": written.rows, "events_written": written.events}),
-    ))
+    Ok(Json(PushResponse {
+        events_written: written.events,
+        rows_written: written.rows,
+    }))
 }
 
 /// The JSON body of `POST /v1/feedback`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = FeedbackRequest, example = json!({
+    "prediction_id": "0190f5b2-8c1e-7c3a-9d7e-2f1a3b4c5d6e", "label": "fraud"
+}))]
 pub struct FeedbackBody {
     /// The ID predict returned.
     pub prediction_id: String,
@@ -235,11 +308,24 @@ pub struct FeedbackBody {
     pub observed_at_ms: i64,
 }
 
+/// The (empty) JSON answer of a feedback call.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({}))]
+pub struct FeedbackResponse {}
+
+/// `POST /v1/feedback`.
+#[utoipa::path(
+    post,
+    path = "/v1/feedback",
+    summary = "Record the observed outcome of a prediction",
+    request_body = FeedbackBody,
+    responses((status = 200, description = "Recorded", body = FeedbackResponse), FeedbackErrors),
+)]
 async fn feedback<S: FullStore>(
     State(state): Shared<S>,
     Extension(caller): Extension<Caller>,
     body: Result<Json<FeedbackBody>, JsonRejection>,
-) -> Result<Json<Value>, GatewayError> {
+) -> Result<Json<FeedbackResponse>, GatewayError> {
     state.authz.feedback(Front::Rest, &caller)?;
     let body = json_body(body)?;
     let outcome = match (body.label, body.value) {
@@ -261,9 +347,16 @@ async fn feedback<S: FullStore>(
             subject: caller.subject,
         })
         .await?;
-    Ok(Json(json!({})))
+    Ok(Json(FeedbackResponse {}))
 }
 
+/// `GET /metrics`.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    summary = "Prometheus metrics",
+    responses((status = 200, description = "The Prometheus text format", content_type = "text/plain", body = String)),
+)]
 async fn metrics<S: FullStore>(State(state): Shared<S>) -> Response {
     match super::scrape::render(&state).await {
         Ok(text) => (
@@ -281,44 +374,92 @@ async fn metrics<S: FullStore>(State(state): Shared<S>) -> Response {
     }
 }
 
-/// The OpenAPI document of these routes (`gateway/openapi.json`).
-pub const OPENAPI: &str = include_str!("../../openapi.json");
-
-async fn openapi() -> Response {
+/// `GET /openapi.json`: the document, made once with the router.
+#[utoipa::path(
+    get,
+    path = "/openapi.json",
+    summary = "This OpenAPI document",
+    responses((status = 200, description = "The OpenAPI document", content_type = "application/json", body = Object)),
+)]
+async fn openapi(Extension(doc): Extension<Arc<str>>) -> Response {
     (
         [(axum::http::header::CONTENT_TYPE, "application/json")],
-        OPENAPI,
+        doc.to_string(),
     )
         .into_response()
 }
 
-async fn healthz() -> Json<Value> {
-    Json(json!({"status": "ok"}))
+/// The JSON answer of the health and readiness checks.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = HealthStatus, example = json!({"status": "ready"}))]
+pub struct Status {
+    /// Why not ready (only when not ready).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<&'static str>,
+    /// `ok` (health), `ready` or `not ready`.
+    pub status: &'static str,
 }
 
+/// `GET /healthz`.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    summary = "Liveness",
+    responses((status = 200, description = "The process runs", body = Status, example = json!({"status": "ok"}))),
+)]
+async fn healthz() -> Json<Status> {
+    Json(Status {
+        reason: None,
+        status: "ok",
+    })
+}
+
+/// `GET /readyz`.
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    summary = "Readiness: the issuer's keys are loaded and every model-server is ready",
+    responses(
+        (status = 200, description = "Ready", body = Status, example = json!({"status": "ready"})),
+        (status = 503, description = "Not ready, with the reason", body = Status,
+         example = json!({"reason": "a model-server is down or its model is not ready", "status": "not ready"})),
+    ),
+)]
 async fn readyz<S: FullStore>(State(state): Shared<S>) -> Response {
-    if !state.authn.verifier.keys().loaded() {
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"status": "not ready", "reason": "the SSO issuer's signing keys are not loaded yet"})),
-        )
-            .into_response();
-    }
-    if state.core.models_ready(Duration::from_millis(500)).await {
-        (StatusCode::OK, Json(json!({"status": "ready"}))).into_response()
-    } else {
+    let not_ready = |reason| {
         (
             StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"status": "not ready", "reason": "a model-server is down or its model is not ready"})),
+            Json(Status {
+                reason: Some(reason),
+                status: "not ready",
+            }),
         )
             .into_response()
+    };
+    if !state.authn.verifier.keys().loaded() {
+        return not_ready("the SSO issuer's signing keys are not loaded yet");
+    }
+    if state.core.models_ready(Duration::from_millis(500)).await {
+        (
+            StatusCode::OK,
+            Json(Status {
+                reason: None,
+                status: "ready",
+            }),
+        )
+            .into_response()
+    } else {
+        not_ready("a model-server is down or its model is not ready")
     }
 }
 
 async fn not_found() -> Response {
     (
         StatusCode::NOT_FOUND,
-        Json(json!({"code": "not_found", "message": "no such route; see the README for the REST API"})),
+        Json(ErrorBody {
+            code: "not_found",
+            message: "no such route; see the README for the REST API".to_owned(),
+        }),
     )
         .into_response()
 }
@@ -345,33 +486,116 @@ async fn dev_jwks<S: FullStore>(State(state): Shared<S>) -> Response {
     }
 }
 
-/// The REST routes: the `/v1` API (with `admin`, the admin APIs' routes)
-/// behind the authentication middleware; health, readiness, metrics, the
-/// OpenAPI document and (in dev mode) the dev issuer's discovery and JWKS
-/// open.
-pub fn router<S: FullStore>(state: Arc<AppState<S>>, admin: Router<Arc<AppState<S>>>) -> Router {
-    let api = Router::new()
-        .route("/v1/models/{model}/predict", post(predict::<S>))
-        .route("/v1/models/{model}/predict-batch", post(predict_batch::<S>))
-        .route("/v1/features/{view}/push", post(push::<S>))
-        .route("/v1/feedback", post(feedback::<S>))
+/// The routes the router serves but the OpenAPI document leaves out, with
+/// why: (method, path, reason). The dev issuer exists only in dev mode and
+/// is the token issuer's API (OIDC discovery, JWKS), not the gateway's.
+pub const UNDOCUMENTED: &[(&str, &str, &str)] = &[
+    (
+        "GET",
+        "/dev-issuer/.well-known/openid-configuration",
+        "the dev issuer's OIDC discovery: dev mode only, the issuer's API",
+    ),
+    (
+        "GET",
+        "/dev-issuer/jwks",
+        "the dev issuer's signing keys: dev mode only, the issuer's API",
+    ),
+];
+
+/// The `/v1` API's route table (with `admin`, the admin APIs' routes).
+fn api_table<S: FullStore>(
+    admin: OpenApiRouter<Arc<AppState<S>>>,
+) -> OpenApiRouter<Arc<AppState<S>>> {
+    use crate::typed_routes;
+    OpenApiRouter::new()
+        .routes(typed_routes!(S; predict))
+        .routes(typed_routes!(S; predict_batch))
+        .routes(typed_routes!(S; push))
+        .routes(typed_routes!(S; feedback))
         .merge(admin)
-        .route_layer(axum::middleware::from_fn_with_state(
-            state.authn.clone(),
+}
+
+/// The open routes' table (no token needed).
+fn open_table<S: FullStore>() -> OpenApiRouter<Arc<AppState<S>>> {
+    use crate::typed_routes;
+    OpenApiRouter::new()
+        .routes(typed_routes!(S; metrics))
+        .routes(utoipa_axum::routes!(openapi))
+        .routes(utoipa_axum::routes!(healthz))
+        .routes(typed_routes!(S; readyz))
+}
+
+/// The two tables joined into the router and its document, the `/v1` API
+/// wrapped in `auth` (the authentication middleware, or nothing when only
+/// the document is wanted).
+fn assemble<S: FullStore>(
+    admin: OpenApiRouter<Arc<AppState<S>>>,
+    auth: impl FnOnce(OpenApiRouter<Arc<AppState<S>>>) -> OpenApiRouter<Arc<AppState<S>>>,
+) -> (Router<Arc<AppState<S>>>, utoipa::openapi::OpenApi) {
+    let (router, mut doc) = OpenApiRouter::with_openapi(crate::apidoc::base())
+        .merge(auth(api_table(admin)))
+        .merge(open_table())
+        .split_for_parts();
+    crate::apidoc::secure_v1(&mut doc);
+    (router, doc)
+}
+
+/// The OpenAPI document of the REST routes (with `admin`, the admin APIs'
+/// routes), as [`router`] serves it.
+pub fn document<S: FullStore>(admin: OpenApiRouter<Arc<AppState<S>>>) -> utoipa::openapi::OpenApi {
+    assemble(admin, |api| api).1
+}
+
+/// The route table: the REST router (not yet given its state) and the
+/// OpenAPI document of its routes, made together so they cannot differ.
+/// `admin` holds the admin APIs' routes; it and the `/v1` API go behind
+/// the authentication middleware. The dev issuer's routes
+/// ([`UNDOCUMENTED`]) are added outside the table.
+pub fn routes<S: FullStore>(
+    state: &Arc<AppState<S>>,
+    admin: OpenApiRouter<Arc<AppState<S>>>,
+) -> (Router<Arc<AppState<S>>>, utoipa::openapi::OpenApi) {
+    let authn = state.authn.clone();
+    let (router, doc) = assemble(admin, |api| {
+        api.route_layer(axum::middleware::from_fn_with_state(
+            authn,
             super::authn::rest,
-        ));
+        ))
+    });
     let dev = crate::auth::dev_issuer::PATH;
-    Router::new()
-        .merge(api)
+    let router = router
         .route(
             &format!("{dev}/.well-known/openid-configuration"),
             get(dev_discovery::<S>),
         )
-        .route(&format!("{dev}/jwks"), get(dev_jwks::<S>))
-        .route("/metrics", get(metrics::<S>))
-        .route("/openapi.json", get(openapi))
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz::<S>))
+        .route(&format!("{dev}/jwks"), get(dev_jwks::<S>));
+    (router, doc)
+}
+
+/// The OpenAPI document as served and committed (`gateway/openapi.json`).
+///
+/// # Errors
+/// The document cannot be encoded (not expected).
+pub fn document_json(doc: &utoipa::openapi::OpenApi) -> Result<String, serde_json::Error> {
+    doc.to_pretty_json().map(|mut s| {
+        s.push('\n');
+        s
+    })
+}
+
+/// The REST router: [`routes`] with the state, the OpenAPI document
+/// (encoded once, here) and the JSON fallback for unknown routes.
+///
+/// # Errors
+/// The OpenAPI document cannot be encoded (not expected).
+pub fn router<S: FullStore>(
+    state: Arc<AppState<S>>,
+    admin: OpenApiRouter<Arc<AppState<S>>>,
+) -> Result<Router, serde_json::Error> {
+    let (router, doc) = routes(&state, admin);
+    let doc: Arc<str> = document_json(&doc)?.into();
+    Ok(router
         .fallback(not_found)
-        .with_state(state)
+        .layer(Extension(doc))
+        .with_state(state))
 }

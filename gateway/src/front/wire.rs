@@ -2,7 +2,11 @@
 //! and the prediction path's types: feature values, event times and the
 //! answer of a prediction.
 
-use serde_json::{Value, json};
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+use serde_json::Value;
+use utoipa::ToSchema;
 
 use proto::gateway::v1 as pb;
 
@@ -70,27 +74,113 @@ fn age_ms(age: Option<std::time::Duration>) -> i64 {
     age.map_or(-1, |a| i64::try_from(a.as_millis()).unwrap_or(i64::MAX))
 }
 
+/// A feature value in JSON: a number, a boolean or a string.
+#[derive(Serialize, ToSchema)]
+#[serde(untagged)]
+#[schema(as = FeatureValue, example = 980.0)]
+pub enum FeatureValueSchema {
+    /// A number (integer or float).
+    Number(f64),
+    /// A boolean.
+    Bool(bool),
+    /// A string.
+    Text(String),
+}
+
+/// The JSON answer of a prediction. Fields are in alphabetical order:
+/// the answer was first written as a `serde_json::Value`, whose keys sort.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({
+    "freshness": {"defaulted_features": [], "view_age_ms": {"customer_profile": 1200}},
+    "model": "fraud", "model_version": "1",
+    "outputs": [{"label": "legit", "name": "probabilities", "score": 0.93,
+                 "top_k": [{"label": "legit", "score": 0.93}], "values": [0.93, 0.07]}],
+    "prediction_id": "0190f5b2-8c1e-7c3a-9d7e-2f1a3b4c5d6e", "route": "stable"
+}))]
+pub struct PredictResponse {
+    /// How fresh the features were.
+    pub freshness: Freshness,
+    /// The model.
+    pub model: String,
+    /// The version that answered.
+    pub model_version: String,
+    /// Post-processed outputs.
+    pub outputs: Vec<OutputJson>,
+    /// Time-ordered (UUIDv7) ID to send feedback for.
+    pub prediction_id: String,
+    /// How the version was chosen.
+    #[schema(value_type = String, example = "stable")]
+    pub route: &'static str,
+}
+
+/// One post-processed output.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = Output)]
+pub struct OutputJson {
+    /// The decided label (empty for outputs without labels).
+    pub label: String,
+    /// Output name.
+    pub name: String,
+    /// The decided label's score.
+    pub score: f64,
+    /// Best labels first.
+    pub top_k: Vec<LabelScore>,
+    /// The raw values of this row.
+    pub values: Vec<f64>,
+}
+
+/// A label with its score.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct LabelScore {
+    /// The label.
+    pub label: String,
+    /// Its score.
+    pub score: f64,
+}
+
+/// Feature freshness of a prediction.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Freshness {
+    /// Columns that got their default.
+    pub defaulted_features: Vec<String>,
+    /// Age of each view's values in milliseconds (-1: no row).
+    pub view_age_ms: BTreeMap<String, i64>,
+}
+
 /// The JSON form of a prediction.
-pub fn prediction_json(p: &Prediction) -> Value {
-    let ages: serde_json::Map<String, Value> = p
-        .view_ages
-        .iter()
-        .map(|(view, age)| (view.clone(), json!(age_ms(*age))))
-        .collect();
-    json!({
-        "prediction_id": p.prediction_id,
-        "model": p.model,
-        "model_version": p.model_version,
-        "route": p.route.as_str(),
-        "outputs": p.outputs.iter().map(|o| json!({
-            "name": o.name,
-            "label": o.label,
-            "score": o.score,
-            "top_k": o.top_k.iter().map(|(l, s)| json!({"label": l, "score": s})).collect::<Vec<_>>(),
-            "values": o.values,
-        })).collect::<Vec<_>>(),
-        "freshness": {"view_age_ms": ages, "defaulted_features": p.defaulted},
-    })
+pub fn prediction_json(p: &Prediction) -> PredictResponse {
+    PredictResponse {
+        freshness: Freshness {
+            defaulted_features: p.defaulted.clone(),
+            view_age_ms: p
+                .view_ages
+                .iter()
+                .map(|(view, age)| (view.clone(), age_ms(*age)))
+                .collect(),
+        },
+        model: p.model.clone(),
+        model_version: p.model_version.clone(),
+        outputs: p
+            .outputs
+            .iter()
+            .map(|o| OutputJson {
+                label: o.label.clone(),
+                name: o.name.clone(),
+                score: o.score,
+                top_k: o
+                    .top_k
+                    .iter()
+                    .map(|(label, score)| LabelScore {
+                        label: label.clone(),
+                        score: *score,
+                    })
+                    .collect(),
+                values: o.values.clone(),
+            })
+            .collect(),
+        prediction_id: p.prediction_id.clone(),
+        route: p.route.as_str(),
+    }
 }
 
 /// The protobuf form of a prediction.
