@@ -24,10 +24,10 @@ use anyhow::{Context, Result, bail};
 use feature_store::definitions::FeatureDefinitions;
 use feature_store::reader::{FeatureReader, ReaderConfig};
 use feature_store::refresh::{self, RefreshOptions, RefreshOutcome};
-use feature_store::store::AnyStore;
 use feature_store::store::embedded::EmbeddedStore;
 use feature_store::store::prelude::*;
 use feature_store::store::scylla::{ScyllaConfig, ScyllaStore};
+use feature_store::store::{AnyStore, StaticKey};
 use hdrhistogram::Histogram;
 use rig::workspace_root;
 
@@ -361,7 +361,12 @@ async fn uncached(
                     .wrapping_add(1_442_695_040_888_963_407);
                 let key = format!("c-{:07}", (x >> 33) % rows);
                 let t = Instant::now();
-                match store.read_static("customer_profile", &batch, &key).await {
+                let at = StaticKey {
+                    view: "customer_profile",
+                    batch_id: &batch,
+                    entity_key: &key,
+                };
+                match store.read_static(at).await {
                     Ok(Some(_)) => hist.record(t.elapsed().as_nanos() as u64)?,
                     Ok(None) | Err(_) => errors += 1,
                 }

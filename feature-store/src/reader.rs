@@ -18,6 +18,7 @@
 //! hits the cap is counted ([`EventStats::capped_reads`]) and logged.
 
 use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
 use std::hash::{BuildHasher as _, RandomState};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, Weak};
@@ -31,7 +32,9 @@ use tracing::Instrument as _;
 use crate::aggregate::{self, Event, EventFieldProblem, EventRange, MAX_EVENT_ID_BYTES};
 use crate::definitions::{FeatureDefinitions, FeatureValue, FeatureView, ViewKind};
 use crate::freshness::{ResolvedView, StoredRow, resolve_view};
-use crate::store::{BatchStore, CurrentBatch, DynamicWrite, EventWrite, RowStore, StoreError};
+use crate::store::{
+    BatchStore, CurrentBatch, DynamicWrite, EventQuery, EventWrite, RowStore, StaticKey, StoreError,
+};
 
 /// Cache and watch settings.
 #[derive(Debug, Clone)]
@@ -625,7 +628,12 @@ impl<S: RowStore + BatchStore> FeatureReader<S> {
             return Ok(None);
         };
         let key = self.key(idx, entity_key);
-        let read = || self.load(|s| s.read_static(&view.name, &batch.batch_id, entity_key));
+        let at = StaticKey {
+            view: &view.name,
+            batch_id: &batch.batch_id,
+            entity_key,
+        };
+        let read = || self.load(|s| s.read_static(at));
         if let Some(hit) = self.cache.get(&key).await {
             if &*hit.entity != entity_key {
                 // Another entity with the same key hash holds the slot.
@@ -638,6 +646,23 @@ impl<S: RowStore + BatchStore> FeatureReader<S> {
             }
             self.cache.invalidate(&key).await;
         }
+        self.load_missing(key, entity_key, Some(&batch.batch_id), read)
+            .await
+    }
+
+    /// A cache miss: one load for every caller of the same key (moka
+    /// coalesces them), cached with the batch it was read from.
+    async fn load_missing<F, Fut>(
+        &self,
+        key: Key,
+        entity_key: &str,
+        batch_id: Option<&str>,
+        read: F,
+    ) -> Result<Option<Arc<StoredRow>>, ReadError>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = Result<Option<StoredRow>, StoreError>>,
+    {
         tracing::Span::current().record("cache", "miss");
         self.counters.misses.fetch_add(1, Ordering::Relaxed);
         let loaded = self
@@ -646,7 +671,7 @@ impl<S: RowStore + BatchStore> FeatureReader<S> {
                 let row = read().await?;
                 Ok::<_, StoreError>(CachedRow {
                     entity: Arc::from(entity_key),
-                    batch_id: Some(Arc::from(batch.batch_id.as_str())),
+                    batch_id: batch_id.map(Arc::from),
                     row: row.map(Arc::new),
                 })
             })
@@ -697,26 +722,9 @@ impl<S: RowStore + BatchStore> FeatureReader<S> {
             self.counters.hits.fetch_add(1, Ordering::Relaxed);
             return Ok(hit.row);
         }
-        tracing::Span::current().record("cache", "miss");
-        self.counters.misses.fetch_add(1, Ordering::Relaxed);
-        let loaded = self
-            .cache
-            .try_get_with(key, async {
-                // The aggregates are computed for this load's `now` and
-                // served as such for `dynamic_ttl`.
-                let row = read().await?;
-                Ok::<_, StoreError>(CachedRow {
-                    entity: Arc::from(entity_key),
-                    batch_id: None,
-                    row: row.map(Arc::new),
-                })
-            })
-            .await
-            .map_err(ReadError::Store)?;
-        if &*loaded.entity != entity_key {
-            return Self::past_cache(read().await);
-        }
-        Ok(loaded.row)
+        // The aggregates are computed for this load's `now` and served as
+        // such for `dynamic_ttl`.
+        self.load_missing(key, entity_key, None, read).await
     }
 
     /// A dynamic view's row at `now`: its plain values, and for a view with
@@ -737,10 +745,13 @@ impl<S: RowStore + BatchStore> FeatureReader<S> {
         // Boxed: the backend's future (by default two reads side by side) is
         // large (tens of KB in debug builds), and a caller polling on a small
         // stack must not carry it inline. One allocation beside the events'.
-        let (row, events) = Box::pin(
-            self.store
-                .read_dynamic_window(&view.name, entity_key, from, now, limit),
-        )
+        let (row, events) = Box::pin(self.store.read_dynamic_window(EventQuery {
+            view: &view.name,
+            entity_key,
+            from,
+            to: now,
+            limit,
+        }))
         .await?;
         self.count_events(view, entity_key, &events, limit);
         let mut values = row.map(|r| r.values).unwrap_or_default();

@@ -33,7 +33,7 @@ use crate::codec;
 use crate::definitions::{FeatureDefinitions, FeatureView};
 use crate::source::{self, RejectedRow, SourceError, SourceItem};
 use crate::store::{
-    BatchRecord, BatchStatus, BatchStore, CoordinationStore, CurrentBatch, EncodedRow,
+    BatchRecord, BatchStatus, BatchStore, CoordinationStore, CurrentBatch, EncodedRow, Lease,
     LeaseOutcome, RowStore, StaticWrite, StoreError,
 };
 
@@ -377,7 +377,10 @@ impl Liveness {
     async fn renew<S: CoordinationStore>(&mut self, store: &S) -> Result<(), LivenessError> {
         let now = SystemTime::now();
         match store
-            .try_lease(&self.name, &self.holder, now, now + self.period)
+            .try_lease(
+                &Lease::new(&self.name, &self.holder, now + self.period),
+                now,
+            )
             .await
             .map_err(LivenessError::Store)?
         {
@@ -423,7 +426,7 @@ pub async fn reap_interrupted<S: RowStore + BatchStore + CoordinationStore>(
         let lease = liveness_lease(&candidate.batch_id);
         let now = SystemTime::now();
         match store
-            .try_lease(&lease, &reaper, now, now + liveness)
+            .try_lease(&Lease::new(&lease, &reaper, now + liveness), now)
             .await?
         {
             LeaseOutcome::Held(_) => continue,

@@ -459,12 +459,12 @@ impl GatewayConfig {
                     format!("{:?} is declared twice", m.name),
                 ));
             }
-            if let Err(msg) = crate::model::infer::parse_endpoint(&m.endpoint) {
-                return Err(err(&format!("model[{i}].endpoint"), msg));
+            if let Err(e) = crate::model::infer::parse_endpoint(&m.endpoint) {
+                return Err(err(&format!("model[{i}].endpoint"), e.to_string()));
             }
             for (v, u) in &m.endpoints {
-                if let Err(msg) = crate::model::infer::parse_endpoint(u) {
-                    return Err(err(&format!("model[{i}].endpoints.{v}"), msg));
+                if let Err(e) = crate::model::infer::parse_endpoint(u) {
+                    return Err(err(&format!("model[{i}].endpoints.{v}"), e.to_string()));
                 }
             }
             if m.version.is_some() {

@@ -201,7 +201,7 @@ impl GatewayError {
                     (500, tonic::Code::Internal, "feature_store_error")
                 }
             }
-            GatewayError::Model(InferError::Unavailable { .. }) => {
+            GatewayError::Model(InferError::Unavailable { .. } | InferError::Endpoint(_)) => {
                 (503, tonic::Code::Unavailable, "model_unavailable")
             }
             GatewayError::Model(InferError::DeadlineExceeded { .. })

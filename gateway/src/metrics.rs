@@ -507,6 +507,23 @@ fn scalar<M: EncodeMetric>(
     metric.encode(encoder.encode_descriptor(name, help, None, metric_type)?)
 }
 
+/// Unlabelled counters, each (name, help, value).
+fn counters<const N: usize>(
+    encoder: &mut DescriptorEncoder<'_>,
+    series: [(&str, &str, u64); N],
+) -> std::fmt::Result {
+    for (name, help, v) in series {
+        scalar(
+            encoder,
+            name,
+            help,
+            MetricType::Counter,
+            ConstCounter::new(v),
+        )?;
+    }
+    Ok(())
+}
+
 impl<S: FullStore + 'static> Collector for StoreFamilies<S> {
     fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> std::fmt::Result {
         let cache = self.reader.cache_stats();
@@ -531,51 +548,46 @@ impl<S: FullStore + 'static> Collector for StoreFamilies<S> {
                 ConstGauge::new(v),
             )?;
         }
-        for (name, help, v) in [
-            (
-                "mlgw_feature_cache_hits",
-                "Feature reads answered from the cache.",
-                cache.hits,
-            ),
-            (
-                "mlgw_feature_cache_misses",
-                "Feature reads that missed the cache.",
-                cache.misses,
-            ),
-            (
-                "mlgw_feature_cache_loads",
-                "Store reads made to fill the cache.",
-                cache.loads,
-            ),
-            (
-                "mlgw_feature_cache_load_errors",
-                "Cache loads that failed.",
-                cache.load_errors,
-            ),
-            (
-                "mlgw_feature_cache_evictions",
-                "Rows evicted to respect the byte bound.",
-                cache.evicted_size,
-            ),
-            (
-                "mlgw_feature_cache_expirations",
-                "Rows dropped at the end of their TTL.",
-                cache.expired,
-            ),
-            (
-                "mlgw_feature_cache_invalidations",
-                "Refresh batch switches that invalidated a view.",
-                cache.invalidations,
-            ),
-        ] {
-            scalar(
-                &mut encoder,
-                name,
-                help,
-                MetricType::Counter,
-                ConstCounter::new(v),
-            )?;
-        }
+        counters(
+            &mut encoder,
+            [
+                (
+                    "mlgw_feature_cache_hits",
+                    "Feature reads answered from the cache.",
+                    cache.hits,
+                ),
+                (
+                    "mlgw_feature_cache_misses",
+                    "Feature reads that missed the cache.",
+                    cache.misses,
+                ),
+                (
+                    "mlgw_feature_cache_loads",
+                    "Store reads made to fill the cache.",
+                    cache.loads,
+                ),
+                (
+                    "mlgw_feature_cache_load_errors",
+                    "Cache loads that failed.",
+                    cache.load_errors,
+                ),
+                (
+                    "mlgw_feature_cache_evictions",
+                    "Rows evicted to respect the byte bound.",
+                    cache.evicted_size,
+                ),
+                (
+                    "mlgw_feature_cache_expirations",
+                    "Rows dropped at the end of their TTL.",
+                    cache.expired,
+                ),
+                (
+                    "mlgw_feature_cache_invalidations",
+                    "Refresh batch switches that invalidated a view.",
+                    cache.invalidations,
+                ),
+            ],
+        )?;
         // hits / (hits + misses) since start.
         let looked = cache.hits + cache.misses;
         let ratio = if looked == 0 {
@@ -613,31 +625,26 @@ impl<S: FullStore + 'static> Collector for StoreFamilies<S> {
         }
 
         let events = self.reader.event_stats();
-        for (name, help, v) in [
-            (
-                "mlgw_feature_event_reads",
-                "Range reads of an entity's raw events for windowed aggregates.",
-                events.reads,
-            ),
-            (
-                "mlgw_feature_events_read",
-                "Raw events returned by those reads.",
-                events.events,
-            ),
-            (
-                "mlgw_feature_event_reads_capped",
-                "Event reads that hit max_events_per_read (the oldest events in the window were left out).",
-                events.capped_reads,
-            ),
-        ] {
-            scalar(
-                &mut encoder,
-                name,
-                help,
-                MetricType::Counter,
-                ConstCounter::new(v),
-            )?;
-        }
+        counters(
+            &mut encoder,
+            [
+                (
+                    "mlgw_feature_event_reads",
+                    "Range reads of an entity's raw events for windowed aggregates.",
+                    events.reads,
+                ),
+                (
+                    "mlgw_feature_events_read",
+                    "Raw events returned by those reads.",
+                    events.events,
+                ),
+                (
+                    "mlgw_feature_event_reads_capped",
+                    "Event reads that hit max_events_per_read (the oldest events in the window were left out).",
+                    events.capped_reads,
+                ),
+            ],
+        )?;
         match self.jobs.0.load_full() {
             Some(jobs) => encode_jobs(&mut encoder, jobs.0.as_deref()),
             None => Ok(()),

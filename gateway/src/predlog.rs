@@ -314,6 +314,7 @@ mod tests {
     use std::collections::BTreeMap;
     use std::time::SystemTime;
 
+    use feature_store::store::LogWindow;
     use feature_store::store::embedded::EmbeddedStore;
     use feature_store::store::prelude::*;
 
@@ -348,11 +349,11 @@ mod tests {
     async fn logged(store: &EmbeddedStore) -> Result<usize, StoreError> {
         let now = SystemTime::now();
         Ok(store
-            .read_log(
-                now - Duration::from_secs(60),
-                now + Duration::from_secs(60),
-                usize::MAX,
-            )
+            .read_log(LogWindow {
+                from: now - Duration::from_secs(60),
+                to: now + Duration::from_secs(60),
+                limit: usize::MAX,
+            })
             .await?
             .len())
     }

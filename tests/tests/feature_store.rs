@@ -21,8 +21,9 @@ use feature_store::store::embedded::EmbeddedStore;
 use feature_store::store::prelude::*;
 use feature_store::store::scylla::{ScyllaConfig, ScyllaStore};
 use feature_store::store::{
-    AnyStore, BatchRecord, BatchStatus, BatchStore, CurrentBatch, DynamicWrite, EventWrite,
-    LeaseOutcome, RowStore, SchemaReport, StaticWrite, StoreError,
+    AnyStore, BatchRecord, BatchStatus, BatchStore, CurrentBatch, DynamicWrite, EventQuery,
+    EventWrite, Lease, LeaseOutcome, LogWindow, RoutingRecord, RowStore, SchemaReport, StaticKey,
+    StaticWrite, StoreError,
 };
 use feature_store::tuner::controller::{JobState, Policy, Window};
 use feature_store::tuner::metric::MetricKind;
@@ -753,13 +754,13 @@ async fn late_events_count_and_replays_count_once(f: Fixture) -> Result<()> {
     // The backend holds each replayed event once (same time and ID: one row).
     let stored = f
         .store
-        .read_events(
-            "payments",
-            "u-1",
-            now - Duration::from_secs(3 * 3600),
-            now,
-            100,
-        )
+        .read_events(EventQuery {
+            view: "payments",
+            entity_key: "u-1",
+            from: now - Duration::from_secs(3 * 3600),
+            to: now,
+            limit: 100,
+        })
         .await?;
     assert_eq!(stored.events.len(), 4, "{stored:?}");
     let v = reader.read("payments", "u-1", now).await?;
@@ -873,39 +874,39 @@ async fn the_event_cap_bounds_a_read_and_is_reported(f: Fixture) -> Result<()> {
     // The store itself says when a range held more than the limit.
     let range = f
         .store
-        .read_events(
-            "payments",
-            "u-1",
-            now - Duration::from_secs(3 * 3600),
-            now,
-            8,
-        )
+        .read_events(EventQuery {
+            view: "payments",
+            entity_key: "u-1",
+            from: now - Duration::from_secs(3 * 3600),
+            to: now,
+            limit: 8,
+        })
         .await?;
     assert_eq!((range.events.len(), range.truncated), (8, false));
     let times: Vec<SystemTime> = range.events.iter().map(|e| e.event_time).collect();
     assert!(times.windows(2).all(|w| w[0] > w[1]), "newest first");
     let range = f
         .store
-        .read_events(
-            "payments",
-            "u-1",
-            now - Duration::from_secs(3 * 3600),
-            now,
-            7,
-        )
+        .read_events(EventQuery {
+            view: "payments",
+            entity_key: "u-1",
+            from: now - Duration::from_secs(3 * 3600),
+            to: now,
+            limit: 7,
+        })
         .await?;
     assert_eq!((range.events.len(), range.truncated), (7, true));
     // Read together (from one snapshot where the backend can), the row and
     // the events are what the two reads give apart.
     let (row, together) = f
         .store
-        .read_dynamic_window(
-            "payments",
-            "u-1",
-            now - Duration::from_secs(3 * 3600),
-            now,
-            7,
-        )
+        .read_dynamic_window(EventQuery {
+            view: "payments",
+            entity_key: "u-1",
+            from: now - Duration::from_secs(3 * 3600),
+            to: now,
+            limit: 7,
+        })
         .await?;
     assert_eq!(together, range);
     assert_eq!(row, f.store.read_dynamic("payments", "u-1").await?);
@@ -988,7 +989,14 @@ async fn prediction_log_joins_feedback(f: Fixture) -> Result<()> {
 
     let from = SystemTime::now() - Duration::from_secs(3 * 3600);
     let to = SystemTime::now() + Duration::from_secs(1);
-    let log = f.store.read_log(from, to, 100).await?;
+    let log = f
+        .store
+        .read_log(LogWindow {
+            from,
+            to,
+            limit: 100,
+        })
+        .await?;
     let ids: Vec<&str> = log
         .iter()
         .map(|e| e.prediction.prediction_id.as_str())
@@ -1013,10 +1021,14 @@ async fn prediction_log_joins_feedback(f: Fixture) -> Result<()> {
     // A window that starts after `old` leaves it out; the limit keeps the oldest.
     let recent = f
         .store
-        .read_log(SystemTime::now() - Duration::from_secs(3600 + 60), to, 100)
+        .read_log(LogWindow {
+            from: SystemTime::now() - Duration::from_secs(3600 + 60),
+            to,
+            limit: 100,
+        })
         .await?;
     assert_eq!(recent.len(), 2);
-    let first = f.store.read_log(from, to, 1).await?;
+    let first = f.store.read_log(LogWindow { from, to, limit: 1 }).await?;
     assert_eq!(first.len(), 1);
     assert_eq!(first[0].prediction.prediction_id, old.prediction_id);
     Ok(())
@@ -1066,10 +1078,25 @@ async fn tuner_state_survives_a_restart(f: Fixture) -> Result<()> {
 async fn routing_is_compare_and_set(f: Fixture) -> Result<()> {
     let model = "fraud_detector";
     assert_eq!(f.store.get_routing(model).await?, None);
-    assert!(!f.store.put_routing(model, Some(1), "{\"a\":0}").await?);
+    assert!(
+        !f.store
+            .put_routing(
+                model,
+                &RoutingRecord::after(Some(1), "{\"a\":0}".to_owned())
+            )
+            .await?
+    );
     assert_eq!(f.store.get_routing(model).await?, None);
-    assert!(f.store.put_routing(model, None, "{\"a\":1}").await?);
-    assert!(!f.store.put_routing(model, None, "{\"a\":2}").await?);
+    assert!(
+        f.store
+            .put_routing(model, &RoutingRecord::after(None, "{\"a\":1}".to_owned()))
+            .await?
+    );
+    assert!(
+        !f.store
+            .put_routing(model, &RoutingRecord::after(None, "{\"a\":2}".to_owned()))
+            .await?
+    );
     let other = match &f.store {
         AnyStore::Embedded(s) => AnyStore::Embedded(Arc::new(EmbeddedStore::open(s.path())?)),
         AnyStore::Scylla(s) => {
@@ -1079,8 +1106,22 @@ async fn routing_is_compare_and_set(f: Fixture) -> Result<()> {
     // Two writers read revision 1; only the first one's change lands.
     let seen = other.get_routing(model).await?.context("stored")?;
     assert_eq!((seen.revision, seen.document.as_str()), (1, "{\"a\":1}"));
-    assert!(other.put_routing(model, Some(1), "{\"a\":3}").await?);
-    assert!(!f.store.put_routing(model, Some(1), "{\"a\":4}").await?);
+    assert!(
+        other
+            .put_routing(
+                model,
+                &RoutingRecord::after(Some(1), "{\"a\":3}".to_owned())
+            )
+            .await?
+    );
+    assert!(
+        !f.store
+            .put_routing(
+                model,
+                &RoutingRecord::after(Some(1), "{\"a\":4}".to_owned())
+            )
+            .await?
+    );
     let now = f.store.get_routing(model).await?.context("stored")?;
     assert_eq!((now.revision, now.document.as_str()), (2, "{\"a\":3}"));
     assert_eq!(other.get_routing("another_model").await?, None);
@@ -1094,12 +1135,14 @@ async fn a_job_lease_has_one_holder_at_a_time(f: Fixture) -> Result<()> {
     let (t0, min) = (feature_store::store::now_micros(), Duration::from_secs(60));
     let lease = "refresh/profile_daily";
     assert_eq!(
-        f.store.try_lease(lease, "a", t0, t0 + min).await?,
+        f.store
+            .try_lease(&Lease::new(lease, "a", t0 + min), t0)
+            .await?,
         LeaseOutcome::Acquired
     );
     match f
         .store
-        .try_lease(lease, "b", t0 + min / 2, t0 + 2 * min)
+        .try_lease(&Lease::new(lease, "b", t0 + 2 * min), t0 + min / 2)
         .await?
     {
         LeaseOutcome::Held(l) => {
@@ -1110,21 +1153,21 @@ async fn a_job_lease_has_one_holder_at_a_time(f: Fixture) -> Result<()> {
     // The holder renews; the other may not release it.
     assert_eq!(
         f.store
-            .try_lease(lease, "a", t0 + min / 2, t0 + 3 * min)
+            .try_lease(&Lease::new(lease, "a", t0 + 3 * min), t0 + min / 2)
             .await?,
         LeaseOutcome::Acquired
     );
     assert!(!f.store.release_lease(lease, "b").await?);
     assert!(matches!(
         f.store
-            .try_lease(lease, "b", t0 + 2 * min, t0 + 4 * min)
+            .try_lease(&Lease::new(lease, "b", t0 + 4 * min), t0 + 2 * min)
             .await?,
         LeaseOutcome::Held(_)
     ));
     // Expired: taken over.
     assert_eq!(
         f.store
-            .try_lease(lease, "b", t0 + 3 * min, t0 + 4 * min)
+            .try_lease(&Lease::new(lease, "b", t0 + 4 * min), t0 + 3 * min)
             .await?,
         LeaseOutcome::Acquired
     );
@@ -1132,7 +1175,9 @@ async fn a_job_lease_has_one_holder_at_a_time(f: Fixture) -> Result<()> {
     assert!(f.store.release_lease(lease, "b").await?);
     // Released: free for anyone.
     assert_eq!(
-        f.store.try_lease(lease, "c", t0, t0 + min).await?,
+        f.store
+            .try_lease(&Lease::new(lease, "c", t0 + min), t0)
+            .await?,
         LeaseOutcome::Acquired
     );
 
@@ -1143,7 +1188,10 @@ async fn a_job_lease_has_one_holder_at_a_time(f: Fixture) -> Result<()> {
             let store = Arc::clone(&store);
             tokio::spawn(async move {
                 store
-                    .try_lease("refresh/race", &format!("host-{i}"), t0, t0 + min)
+                    .try_lease(
+                        &Lease::new("refresh/race", &format!("host-{i}"), t0 + min),
+                        t0,
+                    )
                     .await
             })
         })
@@ -1190,14 +1238,9 @@ impl RowStore for Counting {
     async fn apply_schema(&self) -> Result<SchemaReport, StoreError> {
         self.inner.apply_schema().await
     }
-    async fn read_static(
-        &self,
-        view: &str,
-        batch_id: &str,
-        entity_key: &str,
-    ) -> Result<Option<StoredRow>, StoreError> {
+    async fn read_static(&self, key: StaticKey<'_>) -> Result<Option<StoredRow>, StoreError> {
         self.static_reads.fetch_add(1, Ordering::SeqCst);
-        self.inner.read_static(view, batch_id, entity_key).await
+        self.inner.read_static(key).await
     }
     async fn write_static(&self, write: StaticWrite<'_>) -> Result<(), StoreError> {
         self.inner.write_static(write).await
@@ -1215,17 +1258,8 @@ impl RowStore for Counting {
     async fn write_event(&self, write: EventWrite<'_>) -> Result<(), StoreError> {
         self.inner.write_event(write).await
     }
-    async fn read_events(
-        &self,
-        view: &str,
-        entity_key: &str,
-        from: SystemTime,
-        to: SystemTime,
-        limit: usize,
-    ) -> Result<EventRange, StoreError> {
-        self.inner
-            .read_events(view, entity_key, from, to, limit)
-            .await
+    async fn read_events(&self, query: EventQuery<'_>) -> Result<EventRange, StoreError> {
+        self.inner.read_events(query).await
     }
 }
 

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use feature_store::definitions::FeatureDefinitions;
 use feature_store::refresh::{self, RefreshOptions};
+use feature_store::store::LogWindow;
 use feature_store::store::embedded::EmbeddedStore;
 use feature_store::store::prelude::*;
 use feature_store::store::scylla::{ScyllaConfig, ScyllaStore};
@@ -920,11 +921,11 @@ async fn feedback_joins_its_logged_prediction_and_sigterm_loses_none() -> Result
     let store = EmbeddedStore::open(&dir.join("features.redb"))?;
     let now = std::time::SystemTime::now();
     let log = store
-        .read_log(
-            now - Duration::from_secs(3600),
-            now + Duration::from_secs(60),
-            100_000,
-        )
+        .read_log(LogWindow {
+            from: now - Duration::from_secs(3600),
+            to: now + Duration::from_secs(60),
+            limit: 100_000,
+        })
         .await?;
     let logged: std::collections::HashSet<&str> = log
         .iter()

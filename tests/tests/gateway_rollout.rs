@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
+use feature_store::store::LogWindow;
 use feature_store::store::embedded::EmbeddedStore;
 use feature_store::store::prelude::*;
 use futures_util::StreamExt as _;
@@ -170,7 +171,11 @@ async fn the_canary_split_is_sticky_and_a_higher_weight_moves_only_stable_caller
     let routes = loop {
         let to = std::time::SystemTime::now() + Duration::from_secs(1);
         let entries = log
-            .read_log(to - Duration::from_secs(3600), to, 100_000)
+            .read_log(LogWindow {
+                from: to - Duration::from_secs(3600),
+                to,
+                limit: 100_000,
+            })
             .await?;
         let mut routes: BTreeMap<(String, String), usize> = BTreeMap::new();
         for e in &entries {

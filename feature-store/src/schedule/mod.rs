@@ -28,7 +28,7 @@ use tokio::task::JoinHandle;
 
 use crate::definitions::{FeatureDefinitions, MissedRun, RefreshJobSpec};
 use crate::reader::FeatureReader;
-use crate::store::{FullStore, LeaseOutcome, StoreError, TunerStore};
+use crate::store::{FullStore, Lease, LeaseOutcome, StoreError, TunerStore};
 use crate::tuner::TunedJob;
 use crate::tuner::controller::{Decision, human};
 
@@ -298,7 +298,7 @@ impl<S: FullStore> Scheduler<S> {
         let lease = run_lease(&spec.name);
         let until = now + spec.timeout + self.config.lease_margin;
         match store
-            .try_lease(&lease, &self.config.holder, now, until)
+            .try_lease(&Lease::new(&lease, &self.config.holder, until), now)
             .await?
         {
             LeaseOutcome::Held(l) => {
@@ -418,7 +418,7 @@ impl<S: FullStore> Scheduler<S> {
         let lease = tuner_lease(&job.job);
         let until = now + Duration::from_secs(120);
         if let LeaseOutcome::Held(_) = store
-            .try_lease(&lease, &self.config.holder, now, until)
+            .try_lease(&Lease::new(&lease, &self.config.holder, until), now)
             .await?
         {
             return Ok(());

@@ -48,6 +48,24 @@ struct Ended {
 }
 
 impl Ended {
+    /// How a command that loads nothing itself ended: loaded when it exited
+    /// with 0 in time.
+    fn command(r: CommandResult, message: String) -> Self {
+        Ended {
+            outcome: if r.timed_out {
+                RunOutcome::TimedOut
+            } else if r.exit_code == Some(0) {
+                RunOutcome::Loaded
+            } else {
+                RunOutcome::Failed
+            },
+            batch_id: None,
+            exit_code: r.exit_code,
+            output: r.output,
+            message,
+        }
+    }
+
     fn failed(message: String) -> Self {
         Ended {
             outcome: RunOutcome::Failed,
@@ -139,19 +157,7 @@ impl<S: FullStore> JobRun<S> {
                         format!("command {:?} failed with exit code {code:?}", command[0])
                     }),
                 };
-                Ended {
-                    outcome: if r.timed_out {
-                        RunOutcome::TimedOut
-                    } else if r.exit_code == Some(0) {
-                        RunOutcome::Loaded
-                    } else {
-                        RunOutcome::Failed
-                    },
-                    batch_id: None,
-                    exit_code: r.exit_code,
-                    output: r.output,
-                    message,
-                }
+                Ended::command(r, message)
             }
             JobSource::CommandThenFile { command, file } => {
                 let r = run_command(command, &self.spec, Some(file), forced, &dir, deadline).await;
@@ -171,17 +177,7 @@ impl<S: FullStore> JobRun<S> {
                             )
                         })
                     };
-                    return Ended {
-                        outcome: if r.timed_out {
-                            RunOutcome::TimedOut
-                        } else {
-                            RunOutcome::Failed
-                        },
-                        batch_id: None,
-                        exit_code: r.exit_code,
-                        output: r.output,
-                        message,
-                    };
+                    return Ended::command(r, message);
                 }
                 let mut ended = self.load(file, forced, deadline).await;
                 ended.exit_code = r.exit_code;

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use super::*;
+use crate::store::Lease;
 use crate::store::embedded::EmbeddedStore;
 use crate::store::prelude::*;
 
@@ -184,10 +185,8 @@ async fn a_job_runs_once_per_interval_through_the_built_in_loader() {
     assert_eq!(
         f.store
             .try_lease(
-                &run_lease("profile_daily"),
-                "someone-else",
-                f.t0,
-                f.t0 + MIN
+                &Lease::new(&run_lease("profile_daily"), "someone-else", f.t0 + MIN),
+                f.t0
             )
             .await
             .unwrap(),
@@ -288,7 +287,7 @@ async fn a_lease_held_by_another_scheduler_blocks_until_it_expires() {
     let lease = run_lease("profile_daily");
     assert_eq!(
         f.store
-            .try_lease(&lease, "crashed-host/9", f.t0, f.t0 + 10 * MIN)
+            .try_lease(&Lease::new(&lease, "crashed-host/9", f.t0 + 10 * MIN), f.t0)
             .await
             .unwrap(),
         LeaseOutcome::Acquired

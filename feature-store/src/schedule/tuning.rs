@@ -5,7 +5,7 @@
 
 use std::time::SystemTime;
 
-use crate::store::{LogStore, StoreError, TunerStore};
+use crate::store::{LogStore, LogWindow, StoreError, TunerStore};
 use crate::tuner::TunedJob;
 use crate::tuner::controller::{Decision, JobState, Pin, Window};
 
@@ -45,7 +45,13 @@ pub async fn evaluate<S: TunerStore + LogStore>(
     let start = end
         .checked_sub(job.window)
         .unwrap_or(SystemTime::UNIX_EPOCH);
-    let log = store.read_log(start, end, usize::MAX).await?;
+    let log = store
+        .read_log(LogWindow {
+            from: start,
+            to: end,
+            limit: usize::MAX,
+        })
+        .await?;
     let samples: Vec<_> = log
         .iter()
         .filter_map(|e| job.scoring.sample(e, &job.view))

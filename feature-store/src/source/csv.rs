@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 use std::io::Read;
 
-use super::{KEY_SEPARATOR, RejectedRow, SourceError, SourceItem, SourceRow, expected_columns};
+use super::{RejectedRow, SourceError, SourceItem, expected_columns};
 use crate::definitions::{Entity, FeatureType, FeatureValue, FeatureView};
 
 enum Column {
@@ -113,16 +113,7 @@ impl<R: Read> CsvRows<R> {
                 },
             }
         }
-        let entity_key = if key_parts.len() == 1 {
-            key_parts[0].to_owned()
-        } else {
-            key_parts.join(&KEY_SEPARATOR.to_string())
-        };
-        SourceItem::Row(SourceRow {
-            line,
-            entity_key,
-            values,
-        })
+        SourceItem::row(line, &key_parts, values)
     }
 }
 
@@ -195,6 +186,7 @@ mod tests {
 
     use super::*;
     use crate::definitions::FeatureDefinitions;
+    use crate::source::SourceRow;
 
     fn load(text: &str) -> Result<Vec<SourceItem>, SourceError> {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("definitions/fraud.toml");

@@ -52,6 +52,22 @@ pub enum SourceItem {
 /// which cannot appear in a CSV field written by ordinary tools by accident).
 pub const KEY_SEPARATOR: char = '\u{1f}';
 
+impl SourceItem {
+    /// A loadable row whose entity has the key columns' values `key_parts`.
+    fn row<S: std::borrow::Borrow<str>>(
+        line: u64,
+        key_parts: &[S],
+        values: BTreeMap<String, FeatureValue>,
+    ) -> Self {
+        let mut separator = [0; 4];
+        Self::Row(SourceRow {
+            line,
+            entity_key: key_parts.join(&*KEY_SEPARATOR.encode_utf8(&mut separator)),
+            values,
+        })
+    }
+}
+
 /// A streaming reader of a refresh file.
 pub type SourceRows = Box<dyn Iterator<Item = Result<SourceItem, SourceError>> + Send>;
 

@@ -31,7 +31,7 @@ use parquet::file::reader::FileReader;
 use parquet::file::serialized_reader::SerializedFileReader;
 use parquet::schema::types::{ColumnDescriptor, Type as SchemaType};
 
-use super::{KEY_SEPARATOR, RejectedRow, SourceError, SourceItem, SourceRow, expected_columns};
+use super::{RejectedRow, SourceError, SourceItem, expected_columns};
 use crate::definitions::{Entity, FeatureType, FeatureValue, FeatureView};
 
 /// Rows decoded per column at a time.
@@ -553,16 +553,7 @@ impl ParquetRows {
         if let Some(reason) = reason {
             return SourceItem::Rejected(RejectedRow { line, reason });
         }
-        let entity_key = if key_parts.len() == 1 {
-            key_parts.swap_remove(0)
-        } else {
-            key_parts.join(&KEY_SEPARATOR.to_string())
-        };
-        SourceItem::Row(SourceRow {
-            line,
-            entity_key,
-            values,
-        })
+        SourceItem::row(line, &key_parts, values)
     }
 }
 
@@ -683,6 +674,8 @@ mod tests {
     use parquet::file::properties::WriterProperties;
     use parquet::file::writer::{SerializedColumnWriter, SerializedFileWriter};
     use parquet::schema::parser::parse_message_type;
+
+    use crate::source::{KEY_SEPARATOR, SourceRow};
     use parquet::schema::types::SchemaDescriptor;
 
     use super::*;

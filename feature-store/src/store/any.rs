@@ -8,9 +8,9 @@ use std::time::{Duration, SystemTime};
 use super::embedded::EmbeddedStore;
 use super::scylla::ScyllaStore;
 use super::{
-    BatchRecord, BatchStore, CoordinationStore, CurrentBatch, DynamicWrite, EventWrite,
-    LeaseOutcome, LogStore, RoutingRecord, RoutingStore, RowStore, SchemaReport, StaticWrite,
-    StoreError, TunerStore,
+    BatchRecord, BatchStore, CoordinationStore, CurrentBatch, DynamicWrite, EventQuery, EventWrite,
+    Lease, LeaseOutcome, LogStore, LogWindow, RoutingRecord, RoutingStore, RowStore, SchemaReport,
+    StaticKey, StaticWrite, StoreError, TunerStore,
 };
 use crate::aggregate::EventRange;
 use crate::freshness::StoredRow;
@@ -47,13 +47,8 @@ impl RowStore for AnyStore {
     async fn apply_schema(&self) -> Result<SchemaReport, StoreError> {
         dispatch!(self, s => s.apply_schema())
     }
-    async fn read_static(
-        &self,
-        view: &str,
-        batch_id: &str,
-        entity_key: &str,
-    ) -> Result<Option<StoredRow>, StoreError> {
-        dispatch!(self, s => s.read_static(view, batch_id, entity_key))
+    async fn read_static(&self, key: StaticKey<'_>) -> Result<Option<StoredRow>, StoreError> {
+        dispatch!(self, s => s.read_static(key))
     }
     async fn write_static(&self, write: StaticWrite<'_>) -> Result<(), StoreError> {
         dispatch!(self, s => s.write_static(write))
@@ -71,25 +66,14 @@ impl RowStore for AnyStore {
     async fn write_event(&self, write: EventWrite<'_>) -> Result<(), StoreError> {
         dispatch!(self, s => s.write_event(write))
     }
-    async fn read_events(
-        &self,
-        view: &str,
-        entity_key: &str,
-        from: SystemTime,
-        to: SystemTime,
-        limit: usize,
-    ) -> Result<EventRange, StoreError> {
-        dispatch!(self, s => s.read_events(view, entity_key, from, to, limit))
+    async fn read_events(&self, query: EventQuery<'_>) -> Result<EventRange, StoreError> {
+        dispatch!(self, s => s.read_events(query))
     }
     async fn read_dynamic_window(
         &self,
-        view: &str,
-        entity_key: &str,
-        from: SystemTime,
-        to: SystemTime,
-        limit: usize,
+        query: EventQuery<'_>,
     ) -> Result<(Option<StoredRow>, EventRange), StoreError> {
-        dispatch!(self, s => s.read_dynamic_window(view, entity_key, from, to, limit))
+        dispatch!(self, s => s.read_dynamic_window(query))
     }
 }
 
@@ -132,13 +116,8 @@ impl LogStore for AnyStore {
     ) -> Result<(), StoreError> {
         dispatch!(self, s => s.write_feedback(record, retention))
     }
-    async fn read_log(
-        &self,
-        from: SystemTime,
-        to: SystemTime,
-        limit: usize,
-    ) -> Result<Vec<LogEntry>, StoreError> {
-        dispatch!(self, s => s.read_log(from, to, limit))
+    async fn read_log(&self, window: LogWindow) -> Result<Vec<LogEntry>, StoreError> {
+        dispatch!(self, s => s.read_log(window))
     }
 }
 
@@ -155,25 +134,14 @@ impl RoutingStore for AnyStore {
     async fn get_routing(&self, model: &str) -> Result<Option<RoutingRecord>, StoreError> {
         dispatch!(self, s => s.get_routing(model))
     }
-    async fn put_routing(
-        &self,
-        model: &str,
-        expected: Option<i64>,
-        document: &str,
-    ) -> Result<bool, StoreError> {
-        dispatch!(self, s => s.put_routing(model, expected, document))
+    async fn put_routing(&self, model: &str, next: &RoutingRecord) -> Result<bool, StoreError> {
+        dispatch!(self, s => s.put_routing(model, next))
     }
 }
 
 impl CoordinationStore for AnyStore {
-    async fn try_lease(
-        &self,
-        name: &str,
-        holder: &str,
-        now: SystemTime,
-        until: SystemTime,
-    ) -> Result<LeaseOutcome, StoreError> {
-        dispatch!(self, s => s.try_lease(name, holder, now, until))
+    async fn try_lease(&self, lease: &Lease, now: SystemTime) -> Result<LeaseOutcome, StoreError> {
+        dispatch!(self, s => s.try_lease(lease, now))
     }
     async fn release_lease(&self, name: &str, holder: &str) -> Result<bool, StoreError> {
         dispatch!(self, s => s.release_lease(name, holder))

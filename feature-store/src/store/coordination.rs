@@ -19,6 +19,17 @@ pub struct Lease {
     pub expires_at: SystemTime,
 }
 
+impl Lease {
+    /// `holder`'s lease on `name` until `expires_at`.
+    pub fn new(name: &str, holder: &str, expires_at: SystemTime) -> Self {
+        Self {
+            name: name.to_owned(),
+            holder: holder.to_owned(),
+            expires_at,
+        }
+    }
+}
+
 /// The answer to [`CoordinationStore::try_lease`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LeaseOutcome {
@@ -30,15 +41,13 @@ pub enum LeaseOutcome {
 
 /// Leases, schedules and run requests.
 pub trait CoordinationStore: Send + Sync + 'static {
-    /// Takes (or renews) the lease `name` for `holder` until `until`,
-    /// atomically: it succeeds when nobody holds it, `holder` holds it, or the
-    /// holder's lease expired before `now`.
+    /// Takes (or renews) `lease` (its name, for its holder, until it
+    /// expires), atomically: it succeeds when nobody holds it, the same holder
+    /// holds it, or the current holder's lease expired before `now`.
     fn try_lease(
         &self,
-        name: &str,
-        holder: &str,
+        lease: &Lease,
         now: SystemTime,
-        until: SystemTime,
     ) -> impl Future<Output = Result<LeaseOutcome, StoreError>> + Send;
 
     /// Gives the lease up if `holder` still holds it; true if it did.

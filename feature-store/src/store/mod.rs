@@ -44,9 +44,12 @@ pub use any::AnyStore;
 pub use batches::{BatchRecord, BatchStatus, BatchStore, CurrentBatch};
 pub use coordination::{CoordinationStore, Lease, LeaseOutcome};
 pub use error::{BoxError, StoreError};
-pub use predictions::LogStore;
+pub use predictions::{LogStore, LogWindow};
 pub use routing::{RoutingRecord, RoutingStore};
-pub use rows::{DynamicWrite, EncodedRow, EventWrite, RowStore, SchemaReport, StaticWrite};
+pub use rows::{
+    DynamicWrite, EncodedRow, EventQuery, EventWrite, RowStore, SchemaReport, StaticKey,
+    StaticWrite,
+};
 pub use tuning::TunerStore;
 
 /// The store's time unit, re-exported where callers of the store look for it.

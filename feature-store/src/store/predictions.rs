@@ -8,6 +8,17 @@ use std::time::{Duration, SystemTime};
 use super::StoreError;
 use crate::log::{FeedbackRecord, LogEntry, PredictionRecord};
 
+/// Predictions made in `[from, to)`, oldest first, at most `limit`.
+#[derive(Debug, Clone, Copy)]
+pub struct LogWindow {
+    /// The earliest prediction time (inclusive).
+    pub from: SystemTime,
+    /// The end (exclusive).
+    pub to: SystemTime,
+    /// How many predictions at the most.
+    pub limit: usize,
+}
+
 /// The prediction log and its feedback.
 pub trait LogStore: Send + Sync + 'static {
     /// Appends predictions to the log, kept for `retention` where the backend
@@ -32,12 +43,9 @@ pub trait LogStore: Send + Sync + 'static {
         retention: Duration,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
-    /// Predictions made in `[from, to)`, oldest first, each with its feedback
-    /// if any, at most `limit`.
+    /// The predictions in the window, each with its feedback if any.
     fn read_log(
         &self,
-        from: SystemTime,
-        to: SystemTime,
-        limit: usize,
+        window: LogWindow,
     ) -> impl Future<Output = Result<Vec<LogEntry>, StoreError>> + Send;
 }

@@ -16,6 +16,22 @@ pub struct RoutingRecord {
     pub document: String,
 }
 
+impl RoutingRecord {
+    /// The record saved after the one with revision `previous` (`None`: the
+    /// first), holding `document`.
+    pub fn after(previous: Option<i64>, document: String) -> Self {
+        Self {
+            revision: previous.map_or(1, |r| r + 1),
+            document,
+        }
+    }
+
+    /// The revision this one replaces (`None`: it is the first).
+    pub fn previous(&self) -> Option<i64> {
+        (self.revision > 1).then(|| self.revision - 1)
+    }
+}
+
 /// Routing documents per model.
 pub trait RoutingStore: Send + Sync + 'static {
     /// The gateway's routing document of `model` with its revision, if one
@@ -25,14 +41,13 @@ pub trait RoutingStore: Send + Sync + 'static {
         model: &str,
     ) -> impl Future<Output = Result<Option<RoutingRecord>, StoreError>> + Send;
 
-    /// Saves `document` as the routing of `model` if the stored revision is
-    /// still `expected` (`None`: nothing stored yet); the new revision is
-    /// `expected + 1` (or 1). Returns `false`, writing nothing, when another
+    /// Saves `next` as the routing of `model` if the stored revision is
+    /// still the one `next` replaces ([`RoutingRecord::previous`]; revision
+    /// 1: nothing stored yet). Returns `false`, writing nothing, when another
     /// writer changed it first.
     fn put_routing(
         &self,
         model: &str,
-        expected: Option<i64>,
-        document: &str,
+        next: &RoutingRecord,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
 }

@@ -21,6 +21,18 @@ pub struct EncodedRow {
     pub blob: Vec<u8>,
 }
 
+/// Where a static row is: its view, the refresh batch that wrote it, its
+/// entity.
+#[derive(Debug, Clone, Copy)]
+pub struct StaticKey<'a> {
+    /// The view.
+    pub view: &'a str,
+    /// The refresh batch.
+    pub batch_id: &'a str,
+    /// The entity key.
+    pub entity_key: &'a str,
+}
+
 /// A batch of static rows for one view and refresh batch.
 #[derive(Debug, Clone, Copy)]
 pub struct StaticWrite<'a> {
@@ -66,6 +78,21 @@ pub struct EventWrite<'a> {
     pub expires_at: SystemTime,
 }
 
+/// A time range of one entity's events, newest first, at most `limit`.
+#[derive(Debug, Clone, Copy)]
+pub struct EventQuery<'a> {
+    /// The view.
+    pub view: &'a str,
+    /// The entity key.
+    pub entity_key: &'a str,
+    /// The oldest event time read (inclusive).
+    pub from: SystemTime,
+    /// The newest event time read (inclusive).
+    pub to: SystemTime,
+    /// How many events at the most.
+    pub limit: usize,
+}
+
 /// What `apply_schema` did.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct SchemaReport {
@@ -84,12 +111,10 @@ pub trait RowStore: Send + Sync + 'static {
     /// Creates or upgrades the tables of every concern. Idempotent.
     fn apply_schema(&self) -> impl Future<Output = Result<SchemaReport, StoreError>> + Send;
 
-    /// The static row of `entity_key` in `view` as written by `batch_id`.
+    /// The static row at `key`.
     fn read_static(
         &self,
-        view: &str,
-        batch_id: &str,
-        entity_key: &str,
+        key: StaticKey<'_>,
     ) -> impl Future<Output = Result<Option<StoredRow>, StoreError>> + Send;
 
     /// Writes static rows of one batch. Rewriting a row is harmless.
@@ -119,16 +144,11 @@ pub trait RowStore: Send + Sync + 'static {
         write: EventWrite<'_>,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
-    /// The unexpired events of `entity_key` in `view` with event times in
-    /// `[from, to]`, newest first, at most `limit`; `truncated` says that more
+    /// The unexpired events the query names; `truncated` says that more
     /// were in the range (the oldest were left out).
     fn read_events(
         &self,
-        view: &str,
-        entity_key: &str,
-        from: SystemTime,
-        to: SystemTime,
-        limit: usize,
+        query: EventQuery<'_>,
     ) -> impl Future<Output = Result<EventRange, StoreError>> + Send;
 
     /// [`read_dynamic`](Self::read_dynamic) and
@@ -137,15 +157,11 @@ pub trait RowStore: Send + Sync + 'static {
     /// backend that can serve both from one snapshot for less overrides it.
     fn read_dynamic_window(
         &self,
-        view: &str,
-        entity_key: &str,
-        from: SystemTime,
-        to: SystemTime,
-        limit: usize,
+        query: EventQuery<'_>,
     ) -> impl Future<Output = Result<(Option<StoredRow>, EventRange), StoreError>> + Send {
         futures_util::future::try_join(
-            self.read_dynamic(view, entity_key),
-            self.read_events(view, entity_key, from, to, limit),
+            self.read_dynamic(query.view, query.entity_key),
+            self.read_events(query),
         )
     }
 }

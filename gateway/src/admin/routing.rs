@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime};
 use axum::Extension;
 use axum::Json;
 use axum::extract::{Path, Query, State};
-use feature_store::store::FullStore;
+use feature_store::store::{FullStore, LogWindow};
 use proto::gateway::v1 as pb;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -152,7 +152,11 @@ impl<'a, S: FullStore> RoutingAdmin<'a, S> {
             .enricher()
             .reader()
             .store()
-            .read_log(from, to, MAX_REPORT_RECORDS)
+            .read_log(LogWindow {
+                from,
+                to,
+                limit: MAX_REPORT_RECORDS,
+            })
             .await
             .map_err(|e| GatewayError::FeatureStore(e.into()))?;
         Ok(compare(model, &entries))

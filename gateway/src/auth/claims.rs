@@ -108,40 +108,84 @@ pub struct Registered {
     pub iat: Option<u64>,
 }
 
+/// A claim that is missing or does not have the type it must have.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("claim '{claim}' {problem}")]
+pub struct ClaimError {
+    /// The claim (or the path into the claims).
+    pub claim: String,
+    /// What is wrong with it.
+    pub problem: ClaimProblem,
+}
+
+/// What is wrong with a claim.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ClaimProblem {
+    /// Absent.
+    #[error("is missing")]
+    Missing,
+    /// Not a string, or empty.
+    #[error("is not a non-empty string")]
+    NotNonEmptyString,
+    /// Not a number.
+    #[error("is not a number")]
+    NotNumber,
+    /// A number, but not whole seconds.
+    #[error("is not a whole number of seconds")]
+    NotWholeSeconds,
+    /// Neither a string nor an array.
+    #[error("is not a string or an array of strings")]
+    NotStrings,
+    /// An array holding something other than strings.
+    #[error("holds something other than strings")]
+    NotAllStrings,
+}
+
+impl ClaimError {
+    /// `problem` with `claim`.
+    pub fn new(claim: &str, problem: ClaimProblem) -> Self {
+        Self {
+            claim: claim.to_owned(),
+            problem,
+        }
+    }
+}
+
 impl Registered {
     /// Reads and type-checks the registered claims.
     ///
     /// # Errors
-    /// A message naming the claim and the type it must have.
-    pub fn from_claims(c: &Map<String, Value>) -> Result<Self, String> {
+    /// The first claim that is missing or mistyped.
+    pub fn from_claims(c: &Map<String, Value>) -> Result<Self, ClaimError> {
         let string = |name: &str| match c.get(name) {
             Some(Value::String(s)) if !s.is_empty() => Ok(s.clone()),
-            Some(_) => Err(format!("claim '{name}' is not a non-empty string")),
-            None => Err(format!("claim '{name}' is missing")),
+            Some(_) => Err(ClaimError::new(name, ClaimProblem::NotNonEmptyString)),
+            None => Err(ClaimError::new(name, ClaimProblem::Missing)),
         };
         let date = |name: &str| match c.get(name) {
             None => Ok(None),
             Some(Value::Number(n)) => n
                 .as_u64()
                 .map(Some)
-                .ok_or_else(|| format!("claim '{name}' is not a whole number of seconds")),
-            Some(_) => Err(format!("claim '{name}' is not a number")),
+                .ok_or_else(|| ClaimError::new(name, ClaimProblem::NotWholeSeconds)),
+            Some(_) => Err(ClaimError::new(name, ClaimProblem::NotNumber)),
         };
+        let not_strings = || ClaimError::new("aud", ClaimProblem::NotStrings);
         let aud = match c.get("aud") {
             Some(Value::String(s)) => vec![s.clone()],
             Some(Value::Array(items)) => items
                 .iter()
                 .map(|v| v.as_str().map(str::to_owned))
                 .collect::<Option<Vec<_>>>()
-                .ok_or_else(|| "claim 'aud' is not a string or an array of strings".to_owned())?,
-            Some(_) => return Err("claim 'aud' is not a string or an array of strings".into()),
-            None => return Err("claim 'aud' is missing".into()),
+                .ok_or_else(not_strings)?,
+            Some(_) => return Err(not_strings()),
+            None => return Err(ClaimError::new("aud", ClaimProblem::Missing)),
         };
         Ok(Registered {
             iss: string("iss")?,
             sub: string("sub")?,
             aud,
-            exp: date("exp")?.ok_or_else(|| "claim 'exp' is missing".to_owned())?,
+            exp: date("exp")?.ok_or_else(|| ClaimError::new("exp", ClaimProblem::Missing))?,
             nbf: date("nbf")?,
             iat: date("iat")?,
         })
@@ -171,8 +215,8 @@ impl ClaimPath {
     /// spaces (OAuth's `scope`). Absent = empty.
     ///
     /// # Errors
-    /// A message when the value has another type.
-    pub fn strings(&self, claims: &Map<String, Value>) -> Result<Vec<String>, String> {
+    /// When the value has another type.
+    pub fn strings(&self, claims: &Map<String, Value>) -> Result<Vec<String>, ClaimError> {
         let value = match claims.get(&self.0) {
             Some(v) => Some(v),
             None => {
@@ -194,11 +238,8 @@ impl ClaimPath {
                 .iter()
                 .map(|v| v.as_str().map(str::to_owned))
                 .collect::<Option<Vec<_>>>()
-                .ok_or_else(|| format!("claim '{}' holds something other than strings", self.0)),
-            Some(_) => Err(format!(
-                "claim '{}' is not a string or an array of strings",
-                self.0
-            )),
+                .ok_or_else(|| ClaimError::new(&self.0, ClaimProblem::NotAllStrings)),
+            Some(_) => Err(ClaimError::new(&self.0, ClaimProblem::NotStrings)),
         }
     }
 }
@@ -282,7 +323,7 @@ mod tests {
         ] {
             let got = claims(json).map(|c| Registered::from_claims(&c.0));
             match got {
-                Ok(Err(msg)) => assert!(msg.starts_with(want), "{json}: {msg}"),
+                Ok(Err(e)) => assert!(e.to_string().starts_with(want), "{json}: {e}"),
                 other => panic!("{json}: {other:?}"),
             }
         }

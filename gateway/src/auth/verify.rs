@@ -4,6 +4,7 @@
 //! the standard claims (jsonwebtoken), then our own: `iss` a string, `iat` not
 //! in the future, a bounded lifetime, groups and scopes from their claims.
 
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
@@ -13,7 +14,7 @@ use jsonwebtoken::{Algorithm, Validation};
 use serde_json::Value;
 
 use super::Caller;
-use super::claims::{ClaimPath, Registered, StrictValue, TokenClaims};
+use super::claims::{ClaimError, ClaimPath, ClaimProblem, Registered, StrictValue, TokenClaims};
 use super::keys::{IssuerKeys, Lookup, algorithm_named};
 
 /// Why a caller was not authenticated. Each has a stable `reason` label
@@ -76,9 +77,13 @@ pub enum AuthError {
     /// `aud` does not name this gateway.
     #[error("token audience does not include {0:?}")]
     Audience(String),
-    /// A claim is missing, mistyped or duplicated.
+    /// A claim is missing or mistyped.
     #[error("token claims are invalid: {0}")]
-    Claims(String),
+    Claims(#[from] ClaimError),
+    /// The claims are not a JSON object of unique members (e.g. a repeated
+    /// claim).
+    #[error("token claims are invalid: {0}")]
+    ClaimsJson(JsonError),
     /// The issuer's keys were never loaded (provider down since start): the
     /// token cannot be judged; 503, not 401.
     #[error("the SSO issuer's signing keys are not loaded yet; retry shortly")]
@@ -107,9 +112,28 @@ impl AuthError {
             AuthError::Lifetime(_) => "lifetime",
             AuthError::Issuer => "issuer",
             AuthError::Audience(_) => "audience",
-            AuthError::Claims(_) => "claims",
+            AuthError::Claims(_) | AuthError::ClaimsJson(_) => "claims",
             AuthError::KeysUnavailable => "keys_unavailable",
         }
+    }
+}
+
+/// The claims' JSON error, shared by the clones of one [`AuthError`]; two
+/// are equal when they say the same.
+#[derive(Debug, Clone)]
+pub struct JsonError(pub Arc<serde_json::Error>);
+
+impl PartialEq for JsonError {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.to_string() == other.0.to_string()
+    }
+}
+
+impl Eq for JsonError {}
+
+impl std::fmt::Display for JsonError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
     }
 }
 
@@ -316,12 +340,12 @@ impl Verifier {
                 ErrorKind::InvalidIssuer => AuthError::Issuer,
                 ErrorKind::InvalidAudience => AuthError::Audience(self.settings.audience.clone()),
                 ErrorKind::MissingRequiredClaim(c) => {
-                    AuthError::Claims(format!("claim '{c}' is missing"))
+                    ClaimError::new(c, ClaimProblem::Missing).into()
                 }
                 ErrorKind::InvalidClaimFormat(c) => {
-                    AuthError::Claims(format!("claim '{c}' is not a number"))
+                    ClaimError::new(c, ClaimProblem::NotNumber).into()
                 }
-                ErrorKind::Json(j) => AuthError::Claims(j.to_string()),
+                ErrorKind::Json(j) => AuthError::ClaimsJson(JsonError(Arc::clone(j))),
                 ErrorKind::InvalidAlgorithm | ErrorKind::MissingAlgorithm => {
                     AuthError::Algorithm(format!("{alg:?}"), self.allowed_names.clone())
                 }
@@ -333,7 +357,7 @@ impl Verifier {
             }
         })?;
         let claims = data.claims.0;
-        let reg = Registered::from_claims(&claims).map_err(AuthError::Claims)?;
+        let reg = Registered::from_claims(&claims)?;
         if reg.iss != self.settings.issuer {
             return Err(AuthError::Issuer);
         }
@@ -352,16 +376,8 @@ impl Verifier {
         if reg.exp.saturating_sub(start) > max {
             return Err(AuthError::Lifetime(max));
         }
-        let groups = self
-            .settings
-            .groups_claim
-            .strings(&claims)
-            .map_err(AuthError::Claims)?;
-        let scopes = self
-            .settings
-            .scopes_claim
-            .strings(&claims)
-            .map_err(AuthError::Claims)?;
+        let groups = self.settings.groups_claim.strings(&claims)?;
+        let scopes = self.settings.scopes_claim.strings(&claims)?;
         Ok((
             Caller {
                 subject: reg.sub,

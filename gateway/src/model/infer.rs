@@ -9,8 +9,8 @@
 //! connection failures or timeouts and fails calls at once until a cool-down
 //! has passed, when one probe call is let through.
 
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use proto::inference as pb;
@@ -22,6 +22,9 @@ use super::h2conn::{ConnError, ConnSettings, Connection, Target};
 #[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum InferError {
+    /// The endpoint is not one a client can be made for.
+    #[error(transparent)]
+    Endpoint(#[from] EndpointError),
     /// The model-server cannot be reached, or the breaker is open.
     #[error("model-server {endpoint} unavailable: {detail}")]
     Unavailable {
@@ -63,6 +66,29 @@ pub enum InferError {
         /// What happened.
         detail: String,
     },
+}
+
+/// What the config or the caller should write instead.
+const ENDPOINT_SPELLINGS: &str = "write http://host:port of the model-server's gRPC port, or unix:/path/to/socket for one on this host";
+
+/// A model-server endpoint that cannot be used.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum EndpointError {
+    /// `unix:` without a path.
+    #[error("{0:?} names no socket path; {ENDPOINT_SPELLINGS}")]
+    NoSocketPath(String),
+    /// A relative socket path.
+    #[error("{0:?}: the socket path must be absolute (unix:/run/mlgw/model.sock)")]
+    RelativeSocket(String),
+    /// Not a URI.
+    #[error("{0:?} is not a URL ({1}); {ENDPOINT_SPELLINGS}")]
+    NotUrl(String, Arc<http::uri::InvalidUri>),
+    /// A scheme other than `http`.
+    #[error("{0:?}: only plaintext HTTP/2 is spoken; {ENDPOINT_SPELLINGS}")]
+    NotHttp(String),
+    /// No host.
+    #[error("{0:?} names no host; {ENDPOINT_SPELLINGS}")]
+    NoHost(String),
 }
 
 /// One output tensor as f64 values.
@@ -173,17 +199,13 @@ impl ModelClient {
     /// itself after the server comes back.
     ///
     /// # Errors
-    /// [`InferError::Unavailable`] if the endpoint is not usable.
+    /// [`InferError::Endpoint`] if the endpoint is not usable.
     pub fn new(
         endpoint: &str,
         connect_timeout: Duration,
         breaker_config: BreakerConfig,
     ) -> Result<Self, InferError> {
-        let (target, origin) =
-            parse_endpoint(endpoint).map_err(|detail| InferError::Unavailable {
-                endpoint: endpoint.to_owned(),
-                detail,
-            })?;
+        let (target, origin) = parse_endpoint(endpoint)?;
         let settings = ConnSettings {
             connect_timeout,
             keep_alive_interval: Duration::from_secs(30),
@@ -459,19 +481,17 @@ fn connection_failed(status: &tonic::Status) -> bool {
 /// origin (scheme and authority) the HTTP/2 requests carry.
 ///
 /// # Errors
-/// A sentence saying what is wrong and what to write instead.
-pub fn parse_endpoint(endpoint: &str) -> Result<(Target, http::Uri), String> {
-    const EXPECTED: &str = "write http://host:port of the model-server's gRPC port, or unix:/path/to/socket for one on this host";
+/// [`EndpointError`], saying what is wrong and what to write instead.
+pub fn parse_endpoint(endpoint: &str) -> Result<(Target, http::Uri), EndpointError> {
+    let owned = || endpoint.to_owned();
     if let Some(rest) = endpoint.strip_prefix("unix:") {
         let path = rest.strip_prefix("//").unwrap_or(rest);
         if path.is_empty() {
-            return Err(format!("{endpoint:?} names no socket path; {EXPECTED}"));
+            return Err(EndpointError::NoSocketPath(owned()));
         }
         let path = std::path::PathBuf::from(path);
         if !path.is_absolute() {
-            return Err(format!(
-                "{endpoint:?}: the socket path must be absolute (unix:/run/mlgw/model.sock)"
-            ));
+            return Err(EndpointError::RelativeSocket(owned()));
         }
         return Ok((
             Target::Unix(path),
@@ -480,15 +500,13 @@ pub fn parse_endpoint(endpoint: &str) -> Result<(Target, http::Uri), String> {
     }
     let origin: http::Uri = endpoint
         .parse()
-        .map_err(|e| format!("{endpoint:?} is not a URL ({e}); {EXPECTED}"))?;
+        .map_err(|e| EndpointError::NotUrl(owned(), Arc::new(e)))?;
     if origin.scheme_str() != Some("http") {
-        return Err(format!(
-            "{endpoint:?}: only plaintext HTTP/2 is spoken; {EXPECTED}"
-        ));
+        return Err(EndpointError::NotHttp(owned()));
     }
     let host = origin
         .host()
-        .ok_or_else(|| format!("{endpoint:?} names no host; {EXPECTED}"))?;
+        .ok_or_else(|| EndpointError::NoHost(owned()))?;
     let address = format!("{host}:{}", origin.port_u16().unwrap_or(80));
     Ok((Target::Tcp(address), origin))
 }
@@ -569,8 +587,8 @@ mod tests {
         assert_eq!(tcp.0, Target::Tcp("127.0.0.1:8001".into()));
         assert_eq!(tcp.1.to_string(), "http://127.0.0.1:8001/");
         assert_eq!(
-            parse_endpoint("http://ms").map(|(t, _)| t),
-            Ok(Target::Tcp("ms:80".into()))
+            parse_endpoint("http://ms").ok().map(|(t, _)| t),
+            Some(Target::Tcp("ms:80".into()))
         );
         for uds in ["unix:/run/mlgw/ms.sock", "unix:///run/mlgw/ms.sock"] {
             let (target, origin) = parse_endpoint(uds).expect("a socket endpoint");
@@ -585,7 +603,7 @@ mod tests {
             ("ms:8001", "only plaintext HTTP/2"),
             ("http://", "is not a URL"),
         ] {
-            let got = parse_endpoint(bad).expect_err(bad);
+            let got = parse_endpoint(bad).expect_err(bad).to_string();
             assert!(got.contains(says), "{bad}: {got}");
         }
     }

@@ -6,7 +6,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{Canary, PilotVersion, RoutingTable, basis_points, percent};
+use super::{Canary, PilotVersion, RoutingTable, RuleError, ShareError, basis_points, percent};
 
 /// Changes kept in a model's history (oldest dropped first).
 pub const HISTORY_LIMIT: usize = 200;
@@ -109,9 +109,12 @@ pub enum ChangeError {
     /// canary).
     #[error("{0}")]
     Invalid(String),
+    /// The percent is not a canary's share.
+    #[error("percent: {0}")]
+    Share(#[from] ShareError),
     /// The result would break a rule of [`RoutingTable::validate`].
     #[error("the change would leave an invalid routing: {0}")]
-    Rule(String),
+    Rule(#[from] RuleError),
 }
 
 fn remove_role(t: &mut RoutingTable, version: &str) -> Option<&'static str> {
@@ -181,8 +184,7 @@ impl RoutingAction {
                 percent: p,
             } => {
                 nonempty(version)?;
-                let bp =
-                    basis_points(*p).map_err(|e| ChangeError::Invalid(format!("percent: {e}")))?;
+                let bp = basis_points(*p)?;
                 if *version == cur.stable {
                     return Err(ChangeError::Invalid(format!(
                         "version '{version}' is stable; a canary is a different version"
@@ -212,8 +214,7 @@ impl RoutingAction {
                 }
             }
             RoutingAction::SetCanaryPercent { percent: p } => {
-                let bp =
-                    basis_points(*p).map_err(|e| ChangeError::Invalid(format!("percent: {e}")))?;
+                let bp = basis_points(*p)?;
                 let Some(c) = t.canary.as_mut() else {
                     return Err(ChangeError::Invalid(
                         "there is no canary; set one first (set_canary with a version)".into(),
@@ -344,7 +345,7 @@ impl RoutingAction {
                 )
             }
         };
-        t.validate().map_err(ChangeError::Rule)?;
+        t.validate()?;
         Ok((t, what))
     }
 }

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
-use feature_store::store::{FullStore, StoreError};
+use feature_store::store::{FullStore, RoutingRecord, StoreError};
 
 use super::RoutingTable;
 use super::change::{ChangeError, RoutingAction, RoutingChange, RoutingDocument, describe};
@@ -130,7 +130,8 @@ impl<S: FullStore> LiveRouting<S> {
             model: model.to_owned(),
             detail: e.to_string(),
         })?;
-        Ok(self.store.put_routing(model, expected, &text).await?)
+        let next = RoutingRecord::after(expected, text);
+        Ok(self.store.put_routing(model, &next).await?)
     }
 
     /// The stored document of `model` with its revision.

@@ -148,35 +148,87 @@ impl RoutingTable {
     /// (else the server's default could be any of them); pilots name groups.
     ///
     /// # Errors
-    /// What is wrong, for a person.
-    pub fn validate(&self) -> Result<(), String> {
+    /// The first rule broken.
+    pub fn validate(&self) -> Result<(), RuleError> {
         let roles = self.roles();
         for (i, (v, role)) in roles.iter().enumerate() {
             if i > 0 && v.is_empty() {
-                return Err(format!("a {role} version cannot be \"\""));
+                return Err(RuleError::EmptyVersion { role });
             }
             if let Some((_, other)) = roles[..i].iter().find(|(w, _)| w == v) {
-                return Err(format!(
-                    "version {v:?} cannot be both {other} and {role}; a version has one role"
-                ));
+                return Err(RuleError::TwoRoles {
+                    version: (*v).to_owned(),
+                    first: other,
+                    second: role,
+                });
             }
         }
         if self.stable.is_empty() && roles.len() > 1 {
-            return Err("a canary, pilot or shadow needs a pinned stable version (stable = \"1\"), so default traffic never lands on one of them".to_owned());
+            return Err(RuleError::UnpinnedStable);
         }
         if let Some(c) = &self.canary
             && !(1..=BUCKETS).contains(&c.basis_points)
         {
-            return Err(format!(
-                "canary share {} is outside 0.01 %..100 %",
-                percent(c.basis_points)
-            ));
+            return Err(RuleError::CanaryShare {
+                share: percent(c.basis_points),
+            });
         }
         if let Some(p) = self.pilots.iter().find(|p| p.groups.is_empty()) {
-            return Err(format!("pilot version {:?} names no groups", p.version));
+            return Err(RuleError::PilotWithoutGroups {
+                version: p.version.clone(),
+            });
         }
         Ok(())
     }
+}
+
+/// A rule of [`RoutingTable::validate`] that a table breaks.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RuleError {
+    /// A canary, pilot or shadow named `""`.
+    #[error("a {role} version cannot be \"\"")]
+    EmptyVersion {
+        /// The role.
+        role: &'static str,
+    },
+    /// One version in two roles.
+    #[error("version {version:?} cannot be both {first} and {second}; a version has one role")]
+    TwoRoles {
+        /// The version.
+        version: String,
+        /// Its first role.
+        first: &'static str,
+        /// Its second role.
+        second: &'static str,
+    },
+    /// A canary, pilot or shadow beside an unpinned stable version.
+    #[error(
+        "a canary, pilot or shadow needs a pinned stable version (stable = \"1\"), so default traffic never lands on one of them"
+    )]
+    UnpinnedStable,
+    /// A canary share outside 1..=10,000 basis points.
+    #[error("canary share {share} is outside 0.01 %..100 %")]
+    CanaryShare {
+        /// The share, as a percentage.
+        share: String,
+    },
+    /// A pilot version without groups.
+    #[error("pilot version {version:?} names no groups")]
+    PilotWithoutGroups {
+        /// The version.
+        version: String,
+    },
+}
+
+/// A share in percent that cannot be a canary's.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ShareError {
+    /// Not a number in `(0, 100]` (the number as given).
+    #[error("{0} is not a share in percent above 0 and at most 100")]
+    OutOfRange(String),
+    /// Below one basis point (the number as given).
+    #[error("{0} % is below the smallest share, 0.01 %")]
+    TooSmall(String),
 }
 
 /// `1000` → `"10%"`, `1250` → `"12.5%"`.
@@ -197,15 +249,13 @@ pub fn percent(basis_points: u32) -> String {
 /// # Errors
 /// When not a number in `(0, 100]` with at most two decimals' worth of
 /// precision.
-pub fn basis_points(percent: f64) -> Result<u32, String> {
+pub fn basis_points(percent: f64) -> Result<u32, ShareError> {
     if !percent.is_finite() || percent <= 0.0 || percent > 100.0 {
-        return Err(format!(
-            "{percent} is not a share in percent above 0 and at most 100"
-        ));
+        return Err(ShareError::OutOfRange(percent.to_string()));
     }
     let bp = (percent * 100.0).round();
     if bp < 1.0 {
-        return Err(format!("{percent} % is below the smallest share, 0.01 %"));
+        return Err(ShareError::TooSmall(percent.to_string()));
     }
     // In range: 1.0 ..= 10_000.0.
     #[expect(
@@ -490,18 +540,24 @@ mod tests {
         let mut t = table(1000);
         t.shadows.push("2".into());
         assert_eq!(
-            t.validate(),
+            t.validate().map_err(|e| e.to_string()),
             Err("version \"2\" cannot be both canary and shadow; a version has one role".into())
         );
         let mut t = table(1000);
         t.stable = String::new();
-        assert!(t.validate().is_err_and(|e| e.contains("pinned stable")));
+        assert_eq!(t.validate(), Err(RuleError::UnpinnedStable));
         assert_eq!(RoutingTable::stable("").validate(), Ok(()));
         let mut t = table(0);
-        assert!(t.validate().is_err_and(|e| e.contains("outside")));
+        assert!(
+            t.validate()
+                .is_err_and(|e| e.to_string().contains("outside"))
+        );
         t = table(1000);
         t.pilots[0].groups.clear();
-        assert!(t.validate().is_err_and(|e| e.contains("names no groups")));
+        assert!(
+            t.validate()
+                .is_err_and(|e| e.to_string().contains("names no groups"))
+        );
     }
 
     #[test]

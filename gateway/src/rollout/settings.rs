@@ -47,7 +47,8 @@ pub(crate) fn validate(r: Option<RawRouting>) -> Result<RoutingTable, (String, S
         (None, None) => None,
         (Some(version), Some(p)) => Some(Canary {
             version,
-            basis_points: basis_points(p).map_err(|m| ("canary_percent".to_owned(), m))?,
+            basis_points: basis_points(p)
+                .map_err(|e| ("canary_percent".to_owned(), e.to_string()))?,
         }),
         (Some(_), None) => {
             return Err((
@@ -89,6 +90,8 @@ pub(crate) fn validate(r: Option<RawRouting>) -> Result<RoutingTable, (String, S
             .collect(),
         sticky_by,
     };
-    table.validate().map_err(|m| (String::new(), m))?;
+    table
+        .validate()
+        .map_err(|e| (String::new(), e.to_string()))?;
     Ok(table)
 }

@@ -21,14 +21,8 @@ struct LeaseJson {
 }
 
 impl CoordinationStore for EmbeddedStore {
-    async fn try_lease(
-        &self,
-        name: &str,
-        holder: &str,
-        now: SystemTime,
-        until: SystemTime,
-    ) -> Result<LeaseOutcome, StoreError> {
-        let (name, holder) = (name.to_owned(), holder.to_owned());
+    async fn try_lease(&self, lease: &Lease, now: SystemTime) -> Result<LeaseOutcome, StoreError> {
+        let (name, holder, until) = (lease.name.clone(), lease.holder.clone(), lease.expires_at);
         self.blocking(move |db| {
             Self::check_schema(db)?;
             // One write transaction: redb serialises writers (also across

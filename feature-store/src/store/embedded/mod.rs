@@ -396,7 +396,7 @@ mod tests {
     use super::*;
     use crate::codec;
     use crate::definitions::FeatureValue;
-    use crate::store::{EncodedRow, RowStore, StaticWrite};
+    use crate::store::{EncodedRow, RowStore, StaticKey, StaticWrite};
 
     fn store() -> (EmbeddedStore, PathBuf) {
         let dir = std::env::temp_dir().join(format!("mlgw-embedded-{}", uuid::Uuid::now_v7()));
@@ -424,7 +424,11 @@ mod tests {
 
     async fn visits(store: &EmbeddedStore, batch: &str) -> Option<String> {
         store
-            .read_static("profile", batch, "u-1")
+            .read_static(StaticKey {
+                view: "profile",
+                batch_id: batch,
+                entity_key: "u-1",
+            })
             .await
             .unwrap()
             .map(|r| format!("{:?}", r.values["visits"]))

@@ -2,7 +2,7 @@
 //! (UUIDv7 text, so a time window is a key range). The file keeps them until
 //! it is deleted; ScyllaDB expires them by TTL.
 
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use redb::ReadableDatabase;
 
@@ -12,7 +12,7 @@ use crate::log::{
     FeedbackRecord, LogEntry, PredictionKey, PredictionRecord, id_lower_bound, unix_ms,
 };
 use crate::store::decode;
-use crate::store::{LogStore, StoreError};
+use crate::store::{LogStore, LogWindow, StoreError};
 
 impl LogStore for EmbeddedStore {
     async fn write_predictions(
@@ -81,12 +81,8 @@ impl LogStore for EmbeddedStore {
         .await
     }
 
-    async fn read_log(
-        &self,
-        from: SystemTime,
-        to: SystemTime,
-        limit: usize,
-    ) -> Result<Vec<LogEntry>, StoreError> {
+    async fn read_log(&self, window: LogWindow) -> Result<Vec<LogEntry>, StoreError> {
+        let LogWindow { from, to, limit } = window;
         let (lo, hi) = (id_lower_bound(unix_ms(from)), id_lower_bound(unix_ms(to)));
         self.blocking(move |db| {
             Self::check_schema(db)?;

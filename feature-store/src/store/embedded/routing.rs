@@ -23,13 +23,8 @@ impl RoutingStore for EmbeddedStore {
         .await
     }
 
-    async fn put_routing(
-        &self,
-        model: &str,
-        expected: Option<i64>,
-        document: &str,
-    ) -> Result<bool, StoreError> {
-        let (model, document) = (model.to_owned(), document.to_owned());
+    async fn put_routing(&self, model: &str, next: &RoutingRecord) -> Result<bool, StoreError> {
+        let (model, next) = (model.to_owned(), next.clone());
         self.blocking(move |db| {
             Self::check_schema(db)?;
             // One write transaction: redb serialises writers, so the
@@ -41,12 +36,11 @@ impl RoutingStore for EmbeddedStore {
                     .get(model.as_str())?
                     .map(|v| decode_routing(&model, v.value()).map(|r| r.revision))
                     .transpose()?;
-                if stored != expected {
+                if stored != next.previous() {
                     return Ok(false);
                 }
-                let revision = expected.map_or(1, |r| r + 1);
-                let mut value = revision.to_le_bytes().to_vec();
-                value.extend_from_slice(document.as_bytes());
+                let mut value = next.revision.to_le_bytes().to_vec();
+                value.extend_from_slice(next.document.as_bytes());
                 table.insert(model.as_str(), value.as_slice())?;
             }
             tx.commit()?;

@@ -18,7 +18,10 @@ use crate::clock::to_micros;
 use crate::codec;
 use crate::freshness::StoredRow;
 use crate::store::decode::{self, corrupt};
-use crate::store::{DynamicWrite, EventWrite, RowStore, SchemaReport, StaticWrite, StoreError};
+use crate::store::{
+    DynamicWrite, EventQuery, EventWrite, RowStore, SchemaReport, StaticKey, StaticWrite,
+    StoreError,
+};
 
 /// The unexpired dynamic values of `entity_key` in `view` at `now` (µs).
 fn dynamic_in(
@@ -56,19 +59,13 @@ fn dynamic_in(
 
 /// The unexpired events of `entity_key` in `view` with event times in
 /// `[from, to]`, newest first, at most `limit`, at `now` (µs).
-fn events_in(
-    tx: &ReadTransaction,
-    view: &str,
-    entity_key: &str,
-    (from, to): (SystemTime, SystemTime),
-    limit: usize,
-    now: i64,
-) -> CallResult<EventRange> {
+fn events_in(tx: &ReadTransaction, query: EventQuery<'_>, now: i64) -> CallResult<EventRange> {
+    let (view, entity_key, limit) = (query.view, query.entity_key, query.limit);
     let prefix = key(&[view.as_bytes(), entity_key.as_bytes()]);
     let mut lo = prefix.clone();
-    lo.extend_from_slice(&ordered_micros(to_micros(from)));
+    lo.extend_from_slice(&ordered_micros(to_micros(query.from)));
     let mut hi = prefix.clone();
-    hi.extend_from_slice(&ordered_micros(to_micros(to).saturating_add(1)));
+    hi.extend_from_slice(&ordered_micros(to_micros(query.to).saturating_add(1)));
     let table = read_table(tx, EVENTS)?;
     let corrupt = |what| corrupt(view, entity_key, what);
     let mut out = EventRange::default();
@@ -128,13 +125,8 @@ impl RowStore for EmbeddedStore {
         self.blocking(tables::apply).await
     }
 
-    async fn read_static(
-        &self,
-        view: &str,
-        batch_id: &str,
-        entity_key: &str,
-    ) -> Result<Option<StoredRow>, StoreError> {
-        self.inline(|tx| static_in(tx, view, batch_id, entity_key))
+    async fn read_static(&self, key: StaticKey<'_>) -> Result<Option<StoredRow>, StoreError> {
+        self.inline(|tx| static_in(tx, key.view, key.batch_id, key.entity_key))
     }
 
     async fn write_static(&self, write: StaticWrite<'_>) -> Result<(), StoreError> {
@@ -266,19 +258,12 @@ impl RowStore for EmbeddedStore {
         .await
     }
 
-    async fn read_events(
-        &self,
-        view: &str,
-        entity_key: &str,
-        from: SystemTime,
-        to: SystemTime,
-        limit: usize,
-    ) -> Result<EventRange, StoreError> {
+    async fn read_events(&self, query: EventQuery<'_>) -> Result<EventRange, StoreError> {
         // Inline like the other reads of one entity: a window's events are
         // a short range of one key prefix (at most `limit`).
         self.inline(|tx| {
             let now = to_micros(SystemTime::now());
-            events_in(tx, view, entity_key, (from, to), limit, now)
+            events_in(tx, query, now)
         })
     }
 
@@ -286,16 +271,12 @@ impl RowStore for EmbeddedStore {
     /// store.
     async fn read_dynamic_window(
         &self,
-        view: &str,
-        entity_key: &str,
-        from: SystemTime,
-        to: SystemTime,
-        limit: usize,
+        query: EventQuery<'_>,
     ) -> Result<(Option<StoredRow>, EventRange), StoreError> {
         self.inline(|tx| {
             let now = to_micros(SystemTime::now());
-            let row = dynamic_in(tx, view, entity_key, now)?;
-            let events = events_in(tx, view, entity_key, (from, to), limit, now)?;
+            let row = dynamic_in(tx, query.view, query.entity_key, now)?;
+            let events = events_in(tx, query, now)?;
             Ok((row, events))
         })
     }

@@ -12,13 +12,9 @@ use crate::runs::{RunRequest, ScheduleState};
 use crate::store::{CoordinationStore, Lease, LeaseOutcome, StoreError};
 
 impl CoordinationStore for ScyllaStore {
-    async fn try_lease(
-        &self,
-        name: &str,
-        holder: &str,
-        now: SystemTime,
-        until: SystemTime,
-    ) -> Result<LeaseOutcome, StoreError> {
+    async fn try_lease(&self, lease: &Lease, now: SystemTime) -> Result<LeaseOutcome, StoreError> {
+        let (name, holder) = (lease.name.as_str(), lease.holder.as_str());
+        let until = lease.expires_at;
         deadline(self.config.write_timeout, async {
             let st = self.statements().await?;
             let until_us = to_micros(until);

@@ -52,7 +52,7 @@ mod tuning;
 use std::future::Future;
 use std::time::Duration;
 
-use futures_util::stream::StreamExt;
+use futures_util::stream::{self, StreamExt, TryStreamExt};
 use scylla::client::session::Session;
 use scylla::client::session_builder::SessionBuilder;
 use scylla::statement::Consistency;
@@ -244,13 +244,29 @@ impl ScyllaStore {
         }
     }
 
-    /// The (ID, record) rows of one log partition with IDs in `[lo, hi)`.
+    /// The (ID, record) rows of the log partitions with IDs in `[lo, hi)`,
+    /// a few partitions at a time, each under `limit`.
     async fn scan_log(
         &self,
         prepared: &PreparedStatement,
+        partitions: &[(i64, i32)],
+        (lo, hi): (&str, &str),
+        limit: Duration,
+    ) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let scans = stream::iter(partitions.iter().copied())
+            .map(|p| self.scan_partition(prepared, p, (lo, hi), limit))
+            .buffer_unordered(LOG_WRITE_PARALLELISM)
+            .try_collect::<Vec<_>>()
+            .await?;
+        Ok(scans.into_iter().flatten().collect())
+    }
+
+    /// The (ID, record) rows of one log partition with IDs in `[lo, hi)`.
+    async fn scan_partition(
+        &self,
+        prepared: &PreparedStatement,
         (hour, shard): (i64, i32),
-        lo: &str,
-        hi: &str,
+        (lo, hi): (&str, &str),
         limit: Duration,
     ) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
         deadline(limit, async {

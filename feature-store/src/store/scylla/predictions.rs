@@ -3,7 +3,7 @@
 //! from its ID alone and a time window is read partition by partition.
 
 use std::collections::HashMap;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use futures_util::stream::{self, StreamExt, TryStreamExt};
 
@@ -13,7 +13,7 @@ use crate::log::{
     unix_ms,
 };
 use crate::store::decode;
-use crate::store::{LogStore, StoreError};
+use crate::store::{LogStore, LogWindow, StoreError};
 
 impl LogStore for ScyllaStore {
     async fn write_predictions(
@@ -97,36 +97,24 @@ impl LogStore for ScyllaStore {
         .await
     }
 
-    async fn read_log(
-        &self,
-        from: SystemTime,
-        to: SystemTime,
-        limit: usize,
-    ) -> Result<Vec<LogEntry>, StoreError> {
+    async fn read_log(&self, window: LogWindow) -> Result<Vec<LogEntry>, StoreError> {
+        let LogWindow { from, to, limit } = window;
         let st = deadline(self.config.read_timeout, self.statements()).await?;
         let (lo, hi) = (id_lower_bound(unix_ms(from)), id_lower_bound(unix_ms(to)));
         let partitions: Vec<(i64, i32)> = hours(from, to)
             .flat_map(|h| (0..LOG_SHARDS).map(move |s| (h, i32::from(s))))
             .collect();
         let scan_limit = self.config.read_timeout.max(Duration::from_secs(5));
-        let (lo, hi) = (lo.as_str(), hi.as_str());
-        let mut predictions: Vec<(String, Vec<u8>)> = stream::iter(partitions.clone())
-            .map(|p| self.scan_log(&st.scan_predictions, p, lo, hi, scan_limit))
-            .buffer_unordered(LOG_WRITE_PARALLELISM)
-            .try_collect::<Vec<_>>()
-            .await?
-            .into_iter()
-            .flatten()
-            .collect();
+        let range = (lo.as_str(), hi.as_str());
+        let mut predictions = self
+            .scan_log(&st.scan_predictions, &partitions, range, scan_limit)
+            .await?;
         predictions.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         predictions.truncate(limit);
-        let feedback: HashMap<String, Vec<u8>> = stream::iter(partitions)
-            .map(|p| self.scan_log(&st.scan_feedback, p, lo, hi, scan_limit))
-            .buffer_unordered(LOG_WRITE_PARALLELISM)
-            .try_collect::<Vec<_>>()
+        let feedback: HashMap<String, Vec<u8>> = self
+            .scan_log(&st.scan_feedback, &partitions, range, scan_limit)
             .await?
             .into_iter()
-            .flatten()
             .collect();
         predictions
             .into_iter()

@@ -25,24 +25,20 @@ impl RoutingStore for ScyllaStore {
         .await
     }
 
-    async fn put_routing(
-        &self,
-        model: &str,
-        expected: Option<i64>,
-        document: &str,
-    ) -> Result<bool, StoreError> {
+    async fn put_routing(&self, model: &str, next: &RoutingRecord) -> Result<bool, StoreError> {
         // A lightweight transaction takes several round trips (Paxos).
         deadline(self.config.write_timeout.max(Duration::from_secs(5)), async {
             let st = self.statements().await?;
-            let result = match expected {
+            let doc = next.document.as_str();
+            let result = match next.previous() {
                 None => {
                     self.session
-                        .execute_unpaged(&st.insert_routing, (model, document))
+                        .execute_unpaged(&st.insert_routing, (model, doc))
                         .await
                 }
                 Some(rev) => {
                     self.session
-                        .execute_unpaged(&st.update_routing, (rev + 1, document, model, rev))
+                        .execute_unpaged(&st.update_routing, (next.revision, doc, model, rev))
                         .await
                 }
             }?;

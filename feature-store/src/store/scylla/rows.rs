@@ -15,19 +15,18 @@ use crate::clock::to_micros;
 use crate::codec;
 use crate::freshness::StoredRow;
 use crate::store::decode;
-use crate::store::{DynamicWrite, EventWrite, RowStore, SchemaReport, StaticWrite, StoreError};
+use crate::store::{
+    DynamicWrite, EventQuery, EventWrite, RowStore, SchemaReport, StaticKey, StaticWrite,
+    StoreError,
+};
 
 impl RowStore for ScyllaStore {
     async fn apply_schema(&self) -> Result<SchemaReport, StoreError> {
         self.create_tables().await
     }
 
-    async fn read_static(
-        &self,
-        view: &str,
-        batch_id: &str,
-        entity_key: &str,
-    ) -> Result<Option<StoredRow>, StoreError> {
+    async fn read_static(&self, key: StaticKey<'_>) -> Result<Option<StoredRow>, StoreError> {
+        let (view, batch_id, entity_key) = (key.view, key.batch_id, key.entity_key);
         deadline(self.config.read_timeout, async {
             let st = self.statements().await?;
             let result = self
@@ -139,16 +138,12 @@ impl RowStore for ScyllaStore {
     async fn write_dynamic(&self, write: DynamicWrite<'_>) -> Result<(), StoreError> {
         deadline(self.config.write_timeout, async {
             let st = self.statements().await?;
-            let left = write
-                .expires_at
-                .duration_since(SystemTime::now())
-                .unwrap_or(Duration::ZERO);
-            // An event already past its TTL is not written: it would read as
-            // missing anyway, and TTL 0 means "never expires" in CQL.
-            if left.as_secs() == 0 || write.values.is_empty() {
+            let Some(ttl) = ttl_left(write.expires_at) else {
+                return Ok(());
+            };
+            if write.values.is_empty() {
                 return Ok(());
             }
-            let ttl = i32::try_from(left.as_secs()).unwrap_or(i32::MAX);
             let stamp = to_micros(write.event_time);
             let mut batch = Batch::new(BatchType::Unlogged);
             batch.set_consistency(self.config.write_consistency);
@@ -177,15 +172,9 @@ impl RowStore for ScyllaStore {
     async fn write_event(&self, write: EventWrite<'_>) -> Result<(), StoreError> {
         deadline(self.config.write_timeout, async {
             let st = self.statements().await?;
-            let left = write
-                .expires_at
-                .duration_since(SystemTime::now())
-                .unwrap_or(Duration::ZERO);
-            // Past its TTL: not written (TTL 0 would mean "never expires").
-            if left.as_secs() == 0 {
+            let Some(ttl) = ttl_left(write.expires_at) else {
                 return Ok(());
-            }
-            let ttl = i32::try_from(left.as_secs()).unwrap_or(i32::MAX);
+            };
             let event = write.event;
             let blob = codec::encode(event.fields.iter().map(|(n, v)| (n.as_str(), v)));
             self.session
@@ -207,14 +196,8 @@ impl RowStore for ScyllaStore {
         .await
     }
 
-    async fn read_events(
-        &self,
-        view: &str,
-        entity_key: &str,
-        from: SystemTime,
-        to: SystemTime,
-        limit: usize,
-    ) -> Result<EventRange, StoreError> {
+    async fn read_events(&self, query: EventQuery<'_>) -> Result<EventRange, StoreError> {
+        let (view, entity_key, limit) = (query.view, query.entity_key, query.limit);
         deadline(self.config.read_timeout, async {
             let st = self.statements().await?;
             // One row more than asked says whether the cap was hit.
@@ -223,7 +206,13 @@ impl RowStore for ScyllaStore {
                 .session
                 .execute_unpaged(
                     &st.read_events,
-                    (view, entity_key, to_micros(from), to_micros(to), asked),
+                    (
+                        view,
+                        entity_key,
+                        to_micros(query.from),
+                        to_micros(query.to),
+                        asked,
+                    ),
                 )
                 .await?;
             let rows = result.into_rows_result()?;
@@ -241,4 +230,15 @@ impl RowStore for ScyllaStore {
         })
         .await
     }
+}
+
+/// The CQL TTL (seconds) of a value that expires at `expires_at`, or `None`
+/// when less than a second is left: such a value is not written, since it
+/// would read as missing anyway and TTL 0 means "never expires" in CQL.
+fn ttl_left(expires_at: SystemTime) -> Option<i32> {
+    let left = expires_at
+        .duration_since(SystemTime::now())
+        .unwrap_or(Duration::ZERO)
+        .as_secs();
+    (left > 0).then(|| i32::try_from(left).unwrap_or(i32::MAX))
 }
