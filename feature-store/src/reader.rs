@@ -18,7 +18,6 @@
 //! hits the cap is counted ([`EventStats::capped_reads`]) and logged.
 
 use std::collections::{BTreeMap, HashMap};
-use std::future::Future;
 use std::hash::{BuildHasher as _, RandomState};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, Weak};
@@ -646,23 +645,6 @@ impl<S: RowStore + BatchStore> FeatureReader<S> {
             }
             self.cache.invalidate(&key).await;
         }
-        self.load_missing(key, entity_key, Some(&batch.batch_id), read)
-            .await
-    }
-
-    /// A cache miss: one load for every caller of the same key (moka
-    /// coalesces them), cached with the batch it was read from.
-    async fn load_missing<F, Fut>(
-        &self,
-        key: Key,
-        entity_key: &str,
-        batch_id: Option<&str>,
-        read: F,
-    ) -> Result<Option<Arc<StoredRow>>, ReadError>
-    where
-        F: Fn() -> Fut,
-        Fut: Future<Output = Result<Option<StoredRow>, StoreError>>,
-    {
         tracing::Span::current().record("cache", "miss");
         self.counters.misses.fetch_add(1, Ordering::Relaxed);
         let loaded = self
@@ -671,7 +653,7 @@ impl<S: RowStore + BatchStore> FeatureReader<S> {
                 let row = read().await?;
                 Ok::<_, StoreError>(CachedRow {
                     entity: Arc::from(entity_key),
-                    batch_id: batch_id.map(Arc::from),
+                    batch_id: Some(Arc::from(batch.batch_id.as_str())),
                     row: row.map(Arc::new),
                 })
             })
@@ -722,9 +704,26 @@ impl<S: RowStore + BatchStore> FeatureReader<S> {
             self.counters.hits.fetch_add(1, Ordering::Relaxed);
             return Ok(hit.row);
         }
-        // The aggregates are computed for this load's `now` and served as
-        // such for `dynamic_ttl`.
-        self.load_missing(key, entity_key, None, read).await
+        tracing::Span::current().record("cache", "miss");
+        self.counters.misses.fetch_add(1, Ordering::Relaxed);
+        let loaded = self
+            .cache
+            .try_get_with(key, async {
+                // The aggregates are computed for this load's `now` and
+                // served as such for `dynamic_ttl`.
+                let row = read().await?;
+                Ok::<_, StoreError>(CachedRow {
+                    entity: Arc::from(entity_key),
+                    batch_id: None,
+                    row: row.map(Arc::new),
+                })
+            })
+            .await
+            .map_err(ReadError::Store)?;
+        if &*loaded.entity != entity_key {
+            return Self::past_cache(read().await);
+        }
+        Ok(loaded.row)
     }
 
     /// A dynamic view's row at `now`: its plain values, and for a view with
