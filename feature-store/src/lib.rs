@@ -8,7 +8,8 @@
 //!   definitions, validated with errors naming file and key path (including
 //!   how each refresh job is tuned); [`source`]: CSV and Parquet refresh files as
 //!   typed rows, bad rows rejected with line and reason; [`codec`]: the
-//!   stored byte form of a row.
+//!   stored byte form of a row; [`combination`]: the stable key of an
+//!   ordered feature-value combination (precomputed predictions).
 //! - [`freshness`]: present, missing, stale, wrong type, defaults applied;
 //!   [`aggregate`]: raw events of dynamic views and their windowed
 //!   aggregates; [`log`]: prediction log and feedback records; [`runs`]: the
@@ -27,6 +28,7 @@ pub mod aggregate;
 pub mod cli;
 pub mod clock;
 pub mod codec;
+pub mod combination;
 pub mod config;
 pub mod definitions;
 pub mod freshness;
