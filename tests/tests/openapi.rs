@@ -66,6 +66,22 @@ async fn call(
     Ok((status, r.json::<Value>().await?))
 }
 
+/// Sends a request, asserts the answer's status is the operation's
+/// (method, documented path, status) and that its body fits the schema the
+/// document declares for it; returns the body.
+async fn answers_as_documented(
+    http: &reqwest::Client,
+    doc: &Value,
+    (method, path, status): (&str, &str, u16),
+    url: String,
+    body: Option<Value>,
+) -> Result<Value> {
+    let (got, answer) = call(http, method, url, body).await?;
+    assert_eq!(got, status, "{method} {path}: {answer}");
+    check(doc, method, path, status, &answer)?;
+    Ok(answer)
+}
+
 #[tokio::test]
 async fn answers_fit_the_document() -> Result<()> {
     // Admin is granted to the dev token here, so the admin list answers.
@@ -88,104 +104,91 @@ async fn answers_fit_the_document() -> Result<()> {
     let predict = "/v1/models/{model}/predict";
     let url = format!("{base}/v1/models/fraud_detector/predict");
     let one = json!({"entity": {"customer_id": "c-1"}, "request_features": features});
-    let (status, answer) = call(&http, "post", url.clone(), Some(one.clone())).await?;
-    assert_eq!(status, 200, "{answer}");
-    check(&doc, "post", predict, 200, &answer)?;
+    let answer = answers_as_documented(
+        &http,
+        &doc,
+        ("post", predict, 200),
+        url.clone(),
+        Some(one.clone()),
+    )
+    .await?;
     let prediction_id = answer["prediction_id"]
         .as_str()
         .unwrap_or_default()
         .to_owned();
 
-    // 400: an unknown field in the body.
-    let (status, answer) = call(
-        &http,
-        "post",
-        url.clone(),
-        Some(json!({"entity": {}, "x": 1})),
-    )
-    .await?;
-    assert_eq!(status, 400, "{answer}");
-    check(&doc, "post", predict, 400, &answer)?;
-    // 401: no token.
-    let (status, answer) = call(
-        &reqwest::Client::new(),
-        "post",
-        url.clone(),
-        Some(one.clone()),
-    )
-    .await?;
-    assert_eq!(status, 401, "{answer}");
-    check(&doc, "post", predict, 401, &answer)?;
-    // 404: an unknown model.
-    let (status, answer) = call(
-        &http,
-        "post",
-        format!("{base}/v1/models/no_such_model/predict"),
-        Some(one.clone()),
-    )
-    .await?;
-    assert_eq!(status, 404, "{answer}");
-    check(&doc, "post", predict, 404, &answer)?;
-
-    let (status, answer) = call(
-        &http,
-        "post",
-        format!("{base}/v1/models/fraud_detector/predict-batch"),
-        Some(json!({"requests": [one.clone(), {"entity": {"customer_id": "c-2"}, "request_features": features}]})),
-    )
-    .await?;
-    assert_eq!(status, 200, "{answer}");
-    check(
-        &doc,
-        "post",
-        "/v1/models/{model}/predict-batch",
-        200,
-        &answer,
-    )?;
-
-    let (status, answer) = call(
-        &http,
-        "post",
-        format!("{base}/v1/features/customer_activity/push"),
-        Some(json!({"rows": [{"entity": {"customer_id": "c-1"}, "values": {"distinct_merchants_24h": 12}}]})),
-    )
-    .await?;
-    assert_eq!(status, 200, "{answer}");
-    check(&doc, "post", "/v1/features/{view}/push", 200, &answer)?;
-
-    let (status, answer) = call(
-        &http,
-        "post",
-        format!("{base}/v1/feedback"),
-        Some(json!({"prediction_id": prediction_id, "label": "fraud"})),
-    )
-    .await?;
-    assert_eq!(status, 200, "{answer}");
-    check(&doc, "post", "/v1/feedback", 200, &answer)?;
-
-    let (status, answer) = call(&http, "get", format!("{base}/v1/admin/models"), None).await?;
-    assert_eq!(status, 200, "{answer}");
-    check(&doc, "get", "/v1/admin/models", 200, &answer)?;
-    let (status, answer) = call(
-        &http,
-        "get",
-        format!("{base}/v1/admin/models/fraud_detector/routing"),
-        None,
-    )
-    .await?;
-    assert_eq!(status, 200, "{answer}");
-    check(
-        &doc,
-        "get",
-        "/v1/admin/models/{model}/routing",
-        200,
-        &answer,
-    )?;
-
-    for (path, status) in [("/healthz", 200), ("/readyz", 200)] {
-        let (got, answer) = call(&http, "get", format!("{base}{path}"), None).await?;
-        assert_eq!(got, status, "{path} {answer}");
-        check(&doc, "get", path, status, &answer)?;
+    let anonymous = reqwest::Client::new();
+    let batch = json!({"requests": [one.clone(), {"entity": {"customer_id": "c-2"}, "request_features": features}]});
+    let push = json!({"rows": [{"entity": {"customer_id": "c-1"}, "values": {"distinct_merchants_24h": 12}}]});
+    let feedback = json!({"prediction_id": prediction_id, "label": "fraud"});
+    // (client, documented operation and status, URL, body), sent in order.
+    let cases = [
+        // 400: an unknown field in the body.
+        (
+            &http,
+            ("post", predict, 400),
+            url.clone(),
+            Some(json!({"entity": {}, "x": 1})),
+        ),
+        // 401: no token.
+        (
+            &anonymous,
+            ("post", predict, 401),
+            url.clone(),
+            Some(one.clone()),
+        ),
+        // 404: an unknown model.
+        (
+            &http,
+            ("post", predict, 404),
+            format!("{base}/v1/models/no_such_model/predict"),
+            Some(one),
+        ),
+        (
+            &http,
+            ("post", "/v1/models/{model}/predict-batch", 200),
+            format!("{base}/v1/models/fraud_detector/predict-batch"),
+            Some(batch),
+        ),
+        (
+            &http,
+            ("post", "/v1/features/{view}/push", 200),
+            format!("{base}/v1/features/customer_activity/push"),
+            Some(push),
+        ),
+        (
+            &http,
+            ("post", "/v1/feedback", 200),
+            format!("{base}/v1/feedback"),
+            Some(feedback),
+        ),
+        (
+            &http,
+            ("get", "/v1/admin/models", 200),
+            format!("{base}/v1/admin/models"),
+            None,
+        ),
+        (
+            &http,
+            ("get", "/v1/admin/models/{model}/routing", 200),
+            format!("{base}/v1/admin/models/fraud_detector/routing"),
+            None,
+        ),
+        (
+            &http,
+            ("get", "/healthz", 200),
+            format!("{base}/healthz"),
+            None,
+        ),
+        (
+            &http,
+            ("get", "/readyz", 200),
+            format!("{base}/readyz"),
+            None,
+        ),
+    ];
+    for (client, operation, url, body) in cases {
+        answers_as_documented(client, &doc, operation, url, body).await?;
     }
     drop(gw);
 
@@ -193,9 +196,8 @@ async fn answers_fit_the_document() -> Result<()> {
     let (_dir, config) = rig::gateway::scratch("openapi_403", DEV_AUTH, |t| t).await?;
     let gw = GatewayProcess::start_ready(&config).await?;
     let http = client_with_token(gw.token()?)?;
-    let (status, answer) = call(&http, "get", format!("{}/v1/admin/models", gw.http), None).await?;
-    assert_eq!(status, 403, "{answer}");
-    check(&doc, "get", "/v1/admin/models", 403, &answer)?;
+    let url = format!("{}/v1/admin/models", gw.http);
+    answers_as_documented(&http, &doc, ("get", "/v1/admin/models", 403), url, None).await?;
     drop(gw);
     Ok(())
 }
@@ -209,10 +211,7 @@ async fn the_router_serves_what_the_document_lists() -> Result<()> {
     let (_dir, config) = rig::gateway::scratch("openapi_routes", DEV_AUTH, |t| t).await?;
     let gw = GatewayProcess::start_ready(&config).await?;
     let http = client_with_token(gw.token()?)?;
-    let doc: Value = reqwest::get(format!("{}/openapi.json", gw.http))
-        .await?
-        .json()
-        .await?;
+    let doc = rig::get_json(&http, &format!("{}/openapi.json", gw.http)).await?;
     let paths = doc["paths"].as_object().context("no paths")?;
     assert_eq!(
         paths
