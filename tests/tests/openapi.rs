@@ -66,6 +66,14 @@ async fn call(
     Ok((status, r.json::<Value>().await?))
 }
 
+/// A documented path with its parameters filled in: the example model and
+/// view, and a tuner job that does not exist.
+fn example_path(path: &str) -> String {
+    path.replace("{model}", "fraud_detector")
+        .replace("{view}", "customer_activity")
+        .replace("{job}", "no_such_job")
+}
+
 /// Sends a request, asserts the answer's status is the operation's
 /// (method, documented path, status) and that its body fits the schema the
 /// document declares for it; returns the body.
@@ -121,74 +129,40 @@ async fn answers_fit_the_document() -> Result<()> {
     let batch = json!({"requests": [one.clone(), {"entity": {"customer_id": "c-2"}, "request_features": features}]});
     let push = json!({"rows": [{"entity": {"customer_id": "c-1"}, "values": {"distinct_merchants_24h": 12}}]});
     let feedback = json!({"prediction_id": prediction_id, "label": "fraud"});
-    // (client, documented operation and status, URL, body), sent in order.
+    // 400: an unknown field in the body; 401: no token; 404: an unknown model.
+    let unknown_field = Some(json!({"entity": {}, "x": 1}));
+    answers_as_documented(
+        &http,
+        &doc,
+        ("post", predict, 400),
+        url.clone(),
+        unknown_field,
+    )
+    .await?;
+    let no_token = ("post", predict, 401);
+    answers_as_documented(&anonymous, &doc, no_token, url, Some(one.clone())).await?;
+    let unknown_model = format!("{base}/v1/models/no_such_model/predict");
+    answers_as_documented(
+        &http,
+        &doc,
+        ("post", predict, 404),
+        unknown_model,
+        Some(one),
+    )
+    .await?;
+    // 200 from every other operation, on the example model and view.
     let cases = [
-        // 400: an unknown field in the body.
-        (
-            &http,
-            ("post", predict, 400),
-            url.clone(),
-            Some(json!({"entity": {}, "x": 1})),
-        ),
-        // 401: no token.
-        (
-            &anonymous,
-            ("post", predict, 401),
-            url.clone(),
-            Some(one.clone()),
-        ),
-        // 404: an unknown model.
-        (
-            &http,
-            ("post", predict, 404),
-            format!("{base}/v1/models/no_such_model/predict"),
-            Some(one),
-        ),
-        (
-            &http,
-            ("post", "/v1/models/{model}/predict-batch", 200),
-            format!("{base}/v1/models/fraud_detector/predict-batch"),
-            Some(batch),
-        ),
-        (
-            &http,
-            ("post", "/v1/features/{view}/push", 200),
-            format!("{base}/v1/features/customer_activity/push"),
-            Some(push),
-        ),
-        (
-            &http,
-            ("post", "/v1/feedback", 200),
-            format!("{base}/v1/feedback"),
-            Some(feedback),
-        ),
-        (
-            &http,
-            ("get", "/v1/admin/models", 200),
-            format!("{base}/v1/admin/models"),
-            None,
-        ),
-        (
-            &http,
-            ("get", "/v1/admin/models/{model}/routing", 200),
-            format!("{base}/v1/admin/models/fraud_detector/routing"),
-            None,
-        ),
-        (
-            &http,
-            ("get", "/healthz", 200),
-            format!("{base}/healthz"),
-            None,
-        ),
-        (
-            &http,
-            ("get", "/readyz", 200),
-            format!("{base}/readyz"),
-            None,
-        ),
+        ("post", "/v1/models/{model}/predict-batch", Some(batch)),
+        ("post", "/v1/features/{view}/push", Some(push)),
+        ("post", "/v1/feedback", Some(feedback)),
+        ("get", "/v1/admin/models", None),
+        ("get", "/v1/admin/models/{model}/routing", None),
+        ("get", "/healthz", None),
+        ("get", "/readyz", None),
     ];
-    for (client, operation, url, body) in cases {
-        answers_as_documented(client, &doc, operation, url, body).await?;
+    for (method, path, body) in cases {
+        let url = format!("{base}{}", example_path(path));
+        answers_as_documented(&http, &doc, (method, path, 200), url, body).await?;
     }
     drop(gw);
 
@@ -221,13 +195,7 @@ async fn the_router_serves_what_the_document_lists() -> Result<()> {
         17
     );
     for (path, item) in paths {
-        let url = format!(
-            "{}{}",
-            gw.http,
-            path.replace("{model}", "fraud_detector")
-                .replace("{view}", "customer_activity")
-                .replace("{job}", "no_such_job")
-        );
+        let url = format!("{}{}", gw.http, example_path(path));
         for method in item.as_object().context("path item")?.keys() {
             let r = match method.as_str() {
                 "get" => http.get(&url),
