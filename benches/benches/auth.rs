@@ -9,11 +9,11 @@
 //! Results are printed and written to benches/results/auth.md.
 //! Knob: MLGW_BENCH_ITERATIONS (per case, default 20000).
 
-use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
+use benches::report::markdown_table;
 use gateway::auth::claims::ClaimPath;
 use gateway::auth::keys::IssuerKeys;
 use gateway::auth::{Verifier, VerifySettings};
@@ -114,66 +114,65 @@ async fn main() -> Result<()> {
     expired_claims["iat"] = json!(now - 4000);
     let expired = key.sign(&expired_claims)?;
 
-    let rows = vec![
-        measure(
+    // (verifier, case, headers, accepted), measured in this order.
+    let cases = [
+        (
             &cached,
             "valid RS256 token, seen before (cache hit, as served)",
-            &bearer(&good)?,
+            bearer(&good)?,
             true,
-            iterations,
-        )
-        .await?,
-        measure(
+        ),
+        (
             &verifier,
             "valid RS256 token, first sight (full verification)",
-            &bearer(&good)?,
+            bearer(&good)?,
             true,
-            iterations,
-        )
-        .await?,
-        measure(
+        ),
+        (
             &verifier,
             "bad signature, same kid (refused)",
-            &bearer(&forged)?,
+            bearer(&forged)?,
             false,
-            iterations,
-        )
-        .await?,
-        measure(
+        ),
+        (
             &verifier,
             "expired (refused after the signature)",
-            &bearer(&expired)?,
+            bearer(&expired)?,
             false,
-            iterations,
-        )
-        .await?,
-        measure(
+        ),
+        (
             &verifier,
             "alg none (refused at the header)",
-            &bearer("eyJhbGciOiJub25lIn0.e30.x")?,
+            bearer("eyJhbGciOiJub25lIn0.e30.x")?,
             false,
-            iterations,
-        )
-        .await?,
-        measure(
+        ),
+        (
             &verifier,
             "no Authorization header",
-            &http::HeaderMap::new(),
+            http::HeaderMap::new(),
             false,
-            iterations,
-        )
-        .await?,
+        ),
     ];
-    let mut table = String::from(
-        "| case | mean µs | p50 µs | p99 µs | per second (1 core) |\n| --- | ---: | ---: | ---: | ---: |\n",
-    );
-    for r in &rows {
-        let _ = writeln!(
-            table,
-            "| {} | {:.1} | {:.1} | {:.1} | {:.0} |",
-            r.case, r.mean_us, r.p50_us, r.p99_us, r.per_sec
-        );
+    let mut rows = Vec::new();
+    for (v, case, headers, want_ok) in cases {
+        rows.push(measure(v, case, &headers, want_ok, iterations).await?);
     }
+    let table = markdown_table(
+        &[
+            ("case", false),
+            ("mean µs", true),
+            ("p50 µs", true),
+            ("p99 µs", true),
+            ("per second (1 core)", true),
+        ],
+        rows.iter().map(|r| {
+            let us = [r.mean_us, r.p50_us, r.p99_us].map(|v| format!("{v:.1}"));
+            [r.case.to_owned()]
+                .into_iter()
+                .chain(us)
+                .chain([format!("{:.0}", r.per_sec)])
+        }),
+    );
     println!("{table}");
     let doc = format!(
         "# Auth benchmark: token verification per request\n\n\

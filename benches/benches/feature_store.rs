@@ -16,11 +16,13 @@
 //! the Cassandra refresh, printed, no results file: for tuning the writes).
 
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, Result, bail};
+use benches::cassandra::Cassandra;
+use benches::demo::{PROFILE_HEADER, write_csv};
 use feature_store::definitions::FeatureDefinitions;
 use feature_store::reader::{FeatureReader, ReaderConfig};
 use feature_store::refresh::{self, RefreshOptions, RefreshOutcome};
@@ -40,95 +42,37 @@ fn env_num(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
-/// A Cassandra started for the benchmark, stopped on drop.
-struct Cassandra {
-    rig_dir: PathBuf,
-    addr: String,
-    owned: bool,
-}
-
-impl Cassandra {
-    fn start(scratch: &Path) -> Result<Self> {
-        if let Ok(addr) = std::env::var("MLGW_BENCH_CASSANDRA") {
-            return Ok(Cassandra {
-                rig_dir: PathBuf::new(),
-                addr,
-                owned: false,
-            });
-        }
-        let rig_dir = scratch.join("cassandra-rig");
-        std::fs::create_dir_all(&rig_dir)?;
-        let status = std::process::Command::new(workspace_root().join("tests/rig/cassandra.sh"))
-            .arg("start")
-            .env("RIG_DIR", &rig_dir)
-            .status()
-            .context("running tests/rig/cassandra.sh")?;
-        if !status.success() {
-            bail!("Cassandra did not start (see the rig output above)");
-        }
-        let env = std::fs::read_to_string(rig_dir.join("cassandra.env"))?;
-        let addr = env
-            .lines()
-            .find_map(|l| l.strip_prefix("MLGW_TEST_CASSANDRA="))
-            .context("cassandra.env lacks MLGW_TEST_CASSANDRA")?
-            .trim()
-            .to_owned();
-        Ok(Cassandra {
-            rig_dir,
-            addr,
-            owned: true,
-        })
+/// The bench's node: MLGW_BENCH_CASSANDRA=host:port, or one started in
+/// `scratch`.
+fn cassandra(scratch: &Path) -> Result<Cassandra> {
+    match std::env::var("MLGW_BENCH_CASSANDRA") {
+        Ok(addr) => Ok(Cassandra::outside(addr)),
+        Err(_) => Cassandra::start(scratch.join("cassandra-rig")),
     }
 }
 
-impl Cassandra {
-    /// CPU seconds the node has used (None for an outside node).
-    fn cpu_seconds(&self) -> Option<f64> {
-        let pid = std::fs::read_to_string(self.rig_dir.join("cassandra.pid")).ok()?;
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", pid.trim())).ok()?;
-        // Fields after the command's closing parenthesis; utime and stime are
-        // the 12th and 13th of those, in clock ticks (100 per second here).
-        let rest = stat.rsplit_once(')')?.1;
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        let ticks: f64 =
-            fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
-        Some(ticks / 100.0)
+/// Waits until the node uses under 5% of a core over 3 s (flushes and
+/// compactions done), at most `limit`; an outside node gets a fixed 30 s.
+async fn settle(node: &Cassandra, limit: Duration) -> Duration {
+    let started = Instant::now();
+    if !node.owned {
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        return started.elapsed();
     }
-
-    /// Waits until the node uses under 5% of a core over 3 s (flushes and
-    /// compactions done), at most `limit`; an outside node gets a fixed 30 s.
-    async fn settle(&self, limit: Duration) -> Duration {
-        let started = Instant::now();
-        if !self.owned {
-            tokio::time::sleep(Duration::from_secs(30)).await;
-            return started.elapsed();
-        }
-        let window = Duration::from_secs(3);
-        while started.elapsed() < limit {
-            let Some(before) = self.cpu_seconds() else {
-                break;
-            };
-            tokio::time::sleep(window).await;
-            let Some(after) = self.cpu_seconds() else {
-                break;
-            };
-            if (after - before) / window.as_secs_f64() < 0.05 {
-                break;
-            }
-        }
-        started.elapsed()
-    }
-}
-
-impl Drop for Cassandra {
-    fn drop(&mut self) {
-        if self.owned {
-            let _ = std::process::Command::new(workspace_root().join("tests/rig/cassandra.sh"))
-                .arg("stop")
-                .env("RIG_DIR", &self.rig_dir)
-                .status();
+    let window = Duration::from_secs(3);
+    while started.elapsed() < limit {
+        let Some(before) = node.cpu_seconds() else {
+            break;
+        };
+        tokio::time::sleep(window).await;
+        let Some(after) = node.cpu_seconds() else {
+            break;
+        };
+        if (after - before) / window.as_secs_f64() < 0.05 {
+            break;
         }
     }
+    started.elapsed()
 }
 
 /// The value of row `i` in each profile column, shared by the CSV and the
@@ -261,18 +205,11 @@ struct Parse {
 }
 
 fn write_profile_csv(path: &Path, rows: u64) -> Result<()> {
-    use std::io::Write as _;
-    let mut w = std::io::BufWriter::new(std::fs::File::create(path)?);
-    writeln!(
-        w,
-        "customer_id,account_age_days,avg_txn_amount_30d,txn_count_30d,chargeback_count_1y,home_country_risk"
-    )?;
-    for i in 0..rows {
+    let lines = (0..rows).map(|i| {
         let (key, age, amount, count, chargebacks, risk) = profile_row(i);
-        writeln!(w, "{key},{age},{amount},{count},{chargebacks},{risk}")?;
-    }
-    w.flush()?;
-    Ok(())
+        format!("{key},{age},{amount},{count},{chargebacks},{risk}")
+    });
+    write_csv(path, PROFILE_HEADER, lines)
 }
 
 struct Load {
@@ -465,7 +402,7 @@ async fn main() -> Result<()> {
             cells.push(uncached(&embedded, "embedded (redb)", readers, rows, seconds).await?);
         }
     }
-    let cassandra = Cassandra::start(&scratch)?;
+    let cassandra = cassandra(&scratch)?;
     let defaults = ScyllaConfig::default();
     let write_parallelism = env_num(
         "MLGW_BENCH_WRITE_PARALLELISM",
@@ -507,7 +444,7 @@ async fn main() -> Result<()> {
     .await?;
     // Let the warm-up's flushes and compactions finish first, so the timed
     // load does not pay for the warm-up's data.
-    let warmed = cassandra.settle(Duration::from_secs(120)).await;
+    let warmed = settle(&cassandra, Duration::from_secs(120)).await;
     println!(
         "Cassandra idle {:.0}s after the warm-up",
         warmed.as_secs_f64()
@@ -531,12 +468,11 @@ async fn main() -> Result<()> {
     }
     // Let Cassandra flush and compact what it just took in before reading:
     // wait until its process is idle (or a fixed time for an outside node).
-    let settled = cassandra
-        .settle(Duration::from_secs(env_num(
-            "MLGW_BENCH_SETTLE_SECONDS",
-            180,
-        )))
-        .await;
+    let settled = settle(
+        &cassandra,
+        Duration::from_secs(env_num("MLGW_BENCH_SETTLE_SECONDS", 180)),
+    )
+    .await;
     println!("Cassandra settled after {:.0}s", settled.as_secs_f64());
     let settle = settled.as_secs();
     uncached(

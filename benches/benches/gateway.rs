@@ -53,20 +53,18 @@ use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use benches::demo::{Keys, load_profiles, model_request, predict_request};
+use benches::cassandra::Cassandra;
+use benches::demo::{Keys, load_embedded_profiles, load_profiles, model_request, predict_request};
 use benches::grpc_client::{
     Bearer, DirectClient, GatewayClient, channels, direct_clients, gateway_clients,
 };
 use benches::knobs::{env_list, env_num};
 use benches::load::{self, Call, Load, Measured, Outcome, WARMUP, closed_loop};
 use benches::process::{
-    CpuProbe, CpuUse, GatewayProcess, GatewaySettings, gateway_config, interrupted,
+    CpuProbe, CpuUse, GatewayProcess, GatewaySettings, gateway_config, report_in_scratch,
 };
 use benches::prometheus::{delta, failure_codes, scrape};
-use benches::report::{Series, latency_chart, machine, ms};
-use feature_store::store::AnyStore;
-use feature_store::store::embedded::EmbeddedStore;
-use feature_store::store::scylla::{ScyllaConfig, ScyllaStore};
+use benches::report::{Series, latency_chart, machine, ms, table_row};
 use rig::metrics::Page;
 use rig::{ModelServerProcess, example_repository_with, workspace_root};
 
@@ -225,68 +223,13 @@ impl Call for Target {
 // ---------------------------------------------------------------------------
 // Cassandra
 
-/// A Cassandra started for the benchmark (tests/rig/cassandra.sh), stopped on
-/// drop; or one given by MLGW_BENCH_CASSANDRA, left alone.
-struct Cassandra {
-    rig_dir: PathBuf,
-    addr: String,
-    owned: bool,
-}
-
-impl Cassandra {
-    fn start(mode: &CassandraMode, scratch: &Path) -> Result<Option<Self>> {
-        let rig_dir = scratch.join("cassandra-rig");
-        match mode {
-            CassandraMode::Off => Ok(None),
-            CassandraMode::Reuse(addr) => Ok(Some(Cassandra {
-                rig_dir,
-                addr: addr.clone(),
-                owned: false,
-            })),
-            CassandraMode::Start => {
-                std::fs::create_dir_all(&rig_dir)?;
-                // Owned from here on, so a failed start is still stopped.
-                let mut node = Cassandra {
-                    rig_dir,
-                    addr: String::new(),
-                    owned: true,
-                };
-                let status =
-                    std::process::Command::new(workspace_root().join("tests/rig/cassandra.sh"))
-                        .arg("start")
-                        .env("RIG_DIR", &node.rig_dir)
-                        .status()
-                        .context("running tests/rig/cassandra.sh")?;
-                if !status.success() {
-                    bail!("Cassandra did not start (see the rig output above)");
-                }
-                let env = std::fs::read_to_string(node.rig_dir.join("cassandra.env"))?;
-                node.addr = env
-                    .lines()
-                    .find_map(|l| l.strip_prefix("MLGW_TEST_CASSANDRA="))
-                    .context("cassandra.env lacks MLGW_TEST_CASSANDRA")?
-                    .trim()
-                    .to_owned();
-                Ok(Some(node))
-            }
-        }
-    }
-
-    fn pid(&self) -> Option<String> {
-        std::fs::read_to_string(self.rig_dir.join("cassandra.pid"))
-            .ok()
-            .map(|p| p.trim().to_owned())
-    }
-}
-
-impl Drop for Cassandra {
-    fn drop(&mut self) {
-        if self.owned {
-            let _ = std::process::Command::new(workspace_root().join("tests/rig/cassandra.sh"))
-                .arg("stop")
-                .env("RIG_DIR", &self.rig_dir)
-                .status();
-        }
+/// The bench's node per `mode`: none, one given by MLGW_BENCH_CASSANDRA
+/// (left alone), or one started in `scratch` (stopped on drop).
+fn start_cassandra(mode: &CassandraMode, scratch: &Path) -> Result<Option<Cassandra>> {
+    match mode {
+        CassandraMode::Off => Ok(None),
+        CassandraMode::Reuse(addr) => Ok(Some(Cassandra::outside(addr.clone()))),
+        CassandraMode::Start => Cassandra::start(scratch.join("cassandra-rig")).map(Some),
     }
 }
 
@@ -346,6 +289,26 @@ impl Step {
             let _ = write!(text, " (gateway: {})", self.gateway_failures);
         }
         text
+    }
+    /// A results-table row: store, scenario, `load` (rate or callers),
+    /// throughput and latency, shed, other errors, hit %, the `extra` cells,
+    /// then CPU per call and the other load.
+    fn table_row(&self, load: &str, extra: &[String]) -> String {
+        let head = [self.backend, self.scenario, load].map(str::to_owned);
+        let figures = [
+            self.m.latency_cells(),
+            self.m.shed.to_string(),
+            self.errors_text(),
+            self.hit_percent(),
+        ];
+        let cpu = [self.cpu_text(), format!("{:.2}", self.cpu.other_cores)];
+        table_row(head.iter().chain(&figures).chain(extra).chain(&cpu))
+    }
+
+    /// The gateway's row-cache hit ratio in %, `-` where no gateway ran.
+    fn hit_percent(&self) -> String {
+        self.gateway
+            .map_or_else(|| "-".into(), |g| format!("{:.1}", g.hit_ratio * 100.0))
     }
     fn cpu_text(&self) -> String {
         self.cpu.text()
@@ -496,26 +459,11 @@ impl Runner {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<()> {
-    // `cargo test --benches` passes flags; this is a benchmark, not a test.
-    if std::env::args().any(|a| a == "--test" || a == "--list") {
-        return Ok(());
-    }
-    let knobs = Knobs::from_env()?;
-    let scratch = std::env::temp_dir().join(format!("mlgw_bench_gw_{}", std::process::id()));
-    std::fs::create_dir_all(&scratch)?;
-    // On Ctrl-C or SIGTERM the run is dropped, and with it every process it
-    // started (kill_on_drop; Cassandra's Drop runs the rig's stop).
-    let result = tokio::select! {
-        r = run(&knobs, &scratch) => r,
-        s = interrupted() => Err(anyhow::anyhow!("interrupted by {s}; stopped everything the bench started")),
-    };
-    let _ = std::fs::remove_dir_all(&scratch);
-    let report = result?;
-    println!("{report}");
-    Ok(())
+    report_in_scratch("gw", run).await
 }
 
-async fn run(knobs: &Knobs, scratch: &Path) -> Result<String> {
+async fn run(scratch: PathBuf) -> Result<String> {
+    let (knobs, scratch) = (&Knobs::from_env()?, scratch.as_path());
     let configs = scratch.join("configs");
     std::fs::create_dir_all(&configs)?;
 
@@ -557,10 +505,7 @@ async fn run(knobs: &Knobs, scratch: &Path) -> Result<String> {
 
     // Demo data in the embedded store.
     let redb = scratch.join("features.redb");
-    let load_seconds = {
-        let store = AnyStore::Embedded(Arc::new(EmbeddedStore::open(&redb)?));
-        load_profiles(&store, knobs.customers, scratch).await?
-    };
+    let load_seconds = load_embedded_profiles(&redb, knobs.customers, scratch).await?;
     eprintln!(
         "loaded {} customers into the embedded store in {load_seconds:.1} s",
         knobs.customers
@@ -706,17 +651,9 @@ async fn run(knobs: &Knobs, scratch: &Path) -> Result<String> {
 
     // --- Cassandra (opt-in) -------------------------------------------------
     let mut cassandra_note = String::new();
-    if let Some(node) = Cassandra::start(&knobs.cassandra, scratch)? {
+    if let Some(node) = start_cassandra(&knobs.cassandra, scratch)? {
         let keyspace = format!("bench_gw_{}", std::process::id());
-        let store = AnyStore::Scylla(Arc::new(
-            ScyllaStore::connect(ScyllaConfig {
-                nodes: vec![node.addr.clone()],
-                keyspace: keyspace.clone(),
-                write_timeout: Duration::from_secs(30),
-                ..ScyllaConfig::default()
-            })
-            .await?,
-        ));
+        let store = benches::cassandra::store(&node.addr, keyspace.clone()).await?;
         let seconds = load_profiles(&store, knobs.cassandra_customers, scratch).await?;
         drop(store);
         eprintln!(
@@ -753,10 +690,7 @@ async fn run(knobs: &Knobs, scratch: &Path) -> Result<String> {
         );
         let fresh = Arc::new(Target::Gateway {
             clients,
-            keys: Keys::Fresh {
-                customers: knobs.cassandra_customers,
-                next: Arc::new(AtomicU64::new(0)),
-            },
+            keys: Keys::fresh(knobs.cassandra_customers),
         });
         if let Some(code) = fresh.call(0).await.failure() {
             bail!(
@@ -1017,24 +951,10 @@ fn report(
         let Load::Open { rate } = s.load else {
             continue;
         };
-        writeln!(
-            out,
-            "| {} | {} | {rate:.0} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {} | {:.2} |",
-            s.backend,
-            s.scenario,
-            s.m.achieved,
-            ms(s.p(0.5)),
-            ms(s.p(0.99)),
-            ms(s.p(0.999)),
-            s.m.shed,
-            s.errors_text(),
-            s.gateway
-                .map_or_else(|| "-".into(), |g| format!("{:.1}", g.hit_ratio * 100.0)),
+        let send_lag =
             s.m.send_lag_p99_us
-                .map_or_else(|| "-".into(), |l| l.to_string()),
-            s.cpu_text(),
-            s.cpu.other_cores
-        )?;
+                .map_or_else(|| "-".into(), |l| l.to_string());
+        writeln!(out, "{}", s.table_row(&format!("{rate:.0}"), &[send_lag]))?;
     }
 
     writeln!(
@@ -1065,17 +985,11 @@ fn report(
         let Some(d) = find(steps, "embedded", "direct", g.load) else {
             continue;
         };
-        let v = g.gateway.unwrap_or_default();
+        let rate = format!("{rate:.0}");
         writeln!(
             out,
-            "| {rate:.0} | {} / {} | {} / {} | {} / {} | {} |",
-            ms(g.p(0.5)),
-            ms(g.p(0.99)),
-            ms(d.p(0.5)),
-            ms(d.p(0.99)),
-            ms(g.p(0.5) - d.p(0.5)),
-            ms(g.p(0.99) - d.p(0.99)),
-            v.text()
+            "{}",
+            table_row([rate].into_iter().chain(overhead_cells(g, d)))
         )?;
     }
 
@@ -1100,22 +1014,7 @@ fn report(
             Some(r) if s.scenario != "direct" => format!("{callers}, paced {r:.0}/s"),
             _ => callers.to_string(),
         };
-        writeln!(
-            out,
-            "| {} | {} | {callers} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {:.2} |",
-            s.backend,
-            s.scenario,
-            s.m.achieved,
-            ms(s.p(0.5)),
-            ms(s.p(0.99)),
-            ms(s.p(0.999)),
-            s.m.shed,
-            s.errors_text(),
-            s.gateway
-                .map_or_else(|| "-".into(), |g| format!("{:.1}", g.hit_ratio * 100.0)),
-            s.cpu_text(),
-            s.cpu.other_cores
-        )?;
+        writeln!(out, "{}", s.table_row(&callers, &[]))?;
     }
 
     writeln!(
@@ -1146,22 +1045,28 @@ fn report(
             None => callers.to_string(),
             Some(rate) => format!("{callers}, paced {rate:.0}/s"),
         };
-        let v = g.gateway.unwrap_or_default();
+        let head = [who, format!("{:.0}", g.m.achieved)];
         writeln!(
             out,
-            "| {who} | {:.0} | {} / {} | {} / {} | {} / {} | {} |",
-            g.m.achieved,
-            ms(g.p(0.5)),
-            ms(g.p(0.99)),
-            ms(d.p(0.5)),
-            ms(d.p(0.99)),
-            ms(g.p(0.5) - d.p(0.5)),
-            ms(g.p(0.99) - d.p(0.99)),
-            v.text()
+            "{}",
+            table_row(head.into_iter().chain(overhead_cells(g, d)))
         )?;
     }
     writeln!(out, "\n![latency vs rate](gateway_latency.svg)\n")?;
     Ok(out)
+}
+
+/// The overhead tables' cells for gateway step `g` and its paired direct
+/// step `d`: each one's p50 / p99, their difference, and the gateway's own
+/// accounting.
+fn overhead_cells(g: &Step, d: &Step) -> [String; 4] {
+    let pair = |a: f64, b: f64| format!("{} / {}", ms(a), ms(b));
+    [
+        pair(g.p(0.5), g.p(0.99)),
+        pair(d.p(0.5), d.p(0.99)),
+        pair(g.p(0.5) - d.p(0.5), g.p(0.99) - d.p(0.99)),
+        g.gateway.unwrap_or_default().text(),
+    ]
 }
 
 /// Latency (p50 and p99, log scale) against the target rate, open loop.

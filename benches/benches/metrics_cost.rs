@@ -17,12 +17,11 @@
 //! Knob: MLGW_BENCH_ITERATIONS (operations per round and thread, default
 //! 1,000,000; renders use a thousandth of it).
 
-use std::fmt::Write as _;
 use std::sync::{Barrier, Mutex};
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use benches::report::machine;
+use benches::report::{commit, machine, markdown_table};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
@@ -440,36 +439,43 @@ fn main() -> Result<()> {
         render_of("metrics-exporter-prometheus"),
     );
 
-    let mut table = String::from(
-        "| crate | case | ns/op, 1 thread | ns/op, 2 threads (each) |\n| --- | --- | ---: | ---: |\n",
+    let table = markdown_table(
+        &[
+            ("crate", false),
+            ("case", false),
+            ("ns/op, 1 thread", true),
+            ("ns/op, 2 threads (each)", true),
+        ],
+        rows.iter().map(|r| {
+            let ns = [r.one, r.two].map(|v| format!("{v:.1}"));
+            [r.krate.to_string(), r.case.to_string()]
+                .into_iter()
+                .chain(ns)
+        }),
     );
-    for r in &rows {
-        let _ = writeln!(
-            table,
-            "| {} | {} | {:.1} | {:.1} |",
-            r.krate, r.case, r.one, r.two
-        );
-    }
-    let mut render_table = String::from(
-        "| crate | page | µs per render, idle | µs per render, after 1,000 observations per histogram | bytes |\n| --- | --- | ---: | ---: | ---: |\n",
+    let render_table = markdown_table(
+        &[
+            ("crate", false),
+            ("page", false),
+            ("µs per render, idle", true),
+            (
+                "µs per render, after 1,000 observations per histogram",
+                true,
+            ),
+            ("bytes", true),
+        ],
+        renders.iter().map(|r| {
+            let us = [r.idle_us, r.busy_us].map(|v| format!("{v:.0}"));
+            [r.krate.to_string(), r.case.to_string()]
+                .into_iter()
+                .chain(us)
+                .chain([r.bytes.to_string()])
+        }),
     );
-    for r in &renders {
-        let _ = writeln!(
-            render_table,
-            "| {} | {} | {:.0} | {:.0} | {} |",
-            r.krate, r.case, r.idle_us, r.busy_us, r.bytes
-        );
-    }
     println!("{table}\n{render_table}");
 
     let (cores, cpu) = machine();
-    let commit = std::process::Command::new("git")
-        .args(["rev-parse", "--short", "HEAD"])
-        .current_dir(workspace_root())
-        .output()
-        .ok()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-        .unwrap_or_default();
+    let commit = commit();
     let versions = "prometheus-client 0.26, metrics 0.24, metrics-exporter-prometheus 0.18 \
 (no default features; buckets set, so histograms render as Prometheus histograms)";
     let doc = format!(

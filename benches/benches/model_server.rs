@@ -12,8 +12,8 @@ use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
+use benches::demo::row_request;
 use hdrhistogram::Histogram;
-use proto::inference as pb;
 use proto::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
 use rig::{
     ModelServerProcess, example_repository, example_repository_with, reference, workspace_root,
@@ -34,26 +34,6 @@ struct Cell {
     p50_us: u64,
     p99_us: u64,
     p999_us: u64,
-}
-
-fn request(version: &str, row: &[f32]) -> pb::ModelInferRequest {
-    pb::ModelInferRequest {
-        model_name: "fraud_detector".into(),
-        model_version: version.into(),
-        inputs: vec![pb::model_infer_request::InferInputTensor {
-            name: "features".into(),
-            datatype: "FP32".into(),
-            shape: vec![1, row.len() as i64],
-            ..Default::default()
-        }],
-        raw_input_contents: vec![
-            row.iter()
-                .flat_map(|x| x.to_le_bytes())
-                .collect::<Vec<u8>>()
-                .into(),
-        ],
-        ..Default::default()
-    }
 }
 
 async fn run_cell(
@@ -79,7 +59,7 @@ async fn run_cell(
                 if now >= end {
                     break;
                 }
-                let req = request(version, &rows[i % rows.len()]);
+                let req = row_request(version, &rows[i % rows.len()]);
                 i += callers;
                 let t = Instant::now();
                 let ok = client.model_infer(req).await.is_ok();
@@ -130,8 +110,7 @@ fn rss_kb(pid: u32) -> (u64, u64) {
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    // `cargo test --benches` passes flags; this is a benchmark, not a test.
-    if std::env::args().any(|a| a == "--test" || a == "--list") {
+    if benches::process::invoked_as_test() {
         return Ok(());
     }
     let seconds: f64 = std::env::var("MLGW_BENCH_SECONDS")

@@ -60,26 +60,24 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, Result, bail, ensure};
 use benches::demo::{Keys, customer_id, load_profiles, predict_request, profile};
-use benches::demo::{request_values, row_request, write_profiles};
+use benches::demo::{model_row, row_request, write_csv, write_profiles};
 use benches::grpc_client::{
     Bearer, DirectClient, GatewayClient, channels, direct_clients, gateway_clients,
 };
 use benches::knobs::{env_list, env_num, list_text};
 use benches::load::{self, Call, Load, Measured, Outcome, WARMUP, closed_loop};
 use benches::process::{
-    GatewayProcess, GatewaySettings, ModelServer, gateway_config, interrupted,
-    machine_busy_seconds, tail,
+    GatewayProcess, GatewaySettings, ModelServer, gateway_config, machine_busy_seconds,
+    python_venv, report_in_scratch, tail, terminate,
 };
-use benches::report::{Series, latency_chart, machine, ms};
+use benches::report::{Series, commit, latency_chart, machine, ms};
 use feature_store::aggregate::Event;
 use feature_store::definitions::FeatureValue;
 use feature_store::store::prelude::*;
-use feature_store::store::scylla::{ScyllaConfig, ScyllaStore};
 use feature_store::store::{AnyStore, DynamicWrite, EventWrite};
 use proto::inference as inf;
 use rig::{OwnCassandra, workspace_root};
@@ -176,18 +174,15 @@ fn store_row(i: u64) -> [f32; 10] {
 }
 
 fn write_activity_csv(path: &Path, customers: u64) -> Result<()> {
-    use std::io::Write as _;
-    let mut w = std::io::BufWriter::new(std::fs::File::create(path)?);
-    writeln!(
-        w,
-        "customer_id,txn_count_1h,txn_amount_sum_1h,distinct_merchants_24h,failed_auth_count_24h,minutes_since_last_txn"
-    )?;
-    for i in 0..customers {
+    let rows = (0..customers).map(|i| {
         let (a, b, c, d, e) = activity(i);
-        writeln!(w, "{},{a},{b},{c},{d},{e}", customer_id(i))?;
-    }
-    w.flush()?;
-    Ok(())
+        format!("{},{a},{b},{c},{d},{e}", customer_id(i))
+    });
+    write_csv(
+        path,
+        "customer_id,txn_count_1h,txn_amount_sum_1h,distinct_merchants_24h,failed_auth_count_24h,minutes_since_last_txn",
+        rows,
+    )
 }
 
 /// Writes every customer's activity into our store (event time one minute
@@ -519,16 +514,7 @@ async fn feast_features(
 /// the same row the gateway assembles (request features of
 /// `benches::demo::request_values`, merchant_category_risk defaulted).
 fn pipeline_request(store: &[f32; 10], k: u64) -> inf::ModelInferRequest {
-    let (amount, card, hour, distance) = request_values(k);
-    let mut row = store.to_vec();
-    row.extend([
-        amount as f32,
-        0.21,
-        f32::from(u8::from(card)),
-        hour as f32,
-        distance as f32,
-    ]);
-    row_request("", &row)
+    row_request("", &model_row(store, k))
 }
 
 /// P(fraud) from a model-server answer.
@@ -675,16 +661,8 @@ impl FeastServer {
 
     async fn stop(mut self) -> Result<()> {
         if let Some(pgid) = self.pgid {
-            let _ = tokio::process::Command::new("kill")
-                .args(["-TERM", "--", &format!("-{pgid}")])
-                .status()
-                .await;
-            if tokio::time::timeout(Duration::from_secs(15), self.child.wait())
-                .await
-                .is_err()
-            {
-                self.child.kill().await?;
-            }
+            let group = format!("-{pgid}");
+            terminate(&mut self.child, &["--", &group], Duration::from_secs(15)).await?;
         }
         Ok(())
     }
@@ -703,22 +681,13 @@ impl Drop for FeastServer {
 }
 
 /// The Feast venv (tests/rig/python-venv.sh): (python, feast CLI).
-fn feast_venv() -> Result<(PathBuf, PathBuf)> {
-    let root = workspace_root();
-    let out = std::process::Command::new(root.join("tests/rig/python-venv.sh"))
-        .args([
-            "feast-venv",
-            "benches/peers/feast/requirements.txt",
-            "import feast, cassandra, pandas",
-        ])
-        .stderr(Stdio::inherit())
-        .output()
-        .context("running tests/rig/python-venv.sh")?;
-    ensure!(
-        out.status.success(),
-        "the Feast venv could not be made (see above)"
-    );
-    let python = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+async fn feast_venv() -> Result<(PathBuf, PathBuf)> {
+    let python = python_venv(
+        "feast-venv",
+        "benches/peers/feast/requirements.txt",
+        "import feast, cassandra, pandas",
+    )
+    .await?;
     let feast = python.with_file_name("feast");
     ensure!(feast.is_file(), "{} is missing", feast.display());
     Ok((python, feast))
@@ -764,20 +733,12 @@ struct Step {
 }
 
 impl Step {
-    fn failed(&self) -> u64 {
-        self.m.error_count() + self.m.shed
-    }
-
-    fn total(&self) -> u64 {
-        self.m.ok + self.failed()
-    }
-
     /// Within the threshold: p99 ≤ `p99_ms`, < 0.1% failed or shed, ≥ 95%
     /// of the offered rate achieved.
     fn good(&self, p99_ms: f64) -> bool {
         self.m.ok > 0
             && self.m.p_ms(0.99) <= p99_ms
-            && (self.failed() as f64) < 0.001 * self.total().max(1) as f64
+            && self.m.unanswered_share() < 0.001
             && self.m.achieved >= 0.95 * self.rate
     }
 
@@ -786,7 +747,7 @@ impl Step {
     fn blown(&self, p99_ms: f64) -> bool {
         self.m.ok == 0
             || self.m.p_ms(0.99) > BLOWN_FACTOR * p99_ms
-            || (self.failed() as f64) > 0.01 * self.total().max(1) as f64
+            || self.m.unanswered_share() > 0.01
             || self.m.achieved < 0.9 * self.rate
     }
 }
@@ -823,11 +784,8 @@ impl Runner {
             cpu,
         };
         eprintln!(
-            "{system:<28} {rate:>6.0}/s  achieved {:>7.1}  p50 {:>8} p99 {:>8} p999 {:>8} ms  shed {} errors {}  cores {:.2}",
-            step.m.achieved,
-            ms(step.m.p_ms(0.5)),
-            ms(step.m.p_ms(0.99)),
-            ms(step.m.p_ms(0.999)),
+            "{system:<28} {rate:>6.0}/s  {}  shed {} errors {}  cores {:.2}",
+            step.m.summary(),
             step.m.shed,
             step.m.errors_text(),
             step.cpu.machine_cores,
@@ -962,23 +920,13 @@ async fn check_same_answers(
 
 #[tokio::main(flavor = "multi_thread")]
 async fn main() -> Result<()> {
-    let knobs = Knobs::from_env()?;
-    let scratch =
-        std::env::temp_dir().join(format!("mlgw-bench-peer-feast-{}", std::process::id()));
-    std::fs::create_dir_all(&scratch)?;
-    let result = tokio::select! {
-        r = run(&knobs, &scratch) => r,
-        sig = interrupted() => Err(anyhow::anyhow!("interrupted by {sig}; stopping everything")),
-    };
-    let _ = std::fs::remove_dir_all(&scratch);
-    let report = result?;
-    println!("{report}");
-    Ok(())
+    report_in_scratch("peer_feast", run).await
 }
 
-async fn run(knobs: &Knobs, scratch: &Path) -> Result<String> {
+async fn run(scratch: PathBuf) -> Result<String> {
+    let (knobs, scratch) = (&Knobs::from_env()?, scratch.as_path());
     let root = workspace_root();
-    let (python, feast) = feast_venv()?;
+    let (python, feast) = feast_venv().await?;
     let cassandra = Cassandra::start(knobs.cassandra.as_deref()).await?;
     let (host, port) = cassandra
         .addr
@@ -998,15 +946,7 @@ async fn run(knobs: &Knobs, scratch: &Path) -> Result<String> {
     let repo = root.join("benches/peers/feast/feature_repo");
 
     // --- the same customers into both stores ------------------------------
-    let store = AnyStore::Scylla(Arc::new(
-        ScyllaStore::connect(ScyllaConfig {
-            nodes: vec![cassandra.addr.clone()],
-            keyspace: keyspace.clone(),
-            write_timeout: Duration::from_secs(30),
-            ..ScyllaConfig::default()
-        })
-        .await?,
-    ));
+    let store = benches::cassandra::store(&cassandra.addr, keyspace.clone()).await?;
     let ours_profiles_s = load_profiles(&store, knobs.customers, scratch).await?;
     let ours_activity_s = load_activity(&store, knobs.customers).await?;
     drop(store);
@@ -1140,10 +1080,7 @@ async fn run(knobs: &Knobs, scratch: &Path) -> Result<String> {
         .await?;
     let fresh = Arc::new(Target::Gateway {
         clients: gw_clients.clone(),
-        keys: Keys::Fresh {
-            customers: knobs.customers,
-            next: Arc::new(AtomicU64::new(0)),
-        },
+        keys: Keys::fresh(knobs.customers),
     });
     closed_loop(Arc::clone(&fresh), 16, None, knobs.warmup_s).await?;
     let ours_miss = "ours, cache miss";
@@ -1170,10 +1107,7 @@ async fn run(knobs: &Knobs, scratch: &Path) -> Result<String> {
             http: http.clone(),
             url: format!("{}/get-online-features", server.url),
             models: model_clients.clone(),
-            keys: Keys::Fresh {
-                customers: knobs.customers,
-                next: Arc::new(AtomicU64::new(0)),
-            },
+            keys: Keys::fresh(knobs.customers),
         });
         if let Some(code) = target.call(0).await.failure() {
             bail!(
@@ -1217,30 +1151,15 @@ async fn run(knobs: &Knobs, scratch: &Path) -> Result<String> {
 
 /// (two days ago, now) as ISO-8601 UTC for `feast materialize`.
 fn chrono_like_now() -> (String, String) {
-    let now = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    (iso(now.saturating_sub(2 * 86_400)), iso(now + 60))
-}
-
-/// Unix seconds as `YYYY-MM-DDTHH:MM:SS` (UTC; civil-from-days).
-fn iso(secs: u64) -> String {
-    let days = (secs / 86_400) as i64;
-    let rem = secs % 86_400;
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
+    let now = SystemTime::now();
+    let iso = |t: SystemTime| {
+        feature_store::clock::utc(t)
+            .trim_end_matches('Z')
+            .to_owned()
+    };
+    (
+        iso(now - Duration::from_secs(2 * 86_400)),
+        iso(now + Duration::from_secs(60)),
     )
 }
 
@@ -1262,13 +1181,7 @@ fn versions(python: &Path, _feast: &Path) -> Result<String> {
         ])
         .output()?;
     ensure!(out.status.success(), "cannot read the Feast versions");
-    let commit = std::process::Command::new("git")
-        .args(["rev-parse", "--short", "HEAD"])
-        .current_dir(workspace_root())
-        .output()
-        .ok()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-        .unwrap_or_default();
+    let commit = commit();
     Ok(format!(
         "{}; Cassandra 5.0.9 (tests/rig/cassandra.sh); mlgw at {commit}",
         String::from_utf8_lossy(&out.stdout).trim()
@@ -1392,12 +1305,9 @@ fn report(runner: &Runner, knobs: &Knobs, names: &[String], setup: &Setup) -> Re
             let front = s.cpu.of("gateway").or_else(|| s.cpu.of("feast"));
             writeln!(
                 r,
-                "| {name} | {:.0} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.2} |",
+                "| {name} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {:.2} |",
                 s.rate,
-                s.m.achieved,
-                ms(s.m.p_ms(0.5)),
-                ms(s.m.p_ms(0.99)),
-                ms(s.m.p_ms(0.999)),
+                s.m.latency_cells(),
                 s.m.shed,
                 s.m.errors_text(),
                 cpu_cell(front),

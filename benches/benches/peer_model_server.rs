@@ -41,16 +41,18 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
 use benches::grpc_client::{DirectClient, channels, direct_clients};
 use benches::knobs::{env_list, env_num, list_text};
 use benches::load::{self, Load, Measured, Outcome};
-use benches::process::{cpu_seconds, free_port, interrupted, tail};
-use benches::report::{machine, ms};
+use benches::process::{cpu_seconds, free_port, interrupted, invoked_as_test, python_venv, tail};
+use benches::report::{Frame, Series, chart, machine, ms, table_row};
 use proto::inference as pb;
-use rig::{ModelServerProcess, TempRepo, example_repository, reference, workspace_root};
+use rig::{
+    ModelServerProcess, TempRepo, example_repository, exited, poll_ready, reference, workspace_root,
+};
 
 /// Callers share this many HTTP/2 connections, as a client pool would.
 const CONNECTIONS: usize = 4;
@@ -141,10 +143,6 @@ struct Step {
 }
 
 impl Step {
-    fn failures(&self) -> u64 {
-        self.m.error_count() + self.m.shed
-    }
-
     fn errors_text(&self) -> String {
         match (self.m.shed, self.m.errors_text().as_str()) {
             (0, text) => text.to_owned(),
@@ -153,14 +151,24 @@ impl Step {
         }
     }
 
+    /// A results-table row: server, batching, `load` (callers or offered
+    /// rate), throughput and latency, errors, the `extra` cells, then the
+    /// server's and the client's CPU µs per call.
+    fn table_row(&self, load: &str, extra: &[String]) -> String {
+        let (server, batching) = (self.server.name(), self.batching.name());
+        let head = [server, batching, load].map(str::to_owned);
+        let figures = [self.m.latency_cells(), self.errors_text()];
+        let cpu = [self.server_cpu_us, self.client_cpu_us].map(|us| format!("{us:.0}"));
+        table_row(head.iter().chain(&figures).chain(extra).chain(&cpu))
+    }
+
     /// Kept up: nearly the offered rate, next to no failures, p99 in bounds.
     fn sustained(&self) -> bool {
         let Load::Open { rate } = self.load else {
             return true;
         };
-        let total = self.m.ok + self.failures();
         self.m.achieved >= 0.9 * rate
-            && self.failures() as f64 <= 0.01 * total.max(1) as f64
+            && self.m.unanswered_share() <= 0.01
             && self.m.p_ms(0.99) <= SATURATED_P99_MS
     }
 }
@@ -435,42 +443,30 @@ impl MlServer {
     }
 
     async fn wait_ready(&mut self, version: &str, timeout: Duration) -> Result<()> {
-        let client = reqwest::Client::new();
         let url = format!(
             "{}/v2/models/{MODEL}/versions/{version}/ready",
             self.http_url
         );
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(child) = self.child.as_mut()
-                && let Some(status) = child.try_wait()?
-            {
-                bail!(
-                    "MLServer exited ({status}) before serving {MODEL} v{version}; log tail ({}):\n{}",
-                    self.log.display(),
-                    tail(&self.log)
-                );
+        let (child, log) = (&mut self.child, &self.log);
+        let ready = poll_ready(&url, timeout, Duration::from_millis(100), || {
+            if let Some(c) = child.as_mut() {
+                exited(c, "MLServer")?;
             }
-            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
-            if log.contains("failed to load") || log.contains("Couldn't load model") {
-                bail!(
-                    "MLServer could not load {MODEL} v{version}; log tail:\n{}",
-                    tail(&self.log)
-                );
-            }
-            if let Ok(r) = client.get(&url).send().await
-                && r.status().is_success()
-            {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "MLServer is not ready after {timeout:?}; log tail:\n{}",
-                    tail(&self.log)
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+            let text = std::fs::read_to_string(log).unwrap_or_default();
+            ensure!(
+                !(text.contains("failed to load") || text.contains("Couldn't load model")),
+                "MLServer could not load {MODEL} v{version}"
+            );
+            Ok(())
+        })
+        .await;
+        ready.with_context(|| {
+            format!(
+                "MLServer did not serve {MODEL} v{version}; log tail ({}):\n{}",
+                self.log.display(),
+                tail(&self.log)
+            )
+        })
     }
 
     /// Sends `signal` (`-TERM`, `-KILL`) to the main process alone or to its
@@ -520,24 +516,12 @@ fn read_json(path: &Path) -> Result<serde_json::Value> {
 
 /// The venv's python (made or reused by tests/rig/python-venv.sh).
 async fn mlserver_python() -> Result<PathBuf> {
-    let root = workspace_root();
-    let out = tokio::process::Command::new(root.join("tests/rig/python-venv.sh"))
-        .args([
-            "mlserver-venv",
-            "benches/peers/mlserver/requirements.txt",
-            "import mlserver, onnxruntime",
-        ])
-        .current_dir(&root)
-        .stderr(Stdio::inherit())
-        .output()
-        .await
-        .context("run tests/rig/python-venv.sh")?;
-    ensure!(
-        out.status.success(),
-        "tests/rig/python-venv.sh could not make the MLServer venv ({}); see its output above",
-        out.status
-    );
-    Ok(PathBuf::from(String::from_utf8(out.stdout)?.trim()))
+    python_venv(
+        "mlserver-venv",
+        "benches/peers/mlserver/requirements.txt",
+        "import mlserver, onnxruntime",
+    )
+    .await
 }
 
 async fn command_output(program: &Path, args: &[&str]) -> Result<String> {
@@ -586,8 +570,7 @@ impl Running {
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    // `cargo test --benches` passes flags; this is a benchmark, not a test.
-    if std::env::args().any(|a| a == "--test" || a == "--list") {
+    if invoked_as_test() {
         return Ok(());
     }
     // On Ctrl-C or SIGTERM the run is dropped, so every server it started
@@ -732,12 +715,9 @@ async fn run() -> Result<()> {
                     m,
                 };
                 eprintln!(
-                    "{label} {}: {:.0} req/s p50={} p99={} p99.9={} ms errors={} cpu/call server={:.0}us client={:.0}us",
+                    "{label} {}: {} errors={} cpu/call server={:.0}us client={:.0}us",
                     load.text(),
-                    step.m.achieved,
-                    ms(step.m.p_ms(0.5)),
-                    ms(step.m.p_ms(0.99)),
-                    ms(step.m.p_ms(0.999)),
+                    step.m.summary(),
                     step.errors_text(),
                     step.server_cpu_us,
                     step.client_cpu_us,
@@ -776,7 +756,7 @@ async fn run() -> Result<()> {
         .and_then(|old| old.find(INTERPRETATION).map(|i| old[i..].to_owned()))
         .unwrap_or_else(|| format!("{INTERPRETATION}\n"));
     std::fs::write(&md, format!("{text}\n{kept}"))?;
-    std::fs::write(dir.join("peer_model_server.svg"), chart(&steps))?;
+    std::fs::write(dir.join("peer_model_server.svg"), latency_svg(&steps))?;
     Ok(())
 }
 
@@ -896,19 +876,7 @@ fn report(
     )?;
     for s in steps {
         if let Load::Closed { callers, .. } = s.load {
-            writeln!(
-                out,
-                "| {} | {} | {callers} | {:.0} | {} | {} | {} | {} | {:.0} | {:.0} |",
-                s.server.name(),
-                s.batching.name(),
-                s.m.achieved,
-                ms(s.m.p_ms(0.5)),
-                ms(s.m.p_ms(0.99)),
-                ms(s.m.p_ms(0.999)),
-                s.errors_text(),
-                s.server_cpu_us,
-                s.client_cpu_us
-            )?;
+            writeln!(out, "{}", s.table_row(&callers.to_string(), &[]))?;
         }
     }
     writeln!(out, "\n## Open loop (fixed rates)\n")?;
@@ -922,20 +890,8 @@ fn report(
     )?;
     for s in steps {
         if let Load::Open { rate } = s.load {
-            writeln!(
-                out,
-                "| {} | {} | {rate:.0} | {:.0} | {} | {} | {} | {} | {} | {:.0} | {:.0} |",
-                s.server.name(),
-                s.batching.name(),
-                s.m.achieved,
-                ms(s.m.p_ms(0.5)),
-                ms(s.m.p_ms(0.99)),
-                ms(s.m.p_ms(0.999)),
-                s.errors_text(),
-                ms(s.m.send_lag_p99_us.map_or(f64::NAN, |u| u as f64 / 1000.0)),
-                s.server_cpu_us,
-                s.client_cpu_us
-            )?;
+            let send_lag = ms(s.m.send_lag_p99_us.map_or(f64::NAN, |u| u as f64 / 1000.0));
+            writeln!(out, "{}", s.table_row(&format!("{rate:.0}"), &[send_lag]))?;
         }
     }
     for n in notes {
@@ -1008,7 +964,7 @@ fn report(
 
 /// Open-loop p99 (solid) and p50 (dashed) against offered rate, log-log,
 /// one colour per server and batching mode.
-fn chart(steps: &[Step]) -> String {
+fn latency_svg(steps: &[Step]) -> String {
     let series = [
         (Server::Ours, Batching::On, "#1f77b4"),
         (Server::Ours, Batching::Off, "#2ca02c"),
@@ -1035,35 +991,14 @@ fn chart(steps: &[Step]) -> String {
         .collect();
     let decade_floor = |v: f64| 10f64.powf(v.log10().floor());
     let decade_ceil = |v: f64| 10f64.powf(v.log10().ceil());
-    let x_lo = decade_floor(
-        all.iter()
-            .map(|p| p.0)
-            .fold(f64::INFINITY, f64::min)
-            .min(100.0),
-    );
-    let x_hi = decade_ceil(all.iter().map(|p| p.0).fold(1000.0, f64::max));
-    let y_lo = decade_floor(
-        all.iter()
-            .map(|p| p.1)
-            .fold(f64::INFINITY, f64::min)
-            .min(0.1),
-    );
-    let y_hi = decade_ceil(all.iter().map(|p| p.1).fold(10.0, f64::max));
-    let (w, h, left, top, right, bottom) = (780.0, 440.0, 60.0, 30.0, 230.0, 50.0);
-    let (pw, ph) = (w - left - right, h - top - bottom);
-    let x = |r: f64| left + (r.log10() - x_lo.log10()) / (x_hi.log10() - x_lo.log10()) * pw;
-    let y = |v: f64| top + ph - (v.log10() - y_lo.log10()) / (y_hi.log10() - y_lo.log10()) * ph;
-    let mut s = String::new();
-    let _ = writeln!(
-        s,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="11">"#
-    );
-    let _ = writeln!(s, r#"<rect width="{w}" height="{h}" fill="white"/>"#);
-    let _ = writeln!(
-        s,
-        r#"<text x="{}" y="18" text-anchor="middle" font-size="13">ModelInfer latency vs offered rate (open loop): model-server vs MLServer</text>"#,
-        left + pw / 2.0
-    );
+    // Whole decades around the values, spanning at least `lo_max..hi_min`.
+    let span = |values: Vec<f64>, lo_max: f64, hi_min: f64| {
+        let lo = values.iter().copied().fold(lo_max, f64::min);
+        let hi = values.iter().copied().fold(hi_min, f64::max);
+        (decade_floor(lo), decade_ceil(hi))
+    };
+    let (x_lo, x_hi) = span(all.iter().map(|p| p.0).collect(), 100.0, 1000.0);
+    let (y_lo, y_hi) = span(all.iter().map(|p| p.1).collect(), 0.1, 10.0);
     let ticks = |lo: f64, hi: f64| {
         let mut t = Vec::new();
         let mut d = lo;
@@ -1077,73 +1012,33 @@ fn chart(steps: &[Step]) -> String {
         }
         t
     };
-    for v in ticks(y_lo, y_hi) {
-        let yy = y(v);
-        let _ = writeln!(
-            s,
-            r##"<line x1="{left}" x2="{}" y1="{yy:.1}" y2="{yy:.1}" stroke="#ddd"/><text x="{}" y="{:.1}" text-anchor="end">{v}</text>"##,
-            left + pw,
-            left - 4.0,
-            yy + 4.0
-        );
-    }
-    for r in ticks(x_lo, x_hi) {
-        let xx = x(r);
-        let _ = writeln!(
-            s,
-            r##"<line x1="{xx:.1}" x2="{xx:.1}" y1="{top}" y2="{}" stroke="#eee"/><text x="{xx:.1}" y="{}" text-anchor="middle">{r}</text>"##,
-            top + ph,
-            top + ph + 14.0
-        );
-    }
-    let _ = writeln!(
-        s,
-        r#"<text x="{}" y="{}" text-anchor="middle">offered rate, req/s (log)</text><text x="14" y="{}" transform="rotate(-90 14 {})" text-anchor="middle">latency, ms (log)</text>"#,
-        left + pw / 2.0,
-        h - 12.0,
-        top + ph / 2.0,
-        top + ph / 2.0
-    );
-    let mut legend = 0.0;
-    for (server, batching, color) in series {
-        for (q, dash, what) in [
-            (0.99, "", "p99"),
-            (0.5, r#" stroke-dasharray="4 3""#, "p50"),
-        ] {
-            let pts = points(server, batching, q);
-            if pts.is_empty() {
-                continue;
-            }
-            let path: Vec<String> = pts
-                .iter()
-                .map(|(r, v)| format!("{:.1},{:.1}", x(*r), y(*v)))
-                .collect();
-            let _ = writeln!(
-                s,
-                r#"<polyline points="{}" fill="none" stroke="{color}" stroke-width="2"{dash}/>"#,
-                path.join(" ")
-            );
-            for (r, v) in &pts {
-                let _ = writeln!(
-                    s,
-                    r#"<circle cx="{:.1}" cy="{:.1}" r="3" fill="{color}"/>"#,
-                    x(*r),
-                    y(*v)
-                );
-            }
-            let (lx, ly) = (left + pw + 15.0, top + 10.0 + legend * 18.0);
-            let _ = writeln!(
-                s,
-                r#"<line x1="{lx}" x2="{}" y1="{ly}" y2="{ly}" stroke="{color}" stroke-width="2"{dash}/><text x="{}" y="{}">{} batching {} {what}</text>"#,
-                lx + 24.0,
-                lx + 30.0,
-                ly + 4.0,
-                server.name(),
-                batching.name()
-            );
-            legend += 1.0;
-        }
-    }
-    let _ = writeln!(s, "</svg>");
-    s
+    let frame = Frame {
+        size: (780.0, 440.0),
+        margins: (60.0, 30.0, 230.0, 50.0),
+        title_y: 18.0,
+        x_range: (x_lo, x_hi),
+        x_log: true,
+        x_ticks: ticks(x_lo, x_hi),
+        x_title: "offered rate, req/s (log)",
+        y_range: (y_lo, y_hi),
+        y_ticks: ticks(y_lo, y_hi),
+    };
+    // Per server and batching mode: p99 solid, then p50 dashed.
+    let lines: Vec<Series> = series
+        .iter()
+        .flat_map(|&(server, batching, color)| {
+            [(0.99, false, "p99"), (0.5, true, "p50")].map(|(q, dashed, what)| Series {
+                label: format!("{} batching {} {what}", server.name(), batching.name()),
+                color,
+                dashed,
+                line: true,
+                points: points(server, batching, q),
+            })
+        })
+        .collect();
+    chart(
+        "ModelInfer latency vs offered rate (open loop): model-server vs MLServer",
+        &frame,
+        &lines,
+    )
 }

@@ -37,23 +37,21 @@
 //! (requests of the answer check, default 200), MLGW_BENCH_TOKEN.
 
 use std::fmt::Write as _;
-use std::path::Path;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
-use benches::demo::{MODEL, load_profiles, predict_request};
+use benches::demo::{MODEL, load_embedded_profiles, predict_request};
 use benches::grpc_client::{Bearer, GatewayClient, channels, gateway_clients};
 use benches::knobs::{env_list, env_num, list_text};
 use benches::load::{self, Call, Load, Measured, Outcome};
 use benches::process::{
     ADMIN_AUTH, CpuProbe, CpuUse, GatewayProcess, GatewaySettings, ModelServer,
-    gateway_config_with_auth, interrupted,
+    gateway_config_with_auth, report_in_scratch,
 };
 use benches::prometheus::{delta, failure_codes, scrape};
 use benches::report::{Series, latency_chart, machine, ms};
-use feature_store::store::AnyStore;
-use feature_store::store::embedded::EmbeddedStore;
 use gateway::rollout::{Canary, RouteKey, RouteKind, RoutingTable, StickyBy, bucket, choose};
 use rig::{example_repository, workspace_root};
 use serde_json::{Value, json};
@@ -418,24 +416,11 @@ fn routing_figures() -> RoutingFigures {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<()> {
-    // `cargo test --benches` passes flags; this is a benchmark, not a test.
-    if std::env::args().any(|a| a == "--test" || a == "--list") {
-        return Ok(());
-    }
-    let knobs = Knobs::from_env()?;
-    let scratch = std::env::temp_dir().join(format!("mlgw_bench_rollout_{}", std::process::id()));
-    std::fs::create_dir_all(&scratch)?;
-    let result = tokio::select! {
-        r = run(&knobs, &scratch) => r,
-        s = interrupted() => Err(anyhow::anyhow!("interrupted by {s}; stopped everything the bench started")),
-    };
-    let _ = std::fs::remove_dir_all(&scratch);
-    let report = result?;
-    println!("{report}");
-    Ok(())
+    report_in_scratch("rollout", run).await
 }
 
-async fn run(knobs: &Knobs, scratch: &Path) -> Result<String> {
+async fn run(scratch: PathBuf) -> Result<String> {
+    let (knobs, scratch) = (&Knobs::from_env()?, scratch.as_path());
     let routing = routing_figures();
     eprintln!(
         "routing: choose {:.0} ns (canary table), {:.0} ns (stable only), bucket {:.0} ns; canary share {:.2} % of {}",
@@ -455,10 +440,7 @@ async fn run(knobs: &Knobs, scratch: &Path) -> Result<String> {
     };
 
     let redb = scratch.join("features.redb");
-    let load_seconds = {
-        let store = AnyStore::Embedded(Arc::new(EmbeddedStore::open(&redb)?));
-        load_profiles(&store, knobs.customers, scratch).await?
-    };
+    let load_seconds = load_embedded_profiles(&redb, knobs.customers, scratch).await?;
     eprintln!(
         "loaded {} customers into the embedded store in {load_seconds:.1} s",
         knobs.customers
@@ -572,13 +554,10 @@ async fn run(knobs: &Knobs, scratch: &Path) -> Result<String> {
                     gateway_failures: failure_codes(&before, &after),
                 };
                 eprintln!(
-                    "round {} {} {rate:.0}/s: {:.0} req/s p50 {} p99 {} p99.9 {} ms, shed {}, errors {}, shadow ok/failed/dropped {:.0}/{:.0}/{:.0}, cpu µs/call {}, other load {:.2} cores",
+                    "round {} {} {rate:.0}/s: {}, shed {}, errors {}, shadow ok/failed/dropped {:.0}/{:.0}/{:.0}, cpu µs/call {}, other load {:.2} cores",
                     step.round,
                     scenario.name(),
-                    step.m.achieved,
-                    ms(step.m.p_ms(0.5)),
-                    ms(step.m.p_ms(0.99)),
-                    ms(step.m.p_ms(0.999)),
+                    step.m.summary(),
                     step.m.shed,
                     step.errors_text(),
                     step.shadow[0],
@@ -803,14 +782,11 @@ fn report(
     for s in steps {
         writeln!(
             out,
-            "| {} | {} | {:.0} | {:.0} | {} | {} | {} | {} | {} | {:.0} / {:.0} / {:.0} | {} / {} / {} / {} | {:.2} |",
+            "| {} | {} | {:.0} | {} | {} | {} | {:.0} / {:.0} / {:.0} | {} / {} / {} / {} | {:.2} |",
             s.round,
             s.scenario.name(),
             s.rate,
-            s.m.achieved,
-            ms(s.m.p_ms(0.5)),
-            ms(s.m.p_ms(0.99)),
-            ms(s.m.p_ms(0.999)),
+            s.m.latency_cells(),
             s.m.shed,
             s.errors_text(),
             s.shadow[0],

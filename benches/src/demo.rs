@@ -4,7 +4,9 @@
 //!
 //! - [`customer_id`], [`profile`]: customer `i`'s key and static features.
 //! - [`load_profiles`]: writes `customers` profiles as CSV and loads them
-//!   through the `customer_profile_daily` refresh (returns the seconds taken).
+//!   through the `customer_profile_daily` refresh (returns the seconds taken);
+//!   [`load_embedded_profiles`] does so into a new embedded store; a bench's
+//!   other CSV files are written with [`write_csv`].
 //! - [`predict_request`]: the gateway's gRPC `Predict` for a customer with
 //!   request features varied by the call number; [`model_request`]: the FP32
 //!   row the gateway assembles for the same call, for V2 `ModelInfer`
@@ -18,10 +20,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use feature_store::definitions::FeatureDefinitions;
 use feature_store::refresh::{self, RefreshOptions, RefreshOutcome};
 use feature_store::store::AnyStore;
+use feature_store::store::embedded::EmbeddedStore;
 use feature_store::store::prelude::*;
 use proto::gateway::v1 as gw;
 use proto::inference as inf;
@@ -47,32 +50,47 @@ pub fn profile(i: u64) -> [f32; 5] {
     ]
 }
 
+/// The header of the `customer_profile` refresh's CSV input.
+pub const PROFILE_HEADER: &str = "customer_id,account_age_days,avg_txn_amount_30d,txn_count_30d,chargeback_count_1y,home_country_risk";
+
+/// Writes a CSV file: `header`, then one line per row.
+///
+/// # Errors
+/// On I/O errors.
+pub fn write_csv(path: &Path, header: &str, rows: impl IntoIterator<Item = String>) -> Result<()> {
+    use std::io::Write as _;
+    let file = std::fs::File::create(path).with_context(|| format!("create {}", path.display()))?;
+    let mut w = std::io::BufWriter::new(file);
+    writeln!(w, "{header}")?;
+    for row in rows {
+        writeln!(w, "{row}")?;
+    }
+    w.flush()?;
+    Ok(())
+}
+
 /// Writes customers `0..customers` as the refresh's CSV input.
 ///
 /// # Errors
 /// On I/O errors.
 pub fn write_profiles(path: &Path, customers: u64) -> Result<()> {
-    use std::io::Write as _;
-    let mut w = std::io::BufWriter::new(std::fs::File::create(path)?);
-    writeln!(
-        w,
-        "customer_id,account_age_days,avg_txn_amount_30d,txn_count_30d,chargeback_count_1y,home_country_risk"
-    )?;
-    for i in 0..customers {
+    let rows = (0..customers).map(|i| {
         let p = profile(i);
-        writeln!(
-            w,
-            "{},{},{:.2},{},{},{:.2}",
-            customer_id(i),
-            p[0],
-            p[1],
-            p[2],
-            p[3],
-            p[4]
-        )?;
-    }
-    w.flush()?;
-    Ok(())
+        let id = customer_id(i);
+        format!("{id},{},{:.2},{},{},{:.2}", p[0], p[1], p[2], p[3], p[4])
+    });
+    write_csv(path, PROFILE_HEADER, rows)
+}
+
+/// Loads customers `0..customers` into a new embedded store at `redb` (see
+/// [`load_profiles`]); returns the seconds the refresh took. The store is
+/// closed again, for a gateway to open.
+///
+/// # Errors
+/// When the store cannot be opened or the load fails.
+pub async fn load_embedded_profiles(redb: &Path, customers: u64, scratch: &Path) -> Result<f64> {
+    let store = AnyStore::Embedded(Arc::new(EmbeddedStore::open(redb)?));
+    load_profiles(&store, customers, scratch).await
 }
 
 /// Applies the schema and loads customers `0..customers` into `store` by a
@@ -153,25 +171,25 @@ pub fn predict_request(customer: u64, k: u64) -> gw::PredictRequest {
 /// with merchant_category_risk defaulted.
 pub fn model_request(customer: u64, k: u64) -> inf::ModelInferRequest {
     let p = profile(customer);
+    let store = [p[0], p[1], p[2], p[3], p[4], 0.0, 0.0, 0.0, 0.0, 1440.0];
+    row_request("", &model_row(&store, k))
+}
+
+/// The model's 15 inputs for call `k`: the 10 store features (profile, then
+/// activity), then the request features of [`request_values`] with
+/// merchant_category_risk defaulted (0.21), in the order the gateway
+/// assembles them.
+pub fn model_row(store: &[f32; 10], k: u64) -> Vec<f32> {
     let (amount, card, hour, distance) = request_values(k);
-    let row = [
-        p[0],
-        p[1],
-        p[2],
-        p[3],
-        p[4],
-        0.0,
-        0.0,
-        0.0,
-        0.0,
-        1440.0,
+    let mut row = store.to_vec();
+    row.extend([
         amount as f32,
         0.21,
         f32::from(u8::from(card)),
         hour as f32,
         distance as f32,
-    ];
-    row_request("", &row)
+    ]);
+    row
 }
 
 /// A single-row V2 `ModelInfer` for `fraud_detector` at `version` (`""`:
@@ -209,6 +227,14 @@ pub enum Keys {
 }
 
 impl Keys {
+    /// [`Keys::Fresh`] over `customers`, from the start.
+    pub fn fresh(customers: u64) -> Self {
+        Keys::Fresh {
+            customers,
+            next: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
     /// The customer call `k` asks for.
     pub fn customer(&self, k: u64) -> u64 {
         match self {

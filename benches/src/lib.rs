@@ -2,7 +2,7 @@
 //! with a latency tally ([`load`]), the demo customers and their requests
 //! ([`demo`]), gRPC channels and the bearer token ([`grpc_client`]), starting
 //! the release gateway and model-server and reading their CPU time
-//! ([`process`]), `/metrics` scraping ([`prometheus`]), environment knobs
+//! ([`process`]), a Cassandra node of the bench's own ([`cassandra`]), `/metrics` scraping ([`prometheus`]), environment knobs
 //! ([`knobs`]) and the report's numbers, machine note and SVG plots
 //! ([`report`]).
 //!
@@ -33,6 +33,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod cassandra;
 pub mod demo;
 pub mod grpc_client;
 pub mod knobs;

@@ -29,6 +29,8 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 use hdrhistogram::Histogram;
 
+use crate::report::ms;
+
 /// Unmeasured warm-up at the start of every step.
 pub const WARMUP: Duration = Duration::from_millis(500);
 /// Open loop: calls in flight beyond this are not sent but counted as
@@ -178,6 +180,36 @@ impl Measured {
         } else {
             self.hist.value_at_quantile(q) as f64 / 1000.0
         }
+    }
+
+    /// The throughput and latency cells of a results-table row:
+    /// `achieved req/s | p50 | p99 | p99.9` (ms), so every table reports
+    /// the same quantiles the same way.
+    pub fn latency_cells(&self) -> String {
+        let [p50, p99, p999] = self.reported_quantiles();
+        format!("{:.0} | {p50} | {p99} | {p999}", self.achieved)
+    }
+
+    /// The same figures for a progress line: `812 req/s, p50 1.20 p99 3.40
+    /// p99.9 5.60 ms`.
+    pub fn summary(&self) -> String {
+        let [p50, p99, p999] = self.reported_quantiles();
+        format!(
+            "{:.0} req/s, p50 {p50} p99 {p99} p99.9 {p999} ms",
+            self.achieved
+        )
+    }
+
+    /// p50, p99 and p99.9 as [`ms`] text.
+    fn reported_quantiles(&self) -> [String; 3] {
+        [0.5, 0.99, 0.999].map(|q| ms(self.p_ms(q)))
+    }
+
+    /// The share of calls that got no answer (failed or shed), 0 without
+    /// any calls.
+    pub fn unanswered_share(&self) -> f64 {
+        let unanswered = self.error_count() + self.shed;
+        unanswered as f64 / (self.ok + unanswered).max(1) as f64
     }
 
     /// Failures other than shedding.

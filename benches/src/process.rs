@@ -3,7 +3,8 @@
 //! can be killed, paused (SIGSTOP) and restarted on the same ports
 //! ([`ModelServer`]), CPU time per process and of the whole machine
 //! ([`CpuProbe`] → [`CpuUse`]: CPU µs per call and the cores other work kept
-//! busy), and [`interrupted`] for Ctrl-C / SIGTERM.
+//! busy), and [`interrupted`] for Ctrl-C / SIGTERM, which [`report_in_scratch`]
+//! (the body of most benches' `main`) stops a run on.
 //!
 //! Binaries are found by `rig::binary` (the bench profile's target folder,
 //! i.e. `cargo build --release -p model-server -p gateway`, or
@@ -15,7 +16,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use rig::{binary, workspace_root};
+use rig::{banner_field, binary, exited, poll_ready, workspace_root};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 /// CPU seconds a process has used so far (utime + stime).
@@ -207,13 +208,7 @@ impl GatewayProcess {
                 }
             }
         };
-        let field = |key: &str| {
-            listening
-                .split_whitespace()
-                .find_map(|w| w.strip_prefix(key))
-                .map(|a| format!("http://{a}"))
-                .with_context(|| format!("no {key} in {listening:?}"))
-        };
+        let field = |key| banner_field(&listening, key).map(|a| format!("http://{a}"));
         let (http, grpc) = (field("http=")?, field("grpc=")?);
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
         let mut gw = GatewayProcess {
@@ -228,28 +223,21 @@ impl GatewayProcess {
     }
 
     async fn wait_ready(&mut self) -> Result<()> {
-        let client = reqwest::Client::new();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(status) = self.child.try_wait()? {
-                bail!(
-                    "the gateway exited ({status}); log tail:\n{}",
-                    tail(&self.log)
-                );
-            }
-            if let Ok(r) = client.get(format!("{}/readyz", self.http)).send().await
-                && r.status().is_success()
-            {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "the gateway is not ready after 30 s; log tail:\n{}",
-                    tail(&self.log)
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let url = format!("{}/readyz", self.http);
+        let child = &mut self.child;
+        let ready = poll_ready(
+            &url,
+            Duration::from_secs(30),
+            Duration::from_millis(50),
+            || exited(child, "the gateway"),
+        )
+        .await;
+        ready.with_context(|| {
+            format!(
+                "the gateway did not get ready; log tail:\n{}",
+                tail(&self.log)
+            )
+        })
     }
 
     /// Its PID, for a [`CpuProbe`].
@@ -270,16 +258,12 @@ impl GatewayProcess {
     /// When it cannot be killed.
     pub async fn stop(mut self) -> Result<()> {
         if let Some(pid) = self.child.id() {
-            let _ = tokio::process::Command::new("kill")
-                .args(["-TERM", &pid.to_string()])
-                .status()
-                .await;
-            if tokio::time::timeout(Duration::from_secs(10), self.child.wait())
-                .await
-                .is_err()
-            {
-                self.child.kill().await?;
-            }
+            terminate(
+                &mut self.child,
+                &[&pid.to_string()],
+                Duration::from_secs(10),
+            )
+            .await?;
         }
         Ok(())
     }
@@ -434,31 +418,20 @@ impl ModelServer {
     }
 
     async fn wait_ready(&mut self, timeout: Duration) -> Result<()> {
-        let client = reqwest::Client::new();
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(child) = self.child.as_mut()
-                && let Some(status) = child.try_wait()?
-            {
-                bail!(
-                    "the model-server exited ({status}); log tail:\n{}",
-                    tail(&self.log)
-                );
-            }
-            let url = format!("{}/v2/health/ready", self.http_url());
-            if let Ok(r) = client.get(&url).send().await
-                && r.status().is_success()
-            {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "the model-server is not ready after {timeout:?}; log tail:\n{}",
-                    tail(&self.log)
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let url = format!("{}/v2/health/ready", self.http_url());
+        let child = &mut self.child;
+        let ready = poll_ready(&url, timeout, Duration::from_millis(20), || {
+            child
+                .as_mut()
+                .map_or(Ok(()), |c| exited(c, "the model-server"))
+        })
+        .await;
+        ready.with_context(|| {
+            format!(
+                "the model-server did not get ready; log tail:\n{}",
+                tail(&self.log)
+            )
+        })
     }
 
     /// Its gRPC URL (the same across restarts).
@@ -548,6 +521,85 @@ impl Drop for ModelServer {
                 .status();
         }
     }
+}
+
+/// The python of a cached venv `name` with `requirements` (a path from the
+/// workspace root) installed, made or reused by tests/rig/python-venv.sh;
+/// `probe` is a statement that must run in it (the imports the peer needs).
+/// The script's progress goes to the terminal.
+///
+/// # Errors
+/// When the script fails.
+pub async fn python_venv(name: &str, requirements: &str, probe: &str) -> Result<PathBuf> {
+    let root = workspace_root();
+    let out = tokio::process::Command::new(root.join("tests/rig/python-venv.sh"))
+        .args([name, requirements, probe])
+        .current_dir(&root)
+        .stderr(Stdio::inherit())
+        .output()
+        .await
+        .context("run tests/rig/python-venv.sh")?;
+    anyhow::ensure!(
+        out.status.success(),
+        "tests/rig/python-venv.sh could not make {name} ({}); see its output above",
+        out.status
+    );
+    Ok(PathBuf::from(String::from_utf8(out.stdout)?.trim()))
+}
+
+/// Sends SIGTERM to `target` (`kill -TERM` arguments: a PID, or `--` and a
+/// negated process group), waits up to `grace` for `child` to exit, then
+/// kills it.
+///
+/// # Errors
+/// When the child cannot be killed.
+pub async fn terminate(
+    child: &mut tokio::process::Child,
+    target: &[&str],
+    grace: Duration,
+) -> Result<()> {
+    let _ = tokio::process::Command::new("kill")
+        .arg("-TERM")
+        .args(target)
+        .status()
+        .await;
+    if tokio::time::timeout(grace, child.wait()).await.is_err() {
+        child.kill().await?;
+    }
+    Ok(())
+}
+
+/// True when `cargo test --benches` runs this bench (it passes `--test` or
+/// `--list`): a benchmark is not a test, so its `main` returns at once.
+pub fn invoked_as_test() -> bool {
+    std::env::args().any(|a| a == "--test" || a == "--list")
+}
+
+/// Runs `run` in a fresh scratch folder named after `tag` and prints the
+/// report it returns (nothing at all under `cargo test`, see
+/// [`invoked_as_test`]). On Ctrl-C or SIGTERM the run is dropped, and with it
+/// every process it started (kill_on_drop; an owned Cassandra's Drop runs
+/// the rig's stop); the folder is removed either way.
+///
+/// # Errors
+/// When the folder cannot be created, the run fails or is interrupted.
+pub async fn report_in_scratch<F, Fut>(tag: &str, run: F) -> Result<()>
+where
+    F: FnOnce(PathBuf) -> Fut,
+    Fut: std::future::Future<Output = Result<String>>,
+{
+    if invoked_as_test() {
+        return Ok(());
+    }
+    let scratch = std::env::temp_dir().join(format!("mlgw_bench_{tag}_{}", std::process::id()));
+    std::fs::create_dir_all(&scratch).with_context(|| format!("create {}", scratch.display()))?;
+    let result = tokio::select! {
+        r = run(scratch.clone()) => r,
+        s = interrupted() => Err(anyhow::anyhow!("interrupted by {s}; stopped everything the bench started")),
+    };
+    let _ = std::fs::remove_dir_all(&scratch);
+    println!("{}", result?);
+    Ok(())
 }
 
 /// Completes on Ctrl-C or SIGTERM, naming which.

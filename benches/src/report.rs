@@ -1,6 +1,8 @@
 //! The results files' pieces: numbers in ms ([`ms`]), the machine note
-//! ([`machine`]: cores and CPU model), and a hand-written SVG line chart of
-//! latency (log scale) against offered rate ([`latency_chart`]).
+//! ([`machine`]: cores and CPU model), the commit measured ([`commit`]), a
+//! Markdown table ([`markdown_table`]) or row ([`table_row`]), and hand-written SVG line charts of
+//! latency (log scale) against offered rate: [`latency_chart`] (rate on a
+//! linear scale from 0), or [`chart`] in a [`Frame`] of the bench's own.
 
 use std::fmt::Write as _;
 
@@ -27,6 +29,47 @@ pub fn machine() -> (usize, String) {
     (cores, cpu)
 }
 
+/// A Markdown table row of `cells`: `| a | b | c |`.
+pub fn table_row<T: std::fmt::Display>(cells: impl IntoIterator<Item = T>) -> String {
+    let mut row = String::from("|");
+    for cell in cells {
+        let _ = write!(row, " {cell} |");
+    }
+    row
+}
+
+/// A Markdown table: a header of `columns` (title, right-aligned: the
+/// figures), then one line per row of cells.
+pub fn markdown_table<R, T>(columns: &[(&str, bool)], rows: impl IntoIterator<Item = R>) -> String
+where
+    R: IntoIterator<Item = T>,
+    T: std::fmt::Display,
+{
+    let mut table = table_row(columns.iter().map(|c| c.0));
+    table.push('\n');
+    table.push_str(&table_row(
+        columns.iter().map(|c| if c.1 { "---:" } else { "---" }),
+    ));
+    table.push('\n');
+    for row in rows {
+        table.push_str(&table_row(row));
+        table.push('\n');
+    }
+    table
+}
+
+/// The short hash of the checked-out commit, so a results file names the
+/// code it measured; empty when git cannot tell.
+pub fn commit() -> String {
+    std::process::Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .current_dir(rig::workspace_root())
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default()
+}
+
 /// One line (or set of dots) of a chart.
 pub struct Series {
     /// Legend text; empty: not in the legend.
@@ -41,16 +84,82 @@ pub struct Series {
     pub points: Vec<(f64, f64)>,
 }
 
+/// Where a chart draws: its size, margins, the title's baseline, and each
+/// axis's range, ticks and kind. Latency is always on a log scale.
+pub struct Frame {
+    /// Width and height, px.
+    pub size: (f64, f64),
+    /// Left, top, right (legend) and bottom margins, px.
+    pub margins: (f64, f64, f64, f64),
+    /// The title's baseline, px from the top.
+    pub title_y: f64,
+    /// Offered rate from, to (req/s).
+    pub x_range: (f64, f64),
+    /// A log scale for the offered rate (else linear).
+    pub x_log: bool,
+    /// Where the rate has grid lines.
+    pub x_ticks: Vec<f64>,
+    /// The rate axis's title.
+    pub x_title: &'static str,
+    /// Latency from, to (ms).
+    pub y_range: (f64, f64),
+    /// Where the latency has grid lines.
+    pub y_ticks: Vec<f64>,
+}
+
 /// Latency (log scale, ms) against offered rate (linear, req/s) as SVG:
 /// `title` on top, one polyline with dots per series, legend on the right.
 pub fn latency_chart(title: &str, series: &[Series]) -> String {
     let all: Vec<(f64, f64)> = series.iter().flat_map(|s| s.points.clone()).collect();
     let max_x = all.iter().map(|p| p.0).fold(1000.0, f64::max);
     let (lo, hi) = (0.1f64, all.iter().map(|p| p.1).fold(10.0, f64::max) * 1.2);
-    let (w, h, left, top, right, bottom) = (760.0, 420.0, 60.0, 20.0, 230.0, 50.0);
+    let step = if max_x > 20_000.0 {
+        5000.0
+    } else if max_x > 8000.0 {
+        2000.0
+    } else {
+        1000.0
+    };
+    let x_ticks = (0..)
+        .map(|i| f64::from(i) * step)
+        .take_while(|r| *r <= max_x)
+        .collect();
+    let y_ticks = [
+        0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0,
+    ]
+    .into_iter()
+    .filter(|d| (lo..=hi).contains(d))
+    .collect();
+    let frame = Frame {
+        size: (760.0, 420.0),
+        margins: (60.0, 20.0, 230.0, 50.0),
+        title_y: 14.0,
+        x_range: (0.0, max_x),
+        x_log: false,
+        x_ticks,
+        x_title: "offered rate, req/s",
+        y_range: (lo, hi),
+        y_ticks,
+    };
+    chart(title, &frame, series)
+}
+
+/// `series` as SVG in `frame`: `title` on top, grid lines at the ticks, one
+/// polyline (where asked) with dots per series, legend on the right.
+pub fn chart(title: &str, frame: &Frame, series: &[Series]) -> String {
+    let (w, h) = frame.size;
+    let (left, top, right, bottom) = frame.margins;
     let (pw, ph) = (w - left - right, h - top - bottom);
-    let x = |r: f64| left + r / max_x * pw;
-    let y = |v: f64| top + ph - (v.log10() - lo.log10()) / (hi.log10() - lo.log10()) * ph;
+    let ((x_lo, x_hi), (y_lo, y_hi)) = (frame.x_range, frame.y_range);
+    let x = |r: f64| {
+        let share = if frame.x_log {
+            (r.log10() - x_lo.log10()) / (x_hi.log10() - x_lo.log10())
+        } else {
+            (r - x_lo) / (x_hi - x_lo)
+        };
+        left + share * pw
+    };
+    let y = |v: f64| top + ph - (v.log10() - y_lo.log10()) / (y_hi.log10() - y_lo.log10()) * ph;
     let mut s = String::new();
     let _ = writeln!(
         s,
@@ -59,33 +168,21 @@ pub fn latency_chart(title: &str, series: &[Series]) -> String {
     let _ = writeln!(s, r#"<rect width="{w}" height="{h}" fill="white"/>"#);
     let _ = writeln!(
         s,
-        r#"<text x="{}" y="14" text-anchor="middle" font-size="13">{title}</text>"#,
-        left + pw / 2.0
+        r#"<text x="{}" y="{}" text-anchor="middle" font-size="13">{title}</text>"#,
+        left + pw / 2.0,
+        frame.title_y
     );
-    for decade in [
-        0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0,
-    ] {
-        if decade < lo || decade > hi {
-            continue;
-        }
-        let yy = y(decade);
+    for &tick in &frame.y_ticks {
+        let yy = y(tick);
         let _ = writeln!(
             s,
-            r##"<line x1="{left}" x2="{}" y1="{yy:.1}" y2="{yy:.1}" stroke="#ddd"/><text x="{}" y="{:.1}" text-anchor="end">{decade}</text>"##,
+            r##"<line x1="{left}" x2="{}" y1="{yy:.1}" y2="{yy:.1}" stroke="#ddd"/><text x="{}" y="{:.1}" text-anchor="end">{tick}</text>"##,
             left + pw,
             left - 4.0,
             yy + 4.0
         );
     }
-    let step = if max_x > 20_000.0 {
-        5000.0
-    } else if max_x > 8000.0 {
-        2000.0
-    } else {
-        1000.0
-    };
-    let mut r = 0.0;
-    while r <= max_x {
+    for &r in &frame.x_ticks {
         let xx = x(r);
         let _ = writeln!(
             s,
@@ -93,13 +190,13 @@ pub fn latency_chart(title: &str, series: &[Series]) -> String {
             top + ph,
             top + ph + 14.0
         );
-        r += step;
     }
     let _ = writeln!(
         s,
-        r#"<text x="{}" y="{}" text-anchor="middle">offered rate, req/s</text><text x="14" y="{}" transform="rotate(-90 14 {})" text-anchor="middle">latency, ms (log)</text>"#,
+        r#"<text x="{}" y="{}" text-anchor="middle">{}</text><text x="14" y="{}" transform="rotate(-90 14 {})" text-anchor="middle">latency, ms (log)</text>"#,
         left + pw / 2.0,
         h - 12.0,
+        frame.x_title,
         top + ph / 2.0,
         top + ph / 2.0
     );

@@ -172,17 +172,22 @@ def check_model_metadata(md, where, versions=VERSIONS):
             f"inputs={ins} outputs={outs}")
 
 
+def readiness_checks(p, c):
+    """What both clients say of a running server: live, ready, and the model ready (any version)."""
+    check(f"{p} is_server_live", lambda: expect(c.is_server_live() is True, "is_server_live() is not True") or "")
+    check(f"{p} is_server_ready", lambda: expect(c.is_server_ready() is True, "is_server_ready() is not True") or "")
+    for v in [""] + VERSIONS:
+        check(f"{p} is_model_ready({MODEL!r}{', ' + repr(v) if v else ''})",
+              lambda v=v: expect(c.is_model_ready(MODEL, v) is True, "is_model_ready() is not True") or "")
+
+
 # ---------------------------------------------------------------- gRPC
 
 
 def grpc_checks(url):
     c = grpcclient.InferenceServerClient(url=url)
     p = "grpc"
-    check(f"{p} is_server_live", lambda: expect(c.is_server_live() is True, "is_server_live() is not True") or "")
-    check(f"{p} is_server_ready", lambda: expect(c.is_server_ready() is True, "is_server_ready() is not True") or "")
-    for v in [""] + VERSIONS:
-        check(f"{p} is_model_ready({MODEL!r}{', ' + repr(v) if v else ''})",
-              lambda v=v: expect(c.is_model_ready(MODEL, v) is True, "is_model_ready() is not True") or "")
+    readiness_checks(p, c)
 
     def unknown_ready(model, version=""):
         # The V2 gRPC spec allows either answer: ready=false, or an error status.
@@ -244,6 +249,16 @@ def grpc_checks(url):
         inp = grpcclient.InferInput(name, [n, N_FEATURES], "FP32")
         inp.set_data_from_numpy(REF["1"][0][:n])
         return [inp]
+    not_found_checks(p, c, features)
+    check(f"{p} infer with input {WRONG_INPUT!r} raises naming it",
+          lambda: expect_error("infer", lambda: c.infer(MODEL, features(WRONG_INPUT)),
+                               want_in_message=(WRONG_INPUT,), status_ok=client_error))
+    c.close()
+
+
+def not_found_checks(p, c, features):
+    """What both clients raise for an unknown model (metadata and infer) and an unknown version;
+    `features()` makes a valid input for client `c`."""
     check(f"{p} get_model_metadata({UNKNOWN_MODEL!r}) raises not found",
           lambda: expect_error("get_model_metadata", lambda: c.get_model_metadata(UNKNOWN_MODEL),
                                status_ok=says_not_found))
@@ -252,10 +267,6 @@ def grpc_checks(url):
     check(f"{p} infer {MODEL!r} version '9' raises not found",
           lambda: expect_error("infer", lambda: c.infer(MODEL, features(), model_version="9"),
                                status_ok=says_not_found))
-    check(f"{p} infer with input {WRONG_INPUT!r} raises naming it",
-          lambda: expect_error("infer", lambda: c.infer(MODEL, features(WRONG_INPUT)),
-                               want_in_message=(WRONG_INPUT,), status_ok=client_error))
-    c.close()
 
 
 # ---------------------------------------------------------------- HTTP
@@ -264,11 +275,7 @@ def grpc_checks(url):
 def http_checks(url):
     c = httpclient.InferenceServerClient(url=url, connection_timeout=TIMEOUT_S, network_timeout=TIMEOUT_S)
     p = "http"
-    check(f"{p} is_server_live", lambda: expect(c.is_server_live() is True, "is_server_live() is not True") or "")
-    check(f"{p} is_server_ready", lambda: expect(c.is_server_ready() is True, "is_server_ready() is not True") or "")
-    for v in [""] + VERSIONS:
-        check(f"{p} is_model_ready({MODEL!r}{', ' + repr(v) if v else ''})",
-              lambda v=v: expect(c.is_model_ready(MODEL, v) is True, "is_model_ready() is not True") or "")
+    readiness_checks(p, c)
     check(f"{p} is_model_ready({UNKNOWN_MODEL!r}) is False",
           lambda: expect(c.is_model_ready(UNKNOWN_MODEL) is False, "not False") or "")
     check(f"{p} is_model_ready({MODEL!r}, '9') is False",
@@ -334,14 +341,7 @@ def http_checks(url):
         inp = httpclient.InferInput(name, [n, N_FEATURES], "FP32")
         inp.set_data_from_numpy(REF["1"][0][:n], binary_data=binary)
         return [inp]
-    check(f"{p} get_model_metadata({UNKNOWN_MODEL!r}) raises not found",
-          lambda: expect_error("get_model_metadata", lambda: c.get_model_metadata(UNKNOWN_MODEL),
-                               status_ok=says_not_found))
-    check(f"{p} infer {UNKNOWN_MODEL!r} raises not found",
-          lambda: expect_error("infer", lambda: c.infer(UNKNOWN_MODEL, features()), status_ok=says_not_found))
-    check(f"{p} infer {MODEL!r} version '9' raises not found",
-          lambda: expect_error("infer", lambda: c.infer(MODEL, features(), model_version="9"),
-                               status_ok=says_not_found))
+    not_found_checks(p, c, features)
     for binary in (True, False):
         check(f"{p} infer with input {WRONG_INPUT!r} ({'binary' if binary else 'JSON'}) raises naming it",
               lambda b=binary: expect_error("infer", lambda: c.infer(MODEL, features(WRONG_INPUT, b)),

@@ -28,15 +28,13 @@ COMPOSE_SCHEMA_INTEGRITY="sha512-APFVoWUIkLZHXmFuDP7Xe7w41qUVw/kPD4QXvYbFb1RuZsS
 schema_dir="$cache/$COMPOSE_SCHEMA_PACKAGE-$COMPOSE_SCHEMA_VERSION"
 schema="$schema_dir/compose-spec.json"
 
-say() { echo "deploy-tools: $*" >&2; }
-die() { say "$*"; exit 1; }
+rig_prefix="deploy-tools"
+# shellcheck source=tests/rig/lib.sh
+. "$here/lib.sh"
 
 [[ -f "$req" ]] || die "$req not found"
 mkdir -p "$cache"
-if command -v flock >/dev/null; then
-  exec 9>"$cache/deploy-tools.lock"
-  flock 9
-fi
+lock "$cache/deploy-tools.lock"
 
 # The venv: the rig's one venv recipe (python-venv.sh), checked by importing
 # what the deploy test runs.

@@ -18,16 +18,9 @@ out="$RIG_DIR/model-server.out"
 pidfile="$RIG_DIR/model-server.pid"
 envfile="$RIG_DIR/model-server.env"
 timeout_s="${MODEL_SERVER_READY_TIMEOUT_S:-60}"
-
-fail() {
-  echo "rig: model-server: $*" >&2
-  if [[ -s "$log" ]]; then
-    echo "---- last 40 lines of $log ----" >&2
-    tail -n 40 "$log" >&2
-    echo "---- end of $log ----" >&2
-  fi
-  exit 1
-}
+rig_prefix="rig: model-server"
+# shellcheck source=tests/rig/lib.sh
+. "$here/lib.sh"
 
 start() {
   local bin="${MODEL_SERVER_BIN:-$root/target/debug/model-server}"

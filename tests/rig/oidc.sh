@@ -22,16 +22,9 @@ log="$RIG_DIR/oidc.log"
 pidfile="$RIG_DIR/oidc.pid"
 envfile="$RIG_DIR/oidc.env"
 start_timeout="${OIDC_START_TIMEOUT:-30}"
-
-fail() {
-  echo "rig: oidc-provider: $*" >&2
-  if [[ -s "$log" ]]; then
-    echo "---- last 40 lines of $log ----" >&2
-    tail -n 40 "$log" >&2
-    echo "---- end of $log ----" >&2
-  fi
-  exit 1
-}
+rig_prefix="rig: oidc-provider"
+# shellcheck source=tests/rig/lib.sh
+. "$here/lib.sh"
 
 # Is $1 a live process running our server.mjs? (guards against pid reuse)
 is_ours() {

@@ -29,8 +29,9 @@ stamp="$venv/.mlgw-requirements.sha256"
 log="$venv/.mlgw-pip.log"
 base_python="${MLGW_PYTHON:-python3}"
 
-say() { echo "$name: $*" >&2; }
-die() { say "$*"; exit 1; }
+rig_prefix="$name"
+# shellcheck source=tests/rig/lib.sh
+. "$here/lib.sh"
 
 [[ -f "$req" ]] || die "$req not found"
 want="$(sha256sum "$req" | cut -d' ' -f1)"
@@ -41,10 +42,7 @@ usable() {
 }
 
 mkdir -p "$cache"
-if command -v flock >/dev/null; then
-  exec 9>"$venv.lock"
-  flock 9
-fi
+lock "$venv.lock"
 
 if ! usable; then
   t0=$SECONDS

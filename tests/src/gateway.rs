@@ -1,6 +1,9 @@
 //! The gateway as a child process for the end-to-end tests: a config writer
 //! (with an `[auth]` section), start-up that reads the bound ports and the
-//! dev token from stdout, and HTTP/gRPC clients that send a bearer token.
+//! dev token from stdout, HTTP/gRPC clients that send a bearer token, the
+//! example profile export the tests load, and checks of what the gateway
+//! answers (P(fraud), error codes, the auth challenge, the admin routes in
+//! the OpenAPI document).
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -9,7 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
-use crate::{binary, workspace_root};
+use crate::{ScratchDir, banner_field, binary, workspace_root};
 
 /// `[auth]` for the gateway's own dev issuer: the dev token is in group
 /// `fraud-team` with every scope; predict, push and feedback are granted to it.
@@ -73,6 +76,78 @@ top_k = 2
     )
 }
 
+/// P(fraud) in a prediction answer: the second value of its `probabilities`
+/// output.
+///
+/// # Errors
+/// When the answer has no such output.
+pub fn p_fraud(answer: &serde_json::Value) -> Result<f64> {
+    answer["outputs"]
+        .as_array()
+        .and_then(|o| o.iter().find(|x| x["name"] == "probabilities"))
+        .and_then(|o| o["values"][1].as_f64())
+        .with_context(|| format!("no probabilities in {answer}"))
+}
+
+/// The header of the example `customer_profile` export, then `rows` (CSV
+/// lines without their newline).
+pub fn profile_csv(rows: impl IntoIterator<Item = String>) -> String {
+    let mut csv = String::from(
+        "customer_id,account_age_days,avg_txn_amount_30d,txn_count_30d,chargeback_count_1y,home_country_risk\n",
+    );
+    for row in rows {
+        csv.push_str(&row);
+        csv.push('\n');
+    }
+    csv
+}
+
+/// The `WWW-Authenticate` challenge of an answer, if any.
+pub fn challenge(answer: &reqwest::Response) -> Option<String> {
+    answer
+        .headers()
+        .get("www-authenticate")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+}
+
+/// Asserts that an answer (`got` status, JSON body) is `status` with error
+/// code `code`.
+#[track_caller]
+pub fn assert_refused(got: u16, answer: &serde_json::Value, status: u16, code: &str) {
+    assert_eq!(
+        (got, answer["code"].as_str()),
+        (status, Some(code)),
+        "{answer}"
+    );
+}
+
+/// Fetches the gateway's OpenAPI document and asserts that each of the admin
+/// `routes` (path, method) is documented as needing a bearer token and as
+/// answering 403 to one without the right scope; returns the document.
+///
+/// # Errors
+/// When the document cannot be fetched.
+pub async fn assert_admin_routes_documented(
+    gateway: &str,
+    routes: &[(&str, &str)],
+) -> Result<serde_json::Value> {
+    let doc: serde_json::Value = reqwest::get(format!("{gateway}/openapi.json"))
+        .await?
+        .json()
+        .await?;
+    for (route, method) in routes {
+        let op = &doc["paths"][route][method];
+        assert_eq!(
+            op["security"],
+            serde_json::json!([{"bearerAuth": []}]),
+            "{method} {route}"
+        );
+        assert!(op["responses"]["403"].is_object(), "{method} {route}");
+    }
+    Ok(doc)
+}
+
 /// A running gateway; killed when dropped.
 pub struct GatewayProcess {
     /// The child.
@@ -118,11 +193,7 @@ impl GatewayProcess {
                 .await
                 .context("the gateway did not report its ports in 60 s")??
                 .context("the gateway exited before listening")?;
-            let field = |k: &str| {
-                line.split_whitespace()
-                    .find_map(|w| w.strip_prefix(k))
-                    .map(|a| format!("http://{a}"))
-            };
+            let field = |k: &str| banner_field(&line, k).ok().map(|a| format!("http://{a}"));
             if line.starts_with("gateway listening") {
                 http = field("http=");
                 grpc = field("grpc=");
@@ -173,6 +244,16 @@ impl GatewayProcess {
         }
     }
 
+    /// A gRPC channel to the gateway.
+    ///
+    /// # Errors
+    /// When it cannot connect.
+    pub async fn channel(&self) -> Result<tonic::transport::Channel> {
+        Ok(tonic::transport::Endpoint::from_shared(self.grpc.clone())?
+            .connect()
+            .await?)
+    }
+
     /// The dev token.
     ///
     /// # Errors
@@ -220,8 +301,9 @@ impl tonic::service::Interceptor for Bearer {
     }
 }
 
-/// A scratch folder with a config for the rig's shared model-server (text
-/// edited by `edit`) and an empty embedded store with its schema.
+/// A scratch folder (removed when dropped) with a config for the rig's
+/// shared model-server (text edited by `edit`) and an empty embedded store
+/// with its schema; and the config's path.
 ///
 /// # Errors
 /// On I/O or store errors, or when the rig's model-server is not set.
@@ -229,10 +311,9 @@ pub async fn scratch(
     tag: &str,
     auth: &str,
     edit: impl Fn(String) -> String,
-) -> Result<(PathBuf, PathBuf)> {
+) -> Result<(ScratchDir, PathBuf)> {
     use feature_store::store::prelude::*;
-    let dir = std::env::temp_dir().join(format!("mlgw_gw_{tag}_{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
+    let dir = ScratchDir::new(&format!("mlgw_gw_{tag}"))?;
     let text = config_text(&crate::rig_env("MLGW_TEST_MODEL_SERVER_GRPC")?, auth);
     let config = dir.join("gateway.toml");
     std::fs::write(&config, edit(text))?;

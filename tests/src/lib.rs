@@ -1,13 +1,15 @@
 //! Test-only support: where the real parts started by `tests/run.sh` listen,
-//! starting our own model-server and gateway processes on free ports,
-//! (in [`sso`]) tokens from the rig's oidc-provider and forged ones, and (in
-//! [`metrics`]) reading the servers' `/metrics` pages.
+//! starting our own model-server and gateway processes on free ports and
+//! waiting for them, scratch folders and unique names, (in [`sso`]) tokens
+//! from the rig's oidc-provider and forged ones, (in [`metrics`]) reading the
+//! servers' `/metrics` pages, and (in [`store`]) feature-store set-up.
 //!
 //! Nothing here is product code. A part the tests need but cannot find fails the
 //! test with a message saying how to start it — never a silent skip.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -17,6 +19,7 @@ use tokio::process::{Child, Command};
 pub mod gateway;
 pub mod metrics;
 pub mod sso;
+pub mod store;
 
 /// The workspace root (the folder holding the top-level Cargo.toml).
 pub fn workspace_root() -> PathBuf {
@@ -125,15 +128,11 @@ impl ModelServerProcess {
                 );
             }
         };
-        let field = |key: &str| {
-            line.split_whitespace()
-                .find_map(|w| w.strip_prefix(key))
-                .map(str::to_owned)
-                .with_context(|| format!("no {key} in {line:?}"))
-        };
-        let http_url = format!("http://{}", field("http=")?);
-        let grpc_url = format!("http://{}", field("grpc=")?);
-        let grpc_socket_url = field("grpc_socket=").ok().map(|p| format!("unix:{p}"));
+        let http_url = format!("http://{}", banner_field(&line, "http=")?);
+        let grpc_url = format!("http://{}", banner_field(&line, "grpc=")?);
+        let grpc_socket_url = banner_field(&line, "grpc_socket=")
+            .ok()
+            .map(|p| format!("unix:{p}"));
         // Keep draining stdout so the child never blocks on a full pipe.
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
         Ok(ModelServerProcess {
@@ -150,29 +149,18 @@ impl ModelServerProcess {
     /// # Errors
     /// When the server is not ready in time or has exited.
     pub async fn wait_ready(&mut self, timeout: Duration) -> Result<()> {
-        let client = reqwest::Client::new();
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = self.child.try_wait()? {
-                bail!(
-                    "model-server exited ({status}); log tail:\n{}",
-                    self.log_tail()
-                );
-            }
-            let url = format!("{}/v2/health/ready", self.http_url);
-            if let Ok(r) = client.get(&url).send().await
-                && r.status().is_success()
-            {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "model-server not ready after {timeout:?}; log tail:\n{}",
-                    self.log_tail()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let url = format!("{}/v2/health/ready", self.http_url);
+        let child = &mut self.child;
+        let ready = poll_ready(&url, timeout, Duration::from_millis(20), || {
+            exited(child, "model-server")
+        })
+        .await;
+        ready.with_context(|| {
+            format!(
+                "the model-server did not get ready; log tail:\n{}",
+                log_tail(&self.log_path)
+            )
+        })
     }
 
     /// The last lines of the server's log.
@@ -231,6 +219,56 @@ impl ModelServerProcess {
     pub async fn stop(mut self) -> Result<()> {
         self.child.kill().await?;
         Ok(())
+    }
+}
+
+/// The value of `key` (e.g. `http=`) in a server's start-up line such as
+/// `gateway listening http=127.0.0.1:41234 grpc=127.0.0.1:41235`.
+///
+/// # Errors
+/// When the line has no such word.
+pub fn banner_field<'a>(line: &'a str, key: &str) -> Result<&'a str> {
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix(key))
+        .with_context(|| format!("no {key} in {line:?}"))
+}
+
+/// Polls `url` every `every` until it answers 2xx, for at most `timeout`.
+/// Before each try `gone` may end the wait with its error (the process
+/// exited, its log shows it cannot start).
+///
+/// # Errors
+/// `gone`'s error, or the URL not being ready in time.
+pub async fn poll_ready(
+    url: &str,
+    timeout: Duration,
+    every: Duration,
+    mut gone: impl FnMut() -> Result<()>,
+) -> Result<()> {
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + timeout;
+    loop {
+        gone()?;
+        if let Ok(r) = client.get(url).send().await
+            && r.status().is_success()
+        {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("{url} is not ready after {timeout:?}");
+        }
+        tokio::time::sleep(every).await;
+    }
+}
+
+/// An error naming `what` and its exit status once `child` has exited.
+///
+/// # Errors
+/// When the child has exited or cannot be polled.
+pub fn exited(child: &mut Child, what: &str) -> Result<()> {
+    match child.try_wait()? {
+        Some(status) => bail!("{what} exited ({status})"),
+        None => Ok(()),
     }
 }
 
@@ -361,12 +399,94 @@ impl Drop for TempRepo {
     }
 }
 
-/// A name unique to this process and moment (keyspaces, scratch folders).
+/// A name unique to this process and moment (keyspaces, scratch folders):
+/// the counter keeps two calls within one clock tick apart.
 pub fn unique(prefix: &str) -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.subsec_nanos());
-    format!("{prefix}_{}_{nanos}", std::process::id())
+    format!(
+        "{prefix}_{}_{}_{nanos}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// A scratch folder under the temp dir, removed when dropped.
+pub struct ScratchDir(pub PathBuf);
+
+impl ScratchDir {
+    /// A fresh folder named after `prefix`.
+    ///
+    /// # Errors
+    /// When the folder cannot be created.
+    pub fn new(prefix: &str) -> Result<Self> {
+        let dir = std::env::temp_dir().join(unique(prefix));
+        std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
+        Ok(ScratchDir(dir))
+    }
+
+    /// Writes `content` to `name` in the folder and returns its path.
+    ///
+    /// # Errors
+    /// When the file cannot be written.
+    pub fn file(&self, name: &str, content: impl AsRef<[u8]>) -> Result<PathBuf> {
+        let path = self.0.join(name);
+        std::fs::write(&path, content).with_context(|| format!("write {}", path.display()))?;
+        Ok(path)
+    }
+}
+
+impl std::ops::Deref for ScratchDir {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// `GET url`, failing unless the answer is a success.
+///
+/// # Errors
+/// When the request fails or the status is not 2xx.
+pub async fn get_ok(http: &reqwest::Client, url: &str) -> Result<reqwest::Response> {
+    Ok(http
+        .get(url)
+        .send()
+        .await
+        .with_context(|| format!("GET {url}"))?
+        .error_for_status()?)
+}
+
+/// `GET url` and its JSON body, whatever the status (the body says what
+/// went wrong).
+///
+/// # Errors
+/// When the request fails or the body is not JSON.
+pub async fn get_json(http: &reqwest::Client, url: &str) -> Result<serde_json::Value> {
+    let answer = http
+        .get(url)
+        .send()
+        .await
+        .with_context(|| format!("GET {url}"))?;
+    Ok(answer.json().await?)
+}
+
+/// A client whose every request gives up after 10 s, for probes of the rig's
+/// shared parts (a hung part fails the test instead of stalling it).
+///
+/// # Errors
+/// When the client cannot be built.
+pub fn probe_client() -> Result<reqwest::Client> {
+    Ok(reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()?)
 }
 
 /// A Cassandra node of one test alone, in its own RIG_DIR (the shared rig

@@ -1,8 +1,9 @@
 //! Reading a server's Prometheus `/metrics` page, for tests and benches: a
 //! [`Page`] parsed by the `prometheus-parse` crate, with the lookups they
 //! need: one series by name and labels ([`Page::value`], or written as in
-//! the exposition with [`Page::get`]), a sum over series ([`Page::sum`]),
-//! each series of a family ([`Page::series`]) and a histogram's count and sum
+//! the exposition with [`Page::get`]), the series whose labels include some
+//! ([`Page::matching`]) and their sum ([`Page::sum`]), each series of a
+//! family ([`Page::series`]) and a histogram's count and sum
 //! ([`Page::histogram`]).
 //!
 //! Histogram buckets are read as `name_bucket` with an `le` label; `_sum` and
@@ -64,11 +65,8 @@ impl Page {
     /// # Errors
     /// When the server does not answer 200 or the page does not parse.
     pub async fn scrape(http: &reqwest::Client, base: &str) -> Result<Page> {
-        let text = http
-            .get(format!("{base}/metrics"))
-            .send()
+        let text = crate::get_ok(http, &format!("{base}/metrics"))
             .await?
-            .error_for_status()?
             .text()
             .await?;
         Page::parse(&text)
@@ -115,6 +113,15 @@ impl Page {
     /// The sum of every series of `name` whose labels include `labels`
     /// (0 when none).
     pub fn sum(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        self.matching(name, labels).sum()
+    }
+
+    /// The values of the series of `name` whose labels include `labels`.
+    pub fn matching<'a>(
+        &'a self,
+        name: &'a str,
+        labels: &'a [(&'a str, &'a str)],
+    ) -> impl Iterator<Item = f64> + 'a {
         self.series(name)
             .filter(|(l, _)| {
                 labels
@@ -122,7 +129,6 @@ impl Page {
                     .all(|(k, v)| l.get(*k).map(String::as_str) == Some(*v))
             })
             .map(|(_, v)| v)
-            .sum()
     }
 
     /// Each series of `name` (a counter, gauge or untyped family): its labels

@@ -1361,18 +1361,10 @@ async fn gateway_runs_on_the_configmap_and_jobs_run_against_real_parts() -> Resu
     // The refresh CronJob loads an export laid where its volume is mounted.
     let exports = root.join("exports");
     std::fs::create_dir_all(&exports)?;
-    let mut csv = String::from(
-        "customer_id,account_age_days,avg_txn_amount_30d,txn_count_30d,chargeback_count_1y,home_country_risk\n",
-    );
-    for i in 0..100 {
-        csv.push_str(&format!(
-            "c-{i:04},{},{}.5,{},0,0.{}\n",
-            30 + i * 7,
-            15 + i,
-            i % 90,
-            i % 10
-        ));
-    }
+    let csv = rig::gateway::profile_csv((0..100).map(|i| {
+        let (age, amount, count) = (30 + i * 7, 15 + i, i % 90);
+        format!("c-{i:04},{age},{amount}.5,{count},0,0.{}", i % 10)
+    }));
     let cron = m.named("CronJob", "refresh-customer-profile")?;
     let cron_args = string_list(
         &cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]["args"],

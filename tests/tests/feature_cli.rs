@@ -1,32 +1,22 @@
 //! `mlgw-features`, the data engineers' CLI, run as a process the way a person
 //! or a scheduler runs it: on the embedded store, and on the rig's Cassandra.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Output;
 
 use anyhow::{Context, Result};
-use rig::{binary, rig_env, workspace_root};
+use rig::gateway::definitions;
+use rig::{ScratchDir, binary, rig_env};
 use serde_json::Value;
-
-fn definitions() -> PathBuf {
-    workspace_root().join("feature-store/definitions/fraud.toml")
-}
 
 struct Cli {
     store_args: Vec<String>,
-    dir: PathBuf,
+    dir: ScratchDir,
 }
 
 impl Cli {
     fn new(store_args: Vec<String>) -> Result<Self> {
-        let dir = std::env::temp_dir().join(format!(
-            "mlgw_cli_{}_{}",
-            std::process::id(),
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)?
-                .as_nanos()
-        ));
-        std::fs::create_dir_all(&dir)?;
+        let dir = ScratchDir::new("mlgw_cli")?;
         Ok(Cli { store_args, dir })
     }
 
@@ -34,7 +24,7 @@ impl Cli {
         let mut cli = Cli::new(Vec::new())?;
         cli.store_args = vec![
             "--embedded".into(),
-            cli.dir.join("f.redb").display().to_string(),
+            cli.dir.0.join("f.redb").display().to_string(),
         ];
         Ok(cli)
     }
@@ -63,16 +53,57 @@ impl Cli {
     }
 
     fn file(&self, name: &str, content: &str) -> Result<String> {
-        let p = self.dir.join(name);
-        std::fs::write(&p, content)?;
-        Ok(p.display().to_string())
+        Ok(self.dir.file(name, content)?.display().to_string())
+    }
+
+    /// `read` of `entity`'s `customer_profile` row.
+    fn read_profile(&self, defs: &str, entity: &str) -> Result<Value> {
+        self.json(&[
+            "read",
+            "-d",
+            defs,
+            "--entity",
+            entity,
+            "--view",
+            "customer_profile",
+        ])
+    }
+
+    /// `batches reap` of `customer_profile`.
+    fn reap(&self) -> Result<Value> {
+        self.json(&["batches", "reap", "--view", "customer_profile"])
     }
 }
 
-impl Drop for Cli {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
+/// `push` to `entity`'s `customer_activity`, then `rest`.
+fn push_activity<'a>(defs: &'a str, entity: &'a str, rest: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec![
+        "push",
+        "-d",
+        defs,
+        "--view",
+        "customer_activity",
+        "--entity",
+        entity,
+    ];
+    args.extend_from_slice(rest);
+    args
+}
+
+/// `refresh run` of the `customer_profile_daily` job on `file`, then `rest`.
+fn refresh_profile<'a>(defs: &'a str, file: &'a str, rest: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec![
+        "refresh",
+        "run",
+        "-d",
+        defs,
+        "--job",
+        "customer_profile_daily",
+        "--file",
+        file,
+    ];
+    args.extend_from_slice(rest);
+    args
 }
 
 const PROFILE: &str = "customer_id,account_age_days,avg_txn_amount_30d,txn_count_30d,chargeback_count_1y,home_country_risk\n\
@@ -94,20 +125,16 @@ fn a_day_in_the_life(cli: &Cli) -> Result<()> {
         feature_store::store::embedded::SCHEMA_VERSION
     );
     let file = cli.file("profile.csv", PROFILE)?;
-    let refresh = [
-        "refresh",
-        "run",
-        "-d",
+    let refresh = refresh_profile(
         defs,
-        "--job",
-        "customer_profile_daily",
-        "--file",
         &file,
-        "--script-version",
-        "profile-v7",
-        "--max-rejected-percent",
-        "50",
-    ];
+        &[
+            "--script-version",
+            "profile-v7",
+            "--max-rejected-percent",
+            "50",
+        ],
+    );
     let loaded = cli.json(&refresh)?;
     assert_eq!(loaded["outcome"], "loaded");
     let batch = &loaded["batch"];
@@ -124,19 +151,16 @@ fn a_day_in_the_life(cli: &Cli) -> Result<()> {
     assert_eq!(listed["batches"].as_array().map(Vec::len), Some(1));
     assert_eq!(listed["batches"][0]["batch_id"], batch_id.as_str());
 
-    let pushed = cli.json(&[
-        "push",
-        "-d",
+    let pushed = cli.json(&push_activity(
         defs,
-        "--view",
-        "customer_activity",
-        "--entity",
         "c-1",
-        "--set",
-        "distinct_merchants_24h=4",
-        "--set",
-        "minutes_since_last_txn=3.5",
-    ])?;
+        &[
+            "--set",
+            "distinct_merchants_24h=4",
+            "--set",
+            "minutes_since_last_txn=3.5",
+        ],
+    ))?;
     assert_eq!(pushed["written"], 2);
     // Raw events feed the windowed aggregates; the same event twice (same
     // event time, derived ID) counts once.
@@ -148,21 +172,18 @@ fn a_day_in_the_life(cli: &Cli) -> Result<()> {
             - 60
     );
     for _ in 0..2 {
-        let event = cli.json(&[
-            "push",
-            "-d",
+        let event = cli.json(&push_activity(
             defs,
-            "--view",
-            "customer_activity",
-            "--entity",
             "c-1",
-            "--field",
-            "transaction_id=t-1",
-            "--field",
-            "amount=12.5",
-            "--event-time",
-            &now_s,
-        ])?;
+            &[
+                "--field",
+                "transaction_id=t-1",
+                "--field",
+                "amount=12.5",
+                "--event-time",
+                &now_s,
+            ],
+        ))?;
         assert!(
             event["event_id"]
                 .as_str()
@@ -170,19 +191,11 @@ fn a_day_in_the_life(cli: &Cli) -> Result<()> {
             "{event}"
         );
     }
-    cli.json(&[
-        "push",
-        "-d",
+    cli.json(&push_activity(
         defs,
-        "--view",
-        "customer_activity",
-        "--entity",
         "c-1",
-        "--field",
-        "amount=7.25",
-        "--event-id",
-        "t-2",
-    ])?;
+        &["--field", "amount=7.25", "--event-id", "t-2"],
+    ))?;
 
     let read = cli.json(&["read", "-d", defs, "--entity", "c-1"])?;
     let profile = &read["views"][0];
@@ -197,15 +210,7 @@ fn a_day_in_the_life(cli: &Cli) -> Result<()> {
     assert_eq!(activity["features"][1]["value"], 19.75, "{activity}");
     assert_eq!(activity["features"][2]["value"], 4);
     assert_eq!(activity["features"][3]["state"], "default (no value)");
-    let missing = cli.json(&[
-        "read",
-        "-d",
-        defs,
-        "--entity",
-        "c-404",
-        "--view",
-        "customer_profile",
-    ])?;
+    let missing = cli.read_profile(defs, "c-404")?;
     assert_eq!(
         missing["views"][0]["features"][0]["state"],
         "default (no row)"
@@ -225,31 +230,14 @@ fn a_day_in_the_life(cli: &Cli) -> Result<()> {
 
     // A failing batch: exit 1, the reason on stderr, the old batch still served.
     let bad = cli.file("bad.csv", "customer_id,account_age_days\nc-1,x\nc-2,y\n")?;
-    let out = cli.run(&[
-        "refresh",
-        "run",
-        "-d",
-        defs,
-        "--job",
-        "customer_profile_daily",
-        "--file",
-        &bad,
-    ])?;
+    let out = cli.run(&refresh_profile(defs, &bad, &[]))?;
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8(out.stderr)?;
     assert!(
         err.contains("2 of 2 rows rejected") && err.contains("keeps serving its previous batch"),
         "{err}"
     );
-    let read = cli.json(&[
-        "read",
-        "-d",
-        defs,
-        "--entity",
-        "c-2",
-        "--view",
-        "customer_profile",
-    ])?;
+    let read = cli.read_profile(defs, "c-2")?;
     assert_eq!(read["views"][0]["batch_id"], batch_id.as_str());
     Ok(())
 }
@@ -269,24 +257,9 @@ fn a_killed_refresh(cli: &Cli) -> Result<()> {
     let defs = defs.to_str().context("path")?;
     cli.json(&["schema", "apply"])?;
     let small = cli.file("small.csv", PROFILE)?;
-    let refresh = |file: &str| {
-        vec![
-            "refresh".to_owned(),
-            "run".into(),
-            "-d".into(),
-            defs.to_owned(),
-            "--job".into(),
-            "customer_profile_daily".into(),
-            "--file".into(),
-            file.to_owned(),
-            "--max-rejected-percent".into(),
-            "50".into(),
-            "--liveness".into(),
-            "3s".into(),
-        ]
-    };
-    let args = refresh(&small);
-    let first = cli.json(&args.iter().map(String::as_str).collect::<Vec<_>>())?;
+    // A short liveness, so the killed run's lease lapses within the test.
+    let leased = ["--max-rejected-percent", "50", "--liveness", "3s"];
+    let first = cli.json(&refresh_profile(defs, &small, &leased))?;
     let served = first["batch"]["batch_id"]
         .as_str()
         .context("batch_id")?
@@ -306,7 +279,7 @@ fn a_killed_refresh(cli: &Cli) -> Result<()> {
     let big = cli.file("big.csv", &big)?;
     let mut child = std::process::Command::new(binary("mlgw-features")?)
         .args(&cli.store_args)
-        .args(refresh(&big))
+        .args(refresh_profile(defs, &big, &leased))
         .env_remove("MLGW_FEATURES_EMBEDDED")
         .env_remove("MLGW_SCYLLA_NODES")
         .stdout(std::process::Stdio::null())
@@ -347,22 +320,14 @@ fn a_killed_refresh(cli: &Cli) -> Result<()> {
             .map(|b| b["status"].clone())
     };
     assert_eq!(status_of(&listed, &interrupted), Some("processing".into()));
-    let read = cli.json(&[
-        "read",
-        "-d",
-        defs,
-        "--entity",
-        "c-1",
-        "--view",
-        "customer_profile",
-    ])?;
+    let read = cli.read_profile(defs, "c-1")?;
     assert_eq!(read["views"][0]["batch_id"], served.as_str());
     // Its lease has not lapsed yet: a reap now leaves it alone.
-    let early = cli.json(&["batches", "reap", "--view", "customer_profile"])?;
+    let early = cli.reap()?;
     assert_eq!(early["reaped"].as_array().map(Vec::len), Some(0), "{early}");
 
     pause(std::time::Duration::from_millis(3500));
-    let reaped = cli.json(&["batches", "reap", "--view", "customer_profile"])?;
+    let reaped = cli.reap()?;
     assert_eq!(
         reaped["reaped"].as_array().map(Vec::len),
         Some(1),
@@ -376,22 +341,14 @@ fn a_killed_refresh(cli: &Cli) -> Result<()> {
     assert_eq!(status_of(&listed, &interrupted), Some("failed".into()));
     assert_eq!(status_of(&listed, &served), Some("done".into()));
     // An entity only the interrupted batch had is not served from it.
-    let read = cli.json(&[
-        "read",
-        "-d",
-        defs,
-        "--entity",
-        "k-7",
-        "--view",
-        "customer_profile",
-    ])?;
+    let read = cli.read_profile(defs, "k-7")?;
     assert_ne!(read["views"][0]["batch_id"], interrupted.as_str());
     assert_eq!(
         read["views"][0]["features"][0]["state"], "default (no row)",
         "{read}"
     );
     // A second reap finds nothing more.
-    let again = cli.json(&["batches", "reap", "--view", "customer_profile"])?;
+    let again = cli.reap()?;
     assert_eq!(again["reaped"].as_array().map(Vec::len), Some(0));
     Ok(())
 }
@@ -413,18 +370,11 @@ fn killed_refresh_on_cassandra() -> Result<()> {
 
 fn cassandra_cli() -> Result<Cli> {
     let addr = rig_env("MLGW_TEST_CASSANDRA")?;
-    let keyspace = format!(
-        "cli_{}_{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)?
-            .subsec_nanos()
-    );
     Cli::new(vec![
         "--scylla".into(),
         addr,
         "--keyspace".into(),
-        keyspace,
+        rig::unique("cli"),
         "--read-timeout-ms".into(),
         "5000".into(),
     ])
@@ -445,67 +395,37 @@ fn mistakes_get_messages_a_person_can_act_on() -> Result<()> {
         &std::fs::read_to_string(Path::new(defs))?
             .replace("type = \"int64\"", "type = \"integer\""),
     )?;
-    let cases: [(&[&str], &str); 7] = [
-        (&["validate", "-d", &broken], "broken.toml"),
+    let cases: [(Vec<&str>, &str); 7] = [
+        (vec!["validate", "-d", &broken], "broken.toml"),
         (
-            &[
+            vec![
                 "refresh", "run", "-d", defs, "--job", "nightly", "--file", "x.csv",
             ],
             "no static view is refreshed by job \"nightly\"; jobs: \"customer_profile_daily\"",
         ),
         (
-            &["batches", "list", "--view", "customer_profile"],
+            vec!["batches", "list", "--view", "customer_profile"],
             "run `mlgw-features schema apply`",
         ),
         (
-            &[
-                "push",
-                "-d",
-                defs,
-                "--view",
-                "customer_activity",
-                "--entity",
-                "c",
-                "--set",
-                "distinct_merchants_24h=many",
-            ],
+            push_activity(defs, "c", &["--set", "distinct_merchants_24h=many"]),
             "\"many\" is not a valid int64",
         ),
         (
-            &[
-                "push",
-                "-d",
-                defs,
-                "--view",
-                "customer_activity",
-                "--entity",
-                "c",
-                "--set",
-                "txn_count_1h=3",
-            ],
+            push_activity(defs, "c", &["--set", "txn_count_1h=3"]),
             "computed by the feature store",
         ),
         (
-            &[
-                "push",
-                "-d",
-                defs,
-                "--view",
-                "customer_activity",
-                "--entity",
-                "c",
-                "--field",
-                "amount=lots",
-            ],
+            push_activity(defs, "c", &["--field", "amount=lots"]),
             "--field \"amount=lots\": \"lots\" is not a number",
         ),
         (
-            &["read", "-d", defs, "--entity", "c", "--view", "nope"],
+            vec!["read", "-d", defs, "--entity", "c", "--view", "nope"],
             "unknown feature view \"nope\"",
         ),
     ];
     for (args, needle) in cases {
-        let out = cli.run(args)?;
+        let out = cli.run(&args)?;
         assert_eq!(out.status.code(), Some(1), "{args:?}");
         let err = String::from_utf8(out.stderr)?;
         assert!(
@@ -516,16 +436,7 @@ fn mistakes_get_messages_a_person_can_act_on() -> Result<()> {
     }
     cli.run(&["schema", "apply"])?;
     let csv = cli.file("p.txt", "a,b\n")?;
-    let out = cli.run(&[
-        "refresh",
-        "run",
-        "-d",
-        defs,
-        "--job",
-        "customer_profile_daily",
-        "--file",
-        &csv,
-    ])?;
+    let out = cli.run(&refresh_profile(defs, &csv, &[]))?;
     let err = String::from_utf8(out.stderr)?;
     assert!(err.contains("expected a .csv or .parquet file"), "{err}");
     Ok(())

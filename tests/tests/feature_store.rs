@@ -4,7 +4,6 @@
 //! from real files, pushes of dynamic values, reads through the row cache.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
@@ -27,150 +26,13 @@ use feature_store::store::{
 };
 use feature_store::tuner::controller::{JobState, Policy, Window};
 use feature_store::tuner::metric::MetricKind;
-use rig::rig_env;
-
-const DEFINITIONS: &str = r#"
-[[entity]]
-name = "user"
-keys = ["user_id"]
-
-[[static_view]]
-name = "profile"
-entity = "user"
-refresh_job = "profile_daily"
-max_age = "1h"
-
-[[static_view.feature]]
-name = "ratio"
-type = "float32"
-default = 0.5
-
-[[static_view.feature]]
-name = "amount"
-type = "float64"
-default = 1.5
-
-[[static_view.feature]]
-name = "visits"
-type = "int64"
-default = 7
-
-[[static_view.feature]]
-name = "vip"
-type = "bool"
-default = false
-
-[[static_view.feature]]
-name = "tier"
-type = "string"
-default = "none"
-
-[[dynamic_view]]
-name = "activity"
-entity = "user"
-ttl = "4s"
-max_age = "4s"
-
-[[dynamic_view.feature]]
-name = "clicks"
-type = "int64"
-default = 0
-
-[[dynamic_view.feature]]
-name = "spend"
-type = "float64"
-default = 0.0
-
-# Windowed aggregates computed by the store from raw events, beside one plain
-# (producer-written) feature.
-[[dynamic_view]]
-name = "payments"
-entity = "user"
-ttl = "2h"
-max_age = "2h"
-
-[[dynamic_view.feature]]
-name = "n_10m"
-type = "int64"
-default = 0
-aggregate = { function = "count", window = "10m", of = "payment_id" }
-
-[[dynamic_view.feature]]
-name = "n_1h"
-type = "int64"
-default = 0
-aggregate = { function = "count", window = "1h", of = "payment_id" }
-
-[[dynamic_view.feature]]
-name = "sum_1h"
-type = "float64"
-default = -1.0
-aggregate = { function = "sum", window = "1h", of = "amount" }
-
-[[dynamic_view.feature]]
-name = "mean_1h"
-type = "float64"
-default = -1.0
-aggregate = { function = "mean", window = "1h", of = "amount" }
-
-[[dynamic_view.feature]]
-name = "max_1h"
-type = "float32"
-default = -1.0
-aggregate = { function = "max", window = "1h", of = "amount" }
-
-[[dynamic_view.feature]]
-name = "min_2h"
-type = "int64"
-default = -1
-aggregate = { function = "min", window = "2h", of = "amount" }
-
-[[dynamic_view.feature]]
-name = "last_country"
-type = "string"
-default = "none"
-"#;
-
-static COUNTER: AtomicU64 = AtomicU64::new(0);
-
-fn unique(prefix: &str) -> String {
-    let nanos = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos());
-    format!(
-        "{prefix}_{}_{}_{nanos}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    )
-}
-
-/// A scratch directory removed on drop.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new() -> Result<Self> {
-        let dir = std::env::temp_dir().join(unique("mlgw_fs"));
-        std::fs::create_dir_all(&dir)?;
-        Ok(Scratch(dir))
-    }
-
-    fn file(&self, name: &str, content: &[u8]) -> Result<PathBuf> {
-        let path = self.0.join(name);
-        std::fs::write(&path, content)?;
-        Ok(path)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+use rig::store::{CONTRACT_DEFINITIONS, definitions, scylla_config};
+use rig::{ScratchDir, rig_env, unique};
 
 struct Fixture {
     store: AnyStore,
     defs: Arc<FeatureDefinitions>,
-    scratch: Scratch,
+    scratch: ScratchDir,
 }
 
 impl Fixture {
@@ -207,7 +69,7 @@ impl Fixture {
 }
 
 async fn embedded() -> Result<Fixture> {
-    let scratch = Scratch::new()?;
+    let scratch = ScratchDir::new("mlgw_fs")?;
     let store = EmbeddedStore::open(&scratch.0.join("features.redb"))?;
     store.apply_schema().await?;
     fixture(AnyStore::Embedded(Arc::new(store)), scratch)
@@ -216,20 +78,19 @@ async fn embedded() -> Result<Fixture> {
 async fn scylla() -> Result<Fixture> {
     let addr = rig_env("MLGW_TEST_CASSANDRA")?;
     let config = ScyllaConfig {
-        nodes: vec![addr],
-        keyspace: unique("fs"),
-        // Schema changes on a busy 2-core machine can take seconds.
-        write_timeout: Duration::from_secs(30),
         read_timeout: Duration::from_secs(5),
-        ..ScyllaConfig::default()
+        ..scylla_config(&addr, unique("fs"))
     };
     let store = ScyllaStore::connect(config).await?;
     store.apply_schema().await.context("applying the schema")?;
-    fixture(AnyStore::Scylla(Arc::new(store)), Scratch::new()?)
+    fixture(
+        AnyStore::Scylla(Arc::new(store)),
+        ScratchDir::new("mlgw_fs")?,
+    )
 }
 
-fn fixture(store: AnyStore, scratch: Scratch) -> Result<Fixture> {
-    let defs = FeatureDefinitions::parse(DEFINITIONS, std::path::Path::new("contract.toml"))?;
+fn fixture(store: AnyStore, scratch: ScratchDir) -> Result<Fixture> {
+    let defs = definitions(CONTRACT_DEFINITIONS, "contract.toml")?;
     Ok(Fixture {
         store,
         defs: Arc::new(defs),
@@ -350,27 +211,19 @@ async fn stale_value_is_flagged(f: Fixture) -> Result<()> {
     Ok(())
 }
 
+/// The `activity` values of a push: `clicks` = `n`.
+fn clicks(n: i64) -> Vec<(String, FeatureValue)> {
+    vec![("clicks".to_owned(), FeatureValue::Int64(n))]
+}
+
 async fn dynamic_value_expires_after_its_ttl(f: Fixture) -> Result<()> {
     let reader = f.reader(ReaderConfig::default()).await?;
     let now = SystemTime::now();
     // Observed 1s ago with a 4s TTL: readable now, gone about 3s from now.
-    reader
-        .push(
-            "activity",
-            "u-1",
-            &[("clicks".into(), FeatureValue::Int64(5))],
-            now - Duration::from_secs(1),
-        )
-        .await?;
+    let ago = |s| now - Duration::from_secs(s);
+    reader.push("activity", "u-1", &clicks(5), ago(1)).await?;
     // Observed longer ago than the TTL: accepted and never visible.
-    reader
-        .push(
-            "activity",
-            "u-2",
-            &[("clicks".into(), FeatureValue::Int64(9))],
-            now - Duration::from_secs(10),
-        )
-        .await?;
+    reader.push("activity", "u-2", &clicks(9), ago(10)).await?;
     let v = reader.read("activity", "u-1", SystemTime::now()).await?;
     assert_eq!(
         v.feature("clicks").map(|x| (x.value.clone(), x.state)),
@@ -399,7 +252,6 @@ async fn dynamic_value_expires_after_its_ttl(f: Fixture) -> Result<()> {
 async fn older_event_does_not_overwrite_newer(f: Fixture) -> Result<()> {
     let reader = f.reader(ReaderConfig::default()).await?;
     let t = SystemTime::now();
-    let clicks = |n| vec![("clicks".to_owned(), FeatureValue::Int64(n))];
     reader.push("activity", "u-1", &clicks(2), t).await?;
     reader
         .push(
@@ -630,6 +482,11 @@ fn payment(now: SystemTime, ago: Duration, id: &str, amount: f64) -> Event {
     )
 }
 
+/// The error's text, empty when `result` is a success.
+fn error_text<T>(result: Result<T, impl std::fmt::Display>) -> String {
+    result.err().map(|e| e.to_string()).unwrap_or_default()
+}
+
 fn value_of(
     v: &feature_store::freshness::ResolvedView<'_>,
     name: &str,
@@ -662,29 +519,18 @@ async fn aggregates_count_sum_mean_max_min_over_their_windows(f: Fixture) -> Res
         .await?;
     let v = reader.read("payments", "u-1", now).await?;
     let present = ValueState::Present;
-    assert_eq!(value_of(&v, "n_10m"), (FeatureValue::Int64(1), present));
-    assert_eq!(value_of(&v, "n_1h"), (FeatureValue::Int64(2), present));
-    assert_eq!(
-        value_of(&v, "sum_1h"),
-        (FeatureValue::Float64(30.75), present)
-    );
-    assert_eq!(
-        value_of(&v, "mean_1h"),
-        (FeatureValue::Float64(15.375), present)
-    );
-    assert_eq!(
-        value_of(&v, "max_1h"),
-        (FeatureValue::Float32(20.25), present)
-    );
-    assert_eq!(
-        value_of(&v, "min_2h"),
-        (FeatureValue::Int64(4), present),
-        "1.0 is past the ttl"
-    );
-    assert_eq!(
-        value_of(&v, "last_country"),
-        (FeatureValue::String("NL".into()), present)
-    );
+    for (name, want) in [
+        ("n_10m", FeatureValue::Int64(1)),
+        ("n_1h", FeatureValue::Int64(2)),
+        ("sum_1h", FeatureValue::Float64(30.75)),
+        ("mean_1h", FeatureValue::Float64(15.375)),
+        ("max_1h", FeatureValue::Float32(20.25)),
+        // 4.0, not 1.0: that event is past the ttl.
+        ("min_2h", FeatureValue::Int64(4)),
+        ("last_country", FeatureValue::String("NL".into())),
+    ] {
+        assert_eq!(value_of(&v, name), (want, present), "{name}");
+    }
     // The row's age is the newest contribution's (the event 5 min ago).
     assert!(
         v.age.is_some_and(|a| a >= 5 * MIN && a < 6 * MIN),
@@ -703,14 +549,12 @@ async fn aggregates_count_sum_mean_max_min_over_their_windows(f: Fixture) -> Res
     assert_eq!(value_of(&later, "n_1h"), (FeatureValue::Int64(2), present));
     // Forty-five minutes on, only the 2h window has anything left.
     let much_later = reader.read("payments", "u-1", now + 45 * MIN).await?;
-    assert_eq!(
-        value_of(&much_later, "n_1h"),
-        (FeatureValue::Int64(1), present)
-    );
-    assert_eq!(
-        value_of(&much_later, "sum_1h"),
-        (FeatureValue::Float64(10.5), present)
-    );
+    for (name, want) in [
+        ("n_1h", FeatureValue::Int64(1)),
+        ("sum_1h", FeatureValue::Float64(10.5)),
+    ] {
+        assert_eq!(value_of(&much_later, name), (want, present), "{name}");
+    }
 
     // An entity without events or values: every feature defaulted, no row.
     let nobody = reader.read("payments", "u-2", now).await?;
@@ -795,16 +639,8 @@ async fn late_events_count_and_replays_count_once(f: Fixture) -> Result<()> {
             "feature view \"payments\", event field \"amount\": expected a number, got a string value"
         )
     );
-    let err = reader
-        .push_event(
-            "payments",
-            "u-1",
-            &bad(vec![("amont", FeatureValue::Int64(1))]),
-        )
-        .await
-        .err()
-        .map(|e| e.to_string())
-        .unwrap_or_default();
+    let misspelt = bad(vec![("amont", FeatureValue::Int64(1))]);
+    let err = error_text(reader.push_event("payments", "u-1", &misspelt).await);
     assert!(
         err.contains("its aggregates read amount, payment_id"),
         "{err}"
@@ -826,17 +662,8 @@ async fn late_events_count_and_replays_count_once(f: Fixture) -> Result<()> {
             .is_err_and(|e| e.to_string().contains("declares no windowed aggregate"))
     );
     // A plain value of an aggregate feature is refused: only events feed it.
-    let err = reader
-        .push(
-            "payments",
-            "u-1",
-            &[("n_1h".to_owned(), FeatureValue::Int64(9))],
-            now,
-        )
-        .await
-        .err()
-        .map(|e| e.to_string())
-        .unwrap_or_default();
+    let count = [("n_1h".to_owned(), FeatureValue::Int64(9))];
+    let err = error_text(reader.push("payments", "u-1", &count, now).await);
     assert!(
         err.contains("computed by the feature store (count of payment_id over 60 min)"),
         "{err}"
@@ -872,29 +699,21 @@ async fn the_event_cap_bounds_a_read_and_is_reported(f: Fixture) -> Result<()> {
     assert!(value_of(&narrow, "n_1h").1 == ValueState::Present);
     assert_eq!(reader.event_stats().capped_reads, 1);
     // The store itself says when a range held more than the limit.
-    let range = f
-        .store
-        .read_events(EventQuery {
+    let three_hours = now - Duration::from_secs(3 * 3600);
+    let last_three_hours = |limit| {
+        f.store.read_events(EventQuery {
             view: "payments",
             entity_key: "u-1",
-            from: now - Duration::from_secs(3 * 3600),
+            from: three_hours,
             to: now,
-            limit: 8,
+            limit,
         })
-        .await?;
+    };
+    let range = last_three_hours(8).await?;
     assert_eq!((range.events.len(), range.truncated), (8, false));
     let times: Vec<SystemTime> = range.events.iter().map(|e| e.event_time).collect();
     assert!(times.windows(2).all(|w| w[0] > w[1]), "newest first");
-    let range = f
-        .store
-        .read_events(EventQuery {
-            view: "payments",
-            entity_key: "u-1",
-            from: now - Duration::from_secs(3 * 3600),
-            to: now,
-            limit: 7,
-        })
-        .await?;
+    let range = last_three_hours(7).await?;
     assert_eq!((range.events.len(), range.truncated), (7, true));
     // Read together (from one snapshot where the backend can), the row and
     // the events are what the two reads give apart.
@@ -903,7 +722,7 @@ async fn the_event_cap_bounds_a_read_and_is_reported(f: Fixture) -> Result<()> {
         .read_dynamic_window(EventQuery {
             view: "payments",
             entity_key: "u-1",
-            from: now - Duration::from_secs(3 * 3600),
+            from: three_hours,
             to: now,
             limit: 7,
         })

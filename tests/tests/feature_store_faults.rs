@@ -6,52 +6,19 @@
 //! same address, the same reader and store answer again, with no reconnect
 //! by hand and no process restart.
 
-use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, Result, bail, ensure};
-use feature_store::definitions::{FeatureDefinitions, FeatureValue};
+use feature_store::definitions::FeatureValue;
 use feature_store::freshness::{ResolvedView, ValueState};
 use feature_store::reader::{FeatureReader, ReadError, ReaderConfig};
-use feature_store::refresh::{self, RefreshOptions, RefreshOutcome};
+use feature_store::refresh::RefreshOutcome;
 use feature_store::store::prelude::*;
 use feature_store::store::scylla::{ScyllaConfig, ScyllaStore};
+use rig::store::{OUTAGE_DEFINITIONS, definitions, refresh_file, scylla_config};
 use rig::{OwnCassandra, unique};
-
-const DEFINITIONS: &str = r#"
-[[entity]]
-name = "user"
-keys = ["user_id"]
-
-[[static_view]]
-name = "profile"
-entity = "user"
-refresh_job = "profile_daily"
-max_age = "1h"
-
-[[static_view.feature]]
-name = "score"
-type = "float64"
-default = 0.0
-
-[[static_view.feature]]
-name = "tier"
-type = "string"
-default = "none"
-
-[[dynamic_view]]
-name = "activity"
-entity = "user"
-ttl = "10m"
-max_age = "10m"
-
-[[dynamic_view.feature]]
-name = "clicks"
-type = "int64"
-default = 0
-"#;
 
 const PROFILES: &str = "user_id,score,tier\n\
                         u-a,0.25,gold\n\
@@ -116,33 +83,16 @@ async fn cassandra_outage_serves_cached_rows_fails_fast_and_recovers_after_resta
     // Schema, one refresh, a pushed dynamic value, and entity A cached.
     let store = Arc::new(
         ScyllaStore::connect(ScyllaConfig {
-            nodes: vec![address.clone()],
-            keyspace: unique("faults"),
             read_timeout: READ_TIMEOUT,
-            // Schema changes on a busy 2-core machine can take seconds.
-            write_timeout: Duration::from_secs(30),
-            connect_timeout: Duration::from_secs(10),
-            ..ScyllaConfig::default()
+            ..scylla_config(&address, unique("faults"))
         })
         .await?,
     );
     store.apply_schema().await.context("applying the schema")?;
-    let defs = Arc::new(FeatureDefinitions::parse(
-        DEFINITIONS,
-        Path::new("faults.toml"),
-    )?);
+    let defs = Arc::new(definitions(OUTAGE_DEFINITIONS, "faults.toml")?);
     let csv = node.dir.join("profiles.csv");
     std::fs::write(&csv, PROFILES)?;
-    let outcome = refresh::run(
-        store.as_ref(),
-        &defs,
-        "profile_daily",
-        None,
-        &csv,
-        &RefreshOptions::default(),
-        &|_| {},
-    )
-    .await?;
+    let outcome = refresh_file(store.as_ref(), &defs, "profile_daily", &csv).await?;
     ensure!(
         matches!(outcome, RefreshOutcome::Loaded(_)),
         "expected a load, got {outcome:?}"

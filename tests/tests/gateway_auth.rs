@@ -13,7 +13,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::{Algorithm, EncodingKey};
 use proto::gateway::v1 as pb;
 use proto::gateway::v1::prediction_service_client::PredictionServiceClient;
-use rig::gateway::{Bearer, GatewayProcess, client_with_token, scratch};
+use rig::gateway::{Bearer, GatewayProcess, assert_refused, challenge, client_with_token, scratch};
 use rig::rig_env;
 use rig::sso::{
     OidcProvider, TestIssuer, TestKey, client_credentials, kid_of, oidc_auth, sign_raw,
@@ -44,11 +44,7 @@ async fn predict(
     }
     let r = req.send().await?;
     let status = r.status().as_u16();
-    let challenge = r
-        .headers()
-        .get("www-authenticate")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
+    let challenge = challenge(&r);
     Ok((status, r.json().await?, challenge))
 }
 
@@ -75,9 +71,7 @@ async fn grpc_predict(
     auth: &[&str],
     version: &str,
 ) -> Result<Result<pb::PredictResponse, tonic::Status>> {
-    let channel = tonic::transport::Endpoint::from_shared(gw.grpc.clone())?
-        .connect()
-        .await?;
+    let channel = gw.channel().await?;
     let mut client = PredictionServiceClient::new(channel);
     let mut req = tonic::Request::new(grpc_request(version));
     for a in auth {
@@ -100,7 +94,7 @@ async fn provider_tokens_are_accepted_and_key_rotation_needs_no_restart() -> Res
         "jwks_min_refetch_s = 1",
         "jwks_min_refetch_s = 1\njwks_refresh_s = 2",
     );
-    let (dir, config) = scratch("rotate", &auth, |c| c).await?;
+    let (_dir, config) = scratch("rotate", &auth, |c| c).await?;
     let gw = GatewayProcess::start_ready(&config).await?;
 
     // A client-credentials token from the provider is accepted on both fronts.
@@ -156,7 +150,6 @@ async fn provider_tokens_are_accepted_and_key_rotation_needs_no_restart() -> Res
         .value("mlgw_auth_key_fetches_total", &[("result", "error")]);
     assert!(errors.is_some_and(|n| n >= 1.0), "{text}");
     drop(gw);
-    let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
 
@@ -165,7 +158,7 @@ async fn a_provider_down_at_start_delays_readiness_not_the_start() -> Result<()>
     let provider = OidcProvider::start("down").await?;
     let token = client_credentials(&provider.issuer, "mlgw-service", None).await?;
     provider.stop().await?;
-    let (dir, config) = scratch("down", &oidc_auth(&provider.issuer, ""), |c| c).await?;
+    let (_dir, config) = scratch("down", &oidc_auth(&provider.issuer, ""), |c| c).await?;
     let gw = GatewayProcess::start(&config).await?;
     let health = reqwest::get(format!("{}/healthz", gw.http))
         .await?
@@ -176,11 +169,7 @@ async fn a_provider_down_at_start_delays_readiness_not_the_start() -> Result<()>
     assert_eq!(r.status().as_u16(), 503);
     assert!(r.text().await?.contains("signing keys are not loaded"));
     let (status, answer, _) = predict(&gw, Some(&format!("Bearer {token}")), "").await?;
-    assert_eq!(
-        (status, answer["code"].as_str()),
-        (503, Some("auth_unavailable")),
-        "{answer}"
-    );
+    assert_refused(status, &answer, 503, "auth_unavailable");
 
     // The provider comes back: the retry loop (1, 2, 4 … s) loads the keys.
     provider.start_again().await?;
@@ -188,7 +177,6 @@ async fn a_provider_down_at_start_delays_readiness_not_the_start() -> Result<()>
     let (status, answer, _) = predict(&gw, Some(&format!("Bearer {token}")), "").await?;
     assert_eq!(status, 200, "{answer}");
     drop(gw);
-    let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
 
@@ -197,7 +185,7 @@ async fn pilot_groups_and_scopes_decide_who_may_call_what() -> Result<()> {
     let issuer = rig_env("MLGW_TEST_OIDC_ISSUER")?;
     // Version 1 is stable; version 2 is a pilot that members reach only
     // when they ask for it.
-    let (dir, config) = scratch("policy", &oidc_auth(&issuer, ""), |c| {
+    let (_dir, config) = scratch("policy", &oidc_auth(&issuer, ""), |c| {
         c.replace(
             "[model.postprocess]",
             "[model.routing]\nstable = \"1\"\n[[model.routing.pilot]]\nversion = \"2\"\ngroups = [\"pilot-fraud-v2\"]\nauto = false\n[model.postprocess]",
@@ -219,11 +207,7 @@ async fn pilot_groups_and_scopes_decide_who_may_call_what() -> Result<()> {
         "{a}"
     );
     let (status, a, challenge) = predict(&gw, Some(&bearer(&service)), "2").await?;
-    assert_eq!(
-        (status, a["code"].as_str()),
-        (403, Some("permission_denied")),
-        "{a}"
-    );
+    assert_refused(status, &a, 403, "permission_denied");
     assert_eq!(
         a["message"],
         "caller 'mlgw-service' is not in a pilot group of model 'fraud_detector' version '2'"
@@ -281,9 +265,7 @@ async fn pilot_groups_and_scopes_decide_who_may_call_what() -> Result<()> {
         .send()
         .await?;
     assert_eq!(r.status().as_u16(), 200, "{}", r.text().await?);
-    let channel = tonic::transport::Endpoint::from_shared(gw.grpc.clone())?
-        .connect()
-        .await?;
+    let channel = gw.channel().await?;
     let mut features =
         proto::gateway::v1::feature_service_client::FeatureServiceClient::with_interceptor(
             channel,
@@ -316,7 +298,6 @@ async fn pilot_groups_and_scopes_decide_who_may_call_what() -> Result<()> {
         "{text}"
     );
     drop(gw);
-    let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
 
@@ -356,7 +337,7 @@ scopes = ["predict"]
 "#,
         issuer.issuer
     );
-    let (dir, config) = scratch("corpus", &auth, |c| c).await?;
+    let (_dir, config) = scratch("corpus", &auth, |c| c).await?;
     let gw = GatewayProcess::start_ready(&config).await?;
 
     let t = now();
@@ -492,11 +473,7 @@ scopes = ["predict"]
         }
         let r = req.send().await?;
         let status = r.status().as_u16();
-        let challenge = r
-            .headers()
-            .get("www-authenticate")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
+        let challenge = challenge(&r);
         let body: Value = r.json().await.unwrap_or(Value::Null);
         let leaks = secret
             .as_deref()
@@ -561,7 +538,6 @@ scopes = ["predict"]
         );
     }
     drop(gw);
-    let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
 

@@ -17,7 +17,10 @@ use feature_store::store::embedded::EmbeddedStore;
 use feature_store::store::prelude::*;
 use futures_util::StreamExt as _;
 use proto::gateway::v1 as pb;
-use rig::gateway::{Bearer, DEV_AUTH, GatewayProcess, client_with_token, scratch};
+use rig::gateway::{
+    Bearer, DEV_AUTH, GatewayProcess, assert_admin_routes_documented, assert_refused,
+    client_with_token, scratch,
+};
 use rig::metrics::Page;
 use rig::sso::{client_credentials, oidc_auth};
 use rig::{ModelServerProcess, binary, example_repository, rig_env};
@@ -102,6 +105,20 @@ async fn change(
 fn canary_share(v: &HashMap<String, (String, String)>) -> f64 {
     let canary = v.values().filter(|(_, route)| route == "canary").count();
     canary as f64 * 100.0 / v.len() as f64
+}
+
+/// Asserts that the routing change `action` is refused with `status` and
+/// error `code`.
+async fn change_refused(
+    client: &reqwest::Client,
+    gw: &GatewayProcess,
+    action: Value,
+    status: u16,
+    code: &str,
+) -> Result<()> {
+    let (got, answer) = change(client, gw, action).await?;
+    assert_refused(got, &answer, status, code);
+    Ok(())
 }
 
 #[tokio::test]
@@ -210,7 +227,6 @@ async fn the_canary_split_is_sticky_and_a_higher_weight_moves_only_stable_caller
         "{routes:?}"
     );
     drop(gw);
-    let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
 
@@ -271,7 +287,7 @@ async fn shadows_are_compared_but_never_reach_slow_or_fail_a_caller() -> Result<
         "[model.endpoints]\n\"2\" = \"{}\"\n\"3\" = \"{hung}\"\n[model.routing]\nstable = \"1\"",
         shadow_server.grpc_url
     );
-    let (dir, config) = scratch("shadow", &dev_auth_with_admin(), |c| {
+    let (_dir, config) = scratch("shadow", &dev_auth_with_admin(), |c| {
         with_model(&model)(c).replace(
             "[cache]",
             "[rollout]\nshadow_concurrency = 4\nshadow_timeout_ms = 1500\n[cache]",
@@ -365,17 +381,8 @@ async fn shadows_are_compared_but_never_reach_slow_or_fail_a_caller() -> Result<
     // is soon full, so most copies are dropped and counted, never queued.
     // (Added through the config file: the admin API refuses a version whose
     // model-server cannot answer its metadata check.)
-    let (status, a) = change(
-        &client,
-        &gw,
-        json!({"action": "add_shadow", "version": "3"}),
-    )
-    .await?;
-    assert_eq!(
-        (status, a["code"].as_str()),
-        (400, Some("routing_refused")),
-        "{a}"
-    );
+    let shadow_3 = json!({"action": "add_shadow", "version": "3"});
+    change_refused(&client, &gw, shadow_3, 400, "routing_refused").await?;
     let text = std::fs::read_to_string(&config)?;
     std::fs::write(
         &config,
@@ -395,7 +402,6 @@ async fn shadows_are_compared_but_never_reach_slow_or_fail_a_caller() -> Result<
     .await?;
     println!("hung shadow: {dropped} of 40 copies dropped");
     drop(gw);
-    let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
 
@@ -439,7 +445,7 @@ fn rollout_oidc(issuer: &str) -> String {
 async fn pilots_admin_scope_and_rollback_in_one_call() -> Result<()> {
     let issuer = rig_env("MLGW_TEST_OIDC_ISSUER")?;
     let routing = "[model.routing]\nstable = \"1\"\n[[model.routing.pilot]]\nversion = \"2\"\ngroups = [\"pilot-fraud-v2\"]";
-    let (dir, config) = scratch("pilot", &rollout_oidc(&issuer), with_model(routing)).await?;
+    let (_dir, config) = scratch("pilot", &rollout_oidc(&issuer), with_model(routing)).await?;
     let gw = GatewayProcess::start_ready(&config).await?;
     let service = client_with_token(&client_credentials(&issuer, "mlgw-service", None).await?)?;
     let pilot = client_with_token(&client_credentials(&issuer, "mlgw-pilot", None).await?)?;
@@ -464,11 +470,7 @@ async fn pilots_admin_scope_and_rollback_in_one_call() -> Result<()> {
     let mut ask = body("c-1");
     ask["model_version"] = json!("2");
     let (s, a) = predict(&service, &gw, &ask).await?;
-    assert_eq!(
-        (s, a["code"].as_str()),
-        (403, Some("permission_denied")),
-        "{a}"
-    );
+    assert_refused(s, &a, 403, "permission_denied");
     assert_eq!(
         a["message"],
         "caller 'mlgw-service' is not in a pilot group of model 'fraud_detector' version '2'"
@@ -481,27 +483,12 @@ async fn pilots_admin_scope_and_rollback_in_one_call() -> Result<()> {
     );
     ask["model_version"] = json!("9");
     let (s, a) = predict(&service, &gw, &ask).await?;
-    assert_eq!(
-        (s, a["code"].as_str()),
-        (404, Some("unknown_version")),
-        "{a}"
-    );
+    assert_refused(s, &a, 404, "unknown_version");
 
     // The admin API is for the admin scope only, on both fronts.
-    let (s, a) = change(
-        &service,
-        &gw,
-        json!({"action": "remove_pilot", "version": "2"}),
-    )
-    .await?;
-    assert_eq!(
-        (s, a["code"].as_str()),
-        (403, Some("permission_denied")),
-        "{a}"
-    );
-    let channel = tonic::transport::Endpoint::from_shared(gw.grpc.clone())?
-        .connect()
-        .await?;
+    let remove_pilot = json!({"action": "remove_pilot", "version": "2"});
+    change_refused(&service, &gw, remove_pilot, 403, "permission_denied").await?;
+    let channel = gw.channel().await?;
     let service_token = client_credentials(&issuer, "mlgw-service", None).await?;
     let mut denied = pb::routing_admin_service_client::RoutingAdminServiceClient::with_interceptor(
         channel.clone(),
@@ -593,24 +580,16 @@ async fn pilots_admin_scope_and_rollback_in_one_call() -> Result<()> {
         "{history}"
     );
     // The OpenAPI document describes the admin routes, behind the token.
-    let doc: Value = reqwest::get(format!("{}/openapi.json", gw.http))
-        .await?
-        .json()
-        .await?;
-    for (route, method) in [
-        ("/v1/admin/models", "get"),
-        ("/v1/admin/models/{model}/routing", "get"),
-        ("/v1/admin/models/{model}/routing", "post"),
-        ("/v1/admin/models/{model}/shadow-report", "get"),
-    ] {
-        let op = &doc["paths"][route][method];
-        assert_eq!(
-            op["security"],
-            json!([{"bearerAuth": []}]),
-            "{method} {route}"
-        );
-        assert!(op["responses"]["403"].is_object(), "{method} {route}");
-    }
+    let doc = assert_admin_routes_documented(
+        &gw.http,
+        &[
+            ("/v1/admin/models", "get"),
+            ("/v1/admin/models/{model}/routing", "get"),
+            ("/v1/admin/models/{model}/routing", "post"),
+            ("/v1/admin/models/{model}/shadow-report", "get"),
+        ],
+    )
+    .await?;
     assert!(doc["components"]["schemas"]["PredictResponse"]["properties"]["route"].is_object());
     // A token without the admin scope cannot use the CLI either.
     let out = std::process::Command::new(binary("mlgw-admin")?)
@@ -619,7 +598,6 @@ async fn pilots_admin_scope_and_rollback_in_one_call() -> Result<()> {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("permission_denied (403 Forbidden)"));
     drop(gw);
-    let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
 
@@ -655,7 +633,7 @@ fn second_config(config: &Path) -> Result<PathBuf> {
 
 #[tokio::test]
 async fn routing_follows_other_replicas_and_the_config_file_and_survives_restarts() -> Result<()> {
-    let (dir, config) = scratch("replicas", &dev_auth_with_admin(), |c| {
+    let (_dir, config) = scratch("replicas", &dev_auth_with_admin(), |c| {
         with_model("[model.routing]\nstable = \"1\"")(c).replace(
             "[cache]",
             "[rollout]\npoll_ms = 200\nconfig_watch_ms = 200\n[cache]",
@@ -722,6 +700,5 @@ async fn routing_follows_other_replicas_and_the_config_file_and_survives_restart
         "{p}"
     );
     drop(a);
-    let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }

@@ -66,6 +66,30 @@ async fn call(
     Ok((status, r.json::<Value>().await?))
 }
 
+/// A documented path with its parameters filled in: the example model and
+/// view, and a tuner job that does not exist.
+fn example_path(path: &str) -> String {
+    path.replace("{model}", "fraud_detector")
+        .replace("{view}", "customer_activity")
+        .replace("{job}", "no_such_job")
+}
+
+/// Sends a request, asserts the answer's status is the operation's
+/// (method, documented path, status) and that its body fits the schema the
+/// document declares for it; returns the body.
+async fn answers_as_documented(
+    http: &reqwest::Client,
+    doc: &Value,
+    (method, path, status): (&str, &str, u16),
+    url: String,
+    body: Option<Value>,
+) -> Result<Value> {
+    let (got, answer) = call(http, method, url, body).await?;
+    assert_eq!(got, status, "{method} {path}: {answer}");
+    check(doc, method, path, status, &answer)?;
+    Ok(answer)
+}
+
 #[tokio::test]
 async fn answers_fit_the_document() -> Result<()> {
     // Admin is granted to the dev token here, so the admin list answers.
@@ -88,104 +112,57 @@ async fn answers_fit_the_document() -> Result<()> {
     let predict = "/v1/models/{model}/predict";
     let url = format!("{base}/v1/models/fraud_detector/predict");
     let one = json!({"entity": {"customer_id": "c-1"}, "request_features": features});
-    let (status, answer) = call(&http, "post", url.clone(), Some(one.clone())).await?;
-    assert_eq!(status, 200, "{answer}");
-    check(&doc, "post", predict, 200, &answer)?;
+    let answer = answers_as_documented(
+        &http,
+        &doc,
+        ("post", predict, 200),
+        url.clone(),
+        Some(one.clone()),
+    )
+    .await?;
     let prediction_id = answer["prediction_id"]
         .as_str()
         .unwrap_or_default()
         .to_owned();
 
-    // 400: an unknown field in the body.
-    let (status, answer) = call(
+    let anonymous = reqwest::Client::new();
+    let batch = json!({"requests": [one.clone(), {"entity": {"customer_id": "c-2"}, "request_features": features}]});
+    let push = json!({"rows": [{"entity": {"customer_id": "c-1"}, "values": {"distinct_merchants_24h": 12}}]});
+    let feedback = json!({"prediction_id": prediction_id, "label": "fraud"});
+    // 400: an unknown field in the body; 401: no token; 404: an unknown model.
+    let unknown_field = Some(json!({"entity": {}, "x": 1}));
+    answers_as_documented(
         &http,
-        "post",
-        url.clone(),
-        Some(json!({"entity": {}, "x": 1})),
-    )
-    .await?;
-    assert_eq!(status, 400, "{answer}");
-    check(&doc, "post", predict, 400, &answer)?;
-    // 401: no token.
-    let (status, answer) = call(
-        &reqwest::Client::new(),
-        "post",
-        url.clone(),
-        Some(one.clone()),
-    )
-    .await?;
-    assert_eq!(status, 401, "{answer}");
-    check(&doc, "post", predict, 401, &answer)?;
-    // 404: an unknown model.
-    let (status, answer) = call(
-        &http,
-        "post",
-        format!("{base}/v1/models/no_such_model/predict"),
-        Some(one.clone()),
-    )
-    .await?;
-    assert_eq!(status, 404, "{answer}");
-    check(&doc, "post", predict, 404, &answer)?;
-
-    let (status, answer) = call(
-        &http,
-        "post",
-        format!("{base}/v1/models/fraud_detector/predict-batch"),
-        Some(json!({"requests": [one.clone(), {"entity": {"customer_id": "c-2"}, "request_features": features}]})),
-    )
-    .await?;
-    assert_eq!(status, 200, "{answer}");
-    check(
         &doc,
-        "post",
-        "/v1/models/{model}/predict-batch",
-        200,
-        &answer,
-    )?;
-
-    let (status, answer) = call(
-        &http,
-        "post",
-        format!("{base}/v1/features/customer_activity/push"),
-        Some(json!({"rows": [{"entity": {"customer_id": "c-1"}, "values": {"distinct_merchants_24h": 12}}]})),
+        ("post", predict, 400),
+        url.clone(),
+        unknown_field,
     )
     .await?;
-    assert_eq!(status, 200, "{answer}");
-    check(&doc, "post", "/v1/features/{view}/push", 200, &answer)?;
-
-    let (status, answer) = call(
+    let no_token = ("post", predict, 401);
+    answers_as_documented(&anonymous, &doc, no_token, url, Some(one.clone())).await?;
+    let unknown_model = format!("{base}/v1/models/no_such_model/predict");
+    answers_as_documented(
         &http,
-        "post",
-        format!("{base}/v1/feedback"),
-        Some(json!({"prediction_id": prediction_id, "label": "fraud"})),
-    )
-    .await?;
-    assert_eq!(status, 200, "{answer}");
-    check(&doc, "post", "/v1/feedback", 200, &answer)?;
-
-    let (status, answer) = call(&http, "get", format!("{base}/v1/admin/models"), None).await?;
-    assert_eq!(status, 200, "{answer}");
-    check(&doc, "get", "/v1/admin/models", 200, &answer)?;
-    let (status, answer) = call(
-        &http,
-        "get",
-        format!("{base}/v1/admin/models/fraud_detector/routing"),
-        None,
-    )
-    .await?;
-    assert_eq!(status, 200, "{answer}");
-    check(
         &doc,
-        "get",
-        "/v1/admin/models/{model}/routing",
-        200,
-        &answer,
-    )?;
-
-    for (path, status) in [("/healthz", 200), ("/readyz", 200)] {
-        let (got, answer) = call(&http, "get", format!("{base}{path}"), None).await?;
-        assert_eq!(got, status, "{path} {answer}");
-        check(&doc, "get", path, status, &answer)?;
+        ("post", predict, 404),
+        unknown_model,
+        Some(one),
+    )
+    .await?;
+    // 200 from every other operation, on the example model and view.
+    let cases = [
+        ("post", "/v1/models/{model}/predict-batch", Some(batch)),
+        ("post", "/v1/features/{view}/push", Some(push)),
+        ("post", "/v1/feedback", Some(feedback)),
+        ("get", "/v1/admin/models", None),
+        ("get", "/v1/admin/models/{model}/routing", None),
+        ("get", "/healthz", None),
+        ("get", "/readyz", None),
+    ];
+    for (method, path, body) in cases {
+        let url = format!("{base}{}", example_path(path));
+        answers_as_documented(&http, &doc, (method, path, 200), url, body).await?;
     }
     drop(gw);
 
@@ -193,9 +170,8 @@ async fn answers_fit_the_document() -> Result<()> {
     let (_dir, config) = rig::gateway::scratch("openapi_403", DEV_AUTH, |t| t).await?;
     let gw = GatewayProcess::start_ready(&config).await?;
     let http = client_with_token(gw.token()?)?;
-    let (status, answer) = call(&http, "get", format!("{}/v1/admin/models", gw.http), None).await?;
-    assert_eq!(status, 403, "{answer}");
-    check(&doc, "get", "/v1/admin/models", 403, &answer)?;
+    let url = format!("{}/v1/admin/models", gw.http);
+    answers_as_documented(&http, &doc, ("get", "/v1/admin/models", 403), url, None).await?;
     drop(gw);
     Ok(())
 }
@@ -209,10 +185,7 @@ async fn the_router_serves_what_the_document_lists() -> Result<()> {
     let (_dir, config) = rig::gateway::scratch("openapi_routes", DEV_AUTH, |t| t).await?;
     let gw = GatewayProcess::start_ready(&config).await?;
     let http = client_with_token(gw.token()?)?;
-    let doc: Value = reqwest::get(format!("{}/openapi.json", gw.http))
-        .await?
-        .json()
-        .await?;
+    let doc = rig::get_json(&http, &format!("{}/openapi.json", gw.http)).await?;
     let paths = doc["paths"].as_object().context("no paths")?;
     assert_eq!(
         paths
@@ -222,13 +195,7 @@ async fn the_router_serves_what_the_document_lists() -> Result<()> {
         17
     );
     for (path, item) in paths {
-        let url = format!(
-            "{}{}",
-            gw.http,
-            path.replace("{model}", "fraud_detector")
-                .replace("{view}", "customer_activity")
-                .replace("{job}", "no_such_job")
-        );
+        let url = format!("{}{}", gw.http, example_path(path));
         for method in item.as_object().context("path item")?.keys() {
             let r = match method.as_str() {
                 "get" => http.get(&url),

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use rig::rig_env;
+use rig::{get_ok, rig_env};
 use scylla::client::session_builder::SessionBuilder;
 use serde_json::Value;
 
@@ -19,13 +19,7 @@ async fn cassandra_round_trips_a_row_through_the_scylla_driver() -> Result<()> {
     .await
     .context("connecting to Cassandra timed out")??;
     // A keyspace of its own, so tests never interfere with each other.
-    let keyspace = format!(
-        "rig_{}_{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)?
-            .as_millis()
-    );
+    let keyspace = rig::unique("rig");
     session
         .query_unpaged(
             format!("CREATE KEYSPACE {keyspace} WITH replication = {{'class': 'SimpleStrategy', 'replication_factor': 1}}"),
@@ -95,14 +89,9 @@ fn base64url_decode(s: &str) -> Result<Vec<u8>> {
 #[tokio::test]
 async fn oidc_provider_issues_a_signed_jwt_with_groups() -> Result<()> {
     let issuer = rig_env("MLGW_TEST_OIDC_ISSUER")?;
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()?;
-    let discovery: Value = http
-        .get(format!("{issuer}/.well-known/openid-configuration"))
-        .send()
+    let http = rig::probe_client()?;
+    let discovery: Value = get_ok(&http, &format!("{issuer}/.well-known/openid-configuration"))
         .await?
-        .error_for_status()?
         .json()
         .await?;
     assert_eq!(discovery["issuer"], issuer.as_str());
@@ -133,13 +122,7 @@ async fn oidc_provider_issues_a_signed_jwt_with_groups() -> Result<()> {
     );
     assert!(claims["exp"].as_i64() > claims["iat"].as_i64());
 
-    let jwks: Value = http
-        .get(jwks_uri)
-        .send()
-        .await?
-        .error_for_status()?
-        .json()
-        .await?;
+    let jwks: Value = get_ok(&http, jwks_uri).await?.json().await?;
     let kids: Vec<&str> = jwks["keys"]
         .as_array()
         .context("keys")?
@@ -171,12 +154,9 @@ async fn oidc_provider_issues_a_signed_jwt_with_groups() -> Result<()> {
 #[tokio::test]
 async fn the_shared_model_server_is_ready_and_serving() -> Result<()> {
     let url = rig_env("MLGW_TEST_MODEL_SERVER_HTTP")?;
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()?;
+    let http = rig::probe_client()?;
     assert_eq!(
-        http.get(format!("{url}/v2/health/ready"))
-            .send()
+        get_ok(&http, &format!("{url}/v2/health/ready"))
             .await?
             .status(),
         200

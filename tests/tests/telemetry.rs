@@ -204,9 +204,7 @@ async fn one_trace_spans_gateway_and_model_server() -> Result<()> {
 
     let grpc_trace = "0af7651916cd43dd8448eb211c80319c";
     let grpc_parent = "b7ad6b7169203331";
-    let channel = tonic::transport::Endpoint::from_shared(gw.grpc.clone())?
-        .connect()
-        .await?;
+    let channel = gw.channel().await?;
     let mut client = PredictionServiceClient::new(channel);
     let mut request = tonic::Request::new(rig::gateway::example_grpc_request());
     request
@@ -241,16 +239,9 @@ async fn one_trace_spans_gateway_and_model_server() -> Result<()> {
 /// The first series of `metric` whose labels include `labels`: counters and
 /// gauges as they are, histograms by count.
 fn value(page: &Page, metric: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    let first = |name: &str| {
-        page.series(name)
-            .find(|(l, _)| {
-                labels
-                    .iter()
-                    .all(|(k, v)| l.get(*k).map(String::as_str) == Some(*v))
-            })
-            .map(|(_, v)| v)
-    };
-    first(&format!("{metric}_count")).or_else(|| first(metric))
+    page.matching(&format!("{metric}_count"), labels)
+        .next()
+        .or_else(|| page.matching(metric, labels).next())
 }
 
 async fn scrape(url: &str) -> Result<Page> {

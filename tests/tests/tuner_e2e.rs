@@ -13,7 +13,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use proto::gateway::v1 as pb;
 use proto::gateway::v1::tuner_admin_service_client::TunerAdminServiceClient;
-use rig::gateway::{Bearer, DEV_AUTH, GatewayProcess, client_with_token, definitions};
+use rig::gateway::{
+    Bearer, DEV_AUTH, GatewayProcess, client_with_token, definitions, p_fraud, profile_csv,
+};
 use serde_json::{Value, json};
 
 const JOB: &str = "customer_profile_daily";
@@ -51,14 +53,6 @@ window = "30s"
     ))
 }
 
-fn p_fraud(answer: &Value) -> Result<f64> {
-    answer["outputs"]
-        .as_array()
-        .and_then(|o| o.iter().find(|x| x["name"] == "probabilities"))
-        .and_then(|o| o["values"][1].as_f64())
-        .with_context(|| format!("no probabilities in {answer}"))
-}
-
 /// Polls `probe` every 250 ms until it gives Some, for at most `limit`.
 async fn until<T>(
     what: &str,
@@ -81,19 +75,10 @@ async fn until<T>(
 async fn the_scheduler_runs_a_real_job_and_the_tuner_changes_its_interval_from_real_feedback()
 -> Result<()> {
     let (dir, config) = rig::gateway::scratch("tuner_e2e", DEV_AUTH, |c| c).await?;
-    let mut csv = String::from(
-        "customer_id,account_age_days,avg_txn_amount_30d,txn_count_30d,chargeback_count_1y,home_country_risk\n",
-    );
-    for i in 0..120 {
-        csv.push_str(&format!(
-            "c-{i},{},{}.5,{},{},0.{}\n",
-            30 + i * 7,
-            20 + i,
-            i % 40,
-            i % 3,
-            i % 10
-        ));
-    }
+    let csv = profile_csv((0..120).map(|i| {
+        let (age, amount, count) = (30 + i * 7, 20 + i, i % 40);
+        format!("c-{i},{age},{amount}.5,{count},{},0.{}", i % 3, i % 10)
+    }));
     std::fs::write(dir.join("profile.csv"), csv)?;
     let defs = dir.join("features.toml");
     std::fs::write(&defs, definitions_with_job()?)?;
@@ -223,12 +208,7 @@ async fn the_scheduler_runs_a_real_job_and_the_tuner_changes_its_interval_from_r
     assert_eq!(state["last_good_s"], 30, "{state}");
 
     // 4. REST list: interval, metric of the last window, last batch, next run.
-    let list: Value = admin
-        .get(format!("{}/v1/admin/tuner/jobs", admin_gw.http))
-        .send()
-        .await?
-        .json()
-        .await?;
+    let list = rig::get_json(&admin, &format!("{}/v1/admin/tuner/jobs", admin_gw.http)).await?;
     let listed = &list["jobs"][0];
     assert_eq!(listed["job"], JOB, "{list}");
     assert_eq!(listed["interval_s"], 60, "{list}");
@@ -412,21 +392,17 @@ async fn the_scheduler_runs_a_real_job_and_the_tuner_changes_its_interval_from_r
     assert_eq!(r.json::<Value>().await?["code"], "unknown_job");
 
     // 9. The OpenAPI document describes the admin routes.
-    let doc: Value = reqwest::get(format!("{}/openapi.json", gw.http))
-        .await?
-        .json()
-        .await?;
-    for (route, method) in [
-        ("/v1/admin/tuner/jobs", "get"),
-        ("/v1/admin/tuner/jobs/{job}", "get"),
-        ("/v1/admin/tuner/jobs/{job}/pin", "post"),
-        ("/v1/admin/tuner/jobs/{job}/unpin", "post"),
-        ("/v1/admin/tuner/jobs/{job}/run", "post"),
-    ] {
-        let op = &doc["paths"][route][method];
-        assert_eq!(op["security"], json!([{"bearerAuth": []}]), "{route}");
-        assert!(op["responses"]["403"].is_object(), "{route}");
-    }
+    rig::gateway::assert_admin_routes_documented(
+        &gw.http,
+        &[
+            ("/v1/admin/tuner/jobs", "get"),
+            ("/v1/admin/tuner/jobs/{job}", "get"),
+            ("/v1/admin/tuner/jobs/{job}/pin", "post"),
+            ("/v1/admin/tuner/jobs/{job}/unpin", "post"),
+            ("/v1/admin/tuner/jobs/{job}/run", "post"),
+        ],
+    )
+    .await?;
 
     // 10. The CLI's SVG report of the job's stored history.
     let svg = dir.join("report.svg");
@@ -448,6 +424,5 @@ async fn the_scheduler_runs_a_real_job_and_the_tuner_changes_its_interval_from_r
 
     drop(admin_gw);
     drop(gw);
-    let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
