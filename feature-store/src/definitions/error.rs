@@ -245,4 +245,7 @@ pub enum DefinitionProblem {
     /// A `[[refresh_job]]` setting is wrong (the message says how).
     #[error("{0}")]
     RefreshJob(String),
+    /// A `[[scoring_job]]` setting is wrong (the message says how).
+    #[error("{0}")]
+    ScoringJob(String),
 }

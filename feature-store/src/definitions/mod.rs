@@ -1,6 +1,8 @@
 //! Feature definitions: the TOML file data engineers edit to declare entities,
 //! feature views (static, loaded by refresh jobs; dynamic, streamed), request
-//! features and, per model, the ordered features that become its input tensor.
+//! features and, per model, the ordered features that become its input tensor;
+//! also the jobs around them: refresh jobs (`[[refresh_job]]`) and batch-scoring
+//! jobs that precompute a model's predictions (`[[scoring_job]]`).
 //!
 //! [`FeatureDefinitions::load`] parses the file once with unknown keys refused,
 //! then validates it into the runtime types below; any problem refuses the whole
@@ -55,6 +57,7 @@ mod error;
 mod job;
 mod model;
 mod raw;
+mod scoring;
 mod tuning;
 mod validate;
 mod value;
@@ -69,6 +72,10 @@ pub use duration::{DurationError, parse_duration};
 pub use error::{DefinitionProblem, DefinitionsError};
 pub use job::{JobSource, JobTuning, MissedRun, RefreshJobSpec};
 pub use model::{ColumnSource, InputColumn, InputDtype, ModelFeatures, ModelInput};
+pub use scoring::{
+    Cardinality, DEFAULT_MAX_KEYS, DEFAULT_NEW_CATEGORY_FACTOR, KeyFeature, ScoreSource,
+    ScoringJobSpec, ScoringKey,
+};
 pub use tuning::{MetricKind, Policy, Scoring};
 pub use value::{FeatureType, FeatureValue};
 pub use view::{
@@ -86,6 +93,7 @@ pub struct FeatureDefinitions {
     request_features: Vec<RequestFeature>,
     models: Vec<ModelFeatures>,
     jobs: Vec<RefreshJobSpec>,
+    scoring_jobs: Vec<ScoringJobSpec>,
 }
 
 impl FeatureDefinitions {
@@ -180,6 +188,16 @@ impl FeatureDefinitions {
     /// The declared `[[refresh_job]]` called `name`.
     pub fn job_spec(&self, name: &str) -> Option<&RefreshJobSpec> {
         self.jobs.iter().find(|j| j.name == name)
+    }
+
+    /// The declared `[[scoring_job]]`s, in file order.
+    pub fn scoring_jobs(&self) -> &[ScoringJobSpec] {
+        &self.scoring_jobs
+    }
+
+    /// The declared `[[scoring_job]]` called `name`.
+    pub fn scoring_job(&self, name: &str) -> Option<&ScoringJobSpec> {
+        self.scoring_jobs.iter().find(|j| j.name == name)
     }
 
     /// The distinct refresh jobs, in the order their first view is declared.

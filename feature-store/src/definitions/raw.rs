@@ -24,6 +24,8 @@ pub(super) struct RawDefinitions {
     pub models: Vec<RawModel>,
     #[serde(rename = "refresh_job", default)]
     pub refresh_jobs: Vec<super::job::RawRefreshJob>,
+    #[serde(rename = "scoring_job", default)]
+    pub scoring_jobs: Vec<super::scoring::RawScoringJob>,
 }
 
 #[derive(Debug, Deserialize)]

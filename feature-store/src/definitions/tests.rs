@@ -838,3 +838,187 @@ fn a_job_source_may_be_a_command() {
         JobSource::Command(vec!["./load.sh".into()])
     );
 }
+
+// ---------------------------------------------------------------------------
+// Scoring jobs.
+
+/// BASE with two more models and a scoring job for each.
+fn scoring(jobs: &str) -> String {
+    format!(
+        r#"{BASE}
+[[request_feature]]
+name = "merchant_category"
+type = "int64"
+default = 0
+
+[[model]]
+name = "by_customer"
+input = "features"
+dtype = "FP32"
+features = ["profile.age_days", "activity.txn_count_1h", "request.card_present"]
+
+[[model]]
+name = "by_combination"
+input = "features"
+dtype = "FP32"
+features = ["request.merchant_category", "request.amount", "request.card_present"]
+{jobs}"#
+    )
+}
+
+const SCORING_JOBS: &str = r#"
+[[scoring_job]]
+name = "customers"
+model = "by_customer"
+key = "entity"
+score = { view = "profile" }
+interval = "1d"
+max_age = "36h"
+
+[[scoring_job]]
+name = "combinations"
+model = "by_combination"
+key = "combination"
+score = { top_combinations = 5000, window = "7d" }
+interval = "6h"
+max_age = "1d"
+version = "2"
+cardinality = { max_keys = 100000, new_category_factor = 4.0 }
+
+[[scoring_job.key_feature]]
+feature = "request.merchant_category"
+
+[[scoring_job.key_feature]]
+feature = "request.amount"
+edges = [10.0, 50.0, 200.0]
+
+[[scoring_job.key_feature]]
+feature = "request.card_present"
+"#;
+
+/// SCORING_JOBS with the first `from` replaced by `to`.
+fn scoring_edit(from: &str, to: &str) -> String {
+    assert!(SCORING_JOBS.contains(from), "SCORING_JOBS has no {from:?}");
+    scoring(&SCORING_JOBS.replacen(from, to, 1))
+}
+
+#[test]
+fn scoring_jobs_are_read_with_their_keys_sources_and_limits() {
+    let defs = parse(&scoring(SCORING_JOBS)).unwrap_or_else(|e| panic!("{e}"));
+    let customers = defs.scoring_job("customers").expect("declared");
+    assert_eq!(customers.key, ScoringKey::Entity);
+    assert_eq!(customers.source, ScoreSource::View("profile".into()));
+    assert_eq!(customers.interval, Duration::from_secs(86_400));
+    assert_eq!(customers.version, None, "the stable version at run time");
+    assert_eq!(customers.cardinality.max_keys, DEFAULT_MAX_KEYS);
+    let combos = defs.scoring_job("combinations").expect("declared");
+    let ScoringKey::Combination(key) = &combos.key else {
+        panic!("{:?}", combos.key)
+    };
+    let order: Vec<_> = key.iter().map(|k| k.name.as_str()).collect();
+    assert_eq!(order, ["merchant_category", "amount", "card_present"]);
+    assert_eq!(
+        key[1].bins.as_ref().map(|b| b.edges().to_vec()),
+        Some(vec![10.0, 50.0, 200.0])
+    );
+    assert!(key[0].bins.is_none() && key[2].bins.is_none());
+    assert_eq!(
+        combos.source,
+        ScoreSource::TopCombinations {
+            n: 5000,
+            window: Duration::from_secs(7 * 86_400)
+        }
+    );
+    assert_eq!(combos.version.as_deref(), Some("2"));
+    assert_eq!(combos.cardinality.new_category_factor, 4.0);
+    assert_eq!(defs.scoring_jobs().len(), 2);
+}
+
+#[test]
+fn bad_scoring_jobs_are_refused_at_their_key() {
+    for (text, key, says) in [
+        (
+            scoring_edit("model = \"by_customer\"", "model = \"nope\""),
+            "scoring_job[0].model",
+            "no [[model]] is named \"nope\"",
+        ),
+        (
+            scoring_edit("model = \"by_customer\"", "model = \"scorer\""),
+            "scoring_job[0].key",
+            "needs the request feature \"request.amount\", which has no default",
+        ),
+        (
+            scoring_edit("key = \"entity\"", "key = \"customer\""),
+            "scoring_job[0].key",
+            "is not \"entity\" or \"combination\"",
+        ),
+        (
+            scoring_edit(
+                "score = { view = \"profile\" }",
+                "score = { view = \"profile\", file = \"keys.csv\" }",
+            ),
+            "scoring_job[0].score",
+            "give exactly one of",
+        ),
+        (
+            scoring_edit(
+                "score = { view = \"profile\" }",
+                "score = { top_combinations = 10, window = \"1d\" }",
+            ),
+            "scoring_job[0].score.top_combinations",
+            "this job's key is the entity",
+        ),
+        (
+            scoring_edit(
+                "score = { view = \"profile\" }",
+                "score = { top_entities = 10 }",
+            ),
+            "scoring_job[0].score.window",
+            "give the window",
+        ),
+        (
+            scoring_edit("max_age = \"36h\"", "max_age = \"soon\""),
+            "scoring_job[0].max_age",
+            "bad duration",
+        ),
+        (
+            scoring_edit("name = \"combinations\"", "name = \"customers\""),
+            "scoring_job[1].name",
+            "already declared at `scoring_job[0]`",
+        ),
+        (
+            scoring_edit(
+                "feature = \"request.merchant_category\"",
+                "feature = \"request.nope\"",
+            ),
+            "scoring_job[1].key_feature[0].feature",
+            "is not an input of model \"by_combination\"",
+        ),
+        (
+            scoring_edit("edges = [10.0, 50.0, 200.0]", "edges = [10.0, 200.0, 50.0]"),
+            "scoring_job[1].key_feature[1].edges",
+            "bin edges must increase: edge 2 (50) is not above 200",
+        ),
+        (
+            scoring_edit("edges = [10.0, 50.0, 200.0]\n", ""),
+            "scoring_job[1].key_feature[1].edges",
+            "declare its bin edges",
+        ),
+        (
+            scoring_edit(
+                "\n[[scoring_job.key_feature]]\nfeature = \"request.card_present\"\n",
+                "",
+            ),
+            "scoring_job[1].key_feature",
+            "also takes \"request.card_present\", which is not in the key",
+        ),
+        (
+            scoring_edit("new_category_factor = 4.0", "new_category_factor = 0.5"),
+            "scoring_job[1].cardinality.new_category_factor",
+            "must be a number of at least 1",
+        ),
+    ] {
+        let problem = refused_at(&text, key).to_string();
+        assert!(problem.contains(says), "{key}: {problem}");
+    }
+}

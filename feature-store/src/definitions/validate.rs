@@ -71,6 +71,23 @@ pub(super) fn validate(
         }
         jobs.push(spec);
     }
+    let mut scoring_jobs: Vec<super::scoring::ScoringJobSpec> =
+        Vec::with_capacity(raw.scoring_jobs.len());
+    for (i, job) in raw.scoring_jobs.iter().enumerate() {
+        let at = format!("scoring_job[{i}]");
+        let spec = super::scoring::validate_scoring_job(job, &models, &views, dir)
+            .map_err(|(key, problem)| v.invalid(&format!("{at}.{key}"), problem))?;
+        if let Some(first) = scoring_jobs.iter().position(|j| j.name == spec.name) {
+            return Err(v.invalid(
+                &format!("{at}.name"),
+                DefinitionProblem::ScoringJob(format!(
+                    "job {:?} is already declared at `scoring_job[{first}]`; declare each job once",
+                    spec.name
+                )),
+            ));
+        }
+        scoring_jobs.push(spec);
+    }
     Ok(FeatureDefinitions {
         source: path.to_owned(),
         entities,
@@ -78,6 +95,7 @@ pub(super) fn validate(
         request_features,
         models,
         jobs,
+        scoring_jobs,
     })
 }
 
