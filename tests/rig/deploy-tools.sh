@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Prepares the validators of the deploy test (tests/tests/deploy.rs) and prints
+# Prepares the validators of the deploy and OpenAPI tests (tests/tests/deploy.rs,
+# tests/tests/openapi.rs) and prints
 # where they are, as lines for an env file:
 #
 #   tests/rig/deploy-tools.sh > "$RIG_DIR/deploy.env"
-#   MLGW_TEST_DEPLOY_PYTHON=<venv>/bin/python   # with kubernetes-validate, PyYAML, jsonschema
+#   MLGW_TEST_DEPLOY_PYTHON=<venv>/bin/python   # with kubernetes-validate, PyYAML, jsonschema, openapi-spec-validator
 #   MLGW_TEST_COMPOSE_SCHEMA=<file>             # the Compose Specification's JSON schema
 #
 # - The venv (made by python-venv.sh) lives at ${XDG_CACHE_HOME:-$HOME/.cache}/mlgw/deploy-venv and is
@@ -38,7 +39,7 @@ lock "$cache/deploy-tools.lock"
 
 # The venv: the rig's one venv recipe (python-venv.sh), checked by importing
 # what the deploy test runs.
-python="$("$here/python-venv.sh" deploy-venv "$req" 'import kubernetes_validate, yaml, jsonschema')" \
+python="$("$here/python-venv.sh" deploy-venv "$req" 'import kubernetes_validate, yaml, jsonschema, openapi_spec_validator')" \
   || die "the deploy venv could not be prepared (see above)"
 
 if [[ ! -f "$schema_dir/.complete" ]]; then

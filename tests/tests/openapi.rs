@@ -3,7 +3,8 @@
 //! issuer's routes, left out on purpose, are served too), and real answers
 //! (predictions, a batch, a push, feedback, 400, 401, 403, 404, the admin
 //! list) fit the schema the document declares for their path, method and
-//! status.
+//! status; and the document passes the OpenAPI 3.1 schema checks of
+//! openapi-spec-validator (in the rig's deploy venv).
 
 use std::time::Duration;
 
@@ -241,5 +242,54 @@ async fn the_router_serves_what_the_document_lists() -> Result<()> {
         assert_eq!(r.status().as_u16(), 200, "{method} {path} is not served");
     }
     drop(gw);
+    Ok(())
+}
+
+/// Runs the OpenAPI Initiative's schema checks (openapi-spec-validator, in
+/// the rig's deploy venv) on `doc`; the validator's message on failure.
+fn validate_with_openapi_spec_validator(
+    doc: &Value,
+    tag: &str,
+) -> Result<std::result::Result<(), String>> {
+    let python = rig::rig_env("MLGW_TEST_DEPLOY_PYTHON")?;
+    let file = std::env::temp_dir().join(format!("mlgw-openapi-{tag}-{}.json", std::process::id()));
+    std::fs::write(&file, serde_json::to_vec(doc)?)?;
+    let out = std::process::Command::new(&python)
+        .args([
+            "-c",
+            "import json, sys\nfrom openapi_spec_validator import validate\nvalidate(json.load(open(sys.argv[1])))",
+        ])
+        .arg(&file)
+        .output()
+        .with_context(|| format!("running {python}"))?;
+    std::fs::remove_file(&file)?;
+    Ok(if out.status.success() {
+        Ok(())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    })
+}
+
+#[tokio::test]
+async fn the_served_document_is_valid_for_the_openapi_version_it_declares() -> Result<()> {
+    let (_dir, config) = rig::gateway::scratch("openapi_valid", DEV_AUTH, |t| t).await?;
+    let gw = GatewayProcess::start_ready(&config).await?;
+    let http = client_with_token(gw.token()?)?;
+    let doc = rig::get_json(&http, &format!("{}/openapi.json", gw.http)).await?;
+    assert_eq!(doc["openapi"], "3.1.0");
+    if let Err(why) = validate_with_openapi_spec_validator(&doc, "served")? {
+        bail!("the served document is not valid OpenAPI 3.1:\n{why}");
+    }
+    // The validator does refuse a broken document (a schema of no type).
+    let mut broken = doc.clone();
+    broken["components"]["schemas"]
+        .as_object_mut()
+        .context("component schemas")?
+        .insert("Broken".into(), json!({"type": "nope"}));
+    let refused = validate_with_openapi_spec_validator(&broken, "broken")?;
+    assert!(
+        refused.as_ref().is_err_and(|why| why.contains("nope")),
+        "{refused:?}"
+    );
     Ok(())
 }
