@@ -21,8 +21,8 @@ use feature_store::store::prelude::*;
 use feature_store::store::scylla::{ScyllaConfig, ScyllaStore};
 use feature_store::store::{
     AnyStore, BatchRecord, BatchStatus, BatchStore, CurrentBatch, DynamicWrite, EventQuery,
-    EventWrite, Lease, LeaseOutcome, LogWindow, RoutingRecord, RowStore, SchemaReport, StaticKey,
-    StaticWrite, StoreError,
+    EventWrite, Lease, LeaseOutcome, LogWindow, RoutingRecord, RowStore, SchemaReport, ScoreEntry,
+    ScoreKey, ScoreWrite, StaticKey, StaticWrite, StoreError,
 };
 use feature_store::tuner::controller::{JobState, Policy, Window};
 use feature_store::tuner::metric::MetricKind;
@@ -890,6 +890,78 @@ async fn tuner_state_survives_a_restart(f: Fixture) -> Result<()> {
     Ok(())
 }
 
+/// Precomputed predictions are read back by model, batch and key, exactly
+/// as written (also after a reopen); another batch's, another model's or an
+/// unscored key's lookup finds nothing, and writing an entry again replaces
+/// it.
+async fn precomputed_predictions_are_found_by_model_batch_and_key(f: Fixture) -> Result<()> {
+    let scored_at = feature_store::store::now_micros();
+    let entry = |key: &str, p: f64| ScoreEntry {
+        key: key.to_owned(),
+        model_version: "2".to_owned(),
+        outputs: format!("{{\"probabilities\":[{p}]}}"),
+        scored_at,
+    };
+    let written = [
+        entry("c-1", 0.25),
+        entry("c-2", 0.75),
+        entry("1b28352081d72ec2d223b1b39410c6b3", 0.5),
+    ];
+    let write = |batch_id, entries| ScoreWrite {
+        model: "fraud_detector",
+        batch_id,
+        entries,
+        retention: Duration::from_secs(3600),
+    };
+    f.store.write_scores(write("b-1", &written)).await?;
+    let at = |model, batch_id, key| ScoreKey {
+        model,
+        batch_id,
+        key,
+    };
+    for e in &written {
+        assert_eq!(
+            f.store
+                .read_score(at("fraud_detector", "b-1", &e.key))
+                .await?
+                .as_ref(),
+            Some(e)
+        );
+    }
+    assert_eq!(
+        f.store
+            .read_score(at("fraud_detector", "b-2", "c-1"))
+            .await?,
+        None
+    );
+    assert_eq!(
+        f.store.read_score(at("other_model", "b-1", "c-1")).await?,
+        None
+    );
+    assert_eq!(
+        f.store
+            .read_score(at("fraud_detector", "b-1", "c-3"))
+            .await?,
+        None
+    );
+    let rescored = [entry("c-1", 0.125)];
+    f.store.write_scores(write("b-1", &rescored)).await?;
+    let reopened = match &f.store {
+        AnyStore::Embedded(s) => AnyStore::Embedded(Arc::new(EmbeddedStore::open(s.path())?)),
+        AnyStore::Scylla(s) => {
+            AnyStore::Scylla(Arc::new(ScyllaStore::connect(s.config().clone()).await?))
+        }
+    };
+    assert_eq!(
+        reopened
+            .read_score(at("fraud_detector", "b-1", "c-1"))
+            .await?
+            .as_ref(),
+        Some(&rescored[0])
+    );
+    Ok(())
+}
+
 /// The routing document is written compare-and-set: the first write needs
 /// "nothing stored", each later one the revision it read; a writer holding a
 /// stale revision changes nothing, also from a second store handle (another
@@ -1265,4 +1337,5 @@ contract!(
     aggregates_count_sum_mean_max_min_over_their_windows,
     late_events_count_and_replays_count_once,
     the_event_cap_bounds_a_read_and_is_reported,
+    precomputed_predictions_are_found_by_model_batch_and_key,
 );

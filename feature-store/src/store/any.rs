@@ -10,7 +10,7 @@ use super::scylla::ScyllaStore;
 use super::{
     BatchRecord, BatchStore, CoordinationStore, CurrentBatch, DynamicWrite, EventQuery, EventWrite,
     Lease, LeaseOutcome, LogStore, LogWindow, RoutingRecord, RoutingStore, RowStore, SchemaReport,
-    StaticKey, StaticWrite, StoreError, TunerStore,
+    ScoreEntry, ScoreKey, ScoreStore, ScoreWrite, StaticKey, StaticWrite, StoreError, TunerStore,
 };
 use crate::aggregate::EventRange;
 use crate::freshness::StoredRow;
@@ -118,6 +118,15 @@ impl LogStore for AnyStore {
     }
     async fn read_log(&self, window: LogWindow) -> Result<Vec<LogEntry>, StoreError> {
         dispatch!(self, s => s.read_log(window))
+    }
+}
+
+impl ScoreStore for AnyStore {
+    async fn write_scores(&self, write: ScoreWrite<'_>) -> Result<(), StoreError> {
+        dispatch!(self, s => s.write_scores(write))
+    }
+    async fn read_score(&self, at: ScoreKey<'_>) -> Result<Option<ScoreEntry>, StoreError> {
+        dispatch!(self, s => s.read_score(at))
     }
 }
 

@@ -21,6 +21,8 @@
 //! - [`RoutingStore`] (`routing`): the gateway's routing document per model,
 //!   changed by compare-and-set.
 //! - [`TunerStore`] (`tuning`): the refresh tuner's state per job.
+//! - [`ScoreStore`] (`scores`): precomputed predictions per model, scoring
+//!   batch and key.
 //!
 //! [`FullStore`] is every concern at once, for code that needs them all
 //! (the gateway, the scheduler). [`scylla::ScyllaStore`] is the production
@@ -37,6 +39,7 @@ mod error;
 mod predictions;
 mod routing;
 mod rows;
+mod scores;
 pub mod scylla;
 mod tuning;
 
@@ -50,6 +53,7 @@ pub use rows::{
     DynamicWrite, EncodedRow, EventQuery, EventWrite, RowStore, SchemaReport, StaticKey,
     StaticWrite,
 };
+pub use scores::{ScoreEntry, ScoreKey, ScoreStore, ScoreWrite};
 pub use tuning::TunerStore;
 
 /// The store's time unit, re-exported where callers of the store look for it.
@@ -58,12 +62,18 @@ pub use crate::clock::{from_micros, now_micros, to_micros};
 /// Every concern's trait at once, for code that uses them all. It has no
 /// methods of its own: any type implementing every concern is one.
 pub trait FullStore:
-    RowStore + BatchStore + LogStore + CoordinationStore + RoutingStore + TunerStore
+    RowStore + BatchStore + LogStore + CoordinationStore + RoutingStore + TunerStore + ScoreStore
 {
 }
 
 impl<T> FullStore for T where
-    T: RowStore + BatchStore + LogStore + CoordinationStore + RoutingStore + TunerStore
+    T: RowStore
+        + BatchStore
+        + LogStore
+        + CoordinationStore
+        + RoutingStore
+        + TunerStore
+        + ScoreStore
 {
 }
 
@@ -73,6 +83,6 @@ impl<T> FullStore for T where
 pub mod prelude {
     pub use super::{
         BatchStore as _, CoordinationStore as _, LogStore as _, RoutingStore as _, RowStore as _,
-        TunerStore as _,
+        ScoreStore as _, TunerStore as _,
     };
 }

@@ -19,13 +19,14 @@
 //! 2 s by default), so it does not pin old pages for long.
 //!
 //! One file per concern (`rows`, `batches`, `predictions`, `coordination`,
-//! `routing`, `tuning`); `tables` holds the file's layout and creates it.
+//! `routing`, `tuning`, `scores`); `tables` holds the file's layout and creates it.
 
 mod batches;
 mod coordination;
 mod predictions;
 mod routing;
 mod rows;
+mod scores;
 mod tables;
 mod tuning;
 
@@ -40,7 +41,7 @@ use super::{BoxError, StoreError, decode};
 use tables::META;
 
 /// The schema version this build writes and reads.
-pub const SCHEMA_VERSION: u32 = 5;
+pub const SCHEMA_VERSION: u32 = 6;
 
 /// How long a read snapshot is shared by the point reads that begin after it
 /// (see the module docs).

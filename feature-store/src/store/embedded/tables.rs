@@ -41,6 +41,8 @@ pub(super) const LEASES: TableDefinition<&str, &[u8]> = TableDefinition::new("le
 pub(super) const SCHEDULE: TableDefinition<&str, &[u8]> = TableDefinition::new("job_schedule");
 /// refresh job → JSON run request.
 pub(super) const RUN_REQUESTS: TableDefinition<&str, &[u8]> = TableDefinition::new("run_requests");
+/// (model, batch, key) → JSON precomputed prediction.
+pub(super) const SCORES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("scores");
 
 /// Creates the tables a file lacks and records this build's schema version.
 pub(super) fn apply(db: &Database) -> CallResult<SchemaReport> {
@@ -115,6 +117,11 @@ pub(super) fn apply(db: &Database) -> CallResult<SchemaReport> {
             if from < 5 {
                 applied.push(format!("created table {name}"));
             }
+        }
+        // Version 6: precomputed predictions.
+        tx.open_table(SCORES).map(drop)?;
+        if from < 6 {
+            applied.push("created table scores".to_owned());
         }
         meta.insert("schema_version", u64::from(SCHEMA_VERSION))?;
     }

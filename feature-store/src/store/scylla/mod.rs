@@ -29,13 +29,16 @@
 //!   read at SERIAL, so two schedulers never both win one job.
 //! - `job_schedule (job)` and `run_requests (job)`: the scheduler's record
 //!   and the latest run request per job, one JSON text each.
+//! - `scores ((model, key), batch_id)`: precomputed predictions, one JSON
+//!   entry each; a lookup is one single-partition read. Written `USING TTL
+//!   retention`.
 //! - `schema_meta`: the schema version.
 //!
 //! Times are stored as `bigint` microseconds, the driver's and ScyllaDB's
 //! native write-timestamp unit, so both backends keep the same precision.
 //!
 //! One file per concern (`rows`, `batches`, `predictions`, `coordination`,
-//! `routing`, `tuning`); `tables` creates the tables, `statements` prepares
+//! `routing`, `tuning`, `scores`); `tables` creates the tables, `statements` prepares
 //! every query once, `errors` turns the driver's errors into
 //! [`StoreError`]s.
 
@@ -45,6 +48,7 @@ mod errors;
 mod predictions;
 mod routing;
 mod rows;
+mod scores;
 mod statements;
 mod tables;
 mod tuning;
@@ -64,7 +68,7 @@ use errors::{ConnectError, PrepareFailed};
 use statements::Statements;
 
 /// The schema version this build writes and reads.
-pub const SCHEMA_VERSION: u32 = 5;
+pub const SCHEMA_VERSION: u32 = 6;
 
 /// Extra attempts for an idempotent refresh write that timed out or found
 /// the cluster busy (backoff 0.4 s, 1.6 s, 6.4 s).

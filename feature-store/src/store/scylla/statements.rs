@@ -37,6 +37,8 @@ pub(super) struct Statements {
     pub put_schedule: PreparedStatement,
     pub get_request: PreparedStatement,
     pub put_request: PreparedStatement,
+    pub write_score: PreparedStatement,
+    pub read_score: PreparedStatement,
 }
 
 impl ScyllaStore {
@@ -266,6 +268,24 @@ impl ScyllaStore {
                         .prepare(
                             format!("INSERT INTO {ks}.run_requests (job, request) VALUES (?, ?)"),
                             false,
+                        )
+                        .await?,
+                    write_score: self
+                        .prepare(
+                            format!(
+                                "INSERT INTO {ks}.scores (model, key, batch_id, entry) \
+                                 VALUES (?, ?, ?, ?) USING TTL ?"
+                            ),
+                            false,
+                        )
+                        .await?,
+                    read_score: self
+                        .prepare(
+                            format!(
+                                "SELECT entry FROM {ks}.scores \
+                                 WHERE model = ? AND key = ? AND batch_id = ?"
+                            ),
+                            true,
                         )
                         .await?,
                 })

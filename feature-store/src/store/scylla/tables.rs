@@ -116,6 +116,13 @@ impl ScyllaStore {
                 ),
             ),
             (
+                "table scores".to_owned(),
+                format!(
+                    "CREATE TABLE IF NOT EXISTS {ks}.scores (model text, key text, batch_id text, \
+                     entry text, PRIMARY KEY ((model, key), batch_id))"
+                ),
+            ),
+            (
                 format!("schema version {SCHEMA_VERSION}"),
                 format!(
                     "INSERT INTO {ks}.schema_meta (name, version) VALUES ('features', {SCHEMA_VERSION})"

@@ -1,0 +1,57 @@
+//! Precomputed predictions in the file: (model, batch, key) → JSON entry.
+
+use super::tables::SCORES;
+use super::{EmbeddedStore, key, read_table};
+use crate::store::decode;
+use crate::store::{ScoreEntry, ScoreKey, ScoreStore, ScoreWrite, StoreError};
+
+impl ScoreStore for EmbeddedStore {
+    async fn write_scores(&self, write: ScoreWrite<'_>) -> Result<(), StoreError> {
+        let entries = write
+            .entries
+            .iter()
+            .map(|e| {
+                let k = key(&[
+                    write.model.as_bytes(),
+                    write.batch_id.as_bytes(),
+                    e.key.as_bytes(),
+                ]);
+                Ok((k, serde_json::to_vec(e)?))
+            })
+            .collect::<Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError>>()?;
+        self.blocking(move |db| {
+            Self::check_schema(db)?;
+            let tx = db.begin_write()?;
+            {
+                let mut table = tx.open_table(SCORES)?;
+                for (k, v) in &entries {
+                    table.insert(k.as_slice(), v.as_slice())?;
+                }
+            }
+            Ok(tx.commit()?)
+        })
+        .await
+    }
+
+    async fn read_score(&self, at: ScoreKey<'_>) -> Result<Option<ScoreEntry>, StoreError> {
+        // Inline like the other one-key reads: a point lookup in a snapshot.
+        self.inline(|tx| {
+            let table = read_table(tx, SCORES)?;
+            let k = key(&[
+                at.model.as_bytes(),
+                at.batch_id.as_bytes(),
+                at.key.as_bytes(),
+            ]);
+            let Some(v) = table.get(k.as_slice())? else {
+                return Ok(None);
+            };
+            let what = || {
+                format!(
+                    "precomputed prediction {}/{}/{}",
+                    at.model, at.batch_id, at.key
+                )
+            };
+            Ok(Some(decode::json(what, v.value())?))
+        })
+    }
+}
