@@ -15,6 +15,7 @@ use feature_store::definitions::FeatureValue;
 use feature_store::freshness::{ResolvedView, ValueState};
 use feature_store::reader::{FeatureReader, ReadError, ReaderConfig};
 use feature_store::refresh::RefreshOutcome;
+use feature_store::store::AnyStore;
 use feature_store::store::prelude::*;
 use feature_store::store::scylla::{ScyllaConfig, ScyllaStore};
 use rig::store::{OUTAGE_DEFINITIONS, definitions, refresh_file, scylla_config};
@@ -80,14 +81,15 @@ async fn cassandra_outage_serves_cached_rows_fails_fast_and_recovers_after_resta
     let mut node = OwnCassandra::start().await?;
     let address = node.address()?;
 
-    // Schema, one refresh, a pushed dynamic value, and entity A cached.
-    let store = Arc::new(
+    // Schema, one refresh, a pushed dynamic value, and entity A cached. The
+    // store is the one the gateway deploys (AnyStore over ScyllaDB).
+    let store = Arc::new(AnyStore::Scylla(Arc::new(
         ScyllaStore::connect(ScyllaConfig {
             read_timeout: READ_TIMEOUT,
             ..scylla_config(&address, unique("faults"))
         })
         .await?,
-    );
+    )));
     store.apply_schema().await.context("applying the schema")?;
     let defs = Arc::new(definitions(OUTAGE_DEFINITIONS, "faults.toml")?);
     let csv = node.dir.join("profiles.csv");
