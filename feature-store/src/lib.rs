@@ -10,7 +10,9 @@
 //!   typed rows, bad rows rejected with line and reason; [`codec`]: the
 //!   stored byte form of a row; [`combination`]: the stable key of an
 //!   ordered feature-value combination (precomputed predictions).
-//! - [`freshness`]: present, missing, stale, wrong type, defaults applied;
+//! - [`cardinality`]: a scoring run's distinct keys and categories, judged
+//!   against its job's limits;
+//!   [`freshness`]: present, missing, stale, wrong type, defaults applied;
 //!   [`aggregate`]: raw events of dynamic views and their windowed
 //!   aggregates; [`log`]: prediction log and feedback records; [`runs`]: the
 //!   scheduler's stored records; [`tuner`]: the auto-tuner's metric,
@@ -25,6 +27,7 @@
 //!   [`cli`]: the `mlgw-features` flags.
 
 pub mod aggregate;
+pub mod cardinality;
 pub mod cli;
 pub mod clock;
 pub mod codec;
