@@ -2,8 +2,9 @@
 //! found after parsing also name the key path (e.g. `static_view[0].feature[2].default`).
 
 use std::path::PathBuf;
+use std::time::Duration;
 
-use super::duration::DurationError;
+use super::duration::{DurationError, parse_duration};
 use super::model::InputDtype;
 use super::value::FeatureType;
 use super::view::AggregateFunction;
@@ -248,4 +249,22 @@ pub enum DefinitionProblem {
     /// A `[[scoring_job]]` setting is wrong (the message says how).
     #[error("{0}")]
     ScoringJob(String),
+}
+
+/// `text` as a duration, or the problem naming it.
+pub(super) fn duration(text: &str) -> Result<Duration, DefinitionProblem> {
+    parse_duration(text).map_err(|error| DefinitionProblem::BadDuration {
+        value: text.to_owned(),
+        error,
+    })
+}
+
+/// The names a message offers instead ("a, b", or "none").
+pub(super) fn known<'a>(names: impl Iterator<Item = &'a str>) -> String {
+    let list: Vec<&str> = names.collect();
+    if list.is_empty() {
+        "none".to_owned()
+    } else {
+        list.join(", ")
+    }
 }

@@ -9,8 +9,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::duration::parse_duration;
-use super::error::DefinitionProblem;
+use super::error::{DefinitionProblem, duration};
 use super::tuning::{MetricKind, Policy, Scoring};
 use super::view::FeatureView;
 
@@ -128,13 +127,6 @@ pub struct RefreshJobSpec {
 
 fn bad(message: impl Into<String>) -> DefinitionProblem {
     DefinitionProblem::RefreshJob(message.into())
-}
-
-fn duration(text: &str) -> Result<Duration, DefinitionProblem> {
-    parse_duration(text).map_err(|error| DefinitionProblem::BadDuration {
-        value: text.to_owned(),
-        error,
-    })
 }
 
 /// Validates one `[[refresh_job]]`; errors carry the key (relative to the

@@ -12,8 +12,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::duration::parse_duration;
-use super::error::DefinitionProblem;
+use super::error::{self, DefinitionProblem, known};
 use super::model::{ColumnSource, ModelFeatures};
 use super::value::FeatureType;
 use super::view::FeatureView;
@@ -155,15 +154,7 @@ fn bad(key: impl Into<String>, message: impl Into<String>) -> Problem {
 }
 
 fn duration(key: &str, text: &str) -> Result<Duration, Problem> {
-    parse_duration(text).map_err(|error| {
-        (
-            key.to_owned(),
-            DefinitionProblem::BadDuration {
-                value: text.to_owned(),
-                error,
-            },
-        )
-    })
+    error::duration(text).map_err(|p| (key.to_owned(), p))
 }
 
 /// Validates one `[[scoring_job]]` against the models and views already
@@ -184,7 +175,7 @@ pub(super) fn validate_scoring_job(
             format!(
                 "no [[model]] is named {:?}; models: {}",
                 raw.model,
-                names(models.iter().map(ModelFeatures::name))
+                known(models.iter().map(ModelFeatures::name))
             ),
         ));
     };
@@ -242,7 +233,7 @@ fn entity_key(raw: &RawScoringJob, model: &ModelFeatures) -> Result<ScoringKey, 
                 "model {:?} reads {} entities ({}); an entity key needs a model of exactly one",
                 raw.model,
                 model.entities().len(),
-                names(model.entities().iter().map(String::as_str))
+                known(model.entities().iter().map(String::as_str))
             ),
         ));
     }
@@ -283,7 +274,7 @@ fn combination_key(raw: &RawScoringJob, model: &ModelFeatures) -> Result<Vec<Key
                     "{:?} is not an input of model {:?}; its inputs: {}",
                     f.feature,
                     raw.model,
-                    names(input.columns().iter().map(|c| c.reference.as_str()))
+                    known(input.columns().iter().map(|c| c.reference.as_str()))
                 ),
             ));
         };
@@ -397,7 +388,7 @@ fn source(
                 "score.view",
                 format!(
                     "no static view is named {view:?}; static views: {}",
-                    names(
+                    known(
                         views
                             .iter()
                             .filter(|v| v.is_static())
@@ -476,13 +467,4 @@ fn cardinality(raw: Option<&RawCardinality>) -> Result<Cardinality, Problem> {
         max_keys,
         new_category_factor,
     })
-}
-
-fn names<'a>(items: impl Iterator<Item = &'a str>) -> String {
-    let list: Vec<String> = items.map(|s| format!("{s:?}")).collect();
-    if list.is_empty() {
-        "none".to_owned()
-    } else {
-        list.join(", ")
-    }
 }

@@ -7,8 +7,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use super::FeatureDefinitions;
-use super::duration::parse_duration;
-use super::error::{DefinitionProblem, DefinitionsError};
+use super::error::{DefinitionProblem, DefinitionsError, duration, known};
 use super::model::{ColumnSource, InputColumn, ModelFeatures, ModelInput};
 use super::raw::{RawAggregate, RawDefinitions, RawFeature, RawModel};
 use super::value::{FeatureType, FeatureValue, describe_toml};
@@ -121,15 +120,7 @@ impl Validator<'_> {
     }
 
     fn duration(&self, value: &str, key: &str) -> Result<Duration, DefinitionsError> {
-        parse_duration(value).map_err(|error| {
-            self.invalid(
-                key,
-                DefinitionProblem::BadDuration {
-                    value: value.to_owned(),
-                    error,
-                },
-            )
-        })
+        self.check(key, duration(value))
     }
 
     fn entities(&self, raw: &RawDefinitions) -> Result<Vec<Entity>, DefinitionsError> {
@@ -575,15 +566,6 @@ fn typed_default(
 }
 
 /// Declared names for a message: comma-separated, or "none".
-fn known<'a>(names: impl Iterator<Item = &'a str>) -> String {
-    let list: Vec<&str> = names.collect();
-    if list.is_empty() {
-        "none".to_owned()
-    } else {
-        list.join(", ")
-    }
-}
-
 fn push_new(list: &mut Vec<String>, name: &str) {
     if !list.iter().any(|n| n == name) {
         list.push(name.to_owned());
