@@ -248,6 +248,33 @@ impl ScyllaStore {
         }
     }
 
+    /// Runs `prepared` once per row of values, [`LOG_WRITE_PARALLELISM`] at a
+    /// time, each within the write timeout; the first failure ends the call.
+    async fn execute_each<V>(
+        &self,
+        prepared: &PreparedStatement,
+        rows: Vec<V>,
+    ) -> Result<(), StoreError>
+    where
+        V: scylla::serialize::row::SerializeRow + Send + Sync,
+    {
+        stream::iter(rows)
+            .map(|values| async move {
+                deadline(self.config.write_timeout, async {
+                    self.session
+                        .execute_unpaged(prepared, values)
+                        .await
+                        .map(drop)
+                        .map_err(StoreError::from)
+                })
+                .await
+            })
+            .buffer_unordered(LOG_WRITE_PARALLELISM)
+            .try_collect::<Vec<()>>()
+            .await?;
+        Ok(())
+    }
+
     /// The (ID, record) rows of the log partitions with IDs in `[lo, hi)`,
     /// a few partitions at a time, each under `limit`.
     async fn scan_log(

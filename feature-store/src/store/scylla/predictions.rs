@@ -5,9 +5,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use futures_util::stream::{self, StreamExt, TryStreamExt};
-
-use super::{LOG_WRITE_PARALLELISM, ScyllaStore, deadline, ttl_seconds};
+use super::{ScyllaStore, deadline, ttl_seconds};
 use crate::log::{
     FeedbackRecord, LOG_SHARDS, LogEntry, PredictionKey, PredictionRecord, hours, id_lower_bound,
     unix_ms,
@@ -26,26 +24,10 @@ impl LogStore for ScyllaStore {
         let mut rows = Vec::with_capacity(records.len());
         for r in records {
             let key = PredictionKey::parse(&r.prediction_id)?;
-            rows.push((key, r.prediction_id.clone(), r.to_bytes()));
+            let id = r.prediction_id.clone();
+            rows.push((key.hour(), i32::from(key.shard), id, r.to_bytes(), ttl));
         }
-        stream::iter(rows)
-            .map(|(key, id, blob)| async move {
-                deadline(self.config.write_timeout, async {
-                    self.session
-                        .execute_unpaged(
-                            &st.write_prediction,
-                            (key.hour(), i32::from(key.shard), id.as_str(), blob, ttl),
-                        )
-                        .await
-                        .map(drop)
-                        .map_err(StoreError::from)
-                })
-                .await
-            })
-            .buffer_unordered(LOG_WRITE_PARALLELISM)
-            .try_collect::<Vec<()>>()
-            .await?;
-        Ok(())
+        self.execute_each(&st.write_prediction, rows).await
     }
 
     async fn read_prediction(

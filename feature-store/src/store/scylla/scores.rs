@@ -1,9 +1,7 @@
 //! Precomputed predictions on ScyllaDB: `scores ((model, key), batch_id)`,
 //! so one lookup is a single-partition read; entries expire by TTL.
 
-use futures_util::stream::{self, StreamExt, TryStreamExt};
-
-use super::{LOG_WRITE_PARALLELISM, ScyllaStore, deadline, ttl_seconds};
+use super::{ScyllaStore, deadline, ttl_seconds};
 use crate::store::decode;
 use crate::store::{ScoreEntry, ScoreKey, ScoreStore, ScoreWrite, StoreError};
 
@@ -14,26 +12,12 @@ impl ScoreStore for ScyllaStore {
         let rows = write
             .entries
             .iter()
-            .map(|e| Ok((e.key.clone(), serde_json::to_string(e)?)))
-            .collect::<Result<Vec<_>, StoreError>>()?;
-        stream::iter(rows)
-            .map(|(key, entry)| async move {
-                deadline(self.config.write_timeout, async {
-                    self.session
-                        .execute_unpaged(
-                            &st.write_score,
-                            (write.model, key.as_str(), write.batch_id, entry, ttl),
-                        )
-                        .await
-                        .map(drop)
-                        .map_err(StoreError::from)
-                })
-                .await
+            .map(|e| {
+                let entry = serde_json::to_string(e)?;
+                Ok((write.model, e.key.as_str(), write.batch_id, entry, ttl))
             })
-            .buffer_unordered(LOG_WRITE_PARALLELISM)
-            .try_collect::<Vec<()>>()
-            .await?;
-        Ok(())
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        self.execute_each(&st.write_score, rows).await
     }
 
     async fn read_score(&self, at: ScoreKey<'_>) -> Result<Option<ScoreEntry>, StoreError> {
