@@ -35,9 +35,16 @@ impl Watch {
             self.keys.insert(key.to_owned());
         }
         for (feature, value) in categories {
-            let seen = self.values.entry(feature.to_owned()).or_default();
-            if !seen.contains(value) {
-                seen.insert(value.to_owned());
+            // Owned strings only for what is new: most rows repeat both.
+            match self.values.get_mut(feature) {
+                Some(seen) if seen.contains(value) => {}
+                Some(seen) => {
+                    seen.insert(value.to_owned());
+                }
+                None => {
+                    self.values
+                        .insert(feature.to_owned(), BTreeSet::from([value.to_owned()]));
+                }
             }
         }
     }
