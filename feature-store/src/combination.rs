@@ -131,7 +131,7 @@ pub struct CombinationKey(String);
 
 impl CombinationKey {
     /// The key of the ordered `(feature name, value)` parts.
-    pub fn of<'a>(parts: impl IntoIterator<Item = (&'a str, KeyValue<'a>)>) -> Self {
+    pub fn of(parts: &[(&str, KeyValue<'_>)]) -> Self {
         let digest = Sha256::digest(encode(parts));
         let mut hex = String::with_capacity(32);
         for byte in &digest[..16] {
@@ -156,12 +156,11 @@ impl fmt::Display for CombinationKey {
 const HEX: &[u8; 16] = b"0123456789abcdef";
 
 /// The canonical encoding of the ordered parts (see the module docs).
-pub fn encode<'a>(parts: impl IntoIterator<Item = (&'a str, KeyValue<'a>)>) -> Vec<u8> {
-    let parts: Vec<_> = parts.into_iter().collect();
+pub fn encode(parts: &[(&str, KeyValue<'_>)]) -> Vec<u8> {
     let mut out = Vec::with_capacity(DOMAIN.len() + 4 + parts.len() * 24);
     out.extend_from_slice(DOMAIN);
     push_len(&mut out, parts.len());
-    for (name, value) in parts {
+    for &(name, value) in parts {
         push_text(&mut out, name);
         match value {
             KeyValue::Missing => out.push(0x00),
@@ -240,22 +239,22 @@ mod tests {
             ("gender", KeyValue::Category("f")),
             ("category", KeyValue::Category("grocery")),
         );
-        let key = CombinationKey::of([de, f, cat]);
-        assert_eq!(key, CombinationKey::of([de, f, cat]), "deterministic");
-        assert_ne!(key, CombinationKey::of([cat, de, f]), "order counts");
+        let key = CombinationKey::of(&[de, f, cat]);
+        assert_eq!(key, CombinationKey::of(&[de, f, cat]), "deterministic");
+        assert_ne!(key, CombinationKey::of(&[cat, de, f]), "order counts");
         assert_ne!(
             key,
-            CombinationKey::of([("country", KeyValue::Category("DEf")), cat]),
+            CombinationKey::of(&[("country", KeyValue::Category("DEf")), cat]),
             "lengths keep values apart"
         );
         assert_ne!(
-            CombinationKey::of([("amount_bin", KeyValue::Bin(1))]),
-            CombinationKey::of([("amount_bin", KeyValue::Category("1"))]),
+            CombinationKey::of(&[("amount_bin", KeyValue::Bin(1))]),
+            CombinationKey::of(&[("amount_bin", KeyValue::Category("1"))]),
             "a bin is not the text of its index"
         );
         assert_ne!(
-            CombinationKey::of([("country", KeyValue::Missing)]),
-            CombinationKey::of([("country", KeyValue::Category(""))]),
+            CombinationKey::of(&[("country", KeyValue::Missing)]),
+            CombinationKey::of(&[("country", KeyValue::Category(""))]),
             "missing is not empty"
         );
         assert_eq!(key.as_str().len(), 32);

@@ -61,8 +61,9 @@ fn keys_equal_the_committed_test_vectors() -> Result<()> {
             .map(part)
             .collect::<Result<Vec<_>>>()
             .with_context(|| name.to_owned())?;
-        let borrowed = || {
-            parts.iter().map(|(f, p)| {
+        let borrowed: Vec<(&str, KeyValue<'_>)> = parts
+            .iter()
+            .map(|(f, p)| {
                 let value = match p {
                     Part::Missing => KeyValue::Missing,
                     Part::Category(t) => KeyValue::Category(t),
@@ -70,14 +71,14 @@ fn keys_equal_the_committed_test_vectors() -> Result<()> {
                 };
                 (f.as_str(), value)
             })
-        };
+            .collect();
         assert_eq!(
-            hex(&encode(borrowed())),
+            hex(&encode(&borrowed)),
             v["encoding"].as_str().unwrap_or(""),
             "{name}: encoding"
         );
         assert_eq!(
-            CombinationKey::of(borrowed()).as_str(),
+            CombinationKey::of(&borrowed).as_str(),
             v["key"].as_str().unwrap_or(""),
             "{name}: key"
         );
