@@ -64,11 +64,43 @@ pub struct PredictionRecord {
     /// Time the model-server call took, in µs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model_time_us: Option<u64>,
+    /// Where the answer came from; records of earlier layouts read as live.
+    #[serde(default)]
+    pub source: PredictionSource,
 }
 
-/// First byte of a [`PredictionRecord`] in the binary layout (version 1).
-/// Records written before it are JSON, whose first byte is `{`.
+/// Where an answer came from.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum PredictionSource {
+    /// The model computed it for this call.
+    #[default]
+    Live,
+    /// A batch-scoring run computed it earlier; the prediction store served
+    /// it.
+    Precomputed {
+        /// The scoring batch it came from.
+        batch_id: String,
+    },
+}
+
+impl PredictionSource {
+    /// `live` or `precomputed`, as answers and metrics name it.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            PredictionSource::Live => "live",
+            PredictionSource::Precomputed { .. } => "precomputed",
+        }
+    }
+}
+
+/// First byte of a [`PredictionRecord`] in the binary layout, version 1
+/// (no source: live). Records written before it are JSON, whose first byte
+/// is `{`.
 const BINARY_V1: u8 = 1;
+/// Version 2: version 1 followed by the source (0 live; 1 precomputed and
+/// its batch ID).
+const BINARY_V2: u8 = 2;
 
 impl PredictionRecord {
     /// The record as the stores keep it: a compact binary layout (little
@@ -84,7 +116,7 @@ impl PredictionRecord {
             + self.entity.len();
         let mut out =
             Vec::with_capacity(64 + strings + 4 * self.inputs.len() + 32 * self.outputs.len());
-        out.push(BINARY_V1);
+        out.push(BINARY_V2);
         for text in [
             &self.prediction_id,
             &self.subject,
@@ -129,6 +161,13 @@ impl PredictionRecord {
             None => out.push(0),
         }
         put_opt_u64(&mut out, self.model_time_us);
+        match &self.source {
+            PredictionSource::Live => out.push(0),
+            PredictionSource::Precomputed { batch_id } => {
+                out.push(1);
+                put_str(&mut out, batch_id);
+            }
+        }
         out
     }
 
@@ -141,10 +180,19 @@ impl PredictionRecord {
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, DamagedRecord> {
         match bytes.first() {
             Some(b'{') => Ok(serde_json::from_slice(bytes)?),
-            Some(&BINARY_V1) => {
+            Some(&layout @ (BINARY_V1 | BINARY_V2)) => {
                 let mut r = Reader(crate::codec::Reader::new(bytes));
                 r.array::<1>()?;
-                let record = r.record()?;
+                let mut record = r.record()?;
+                if layout == BINARY_V2 {
+                    record.source = if r.flag()? {
+                        PredictionSource::Precomputed {
+                            batch_id: r.string()?,
+                        }
+                    } else {
+                        PredictionSource::Live
+                    };
+                }
                 if r.0.remaining() != 0 {
                     return Err(r.damaged("bytes after the end of the record"));
                 }
@@ -304,6 +352,7 @@ impl Reader<'_> {
             outputs,
             shadow_of,
             model_time_us,
+            source: PredictionSource::Live,
         })
     }
 }
@@ -485,6 +534,13 @@ mod tests {
             ],
             shadow_of: shadow.then(|| uuid::Uuid::now_v7().to_string()),
             model_time_us: (!shadow).then_some(412),
+            source: if shadow {
+                PredictionSource::Live
+            } else {
+                PredictionSource::Precomputed {
+                    batch_id: uuid::Uuid::now_v7().to_string(),
+                }
+            },
         }
     }
 
@@ -509,6 +565,17 @@ mod tests {
         let r = sample(false);
         let json = serde_json::to_vec(&r).expect("serialises");
         assert_eq!(PredictionRecord::from_bytes(&json).ok(), Some(r));
+    }
+
+    #[test]
+    fn records_of_the_first_binary_layout_read_as_live() {
+        let mut r = sample(true);
+        let mut bytes = r.to_bytes();
+        // Layout 1 is layout 2 without the trailing source.
+        assert_eq!(bytes.pop(), Some(0));
+        bytes[0] = BINARY_V1;
+        r.source = PredictionSource::Live;
+        assert_eq!(PredictionRecord::from_bytes(&bytes).ok(), Some(r));
     }
 
     #[test]

@@ -214,6 +214,35 @@ struct RawModel {
     #[serde(default)]
     endpoints: std::collections::BTreeMap<String, String>,
     coalesce: Option<RawCoalesce>,
+    #[serde(default)]
+    precomputed: PrecomputedMode,
+}
+
+/// `[[model]] precomputed`: whether answers come from the prediction store
+/// that the model's scoring job fills.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PrecomputedMode {
+    /// Every answer is computed live (the default).
+    #[default]
+    Off,
+    /// The store first; the model live on a miss, a stale entry or another
+    /// version than the one routing chose.
+    First,
+    /// Only the store: a key it cannot answer is refused (for models that
+    /// must never run live).
+    Only,
+}
+
+impl PrecomputedMode {
+    /// `off`, `first` or `only`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PrecomputedMode::Off => "off",
+            PrecomputedMode::First => "first",
+            PrecomputedMode::Only => "only",
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -287,6 +316,8 @@ pub struct ModelConfig {
     /// How single predictions are sent together while the model-server is
     /// busy (`[model.coalesce]`).
     pub coalesce: Coalesce,
+    /// Whether answers come from the prediction store first.
+    pub precomputed: PrecomputedMode,
 }
 
 /// The validated config.
@@ -514,6 +545,7 @@ impl GatewayConfig {
                 timeout: Duration::from_millis(m.timeout_ms),
                 postprocess: m.postprocess,
                 coalesce,
+                precomputed: m.precomputed,
             });
         }
         let production = match s.environment.as_str() {

@@ -14,7 +14,7 @@ use std::time::{Duration, SystemTime};
 use feature_store::definitions::{
     ColumnSource, FeatureDefinitions, FeatureType, FeatureValue, ModelFeatures,
 };
-use feature_store::freshness::ResolvedView;
+use feature_store::freshness::{ResolvedView, StoredRow, resolve_view};
 use feature_store::reader::{FeatureReader, ReadError};
 use feature_store::source::KEY_SEPARATOR;
 use feature_store::store::FullStore;
@@ -204,107 +204,163 @@ impl<S: FullStore> Enricher<S> {
         request: &HashMap<String, WireValue>,
         now: SystemTime,
     ) -> Result<Enriched, EnrichError> {
-        let defs = self.reader.definitions();
-        let entity_key = entity_key(defs, model, keys)?;
-        let input = model.input();
-
+        let entity_key = entity_key(self.reader.definitions(), model, keys)?;
         // Request features first: a bad request never costs a store read.
-        for name in request.keys() {
-            let known = input
-                .columns()
-                .iter()
-                .any(|c| c.source == ColumnSource::Request && &c.name == name);
-            if !known {
-                let expected = input
-                    .columns()
-                    .iter()
-                    .filter(|c| c.source == ColumnSource::Request)
-                    .map(|c| c.name.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ");
-                return Err(EnrichError::UnknownRequestFeature {
-                    name: name.clone(),
-                    model: model.name().to_owned(),
-                    expected,
-                });
+        let (row, defaulted) = request_columns(model, request)?;
+        let views = model_views(model);
+        let resolved = self.reader.read_many(&views, &entity_key, now).await?;
+        Ok(assemble(model, row, defaulted, &resolved, entity_key))
+    }
+
+    /// The row of `model` for `entity_key` when the rows of some of its
+    /// static views are already at hand (`known`: view name and row, read in
+    /// bulk by a batch job): those views are resolved from them as a read
+    /// would resolve them, the others are read, and the row is assembled by
+    /// the same code as [`Self::enrich`]'s.
+    ///
+    /// # Errors
+    /// As [`Self::enrich`].
+    pub async fn enrich_known(
+        &self,
+        model: &ModelFeatures,
+        entity_key: String,
+        request: &HashMap<String, WireValue>,
+        known: (&str, &StoredRow),
+        now: SystemTime,
+    ) -> Result<Enriched, EnrichError> {
+        let (row, defaulted) = request_columns(model, request)?;
+        let defs = self.reader.definitions();
+        let mut resolved = Vec::new();
+        for name in model_views(model) {
+            if name == known.0 {
+                let view = defs
+                    .view(name)
+                    .ok_or_else(|| EnrichError::Read(ReadError::UnknownView(name.to_owned())))?;
+                resolved.push(resolve_view(view, Some(known.1), now));
+            } else {
+                resolved.push(self.reader.read(name, &entity_key, now).await?);
             }
         }
-        let mut row = vec![0f32; input.width()];
-        let mut defaulted = Vec::new();
-        for (i, col) in input.columns().iter().enumerate() {
-            if col.source != ColumnSource::Request {
-                continue;
-            }
-            match request.get(&col.name) {
-                Some(v) => {
-                    let typed =
-                        v.typed(col.feature_type)
-                            .ok_or_else(|| EnrichError::WrongRequestType {
-                                name: col.name.clone(),
-                                expected: col.feature_type,
-                                found: v.describe(),
-                            })?;
-                    row[i] = typed
-                        .to_f32()
+        Ok(assemble(model, row, defaulted, &resolved, entity_key))
+    }
+}
+
+/// The model's views in read order: static, then dynamic.
+fn model_views(model: &ModelFeatures) -> Vec<&str> {
+    model
+        .static_views()
+        .iter()
+        .chain(model.dynamic_views())
+        .map(String::as_str)
+        .collect()
+}
+
+/// The row with the request columns filled (checked against their
+/// declarations, defaults where absent), and the columns defaulted so far.
+fn request_columns(
+    model: &ModelFeatures,
+    request: &HashMap<String, WireValue>,
+) -> Result<(Vec<f32>, Vec<String>), EnrichError> {
+    let input = model.input();
+    for name in request.keys() {
+        let known = input
+            .columns()
+            .iter()
+            .any(|c| c.source == ColumnSource::Request && &c.name == name);
+        if !known {
+            let expected = input
+                .columns()
+                .iter()
+                .filter(|c| c.source == ColumnSource::Request)
+                .map(|c| c.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ");
+            return Err(EnrichError::UnknownRequestFeature {
+                name: name.clone(),
+                model: model.name().to_owned(),
+                expected,
+            });
+        }
+    }
+    let mut row = vec![0f32; input.width()];
+    let mut defaulted = Vec::new();
+    for (i, col) in input.columns().iter().enumerate() {
+        if col.source != ColumnSource::Request {
+            continue;
+        }
+        match request.get(&col.name) {
+            Some(v) => {
+                let typed =
+                    v.typed(col.feature_type)
                         .ok_or_else(|| EnrichError::WrongRequestType {
                             name: col.name.clone(),
                             expected: col.feature_type,
-                            found: format!("{} (out of FP32 range)", v.describe()),
+                            found: v.describe(),
                         })?;
-                }
-                None => match col.default {
-                    Some(d) => {
-                        row[i] = d;
-                        defaulted.push(col.reference.clone());
-                    }
-                    None => {
-                        return Err(EnrichError::MissingRequestFeature {
-                            name: col.name.clone(),
-                            model: model.name().to_owned(),
-                            ty: col.feature_type,
-                        });
-                    }
-                },
+                row[i] = typed
+                    .to_f32()
+                    .ok_or_else(|| EnrichError::WrongRequestType {
+                        name: col.name.clone(),
+                        expected: col.feature_type,
+                        found: format!("{} (out of FP32 range)", v.describe()),
+                    })?;
             }
-        }
-
-        let views: Vec<&str> = model
-            .static_views()
-            .iter()
-            .chain(model.dynamic_views())
-            .map(String::as_str)
-            .collect();
-        let resolved = self.reader.read_many(&views, &entity_key, now).await?;
-        for (i, col) in input.columns().iter().enumerate() {
-            let view = match &col.source {
-                ColumnSource::StaticView(v) | ColumnSource::DynamicView(v) => v,
-                ColumnSource::Request => continue,
-            };
-            let feature = resolved
-                .iter()
-                .find(|r| r.view == view.as_str())
-                .and_then(|r| r.feature(&col.name));
-            let (value, was_defaulted) = match feature {
-                Some(f) => (f.value.to_f32(), f.state.is_defaulted()),
-                None => (None, true),
-            };
-            match value {
-                Some(v) if !was_defaulted => row[i] = v,
-                _ => {
-                    row[i] = col.default.unwrap_or(0.0);
+            None => match col.default {
+                Some(d) => {
+                    row[i] = d;
                     defaulted.push(col.reference.clone());
                 }
+                None => {
+                    return Err(EnrichError::MissingRequestFeature {
+                        name: col.name.clone(),
+                        model: model.name().to_owned(),
+                        ty: col.feature_type,
+                    });
+                }
+            },
+        }
+    }
+    Ok((row, defaulted))
+}
+
+/// Fills the view columns of `row` from the resolved views (their values,
+/// or the column's default where missing or stale) and says what it used.
+fn assemble(
+    model: &ModelFeatures,
+    mut row: Vec<f32>,
+    mut defaulted: Vec<String>,
+    resolved: &[ResolvedView<'_>],
+    entity_key: String,
+) -> Enriched {
+    for (i, col) in model.input().columns().iter().enumerate() {
+        let view = match &col.source {
+            ColumnSource::StaticView(v) | ColumnSource::DynamicView(v) => v,
+            ColumnSource::Request => continue,
+        };
+        let feature = resolved
+            .iter()
+            .find(|r| r.view == view.as_str())
+            .and_then(|r| r.feature(&col.name));
+        let (value, was_defaulted) = match feature {
+            Some(f) => (f.value.to_f32(), f.state.is_defaulted()),
+            None => (None, true),
+        };
+        match value {
+            Some(v) if !was_defaulted => row[i] = v,
+            _ => {
+                row[i] = col.default.unwrap_or(0.0);
+                defaulted.push(col.reference.clone());
             }
         }
-        Ok(Enriched {
-            row,
-            view_ages: resolved
-                .iter()
-                .map(|r: &ResolvedView| (r.view.to_owned(), r.age))
-                .collect(),
-            defaulted,
-            entity_key,
-        })
+    }
+    Enriched {
+        row,
+        view_ages: resolved
+            .iter()
+            .map(|r: &ResolvedView| (r.view.to_owned(), r.age))
+            .collect(),
+        defaulted,
+        entity_key,
     }
 }
 

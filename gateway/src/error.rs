@@ -66,6 +66,17 @@ pub enum GatewayError {
         /// The ID sent.
         prediction_id: String,
     },
+    /// A model answered only from the prediction store has no usable entry
+    /// for the key asked for.
+    #[error(
+        "model {model:?} answers only from precomputed predictions, and there is none to serve for this key ({reason}); it is not run live"
+    )]
+    NotPrecomputed {
+        /// The model.
+        model: String,
+        /// Why (`miss`, `stale`, `version`, …).
+        reason: &'static str,
+    },
     /// No `[[refresh_job]]` of that name is declared.
     #[error(
         "no refresh job {job:?} is declared in the feature definitions; `GET /v1/admin/tuner/jobs` lists them"
@@ -145,6 +156,7 @@ pub const HTTP_CODES: &[(u16, &str)] = &[
     (404, "unknown_view"),
     (404, "unknown_job"),
     (404, "prediction_not_found"),
+    (404, "not_precomputed"),
     (400, "invalid_argument"),
     (503, "feature_store_unavailable"),
     (500, "feature_store_error"),
@@ -191,6 +203,7 @@ impl GatewayError {
             GatewayError::UnknownPrediction { .. } => {
                 (404, tonic::Code::NotFound, "prediction_not_found")
             }
+            GatewayError::NotPrecomputed { .. } => (404, tonic::Code::NotFound, "not_precomputed"),
             GatewayError::InvalidArgument(_) | GatewayError::Input(_) | GatewayError::Tuner(_) => {
                 (400, tonic::Code::InvalidArgument, "invalid_argument")
             }
@@ -356,6 +369,10 @@ mod tests {
             GatewayError::UnknownTunerJob { job: s("j") },
             GatewayError::UnknownPrediction {
                 prediction_id: s("p"),
+            },
+            GatewayError::NotPrecomputed {
+                model: s("m"),
+                reason: "miss",
             },
             GatewayError::InvalidArgument(s("x")),
             GatewayError::FeatureStore(read(StoreError::Timeout(std::time::Duration::ZERO))),

@@ -94,9 +94,54 @@ impl Route {
     }
 }
 
+/// What the prediction store did for one prediction of a model answered
+/// from it first: the `outcome` label of `mlgw_precomputed_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lookup {
+    /// Answered from the store.
+    Hit,
+    /// No entry for the key.
+    Miss,
+    /// The entry is older than the job's max age.
+    Stale,
+    /// The entry was scored by another version than routing chose.
+    Version,
+    /// The call sent request features an entity entry was not scored with.
+    RequestFeatures,
+    /// The model serves no scoring batch yet.
+    NoBatch,
+    /// The store could not be read in time.
+    StoreError,
+}
+
+impl Lookup {
+    const ALL: [Lookup; 7] = [
+        Lookup::Hit,
+        Lookup::Miss,
+        Lookup::Stale,
+        Lookup::Version,
+        Lookup::RequestFeatures,
+        Lookup::NoBatch,
+        Lookup::StoreError,
+    ];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Lookup::Hit => "hit",
+            Lookup::Miss => "miss",
+            Lookup::Stale => "stale",
+            Lookup::Version => "version",
+            Lookup::RequestFeatures => "request_features",
+            Lookup::NoBatch => "no_batch",
+            Lookup::StoreError => "store_error",
+        }
+    }
+}
+
 /// Every result code a request can end with: `ok` and the error table's
 /// codes, so each counter is an atomic found by index.
-pub const CODES: [&str; 19] = [
+pub const CODES: [&str; 20] = [
     "ok",
     "invalid_argument",
     "unknown_model",
@@ -104,6 +149,7 @@ pub const CODES: [&str; 19] = [
     "unknown_job",
     "unknown_version",
     "prediction_not_found",
+    "not_precomputed",
     "feature_store_unavailable",
     "feature_store_error",
     "model_unavailable",
@@ -126,6 +172,11 @@ pub struct ModelSlot(u16);
 impl ModelSlot {
     /// No model (`-`).
     pub const NONE: ModelSlot = ModelSlot(0);
+
+    /// The slot's number (0: none).
+    pub fn number(self) -> u32 {
+        u32::from(self.0)
+    }
 
     /// The slot of the `i`-th model of the list given to [`Metrics::new`].
     pub fn of_index(i: usize) -> ModelSlot {
@@ -176,6 +227,9 @@ pub struct Metrics {
     overhead: Histogram,
     /// Entities per predict-batch call.
     batch_entities: Histogram,
+    /// [model slot][lookup outcome] → predictions of models answered from
+    /// the prediction store first.
+    precomputed: Vec<AtomicU64>,
 }
 
 impl Default for Metrics {
@@ -192,6 +246,7 @@ impl Metrics {
             .chain(models.iter().cloned())
             .collect();
         let series = Front::ALL.len() * Route::ALL.len();
+        let slots = models.len();
         Metrics {
             requests: (0..series * CODES.len())
                 .map(|_| AtomicU64::new(0))
@@ -207,7 +262,18 @@ impl Metrics {
             model_latency: Histogram::new(LATENCY_BUCKETS),
             overhead: Histogram::new(LATENCY_BUCKETS),
             batch_entities: Histogram::new(SIZE_BUCKETS),
+            precomputed: (0..slots * Lookup::ALL.len())
+                .map(|_| AtomicU64::new(0))
+                .collect(),
         }
+    }
+
+    /// Counts what the prediction store did for one prediction of `model`.
+    pub fn precomputed(&self, model: ModelSlot, outcome: Lookup) {
+        let m = usize::from(model.0);
+        let m = if m < self.models.len() { m } else { 0 };
+        let o = Lookup::ALL.iter().position(|l| *l == outcome).unwrap_or(0);
+        self.precomputed[m * Lookup::ALL.len() + o].fetch_add(1, Ordering::Relaxed);
     }
 
     fn series(front: Front, route: Route) -> usize {
@@ -367,6 +433,21 @@ impl Collector for RequestFamilies {
                         ];
                         ConstCounter::new(n).encode(family.encode_family(&labels)?)?;
                     }
+                }
+            }
+        }
+        let mut family = encoder.encode_descriptor(
+            "mlgw_precomputed",
+            "Predictions of models answered from the prediction store first, by model and outcome (hit, or why the model answered live).",
+            None,
+            MetricType::Counter,
+        )?;
+        for (slot, model) in m.models.iter().enumerate() {
+            for (o, outcome) in Lookup::ALL.iter().enumerate() {
+                let n = m.precomputed[slot * Lookup::ALL.len() + o].load(Ordering::Relaxed);
+                if n > 0 {
+                    let labels = [("model", model.as_str()), ("outcome", outcome.as_str())];
+                    ConstCounter::new(n).encode(family.encode_family(&labels)?)?;
                 }
             }
         }

@@ -72,8 +72,8 @@ pub struct PostProcess {
     pub platt: Option<Platt>,
 }
 
-/// A post-processed output.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+/// A post-processed output (stored as JSON in precomputed predictions).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, Deserialize)]
 pub struct Processed {
     /// Output name.
     pub name: String,

@@ -335,6 +335,7 @@ mod tests {
             outputs: Vec::new(),
             shadow_of: None,
             model_time_us: Some(120),
+            source: feature_store::log::PredictionSource::Live,
         }
     }
 

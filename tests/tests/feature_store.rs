@@ -20,9 +20,10 @@ use feature_store::store::embedded::EmbeddedStore;
 use feature_store::store::prelude::*;
 use feature_store::store::scylla::{ScyllaConfig, ScyllaStore};
 use feature_store::store::{
-    AnyStore, BatchRecord, BatchStatus, BatchStore, CurrentBatch, DynamicWrite, EventQuery,
-    EventWrite, Lease, LeaseOutcome, LogWindow, RoutingRecord, RowStore, SchemaReport, ScoreEntry,
-    ScoreKey, ScoreWrite, StaticKey, StaticWrite, StoreError,
+    AnyStore, BatchRecord, BatchStatus, BatchStore, CurrentBatch, DynamicWrite, EncodedRow,
+    EventQuery, EventWrite, Lease, LeaseOutcome, LogWindow, RoutingRecord, RowStore, ScanCursor,
+    ScanPage, ScanPart, SchemaReport, ScoreEntry, ScoreKey, ScoreWrite, StaticKey, StaticScan,
+    StaticWrite, StoreError,
 };
 use feature_store::tuner::controller::{JobState, Policy, Window};
 use feature_store::tuner::metric::MetricKind;
@@ -758,6 +759,7 @@ fn prediction_at(ago: Duration, entity: &str) -> Result<PredictionRecord> {
         }],
         shadow_of: None,
         model_time_us: Some(850),
+        source: feature_store::log::PredictionSource::Live,
     })
 }
 
@@ -887,6 +889,77 @@ async fn tuner_state_survives_a_restart(f: Fixture) -> Result<()> {
         reopened.get_tuner_state("profile_daily").await?,
         Some(state)
     );
+    Ok(())
+}
+
+/// A scan of one view's batch, cut into parts and read in small pages,
+/// returns every row of that batch exactly once, decoded as a point read
+/// decodes it, and nothing of another batch or view.
+async fn a_batch_scan_returns_each_row_once_across_parts_and_pages(f: Fixture) -> Result<()> {
+    let value = FeatureValue::Int64(7);
+    let rows = |prefix: &str, n: usize| -> Vec<EncodedRow> {
+        (0..n)
+            .map(|i| EncodedRow {
+                entity_key: format!("{prefix}-{i}"),
+                blob: feature_store::codec::encode([("txn_count_30d", &value)]),
+            })
+            .collect()
+    };
+    let written_at = feature_store::store::now_micros();
+    let write = |view, batch_id, rows| StaticWrite {
+        view,
+        batch_id,
+        written_at,
+        retention: Duration::from_secs(3600),
+        rows,
+    };
+    let wanted = rows("c", 101);
+    f.store
+        .write_static(write("customer_profile", "b-2", &wanted))
+        .await?;
+    f.store
+        .write_static(write("customer_profile", "b-1", &rows("old", 40)))
+        .await?;
+    f.store
+        .write_static(write("other_view", "b-2", &rows("x", 40)))
+        .await?;
+    let mut seen: Vec<String> = Vec::new();
+    let count = 3;
+    for index in 0..count {
+        let mut after: Option<ScanCursor> = None;
+        loop {
+            let page = f
+                .store
+                .scan_static(StaticScan {
+                    view: "customer_profile",
+                    batch_id: "b-2",
+                    part: ScanPart { index, count },
+                    after: after.as_ref(),
+                    limit: 7,
+                })
+                .await?;
+            for (entity, row) in page.rows {
+                let read = f
+                    .store
+                    .read_static(StaticKey {
+                        view: "customer_profile",
+                        batch_id: "b-2",
+                        entity_key: &entity,
+                    })
+                    .await?;
+                assert_eq!(read.as_ref(), Some(&row), "{entity}");
+                seen.push(entity);
+            }
+            match page.next {
+                Some(next) => after = Some(next),
+                None => break,
+            }
+        }
+    }
+    seen.sort();
+    let mut expected: Vec<String> = wanted.iter().map(|r| r.entity_key.clone()).collect();
+    expected.sort();
+    assert_eq!(seen, expected);
     Ok(())
 }
 
@@ -1133,6 +1206,9 @@ impl RowStore for Counting {
         self.static_reads.fetch_add(1, Ordering::SeqCst);
         self.inner.read_static(key).await
     }
+    async fn scan_static(&self, scan: StaticScan<'_>) -> Result<ScanPage, StoreError> {
+        self.inner.scan_static(scan).await
+    }
     async fn write_static(&self, write: StaticWrite<'_>) -> Result<(), StoreError> {
         self.inner.write_static(write).await
     }
@@ -1338,4 +1414,5 @@ contract!(
     late_events_count_and_replays_count_once,
     the_event_cap_bounds_a_read_and_is_reported,
     precomputed_predictions_are_found_by_model_batch_and_key,
+    a_batch_scan_returns_each_row_once_across_parts_and_pages,
 );

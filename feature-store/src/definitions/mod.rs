@@ -195,6 +195,11 @@ impl FeatureDefinitions {
         &self.scoring_jobs
     }
 
+    /// The `[[scoring_job]]` of `model`, if one is declared.
+    pub fn scoring_job_of(&self, model: &str) -> Option<&ScoringJobSpec> {
+        self.scoring_jobs.iter().find(|j| j.model == model)
+    }
+
     /// The declared `[[scoring_job]]` called `name`.
     pub fn scoring_job(&self, name: &str) -> Option<&ScoringJobSpec> {
         self.scoring_jobs.iter().find(|j| j.name == name)

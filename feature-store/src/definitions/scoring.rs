@@ -16,7 +16,7 @@ use super::error::{self, DefinitionProblem, known};
 use super::model::{ColumnSource, ModelFeatures};
 use super::value::FeatureType;
 use super::view::FeatureView;
-use crate::combination::Bins;
+use crate::combination::{Bins, CombinationKey, KeyValue};
 
 /// `[[scoring_job]]` as written.
 #[derive(Debug, Deserialize)]
@@ -72,6 +72,57 @@ pub struct KeyFeature {
     /// A continuous feature's bins; `None`: the value itself is the
     /// category.
     pub bins: Option<Bins>,
+    /// Its position in the model's input row.
+    pub column: usize,
+    /// Its declared type (how a category is written in the key).
+    pub feature_type: FeatureType,
+}
+
+impl ScoringKey {
+    /// The key an entry for this assembled input row is stored under: the
+    /// entity key, or the combination key of the row's key features
+    /// (binned as declared, categories as their canonical text).
+    pub fn of_row(&self, entity_key: &str, row: &[f32]) -> String {
+        let ScoringKey::Combination(features) = self else {
+            return entity_key.to_owned();
+        };
+        let texts: Vec<Option<String>> = features
+            .iter()
+            .map(|f| {
+                let x = row.get(f.column).copied().unwrap_or(f32::NAN);
+                (f.bins.is_none() && !x.is_nan()).then(|| category_text(f.feature_type, x))
+            })
+            .collect();
+        let parts: Vec<(&str, KeyValue<'_>)> = features
+            .iter()
+            .zip(&texts)
+            .map(|(f, text)| {
+                let x = row.get(f.column).copied().unwrap_or(f32::NAN);
+                let value = match (&f.bins, text) {
+                    (Some(bins), _) => bins
+                        .bin(f64::from(x))
+                        .map_or(KeyValue::Missing, KeyValue::Bin),
+                    (None, Some(text)) => KeyValue::Category(text),
+                    (None, None) => KeyValue::Missing,
+                };
+                (f.name.as_str(), value)
+            })
+            .collect();
+        CombinationKey::of(&parts).as_str().to_owned()
+    }
+}
+
+/// A categorical input value as it takes part in a key: integers in
+/// decimal, booleans as `true` / `false`; other types by their shortest
+/// decimal form.
+fn category_text(ty: FeatureType, x: f32) -> String {
+    match ty {
+        FeatureType::Bool => (x != 0.0).to_string(),
+        // A row holds integers exactly up to 2^24, far above any category
+        // code; `as` saturates, and the guard keeps it to whole values.
+        FeatureType::Int64 if x.fract() == 0.0 && x.abs() < 1e15 => (x as i64).to_string(),
+        _ => x.to_string(),
+    }
 }
 
 /// What a precomputed prediction is stored under.
@@ -319,6 +370,12 @@ fn combination_key(raw: &RawScoringJob, model: &ModelFeatures) -> Result<Vec<Key
             reference: column.reference.clone(),
             name: column.name.clone(),
             bins,
+            column: input
+                .columns()
+                .iter()
+                .position(|c| c.reference == column.reference)
+                .unwrap_or_default(),
+            feature_type: column.feature_type,
         });
     }
     if let Some(missing) = input

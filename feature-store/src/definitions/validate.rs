@@ -85,6 +85,16 @@ pub(super) fn validate(
                 )),
             ));
         }
+        // The gateway serves one prediction store per model.
+        if let Some(first) = scoring_jobs.iter().position(|j| j.model == spec.model) {
+            return Err(v.invalid(
+                &format!("{at}.model"),
+                DefinitionProblem::ScoringJob(format!(
+                    "model {:?} is already scored by `scoring_job[{first}]`; a model has one scoring job",
+                    spec.model
+                )),
+            ));
+        }
         scoring_jobs.push(spec);
     }
     Ok(FeatureDefinitions {

@@ -9,8 +9,9 @@ use super::embedded::EmbeddedStore;
 use super::scylla::ScyllaStore;
 use super::{
     BatchRecord, BatchStore, CoordinationStore, CurrentBatch, DynamicWrite, EventQuery, EventWrite,
-    Lease, LeaseOutcome, LogStore, LogWindow, RoutingRecord, RoutingStore, RowStore, SchemaReport,
-    ScoreEntry, ScoreKey, ScoreStore, ScoreWrite, StaticKey, StaticWrite, StoreError, TunerStore,
+    Lease, LeaseOutcome, LogStore, LogWindow, RoutingRecord, RoutingStore, RowStore, ScanPage,
+    SchemaReport, ScoreEntry, ScoreKey, ScoreStore, ScoreWrite, StaticKey, StaticScan, StaticWrite,
+    StoreError, TunerStore,
 };
 use crate::aggregate::EventRange;
 use crate::freshness::StoredRow;
@@ -49,6 +50,15 @@ impl RowStore for AnyStore {
     }
     async fn read_static(&self, key: StaticKey<'_>) -> Result<Option<StoredRow>, StoreError> {
         dispatch!(self, s => s.read_static(key))
+    }
+    async fn scan_static(&self, scan: StaticScan<'_>) -> Result<ScanPage, StoreError> {
+        dispatch!(self, s => s.scan_static(scan))
+    }
+    fn scan_fanout(&self) -> u32 {
+        match self {
+            AnyStore::Scylla(s) => s.scan_fanout(),
+            AnyStore::Embedded(s) => s.scan_fanout(),
+        }
     }
     async fn write_static(&self, write: StaticWrite<'_>) -> Result<(), StoreError> {
         dispatch!(self, s => s.write_static(write))
@@ -124,6 +134,9 @@ impl LogStore for AnyStore {
 impl ScoreStore for AnyStore {
     async fn write_scores(&self, write: ScoreWrite<'_>) -> Result<(), StoreError> {
         dispatch!(self, s => s.write_scores(write))
+    }
+    async fn discard_scores(&self, model: &str, batch_id: &str) -> Result<(), StoreError> {
+        dispatch!(self, s => s.discard_scores(model, batch_id))
     }
     async fn read_score(&self, at: ScoreKey<'_>) -> Result<Option<ScoreEntry>, StoreError> {
         dispatch!(self, s => s.read_score(at))

@@ -50,10 +50,10 @@ pub use error::{BoxError, StoreError};
 pub use predictions::{LogStore, LogWindow};
 pub use routing::{RoutingRecord, RoutingStore};
 pub use rows::{
-    DynamicWrite, EncodedRow, EventQuery, EventWrite, RowStore, SchemaReport, StaticKey,
-    StaticWrite,
+    DynamicWrite, EncodedRow, EventQuery, EventWrite, RowStore, ScanCursor, ScanPage, ScanPart,
+    SchemaReport, StaticKey, StaticScan, StaticWrite,
 };
-pub use scores::{ScoreEntry, ScoreKey, ScoreStore, ScoreWrite};
+pub use scores::{ScoreEntry, ScoreKey, ScoreStore, ScoreWrite, score_target};
 pub use tuning::TunerStore;
 
 /// The store's time unit, re-exported where callers of the store look for it.

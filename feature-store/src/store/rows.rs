@@ -33,6 +33,52 @@ pub struct StaticKey<'a> {
     pub entity_key: &'a str,
 }
 
+/// One page of a scan over a static view's batch, limited to one part of
+/// its entities so that several processes (or several tasks of one) scan a
+/// batch together, each part once.
+#[derive(Debug, Clone, Copy)]
+pub struct StaticScan<'a> {
+    /// The view.
+    pub view: &'a str,
+    /// The refresh batch.
+    pub batch_id: &'a str,
+    /// Which part of the entities: `index` of `count` (`0` of `1`: all).
+    pub part: ScanPart,
+    /// Where the previous page of this part ended (`None`: at its start).
+    pub after: Option<&'a ScanCursor>,
+    /// At most this many rows are examined for the page (a page may hold
+    /// fewer rows of the batch, even none, and still not be the last).
+    pub limit: usize,
+}
+
+/// A part of a scan: `index` of `count` equal parts (by token range on
+/// ScyllaDB, by a stable hash of the entity key on the embedded store).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ScanPart {
+    /// This part, below `count`.
+    pub index: u32,
+    /// How many parts.
+    pub count: u32,
+}
+
+impl ScanPart {
+    /// The whole scan as one part.
+    pub const ALL: ScanPart = ScanPart { index: 0, count: 1 };
+}
+
+/// Where a scan page ended, to resume from (opaque to callers).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScanCursor(pub(crate) Vec<u8>);
+
+/// One page of a static scan.
+#[derive(Debug, Clone, Default)]
+pub struct ScanPage {
+    /// The batch's rows found, with their entity keys.
+    pub rows: Vec<(String, StoredRow)>,
+    /// Where to resume; `None`: the part is done.
+    pub next: Option<ScanCursor>,
+}
+
 /// A batch of static rows for one view and refresh batch.
 #[derive(Debug, Clone, Copy)]
 pub struct StaticWrite<'a> {
@@ -116,6 +162,19 @@ pub trait RowStore: Send + Sync + 'static {
         &self,
         key: StaticKey<'_>,
     ) -> impl Future<Output = Result<Option<StoredRow>, StoreError>> + Send;
+
+    /// One page of the rows of a static view's batch, in one part of its
+    /// entities (bulk reads for batch scoring; not for serving).
+    fn scan_static(
+        &self,
+        scan: StaticScan<'_>,
+    ) -> impl Future<Output = Result<ScanPage, StoreError>> + Send;
+
+    /// How many parts a scan should be cut into for enough reads in flight
+    /// (1 where one sequential pass is fastest).
+    fn scan_fanout(&self) -> u32 {
+        1
+    }
 
     /// Writes static rows of one batch. Rewriting a row is harmless.
     fn write_static(

@@ -1,8 +1,10 @@
 //! Precomputed predictions: what a batch-scoring run wrote for one model,
 //! one entry per key (an entity key, or a combination key from
 //! [`crate::combination`]) under the run's batch, read back by one lookup of
-//! (model, batch, key). Which batch a model serves is the scoring job's
-//! business; an entry of any other batch is never read.
+//! (model, batch, key). A scoring batch has a [`super::BatchRecord`] like a
+//! refresh batch, whose target is [`score_target`] instead of a view; the
+//! batch a model serves is that target's current batch, switched in one
+//! write when a run completes. An entry of any other batch is never read.
 
 use std::future::Future;
 use std::time::{Duration, SystemTime};
@@ -49,12 +51,27 @@ pub struct ScoreKey<'a> {
     pub key: &'a str,
 }
 
+/// The batch-record target of `model`'s precomputed predictions, where a
+/// refresh batch names its view: `predictions:<model>` (a view name cannot
+/// hold a `:`).
+pub fn score_target(model: &str) -> String {
+    format!("predictions:{model}")
+}
+
 /// Precomputed predictions per model, batch and key.
 pub trait ScoreStore: Send + Sync + 'static {
     /// Writes entries of one batch; rewriting an entry is harmless.
     fn write_scores(
         &self,
         write: ScoreWrite<'_>,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Removes what a failed or abandoned batch wrote, where the backend can
+    /// do so cheaply (embedded); others let the entries' TTL collect them.
+    fn discard_scores(
+        &self,
+        model: &str,
+        batch_id: &str,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     /// The entry at `at`, if that batch holds one for the key.

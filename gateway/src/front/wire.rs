@@ -13,6 +13,7 @@ use proto::gateway::v1 as pb;
 use crate::enrich::WireValue;
 use crate::error::GatewayError;
 use crate::serve::Prediction;
+use feature_store::log::PredictionSource;
 
 /// Unix milliseconds to a time; 0 (or negative) means now.
 pub fn event_time(ms: i64) -> Option<std::time::SystemTime> {
@@ -95,7 +96,7 @@ pub enum FeatureValueSchema {
     "model": "fraud", "model_version": "1",
     "outputs": [{"label": "legit", "name": "probabilities", "score": 0.93,
                  "top_k": [{"label": "legit", "score": 0.93}], "values": [0.93, 0.07]}],
-    "prediction_id": "0190f5b2-8c1e-7c3a-9d7e-2f1a3b4c5d6e", "route": "stable"
+    "prediction_id": "0190f5b2-8c1e-7c3a-9d7e-2f1a3b4c5d6e", "route": "stable", "source": "live"
 }))]
 pub struct PredictResponse {
     /// How fresh the features were.
@@ -106,11 +107,37 @@ pub struct PredictResponse {
     pub model_version: String,
     /// Post-processed outputs.
     pub outputs: Vec<OutputJson>,
+    /// Which scoring batch a precomputed answer came from (absent for a
+    /// live one).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub precomputed: Option<PrecomputedJson>,
     /// Time-ordered (UUIDv7) ID to send feedback for.
     pub prediction_id: String,
     /// How the version was chosen.
     #[schema(value_type = String, example = "stable")]
     pub route: &'static str,
+    /// Where the answer came from: `live` (the model ran for this call) or
+    /// `precomputed` (a batch-scoring run's entry).
+    #[schema(value_type = String, example = "live")]
+    pub source: &'static str,
+}
+
+/// The scoring batch of a precomputed answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PrecomputedJson {
+    /// Time since the entry was scored, in milliseconds.
+    pub age_ms: i64,
+    /// The scoring batch.
+    pub batch_id: String,
+}
+
+fn precomputed_of(p: &Prediction) -> Option<(String, i64)> {
+    match &p.source {
+        PredictionSource::Live => None,
+        PredictionSource::Precomputed { batch_id } => {
+            Some((batch_id.clone(), age_ms(p.precomputed_age)))
+        }
+    }
 }
 
 /// One post-processed output.
@@ -178,14 +205,21 @@ pub fn prediction_json(p: &Prediction) -> PredictResponse {
                 values: o.values.clone(),
             })
             .collect(),
+        precomputed: precomputed_of(p)
+            .map(|(batch_id, age_ms)| PrecomputedJson { age_ms, batch_id }),
         prediction_id: p.prediction_id.clone(),
         route: p.route.as_str(),
+        source: p.source.as_str(),
     }
 }
 
 /// The protobuf form of a prediction.
 pub fn prediction_proto(p: Prediction) -> pb::PredictResponse {
+    let precomputed =
+        precomputed_of(&p).map(|(batch_id, age_ms)| pb::PrecomputedAnswer { batch_id, age_ms });
     pb::PredictResponse {
+        source: p.source.as_str().to_owned(),
+        precomputed,
         prediction_id: p.prediction_id,
         model: p.model,
         model_version: p.model_version,

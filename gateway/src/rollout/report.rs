@@ -179,6 +179,7 @@ mod tests {
                 ],
                 shadow_of: of.map(str::to_owned),
                 model_time_us: Some(1000),
+                source: feature_store::log::PredictionSource::Live,
             },
             feedback: None,
         }

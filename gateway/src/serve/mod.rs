@@ -7,6 +7,7 @@
 //! prediction log and the shadow pool.
 
 pub mod feedback;
+pub mod precomputed;
 pub mod predict;
 pub mod push;
 pub mod startup;
@@ -16,12 +17,12 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use feature_store::definitions::{FeatureDefinitions, ModelFeatures};
-use feature_store::log::Outcome;
+use feature_store::log::{Outcome, PredictionSource};
 use feature_store::reader::FeatureReader;
 use feature_store::store::FullStore;
 
 use crate::auth::Authorizer;
-use crate::config::{GatewayConfig, ModelConfig};
+use crate::config::{GatewayConfig, ModelConfig, PrecomputedMode};
 use crate::enrich::{Enricher, WireValue};
 use crate::error::GatewayError;
 use crate::metrics::{Metrics, ModelSlot};
@@ -35,6 +36,8 @@ use crate::rollout::live::LiveRouting;
 use crate::rollout::shadow::ShadowPool;
 
 pub use startup::StartError;
+
+use self::precomputed::{ModelScores, Precomputed};
 
 /// One prediction request, wire-neutral.
 #[derive(Debug, Clone, Default)]
@@ -87,6 +90,11 @@ pub struct Prediction {
     pub model_time: Duration,
     /// How the version was chosen (`stable`, `canary`, `pilot`, `explicit`).
     pub route: RouteKind,
+    /// Where the answer came from: computed live, or precomputed by a
+    /// scoring batch.
+    pub source: PredictionSource,
+    /// A precomputed answer's age.
+    pub precomputed_age: Option<Duration>,
 }
 
 /// Fresh values of a dynamic view for one entity, wire-neutral.
@@ -134,6 +142,8 @@ struct Route {
     /// circuit breakers, so a slow or failing shadow version never trips
     /// the breaker that callers' calls go through.
     shadow_clients: HashMap<String, Arc<RowClient>>,
+    /// The prediction store, for a model answered from it first.
+    scores: Option<ModelScores>,
 }
 
 impl Route {
@@ -175,6 +185,7 @@ pub struct Core<S> {
     log_retention: Duration,
     routing: LiveRouting<S>,
     shadows: Arc<ShadowPool>,
+    precomputed: Precomputed,
 }
 
 impl<S: FullStore> Core<S> {
@@ -215,6 +226,18 @@ impl<S: FullStore> Core<S> {
                     definitions: config.definitions.display().to_string(),
                 })?
                 .clone();
+            let scores = match m.precomputed {
+                PrecomputedMode::Off => None,
+                mode => Some(ModelScores::new(
+                    defs.scoring_job_of(&m.name)
+                        .ok_or_else(|| StartError::NoScoringJob {
+                            model: m.name.clone(),
+                            mode: mode.as_str(),
+                            definitions: config.definitions.display().to_string(),
+                        })?
+                        .clone(),
+                )),
+            };
             let mut route_clients = HashMap::new();
             let mut route_shadow_clients = HashMap::new();
             for endpoint in std::iter::once(&m.endpoint).chain(m.endpoints.values()) {
@@ -230,6 +253,7 @@ impl<S: FullStore> Core<S> {
                     features,
                     clients: route_clients,
                     shadow_clients: route_shadow_clients,
+                    scores,
                 }),
             );
         }
@@ -259,6 +283,7 @@ impl<S: FullStore> Core<S> {
                 config.rollout.shadow_concurrency,
                 config.rollout.shadow_timeout,
             )),
+            precomputed: Precomputed::default(),
         })
     }
 

@@ -6,14 +6,17 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use feature_store::log::{LoggedOutput, PredictionRecord};
+use feature_store::definitions::ScoringKey;
+use feature_store::log::{LoggedOutput, PredictionRecord, PredictionSource};
 use feature_store::store::FullStore;
 use tracing::Instrument as _;
 
 use super::{Core, PredictInput, Prediction, Route};
 use crate::auth::{Api, Caller};
+use crate::config::PrecomputedMode;
+use crate::enrich::Enriched;
 use crate::error::GatewayError;
-use crate::metrics::Front;
+use crate::metrics::{Front, Lookup};
 use crate::postprocess::Processed;
 use crate::predlog::PredictionLog;
 use crate::rollout::{self, RouteKey, RouteKind, StickyBy};
@@ -165,16 +168,98 @@ impl<S: FullStore> Core<S> {
                 },
             )
         })?;
-        let enriched = self
-            .enricher
-            .enrich(
-                &route.features,
-                &input.keys,
-                &input.request_features,
-                SystemTime::now(),
-            )
-            .instrument(tracing::info_span!("enrich", model = %route.config.name))
-            .await?;
+        let now = SystemTime::now();
+        let mut enriched: Option<Enriched> = None;
+        if let Some(scores) = &route.scores {
+            let found = match &scores.job().key {
+                ScoringKey::Entity if !input.request_features.is_empty() => {
+                    Err(Lookup::RequestFeatures)
+                }
+                ScoringKey::Entity => {
+                    let key = if sticky_entity.is_empty() {
+                        self.enricher.entity_key(&route.features, &input.keys)?
+                    } else {
+                        sticky_entity.clone()
+                    };
+                    self.precomputed
+                        .lookup(
+                            self.enricher.reader(),
+                            scores,
+                            route.slot.number(),
+                            &key,
+                            version,
+                            now,
+                        )
+                        .instrument(tracing::info_span!("precomputed"))
+                        .await
+                        .map(|hit| (hit, key))
+                }
+                ScoringKey::Combination(_) => {
+                    let e = self.enrich(route, input, now).await?;
+                    let key = scores.job().key.of_row(&e.entity_key, &e.row);
+                    let found = self
+                        .precomputed
+                        .lookup(
+                            self.enricher.reader(),
+                            scores,
+                            route.slot.number(),
+                            &key,
+                            version,
+                            now,
+                        )
+                        .instrument(tracing::info_span!("precomputed"))
+                        .await;
+                    let entity = e.entity_key.clone();
+                    enriched = Some(e);
+                    found.map(|hit| (hit, entity))
+                }
+            };
+            self.metrics.precomputed(
+                route.slot,
+                found
+                    .as_ref()
+                    .map_or_else(|reason| *reason, |_| Lookup::Hit),
+            );
+            match found {
+                Ok((hit, entity)) => {
+                    let prediction = Prediction {
+                        prediction_id: uuid::Uuid::now_v7().to_string(),
+                        model: route.config.name.clone(),
+                        model_version: hit.model_version.clone(),
+                        outputs: hit.outputs.clone(),
+                        view_ages: enriched
+                            .as_ref()
+                            .map_or_else(Vec::new, |e| e.view_ages.clone()),
+                        defaulted: enriched
+                            .as_ref()
+                            .map_or_else(Vec::new, |e| e.defaulted.clone()),
+                        row: enriched.map_or_else(Vec::new, |e| e.row),
+                        model_time: Duration::ZERO,
+                        route: kind,
+                        source: PredictionSource::Precomputed {
+                            batch_id: hit.batch_id.to_string(),
+                        },
+                        precomputed_age: Some(hit.age(now)),
+                    };
+                    if let Some(log) = &self.log {
+                        let _log_span = tracing::info_span!("log").entered();
+                        log.record(record(input, &prediction, entity));
+                    }
+                    return Ok(prediction);
+                }
+                Err(reason) if route.config.precomputed == PrecomputedMode::Only => {
+                    return Err(GatewayError::NotPrecomputed {
+                        model: route.config.name.clone(),
+                        reason: reason.as_str(),
+                    });
+                }
+                Err(_) => {}
+            }
+        }
+        let enriched = match enriched {
+            Some(e) => e,
+            None => self.enrich(route, input, now).await?,
+        };
         let left = budget.saturating_sub(started.elapsed());
         let model_deadline = left.min(route.config.timeout);
         let answer = route
@@ -210,40 +295,33 @@ impl<S: FullStore> Core<S> {
             row: enriched.row,
             model_time: answer.elapsed,
             route: kind,
+            source: PredictionSource::Live,
+            precomputed_age: None,
         };
         if let Some(log) = &self.log {
             // Building and queueing the log record is its own stage.
             let _log_span = tracing::info_span!("log").entered();
-            let record = PredictionRecord {
-                prediction_id: prediction.prediction_id.clone(),
-                at: feature_store::store::now_micros(),
-                subject: input.subject.clone(),
-                model: prediction.model.clone(),
-                model_version: prediction.model_version.clone(),
-                route: kind.as_str().to_owned(),
-                entity: enriched.entity_key,
-                inputs: prediction.row.clone(),
-                view_ages_ms: prediction
-                    .view_ages
-                    .iter()
-                    .map(|(v, age)| {
-                        (
-                            v.clone(),
-                            age.map(|a| u64::try_from(a.as_millis()).unwrap_or(u64::MAX)),
-                        )
-                    })
-                    .collect(),
-                defaulted: prediction.defaulted.clone(),
-                outputs: logged(&prediction.outputs),
-                shadow_of: None,
-                model_time_us: Some(micros(prediction.model_time)),
-            };
+            let record = record(input, &prediction, enriched.entity_key);
             if !table.shadows.is_empty() {
                 self.shadow(route, &table.shadows, &record, log);
             }
             log.record(record);
         }
         Ok(prediction)
+    }
+
+    /// The caller's row for `route`'s model.
+    async fn enrich(
+        &self,
+        route: &Route,
+        input: &PredictInput,
+        now: SystemTime,
+    ) -> Result<Enriched, GatewayError> {
+        Ok(self
+            .enricher
+            .enrich(&route.features, &input.keys, &input.request_features, now)
+            .instrument(tracing::info_span!("enrich", model = %route.config.name))
+            .await?)
     }
 
     /// Sends a copy of an answered call's input to each shadow version, on
@@ -316,6 +394,36 @@ impl<S: FullStore> Core<S> {
                 }
             });
         }
+    }
+}
+
+/// The prediction log record of an answer to `input`.
+fn record(input: &PredictInput, prediction: &Prediction, entity: String) -> PredictionRecord {
+    PredictionRecord {
+        prediction_id: prediction.prediction_id.clone(),
+        at: feature_store::store::now_micros(),
+        subject: input.subject.clone(),
+        model: prediction.model.clone(),
+        model_version: prediction.model_version.clone(),
+        route: prediction.route.as_str().to_owned(),
+        entity,
+        inputs: prediction.row.clone(),
+        view_ages_ms: prediction
+            .view_ages
+            .iter()
+            .map(|(v, age)| {
+                (
+                    v.clone(),
+                    age.map(|a| u64::try_from(a.as_millis()).unwrap_or(u64::MAX)),
+                )
+            })
+            .collect(),
+        defaulted: prediction.defaulted.clone(),
+        outputs: logged(&prediction.outputs),
+        shadow_of: None,
+        model_time_us: (prediction.source == PredictionSource::Live)
+            .then(|| micros(prediction.model_time)),
+        source: prediction.source.clone(),
     }
 }
 

@@ -20,6 +20,18 @@ pub enum StartError {
         /// The definitions file.
         definitions: String,
     },
+    /// A model to answer from the prediction store has no scoring job.
+    #[error(
+        "model {model:?} has precomputed = \"{mode}\" but {definitions} declares no [[scoring_job]] for it; declare one or set precomputed = \"off\""
+    )]
+    NoScoringJob {
+        /// The model.
+        model: String,
+        /// The mode asked for.
+        mode: &'static str,
+        /// The definitions file.
+        definitions: String,
+    },
     /// The model-server's metadata does not match what the gateway assembles.
     #[error("model {model:?} on {endpoint}: {detail}")]
     Mismatch {

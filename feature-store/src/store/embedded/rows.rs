@@ -19,8 +19,8 @@ use crate::codec;
 use crate::freshness::StoredRow;
 use crate::store::decode::{self, corrupt};
 use crate::store::{
-    DynamicWrite, EventQuery, EventWrite, RowStore, SchemaReport, StaticKey, StaticWrite,
-    StoreError,
+    DynamicWrite, EventQuery, EventWrite, RowStore, ScanCursor, ScanPage, SchemaReport, StaticKey,
+    StaticScan, StaticWrite, StoreError,
 };
 
 /// The unexpired dynamic values of `entity_key` in `view` at `now` (µs).
@@ -120,6 +120,17 @@ fn static_in(
     )?))
 }
 
+/// The scan part of an entity key: FNV-1a, fixed here so that every
+/// process of a sharded run agrees on it.
+fn part_of(entity: &str, count: u32) -> u32 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in entity.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    u32::try_from(h % u64::from(count.max(1))).unwrap_or(0)
+}
+
 impl RowStore for EmbeddedStore {
     async fn apply_schema(&self) -> Result<SchemaReport, StoreError> {
         self.blocking(tables::apply).await
@@ -127,6 +138,50 @@ impl RowStore for EmbeddedStore {
 
     async fn read_static(&self, key: StaticKey<'_>) -> Result<Option<StoredRow>, StoreError> {
         self.inline(|tx| static_in(tx, key.view, key.batch_id, key.entity_key))
+    }
+
+    async fn scan_static(&self, scan: StaticScan<'_>) -> Result<ScanPage, StoreError> {
+        let prefix = key(&[scan.view.as_bytes(), scan.batch_id.as_bytes()]);
+        let end = prefix_end(&prefix);
+        let limit = scan.limit.max(1);
+        let part = scan.part;
+        // Resume just past the last key of the previous page.
+        let start = scan.after.map_or_else(
+            || prefix.clone(),
+            |c| {
+                let mut k = c.0.clone();
+                k.push(0);
+                k
+            },
+        );
+        let (view, batch_id) = (scan.view, scan.batch_id);
+        self.inline(|tx| {
+            let table = read_table(tx, STATIC)?;
+            let mut page = ScanPage::default();
+            let mut examined = 0usize;
+            let mut last: Option<Vec<u8>> = None;
+            for item in table.range(start.as_slice()..end.as_slice())? {
+                let (k, v) = item?;
+                let k = k.value();
+                examined += 1;
+                let entity = k
+                    .get(prefix.len() + 4..)
+                    .and_then(|rest| std::str::from_utf8(rest).ok())
+                    .ok_or_else(|| corrupt(view, "", "a static key that is not UTF-8"))?;
+                if part_of(entity, part.count) == part.index {
+                    let (micros, blob) = split_i64(v.value())
+                        .ok_or_else(|| corrupt(view, entity, "truncated time"))?;
+                    let row = decode::static_row(view, batch_id, entity, micros, blob)?;
+                    page.rows.push((entity.to_owned(), row));
+                }
+                if examined >= limit {
+                    last = Some(k.to_vec());
+                    break;
+                }
+            }
+            page.next = last.map(ScanCursor);
+            Ok(page)
+        })
     }
 
     async fn write_static(&self, write: StaticWrite<'_>) -> Result<(), StoreError> {

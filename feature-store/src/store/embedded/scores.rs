@@ -1,7 +1,7 @@
 //! Precomputed predictions in the file: (model, batch, key) → JSON entry.
 
 use super::tables::SCORES;
-use super::{EmbeddedStore, key, read_table};
+use super::{EmbeddedStore, key, prefix_end, read_table};
 use crate::store::decode;
 use crate::store::{ScoreEntry, ScoreKey, ScoreStore, ScoreWrite, StoreError};
 
@@ -27,6 +27,21 @@ impl ScoreStore for EmbeddedStore {
                 for (k, v) in &entries {
                     table.insert(k.as_slice(), v.as_slice())?;
                 }
+            }
+            Ok(tx.commit()?)
+        })
+        .await
+    }
+
+    async fn discard_scores(&self, model: &str, batch_id: &str) -> Result<(), StoreError> {
+        let prefix = key(&[model.as_bytes(), batch_id.as_bytes()]);
+        self.blocking(move |db| {
+            Self::check_schema(db)?;
+            let tx = db.begin_write()?;
+            {
+                let mut table = tx.open_table(SCORES)?;
+                let end = prefix_end(&prefix);
+                table.retain_in(prefix.as_slice()..end.as_slice(), |_, _| false)?;
             }
             Ok(tx.commit()?)
         })

@@ -4,9 +4,11 @@
 //! dynamic values carry their event time as the cell's write timestamp.
 
 use std::collections::{BTreeMap, HashMap};
+use std::ops::ControlFlow;
 use std::time::{Duration, SystemTime};
 
 use futures_util::stream::{self, StreamExt, TryStreamExt};
+use scylla::response::PagingState;
 use scylla::statement::batch::{Batch, BatchType};
 
 use super::{ScyllaStore, WRITE_RETRIES, deadline};
@@ -16,13 +18,68 @@ use crate::codec;
 use crate::freshness::StoredRow;
 use crate::store::decode;
 use crate::store::{
-    DynamicWrite, EventQuery, EventWrite, RowStore, SchemaReport, StaticKey, StaticWrite,
-    StoreError,
+    DynamicWrite, EventQuery, EventWrite, RowStore, ScanCursor, ScanPage, ScanPart, SchemaReport,
+    StaticKey, StaticScan, StaticWrite, StoreError,
 };
+
+/// How many token ranges a scan is cut into per process, so that many
+/// ranges are read at once.
+const SCAN_FANOUT: u32 = 32;
+
+/// The inclusive token range of `part`: the Murmur3 token space cut into
+/// `count` equal ranges.
+fn token_range(part: ScanPart) -> (i64, i64) {
+    let count = i128::from(part.count.max(1));
+    let index = i128::from(part.index.min(part.count.saturating_sub(1)));
+    let span = i128::from(i64::MAX) - i128::from(i64::MIN) + 1;
+    let lo = i128::from(i64::MIN) + span * index / count;
+    let hi = i128::from(i64::MIN) + span * (index + 1) / count - 1;
+    let clamp = |t: i128| i64::try_from(t).unwrap_or(if t < 0 { i64::MIN } else { i64::MAX });
+    (clamp(lo), clamp(hi))
+}
 
 impl RowStore for ScyllaStore {
     async fn apply_schema(&self) -> Result<SchemaReport, StoreError> {
         self.create_tables().await
+    }
+
+    async fn scan_static(&self, scan: StaticScan<'_>) -> Result<ScanPage, StoreError> {
+        deadline(self.config.read_timeout, async {
+            let st = self.statements().await?;
+            let mut statement = st.scan_static.clone();
+            statement.set_page_size(i32::try_from(scan.limit.max(1)).unwrap_or(i32::MAX));
+            let paging = scan.after.map_or_else(PagingState::start, |c| {
+                PagingState::new_from_raw_bytes(c.0.as_slice())
+            });
+            let (result, more) = self
+                .session
+                .execute_single_page(&statement, token_range(scan.part), paging)
+                .await?;
+            let rows = result.into_rows_result()?;
+            let mut page = ScanPage::default();
+            for row in rows.rows::<(String, String, String, i64, Vec<u8>)>()? {
+                let (view, entity, batch_id, micros, blob) = row?;
+                // The table holds every view and every kept batch; a token
+                // range cannot be narrowed to one of them.
+                if view != scan.view || batch_id != scan.batch_id {
+                    continue;
+                }
+                let stored = decode::static_row(&view, &batch_id, &entity, micros, &blob)?;
+                page.rows.push((entity, stored));
+            }
+            page.next = match more.into_paging_control_flow() {
+                ControlFlow::Continue(state) => state
+                    .as_bytes_slice()
+                    .map(|bytes| ScanCursor(bytes.to_vec())),
+                ControlFlow::Break(()) => None,
+            };
+            Ok(page)
+        })
+        .await
+    }
+
+    fn scan_fanout(&self) -> u32 {
+        SCAN_FANOUT
     }
 
     async fn read_static(&self, key: StaticKey<'_>) -> Result<Option<StoredRow>, StoreError> {

@@ -20,6 +20,12 @@ impl ScoreStore for ScyllaStore {
         self.execute_each(&st.write_score, rows).await
     }
 
+    async fn discard_scores(&self, _model: &str, _batch_id: &str) -> Result<(), StoreError> {
+        // Entries live in (model, key) partitions: removing one batch would
+        // mean finding its keys; their TTL removes them instead.
+        Ok(())
+    }
+
     async fn read_score(&self, at: ScoreKey<'_>) -> Result<Option<ScoreEntry>, StoreError> {
         deadline(self.config.read_timeout, async {
             let st = self.statements().await?;

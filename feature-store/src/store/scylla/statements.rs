@@ -10,6 +10,7 @@ use crate::store::StoreError;
 /// One prepared statement per query.
 pub(super) struct Statements {
     pub read_static: PreparedStatement,
+    pub scan_static: PreparedStatement,
     pub write_static: PreparedStatement,
     pub read_dynamic: PreparedStatement,
     pub write_dynamic: PreparedStatement,
@@ -73,6 +74,16 @@ impl ScyllaStore {
                             format!(
                                 "SELECT written_at, features FROM {ks}.static_rows \
                                  WHERE view_name = ? AND entity = ? AND batch_id = ?"
+                            ),
+                            true,
+                        )
+                        .await?,
+                    scan_static: self
+                        .prepare(
+                            format!(
+                                "SELECT view_name, entity, batch_id, written_at, features \
+                                 FROM {ks}.static_rows \
+                                 WHERE token(view_name, entity) >= ? AND token(view_name, entity) <= ?"
                             ),
                             true,
                         )
