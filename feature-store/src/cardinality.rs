@@ -77,7 +77,7 @@ pub struct Snapshot {
 }
 
 /// One categorical feature of a run.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FeatureCount {
     /// The feature.
     pub feature: String,
@@ -90,7 +90,7 @@ pub struct FeatureCount {
 }
 
 /// Why a run raised the alarm.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Alarm {
     /// More distinct keys than the hard cap: the batch is not served.
@@ -156,7 +156,13 @@ pub struct Report {
 /// one, so a feature that had no new values last time alarms only when more
 /// than `factor` new values arrive at once.
 pub fn judge(watch: &Watch, previous: Option<&Snapshot>, limits: Cardinality) -> Report {
-    let keys = watch.keys();
+    judge_snapshot(watch.snapshot(), previous, limits)
+}
+
+/// As [`judge`], for what a run saw as a [`Snapshot`] (e.g. the union of a
+/// sharded run's parts).
+pub fn judge_snapshot(seen: Snapshot, previous: Option<&Snapshot>, limits: Cardinality) -> Report {
+    let keys = seen.keys;
     let mut alarms = Vec::new();
     if keys > limits.max_keys {
         alarms.push(Alarm::TooManyKeys {
@@ -164,9 +170,10 @@ pub fn judge(watch: &Watch, previous: Option<&Snapshot>, limits: Cardinality) ->
             max_keys: limits.max_keys,
         });
     }
-    let mut snapshot = watch.snapshot();
-    let mut features = Vec::with_capacity(watch.values.len());
-    for (feature, values) in &watch.values {
+    let mut snapshot = seen;
+    snapshot.new_values.clear();
+    let mut features = Vec::with_capacity(snapshot.values.len());
+    for (feature, values) in &snapshot.values {
         let before = previous.and_then(|p| p.values.get(feature));
         let new = before.map_or(values.len(), |b| values.difference(b).count());
         let new = u64::try_from(new).unwrap_or(u64::MAX);

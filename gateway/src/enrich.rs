@@ -205,6 +205,20 @@ impl<S: FullStore> Enricher<S> {
         now: SystemTime,
     ) -> Result<Enriched, EnrichError> {
         let entity_key = entity_key(self.reader.definitions(), model, keys)?;
+        self.enrich_key(model, entity_key, request, now).await
+    }
+
+    /// As [`Self::enrich`], for an entity key already joined (as stored).
+    ///
+    /// # Errors
+    /// As [`Self::enrich`].
+    pub async fn enrich_key(
+        &self,
+        model: &ModelFeatures,
+        entity_key: String,
+        request: &HashMap<String, WireValue>,
+        now: SystemTime,
+    ) -> Result<Enriched, EnrichError> {
         // Request features first: a bad request never costs a store read.
         let (row, defaulted) = request_columns(model, request)?;
         let views = model_views(model);

@@ -16,6 +16,7 @@ use crate::enrich::EnrichError;
 use crate::model::infer::InferError;
 use crate::rollout::RouteError;
 use crate::rollout::live::RolloutError;
+use crate::scoring::host::StartError;
 
 /// Why a prediction (or another gateway call) failed.
 #[derive(Debug, thiserror::Error)]
@@ -77,6 +78,9 @@ pub enum GatewayError {
         /// Why (`miss`, `stale`, `version`, …).
         reason: &'static str,
     },
+    /// A batch-scoring job failed to start or list.
+    #[error(transparent)]
+    Scoring(#[from] crate::scoring::host::StartError),
     /// No `[[refresh_job]]` of that name is declared.
     #[error(
         "no refresh job {job:?} is declared in the feature definitions; `GET /v1/admin/tuner/jobs` lists them"
@@ -170,6 +174,7 @@ pub const HTTP_CODES: &[(u16, &str)] = &[
     (404, "unknown_version"),
     (400, "routing_refused"),
     (409, "routing_conflict"),
+    (409, "job_running"),
     (500, "routing_damaged"),
 ];
 
@@ -204,6 +209,16 @@ impl GatewayError {
                 (404, tonic::Code::NotFound, "prediction_not_found")
             }
             GatewayError::NotPrecomputed { .. } => (404, tonic::Code::NotFound, "not_precomputed"),
+            GatewayError::Scoring(StartError::UnknownJob { .. }) => {
+                (404, tonic::Code::NotFound, "unknown_job")
+            }
+            GatewayError::Scoring(StartError::Running { .. }) => {
+                (409, tonic::Code::Aborted, "job_running")
+            }
+            GatewayError::Scoring(StartError::Store(e)) if e.is_transient() => {
+                (503, tonic::Code::Unavailable, "feature_store_unavailable")
+            }
+            GatewayError::Scoring(_) => (500, tonic::Code::Internal, "feature_store_error"),
             GatewayError::InvalidArgument(_) | GatewayError::Input(_) | GatewayError::Tuner(_) => {
                 (400, tonic::Code::InvalidArgument, "invalid_argument")
             }
@@ -374,6 +389,10 @@ mod tests {
                 model: s("m"),
                 reason: "miss",
             },
+            GatewayError::Scoring(StartError::Running {
+                job: s("j"),
+                holder: s("h"),
+            }),
             GatewayError::InvalidArgument(s("x")),
             GatewayError::FeatureStore(read(StoreError::Timeout(std::time::Duration::ZERO))),
             GatewayError::FeatureStore(read(StoreError::Backend(s("b")))),

@@ -18,6 +18,8 @@
 //! - [`auth`] (tokens, the access policy, the dev issuer), [`error`] (the
 //!   one error table), [`metrics`] (the gateway's counters), [`config`]
 //!   (the TOML file), [`scheduler`] (the hosted refresh scheduler).
+//! - [`scoring`]: batch scoring into the prediction store, with the live
+//!   path's enrichment, model client and post-processing.
 //!
 //! A request's way: the tower stack admits and times it → the front
 //! authenticates the caller and converts the wire form → [`serve::Core`]
@@ -38,6 +40,7 @@ pub mod postprocess;
 pub mod predlog;
 pub mod rollout;
 pub mod scheduler;
+pub mod scoring;
 pub mod serve;
 pub mod server;
 pub mod state;

@@ -141,7 +141,7 @@ impl Lookup {
 
 /// Every result code a request can end with: `ok` and the error table's
 /// codes, so each counter is an atomic found by index.
-pub const CODES: [&str; 20] = [
+pub const CODES: [&str; 21] = [
     "ok",
     "invalid_argument",
     "unknown_model",
@@ -161,6 +161,7 @@ pub const CODES: [&str; 20] = [
     "permission_denied",
     "routing_refused",
     "routing_conflict",
+    "job_running",
     "routing_damaged",
 ];
 

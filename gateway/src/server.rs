@@ -27,6 +27,8 @@ use crate::config::GatewayConfig;
 use crate::front::grpc::{FeatureGrpc, FeedbackGrpc, PredictionGrpc};
 use crate::front::layers::{GatewayLayer, GrpcReject, RestReject};
 use crate::metrics::{Admission, Front, Metrics, Sampled, StoreFamilies};
+use crate::scoring::host::ScoringHost;
+use crate::scoring::{Scorer, ScoringSettings};
 use crate::serve::Core;
 use crate::state::{AppState, DevIssuerState, MetricsPage};
 
@@ -189,6 +191,14 @@ impl GatewayServer {
                 limit_total: config.server.max_concurrent_requests,
                 dev_issuer,
                 scheduler_poll: config.scheduler.poll(),
+                scoring: Arc::new(ScoringHost::new(
+                    Scorer::new(
+                        Arc::clone(&reader),
+                        &config.models,
+                        ScoringSettings::default(),
+                    ),
+                    feature_store::schedule::SchedulerConfig::for_this_process().holder,
+                )),
             }),
             reader,
             http,
@@ -313,6 +323,10 @@ impl GatewayServer {
             .serve_with_incoming_shutdown(incoming, stop(rx.clone()));
         let scheduler =
             crate::scheduler::spawn(&self.config.scheduler, &self.reader, stop(rx.clone()));
+        let scoring =
+            self.config.scheduler.poll().map(|poll| {
+                tokio::spawn(Arc::clone(&state.scoring).schedule(poll, stop(rx.clone())))
+            });
         tokio::spawn(async move {
             shutdown.await;
             let _ = tx.send(true);
@@ -322,6 +336,9 @@ impl GatewayServer {
             && let Err(e) = scheduler.await
         {
             tracing::error!(error = %e, "the refresh scheduler's task failed");
+        }
+        if let Some(scoring) = scoring {
+            let _ = scoring.await;
         }
         watch.abort();
         key_refresh.abort();

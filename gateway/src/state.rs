@@ -12,6 +12,7 @@ use crate::auth::{Authenticator, Authorizer};
 use crate::metrics::{Metrics, RefreshJobs, Sampled};
 use crate::model::stats::ClientFamilies;
 use crate::rollout::stats::RolloutFamilies;
+use crate::scoring::host::ScoringHost;
 use crate::serve::Core;
 
 /// The dev issuer as served by this gateway.
@@ -56,6 +57,8 @@ pub struct AppState<S> {
     pub dev_issuer: Option<Arc<DevIssuerState>>,
     /// The hosted scheduler's poll interval (None: `[scheduler]` disabled).
     pub scheduler_poll: Option<Duration>,
+    /// Batch-scoring runs started by the admin API or the scheduler.
+    pub scoring: Arc<ScoringHost<S>>,
 }
 
 impl<S> AppState<S> {

@@ -112,6 +112,29 @@ impl ScoringKey {
     }
 }
 
+impl ScoringKey {
+    /// The categorical (unbinned) key features' values in `row`, as their
+    /// key text: what the cardinality watch counts.
+    pub fn categories<'a>(&'a self, row: &[f32]) -> Vec<(&'a str, String)> {
+        let ScoringKey::Combination(features) = self else {
+            return Vec::new();
+        };
+        features
+            .iter()
+            .filter(|f| f.bins.is_none())
+            .map(|f| {
+                let x = row.get(f.column).copied().unwrap_or(f32::NAN);
+                let text = if x.is_nan() {
+                    String::new()
+                } else {
+                    category_text(f.feature_type, x)
+                };
+                (f.name.as_str(), text)
+            })
+            .collect()
+    }
+}
+
 /// A categorical input value as it takes part in a key: integers in
 /// decimal, booleans as `true` / `false`; other types by their shortest
 /// decimal form.

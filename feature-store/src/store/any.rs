@@ -10,8 +10,8 @@ use super::scylla::ScyllaStore;
 use super::{
     BatchRecord, BatchStore, CoordinationStore, CurrentBatch, DynamicWrite, EventQuery, EventWrite,
     Lease, LeaseOutcome, LogStore, LogWindow, RoutingRecord, RoutingStore, RowStore, ScanPage,
-    SchemaReport, ScoreEntry, ScoreKey, ScoreStore, ScoreWrite, StaticKey, StaticScan, StaticWrite,
-    StoreError, TunerStore,
+    SchemaReport, ScoreEntry, ScoreKey, ScoreStore, ScoreWrite, ScoringRunRecord, StaticKey,
+    StaticScan, StaticWrite, StoreError, TunerStore,
 };
 use crate::aggregate::EventRange;
 use crate::freshness::StoredRow;
@@ -137,6 +137,16 @@ impl ScoreStore for AnyStore {
     }
     async fn discard_scores(&self, model: &str, batch_id: &str) -> Result<(), StoreError> {
         dispatch!(self, s => s.discard_scores(model, batch_id))
+    }
+    async fn put_scoring_run(&self, record: &ScoringRunRecord) -> Result<(), StoreError> {
+        dispatch!(self, s => s.put_scoring_run(record))
+    }
+    async fn scoring_runs(
+        &self,
+        job: &str,
+        limit: usize,
+    ) -> Result<Vec<ScoringRunRecord>, StoreError> {
+        dispatch!(self, s => s.scoring_runs(job, limit))
     }
     async fn read_score(&self, at: ScoreKey<'_>) -> Result<Option<ScoreEntry>, StoreError> {
         dispatch!(self, s => s.read_score(at))

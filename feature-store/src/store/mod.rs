@@ -53,7 +53,7 @@ pub use rows::{
     DynamicWrite, EncodedRow, EventQuery, EventWrite, RowStore, ScanCursor, ScanPage, ScanPart,
     SchemaReport, StaticKey, StaticScan, StaticWrite,
 };
-pub use scores::{ScoreEntry, ScoreKey, ScoreStore, ScoreWrite, score_target};
+pub use scores::{ScoreEntry, ScoreKey, ScoreStore, ScoreWrite, ScoringRunRecord, score_target};
 pub use tuning::TunerStore;
 
 /// The store's time unit, re-exported where callers of the store look for it.

@@ -58,6 +58,31 @@ pub fn score_target(model: &str) -> String {
     format!("predictions:{model}")
 }
 
+/// What one scoring run (or one shard of it) saw and decided, kept per job
+/// and batch: the next run judges its cardinality against it, and metrics
+/// and the CLI report its alarms.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ScoringRunRecord {
+    /// The scoring job.
+    pub job: String,
+    /// The batch; a shard's own record is `<batch>/<shard>-of-<count>`.
+    pub batch_id: String,
+    /// The model version scored.
+    pub model_version: String,
+    /// Distinct keys and categorical values, judged against the previous
+    /// run.
+    pub cardinality: crate::cardinality::Snapshot,
+    /// Per categorical key feature: distinct and new values.
+    pub features: Vec<crate::cardinality::FeatureCount>,
+    /// What raised the alarm (empty: nothing).
+    pub alarms: Vec<crate::cardinality::Alarm>,
+    /// Whether the batch was switched to (served).
+    pub switched: bool,
+    /// When the run ended.
+    #[serde(with = "crate::clock::unix_micros")]
+    pub finished_at: SystemTime,
+}
+
 /// Precomputed predictions per model, batch and key.
 pub trait ScoreStore: Send + Sync + 'static {
     /// Writes entries of one batch; rewriting an entry is harmless.
@@ -73,6 +98,19 @@ pub trait ScoreStore: Send + Sync + 'static {
         model: &str,
         batch_id: &str,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Saves the record of a scoring run (or of one shard of it).
+    fn put_scoring_run(
+        &self,
+        record: &ScoringRunRecord,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// The run records of `job`, newest batch first, at most `limit`.
+    fn scoring_runs(
+        &self,
+        job: &str,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<ScoringRunRecord>, StoreError>> + Send;
 
     /// The entry at `at`, if that batch holds one for the key.
     fn read_score(

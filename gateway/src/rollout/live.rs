@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
-use feature_store::store::{FullStore, RoutingRecord, StoreError};
+use feature_store::store::{FullStore, RoutingRecord, RoutingStore, StoreError};
 
 use super::RoutingTable;
 use super::change::{ChangeError, RoutingAction, RoutingChange, RoutingDocument, describe};
@@ -75,6 +75,26 @@ fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// The routing `model` serves now, as stored (`None`: never stored), read
+/// straight from the store by a process that does not serve (a scoring job).
+///
+/// # Errors
+/// [`RolloutError`] when the store fails or holds a damaged document.
+pub async fn stored_table<S: RoutingStore>(
+    store: &S,
+    model: &str,
+) -> Result<Option<RoutingTable>, RolloutError> {
+    let Some(record) = store.get_routing(model).await? else {
+        return Ok(None);
+    };
+    let doc: RoutingDocument =
+        serde_json::from_str(&record.document).map_err(|e| RolloutError::Damaged {
+            model: model.to_owned(),
+            detail: e.to_string(),
+        })?;
+    Ok(Some(doc.current))
 }
 
 impl<S: FullStore> LiveRouting<S> {

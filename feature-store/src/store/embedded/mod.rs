@@ -41,7 +41,7 @@ use super::{BoxError, StoreError, decode};
 use tables::META;
 
 /// The schema version this build writes and reads.
-pub const SCHEMA_VERSION: u32 = 6;
+pub const SCHEMA_VERSION: u32 = 7;
 
 /// How long a read snapshot is shared by the point reads that begin after it
 /// (see the module docs).

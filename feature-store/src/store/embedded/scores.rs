@@ -1,9 +1,11 @@
 //! Precomputed predictions in the file: (model, batch, key) → JSON entry.
 
-use super::tables::SCORES;
+use redb::ReadableDatabase;
+
+use super::tables::{SCORES, SCORING_RUNS};
 use super::{EmbeddedStore, key, prefix_end, read_table};
 use crate::store::decode;
-use crate::store::{ScoreEntry, ScoreKey, ScoreStore, ScoreWrite, StoreError};
+use crate::store::{ScoreEntry, ScoreKey, ScoreStore, ScoreWrite, ScoringRunRecord, StoreError};
 
 impl ScoreStore for EmbeddedStore {
     async fn write_scores(&self, write: ScoreWrite<'_>) -> Result<(), StoreError> {
@@ -44,6 +46,44 @@ impl ScoreStore for EmbeddedStore {
                 table.retain_in(prefix.as_slice()..end.as_slice(), |_, _| false)?;
             }
             Ok(tx.commit()?)
+        })
+        .await
+    }
+
+    async fn put_scoring_run(&self, record: &ScoringRunRecord) -> Result<(), StoreError> {
+        let k = key(&[record.job.as_bytes(), record.batch_id.as_bytes()]);
+        let v = serde_json::to_vec(record)?;
+        self.blocking(move |db| {
+            Self::check_schema(db)?;
+            let tx = db.begin_write()?;
+            tx.open_table(SCORING_RUNS)?
+                .insert(k.as_slice(), v.as_slice())?;
+            Ok(tx.commit()?)
+        })
+        .await
+    }
+
+    async fn scoring_runs(
+        &self,
+        job: &str,
+        limit: usize,
+    ) -> Result<Vec<ScoringRunRecord>, StoreError> {
+        let prefix = key(&[job.as_bytes()]);
+        self.blocking(move |db| {
+            Self::check_schema(db)?;
+            let tx = db.begin_read()?;
+            let table = tx.open_table(SCORING_RUNS)?;
+            let end = prefix_end(&prefix);
+            let mut out = Vec::new();
+            for item in table
+                .range(prefix.as_slice()..end.as_slice())?
+                .rev()
+                .take(limit)
+            {
+                let (_, v) = item?;
+                out.push(decode::json(|| "scoring run record".to_owned(), v.value())?);
+            }
+            Ok(out)
         })
         .await
     }

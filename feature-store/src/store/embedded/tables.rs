@@ -43,6 +43,8 @@ pub(super) const SCHEDULE: TableDefinition<&str, &[u8]> = TableDefinition::new("
 pub(super) const RUN_REQUESTS: TableDefinition<&str, &[u8]> = TableDefinition::new("run_requests");
 /// (model, batch, key) → JSON precomputed prediction.
 pub(super) const SCORES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("scores");
+/// (job, batch) → scoring run record (JSON).
+pub(super) const SCORING_RUNS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("scoring_runs");
 
 /// Creates the tables a file lacks and records this build's schema version.
 pub(super) fn apply(db: &Database) -> CallResult<SchemaReport> {
@@ -122,6 +124,11 @@ pub(super) fn apply(db: &Database) -> CallResult<SchemaReport> {
         tx.open_table(SCORES).map(drop)?;
         if from < 6 {
             applied.push("created table scores".to_owned());
+        }
+        // Version 7: scoring run records.
+        tx.open_table(SCORING_RUNS).map(drop)?;
+        if from < 7 {
+            applied.push("created table scoring_runs".to_owned());
         }
         meta.insert("schema_version", u64::from(SCHEMA_VERSION))?;
     }

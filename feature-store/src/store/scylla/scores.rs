@@ -3,7 +3,7 @@
 
 use super::{ScyllaStore, deadline, ttl_seconds};
 use crate::store::decode;
-use crate::store::{ScoreEntry, ScoreKey, ScoreStore, ScoreWrite, StoreError};
+use crate::store::{ScoreEntry, ScoreKey, ScoreStore, ScoreWrite, ScoringRunRecord, StoreError};
 
 impl ScoreStore for ScyllaStore {
     async fn write_scores(&self, write: ScoreWrite<'_>) -> Result<(), StoreError> {
@@ -24,6 +24,47 @@ impl ScoreStore for ScyllaStore {
         // Entries live in (model, key) partitions: removing one batch would
         // mean finding its keys; their TTL removes them instead.
         Ok(())
+    }
+
+    async fn put_scoring_run(&self, record: &ScoringRunRecord) -> Result<(), StoreError> {
+        let text = serde_json::to_string(record)?;
+        deadline(self.config.write_timeout, async {
+            let st = self.statements().await?;
+            self.session
+                .execute_unpaged(
+                    &st.put_scoring_run,
+                    (record.job.as_str(), record.batch_id.as_str(), text),
+                )
+                .await?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn scoring_runs(
+        &self,
+        job: &str,
+        limit: usize,
+    ) -> Result<Vec<ScoringRunRecord>, StoreError> {
+        deadline(self.config.read_timeout, async {
+            let st = self.statements().await?;
+            let limit = i32::try_from(limit.max(1)).unwrap_or(i32::MAX);
+            let result = self
+                .session
+                .execute_unpaged(&st.scoring_runs, (job, limit))
+                .await?;
+            let rows = result.into_rows_result()?;
+            let mut out = Vec::new();
+            for row in rows.rows::<(String,)>()? {
+                let (text,) = row?;
+                out.push(decode::json(
+                    || format!("scoring run record of job {job}"),
+                    text.as_bytes(),
+                )?);
+            }
+            Ok(out)
+        })
+        .await
     }
 
     async fn read_score(&self, at: ScoreKey<'_>) -> Result<Option<ScoreEntry>, StoreError> {

@@ -40,6 +40,8 @@ pub(super) struct Statements {
     pub put_request: PreparedStatement,
     pub write_score: PreparedStatement,
     pub read_score: PreparedStatement,
+    pub put_scoring_run: PreparedStatement,
+    pub scoring_runs: PreparedStatement,
 }
 
 impl ScyllaStore {
@@ -295,6 +297,22 @@ impl ScyllaStore {
                             format!(
                                 "SELECT entry FROM {ks}.scores \
                                  WHERE model = ? AND key = ? AND batch_id = ?"
+                            ),
+                            true,
+                        )
+                        .await?,
+                    put_scoring_run: self
+                        .prepare(
+                            format!(
+                                "INSERT INTO {ks}.scoring_runs (job, batch_id, record) VALUES (?, ?, ?)"
+                            ),
+                            false,
+                        )
+                        .await?,
+                    scoring_runs: self
+                        .prepare(
+                            format!(
+                                "SELECT record FROM {ks}.scoring_runs WHERE job = ? LIMIT ?"
                             ),
                             true,
                         )

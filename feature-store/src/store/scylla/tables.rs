@@ -123,6 +123,13 @@ impl ScyllaStore {
                 ),
             ),
             (
+                "table scoring_runs".to_owned(),
+                format!(
+                    "CREATE TABLE IF NOT EXISTS {ks}.scoring_runs (job text, batch_id text, \
+                     record text, PRIMARY KEY (job, batch_id)) WITH CLUSTERING ORDER BY (batch_id DESC)"
+                ),
+            ),
+            (
                 format!("schema version {SCHEMA_VERSION}"),
                 format!(
                     "INSERT INTO {ks}.schema_meta (name, version) VALUES ('features', {SCHEMA_VERSION})"
