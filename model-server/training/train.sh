@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
-# Re-train the example `fraud_detector` model and regenerate its ONNX files,
-# config.toml, reference outputs and DATASET.md.  Runnable from any directory.
+# Re-train the example models and regenerate their ONNX files, config.toml,
+# reference outputs and DATASET.md: first `fraud_detector`
+# (train_fraud_model.py), then the batch-scored `customer_risk` and
+# `txn_pattern` (train_batch_models.py, which appends its section to
+# DATASET.md).  Runnable from any directory.
 #
 # The Python environment lives outside the repository, in
 #   ${XDG_CACHE_HOME:-$HOME/.cache}/mlgw/train-venv
 # and is created on first use (set MLGW_TRAIN_VENV to use another path,
 # PYTHON to pick the interpreter that creates it).  Extra arguments are passed
-# on to train_fraud_model.py.
+# on to both scripts (they take the same options).
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -25,7 +28,11 @@ fi
 "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r "$here/requirements.txt"
 
 cd "$repo_root"
-exec "$venv/bin/python" "$here/train_fraud_model.py" \
+"$venv/bin/python" "$here/train_fraud_model.py" \
+    --out-repo model-server/models \
+    --reference-dir model-server/training/reference \
+    "$@"
+exec "$venv/bin/python" "$here/train_batch_models.py" \
     --out-repo model-server/models \
     --reference-dir model-server/training/reference \
     "$@"
