@@ -37,13 +37,14 @@ export RIG_DIR
 # target/debug/<bin>: the tests run private copies of the binaries just built
 # (rig::binary and model-server.sh read these variables).
 mkdir -p "$RIG_DIR/bin"
-for bin in gateway model-server mlgw-features mlgw-admin; do
+for bin in gateway model-server mlgw-features mlgw-admin mlgw-score; do
   cp "$CARGO_TARGET_DIR/debug/$bin" "$RIG_DIR/bin/$bin"
 done
 export MLGW_GATEWAY_BIN="$RIG_DIR/bin/gateway"
 export MLGW_MODEL_SERVER_BIN="$RIG_DIR/bin/model-server"
 export MLGW_MLGW_FEATURES_BIN="$RIG_DIR/bin/mlgw-features"
 export MLGW_MLGW_ADMIN_BIN="$RIG_DIR/bin/mlgw-admin"
+export MLGW_MLGW_SCORE_BIN="$RIG_DIR/bin/mlgw-score"
 cleanup() {
   local rc=$?
   step "stopping the rig"

@@ -161,6 +161,29 @@ pub struct GatewayProcess {
 }
 
 impl GatewayProcess {
+    /// Sends SIGTERM and waits (up to 30 s) for a clean exit: in-flight
+    /// calls answered, the prediction log flushed.
+    ///
+    /// # Errors
+    /// When it cannot be signalled, does not exit in time or exits with
+    /// an error.
+    pub async fn stop(mut self) -> Result<()> {
+        let pid = self.child.id().context("the gateway has already exited")?;
+        let sent = tokio::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .await?;
+        anyhow::ensure!(sent.success(), "kill -TERM {pid} failed");
+        let status = tokio::time::timeout(Duration::from_secs(30), self.child.wait())
+            .await
+            .context("the gateway did not exit within 30 s of SIGTERM")??;
+        anyhow::ensure!(
+            status.success(),
+            "the gateway exited with {status} after SIGTERM"
+        );
+        Ok(())
+    }
+
     /// Starts the gateway on `config` and reads its start-up lines (ports,
     /// dev token) without waiting for readiness.
     ///

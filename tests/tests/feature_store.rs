@@ -917,11 +917,12 @@ async fn a_batch_scan_returns_each_row_once_across_parts_and_pages(f: Fixture) -
     f.store
         .write_static(write("customer_profile", "b-2", &wanted))
         .await?;
+    let (old, other) = (rows("old", 40), rows("x", 40));
     f.store
-        .write_static(write("customer_profile", "b-1", &rows("old", 40)))
+        .write_static(write("customer_profile", "b-1", &old))
         .await?;
     f.store
-        .write_static(write("other_view", "b-2", &rows("x", 40)))
+        .write_static(write("other_view", "b-2", &other))
         .await?;
     let mut seen: Vec<String> = Vec::new();
     let count = 3;

@@ -44,7 +44,9 @@ pub type Shared<S> = State<Arc<AppState<S>>>;
     "request_features": {"amount": 980.0, "is_card_present": false, "hour_of_day": 3}
 }))]
 pub struct PredictBody {
-    /// Entity key columns to values, e.g. `{"customer_id": "c-1"}`.
+    /// Entity key columns to values, e.g. `{"customer_id": "c-1"}`; absent
+    /// for a model that reads no entity's features.
+    #[serde(default)]
     pub entity: HashMap<String, String>,
     /// Request features by name.
     #[serde(default)]

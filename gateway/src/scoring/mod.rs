@@ -775,6 +775,11 @@ impl<S: FullStore> Scorer<S> {
         record.status = BatchStatus::Done;
         self.store().put_batch(record).await?;
         self.store().set_current(record).await?;
+        // A gateway that runs the job serves the batch at once; others
+        // learn it at their next poll of the current batches.
+        if let Err(e) = self.enricher.reader().refresh_current().await {
+            tracing::debug!(job = %spec.name, "current batches not re-read now: {e}");
+        }
         tracing::info!(job = %spec.name, batch = %record.batch_id, rows = record.rows_written, "scoring batch served");
         self.collect_old(spec, &record.view, &record.batch_id).await;
         Ok(RunOutcome::Switched)
