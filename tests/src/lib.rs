@@ -391,6 +391,25 @@ impl TempRepo {
         std::fs::write(dst.join("config.toml"), edit(&config))?;
         Ok(())
     }
+
+    /// Adds the example model `name` with version `from`'s file served as
+    /// each of `versions` (the same answers under several versions).
+    ///
+    /// # Errors
+    /// On I/O errors.
+    pub fn add_model_as(&self, name: &str, from: &str, versions: &[&str]) -> Result<()> {
+        let src = example_repository().join(name);
+        let dst = self.path.join(name);
+        for version in versions {
+            std::fs::create_dir_all(dst.join(version))?;
+            std::fs::copy(
+                src.join(from).join("model.onnx"),
+                dst.join(version).join("model.onnx"),
+            )?;
+        }
+        std::fs::copy(src.join("config.toml"), dst.join("config.toml"))?;
+        Ok(())
+    }
 }
 
 impl Drop for TempRepo {

@@ -35,6 +35,9 @@ struct Setup {
     backend: Backend,
     config: PathBuf,
     definitions: PathBuf,
+    /// The model-server's gRPC endpoint (the rig's, unless a test starts
+    /// its own).
+    endpoint: String,
 }
 
 /// The example definitions with `edit` applied, in `dir`.
@@ -92,6 +95,7 @@ impl Setup {
             dir,
             backend,
             definitions,
+            endpoint: rig_env("MLGW_TEST_MODEL_SERVER_GRPC")?,
         };
         setup.write_config("first")?;
         Ok(setup)
@@ -100,7 +104,7 @@ impl Setup {
     /// The gateway config: the three models, `precomputed` for the two
     /// scored ones.
     fn write_config(&self, precomputed: &str) -> Result<()> {
-        let mut text = config_text(&rig_env("MLGW_TEST_MODEL_SERVER_GRPC")?, DEV_AUTH);
+        let mut text = config_text(&self.endpoint, DEV_AUTH);
         text = text.replace(
             &format!(
                 "definitions = \"{}\"",
@@ -116,7 +120,7 @@ impl Setup {
                 ),
             );
         }
-        let endpoint = rig_env("MLGW_TEST_MODEL_SERVER_GRPC")?;
+        let endpoint = &self.endpoint;
         for model in ["customer_risk", "txn_pattern"] {
             text.push_str(&format!(
                 r#"
@@ -338,6 +342,86 @@ async fn a_killed_run_leaves_the_previous_batch_served(backend: Backend) -> Resu
         s.served_batch("customer_risk").await?.as_deref(),
         again["batch_id"].as_str()
     );
+    Ok(())
+}
+
+/// Entries scored by version 1 are not served once routing makes version 2
+/// stable: those calls go live to version 2 (counted as `version`), until a
+/// run scores version 2.
+async fn another_stable_version_falls_back_live(backend: Backend) -> Result<()> {
+    // A model-server of its own, serving customer_risk as versions 1 and 2.
+    let repo = rig::TempRepo::new()?;
+    repo.add_model_as("customer_risk", "1", &["1", "2"])?;
+    repo.add_model_as("txn_pattern", "1", &["1"])?;
+    repo.add_example_model("fraud_detector", str::to_owned)?;
+    let mut server = rig::ModelServerProcess::start(&repo.path, &[]).await?;
+    server.wait_ready(Duration::from_secs(60)).await?;
+    let mut s = Setup::new("version", backend, 50, |t| t).await?;
+    s.endpoint = server.grpc_url.clone();
+    s.write_config("first")?;
+    let first = s.run_served("customer_risk_daily")?;
+    assert_eq!(first["model_version"], "1");
+
+    let gw = GatewayProcess::start_ready(&s.config).await?;
+    let http = client_with_token(gw.token()?)?;
+    let (_, a) = predict(&gw, &http, "customer_risk", customer("c-1")).await?;
+    assert_eq!(
+        (&a["source"], &a["model_version"]),
+        (&json!("precomputed"), &json!("1")),
+        "{a}"
+    );
+    let r = http
+        .post(format!("{}/v1/admin/models/customer_risk/routing", gw.http))
+        .json(&json!({"action": "set_stable", "version": "2", "reason": "v2 trained"}))
+        .send()
+        .await?;
+    assert_eq!(r.status().as_u16(), 200, "{:?}", r.text().await);
+    let (_, a) = predict(&gw, &http, "customer_risk", customer("c-1")).await?;
+    assert_eq!(
+        (&a["source"], &a["model_version"]),
+        (&json!("live"), &json!("2")),
+        "{a}"
+    );
+    let page = Page::parse(
+        &http
+            .get(format!("{}/metrics", gw.http))
+            .send()
+            .await?
+            .text()
+            .await?,
+    )?;
+    assert_eq!(
+        page.value(
+            "mlgw_precomputed_total",
+            &[("model", "customer_risk"), ("outcome", "version")]
+        ),
+        Some(1.0)
+    );
+    // A run now scores the stable version, 2, inside the gateway.
+    let r = http
+        .post(format!(
+            "{}/v1/admin/scoring/jobs/customer_risk_daily/run",
+            gw.http
+        ))
+        .send()
+        .await?;
+    assert_eq!(r.status().as_u16(), 202, "{:?}", r.text().await);
+    let mut a = Value::Null;
+    for _ in 0..200 {
+        a = predict(&gw, &http, "customer_risk", customer("c-1"))
+            .await?
+            .1;
+        if a["source"] == "precomputed" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        (&a["source"], &a["model_version"]),
+        (&json!("precomputed"), &json!("2")),
+        "{a}"
+    );
+    assert_ne!(a["precomputed"]["batch_id"], first["batch_id"], "{a}");
     Ok(())
 }
 
@@ -596,6 +680,7 @@ macro_rules! both_backends {
 
 both_backends!(
     scored_entities_answer_as_live,
+    another_stable_version_falls_back_live,
     a_killed_run_leaves_the_previous_batch_served,
     logged_combinations_are_scored_and_answered,
     key_files_rejections_and_cardinality_alarms,
