@@ -425,6 +425,72 @@ async fn another_stable_version_falls_back_live(backend: Backend) -> Result<()> 
     Ok(())
 }
 
+/// Shards of one run (as the pods of a Kubernetes Indexed Job) score one
+/// batch together: each its part, the last to finish switches, and every
+/// customer is answered from that batch. On Cassandra they run at once; the
+/// embedded file has one writer at a time, so there they run in turn.
+async fn shards_score_one_batch_together(backend: Backend) -> Result<()> {
+    let s = Setup::new("shards", backend.clone(), 900, |t| t).await?;
+    let shard = |i: u32| -> Result<std::process::Child> {
+        Ok(Command::new(binary("mlgw-score")?)
+            .arg("--config")
+            .arg(&s.config)
+            .args(["run", "customer_risk_daily", "--json", "--run", "nightly-1"])
+            .arg("--shard")
+            .arg(format!("{i}/3"))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?)
+    };
+    let mut reports = Vec::new();
+    let finish = |child: std::process::Child| -> Result<Value> {
+        let out = child.wait_with_output()?;
+        ensure!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(serde_json::from_slice(&out.stdout)?)
+    };
+    if matches!(backend, Backend::Embedded) {
+        for i in 0..3 {
+            reports.push(finish(shard(i)?)?);
+        }
+    } else {
+        let children = (0..3).map(shard).collect::<Result<Vec<_>>>()?;
+        for child in children {
+            reports.push(finish(child)?);
+        }
+    }
+    let batch = reports[0]["batch_id"].as_str().context("batch")?.to_owned();
+    assert!(
+        reports.iter().all(|r| r["batch_id"] == batch.as_str()),
+        "{reports:?}"
+    );
+    let scored: u64 = reports.iter().filter_map(|r| r["scored"].as_u64()).sum();
+    assert_eq!(scored, 900);
+    assert!(
+        reports.iter().all(|r| r["scored"].as_u64() < Some(900)),
+        "{reports:?}"
+    );
+    let served = reports.iter().filter(|r| r["outcome"] == "served").count();
+    assert!(served >= 1, "{reports:?}");
+    assert_eq!(
+        s.served_batch("customer_risk").await?.as_deref(),
+        Some(batch.as_str())
+    );
+    let listed: Value = serde_json::from_slice(&s.score(&["runs", "customer_risk_daily"])?.stdout)?;
+    assert_eq!(listed.as_array().map(Vec::len), Some(1), "{listed}");
+    assert_eq!(listed[0]["rows"], 900, "{listed}");
+    let gw = GatewayProcess::start_ready(&s.config).await?;
+    let http = client_with_token(gw.token()?)?;
+    for id in ["c-0", "c-1", "c-2", "c-898"] {
+        let (_, a) = predict(&gw, &http, "customer_risk", customer(id)).await?;
+        assert_eq!(a["precomputed"]["batch_id"], batch.as_str(), "{a}");
+    }
+    Ok(())
+}
+
 /// The request features of one `txn_pattern` call.
 fn pattern(mcc: i64, country: i64, amount: f64, hour: i64, present: bool) -> Value {
     json!({"request_features": {
@@ -681,6 +747,7 @@ macro_rules! both_backends {
 both_backends!(
     scored_entities_answer_as_live,
     another_stable_version_falls_back_live,
+    shards_score_one_batch_together,
     a_killed_run_leaves_the_previous_batch_served,
     logged_combinations_are_scored_and_answered,
     key_files_rejections_and_cardinality_alarms,
