@@ -736,7 +736,7 @@ async fn dockerfiles_build_real_targets_as_non_root_with_the_manifests_ports() -
 
     let m = Manifests::load().await?;
     let mut seen = BTreeSet::new();
-    for name in ["gateway", "model-server", "mlgw-features"] {
+    for name in ["gateway", "model-server", "mlgw-features", "mlgw-score"] {
         let file = root.join(format!("deploy/docker/{name}.Dockerfile"));
         let text =
             std::fs::read_to_string(&file).with_context(|| format!("read {}", file.display()))?;
@@ -901,7 +901,7 @@ async fn dockerfiles_build_real_targets_as_non_root_with_the_manifests_ports() -
             assert_eq!(cmd_ports, exposed, "model-server: CMD ports vs EXPOSE");
         }
     }
-    assert_eq!(seen.len(), 3, "every image is used by a manifest");
+    assert_eq!(seen.len(), 4, "every image is used by a manifest");
     Ok(())
 }
 
@@ -1393,7 +1393,13 @@ async fn gateway_runs_on_the_configmap_and_jobs_run_against_real_parts() -> Resu
     // shared 2-core machine misses it on a cold first read (seen: 503
     // feature_store_unavailable), as the other Cassandra tests allow 300 ms.
     text = set_toml_line(&text, "read_timeout_ms", "500")?;
-    text = set_toml_line(&text, "endpoint", &format!("\"{}\"", ms.grpc_url))?;
+    // Every model calls the stable model-server Service.
+    let service = "\"http://model-server:8001\"";
+    ensure!(
+        text.matches(service).count() >= 1,
+        "no model calls {service}"
+    );
+    text = text.replace(service, &format!("\"{}\"", ms.grpc_url));
     text = set_toml_line(&text, "\"2\"", &format!("\"{}\"", canary.grpc_url))?;
     text = set_toml_line(&text, "issuer", &format!("\"{issuer}\""))?;
     std::fs::write(&config, text)?;
@@ -1449,6 +1455,75 @@ async fn gateway_runs_on_the_configmap_and_jobs_run_against_real_parts() -> Resu
         age.is_some_and(|a| a >= 0),
         "the refreshed row was used: {body}"
     );
+
+    // The scoring CronJob's Indexed Job: each pod's args with its completion
+    // index and the Job's UID, all at once, against the same store and
+    // model-server; then the gateway answers customer_risk from the batch
+    // they scored together.
+    let scoring = m.named("CronJob", "score-customer-risk")?;
+    let job = &scoring["spec"]["jobTemplate"]["spec"];
+    assert_eq!(job["completionMode"], "Indexed");
+    let completions = job["completions"].as_u64().context("completions")?;
+    let pod = &job["template"]["spec"]["containers"][0];
+    let env_names: Vec<&str> = pod["env"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|e| str_of(&e["name"]))
+        .collect();
+    assert_eq!(env_names, ["SHARD_INDEX", "JOB_UID"]);
+    let mut pods = tokio::task::JoinSet::new();
+    for index in 0..completions {
+        let args: Vec<String> = string_list(&pod["args"])
+            .into_iter()
+            .map(|a| {
+                let a = a
+                    .replace("$(SHARD_INDEX)", &index.to_string())
+                    .replace("$(JOB_UID)", "3f1c2d4e-job-uid");
+                if a.starts_with(&mount) {
+                    root.join(a.trim_start_matches('/')).display().to_string()
+                } else {
+                    a
+                }
+            })
+            .collect();
+        ensure!(
+            args.contains(&format!("{index}/{completions}")),
+            "the shard flag counts the Job's completions: {args:?}"
+        );
+        let mut cmd = tokio::process::Command::new(binary("mlgw-score")?);
+        cmd.args(&args)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default());
+        pods.spawn(async move { run(&mut cmd, Duration::from_secs(120)).await });
+    }
+    while let Some(out) = pods.join_next().await {
+        let out = out??;
+        ensure!(
+            out.status.success(),
+            "a scoring pod failed:\n{}",
+            output_text(&out)
+        );
+    }
+    let http = rig::gateway::client_with_token(&token)?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let body: Value = http
+            .post(format!("{}/v1/models/customer_risk/predict", gw.http))
+            .json(&json!({"entity": {"customer_id": "c-0042"}}))
+            .send()
+            .await?
+            .json()
+            .await?;
+        if body["source"] == "precomputed" {
+            break;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "customer_risk not answered from the scored batch: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 
     // The model-server goes away: the readiness probe fails (the pod leaves
     // the Service) while liveness still passes (it is not restarted).
