@@ -8,7 +8,7 @@
 #   deploy/local/run.sh            # ports: gateway 8080 (REST) / 8081 (gRPC),
 #                                  #        model-server 8000 / 8001
 #
-# Everything it writes is under target/mlgw-demo/. Needs only Rust (cargo).
+# Everything it writes is under target/mlgw-demo/. Needs Rust (cargo) and curl.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -92,6 +92,15 @@ TOKEN="$(sed -n 's/^dev token ([^)]*): //p' "$DEMO/gateway.out" | head -n 1)"
 EXPIRES="$(sed -n 's/^dev token (.*expires \([^)]*\)).*/\1/p' "$DEMO/gateway.out" | head -n 1)"
 echo "$TOKEN" >"$DEMO/dev-token"
 
+echo "==> scoring customer_risk for the 10,000 customers (inside the gateway)"
+curl -sf -X POST localhost:8080/v1/admin/scoring/jobs/customer_risk_daily/run \
+  -H "Authorization: Bearer $TOKEN" >/dev/null || die "the scoring run did not start; see $DEMO/gateway.log"
+for _ in $(seq 1 150); do
+  curl -sf localhost:8080/v1/admin/scoring/jobs/customer_risk_daily/batches -H "Authorization: Bearer $TOKEN" \
+    | grep -q '"served":true' && break
+  sleep 0.2
+done
+
 cat <<TXT
 
 The product is running: gateway REST on 127.0.0.1:8080, gRPC on 127.0.0.1:8081;
@@ -116,6 +125,23 @@ The same over gRPC (reflection is on):
     "hour_of_day": {"int64_value": 3}}}' localhost:8081 gateway.v1.PredictionService/Predict
 
 Without the header both answer 401 / UNAUTHENTICATED.
+
+Precomputed predictions: customer_risk answers from the batch the scoring job
+just wrote ("source": "precomputed", with the batch and its age); an unknown
+customer is computed live:
+
+  curl -s localhost:8080/v1/models/customer_risk/predict -H "Authorization: Bearer $TOKEN" \
+    -H 'content-type: application/json' -d '{"entity": {"customer_id": "c-0042"}}'
+  curl -s localhost:8080/v1/admin/scoring/jobs/customer_risk_daily/batches -H "Authorization: Bearer $TOKEN"
+
+txn_pattern is keyed by the combination of its inputs (amount and hour
+binned): live until its job scores the week's most frequent patterns from the
+prediction log; then any amount in the same bin answers from the store:
+
+  curl -s localhost:8080/v1/models/txn_pattern/predict -H "Authorization: Bearer $TOKEN" \
+    -H 'content-type: application/json' \
+    -d '{"request_features": {"merchant_category": 5411, "merchant_country": 840, "amount": 42.0, "hour_of_day": 9, "is_card_present": true}}'
+  curl -s -X POST localhost:8080/v1/admin/scoring/jobs/txn_pattern_hourly/run -H "Authorization: Bearer $TOKEN"
 
 Rollout: version 1 answers, version 2 runs as a silent shadow. Compare them,
 then try a canary (and roll it back):
