@@ -6,7 +6,9 @@
 #   docker build -f deploy/docker/model-server.Dockerfile \
 #     --build-arg MODEL_VERSIONS=2 -t mlgw/model-server:fraud-v2 .   # the canary
 # MODEL_VERSIONS keeps only those version folders of every model (space-
-# separated); empty keeps them all. The server serves what it finds.
+# separated); a model with none of them is left out of the image (the canary
+# image holds fraud_detector 2 only); empty keeps them all. The server serves
+# what it finds.
 
 ARG RUST_VERSION=1.95
 FROM docker.io/library/rust:${RUST_VERSION}-slim-bookworm AS build
@@ -27,8 +29,9 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
 FROM docker.io/library/debian:bookworm-slim AS models
 ARG MODEL_VERSIONS=""
 COPY model-server/models /models
-# Keep the chosen versions; refuse a build that would leave a model empty
-# (the server would refuse the repository at start anyway).
+# Keep the chosen versions; leave out a model without any of them (an empty
+# model folder would make the server refuse the repository), and refuse a
+# build that keeps no model at all.
 RUN set -eu; \
     if [ -n "$MODEL_VERSIONS" ]; then \
       for model in /models/*/; do \
@@ -36,9 +39,10 @@ RUN set -eu; \
           v="$(basename "$dir")"; \
           case " $MODEL_VERSIONS " in *" $v "*) ;; *) rm -rf "$dir" ;; esac; \
         done; \
-        ls -d "$model"*/ >/dev/null 2>&1 \
-          || { echo "no version of $model is in MODEL_VERSIONS=$MODEL_VERSIONS" >&2; exit 1; }; \
+        ls -d "$model"*/ >/dev/null 2>&1 || rm -rf "$model"; \
       done; \
+      ls -d /models/*/ >/dev/null 2>&1 \
+        || { echo "no model has a version in MODEL_VERSIONS=$MODEL_VERSIONS" >&2; exit 1; }; \
     fi; \
     chmod -R a+rX,go-w /models
 
