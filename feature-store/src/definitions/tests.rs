@@ -934,6 +934,70 @@ fn scoring_jobs_are_read_with_their_keys_sources_and_limits() {
     assert_eq!(defs.scoring_jobs().len(), 2);
 }
 
+/// The key of an assembled row is the combination key of its key features
+/// in key order, binned as declared, categories as their text: what the
+/// gateway computes for a call and the job for a scored row.
+#[test]
+fn a_row_key_bins_as_declared_and_follows_the_key_order() {
+    use crate::combination::{CombinationKey, KeyValue};
+    let defs = parse(&scoring(SCORING_JOBS)).unwrap_or_else(|e| panic!("{e}"));
+    let key = &defs.scoring_job("combinations").expect("declared").key;
+    // Row columns: merchant_category, amount, card_present (the model's
+    // order, which is also the key's here).
+    let at = |mcc: f32, amount: f32, present: f32| key.of_row("", &[mcc, amount, present]);
+    let expected = CombinationKey::of(&[
+        ("merchant_category", KeyValue::Category("5411")),
+        ("amount", KeyValue::Bin(2)),
+        ("card_present", KeyValue::Category("true")),
+    ]);
+    assert_eq!(at(5411.0, 120.0, 1.0), expected.as_str());
+    assert_eq!(
+        at(5411.0, 50.0, 1.0),
+        expected.as_str(),
+        "an edge opens its bin"
+    );
+    assert_ne!(at(5411.0, 49.99, 1.0), expected.as_str());
+    assert_ne!(at(5411.0, 120.0, 0.0), expected.as_str());
+    assert_eq!(
+        at(5411.0, f32::NAN, 1.0),
+        CombinationKey::of(&[
+            ("merchant_category", KeyValue::Category("5411")),
+            ("amount", KeyValue::Missing),
+            ("card_present", KeyValue::Category("true")),
+        ])
+        .as_str()
+    );
+    // The same values in another key order make another key.
+    let reordered = SCORING_JOBS.replacen(
+        "[[scoring_job.key_feature]]\nfeature = \"request.merchant_category\"\n\n",
+        "",
+        1,
+    ) + "\n[[scoring_job.key_feature]]\nfeature = \"request.merchant_category\"\n";
+    let defs = parse(&scoring(&reordered)).unwrap_or_else(|e| panic!("{e}"));
+    let other = &defs.scoring_job("combinations").expect("declared").key;
+    assert_ne!(other.of_row("", &[5411.0, 120.0, 1.0]), expected.as_str());
+    assert_eq!(
+        key.categories(&[5411.0, 120.0, 1.0]),
+        [
+            ("merchant_category", "5411".to_owned()),
+            ("card_present", "true".to_owned())
+        ]
+    );
+    // An entity key is the entity's.
+    let entity = &defs.scoring_job("customers").expect("declared").key;
+    assert_eq!(entity.of_row("c-1", &[]), "c-1");
+}
+
+#[test]
+fn a_model_has_one_scoring_job() {
+    let text = scoring(&format!(
+        "{SCORING_JOBS}\n[[scoring_job]]\nname = \"again\"\nmodel = \"by_customer\"\nkey = \"entity\"\nscore = {{ view = \"profile\" }}\ninterval = \"1d\"\nmax_age = \"1d\"\n"
+    ));
+    let err = parse(&text).expect_err("refused").to_string();
+    assert!(err.contains("scoring_job[2].model"), "{err}");
+    assert!(err.contains("already scored by `scoring_job[0]`"), "{err}");
+}
+
 #[test]
 fn bad_scoring_jobs_are_refused_at_their_key() {
     for (text, key, says) in [
