@@ -481,6 +481,8 @@ fn metrics_page(
     }
     registry.register_collector(Box::new(KeyFamilies(Arc::clone(keys))));
     registry.register_collector(Box::new(rollout.clone()));
+    let scoring = Sampled::new();
+    registry.register_collector(Box::new(scoring.clone()));
     // Stage latencies timed from the request's spans.
     registry.register_collector(telemetry::stages::collector(
         "mlgw_stage_seconds",
@@ -491,5 +493,6 @@ fn metrics_page(
         jobs,
         clients,
         rollout,
+        scoring,
     }
 }

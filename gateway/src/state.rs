@@ -13,6 +13,7 @@ use crate::metrics::{Metrics, RefreshJobs, Sampled};
 use crate::model::stats::ClientFamilies;
 use crate::rollout::stats::RolloutFamilies;
 use crate::scoring::host::ScoringHost;
+use crate::scoring::stats::ScoringFamilies;
 use crate::serve::Core;
 
 /// The dev issuer as served by this gateway.
@@ -35,6 +36,8 @@ pub struct MetricsPage {
     pub clients: Sampled<ClientFamilies>,
     /// The routing per model and the shadow pool's counts.
     pub rollout: Sampled<RolloutFamilies>,
+    /// The scoring jobs' latest runs, read from the store under a deadline.
+    pub scoring: Sampled<ScoringFamilies>,
 }
 
 /// What every handler may use.

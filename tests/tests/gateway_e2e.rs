@@ -508,6 +508,11 @@ const GATEWAY_SERIES: &[(&str, &[&str])] = &[
     ),
     ("mlgw_refresh_last_batch_failed", &["job", "view"]),
     ("mlgw_refresh_next_run_timestamp_seconds", &["job", "view"]),
+    ("mlgw_precomputed_total", &["model", "outcome"]),
+    ("mlgw_scoring_jobs_read", &[]),
+    ("mlgw_scoring_alarm", &["job", "kind"]),
+    ("mlgw_scoring_last_run_refused", &["job"]),
+    ("mlgw_scoring_served_batch_timestamp_seconds", &["job"]),
 ];
 
 /// Series every page of this test's gateway shows (the others appear once
@@ -528,6 +533,8 @@ const ALWAYS: &[&str] = &[
     "mlgw_auth_key_fetches_total",
     "mlgw_shadow_in_flight",
     "mlgw_refresh_jobs_read",
+    "mlgw_scoring_jobs_read",
+    "mlgw_scoring_alarm",
 ];
 
 /// Checks the page's series against [`GATEWAY_SERIES`]: each known, with

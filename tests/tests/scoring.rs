@@ -683,6 +683,39 @@ async fn key_files_rejections_and_cardinality_alarms(backend: Backend) -> Result
             .is_some_and(|a| a.contains("exceed the cap of 12")),
         "{listed}"
     );
+    // The alarm as a gauge an alert rule can watch.
+    let gw = GatewayProcess::start_ready(&s.config).await?;
+    let http = client_with_token(gw.token()?)?;
+    let page = Page::parse(
+        &http
+            .get(format!("{}/metrics", gw.http))
+            .send()
+            .await?
+            .text()
+            .await?,
+    )?;
+    let gauge = |name: &str, labels: &[(&str, &str)]| page.value(name, labels);
+    let job = ("job", "txn_pattern_hourly");
+    assert_eq!(
+        gauge("mlgw_scoring_alarm", &[job, ("kind", "too_many_keys")]),
+        Some(1.0)
+    );
+    // Thirteen new codes are not over 2 × the spike's seven.
+    assert_eq!(
+        gauge("mlgw_scoring_alarm", &[job, ("kind", "new_categories")]),
+        Some(0.0)
+    );
+    assert_eq!(gauge("mlgw_scoring_last_run_refused", &[job]), Some(1.0));
+    assert!(
+        gauge("mlgw_scoring_served_batch_timestamp_seconds", &[job]).is_some_and(|t| t > 1.7e9)
+    );
+    assert_eq!(
+        gauge(
+            "mlgw_scoring_alarm",
+            &[("job", "customer_risk_daily"), ("kind", "too_many_keys")]
+        ),
+        Some(0.0)
+    );
     Ok(())
 }
 

@@ -1,6 +1,6 @@
 //! The `/metrics` page: hands the families read at scrape time (the
-//! refresh jobs from the store, the model clients, the rollout) to their
-//! slots, then encodes the registry built at start.
+//! refresh and scoring jobs from the store, the model clients, the rollout)
+//! to their slots, then encodes the registry built at start.
 
 use std::time::Duration;
 
@@ -9,6 +9,7 @@ use feature_store::store::FullStore;
 use crate::metrics::RefreshJobs;
 use crate::model::stats::ClientFamilies;
 use crate::rollout::stats::RolloutFamilies;
+use crate::scoring::stats::ScoringFamilies;
 use crate::state::AppState;
 
 /// How long a scrape waits for the refresh jobs' state.
@@ -29,8 +30,17 @@ pub async fn render<S: FullStore>(state: &AppState<S>) -> Result<String, std::fm
     .await
     .ok()
     .and_then(Result::ok);
+    let scoring = tokio::time::timeout(
+        STORE_DEADLINE,
+        ScoringFamilies::take(state.scoring.scorer()),
+    )
+    .await
+    .ok()
+    .and_then(Result::ok)
+    .unwrap_or_else(ScoringFamilies::unread);
     let page = &state.page;
     page.jobs.set(RefreshJobs(jobs));
+    page.scoring.set(scoring);
     page.clients
         .set(ClientFamilies::from(&core.model_clients()[..]));
     page.rollout

@@ -14,6 +14,7 @@
 
 pub mod host;
 pub mod source;
+pub mod stats;
 
 use std::collections::HashMap;
 use std::sync::Arc;
