@@ -191,14 +191,11 @@ impl GatewayServer {
                 limit_total: config.server.max_concurrent_requests,
                 dev_issuer,
                 scheduler_poll: config.scheduler.poll(),
-                scoring: Arc::new(ScoringHost::new(
-                    Scorer::new(
-                        Arc::clone(&reader),
-                        &config.models,
-                        ScoringSettings::default(),
-                    ),
-                    feature_store::schedule::SchedulerConfig::for_this_process().holder,
-                )),
+                scoring: Arc::new(ScoringHost::new(Scorer::new(
+                    Arc::clone(&reader),
+                    &config.models,
+                    ScoringSettings::default(),
+                ))),
             }),
             reader,
             http,

@@ -165,6 +165,14 @@ async fn answers_fit_the_document() -> Result<()> {
         let url = format!("{base}{}", example_path(path));
         answers_as_documented(&http, &doc, (method, path, 200), url, body).await?;
     }
+    // A scoring run started here (202), then its batch listed (200).
+    let run = "/v1/admin/scoring/jobs/{job}/run";
+    let url = format!("{base}/v1/admin/scoring/jobs/customer_risk_daily/run");
+    answers_as_documented(&http, &doc, ("post", run, 202), url, None).await?;
+    let batches = "/v1/admin/scoring/jobs/{job}/batches";
+    let url = format!("{base}/v1/admin/scoring/jobs/customer_risk_daily/batches");
+    let listed = answers_as_documented(&http, &doc, ("get", batches, 200), url, None).await?;
+    assert!(listed["batches"].is_array(), "{listed}");
     drop(gw);
 
     // 403: the same token without the admin grant.
@@ -193,7 +201,7 @@ async fn the_router_serves_what_the_document_lists() -> Result<()> {
             .values()
             .map(|p| p.as_object().map_or(0, |o| o.len()))
             .sum::<usize>(),
-        17
+        19
     );
     for (path, item) in paths {
         let url = format!("{}{}", gw.http, example_path(path));

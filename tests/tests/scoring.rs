@@ -14,7 +14,10 @@ use anyhow::{Context, Result, bail, ensure};
 use feature_store::definitions::FeatureDefinitions;
 use feature_store::store::prelude::*;
 use feature_store::store::scylla::ScyllaStore;
-use feature_store::store::{AnyStore, BatchStore, embedded::EmbeddedStore, score_target};
+use feature_store::store::{
+    AnyStore, BatchStore, CoordinationStore, Lease, LeaseOutcome, embedded::EmbeddedStore,
+    score_target,
+};
 use rig::gateway::{DEV_AUTH, GatewayProcess, client_with_token, config_text};
 use rig::metrics::Page;
 use rig::store::{refresh_file, scylla_config};
@@ -297,16 +300,17 @@ async fn a_killed_run_leaves_the_previous_batch_served(backend: Backend) -> Resu
             "run",
             "customer_risk_daily",
             "--batch-rows",
-            "8",
+            "1",
             "--in-flight",
             "1",
         ])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()?;
-    // Let it write a while (40,000 rows in calls of 8 take far longer).
+    // Let it write a while (40,000 rows one call and one write each take
+    // far longer).
     let store_has_part = async {
-        for _ in 0..200 {
+        for _ in 0..40 {
             tokio::time::sleep(Duration::from_millis(50)).await;
             if let Some(status) = child.try_wait()? {
                 bail!("the run ended before it could be killed: {status}");
@@ -336,11 +340,40 @@ async fn a_killed_run_leaves_the_previous_batch_served(backend: Backend) -> Resu
         let (_, a) = predict(&gw, &http, "customer_risk", customer("c-7")).await?;
         assert_eq!(a["precomputed"]["batch_id"], first_batch.as_str(), "{a}");
     }
+    // The killed run still holds the job's lease: another run is refused
+    // until it lapses.
+    let refused = s.score(&["run", "customer_risk_daily"])?;
+    assert_eq!(refused.status.code(), Some(1));
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(said.contains("is going on"), "{said}");
+    // As if the lease had lapsed: taken over an hour later, and given up.
+    {
+        let store = open(&s.backend, &s.dir).await?;
+        let later = std::time::SystemTime::now() + Duration::from_secs(3600);
+        let name = "scoring-job:customer_risk_daily";
+        let taken = store
+            .try_lease(
+                &Lease::new(name, "test", later + Duration::from_secs(60)),
+                later,
+            )
+            .await?;
+        assert_eq!(taken, LeaseOutcome::Acquired);
+        assert!(store.release_lease(name, "test").await?);
+    }
     let again = s.run_served("customer_risk_daily")?;
     assert_eq!(again["scored"], 40_000);
     assert_eq!(
         s.served_batch("customer_risk").await?.as_deref(),
         again["batch_id"].as_str()
+    );
+    // The next run marked the killed run's batch failed (abandoned).
+    let listed: Value = serde_json::from_slice(&s.score(&["runs", "customer_risk_daily"])?.stdout)?;
+    assert_eq!(listed[1]["status"], "failed", "{listed}");
+    assert!(
+        listed[1]["error"]
+            .as_str()
+            .is_some_and(|e| e.starts_with("abandoned")),
+        "{listed}"
     );
     Ok(())
 }
@@ -753,6 +786,56 @@ async fn the_admin_api_runs_a_job_in_the_gateway() -> Result<()> {
     let (_, a) = predict(&gw, &http, "customer_risk", customer("c-3")).await?;
     assert_eq!(a["source"], "precomputed", "{a}");
     assert_eq!(a["precomputed"]["batch_id"], batch["batch_id"], "{a}");
+    Ok(())
+}
+
+/// With `[scheduler]` enabled the gateway scores a job that is due (no
+/// batch yet) by itself, and answers from the batch.
+#[tokio::test]
+async fn the_hosted_scheduler_scores_a_due_job() -> Result<()> {
+    let s = Setup::new("scheduler", Backend::Embedded, 200, |t| t).await?;
+    let mut text = std::fs::read_to_string(&s.config)?;
+    text.push_str("[scheduler]\nenabled = true\npoll = \"1s\"\n");
+    std::fs::write(&s.config, text)?;
+    let gw = GatewayProcess::start_ready(&s.config).await?;
+    let http = client_with_token(gw.token()?)?;
+    let mut a = Value::Null;
+    for _ in 0..300 {
+        a = predict(&gw, &http, "customer_risk", customer("c-9"))
+            .await?
+            .1;
+        if a["source"] == "precomputed" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(a["source"], "precomputed", "{a}");
+    let listed: Value = http
+        .get(format!(
+            "{}/v1/admin/scoring/jobs/customer_risk_daily/batches",
+            gw.http
+        ))
+        .send()
+        .await?
+        .json()
+        .await?;
+    assert_eq!(listed["batches"][0]["rows"], 200, "{listed}");
+    // Not due again within its interval: still one batch a few polls later.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let listed: Value = http
+        .get(format!(
+            "{}/v1/admin/scoring/jobs/customer_risk_daily/batches",
+            gw.http
+        ))
+        .send()
+        .await?
+        .json()
+        .await?;
+    assert_eq!(
+        listed["batches"].as_array().map(Vec::len),
+        Some(1),
+        "{listed}"
+    );
     Ok(())
 }
 

@@ -41,6 +41,7 @@ pub struct BatchList {
 
 /// `?limit=` of the batch list.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListParams {
     /// How many batches (default 10, at most 100).
     pub limit: Option<usize>,

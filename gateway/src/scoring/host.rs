@@ -10,11 +10,14 @@ use std::time::{Duration, SystemTime};
 
 use feature_store::store::{BatchStatus, FullStore, Lease, LeaseOutcome, score_target};
 
-use super::{RunOptions, RunReport, Scorer, ScoringError};
+use super::{RunOptions, Scorer, job_lease};
 
-/// How long a run's job lease lasts before it must be renewed; a crashed
-/// holder's lease lapses after it.
-const JOB_LEASE: Duration = Duration::from_secs(15 * 60);
+/// The lease a start takes until its run takes over.
+const START_LEASE: Duration = Duration::from_secs(60);
+
+/// How long the scheduler waits after a failed (or abandoned) run of a job
+/// before it starts another, at most the job's interval.
+const RETRY_PAUSE: Duration = Duration::from_secs(10 * 60);
 
 /// Why a run cannot start now.
 #[derive(Debug, thiserror::Error)]
@@ -41,24 +44,17 @@ pub enum StartError {
     Store(#[from] feature_store::store::StoreError),
 }
 
-/// The name of the lease a run of `job` holds.
-pub fn job_lease(job: &str) -> String {
-    format!("scoring-job:{job}")
-}
-
 /// Runs scoring jobs on tasks of this process.
 pub struct ScoringHost<S> {
     scorer: Arc<Scorer<S>>,
-    holder: String,
     running: Mutex<HashSet<String>>,
 }
 
 impl<S: FullStore> ScoringHost<S> {
-    /// A host for `scorer`'s runs; `holder` names this process in leases.
-    pub fn new(scorer: Scorer<S>, holder: String) -> Self {
+    /// A host for `scorer`'s runs.
+    pub fn new(scorer: Scorer<S>) -> Self {
         ScoringHost {
             scorer: Arc::new(scorer),
-            holder,
             running: Mutex::new(HashSet::new()),
         }
     }
@@ -91,18 +87,20 @@ impl<S: FullStore> ScoringHost<S> {
             let Ok(mut running) = self.running.lock() else {
                 return Err(StartError::Running {
                     job: job.to_owned(),
-                    holder: self.holder.clone(),
+                    holder: self.scorer.holder().to_owned(),
                 });
             };
             if !running.insert(job.to_owned()) {
                 return Err(StartError::Running {
                     job: job.to_owned(),
-                    holder: self.holder.clone(),
+                    holder: self.scorer.holder().to_owned(),
                 });
             }
         }
+        // Taken here to answer "running" at once; the run renews and
+        // releases it (same holder).
         let now = feature_store::store::now_micros();
-        let lease = Lease::new(&job_lease(job), &self.holder, now + JOB_LEASE);
+        let lease = Lease::new(&job_lease(job), self.scorer.holder(), now + START_LEASE);
         match self.scorer.store().try_lease(&lease, now).await {
             Ok(LeaseOutcome::Acquired) => {}
             Ok(LeaseOutcome::Held(held)) => {
@@ -120,7 +118,7 @@ impl<S: FullStore> ScoringHost<S> {
         let host = Arc::clone(self);
         let job = job.to_owned();
         tokio::spawn(async move {
-            let result = host.run_leased(&job).await;
+            let result = host.scorer.run(&job, &RunOptions::default(), &|_| {}).await;
             match result {
                 Ok(r) => tracing::info!(
                     job = %job, batch = %r.batch_id, rows = r.scored, rejected = r.rejected,
@@ -128,35 +126,9 @@ impl<S: FullStore> ScoringHost<S> {
                 ),
                 Err(e) => tracing::warn!(job = %job, "scoring run failed: {e}"),
             }
-            let _ = host
-                .scorer
-                .store()
-                .release_lease(&job_lease(&job), &host.holder)
-                .await;
             host.done(&job);
         });
         Ok(())
-    }
-
-    /// Runs `job`, renewing its lease while it runs.
-    async fn run_leased(&self, job: &str) -> Result<RunReport, ScoringError> {
-        let renew = async {
-            let mut tick = tokio::time::interval(JOB_LEASE / 3);
-            tick.tick().await;
-            loop {
-                tick.tick().await;
-                let now = feature_store::store::now_micros();
-                let lease = Lease::new(&job_lease(job), &self.holder, now + JOB_LEASE);
-                if let Err(e) = self.scorer.store().try_lease(&lease, now).await {
-                    tracing::warn!(job, "cannot renew the scoring lease: {e}");
-                }
-            }
-        };
-        let options = RunOptions::default();
-        tokio::select! {
-            r = self.scorer.run(job, &options, &|_| {}) => r,
-            () = renew => unreachable_renewal(),
-        }
     }
 
     fn done(&self, job: &str) {
@@ -201,7 +173,10 @@ impl<S: FullStore> ScoringHost<S> {
         }
     }
 
-    /// Whether `job` has no done batch started within its interval.
+    /// Whether `job` is due: no done batch started within its interval, and
+    /// no attempt (done, failed, or still processing here or elsewhere)
+    /// started within the retry pause, so a failing job is retried, not
+    /// hammered.
     async fn is_due(&self, job: &str, model: &str, interval: Duration) -> bool {
         let Ok(batches) = self
             .scorer
@@ -211,18 +186,17 @@ impl<S: FullStore> ScoringHost<S> {
         else {
             return false;
         };
-        let last = batches
-            .iter()
-            .filter(|b| b.job == job && !b.batch_id.contains('/'))
+        let whole = || {
+            batches
+                .iter()
+                .filter(|b| b.job == job && !b.batch_id.contains('/'))
+        };
+        let last_done = whole()
             .find(|b| b.status == BatchStatus::Done)
             .and_then(|b| b.started_at);
-        last.is_none_or(|t| t + interval <= SystemTime::now())
+        let last_attempt = whole().find_map(|b| b.started_at);
+        let now = SystemTime::now();
+        last_done.is_none_or(|t| t + interval <= now)
+            && last_attempt.is_none_or(|t| t + interval.min(RETRY_PAUSE) <= now)
     }
-}
-
-/// The renewal loop never ends by itself.
-fn unreachable_renewal() -> Result<RunReport, ScoringError> {
-    Err(ScoringError::Store(
-        feature_store::store::StoreError::Backend("the lease renewal stopped".to_owned()),
-    ))
 }

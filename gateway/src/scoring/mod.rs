@@ -43,6 +43,9 @@ const KEPT_REJECTIONS: usize = 100;
 /// How long the lease that names a sharded run's batch lasts: longer than
 /// any run, so a late shard still finds the batch of its run.
 const RUN_LEASE: Duration = Duration::from_secs(7 * 24 * 3600);
+/// How long a whole run's job lease lasts before it must be renewed; a
+/// crashed holder's lease lapses after it.
+const JOB_LEASE: Duration = Duration::from_secs(15 * 60);
 /// Batches of a model kept after a switch: the served one and the one
 /// before (entries of older ones are removed where the backend can).
 const KEPT_BATCHES: usize = 2;
@@ -263,6 +266,14 @@ pub enum ScoringError {
         /// The model.
         model: String,
     },
+    /// Another process runs the job now.
+    #[error("a run of scoring job {job:?} is going on ({holder}); wait for it to end")]
+    Running {
+        /// The job.
+        job: String,
+        /// Who runs it.
+        holder: String,
+    },
     /// Shards without a shared run name.
     #[error(
         "a sharded run needs --run NAME, shared by every shard of the run (e.g. the Job's name)"
@@ -299,6 +310,8 @@ pub struct Scorer<S> {
     enricher: Enricher<S>,
     models: HashMap<String, ModelConfig>,
     settings: ScoringSettings,
+    /// This process in leases (host/pid).
+    holder: String,
 }
 
 /// One assembled row to score.
@@ -327,7 +340,13 @@ impl<S: FullStore> Scorer<S> {
             enricher: Enricher::new(reader),
             models: models.iter().map(|m| (m.name.clone(), m.clone())).collect(),
             settings,
+            holder: feature_store::schedule::SchedulerConfig::for_this_process().holder,
         }
+    }
+
+    /// This process as it holds leases.
+    pub fn holder(&self) -> &str {
+        &self.holder
     }
 
     /// The definitions the jobs are declared in.
@@ -399,12 +418,88 @@ impl<S: FullStore> Scorer<S> {
 
     /// Runs `job` once: scores, records and (when complete and within its
     /// limits) switches the model's prediction store to the new batch.
-    /// `progress` is called after every written chunk.
+    /// `progress` is called after every written chunk. A whole (unsharded)
+    /// run holds the job's lease while it runs, and first marks the batches
+    /// of runs that stopped midway (killed, crashed) failed and discards
+    /// what they wrote.
     ///
     /// # Errors
-    /// [`ScoringError`]; the batch is then recorded as failed and never
+    /// [`ScoringError`]: [`ScoringError::Running`] while another process
+    /// runs the job; otherwise the batch is recorded as failed and never
     /// served.
     pub async fn run(
+        &self,
+        job: &str,
+        options: &RunOptions,
+        progress: &(dyn Fn(Progress) + Send + Sync),
+    ) -> Result<RunReport, ScoringError> {
+        if options.shard.is_some_and(|s| s.count > 1) {
+            return self.run_part(job, options, progress).await;
+        }
+        let lease_name = job_lease(job);
+        let lease = |now: SystemTime| Lease::new(&lease_name, &self.holder, now + JOB_LEASE);
+        let now = feature_store::store::now_micros();
+        if let LeaseOutcome::Held(held) = self.store().try_lease(&lease(now), now).await? {
+            return Err(ScoringError::Running {
+                job: job.to_owned(),
+                holder: held.holder,
+            });
+        }
+        let renew = async {
+            let mut tick = tokio::time::interval(JOB_LEASE / 3);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let now = feature_store::store::now_micros();
+                if let Err(e) = self.store().try_lease(&lease(now), now).await {
+                    tracing::warn!(job, "cannot renew the scoring lease: {e}");
+                }
+            }
+        };
+        let result = tokio::select! {
+            r = async {
+                self.reap(job).await?;
+                self.run_part(job, options, progress).await
+            } => r,
+            () = renew => Err(ScoringError::Store(StoreError::Backend("the lease renewal stopped".to_owned()))),
+        };
+        if let Err(e) = self.store().release_lease(&lease_name, &self.holder).await {
+            tracing::debug!(job, "scoring lease not released (it lapses): {e}");
+        }
+        result
+    }
+
+    /// Marks the whole batches of `job` still `processing` (their run
+    /// stopped midway: only the lease holder runs the job) failed, and
+    /// discards what they wrote.
+    async fn reap(&self, job: &str) -> Result<(), ScoringError> {
+        let Some(spec) = self.definitions().scoring_job(job) else {
+            return Ok(());
+        };
+        let target = score_target(&spec.model);
+        for mut b in self.store().list_batches(&target, 256).await? {
+            let abandoned = b.job == job
+                && !b.batch_id.contains('/')
+                && matches!(b.status, BatchStatus::Ingested | BatchStatus::Processing);
+            if !abandoned {
+                continue;
+            }
+            tracing::warn!(job, batch = %b.batch_id, "a scoring run stopped midway; its batch is marked failed and discarded");
+            b.status = BatchStatus::Failed;
+            b.finished_at = Some(feature_store::store::now_micros());
+            b.error = Some(
+                "abandoned: the run that wrote it stopped before finishing (killed or crashed); it was never served and its entries are discarded".to_owned(),
+            );
+            self.store().put_batch(&b).await?;
+            self.store()
+                .discard_scores(&spec.model, &b.batch_id)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// One run of this process's part (the whole job for a whole run).
+    async fn run_part(
         &self,
         job: &str,
         options: &RunOptions,
@@ -896,6 +991,11 @@ impl<S: FullStore> Scorer<S> {
             }
         }
     }
+}
+
+/// The name of the lease a whole run of `job` holds.
+pub fn job_lease(job: &str) -> String {
+    format!("scoring-job:{job}")
 }
 
 /// The batch record of a shard's part (`<batch>/<index>-of-<count>`), or the
