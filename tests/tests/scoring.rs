@@ -209,6 +209,18 @@ async fn predict(
     Ok((r.status().as_u16(), r.json().await?))
 }
 
+/// The gateway's `/metrics` page.
+async fn metrics(gw: &GatewayProcess, http: &reqwest::Client) -> Result<Page> {
+    Page::parse(
+        &http
+            .get(format!("{}/metrics", gw.http))
+            .send()
+            .await?
+            .text()
+            .await?,
+    )
+}
+
 fn customer(id: &str) -> Value {
     json!({"entity": {"customer_id": id}})
 }
@@ -255,14 +267,7 @@ async fn scored_entities_answer_as_live(backend: Backend) -> Result<()> {
         let (status, a) = predict(&gw, &http, "customer_risk", customer("c-new")).await?;
         assert_eq!((status, &a["source"]), (200, &json!("live")), "{a}");
         assert!(a.get("precomputed").is_none(), "{a}");
-        let page = Page::parse(
-            &http
-                .get(format!("{}/metrics", gw.http))
-                .send()
-                .await?
-                .text()
-                .await?,
-        )?;
+        let page = metrics(&gw, &http).await?;
         let count = |outcome: &str| {
             page.value(
                 "mlgw_precomputed_total",
@@ -415,14 +420,7 @@ async fn another_stable_version_falls_back_live(backend: Backend) -> Result<()> 
         (&json!("live"), &json!("2")),
         "{a}"
     );
-    let page = Page::parse(
-        &http
-            .get(format!("{}/metrics", gw.http))
-            .send()
-            .await?
-            .text()
-            .await?,
-    )?;
+    let page = metrics(&gw, &http).await?;
     assert_eq!(
         page.value(
             "mlgw_precomputed_total",
@@ -561,14 +559,7 @@ async fn logged_combinations_are_scored_and_answered(backend: Backend) -> Result
                 live.push(outputs(&a));
             }
         }
-        let page = Page::parse(
-            &http
-                .get(format!("{}/metrics", gw.http))
-                .send()
-                .await?
-                .text()
-                .await?,
-        )?;
+        let page = metrics(&gw, &http).await?;
         assert_eq!(
             page.value(
                 "mlgw_precomputed_total",
@@ -719,14 +710,7 @@ async fn key_files_rejections_and_cardinality_alarms(backend: Backend) -> Result
     // The alarm as a gauge an alert rule can watch.
     let gw = GatewayProcess::start_ready(&s.config).await?;
     let http = client_with_token(gw.token()?)?;
-    let page = Page::parse(
-        &http
-            .get(format!("{}/metrics", gw.http))
-            .send()
-            .await?
-            .text()
-            .await?,
-    )?;
+    let page = metrics(&gw, &http).await?;
     let gauge = |name: &str, labels: &[(&str, &str)]| page.value(name, labels);
     let job = ("job", "txn_pattern_hourly");
     assert_eq!(

@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime};
 
 use feature_store::store::{BatchStatus, FullStore, Lease, LeaseOutcome, score_target};
 
-use super::{RunOptions, Scorer, job_lease};
+use super::{RunOptions, Scorer, ScoringError, job_lease};
 
 /// The lease a start takes until its run takes over.
 const START_LEASE: Duration = Duration::from_secs(60);
@@ -71,17 +71,8 @@ impl<S: FullStore> ScoringHost<S> {
     /// [`StartError`]: an unknown job, or a run of it going on here or
     /// elsewhere.
     pub async fn start(self: &Arc<Self>, job: &str) -> Result<(), StartError> {
-        let defs = self.scorer.definitions();
-        if defs.scoring_job(job).is_none() {
-            return Err(StartError::UnknownJob {
-                job: job.to_owned(),
-                known: defs
-                    .scoring_jobs()
-                    .iter()
-                    .map(|j| j.name.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", "),
-            });
+        if let Err(ScoringError::UnknownJob { job, known }) = self.scorer.spec(job) {
+            return Err(StartError::UnknownJob { job, known });
         }
         {
             let Ok(mut running) = self.running.lock() else {

@@ -354,6 +354,24 @@ impl<S: FullStore> Scorer<S> {
         self.enricher.definitions()
     }
 
+    /// The declared job `job`.
+    ///
+    /// # Errors
+    /// [`ScoringError::UnknownJob`] naming the declared ones.
+    pub fn spec(&self, job: &str) -> Result<&ScoringJobSpec, ScoringError> {
+        let defs = self.definitions();
+        defs.scoring_job(job)
+            .ok_or_else(|| ScoringError::UnknownJob {
+                job: job.to_owned(),
+                known: defs
+                    .scoring_jobs()
+                    .iter()
+                    .map(|j| j.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            })
+    }
+
     /// The store scored into.
     pub fn store(&self) -> &Arc<S> {
         self.enricher.reader().store()
@@ -369,18 +387,7 @@ impl<S: FullStore> Scorer<S> {
         job: &str,
         limit: usize,
     ) -> Result<Vec<BatchSummary>, ScoringError> {
-        let defs = self.definitions();
-        let spec = defs
-            .scoring_job(job)
-            .ok_or_else(|| ScoringError::UnknownJob {
-                job: job.to_owned(),
-                known: defs
-                    .scoring_jobs()
-                    .iter()
-                    .map(|j| j.name.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", "),
-            })?;
+        let spec = self.spec(job)?;
         let target = score_target(&spec.model);
         let store = self.store();
         let batches = store.list_batches(&target, limit.max(1) * 4 + 16).await?;
@@ -507,18 +514,7 @@ impl<S: FullStore> Scorer<S> {
     ) -> Result<RunReport, ScoringError> {
         let started = Instant::now();
         let defs = self.definitions();
-        let spec = defs
-            .scoring_job(job)
-            .ok_or_else(|| ScoringError::UnknownJob {
-                job: job.to_owned(),
-                known: defs
-                    .scoring_jobs()
-                    .iter()
-                    .map(|j| j.name.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", "),
-            })?
-            .clone();
+        let spec = self.spec(job)?.clone();
         let model = defs
             .model(&spec.model)
             .ok_or_else(|| ScoringError::ModelNotConfigured {

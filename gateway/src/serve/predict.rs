@@ -171,48 +171,41 @@ impl<S: FullStore> Core<S> {
         let now = SystemTime::now();
         let mut enriched: Option<Enriched> = None;
         if let Some(scores) = &route.scores {
-            let found = match &scores.job().key {
+            // The key: an entity's before any read; a combination's from
+            // the assembled row (kept for a live answer).
+            let key = match &scores.job().key {
                 ScoringKey::Entity if !input.request_features.is_empty() => {
                     Err(Lookup::RequestFeatures)
                 }
-                ScoringKey::Entity => {
-                    let key = if sticky_entity.is_empty() {
-                        self.enricher.entity_key(&route.features, &input.keys)?
-                    } else {
-                        sticky_entity.clone()
-                    };
-                    self.precomputed
-                        .lookup(
-                            self.enricher.reader(),
-                            scores,
-                            route.slot.number(),
-                            &key,
-                            version,
-                            now,
-                        )
-                        .instrument(tracing::info_span!("precomputed"))
-                        .await
-                        .map(|hit| (hit, key))
+                ScoringKey::Entity if sticky_entity.is_empty() => {
+                    Ok(self.enricher.entity_key(&route.features, &input.keys)?)
                 }
+                ScoringKey::Entity => Ok(sticky_entity.clone()),
                 ScoringKey::Combination(_) => {
                     let e = self.enrich(route, input, now).await?;
                     let key = scores.job().key.of_row(&e.entity_key, &e.row);
-                    let found = self
-                        .precomputed
-                        .lookup(
-                            self.enricher.reader(),
-                            scores,
-                            route.slot.number(),
-                            &key,
-                            version,
-                            now,
-                        )
-                        .instrument(tracing::info_span!("precomputed"))
-                        .await;
-                    let entity = e.entity_key.clone();
                     enriched = Some(e);
-                    found.map(|hit| (hit, entity))
+                    Ok(key)
                 }
+            };
+            let found = match key {
+                Ok(key) => self
+                    .precomputed
+                    .lookup(
+                        self.enricher.reader(),
+                        scores,
+                        route.slot.number(),
+                        &key,
+                        version,
+                        now,
+                    )
+                    .instrument(tracing::info_span!("precomputed"))
+                    .await
+                    .map(|hit| {
+                        let entity = enriched.as_ref().map_or(key, |e| e.entity_key.clone());
+                        (hit, entity)
+                    }),
+                Err(reason) => Err(reason),
             };
             self.metrics.precomputed(
                 route.slot,
