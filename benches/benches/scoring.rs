@@ -269,6 +269,15 @@ async fn run(scratch: PathBuf) -> Result<String> {
         Ok(addr) => Cassandra::outside(addr),
         Err(_) => Cassandra::start(scratch.join("cassandra-rig"))?,
     };
+    let node_note = if node.owned {
+        "one Cassandra 5.0 node started by the bench (tests/rig/cassandra.sh, its default settings)"
+            .to_owned()
+    } else {
+        format!(
+            "the Cassandra node at {} (MLGW_BENCH_CASSANDRA, not started by the bench)",
+            node.addr
+        )
+    };
     let keyspace = format!("bench_scoring_{}", std::process::id());
     {
         let store = benches::cassandra::store(&node.addr, keyspace.clone()).await?;
@@ -304,7 +313,7 @@ async fn run(scratch: PathBuf) -> Result<String> {
     }
     drop(server);
 
-    let report = report(knobs, &runs, &steps)?;
+    let report = report(knobs, &runs, &steps, &node_note)?;
     let dir = workspace_root().join("benches/results");
     std::fs::create_dir_all(&dir)?;
     std::fs::write(dir.join("scoring.md"), &report)?;
@@ -331,7 +340,7 @@ fn range(v: &[f64]) -> String {
     format!("{lo:.0}–{hi:.0}")
 }
 
-fn report(knobs: &Knobs, runs: &[Run], steps: &[Step]) -> Result<String> {
+fn report(knobs: &Knobs, runs: &[Run], steps: &[Step], node: &str) -> Result<String> {
     let mut out = String::new();
     let (cores, cpu) = machine();
     writeln!(out, "# Batch scoring: throughput and precomputed answers\n")?;
@@ -347,7 +356,7 @@ fn report(knobs: &Knobs, runs: &[Run], steps: &[Step]) -> Result<String> {
     )?;
     writeln!(
         out,
-        "Machine: **everything on one {cores}-core machine** ({cpu}): `mlgw-score`, the model-server, the gateway, the load client and (for its rows) one Cassandra 5.0 JVM, release builds over 127.0.0.1.\n"
+        "Machine: **everything on one {cores}-core machine** ({cpu}): `mlgw-score`, the model-server, the gateway, the load client and (for its rows) {node}, release builds over 127.0.0.1.\n"
     )?;
     writeln!(
         out,
