@@ -50,6 +50,7 @@ cleanup() {
   step "stopping the rig"
   tests/rig/model-server.sh stop || true
   tests/rig/oidc.sh stop || true
+  tests/rig/kafka.sh stop || true
   tests/rig/cassandra.sh stop || true
   if [[ $rc -eq 0 ]]; then rm -rf "$RIG_DIR"; else echo "rig state kept in $RIG_DIR"; fi
   if [[ -n "$summary" ]]; then printf '\n%s\n' "$summary"; fi
@@ -60,6 +61,7 @@ trap 'exit 130' INT TERM
 
 step "starting the real parts"
 tests/rig/cassandra.sh start
+tests/rig/kafka.sh start
 tests/rig/oidc.sh start
 MODEL_SERVER_BIN="$MLGW_MODEL_SERVER_BIN" tests/rig/model-server.sh start
 # Python with NVIDIA's tritonclient, for the interoperability test.
@@ -72,6 +74,8 @@ echo "rig: deploy validators ready: $(tr '\n' ' ' <"$RIG_DIR/deploy.env")"
 set -a
 # shellcheck disable=SC1091
 . "$RIG_DIR/cassandra.env"
+# shellcheck disable=SC1091
+. "$RIG_DIR/kafka.env"
 # shellcheck disable=SC1091
 . "$RIG_DIR/oidc.env"
 # shellcheck disable=SC1091

@@ -93,7 +93,7 @@ is_our_kafka() {
   local pid="$1" cmdline
   alive "$pid" || return 1
   cmdline="$(tr '\0' ' ' <"/proc/${pid}/cmdline" 2>/dev/null || true)"
-  [[ "$cmdline" == *" ${MAIN_BROKER} "* && "$cmdline" == *"${RIG_DIR}/conf/server.properties"* ]]
+  [[ "$cmdline" == *" ${MAIN_BROKER} "* && "$cmdline" == *"${RIG_DIR}/kafka-conf/server.properties"* ]]
 }
 
 # The broker's first ERROR/FATAL lines (and the two after each, where the
@@ -231,8 +231,8 @@ pick_ports() {
 }
 
 write_config() {
-  local port="$1" controller_port="$2" conf="${RIG_DIR}/conf"
-  mkdir -p "$conf" "${RIG_DIR}/data" "${RIG_DIR}/tmp"
+  local port="$1" controller_port="$2" conf="${RIG_DIR}/kafka-conf"
+  mkdir -p "$conf" "${RIG_DIR}/kafka-data" "${RIG_DIR}/kafka-tmp"
 
   # Single-node, test-only settings. Anything not named here keeps the
   # broker's built-in default.
@@ -253,7 +253,7 @@ inter.broker.listener.name=PLAINTEXT
 listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
 
 # Data and the KRaft metadata log.
-log.dirs=${RIG_DIR}/data
+log.dirs=${RIG_DIR}/kafka-data
 
 # One broker: every internal topic with one replica.
 num.partitions=1
@@ -329,8 +329,8 @@ broker_flags() {
     -XX:+ExitOnOutOfMemoryError
     -Djava.awt.headless=true
     -Djava.net.preferIPv4Stack=true
-    "-Djava.io.tmpdir=${RIG_DIR}/tmp"
-    "-Dlog4j2.configurationFile=${RIG_DIR}/conf/log4j2.properties"
+    "-Djava.io.tmpdir=${RIG_DIR}/kafka-tmp"
+    "-Dlog4j2.configurationFile=${RIG_DIR}/kafka-conf/log4j2.properties"
     "-Dkafka.logs.dir=${RIG_DIR}"
     # No JMX: com.sun.management.jmxremote is not set (kafka-run-class.sh sets
     # it only with JMX_PORT), so nothing listens on a fixed port.
@@ -345,8 +345,8 @@ tool_flags() {
     -Xmx256m -XX:+UseSerialGC -XX:TieredStopAtLevel=1 -Xshare:auto
     -Djava.awt.headless=true
     -Djava.net.preferIPv4Stack=true
-    "-Djava.io.tmpdir=${RIG_DIR}/tmp"
-    "-Dlog4j2.configurationFile=${RIG_DIR}/conf/tools-log4j2.properties"
+    "-Djava.io.tmpdir=${RIG_DIR}/kafka-tmp"
+    "-Dlog4j2.configurationFile=${RIG_DIR}/kafka-conf/tools-log4j2.properties"
   )
   printf '%s\n' "${flags[@]}"
 }
@@ -379,22 +379,22 @@ while True:
 # Formats the data directory once (a new cluster id, the metadata log with
 # the bootstrap metadata version). Later starts and restarts keep it.
 format_storage() {
-  if [[ -f "${RIG_DIR}/data/meta.properties" ]]; then
+  if [[ -f "${RIG_DIR}/kafka-data/meta.properties" ]]; then
     return 0
   fi
   local cluster_id
   cluster_id="$(random_cluster_id)"
-  echo "rig: formatting ${RIG_DIR}/data for cluster ${cluster_id}" >>"$log"
+  echo "rig: formatting ${RIG_DIR}/kafka-data for cluster ${cluster_id}" >>"$log"
   if ! tool "$MAIN_STORAGE" format --cluster-id "$cluster_id" \
-      --config "${RIG_DIR}/conf/server.properties" >>"$log" 2>&1; then
-    fail "formatting the storage in ${RIG_DIR}/data failed"
+      --config "${RIG_DIR}/kafka-conf/server.properties" >>"$log" 2>&1; then
+    fail "formatting the storage in ${RIG_DIR}/kafka-data failed"
   fi
 }
 
 # The client and controller ports of the broker this RIG_DIR ran before,
 # from its generated config, as "port controller_port".
 previous_ports() {
-  local props="${RIG_DIR}/conf/server.properties" line port controller
+  local props="${RIG_DIR}/kafka-conf/server.properties" line port controller
   [[ -f "$props" ]] || die "nothing to restart: ${props} is missing (run '$0 start' first)"
   line="$(grep -m1 '^listeners=' "$props" || true)"
   port="$(sed -nE 's/.*PLAINTEXT:\/\/127\.0\.0\.1:([0-9]+).*/\1/p' <<<"$line")"
@@ -414,7 +414,7 @@ port_open() {
 probe() {
   local port="$1" out
   out="$(tool "$MAIN_API_VERSIONS" --bootstrap-server "127.0.0.1:${port}" \
-    --command-config "${RIG_DIR}/conf/tools.properties" 2>&1)" || {
+    --command-config "${RIG_DIR}/kafka-conf/tools.properties" 2>&1)" || {
     echo "$out"
     return 1
   }
@@ -463,7 +463,7 @@ start() {
   # there; exec keeps the same PID.
   (
     cd "$RIG_DIR"
-    exec java "${flags[@]}" -cp "${lib}/*" "$MAIN_BROKER" "${RIG_DIR}/conf/server.properties"
+    exec java "${flags[@]}" -cp "${lib}/*" "$MAIN_BROKER" "${RIG_DIR}/kafka-conf/server.properties"
   ) </dev/null >>"$log" 2>&1 &
   local pid=$!
   echo "$pid" >"$pidfile"
@@ -566,7 +566,7 @@ roundtrip() {
   topic="rig-roundtrip-${suffix}"
   group="rig-roundtrip-${suffix}"
   t0="$(now_ms)"
-  local cfg="${RIG_DIR}/conf/tools.properties"
+  local cfg="${RIG_DIR}/kafka-conf/tools.properties"
 
   # rt_fail MESSAGE [OUTPUT]: says what went wrong (with the tool's output),
   # deletes the topic if it got that far, and exits 1.
@@ -607,7 +607,7 @@ roundtrip() {
   # 3. Back out in a consumer group: the consumer commits its offsets when it
   #    stops after the n-th record, or gives up after 30 s without one (and
   #    then also exits 0: what it printed is what is checked).
-  local err="${RIG_DIR}/tmp/roundtrip-consumer.err"
+  local err="${RIG_DIR}/kafka-tmp/roundtrip-consumer.err"
   out="$(tool "$MAIN_CONSUMER" --bootstrap-server "$bootstrap" --topic "$topic" \
     --group "$group" --from-beginning --max-messages "$n" --timeout-ms 30000 \
     --formatter-property print.key=true --formatter-property key.separator=: 2>"$err")" \
