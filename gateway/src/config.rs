@@ -28,6 +28,8 @@ struct RawConfig {
     cache: RawCache,
     #[serde(default)]
     prediction_log: crate::predlog::LogConfig,
+    #[serde(default)]
+    publish: crate::publish::PublishSettings,
     #[serde(rename = "model")]
     models: Vec<RawModel>,
     auth: Option<crate::auth::settings::RawAuth>,
@@ -335,6 +337,8 @@ pub struct GatewayConfig {
     pub cache: ReaderConfig,
     /// The prediction log.
     pub prediction_log: crate::predlog::LogConfig,
+    /// `[publish]`: predictions and feedback sent downstream to Kafka.
+    pub publish: crate::publish::PublishSettings,
     /// The models.
     pub models: Vec<ModelConfig>,
     /// SSO authentication and the access policy.
@@ -427,6 +431,16 @@ impl GatewayConfig {
             return Err(err(
                 "server.max_batch_entities",
                 "must be at least 1".into(),
+            ));
+        }
+        raw.publish
+            .validate()
+            .map_err(|(k, m)| err(&format!("publish.{k}"), m))?;
+        if raw.publish.enabled && !raw.prediction_log.enabled {
+            return Err(err(
+                "publish.enabled",
+                "publishing sends what the prediction log writes: enable [prediction_log] too"
+                    .into(),
             ));
         }
         if raw.prediction_log.buffer == 0 {
@@ -604,6 +618,7 @@ impl GatewayConfig {
             store,
             cache,
             prediction_log: raw.prediction_log,
+            publish: raw.publish,
             scheduler: raw.scheduler,
             models,
             auth,
@@ -639,6 +654,28 @@ mod tests {
             Duration::from_secs(90 * 24 * 3600)
         );
         Ok(())
+    }
+
+    #[test]
+    fn bad_publish_settings_name_the_key() {
+        let text = std::fs::read_to_string(example()).unwrap_or_default();
+        let on = "[publish]\nenabled = true\nbrokers = \"127.0.0.1:9092\"\n";
+        for (section, key) in [
+            ("[publish]\nenabled = true\n", "publish.brokers"),
+            (
+                &*format!("{on}predictions_topic = \"has space\"\n"),
+                "publish.predictions_topic",
+            ),
+            (&*format!("{on}queue_max = 0\n"), "publish.queue_max"),
+        ] {
+            let err = GatewayConfig::parse(&format!("{text}\n{section}"), &example())
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(err.contains(key), "{section:?}: {err}");
+        }
+        let ok = GatewayConfig::parse(&format!("{text}\n{on}"), &example());
+        assert!(ok.is_ok_and(|c| c.publish.enabled));
     }
 
     #[test]

@@ -14,6 +14,7 @@
 //! - [`enrich`] (features from the store and the request), [`model`] (the
 //!   model-server client: [`model::infer`], [`model::coalesce`],
 //!   [`model::h2conn`]), [`postprocess`], [`predlog`] (the prediction log),
+//!   [`publish`] (predictions and feedback published to Kafka),
 //!   [`rollout`] (stable, canary, pilot and shadow versions).
 //! - [`auth`] (tokens, the access policy, the dev issuer), [`error`] (the
 //!   one error table), [`metrics`] (the gateway's counters), [`config`]
@@ -38,6 +39,7 @@ pub mod metrics;
 pub mod model;
 pub mod postprocess;
 pub mod predlog;
+pub mod publish;
 pub mod rollout;
 pub mod scheduler;
 pub mod scoring;

@@ -23,6 +23,8 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use serde::Deserialize;
 use tokio::sync::{Mutex, mpsc, oneshot};
 
+use crate::publish::Publisher;
+
 /// Prediction log settings (`[prediction_log]` in the gateway config).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -158,11 +160,22 @@ pub struct PredictionLog {
 }
 
 impl PredictionLog {
-    /// Starts the writer task on `store`.
-    pub fn start<S: FullStore>(store: Arc<S>, config: &LogConfig) -> Self {
+    /// Starts the writer task on `store`; each batch it writes is handed to
+    /// `publisher` too, when there is one.
+    pub fn start<S: FullStore>(
+        store: Arc<S>,
+        config: &LogConfig,
+        publisher: Option<Arc<Publisher>>,
+    ) -> Self {
         let (tx, rx) = mpsc::channel(config.buffer.max(1));
         let stats = Arc::new(LogStats::default());
-        let writer = tokio::spawn(write_loop(store, rx, Arc::clone(&stats), config.clone()));
+        let writer = tokio::spawn(write_loop(
+            store,
+            rx,
+            Arc::clone(&stats),
+            config.clone(),
+            publisher,
+        ));
         PredictionLog {
             tx,
             stats,
@@ -237,6 +250,7 @@ async fn write_loop<S: FullStore>(
     mut rx: mpsc::Receiver<Message>,
     stats: Arc<LogStats>,
     config: LogConfig,
+    publisher: Option<Arc<Publisher>>,
 ) {
     let limit = config.batch.max(1);
     let mut messages = Vec::with_capacity(limit);
@@ -283,6 +297,11 @@ async fn write_loop<S: FullStore>(
             }
             stats.batches.fetch_add(1, Ordering::Relaxed);
             stats.batch_records.observe(n as f64);
+            // Answered predictions go downstream whether or not the store
+            // took them.
+            if let Some(p) = &publisher {
+                p.predictions(&records);
+            }
             records.clear();
         }
         for w in waiters {
@@ -367,7 +386,7 @@ mod tests {
             buffer: 8,
             ..LogConfig::default()
         };
-        let log = PredictionLog::start(Arc::clone(&store), &config);
+        let log = PredictionLog::start(Arc::clone(&store), &config, None);
         for i in 0..100 {
             log.record(record(i));
         }
@@ -388,7 +407,7 @@ mod tests {
     #[tokio::test]
     async fn close_writes_everything_queued() -> Result<(), StoreError> {
         let (store, dir) = store("close").await?;
-        let log = PredictionLog::start(Arc::clone(&store), &LogConfig::default());
+        let log = PredictionLog::start(Arc::clone(&store), &LogConfig::default(), None);
         for i in 0..2000 {
             log.record(record(i));
         }

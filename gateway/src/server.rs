@@ -476,6 +476,9 @@ fn metrics_page(
     if let Some(log) = core.prediction_log() {
         registry.register_collector(Box::new(log.families()));
     }
+    if let Some(p) = core.publisher() {
+        registry.register_collector(Box::new(p.families()));
+    }
     registry.register_collector(Box::new(KeyFamilies(Arc::clone(keys))));
     registry.register_collector(Box::new(rollout.clone()));
     let scoring = Sampled::new();

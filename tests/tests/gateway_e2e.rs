@@ -509,6 +509,7 @@ const GATEWAY_SERIES: &[(&str, &[&str])] = &[
     ("mlgw_refresh_last_batch_failed", &["job", "view"]),
     ("mlgw_refresh_next_run_timestamp_seconds", &["job", "view"]),
     ("mlgw_precomputed_total", &["model", "outcome"]),
+    ("mlgw_publish_records_total", &["result", "stream"]),
     ("mlgw_scoring_jobs_read", &[]),
     ("mlgw_scoring_alarm", &["job", "kind"]),
     ("mlgw_scoring_last_run_refused", &["job"]),

@@ -85,6 +85,10 @@ impl<S: FullStore> Core<S> {
         store
             .write_feedback(&record, self.log_retention)
             .await
-            .map_err(store_err)
+            .map_err(store_err)?;
+        if let Some(p) = &self.publisher {
+            p.feedback(&record);
+        }
+        Ok(())
     }
 }

@@ -31,6 +31,7 @@ use crate::model::infer::{BreakerConfig, ModelClient};
 use crate::model::stats::ClientStatus;
 use crate::postprocess::Processed;
 use crate::predlog::PredictionLog;
+use crate::publish::Publisher;
 use crate::rollout::RouteKind;
 use crate::rollout::live::LiveRouting;
 use crate::rollout::shadow::ShadowPool;
@@ -186,6 +187,8 @@ pub struct Core<S> {
     routing: LiveRouting<S>,
     shadows: Arc<ShadowPool>,
     precomputed: Precomputed,
+    /// Predictions (through the log) and feedback sent to Kafka.
+    publisher: Option<Arc<Publisher>>,
 }
 
 impl<S: FullStore> Core<S> {
@@ -257,10 +260,16 @@ impl<S: FullStore> Core<S> {
                 }),
             );
         }
+        let publisher = if config.publish.enabled {
+            Some(Arc::new(Publisher::start(&config.publish)?))
+        } else {
+            None
+        };
         let log = config.prediction_log.enabled.then(|| {
             Arc::new(PredictionLog::start(
                 Arc::clone(reader.store()),
                 &config.prediction_log,
+                publisher.clone(),
             ))
         });
         let file: Vec<(String, crate::rollout::RoutingTable)> = config
@@ -284,6 +293,7 @@ impl<S: FullStore> Core<S> {
                 config.rollout.shadow_timeout,
             )),
             precomputed: Precomputed::default(),
+            publisher,
         })
     }
 
@@ -343,10 +353,26 @@ impl<S: FullStore> Core<S> {
     /// shutdown), waiting at most `deadline`. Returns whether everything was
     /// written in time.
     pub async fn close_log(&self, deadline: Duration) -> bool {
-        match &self.log {
+        let logged = match &self.log {
             Some(log) => log.close(deadline).await,
             None => true,
-        }
+        };
+        // What the log handed over last is sent before the process ends.
+        let published = match &self.publisher {
+            Some(p) => {
+                let p = Arc::clone(p);
+                tokio::task::spawn_blocking(move || p.flush(deadline))
+                    .await
+                    .unwrap_or(false)
+            }
+            None => true,
+        };
+        logged && published
+    }
+
+    /// The downstream publisher (None when `[publish]` is off).
+    pub fn publisher(&self) -> Option<&Arc<Publisher>> {
+        self.publisher.as_ref()
     }
 
     /// Whether `model` is configured.

@@ -42,6 +42,9 @@ pub enum StartError {
         /// What differs.
         detail: String,
     },
+    /// The downstream publisher could not be made.
+    #[error(transparent)]
+    Publish(#[from] crate::publish::PublishError),
     /// The model-server could not be asked.
     #[error(transparent)]
     Model(#[from] crate::model::infer::InferError),
