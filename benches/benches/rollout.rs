@@ -51,7 +51,7 @@ use benches::process::{
     gateway_config_with_auth, report_in_scratch,
 };
 use benches::prometheus::{delta, failure_codes, scrape};
-use benches::report::{Series, latency_chart, machine, ms};
+use benches::report::{Series, latency_chart, machine, median, ms, range};
 use gateway::rollout::{Canary, RouteKey, RouteKind, RoutingTable, StickyBy, bucket, choose};
 use rig::{example_repository, workspace_root};
 use serde_json::{Value, json};
@@ -601,33 +601,11 @@ async fn run(scratch: PathBuf) -> Result<String> {
 // ---------------------------------------------------------------------------
 // Report
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.retain(|x| x.is_finite());
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    if !n.is_multiple_of(2) {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
-}
-
 fn of(steps: &[Step], scenario: Scenario, rate: f64) -> Vec<&Step> {
     steps
         .iter()
         .filter(|s| s.scenario == scenario && s.rate == rate)
         .collect()
-}
-
-fn range(v: &[f64]) -> (f64, f64) {
-    let f: Vec<f64> = v.iter().copied().filter(|x| x.is_finite()).collect();
-    (
-        f.iter().copied().fold(f64::INFINITY, f64::min),
-        f.iter().copied().fold(f64::NEG_INFINITY, f64::max),
-    )
 }
 
 fn report(

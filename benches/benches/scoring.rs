@@ -40,7 +40,7 @@ use benches::process::{
     GatewayProcess, GatewaySettings, ModelServer, gateway_config_with_auth, machine_busy_seconds,
     report_in_scratch,
 };
-use benches::report::{commit, machine, markdown_table, ms};
+use benches::report::{commit, machine, markdown_table, median, ms, range};
 use proto::gateway::v1 as gw;
 use rig::{binary, example_repository, workspace_root};
 use serde_json::Value;
@@ -320,23 +320,9 @@ async fn run(scratch: PathBuf) -> Result<String> {
     Ok(report)
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.retain(|x| x.is_finite());
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
-}
-
-fn range(v: &[f64]) -> String {
-    let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
-    let hi = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+/// `lo–hi` of the finite values, no decimals.
+fn range_text(v: &[f64]) -> String {
+    let (lo, hi) = range(v);
     format!("{lo:.0}–{hi:.0}")
 }
 
@@ -378,7 +364,7 @@ fn report(knobs: &Knobs, runs: &[Run], steps: &[Step], node: &str) -> Result<Str
             of.first().map_or(0, |r| r.rows).to_string(),
             format!("{:.2}", median(of.iter().map(|r| r.seconds).collect())),
             format!("{median_rate:.0}"),
-            range(&rate),
+            range_text(&rate),
             format!(
                 "{:.1}",
                 median(of.iter().map(|r| r.core_us_per_row).collect())
@@ -421,12 +407,8 @@ fn report(knobs: &Knobs, runs: &[Run], steps: &[Step], node: &str) -> Result<Str
                 .collect()
         };
         let cell = |v: Vec<f64>| {
-            format!(
-                "{} ({}–{})",
-                ms(median(v.clone())),
-                ms(v.iter().copied().fold(f64::INFINITY, f64::min)),
-                ms(v.iter().copied().fold(f64::NEG_INFINITY, f64::max))
-            )
+            let (lo, hi) = range(&v);
+            format!("{} ({}–{})", ms(median(v)), ms(lo), ms(hi))
         };
         let (hit, live) = (of("precomputed"), of("live"));
         let p99 = |s: &[&Step]| s.iter().map(|x| x.m.p_ms(0.99)).collect::<Vec<_>>();

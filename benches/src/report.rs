@@ -1,10 +1,35 @@
-//! The results files' pieces: numbers in ms ([`ms`]), the machine note
+//! The results files' pieces: medians and ranges of rounds ([`median`],
+//! [`range`]), numbers in ms ([`ms`]), the machine note
 //! ([`machine`]: cores and CPU model), the commit measured ([`commit`]), a
 //! Markdown table ([`markdown_table`]) or row ([`table_row`]), and hand-written SVG line charts of
 //! latency (log scale) against offered rate: [`latency_chart`] (rate on a
 //! linear scale from 0), or [`chart`] in a [`Frame`] of the bench's own.
 
 use std::fmt::Write as _;
+
+/// The median of the finite values (NaN without any).
+pub fn median(mut v: Vec<f64>) -> f64 {
+    v.retain(|x| x.is_finite());
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+/// The smallest and largest finite values (∞, −∞ without any).
+pub fn range(v: &[f64]) -> (f64, f64) {
+    let f = v.iter().copied().filter(|x| x.is_finite());
+    (
+        f.clone().fold(f64::INFINITY, f64::min),
+        f.fold(f64::NEG_INFINITY, f64::max),
+    )
+}
 
 /// `12.34`, or `-` for NaN.
 pub fn ms(v: f64) -> String {

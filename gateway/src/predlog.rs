@@ -11,7 +11,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use feature_store::log::PredictionRecord;
 use feature_store::store::{FullStore, StoreError};
@@ -156,7 +156,8 @@ pub struct PredictionLog {
     tx: mpsc::Sender<Message>,
     stats: Arc<LogStats>,
     writer: Mutex<Option<tokio::task::JoinHandle<()>>>,
-    last_warning: std::sync::Mutex<Option<Instant>>,
+    /// Drop warnings, at most one a second.
+    warnings: telemetry::throttle::Throttle,
 }
 
 impl PredictionLog {
@@ -180,7 +181,7 @@ impl PredictionLog {
             tx,
             stats,
             writer: Mutex::new(Some(writer)),
-            last_warning: std::sync::Mutex::new(None),
+            warnings: telemetry::throttle::Throttle::new(Duration::from_secs(1)),
         }
     }
 
@@ -207,12 +208,7 @@ impl PredictionLog {
                     mpsc::error::TrySendError::Full(_) => "the buffer is full",
                     mpsc::error::TrySendError::Closed(_) => "the log is closed",
                 };
-                let mut last = self
-                    .last_warning
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner);
-                if last.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
-                    *last = Some(Instant::now());
+                if self.warnings.ready() {
                     tracing::warn!(
                         dropped_total = total,
                         "prediction log: a record was not logged because {why}; \

@@ -13,7 +13,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use feature_store::clock::to_micros;
 use feature_store::log::{FeedbackRecord, Outcome, PredictionRecord, PredictionSource};
@@ -181,7 +181,8 @@ pub struct Publisher {
     producer: ThreadedProducer<Counting>,
     settings: PublishSettings,
     stats: Arc<PublishStats>,
-    last_warning: std::sync::Mutex<Option<Instant>>,
+    /// Drop warnings, at most one a second.
+    warnings: telemetry::throttle::Throttle,
 }
 
 impl Publisher {
@@ -210,7 +211,7 @@ impl Publisher {
             producer,
             settings: settings.clone(),
             stats,
-            last_warning: std::sync::Mutex::new(None),
+            warnings: telemetry::throttle::Throttle::new(Duration::from_secs(1)),
         })
     }
 
@@ -294,12 +295,7 @@ impl Publisher {
                 }
                 other => other.to_string(),
             };
-            let mut last = self
-                .last_warning
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            if last.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
-                *last = Some(Instant::now());
+            if self.warnings.ready() {
                 tracing::warn!(
                     stream = stream.as_str(),
                     dropped_total = total,

@@ -14,6 +14,7 @@ pub mod fields;
 pub mod prom;
 pub mod shutdown;
 pub mod stages;
+pub mod throttle;
 
 pub use shutdown::shutdown_signal;
 

@@ -209,6 +209,20 @@ async fn predict(
     Ok((r.status().as_u16(), r.json().await?))
 }
 
+/// The answer for `customer_risk` of `id` once it comes from the store
+/// (a run just ended; the gateway may learn the batch at its next poll),
+/// or the last answer after 15 s.
+async fn until_precomputed(gw: &GatewayProcess, http: &reqwest::Client, id: &str) -> Result<Value> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let a = predict(gw, http, "customer_risk", customer(id)).await?.1;
+        if a["source"] == "precomputed" || tokio::time::Instant::now() > deadline {
+            return Ok(a);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// The gateway's `/metrics` page.
 async fn metrics(gw: &GatewayProcess, http: &reqwest::Client) -> Result<Page> {
     Page::parse(
@@ -437,16 +451,7 @@ async fn another_stable_version_falls_back_live(backend: Backend) -> Result<()> 
         .send()
         .await?;
     assert_eq!(r.status().as_u16(), 202, "{:?}", r.text().await);
-    let mut a = Value::Null;
-    for _ in 0..200 {
-        a = predict(&gw, &http, "customer_risk", customer("c-1"))
-            .await?
-            .1;
-        if a["source"] == "precomputed" {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let a = until_precomputed(&gw, &http, "c-1").await?;
     assert_eq!(
         (&a["source"], &a["model_version"]),
         (&json!("precomputed"), &json!("2")),
@@ -783,16 +788,7 @@ async fn the_hosted_scheduler_scores_a_due_job() -> Result<()> {
     std::fs::write(&s.config, text)?;
     let gw = GatewayProcess::start_ready(&s.config).await?;
     let http = client_with_token(gw.token()?)?;
-    let mut a = Value::Null;
-    for _ in 0..300 {
-        a = predict(&gw, &http, "customer_risk", customer("c-9"))
-            .await?
-            .1;
-        if a["source"] == "precomputed" {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let a = until_precomputed(&gw, &http, "c-9").await?;
     assert_eq!(a["source"], "precomputed", "{a}");
     let listed: Value = http
         .get(format!(

@@ -83,6 +83,16 @@ pub struct ScoringRunRecord {
     pub finished_at: SystemTime,
 }
 
+impl std::fmt::Display for ScoreKey<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "precomputed prediction {}/{}/{}",
+            self.model, self.batch_id, self.key
+        )
+    }
+}
+
 /// Precomputed predictions per model, batch and key.
 pub trait ScoreStore: Send + Sync + 'static {
     /// Writes entries of one batch; rewriting an entry is harmless.

@@ -299,6 +299,9 @@ pub enum ScoringError {
     /// The feature store failed.
     #[error("feature store: {0}")]
     Store(#[from] StoreError),
+    /// Post-processed outputs could not be encoded for the store.
+    #[error("encoding outputs: {0}")]
+    Encode(#[from] serde_json::Error),
     /// Features could not be read for a row.
     #[error("reading features: {0}")]
     Read(#[from] feature_store::reader::ReadError),
@@ -727,11 +730,7 @@ impl<S: FullStore> Scorer<S> {
                                     model: spec.model.clone(),
                                     detail,
                                 })?;
-                        let outputs = serde_json::to_string(&outputs).map_err(|e| {
-                            ScoringError::Store(StoreError::Backend(format!(
-                                "cannot encode outputs: {e}"
-                            )))
-                        })?;
+                        let outputs = serde_json::to_string(&outputs)?;
                         entries.push(ScoreEntry {
                             key: item.key.clone(),
                             model_version: answer.model_version.clone(),
@@ -903,14 +902,15 @@ impl<S: FullStore> Scorer<S> {
                 finished_at: feature_store::store::now_micros(),
             })
             .await?;
-        // Parts of this batch, as recorded by every shard.
+        // Parts of this batch, as recorded by every shard (see `part_id`).
+        let parts_prefix = format!("{batch_id}/");
         let listed = self
             .store()
             .list_batches(&record.view, 4 * shard.count as usize + 64)
             .await?;
         let parts: Vec<&BatchRecord> = listed
             .iter()
-            .filter(|b| b.batch_id.starts_with(&format!("{batch_id}/")))
+            .filter(|b| b.batch_id.starts_with(&parts_prefix))
             .collect();
         if let Some(failed) = parts.iter().find(|b| b.status == BatchStatus::Failed) {
             return Ok(RunOutcome::ShardFailed {
@@ -939,7 +939,7 @@ impl<S: FullStore> Scorer<S> {
         let mut whole = Snapshot::default();
         for part in runs
             .iter()
-            .filter(|r| r.batch_id.starts_with(&format!("{batch_id}/")))
+            .filter(|r| r.batch_id.starts_with(&parts_prefix))
         {
             whole.keys += part.cardinality.keys;
             for (feature, values) in &part.cardinality.values {

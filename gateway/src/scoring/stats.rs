@@ -40,13 +40,16 @@ impl ScoringFamilies {
         ScoringFamilies(None)
     }
 
-    /// Every declared job's latest run and served batch.
+    /// Every declared job's latest run (read from the store) and served
+    /// batch.
     ///
     /// # Errors
     /// The store's failure.
     pub async fn take<S: FullStore>(scorer: &Scorer<S>) -> Result<Self, StoreError> {
         let store = scorer.store();
-        let current = store.current_batches().await?;
+        // The served batches as this gateway's reader knows them (it polls
+        // them anyway): no store read for them here.
+        let reader = scorer.enricher.reader();
         let mut jobs = Vec::new();
         for spec in scorer.definitions().scoring_jobs() {
             let runs = store.scoring_runs(&spec.name, 16).await?;
@@ -63,8 +66,8 @@ impl ScoringFamilies {
                         .collect()
                 }),
                 refused: last.is_some_and(|r| !r.switched),
-                served_at: current
-                    .get(&score_target(&spec.model))
+                served_at: reader
+                    .current_batch(&score_target(&spec.model))
                     .map(|b| b.written_at),
             });
         }

@@ -100,12 +100,7 @@ impl ScoreStore for EmbeddedStore {
             let Some(v) = table.get(k.as_slice())? else {
                 return Ok(None);
             };
-            let what = || {
-                format!(
-                    "precomputed prediction {}/{}/{}",
-                    at.model, at.batch_id, at.key
-                )
-            };
+            let what = || at.to_string();
             Ok(Some(decode::json(what, v.value())?))
         })
     }

@@ -78,12 +78,7 @@ impl ScoreStore for ScyllaStore {
             let Some((entry,)) = rows.maybe_first_row::<(String,)>()? else {
                 return Ok(None);
             };
-            let what = || {
-                format!(
-                    "precomputed prediction {}/{}/{}",
-                    at.model, at.batch_id, at.key
-                )
-            };
+            let what = || at.to_string();
             Ok(Some(decode::json(what, entry.as_bytes())?))
         })
         .await
