@@ -9,9 +9,10 @@ use super::embedded::EmbeddedStore;
 use super::scylla::ScyllaStore;
 use super::{
     BatchRecord, BatchStore, CoordinationStore, CurrentBatch, DynamicWrite, EventQuery, EventWrite,
-    Lease, LeaseOutcome, LogStore, LogWindow, RoutingRecord, RoutingStore, RowStore, ScanPage,
-    SchemaReport, ScoreEntry, ScoreKey, ScoreStore, ScoreWrite, ScoringRunRecord, StaticKey,
-    StaticScan, StaticWrite, StoreError, TunerStore,
+    IdempotencyClaim, Lease, LeaseOutcome, LogStore, LogWindow, RequestRecord, RequestStore,
+    RoutingRecord, RoutingStore, RowStore, ScanPage, SchemaReport, ScoreEntry, ScoreKey,
+    ScoreStore, ScoreWrite, ScoringRunRecord, StaticKey, StaticScan, StaticWrite, StoreError,
+    TunerStore,
 };
 use crate::aggregate::EventRange;
 use crate::freshness::StoredRow;
@@ -150,6 +151,21 @@ impl ScoreStore for AnyStore {
     }
     async fn read_score(&self, at: ScoreKey<'_>) -> Result<Option<ScoreEntry>, StoreError> {
         dispatch!(self, s => s.read_score(at))
+    }
+}
+
+impl RequestStore for AnyStore {
+    async fn put_requests(&self, records: &[RequestRecord]) -> Result<(), StoreError> {
+        dispatch!(self, s => s.put_requests(records))
+    }
+    async fn get_request(&self, id: &str) -> Result<Option<RequestRecord>, StoreError> {
+        dispatch!(self, s => s.get_request(id))
+    }
+    async fn claim_idempotency(
+        &self,
+        claim: IdempotencyClaim<'_>,
+    ) -> Result<Option<String>, StoreError> {
+        dispatch!(self, s => s.claim_idempotency(claim))
     }
 }
 

@@ -23,6 +23,8 @@
 //! - [`TunerStore`] (`tuning`): the refresh tuner's state per job.
 //! - [`ScoreStore`] (`scores`): precomputed predictions per model, scoring
 //!   batch and key.
+//! - [`RequestStore`] (`requests`): asynchronous prediction requests and
+//!   their results by request ID, and idempotency keys claimed once.
 //!
 //! [`FullStore`] is every concern at once, for code that needs them all
 //! (the gateway, the scheduler). [`scylla::ScyllaStore`] is the production
@@ -37,6 +39,7 @@ mod decode;
 pub mod embedded;
 mod error;
 mod predictions;
+mod requests;
 mod routing;
 mod rows;
 mod scores;
@@ -48,6 +51,7 @@ pub use batches::{BatchRecord, BatchStatus, BatchStore, CurrentBatch};
 pub use coordination::{CoordinationStore, Lease, LeaseOutcome};
 pub use error::{BoxError, StoreError};
 pub use predictions::{LogStore, LogWindow};
+pub use requests::{IdempotencyClaim, RequestRecord, RequestState, RequestStore, TopicPosition};
 pub use routing::{RoutingRecord, RoutingStore};
 pub use rows::{
     DynamicWrite, EncodedRow, EventQuery, EventWrite, RowStore, ScanCursor, ScanPage, ScanPart,
@@ -62,7 +66,14 @@ pub use crate::clock::{from_micros, now_micros, to_micros};
 /// Every concern's trait at once, for code that uses them all. It has no
 /// methods of its own: any type implementing every concern is one.
 pub trait FullStore:
-    RowStore + BatchStore + LogStore + CoordinationStore + RoutingStore + TunerStore + ScoreStore
+    RowStore
+    + BatchStore
+    + LogStore
+    + CoordinationStore
+    + RoutingStore
+    + TunerStore
+    + ScoreStore
+    + RequestStore
 {
 }
 
@@ -74,6 +85,7 @@ impl<T> FullStore for T where
         + RoutingStore
         + TunerStore
         + ScoreStore
+        + RequestStore
 {
 }
 
@@ -82,7 +94,7 @@ impl<T> FullStore for T where
 /// ([`AnyStore`], a backend) call any store method.
 pub mod prelude {
     pub use super::{
-        BatchStore as _, CoordinationStore as _, LogStore as _, RoutingStore as _, RowStore as _,
-        ScoreStore as _, TunerStore as _,
+        BatchStore as _, CoordinationStore as _, LogStore as _, RequestStore as _,
+        RoutingStore as _, RowStore as _, ScoreStore as _, TunerStore as _,
     };
 }

@@ -24,6 +24,7 @@
 mod batches;
 mod coordination;
 mod predictions;
+mod requests;
 mod routing;
 mod rows;
 mod scores;
@@ -41,7 +42,7 @@ use super::{BoxError, StoreError, decode};
 use tables::META;
 
 /// The schema version this build writes and reads.
-pub const SCHEMA_VERSION: u32 = 7;
+pub const SCHEMA_VERSION: u32 = 8;
 
 /// How long a read snapshot is shared by the point reads that begin after it
 /// (see the module docs).

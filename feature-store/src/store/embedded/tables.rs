@@ -46,6 +46,16 @@ pub(super) const SCORES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("s
 /// (job, batch) → scoring run record (JSON).
 pub(super) const SCORING_RUNS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("scoring_runs");
 
+/// request ID → asynchronous request record (`RequestRecord::to_bytes`).
+pub(super) const REQUESTS: TableDefinition<&str, &[u8]> = TableDefinition::new("async_requests");
+/// scoped idempotency key → expiry (i64 µs LE) + request ID.
+pub(super) const IDEMPOTENCY: TableDefinition<&str, &[u8]> =
+    TableDefinition::new("async_idempotency");
+/// expiry (8 bytes, ordered) + table tag (`r` requests, `i` idempotency) +
+/// key → nothing: which requests and keys to remove first.
+pub(super) const REQUEST_EXPIRY: TableDefinition<&[u8], &[u8]> =
+    TableDefinition::new("async_expiry");
+
 /// Creates the tables a file lacks and records this build's schema version.
 pub(super) fn apply(db: &Database) -> CallResult<SchemaReport> {
     let tx = db.begin_write()?;
@@ -129,6 +139,17 @@ pub(super) fn apply(db: &Database) -> CallResult<SchemaReport> {
         tx.open_table(SCORING_RUNS).map(drop)?;
         if from < 7 {
             applied.push("created table scoring_runs".to_owned());
+        }
+        // Version 8: asynchronous requests and idempotency keys.
+        for (name, open) in [
+            ("async_requests", tx.open_table(REQUESTS).map(drop)),
+            ("async_idempotency", tx.open_table(IDEMPOTENCY).map(drop)),
+            ("async_expiry", tx.open_table(REQUEST_EXPIRY).map(drop)),
+        ] {
+            open?;
+            if from < 8 {
+                applied.push(format!("created table {name}"));
+            }
         }
         meta.insert("schema_version", u64::from(SCHEMA_VERSION))?;
     }

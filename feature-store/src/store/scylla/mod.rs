@@ -46,6 +46,7 @@ mod batches;
 mod coordination;
 mod errors;
 mod predictions;
+mod requests;
 mod routing;
 mod rows;
 mod scores;
@@ -68,7 +69,7 @@ use errors::{ConnectError, PrepareFailed};
 use statements::Statements;
 
 /// The schema version this build writes and reads.
-pub const SCHEMA_VERSION: u32 = 7;
+pub const SCHEMA_VERSION: u32 = 8;
 
 /// Extra attempts for an idempotent refresh write that timed out or found
 /// the cluster busy (backoff 0.4 s, 1.6 s, 6.4 s).

@@ -42,6 +42,9 @@ pub(super) struct Statements {
     pub read_score: PreparedStatement,
     pub put_scoring_run: PreparedStatement,
     pub scoring_runs: PreparedStatement,
+    pub put_async: PreparedStatement,
+    pub get_async: PreparedStatement,
+    pub claim_key: PreparedStatement,
 }
 
 impl ScyllaStore {
@@ -315,6 +318,29 @@ impl ScyllaStore {
                                 "SELECT record FROM {ks}.scoring_runs WHERE job = ? LIMIT ?"
                             ),
                             true,
+                        )
+                        .await?,
+                    put_async: self
+                        .prepare(
+                            format!(
+                                "INSERT INTO {ks}.async_requests (id, record) VALUES (?, ?) USING TTL ?"
+                            ),
+                            false,
+                        )
+                        .await?,
+                    get_async: self
+                        .prepare(
+                            format!("SELECT record FROM {ks}.async_requests WHERE id = ?"),
+                            true,
+                        )
+                        .await?,
+                    claim_key: self
+                        .prepare(
+                            format!(
+                                "INSERT INTO {ks}.async_idempotency (key, id) VALUES (?, ?) \
+                                 IF NOT EXISTS USING TTL ?"
+                            ),
+                            false,
                         )
                         .await?,
                 })

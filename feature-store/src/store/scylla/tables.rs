@@ -130,6 +130,18 @@ impl ScyllaStore {
                 ),
             ),
             (
+                "table async_requests".to_owned(),
+                format!(
+                    "CREATE TABLE IF NOT EXISTS {ks}.async_requests (id text PRIMARY KEY, record blob)"
+                ),
+            ),
+            (
+                "table async_idempotency".to_owned(),
+                format!(
+                    "CREATE TABLE IF NOT EXISTS {ks}.async_idempotency (key text PRIMARY KEY, id text)"
+                ),
+            ),
+            (
                 format!("schema version {SCHEMA_VERSION}"),
                 format!(
                     "INSERT INTO {ks}.schema_meta (name, version) VALUES ('features', {SCHEMA_VERSION})"
