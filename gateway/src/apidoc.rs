@@ -106,6 +106,14 @@ error_set!(
     PredictErrors: 400, 401, 403, 404, 429, 500, 502, 503, 504
 );
 error_set!(
+    /// The errors of an asynchronous submit.
+    SubmitErrors: 400, 401, 403, 404, 429, 500, 501, 503, 504
+);
+error_set!(
+    /// The errors of a poll.
+    PollErrors: 401, 404, 429, 500, 501, 503, 504
+);
+error_set!(
     /// The errors of a push.
     PushErrors: 400, 401, 403, 404, 429, 500, 503, 504
 );

@@ -30,6 +30,8 @@ struct RawConfig {
     prediction_log: crate::predlog::LogConfig,
     #[serde(default)]
     publish: crate::publish::PublishSettings,
+    #[serde(default)]
+    async_predict: AsyncSettings,
     #[serde(rename = "model")]
     models: Vec<RawModel>,
     auth: Option<crate::auth::settings::RawAuth>,
@@ -339,6 +341,8 @@ pub struct GatewayConfig {
     pub prediction_log: crate::predlog::LogConfig,
     /// `[publish]`: predictions and feedback sent downstream to Kafka.
     pub publish: crate::publish::PublishSettings,
+    /// `[async_predict]`: predictions queued on Kafka and polled.
+    pub async_predict: AsyncSettings,
     /// The models.
     pub models: Vec<ModelConfig>,
     /// SSO authentication and the access policy.
@@ -436,6 +440,9 @@ impl GatewayConfig {
         raw.publish
             .validate()
             .map_err(|(k, m)| err(&format!("publish.{k}"), m))?;
+        raw.async_predict
+            .validate()
+            .map_err(|(k, m)| err(&format!("async_predict.{k}"), m))?;
         if raw.publish.enabled && !raw.prediction_log.enabled {
             return Err(err(
                 "publish.enabled",
@@ -619,6 +626,7 @@ impl GatewayConfig {
             cache,
             prediction_log: raw.prediction_log,
             publish: raw.publish,
+            async_predict: raw.async_predict,
             scheduler: raw.scheduler,
             models,
             auth,
@@ -631,6 +639,169 @@ impl GatewayConfig {
             },
             telemetry,
         })
+    }
+}
+
+/// `[async_predict]` as written.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AsyncSettings {
+    /// Whether asynchronous predictions are served (default false).
+    pub enabled: bool,
+    /// Kafka bootstrap servers, `host:port,host:port`.
+    pub brokers: String,
+    /// Each model's request topic; `{model}` is replaced by its name.
+    pub request_topic: String,
+    /// Each model's result topic; `{model}` is replaced by its name.
+    pub result_topic: String,
+    /// Whether the gateway creates missing topics at start (with
+    /// `partitions` and `replication_factor`); off where topics are made by
+    /// the platform team.
+    pub create_topics: bool,
+    /// Partitions of a created topic (workers scale up to this many).
+    pub partitions: i32,
+    /// Replication factor of a created topic.
+    pub replication_factor: i32,
+    /// Whether this gateway also scores queued requests (joins the workers'
+    /// consumer group); false: it only accepts and answers polls.
+    pub workers: bool,
+    /// The workers' consumer group.
+    pub group_id: String,
+    /// This worker's name in the group, unique among its workers and the
+    /// same across its restarts (its Kafka transactional ID and static
+    /// group membership); default: the host name (a pod's name).
+    pub worker_id: Option<String>,
+    /// Requests scored together at most.
+    pub batch_max: usize,
+    /// How long a worker waits to fill a batch, ms.
+    pub batch_linger_ms: u64,
+    /// How long results (and idempotency keys) are kept, seconds.
+    pub retention_s: u64,
+    /// A request's deadline when the caller names none, ms.
+    pub default_deadline_ms: u64,
+    /// The longest deadline a caller may ask for, ms.
+    pub max_deadline_ms: u64,
+    /// How long a submit waits for Kafka's acknowledgement, ms.
+    pub submit_timeout_ms: u64,
+}
+
+impl Default for AsyncSettings {
+    fn default() -> Self {
+        AsyncSettings {
+            enabled: false,
+            brokers: String::new(),
+            request_topic: "mlgw.requests.{model}".to_owned(),
+            result_topic: "mlgw.results.{model}".to_owned(),
+            create_topics: true,
+            partitions: 6,
+            replication_factor: 1,
+            workers: true,
+            group_id: "mlgw-async-workers".to_owned(),
+            worker_id: None,
+            batch_max: 256,
+            batch_linger_ms: 5,
+            retention_s: 24 * 3600,
+            default_deadline_ms: 60_000,
+            max_deadline_ms: 3_600_000,
+            submit_timeout_ms: 2_000,
+        }
+    }
+}
+
+fn is_topic_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 249
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+}
+
+impl AsyncSettings {
+    /// Checks the settings; `(key, message)` of the first problem.
+    ///
+    /// # Errors
+    /// The key (relative to `[async_predict]`) and what is wrong.
+    pub fn validate(&self) -> Result<(), (&'static str, String)> {
+        if !self.enabled {
+            return Ok(());
+        }
+        if self.brokers.trim().is_empty() {
+            return Err((
+                "brokers",
+                "name the Kafka bootstrap servers, e.g. \"kafka-0:9092,kafka-1:9092\"".into(),
+            ));
+        }
+        for (key, template) in [
+            ("request_topic", &self.request_topic),
+            ("result_topic", &self.result_topic),
+        ] {
+            if !template.contains("{model}") || !is_topic_name(&template.replace("{model}", "m")) {
+                return Err((
+                    key,
+                    format!(
+                        "{template:?} must contain {{model}} and otherwise only letters, digits, '.', '_', '-'"
+                    ),
+                ));
+            }
+        }
+        if self.request_topic == self.result_topic {
+            return Err((
+                "result_topic",
+                "requests and results need topics of their own".into(),
+            ));
+        }
+        if self.partitions < 1 || self.replication_factor < 1 {
+            return Err((
+                "partitions",
+                "partitions and replication_factor must be at least 1".into(),
+            ));
+        }
+        if self.batch_max == 0 || self.retention_s == 0 || self.submit_timeout_ms == 0 {
+            return Err((
+                "batch_max",
+                "batch_max, retention_s and submit_timeout_ms must be at least 1".into(),
+            ));
+        }
+        if self.default_deadline_ms == 0 || self.default_deadline_ms > self.max_deadline_ms {
+            return Err((
+                "default_deadline_ms",
+                format!(
+                    "must be between 1 and max_deadline_ms ({})",
+                    self.max_deadline_ms
+                ),
+            ));
+        }
+        if self.group_id.trim().is_empty() {
+            return Err(("group_id", "name the workers' consumer group".into()));
+        }
+        Ok(())
+    }
+
+    /// This worker's name: `worker_id`, else the host name.
+    pub fn worker_name(&self) -> String {
+        self.worker_id.clone().unwrap_or_else(|| {
+            std::env::var("HOSTNAME")
+                .ok()
+                .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+                .map(|h| h.trim().to_owned())
+                .filter(|h| !h.is_empty())
+                .unwrap_or_else(|| "worker".to_owned())
+        })
+    }
+
+    /// `model`'s request topic.
+    pub fn request_topic(&self, model: &str) -> String {
+        self.request_topic.replace("{model}", model)
+    }
+
+    /// `model`'s result topic.
+    pub fn result_topic(&self, model: &str) -> String {
+        self.result_topic.replace("{model}", model)
+    }
+
+    /// How long results and idempotency keys are kept.
+    pub fn retention(&self) -> Duration {
+        Duration::from_secs(self.retention_s)
     }
 }
 

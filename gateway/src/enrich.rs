@@ -33,6 +33,30 @@ pub enum WireValue {
 }
 
 impl WireValue {
+    /// The protobuf form.
+    pub fn to_proto(&self) -> proto::gateway::v1::FeatureValue {
+        use proto::gateway::v1::feature_value::Kind;
+        proto::gateway::v1::FeatureValue {
+            kind: Some(match self {
+                WireValue::Double(d) => Kind::DoubleValue(*d),
+                WireValue::Int(i) => Kind::Int64Value(*i),
+                WireValue::Bool(b) => Kind::BoolValue(*b),
+                WireValue::Text(t) => Kind::StringValue(t.clone()),
+            }),
+        }
+    }
+
+    /// A protobuf feature value; None when no value is set.
+    pub fn from_proto(v: &proto::gateway::v1::FeatureValue) -> Option<Self> {
+        use proto::gateway::v1::feature_value::Kind;
+        Some(match v.kind.as_ref()? {
+            Kind::DoubleValue(d) => WireValue::Double(*d),
+            Kind::Int64Value(i) => WireValue::Int(*i),
+            Kind::BoolValue(b) => WireValue::Bool(*b),
+            Kind::StringValue(s) => WireValue::Text(s.clone()),
+        })
+    }
+
     fn describe(&self) -> String {
         match self {
             WireValue::Double(v) => format!("the number {v}"),
@@ -190,6 +214,23 @@ impl<S: FullStore> Enricher<S> {
         keys: &HashMap<String, String>,
     ) -> Result<String, EnrichError> {
         entity_key(self.reader.definitions(), model, keys)
+    }
+
+    /// Checks the entity `keys` and request features of a call to `model`
+    /// as [`Self::enrich`] would, without reading the store; the entity's
+    /// store key ("" for a model without entity).
+    ///
+    /// # Errors
+    /// [`EnrichError`] naming the offending field.
+    pub fn check_request(
+        &self,
+        model: &ModelFeatures,
+        keys: &HashMap<String, String>,
+        request: &HashMap<String, WireValue>,
+    ) -> Result<String, EnrichError> {
+        let key = entity_key(self.reader.definitions(), model, keys)?;
+        request_columns(model, request)?;
+        Ok(key)
     }
 
     /// Builds the input row of `model` for the entity `keys` and the caller's

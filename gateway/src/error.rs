@@ -78,6 +78,34 @@ pub enum GatewayError {
         /// Why (`miss`, `stale`, `version`, …).
         reason: &'static str,
     },
+    /// No asynchronous request of that ID is visible to the caller.
+    #[error(
+        "no asynchronous prediction {id:?} for this caller; send the id returned by predict-async (results expire after the configured retention)"
+    )]
+    UnknownRequest {
+        /// The ID sent.
+        id: String,
+    },
+    /// Asynchronous predictions are not enabled on this gateway.
+    #[error(
+        "asynchronous predictions are not enabled on this gateway ([async_predict] enabled = false)"
+    )]
+    AsyncDisabled,
+    /// An asynchronous request waited for a worker past its deadline and
+    /// was not scored.
+    #[error(
+        "waited {waited_ms} ms for a worker, past its deadline of {deadline_ms} ms; it was not scored"
+    )]
+    QueueDeadline {
+        /// Time from acceptance to the worker.
+        waited_ms: u64,
+        /// The request's deadline, from acceptance.
+        deadline_ms: u64,
+    },
+    /// The request queue (Kafka) or the request store cannot take an
+    /// asynchronous request: nothing was accepted.
+    #[error("{0}")]
+    QueueUnavailable(String),
     /// A batch-scoring job failed to start or list.
     #[error(transparent)]
     Scoring(#[from] crate::scoring::host::StartError),
@@ -161,6 +189,9 @@ pub const HTTP_CODES: &[(u16, &str)] = &[
     (404, "unknown_job"),
     (404, "prediction_not_found"),
     (404, "not_precomputed"),
+    (404, "request_not_found"),
+    (501, "async_disabled"),
+    (503, "queue_unavailable"),
     (400, "invalid_argument"),
     (503, "feature_store_unavailable"),
     (500, "feature_store_error"),
@@ -209,6 +240,13 @@ impl GatewayError {
                 (404, tonic::Code::NotFound, "prediction_not_found")
             }
             GatewayError::NotPrecomputed { .. } => (404, tonic::Code::NotFound, "not_precomputed"),
+            GatewayError::UnknownRequest { .. } => {
+                (404, tonic::Code::NotFound, "request_not_found")
+            }
+            GatewayError::AsyncDisabled => (501, tonic::Code::Unimplemented, "async_disabled"),
+            GatewayError::QueueUnavailable(_) => {
+                (503, tonic::Code::Unavailable, "queue_unavailable")
+            }
             GatewayError::Scoring(StartError::UnknownJob { .. }) => {
                 (404, tonic::Code::NotFound, "unknown_job")
             }
@@ -233,7 +271,8 @@ impl GatewayError {
                 (503, tonic::Code::Unavailable, "model_unavailable")
             }
             GatewayError::Model(InferError::DeadlineExceeded { .. })
-            | GatewayError::DeadlineExceeded => {
+            | GatewayError::DeadlineExceeded
+            | GatewayError::QueueDeadline { .. } => {
                 (504, tonic::Code::DeadlineExceeded, "deadline_exceeded")
             }
             GatewayError::Model(InferError::Overloaded { .. }) | GatewayError::Overloaded => {
@@ -388,6 +427,13 @@ mod tests {
             GatewayError::NotPrecomputed {
                 model: s("m"),
                 reason: "miss",
+            },
+            GatewayError::UnknownRequest { id: s("r") },
+            GatewayError::AsyncDisabled,
+            GatewayError::QueueUnavailable(s("q")),
+            GatewayError::QueueDeadline {
+                waited_ms: 2,
+                deadline_ms: 1,
             },
             GatewayError::Scoring(StartError::Running {
                 job: s("j"),

@@ -21,6 +21,8 @@
 //!   (the TOML file), [`scheduler`] (the hosted refresh scheduler).
 //! - [`scoring`]: batch scoring into the prediction store, with the live
 //!   path's enrichment, model client and post-processing.
+//! - [`async_predict`]: predictions queued on Kafka and polled, scored by
+//!   the gateway's workers through the same path.
 //!
 //! A request's way: the tower stack admits and times it → the front
 //! authenticates the caller and converts the wire form → [`serve::Core`]
@@ -30,6 +32,7 @@
 
 pub mod admin;
 pub mod apidoc;
+pub mod async_predict;
 pub mod auth;
 pub mod config;
 pub mod enrich;

@@ -61,6 +61,10 @@ pub enum Route {
     Predict,
     /// Several entities' predictions.
     PredictBatch,
+    /// An asynchronous prediction submitted.
+    PredictAsync,
+    /// An asynchronous prediction polled.
+    Poll,
     /// Dynamic feature values or events.
     Push,
     /// Ground truth for a prediction.
@@ -72,9 +76,11 @@ pub enum Route {
 }
 
 impl Route {
-    const ALL: [Route; 6] = [
+    const ALL: [Route; 8] = [
         Route::Predict,
         Route::PredictBatch,
+        Route::PredictAsync,
+        Route::Poll,
         Route::Push,
         Route::Feedback,
         Route::Admin,
@@ -86,6 +92,8 @@ impl Route {
         match self {
             Route::Predict => "predict",
             Route::PredictBatch => "predict_batch",
+            Route::PredictAsync => "predict_async",
+            Route::Poll => "poll",
             Route::Push => "push",
             Route::Feedback => "feedback",
             Route::Admin => "admin",
@@ -141,7 +149,7 @@ impl Lookup {
 
 /// Every result code a request can end with: `ok` and the error table's
 /// codes, so each counter is an atomic found by index.
-pub const CODES: [&str; 21] = [
+pub const CODES: [&str; 24] = [
     "ok",
     "invalid_argument",
     "unknown_model",
@@ -150,6 +158,9 @@ pub const CODES: [&str; 21] = [
     "unknown_version",
     "prediction_not_found",
     "not_precomputed",
+    "request_not_found",
+    "async_disabled",
+    "queue_unavailable",
     "feature_store_unavailable",
     "feature_store_error",
     "model_unavailable",

@@ -19,6 +19,7 @@ use tokio::sync::Semaphore;
 
 use crate::admin::routing::RoutingAdminGrpc;
 use crate::admin::tuner::TunerAdminGrpc;
+use crate::async_predict::AsyncPredictions;
 use crate::auth::dev_issuer::{DevIssuer, DevIssuerError, DevToken};
 use crate::auth::keys::KeyFamilies;
 use crate::auth::keys::{FetchError, IssuerKeys};
@@ -74,6 +75,9 @@ pub enum ServeError {
     /// The OpenAPI document could not be encoded.
     #[error("server error: OpenAPI document: {0}")]
     OpenApi(#[source] serde_json::Error),
+    /// Asynchronous predictions cannot start.
+    #[error(transparent)]
+    Async(crate::async_predict::AsyncError),
     /// The gRPC server failed while running.
     #[error("server error: gRPC: {0}")]
     Grpc(#[source] tonic::transport::Error),
@@ -124,6 +128,20 @@ impl GatewayServer {
         )
         .await?;
         core.check_models(Duration::from_secs(10)).await?;
+        let core = Arc::new(core);
+        let queue = if config.async_predict.enabled {
+            Some(Arc::new(
+                AsyncPredictions::start(
+                    &config.async_predict,
+                    Arc::clone(reader.store()),
+                    &models,
+                    config.server.request_timeout,
+                )
+                .map_err(ServeError::Async)?,
+            ))
+        } else {
+            None
+        };
         let bind = |port: u16| {
             let addr = format!("{}:{port}", config.server.host);
             async move {
@@ -176,10 +194,14 @@ impl GatewayServer {
             Arc::clone(&keys),
         ));
         let limit = Arc::new(Semaphore::new(config.server.max_concurrent_requests));
-        let page = metrics_page(&metrics, &reader, &core, &keys, &limit, config);
+        let mut page = metrics_page(&metrics, &reader, &core, &keys, &limit, config);
+        if let Some(q) = &queue {
+            page.registry.register_collector(Box::new(q.families()));
+        }
         Ok(GatewayServer {
             state: Arc::new(AppState {
                 core,
+                queue,
                 authn: Authenticator {
                     verifier,
                     metrics: Arc::clone(&metrics),
@@ -320,6 +342,19 @@ impl GatewayServer {
             .serve_with_incoming_shutdown(incoming, stop(rx.clone()));
         let scheduler =
             crate::scheduler::spawn(&self.config.scheduler, &self.reader, stop(rx.clone()));
+        let workers = self
+            .state
+            .queue
+            .as_ref()
+            .filter(|q| q.settings().workers)
+            .map(|q| {
+                tokio::spawn(crate::async_predict::worker::run(
+                    Arc::clone(q),
+                    Arc::clone(&state.core),
+                    self.config.models.iter().map(|m| m.name.clone()).collect(),
+                    stop(rx.clone()),
+                ))
+            });
         let scoring =
             self.config.scheduler.poll().map(|poll| {
                 tokio::spawn(Arc::clone(&state.scoring).schedule(poll, stop(rx.clone())))
@@ -336,6 +371,11 @@ impl GatewayServer {
         }
         if let Some(scoring) = scoring {
             let _ = scoring.await;
+        }
+        // The workers finish the batch in hand (its results stored and
+        // committed) before the log closes.
+        if let Some(workers) = workers {
+            let _ = workers.await;
         }
         watch.abort();
         key_refresh.abort();

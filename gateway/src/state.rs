@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use tokio::sync::Semaphore;
 
+use crate::async_predict::AsyncPredictions;
 use crate::auth::dev_issuer::DevIssuer;
 use crate::auth::{Authenticator, Authorizer};
 use crate::metrics::{Metrics, RefreshJobs, Sampled};
@@ -42,8 +43,10 @@ pub struct MetricsPage {
 
 /// What every handler may use.
 pub struct AppState<S> {
-    /// The prediction path.
-    pub core: Core<S>,
+    /// The prediction path (shared with the asynchronous workers).
+    pub core: Arc<Core<S>>,
+    /// Asynchronous predictions (None: `[async_predict]` is off).
+    pub queue: Option<Arc<AsyncPredictions<S>>>,
     /// Token verification (the authentication layers).
     pub authn: Authenticator,
     /// The access policy, one check per API kind.

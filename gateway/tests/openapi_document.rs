@@ -48,6 +48,8 @@ fn document_lists_the_routes_and_leaves_out_the_dev_issuer() {
     let expected: BTreeSet<(String, String)> = [
         ("POST", "/v1/models/{model}/predict"),
         ("POST", "/v1/models/{model}/predict-batch"),
+        ("POST", "/v1/models/{model}/predict-async"),
+        ("GET", "/v1/predictions/{id}"),
         ("POST", "/v1/features/{view}/push"),
         ("POST", "/v1/feedback"),
         ("GET", "/v1/admin/models"),

@@ -21,9 +21,10 @@ use feature_store::store::prelude::*;
 use feature_store::store::scylla::{ScyllaConfig, ScyllaStore};
 use feature_store::store::{
     AnyStore, BatchRecord, BatchStatus, BatchStore, CurrentBatch, DynamicWrite, EncodedRow,
-    EventQuery, EventWrite, Lease, LeaseOutcome, LogWindow, RoutingRecord, RowStore, ScanCursor,
-    ScanPage, ScanPart, SchemaReport, ScoreEntry, ScoreKey, ScoreWrite, StaticKey, StaticScan,
-    StaticWrite, StoreError,
+    EventQuery, EventWrite, IdempotencyClaim, Lease, LeaseOutcome, LogWindow, RequestRecord,
+    RequestState, RoutingRecord, RowStore, ScanCursor, ScanPage, ScanPart, SchemaReport,
+    ScoreEntry, ScoreKey, ScoreWrite, StaticKey, StaticScan, StaticWrite, StoreError,
+    TopicPosition,
 };
 use feature_store::tuner::controller::{JobState, Policy, Window};
 use feature_store::tuner::metric::MetricKind;
@@ -1036,6 +1037,66 @@ async fn precomputed_predictions_are_found_by_model_batch_and_key(f: Fixture) ->
     Ok(())
 }
 
+/// Asynchronous requests: a pending record is replaced by its result and
+/// read back whole; an unknown ID reads as nothing; an idempotency key is
+/// claimed once, and the loser learns the winner's ID (also when two claim
+/// at once).
+async fn async_requests_and_idempotency_keys(f: Fixture) -> Result<()> {
+    use feature_store::store::{from_micros, to_micros};
+    let id = unique("req");
+    // Times are kept to the microsecond.
+    let later = from_micros(to_micros(SystemTime::now() + Duration::from_secs(600)));
+    let record = |state, body: &[u8], position| RequestRecord {
+        id: id.clone(),
+        model: "fraud_detector".into(),
+        subject: "svc-payments".into(),
+        state,
+        submitted_at: SystemTime::UNIX_EPOCH + Duration::from_micros(1_765_000_000_123_456),
+        expires_at: later,
+        position,
+        body: body.to_vec(),
+    };
+    f.store
+        .put_requests(&[record(RequestState::Pending, b"request", None)])
+        .await?;
+    let pending = f.store.get_request(&id).await?.context("pending record")?;
+    assert_eq!(pending.state, RequestState::Pending);
+    assert_eq!(pending.body, b"request");
+    let done = record(
+        RequestState::Done,
+        b"result",
+        Some(TopicPosition {
+            partition: 2,
+            offset: 41,
+        }),
+    );
+    f.store.put_requests(std::slice::from_ref(&done)).await?;
+    assert_eq!(f.store.get_request(&id).await?.as_ref(), Some(&done));
+    assert_eq!(f.store.get_request(&unique("never")).await?, None);
+
+    let key = unique("svc-payments/fraud_detector/order");
+    let claim = |id: &'static str| IdempotencyClaim {
+        key: &key,
+        id,
+        expires_at: later,
+    };
+    let (a, b) = tokio::join!(
+        f.store.claim_idempotency(claim("first")),
+        f.store.claim_idempotency(claim("second"))
+    );
+    let (a, b) = (a?, b?);
+    let winner = match (&a, &b) {
+        (None, Some(w)) if w == "first" => "first",
+        (Some(w), None) if w == "second" => "second",
+        other => bail!("exactly one claim wins and the other names it: {other:?}"),
+    };
+    assert_eq!(
+        f.store.claim_idempotency(claim("third")).await?.as_deref(),
+        Some(winner)
+    );
+    Ok(())
+}
+
 /// The routing document is written compare-and-set: the first write needs
 /// "nothing stored", each later one the revision it read; a writer holding a
 /// stale revision changes nothing, also from a second store handle (another
@@ -1416,4 +1477,5 @@ contract!(
     the_event_cap_bounds_a_read_and_is_reported,
     precomputed_predictions_are_found_by_model_batch_and_key,
     a_batch_scan_returns_each_row_once_across_parts_and_pages,
+    async_requests_and_idempotency_keys,
 );

@@ -16,7 +16,7 @@ use super::wire::{self, event_time};
 use crate::auth::Caller;
 use crate::error::GatewayError;
 use crate::metrics::Front;
-use crate::serve::{FeedbackInput, PredictInput, PushEvent, PushRow};
+use crate::serve::{FeedbackInput, PredictInput, Prediction, PushEvent, PushRow};
 use crate::state::AppState;
 
 /// The caller the authentication layer found.
@@ -101,7 +101,7 @@ impl<S: FullStore> PredictionService for PredictionGrpc<S> {
         }
         .await;
         let p = result.map_err(GatewayError::into_status)?;
-        Ok(Response::new(wire::prediction_proto(p)))
+        Ok(Response::new(p.into_proto()))
     }
 
     async fn predict_batch(
@@ -121,8 +121,70 @@ impl<S: FullStore> PredictionService for PredictionGrpc<S> {
         .await;
         let answers = result.map_err(GatewayError::into_status)?;
         Ok(Response::new(pb::PredictBatchResponse {
-            responses: answers.into_iter().map(wire::prediction_proto).collect(),
+            responses: answers.into_iter().map(Prediction::into_proto).collect(),
         }))
+    }
+
+    async fn predict_async(
+        &self,
+        request: Request<pb::PredictAsyncRequest>,
+    ) -> Result<Response<pb::PredictAsyncResponse>, Status> {
+        let (_, extensions, r) = request.into_parts();
+        let result = async {
+            let caller = caller(&extensions)?;
+            let queue = self
+                .state
+                .queue
+                .as_ref()
+                .ok_or(GatewayError::AsyncDisabled)?;
+            let mut inner = r.request.ok_or_else(|| {
+                GatewayError::InvalidArgument("request: the prediction request is missing".into())
+            })?;
+            let (model, version) = (
+                std::mem::take(&mut inner.model),
+                std::mem::take(&mut inner.model_version),
+            );
+            let input = input(model, version, inner, caller)?;
+            let deadline = match u64::try_from(r.deadline_ms) {
+                Ok(0) => None,
+                Ok(ms) => Some(std::time::Duration::from_millis(ms)),
+                Err(_) => {
+                    return Err(GatewayError::InvalidArgument(
+                        "deadline_ms: must not be negative".into(),
+                    ));
+                }
+            };
+            let key = (!r.idempotency_key.is_empty()).then_some(r.idempotency_key.as_str());
+            queue
+                .submit(&self.state.core, Front::Grpc, caller, input, key, deadline)
+                .await
+        }
+        .await;
+        let accepted = result.map_err(GatewayError::into_status)?;
+        Ok(Response::new(pb::PredictAsyncResponse {
+            id: accepted.id,
+            duplicate: accepted.duplicate,
+        }))
+    }
+
+    async fn get_prediction(
+        &self,
+        request: Request<pb::GetPredictionRequest>,
+    ) -> Result<Response<pb::AsyncPrediction>, Status> {
+        let (_, extensions, r) = request.into_parts();
+        let result = async {
+            let caller = caller(&extensions)?;
+            let queue = self
+                .state
+                .queue
+                .as_ref()
+                .ok_or(GatewayError::AsyncDisabled)?;
+            queue
+                .poll(caller, || self.state.authz.is_admin(caller), &r.id)
+                .await
+        }
+        .await;
+        Ok(Response::new(result.map_err(GatewayError::into_status)?))
     }
 }
 

@@ -110,10 +110,14 @@ pub fn route_of(path: &str) -> Option<Route> {
     Some(match path {
         "/gateway.v1.PredictionService/Predict" => Route::Predict,
         "/gateway.v1.PredictionService/PredictBatch" => Route::PredictBatch,
+        "/gateway.v1.PredictionService/PredictAsync" => Route::PredictAsync,
+        "/gateway.v1.PredictionService/GetPrediction" => Route::Poll,
         "/gateway.v1.FeatureService/PushFeatures" => Route::Push,
         "/gateway.v1.FeedbackService/Feedback" | "/v1/feedback" => Route::Feedback,
         p if p.starts_with("/v1/models/") && p.ends_with("/predict") => Route::Predict,
         p if p.starts_with("/v1/models/") && p.ends_with("/predict-batch") => Route::PredictBatch,
+        p if p.starts_with("/v1/models/") && p.ends_with("/predict-async") => Route::PredictAsync,
+        p if p.starts_with("/v1/predictions/") => Route::Poll,
         p if p.starts_with("/v1/features/") => Route::Push,
         p if p.starts_with("/v1/admin/")
             || p.starts_with("/gateway.v1.RoutingAdminService/")

@@ -25,7 +25,7 @@ use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 
 use super::wire::{self, PredictResponse, event_time};
-use crate::apidoc::{FeedbackErrors, PredictErrors, PushErrors};
+use crate::apidoc::{FeedbackErrors, PollErrors, PredictErrors, PushErrors, SubmitErrors};
 use crate::auth::Caller;
 use crate::error::ErrorBody;
 use crate::error::GatewayError;
@@ -109,6 +109,168 @@ async fn predict<S: FullStore>(
         .predict(Front::Rest, &caller, &input, None)
         .await?;
     Ok(Json(wire::prediction_json(&p)))
+}
+
+/// The JSON body of `POST /v1/models/{model}/predict-async`: a prediction
+/// request and how long it may wait for a worker.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(as = PredictAsyncRequest, example = json!({
+    "entity": {"customer_id": "c-1"},
+    "request_features": {"amount": 980.0, "is_card_present": false, "hour_of_day": 3},
+    "deadline_ms": 30000
+}))]
+pub struct PredictAsyncBody {
+    /// The prediction request, as for predict.
+    #[serde(flatten)]
+    pub request: PredictBody,
+    /// How long the prediction may wait for a worker, in milliseconds
+    /// (absent: the configured default); one not scored by then fails with
+    /// `deadline_exceeded` instead of being scored late.
+    #[serde(default)]
+    pub deadline_ms: Option<u64>,
+}
+
+/// The answer of `POST /v1/models/{model}/predict-async`.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = PredictAsyncResponse, example = json!({
+    "id": "0190f5b2-8c1e-7c3a-9d7e-2f1a3b4c5d6e", "duplicate": false,
+    "poll": "/v1/predictions/0190f5b2-8c1e-7c3a-9d7e-2f1a3b4c5d6e"
+}))]
+pub struct PredictAsyncResponse {
+    /// The request's ID.
+    pub id: String,
+    /// True when an earlier request with the same `Idempotency-Key` was
+    /// found: `id` is that request's, and nothing new was queued.
+    pub duplicate: bool,
+    /// Where to poll it.
+    pub poll: String,
+}
+
+/// `POST /v1/models/{model}/predict-async`.
+#[utoipa::path(
+    post,
+    path = "/v1/models/{model}/predict-async",
+    summary = "Queue a prediction, answered later (poll its ID)",
+    description = "Checked at once like predict (token, policy, model, entity, request features), then queued on Kafka and answered 202 with an ID to poll at `/v1/predictions/{id}`. An `Idempotency-Key` header makes a retry safe: the same key from the same caller for the same model (within the results' retention) answers with the first request's ID and never predicts twice. 503 `queue_unavailable`: nothing was accepted.",
+    params(
+        ("model" = String, Path, description = "The model's name", example = "fraud"),
+        ("Idempotency-Key" = Option<String>, Header, description = "A key (1 to 256 bytes) the caller chooses per logical request"),
+    ),
+    request_body = PredictAsyncBody,
+    responses(
+        (status = 202, description = "Accepted (or the earlier request of the same idempotency key)", body = PredictAsyncResponse),
+        SubmitErrors,
+    ),
+)]
+async fn predict_async<S: FullStore>(
+    State(state): Shared<S>,
+    Extension(caller): Extension<Caller>,
+    Path(model): Path<String>,
+    headers: axum::http::HeaderMap,
+    body: Result<Json<PredictAsyncBody>, JsonRejection>,
+) -> Result<(StatusCode, Json<PredictAsyncResponse>), GatewayError> {
+    let queue = state.queue.as_ref().ok_or(GatewayError::AsyncDisabled)?;
+    let body = json_body(body)?;
+    let key = match headers.get("idempotency-key") {
+        None => None,
+        Some(v) => Some(v.to_str().map_err(|_| {
+            GatewayError::InvalidArgument("Idempotency-Key: must be visible ASCII".into())
+        })?),
+    };
+    let input = predict_input(model, body.request, "", &caller)?;
+    let accepted = queue
+        .submit(
+            &state.core,
+            Front::Rest,
+            &caller,
+            input,
+            key,
+            body.deadline_ms.map(Duration::from_millis),
+        )
+        .await?;
+    let poll = format!("/v1/predictions/{}", accepted.id);
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(PredictAsyncResponse {
+            id: accepted.id,
+            duplicate: accepted.duplicate,
+            poll,
+        }),
+    ))
+}
+
+/// An asynchronous prediction as polled.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = AsyncPrediction, example = json!({
+    "id": "0190f5b2-8c1e-7c3a-9d7e-2f1a3b4c5d6e", "model": "fraud", "state": "done",
+    "submitted_at_unix_ms": 1765000000000_i64, "finished_at_unix_ms": 1765000000042_i64,
+    "prediction": {"freshness": {"defaulted_features": [], "view_age_ms": {"customer_profile": 1200}},
+        "model": "fraud", "model_version": "1",
+        "outputs": [{"label": "legit", "name": "probabilities", "score": 0.93,
+                     "top_k": [{"label": "legit", "score": 0.93}], "values": [0.93, 0.07]}],
+        "prediction_id": "0190f5b2-8c1f-7c3a-9d7e-2f1a3b4c5d6e", "route": "stable", "source": "live"}
+}))]
+pub struct AsyncPredictionJson {
+    /// The request's ID.
+    pub id: String,
+    /// The model.
+    pub model: String,
+    /// `pending`, `done` or `failed`.
+    pub state: String,
+    /// The prediction, when done.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prediction: Option<PredictResponse>,
+    /// Why it failed: the error body a synchronous call failing the same
+    /// way would get.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<AsyncErrorJson>,
+    /// When it was accepted (Unix ms).
+    pub submitted_at_unix_ms: i64,
+    /// When it was done or failed (Unix ms; absent while pending).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub finished_at_unix_ms: Option<i64>,
+}
+
+/// Why an asynchronous prediction failed.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AsyncErrorJson {
+    /// The stable error code (`deadline_exceeded`, `invalid_argument`, …).
+    pub code: String,
+    /// What went wrong, for a person.
+    pub message: String,
+}
+
+/// `GET /v1/predictions/{id}`.
+#[utoipa::path(
+    get,
+    path = "/v1/predictions/{id}",
+    summary = "Poll an asynchronous prediction",
+    description = "Pending, done (with the prediction) or failed (with why). Only the caller that submitted it (same token subject) or an admin sees it; anyone else gets 404, as for an unknown or expired ID.",
+    params(("id" = String, Path, description = "The ID predict-async answered")),
+    responses((status = 200, description = "Where the prediction is", body = AsyncPredictionJson), PollErrors),
+)]
+async fn get_prediction<S: FullStore>(
+    State(state): Shared<S>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Result<Json<AsyncPredictionJson>, GatewayError> {
+    let queue = state.queue.as_ref().ok_or(GatewayError::AsyncDisabled)?;
+    let p = queue
+        .poll(&caller, || state.authz.is_admin(&caller), &id)
+        .await?;
+    Ok(Json(AsyncPredictionJson {
+        id: p.id,
+        model: p.model,
+        state: p.state,
+        prediction: p.prediction.map(wire::prediction_json_of_proto),
+        error: p.error.map(|e| AsyncErrorJson {
+            code: e.code,
+            message: e.message,
+        }),
+        submitted_at_unix_ms: p.submitted_at_unix_ms,
+        finished_at_unix_ms: (p.finished_at_unix_ms > 0).then_some(p.finished_at_unix_ms),
+    }))
 }
 
 /// The JSON body of `POST /v1/models/{model}/predict-batch`.
@@ -512,6 +674,8 @@ fn api_table<S: FullStore>(
     OpenApiRouter::new()
         .routes(typed_routes!(S; predict))
         .routes(typed_routes!(S; predict_batch))
+        .routes(typed_routes!(S; predict_async))
+        .routes(typed_routes!(S; get_prediction))
         .routes(typed_routes!(S; push))
         .routes(typed_routes!(S; feedback))
         .merge(admin)

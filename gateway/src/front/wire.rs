@@ -51,13 +51,7 @@ pub(crate) fn json_value(v: &Value) -> Result<WireValue, String> {
 
 /// A protobuf feature value; None when no value is set.
 pub fn proto_value(v: &pb::FeatureValue) -> Option<WireValue> {
-    use pb::feature_value::Kind;
-    Some(match v.kind.as_ref()? {
-        Kind::DoubleValue(d) => WireValue::Double(*d),
-        Kind::Int64Value(i) => WireValue::Int(*i),
-        Kind::BoolValue(b) => WireValue::Bool(*b),
-        Kind::StringValue(s) => WireValue::Text(s.clone()),
-    })
+    WireValue::from_proto(v)
 }
 
 /// A request feature's protobuf value.
@@ -115,11 +109,11 @@ pub struct PredictResponse {
     pub prediction_id: String,
     /// How the version was chosen.
     #[schema(value_type = String, example = "stable")]
-    pub route: &'static str,
+    pub route: String,
     /// Where the answer came from: `live` (the model ran for this call) or
     /// `precomputed` (a batch-scoring run's entry).
     #[schema(value_type = String, example = "live")]
-    pub source: &'static str,
+    pub source: String,
 }
 
 /// The scoring batch of a precomputed answer.
@@ -208,44 +202,46 @@ pub fn prediction_json(p: &Prediction) -> PredictResponse {
         precomputed: precomputed_of(p)
             .map(|(batch_id, age_ms)| PrecomputedJson { age_ms, batch_id }),
         prediction_id: p.prediction_id.clone(),
-        route: p.route.as_str(),
-        source: p.source.as_str(),
+        route: p.route.as_str().to_owned(),
+        source: p.source.as_str().to_owned(),
     }
 }
 
-/// The protobuf form of a prediction.
-pub fn prediction_proto(p: Prediction) -> pb::PredictResponse {
-    let precomputed =
-        precomputed_of(&p).map(|(batch_id, age_ms)| pb::PrecomputedAnswer { batch_id, age_ms });
-    pb::PredictResponse {
-        source: p.source.as_str().to_owned(),
-        precomputed,
-        prediction_id: p.prediction_id,
+/// The JSON form of a prediction's protobuf form (as an asynchronous
+/// prediction is stored).
+pub fn prediction_json_of_proto(p: pb::PredictResponse) -> PredictResponse {
+    let freshness = p.freshness.unwrap_or_default();
+    PredictResponse {
+        freshness: Freshness {
+            defaulted_features: freshness.defaulted_features,
+            view_age_ms: freshness.view_age_ms.into_iter().collect(),
+        },
         model: p.model,
         model_version: p.model_version,
-        route: p.route.as_str().to_owned(),
         outputs: p
             .outputs
             .into_iter()
-            .map(|o| pb::Output {
-                name: o.name,
+            .map(|o| OutputJson {
                 label: o.label,
+                name: o.name,
                 score: o.score,
                 top_k: o
                     .top_k
                     .into_iter()
-                    .map(|(label, score)| pb::LabelScore { label, score })
+                    .map(|l| LabelScore {
+                        label: l.label,
+                        score: l.score,
+                    })
                     .collect(),
                 values: o.values,
             })
             .collect(),
-        freshness: Some(pb::Freshness {
-            view_age_ms: p
-                .view_ages
-                .into_iter()
-                .map(|(v, age)| (v, age_ms(age)))
-                .collect(),
-            defaulted_features: p.defaulted,
+        precomputed: p.precomputed.map(|a| PrecomputedJson {
+            age_ms: a.age_ms,
+            batch_id: a.batch_id,
         }),
+        prediction_id: p.prediction_id,
+        route: p.route,
+        source: p.source,
     }
 }

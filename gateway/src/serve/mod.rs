@@ -20,6 +20,7 @@ use feature_store::definitions::{FeatureDefinitions, ModelFeatures};
 use feature_store::log::{Outcome, PredictionSource};
 use feature_store::reader::FeatureReader;
 use feature_store::store::FullStore;
+use proto::gateway::v1 as pb;
 
 use crate::auth::Authorizer;
 use crate::config::{GatewayConfig, ModelConfig, PrecomputedMode};
@@ -96,6 +97,55 @@ pub struct Prediction {
     pub source: PredictionSource,
     /// A precomputed answer's age.
     pub precomputed_age: Option<Duration>,
+}
+
+impl Prediction {
+    /// The protobuf form of the answer (gRPC, and stored asynchronous
+    /// results).
+    pub fn into_proto(self) -> pb::PredictResponse {
+        let p = self;
+        let age_ms = |age: Option<Duration>| {
+            age.map_or(-1, |a| i64::try_from(a.as_millis()).unwrap_or(i64::MAX))
+        };
+        let precomputed = match &p.source {
+            PredictionSource::Live => None,
+            PredictionSource::Precomputed { batch_id } => Some(pb::PrecomputedAnswer {
+                batch_id: batch_id.clone(),
+                age_ms: age_ms(p.precomputed_age),
+            }),
+        };
+        pb::PredictResponse {
+            source: p.source.as_str().to_owned(),
+            precomputed,
+            prediction_id: p.prediction_id,
+            model: p.model,
+            model_version: p.model_version,
+            route: p.route.as_str().to_owned(),
+            outputs: p
+                .outputs
+                .into_iter()
+                .map(|o| pb::Output {
+                    name: o.name,
+                    label: o.label,
+                    score: o.score,
+                    top_k: o
+                        .top_k
+                        .into_iter()
+                        .map(|(label, score)| pb::LabelScore { label, score })
+                        .collect(),
+                    values: o.values,
+                })
+                .collect(),
+            freshness: Some(pb::Freshness {
+                view_age_ms: p
+                    .view_ages
+                    .into_iter()
+                    .map(|(v, age)| (v, age_ms(age)))
+                    .collect(),
+                defaulted_features: p.defaulted,
+            }),
+        }
+    }
 }
 
 /// Fresh values of a dynamic view for one entity, wire-neutral.

@@ -67,6 +67,68 @@ impl<S: FullStore> Core<S> {
         answers.into_iter().collect()
     }
 
+    /// Checks a prediction to be made later as [`Core::predict`] checks it
+    /// (policy, model, version, entity and request features) without doing
+    /// it; the entity's store key, which keys the queued request.
+    ///
+    /// # Errors
+    /// As [`Core::predict`]'s checks.
+    pub fn check_queued(
+        &self,
+        front: Front,
+        caller: &Caller,
+        input: &PredictInput,
+    ) -> Result<String, GatewayError> {
+        let route = self
+            .routes
+            .get(&input.model)
+            .ok_or_else(|| GatewayError::UnknownModel {
+                model: input.model.clone(),
+                known: self.model_names().join(", "),
+            })?;
+        self.admit(front, caller, input)?;
+        Ok(self
+            .enricher
+            .check_request(&route.features, &input.keys, &input.request_features)?)
+    }
+
+    /// The store key of `model`'s entity for `keys`.
+    ///
+    /// # Errors
+    /// An unknown model, or keys that do not fit its entity.
+    pub fn entity_key_of(
+        &self,
+        model: &str,
+        keys: &std::collections::HashMap<String, String>,
+    ) -> Result<String, GatewayError> {
+        let route = self
+            .routes
+            .get(model)
+            .ok_or_else(|| GatewayError::UnknownModel {
+                model: model.to_owned(),
+                known: self.model_names().join(", "),
+            })?;
+        Ok(self.enricher.entity_key(&route.features, keys)?)
+    }
+
+    /// Predicts for `input` accepted earlier by [`Core::check_queued`]
+    /// (the policy was checked then, for the caller named in `input`)
+    /// within `deadline`.
+    ///
+    /// # Errors
+    /// As [`Core::predict`], but for the policy.
+    pub async fn predict_queued(
+        &self,
+        input: &PredictInput,
+        deadline: Duration,
+    ) -> Result<Prediction, GatewayError> {
+        let started = std::time::Instant::now();
+        let prediction = self.predict_within(input, Some(deadline)).await?;
+        self.metrics
+            .prediction(started.elapsed(), prediction.model_time);
+        Ok(prediction)
+    }
+
     /// The policy check of one prediction, before any work is done; an
     /// unknown model is left to the prediction (404).
     fn admit(

@@ -192,7 +192,10 @@ mod tests {
             .await
             .expect("put");
         let done = record("a", RequestState::Done, later);
-        store.put_requests(&[done.clone()]).await.expect("put");
+        store
+            .put_requests(std::slice::from_ref(&done))
+            .await
+            .expect("put");
         let read = store.get_request("a").await.expect("get");
         assert_eq!(read.map(|r| r.state), Some(RequestState::Done));
 
