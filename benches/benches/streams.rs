@@ -1,0 +1,591 @@
+//! Streams benchmark: asynchronous predictions over Kafka, and what
+//! publishing predictions downstream costs the synchronous path.
+//!
+//! Starts the example model-server (release build), a Kafka 4.4 broker of
+//! its own (tests/rig/kafka.sh; on the same two cores) and gateways on an
+//! embedded store with demo customers, with the shipped config's settings:
+//! 1. **Submit burst**: a front-only gateway (`workers = false`) takes gRPC
+//!    `PredictAsync` from closed-loop callers for the burst's seconds
+//!    (accepted/s, submit latency); then a worker gateway on the same store
+//!    drains the backlog (the sustained scoring rate: requests scored a
+//!    second, from its start to the last result stored).
+//! 2. **Submit → result at a steady rate**: one gateway that accepts and
+//!    scores, open-loop submits at `MLGW_BENCH_ASYNC_RATE`; every result is
+//!    read back from the result topic (read-committed): latency from
+//!    acceptance to the result stored (pollable; the result's own
+//!    timestamps) and to the result on the topic (the reader's clock).
+//! 3. **Publishing on the sync path**: gRPC `Predict` open loop at
+//!    `MLGW_BENCH_PUBLISH_RATE` with `[publish]` on and off (the prediction
+//!    log on in both), interleaved pairs; the p99 difference per pair and
+//!    its median.
+//!
+//! Run (release binaries first):
+//!   cargo build --release -p model-server -p gateway && cargo bench -p benches --bench streams
+//! Results: benches/results/streams.md.
+//!
+//! Knobs: MLGW_BENCH_CUSTOMERS (20000), MLGW_BENCH_BURST_SECONDS (10),
+//! MLGW_BENCH_BURST_CALLERS (64), MLGW_BENCH_ASYNC_RATE (1000),
+//! MLGW_BENCH_SECONDS (per steady or publish run, 10),
+//! MLGW_BENCH_PUBLISH_RATE (1000), MLGW_BENCH_PAIRS (5).
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result, bail, ensure};
+use benches::demo::{load_embedded_profiles, predict_request};
+use benches::grpc_client::{Bearer, GatewayClient, channels, gateway_clients};
+use benches::knobs::env_num;
+use benches::load::{self, Call as _, Load, Measured, Outcome, call_fn};
+use benches::process::{
+    GatewayProcess, GatewaySettings, ModelServer, gateway_config, report_in_scratch,
+};
+use benches::report::{commit, machine, median, ms};
+use hdrhistogram::Histogram;
+use prost::Message as _;
+use proto::gateway::v1 as gw;
+use rdkafka::Message as _;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{Consumer as _, StreamConsumer};
+use rig::kafka::OwnKafka;
+use rig::{example_repository, workspace_root};
+
+const CONNECTIONS: usize = 4;
+const CALL_TIMEOUT: Duration = Duration::from_secs(2);
+/// Targets of the issue.
+const BURST_TARGET: f64 = 5_000.0;
+const LATENCY_TARGET_MS: f64 = 100.0;
+const PUBLISH_TARGET_MS: f64 = 0.2;
+
+struct Knobs {
+    customers: u64,
+    burst_seconds: f64,
+    burst_callers: usize,
+    async_rate: f64,
+    seconds: f64,
+    publish_rate: f64,
+    pairs: usize,
+}
+
+impl Knobs {
+    fn from_env() -> Result<Self> {
+        let k = Knobs {
+            customers: env_num("MLGW_BENCH_CUSTOMERS", 20_000.0)? as u64,
+            burst_seconds: env_num("MLGW_BENCH_BURST_SECONDS", 10.0)?,
+            burst_callers: env_num("MLGW_BENCH_BURST_CALLERS", 64.0)? as usize,
+            async_rate: env_num("MLGW_BENCH_ASYNC_RATE", 1000.0)?,
+            seconds: env_num("MLGW_BENCH_SECONDS", 10.0)?,
+            publish_rate: env_num("MLGW_BENCH_PUBLISH_RATE", 1000.0)?,
+            pairs: env_num("MLGW_BENCH_PAIRS", 5.0)? as usize,
+        };
+        ensure!(
+            k.customers > 0
+                && k.burst_seconds > 0.0
+                && k.burst_callers > 0
+                && k.async_rate > 0.0
+                && k.seconds > 0.0
+                && k.publish_rate > 0.0
+                && k.pairs > 0,
+            "bad knobs: every knob must be positive"
+        );
+        Ok(k)
+    }
+}
+
+/// `[async_predict]` on `broker` with this run's topics.
+fn async_section(broker: &str, prefix: &str, workers: bool) -> String {
+    format!(
+        "[async_predict]\nenabled = true\nbrokers = \"{broker}\"\n\
+         request_topic = \"{prefix}.requests.{{model}}\"\nresult_topic = \"{prefix}.results.{{model}}\"\n\
+         partitions = 6\nworkers = {workers}\ngroup_id = \"{prefix}-workers\"\n\
+         default_deadline_ms = 600000\n"
+    )
+}
+
+fn config(dir: &Path, model_grpc: &str, store: &str, extra: &str) -> Result<PathBuf> {
+    gateway_config(
+        dir,
+        &GatewaySettings {
+            model_grpc,
+            store,
+            max_concurrent: 256,
+            model_extra: "",
+            extra,
+        },
+    )
+}
+
+async fn clients(gateway: &GatewayProcess) -> Result<Vec<GatewayClient>> {
+    let bearer = Bearer::new(&gateway.banner)?;
+    Ok(gateway_clients(
+        &channels(&gateway.grpc, CONNECTIONS).await?,
+        &bearer,
+    ))
+}
+
+fn submit_request(customers: u64, k: u64) -> tonic::Request<gw::PredictAsyncRequest> {
+    let mut r = tonic::Request::new(gw::PredictAsyncRequest {
+        request: Some(predict_request(k % customers, k)),
+        idempotency_key: String::new(),
+        deadline_ms: 0,
+    });
+    r.set_timeout(CALL_TIMEOUT);
+    r
+}
+
+/// Reads results from `topic` (read-committed) until `want` distinct IDs
+/// arrived or `limit` passed; per result: (submitted, stored, received) as
+/// Unix ms.
+async fn read_results(
+    broker: &str,
+    topic: &str,
+    want: usize,
+    limit: Duration,
+) -> Result<HashMap<String, (i64, i64, i64)>> {
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", broker)
+        .set("group.id", format!("bench-reader-{}", std::process::id()))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .set("isolation.level", "read_committed")
+        .set("fetch.wait.max.ms", "5")
+        .create()?;
+    consumer.subscribe(&[topic])?;
+    let mut out = HashMap::new();
+    let deadline = tokio::time::Instant::now() + limit;
+    while out.len() < want {
+        let m = tokio::time::timeout_at(deadline, consumer.recv())
+            .await
+            .with_context(|| {
+                format!("{topic}: {} of {want} results within {limit:?}", out.len())
+            })??;
+        let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_millis() as i64;
+        let r = gw::AsyncPrediction::decode(m.payload().unwrap_or_default())?;
+        ensure!(r.state == "done", "a request failed: {r:?}");
+        out.insert(r.id, (r.submitted_at_unix_ms, r.finished_at_unix_ms, now));
+    }
+    Ok(out)
+}
+
+fn quantiles_ms(values_ms: impl Iterator<Item = i64>) -> Result<(f64, f64, f64)> {
+    let mut h = Histogram::<u64>::new(3)?;
+    for v in values_ms {
+        h.record(v.max(0) as u64)?;
+    }
+    Ok((
+        h.value_at_quantile(0.5) as f64,
+        h.value_at_quantile(0.99) as f64,
+        h.max() as f64,
+    ))
+}
+
+struct Burst {
+    accepted: u64,
+    per_s: f64,
+    submit: Measured,
+    drain_s: f64,
+    scored_per_s: f64,
+}
+
+struct Steady {
+    rate: f64,
+    submit: Measured,
+    stored: (f64, f64, f64),
+    topic: (f64, f64, f64),
+}
+
+async fn burst(
+    knobs: &Knobs,
+    scratch: &Path,
+    grpc: &str,
+    store: &str,
+    broker: &str,
+) -> Result<Burst> {
+    let prefix = format!("bench-burst-{}", std::process::id());
+    let front = config(scratch, grpc, store, &async_section(broker, &prefix, false))?;
+    let gateway = GatewayProcess::start(&front, scratch.join("gateway-front.log")).await?;
+    let clients = Arc::new(clients(&gateway).await?);
+    let customers = knobs.customers;
+    let target = {
+        let clients = Arc::clone(&clients);
+        Arc::new(call_fn(move |k| {
+            let mut c = clients[(k as usize) % CONNECTIONS].clone();
+            async move {
+                let r = c.predict_async(submit_request(customers, k)).await;
+                Outcome::from_grpc(&r)
+            }
+        }))
+    };
+    // Topics are created in the background at start: wait for a 202.
+    let started = Instant::now();
+    while target.call(0).await.failure().is_some() {
+        ensure!(
+            started.elapsed() < Duration::from_secs(60),
+            "no submit accepted within 60 s; see {}",
+            gateway.log.display()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let submit = load::run(
+        &target,
+        Load::Closed {
+            callers: knobs.burst_callers,
+            pace: None,
+        },
+        knobs.burst_seconds,
+    )
+    .await?;
+    let accepted =
+        metric(&gateway, "mlgw_async_requests_total", "result", "accepted").await? as u64;
+    gateway.stop().await?;
+    let per_s = submit.hist.len() as f64 / knobs.burst_seconds;
+    eprintln!(
+        "burst: {accepted} accepted, {per_s:.0}/s measured, {}",
+        submit.summary()
+    );
+
+    // Drain: a worker gateway on the same store.
+    let worker = config(scratch, grpc, store, &async_section(broker, &prefix, true))?;
+    let began = Instant::now();
+    let gateway = GatewayProcess::start(&worker, scratch.join("gateway-drain.log")).await?;
+    let topic = format!("{prefix}.results.fraud_detector");
+    let results = read_results(broker, &topic, accepted as usize, Duration::from_secs(900)).await?;
+    let last_stored = results.values().map(|r| r.1).max().unwrap_or(0);
+    let start_ms = SystemTime::now().duration_since(UNIX_EPOCH)?.as_millis() as i64
+        - began.elapsed().as_millis() as i64;
+    let drain_s = (last_stored - start_ms) as f64 / 1000.0;
+    gateway.stop().await?;
+    let scored_per_s = accepted as f64 / drain_s.max(1e-3);
+    eprintln!("drain: {accepted} scored in {drain_s:.1} s = {scored_per_s:.0}/s");
+    Ok(Burst {
+        accepted,
+        per_s,
+        submit,
+        drain_s,
+        scored_per_s,
+    })
+}
+
+async fn steady(
+    knobs: &Knobs,
+    scratch: &Path,
+    grpc: &str,
+    store: &str,
+    broker: &str,
+) -> Result<Steady> {
+    let prefix = format!("bench-steady-{}", std::process::id());
+    let both = config(scratch, grpc, store, &async_section(broker, &prefix, true))?;
+    let gateway = GatewayProcess::start(&both, scratch.join("gateway-steady.log")).await?;
+    let clients = Arc::new(clients(&gateway).await?);
+    let customers = knobs.customers;
+    let target = {
+        let clients = Arc::clone(&clients);
+        Arc::new(call_fn(move |k| {
+            let mut c = clients[(k as usize) % CONNECTIONS].clone();
+            async move {
+                let r = c.predict_async(submit_request(customers, k)).await;
+                Outcome::from_grpc(&r)
+            }
+        }))
+    };
+    let started = Instant::now();
+    while target.call(0).await.failure().is_some() {
+        ensure!(
+            started.elapsed() < Duration::from_secs(60),
+            "no submit accepted within 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let topic = format!("{prefix}.results.fraud_detector");
+    let submit = load::run(
+        &target,
+        Load::Open {
+            rate: knobs.async_rate,
+        },
+        knobs.seconds,
+    )
+    .await?;
+    let accepted =
+        metric(&gateway, "mlgw_async_requests_total", "result", "accepted").await? as usize;
+    let results = read_results(broker, &topic, accepted, Duration::from_secs(300)).await?;
+    gateway.stop().await?;
+    let stored = quantiles_ms(results.values().map(|r| r.1 - r.0))?;
+    let on_topic = quantiles_ms(results.values().map(|r| r.2 - r.0))?;
+    eprintln!(
+        "steady {:.0}/s: submit {}; stored p50 {} p99 {} ms; on topic p50 {} p99 {} ms",
+        knobs.async_rate,
+        submit.summary(),
+        stored.0,
+        stored.1,
+        on_topic.0,
+        on_topic.1
+    );
+    Ok(Steady {
+        rate: knobs.async_rate,
+        submit,
+        stored,
+        topic: on_topic,
+    })
+}
+
+/// One counter of the gateway's `/metrics`.
+async fn metric(gateway: &GatewayProcess, name: &str, label: &str, value: &str) -> Result<f64> {
+    let text = reqwest::get(format!("{}/metrics", gateway.http))
+        .await?
+        .text()
+        .await?;
+    let wanted = format!("{name}{{{label}=\"{value}\"}}");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&wanted).map(str::trim))
+        .context(format!("{wanted} is not on /metrics"))?
+        .parse::<f64>()
+        .context("not a number")
+}
+
+struct Pair {
+    on: Measured,
+    off: Measured,
+}
+
+async fn publish_run(knobs: &Knobs, config: &Path, log: PathBuf) -> Result<Measured> {
+    let gateway = GatewayProcess::start(config, log).await?;
+    let clients = Arc::new(clients(&gateway).await?);
+    let customers = knobs.customers;
+    let target = {
+        let clients = Arc::clone(&clients);
+        Arc::new(call_fn(move |k| {
+            let mut c = clients[(k as usize) % CONNECTIONS].clone();
+            async move {
+                let mut r = tonic::Request::new(predict_request(k % customers, k));
+                r.set_timeout(CALL_TIMEOUT);
+                Outcome::from_grpc(&c.predict(r).await)
+            }
+        }))
+    };
+    if let Some(code) = target.call(0).await.failure() {
+        bail!(
+            "a first predict failed with {code}; see {}",
+            gateway.log.display()
+        );
+    }
+    // Rows into the cache, connections warm; unmeasured.
+    load::run(
+        &target,
+        Load::Open {
+            rate: knobs.publish_rate,
+        },
+        3.0,
+    )
+    .await?;
+    let m = load::run(
+        &target,
+        Load::Open {
+            rate: knobs.publish_rate,
+        },
+        knobs.seconds,
+    )
+    .await?;
+    gateway.stop().await?;
+    Ok(m)
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> Result<()> {
+    report_in_scratch("streams", run).await
+}
+
+async fn run(scratch: PathBuf) -> Result<String> {
+    let (knobs, scratch) = (&Knobs::from_env()?, scratch.as_path());
+    let server =
+        ModelServer::start(&example_repository(), scratch.join("model-server.log")).await?;
+    let grpc = server.grpc_url();
+    let mut kafka = OwnKafka::start().await?;
+    let broker = kafka.address()?;
+    let redb = scratch.join("features.redb");
+    load_embedded_profiles(&redb, knobs.customers, scratch).await?;
+    let store = format!(
+        "[store]\nbackend = \"embedded\"\npath = \"{}\"",
+        redb.display()
+    );
+    let configs = scratch.join("configs");
+    std::fs::create_dir_all(&configs)?;
+
+    let burst = burst(knobs, &configs, &grpc, &store, &broker).await?;
+    let steady = steady(knobs, &configs, &grpc, &store, &broker).await?;
+
+    let log = "[prediction_log]\nenabled = true\n";
+    let publish = format!(
+        "{log}[publish]\nenabled = true\nbrokers = \"{broker}\"\npredictions_topic = \"bench.predictions\"\nfeedback_topic = \"bench.feedback\"\n"
+    );
+    benches_create_topic(&broker, "bench.predictions").await?;
+    let on = config(&configs, &grpc, &store, &publish)?;
+    let off = config(&configs, &grpc, &store, log)?;
+    let mut pairs = Vec::new();
+    for i in 0..knobs.pairs {
+        // Alternate which goes first, so drift over the run hits both.
+        let (first, second) = if i % 2 == 0 { (&on, &off) } else { (&off, &on) };
+        let a = publish_run(knobs, first, configs.join(format!("gw-pair{i}-a.log"))).await?;
+        let b = publish_run(knobs, second, configs.join(format!("gw-pair{i}-b.log"))).await?;
+        let (on_m, off_m) = if i % 2 == 0 { (a, b) } else { (b, a) };
+        eprintln!(
+            "pair {i}: on p99 {} ms, off p99 {} ms",
+            ms(on_m.p_ms(0.99)),
+            ms(off_m.p_ms(0.99))
+        );
+        pairs.push(Pair {
+            on: on_m,
+            off: off_m,
+        });
+    }
+    drop(server);
+    kafka.passed = true;
+    drop(kafka);
+
+    let report = report(knobs, &burst, &steady, &pairs)?;
+    let dir = workspace_root().join("benches/results");
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(dir.join("streams.md"), &report)?;
+    Ok(report)
+}
+
+async fn benches_create_topic(broker: &str, topic: &str) -> Result<()> {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    let admin: AdminClient<rdkafka::client::DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", broker)
+        .create()?;
+    let results = admin
+        .create_topics(
+            &[NewTopic::new(topic, 3, TopicReplication::Fixed(1))],
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))),
+        )
+        .await?;
+    for r in results {
+        if let Err((name, code)) = r {
+            bail!("creating topic {name}: {code}");
+        }
+    }
+    Ok(())
+}
+
+fn report(knobs: &Knobs, burst: &Burst, steady: &Steady, pairs: &[Pair]) -> Result<String> {
+    let (cores, cpu) = machine();
+    let mut out = String::new();
+    writeln!(
+        out,
+        "# Streams: asynchronous predictions and publishing downstream\n"
+    )?;
+    writeln!(
+        out,
+        "Commit `{}`. Command: `cargo build --release -p model-server -p gateway && MLGW_BENCH_CUSTOMERS={} MLGW_BENCH_BURST_SECONDS={} MLGW_BENCH_BURST_CALLERS={} MLGW_BENCH_ASYNC_RATE={} MLGW_BENCH_SECONDS={} MLGW_BENCH_PUBLISH_RATE={} MLGW_BENCH_PAIRS={} cargo bench -p benches --bench streams` (source: benches/benches/streams.rs).\n",
+        commit(),
+        knobs.customers,
+        knobs.burst_seconds,
+        knobs.burst_callers,
+        knobs.async_rate,
+        knobs.seconds,
+        knobs.publish_rate,
+        knobs.pairs
+    )?;
+    writeln!(
+        out,
+        "Machine: {cores} cores, {cpu}. Everything on it: the model-server (example models, release), one Kafka 4.4 broker in KRaft mode started by the bench (tests/rig/kafka.sh), the gateways (release, the shipped settings of benches' gateway config, embedded store with {} demo customers), and the load generator.\n",
+        knobs.customers
+    )?;
+    writeln!(
+        out,
+        "## Asynchronous submits: a {:.0} s burst\n",
+        knobs.burst_seconds
+    )?;
+    writeln!(
+        out,
+        "A front-only gateway (`workers = false`) takes gRPC `PredictAsync` from {} closed-loop callers; each answer comes after the pending record is stored and Kafka acknowledged the request (`acks=all`). Then a worker gateway on the same store drains the backlog.\n",
+        knobs.burst_callers
+    )?;
+    writeln!(
+        out,
+        "| accepted | accepted/s | target | submit p50 | p99 | errors | drained in | scored/s |"
+    )?;
+    writeln!(out, "|---:|---:|---:|---:|---:|---|---:|---:|")?;
+    writeln!(
+        out,
+        "| {} | {:.0} | ≥ {:.0} {} | {} ms | {} ms | {} | {:.1} s | {:.0} |\n",
+        burst.accepted,
+        burst.per_s,
+        BURST_TARGET,
+        if burst.per_s >= BURST_TARGET {
+            "met"
+        } else {
+            "**missed**"
+        },
+        ms(burst.submit.p_ms(0.5)),
+        ms(burst.submit.p_ms(0.99)),
+        burst.submit.errors_text(),
+        burst.drain_s,
+        burst.scored_per_s
+    )?;
+    writeln!(out, "## Submit → result at a steady {:.0}/s\n", steady.rate)?;
+    writeln!(
+        out,
+        "One gateway accepts and scores; open-loop submits for {:.0} s; every result read back from the result topic. *Stored*: acceptance → result stored (pollable), from the result's own timestamps. *On topic*: acceptance → the result read by a read-committed consumer (the worker's transaction committed), on the reader's clock.\n",
+        knobs.seconds
+    )?;
+    writeln!(
+        out,
+        "| submit p50 | submit p99 | stored p50 | stored p99 | target | on topic p50 | on topic p99 | max |"
+    )?;
+    writeln!(out, "|---:|---:|---:|---:|---:|---:|---:|---:|")?;
+    writeln!(
+        out,
+        "| {} ms | {} ms | {} ms | {} ms | ≤ {LATENCY_TARGET_MS:.0} ms {} | {} ms | {} ms | {} ms |\n",
+        ms(steady.submit.p_ms(0.5)),
+        ms(steady.submit.p_ms(0.99)),
+        steady.stored.0,
+        steady.stored.1,
+        if steady.stored.1 <= LATENCY_TARGET_MS {
+            "met"
+        } else {
+            "**missed**"
+        },
+        steady.topic.0,
+        steady.topic.1,
+        steady.topic.2
+    )?;
+    writeln!(out, "## Publishing downstream on the sync path\n")?;
+    writeln!(
+        out,
+        "gRPC `Predict` open loop at {:.0}/s for {:.0} s per run (after 3 s of warm-up), the prediction log on in both; `[publish]` on or off, interleaved pairs (the first of a pair alternates).\n",
+        knobs.publish_rate, knobs.seconds
+    )?;
+    writeln!(
+        out,
+        "| pair | p50 on | p50 off | p99 on | p99 off | p99 on − off |"
+    )?;
+    writeln!(out, "|---:|---:|---:|---:|---:|---:|")?;
+    let mut diffs = Vec::new();
+    for (i, p) in pairs.iter().enumerate() {
+        let d = p.on.p_ms(0.99) - p.off.p_ms(0.99);
+        diffs.push(d);
+        writeln!(
+            out,
+            "| {i} | {} | {} | {} | {} | {:+.2} |",
+            ms(p.on.p_ms(0.5)),
+            ms(p.off.p_ms(0.5)),
+            ms(p.on.p_ms(0.99)),
+            ms(p.off.p_ms(0.99)),
+            d
+        )?;
+    }
+    let m = median(diffs);
+    writeln!(
+        out,
+        "\nMedian p99 difference: {m:+.2} ms (target ≤ {PUBLISH_TARGET_MS} ms: {}).",
+        if m <= PUBLISH_TARGET_MS {
+            "met"
+        } else {
+            "**missed**"
+        }
+    )?;
+    Ok(out)
+}
