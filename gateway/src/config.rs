@@ -30,6 +30,8 @@ struct RawConfig {
     prediction_log: crate::predlog::LogConfig,
     #[serde(default)]
     publish: crate::publish::PublishSettings,
+    #[serde(default)]
+    ingest: feature_store::ingest::IngestSettings,
     #[serde(rename = "model")]
     models: Vec<RawModel>,
     auth: Option<crate::auth::settings::RawAuth>,
@@ -339,6 +341,8 @@ pub struct GatewayConfig {
     pub prediction_log: crate::predlog::LogConfig,
     /// `[publish]`: predictions and feedback sent downstream to Kafka.
     pub publish: crate::publish::PublishSettings,
+    /// `[ingest]`: dynamic-feature events consumed from Kafka.
+    pub ingest: feature_store::ingest::IngestSettings,
     /// The models.
     pub models: Vec<ModelConfig>,
     /// SSO authentication and the access policy.
@@ -436,6 +440,9 @@ impl GatewayConfig {
         raw.publish
             .validate()
             .map_err(|(k, m)| err(&format!("publish.{k}"), m))?;
+        raw.ingest
+            .validate()
+            .map_err(|(k, m)| err(&format!("ingest.{k}"), m))?;
         if raw.publish.enabled && !raw.prediction_log.enabled {
             return Err(err(
                 "publish.enabled",
@@ -619,6 +626,7 @@ impl GatewayConfig {
             cache,
             prediction_log: raw.prediction_log,
             publish: raw.publish,
+            ingest: raw.ingest,
             scheduler: raw.scheduler,
             models,
             auth,

@@ -54,6 +54,9 @@ pub enum ServeError {
     /// The issuer's keys cannot be fetched from its URL.
     #[error("auth: {0}")]
     Keys(#[source] FetchError),
+    /// `[ingest]` is on but cannot start.
+    #[error(transparent)]
+    Ingest(feature_store::ingest::IngestError),
     /// A start-up task failed.
     #[error("auth: {0}")]
     Task(#[source] tokio::task::JoinError),
@@ -89,6 +92,8 @@ pub struct GatewayServer {
     key_refresh: Duration,
     dev_token: Option<DevToken>,
     config: GatewayConfig,
+    /// The Kafka ingest of dynamic-feature events (`[ingest]`).
+    ingest: Option<feature_store::ingest::Ingest<AnyStore>>,
 }
 
 impl GatewayServer {
@@ -176,7 +181,12 @@ impl GatewayServer {
             Arc::clone(&keys),
         ));
         let limit = Arc::new(Semaphore::new(config.server.max_concurrent_requests));
-        let page = metrics_page(&metrics, &reader, &core, &keys, &limit, config);
+        let mut page = metrics_page(&metrics, &reader, &core, &keys, &limit, config);
+        let ingest = crate::ingest::start(&config.ingest, &reader).map_err(ServeError::Ingest)?;
+        if let Some(i) = &ingest {
+            page.registry
+                .register_collector(Box::new(crate::ingest::IngestFamilies(i.stats())));
+        }
         Ok(GatewayServer {
             state: Arc::new(AppState {
                 core,
@@ -204,6 +214,7 @@ impl GatewayServer {
             key_refresh: auth.jwks_refresh,
             dev_token,
             config: config.clone(),
+            ingest,
         })
     }
 
@@ -227,7 +238,7 @@ impl GatewayServer {
     /// # Errors
     /// [`ServeError`] if a front fails.
     pub async fn run(
-        self,
+        mut self,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> Result<(), ServeError> {
         let watch = self.reader.watch_batches();
@@ -324,6 +335,10 @@ impl GatewayServer {
             self.config.scheduler.poll().map(|poll| {
                 tokio::spawn(Arc::clone(&state.scoring).schedule(poll, stop(rx.clone())))
             });
+        let ingest = self
+            .ingest
+            .take()
+            .map(|i| tokio::spawn(i.run(stop(rx.clone()))));
         tokio::spawn(async move {
             shutdown.await;
             let _ = tx.send(true);
@@ -336,6 +351,11 @@ impl GatewayServer {
         }
         if let Some(scoring) = scoring {
             let _ = scoring.await;
+        }
+        if let Some(ingest) = ingest
+            && let Err(e) = ingest.await
+        {
+            tracing::error!(error = %e, "the ingest task failed");
         }
         watch.abort();
         key_refresh.abort();

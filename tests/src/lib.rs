@@ -17,6 +17,7 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
 pub mod gateway;
+pub mod kafka;
 pub mod metrics;
 pub mod sso;
 pub mod store;
