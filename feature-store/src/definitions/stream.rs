@@ -12,7 +12,7 @@
 //!
 //! `key_fields` defaults to the entity's keys, `time_field` to
 //! `"event_time"`, `id_field` to `"event_id"` (JSON only: a protobuf
-//! `gateway.v1.FeatureEvent` carries them in fixed fields).
+//! `gateway.v1.StreamedFeatureEvent` carries them in fixed fields).
 
 use serde::Deserialize;
 
@@ -26,7 +26,7 @@ pub enum EventEncoding {
     /// One flat JSON object per record: the key fields, the time field, the
     /// optional ID field, and every other member an event field.
     Json,
-    /// One `gateway.v1.FeatureEvent` protobuf message per record.
+    /// One `gateway.v1.StreamedFeatureEvent` protobuf message per record.
     Protobuf,
 }
 
@@ -122,7 +122,7 @@ pub(super) fn validate_source(
     {
         return Err(bad(
             key,
-            "a protobuf gateway.v1.FeatureEvent carries its time and ID in fixed fields; remove this key".to_owned(),
+            "a protobuf gateway.v1.StreamedFeatureEvent carries its time and ID in fixed fields; remove this key".to_owned(),
         ));
     }
     let time_field = k

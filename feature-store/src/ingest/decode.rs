@@ -9,7 +9,7 @@
 //! number (an integer stays `int64`, any other number is `float64`), text
 //! or a bool; `null` counts as absent.
 //!
-//! Protobuf: one `gateway.v1.FeatureEvent` per record (see
+//! Protobuf: one `gateway.v1.StreamedFeatureEvent` per record (see
 //! `proto/proto/gateway/v1/events.proto`).
 
 use std::collections::BTreeMap;
@@ -149,10 +149,10 @@ fn json(source: &KafkaSource, payload: &[u8]) -> Result<(String, Event), Rejecti
 }
 
 fn protobuf(source: &KafkaSource, payload: &[u8]) -> Result<(String, Event), Rejection> {
-    let mut message = pb::FeatureEvent::decode(payload).map_err(|e| {
+    let mut message = pb::StreamedFeatureEvent::decode(payload).map_err(|e| {
         Rejection::new(
             Reason::Undecodable,
-            format!("not a gateway.v1.FeatureEvent: {e}"),
+            format!("not a gateway.v1.StreamedFeatureEvent: {e}"),
         )
     })?;
     let mut parts = Vec::with_capacity(source.key_fields.len());
@@ -296,7 +296,7 @@ mod tests {
     #[test]
     fn a_protobuf_record_becomes_a_keyed_event() {
         let s = source(EventEncoding::Protobuf);
-        let message = pb::FeatureEvent {
+        let message = pb::StreamedFeatureEvent {
             keys: [("customer_id".to_owned(), "c-2".to_owned())].into(),
             event_id: "e-9".into(),
             event_time_unix_us: 1_700_000_000_000_001,
@@ -311,7 +311,7 @@ mod tests {
         let (key, event) = decode(&s, &message.encode_to_vec()).unwrap();
         assert_eq!((key.as_str(), event.event_id.as_str()), ("c-2", "e-9"));
         assert_eq!(event.fields["amount"], FeatureValue::Float64(2.5));
-        let unset = pb::FeatureEvent {
+        let unset = pb::StreamedFeatureEvent {
             event_time_unix_us: 0,
             ..message
         };

@@ -173,7 +173,7 @@ pub enum IngestError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum Reason {
-    /// Not JSON / not a `gateway.v1.FeatureEvent`, or empty.
+    /// Not JSON / not a `gateway.v1.StreamedFeatureEvent`, or empty.
     Undecodable,
     /// An entity key field is missing, empty or not text.
     MissingKey,
