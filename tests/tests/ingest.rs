@@ -324,10 +324,10 @@ async fn dead_letters(
     Ok(out)
 }
 
-/// Every malformed record is in the dead-letter topic, unchanged, with its
-/// reason and a message; nothing else is.
-fn check_dead_letters(got: &[(String, String, String)]) {
-    let expected: BTreeMap<String, &str> = malformed().into_iter().collect();
+/// Every malformed record produced (`sent`) is in the dead-letter topic,
+/// unchanged, with its reason and a message; nothing else is.
+fn check_dead_letters(sent: &[(String, &'static str)], got: &[(String, String, String)]) {
+    let expected: BTreeMap<String, &str> = sent.iter().cloned().collect();
     let mut found = BTreeSet::new();
     for (reason, error, payload) in got {
         let Some(want) = expected.get(payload) else {
@@ -483,7 +483,10 @@ async fn aggregates_equal_the_reference_across_a_killed_consumer_on_cassandra() 
     let (first, second) = events.split_at(events.len() / 2);
     let producer = producer(&broker)?;
     let mut stream = records(first);
-    stream.extend(malformed().into_iter().map(|(p, _)| ("c-0".to_owned(), p)));
+    // Made once: its times are relative to now, and the dead letters are
+    // compared with exactly what was sent.
+    let bad = malformed();
+    stream.extend(bad.iter().map(|(p, _)| ("c-0".to_owned(), p.clone())));
     produce(&producer, &topic, &stream).await?;
 
     let mut ingest = spawn_ingest(&flags, &defs, &broker, &group, &dlq)?;
@@ -517,7 +520,7 @@ async fn aggregates_equal_the_reference_across_a_killed_consumer_on_cassandra() 
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     assert_eq!(got, want, "aggregates read back vs the reference");
-    check_dead_letters(&dead_letters(&broker, &dlq, malformed().len()).await?);
+    check_dead_letters(&bad, &dead_letters(&broker, &dlq, bad.len()).await?);
     ingest.start_kill()?;
     Ok(())
 }
@@ -567,7 +570,8 @@ async fn a_gateway_with_ingest_counts_dead_letters_and_reports_lag() -> Result<(
         })
         .collect();
     let mut stream = good.clone();
-    stream.extend(malformed().into_iter().map(|(p, _)| ("c-9".to_owned(), p)));
+    let bad = malformed();
+    stream.extend(bad.iter().map(|(p, _)| ("c-9".to_owned(), p.clone())));
     produce(&producer(&broker)?, &topic, &stream).await?;
 
     let deadline = tokio::time::Instant::now() + Duration::from_secs(40);
@@ -612,9 +616,9 @@ async fn a_gateway_with_ingest_counts_dead_letters_and_reports_lag() -> Result<(
             "mlgw_ingest_events_total",
             &[("view", "customer_activity"), ("result", "dead_lettered")]
         ),
-        malformed().len() as f64
+        bad.len() as f64
     );
-    for (_, reason) in malformed() {
+    for reason in bad.iter().map(|(_, r)| *r) {
         assert_eq!(
             v(
                 "mlgw_ingest_dead_letters_total",
@@ -634,7 +638,7 @@ async fn a_gateway_with_ingest_counts_dead_letters_and_reports_lag() -> Result<(
             "partition {p} caught up"
         );
     }
-    check_dead_letters(&dead_letters(&broker, &dlq, malformed().len()).await?);
+    check_dead_letters(&bad, &dead_letters(&broker, &dlq, bad.len()).await?);
     gw.stop().await?;
     Ok(())
 }
