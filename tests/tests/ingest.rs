@@ -22,9 +22,10 @@ use feature_store::store::prelude::*;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{Offset, TopicPartitionList};
 use rig::gateway::{DEV_AUTH, GatewayProcess, scratch};
 use rig::kafka::OwnKafka;
 use rig::metrics::Page;
@@ -324,6 +325,30 @@ async fn dead_letters(
     Ok(out)
 }
 
+/// The group's committed offsets on `topic`'s partitions, summed (what
+/// the consumer has written and committed).
+async fn committed(broker: &str, group: &str, topic: &str, partitions: i32) -> Result<i64> {
+    // Fetching offsets does not join the group, so the consumer under
+    // test keeps its partitions.
+    let consumer: BaseConsumer = client(broker).set("group.id", group).create()?;
+    let mut asked = TopicPartitionList::new();
+    for p in 0..partitions {
+        asked.add_partition(topic, p);
+    }
+    let got = tokio::task::spawn_blocking(move || {
+        consumer.committed_offsets(asked, Duration::from_secs(10))
+    })
+    .await??;
+    Ok(got
+        .elements()
+        .iter()
+        .filter_map(|e| match e.offset() {
+            Offset::Offset(o) => Some(o),
+            _ => None,
+        })
+        .sum())
+}
+
 /// Every malformed record produced (`sent`) is in the dead-letter topic,
 /// unchanged, with its reason and a message; nothing else is.
 fn check_dead_letters(sent: &[(String, &'static str)], got: &[(String, String, String)]) {
@@ -490,20 +515,38 @@ async fn aggregates_equal_the_reference_across_a_killed_consumer_on_cassandra() 
     produce(&producer, &topic, &stream).await?;
 
     let mut ingest = spawn_ingest(&flags, &defs, &broker, &group, &dlq)?;
-    // The second half arrives while the consumer runs; it is killed midway.
+    // Killed mid-stream: once it has written and committed part of the
+    // first half, the second half starts arriving and the consumer is
+    // killed while it does.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let at_kill = loop {
+        let n = committed(&broker, &group, &topic, 3).await?;
+        if n > 0 {
+            break n;
+        }
+        ensure!(
+            tokio::time::Instant::now() < deadline,
+            "the consumer committed nothing within 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     let sender = {
         let (producer, topic, second) = (producer.clone(), topic.clone(), records(second));
         tokio::spawn(async move {
-            for chunk in second.chunks(20) {
+            for chunk in second.chunks(10) {
                 produce(&producer, &topic, chunk).await?;
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
             anyhow::Ok(())
         })
     };
-    tokio::time::sleep(Duration::from_millis(1200)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
     ingest.start_kill()?;
     ingest.wait().await?;
+    eprintln!(
+        "killed the consumer {} records after its first commit was seen",
+        committed(&broker, &group, &topic, 3).await? - at_kill
+    );
     sender.await??;
     // A producer retry redelivers part of the first half.
     produce(&producer, &topic, &records(&first[..40])).await?;
