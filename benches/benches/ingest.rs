@@ -34,7 +34,7 @@ use feature_store::store::prelude::*;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 use rig::kafka::OwnKafka;
 use rig::workspace_root;
 
@@ -153,16 +153,26 @@ async fn produce(producer: &FutureProducer, topic: &str, first: u64, n: u64) -> 
             i % 500
         );
         let record = FutureRecord::to(topic).key(&customer).payload(&payload);
-        pending.push(producer.send(record, Duration::from_secs(60)));
+        // Enqueued now (librdkafka copies key and payload), so the
+        // acknowledgement futures borrow nothing of this iteration.
+        pending.push(
+            producer
+                .send_result(record)
+                .map_err(|(e, _)| e)
+                .context("a record was not enqueued")?,
+        );
         if pending.len() == 10_000 {
-            for r in futures_util::future::join_all(pending.drain(..)).await {
-                r.map_err(|(e, _)| e)
-                    .context("a record was not acknowledged")?;
-            }
+            acknowledged(pending.drain(..)).await?;
         }
     }
+    acknowledged(pending).await
+}
+
+/// Waits for every delivery report; the first failure.
+async fn acknowledged(pending: impl IntoIterator<Item = DeliveryFuture>) -> Result<()> {
     for r in futures_util::future::join_all(pending).await {
-        r.map_err(|(e, _)| e)
+        r.context("the producer went away")?
+            .map_err(|(e, _)| e)
             .context("a record was not acknowledged")?;
     }
     Ok(())
