@@ -10,6 +10,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/gateway/v1/routing_admin.proto",
         // The refresh tuner's admin API (served by the gateway).
         "proto/gateway/v1/tuner_admin.proto",
+        // Dynamic-feature events as streamed from Kafka (no service).
+        "proto/gateway/v1/events.proto",
     ];
     let files: Vec<&str> = inference.iter().chain(&gateway).copied().collect();
     for file in &files {

@@ -165,6 +165,40 @@ pub enum Command {
         #[arg(long)]
         event_time: Option<String>,
     },
+    /// Consume the dynamic views' Kafka topics (each view's `source`) into
+    /// the store until Ctrl-C / SIGTERM (also hosted by the gateway with
+    /// `[ingest] enabled = true`).
+    Ingest(IngestFlags),
+}
+
+/// `mlgw-features ingest`: the gateway's `[ingest]` settings as flags.
+#[derive(Debug, Args)]
+pub struct IngestFlags {
+    /// The file.
+    #[command(flatten)]
+    pub definitions: DefinitionsFlag,
+    /// Kafka bootstrap servers, `host:port,host:port`.
+    #[arg(long, env = "MLGW_INGEST_BROKERS")]
+    pub brokers: String,
+    /// The consumer group.
+    #[arg(long, env = "MLGW_INGEST_GROUP_ID", default_value = "mlgw-ingest")]
+    pub group_id: String,
+    /// Where refused records go, with the reason in headers.
+    #[arg(
+        long,
+        env = "MLGW_INGEST_DEAD_LETTER_TOPIC",
+        default_value = "mlgw.ingest.dead-letter"
+    )]
+    pub dead_letter_topic: String,
+    /// Records written per batch at most.
+    #[arg(long, default_value_t = 5000)]
+    pub batch_max: usize,
+    /// How long a batch waits to fill after its first record, ms.
+    #[arg(long, default_value_t = 20)]
+    pub linger_ms: u64,
+    /// A member silent this long leaves the group, ms.
+    #[arg(long, default_value_t = 10_000)]
+    pub session_timeout_ms: u64,
 }
 
 /// A declared refresh job (its `[[refresh_job]]` holds the schedule and the

@@ -9,11 +9,13 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, Result, bail};
 use feature_store::cli::{
-    BatchesAction, Cli, Command, RefreshAction, SchedulerAction, SchemaAction, TunerAction,
+    BatchesAction, Cli, Command, IngestFlags, RefreshAction, SchedulerAction, SchemaAction,
+    TunerAction,
 };
 use feature_store::clock::utc;
 use feature_store::definitions::{FeatureDefinitions, FeatureType, FeatureValue, ViewKind};
 use feature_store::freshness::{ResolvedView, ValueState};
+use feature_store::ingest::{Ingest, IngestSettings};
 use feature_store::reader::{FeatureReader, ReaderConfig};
 use feature_store::refresh::{self, RefreshError, RefreshOptions, RefreshOutcome};
 use feature_store::schedule::jobs::{self, JobDetail, JobOverview};
@@ -170,6 +172,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             let store = connect(&cli).await?;
             read(store, defs, view, entity, json).await
         }
+        Command::Ingest(flags) => ingest(&cli, flags, json).await,
         Command::Tuner { action } => tuner(&cli, action, json).await,
         Command::Scheduler { action } => scheduler(&cli, action, json).await,
         Command::Push {
@@ -457,6 +460,53 @@ async fn tuner(cli: &Cli, action: &TunerAction, json: bool) -> Result<ExitCode> 
                 );
             }
         }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn ingest(cli: &Cli, flags: &IngestFlags, json: bool) -> Result<ExitCode> {
+    let settings = IngestSettings {
+        enabled: true,
+        brokers: flags.brokers.clone(),
+        group_id: flags.group_id.clone(),
+        dead_letter_topic: flags.dead_letter_topic.clone(),
+        batch_max: flags.batch_max,
+        linger_ms: flags.linger_ms,
+        session_timeout_ms: flags.session_timeout_ms,
+        ..IngestSettings::default()
+    };
+    settings
+        .validate()
+        .map_err(|(key, problem)| anyhow::anyhow!("--{}: {problem}", key.replace('_', "-")))?;
+    let defs = Arc::new(load_definitions(&flags.definitions.definitions)?);
+    let store = Arc::new(connect(cli).await?);
+    let reader = Arc::new(FeatureReader::new(store, defs, ReaderConfig::default()).await?);
+    let ingest = Ingest::new(reader, &settings)?;
+    let stats = ingest.stats();
+    if !json {
+        out!(
+            "ingest: group {} consuming {}; Ctrl-C stops it",
+            settings.group_id,
+            stats
+                .views
+                .iter()
+                .map(|v| format!("{} → {}", v.topic, v.view))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    ingest.run(telemetry::shutdown_signal()).await;
+    if json {
+        print_json(&json!({
+            "ingested": stats.ingested(),
+            "dead_lettered": stats.dead_lettered(),
+        }));
+    } else {
+        out!(
+            "ingest: stopped after {} event(s) written, {} dead-lettered",
+            stats.ingested(),
+            stats.dead_lettered()
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -22,6 +22,8 @@
 //! - [`reader`]: the row cache, current-batch watch and dynamic pushes;
 //!   [`refresh`]: refresh runs with batch records; [`config`]: backend
 //!   settings.
+//! - [`ingest`]: dynamic views' events consumed from Kafka through the
+//!   reader's batched event writes, bad records dead-lettered.
 //! - [`schedule`]: the refresh scheduler, the tuner's steps against the
 //!   store, and the job operations shared by the CLI and the admin API;
 //!   [`cli`]: the `mlgw-features` flags.
@@ -35,6 +37,7 @@ pub mod combination;
 pub mod config;
 pub mod definitions;
 pub mod freshness;
+pub mod ingest;
 pub mod log;
 pub mod reader;
 pub mod refresh;

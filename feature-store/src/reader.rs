@@ -391,6 +391,18 @@ fn weigh(_key: &Key, value: &CachedRow) -> u32 {
     u32::try_from(value.entity.len() + 80 + row).unwrap_or(u32::MAX)
 }
 
+/// One raw event for [`FeatureReader::push_events`]: the view, the entity
+/// and the event.
+#[derive(Debug, Clone, Copy)]
+pub struct PushedEvent<'a> {
+    /// The dynamic view.
+    pub view: &'a str,
+    /// The entity key (key columns joined as the push API joins them).
+    pub entity_key: &'a str,
+    /// The event.
+    pub event: &'a Event,
+}
+
 /// Reads features of one definitions file through the cache.
 pub struct FeatureReader<S> {
     store: Arc<S>,
@@ -904,6 +916,76 @@ impl<S: RowStore + BatchStore> FeatureReader<S> {
         entity_key: &str,
         event: &Event,
     ) -> Result<(), ReadError> {
+        let (idx, view, ttl) = self.check_event(view_name, event)?;
+        let written = self
+            .store
+            .write_event(EventWrite {
+                view: &view.name,
+                entity_key,
+                event,
+                expires_at: event.event_time + ttl,
+            })
+            .await;
+        self.counters.store_error(StoreOp::Write, &written);
+        written?;
+        if self.config.dynamic_ttl.is_some() {
+            self.cache.invalidate(&self.key(idx, entity_key)).await;
+        }
+        Ok(())
+    }
+
+    /// Stores many raw events, of any dynamic views with aggregates, each
+    /// checked as [`push_event`](Self::push_event) checks it; the valid ones
+    /// are written together in one batched store call. Returns one outcome
+    /// per event, in order: `None` when it was written, else why it was
+    /// refused (nothing is written for it).
+    ///
+    /// # Errors
+    /// The store's error if the batched write fails: then none of the
+    /// events count as written (some may be stored; writing them again is
+    /// harmless).
+    pub async fn push_events(
+        &self,
+        events: &[PushedEvent<'_>],
+    ) -> Result<Vec<Option<ReadError>>, ReadError> {
+        let mut outcomes = Vec::with_capacity(events.len());
+        let mut writes = Vec::with_capacity(events.len());
+        let mut written_keys = Vec::new();
+        for pushed in events {
+            match self.check_event(pushed.view, pushed.event) {
+                Ok((idx, view, ttl)) => {
+                    writes.push(EventWrite {
+                        view: &view.name,
+                        entity_key: pushed.entity_key,
+                        event: pushed.event,
+                        expires_at: pushed.event.event_time + ttl,
+                    });
+                    if self.config.dynamic_ttl.is_some() {
+                        written_keys.push(self.key(idx, pushed.entity_key));
+                    }
+                    outcomes.push(None);
+                }
+                Err(e) => outcomes.push(Some(e)),
+            }
+        }
+        if !writes.is_empty() {
+            let written = self.store.write_events(&writes).await;
+            self.counters.store_error(StoreOp::Write, &written);
+            written?;
+        }
+        for key in &written_keys {
+            self.cache.invalidate(key).await;
+        }
+        Ok(outcomes)
+    }
+
+    /// The view, its index and TTL if `event` may be stored in
+    /// `view_name`: the checks of [`push_event`](Self::push_event).
+    fn check_event(
+        &self,
+        view_name: &str,
+        event: &Event,
+    ) -> Result<(u32, &FeatureView, Duration), ReadError> {
         let (idx, view) = self.view(view_name)?;
         let ViewKind::Dynamic { ttl } = view.kind else {
             return Err(ReadError::WrongKind {
@@ -935,21 +1017,7 @@ impl<S: RowStore + BatchStore> FeatureReader<S> {
                 problem,
             })?;
         }
-        let written = self
-            .store
-            .write_event(EventWrite {
-                view: &view.name,
-                entity_key,
-                event,
-                expires_at: event.event_time + ttl,
-            })
-            .await;
-        self.counters.store_error(StoreOp::Write, &written);
-        written?;
-        if self.config.dynamic_ttl.is_some() {
-            self.cache.invalidate(&self.key(idx, entity_key)).await;
-        }
-        Ok(())
+        Ok((idx, view, ttl))
     }
 
     /// The raw-event read counters since start.

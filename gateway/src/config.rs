@@ -32,6 +32,8 @@ struct RawConfig {
     publish: crate::publish::PublishSettings,
     #[serde(default)]
     async_predict: AsyncSettings,
+    #[serde(default)]
+    ingest: feature_store::ingest::IngestSettings,
     #[serde(rename = "model")]
     models: Vec<RawModel>,
     auth: Option<crate::auth::settings::RawAuth>,
@@ -343,6 +345,8 @@ pub struct GatewayConfig {
     pub publish: crate::publish::PublishSettings,
     /// `[async_predict]`: predictions queued on Kafka and polled.
     pub async_predict: AsyncSettings,
+    /// `[ingest]`: dynamic-feature events consumed from Kafka.
+    pub ingest: feature_store::ingest::IngestSettings,
     /// The models.
     pub models: Vec<ModelConfig>,
     /// SSO authentication and the access policy.
@@ -443,6 +447,9 @@ impl GatewayConfig {
         raw.async_predict
             .validate()
             .map_err(|(k, m)| err(&format!("async_predict.{k}"), m))?;
+        raw.ingest
+            .validate()
+            .map_err(|(k, m)| err(&format!("ingest.{k}"), m))?;
         if raw.publish.enabled && !raw.prediction_log.enabled {
             return Err(err(
                 "publish.enabled",
@@ -627,6 +634,7 @@ impl GatewayConfig {
             prediction_log: raw.prediction_log,
             publish: raw.publish,
             async_predict: raw.async_predict,
+            ingest: raw.ingest,
             scheduler: raw.scheduler,
             models,
             auth,

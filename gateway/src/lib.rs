@@ -18,7 +18,8 @@
 //!   [`rollout`] (stable, canary, pilot and shadow versions).
 //! - [`auth`] (tokens, the access policy, the dev issuer), [`error`] (the
 //!   one error table), [`metrics`] (the gateway's counters), [`config`]
-//!   (the TOML file), [`scheduler`] (the hosted refresh scheduler).
+//!   (the TOML file), [`scheduler`] (the hosted refresh scheduler),
+//!   [`ingest`] (the hosted Kafka ingest of dynamic-feature events).
 //! - [`scoring`]: batch scoring into the prediction store, with the live
 //!   path's enrichment, model client and post-processing.
 //! - [`async_predict`]: predictions queued on Kafka and polled, scored by
@@ -38,6 +39,7 @@ pub mod config;
 pub mod enrich;
 pub mod error;
 pub mod front;
+pub mod ingest;
 pub mod metrics;
 pub mod model;
 pub mod postprocess;

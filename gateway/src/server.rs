@@ -55,6 +55,9 @@ pub enum ServeError {
     /// The issuer's keys cannot be fetched from its URL.
     #[error("auth: {0}")]
     Keys(#[source] FetchError),
+    /// `[ingest]` is on but cannot start.
+    #[error(transparent)]
+    Ingest(feature_store::ingest::IngestError),
     /// A start-up task failed.
     #[error("auth: {0}")]
     Task(#[source] tokio::task::JoinError),
@@ -93,6 +96,8 @@ pub struct GatewayServer {
     key_refresh: Duration,
     dev_token: Option<DevToken>,
     config: GatewayConfig,
+    /// The Kafka ingest of dynamic-feature events (`[ingest]`).
+    ingest: Option<feature_store::ingest::Ingest<AnyStore>>,
 }
 
 impl GatewayServer {
@@ -198,6 +203,11 @@ impl GatewayServer {
         if let Some(q) = &queue {
             page.registry.register_collector(Box::new(q.families()));
         }
+        let ingest = crate::ingest::start(&config.ingest, &reader).map_err(ServeError::Ingest)?;
+        if let Some(i) = &ingest {
+            page.registry
+                .register_collector(Box::new(crate::ingest::IngestFamilies(i.stats())));
+        }
         Ok(GatewayServer {
             state: Arc::new(AppState {
                 core,
@@ -226,6 +236,7 @@ impl GatewayServer {
             key_refresh: auth.jwks_refresh,
             dev_token,
             config: config.clone(),
+            ingest,
         })
     }
 
@@ -249,7 +260,7 @@ impl GatewayServer {
     /// # Errors
     /// [`ServeError`] if a front fails.
     pub async fn run(
-        self,
+        mut self,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> Result<(), ServeError> {
         let watch = self.reader.watch_batches();
@@ -359,6 +370,10 @@ impl GatewayServer {
             self.config.scheduler.poll().map(|poll| {
                 tokio::spawn(Arc::clone(&state.scoring).schedule(poll, stop(rx.clone())))
             });
+        let ingest = self
+            .ingest
+            .take()
+            .map(|i| tokio::spawn(i.run(stop(rx.clone()))));
         tokio::spawn(async move {
             shutdown.await;
             let _ = tx.send(true);
@@ -376,6 +391,11 @@ impl GatewayServer {
         // committed) before the log closes.
         if let Some(workers) = workers {
             let _ = workers.await;
+        }
+        if let Some(ingest) = ingest
+            && let Err(e) = ingest.await
+        {
+            tracing::error!(error = %e, "the ingest task failed");
         }
         watch.abort();
         key_refresh.abort();

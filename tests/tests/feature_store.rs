@@ -571,6 +571,56 @@ async fn aggregates_count_sum_mean_max_min_over_their_windows(f: Fixture) -> Res
     Ok(())
 }
 
+async fn batched_events_are_checked_each_and_written_once(f: Fixture) -> Result<()> {
+    use feature_store::reader::PushedEvent;
+    let reader = f.reader(ReaderConfig::default()).await?;
+    let now = SystemTime::now();
+    let a = payment(now, MIN, "p-1", 8.0);
+    let b = payment(now, 2 * MIN, "p-2", 5.0);
+    let c = payment(now, 30 * MIN, "p-3", 2.0);
+    let bad = Event::new(
+        "u-1",
+        None,
+        now,
+        BTreeMap::from([("amount".to_owned(), FeatureValue::String("12".into()))]),
+    );
+    fn push<'a>(view: &'a str, entity_key: &'a str, event: &'a Event) -> PushedEvent<'a> {
+        PushedEvent {
+            view,
+            entity_key,
+            event,
+        }
+    }
+    let (a, b, c, bad) = (&a, &b, &c, &bad);
+    // A redelivery within the batch and across batches is one event; a bad
+    // event is refused alone, the rest are written.
+    let outcomes = reader
+        .push_events(&[
+            push("payments", "u-1", a),
+            push("payments", "u-1", bad),
+            push("payments", "u-1", b),
+            push("payments", "u-1", a),
+            push("payments", "u-2", c),
+            push("no_such_view", "u-1", c),
+        ])
+        .await?;
+    let refused: Vec<usize> = outcomes
+        .iter()
+        .enumerate()
+        .filter_map(|(i, o)| o.as_ref().map(|_| i))
+        .collect();
+    assert_eq!(refused, [1, 5], "{outcomes:?}");
+    reader
+        .push_events(&[push("payments", "u-1", b), push("payments", "u-1", c)])
+        .await?;
+    let v = reader.read("payments", "u-1", now).await?;
+    assert_eq!(value_of(&v, "n_1h").0, FeatureValue::Int64(3));
+    assert_eq!(value_of(&v, "sum_1h").0, FeatureValue::Float64(15.0));
+    let v = reader.read("payments", "u-2", now).await?;
+    assert_eq!(value_of(&v, "n_1h").0, FeatureValue::Int64(1));
+    Ok(())
+}
+
 async fn late_events_count_and_replays_count_once(f: Fixture) -> Result<()> {
     let reader = f.reader(ReaderConfig::default()).await?;
     let now = SystemTime::now();
@@ -1287,6 +1337,9 @@ impl RowStore for Counting {
     async fn write_event(&self, write: EventWrite<'_>) -> Result<(), StoreError> {
         self.inner.write_event(write).await
     }
+    async fn write_events(&self, writes: &[EventWrite<'_>]) -> Result<(), StoreError> {
+        self.inner.write_events(writes).await
+    }
     async fn read_events(&self, query: EventQuery<'_>) -> Result<EventRange, StoreError> {
         self.inner.read_events(query).await
     }
@@ -1474,6 +1527,7 @@ contract!(
     a_job_lease_has_one_holder_at_a_time,
     aggregates_count_sum_mean_max_min_over_their_windows,
     late_events_count_and_replays_count_once,
+    batched_events_are_checked_each_and_written_once,
     the_event_cap_bounds_a_read_and_is_reported,
     precomputed_predictions_are_found_by_model_batch_and_key,
     a_batch_scan_returns_each_row_once_across_parts_and_pages,

@@ -510,6 +510,12 @@ const GATEWAY_SERIES: &[(&str, &[&str])] = &[
     ("mlgw_refresh_next_run_timestamp_seconds", &["job", "view"]),
     ("mlgw_precomputed_total", &["model", "outcome"]),
     ("mlgw_publish_records_total", &["result", "stream"]),
+    // Only with `[ingest]` on (tests/tests/ingest.rs reads them).
+    ("mlgw_ingest_events_total", &["result", "view"]),
+    ("mlgw_ingest_dead_letters_total", &["reason", "view"]),
+    ("mlgw_ingest_retries_total", &["step"]),
+    ("mlgw_ingest_commit_failures_total", &[]),
+    ("mlgw_ingest_lag", &["partition", "topic"]),
     ("mlgw_scoring_jobs_read", &[]),
     ("mlgw_scoring_alarm", &["job", "kind"]),
     ("mlgw_scoring_last_run_refused", &["job"]),

@@ -249,6 +249,9 @@ pub enum DefinitionProblem {
     /// A `[[scoring_job]]` setting is wrong (the message says how).
     #[error("{0}")]
     ScoringJob(String),
+    /// A dynamic view's event `source` is wrong (the message says how).
+    #[error("{0}")]
+    EventSource(String),
 }
 
 /// `text` as a duration, or the problem naming it.

@@ -58,6 +58,7 @@ mod job;
 mod model;
 mod raw;
 mod scoring;
+mod stream;
 mod tuning;
 mod validate;
 mod value;
@@ -76,6 +77,7 @@ pub use scoring::{
     Cardinality, DEFAULT_MAX_KEYS, DEFAULT_NEW_CATEGORY_FACTOR, KeyFeature, ScoreSource,
     ScoringJobSpec, ScoringKey,
 };
+pub use stream::{EventEncoding, KafkaSource};
 pub use tuning::{MetricKind, Policy, Scoring};
 pub use value::{FeatureType, FeatureValue};
 pub use view::{
@@ -94,6 +96,7 @@ pub struct FeatureDefinitions {
     models: Vec<ModelFeatures>,
     jobs: Vec<RefreshJobSpec>,
     scoring_jobs: Vec<ScoringJobSpec>,
+    event_sources: Vec<KafkaSource>,
 }
 
 impl FeatureDefinitions {
@@ -157,6 +160,12 @@ impl FeatureDefinitions {
     /// Dynamic views, in file order.
     pub fn dynamic_views(&self) -> impl Iterator<Item = &FeatureView> {
         self.views.iter().filter(|v| !v.is_static())
+    }
+
+    /// The Kafka topics dynamic views' events are streamed from, in file
+    /// order (one per view at most; no two views share a topic).
+    pub fn event_sources(&self) -> &[KafkaSource] {
+        &self.event_sources
     }
 
     /// Request features, in file order.

@@ -54,6 +54,7 @@ pub(super) struct RawDynamicView {
     pub entity: String,
     pub ttl: String,
     pub max_age: String,
+    pub source: Option<super::stream::RawSource>,
     #[serde(rename = "feature", default)]
     pub features: Vec<RawFeature>,
 }

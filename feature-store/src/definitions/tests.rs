@@ -1086,3 +1086,70 @@ fn bad_scoring_jobs_are_refused_at_their_key() {
         assert!(problem.contains(says), "{key}: {problem}");
     }
 }
+
+// ---------------------------------------------------------------------------
+// Kafka sources of dynamic views.
+
+const ACTIVITY: &str = "ttl = \"48h\"\nmax_age = \"24h\"\n";
+
+#[test]
+fn a_kafka_source_takes_its_defaults_from_the_entity() {
+    let defs = parse(&edit(
+        ACTIVITY,
+        &format!("{ACTIVITY}source = {{ kafka = {{ topic = \"activity.events\", encoding = \"json\" }} }}\n"),
+    ))
+    .unwrap();
+    let [source] = defs.event_sources() else {
+        panic!("one source: {:?}", defs.event_sources());
+    };
+    assert_eq!(source.view, "activity");
+    assert_eq!(source.key_fields, ["customer_id"]);
+    assert_eq!(
+        (source.time_field.as_str(), source.id_field.as_str()),
+        ("event_time", "event_id")
+    );
+    assert_eq!(source.encoding, EventEncoding::Json);
+    assert!(
+        example()
+            .event_sources()
+            .iter()
+            .any(|s| s.view == "customer_activity")
+    );
+}
+
+#[test]
+fn bad_kafka_sources_name_the_key() {
+    let with = |kafka: &str| {
+        edit(
+            ACTIVITY,
+            &format!("{ACTIVITY}source = {{ kafka = {{ {kafka} }} }}\n"),
+        )
+    };
+    let at = "dynamic_view[0].source.kafka";
+    for (kafka, key) in [
+        ("topic = \"no spaces\", encoding = \"json\"", "topic"),
+        (
+            "topic = \"t\", encoding = \"json\", key_fields = [\"a\", \"b\"]",
+            "key_fields",
+        ),
+        (
+            "topic = \"t\", encoding = \"protobuf\", time_field = \"at\"",
+            "time_field",
+        ),
+        (
+            "topic = \"t\", encoding = \"json\", time_field = \"amount\"",
+            "time_field",
+        ),
+        (
+            "topic = \"t\", encoding = \"json\", id_field = \"customer_id\"",
+            "id_field",
+        ),
+    ] {
+        let problem = refused_at(&with(kafka), &format!("{at}.{key}"));
+        assert!(
+            matches!(problem, DefinitionProblem::EventSource(_)),
+            "{kafka}: {problem}"
+        );
+    }
+    assert!(parse_error(&with("topic = \"t\", encoding = \"avro\"")).contains("avro"));
+}

@@ -31,6 +31,7 @@ pub(super) fn validate(
     let v = Validator { path };
     let entities = v.entities(raw)?;
     let views = v.views(raw, &entities)?;
+    let event_sources = v.event_sources(raw, &views, &entities)?;
     let request_features = v.request_features(raw)?;
     let mut models = Vec::with_capacity(raw.models.len());
     let mut names = Seen::new("model");
@@ -105,6 +106,7 @@ pub(super) fn validate(
         models,
         jobs,
         scoring_jobs,
+        event_sources,
     })
 }
 
@@ -215,6 +217,41 @@ impl Validator<'_> {
             });
         }
         Ok(views)
+    }
+
+    /// The dynamic views' Kafka sources; a topic feeds one view.
+    fn event_sources(
+        &self,
+        raw: &RawDefinitions,
+        views: &[FeatureView],
+        entities: &[Entity],
+    ) -> Result<Vec<super::KafkaSource>, DefinitionsError> {
+        let mut sources: Vec<(String, super::KafkaSource)> = Vec::new();
+        for (i, view) in raw.dynamic_views.iter().enumerate() {
+            let Some(source) = &view.source else {
+                continue;
+            };
+            let at = format!("dynamic_view[{i}].source.kafka");
+            let (Some(validated), Some(entity)) = (
+                views.iter().find(|v| v.name == view.name),
+                entities.iter().find(|e| e.name == view.entity),
+            ) else {
+                continue;
+            };
+            let spec = super::stream::validate_source(source, validated, entity)
+                .map_err(|(key, problem)| self.invalid(&format!("{at}.{key}"), problem))?;
+            if let Some((first, _)) = sources.iter().find(|(_, s)| s.topic == spec.topic) {
+                return Err(self.invalid(
+                    &format!("{at}.topic"),
+                    DefinitionProblem::EventSource(format!(
+                        "topic {:?} already feeds `{first}`; give each view its own topic",
+                        spec.topic
+                    )),
+                ));
+            }
+            sources.push((at, spec));
+        }
+        Ok(sources.into_iter().map(|(_, s)| s).collect())
     }
 
     fn view_name<'a>(

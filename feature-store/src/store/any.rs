@@ -77,6 +77,9 @@ impl RowStore for AnyStore {
     async fn write_event(&self, write: EventWrite<'_>) -> Result<(), StoreError> {
         dispatch!(self, s => s.write_event(write))
     }
+    async fn write_events(&self, writes: &[EventWrite<'_>]) -> Result<(), StoreError> {
+        dispatch!(self, s => s.write_events(writes))
+    }
     async fn read_events(&self, query: EventQuery<'_>) -> Result<EventRange, StoreError> {
         dispatch!(self, s => s.read_events(query))
     }

@@ -203,6 +203,16 @@ pub trait RowStore: Send + Sync + 'static {
         write: EventWrite<'_>,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
+    /// Stores many raw events (of any views and entities) with the same
+    /// rules as [`write_event`](Self::write_event), in as few store calls
+    /// as the backend allows: what stream ingest writes each batch with.
+    /// On failure some of them may be stored; writing them all again is
+    /// harmless.
+    fn write_events(
+        &self,
+        writes: &[EventWrite<'_>],
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
     /// The unexpired events the query names; `truncated` says that more
     /// were in the range (the oldest were left out).
     fn read_events(

@@ -26,6 +26,10 @@ use crate::store::{
 /// ranges are read at once.
 const SCAN_FANOUT: u32 = 32;
 
+/// Event writes (statements or single-partition batches) in flight at once
+/// from one `write_events` call.
+const EVENT_WRITES_IN_FLIGHT: usize = 64;
+
 /// The inclusive token range of `part`: the Murmur3 token space cut into
 /// `count` equal ranges.
 fn token_range(part: ScanPart) -> (i64, i64) {
@@ -251,6 +255,85 @@ impl RowStore for ScyllaStore {
                 .map_err(StoreError::from)
         })
         .await
+    }
+
+    /// Events grouped by partition (view, entity): a partition's events go
+    /// in one unlogged batch (one mutation on one replica set), a lone
+    /// event as one prepared statement; at most
+    /// [`EVENT_WRITES_IN_FLIGHT`] calls at once, each with the write
+    /// deadline. Measured against unlogged batches spanning partitions,
+    /// which make one coordinator fan out to every replica and answer
+    /// when the slowest has.
+    async fn write_events(&self, writes: &[EventWrite<'_>]) -> Result<(), StoreError> {
+        if writes.is_empty() {
+            return Ok(());
+        }
+        let st = deadline(self.config.write_timeout, self.statements()).await?;
+        let mut partitions: HashMap<(&str, &str), Vec<usize>> = HashMap::new();
+        for (i, w) in writes.iter().enumerate() {
+            partitions
+                .entry((w.view, w.entity_key))
+                .or_default()
+                .push(i);
+        }
+        let per_batch = self.config.write_batch_rows.max(1);
+        let calls: Vec<Vec<usize>> = partitions
+            .into_values()
+            .flat_map(|idx| {
+                idx.chunks(per_batch)
+                    .map(<[usize]>::to_vec)
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        let st = &st;
+        stream::iter(calls)
+            .map(|call| async move {
+                let mut values = Vec::with_capacity(call.len());
+                for &i in &call {
+                    let w = &writes[i];
+                    let Some(ttl) = ttl_left(w.expires_at) else {
+                        continue;
+                    };
+                    let blob = codec::encode(w.event.fields.iter().map(|(n, v)| (n.as_str(), v)));
+                    values.push((
+                        w.view,
+                        w.entity_key,
+                        to_micros(w.event.event_time),
+                        w.event.event_id.as_str(),
+                        blob,
+                        ttl,
+                    ));
+                }
+                deadline(self.config.write_timeout, async {
+                    match values.as_slice() {
+                        [] => Ok(()),
+                        [one] => self
+                            .session
+                            .execute_unpaged(&st.write_event, one)
+                            .await
+                            .map(drop)
+                            .map_err(StoreError::from),
+                        _ => {
+                            let mut batch = Batch::new(BatchType::Unlogged);
+                            batch.set_consistency(self.config.write_consistency);
+                            batch.set_request_timeout(Some(self.config.write_timeout));
+                            for _ in &values {
+                                batch.append_statement(st.write_event.clone());
+                            }
+                            self.session
+                                .batch(&batch, &values)
+                                .await
+                                .map(drop)
+                                .map_err(StoreError::from)
+                        }
+                    }
+                })
+                .await
+            })
+            .buffer_unordered(EVENT_WRITES_IN_FLIGHT)
+            .try_collect::<Vec<()>>()
+            .await?;
+        Ok(())
     }
 
     async fn read_events(&self, query: EventQuery<'_>) -> Result<EventRange, StoreError> {
