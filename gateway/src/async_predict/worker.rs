@@ -9,8 +9,7 @@
 //! scores the pending ones concurrently through [`Core::predict_queued`]
 //! (a request past its deadline fails instead), stores the results with
 //! the message's position, then in one Kafka transaction publishes them to
-//! the models' result topics and commits the consumed offsets; that
-//! transaction commits while the next batch is scored. A worker
+//! the models' result topics and commits the consumed offsets. A worker
 //! killed anywhere in between leaves its offsets uncommitted and its
 //! transaction aborted: the next worker reads the same messages, finds the
 //! stored results of those same positions and publishes them again (no
@@ -221,73 +220,38 @@ impl Session {
         .await;
     }
 
-    /// Takes, scores and commits batches until `stop`. Pipelined: batch N's
-    /// transaction commits while batch N+1 is taken and scored, so a
-    /// result is stored (pollable) without waiting for the previous
-    /// batch's commit.
+    /// Takes, scores and commits batches until `stop`.
     async fn serve<S: FullStore>(
         &self,
         queue: &AsyncPredictions<S>,
         core: &Core<S>,
         stop: &mut std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
     ) -> Result<(), SessionError> {
-        let mut ready: Option<(Vec<Taken>, Vec<Outcome>)> = None;
+        let settings = queue.settings();
+        let linger = Duration::from_millis(settings.batch_linger_ms);
         loop {
-            let next = async {
-                match self.take(queue.settings(), stop).await? {
-                    Some(batch) => {
-                        let outcomes = self.score(queue, core, &batch).await?;
-                        Ok::<_, SessionError>(Some((batch, outcomes)))
-                    }
-                    None => Ok(None),
-                }
-            };
-            let next = match ready.take() {
-                Some((batch, outcomes)) => {
-                    let (committed, next) =
-                        tokio::join!(self.commit_or_abort(queue, &batch, &outcomes), next);
-                    committed?;
-                    next?
-                }
-                None => next.await?,
-            };
-            match next {
-                Some(n) => ready = Some(n),
-                None => return Ok(()),
+            let mut batch = Vec::new();
+            tokio::select! {
+                () = stop.as_mut() => return Ok(()),
+                first = self.consumer.recv() => batch.push(taken(&first?)),
             }
+            let until = tokio::time::Instant::now() + linger;
+            while batch.len() < settings.batch_max {
+                match tokio::time::timeout_at(until, self.consumer.recv()).await {
+                    Ok(m) => batch.push(taken(&m?)),
+                    Err(_) => break,
+                }
+            }
+            self.handle(queue, core, batch).await?;
         }
     }
 
-    /// The next batch: the first message, then what arrives within the
-    /// linger, up to `batch_max`; `None` at `stop`.
-    async fn take(
-        &self,
-        settings: &AsyncSettings,
-        stop: &mut std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
-    ) -> Result<Option<Vec<Taken>>, SessionError> {
-        let mut batch = Vec::new();
-        tokio::select! {
-            () = stop.as_mut() => return Ok(None),
-            first = self.consumer.recv() => batch.push(taken(&first?)),
-        }
-        let until = tokio::time::Instant::now() + Duration::from_millis(settings.batch_linger_ms);
-        while batch.len() < settings.batch_max {
-            match tokio::time::timeout_at(until, self.consumer.recv()).await {
-                Ok(m) => batch.push(taken(&m?)),
-                Err(_) => break,
-            }
-        }
-        Ok(Some(batch))
-    }
-
-    /// Reads each message's record, scores the pending requests and stores
-    /// the results.
-    async fn score<S: FullStore>(
+    async fn handle<S: FullStore>(
         &self,
         queue: &AsyncPredictions<S>,
         core: &Core<S>,
-        batch: &[Taken],
-    ) -> Result<Vec<Outcome>, SessionError> {
+        batch: Vec<Taken>,
+    ) -> Result<(), SessionError> {
         // Two copies of one request in a batch (an idempotent retry queued
         // it again): the first is handled, the others skipped.
         let mut seen = std::collections::HashSet::new();
@@ -331,17 +295,7 @@ impl Session {
                 );
             }
         }
-        Ok(outcomes)
-    }
-
-    /// [`Self::commit`], aborting the transaction when it fails.
-    async fn commit_or_abort<S: FullStore>(
-        &self,
-        queue: &AsyncPredictions<S>,
-        batch: &[Taken],
-        outcomes: &[Outcome],
-    ) -> Result<(), SessionError> {
-        let committed = self.commit(queue.settings(), batch, outcomes).await;
+        let committed = self.commit(queue.settings(), &batch, &outcomes).await;
         if committed.is_err() {
             queue.stats().aborted.fetch_add(1, Ordering::Relaxed);
             let p = self.producer.clone();
