@@ -35,41 +35,13 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
-use rig::kafka::OwnKafka;
+use rig::kafka::{OwnKafka, activity_definitions};
 use rig::workspace_root;
 
 const PARTITIONS: i32 = 3;
 const CUSTOMERS: u64 = 10_000;
 const TARGET_EMBEDDED: f64 = 50_000.0;
 const TARGET_CASSANDRA: f64 = 20_000.0;
-
-fn definitions(topic: &str) -> String {
-    format!(
-        r#"[[entity]]
-name = "customer"
-keys = ["customer_id"]
-
-[[dynamic_view]]
-name = "activity"
-entity = "customer"
-ttl = "48h"
-max_age = "24h"
-source = {{ kafka = {{ topic = "{topic}", encoding = "json" }} }}
-
-[[dynamic_view.feature]]
-name = "txn_count_1h"
-type = "int64"
-default = 0
-aggregate = {{ function = "count", window = "1h", of = "transaction_id" }}
-
-[[dynamic_view.feature]]
-name = "amount_sum_1h"
-type = "float64"
-default = 0.0
-aggregate = {{ function = "sum", window = "1h", of = "amount" }}
-"#
-    )
-}
 
 struct Run {
     store: &'static str,
@@ -233,7 +205,7 @@ async fn round_on(
         .create()?;
     produce(&producer, &topic, 0, events).await?;
     let defs_path = scratch.join(format!("{topic}.toml"));
-    std::fs::write(&defs_path, definitions(&topic))?;
+    std::fs::write(&defs_path, activity_definitions(&topic))?;
     let defs = Arc::new(FeatureDefinitions::load(&defs_path)?);
     let reader =
         Arc::new(FeatureReader::new(Arc::new(store), defs, ReaderConfig::default()).await?);

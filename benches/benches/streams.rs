@@ -125,6 +125,29 @@ async fn clients(gateway: &GatewayProcess) -> Result<Vec<GatewayClient>> {
     ))
 }
 
+/// gRPC `PredictAsync` calls to `gateway`, once its first submit is
+/// accepted (it makes its topics in the background at start).
+async fn submitter(gateway: &GatewayProcess, customers: u64) -> Result<Arc<impl load::Call>> {
+    let clients = Arc::new(clients(gateway).await?);
+    let target = Arc::new(call_fn(move |k| {
+        let mut c = clients[(k as usize) % CONNECTIONS].clone();
+        async move {
+            let r = c.predict_async(submit_request(customers, k)).await;
+            Outcome::from_grpc(&r)
+        }
+    }));
+    let started = Instant::now();
+    while target.call(0).await.failure().is_some() {
+        ensure!(
+            started.elapsed() < Duration::from_secs(60),
+            "no submit accepted within 60 s; see {}",
+            gateway.log.display()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Ok(target)
+}
+
 fn submit_request(customers: u64, k: u64) -> tonic::Request<gw::PredictAsyncRequest> {
     let mut r = tonic::Request::new(gw::PredictAsyncRequest {
         request: Some(predict_request(k % customers, k)),
@@ -244,28 +267,7 @@ async fn burst(
     let prefix = format!("bench-burst-{}", std::process::id());
     let front = config(scratch, grpc, store, &async_section(broker, &prefix, false))?;
     let gateway = GatewayProcess::start(&front, scratch.join("gateway-front.log")).await?;
-    let clients = Arc::new(clients(&gateway).await?);
-    let customers = knobs.customers;
-    let target = {
-        let clients = Arc::clone(&clients);
-        Arc::new(call_fn(move |k| {
-            let mut c = clients[(k as usize) % CONNECTIONS].clone();
-            async move {
-                let r = c.predict_async(submit_request(customers, k)).await;
-                Outcome::from_grpc(&r)
-            }
-        }))
-    };
-    // Topics are created in the background at start: wait for a 202.
-    let started = Instant::now();
-    while target.call(0).await.failure().is_some() {
-        ensure!(
-            started.elapsed() < Duration::from_secs(60),
-            "no submit accepted within 60 s; see {}",
-            gateway.log.display()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let target = submitter(&gateway, knobs.customers).await?;
     let submit = load::run(
         &target,
         Load::Closed {
@@ -318,26 +320,7 @@ async fn steady(
     let prefix = format!("bench-steady-{}", std::process::id());
     let both = config(scratch, grpc, store, &async_section(broker, &prefix, true))?;
     let gateway = GatewayProcess::start(&both, scratch.join("gateway-steady.log")).await?;
-    let clients = Arc::new(clients(&gateway).await?);
-    let customers = knobs.customers;
-    let target = {
-        let clients = Arc::clone(&clients);
-        Arc::new(call_fn(move |k| {
-            let mut c = clients[(k as usize) % CONNECTIONS].clone();
-            async move {
-                let r = c.predict_async(submit_request(customers, k)).await;
-                Outcome::from_grpc(&r)
-            }
-        }))
-    };
-    let started = Instant::now();
-    while target.call(0).await.failure().is_some() {
-        ensure!(
-            started.elapsed() < Duration::from_secs(60),
-            "no submit accepted within 60 s"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let target = submitter(&gateway, knobs.customers).await?;
     let topic = format!("{prefix}.results.fraud_detector");
     // Reading while submitting: "on topic" is when a result became visible.
     let (want, reader) = results_reader(broker, &topic, Duration::from_secs(300)).await?;

@@ -2,98 +2,52 @@
 //! RIG_DIR), for fault tests that stop and restart it; the shared rig's
 //! broker is never touched.
 
-use std::path::PathBuf;
-use std::time::{Duration, Instant};
-
-use anyhow::{Context, Result, bail};
-
-use crate::{unique, workspace_root};
-
 /// A broker in its own RIG_DIR, stopped when dropped.
-pub struct OwnKafka {
-    /// The broker's RIG_DIR (config, data, `kafka.log`).
-    pub dir: PathBuf,
-    /// Set by the test when it passed: the directory is then removed.
-    pub passed: bool,
-}
+pub type OwnKafka = crate::OwnRig<crate::Kafka>;
 
-impl OwnKafka {
-    fn script() -> PathBuf {
-        workspace_root().join("tests/rig/kafka.sh")
-    }
+/// The dynamic view of [`activity_definitions`].
+pub const ACTIVITY_VIEW: &str = "activity";
 
-    /// Starts a broker in a fresh RIG_DIR.
-    ///
-    /// # Errors
-    /// When the broker cannot start (with the script's output).
-    pub async fn start() -> Result<Self> {
-        let dir = std::env::temp_dir().join(unique("mlgw_kafka_rig"));
-        std::fs::create_dir_all(&dir)?;
-        let broker = OwnKafka { dir, passed: false };
-        broker.run("start").await?;
-        Ok(broker)
-    }
+/// Feature definitions with one dynamic view, [`ACTIVITY_VIEW`] of the
+/// `customer` entity, fed by JSON events on Kafka topic `topic`: windowed
+/// counts, sums and a max of the events' `transaction_id`, `amount` and
+/// `failed_auth_id` (the ingest tests and bench).
+pub fn activity_definitions(topic: &str) -> String {
+    format!(
+        r#"[[entity]]
+name = "customer"
+keys = ["customer_id"]
 
-    /// Runs the rig script (`start`, `stop`, `restart`); a failure carries
-    /// its output.
-    ///
-    /// # Errors
-    /// When the script fails.
-    pub async fn run(&self, command: &str) -> Result<Duration> {
-        let started = Instant::now();
-        let out = tokio::process::Command::new("bash")
-            .arg(Self::script())
-            .arg(command)
-            .env("RIG_DIR", &self.dir)
-            .kill_on_drop(true)
-            .output()
-            .await
-            .with_context(|| format!("cannot run kafka.sh {command}"))?;
-        let took = started.elapsed();
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        if !out.status.success() {
-            bail!(
-                "kafka.sh {command} failed ({}) after {took:?}:\n{text}",
-                out.status
-            );
-        }
-        eprintln!("own kafka: kafka.sh {command} took {took:.1?}");
-        Ok(took)
-    }
+[[dynamic_view]]
+name = "{ACTIVITY_VIEW}"
+entity = "customer"
+ttl = "48h"
+max_age = "24h"
+source = {{ kafka = {{ topic = "{topic}", encoding = "json" }} }}
 
-    /// `host:port` of the broker, from the env file the script wrote.
-    ///
-    /// # Errors
-    /// When the env file is missing.
-    pub fn address(&self) -> Result<String> {
-        let env = std::fs::read_to_string(self.dir.join("kafka.env"))?;
-        env.lines()
-            .find_map(|l| l.strip_prefix("MLGW_TEST_KAFKA="))
-            .map(str::to_owned)
-            .context("kafka.env names no MLGW_TEST_KAFKA")
-    }
-}
+[[dynamic_view.feature]]
+name = "txn_count_1h"
+type = "int64"
+default = 0
+aggregate = {{ function = "count", window = "1h", of = "transaction_id" }}
 
-impl Drop for OwnKafka {
-    fn drop(&mut self) {
-        let stopped = std::process::Command::new("bash")
-            .arg(Self::script())
-            .arg("stop")
-            .env("RIG_DIR", &self.dir)
-            .status();
-        match stopped {
-            Ok(s) if s.success() => {}
-            other => eprintln!(
-                "own kafka: stopping the broker in {} failed: {other:?}",
-                self.dir.display()
-            ),
-        }
-        if self.passed {
-            let _ = std::fs::remove_dir_all(&self.dir);
-        }
-    }
+[[dynamic_view.feature]]
+name = "amount_sum_1h"
+type = "float64"
+default = 0.0
+aggregate = {{ function = "sum", window = "1h", of = "amount" }}
+
+[[dynamic_view.feature]]
+name = "amount_max_24h"
+type = "float64"
+default = 0.0
+aggregate = {{ function = "max", window = "24h", of = "amount" }}
+
+[[dynamic_view.feature]]
+name = "failed_auth_count_24h"
+type = "int64"
+default = 0
+aggregate = {{ function = "count", window = "24h", of = "failed_auth_id" }}
+"#
+    )
 }

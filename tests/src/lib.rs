@@ -509,41 +509,75 @@ pub fn probe_client() -> Result<reqwest::Client> {
         .build()?)
 }
 
-/// A Cassandra node of one test alone, in its own RIG_DIR (the shared rig
-/// node of the other tests is never touched), for tests that stop it. Dropping it stops
-/// the node (synchronously, also when the test fails) and removes the
-/// directory unless the test failed, so its `cassandra.log` can be read.
-pub struct OwnCassandra {
-    /// The node's RIG_DIR (config, data, `cassandra.log`).
+/// A part of the rig a test can run on its own (its rig script, and the
+/// variable of its address in the env file the script writes).
+pub trait RigPart {
+    /// The script's name in tests/rig/ without `.sh`, e.g. `cassandra`.
+    const NAME: &'static str;
+    /// The address variable the script writes to `<NAME>.env`.
+    const ADDRESS_VAR: &'static str;
+}
+
+/// Apache Cassandra (tests/rig/cassandra.sh).
+pub struct Cassandra;
+
+impl RigPart for Cassandra {
+    const NAME: &'static str = "cassandra";
+    const ADDRESS_VAR: &'static str = "MLGW_TEST_CASSANDRA";
+}
+
+/// Apache Kafka in KRaft mode (tests/rig/kafka.sh).
+pub struct Kafka;
+
+impl RigPart for Kafka {
+    const NAME: &'static str = "kafka";
+    const ADDRESS_VAR: &'static str = "MLGW_TEST_KAFKA";
+}
+
+/// A rig part of one test alone, in its own RIG_DIR (the shared rig's is
+/// never touched), for tests that stop and restart it. Dropping it stops
+/// it (synchronously, also when the test fails) and removes the directory
+/// unless the test failed, so its log can be read.
+pub struct OwnRig<P: RigPart> {
+    /// Its RIG_DIR (config, data, the log).
     pub dir: PathBuf,
     /// Set by the test when it passed: the directory is then removed.
     pub passed: bool,
+    part: std::marker::PhantomData<P>,
 }
 
-impl OwnCassandra {
+/// A Cassandra node of one test alone.
+pub type OwnCassandra = OwnRig<Cassandra>;
+
+impl<P: RigPart> OwnRig<P> {
     fn script() -> PathBuf {
-        workspace_root().join("tests/rig/cassandra.sh")
+        workspace_root().join(format!("tests/rig/{}.sh", P::NAME))
     }
 
-    /// Starts a node in a fresh RIG_DIR.
+    /// Starts it in a fresh RIG_DIR.
     ///
     /// # Errors
-    /// When the node cannot start (with the script's output).
+    /// When it cannot start (with the script's output).
     pub async fn start() -> Result<Self> {
-        let dir = std::env::temp_dir().join(unique("mlgw_fault_rig"));
+        let dir = std::env::temp_dir().join(unique(&format!("mlgw_own_{}", P::NAME)));
         std::fs::create_dir_all(&dir)?;
-        // The guard exists before the node does, so any failure below stops it.
-        let node = OwnCassandra { dir, passed: false };
-        node.run("start").await?;
-        Ok(node)
+        // The guard exists before the process does, so any failure below stops it.
+        let own = OwnRig {
+            dir,
+            passed: false,
+            part: std::marker::PhantomData,
+        };
+        own.run("start").await?;
+        Ok(own)
     }
 
-    /// Runs the rig script; its output goes to the test's output, and a
-    /// failure carries it.
+    /// Runs the rig script (`start`, `stop`, `restart`); its output goes to
+    /// the test's output, and a failure carries it.
     ///
     /// # Errors
     /// When the script fails.
     pub async fn run(&self, command: &str) -> Result<Duration> {
+        let name = P::NAME;
         let started = Instant::now();
         let out = tokio::process::Command::new("bash")
             .arg(Self::script())
@@ -552,7 +586,7 @@ impl OwnCassandra {
             .kill_on_drop(true)
             .output()
             .await
-            .with_context(|| format!("cannot run cassandra.sh {command}"))?;
+            .with_context(|| format!("cannot run {name}.sh {command}"))?;
         let took = started.elapsed();
         let text = format!(
             "{}{}",
@@ -561,30 +595,32 @@ impl OwnCassandra {
         );
         if !out.status.success() {
             bail!(
-                "cassandra.sh {command} failed ({}) after {took:?}:\n{text}",
+                "{name}.sh {command} failed ({}) after {took:?}:\n{text}",
                 out.status
             );
         }
         eprint!("{text}");
-        eprintln!("own cassandra: cassandra.sh {command} took {took:.1?}");
+        eprintln!("own {name}: {name}.sh {command} took {took:.1?}");
         Ok(took)
     }
 
-    /// `host:port` of the node, from the env file the script wrote.
+    /// `host:port`, from the env file the script wrote.
     ///
     /// # Errors
     /// When the env file is missing.
     pub fn address(&self) -> Result<String> {
-        let env = std::fs::read_to_string(self.dir.join("cassandra.env"))?;
+        let env = std::fs::read_to_string(self.dir.join(format!("{}.env", P::NAME)))?;
+        let prefix = format!("{}=", P::ADDRESS_VAR);
         env.lines()
-            .find_map(|l| l.strip_prefix("MLGW_TEST_CASSANDRA="))
+            .find_map(|l| l.strip_prefix(prefix.as_str()))
             .map(str::to_owned)
-            .context("cassandra.env names no MLGW_TEST_CASSANDRA")
+            .with_context(|| format!("{}.env names no {}", P::NAME, P::ADDRESS_VAR))
     }
 }
 
-impl Drop for OwnCassandra {
+impl<P: RigPart> Drop for OwnRig<P> {
     fn drop(&mut self) {
+        let name = P::NAME;
         let stopped = std::process::Command::new("bash")
             .arg(Self::script())
             .arg("stop")
@@ -593,7 +629,7 @@ impl Drop for OwnCassandra {
         match stopped {
             Ok(s) if s.success() => {}
             other => eprintln!(
-                "own cassandra: stopping the Cassandra in {} failed: {other:?}",
+                "own {name}: stopping it in {} failed: {other:?}",
                 self.dir.display()
             ),
         }
@@ -601,7 +637,7 @@ impl Drop for OwnCassandra {
             let _ = std::fs::remove_dir_all(&self.dir);
         } else {
             eprintln!(
-                "own cassandra: rig state kept in {} (see cassandra.log)",
+                "own {name}: rig state kept in {} (see {name}.log)",
                 self.dir.display()
             );
         }

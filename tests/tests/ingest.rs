@@ -27,54 +27,12 @@ use rdkafka::message::{Headers, Message};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 use rig::gateway::{DEV_AUTH, GatewayProcess, scratch};
-use rig::kafka::OwnKafka;
+use rig::kafka::{ACTIVITY_VIEW, OwnKafka, activity_definitions};
 use rig::metrics::Page;
 use rig::{ScratchDir, binary, rig_env, unique};
 
 const ENTITIES: usize = 8;
 const PER_ENTITY: usize = 30;
-const VIEW: &str = "activity";
-
-fn definitions_text(topic: &str) -> String {
-    format!(
-        r#"[[entity]]
-name = "customer"
-keys = ["customer_id"]
-
-[[dynamic_view]]
-name = "{VIEW}"
-entity = "customer"
-ttl = "48h"
-max_age = "24h"
-source = {{ kafka = {{ topic = "{topic}", encoding = "json" }} }}
-
-[[dynamic_view.feature]]
-name = "txn_count_1h"
-type = "int64"
-default = 0
-aggregate = {{ function = "count", window = "1h", of = "transaction_id" }}
-
-[[dynamic_view.feature]]
-name = "amount_sum_1h"
-type = "float64"
-default = 0.0
-aggregate = {{ function = "sum", window = "1h", of = "amount" }}
-
-[[dynamic_view.feature]]
-name = "amount_max_24h"
-type = "float64"
-default = 0.0
-aggregate = {{ function = "max", window = "24h", of = "amount" }}
-
-[[dynamic_view.feature]]
-name = "failed_auth_count_24h"
-type = "int64"
-default = 0
-aggregate = {{ function = "count", window = "24h", of = "failed_auth_id" }}
-"#
-    )
-}
-
 /// One generated event.
 #[derive(Debug, Clone)]
 struct Generated {
@@ -431,7 +389,9 @@ async fn read_reader(reader: &FeatureReader<EmbeddedStore>) -> Result<BTreeMap<S
     let mut out = BTreeMap::new();
     for e in 0..ENTITIES {
         let entity = format!("c-{e}");
-        let resolved = reader.read(VIEW, &entity, SystemTime::now()).await?;
+        let resolved = reader
+            .read(ACTIVITY_VIEW, &entity, SystemTime::now())
+            .await?;
         let features: Vec<(String, FeatureValue)> = resolved
             .features
             .iter()
@@ -486,7 +446,7 @@ async fn aggregates_equal_the_reference_across_a_killed_consumer_on_cassandra() 
     );
     create_topics(&broker, &[(&topic, 3), (&dlq, 1)]).await?;
     let dir = ScratchDir::new("mlgw_ingest_cql")?;
-    let defs = dir.file("features.toml", definitions_text(&topic))?;
+    let defs = dir.file("features.toml", activity_definitions(&topic))?;
     let flags: Vec<String> = vec![
         "--scylla".into(),
         cassandra,
@@ -693,7 +653,7 @@ async fn ingest_resumes_from_committed_offsets_when_kafka_returns() -> Result<()
     let (topic, dlq) = (unique("resume"), unique("resume-dlq"));
     create_topics(&broker, &[(&topic, 3), (&dlq, 1)]).await?;
     let dir = ScratchDir::new("mlgw_ingest_resume")?;
-    let path = dir.file("features.toml", definitions_text(&topic))?;
+    let path = dir.file("features.toml", activity_definitions(&topic))?;
     let defs = Arc::new(FeatureDefinitions::load(&path)?);
     let store = EmbeddedStore::open(&dir.join("features.redb"))?;
     store.apply_schema().await?;
