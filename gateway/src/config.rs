@@ -716,14 +716,6 @@ impl Default for AsyncSettings {
     }
 }
 
-fn is_topic_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 249
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
-}
-
 impl AsyncSettings {
     /// Checks the settings; `(key, message)` of the first problem.
     ///
@@ -733,17 +725,17 @@ impl AsyncSettings {
         if !self.enabled {
             return Ok(());
         }
-        if self.brokers.trim().is_empty() {
-            return Err((
-                "brokers",
-                "name the Kafka bootstrap servers, e.g. \"kafka-0:9092,kafka-1:9092\"".into(),
-            ));
+        if let Some(problem) = feature_store::definitions::brokers_problem(&self.brokers) {
+            return Err(("brokers", problem));
         }
         for (key, template) in [
             ("request_topic", &self.request_topic),
             ("result_topic", &self.result_topic),
         ] {
-            if !template.contains("{model}") || !is_topic_name(&template.replace("{model}", "m")) {
+            if !template.contains("{model}")
+                || feature_store::definitions::topic_name_problem(&template.replace("{model}", "m"))
+                    .is_some()
+            {
                 return Err((
                     key,
                     format!(

@@ -16,6 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use feature_store::clock::to_micros;
+use feature_store::definitions::{brokers_problem, topic_name_problem};
 use feature_store::log::{FeedbackRecord, Outcome, PredictionRecord, PredictionSource};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric as _};
@@ -74,25 +75,15 @@ impl PublishSettings {
         if !self.enabled {
             return Ok(());
         }
-        if self.brokers.trim().is_empty() {
-            return Err((
-                "brokers",
-                "name the Kafka bootstrap servers, e.g. \"kafka-0:9092,kafka-1:9092\"".into(),
-            ));
+        if let Some(problem) = brokers_problem(&self.brokers) {
+            return Err(("brokers", problem));
         }
         for (key, topic) in [
             ("predictions_topic", &self.predictions_topic),
             ("feedback_topic", &self.feedback_topic),
         ] {
-            if topic.is_empty()
-                || !topic
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
-            {
-                return Err((
-                    key,
-                    format!("{topic:?} is not a Kafka topic name (letters, digits, '.', '_', '-')"),
-                ));
+            if let Some(problem) = topic_name_problem(topic) {
+                return Err((key, problem));
             }
         }
         if self.queue_max == 0 || self.message_timeout_ms == 0 {

@@ -10,6 +10,7 @@ use tokio::sync::Semaphore;
 use crate::async_predict::AsyncPredictions;
 use crate::auth::dev_issuer::DevIssuer;
 use crate::auth::{Authenticator, Authorizer};
+use crate::error::GatewayError;
 use crate::metrics::{Metrics, RefreshJobs, Sampled};
 use crate::model::stats::ClientFamilies;
 use crate::rollout::stats::RolloutFamilies;
@@ -68,6 +69,14 @@ pub struct AppState<S> {
 }
 
 impl<S> AppState<S> {
+    /// Asynchronous predictions, or why there are none (501).
+    ///
+    /// # Errors
+    /// [`GatewayError::AsyncDisabled`] when `[async_predict]` is off.
+    pub fn queue(&self) -> Result<&Arc<AsyncPredictions<S>>, GatewayError> {
+        self.queue.as_ref().ok_or(GatewayError::AsyncDisabled)
+    }
+
     /// Requests being served now.
     pub fn in_flight(&self) -> usize {
         self.limit_total

@@ -77,7 +77,7 @@ pub use scoring::{
     Cardinality, DEFAULT_MAX_KEYS, DEFAULT_NEW_CATEGORY_FACTOR, KeyFeature, ScoreSource,
     ScoringJobSpec, ScoringKey,
 };
-pub use stream::{EventEncoding, KafkaSource};
+pub use stream::{EventEncoding, KafkaSource, brokers_problem, topic_name_problem};
 pub use tuning::{MetricKind, Policy, Scoring};
 pub use value::{FeatureType, FeatureValue};
 pub use view::{

@@ -82,20 +82,8 @@ pub(super) fn validate_source(
 ) -> Result<KafkaSource, (&'static str, DefinitionProblem)> {
     let k = &raw.kafka;
     let bad = |key, text: String| (key, DefinitionProblem::EventSource(text));
-    if k.topic.is_empty()
-        || k.topic.len() > 249
-        || !k
-            .topic
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
-    {
-        return Err(bad(
-            "topic",
-            format!(
-                "{:?} is not a Kafka topic name (1 to 249 letters, digits, '.', '_', '-')",
-                k.topic
-            ),
-        ));
+    if let Some(problem) = topic_name_problem(&k.topic) {
+        return Err(bad("topic", problem));
     }
     if view.widest_window().is_none() {
         return Err(bad(
@@ -163,4 +151,25 @@ pub(super) fn validate_source(
         id_field,
         encoding: k.encoding,
     })
+}
+
+/// What is wrong with `topic` as a Kafka topic name (1 to 249 letters,
+/// digits, `.`, `_`, `-`), if anything.
+pub fn topic_name_problem(topic: &str) -> Option<String> {
+    let fits = !topic.is_empty()
+        && topic.len() <= 249
+        && topic
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    (!fits).then(|| {
+        format!("{topic:?} is not a Kafka topic name (1 to 249 letters, digits, '.', '_', '-')")
+    })
+}
+
+/// What is wrong with `brokers` as a Kafka bootstrap list, if anything.
+pub fn brokers_problem(brokers: &str) -> Option<String> {
+    brokers
+        .trim()
+        .is_empty()
+        .then(|| "name the Kafka bootstrap servers, e.g. \"kafka-0:9092,kafka-1:9092\"".to_owned())
 }

@@ -55,7 +55,7 @@ use serde::Deserialize;
 
 pub use decode::{Rejection, decode};
 
-use crate::definitions::KafkaSource;
+use crate::definitions::{KafkaSource, brokers_problem, topic_name_problem};
 use crate::reader::{FeatureReader, PushedEvent, ReadError};
 use crate::store::{BatchStore, RowStore};
 
@@ -113,23 +113,14 @@ impl IngestSettings {
         if !self.enabled {
             return Ok(());
         }
-        if self.brokers.trim().is_empty() {
-            return Err((
-                "brokers",
-                "name the Kafka bootstrap servers, e.g. \"kafka-0:9092,kafka-1:9092\"".into(),
-            ));
+        if let Some(problem) = brokers_problem(&self.brokers) {
+            return Err(("brokers", problem));
         }
         if self.group_id.trim().is_empty() {
             return Err(("group_id", "name the consumer group".into()));
         }
-        if !is_topic_name(&self.dead_letter_topic) {
-            return Err((
-                "dead_letter_topic",
-                format!(
-                    "{:?} is not a Kafka topic name (letters, digits, '.', '_', '-')",
-                    self.dead_letter_topic
-                ),
-            ));
+        if let Some(problem) = topic_name_problem(&self.dead_letter_topic) {
+            return Err(("dead_letter_topic", problem));
         }
         for (key, v) in [
             ("batch_max", self.batch_max as u64),
@@ -144,14 +135,6 @@ impl IngestSettings {
         }
         Ok(())
     }
-}
-
-fn is_topic_name(topic: &str) -> bool {
-    !topic.is_empty()
-        && topic.len() <= 249
-        && topic
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
 }
 
 /// Why the ingest cannot start.

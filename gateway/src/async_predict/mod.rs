@@ -300,7 +300,7 @@ impl<S: FullStore> AsyncPredictions<S> {
         }
         let now = SystemTime::now();
         let expires_at = now + self.settings.retention();
-        let mut id = uuid::Uuid::now_v7().to_string();
+        let id = uuid::Uuid::now_v7().to_string();
         if let Some(key) = idempotency_key {
             let scoped = format!("{}\u{1f}{}\u{1f}{key}", caller.subject, input.model);
             let claimed = self
@@ -346,7 +346,7 @@ impl<S: FullStore> AsyncPredictions<S> {
         self.enqueue(&input.model, &entity_key, &body).await?;
         self.stats.accepted.fetch_add(1, Ordering::Relaxed);
         Ok(Accepted {
-            id: std::mem::take(&mut id),
+            id,
             duplicate: false,
         })
     }

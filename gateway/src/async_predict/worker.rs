@@ -280,7 +280,9 @@ impl Session {
             })
             .collect();
         if !fresh.is_empty() {
-            store_with_retry(queue, &fresh).await?;
+            with_retry("storing results", || queue.store().put_requests(&fresh))
+                .await
+                .map_err(SessionError::Store)?;
             let stats = queue.stats();
             let now = SystemTime::now();
             for r in &fresh {
@@ -378,25 +380,27 @@ fn taken(m: &rdkafka::message::BorrowedMessage<'_>) -> Taken {
     }
 }
 
-/// Writes `records`, retrying while the store is away (the batch cannot be
-/// committed before they are stored).
-async fn store_with_retry<S: FullStore>(
-    queue: &AsyncPredictions<S>,
-    records: &[RequestRecord],
-) -> Result<(), SessionError> {
+/// Runs the store call `call`, again while it fails for a passing reason
+/// (8 more tries, backing off to 2 s): a batch cannot be committed before
+/// its records are read and its results stored.
+async fn with_retry<T, F, Fut>(what: &str, mut call: F) -> Result<T, StoreError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, StoreError>>,
+{
     let mut pause = Duration::from_millis(50);
-    for attempt in 0.. {
-        match queue.store().put_requests(records).await {
-            Ok(()) => return Ok(()),
+    let mut attempt = 0;
+    loop {
+        match call().await {
             Err(e) if e.is_transient() && attempt < 8 => {
-                tracing::warn!("async_predict worker: storing results failed ({e}); retrying");
+                tracing::warn!("async_predict worker: {what} failed ({e}); retrying");
+                attempt += 1;
                 tokio::time::sleep(pause).await;
                 pause = (pause * 2).min(Duration::from_secs(2));
             }
-            Err(e) => return Err(SessionError::Store(e)),
+            other => return other,
         }
     }
-    Ok(())
 }
 
 /// Reads the record of one message's request and decides: skip it,
@@ -415,7 +419,7 @@ async fn outcome<S: FullStore>(
         );
         return Ok(Outcome::Skip);
     };
-    let record = read_with_retry(queue, &q.id).await?;
+    let record = with_retry("reading a request", || queue.store().get_request(&q.id)).await?;
     if let Some(r) = record.filter(|r| r.state != RequestState::Pending) {
         if r.position == Some(t.position) {
             queue.stats().replayed.fetch_add(1, Ordering::Relaxed);
@@ -470,24 +474,6 @@ async fn outcome<S: FullStore>(
             body,
         })),
     })
-}
-
-async fn read_with_retry<S: FullStore>(
-    queue: &AsyncPredictions<S>,
-    id: &str,
-) -> Result<Option<RequestRecord>, StoreError> {
-    let mut pause = Duration::from_millis(50);
-    let mut attempt = 0;
-    loop {
-        match queue.store().get_request(id).await {
-            Err(e) if e.is_transient() && attempt < 8 => {
-                attempt += 1;
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(Duration::from_secs(2));
-            }
-            other => return other,
-        }
-    }
 }
 
 /// Scores one request within its deadline, trying again while the cause of

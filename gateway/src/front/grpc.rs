@@ -132,11 +132,7 @@ impl<S: FullStore> PredictionService for PredictionGrpc<S> {
         let (_, extensions, r) = request.into_parts();
         let result = async {
             let caller = caller(&extensions)?;
-            let queue = self
-                .state
-                .queue
-                .as_ref()
-                .ok_or(GatewayError::AsyncDisabled)?;
+            let queue = self.state.queue()?;
             let mut inner = r.request.ok_or_else(|| {
                 GatewayError::InvalidArgument("request: the prediction request is missing".into())
             })?;
@@ -174,11 +170,7 @@ impl<S: FullStore> PredictionService for PredictionGrpc<S> {
         let (_, extensions, r) = request.into_parts();
         let result = async {
             let caller = caller(&extensions)?;
-            let queue = self
-                .state
-                .queue
-                .as_ref()
-                .ok_or(GatewayError::AsyncDisabled)?;
+            let queue = self.state.queue()?;
             queue
                 .poll(caller, || self.state.authz.is_admin(caller), &r.id)
                 .await

@@ -170,7 +170,7 @@ async fn predict_async<S: FullStore>(
     headers: axum::http::HeaderMap,
     body: Result<Json<PredictAsyncBody>, JsonRejection>,
 ) -> Result<(StatusCode, Json<PredictAsyncResponse>), GatewayError> {
-    let queue = state.queue.as_ref().ok_or(GatewayError::AsyncDisabled)?;
+    let queue = state.queue()?;
     let body = json_body(body)?;
     let key = match headers.get("idempotency-key") {
         None => None,
@@ -255,7 +255,7 @@ async fn get_prediction<S: FullStore>(
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<Json<AsyncPredictionJson>, GatewayError> {
-    let queue = state.queue.as_ref().ok_or(GatewayError::AsyncDisabled)?;
+    let queue = state.queue()?;
     let p = queue
         .poll(&caller, || state.authz.is_admin(&caller), &id)
         .await?;
