@@ -10,17 +10,26 @@ What it does:
 1. generates a synthetic card-payment data set (one transaction per customer,
    keyed by ``customer_id``) -- see DATASET.md for the generator and the label
    rule;
-2. trains version 1 (StandardScaler + LogisticRegression) and version 2
-   (StandardScaler + MLPClassifier) on a stratified 80/20 split, reports
-   test AUC;
-3. exports both with skl2onnx (input ``features`` float32 [N, 15], outputs
+2. trains version 1 (StandardScaler + LogisticRegression), version 2
+   (StandardScaler + MLPClassifier), version 3 (HistGradientBoostingClassifier,
+   300 trees of depth <= 6) and version 4 (RandomForestClassifier, 100 trees
+   of depth <= 12) on a stratified 80/20 split, reports test AUC and accuracy;
+3. exports each with skl2onnx (input ``features`` float32 [N, 15], outputs
    ``label`` int64 [N] and ``probabilities`` float32 [N, 2], no ZipMap,
-   opsets ``'': 17`` / ``ai.onnx.ml: 3``) into the model repository;
-4. writes ``config.toml`` for the model;
+   target opsets ``'': 17`` / ``ai.onnx.ml: 3``) into the model repository;
+   versions 1 and 2 are restricted to ops tract runs, versions 3 and 4 are one
+   ``ai.onnx.ml.TreeEnsembleClassifier`` node, which the server evaluates
+   natively;
+4. writes ``config.toml`` for the model (unversioned calls get version 2);
 5. runs 256 held-out rows through onnxruntime (CPUExecutionProvider) and
    writes them as reference JSON for the Rust server's tests;
 6. checks each ONNX file again with onnxruntime: output names, dtypes, shapes
-   and agreement with sklearn ``predict_proba`` on the whole test set.
+   and agreement with sklearn ``predict_proba`` on the whole test set (for
+   versions 3 and 4 also on test rows with missing values).
+
+The tree versions use their own ``random_state`` and are trained after
+versions 1 and 2 on the same split, so they leave every random stream and
+every file of versions 1 and 2 as it was.
 
 Usage (from the repository root):
 
@@ -32,25 +41,31 @@ Usage (from the repository root):
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
+import time
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 
 import onnx
 import onnxruntime as ort
 import skl2onnx
+import skl2onnx.common.tree_ensemble
 import sklearn
 from skl2onnx import convert_sklearn
 from skl2onnx.common.data_types import FloatTensorType
+from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestClassifier
 from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import roc_auc_score
+from sklearn.metrics import accuracy_score, roc_auc_score
 from sklearn.model_selection import train_test_split
 from sklearn.neural_network import MLPClassifier
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
+from threadpoolctl import threadpool_limits
 
 # --------------------------------------------------------------------------
 # Constants
@@ -99,6 +114,19 @@ MLP_HIDDEN = (32, 16)
 # 0.93-0.94 depending on the seed); 1.0 gives 0.945-0.948 over seeds 0-5.
 MLP_ALPHA = 1.0
 MLP_MAX_ITER = 300
+
+# Version 3: gradient-boosted trees, exactly HGB_MAX_ITER trees (no early
+# stopping, so the count does not depend on a validation split).
+HGB_MAX_ITER = 300
+HGB_MAX_DEPTH = 6
+HGB_SEED = 0                  # HistGradientBoostingClassifier random_state (unused without early stopping or subsampling; fixed anyway)
+# Version 4: random forest.  n_jobs=1 so the trees are built in order from the
+# forest's own RandomState.
+RF_N_ESTIMATORS = 100
+RF_MAX_DEPTH = 12
+RF_SEED = 0                   # RandomForestClassifier random_state (bootstrap samples, feature draws)
+MISSING_SEED = 7              # where the missing-value check puts its NaNs
+N_MISSING_CHECK = 2000        # test rows in that check
 
 TARGET_OPSET = {"": 17, "ai.onnx.ml": 3}
 
@@ -268,6 +296,63 @@ TRACT_OPS = {
     ("ai.onnx.ml", "LinearClassifier"), ("ai.onnx.ml", "Normalizer"),
 }
 
+# Ops of the tree versions (3 and 4).  tract cannot serve them (above), so the
+# model server evaluates ai.onnx.ml tree ensembles with its own code; their
+# graphs may contain nothing else.
+NATIVE_TREE_OPS = {("ai.onnx.ml", "TreeEnsembleClassifier")}
+
+
+@contextlib.contextmanager
+def hist_gradient_boosting_missing_tracks_as_int():
+    """Work around skl2onnx 1.20.0 failing on HistGradientBoostingClassifier.
+
+    skl2onnx's ``add_tree_to_attribute_pairs_hist_gradient_boosting`` passes
+    ``nodes_missing_value_tracks_true`` to ``add_node`` as the Python bool
+    ``False`` for leaves (and numpy's uint8 ``missing_go_to_left`` for
+    splits); current onnx/protobuf refuse a bool in an ``ints`` attribute
+    ("Field onnx.AttributeProto.ints: Expected an int, got a boolean").  While
+    this context is active, ``skl2onnx.common.tree_ensemble.add_node`` (looked
+    up from that module's globals by the HGB helper) receives the same value
+    as an int: 1 where sklearn sends a missing value to the left (true)
+    child, 0 elsewhere, so the exported graph keeps sklearn's missing-value
+    routing.  The installed package is not edited; leaving the context puts
+    the original function back.  Remove this once skl2onnx converts HGB
+    models on its own.
+    """
+    original = skl2onnx.common.tree_ensemble.add_node
+
+    def add_node(*args, nodes_missing_value_tracks_true=0, **kwargs):
+        return original(*args, nodes_missing_value_tracks_true=int(nodes_missing_value_tracks_true), **kwargs)
+
+    with mock.patch.object(skl2onnx.common.tree_ensemble, "add_node", add_node):
+        yield
+
+
+def sklearn_missing_go_to_left(model) -> dict:
+    """{(tree id, node id): 1 if sklearn sends a missing value to the left
+    child} for every split node of a fitted HGB or forest.  sklearn routes a
+    NaN at predict time even for features without NaN in training (to the
+    child that got more training samples)."""
+    if isinstance(model, HistGradientBoostingClassifier):
+        return {(t, i): int(n["missing_go_to_left"])
+                for t, (p,) in enumerate(model._predictors) for i, n in enumerate(p.nodes) if not n["is_leaf"]}
+    return {(t, i): int(e.tree_.missing_go_to_left[i])
+            for t, e in enumerate(model.estimators_) for i in range(e.tree_.node_count)
+            if e.tree_.children_left[i] != -1}
+
+
+def set_forest_missing_value_tracks(onx: onnx.ModelProto, model) -> None:
+    """skl2onnx 1.20.0 writes nodes_missing_value_tracks_true = 0 for every
+    node of a random forest, so onnxruntime sends a NaN to the false (right)
+    branch where sklearn may send it left.  Copy sklearn's direction of each
+    split into the attribute (BRANCH_LEQ: true = left child)."""
+    node = tree_node(onx)
+    attrs = {a.name: a for a in node.attribute}
+    go_left = sklearn_missing_go_to_left(model)
+    tracks = [go_left.get((t, i), 0) for t, i in zip(attrs["nodes_treeids"].ints, attrs["nodes_nodeids"].ints)]
+    del attrs["nodes_missing_value_tracks_true"].ints[:]
+    attrs["nodes_missing_value_tracks_true"].ints.extend(tracks)
+
 
 def export_options(model) -> dict:
     """skl2onnx options: no ZipMap on the classifier (plain `probabilities`
@@ -336,19 +421,27 @@ def dedupe_opsets(onx: onnx.ModelProto) -> None:
         onx.opset_import.append(onnx.helper.make_opsetid(domain, version))
 
 
+def is_tree_model(model) -> bool:
+    return isinstance(final_estimator(model), (HistGradientBoostingClassifier, RandomForestClassifier))
+
+
 def export_onnx(model, version: str, description: str) -> onnx.ModelProto:
-    onx = convert_sklearn(
-        model,
-        name=f"{MODEL_NAME}_v{version}",
-        initial_types=[(INPUT_NAME, FloatTensorType([None, N_FEATURES]))],
-        # `final_types` is deliberately not passed: with it skl2onnx appends
-        # Cast nodes to the outputs, and tract turns an ONNX Cast(to=INT64)
-        # into its TDim type, so `label` would come out as TDim, not i64.
-        # skl2onnx already names the classifier outputs `label` and
-        # `probabilities`; they are renamed below only if that ever changes.
-        options=export_options(model),
-        target_opset=TARGET_OPSET,
-    )
+    """Convert with skl2onnx and check the graph.  Linear and MLP models must
+    use only ops tract runs (TRACT_OPS); tree models only NATIVE_TREE_OPS."""
+    hgb = isinstance(final_estimator(model), HistGradientBoostingClassifier)
+    with hist_gradient_boosting_missing_tracks_as_int() if hgb else contextlib.nullcontext():
+        onx = convert_sklearn(
+            model,
+            name=f"{MODEL_NAME}_v{version}",
+            initial_types=[(INPUT_NAME, FloatTensorType([None, N_FEATURES]))],
+            # `final_types` is deliberately not passed: with it skl2onnx appends
+            # Cast nodes to the outputs, and tract turns an ONNX Cast(to=INT64)
+            # into its TDim type, so `label` would come out as TDim, not i64.
+            # skl2onnx already names the classifier outputs `label` and
+            # `probabilities`; they are renamed below only if that ever changes.
+            options=export_options(model),
+            target_opset=TARGET_OPSET,
+        )
     # Make sure the graph's outputs are exactly `label` and `probabilities`.
     outs = [o.name for o in onx.graph.output]
     if outs != ["label", "probabilities"]:
@@ -359,6 +452,8 @@ def export_onnx(model, version: str, description: str) -> onnx.ModelProto:
         for o in onx.graph.output:
             o.name = rename.get(o.name, o.name)
     fix_label_for_tract(onx, final_estimator(model).classes_)
+    if isinstance(final_estimator(model), RandomForestClassifier):
+        set_forest_missing_value_tracks(onx, final_estimator(model))
     dedupe_opsets(onx)
     # Name the batch dimension: skl2onnx leaves it anonymous, and tract cannot
     # type a model whose input has an anonymous dim unless the caller sets an
@@ -391,6 +486,13 @@ def export_onnx(model, version: str, description: str) -> onnx.ModelProto:
         entry.key = k
         entry.value = v
     onnx.checker.check_model(onx)
+    if is_tree_model(model):
+        for node in onx.graph.node:
+            key = (node.domain or "", node.op_type)
+            if key not in NATIVE_TREE_OPS:
+                raise RuntimeError(f"op {key} in a tree version: the server's tree evaluator runs only {NATIVE_TREE_OPS}")
+        check_tree_export(onx, final_estimator(model))
+        return onx
     for node in onx.graph.node:
         key = (node.domain or "", node.op_type)
         if node.op_type == "Cast" and any(a.name == "to" and a.i == onnx.TensorProto.INT64 for a in node.attribute):
@@ -400,6 +502,63 @@ def export_onnx(model, version: str, description: str) -> onnx.ModelProto:
                 f"op {key} is not in the list of ops tract-onnx 0.23.9 is known to load; refusing to export"
             )
     return onx
+
+
+def tree_node(onx: onnx.ModelProto) -> onnx.NodeProto:
+    (node,) = [n for n in onx.graph.node if n.op_type == "TreeEnsembleClassifier"]
+    return node
+
+
+def tree_stats(model) -> dict:
+    """Trees, depth reached, nodes and leaves of a fitted HGB or forest."""
+    if isinstance(model, HistGradientBoostingClassifier):
+        trees = [p.nodes for (p,) in model._predictors]
+        depth = max(int(t["depth"].max()) for t in trees)
+        nodes = sum(len(t) for t in trees)
+        leaves = sum(int(t["is_leaf"].sum()) for t in trees)
+    else:
+        trees = [e.tree_ for e in model.estimators_]
+        depth = max(t.max_depth for t in trees)
+        nodes = sum(t.node_count for t in trees)
+        leaves = sum(t.n_leaves for t in trees)
+    return {"trees": len(trees), "depth": depth, "nodes": nodes, "leaves": leaves}
+
+
+def check_tree_export(onx: onnx.ModelProto, model) -> None:
+    """The TreeEnsembleClassifier holds every tree and node of the model, and
+    sklearn's missing-value direction of every split node."""
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in tree_node(onx).attribute}
+    stats = tree_stats(model)
+    if len(set(attrs["nodes_treeids"])) != stats["trees"] or len(attrs["nodes_nodeids"]) != stats["nodes"]:
+        raise RuntimeError(f"tree export: {len(set(attrs['nodes_treeids']))} trees / {len(attrs['nodes_nodeids'])} "
+                           f"nodes in the graph, the model has {stats}")
+    if list(attrs["classlabels_int64s"]) != [0, 1]:
+        raise RuntimeError(f"tree export: classlabels {attrs['classlabels_int64s']}")
+    tracks = list(attrs["nodes_missing_value_tracks_true"])
+    if len(tracks) != stats["nodes"]:
+        raise RuntimeError("tree export: nodes_missing_value_tracks_true missing or short")
+    go_left = sklearn_missing_go_to_left(model)
+    expected = [go_left.get((t, i), 0) for t, i in zip(attrs["nodes_treeids"], attrs["nodes_nodeids"])]
+    if tracks != expected or not any(tracks):
+        raise RuntimeError("tree export: nodes_missing_value_tracks_true differs from sklearn's missing_go_to_left")
+
+
+def describe_graph(onx: onnx.ModelProto) -> dict:
+    """Op types, opsets and (tree versions) the TreeEnsembleClassifier's
+    attributes, for the log and DATASET.md."""
+    info = {
+        "ops": [f"{n.op_type} ({n.domain or 'ai.onnx'})" for n in onx.graph.node],
+        "opsets": ", ".join(f"{o.domain or 'ai.onnx'} {o.version}" for o in onx.opset_import),
+    }
+    trees = [n for n in onx.graph.node if n.op_type == "TreeEnsembleClassifier"]
+    if trees:
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in trees[0].attribute}
+        info["attribute_names"] = sorted(attrs)
+        info["post_transform"] = attrs.get("post_transform", b"NONE").decode()
+        info["base_values"] = [float(v) for v in attrs.get("base_values", [])]
+        info["classlabels"] = [int(v) for v in attrs["classlabels_int64s"]]
+        info["missing_tracks_true"] = int(sum(attrs["nodes_missing_value_tracks_true"]))
+    return info
 
 
 def check_with_tract(path: Path, X_ref: np.ndarray, ref_label: np.ndarray, ref_proba: np.ndarray):
@@ -484,6 +643,29 @@ def check_onnx(path: Path, model, X_test: np.ndarray) -> float:
     return diff
 
 
+def check_missing_values(path: Path, model, X_test: np.ndarray) -> float:
+    """Tree versions: with NaN in the input, onnxruntime must follow the same
+    branches as sklearn (the graph's nodes_missing_value_tracks_true).  The
+    first N_MISSING_CHECK test rows get each value replaced by NaN with
+    P = 0.2, plus one all-NaN row and one row per feature with only that
+    feature missing.  Returns the max abs difference of the probabilities."""
+    rng = np.random.default_rng(MISSING_SEED)
+    X = X_test[:N_MISSING_CHECK].copy()
+    X[rng.random(X.shape) < 0.2] = np.nan
+    one_missing = np.repeat(X_test[:1], N_FEATURES, axis=0)
+    one_missing[np.arange(N_FEATURES), np.arange(N_FEATURES)] = np.nan
+    X = np.concatenate([X, np.full((1, N_FEATURES), np.nan, dtype=np.float32), one_missing])
+    label, proba = ort_session(path).run(None, {INPUT_NAME: X})
+    sk_proba = model.predict_proba(X)
+    diff = float(np.max(np.abs(proba.astype(np.float64) - sk_proba)))
+    mismatch = np.nonzero(label != model.predict(X))[0]
+    if diff > 1e-5 or any(abs(sk_proba[i, 1] - 0.5) > 1e-5 for i in mismatch):
+        raise AssertionError(f"{path}: with missing values, max abs diff {diff:.3g}, {len(mismatch)} label mismatches")
+    print(f"  missing values {path}: {len(X)} rows with NaNs ({int(np.isnan(X).sum())} values); "
+          f"max |ort - sklearn| = {diff:.3e}; label mismatches = {len(mismatch)}")
+    return diff
+
+
 # --------------------------------------------------------------------------
 # Output writers
 # --------------------------------------------------------------------------
@@ -492,6 +674,10 @@ CONFIG_TEMPLATE = """\
 # fraud_detector: card-payment fraud score for one transaction, keyed by customer_id (synthetic example model)
 platform = "onnx"
 max_batch_size = 64
+
+# Unversioned calls keep getting version 2 (the MLP) until someone moves this
+# on; versions 3 and 4 are served only to calls that name them.
+default_version = 2
 
 # Input `features` is float32 [batch, 15], columns in this exact order:
 #   static customer features (daily batch job, keyed by customer_id):
@@ -502,9 +688,19 @@ max_batch_size = 64
 {request}
 # Outputs: `label` int64 [batch] (1 = fraud), `probabilities` float32 [batch, 2]
 # ([P(legit), P(fraud)]).
-# Versions: 1 = StandardScaler + LogisticRegression, 2 = StandardScaler + MLPClassifier (32, 16).
+# Versions: 1 = StandardScaler + LogisticRegression, 2 = StandardScaler + MLPClassifier (32, 16),
+# 3 = HistGradientBoostingClassifier ({hgb_trees} trees, depth <= {hgb_depth}), 4 = RandomForestClassifier ({rf_trees} trees, depth <= {rf_depth}).
 # Generated by model-server/training/train_fraud_model.py -- see DATASET.md there.
 
+# A request that finds this version idle runs at once on the thread that
+# decoded it when its run is expected to take at most inline_max_us (default
+# 50; a warm one-row run of this model takes ~25 µs); 0 always uses an
+# inference thread.
+# inline_max_us = 50
+
+# Batching: while an inference of this version runs, queued requests wait up
+# to max_queue_delay_ms for others to join them; an idle server runs a request
+# at once (set wait_when_idle = true to always wait out the window).
 [dynamic_batching]
 max_queue_delay_ms = 2
 max_queue_size = 1024
@@ -538,6 +734,7 @@ def write_config(model_dir: Path) -> Path:
         static=block(STATIC_FEATURES, 0),
         dynamic=block(DYNAMIC_FEATURES, len(STATIC_FEATURES)),
         request=block(REQUEST_FEATURES, len(STATIC_FEATURES) + len(DYNAMIC_FEATURES)),
+        hgb_trees=HGB_MAX_ITER, hgb_depth=HGB_MAX_DEPTH, rf_trees=RF_N_ESTIMATORS, rf_depth=RF_MAX_DEPTH,
     )
     path = model_dir / "config.toml"
     path.write_text(text)
@@ -569,6 +766,14 @@ def write_reference(path: Path, version: str, onnx_path: Path, X_ref: np.ndarray
     backp = np.array(doc["outputs"]["probabilities"], dtype=np.float32)
     assert np.array_equal(backp.view(np.uint32), proba.view(np.uint32))
     path.write_text(json.dumps(doc, indent=None, separators=(",", ":")) + "\n")
+
+
+def op_counts(ops: list) -> str:
+    """'MatMul (ai.onnx) x3, Relu (ai.onnx) x2, ...' in first-seen order."""
+    counts = {}
+    for op in ops:
+        counts[op] = counts.get(op, 0) + 1
+    return ", ".join(op if n == 1 else f"{op} x{n}" for op, n in counts.items())
 
 
 def feature_table(X: np.ndarray, y: np.ndarray) -> str:
@@ -696,20 +901,58 @@ noise included) is {bayes_auc:.4f}.
 
 {table}
 
-## Models and test AUC
+## Models and test metrics
 
-| version | model | test AUC | ONNX size |
-|---|---|---:|---:|
-| 1 | `Pipeline([StandardScaler(), LogisticRegression(max_iter=2000, random_state={lr_seed})])` | {auc1:.4f} | {size1} bytes |
-| 2 | `Pipeline([StandardScaler(), MLPClassifier(hidden_layer_sizes={mlp_hidden}, activation="relu", alpha={mlp_alpha}, max_iter={mlp_max_iter}, early_stopping=True, random_state={mlp_seed})])` | {auc2:.4f} | {size2} bytes |
+| version | model | trees | depth | test AUC | test accuracy | ONNX size |
+|---|---|---:|---:|---:|---:|---:|
+| 1 | `Pipeline([StandardScaler(), LogisticRegression(max_iter=2000, random_state={lr_seed})])` | - | - | {auc1:.4f} | {acc1:.4f} | {size1} bytes |
+| 2 | `Pipeline([StandardScaler(), MLPClassifier(hidden_layer_sizes={mlp_hidden}, activation="relu", alpha={mlp_alpha}, max_iter={mlp_max_iter}, early_stopping=True, random_state={mlp_seed})])` | - | - | {auc2:.4f} | {acc2:.4f} | {size2} bytes |
+| 3 | `HistGradientBoostingClassifier(max_iter={hgb_max_iter}, early_stopping=False, max_depth={hgb_max_depth}, random_state={hgb_seed})` | {trees3[trees]} | {trees3[depth]} | {auc3:.4f} | {acc3:.4f} | {size3} bytes |
+| 4 | `RandomForestClassifier(n_estimators={rf_n}, max_depth={rf_max_depth}, random_state={rf_seed}, n_jobs=1)` | {trees4[trees]} | {trees4[depth]} | {auc4:.4f} | {acc4:.4f} | {size4} bytes |
+
+All four are trained on the same {n_train} training rows and the same 15 raw
+features (the tree versions without a scaler). Depth is the deepest split
+path reached. Accuracy scores the `label` output; since only {rate_test:.2%} of
+the test rows are fraud, answering "legitimate" every time already scores
+{acc_constant:.4f}, so compare the versions by AUC.
+
+Exported graphs (node op types with their domain, opsets, and what runs them
+in the model server):
+
+| version | nodes | opsets | server runs it with |
+|---|---|---|---|
+{graph_rows}
+
+The tree versions are one `TreeEnsembleClassifier` node each (opset 1 of
+`ai.onnx.ml`: skl2onnx 1.20.0 writes that version of the op for float
+inputs, whatever the target opset), `classlabels_int64s` = [0, 1], leaves
+holding only the class-1 score:
+
+| version | tree nodes | leaves | splits sending missing values to the true branch | `post_transform` | `base_values` |
+|---|---:|---:|---:|---|---|
+| 3 | {trees3[nodes]} | {trees3[leaves]} | {missing3} | `{post3}` | {base3} |
+| 4 | {trees4[nodes]} | {trees4[leaves]} | {missing4} | `{post4}` | {base4} |
+
+Those directions (`nodes_missing_value_tracks_true` = 1: a NaN takes the true,
+left branch) are sklearn's own: for version 3 skl2onnx copies
+`missing_go_to_left` (through the script's workaround for its bool bug), for
+version 4 skl2onnx writes all zeros and the script copies each split's
+`tree_.missing_go_to_left` itself. sklearn sets them even though training saw
+no NaN (toward the child with more training samples).
 
 onnxruntime vs sklearn `predict_proba` on the {n_test} test rows: max abs
-difference {diff1:.2e} (v1), {diff2:.2e} (v2). tract (Python bindings, same
-version as the Rust server) vs onnxruntime on the reference rows: {tract_note}.
+difference {diff1:.2e} (v1), {diff2:.2e} (v2), {diff3:.2e} (v3), {diff4:.2e} (v4),
+labels identical. The tree versions with missing values (NaN in about 20 % of
+the values of {n_missing_check} test rows, one all-NaN row, one row per feature with
+only that feature missing): max abs difference {diff3_missing:.2e} (v3),
+{diff4_missing:.2e} (v4), labels identical.
+tract (Python bindings, same version as the Rust server) vs onnxruntime on the reference rows: {tract_note}.
 
 Reference rows: {n_ref} test rows ({n_ref_fraud} fraud, {n_ref_legit} legitimate; drawn with
-`default_rng({sample_seed})`), the same rows for both versions, in
-`reference/fraud_detector_v1.json` and `reference/fraud_detector_v2.json`.
+`default_rng({sample_seed})`), the same rows for all four versions, in
+`reference/fraud_detector_v1.json` ... `reference/fraud_detector_v4.json`. They
+hold no missing values: JSON has no NaN literal and the reference layout
+reads every input as a number.
 
 Built with: numpy {np_v}, scikit-learn {sk_v}, skl2onnx {skl2onnx_v}, onnx {onnx_v}, onnxruntime {ort_v}{tract_v}.
 """
@@ -756,6 +999,7 @@ def main(argv=None) -> int:
     model_dir = args.out_repo / MODEL_NAME
     sizes = {}
     onnx_paths = {}
+    graphs = {}
 
     def save(model, version, description):
         onx = export_onnx(model, version, description)
@@ -768,6 +1012,7 @@ def main(argv=None) -> int:
         ops = sorted({f"{n.domain or 'ai.onnx'}:{n.op_type}" for n in onx.graph.node})
         opsets = ", ".join(f"{o.domain or 'ai.onnx'}={o.version}" for o in onx.opset_import)
         print(f"  wrote {p} ({sizes[version]} bytes), ops: {', '.join(ops)}; opsets: {opsets}")
+        graphs[version] = describe_graph(onx)
         return p
 
     save(v1, "1", "fraud_detector v1: StandardScaler + LogisticRegression on 15 float32 features")
@@ -786,6 +1031,41 @@ def main(argv=None) -> int:
     save(v2, "2", f"fraud_detector v2: StandardScaler + MLPClassifier(hidden_layer_sizes={MLP_HIDDEN}, "
                   f"activation=relu) on 15 float32 features")
 
+    # Tree versions: the raw 15 features (trees need no scaling), each model
+    # with its own random_state, trained after v1 and v2 so nothing they draw
+    # can move those.
+    v3 = HistGradientBoostingClassifier(
+        max_iter=HGB_MAX_ITER, early_stopping=False, max_depth=HGB_MAX_DEPTH, random_state=HGB_SEED,
+    )
+    v4 = RandomForestClassifier(
+        n_estimators=RF_N_ESTIMATORS, max_depth=RF_MAX_DEPTH, random_state=RF_SEED, n_jobs=1,
+    )
+    fit_seconds = {}
+    trees = {}
+    for version, model in (("3", v3), ("4", v4)):
+        start = time.perf_counter()
+        # One OpenMP thread: HGB's gradient sums are parallel reductions, and a
+        # fixed thread count keeps their rounding the same on every machine.
+        with threadpool_limits(limits=1, user_api="openmp"):
+            model.fit(X_train, y_train)
+        fit_seconds[version] = time.perf_counter() - start
+        trees[version] = tree_stats(model)
+    if v3.n_iter_ != HGB_MAX_ITER:
+        raise RuntimeError(f"HistGradientBoostingClassifier built {v3.n_iter_} trees, not {HGB_MAX_ITER}")
+
+    aucs, accs = {}, {}
+    for version, model in (("1", v1), ("2", v2), ("3", v3), ("4", v4)):
+        aucs[version] = roc_auc_score(y_test, model.predict_proba(X_test)[:, 1])
+        accs[version] = accuracy_score(y_test, model.predict(X_test))
+    for version, name in (("3", "HistGradientBoostingClassifier"), ("4", "RandomForestClassifier")):
+        t = trees[version]
+        print(f"v{version} {name}: {t['trees']} trees, depth {t['depth']}, {t['nodes']} nodes, {t['leaves']} leaves; "
+              f"test AUC = {aucs[version]:.4f}, accuracy = {accs[version]:.4f}; trained in {fit_seconds[version]:.1f} s")
+    save(v3, "3", f"fraud_detector v3: HistGradientBoostingClassifier({HGB_MAX_ITER} trees, max_depth={HGB_MAX_DEPTH}) "
+                  f"on 15 float32 features")
+    save(v4, "4", f"fraud_detector v4: RandomForestClassifier({RF_N_ESTIMATORS} trees, max_depth={RF_MAX_DEPTH}) "
+                  f"on 15 float32 features")
+
     cfg = write_config(model_dir)
     print(f"  wrote {cfg}")
 
@@ -802,7 +1082,7 @@ def main(argv=None) -> int:
     assert X_ref.shape == (N_REFERENCE, N_FEATURES) and X_ref.dtype == np.float32
 
     args.reference_dir.mkdir(parents=True, exist_ok=True)
-    for version in ("1", "2"):
+    for version in ("1", "2", "3", "4"):
         path = args.reference_dir / f"{MODEL_NAME}_v{version}.json"
         write_reference(path, version, onnx_paths[version], X_ref)
         print(f"  wrote {path}")
@@ -815,13 +1095,20 @@ def main(argv=None) -> int:
     print("checking ONNX files with onnxruntime:")
     diff1 = check_onnx(onnx_paths["1"], v1, X_test)
     diff2 = check_onnx(onnx_paths["2"], v2, X_test)
+    diff3 = check_onnx(onnx_paths["3"], v3, X_test)
+    diff4 = check_onnx(onnx_paths["4"], v4, X_test)
+    diff3_missing = check_missing_values(onnx_paths["3"], v3, X_test)
+    diff4_missing = check_missing_values(onnx_paths["4"], v4, X_test)
     tract_diffs = {}
-    for version in ("1", "2"):
+    for version in ("1", "2", "3", "4"):
         ref = json.loads((args.reference_dir / f"{MODEL_NAME}_v{version}.json").read_text())
         labels = ref["outputs"]["label"]
         assert len(ref["inputs"]) == N_REFERENCE and len(labels) == N_REFERENCE
         assert all(len(r) == N_FEATURES for r in ref["inputs"])
         print(f"  reference v{version}: {N_REFERENCE} rows, predicted fraud in {sum(labels)} of them")
+        if version in ("3", "4"):
+            print(f"  tract check v{version}: skipped (tree ensemble: the server evaluates it natively, not with tract)")
+            continue
         tract_diffs[version] = check_with_tract(
             onnx_paths[version],
             np.array(ref["inputs"], dtype=np.float32),
@@ -841,11 +1128,28 @@ def main(argv=None) -> int:
         b0=LABEL_INTERCEPT, c=LABEL_COEF, noise_sd=LABEL_NOISE_SD,
         mean_p=float(data["p_fraud"].mean()), bayes_auc=bayes_auc,
         table=feature_table(X, y),
-        auc1=auc1, auc2=auc2, size1=sizes["1"], size2=sizes["2"],
+        auc1=aucs["1"], auc2=aucs["2"], auc3=aucs["3"], auc4=aucs["4"],
+        acc1=accs["1"], acc2=accs["2"], acc3=accs["3"], acc4=accs["4"],
+        acc_constant=1.0 - float(y_test.mean()),
+        size1=sizes["1"], size2=sizes["2"], size3=sizes["3"], size4=sizes["4"],
         mlp_hidden=MLP_HIDDEN, mlp_alpha=MLP_ALPHA, mlp_max_iter=MLP_MAX_ITER, mlp_seed=MLP_SEED,
-        diff1=diff1, diff2=diff2,
+        hgb_max_iter=HGB_MAX_ITER, hgb_max_depth=HGB_MAX_DEPTH, hgb_seed=HGB_SEED,
+        rf_n=RF_N_ESTIMATORS, rf_max_depth=RF_MAX_DEPTH, rf_seed=RF_SEED,
+        trees3=trees["3"], trees4=trees["4"],
+        graph_rows="\n".join(
+            f"| {v} | {op_counts(graphs[v]['ops'])} | {graphs[v]['opsets']} | "
+            f"{'tract' if v in ('1', '2') else 'its own tree-ensemble evaluator'} |"
+            for v in ("1", "2", "3", "4")
+        ),
+        missing3=graphs["3"]["missing_tracks_true"], missing4=graphs["4"]["missing_tracks_true"],
+        post3=graphs["3"]["post_transform"], post4=graphs["4"]["post_transform"],
+        base3=", ".join(str(np.float32(v)) for v in graphs["3"]["base_values"]) or "none",
+        base4=", ".join(str(np.float32(v)) for v in graphs["4"]["base_values"]) or "none",
+        diff1=diff1, diff2=diff2, diff3=diff3, diff4=diff4, diff3_missing=diff3_missing, diff4_missing=diff4_missing,
+        n_missing_check=N_MISSING_CHECK,
         tract_note=("not checked (python package `tract` not installed)" if None in tract_diffs.values()
-                    else f"max abs difference {tract_diffs['1']:.2e} (v1), {tract_diffs['2']:.2e} (v2), labels identical"),
+                    else f"max abs difference {tract_diffs['1']:.2e} (v1), {tract_diffs['2']:.2e} (v2), labels identical; "
+                         f"v3 and v4 are not run in tract (the server does not use tract for tree ensembles)"),
         n_ref=N_REFERENCE, n_ref_fraud=N_REFERENCE_FRAUD, n_ref_legit=N_REFERENCE - N_REFERENCE_FRAUD,
         np_v=np.__version__, sk_v=sklearn.__version__, skl2onnx_v=skl2onnx.__version__,
         onnx_v=onnx.__version__, ort_v=ort.__version__,
@@ -858,6 +1162,15 @@ def main(argv=None) -> int:
     print(f"  fraud base rate: {y.mean():.2%} ({int(y.sum())} / {len(y)})")
     print(f"  v1 LogisticRegression test AUC {auc1:.4f}, {sizes['1']} bytes, max abs diff {diff1:.3e}")
     print(f"  v2 MLPClassifier{MLP_HIDDEN} test AUC {auc2:.4f}, {sizes['2']} bytes, max abs diff {diff2:.3e}")
+    for version, name, diff in (("3", "HistGradientBoostingClassifier", diff3), ("4", "RandomForestClassifier", diff4)):
+        g, t = graphs[version], trees[version]
+        print(f"  v{version} {name} ({t['trees']} trees, depth {t['depth']}) test AUC {aucs[version]:.4f}, "
+              f"accuracy {accs[version]:.4f}, {sizes[version]} bytes, max abs diff {diff:.3e}, "
+              f"trained in {fit_seconds[version]:.1f} s")
+        print(f"     graph: {', '.join(g['ops'])}; opsets {g['opsets']}; post_transform {g['post_transform']}, "
+              f"base_values {g['base_values']}, classlabels {g['classlabels']}, "
+              f"{g['missing_tracks_true']} splits with missing -> true branch")
+        print(f"     TreeEnsembleClassifier attributes: {', '.join(g['attribute_names'])}")
     if None not in tract_diffs.values():
         print(f"  tract vs onnxruntime max abs diff: v1 {tract_diffs['1']:.3e}, v2 {tract_diffs['2']:.3e}")
     return 0
