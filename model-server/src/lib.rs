@@ -1,6 +1,7 @@
 //! A standalone Open Inference Protocol (KServe V2) server for ONNX models: gRPC
-//! and REST fronts over one engine, models run in pure Rust with tract, with
-//! dynamic batching and warm-up-gated readiness.
+//! and REST fronts over one engine, models run in pure Rust (tract, and a
+//! native runtime for tree ensembles), with dynamic batching and
+//! warm-up-gated readiness.
 //!
 //! `main.rs` only parses flags and calls [`server::ModelServer::bind`] then `run`.
 
@@ -13,6 +14,7 @@ pub mod error;
 pub mod grpc;
 pub mod http;
 pub mod metrics;
+pub mod native;
 pub mod repository;
 pub mod request;
 pub mod runtime;

@@ -1,5 +1,7 @@
-//! Runs one ONNX model version with tract (pure Rust): loads and optimizes the
-//! graph, checks it against the declared config, and executes batches.
+//! Runs one ONNX model version: graphs holding a tree ensemble on the native
+//! tree runtime (`crate::native`), everything else with tract (pure Rust).
+//! Loads and optimizes the graph, checks it against the declared config, and
+//! executes batches.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -8,14 +10,21 @@ use tract_onnx::prelude::*;
 
 use crate::config::{ModelSpec, TensorSpec};
 use crate::datatype::{DataType, TensorData};
+use crate::native::{self, NativeGraph};
 
 /// An optimized, runnable model version.
 pub struct OnnxModel {
-    plan: Arc<TypedRunnableModel>,
+    engine: Runner,
     /// For each graph input, the index of the matching `spec.inputs` entry.
     input_from_spec: Vec<usize>,
     /// For each `spec.outputs` entry, the index of the matching graph output.
     output_index: Vec<usize>,
+}
+
+/// What executes the graph.
+enum Runner {
+    Tract(Arc<TypedRunnableModel>),
+    Native(NativeGraph),
 }
 
 /// Why a model version could not be loaded.
@@ -28,6 +37,14 @@ pub enum LoadError {
         /// The model file.
         path: String,
         /// tract's error chain.
+        message: String,
+    },
+    /// The native tree runtime cannot run the graph.
+    #[error("cannot load ONNX model {path} on the native tree runtime: {message}")]
+    Native {
+        /// The model file.
+        path: String,
+        /// What it cannot run, naming the node and operator or attribute.
         message: String,
     },
     /// The graph and config.toml disagree.
@@ -82,7 +99,16 @@ impl OnnxModel {
             path: shown.clone(),
             message,
         };
-        let mut model = tract_onnx::onnx().model_for_path(path).map_err(tract_err)?;
+        let bytes = std::fs::read(path).map_err(|e| LoadError::Tract {
+            path: shown.clone(),
+            message: format!("cannot read the file: {e}"),
+        })?;
+        if native::wants(&bytes) {
+            return Self::load_native(&bytes, spec, &shown);
+        }
+        let mut model = tract_onnx::onnx()
+            .model_for_read(&mut bytes.as_slice())
+            .map_err(tract_err)?;
 
         let input_names: Vec<String> = model
             .input_outlets()
@@ -170,7 +196,77 @@ impl OnnxModel {
         }
         let plan = typed.into_runnable().map_err(tract_err)?;
         Ok(OnnxModel {
-            plan,
+            engine: Runner::Tract(plan),
+            input_from_spec,
+            output_index,
+        })
+    }
+
+    /// A graph holding a tree ensemble, on the native tree runtime.
+    fn load_native(bytes: &[u8], spec: &ModelSpec, shown: &str) -> Result<Self, LoadError> {
+        let graph = NativeGraph::load(bytes).map_err(|message| LoadError::Native {
+            path: shown.to_owned(),
+            message,
+        })?;
+        let mismatch = |message: String| LoadError::Mismatch {
+            path: shown.to_owned(),
+            message,
+        };
+        let same_type =
+            |t: &TensorSpec, onnx: i32| onnx == 0 || onnx_type(t.datatype) == Some(onnx);
+        let mut input_from_spec = Vec::new();
+        for (name, elem) in graph.inputs() {
+            let idx = spec
+                .inputs
+                .iter()
+                .position(|t| t.name == name)
+                .ok_or_else(|| {
+                    mismatch(format!(
+                        "the graph has input \"{name}\" which config.toml does not declare"
+                    ))
+                })?;
+            if !same_type(&spec.inputs[idx], elem) {
+                return Err(mismatch(format!(
+                    "input \"{name}\" is {} in the graph but {} in config.toml",
+                    native::ops::type_name(elem),
+                    spec.inputs[idx].datatype
+                )));
+            }
+            input_from_spec.push(idx);
+        }
+        if input_from_spec.len() != spec.inputs.len() {
+            return Err(mismatch(format!(
+                "config.toml declares inputs {:?} but the graph has {:?}",
+                spec.inputs.iter().map(|t| &t.name).collect::<Vec<_>>(),
+                graph.inputs().map(|(n, _)| n).collect::<Vec<_>>()
+            )));
+        }
+        let outputs: Vec<(&str, i32)> = graph.outputs().collect();
+        let mut output_index = Vec::with_capacity(spec.outputs.len());
+        for t in &spec.outputs {
+            let idx = outputs
+                .iter()
+                .position(|(n, _)| *n == t.name)
+                .ok_or_else(|| {
+                    mismatch(format!(
+                        "config.toml declares output \"{}\" but the graph's outputs are {:?}",
+                        t.name,
+                        outputs.iter().map(|(n, _)| n).collect::<Vec<_>>()
+                    ))
+                })?;
+            if !same_type(t, outputs[idx].1) {
+                return Err(mismatch(format!(
+                    "output \"{}\" is {} in the graph but {} in config.toml",
+                    t.name,
+                    native::ops::type_name(outputs[idx].1),
+                    t.datatype
+                )));
+            }
+            output_index.push(idx);
+        }
+        tracing::info!(model = %spec.name, file = %shown, ensembles = %graph.summary(), "tree ensemble runs on the native tree runtime");
+        Ok(OnnxModel {
+            engine: Runner::Native(graph),
             input_from_spec,
             output_index,
         })
@@ -186,6 +282,10 @@ impl OnnxModel {
         spec: &ModelSpec,
         inputs: &[(Vec<usize>, TensorData)],
     ) -> Result<Vec<OutputTensor>, String> {
+        let plan = match &self.engine {
+            Runner::Tract(plan) => plan,
+            Runner::Native(graph) => return self.run_native(graph, spec, inputs),
+        };
         let mut feed: TVec<TValue> = TVec::with_capacity(self.input_from_spec.len());
         for spec_idx in &self.input_from_spec {
             let (shape, data) = inputs
@@ -193,7 +293,7 @@ impl OnnxModel {
                 .ok_or_else(|| format!("input {} missing", spec.inputs[*spec_idx].name))?;
             feed.push(to_tract(shape, data).map_err(|e| format!("{e:#}"))?.into());
         }
-        let outputs = self.plan.run(feed).map_err(|e| format!("{e:#}"))?;
+        let outputs = plan.run(feed).map_err(|e| format!("{e:#}"))?;
         spec.outputs
             .iter()
             .zip(&self.output_index)
@@ -205,6 +305,59 @@ impl OnnxModel {
             })
             .collect()
     }
+}
+
+impl OnnxModel {
+    fn run_native(
+        &self,
+        graph: &NativeGraph,
+        spec: &ModelSpec,
+        inputs: &[(Vec<usize>, TensorData)],
+    ) -> Result<Vec<OutputTensor>, String> {
+        let feed = self
+            .input_from_spec
+            .iter()
+            .map(|i| {
+                inputs
+                    .get(*i)
+                    .cloned()
+                    .ok_or_else(|| format!("input {} missing", spec.inputs[*i].name))
+            })
+            .collect::<Result<Vec<_>, String>>()?;
+        let mut outputs: Vec<Option<(Vec<usize>, TensorData)>> =
+            graph.run(feed)?.into_iter().map(Some).collect();
+        spec.outputs
+            .iter()
+            .zip(&self.output_index)
+            .map(|(t, idx)| {
+                let (shape, data) = outputs
+                    .get_mut(*idx)
+                    .and_then(Option::take)
+                    .ok_or_else(|| format!("output {} missing from the run", t.name))?;
+                Ok(OutputTensor { shape, data })
+            })
+            .collect()
+    }
+}
+
+/// The ONNX element type code of a V2 datatype.
+fn onnx_type(dt: DataType) -> Option<i32> {
+    use tract_onnx::pb::tensor_proto::DataType as Pb;
+    Some(match dt {
+        DataType::Bool => Pb::Bool,
+        DataType::U8 => Pb::Uint8,
+        DataType::U16 => Pb::Uint16,
+        DataType::U32 => Pb::Uint32,
+        DataType::U64 => Pb::Uint64,
+        DataType::I8 => Pb::Int8,
+        DataType::I16 => Pb::Int16,
+        DataType::I32 => Pb::Int32,
+        DataType::I64 => Pb::Int64,
+        DataType::F16 => Pb::Float16,
+        DataType::F32 => Pb::Float,
+        DataType::F64 => Pb::Double,
+        DataType::Bytes => return None,
+    } as i32)
 }
 
 fn to_tract(shape: &[usize], data: &TensorData) -> TractResult<Tensor> {
