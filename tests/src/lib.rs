@@ -373,7 +373,7 @@ impl TempRepo {
         Ok(TempRepo { path })
     }
 
-    /// Adds the example fraud model (both versions) under `name`, its config
+    /// Adds the example fraud model (every version) under `name`, its config
     /// rewritten by `edit`.
     ///
     /// # Errors
@@ -381,11 +381,15 @@ impl TempRepo {
     pub fn add_example_model(&self, name: &str, edit: impl Fn(&str) -> String) -> Result<()> {
         let src = example_repository().join("fraud_detector");
         let dst = self.path.join(name);
-        for version in ["1", "2"] {
-            std::fs::create_dir_all(dst.join(version))?;
+        for entry in std::fs::read_dir(&src)? {
+            let version = entry?.file_name();
+            if !version.to_string_lossy().chars().all(|c| c.is_ascii_digit()) {
+                continue;
+            }
+            std::fs::create_dir_all(dst.join(&version))?;
             std::fs::copy(
-                src.join(version).join("model.onnx"),
-                dst.join(version).join("model.onnx"),
+                src.join(&version).join("model.onnx"),
+                dst.join(&version).join("model.onnx"),
             )?;
         }
         let config = std::fs::read_to_string(src.join("config.toml"))?;

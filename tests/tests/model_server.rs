@@ -1,5 +1,6 @@
 //! End-to-end tests of the model-server binary over gRPC and REST, with the real
-//! example ONNX models: readiness, reference outputs, bad input, batching, shedding.
+//! example ONNX models (tract's and the native tree runtime's): readiness,
+//! reference outputs, bad input, batching, shedding.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -146,7 +147,7 @@ fn assert_matches_reference(version: u32, labels: &[i64], probs: &[f32]) -> Resu
 async fn reference_outputs_match_onnxruntime_over_grpc_raw_and_typed() -> Result<()> {
     let server = ready_server(&[]).await?;
     let mut client = grpc(&server).await?;
-    for version in [1u32, 2] {
+    for version in [1u32, 2, 3, 4] {
         let rows = reference(version)?.inputs;
         // One row per request (as callers do) and all rows in chunks of 64.
         for raw in [true, false] {
@@ -195,7 +196,7 @@ async fn reference_outputs_match_onnxruntime_over_grpc_raw_and_typed() -> Result
 async fn reference_outputs_match_onnxruntime_over_rest() -> Result<()> {
     let server = ready_server(&[]).await?;
     let http = reqwest::Client::new();
-    for version in [1u32, 2] {
+    for version in [1u32, 2, 3, 4] {
         let rows = reference(version)?.inputs;
         let mut labels = Vec::new();
         let mut probs = Vec::new();
@@ -263,7 +264,7 @@ async fn metadata_and_health_over_both_fronts() -> Result<()> {
         200
     );
     let meta: Value = get("/v2/models/fraud_detector").await?.json().await?;
-    assert_eq!(meta["versions"], json!(["1", "2"]));
+    assert_eq!(meta["versions"], json!(["1", "2", "3", "4"]));
     assert_eq!(meta["platform"], "onnx");
     assert_eq!(
         meta["inputs"][0],
@@ -301,7 +302,7 @@ async fn metadata_and_health_over_both_fronts() -> Result<()> {
         })
         .await?
         .into_inner();
-    assert_eq!(meta.versions, vec!["1", "2"]);
+    assert_eq!(meta.versions, vec!["1", "2", "3", "4"]);
     assert_eq!(
         meta.outputs
             .iter()
@@ -1166,5 +1167,74 @@ async fn grpc_reflection_lists_the_inference_service() -> Result<()> {
         !names.iter().any(|n| n.starts_with("gateway.")),
         "{names:?}"
     );
+    Ok(())
+}
+
+/// A tree model whose file carries an attribute the native runtime does not
+/// know is refused at load with the attribute named, and never served; the
+/// other versions serve.
+#[tokio::test]
+async fn a_tree_model_with_an_unsupported_attribute_is_refused_by_name() -> Result<()> {
+    use prost::Message as _;
+    use tract_onnx::pb::{AttributeProto, ModelProto, attribute_proto::AttributeType};
+
+    let repo = example_repository_with(str::to_owned)?;
+    let models = repo.path.join("fraud_detector");
+    let bytes = std::fs::read(models.join("3/model.onnx"))?;
+    let mut model = ModelProto::decode(bytes.as_slice())?;
+    let ensemble = model
+        .graph
+        .as_mut()
+        .context("graph")?
+        .node
+        .iter_mut()
+        .find(|n| n.op_type == "TreeEnsembleClassifier")
+        .context("the boosted model's ensemble node")?;
+    ensemble.attribute.push(AttributeProto {
+        name: "classlabels_strings".into(),
+        r#type: AttributeType::Strings as i32,
+        strings: vec![b"legit".to_vec(), b"fraud".to_vec()],
+        ..Default::default()
+    });
+    std::fs::create_dir_all(models.join("5"))?;
+    std::fs::write(models.join("5/model.onnx"), model.encode_to_vec())?;
+
+    let mut server = ModelServerProcess::start(&repo.path, &[]).await?;
+    server.wait_ready(Duration::from_secs(60)).await?;
+    let http = reqwest::Client::new();
+    let ready = http
+        .get(format!(
+            "{}/v2/models/fraud_detector/versions/5/ready",
+            server.http_url
+        ))
+        .send()
+        .await?;
+    assert_ne!(ready.status(), 200, "a refused version is not ready");
+    let body = json!({
+        "inputs": [{"name": "features", "datatype": "FP32", "shape": [1, 15], "data": reference(3)?.inputs[0]}],
+    });
+    let resp = http
+        .post(format!(
+            "{}/v2/models/fraud_detector/versions/5/infer",
+            server.http_url
+        ))
+        .json(&body)
+        .send()
+        .await?;
+    assert_eq!(resp.status(), 503);
+    let text = resp.text().await?;
+    assert!(
+        text.contains("classlabels_strings") && text.contains("not supported"),
+        "the error names the attribute: {text}"
+    );
+    let resp = http
+        .post(format!(
+            "{}/v2/models/fraud_detector/versions/3/infer",
+            server.http_url
+        ))
+        .json(&body)
+        .send()
+        .await?;
+    assert_eq!(resp.status(), 200, "the unaltered tree version serves");
     Ok(())
 }
