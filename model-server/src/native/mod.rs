@@ -464,6 +464,58 @@ mod tests {
         }
     }
 
+    #[derive(serde::Deserialize)]
+    struct Fixture {
+        inputs: Vec<Vec<Option<f32>>>,
+        outputs: std::collections::BTreeMap<String, Vec<f64>>,
+    }
+
+    /// The operator shapes the example models do not use (multi-class
+    /// SOFTMAX, multi-target AVERAGE, missing-value tracks on a regressor,
+    /// opset-5 `TreeEnsemble` with set splits), against onnxruntime's
+    /// outputs from training/tree_fixtures.py.
+    #[test]
+    fn small_ensembles_match_onnxruntime() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/trees");
+        for name in [
+            "multiclass_softmax",
+            "regressor_two_targets_average",
+            "regressor_missing_tracks",
+            "tree_ensemble_opset5",
+        ] {
+            let bytes = std::fs::read(dir.join(format!("{name}.onnx"))).expect("fixture");
+            let graph = NativeGraph::load(&bytes).unwrap_or_else(|e| panic!("{name}: {e}"));
+            let text = std::fs::read_to_string(dir.join(format!("{name}.json"))).expect("json");
+            let fixture: Fixture = serde_json::from_str(&text).expect("parses");
+            let rows = fixture.inputs.len();
+            let width = fixture.inputs[0].len();
+            let x: Vec<f32> = fixture
+                .inputs
+                .iter()
+                .flatten()
+                .map(|v| v.unwrap_or(f32::NAN))
+                .collect();
+            let outputs = graph
+                .run(vec![(vec![rows, width], TensorData::F32(x))])
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
+            for ((out, _), (_, data)) in graph.outputs().zip(&outputs) {
+                let expected = &fixture.outputs[out];
+                let got: Vec<f64> = match data {
+                    TensorData::F32(v) => v.iter().map(|x| f64::from(*x)).collect(),
+                    TensorData::I64(v) => v.iter().map(|x| *x as f64).collect(),
+                    other => panic!("{name}: output {out} is {}", other.datatype()),
+                };
+                assert_eq!(got.len(), expected.len(), "{name}: {out} length");
+                for (i, (a, b)) in got.iter().zip(expected).enumerate() {
+                    assert!(
+                        (a - b).abs() <= 1e-5,
+                        "{name}: {out}[{i}] = {a}, onnxruntime {b}"
+                    );
+                }
+            }
+        }
+    }
+
     #[test]
     fn unknown_attributes_and_operators_are_refused_by_name() {
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));

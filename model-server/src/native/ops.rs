@@ -474,15 +474,14 @@ pub fn tree_ensemble(node: &NodeProto) -> Result<EnsembleSpec, String> {
             ));
         }
     };
+    // The ONNX spec numbers post transforms NONE, SOFTMAX, LOGISTIC,
+    // SOFTMAX_ZERO, PROBIT, but onnxruntime 1.31 applies a softmax for 2;
+    // rather than pick one reading silently, only NONE is taken.
     let post_transform = match a.int("post_transform", 0) {
         0 => PostTransform::None,
-        1 => PostTransform::Softmax,
-        2 => PostTransform::Logistic,
-        3 => PostTransform::SoftmaxZero,
-        4 => PostTransform::Probit,
         other => {
             return Err(format!(
-                "post_transform {other} is not a TreeEnsemble transform"
+                "attribute post_transform = {other} is not supported on TreeEnsemble: runtimes disagree on what its codes mean (onnxruntime reads 2 as SOFTMAX, the ONNX spec as LOGISTIC); export without a post transform and apply it after"
             ));
         }
     };
