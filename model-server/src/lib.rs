@@ -1,6 +1,7 @@
 //! A standalone Open Inference Protocol (KServe V2) server for ONNX models: gRPC
 //! and REST fronts over one engine, models run in pure Rust with tract, with
-//! dynamic batching and warm-up-gated readiness.
+//! dynamic batching, warm-up-gated readiness and a live model repository
+//! (versions added and removed while it serves).
 //!
 //! `main.rs` only parses flags and calls [`server::ModelServer::bind`] then `run`.
 
@@ -12,6 +13,7 @@ pub mod engine;
 pub mod error;
 pub mod grpc;
 pub mod http;
+pub mod live;
 pub mod metrics;
 pub mod repository;
 pub mod request;
