@@ -31,6 +31,11 @@ pub struct Cli {
     /// Address to listen on (0.0.0.0 in a container).
     #[arg(long, default_value = "127.0.0.1", env = "MLGW_HOST")]
     pub host: IpAddr,
+    /// Rescan the model repository this often, in milliseconds, to load
+    /// versions added and unload versions removed while serving; 0 turns
+    /// polling off (the repository API's load call still rescans a model).
+    #[arg(long, default_value_t = 1000, env = "MLGW_REPOSITORY_POLL_MS")]
+    pub repository_poll_ms: u64,
     /// Run every request alone, ignoring the models' dynamic_batching sections.
     #[arg(long, env = "MLGW_DISABLE_BATCHING")]
     pub disable_batching: bool,
@@ -94,6 +99,8 @@ impl Cli {
             disable_batching: self.disable_batching,
             default_instances: self.instances.unwrap_or(cores).max(1),
             request_timeout: Duration::from_millis(self.request_timeout_ms.max(1)),
+            repository_poll: (self.repository_poll_ms > 0)
+                .then(|| Duration::from_millis(self.repository_poll_ms)),
         }
     }
 }

@@ -20,6 +20,8 @@ struct RawModelConfig {
     instances: Option<u32>,
     #[serde(default)]
     inline_max_us: Option<f64>,
+    #[serde(default)]
+    default_version: Option<u64>,
     dynamic_batching: Option<RawDynamicBatching>,
     #[serde(default)]
     warmup: RawWarmup,
@@ -128,6 +130,10 @@ pub struct ModelSpec {
     pub warmup_iterations: u32,
     /// Rows in each warm-up inference.
     pub warmup_batch_size: usize,
+    /// The version unversioned calls get; None: the highest ready version.
+    /// Declaring it means publishing a new version never changes what
+    /// unversioned callers get until this key (and the server) changes.
+    pub default_version: Option<u64>,
 }
 
 /// A model configuration that cannot be used.
@@ -305,6 +311,7 @@ impl ModelSpec {
             inline_max: Duration::from_secs_f64(inline_max_us / 1e6),
             warmup_iterations: raw.warmup.iterations,
             warmup_batch_size,
+            default_version: raw.default_version,
         })
     }
 
@@ -419,6 +426,11 @@ shape = [-1]
         assert!(!spec.inputs[0].allow_nan);
         assert_eq!(spec.instances, 2);
         assert_eq!(spec.inline_max, Duration::from_micros(50));
+        assert_eq!(spec.default_version, None);
+        let pinned = parse(&format!("default_version = 1\n{GOOD}")).unwrap();
+        assert_eq!(pinned.default_version, Some(1));
+        let err = parse(&format!("default_version = -1\n{GOOD}")).unwrap_err();
+        assert!(err.to_string().contains("default_version"), "{err}");
     }
 
     #[test]

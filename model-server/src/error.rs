@@ -1,8 +1,8 @@
-//! Errors an inference call can end with, and the one table that maps each to its
+//! Errors an inference, metadata or repository call can end with, and the one table that maps each to its
 //! HTTP status, gRPC code and stable error code. Both fronts use it; nothing else
 //! decides a status.
 
-/// Why an inference or metadata call failed.
+/// Why an inference, metadata or repository call failed.
 #[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum InferError {
@@ -66,6 +66,14 @@ pub enum InferError {
         /// The runtime's error.
         message: String,
     },
+    /// A repository load call could not load what the repository holds.
+    #[error("cannot load model \"{model}\": {detail}; fix the model folder, then call load again")]
+    LoadFailed {
+        /// The model.
+        model: String,
+        /// What failed (versions and reasons, or the folder's problem).
+        detail: String,
+    },
     /// The server is shutting down and takes no new work.
     #[error("the server is shutting down; retry on another replica")]
     ShuttingDown,
@@ -96,6 +104,9 @@ impl InferError {
                 (504, tonic::Code::DeadlineExceeded, "deadline_exceeded")
             }
             InferError::Inference { .. } => (500, tonic::Code::Internal, "inference_failed"),
+            // The repository's content is at fault, not the server: a retry
+            // without changing the folder fails the same way.
+            InferError::LoadFailed { .. } => (422, tonic::Code::FailedPrecondition, "load_failed"),
             InferError::ShuttingDown => (503, tonic::Code::Unavailable, "shutting_down"),
         };
         WireStatus { http, grpc, code }

@@ -21,7 +21,11 @@ use crate::request::{
 pub const SERVER_NAME: &str = "mlgw-model-server";
 
 /// V2 protocol extensions this server implements, as Triton names them.
-pub const EXTENSIONS: &[&str] = &["binary_tensor_data"];
+pub const EXTENSIONS: &[&str] = &["binary_tensor_data", "model_repository"];
+
+/// Response header of ModelMetadata naming the version unversioned calls get
+/// (the V2 message has no field for it).
+pub const DEFAULT_VERSION_HEADER: &str = "mlgw-default-version";
 
 /// The V2 gRPC service over an [`Engine`].
 #[derive(Clone)]
@@ -89,7 +93,15 @@ impl GrpcInferenceService for InferenceService {
     ) -> Result<Response<pb::ModelMetadataResponse>, Status> {
         let r = request.into_inner();
         let meta = self.engine.metadata(&r.name, version_arg(&r.version))?;
-        Ok(Response::new(metadata_to_pb(meta)))
+        let default = meta
+            .default_version
+            .as_deref()
+            .and_then(|v| tonic::metadata::MetadataValue::try_from(v).ok());
+        let mut response = Response::new(metadata_to_pb(meta));
+        if let Some(v) = default {
+            response.metadata_mut().insert(DEFAULT_VERSION_HEADER, v);
+        }
+        Ok(response)
     }
 
     async fn model_infer(

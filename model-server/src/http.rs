@@ -2,7 +2,8 @@
 //! tensor extension (`Inference-Header-Content-Length`, `binary_data_size`,
 //! `binary_data`) that Triton's HTTP clients use. Bodies are decoded here into
 //! the wire-neutral request; errors are `{"error": …, "code": …}` with the status
-//! from the shared error table.
+//! from the shared error table. Also the model repository extension
+//! (`/v2/repository/…`: index, load, unload) over the live repository.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -22,6 +23,7 @@ use crate::datatype::{DataType, TensorData};
 use crate::engine::Engine;
 use crate::error::InferError;
 use crate::grpc::{EXTENSIONS, SERVER_NAME};
+use crate::live::LiveRepository;
 use crate::request::{
     InferRequest, InputTensor, RequestedOutput, decode_raw, input_header, unsupported,
 };
@@ -29,11 +31,14 @@ use crate::request::{
 #[derive(Clone)]
 struct AppState {
     engine: Arc<Engine>,
+    repository: Arc<LiveRepository>,
     timeout: Duration,
 }
 
-/// The V2 REST routes over `engine`; inference waits at most `timeout`.
-pub fn router(engine: Arc<Engine>, timeout: Duration) -> Router {
+/// The V2 REST routes over `repository`'s engine; inference waits at most
+/// `timeout`.
+pub fn router(repository: Arc<LiveRepository>, timeout: Duration) -> Router {
+    let engine = repository.engine().clone();
     Router::new()
         .route("/v2/health/live", get(live))
         .route("/v2/health/ready", get(ready))
@@ -48,6 +53,12 @@ pub fn router(engine: Arc<Engine>, timeout: Duration) -> Router {
             "/v2/models/{model}/versions/{version}/ready",
             get(model_version_ready),
         )
+        .route("/v2/repository/index", post(repository_index))
+        .route("/v2/repository/models/{model}/load", post(repository_load))
+        .route(
+            "/v2/repository/models/{model}/unload",
+            post(repository_unload),
+        )
         .route("/metrics", get(metrics))
         .route("/v2/models/{model}/infer", post(infer))
         .route(
@@ -58,7 +69,11 @@ pub fn router(engine: Arc<Engine>, timeout: Duration) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         // Same bound as the gRPC front: large batches fit, a runaway body does not.
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .with_state(AppState { engine, timeout })
+        .with_state(AppState {
+            engine,
+            repository,
+            timeout,
+        })
 }
 
 /// An error as the REST API answers it.
@@ -81,7 +96,7 @@ impl IntoResponse for ApiError {
 
 async fn not_found() -> Response {
     let body = serde_json::json!({
-        "error": "no such endpoint; see /v2/health/live, /v2/models/{model}[/versions/{v}][/ready|/infer]",
+        "error": "no such endpoint; see /v2/health/live, /v2/models/{model}[/versions/{v}][/ready|/infer], /v2/repository/index, /v2/repository/models/{model}/load|unload",
         "code": "not_found",
     });
     (StatusCode::NOT_FOUND, axum::Json(body)).into_response()
@@ -89,7 +104,7 @@ async fn not_found() -> Response {
 
 async fn method_not_allowed() -> Response {
     let body = serde_json::json!({
-        "error": "method not allowed: health, readiness and metadata are GET, infer is POST",
+        "error": "method not allowed: health, readiness and metadata are GET; infer and repository calls are POST",
         "code": "method_not_allowed",
     });
     (StatusCode::METHOD_NOT_ALLOWED, axum::Json(body)).into_response()
@@ -146,12 +161,29 @@ fn metadata_response(
             })
             .collect()
     };
+    // Beyond the V2 fields (which clients parse strictly by name, so extra
+    // ones are safe): the version unversioned calls get, and each known
+    // version's state, loading and failed ones included (`versions` lists
+    // the served ones only).
+    let states: Vec<Value> = meta
+        .states
+        .iter()
+        .map(|st| {
+            serde_json::json!({
+                "version": st.version.to_string(),
+                "state": st.state.as_str(),
+                "reason": st.reason,
+            })
+        })
+        .collect();
     Ok(axum::Json(serde_json::json!({
         "name": meta.name,
         "versions": meta.versions,
         "platform": meta.platform,
         "inputs": tensors(&meta.spec.inputs),
         "outputs": tensors(&meta.spec.outputs),
+        "default_version": meta.default_version,
+        "version_states": states,
     }))
     .into_response())
 }
@@ -184,6 +216,59 @@ async fn model_version_ready(
     Ok(ready_response(
         s.engine.model_ready(&model, Some(&version))?,
     ))
+}
+
+/// Body of an index call: `{}` or `{"ready": true}` (only ready versions).
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct IndexRequest {
+    #[serde(default)]
+    ready: bool,
+}
+
+async fn repository_index(State(s): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
+    let request: IndexRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        IndexRequest::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| {
+            InferError::InvalidInput(format!(
+                "repository index body must be {{}} or {{\"ready\": true|false}}: {e}"
+            ))
+        })?
+    };
+    Ok(axum::Json(s.repository.index(request.ready)).into_response())
+}
+
+/// Runs a repository call, which may load models (seconds), on a blocking
+/// thread.
+async fn blocking_repository_call(
+    s: &AppState,
+    model: String,
+    call: fn(&LiveRepository, &str) -> Result<(), InferError>,
+) -> Result<Response, ApiError> {
+    let repository = s.repository.clone();
+    let name = model.clone();
+    tokio::task::spawn_blocking(move || call(&repository, &name))
+        .await
+        .map_err(|e| InferError::LoadFailed {
+            model,
+            detail: format!("the repository call stopped: {e}"),
+        })??;
+    Ok(StatusCode::OK.into_response())
+}
+
+async fn repository_load(
+    State(s): State<AppState>,
+    Path(model): Path<String>,
+) -> Result<Response, ApiError> {
+    blocking_repository_call(&s, model, LiveRepository::load).await
+}
+
+async fn repository_unload(
+    State(s): State<AppState>,
+    Path(model): Path<String>,
+) -> Result<Response, ApiError> {
+    blocking_repository_call(&s, model, LiveRepository::unload).await
 }
 
 async fn infer(

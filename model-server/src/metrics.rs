@@ -1,9 +1,11 @@
 //! The model-server's Prometheus page (`GET /metrics` on the REST port):
 //! request latency per model and front, queue wait, batch sizes, inference
 //! time, queue-full refusals and requests in flight, in a `prometheus-client`
-//! registry. Label sets are the served models (fixed at start) × the two
-//! fronts, so cardinality is bounded and every handle is resolved once at
-//! start: a request touches atomics only.
+//! registry; and per version, its load state and load failures. Request
+//! label sets are the served models (fixed at start) × the two fronts, so
+//! cardinality is bounded and every handle is resolved once at start: a
+//! request touches atomics only. The version-state series come and go with
+//! the repository's versions (set by loads, not by requests).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -31,6 +33,18 @@ struct ModelLabel {
     model: String,
 }
 
+/// Labels of the per-version state gauge.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct VersionStateLabel {
+    model: String,
+    version: String,
+    state: &'static str,
+}
+
+/// The states a version can be in, as the gauge and the repository index
+/// name them.
+pub const VERSION_STATES: [&str; 3] = ["LOADING", "READY", "FAILED"];
+
 /// The counters of one served model.
 #[derive(Debug)]
 pub struct ModelMetrics {
@@ -48,6 +62,8 @@ pub struct ModelMetrics {
     pub(crate) queue_full: Counter,
     /// Requests run on the thread that decoded them (idle version, short run).
     pub(crate) inline_runs: Counter,
+    /// Versions that failed to load or warm up.
+    pub(crate) load_failures: Counter,
 }
 
 /// Every model's counters and the in-flight gauge; shared by both fronts.
@@ -58,6 +74,8 @@ pub struct Metrics {
     in_flight: Gauge,
     /// Inference requests naming a model that is not served, by front.
     unknown_model: [Counter; 2],
+    /// One series per version and state: 1 for the state it is in.
+    version_state: Family<VersionStateLabel, Gauge>,
 }
 
 /// Decrements the in-flight gauge when the request ends (even on cancel).
@@ -88,6 +106,8 @@ impl Metrics {
         let inference = Family::<ModelLabel, Histogram>::new_with_constructor(latency_family);
         let queue_full = Family::<ModelLabel, Counter>::default();
         let inline_runs = Family::<ModelLabel, Counter>::default();
+        let load_failures = Family::<ModelLabel, Counter>::default();
+        let version_state = Family::<VersionStateLabel, Gauge>::default();
         let in_flight = Gauge::default();
 
         let by_front = |model: &str, i: usize| ModelFront {
@@ -108,6 +128,7 @@ impl Metrics {
                     inference: inference.get_or_create_owned(&model),
                     queue_full: queue_full.get_or_create_owned(&model),
                     inline_runs: inline_runs.get_or_create_owned(&model),
+                    load_failures: load_failures.get_or_create_owned(&model),
                 };
                 (name.to_owned(), Arc::new(m))
             })
@@ -151,6 +172,16 @@ impl Metrics {
             inline_runs,
         );
         registry.register(
+            "mlgw_model_server_version_load_failures",
+            "Model versions that failed to load or warm up (each attempt counts; a failed version is retried only when its model.onnx changes)",
+            load_failures,
+        );
+        registry.register(
+            "mlgw_model_server_version_state",
+            "State of each model version in the repository: 1 for the state it is in (LOADING, READY, FAILED), 0 for the others; gone once the version is removed",
+            version_state.clone(),
+        );
+        registry.register(
             "mlgw_model_server_requests_in_flight",
             "Inference requests being served now",
             in_flight.clone(),
@@ -164,6 +195,29 @@ impl Metrics {
             models,
             in_flight,
             unknown_model,
+            version_state,
+        }
+    }
+
+    /// Records that `version` of `model` is now in `state` (one of
+    /// [`VERSION_STATES`]), or gone from the repository (None).
+    pub fn set_version_state(&self, model: &str, version: &str, state: Option<&'static str>) {
+        for s in VERSION_STATES {
+            let labels = VersionStateLabel {
+                model: model.to_owned(),
+                version: version.to_owned(),
+                state: s,
+            };
+            match state {
+                Some(now) => {
+                    self.version_state
+                        .get_or_create(&labels)
+                        .set(i64::from(now == s));
+                }
+                None => {
+                    self.version_state.remove(&labels);
+                }
+            }
         }
     }
 
@@ -234,8 +288,28 @@ mod tests {
     }
 
     #[test]
+    fn version_states_follow_the_version() -> Result<(), std::fmt::Error> {
+        let m = Metrics::new(["fraud"]);
+        m.set_version_state("fraud", "3", Some("LOADING"));
+        m.set_version_state("fraud", "3", Some("READY"));
+        let text = m.render()?;
+        assert!(text.contains(
+            "mlgw_model_server_version_state{model=\"fraud\",version=\"3\",state=\"READY\"} 1\n"
+        ));
+        assert!(text.contains(
+            "mlgw_model_server_version_state{model=\"fraud\",version=\"3\",state=\"LOADING\"} 0\n"
+        ));
+        m.set_version_state("fraud", "3", None);
+        assert!(!m.render()?.contains("version=\"3\""));
+        Ok(())
+    }
+
+    #[test]
     fn names_help_and_types_are_unchanged() -> Result<(), std::fmt::Error> {
-        let text = Metrics::new(["fraud"]).render()?;
+        let m = Metrics::new(["fraud"]);
+        // A family without series is not written at all.
+        m.set_version_state("fraud", "1", Some("READY"));
+        let text = m.render()?;
         for (name, kind) in [
             ("mlgw_model_server_request_seconds", "histogram"),
             ("mlgw_model_server_request_errors_total", "counter"),
@@ -245,6 +319,8 @@ mod tests {
             ("mlgw_model_server_queue_full_total", "counter"),
             ("mlgw_model_server_inline_runs_total", "counter"),
             ("mlgw_model_server_requests_in_flight", "gauge"),
+            ("mlgw_model_server_version_load_failures_total", "counter"),
+            ("mlgw_model_server_version_state", "gauge"),
         ] {
             assert!(
                 text.contains(&format!("# TYPE {name} {kind}\n")),

@@ -1,6 +1,8 @@
 //! Builds and runs the model-server: scans the repository (refusing a bad one
 //! before serving), binds the gRPC and HTTP listeners, loads and warms models in
-//! the background, and serves both fronts until the shutdown future resolves.
+//! the background, then keeps polling the repository (the live repository) and
+//! keeps `grpc.health.v1` in step with readiness, and serves both fronts until
+//! the shutdown future resolves.
 
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
@@ -16,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::ConfigOverrides;
 use crate::engine::Engine;
 use crate::grpc::InferenceService;
+use crate::live::LiveRepository;
 use crate::repository::{self, RepositoryError};
 
 /// Everything the server needs to start.
@@ -38,7 +41,14 @@ pub struct ServerConfig {
     pub default_instances: usize,
     /// Longest an inference call may wait (gRPC callers may ask for less).
     pub request_timeout: Duration,
+    /// How often the repository is rescanned for added and removed versions
+    /// (None: never; the load call still rescans a model).
+    pub repository_poll: Option<Duration>,
 }
+
+/// How often readiness is re-checked for `grpc.health.v1` when the
+/// repository is not polled.
+const READINESS_CHECK: Duration = Duration::from_secs(1);
 
 /// Why the server could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -77,6 +87,8 @@ pub enum ServerError {
 /// A model-server with its listeners bound, ready to run.
 pub struct ModelServer {
     engine: Arc<Engine>,
+    repository: Arc<LiveRepository>,
+    repository_poll: Option<Duration>,
     ready: tokio::sync::watch::Sender<bool>,
     http: TcpListener,
     grpc: TcpListener,
@@ -171,8 +183,21 @@ impl ModelServer {
             Some(path) => Some(bind_socket(path).await?),
             None => None,
         };
+        let configs = models
+            .iter()
+            .map(|(name, m)| (name.clone(), m.config_text.clone()))
+            .collect();
+        let engine = Arc::new(Engine::new(models));
+        let repository = Arc::new(LiveRepository::new(
+            config.model_repository.clone(),
+            engine.clone(),
+            configs,
+            config.repository_poll,
+        ));
         Ok(ModelServer {
-            engine: Arc::new(Engine::new(models)),
+            engine,
+            repository,
+            repository_poll: config.repository_poll,
             ready: tokio::sync::watch::Sender::new(false),
             http,
             grpc,
@@ -196,7 +221,8 @@ impl ModelServer {
         self.grpc_socket.as_ref().map(|s| s.file.0.as_path())
     }
 
-    /// Turns true once every model version is loaded and warmed up.
+    /// Turns true once the versions found at start have been tried and every
+    /// model's default version is loaded and warmed up.
     pub fn ready_signal(&self) -> tokio::sync::watch::Receiver<bool> {
         self.ready.subscribe()
     }
@@ -209,7 +235,8 @@ impl ModelServer {
     /// Serves until `shutdown` resolves, then drains in-flight calls.
     ///
     /// Liveness is true at once; models load and warm up in the background and
-    /// readiness turns true when every version has answered its warm-up.
+    /// readiness turns true when every model's default version has answered
+    /// its warm-up (see [`Engine::is_ready`]). Then the repository is polled.
     ///
     /// # Errors
     /// The first server error.
@@ -225,22 +252,53 @@ impl ModelServer {
 
         let loader = {
             let engine = self.engine.clone();
+            let repository = self.repository.clone();
             let health = health.clone();
             let ready = self.ready.clone();
+            let poll = self.repository_poll;
+            let stop = token.clone();
             tokio::spawn(async move {
                 let loaded = tokio::task::spawn_blocking({
                     let engine = engine.clone();
                     move || engine.load_all()
                 })
                 .await;
-                if engine.is_ready() {
-                    health
-                        .set_serving::<GrpcInferenceServiceServer<InferenceService>>()
-                        .await;
-                    tracing::info!("all models loaded and warm: ready");
-                    ready.send_replace(true);
-                } else {
-                    tracing::error!(join_error = ?loaded.err(), "some model failed to load; the server stays not ready");
+                if let Err(e) = loaded {
+                    tracing::error!(error = %e, "loading the repository panicked");
+                }
+                let mut was_ready = None;
+                loop {
+                    let now = engine.is_ready();
+                    if was_ready != Some(now) {
+                        if now {
+                            health
+                                .set_serving::<GrpcInferenceServiceServer<InferenceService>>()
+                                .await;
+                            tracing::info!(
+                                "every model's default version is loaded and warm: ready"
+                            );
+                        } else {
+                            health
+                                .set_not_serving::<GrpcInferenceServiceServer<InferenceService>>()
+                                .await;
+                            tracing::error!(
+                                "a model's default version is not ready (see POST /v2/repository/index): not ready"
+                            );
+                        }
+                        ready.send_replace(now);
+                        was_ready = Some(now);
+                    }
+                    tokio::select! {
+                        () = stop.cancelled() => break,
+                        () = tokio::time::sleep(poll.unwrap_or(READINESS_CHECK)) => {}
+                    }
+                    if poll.is_some() {
+                        let repository = repository.clone();
+                        if let Err(e) = tokio::task::spawn_blocking(move || repository.poll()).await
+                        {
+                            tracing::error!(error = %e, "a repository scan panicked");
+                        }
+                    }
                 }
             })
         };
@@ -294,7 +352,7 @@ impl ModelServer {
                 }
             }
         };
-        let app = crate::http::router(self.engine.clone(), self.request_timeout);
+        let app = crate::http::router(self.repository.clone(), self.request_timeout);
         let listener = self.http.tap_io(|tcp| {
             if let Err(e) = tcp.set_nodelay(true) {
                 tracing::warn!(error = %e, "cannot set TCP_NODELAY on an HTTP connection");
