@@ -383,7 +383,11 @@ impl TempRepo {
         let dst = self.path.join(name);
         for entry in std::fs::read_dir(&src)? {
             let version = entry?.file_name();
-            if !version.to_string_lossy().chars().all(|c| c.is_ascii_digit()) {
+            if !version
+                .to_string_lossy()
+                .chars()
+                .all(|c| c.is_ascii_digit())
+            {
                 continue;
             }
             std::fs::create_dir_all(dst.join(&version))?;
