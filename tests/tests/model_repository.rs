@@ -245,6 +245,16 @@ fn keep_calling(
     })
 }
 
+/// A copy of the example repository with versions 1 and 2 only (its own
+/// default_version, 2), so these tests can publish 3 and 4 themselves.
+fn tract_versions_only() -> Result<TempRepo> {
+    let repo = example_repository_with(str::to_owned)?;
+    for version in ["3", "4"] {
+        std::fs::remove_dir_all(repo.path.join("fraud_detector").join(version))?;
+    }
+    Ok(repo)
+}
+
 /// Version 3 is published (dot-folder + rename), loaded, warmed and served
 /// while a client keeps calling; version 1 is removed and answers not-found;
 /// a garbage version 9 is reported FAILED and never served. The versions
@@ -252,13 +262,7 @@ fn keep_calling(
 /// `default_version`.
 #[tokio::test]
 async fn versions_come_and_go_while_callers_keep_calling() -> Result<()> {
-    let repo = example_repository_with(|c| {
-        c.replacen(
-            "platform = \"onnx\"",
-            "platform = \"onnx\"\ndefault_version = 2",
-            1,
-        )
-    })?;
+    let repo = tract_versions_only()?;
     let server = start(&repo).await?;
     let http = reqwest::Client::new();
     let mut client = grpc(&server).await?;
@@ -392,7 +396,7 @@ async fn versions_come_and_go_while_callers_keep_calling() -> Result<()> {
 /// loaded half-way: it waits until the file stops changing, then serves.
 #[tokio::test]
 async fn a_version_still_being_written_waits_until_complete() -> Result<()> {
-    let repo = example_repository_with(str::to_owned)?;
+    let repo = tract_versions_only()?;
     let server = start(&repo).await?;
     let http = reqwest::Client::new();
     let model = example_model("2")?;
@@ -517,7 +521,7 @@ async fn unload_and_load_round_trip() -> Result<()> {
         .iter()
         .filter_map(|e| e["version"].as_str())
         .collect();
-    assert_eq!(listed, ["1", "2"], "{index_now}");
+    assert_eq!(listed, ["1", "2", "3", "4"], "{index_now}");
 
     let (code, body) = post(&http, repo_url("no_such_model", "load")).await?;
     assert_eq!(code, 404, "{body}");
@@ -537,13 +541,8 @@ async fn unload_and_load_round_trip() -> Result<()> {
 /// instead of another version's answers.
 #[tokio::test]
 async fn default_version_pins_unversioned_calls() -> Result<()> {
-    let missing = example_repository_with(|c| {
-        c.replacen(
-            "platform = \"onnx\"",
-            "platform = \"onnx\"\ndefault_version = 5",
-            1,
-        )
-    })?;
+    let missing =
+        example_repository_with(|c| c.replace("default_version = 2", "default_version = 5"))?;
     let Err(err) = ModelServerProcess::start(&missing.path, &[]).await else {
         bail!("a missing default_version must stop the server at start");
     };
@@ -555,13 +554,8 @@ async fn default_version_pins_unversioned_calls() -> Result<()> {
         "{text}"
     );
 
-    let repo = example_repository_with(|c| {
-        c.replacen(
-            "platform = \"onnx\"",
-            "platform = \"onnx\"\ndefault_version = 1",
-            1,
-        )
-    })?;
+    let repo =
+        example_repository_with(|c| c.replace("default_version = 2", "default_version = 1"))?;
     let server = start(&repo).await?;
     let http = reqwest::Client::new();
     let mut client = grpc(&server).await?;
@@ -580,7 +574,7 @@ async fn default_version_pins_unversioned_calls() -> Result<()> {
         .get("mlgw-default-version")
         .and_then(|v| v.to_str().ok());
     assert_eq!(header, Some("1"));
-    assert_eq!(meta.get_ref().versions, ["1", "2"]);
+    assert_eq!(meta.get_ref().versions, ["1", "2", "3", "4"]);
 
     std::fs::remove_dir_all(repo.path.join("fraud_detector/1"))?;
     let refused = wait_for(&server, "unversioned calls refused", || async {
