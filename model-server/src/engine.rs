@@ -346,17 +346,7 @@ impl Engine {
     fn model(&self, name: &str) -> Result<&Model, InferError> {
         self.models
             .get(name)
-            .ok_or_else(|| InferError::ModelNotFound {
-                model: name.to_owned(),
-                available: format!(
-                    "models: {}",
-                    self.models
-                        .keys()
-                        .map(|k| format!("\"{k}\""))
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
-            })
+            .ok_or_else(|| InferError::model_not_found(name, self.models.keys()))
     }
 
     /// The version a call names, or (none named) the default one: the

@@ -91,6 +91,20 @@ pub struct WireStatus {
 }
 
 impl InferError {
+    /// `ModelNotFound` for `model`, listing the `served` names.
+    pub fn model_not_found<'a>(model: &str, served: impl Iterator<Item = &'a String>) -> Self {
+        InferError::ModelNotFound {
+            model: model.to_owned(),
+            available: format!(
+                "models: {}",
+                served
+                    .map(|k| format!("\"{k}\""))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        }
+    }
+
     /// The one mapping of errors to wire statuses.
     pub fn wire(&self) -> WireStatus {
         let (http, grpc, code) = match self {

@@ -271,17 +271,7 @@ impl LiveRepository {
     fn known(&self, model: &str) -> Result<&Mutex<ModelWatch>, InferError> {
         self.models
             .get(model)
-            .ok_or_else(|| InferError::ModelNotFound {
-                model: model.to_owned(),
-                available: format!(
-                    "models: {}",
-                    self.models
-                        .keys()
-                        .map(|k| format!("\"{k}\""))
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
-            })
+            .ok_or_else(|| InferError::model_not_found(model, self.models.keys()))
     }
 
     /// Brings `model`'s versions in line with its folder. `forced` (a load

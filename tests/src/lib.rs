@@ -341,6 +341,15 @@ pub fn reference(version: u32) -> Result<Reference> {
     serde_json::from_str(&text).with_context(|| format!("parse {}", path.display()))
 }
 
+/// The largest absolute difference between `a` and `b`, element by element
+/// (how far a model's outputs are from a reference).
+pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0f32, f32::max)
+}
+
 /// Copies the example repository to a fresh temp folder and lets `edit` rewrite
 /// the model's config.toml text, for tests that need other settings.
 ///

@@ -102,11 +102,7 @@ async fn assert_answers_like(
         .flatten()
         .copied()
         .collect();
-    let worst = probs
-        .iter()
-        .zip(&expected)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0.0f32, f32::max);
+    let worst = rig::max_abs_diff(&probs, &expected);
     ensure!(
         probs.len() == expected.len() && worst <= TOLERANCE,
         "probabilities differ from v{reference_version}: max abs diff {worst}"

@@ -131,11 +131,7 @@ fn assert_matches_reference(version: u32, labels: &[i64], probs: &[f32]) -> Resu
         .copied()
         .collect();
     assert_eq!(probs.len(), expected.len());
-    let worst = probs
-        .iter()
-        .zip(&expected)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0.0f32, f32::max);
+    let worst = rig::max_abs_diff(probs, &expected);
     assert!(
         worst <= TOLERANCE,
         "v{version}: max abs diff {worst} > {TOLERANCE}"
@@ -837,11 +833,7 @@ async fn rest_binary_tensor_extension_round_trips() -> Result<()> {
         .flatten()
         .copied()
         .collect();
-    let worst = probs
-        .iter()
-        .zip(&expected)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0.0f32, f32::max);
+    let worst = rig::max_abs_diff(&probs, &expected);
     assert!(worst <= TOLERANCE, "max abs diff {worst}");
 
     // A binary size that does not match the shape is named.
@@ -941,11 +933,7 @@ async fn lone_short_requests_run_inline_with_the_same_answers() -> Result<()> {
                 .into_inner();
             let (labels, probs) = decode_outputs(&answer)?;
             assert_eq!(labels, [reference.outputs.label[i]], "row {i}");
-            let worst = probs
-                .iter()
-                .zip(&reference.outputs.probabilities[i])
-                .map(|(a, b)| (a - b).abs())
-                .fold(0.0f32, f32::max);
+            let worst = rig::max_abs_diff(&probs, &reference.outputs.probabilities[i]);
             assert!(
                 worst <= TOLERANCE,
                 "row {i}: probabilities differ by {worst}"

@@ -92,6 +92,23 @@ pub struct NodeSpec {
     pub members: Vec<f32>,
 }
 
+impl NodeSpec {
+    /// A leaf: the node a walk ends at; its weights are given separately.
+    pub fn leaf(tree: i64, id: i64) -> Self {
+        NodeSpec {
+            tree,
+            id,
+            feature: 0,
+            value: 0.0,
+            mode: None,
+            true_id: 0,
+            false_id: 0,
+            missing_true: false,
+            members: Vec::new(),
+        }
+    }
+}
+
 /// One weight a leaf adds to one class or target.
 #[derive(Debug, Clone, Copy)]
 pub struct LeafWeight {
@@ -745,17 +762,7 @@ mod tests {
     }
 
     fn leaf(tree: i64, id: i64) -> NodeSpec {
-        NodeSpec {
-            tree,
-            id,
-            feature: 0,
-            value: 0.0,
-            mode: None,
-            true_id: 0,
-            false_id: 0,
-            missing_true: false,
-            members: vec![],
-        }
+        NodeSpec::leaf(tree, id)
     }
 
     fn weight(tree: i64, node: i64, target: i64, weight: f32) -> LeafWeight {

@@ -421,17 +421,7 @@ pub fn tree_ensemble(node: &NodeProto) -> Result<EnsembleSpec, String> {
                         }
                     };
                     {
-                        nodes.push(NodeSpec {
-                            tree,
-                            id,
-                            feature: 0,
-                            value: 0.0,
-                            mode: None,
-                            true_id: 0,
-                            false_id: 0,
-                            missing_true: false,
-                            members: Vec::new(),
-                        });
+                        nodes.push(NodeSpec::leaf(tree, id));
                         weights.push(LeafWeight {
                             tree,
                             node: id,
