@@ -150,6 +150,17 @@ then try a canary (and roll it back):
   $BIN/mlgw-admin --token-file target/mlgw-demo/dev-token canary fraud_detector 2 --percent 10
   $BIN/mlgw-admin --token-file target/mlgw-demo/dev-token rollback fraud_detector
 
+The model-server serves four versions of fraud_detector: 1 logistic
+regression, 2 MLP, 3 gradient-boosted trees (300 trees), 4 random forest;
+calls naming no version get its default_version, 2. Put the boosted trees
+on a canary, or ask the model-server directly (its repository index, then
+one row scored by the trees):
+
+  $BIN/mlgw-admin --token-file target/mlgw-demo/dev-token canary fraud_detector 3 --percent 10
+  curl -s -X POST localhost:8000/v2/repository/index
+  curl -s localhost:8000/v2/models/fraud_detector/versions/3/infer -H 'content-type: application/json' \
+    -d '{"inputs": [{"name": "features", "datatype": "FP32", "shape": [1, 15], "data": [38, 69.32, 7, 0, 0.026, 1, 41.91, 1, 2, 41.5, 1184.56, 0.234, 0, 13, 795.6]}]}'
+
 TXT
 wait -n "${pids[@]}" || true
 echo "run.sh: a process exited; stopping" >&2
