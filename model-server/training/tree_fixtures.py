@@ -28,6 +28,8 @@ from sklearn.ensemble import (
     HistGradientBoostingRegressor,
     RandomForestRegressor,
 )
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
 
 OUT = Path(__file__).resolve().parents[1] / "testdata" / "trees"
 FEATURES = 4
@@ -50,6 +52,12 @@ def sklearn_models(rng: np.random.Generator):
     opts = {"zipmap": False}
     yield "multiclass_softmax", to_onnx(gb, x[:1], options={id(gb): opts}, target_opset={"": 17, "ai.onnx.ml": 3})
     yield "regressor_two_targets_average", to_onnx(rf, x[:1], target_opset={"": 17, "ai.onnx.ml": 3})
+    scaled = make_pipeline(
+        StandardScaler(), GradientBoostingClassifier(n_estimators=4, max_depth=2, random_state=0)
+    ).fit(x, (x[:, 2] > 0.1).astype(int))
+    yield "scaler_pipeline", to_onnx(
+        scaled, x[:1], options={id(scaled[-1]): opts}, target_opset={"": 17, "ai.onnx.ml": 3}
+    )
     with hist_gradient_boosting_missing_tracks_as_int():
         exported = to_onnx(hgb, x[:1], target_opset={"": 17, "ai.onnx.ml": 3})
     yield "regressor_missing_tracks", exported
@@ -100,10 +108,26 @@ def tree_ensemble_opset5():
     return model
 
 
+def cast_front(model: onnx.ModelProto) -> onnx.ModelProto:
+    """`model` fed through a Cast from INT64, as graphs taking integer codes
+    are exported."""
+    graph = model.graph
+    name = graph.input[0].name
+    cast = helper.make_node("Cast", [f"{name}_int"], [name], to=TensorProto.FLOAT, name="codes_to_float")
+    new_input = helper.make_tensor_value_info(f"{name}_int", TensorProto.INT64, [None, FEATURES])
+    nodes = [cast, *graph.node]
+    out = helper.make_graph(nodes, graph.name, [new_input], list(graph.output))
+    result = helper.make_model(out, opset_imports=list(model.opset_import))
+    result.ir_version = model.ir_version
+    onnx.checker.check_model(result)
+    return result
+
+
 def main() -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(20261206)
     models = list(sklearn_models(rng)) + [("tree_ensemble_opset5", tree_ensemble_opset5())]
+    models.append(("cast_int_input", cast_front(dict(models)["tree_ensemble_opset5"])))
     rows = data(rng, 64)
     rows[:8, 1] = [1, 2, 5, 3, 0, 1, 2, 5]
     rows[::5, 0] = np.nan
@@ -112,10 +136,11 @@ def main() -> None:
         path = OUT / f"{name}.onnx"
         path.write_bytes(model.SerializeToString())
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        feed = {session.get_inputs()[0].name: rows}
+        kind = session.get_inputs()[0].type
+        feed = {session.get_inputs()[0].name: np.nan_to_num(rows).round().astype(np.int64) if "int64" in kind else rows}
         outputs = session.run(None, feed)
         record = {
-            "inputs": [[None if np.isnan(v) else float(v) for v in row] for row in rows],
+            "inputs": [[None if np.isnan(v) else float(v) for v in row] for row in feed[session.get_inputs()[0].name]],
             "outputs": {
                 o.name: np.asarray(v).ravel().tolist() for o, v in zip(session.get_outputs(), outputs)
             },

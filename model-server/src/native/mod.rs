@@ -472,8 +472,9 @@ mod tests {
 
     /// The operator shapes the example models do not use (multi-class
     /// SOFTMAX, multi-target AVERAGE, missing-value tracks on a regressor,
-    /// opset-5 `TreeEnsemble` with set splits), against onnxruntime's
-    /// outputs from training/tree_fixtures.py.
+    /// opset-5 `TreeEnsemble` with set splits, a `Scaler` in front, integer
+    /// inputs through a `Cast`), against onnxruntime's outputs from
+    /// training/tree_fixtures.py.
     #[test]
     fn small_ensembles_match_onnxruntime() {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/trees");
@@ -482,6 +483,8 @@ mod tests {
             "regressor_two_targets_average",
             "regressor_missing_tracks",
             "tree_ensemble_opset5",
+            "scaler_pipeline",
+            "cast_int_input",
         ] {
             let bytes = std::fs::read(dir.join(format!("{name}.onnx"))).expect("fixture");
             let graph = NativeGraph::load(&bytes).unwrap_or_else(|e| panic!("{name}: {e}"));
@@ -495,8 +498,14 @@ mod tests {
                 .flatten()
                 .map(|v| v.unwrap_or(f32::NAN))
                 .collect();
+            let (_, elem) = graph.inputs().next().expect("one input");
+            let data = if elem == PbType::Int64 as i32 {
+                TensorData::I64(x.iter().map(|v| *v as i64).collect())
+            } else {
+                TensorData::F32(x)
+            };
             let outputs = graph
-                .run(vec![(vec![rows, width], TensorData::F32(x))])
+                .run(vec![(vec![rows, width], data)])
                 .unwrap_or_else(|e| panic!("{name}: {e}"));
             for ((out, _), (_, data)) in graph.outputs().zip(&outputs) {
                 let expected = &fixture.outputs[out];
