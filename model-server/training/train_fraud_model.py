@@ -31,6 +31,10 @@ The tree versions use their own ``random_state`` and are trained after
 versions 1 and 2 on the same split, so they leave every random stream and
 every file of versions 1 and 2 as it was.
 
+The module also holds ``generate_merchant_history()``: merchants and each
+customer's transactions of the last 30 days, from a stream of their own, for
+``train_embeddings.py``.  This script does not call it.
+
 Usage (from the repository root):
 
     python model-server/training/train_fraud_model.py \
@@ -272,6 +276,159 @@ def generate_dataset(n: int, seed: int) -> dict:
     assert X.shape == (n, N_FEATURES)
     assert np.isfinite(X).all()
     return {"customer_id": customer_id, "X": X, "y": y, "p_fraud": p_fraud, "risky": risky}
+
+
+# --------------------------------------------------------------------------
+# Merchant history: merchants and each customer's last 30 days of transactions
+# --------------------------------------------------------------------------
+#
+# Not used by any model of this script.  Drawn from its own stream,
+# default_rng(MERCHANT_SEED), from nothing of the data set but the customers'
+# txn_count_30d, so every column above, the label and every file this script
+# writes stay as they were.  train_embeddings.py learns merchant embeddings
+# from it; DATASET.md (its section) describes it.
+
+MERCHANT_SEED = 20240613      # numpy Generator seed for merchants and their transactions
+N_MERCHANTS = 2_000
+
+# Merchant categories: (name, share of all spending in it, probability that a
+# transaction in it is at a merchant of the customer's own region).  Everyday
+# shopping is local; travel, hotels and online goods are not.
+MERCHANT_CATEGORIES = [
+    ("grocery", 18.0, 0.97),
+    ("restaurants", 12.0, 0.85),
+    ("fast_food", 10.0, 0.90),
+    ("fuel", 8.0, 0.92),
+    ("transport", 5.0, 0.95),
+    ("pharmacy", 5.0, 0.96),
+    ("fashion", 6.0, 0.75),
+    ("home_garden", 4.0, 0.92),
+    ("electronics", 4.0, 0.60),
+    ("digital_media", 5.0, 0.35),
+    ("games", 3.0, 0.35),
+    ("travel", 2.0, 0.30),
+    ("hotels", 2.0, 0.15),
+    ("gambling", 1.0, 0.55),
+    ("money_transfer", 1.0, 0.60),
+]
+# Regions: the merchant's / the customer's home country (ISO 3166-1 alpha-2)
+# and its share of customers and merchants.
+MERCHANT_REGIONS = [
+    ("US", 22.0), ("GB", 12.0), ("DE", 12.0), ("FR", 10.0), ("IT", 6.0),
+    ("ES", 6.0), ("NL", 5.0), ("PL", 3.0), ("CA", 3.0), ("SE", 2.0),
+]
+# Customer lifestyles: the categories a customer of each one is more likely to
+# prefer (each listed category's weight is multiplied by SEGMENT_BOOST when the
+# customer's preferred categories are drawn).  Shares of customers in brackets.
+CUSTOMER_SEGMENTS = [
+    ("family", 0.25, ["grocery", "pharmacy", "home_garden", "fuel", "fast_food"]),
+    ("urban", 0.20, ["restaurants", "fast_food", "transport", "fashion", "digital_media"]),
+    ("commuter", 0.20, ["fuel", "transport", "grocery", "fast_food"]),
+    ("traveller", 0.10, ["travel", "hotels", "restaurants", "fashion"]),
+    ("tech", 0.15, ["electronics", "games", "digital_media", "fast_food"]),
+    ("gambler", 0.10, ["gambling", "money_transfer", "fast_food", "games"]),
+]
+SEGMENT_BOOST = 6.0
+N_PREFERRED_CATEGORIES = 3    # each customer's favourite categories...
+PREFERRED_SHARE = 0.75        # ...take this share of their transactions; the rest follows MERCHANT_CATEGORIES
+SECOND_REGION_SHARE = 0.6     # a transaction away from home goes to the customer's second region this often
+MERCHANT_CATEGORY_EXPONENT = 0.6  # merchants per category ~ category share ** this (many small grocers, few airlines)
+MERCHANT_POPULARITY_SIGMA = 1.0   # merchant popularity ~ LogNormal(0, this) within its category and region
+
+
+def generate_merchant_history(txn_count_30d: np.ndarray, seed: int = MERCHANT_SEED) -> dict:
+    """Merchants (category, home region) and each customer's transactions of
+    the last 30 days (customer i has ``txn_count_30d[i]`` of them, the data
+    set's own column), all from ``default_rng(seed)``.
+
+    Returns numpy arrays: ``merchant_category`` / ``merchant_region`` (indices
+    into MERCHANT_CATEGORIES / MERCHANT_REGIONS, one per merchant),
+    ``merchant_popularity``, ``customer_region``, ``customer_second_region``,
+    ``customer_segment``, ``customer_preferred`` (n x N_PREFERRED_CATEGORIES
+    category indices), and one entry per transaction, grouped by customer in
+    customer order: ``txn_customer`` (row index of the data set) and
+    ``txn_merchant`` (merchant index; merchant i is ``merchant_id(i)``)."""
+    rng = np.random.default_rng(seed)
+    cat_share = np.array([c[1] for c in MERCHANT_CATEGORIES])
+    cat_share /= cat_share.sum()
+    cat_local = np.array([c[2] for c in MERCHANT_CATEGORIES])
+    region_share = np.array([r[1] for r in MERCHANT_REGIONS])
+    region_share /= region_share.sum()
+    n_cat, n_region = len(cat_share), len(region_share)
+    cat_index = {c[0]: i for i, c in enumerate(MERCHANT_CATEGORIES)}
+
+    # ---- merchants: one in every (category, region) cell, the rest drawn in
+    # proportion to category share ** exponent x region share; then shuffled so
+    # that a merchant's index says nothing about its category or region.
+    cell_weight = np.outer(cat_share ** MERCHANT_CATEGORY_EXPONENT, region_share).ravel()
+    cells = np.concatenate([
+        np.arange(n_cat * n_region),
+        rng.choice(n_cat * n_region, size=N_MERCHANTS - n_cat * n_region, p=cell_weight / cell_weight.sum()),
+    ])
+    cells = cells[rng.permutation(N_MERCHANTS)]
+    merchant_category, merchant_region = cells // n_region, cells % n_region
+    popularity = rng.lognormal(0.0, MERCHANT_POPULARITY_SIGMA, size=N_MERCHANTS)
+
+    # ---- customers: home and second region, lifestyle, favourite categories
+    n = len(txn_count_30d)
+    customer_region = rng.choice(n_region, size=n, p=region_share)
+    customer_second_region = rng.choice(n_region, size=n, p=region_share)
+    seg_share = np.array([s[1] for s in CUSTOMER_SEGMENTS])
+    customer_segment = rng.choice(len(CUSTOMER_SEGMENTS), size=n, p=seg_share / seg_share.sum())
+    boost = np.ones((len(CUSTOMER_SEGMENTS), n_cat))
+    for s, (_, _, cats) in enumerate(CUSTOMER_SEGMENTS):
+        boost[s, [cat_index[c] for c in cats]] = SEGMENT_BOOST
+    pref_weight = cat_share * boost[customer_segment]            # n x n_cat
+    # N_PREFERRED_CATEGORIES distinct categories, drawn without replacement in
+    # proportion to pref_weight (the Gumbel top-k trick).
+    keys = np.log(pref_weight) + rng.gumbel(size=(n, n_cat))
+    customer_preferred = np.argsort(-keys, axis=1, kind="stable")[:, :N_PREFERRED_CATEGORIES]
+    pref_mix = rng.dirichlet(np.full(N_PREFERRED_CATEGORIES, 2.0), size=n)
+    cat_prob = np.tile((1.0 - PREFERRED_SHARE) * cat_share, (n, 1))
+    np.add.at(cat_prob, (np.arange(n)[:, None], customer_preferred), PREFERRED_SHARE * pref_mix)
+
+    # ---- transactions: category from the customer's mix, region home / second
+    # / anywhere, merchant in proportion to popularity within (category, region)
+    counts = np.asarray(txn_count_30d, dtype=np.int64)
+    txn_customer = np.repeat(np.arange(n), counts)
+    t = len(txn_customer)
+    cum = np.cumsum(cat_prob, axis=1)
+    cum[:, -1] = 1.0
+    txn_cat = (rng.random(t)[:, None] >= cum[txn_customer]).sum(axis=1)
+    local = rng.random(t) < cat_local[txn_cat]
+    second = rng.random(t) < SECOND_REGION_SHARE
+    anywhere = rng.choice(n_region, size=t, p=region_share)
+    txn_region = np.where(local, customer_region[txn_customer],
+                          np.where(second, customer_second_region[txn_customer], anywhere))
+    # Inverse-CDF draw inside each cell: merchants sorted by cell, key = cell
+    # number + cumulative popularity share inside the cell (ending at exactly
+    # cell + 1), searched with cell + U[0, 1).
+    cell = merchant_category * n_region + merchant_region
+    order = np.lexsort((np.arange(N_MERCHANTS), cell))
+    cell_sorted = cell[order]
+    pop_sorted = popularity[order]
+    cell_total = np.bincount(cell_sorted, weights=pop_sorted, minlength=n_cat * n_region)
+    within = np.cumsum(pop_sorted) - np.concatenate([[0.0], np.cumsum(cell_total)[:-1]])[cell_sorted]
+    key = cell_sorted + within / cell_total[cell_sorted]
+    last = np.r_[cell_sorted[1:] != cell_sorted[:-1], True]
+    key[last] = cell_sorted[last] + 1.0
+    txn_cell = txn_cat * n_region + txn_region
+    pos = np.searchsorted(key, txn_cell + rng.random(t), side="right")
+    txn_merchant = order[pos]
+    assert (cell[txn_merchant] == txn_cell).all()
+
+    return {
+        "merchant_category": merchant_category, "merchant_region": merchant_region,
+        "merchant_popularity": popularity,
+        "customer_region": customer_region, "customer_second_region": customer_second_region,
+        "customer_segment": customer_segment, "customer_preferred": customer_preferred,
+        "txn_customer": txn_customer, "txn_merchant": txn_merchant,
+    }
+
+
+def merchant_id(i: int) -> str:
+    """The entity key of merchant ``i`` (0-based): ``m-00042``."""
+    return f"m-{i:05d}"
 
 
 # --------------------------------------------------------------------------
