@@ -143,8 +143,9 @@ prediction log; then any amount in the same bin answers from the store:
     -d '{"request_features": {"merchant_category": 5411, "merchant_country": 840, "amount": 42.0, "hour_of_day": 9, "is_card_present": true}}'
   curl -s -X POST localhost:8080/v1/admin/scoring/jobs/txn_pattern_hourly/run -H "Authorization: Bearer $TOKEN"
 
-Rollout: version 1 answers, version 2 runs as a silent shadow. Compare them,
-then try a canary (and roll it back):
+Rollout: version 1 answers; version 2 (the MLP) and version 3 (the boosted
+trees) run as silent shadows. Compare them, then try a canary (and roll it
+back):
 
   $BIN/mlgw-admin --token-file target/mlgw-demo/dev-token shadow-report fraud_detector
   $BIN/mlgw-admin --token-file target/mlgw-demo/dev-token canary fraud_detector 2 --percent 10
