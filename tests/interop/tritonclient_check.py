@@ -8,7 +8,7 @@ tritonclient wants none). Needs tests/interop/requirements.txt installed, e.g.
 with the interpreter printed by tests/rig/python-venv.sh.
 
 With tritonclient.grpc, tritonclient.http (and their asyncio variants) it checks
-health, readiness, server and model metadata, inference on both versions of
+health, readiness, server and model metadata, inference on every version of
 fraud_detector with the 256 reference rows (model-server/training/reference/,
 computed with onnxruntime) in chunks of 64 -- over HTTP with every combination
 of JSON / binary-extension inputs and outputs -- and the error paths (unknown
@@ -33,7 +33,7 @@ import tritonclient.http.aio as httpclient_aio
 from tritonclient.utils import InferenceServerException
 
 MODEL = "fraud_detector"
-VERSIONS = ["1", "2"]
+VERSIONS = ["1", "2", "3", "4"]
 N_FEATURES = 15
 CHUNK = 64
 TOL = 1e-5
