@@ -328,6 +328,13 @@ pub struct ReferenceOutputs {
     pub probabilities: Vec<[f32; 2]>,
 }
 
+impl ReferenceOutputs {
+    /// The probabilities row after row, as a flat FP32 tensor holds them.
+    pub fn flat_probabilities(&self) -> Vec<f32> {
+        self.probabilities.iter().flatten().copied().collect()
+    }
+}
+
 /// Loads `model-server/training/reference/fraud_detector_v{version}.json`.
 ///
 /// # Errors

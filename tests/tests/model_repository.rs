@@ -95,13 +95,7 @@ async fn assert_answers_like(
         labels == reference.outputs.label,
         "labels differ from v{reference_version}"
     );
-    let expected: Vec<f32> = reference
-        .outputs
-        .probabilities
-        .iter()
-        .flatten()
-        .copied()
-        .collect();
+    let expected = reference.outputs.flat_probabilities();
     let worst = rig::max_abs_diff(&probs, &expected);
     ensure!(
         probs.len() == expected.len() && worst <= TOLERANCE,

@@ -123,13 +123,7 @@ fn assert_matches_reference(version: u32, labels: &[i64], probs: &[f32]) -> Resu
         reference.outputs.label.as_slice(),
         "labels differ from onnxruntime (v{version})"
     );
-    let expected: Vec<f32> = reference
-        .outputs
-        .probabilities
-        .iter()
-        .flatten()
-        .copied()
-        .collect();
+    let expected = reference.outputs.flat_probabilities();
     assert_eq!(probs.len(), expected.len());
     let worst = rig::max_abs_diff(probs, &expected);
     assert!(
