@@ -151,6 +151,14 @@ back):
   $BIN/mlgw-admin --token-file target/mlgw-demo/dev-token canary fraud_detector 2 --percent 10
   $BIN/mlgw-admin --token-file target/mlgw-demo/dev-token rollback fraud_detector
 
+Merchant embeddings (a vector(64) feature; its own store file, since the
+gateway holds features.redb) load and read like any static view:
+
+  $BIN/mlgw-features --embedded target/mlgw-demo/merchants.redb schema apply
+  $BIN/mlgw-features --embedded target/mlgw-demo/merchants.redb refresh run -d feature-store/definitions/merchants.toml \
+    --job merchant_embedding_weekly --file feature-store/definitions/exports/merchant_embedding.csv
+  $BIN/mlgw-features --embedded target/mlgw-demo/merchants.redb read -d feature-store/definitions/merchants.toml --entity m-00042
+
 The model-server serves four versions of fraud_detector: 1 logistic
 regression, 2 MLP, 3 gradient-boosted trees (300 trees), 4 random forest;
 calls naming no version get its default_version, 2. Put the boosted trees

@@ -157,7 +157,7 @@ fn number(value: &FeatureValue) -> Option<f64> {
         FeatureValue::Float32(v) => Some(f64::from(*v)),
         FeatureValue::Float64(v) => Some(*v),
         FeatureValue::Int64(v) => Some(*v as f64),
-        FeatureValue::Bool(_) | FeatureValue::String(_) => None,
+        FeatureValue::Bool(_) | FeatureValue::String(_) | FeatureValue::Vector(_) => None,
     }
 }
 
@@ -175,7 +175,7 @@ fn typed(x: f64, ty: FeatureType) -> Option<FeatureValue> {
             f.is_finite().then_some(FeatureValue::Float32(f))
         }
         FeatureType::Float64 => Some(FeatureValue::Float64(x)),
-        FeatureType::Bool | FeatureType::String => None,
+        FeatureType::Bool | FeatureType::String | FeatureType::Vector(_) => None,
     }
 }
 

@@ -5,7 +5,8 @@
 //! row reads as missing (its default applies), a feature no longer declared is
 //! ignored. Layout (little-endian): `u16` count, then per value a `u8` name
 //! length, the UTF-8 name, a `u8` type tag and the payload (`f32`, `f64`, `i64`,
-//! one byte for a bool, or a `u32` length and UTF-8 bytes for a string).
+//! one byte for a bool, a `u32` length and UTF-8 bytes for a string, or a
+//! `u16` length and that many `f32` for a vector).
 
 use std::collections::BTreeMap;
 
@@ -16,6 +17,7 @@ const TAG_F64: u8 = 2;
 const TAG_I64: u8 = 3;
 const TAG_BOOL: u8 = 4;
 const TAG_STRING: u8 = 5;
+const TAG_VECTOR: u8 = 6;
 
 /// A stored blob that cannot be decoded (written by something else, or damaged).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -58,6 +60,15 @@ pub fn encode<'a>(values: impl IntoIterator<Item = (&'a str, &'a FeatureValue)>)
                 out.push(TAG_STRING);
                 out.extend_from_slice(&(s.len() as u32).to_le_bytes());
                 out.extend_from_slice(s.as_bytes());
+            }
+            FeatureValue::Vector(v) => {
+                // Definitions bound a vector to MAX_VECTOR_DIMENSION components.
+                let len = v.len().min(usize::from(u16::MAX));
+                out.push(TAG_VECTOR);
+                out.extend_from_slice(&(len as u16).to_le_bytes());
+                for x in &v[..len] {
+                    out.extend_from_slice(&x.to_le_bytes());
+                }
             }
         }
         count = count.saturating_add(1);
@@ -154,6 +165,16 @@ impl<'a> Reader<'a> {
                     .map_err(|_| self.err("text is not UTF-8"))?;
                 FeatureValue::String(text.to_owned())
             }
+            TAG_VECTOR => {
+                let len = usize::from(u16::from_le_bytes(self.array()?));
+                let bytes = self.take(len * 4)?;
+                FeatureValue::Vector(
+                    bytes
+                        .chunks_exact(4)
+                        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                        .collect(),
+                )
+            }
             _ => return Err(self.err("unknown type tag")),
         })
     }
@@ -171,6 +192,8 @@ mod tests {
             ("d".into(), FeatureValue::Bool(true)),
             ("e".into(), FeatureValue::String("näive \u{1f} text".into())),
             ("f".into(), FeatureValue::String(String::new())),
+            ("g".into(), FeatureValue::Vector(vec![0.5, -1.25, f32::MAX])),
+            ("h".into(), FeatureValue::Vector(Vec::new())),
         ]
     }
 

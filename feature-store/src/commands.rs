@@ -862,6 +862,7 @@ fn value_json(v: &FeatureValue) -> Value {
         FeatureValue::Int64(x) => json!(x),
         FeatureValue::Bool(x) => json!(x),
         FeatureValue::String(x) => json!(x),
+        FeatureValue::Vector(x) => json!(x),
     }
 }
 
@@ -876,6 +877,9 @@ fn parse_value(text: &str, ty: FeatureType) -> Option<FeatureValue> {
             _ => return None,
         }),
         FeatureType::String => FeatureValue::String(text.to_owned()),
+        FeatureType::Vector(n) => {
+            FeatureValue::Vector(feature_store::definitions::parse_vector(text, n).ok()?)
+        }
     })
 }
 

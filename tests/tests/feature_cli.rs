@@ -1,7 +1,7 @@
 //! `mlgw-features`, the data engineers' CLI, run as a process the way a person
 //! or a scheduler runs it: on the embedded store, and on the rig's Cassandra.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Output;
 
 use anyhow::{Context, Result};
@@ -440,4 +440,151 @@ fn mistakes_get_messages_a_person_can_act_on() -> Result<()> {
     let err = String::from_utf8(out.stderr)?;
     assert!(err.contains("expected a .csv or .parquet file"), "{err}");
     Ok(())
+}
+
+fn merchant_definitions() -> PathBuf {
+    rig::workspace_root().join("feature-store/definitions/merchants.toml")
+}
+
+/// The example merchant embeddings load as `vector(64)` values and read back
+/// exactly; rows with a wrong length, a non-finite value or text are
+/// rejected with their line and the reason.
+fn embeddings_load_as_vectors(cli: &Cli) -> Result<()> {
+    let defs = merchant_definitions();
+    let defs = defs.to_str().context("path")?;
+    cli.json(&["schema", "apply"])?;
+    let csv =
+        rig::workspace_root().join("feature-store/definitions/exports/merchant_embedding.csv");
+    let text = std::fs::read_to_string(&csv)?;
+    let loaded = cli.json(&[
+        "refresh",
+        "run",
+        "-d",
+        defs,
+        "--job",
+        "merchant_embedding_weekly",
+        "--file",
+        csv.to_str().context("path")?,
+    ])?;
+    assert_eq!(loaded["outcome"], "loaded", "{loaded}");
+    assert_eq!(loaded["batch"]["rows_written"], 2000, "{loaded}");
+    assert_eq!(loaded["batch"]["rows_rejected"], 0, "{loaded}");
+
+    // m-00042 reads back with the file's 64 numbers.
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("m-00042,"))
+        .context("m-00042 in the file")?;
+    let cell = line.split('"').nth(1).context("quoted vector")?;
+    let expected: Vec<f64> = cell
+        .split_whitespace()
+        .map(|x| x.parse::<f32>().map(f64::from))
+        .collect::<Result<_, _>>()?;
+    assert_eq!(expected.len(), 64);
+    let read = cli.json(&[
+        "read",
+        "-d",
+        defs,
+        "--entity",
+        "m-00042",
+        "--view",
+        "merchant_embedding",
+    ])?;
+    let embedding = read["views"][0]["features"]
+        .as_array()
+        .context("features")?
+        .iter()
+        .find(|f| f["name"] == "embedding")
+        .context("embedding feature")?;
+    let got: Vec<f64> = embedding["value"]
+        .as_array()
+        .context("vector as a JSON array")?
+        .iter()
+        .filter_map(Value::as_f64)
+        .collect();
+    assert_eq!(got, expected, "{read}");
+
+    let bad = cli.file(
+        "bad_embedding.csv",
+        "merchant_id,category,region,embedding\n\
+         m-1,travel,FR,\"0.5 0.5\"\n\
+         m-2,travel,FR,\"[0.1, 0.2]\"\n",
+    )?;
+    let short = cli.run(&[
+        "--json",
+        "refresh",
+        "run",
+        "-d",
+        defs,
+        "--job",
+        "merchant_embedding_weekly",
+        "--file",
+        &bad,
+        "--max-rejected-percent",
+        "100",
+    ])?;
+    let out: Value = serde_json::from_slice(&short.stdout)
+        .with_context(|| String::from_utf8_lossy(&short.stderr).into_owned())?;
+    let rejections = out["batch"]["rejections"]
+        .as_array()
+        .context("rejections")?;
+    assert_eq!(rejections.len(), 2, "{out}");
+    assert_eq!(rejections[0]["line"], 2);
+    let reason = rejections[0]["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("embedding")
+            && reason.contains("has 2 components; the feature is vector(64)"),
+        "{reason}"
+    );
+    let mut row = vec!["0.1"; 64];
+    row[9] = "NaN";
+    let mut texty = vec!["0.1"; 64];
+    texty[3] = "x";
+    let bad = cli.file(
+        "bad_values.csv",
+        &format!(
+            "merchant_id,category,region,embedding\nm-3,travel,FR,\"{}\"\nm-4,travel,FR,\"{}\"\n",
+            row.join(" "),
+            texty.join(",")
+        ),
+    )?;
+    let out = cli.run(&[
+        "--json",
+        "refresh",
+        "run",
+        "-d",
+        defs,
+        "--job",
+        "merchant_embedding_weekly",
+        "--file",
+        &bad,
+        "--max-rejected-percent",
+        "100",
+    ])?;
+    let out: Value = serde_json::from_slice(&out.stdout)?;
+    let reasons: Vec<&str> = out["batch"]["rejections"]
+        .as_array()
+        .context("rejections")?
+        .iter()
+        .filter_map(|r| r["reason"].as_str())
+        .collect();
+    assert!(
+        reasons[0].contains("component 10 is NaN, not a finite number"),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons[1].contains("component 4 is \"x\", not a number"),
+        "{reasons:?}"
+    );
+    Ok(())
+}
+
+#[test]
+fn embeddings_load_as_vectors_on_the_embedded_store() -> Result<()> {
+    embeddings_load_as_vectors(&Cli::embedded()?)
+}
+
+#[test]
+fn embeddings_load_as_vectors_on_cassandra() -> Result<()> {
+    embeddings_load_as_vectors(&cassandra_cli()?)
 }

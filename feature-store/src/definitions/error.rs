@@ -131,6 +131,14 @@ pub enum DefinitionProblem {
         /// How to write a default of this type.
         expected: &'static str,
     },
+    /// A vector feature outside a static view.
+    #[error(
+        "vector features belong to static views, loaded whole from refresh files (e.g. embeddings); {place} take scalar values: use float32, float64, int64, bool or string"
+    )]
+    VectorOutsideStaticView {
+        /// Where it was declared, e.g. "dynamic views".
+        place: &'static str,
+    },
     /// A feature of a static view declares an aggregate.
     #[error(
         "aggregates belong to dynamic views: a static view is loaded whole by its refresh job, which computes its own values; remove `aggregate` or move the feature to a [[dynamic_view]]"

@@ -79,7 +79,7 @@ pub use scoring::{
 };
 pub use stream::{EventEncoding, KafkaSource, brokers_problem, topic_name_problem};
 pub use tuning::{MetricKind, Policy, Scoring};
-pub use value::{FeatureType, FeatureValue};
+pub use value::{FeatureType, FeatureValue, MAX_VECTOR_DIMENSION, parse_vector};
 pub use view::{
     Aggregate, AggregateFunction, Entity, EventFieldUse, FeatureSpec, FeatureView, RefreshJobName,
     RequestFeature, ViewKind,

@@ -27,7 +27,7 @@ impl InputDtype {
     /// Whether a feature of type `ty` can become a column of this dtype.
     pub fn accepts(self, ty: FeatureType) -> bool {
         match self {
-            InputDtype::Fp32 => ty != FeatureType::String,
+            InputDtype::Fp32 => !matches!(ty, FeatureType::String | FeatureType::Vector(_)),
         }
     }
 }

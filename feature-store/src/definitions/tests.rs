@@ -1153,3 +1153,94 @@ fn bad_kafka_sources_name_the_key() {
     }
     assert!(parse_error(&with("topic = \"t\", encoding = \"avro\"")).contains("avro"));
 }
+
+// ---------------------------------------------------------------------------
+// Vectors.
+
+const VECTOR: &str = "[[static_view.feature]]\nname = \"embedding\"\ntype = \"vector(3)\"\ndefault = 0.0\n\n[[static_view.feature]]\nname = \"country\"";
+
+#[test]
+fn a_static_view_holds_vectors_with_a_default() {
+    let defs = parse(&edit("[[static_view.feature]]\nname = \"country\"", VECTOR))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let view = defs.view("profile").expect("view");
+    let embedding = view
+        .features
+        .iter()
+        .find(|f| f.name == "embedding")
+        .expect("feature");
+    assert_eq!(embedding.feature_type, FeatureType::Vector(3));
+    assert_eq!(embedding.feature_type.to_string(), "vector(3)");
+    assert_eq!(embedding.default, FeatureValue::Vector(vec![0.0; 3]));
+
+    let listed = parse(&edit(
+        "[[static_view.feature]]\nname = \"country\"",
+        &VECTOR.replace("default = 0.0", "default = [1, 0.5, -2]"),
+    ))
+    .unwrap_or_else(|e| panic!("{e}"));
+    let view = listed.view("profile").expect("view");
+    assert_eq!(
+        view.features[1].default,
+        FeatureValue::Vector(vec![1.0, 0.5, -2.0])
+    );
+    refused_at(
+        &edit(
+            "[[static_view.feature]]\nname = \"country\"",
+            &VECTOR.replace("default = 0.0", "default = [1, 2]"),
+        ),
+        "static_view[0].feature[1].default",
+    );
+}
+
+#[test]
+fn vector_types_are_named_and_bounded() {
+    for bad in ["vector(0)", "vector(4097)", "vector", "vector(x)"] {
+        let message = parse_error(&edit(
+            "type = \"int64\"\ndefault = 1",
+            &format!("type = \"{bad}\"\ndefault = 1"),
+        ));
+        assert!(
+            message.contains("vector(N) with N from 1 to 4096"),
+            "{message}"
+        );
+    }
+}
+
+#[test]
+fn vectors_stay_out_of_dynamic_views_requests_and_model_inputs() {
+    let problem = refused_at(
+        &edit(
+            "name = \"amount_mean_1h\"\ntype = \"float32\"\ndefault = 0\naggregate = { function = \"mean\", window = \"1h\", of = \"amount\" }",
+            "name = \"amount_mean_1h\"\ntype = \"vector(2)\"\ndefault = 0",
+        ),
+        "dynamic_view[0].feature[1].type",
+    );
+    assert!(matches!(
+        problem,
+        DefinitionProblem::VectorOutsideStaticView {
+            place: "dynamic views"
+        }
+    ));
+    let problem = refused_at(
+        &edit(
+            "name = \"amount\"\ntype = \"float64\"",
+            "name = \"amount\"\ntype = \"vector(2)\"",
+        ),
+        "request_feature[0].type",
+    );
+    assert!(matches!(
+        problem,
+        DefinitionProblem::VectorOutsideStaticView {
+            place: "request features"
+        }
+    ));
+    let as_input = edit("[[static_view.feature]]\nname = \"country\"", VECTOR).replace(
+        "features = [\"profile.age_days\"",
+        "features = [\"profile.embedding\", \"profile.age_days\"",
+    );
+    let problem = refused_at(&as_input, "model[0].features[0]");
+    assert!(
+        matches!(problem, DefinitionProblem::ColumnType { .. }),
+        "{problem:?}"
+    );
+}

@@ -308,6 +308,14 @@ impl Validator<'_> {
             let name_key = format!("{key}.name");
             self.check(&name_key, check_name(&feature.name))?;
             self.check(&name_key, names.insert(&feature.name, &name_key))?;
+            if ttl.is_some() && matches!(feature.feature_type, FeatureType::Vector(_)) {
+                return Err(self.invalid(
+                    &format!("{key}.type"),
+                    DefinitionProblem::VectorOutsideStaticView {
+                        place: "dynamic views",
+                    },
+                ));
+            }
             let default = self.check(
                 &format!("{key}.default"),
                 typed_default(feature.feature_type, &feature.default),
@@ -381,6 +389,14 @@ impl Validator<'_> {
             let name_key = format!("{at}.name");
             self.check(&name_key, check_name(&feature.name))?;
             self.check(&name_key, names.insert(&feature.name, &name_key))?;
+            if matches!(feature.feature_type, FeatureType::Vector(_)) {
+                return Err(self.invalid(
+                    &format!("{at}.type"),
+                    DefinitionProblem::VectorOutsideStaticView {
+                        place: "request features",
+                    },
+                ));
+            }
             let default_key = format!("{at}.default");
             let default = match (feature.required, &feature.default) {
                 (Some(true), Some(_)) => {

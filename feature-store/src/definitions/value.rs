@@ -5,9 +5,10 @@ use std::fmt;
 
 use serde::Deserialize;
 
-/// The type of one feature, as written in a definition file (`type = "float32"`).
+/// The type of one feature, as written in a definition file (`type = "float32"`,
+/// `type = "vector(64)"`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(try_from = "String")]
 pub enum FeatureType {
     /// 32-bit float.
     Float32,
@@ -19,10 +20,84 @@ pub enum FeatureType {
     Bool,
     /// UTF-8 text.
     String,
+    /// A fixed number (1 to [`MAX_VECTOR_DIMENSION`]) of finite float32
+    /// values, e.g. an embedding.
+    Vector(u16),
+}
+
+/// The longest vector a feature may hold.
+pub const MAX_VECTOR_DIMENSION: u16 = 4096;
+
+/// A vector written as text: `n` finite numbers separated by spaces and/or
+/// commas, optionally inside `[ ]` (a refresh file's cell, a pushed value);
+/// the reason when it is not one.
+///
+/// # Errors
+/// Which component is not a finite number, or how many there are.
+pub fn parse_vector(text: &str, n: u16) -> Result<Vec<f32>, String> {
+    let inner = text.trim();
+    let inner = inner
+        .strip_prefix('[')
+        .and_then(|c| c.strip_suffix(']'))
+        .unwrap_or(inner);
+    let mut values = Vec::with_capacity(usize::from(n));
+    for (i, part) in inner
+        .split(|c: char| c == ',' || c.is_whitespace())
+        .filter(|p| !p.is_empty())
+        .enumerate()
+    {
+        match part.parse::<f32>() {
+            Ok(x) if x.is_finite() => values.push(x),
+            Ok(_) => {
+                return Err(format!(
+                    "component {} is {part}, not a finite number",
+                    i + 1
+                ));
+            }
+            Err(_) => return Err(format!("component {} is {part:?}, not a number", i + 1)),
+        }
+    }
+    if values.len() != usize::from(n) {
+        return Err(format!(
+            "has {} components; the feature is vector({n})",
+            values.len()
+        ));
+    }
+    Ok(values)
+}
+
+impl TryFrom<String> for FeatureType {
+    type Error = String;
+
+    fn try_from(name: String) -> Result<Self, String> {
+        Ok(match name.as_str() {
+            "float32" => FeatureType::Float32,
+            "float64" => FeatureType::Float64,
+            "int64" => FeatureType::Int64,
+            "bool" => FeatureType::Bool,
+            "string" => FeatureType::String,
+            other => {
+                let dimension = other
+                    .strip_prefix("vector(")
+                    .and_then(|rest| rest.strip_suffix(')'))
+                    .and_then(|n| n.trim().parse::<u16>().ok())
+                    .filter(|n| (1..=MAX_VECTOR_DIMENSION).contains(n));
+                match dimension {
+                    Some(n) => FeatureType::Vector(n),
+                    None => {
+                        return Err(format!(
+                            "unknown type {other:?}: expected float32, float64, int64, bool, string or vector(N) with N from 1 to {MAX_VECTOR_DIMENSION}"
+                        ));
+                    }
+                }
+            }
+        })
+    }
 }
 
 impl FeatureType {
-    /// The name used in definition files.
+    /// The name used in definition files; `vector` without its dimension
+    /// (the `Display` form has it).
     pub fn as_str(self) -> &'static str {
         match self {
             FeatureType::Float32 => "float32",
@@ -30,6 +105,7 @@ impl FeatureType {
             FeatureType::Int64 => "int64",
             FeatureType::Bool => "bool",
             FeatureType::String => "string",
+            FeatureType::Vector(_) => "vector",
         }
     }
 
@@ -53,6 +129,9 @@ impl FeatureType {
             FeatureType::Int64 => "a whole number such as 0, without a decimal point",
             FeatureType::Bool => "true or false, without quotes",
             FeatureType::String => "quoted text such as \"unknown\"",
+            FeatureType::Vector(_) => {
+                "a number every component takes (0.0: the zero vector) or an array with one finite number per component"
+            }
         }
     }
 
@@ -82,6 +161,24 @@ impl FeatureType {
             (FeatureType::Int64, toml::Value::Integer(i)) => Some(FeatureValue::Int64(*i)),
             (FeatureType::Bool, toml::Value::Boolean(b)) => Some(FeatureValue::Bool(*b)),
             (FeatureType::String, toml::Value::String(s)) => Some(FeatureValue::String(s.clone())),
+            (FeatureType::Vector(n), toml::Value::Float(_) | toml::Value::Integer(_)) => {
+                match FeatureType::Float32.typed_value(value)? {
+                    FeatureValue::Float32(x) => Some(FeatureValue::Vector(vec![x; usize::from(n)])),
+                    _ => None,
+                }
+            }
+            (FeatureType::Vector(n), toml::Value::Array(items))
+                if items.len() == usize::from(n) =>
+            {
+                let mut v = Vec::with_capacity(items.len());
+                for item in items {
+                    match FeatureType::Float32.typed_value(item)? {
+                        FeatureValue::Float32(x) => v.push(x),
+                        _ => return None,
+                    }
+                }
+                Some(FeatureValue::Vector(v))
+            }
             _ => None,
         }
     }
@@ -89,7 +186,10 @@ impl FeatureType {
 
 impl fmt::Display for FeatureType {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+        match self {
+            FeatureType::Vector(n) => write!(f, "vector({n})"),
+            other => f.write_str(other.as_str()),
+        }
     }
 }
 
@@ -106,6 +206,8 @@ pub enum FeatureValue {
     Bool(bool),
     /// A `string` value.
     String(String),
+    /// A `vector(N)` value: N finite float32 components.
+    Vector(Vec<f32>),
 }
 
 impl FeatureValue {
@@ -117,12 +219,15 @@ impl FeatureValue {
             FeatureValue::Int64(_) => FeatureType::Int64,
             FeatureValue::Bool(_) => FeatureType::Bool,
             FeatureValue::String(_) => FeatureType::String,
+            FeatureValue::Vector(v) => {
+                FeatureType::Vector(u16::try_from(v.len()).unwrap_or(u16::MAX))
+            }
         }
     }
 
     /// The value as an FP32 tensor element: floats narrowed, integers converted
-    /// (exact up to 2^24), `true`/`false` as 1/0. None for strings and for a
-    /// float64 beyond the f32 range.
+    /// (exact up to 2^24), `true`/`false` as 1/0. None for strings, vectors
+    /// and a float64 beyond the f32 range.
     pub fn to_f32(&self) -> Option<f32> {
         match self {
             FeatureValue::Float32(v) => Some(*v),
@@ -132,7 +237,7 @@ impl FeatureValue {
             }
             FeatureValue::Int64(v) => Some(*v as f32),
             FeatureValue::Bool(v) => Some(if *v { 1.0 } else { 0.0 }),
-            FeatureValue::String(_) => None,
+            FeatureValue::String(_) | FeatureValue::Vector(_) => None,
         }
     }
 }
@@ -145,6 +250,12 @@ impl fmt::Display for FeatureValue {
             FeatureValue::Int64(v) => write!(f, "{v}"),
             FeatureValue::Bool(v) => write!(f, "{v}"),
             FeatureValue::String(v) => write!(f, "{v:?}"),
+            FeatureValue::Vector(v) => {
+                // The first few components: enough to recognise it in a message.
+                let shown: Vec<String> = v.iter().take(4).map(f32::to_string).collect();
+                let more = if v.len() > 4 { " …" } else { "" };
+                write!(f, "[{}{more}] ({} values)", shown.join(" "), v.len())
+            }
         }
     }
 }

@@ -103,6 +103,12 @@ impl<R: Read> CsvRows<R> {
                     key_parts[*k] = cell;
                 }
                 Column::Feature(_, _) if cell.is_empty() => {}
+                Column::Feature(name, FeatureType::Vector(n)) => match parse_vector(cell, *n) {
+                    Ok(value) => {
+                        values.insert(name.clone(), value);
+                    }
+                    Err(why) => return reject(format!("column \"{name}\": {why}")),
+                },
                 Column::Feature(name, ty) => match parse_cell(cell, *ty) {
                     Some(value) => {
                         values.insert(name.clone(), value);
@@ -177,7 +183,13 @@ fn parse_cell(cell: &str, ty: FeatureType) -> Option<FeatureValue> {
             _ => None,
         },
         FeatureType::String => Some(FeatureValue::String(cell.to_owned())),
+        FeatureType::Vector(n) => parse_vector(cell, n).ok(),
     }
+}
+
+/// A vector cell (see [`parse_vector`](crate::definitions::parse_vector)).
+fn parse_vector(cell: &str, n: u16) -> Result<FeatureValue, String> {
+    crate::definitions::parse_vector(cell, n).map(FeatureValue::Vector)
 }
 
 #[cfg(test)]

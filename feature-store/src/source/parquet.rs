@@ -88,6 +88,8 @@ impl Stored {
             ),
             FeatureType::Bool => self == Stored::Bool,
             FeatureType::String => self == Stored::Utf8,
+            // Repeated (list) columns are not read yet: CSV carries vectors.
+            FeatureType::Vector(_) => false,
         }
     }
 

@@ -380,6 +380,7 @@ fn zero(ty: FeatureType) -> FeatureValue {
         FeatureType::Int64 => FeatureValue::Int64(0),
         FeatureType::Bool => FeatureValue::Bool(false),
         FeatureType::String => FeatureValue::String(String::new()),
+        FeatureType::Vector(n) => FeatureValue::Vector(vec![0.0; usize::from(n)]),
     }
 }
 
@@ -391,5 +392,8 @@ fn wire(value: FeatureValue) -> WireValue {
         FeatureValue::Int64(v) => WireValue::Int(v),
         FeatureValue::Bool(v) => WireValue::Bool(v),
         FeatureValue::String(v) => WireValue::Text(v),
+        // Request features are model inputs, which are never vectors (the
+        // definitions refuse them); shown as text if one ever got here.
+        v @ FeatureValue::Vector(_) => WireValue::Text(v.to_string()),
     }
 }
