@@ -108,6 +108,57 @@ def tree_ensemble_opset5():
     return model
 
 
+def legacy_regressor(post_transform: str, n_targets: int) -> onnx.ModelProto:
+    """A hand-built TreeEnsembleRegressor with `post_transform`: two stumps,
+    leaf weights that put some targets at exactly zero (SOFTMAX_ZERO leaves
+    those at zero) and keep single scores inside (0, 1) (PROBIT's domain)."""
+    weights = {
+        # (tree, leaf node) -> weight per target
+        (0, 1): [0.2, 0.0, 0.7][:n_targets],
+        (0, 2): [0.6, 0.3, 0.0][:n_targets],
+        (1, 1): [0.1, 0.0, 0.05][:n_targets],
+        (1, 2): [0.15, 0.4, 0.0][:n_targets],
+    }
+    target_tree, target_node, target_ids, target_weights = [], [], [], []
+    for (tree, node), ws in weights.items():
+        for t, w in enumerate(ws):
+            target_tree.append(tree)
+            target_node.append(node)
+            target_ids.append(t)
+            target_weights.append(w)
+    node = helper.make_node(
+        "TreeEnsembleRegressor",
+        ["X"],
+        ["Y"],
+        domain="ai.onnx.ml",
+        n_targets=n_targets,
+        post_transform=post_transform,
+        nodes_treeids=[0, 0, 0, 1, 1, 1],
+        nodes_nodeids=[0, 1, 2, 0, 1, 2],
+        nodes_featureids=[0, 0, 0, 3, 0, 0],
+        nodes_values=[0.1, 0.0, 0.0, -0.3, 0.0, 0.0],
+        nodes_modes=["BRANCH_LT", "LEAF", "LEAF", "BRANCH_GT", "LEAF", "LEAF"],
+        nodes_truenodeids=[1, 0, 0, 1, 0, 0],
+        nodes_falsenodeids=[2, 0, 0, 2, 0, 0],
+        target_treeids=target_tree,
+        target_nodeids=target_node,
+        target_ids=target_ids,
+        target_weights=target_weights,
+    )
+    graph = helper.make_graph(
+        [node],
+        f"regressor_{post_transform.lower()}",
+        [helper.make_tensor_value_info("X", TensorProto.FLOAT, [None, FEATURES])],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [None, n_targets])],
+    )
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("ai.onnx.ml", 3)]
+    )
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model
+
+
 def cast_front(model: onnx.ModelProto) -> onnx.ModelProto:
     """`model` fed through a Cast from INT64, as graphs taking integer codes
     are exported."""
@@ -128,6 +179,8 @@ def main() -> None:
     rng = np.random.default_rng(20261206)
     models = list(sklearn_models(rng)) + [("tree_ensemble_opset5", tree_ensemble_opset5())]
     models.append(("cast_int_input", cast_front(dict(models)["tree_ensemble_opset5"])))
+    models.append(("regressor_probit", legacy_regressor("PROBIT", 1)))
+    models.append(("regressor_softmax_zero", legacy_regressor("SOFTMAX_ZERO", 3)))
     rows = data(rng, 64)
     rows[:8, 1] = [1, 2, 5, 3, 0, 1, 2, 5]
     rows[::5, 0] = np.nan

@@ -473,8 +473,8 @@ mod tests {
     /// The operator shapes the example models do not use (multi-class
     /// SOFTMAX, multi-target AVERAGE, missing-value tracks on a regressor,
     /// opset-5 `TreeEnsemble` with set splits, a `Scaler` in front, integer
-    /// inputs through a `Cast`), against onnxruntime's outputs from
-    /// training/tree_fixtures.py.
+    /// inputs through a `Cast`, PROBIT and SOFTMAX_ZERO), against
+    /// onnxruntime's outputs from training/tree_fixtures.py.
     #[test]
     fn small_ensembles_match_onnxruntime() {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/trees");
@@ -485,6 +485,8 @@ mod tests {
             "tree_ensemble_opset5",
             "scaler_pipeline",
             "cast_int_input",
+            "regressor_probit",
+            "regressor_softmax_zero",
         ] {
             let bytes = std::fs::read(dir.join(format!("{name}.onnx"))).expect("fixture");
             let graph = NativeGraph::load(&bytes).unwrap_or_else(|e| panic!("{name}: {e}"));
