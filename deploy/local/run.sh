@@ -155,7 +155,7 @@ Merchant embeddings (a vector(64) feature; its own store file, since the
 gateway holds features.redb) load and read like any static view:
 
   $BIN/mlgw-features --embedded target/mlgw-demo/merchants.redb schema apply
-  $BIN/mlgw-features --embedded target/mlgw-demo/merchants.redb refresh run -d feature-store/definitions/merchants.toml \
+  $BIN/mlgw-features --embedded target/mlgw-demo/merchants.redb refresh run -d feature-store/definitions/merchants.toml \\
     --job merchant_embedding_weekly --file feature-store/definitions/exports/merchant_embedding.csv
   $BIN/mlgw-features --embedded target/mlgw-demo/merchants.redb read -d feature-store/definitions/merchants.toml --entity m-00042
 
@@ -167,7 +167,7 @@ one row scored by the trees):
 
   $BIN/mlgw-admin --token-file target/mlgw-demo/dev-token canary fraud_detector 3 --percent 10
   curl -s -X POST localhost:8000/v2/repository/index
-  curl -s localhost:8000/v2/models/fraud_detector/versions/3/infer -H 'content-type: application/json' \
+  curl -s localhost:8000/v2/models/fraud_detector/versions/3/infer -H 'content-type: application/json' \\
     -d '{"inputs": [{"name": "features", "datatype": "FP32", "shape": [1, 15], "data": [38, 69.32, 7, 0, 0.026, 1, 41.91, 1, 2, 41.5, 1184.56, 0.234, 0, 13, 795.6]}]}'
 
 TXT
