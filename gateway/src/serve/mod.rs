@@ -394,6 +394,14 @@ impl<S: FullStore> Core<S> {
         names
     }
 
+    /// The route of `model`, or `UnknownModel` listing the served ones.
+    fn route(&self, model: &str) -> Result<&Arc<Route>, GatewayError> {
+        self.routes.get(model).ok_or_else(|| GatewayError::UnknownModel {
+            model: model.to_owned(),
+            known: self.model_names().join(", "),
+        })
+    }
+
     /// The prediction log (None when disabled by config).
     pub fn prediction_log(&self) -> Option<&PredictionLog> {
         self.log.as_deref()

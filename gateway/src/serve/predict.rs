@@ -79,13 +79,7 @@ impl<S: FullStore> Core<S> {
         caller: &Caller,
         input: &PredictInput,
     ) -> Result<String, GatewayError> {
-        let route = self
-            .routes
-            .get(&input.model)
-            .ok_or_else(|| GatewayError::UnknownModel {
-                model: input.model.clone(),
-                known: self.model_names().join(", "),
-            })?;
+        let route = self.route(&input.model)?;
         self.admit(front, caller, input)?;
         Ok(self
             .enricher
@@ -101,13 +95,7 @@ impl<S: FullStore> Core<S> {
         model: &str,
         keys: &std::collections::HashMap<String, String>,
     ) -> Result<String, GatewayError> {
-        let route = self
-            .routes
-            .get(model)
-            .ok_or_else(|| GatewayError::UnknownModel {
-                model: model.to_owned(),
-                known: self.model_names().join(", "),
-            })?;
+        let route = self.route(model)?;
         Ok(self.enricher.entity_key(&route.features, keys)?)
     }
 
@@ -200,13 +188,7 @@ impl<S: FullStore> Core<S> {
         budget: Duration,
     ) -> Result<Prediction, GatewayError> {
         let started = tokio::time::Instant::now();
-        let route = self
-            .routes
-            .get(&input.model)
-            .ok_or_else(|| GatewayError::UnknownModel {
-                model: input.model.clone(),
-                known: self.model_names().join(", "),
-            })?;
+        let route = self.route(&input.model)?;
         crate::metrics::note_model(route.slot);
         let served = self.routing.current(&input.model).ok_or_else(|| {
             GatewayError::RoutingDamaged(format!("model {:?} has no routing", input.model))
