@@ -446,6 +446,27 @@ fn merchant_definitions() -> PathBuf {
     rig::workspace_root().join("feature-store/definitions/merchants.toml")
 }
 
+/// `refresh run` of the merchant embeddings job on `file`, rejecting up to
+/// every row; the JSON report (a run whose rows are all rejected fails but
+/// still reports its batch).
+fn refresh_merchants(cli: &Cli, defs: &str, file: &str) -> Result<Value> {
+    let out = cli.run(&[
+        "--json",
+        "refresh",
+        "run",
+        "-d",
+        defs,
+        "--job",
+        "merchant_embedding_weekly",
+        "--file",
+        file,
+        "--max-rejected-percent",
+        "100",
+    ])?;
+    serde_json::from_slice(&out.stdout)
+        .with_context(|| String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
 /// The example merchant embeddings load as `vector(64)` values and read back
 /// exactly; rows with a wrong length, a non-finite value or text are
 /// rejected with their line and the reason.
@@ -456,16 +477,7 @@ fn embeddings_load_as_vectors(cli: &Cli) -> Result<()> {
     let csv =
         rig::workspace_root().join("feature-store/definitions/exports/merchant_embedding.csv");
     let text = std::fs::read_to_string(&csv)?;
-    let loaded = cli.json(&[
-        "refresh",
-        "run",
-        "-d",
-        defs,
-        "--job",
-        "merchant_embedding_weekly",
-        "--file",
-        csv.to_str().context("path")?,
-    ])?;
+    let loaded = refresh_merchants(cli, defs, csv.to_str().context("path")?)?;
     assert_eq!(loaded["outcome"], "loaded", "{loaded}");
     assert_eq!(loaded["batch"]["rows_written"], 2000, "{loaded}");
     assert_eq!(loaded["batch"]["rows_rejected"], 0, "{loaded}");
@@ -510,21 +522,7 @@ fn embeddings_load_as_vectors(cli: &Cli) -> Result<()> {
          m-1,travel,FR,\"0.5 0.5\"\n\
          m-2,travel,FR,\"[0.1, 0.2]\"\n",
     )?;
-    let short = cli.run(&[
-        "--json",
-        "refresh",
-        "run",
-        "-d",
-        defs,
-        "--job",
-        "merchant_embedding_weekly",
-        "--file",
-        &bad,
-        "--max-rejected-percent",
-        "100",
-    ])?;
-    let out: Value = serde_json::from_slice(&short.stdout)
-        .with_context(|| String::from_utf8_lossy(&short.stderr).into_owned())?;
+    let out = refresh_merchants(cli, defs, &bad)?;
     let rejections = out["batch"]["rejections"]
         .as_array()
         .context("rejections")?;
@@ -548,20 +546,7 @@ fn embeddings_load_as_vectors(cli: &Cli) -> Result<()> {
             texty.join(",")
         ),
     )?;
-    let out = cli.run(&[
-        "--json",
-        "refresh",
-        "run",
-        "-d",
-        defs,
-        "--job",
-        "merchant_embedding_weekly",
-        "--file",
-        &bad,
-        "--max-rejected-percent",
-        "100",
-    ])?;
-    let out: Value = serde_json::from_slice(&out.stdout)?;
+    let out = refresh_merchants(cli, defs, &bad)?;
     let reasons: Vec<&str> = out["batch"]["rejections"]
         .as_array()
         .context("rejections")?

@@ -396,10 +396,12 @@ impl<S: FullStore> Core<S> {
 
     /// The route of `model`, or `UnknownModel` listing the served ones.
     fn route(&self, model: &str) -> Result<&Arc<Route>, GatewayError> {
-        self.routes.get(model).ok_or_else(|| GatewayError::UnknownModel {
-            model: model.to_owned(),
-            known: self.model_names().join(", "),
-        })
+        self.routes
+            .get(model)
+            .ok_or_else(|| GatewayError::UnknownModel {
+                model: model.to_owned(),
+                known: self.model_names().join(", "),
+            })
     }
 
     /// The prediction log (None when disabled by config).
