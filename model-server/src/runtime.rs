@@ -103,8 +103,8 @@ impl OnnxModel {
             path: shown.clone(),
             message: format!("cannot read the file: {e}"),
         })?;
-        if native::wants(&bytes) {
-            return Self::load_native(&bytes, spec, &shown);
+        if let Some(model) = native::tree_model(&bytes) {
+            return Self::load_native(model, spec, &shown);
         }
         let mut model = tract_onnx::onnx()
             .model_for_read(&mut bytes.as_slice())
@@ -116,25 +116,7 @@ impl OnnxModel {
             .iter()
             .map(|o| model.node(o.node).name.clone())
             .collect();
-        let mut input_from_spec = Vec::with_capacity(input_names.len());
-        for name in &input_names {
-            let idx = spec
-                .inputs
-                .iter()
-                .position(|t| &t.name == name)
-                .ok_or_else(|| {
-                    mismatch(format!(
-                        "the graph has input \"{name}\" which config.toml does not declare"
-                    ))
-                })?;
-            input_from_spec.push(idx);
-        }
-        if input_names.len() != spec.inputs.len() {
-            return Err(mismatch(format!(
-                "config.toml declares inputs {:?} but the graph has {input_names:?}",
-                spec.inputs.iter().map(|t| &t.name).collect::<Vec<_>>()
-            )));
-        }
+        let input_from_spec = inputs_from_spec(spec, &input_names).map_err(mismatch)?;
         // Pin each input's element type and rank from the config, keeping the
         // batch (and any -1) dimension symbolic, so the graph is typed once here.
         for (graph_idx, spec_idx) in input_from_spec.iter().enumerate() {
@@ -172,16 +154,7 @@ impl OnnxModel {
                     .unwrap_or_else(|| model.node(o.node).name.clone())
             })
             .collect();
-        let mut output_index = Vec::with_capacity(spec.outputs.len());
-        for t in &spec.outputs {
-            let idx = output_names.iter().position(|n| n == &t.name).ok_or_else(|| {
-                mismatch(format!(
-                    "config.toml declares output \"{}\" but the graph's outputs are {output_names:?}",
-                    t.name
-                ))
-            })?;
-            output_index.push(idx);
-        }
+        let output_index = outputs_in_graph(spec, &output_names).map_err(mismatch)?;
 
         let typed = model.into_optimized().map_err(tract_err)?;
         for (t, idx) in spec.outputs.iter().zip(&output_index) {
@@ -203,8 +176,12 @@ impl OnnxModel {
     }
 
     /// A graph holding a tree ensemble, on the native tree runtime.
-    fn load_native(bytes: &[u8], spec: &ModelSpec, shown: &str) -> Result<Self, LoadError> {
-        let graph = NativeGraph::load(bytes).map_err(|message| LoadError::Native {
+    fn load_native(
+        model: native::ModelProto,
+        spec: &ModelSpec,
+        shown: &str,
+    ) -> Result<Self, LoadError> {
+        let graph = NativeGraph::from_model(model).map_err(|message| LoadError::Native {
             path: shown.to_owned(),
             message,
         })?;
@@ -214,55 +191,30 @@ impl OnnxModel {
         };
         let same_type =
             |t: &TensorSpec, onnx: i32| onnx == 0 || onnx_type(t.datatype) == Some(onnx);
-        let mut input_from_spec = Vec::new();
-        for (name, elem) in graph.inputs() {
-            let idx = spec
-                .inputs
-                .iter()
-                .position(|t| t.name == name)
-                .ok_or_else(|| {
-                    mismatch(format!(
-                        "the graph has input \"{name}\" which config.toml does not declare"
-                    ))
-                })?;
-            if !same_type(&spec.inputs[idx], elem) {
+        let inputs: Vec<(&str, i32)> = graph.inputs().collect();
+        let names: Vec<&str> = inputs.iter().map(|(n, _)| *n).collect();
+        let input_from_spec = inputs_from_spec(spec, &names).map_err(mismatch)?;
+        for ((name, elem), idx) in inputs.iter().zip(&input_from_spec) {
+            if !same_type(&spec.inputs[*idx], *elem) {
                 return Err(mismatch(format!(
                     "input \"{name}\" is {} in the graph but {} in config.toml",
-                    native::ops::type_name(elem),
-                    spec.inputs[idx].datatype
+                    native::ops::type_name(*elem),
+                    spec.inputs[*idx].datatype
                 )));
             }
-            input_from_spec.push(idx);
-        }
-        if input_from_spec.len() != spec.inputs.len() {
-            return Err(mismatch(format!(
-                "config.toml declares inputs {:?} but the graph has {:?}",
-                spec.inputs.iter().map(|t| &t.name).collect::<Vec<_>>(),
-                graph.inputs().map(|(n, _)| n).collect::<Vec<_>>()
-            )));
         }
         let outputs: Vec<(&str, i32)> = graph.outputs().collect();
-        let mut output_index = Vec::with_capacity(spec.outputs.len());
-        for t in &spec.outputs {
-            let idx = outputs
-                .iter()
-                .position(|(n, _)| *n == t.name)
-                .ok_or_else(|| {
-                    mismatch(format!(
-                        "config.toml declares output \"{}\" but the graph's outputs are {:?}",
-                        t.name,
-                        outputs.iter().map(|(n, _)| n).collect::<Vec<_>>()
-                    ))
-                })?;
-            if !same_type(t, outputs[idx].1) {
+        let names: Vec<&str> = outputs.iter().map(|(n, _)| *n).collect();
+        let output_index = outputs_in_graph(spec, &names).map_err(mismatch)?;
+        for (t, idx) in spec.outputs.iter().zip(&output_index) {
+            if !same_type(t, outputs[*idx].1) {
                 return Err(mismatch(format!(
                     "output \"{}\" is {} in the graph but {} in config.toml",
                     t.name,
-                    native::ops::type_name(outputs[idx].1),
+                    native::ops::type_name(outputs[*idx].1),
                     t.datatype
                 )));
             }
-            output_index.push(idx);
         }
         tracing::info!(model = %spec.name, file = %shown, ensembles = %graph.summary(), "tree ensemble runs on the native tree runtime");
         Ok(OnnxModel {
@@ -338,6 +290,55 @@ impl OnnxModel {
             })
             .collect()
     }
+}
+
+/// For each graph input (by name, in graph order), the index of the
+/// `spec.inputs` entry of that name; every declared input must be there.
+fn inputs_from_spec<N: AsRef<str> + std::fmt::Debug>(
+    spec: &ModelSpec,
+    graph: &[N],
+) -> Result<Vec<usize>, String> {
+    let order = graph
+        .iter()
+        .map(|name| {
+            let name = name.as_ref();
+            spec.inputs
+                .iter()
+                .position(|t| t.name == name)
+                .ok_or_else(|| {
+                    format!("the graph has input \"{name}\" which config.toml does not declare")
+                })
+        })
+        .collect::<Result<Vec<_>, String>>()?;
+    if graph.len() != spec.inputs.len() {
+        return Err(format!(
+            "config.toml declares inputs {:?} but the graph has {graph:?}",
+            spec.inputs.iter().map(|t| &t.name).collect::<Vec<_>>()
+        ));
+    }
+    Ok(order)
+}
+
+/// For each `spec.outputs` entry, the index of the graph output (by name, in
+/// graph order) of that name.
+fn outputs_in_graph<N: AsRef<str> + std::fmt::Debug>(
+    spec: &ModelSpec,
+    graph: &[N],
+) -> Result<Vec<usize>, String> {
+    spec.outputs
+        .iter()
+        .map(|t| {
+            graph
+                .iter()
+                .position(|n| n.as_ref() == t.name)
+                .ok_or_else(|| {
+                    format!(
+                        "config.toml declares output \"{}\" but the graph's outputs are {graph:?}",
+                        t.name
+                    )
+                })
+        })
+        .collect()
 }
 
 /// The ONNX element type code of a V2 datatype.

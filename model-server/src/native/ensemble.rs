@@ -511,13 +511,14 @@ impl Ensemble {
                             self.step(at[0], x)
                         };
                     }
-                }
-                for _ in 0..if lanes == 1 { 0 } else { *steps } {
-                    if self.all_leq {
+                } else if self.all_leq {
+                    for _ in 0..*steps {
                         for (k, i) in at[..lanes].iter_mut().enumerate() {
                             *i = self.step_leq(*i, row(k));
                         }
-                    } else {
+                    }
+                } else {
+                    for _ in 0..*steps {
                         for (k, i) in at[..lanes].iter_mut().enumerate() {
                             *i = self.step(*i, row(k));
                         }

@@ -12,7 +12,7 @@ pub mod ops;
 use std::collections::HashMap;
 
 use prost::Message;
-use tract_onnx::pb::{ModelProto, NodeProto, tensor_proto::DataType as PbType, type_proto};
+use tract_onnx::pb::{NodeProto, tensor_proto::DataType as PbType, type_proto};
 
 use crate::datatype::TensorData;
 use ensemble::Ensemble;
@@ -20,17 +20,19 @@ use ensemble::Ensemble;
 /// Domain of the ONNX-ML operators.
 const ML: &str = "ai.onnx.ml";
 
-/// Whether the ONNX file in `bytes` holds a tree-ensemble operator, i.e.
-/// should run here rather than in tract. False for anything unreadable (tract
-/// then reports what is wrong with it).
-pub fn wants(bytes: &[u8]) -> bool {
-    ModelProto::decode(bytes).is_ok_and(|m| {
-        m.graph.is_some_and(|g| {
-            g.node
-                .iter()
-                .any(|n| n.domain == ML && n.op_type.starts_with("TreeEnsemble"))
-        })
-    })
+pub use tract_onnx::pb::ModelProto;
+
+/// The decoded ONNX file in `bytes` when it holds a tree-ensemble operator,
+/// i.e. should run here rather than in tract; None otherwise, and for
+/// anything unreadable (tract then reports what is wrong with it).
+pub fn tree_model(bytes: &[u8]) -> Option<ModelProto> {
+    let model = ModelProto::decode(bytes).ok()?;
+    let trees = model.graph.as_ref().is_some_and(|g| {
+        g.node
+            .iter()
+            .any(|n| n.domain == ML && n.op_type.starts_with("TreeEnsemble"))
+    });
+    trees.then_some(model)
 }
 
 /// One step of the graph, on value slots.
@@ -78,6 +80,14 @@ impl NativeGraph {
     /// What cannot run here, naming the node and operator or attribute.
     pub fn load(bytes: &[u8]) -> Result<NativeGraph, String> {
         let model = ModelProto::decode(bytes).map_err(|e| format!("not an ONNX file: {e}"))?;
+        Self::from_model(model)
+    }
+
+    /// Checks a decoded ONNX model (see [`NativeGraph::load`]).
+    ///
+    /// # Errors
+    /// What cannot run here, naming the node and operator or attribute.
+    pub fn from_model(model: ModelProto) -> Result<NativeGraph, String> {
         let graph = model.graph.ok_or("the ONNX file has no graph")?;
         if !graph.initializer.is_empty() {
             return Err(format!(
@@ -266,10 +276,9 @@ impl NativeGraph {
     /// A shape or type the graph cannot take, in words.
     pub fn run(&self, inputs: Vec<Value>) -> Result<Vec<Value>, String> {
         let mut values: Vec<Option<Value>> = vec![None; self.slots];
-        for ((name, slot, _), value) in self.inputs.iter().zip(inputs) {
-            if !matches!(value.1, TensorData::F32(_)) && !self.is_cast_input(*slot) {
-                return Err(format!("input {name} must be FP32"));
-            }
+        // The inputs' types were matched with the config at load; a step
+        // that needs FP32 checks what it gets.
+        for ((_, slot, _), value) in self.inputs.iter().zip(inputs) {
             values[*slot] = Some(value);
         }
         let take = |values: &Vec<Option<Value>>, slot: usize| {
@@ -355,12 +364,6 @@ impl NativeGraph {
             })
             .collect()
     }
-
-    fn is_cast_input(&self, slot: usize) -> bool {
-        self.steps.iter().any(
-            |s| matches!(s, Step::Cast { from, .. } | Step::Scaler { from, .. } if *from == slot),
-        )
-    }
 }
 
 fn op_name(node: &NodeProto) -> String {
@@ -416,7 +419,10 @@ mod tests {
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
         let bytes = std::fs::read(root.join(format!("models/fraud_detector/{version}/model.onnx")))
             .expect("committed model");
-        assert!(wants(&bytes), "v{version} holds a tree ensemble");
+        assert!(
+            tree_model(&bytes).is_some(),
+            "v{version} holds a tree ensemble"
+        );
         let graph = NativeGraph::load(&bytes).expect("loads");
         let text = std::fs::read_to_string(
             root.join(format!("training/reference/fraud_detector_v{version}.json")),
