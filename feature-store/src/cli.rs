@@ -111,6 +111,12 @@ pub enum Command {
         #[command(subcommand)]
         action: BatchesAction,
     },
+    /// Similarity indexes of vector features: build, query, size by recall.
+    Index {
+        /// Index action.
+        #[command(subcommand)]
+        action: IndexAction,
+    },
     /// Read an entity's features with their freshness.
     Read {
         /// The file.
@@ -352,6 +358,71 @@ pub enum RefreshAction {
         /// failed by the next run of the view or `batches reap`.
         #[arg(long, default_value = "60s", value_parser = crate::definitions::parse_duration)]
         liveness: std::time::Duration,
+    },
+}
+
+/// `index` actions.
+#[derive(Debug, Subcommand)]
+pub enum IndexAction {
+    /// Build a view's index from its current batch and make it current
+    /// (refresh runs do this on their own; skipped when the current index
+    /// is already of that batch, unless --force).
+    Build {
+        /// The file.
+        #[command(flatten)]
+        definitions: DefinitionsFlag,
+        /// The static view declaring `[static_view.index]`.
+        #[arg(long)]
+        view: String,
+        /// Threads adding vectors.
+        #[arg(long, default_value_t = 2)]
+        threads: usize,
+        /// Rebuild even if the current index is of the current batch.
+        #[arg(long)]
+        force: bool,
+    },
+    /// The k nearest neighbours of an entity (or of a vector) in the view's
+    /// current index, as the gateway would answer.
+    Query {
+        /// The file.
+        #[command(flatten)]
+        definitions: DefinitionsFlag,
+        /// The view.
+        #[arg(long)]
+        view: String,
+        /// The query entity's key (compound keys: parts joined by `|`).
+        #[arg(long, conflicts_with = "vector", required_unless_present = "vector")]
+        entity: Option<String>,
+        /// A query vector: its numbers separated by spaces or commas.
+        #[arg(long)]
+        vector: Option<String>,
+        /// How many neighbours.
+        #[arg(long, default_value_t = 10)]
+        k: usize,
+    },
+    /// Measure smaller dimensions (PCA of the view's vectors): recall@k
+    /// against exact search, query p50/p99, memory per vector; recommend the
+    /// smallest dimension whose recall holds the view's threshold. Writes
+    /// sizing.md and sizing.svg into --out.
+    Size {
+        /// The file.
+        #[command(flatten)]
+        definitions: DefinitionsFlag,
+        /// The view.
+        #[arg(long)]
+        view: String,
+        /// Dimensions to try below the full one.
+        #[arg(long, value_delimiter = ',', default_value = "48,32,24,16,12,8")]
+        dims: Vec<usize>,
+        /// Neighbours per query (recall@k).
+        #[arg(long, default_value_t = 10)]
+        k: usize,
+        /// Queries per dimension (vectors of the batch, left out of their own answers).
+        #[arg(long, default_value_t = 500)]
+        queries: usize,
+        /// Folder for sizing.md and sizing.svg.
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
 }
 

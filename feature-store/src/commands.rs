@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, Result, bail};
 use feature_store::cli::{
-    BatchesAction, Cli, Command, IngestFlags, RefreshAction, SchedulerAction, SchemaAction,
+    BatchesAction, IndexAction, Cli, Command, IngestFlags, RefreshAction, SchedulerAction, SchemaAction,
     TunerAction,
 };
 use feature_store::clock::utc;
@@ -21,7 +21,9 @@ use feature_store::refresh::{self, RefreshError, RefreshOptions, RefreshOutcome}
 use feature_store::schedule::jobs::{self, JobDetail, JobOverview};
 use feature_store::schedule::{Clock, Scheduler, SchedulerConfig, SystemClock, TickEvent};
 use feature_store::source::KEY_SEPARATOR;
-use feature_store::store::{AnyStore, BatchRecord, BatchStore, RowStore, TunerStore, to_micros};
+use feature_store::store::{
+    AnyStore, ArtifactStore, BatchRecord, BatchStore, RowStore, TunerStore, to_micros,
+};
 use feature_store::tuner::TunedJob;
 use feature_store::tuner::controller::{JobState, human as tuner_human};
 use serde_json::{Value, json};
@@ -83,6 +85,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             };
             refresh_run(&store, &defs, job, view.as_deref(), file, &options, json).await
         }
+        Command::Index { action } => index(&cli, action, json).await,
         Command::Batches {
             action: BatchesAction::Reap { view, liveness },
         } => {
@@ -694,10 +697,26 @@ async fn refresh_run(
     if let Some(bar) = &bar {
         bar.finish_and_clear();
     }
+    // The view's index follows its batch (unless nothing was loaded).
+    let index = match (&outcome, refresh::job_view(defs, job, view)) {
+        (Ok(_), Ok(v)) => feature_store::similarity::after_refresh(store, defs, &v.name).await,
+        _ => None,
+    };
+    let index_json = index.as_ref().map(|built| match built {
+        Ok(r) => json!({"outcome": if r.built { "built" } else { "unchanged" }, "report": r}),
+        Err(e) => json!({"outcome": "failed", "reason": e.to_string()}),
+    });
+    let index_line = || {
+        if let (Some(built), false) = (&index, json) {
+            out!("{}", feature_store::similarity::summary(built));
+        }
+    };
     match outcome {
         Ok(RefreshOutcome::Loaded(batch)) => {
             if json {
-                print_json(&json!({"outcome": "loaded", "batch": batch_json(&batch)}));
+                print_json(
+                    &json!({"outcome": "loaded", "batch": batch_json(&batch), "index": index_json}),
+                );
             } else {
                 let secs = match (batch.started_at, batch.finished_at) {
                     (Some(s), Some(f)) => f.duration_since(s).unwrap_or_default().as_secs_f64(),
@@ -714,12 +733,13 @@ async fn refresh_run(
                 );
                 print_rejections(&batch);
             }
+            index_line();
             Ok(ExitCode::SUCCESS)
         }
         Ok(RefreshOutcome::Unchanged(current)) => {
             if json {
                 print_json(
-                    &json!({"outcome": "unchanged", "current_batch": current.batch_id, "fingerprint": current.fingerprint}),
+                    &json!({"outcome": "unchanged", "current_batch": current.batch_id, "fingerprint": current.fingerprint, "index": index_json}),
                 );
             } else {
                 out!(
@@ -727,6 +747,7 @@ async fn refresh_run(
                     current.batch_id
                 );
             }
+            index_line();
             Ok(ExitCode::SUCCESS)
         }
         Err(RefreshError::Failed { batch, reason }) => {
@@ -745,6 +766,141 @@ async fn refresh_run(
         }
         Err(e) => Err(e.into()),
     }
+}
+
+async fn index(cli: &Cli, action: &IndexAction, json: bool) -> Result<ExitCode> {
+    use feature_store::similarity;
+    match action {
+        IndexAction::Build {
+            definitions,
+            view,
+            threads,
+            force,
+        } => {
+            let defs = load_definitions(&definitions.definitions)?;
+            let store = connect(cli).await?;
+            let built = similarity::build(&store, &defs, view, *threads, *force).await;
+            if json {
+                match &built {
+                    Ok(r) => print_json(&json!({"outcome": if r.built { "built" } else { "unchanged" }, "report": r})),
+                    Err(e) => print_json(&json!({"outcome": "failed", "reason": e.to_string()})),
+                }
+            } else {
+                out!("{}", similarity::summary(&built));
+            }
+            built?;
+            Ok(ExitCode::SUCCESS)
+        }
+        IndexAction::Query {
+            definitions,
+            view,
+            entity,
+            vector,
+            k,
+        } => {
+            let defs = load_definitions(&definitions.definitions)?;
+            let store = connect(cli).await?;
+            let index = current_index(&store, view).await?;
+            let (query, exclude) = match (entity, vector) {
+                (Some(e), _) => {
+                    let key = entity_key(e);
+                    let v = index.vector_of(&key).with_context(|| {
+                        format!("entity {e:?} has no vector in view {view:?}'s current index")
+                    })?;
+                    (v, Some(key))
+                }
+                (None, Some(text)) => {
+                    let dims = u16::try_from(index.header().dimensions).unwrap_or(u16::MAX);
+                    let v = feature_store::definitions::parse_vector(text, dims)
+                        .map_err(|why| anyhow::anyhow!("--vector: {why}"))?;
+                    (v, None)
+                }
+                (None, None) => bail!("give --entity or --vector"),
+            };
+            let spec = defs
+                .view(view)
+                .and_then(|v| v.index.as_ref())
+                .with_context(|| format!("view {view:?} declares no [static_view.index]"))?;
+            if *k > spec.max_k {
+                bail!("--k {k} is above the view's max_k of {}", spec.max_k);
+            }
+            let found = index.search(&query, *k, exclude.as_deref())?;
+            if json {
+                print_json(&json!({
+                    "view": view,
+                    "batch_id": index.header().source_batch,
+                    "neighbours": found.iter().map(|n| json!({"entity": n.entity_key, "distance": n.distance})).collect::<Vec<_>>(),
+                }));
+            } else {
+                for n in &found {
+                    out!("{:<24} {:.4}", n.entity_key, n.distance);
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        IndexAction::Size {
+            definitions,
+            view,
+            dims,
+            k,
+            queries,
+            out: folder,
+        } => {
+            let defs = load_definitions(&definitions.definitions)?;
+            let store = connect(cli).await?;
+            let spec = defs
+                .view(view)
+                .and_then(|v| v.index.as_ref())
+                .with_context(|| format!("view {view:?} declares no [static_view.index]"))?;
+            let batch = store
+                .current_batches()
+                .await?
+                .remove(view)
+                .with_context(|| format!("view {view:?} has no current batch; load it first"))?;
+            let vectors = similarity::batch_vectors(&store, view, &batch.batch_id, spec).await?;
+            let (view_name, spec, dims, k, queries) =
+                (view.clone(), spec.clone(), dims.clone(), *k, *queries);
+            let sizing = tokio::task::spawn_blocking(move || {
+                similarity::sizing::size(&view_name, &spec, &vectors.vectors, &dims, k, queries)
+            })
+            .await??;
+            let table = similarity::sizing::table(&sizing);
+            if let Some(dir) = folder {
+                std::fs::create_dir_all(dir)
+                    .with_context(|| format!("cannot create {}", dir.display()))?;
+                let md = dir.join("sizing.md");
+                let svg = dir.join("sizing.svg");
+                std::fs::write(&md, format!("# Index sizing: {view}\n\n{table}"))
+                    .with_context(|| format!("cannot write {}", md.display()))?;
+                std::fs::write(&svg, similarity::sizing::svg(&sizing))
+                    .with_context(|| format!("cannot write {}", svg.display()))?;
+            }
+            if json {
+                print_json(&serde_json::to_value(&sizing)?);
+            } else {
+                out!("{table}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// The view's current index, read from the store.
+async fn current_index(
+    store: &AnyStore,
+    view: &str,
+) -> Result<feature_store::similarity::VectorIndex> {
+    use feature_store::similarity;
+    let current = store
+        .current_batches()
+        .await?
+        .remove(&similarity::index_target(view))
+        .with_context(|| format!("view {view:?} has no index yet; run `mlgw-features index build`"))?;
+    let bytes = store
+        .get_artifact(&similarity::artifact_name(view, &current.batch_id))
+        .await?
+        .with_context(|| format!("the artifact of index {} is missing", current.batch_id))?;
+    Ok(tokio::task::spawn_blocking(move || similarity::VectorIndex::from_bytes(&bytes)).await??)
 }
 
 fn print_rejections(batch: &BatchRecord) {

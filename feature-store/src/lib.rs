@@ -42,6 +42,7 @@ pub mod log;
 pub mod reader;
 pub mod refresh;
 pub mod runs;
+pub mod similarity;
 pub mod schedule;
 pub mod source;
 pub mod store;

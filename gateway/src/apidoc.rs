@@ -118,6 +118,10 @@ error_set!(
     PushErrors: 400, 401, 403, 404, 429, 500, 503, 504
 );
 error_set!(
+    /// The errors of a similarity lookup.
+    SimilarErrors: 400, 401, 403, 404, 429, 500, 503, 504
+);
+error_set!(
     /// The errors of a feedback call.
     FeedbackErrors: 400, 401, 403, 404, 429, 500, 503, 504
 );

@@ -38,6 +38,30 @@ pub enum GatewayError {
         /// The dynamic views defined.
         known: String,
     },
+    /// No similarity index is declared on that view.
+    #[error("no similarity index on view {view:?}; indexed views: {known}")]
+    UnknownIndex {
+        /// The view asked for.
+        view: String,
+        /// The views with an index.
+        known: String,
+    },
+    /// The view's index has not been loaded yet (never built, or loading).
+    #[error("the similarity index of view {view:?} is not loaded yet: {why}")]
+    IndexNotReady {
+        /// The view.
+        view: String,
+        /// Why (never built, still loading, the artifact failed to load).
+        why: String,
+    },
+    /// The query entity has no vector in the view's current index.
+    #[error("entity {entity:?} has no vector in the current index of view {view:?}")]
+    UnknownEntity {
+        /// The view.
+        view: String,
+        /// The entity key asked for.
+        entity: String,
+    },
     /// The request is malformed or does not fit the model's declarations.
     #[error("{0}")]
     InvalidArgument(String),
@@ -235,6 +259,11 @@ impl GatewayError {
         let (http, grpc, code) = match self {
             GatewayError::UnknownModel { .. } => (404, tonic::Code::NotFound, "unknown_model"),
             GatewayError::UnknownView { .. } => (404, tonic::Code::NotFound, "unknown_view"),
+            GatewayError::UnknownIndex { .. } => (404, tonic::Code::NotFound, "unknown_index"),
+            GatewayError::UnknownEntity { .. } => (404, tonic::Code::NotFound, "unknown_entity"),
+            GatewayError::IndexNotReady { .. } => {
+                (503, tonic::Code::Unavailable, "index_not_ready")
+            }
             GatewayError::UnknownTunerJob { .. } => (404, tonic::Code::NotFound, "unknown_job"),
             GatewayError::UnknownPrediction { .. } => {
                 (404, tonic::Code::NotFound, "prediction_not_found")

@@ -50,4 +50,5 @@ pub mod scheduler;
 pub mod scoring;
 pub mod serve;
 pub mod server;
+pub mod similar;
 pub mod state;

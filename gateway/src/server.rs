@@ -25,11 +25,12 @@ use crate::auth::keys::KeyFamilies;
 use crate::auth::keys::{FetchError, IssuerKeys};
 use crate::auth::{AuthMode, Authenticator, Authorizer, Policy, Verifier};
 use crate::config::GatewayConfig;
-use crate::front::grpc::{FeatureGrpc, FeedbackGrpc, PredictionGrpc};
+use crate::front::grpc::{FeatureGrpc, FeedbackGrpc, PredictionGrpc, SimilarityGrpc};
 use crate::front::layers::{GatewayLayer, GrpcReject, RestReject};
 use crate::metrics::{Admission, Front, Metrics, Sampled, StoreFamilies};
 use crate::scoring::host::ScoringHost;
 use crate::scoring::{Scorer, ScoringSettings};
+use crate::similar::Similarity;
 use crate::serve::Core;
 use crate::state::{AppState, DevIssuerState, MetricsPage};
 
@@ -204,6 +205,12 @@ impl GatewayServer {
             page.registry.register_collector(Box::new(q.families()));
         }
         let ingest = crate::ingest::start(&config.ingest, &reader).map_err(ServeError::Ingest)?;
+        let similar = Arc::new(Similarity::new(
+            Arc::clone(reader.store()),
+            Arc::clone(&reader),
+        ));
+        // Indexes current at start are loaded before the ports answer.
+        similar.sync().await;
         if let Some(i) = &ingest {
             page.registry
                 .register_collector(Box::new(crate::ingest::IngestFamilies(i.stats())));
@@ -228,6 +235,7 @@ impl GatewayServer {
                     &config.models,
                     ScoringSettings::default(),
                 ))),
+                similar,
             }),
             reader,
             http,
@@ -264,6 +272,8 @@ impl GatewayServer {
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> Result<(), ServeError> {
         let watch = self.reader.watch_batches();
+        let index_watch = (!self.state.similar.is_empty())
+            .then(|| self.state.similar.watch(self.config.cache.batch_poll_interval));
         // Keys load in the background: a provider that is down at start only
         // delays readiness (and answers 503 auth_unavailable), it does not
         // stop the gateway.
@@ -341,6 +351,11 @@ impl GatewayServer {
                 ),
             )
             .add_service(
+                proto::gateway::v1::similarity_service_server::SimilarityServiceServer::new(
+                    SimilarityGrpc::new(Arc::clone(state)),
+                ),
+            )
+            .add_service(
                 proto::gateway::v1::routing_admin_service_server::RoutingAdminServiceServer::new(
                     RoutingAdminGrpc::new(Arc::clone(state)),
                 ),
@@ -398,6 +413,9 @@ impl GatewayServer {
             tracing::error!(error = %e, "the ingest task failed");
         }
         watch.abort();
+        if let Some(w) = index_watch {
+            w.abort();
+        }
         key_refresh.abort();
         routing_poll.abort();
         if let Some(w) = config_watch {

@@ -17,6 +17,7 @@ use crate::rollout::stats::RolloutFamilies;
 use crate::scoring::host::ScoringHost;
 use crate::scoring::stats::ScoringFamilies;
 use crate::serve::Core;
+use crate::similar::Similarity;
 
 /// The dev issuer as served by this gateway.
 pub struct DevIssuerState {
@@ -66,6 +67,8 @@ pub struct AppState<S> {
     pub scheduler_poll: Option<Duration>,
     /// Batch-scoring runs started by the admin API or the scheduler.
     pub scoring: Arc<ScoringHost<S>>,
+    /// The similarity indexes of the indexed views.
+    pub similar: Arc<Similarity<S>>,
 }
 
 impl<S> AppState<S> {

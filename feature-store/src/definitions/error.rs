@@ -260,6 +260,12 @@ pub enum DefinitionProblem {
     /// A dynamic view's event `source` is wrong (the message says how).
     #[error("{0}")]
     EventSource(String),
+    /// An `include` cannot be followed (the message says why).
+    #[error("{0}")]
+    Include(String),
+    /// A view's `[static_view.index]` setting is wrong (the message says how).
+    #[error("{0}")]
+    Index(String),
 }
 
 /// `text` as a duration, or the problem naming it.

@@ -49,11 +49,16 @@
 //! features = ["customer_profile.chargeback_count_1y", "customer_activity.txn_count_1h", "request.amount"]
 //! ```
 //!
+//! `include = ["other.toml"]` at the top of a file merges other files' lists
+//! into it (paths relative to the including file; relative paths inside any
+//! of them, such as refresh sources, resolve from the first file's folder).
+//!
 //! `definitions/fraud.toml` in this crate is the full example for the
 //! `fraud_detector` model, with comments on each default.
 
 mod duration;
 mod error;
+mod index;
 mod job;
 mod model;
 mod raw;
@@ -71,6 +76,9 @@ use std::path::{Path, PathBuf};
 
 pub use duration::{DurationError, parse_duration};
 pub use error::{DefinitionProblem, DefinitionsError};
+pub use index::{
+    DEFAULT_MAX_K, DEFAULT_RECALL_THRESHOLD, Distance, IndexSpec, MAX_K_LIMIT, Quantization,
+};
 pub use job::{JobSource, JobTuning, MissedRun, RefreshJobSpec};
 pub use model::{ColumnSource, InputColumn, InputDtype, ModelFeatures, ModelInput};
 pub use scoring::{
@@ -119,12 +127,53 @@ impl FeatureDefinitions {
     /// [`DefinitionsError`] naming the file (and, after parsing, the key path) of
     /// the first problem found.
     pub fn parse(text: &str, path: &Path) -> Result<Self, DefinitionsError> {
-        let raw: raw::RawDefinitions =
-            toml::from_str(text).map_err(|error| DefinitionsError::Parse {
-                path: path.to_owned(),
-                error,
-            })?;
+        let mut raw = Self::parse_raw(text, path)?;
+        let includes = std::mem::take(&mut raw.include);
+        let mut seen = vec![path.to_owned()];
+        for name in includes {
+            Self::include(&mut raw, path, &name, &mut seen)?;
+        }
         validate::validate(&raw, path)
+    }
+
+    fn parse_raw(text: &str, path: &Path) -> Result<raw::RawDefinitions, DefinitionsError> {
+        toml::from_str(text).map_err(|error| DefinitionsError::Parse {
+            path: path.to_owned(),
+            error,
+        })
+    }
+
+    /// Merges the file `name` (relative to `from`'s folder), and what it
+    /// includes, into `raw`; a file included twice is refused.
+    fn include(
+        raw: &mut raw::RawDefinitions,
+        from: &Path,
+        name: &str,
+        seen: &mut Vec<PathBuf>,
+    ) -> Result<(), DefinitionsError> {
+        let path = from.parent().unwrap_or(Path::new(".")).join(name);
+        if seen.contains(&path) {
+            return Err(DefinitionsError::Invalid {
+                path: from.to_owned(),
+                key: "include".to_owned(),
+                problem: DefinitionProblem::Include(format!(
+                    "{} is included twice (or includes itself); include each file once",
+                    path.display()
+                )),
+            });
+        }
+        seen.push(path.clone());
+        let text = std::fs::read_to_string(&path).map_err(|source| DefinitionsError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        let mut included = Self::parse_raw(&text, &path)?;
+        let nested = std::mem::take(&mut included.include);
+        raw.merge(included);
+        for name in nested {
+            Self::include(raw, &path, &name, seen)?;
+        }
+        Ok(())
     }
 
     /// The file these definitions came from.
@@ -155,6 +204,13 @@ impl FeatureDefinitions {
     /// Static views, in file order.
     pub fn static_views(&self) -> impl Iterator<Item = &FeatureView> {
         self.views.iter().filter(|v| v.is_static())
+    }
+
+    /// The static views that declare a similarity index, in file order.
+    pub fn indexed_views(&self) -> impl Iterator<Item = (&FeatureView, &IndexSpec)> {
+        self.views
+            .iter()
+            .filter_map(|v| v.index.as_ref().map(|i| (v, i)))
     }
 
     /// Dynamic views, in file order.

@@ -12,6 +12,9 @@ use super::view::AggregateFunction;
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawDefinitions {
+    /// Other definition files merged into this one (paths relative to it).
+    #[serde(default)]
+    pub include: Vec<String>,
     #[serde(rename = "entity", default)]
     pub entities: Vec<RawEntity>,
     #[serde(rename = "static_view", default)]
@@ -26,6 +29,19 @@ pub(super) struct RawDefinitions {
     pub refresh_jobs: Vec<super::job::RawRefreshJob>,
     #[serde(rename = "scoring_job", default)]
     pub scoring_jobs: Vec<super::scoring::RawScoringJob>,
+}
+
+impl RawDefinitions {
+    /// Appends every list of `other` to this one's.
+    pub fn merge(&mut self, other: RawDefinitions) {
+        self.entities.extend(other.entities);
+        self.static_views.extend(other.static_views);
+        self.dynamic_views.extend(other.dynamic_views);
+        self.request_features.extend(other.request_features);
+        self.models.extend(other.models);
+        self.refresh_jobs.extend(other.refresh_jobs);
+        self.scoring_jobs.extend(other.scoring_jobs);
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -45,6 +61,7 @@ pub(super) struct RawStaticView {
     pub max_age: String,
     #[serde(rename = "feature", default)]
     pub features: Vec<RawFeature>,
+    pub index: Option<super::index::RawIndex>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -181,6 +181,13 @@ impl Validator<'_> {
             self.check(&job_key, check_name(&view.refresh_job))?;
             let max_age = self.duration(&view.max_age, &format!("{at}.max_age"))?;
             let features = self.features(&view.features, &at, None)?;
+            let index = match &view.index {
+                None => None,
+                Some(raw) => Some(
+                    super::index::validate_index(raw, &features)
+                        .map_err(|(key, problem)| self.invalid(&format!("{at}.index.{key}"), problem))?,
+                ),
+            };
             views.push(FeatureView {
                 name: view.name.clone(),
                 entity: view.entity.clone(),
@@ -189,6 +196,7 @@ impl Validator<'_> {
                     refresh_job: RefreshJobName::new(view.refresh_job.clone()),
                 },
                 features,
+                index,
             });
         }
         for (i, view) in raw.dynamic_views.iter().enumerate() {
@@ -214,6 +222,7 @@ impl Validator<'_> {
                 max_age,
                 kind: ViewKind::Dynamic { ttl },
                 features,
+                index: None,
             });
         }
         Ok(views)

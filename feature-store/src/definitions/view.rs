@@ -54,6 +54,8 @@ pub struct FeatureView {
     pub kind: ViewKind,
     /// The features, in declared order.
     pub features: Vec<FeatureSpec>,
+    /// The similarity index over one of its vector features (static views).
+    pub index: Option<super::index::IndexSpec>,
 }
 
 impl FeatureView {

@@ -205,7 +205,7 @@ impl<S: FullStore> JobRun<S> {
             &options,
             &|_| {},
         );
-        match tokio::time::timeout_at(deadline, run).await {
+        let mut ended = match tokio::time::timeout_at(deadline, run).await {
             Ok(Ok(RefreshOutcome::Loaded(batch))) => Ended {
                 outcome: RunOutcome::Loaded,
                 message: format!(
@@ -252,7 +252,23 @@ impl<S: FullStore> JobRun<S> {
                     output: String::new(),
                 }
             }
+        };
+        if matches!(ended.outcome, RunOutcome::Loaded | RunOutcome::Unchanged) {
+            // The view's index follows its batch; a failed build leaves the
+            // previous index serving and does not fail the load.
+            if let Some(built) =
+                crate::similarity::after_refresh(&*self.store, &self.defs, &self.spec.view).await
+            {
+                if let Err(e) = &built {
+                    tracing::warn!(job = self.spec.name, error = %e, "index build failed");
+                }
+                ended.message.push_str("; ");
+                ended
+                    .message
+                    .push_str(&crate::similarity::summary(&built));
+            }
         }
+        ended
     }
 
     /// Marks the batch a stopped load left unfinished as failed and drops

@@ -8,6 +8,7 @@ use std::time::{Duration, SystemTime};
 use super::embedded::EmbeddedStore;
 use super::scylla::ScyllaStore;
 use super::{
+    ArtifactStore,
     BatchRecord, BatchStore, CoordinationStore, CurrentBatch, DynamicWrite, EventQuery, EventWrite,
     IdempotencyClaim, Lease, LeaseOutcome, LogStore, LogWindow, RequestRecord, RequestStore,
     RoutingRecord, RoutingStore, RowStore, ScanPage, SchemaReport, ScoreEntry, ScoreKey,
@@ -208,5 +209,17 @@ impl CoordinationStore for AnyStore {
     }
     async fn get_run_request(&self, job: &str) -> Result<Option<RunRequest>, StoreError> {
         dispatch!(self, s => s.get_run_request(job))
+    }
+}
+
+impl ArtifactStore for AnyStore {
+    async fn put_artifact(&self, name: &str, bytes: &[u8]) -> Result<(), StoreError> {
+        dispatch!(self, s => s.put_artifact(name, bytes))
+    }
+    async fn get_artifact(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        dispatch!(self, s => s.get_artifact(name))
+    }
+    async fn delete_artifact(&self, name: &str) -> Result<(), StoreError> {
+        dispatch!(self, s => s.delete_artifact(name))
     }
 }

@@ -25,6 +25,8 @@
 //!   batch and key.
 //! - [`RequestStore`] (`requests`): asynchronous prediction requests and
 //!   their results by request ID, and idempotency keys claimed once.
+//! - [`ArtifactStore`] (`artifacts`): built artifacts (similarity indexes)
+//!   as named blobs in chunks, readable only once whole.
 //!
 //! [`FullStore`] is every concern at once, for code that needs them all
 //! (the gateway, the scheduler). [`scylla::ScyllaStore`] is the production
@@ -33,6 +35,7 @@
 //! config. Decoding shared by both backends is in `decode`.
 
 mod any;
+mod artifacts;
 mod batches;
 mod coordination;
 mod decode;
@@ -47,6 +50,7 @@ pub mod scylla;
 mod tuning;
 
 pub use any::AnyStore;
+pub use artifacts::{ARTIFACT_CHUNK, ArtifactStore};
 pub use batches::{BatchRecord, BatchStatus, BatchStore, CurrentBatch};
 pub use coordination::{CoordinationStore, Lease, LeaseOutcome};
 pub use error::{BoxError, StoreError};
@@ -74,6 +78,7 @@ pub trait FullStore:
     + TunerStore
     + ScoreStore
     + RequestStore
+    + ArtifactStore
 {
 }
 
@@ -86,6 +91,7 @@ impl<T> FullStore for T where
         + TunerStore
         + ScoreStore
         + RequestStore
+        + ArtifactStore
 {
 }
 
@@ -94,7 +100,7 @@ impl<T> FullStore for T where
 /// ([`AnyStore`], a backend) call any store method.
 pub mod prelude {
     pub use super::{
-        BatchStore as _, CoordinationStore as _, LogStore as _, RequestStore as _,
+        ArtifactStore as _, BatchStore as _, CoordinationStore as _, LogStore as _, RequestStore as _,
         RoutingStore as _, RowStore as _, ScoreStore as _, TunerStore as _,
     };
 }

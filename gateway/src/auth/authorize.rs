@@ -93,6 +93,14 @@ impl Authorizer {
         self.check(front, caller, Access::Admin)
     }
 
+    /// Whether `caller` may look up similar entities.
+    ///
+    /// # Errors
+    /// [`Denied`] saying what the caller lacks.
+    pub fn similar(&self, front: Front, caller: &Caller) -> Result<(), Denied> {
+        self.check(front, caller, Access::Similar)
+    }
+
     /// Counts a denial decided elsewhere (a pilot version asked for by a
     /// caller outside its groups), so all denials are counted alike.
     pub fn count_denied(&self, front: Front, api: Api) {

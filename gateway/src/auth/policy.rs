@@ -17,6 +17,8 @@ pub enum Api {
     Feedback,
     /// The admin API.
     Admin,
+    /// Similarity lookups (`/v1/similar/{view}`, `Similar`).
+    Similar,
 }
 
 impl Api {
@@ -27,6 +29,7 @@ impl Api {
             "push" => Api::Push,
             "feedback" => Api::Feedback,
             "admin" => Api::Admin,
+            "similar" => Api::Similar,
             _ => return None,
         })
     }
@@ -38,6 +41,7 @@ impl Api {
             Api::Push => "push",
             Api::Feedback => "feedback",
             Api::Admin => "admin",
+            Api::Similar => "similar",
         }
     }
 
@@ -47,6 +51,7 @@ impl Api {
             Api::Push => "push features",
             Api::Feedback => "send feedback",
             Api::Admin => "use the admin API",
+            Api::Similar => "look up similar entities",
         }
     }
 }
@@ -91,6 +96,8 @@ pub enum Access<'a> {
     Feedback,
     /// Use the admin API.
     Admin,
+    /// Look up similar entities.
+    Similar,
 }
 
 impl Access<'_> {
@@ -101,6 +108,7 @@ impl Access<'_> {
             Access::Push => Api::Push,
             Access::Feedback => Api::Feedback,
             Access::Admin => Api::Admin,
+            Access::Similar => Api::Similar,
         }
     }
 }

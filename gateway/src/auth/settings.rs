@@ -268,7 +268,10 @@ pub(crate) fn validate(
         let api = Api::named(&r.api).ok_or_else(|| {
             e(
                 &key("api"),
-                format!("{:?}: write predict, push, feedback or admin", r.api),
+                format!(
+                    "{:?}: write predict, push, feedback, similar or admin",
+                    r.api
+                ),
             )
         })?;
         if let Some(ms) = &r.models {

@@ -1,5 +1,5 @@
-//! The gRPC front (tonic): `gateway.v1.PredictionService`, `FeatureService`
-//! and `FeedbackService`. Each handler converts protobuf to the prediction
+//! The gRPC front (tonic): `gateway.v1.PredictionService`, `FeatureService`,
+//! `FeedbackService` and `SimilarityService`. Each handler converts protobuf to the prediction
 //! path's types (no JSON on this path), runs the one auth check of its API
 //! kind and calls one function of the prediction path.
 
@@ -17,6 +17,7 @@ use crate::auth::Caller;
 use crate::error::GatewayError;
 use crate::metrics::Front;
 use crate::serve::{FeedbackInput, PredictInput, Prediction, PushEvent, PushRow};
+use crate::similar::{QueryBy, SimilarQuery};
 use crate::state::AppState;
 
 /// The caller the authentication layer found.
@@ -291,5 +292,68 @@ impl<S: FullStore> proto::gateway::v1::feedback_service_server::FeedbackService
         .await;
         result.map_err(GatewayError::into_status)?;
         Ok(Response::new(pb::FeedbackResponse {}))
+    }
+}
+
+/// `SimilarityService` over the view indexes.
+pub struct SimilarityGrpc<S> {
+    state: Arc<AppState<S>>,
+}
+
+impl<S> SimilarityGrpc<S> {
+    /// Serves `state`.
+    pub fn new(state: Arc<AppState<S>>) -> Self {
+        SimilarityGrpc { state }
+    }
+}
+
+#[tonic::async_trait]
+impl<S: FullStore> proto::gateway::v1::similarity_service_server::SimilarityService
+    for SimilarityGrpc<S>
+{
+    async fn similar(
+        &self,
+        request: Request<pb::SimilarRequest>,
+    ) -> Result<Response<pb::SimilarResponse>, Status> {
+        use pb::similar_request::Query;
+        let (_, extensions, r) = request.into_parts();
+        let result = (|| {
+            let caller = caller(&extensions)?;
+            self.state.authz.similar(Front::Grpc, caller)?;
+            let by = match r.query {
+                Some(Query::Entity(e)) => QueryBy::Entity(e.keys.into_iter().collect()),
+                Some(Query::Vector(v)) => QueryBy::Vector(v.values),
+                None => {
+                    return Err(GatewayError::InvalidArgument(
+                        "give either `entity` or `vector`".to_owned(),
+                    ));
+                }
+            };
+            let k = if r.k == 0 { 10 } else { r.k as usize };
+            self.state.similar.query(
+                &r.view,
+                &SimilarQuery {
+                    by,
+                    k,
+                    include_query: r.include_query,
+                },
+            )
+        })();
+        let answer = result.map_err(GatewayError::into_status)?;
+        Ok(Response::new(pb::SimilarResponse {
+            view: answer.view,
+            batch_id: answer.batch_id,
+            index_id: answer.index_id,
+            index_age_s: answer.age.as_secs_f64(),
+            distance: answer.distance.to_owned(),
+            neighbours: answer
+                .neighbours
+                .into_iter()
+                .map(|n| pb::Neighbour {
+                    entity: n.entity,
+                    distance: n.distance,
+                })
+                .collect(),
+        }))
     }
 }

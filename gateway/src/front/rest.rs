@@ -25,12 +25,15 @@ use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 
 use super::wire::{self, PredictResponse, event_time};
-use crate::apidoc::{FeedbackErrors, PollErrors, PredictErrors, PushErrors, SubmitErrors};
+use crate::apidoc::{
+    FeedbackErrors, PollErrors, PredictErrors, PushErrors, SimilarErrors, SubmitErrors,
+};
 use crate::auth::Caller;
 use crate::error::ErrorBody;
 use crate::error::GatewayError;
 use crate::metrics::Front;
 use crate::serve::{FeedbackInput, PredictInput, PushEvent, PushRow};
+use crate::similar::{QueryBy, SimilarQuery};
 use crate::state::AppState;
 
 /// The shared state as axum hands it to handlers.
@@ -452,6 +455,115 @@ async fn push<S: FullStore>(
     }))
 }
 
+/// The JSON body of `POST /v1/similar/{view}`: an entity or a vector.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(as = SimilarRequest, example = json!({"entity": {"merchant_id": "m-00042"}, "k": 5}))]
+pub struct SimilarBody {
+    /// The query entity: key column → value (its own vector is searched).
+    #[serde(default)]
+    pub entity: Option<HashMap<String, String>>,
+    /// Or a query vector of the index's dimension.
+    #[serde(default)]
+    pub vector: Option<Vec<f64>>,
+    /// How many neighbours (1 to the view's `max_k`; default 10).
+    #[serde(default = "default_k")]
+    pub k: usize,
+    /// Let the query entity appear in its own answer (default: left out).
+    #[serde(default)]
+    pub include_query: bool,
+}
+
+fn default_k() -> usize {
+    10
+}
+
+/// One neighbour.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Neighbour {
+    /// Its entity key (compound keys joined by `|`).
+    pub entity: String,
+    /// Its distance from the query (`distance` says how measured).
+    pub distance: f32,
+}
+
+/// The JSON answer of a similarity lookup.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = SimilarResponse, example = json!({
+    "view": "merchant_embedding", "batch_id": "0190f5b2-8c1e-7c3a-9d7e-2f1a3b4c5d6e",
+    "index_id": "0190f5b3-0000-7000-8000-000000000000", "index_age_s": 3600.0,
+    "distance": "cosine", "neighbours": [{"entity": "m-00917", "distance": 0.12}]
+}))]
+pub struct SimilarResponse {
+    /// The view.
+    pub view: String,
+    /// The view batch the index was built from.
+    pub batch_id: String,
+    /// The index build that answered.
+    pub index_id: String,
+    /// Age of that batch's data, seconds.
+    pub index_age_s: f64,
+    /// How distances are measured: `cosine` (1 − cosine), `dot` (1 − inner
+    /// product) or `l2` (Euclidean).
+    pub distance: &'static str,
+    /// The neighbours, nearest first.
+    pub neighbours: Vec<Neighbour>,
+}
+
+/// `POST /v1/similar/{view}`.
+#[utoipa::path(
+    post,
+    path = "/v1/similar/{view}",
+    summary = "The nearest neighbours of an entity or a vector in a view's similarity index",
+    params(("view" = String, Path, description = "A static view with a similarity index", example = "merchant_embedding")),
+    request_body = SimilarBody,
+    responses((status = 200, description = "The neighbours, nearest first", body = SimilarResponse), SimilarErrors),
+)]
+async fn similar<S: FullStore>(
+    State(state): Shared<S>,
+    Extension(caller): Extension<Caller>,
+    Path(view): Path<String>,
+    body: Result<Json<SimilarBody>, JsonRejection>,
+) -> Result<Json<SimilarResponse>, GatewayError> {
+    state.authz.similar(Front::Rest, &caller)?;
+    let body = json_body(body)?;
+    let by = match (body.entity, body.vector) {
+        (Some(keys), None) => QueryBy::Entity(keys),
+        // A number beyond f32's range becomes infinite here and is refused
+        // with the vector's other checks.
+        (None, Some(v)) => QueryBy::Vector(v.iter().map(|&x| x as f32).collect()),
+        _ => {
+            return Err(GatewayError::InvalidArgument(
+                "give either `entity` (key column → value) or `vector`, not both or neither"
+                    .to_owned(),
+            ));
+        }
+    };
+    let answer = state.similar.query(
+        &view,
+        &SimilarQuery {
+            by,
+            k: body.k,
+            include_query: body.include_query,
+        },
+    )?;
+    Ok(Json(SimilarResponse {
+        view: answer.view,
+        batch_id: answer.batch_id,
+        index_id: answer.index_id,
+        index_age_s: answer.age.as_secs_f64(),
+        distance: answer.distance,
+        neighbours: answer
+            .neighbours
+            .into_iter()
+            .map(|n| Neighbour {
+                entity: n.entity,
+                distance: n.distance,
+            })
+            .collect(),
+    }))
+}
+
 /// The JSON body of `POST /v1/feedback`.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -678,6 +790,7 @@ fn api_table<S: FullStore>(
         .routes(typed_routes!(S; get_prediction))
         .routes(typed_routes!(S; push))
         .routes(typed_routes!(S; feedback))
+        .routes(typed_routes!(S; similar))
         .merge(admin)
 }
 

@@ -315,6 +315,7 @@ fn file_items<'a, S: FullStore>(
         max_age: Duration::MAX,
         kind: ViewKind::Dynamic { ttl: Duration::MAX },
         features,
+        index: None,
     };
     let rows = feature_store::source::open(&view, &entity, path).map_err(SourceError::from)?;
     let (tx, rx) = tokio::sync::mpsc::channel(FILE_QUEUE);

@@ -21,6 +21,7 @@
 //! One file per concern (`rows`, `batches`, `predictions`, `coordination`,
 //! `routing`, `tuning`, `scores`); `tables` holds the file's layout and creates it.
 
+mod artifacts;
 mod batches;
 mod coordination;
 mod predictions;
@@ -42,7 +43,7 @@ use super::{BoxError, StoreError, decode};
 use tables::META;
 
 /// The schema version this build writes and reads.
-pub const SCHEMA_VERSION: u32 = 8;
+pub const SCHEMA_VERSION: u32 = 9;
 
 /// How long a read snapshot is shared by the point reads that begin after it
 /// (see the module docs).

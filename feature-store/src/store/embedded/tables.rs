@@ -56,6 +56,12 @@ pub(super) const IDEMPOTENCY: TableDefinition<&str, &[u8]> =
 pub(super) const REQUEST_EXPIRY: TableDefinition<&[u8], &[u8]> =
     TableDefinition::new("async_expiry");
 
+/// artifact name → its length in bytes (u64).
+pub(super) const ARTIFACTS: TableDefinition<&str, u64> = TableDefinition::new("artifacts");
+/// artifact name + 0 + chunk number (u32 BE) → that chunk's bytes.
+pub(super) const ARTIFACT_CHUNKS: TableDefinition<&[u8], &[u8]> =
+    TableDefinition::new("artifact_chunks");
+
 /// Creates the tables a file lacks and records this build's schema version.
 pub(super) fn apply(db: &Database) -> CallResult<SchemaReport> {
     let tx = db.begin_write()?;
@@ -148,6 +154,16 @@ pub(super) fn apply(db: &Database) -> CallResult<SchemaReport> {
         ] {
             open?;
             if from < 8 {
+                applied.push(format!("created table {name}"));
+            }
+        }
+        // Version 9: built artifacts (similarity indexes).
+        for (name, open) in [
+            ("artifacts", tx.open_table(ARTIFACTS).map(drop)),
+            ("artifact_chunks", tx.open_table(ARTIFACT_CHUNKS).map(drop)),
+        ] {
+            open?;
+            if from < 9 {
                 applied.push(format!("created table {name}"));
             }
         }

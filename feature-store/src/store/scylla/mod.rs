@@ -42,6 +42,7 @@
 //! every query once, `errors` turns the driver's errors into
 //! [`StoreError`]s.
 
+mod artifacts;
 mod batches;
 mod coordination;
 mod errors;
@@ -69,7 +70,7 @@ use errors::{ConnectError, PrepareFailed};
 use statements::Statements;
 
 /// The schema version this build writes and reads.
-pub const SCHEMA_VERSION: u32 = 8;
+pub const SCHEMA_VERSION: u32 = 9;
 
 /// Extra attempts for an idempotent refresh write that timed out or found
 /// the cluster busy (backoff 0.4 s, 1.6 s, 6.4 s).

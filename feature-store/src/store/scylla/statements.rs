@@ -45,6 +45,12 @@ pub(super) struct Statements {
     pub put_async: PreparedStatement,
     pub get_async: PreparedStatement,
     pub claim_key: PreparedStatement,
+    pub get_artifact: PreparedStatement,
+    pub put_artifact: PreparedStatement,
+    pub delete_artifact: PreparedStatement,
+    pub get_chunk: PreparedStatement,
+    pub put_chunk: PreparedStatement,
+    pub delete_chunk: PreparedStatement,
 }
 
 impl ScyllaStore {
@@ -339,6 +345,50 @@ impl ScyllaStore {
                             format!(
                                 "INSERT INTO {ks}.async_idempotency (key, id) VALUES (?, ?) \
                                  IF NOT EXISTS USING TTL ?"
+                            ),
+                            false,
+                        )
+                        .await?,
+                    get_artifact: self
+                        .prepare(
+                            format!(
+                                "SELECT length, chunks, sha256 FROM {ks}.artifacts WHERE name = ?"
+                            ),
+                            true,
+                        )
+                        .await?,
+                    put_artifact: self
+                        .prepare(
+                            format!(
+                                "INSERT INTO {ks}.artifacts (name, length, chunks, sha256) \
+                                 VALUES (?, ?, ?, ?)"
+                            ),
+                            false,
+                        )
+                        .await?,
+                    delete_artifact: self
+                        .prepare(format!("DELETE FROM {ks}.artifacts WHERE name = ?"), false)
+                        .await?,
+                    get_chunk: self
+                        .prepare(
+                            format!(
+                                "SELECT data FROM {ks}.artifact_chunks WHERE name = ? AND chunk = ?"
+                            ),
+                            true,
+                        )
+                        .await?,
+                    put_chunk: self
+                        .prepare(
+                            format!(
+                                "INSERT INTO {ks}.artifact_chunks (name, chunk, data) VALUES (?, ?, ?)"
+                            ),
+                            false,
+                        )
+                        .await?,
+                    delete_chunk: self
+                        .prepare(
+                            format!(
+                                "DELETE FROM {ks}.artifact_chunks WHERE name = ? AND chunk = ?"
                             ),
                             false,
                         )

@@ -142,6 +142,22 @@ impl ScyllaStore {
                 ),
             ),
             (
+                "table artifacts".to_owned(),
+                format!(
+                    "CREATE TABLE IF NOT EXISTS {ks}.artifacts (name text PRIMARY KEY, length bigint, \
+                     chunks int, sha256 text)"
+                ),
+            ),
+            (
+                // One partition per chunk: an index of hundreds of MiB never
+                // becomes one oversized partition.
+                "table artifact_chunks".to_owned(),
+                format!(
+                    "CREATE TABLE IF NOT EXISTS {ks}.artifact_chunks (name text, chunk int, data blob, \
+                     PRIMARY KEY ((name, chunk)))"
+                ),
+            ),
+            (
                 format!("schema version {SCHEMA_VERSION}"),
                 format!(
                     "INSERT INTO {ks}.schema_meta (name, version) VALUES ('features', {SCHEMA_VERSION})"
