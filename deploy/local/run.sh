@@ -15,7 +15,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cd "$ROOT"
 DEMO="$ROOT/target/mlgw-demo"
 mkdir -p "$DEMO"
-DEFS="$ROOT/feature-store/definitions/fraud.toml"
+DEFS="$ROOT/feature-store/definitions/example.toml"
 BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release"
 
 die() { echo "run.sh: $*" >&2; exit 1; }
@@ -67,6 +67,10 @@ for f in f-1 f-2 f-3 f-4; do
   "$BIN/mlgw-features" push -d "$DEFS" --view customer_activity --entity c-0042 \
     --field failed_auth_id="$f" --event-id "$f" >/dev/null
 done
+
+# The merchants' embeddings; the refresh also builds their similarity index.
+"$BIN/mlgw-features" refresh run -d "$DEFS" --job merchant_embedding_weekly \
+  --file "$ROOT/feature-store/definitions/exports/merchant_embedding.csv"
 
 # Wait for the model-server before the gateway checks its models.
 for _ in $(seq 1 300); do
@@ -151,13 +155,22 @@ back):
   $BIN/mlgw-admin --token-file target/mlgw-demo/dev-token canary fraud_detector 2 --percent 10
   $BIN/mlgw-admin --token-file target/mlgw-demo/dev-token rollback fraud_detector
 
-Merchant embeddings (a vector(64) feature; its own store file, since the
-gateway holds features.redb) load and read like any static view:
+Similar merchants: the 2,000 merchants' embeddings (a vector(64) view,
+trained from co-occurrence) are indexed; the 5 nearest to m-00042, then the
+same over gRPC:
 
-  $BIN/mlgw-features --embedded target/mlgw-demo/merchants.redb schema apply
-  $BIN/mlgw-features --embedded target/mlgw-demo/merchants.redb refresh run -d feature-store/definitions/merchants.toml \\
-    --job merchant_embedding_weekly --file feature-store/definitions/exports/merchant_embedding.csv
-  $BIN/mlgw-features --embedded target/mlgw-demo/merchants.redb read -d feature-store/definitions/merchants.toml --entity m-00042
+  curl -s localhost:8080/v1/similar/merchant_embedding -H "Authorization: Bearer $TOKEN" \\
+    -H 'content-type: application/json' -d '{"entity": {"merchant_id": "m-00042"}, "k": 5}'
+  grpcurl -plaintext -H "authorization: Bearer $TOKEN" \\
+    -d '{"view": "merchant_embedding", "entity": {"keys": {"merchant_id": "m-00042"}}, "k": 5}' \\
+    localhost:8081 gateway.v1.SimilarityService/Similar
+
+How small could the embeddings be? Recall against exact search, latency and
+memory for smaller dimensions, from the export file (table and plot in
+target/mlgw-demo/sizing):
+
+  $BIN/mlgw-features index size -d feature-store/definitions/example.toml --view merchant_embedding \\
+    --file feature-store/definitions/exports/merchant_embedding.csv --out target/mlgw-demo/sizing
 
 The model-server serves four versions of fraud_detector: 1 logistic
 regression, 2 MLP, 3 gradient-boosted trees (300 trees), 4 random forest;

@@ -423,6 +423,10 @@ pub enum IndexAction {
         /// Folder for sizing.md and sizing.svg.
         #[arg(long)]
         out: Option<PathBuf>,
+        /// Read the vectors from this refresh file (CSV or Parquet) instead
+        /// of the view's current batch in the store.
+        #[arg(long)]
+        file: Option<PathBuf>,
     },
 }
 

@@ -9,8 +9,8 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, Result, bail};
 use feature_store::cli::{
-    BatchesAction, IndexAction, Cli, Command, IngestFlags, RefreshAction, SchedulerAction, SchemaAction,
-    TunerAction,
+    BatchesAction, Cli, Command, IndexAction, IngestFlags, RefreshAction, SchedulerAction,
+    SchemaAction, TunerAction,
 };
 use feature_store::clock::utc;
 use feature_store::definitions::{FeatureDefinitions, FeatureType, FeatureValue, ViewKind};
@@ -782,7 +782,9 @@ async fn index(cli: &Cli, action: &IndexAction, json: bool) -> Result<ExitCode> 
             let built = similarity::build(&store, &defs, view, *threads, *force).await;
             if json {
                 match &built {
-                    Ok(r) => print_json(&json!({"outcome": if r.built { "built" } else { "unchanged" }, "report": r})),
+                    Ok(r) => print_json(
+                        &json!({"outcome": if r.built { "built" } else { "unchanged" }, "report": r}),
+                    ),
                     Err(e) => print_json(&json!({"outcome": "failed", "reason": e.to_string()})),
                 }
             } else {
@@ -845,19 +847,33 @@ async fn index(cli: &Cli, action: &IndexAction, json: bool) -> Result<ExitCode> 
             k,
             queries,
             out: folder,
+            file,
         } => {
             let defs = load_definitions(&definitions.definitions)?;
-            let store = connect(cli).await?;
             let spec = defs
                 .view(view)
                 .and_then(|v| v.index.as_ref())
                 .with_context(|| format!("view {view:?} declares no [static_view.index]"))?;
-            let batch = store
-                .current_batches()
-                .await?
-                .remove(view)
-                .with_context(|| format!("view {view:?} has no current batch; load it first"))?;
-            let vectors = similarity::batch_vectors(&store, view, &batch.batch_id, spec).await?;
+            let (vectors, source) = match file {
+                Some(path) => (
+                    similarity::file_vectors(&defs, view, path)?,
+                    format!("File {}", path.display()),
+                ),
+                None => {
+                    let store = connect(cli).await?;
+                    let batch = store
+                        .current_batches()
+                        .await?
+                        .remove(view)
+                        .with_context(|| {
+                            format!("view {view:?} has no current batch; load it first")
+                        })?;
+                    (
+                        similarity::batch_vectors(&store, view, &batch.batch_id, spec).await?,
+                        format!("Batch {}", batch.batch_id),
+                    )
+                }
+            };
             let (view_name, spec, dims, k, queries) =
                 (view.clone(), spec.clone(), dims.clone(), *k, *queries);
             let sizing = tokio::task::spawn_blocking(move || {
@@ -870,7 +886,16 @@ async fn index(cli: &Cli, action: &IndexAction, json: bool) -> Result<ExitCode> 
                     .with_context(|| format!("cannot create {}", dir.display()))?;
                 let md = dir.join("sizing.md");
                 let svg = dir.join("sizing.svg");
-                std::fs::write(&md, format!("# Index sizing: {view}\n\n{table}"))
+                let command: Vec<String> = std::env::args().collect();
+                std::fs::write(
+                    &md,
+                    format!(
+                        "# Index sizing: {view}\n\n{source} ({} vectors), measured {}.\nCommand: `{}`\n\n{table}",
+                        sizing.vectors,
+                        utc(SystemTime::now()),
+                        command.join(" ")
+                    ),
+                )
                     .with_context(|| format!("cannot write {}", md.display()))?;
                 std::fs::write(&svg, similarity::sizing::svg(&sizing))
                     .with_context(|| format!("cannot write {}", svg.display()))?;
@@ -895,7 +920,9 @@ async fn current_index(
         .current_batches()
         .await?
         .remove(&similarity::index_target(view))
-        .with_context(|| format!("view {view:?} has no index yet; run `mlgw-features index build`"))?;
+        .with_context(|| {
+            format!("view {view:?} has no index yet; run `mlgw-features index build`")
+        })?;
     let bytes = store
         .get_artifact(&similarity::artifact_name(view, &current.batch_id))
         .await?

@@ -71,12 +71,14 @@ pub enum Route {
     Feedback,
     /// The routing and tuner admin APIs.
     Admin,
+    /// Similarity lookups.
+    Similar,
     /// Anything else (unknown paths).
     Other,
 }
 
 impl Route {
-    const ALL: [Route; 8] = [
+    const ALL: [Route; 9] = [
         Route::Predict,
         Route::PredictBatch,
         Route::PredictAsync,
@@ -84,6 +86,7 @@ impl Route {
         Route::Push,
         Route::Feedback,
         Route::Admin,
+        Route::Similar,
         Route::Other,
     ];
 
@@ -97,6 +100,7 @@ impl Route {
             Route::Push => "push",
             Route::Feedback => "feedback",
             Route::Admin => "admin",
+            Route::Similar => "similar",
             Route::Other => "other",
         }
     }
@@ -149,11 +153,14 @@ impl Lookup {
 
 /// Every result code a request can end with: `ok` and the error table's
 /// codes, so each counter is an atomic found by index.
-pub const CODES: [&str; 24] = [
+pub const CODES: [&str; 27] = [
     "ok",
     "invalid_argument",
     "unknown_model",
     "unknown_view",
+    "unknown_index",
+    "unknown_entity",
+    "index_not_ready",
     "unknown_job",
     "unknown_version",
     "prediction_not_found",

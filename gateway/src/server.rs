@@ -30,8 +30,8 @@ use crate::front::layers::{GatewayLayer, GrpcReject, RestReject};
 use crate::metrics::{Admission, Front, Metrics, Sampled, StoreFamilies};
 use crate::scoring::host::ScoringHost;
 use crate::scoring::{Scorer, ScoringSettings};
-use crate::similar::Similarity;
 use crate::serve::Core;
+use crate::similar::Similarity;
 use crate::state::{AppState, DevIssuerState, MetricsPage};
 
 /// Why the gateway cannot start.
@@ -211,6 +211,12 @@ impl GatewayServer {
         ));
         // Indexes current at start are loaded before the ports answer.
         similar.sync().await;
+        if !similar.is_empty() {
+            page.registry
+                .register_collector(Box::new(crate::similar::SimilarityFamilies(Arc::clone(
+                    &similar,
+                ))));
+        }
         if let Some(i) = &ingest {
             page.registry
                 .register_collector(Box::new(crate::ingest::IngestFamilies(i.stats())));
@@ -272,8 +278,11 @@ impl GatewayServer {
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> Result<(), ServeError> {
         let watch = self.reader.watch_batches();
-        let index_watch = (!self.state.similar.is_empty())
-            .then(|| self.state.similar.watch(self.config.cache.batch_poll_interval));
+        let index_watch = (!self.state.similar.is_empty()).then(|| {
+            self.state
+                .similar
+                .watch(self.config.cache.batch_poll_interval)
+        });
         // Keys load in the background: a provider that is down at start only
         // delays readiness (and answers 503 auth_unavailable), it does not
         // stop the gateway.

@@ -19,6 +19,10 @@ use feature_store::reader::FeatureReader;
 use feature_store::similarity::{IndexError, VectorIndex, artifact_name, index_target};
 use feature_store::source::KEY_SEPARATOR;
 use feature_store::store::FullStore;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric as _};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::gauge::ConstGauge;
 
 use crate::error::GatewayError;
 
@@ -258,11 +262,8 @@ impl<S: FullStore> Similarity<S> {
     /// for a bad vector, key or `k`; 503 before the first index is loaded;
     /// 429 when every search context is busy.
     pub fn query(&self, view: &str, query: &SimilarQuery) -> Result<SimilarAnswer, GatewayError> {
-        let slot = self
-            .views
-            .iter()
-            .find(|v| v.view == view)
-            .ok_or_else(|| GatewayError::UnknownIndex {
+        let slot = self.views.iter().find(|v| v.view == view).ok_or_else(|| {
+            GatewayError::UnknownIndex {
                 view: view.to_owned(),
                 known: if self.views.is_empty() {
                     "none".to_owned()
@@ -273,7 +274,8 @@ impl<S: FullStore> Similarity<S> {
                         .collect::<Vec<_>>()
                         .join(", ")
                 },
-            })?;
+            }
+        })?;
         if query.k == 0 || query.k > slot.spec.max_k {
             return Err(GatewayError::InvalidArgument(format!(
                 "k = {} is out of range: ask for 1 to {} neighbours (max_k of view {view:?})",
@@ -310,7 +312,7 @@ impl<S: FullStore> Similarity<S> {
                     .vector_of(key)
                     .ok_or_else(|| GatewayError::UnknownEntity {
                         view: view.to_owned(),
-                        entity: key.clone(),
+                        entity: key.replace(KEY_SEPARATOR, "|"),
                     })?;
                 &own
             }
@@ -324,7 +326,9 @@ impl<S: FullStore> Similarity<S> {
         let found = index
             .search(vector, query.k, exclude)
             .map_err(|e| match e {
-                IndexError::BadQuery(why) => GatewayError::InvalidArgument(format!("vector: {why}")),
+                IndexError::BadQuery(why) => {
+                    GatewayError::InvalidArgument(format!("vector: {why}"))
+                }
                 IndexError::Busy => GatewayError::Overloaded,
                 other => GatewayError::IndexNotReady {
                     view: view.to_owned(),
@@ -343,7 +347,7 @@ impl<S: FullStore> Similarity<S> {
             neighbours: found
                 .into_iter()
                 .map(|n| Found {
-                    entity: n.entity_key.to_owned(),
+                    entity: n.entity_key.replace(KEY_SEPARATOR, "|"),
                     distance: n.distance,
                 })
                 .collect(),
@@ -378,4 +382,48 @@ fn entity_key(columns: &[String], keys: &HashMap<String, String>) -> Result<Stri
         }
     }
     Ok(parts.join(&KEY_SEPARATOR.to_string()))
+}
+
+/// A gauge family: name, help, and its value for one view's index.
+type Family = (&'static str, &'static str, fn(&IndexStatus) -> f64);
+
+/// `mlgw_similarity_index_*` on `/metrics`, read from the loaded indexes at
+/// scrape time.
+pub struct SimilarityFamilies<S>(pub Arc<Similarity<S>>);
+
+impl<S> std::fmt::Debug for SimilarityFamilies<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SimilarityFamilies")
+    }
+}
+
+impl<S: FullStore> Collector for SimilarityFamilies<S> {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> std::fmt::Result {
+        let status = self.0.status();
+        let families: [Family; 3] = [
+            (
+                "mlgw_similarity_index_vectors",
+                "Vectors in the similarity index a view answers from (0: none loaded yet).",
+                |s| s.vectors as f64,
+            ),
+            (
+                "mlgw_similarity_index_memory_bytes",
+                "Memory the loaded similarity index holds (graph, vectors, keys).",
+                |s| s.memory_bytes as f64,
+            ),
+            (
+                "mlgw_similarity_index_age_seconds",
+                "Age of the data the loaded similarity index was built from.",
+                |s| s.age.map_or(f64::NAN, |a| a.as_secs_f64()),
+            ),
+        ];
+        for (name, help, value) in families {
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+            for s in &status {
+                ConstGauge::new(value(s))
+                    .encode(family.encode_family(&[("view", s.view.as_str())])?)?;
+            }
+        }
+        Ok(())
+    }
 }

@@ -52,6 +52,7 @@ fn document_lists_the_routes_and_leaves_out_the_dev_issuer() {
         ("GET", "/v1/predictions/{id}"),
         ("POST", "/v1/features/{view}/push"),
         ("POST", "/v1/feedback"),
+        ("POST", "/v1/similar/{view}"),
         ("GET", "/v1/admin/models"),
         ("GET", "/v1/admin/models/{model}/routing"),
         ("POST", "/v1/admin/models/{model}/routing"),

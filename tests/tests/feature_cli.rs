@@ -481,6 +481,54 @@ fn embeddings_load_as_vectors(cli: &Cli) -> Result<()> {
     assert_eq!(loaded["outcome"], "loaded", "{loaded}");
     assert_eq!(loaded["batch"]["rows_written"], 2000, "{loaded}");
     assert_eq!(loaded["batch"]["rows_rejected"], 0, "{loaded}");
+    // The view declares an index: the refresh built it from the new batch.
+    assert_eq!(loaded["index"]["outcome"], "built", "{loaded}");
+    assert_eq!(loaded["index"]["report"]["vectors"], 2000, "{loaded}");
+    assert_eq!(
+        loaded["index"]["report"]["source_batch"], loaded["batch"]["batch_id"],
+        "{loaded}"
+    );
+    // Its answers agree with brute force over the file's vectors.
+    let vectors: Vec<(String, Vec<f32>)> = text
+        .lines()
+        .skip(1)
+        .map(|l| {
+            let id = l.split(',').next().unwrap_or_default().to_owned();
+            let v = l
+                .split('"')
+                .nth(1)
+                .unwrap_or_default()
+                .split_whitespace()
+                .filter_map(|x| x.parse().ok())
+                .collect();
+            (id, v)
+        })
+        .collect();
+    let mut hits = 0;
+    for id in ["m-00042", "m-00777", "m-01500", "m-01999"] {
+        let answer = cli.json(&[
+            "index",
+            "query",
+            "-d",
+            defs,
+            "--view",
+            "merchant_embedding",
+            "--entity",
+            id,
+            "--k",
+            "10",
+        ])?;
+        let got: Vec<&str> = answer["neighbours"]
+            .as_array()
+            .context("neighbours")?
+            .iter()
+            .filter_map(|n| n["entity"].as_str())
+            .collect();
+        assert!(!got.contains(&id), "{answer}");
+        let truth = brute_force_top10(&vectors, id)?;
+        hits += got.iter().filter(|g| truth.iter().any(|t| t == *g)).count();
+    }
+    assert!(hits >= 38, "{hits} of 40 true neighbours found");
 
     // m-00042 reads back with the file's 64 numbers.
     let line = text
@@ -564,9 +612,94 @@ fn embeddings_load_as_vectors(cli: &Cli) -> Result<()> {
     Ok(())
 }
 
+/// Cosine top-10 of `id` among `vectors`, itself left out.
+fn brute_force_top10(vectors: &[(String, Vec<f32>)], id: &str) -> Result<Vec<String>> {
+    let q = &vectors.iter().find(|(m, _)| m == id).context("query")?.1;
+    let norm = |v: &[f32]| v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    let mut scored: Vec<(f32, &str)> = vectors
+        .iter()
+        .filter(|(m, _)| m != id)
+        .map(|(m, v)| {
+            let dot: f32 = q.iter().zip(v).map(|(a, b)| a * b).sum();
+            (1.0 - dot / (norm(q) * norm(v)), m.as_str())
+        })
+        .collect();
+    scored.sort_by(|a, b| a.0.total_cmp(&b.0));
+    Ok(scored
+        .iter()
+        .take(10)
+        .map(|(_, m)| (*m).to_owned())
+        .collect())
+}
+
 #[test]
 fn embeddings_load_as_vectors_on_the_embedded_store() -> Result<()> {
     embeddings_load_as_vectors(&Cli::embedded()?)
+}
+
+/// `index size` on the example: a table from 64 dimensions down, recall
+/// falling with the dimension, a recommendation that holds the view's
+/// threshold, and the table and plot written to the folder given.
+#[test]
+fn index_sizing_recommends_a_dimension_with_a_table_and_a_plot() -> Result<()> {
+    let cli = Cli::embedded()?;
+    let defs = merchant_definitions();
+    let defs = defs.to_str().context("path")?;
+    cli.json(&["schema", "apply"])?;
+    let csv =
+        rig::workspace_root().join("feature-store/definitions/exports/merchant_embedding.csv");
+    refresh_merchants(&cli, defs, csv.to_str().context("path")?)?;
+    let scratch = PathBuf::from(cli.file("sizing.keep", "")?);
+    let folder = scratch.parent().context("folder")?.join("sizing");
+    let folder = folder.as_path();
+    let sizing = cli.json(&[
+        "index",
+        "size",
+        "-d",
+        defs,
+        "--view",
+        "merchant_embedding",
+        "--dims",
+        "32,16,8",
+        "--queries",
+        "200",
+        "--out",
+        folder.to_str().context("path")?,
+    ])?;
+    let rows = sizing["rows"].as_array().context("rows")?;
+    let dims: Vec<u64> = rows
+        .iter()
+        .filter_map(|r| r["dimensions"].as_u64())
+        .collect();
+    assert_eq!(dims, [64, 32, 16, 8], "{sizing}");
+    let recall: Vec<f64> = rows.iter().filter_map(|r| r["recall"].as_f64()).collect();
+    assert!(recall[0] >= 0.95, "{sizing}");
+    assert!(
+        recall.windows(2).all(|w| w[0] > w[1]),
+        "recall should fall with the dimension: {recall:?}"
+    );
+    let recommended = sizing["recommended"].as_u64().context("a recommendation")?;
+    let at = dims
+        .iter()
+        .position(|&d| d == recommended)
+        .context("recommended row")?;
+    assert!(recall[at] >= 0.95, "{sizing}");
+    assert!(
+        dims.iter()
+            .zip(&recall)
+            .all(|(&d, &r)| d >= recommended || r < 0.95)
+    );
+    let table = std::fs::read_to_string(folder.join("sizing.md"))?;
+    assert!(
+        table.contains("| dimensions |") && table.contains("Recommended:"),
+        "{table}"
+    );
+    let svg = std::fs::read_to_string(folder.join("sizing.svg"))?;
+    assert!(
+        svg.starts_with("<svg") && svg.contains("recall@10"),
+        "{svg}"
+    );
+    Ok(())
 }
 
 #[test]

@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail, ensure};
 use feature_store::definitions::FeatureDefinitions;
 use feature_store::similarity;
-use feature_store::store::RowStore;
 use feature_store::store::scylla::ScyllaStore;
+use feature_store::store::{BatchStore as _, RowStore as _};
 use proto::gateway::v1 as pb;
 use rig::gateway::{Bearer, DEV_AUTH, GatewayProcess, client_with_token, config_text};
 use rig::store::{refresh_file, scylla_config};
@@ -72,7 +72,11 @@ fn rotated_csv(dir: &Path) -> Result<PathBuf> {
 
 /// Brute-force cosine top-k of merchant `id` among `vectors`, itself left out.
 fn exact(vectors: &[(String, Vec<f32>)], id: &str, k: usize) -> Result<Vec<String>> {
-    let q = &vectors.iter().find(|(m, _)| m == id).context("query merchant")?.1;
+    let q = &vectors
+        .iter()
+        .find(|(m, _)| m == id)
+        .context("query merchant")?
+        .1;
     let norm = |v: &[f32]| v.iter().map(|x| x * x).sum::<f32>().sqrt();
     let mut scored: Vec<(f32, &str)> = vectors
         .iter()
@@ -83,7 +87,11 @@ fn exact(vectors: &[(String, Vec<f32>)], id: &str, k: usize) -> Result<Vec<Strin
         })
         .collect();
     scored.sort_by(|a, b| a.0.total_cmp(&b.0));
-    Ok(scored.into_iter().take(k).map(|(_, m)| m.to_owned()).collect())
+    Ok(scored
+        .into_iter()
+        .take(k)
+        .map(|(_, m)| m.to_owned())
+        .collect())
 }
 
 struct Rig {
@@ -106,9 +114,8 @@ impl Rig {
         ensure!(built.built && built.vectors == 2000, "{built:?}");
 
         let dir = rig::ScratchDir::new("similar")?;
-        let auth = format!(
-            "{DEV_AUTH}[[auth.allow]]\napi = \"similar\"\ngroups = [\"fraud-team\"]\n"
-        );
+        let auth =
+            format!("{DEV_AUTH}[[auth.allow]]\napi = \"similar\"\ngroups = [\"fraud-team\"]\n");
         let text = config_text(&rig::rig_env("MLGW_TEST_MODEL_SERVER_GRPC")?, &auth)
             .replace(
                 &format!("{}", rig::gateway::definitions().display()),
@@ -184,7 +191,10 @@ async fn similar_merchants_over_rest_and_grpc_agree_with_brute_force() -> Result
             .iter()
             .filter_map(|n| n["distance"].as_f64())
             .collect();
-        ensure!(d.windows(2).all(|w| w[0] <= w[1] + 1e-6), "not nearest first: {d:?}");
+        ensure!(
+            d.windows(2).all(|w| w[0] <= w[1] + 1e-6),
+            "not nearest first: {d:?}"
+        );
     }
     let recall = hits as f64 / 500.0;
     assert!(recall >= 0.95, "recall@10 {recall} against brute force");
@@ -195,16 +205,33 @@ async fn similar_merchants_over_rest_and_grpc_agree_with_brute_force() -> Result
     let (_, answer) = rig
         .similar(&json!({"entity": {"merchant_id": "m-00042"}, "k": 3, "include_query": true}))
         .await?;
-    assert_eq!(answer["batch_id"].as_str(), Some(batch.as_str()), "{answer}");
-    assert!(answer["index_age_s"].as_f64().is_some_and(|a| a >= 0.0), "{answer}");
+    assert_eq!(
+        answer["batch_id"].as_str(),
+        Some(batch.as_str()),
+        "{answer}"
+    );
+    assert!(
+        answer["index_age_s"].as_f64().is_some_and(|a| a >= 0.0),
+        "{answer}"
+    );
     // With include_query, a merchant is its own nearest neighbour.
-    assert_eq!(neighbours(&answer).first().map(String::as_str), Some("m-00042"));
+    assert_eq!(
+        neighbours(&answer).first().map(String::as_str),
+        Some("m-00042")
+    );
 
     // By vector: m-00042's own vector finds m-00042 first.
-    let v42 = &vectors.iter().find(|(m, _)| m == "m-00042").context("m-00042")?.1;
+    let v42 = &vectors
+        .iter()
+        .find(|(m, _)| m == "m-00042")
+        .context("m-00042")?
+        .1;
     let (status, answer) = rig.similar(&json!({"vector": v42, "k": 5})).await?;
     assert_eq!(status, 200, "{answer}");
-    assert_eq!(neighbours(&answer).first().map(String::as_str), Some("m-00042"));
+    assert_eq!(
+        neighbours(&answer).first().map(String::as_str),
+        Some("m-00042")
+    );
 
     // gRPC, with the same token: the same neighbours as REST.
     let channel = rig.gw.channel().await?;
@@ -238,24 +265,52 @@ async fn similar_merchants_over_rest_and_grpc_agree_with_brute_force() -> Result
         let message = answer["message"].as_str().unwrap_or_default();
         assert!(message.contains(says), "{message:?} should say {says:?}");
     };
-    let (s, a) = rig.similar(&json!({"entity": {"merchant_id": "m-99999"}})).await?;
+    let (s, a) = rig
+        .similar(&json!({"entity": {"merchant_id": "m-99999"}}))
+        .await?;
     refused(s, &a, 404, "unknown_entity", "\"m-99999\"");
     let (s, a) = rig.similar(&json!({"vector": [0.1, 0.2, 0.3]})).await?;
-    refused(s, &a, 400, "invalid_argument", "has 3 values; this index holds vectors of 64");
+    refused(
+        s,
+        &a,
+        400,
+        "invalid_argument",
+        "has 3 values; this index holds vectors of 64",
+    );
     let mut huge = vec![0.1f64; 64];
     huge[7] = 1e39;
     let (s, a) = rig.similar(&json!({"vector": huge})).await?;
-    refused(s, &a, 400, "invalid_argument", "value 7 of the vector is inf");
+    refused(
+        s,
+        &a,
+        400,
+        "invalid_argument",
+        "value 7 of the vector is inf",
+    );
     let (s, a) = rig
         .similar(&json!({"entity": {"merchant_id": "m-00042"}, "k": 101}))
         .await?;
-    refused(s, &a, 400, "invalid_argument", "ask for 1 to 100 neighbours");
+    refused(
+        s,
+        &a,
+        400,
+        "invalid_argument",
+        "ask for 1 to 100 neighbours",
+    );
     let (s, a) = rig
         .similar(&json!({"entity": {"merchant_id": "m-1"}, "vector": v42}))
         .await?;
     refused(s, &a, 400, "invalid_argument", "either `entity`");
-    let (s, a) = rig.similar(&json!({"entity": {"customer_id": "c-1"}})).await?;
-    refused(s, &a, 400, "invalid_argument", "unknown key column \"customer_id\"");
+    let (s, a) = rig
+        .similar(&json!({"entity": {"customer_id": "c-1"}}))
+        .await?;
+    refused(
+        s,
+        &a,
+        400,
+        "invalid_argument",
+        "unknown key column \"customer_id\"",
+    );
     let r = rig
         .http
         .post(format!("{}/v1/similar/customer_profile", rig.gw.http))
@@ -263,7 +318,13 @@ async fn similar_merchants_over_rest_and_grpc_agree_with_brute_force() -> Result
         .send()
         .await?;
     let (s, a) = (r.status().as_u16(), r.json::<Value>().await?);
-    refused(s, &a, 404, "unknown_index", "indexed views: merchant_embedding");
+    refused(
+        s,
+        &a,
+        404,
+        "unknown_index",
+        "indexed views: merchant_embedding",
+    );
     let anonymous = reqwest::Client::new()
         .post(format!("{}/v1/similar/{VIEW}", rig.gw.http))
         .json(&json!({"entity": {"merchant_id": "m-00042"}}))
@@ -277,7 +338,9 @@ async fn similar_merchants_over_rest_and_grpc_agree_with_brute_force() -> Result
     let status = grpc
         .similar(pb::SimilarRequest {
             view: VIEW.into(),
-            query: Some(pb::similar_request::Query::Vector(pb::QueryVector { values: nan })),
+            query: Some(pb::similar_request::Query::Vector(pb::QueryVector {
+                values: nan,
+            })),
             k: 5,
             include_query: false,
         })
@@ -323,7 +386,10 @@ async fn a_new_index_is_swapped_in_under_load_without_a_failed_or_mixed_answer()
             while !stop.load(Ordering::Relaxed) {
                 let q = &queries[i % queries.len()];
                 i += 1;
-                match rig.similar(&json!({"entity": {"merchant_id": q}, "k": 10})).await {
+                match rig
+                    .similar(&json!({"entity": {"merchant_id": q}, "k": 10}))
+                    .await
+                {
                     Ok((200, a)) => seen.push((
                         a["index_id"].as_str().unwrap_or_default().to_owned(),
                         q.clone(),
@@ -376,7 +442,12 @@ async fn a_new_index_is_swapped_in_under_load_without_a_failed_or_mixed_answer()
             answers.entry((index, q)).or_default().insert(n);
         }
     }
-    assert!(failures.is_empty(), "{} failed answers: {:?}", failures.len(), &failures[..failures.len().min(5)]);
+    assert!(
+        failures.is_empty(),
+        "{} failed answers: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(5)]
+    );
     let indexes: BTreeSet<&str> = answers.keys().map(|(i, _)| i.as_str()).collect();
     assert_eq!(
         indexes,
@@ -385,7 +456,12 @@ async fn a_new_index_is_swapped_in_under_load_without_a_failed_or_mixed_answer()
     );
     // One index, one answer per query: nothing mixed.
     for ((index, q), variants) in &answers {
-        assert_eq!(variants.len(), 1, "{q} got {} different answers from index {index}", variants.len());
+        assert_eq!(
+            variants.len(),
+            1,
+            "{q} got {} different answers from index {index}",
+            variants.len()
+        );
     }
     // The rotated batch really answers differently.
     let differ = queries
@@ -395,8 +471,13 @@ async fn a_new_index_is_swapped_in_under_load_without_a_failed_or_mixed_answer()
                 != answers.get(&(built.index_batch.clone(), (*q).clone()))
         })
         .count();
-    assert!(differ > queries.len() / 2, "only {differ} queries changed with the new batch");
-    eprintln!("{total} answers during the swap, new index answering {swap_seen:.2?} after it was made current");
+    assert!(
+        differ > queries.len() / 2,
+        "only {differ} queries changed with the new batch"
+    );
+    eprintln!(
+        "{total} answers during the swap, new index answering {swap_seen:.2?} after it was made current"
+    );
     // Both indexes' artifacts are kept (the current and the one before).
     Arc::try_unwrap(rig)
         .map_err(|_| anyhow::anyhow!("callers still hold the rig"))?

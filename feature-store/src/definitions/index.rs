@@ -156,16 +156,15 @@ pub(super) fn validate_index(
             ),
         ));
     };
-    let bounded = |key: &'static str, value: Option<i64>, default: usize, low: i64, high: i64| {
-        match value {
+    let bounded =
+        |key: &'static str, value: Option<i64>, default: usize, low: i64, high: i64| match value {
             None => Ok(default),
             Some(v) if (low..=high).contains(&v) => Ok(usize::try_from(v).unwrap_or(default)),
             Some(v) => Err(problem(
                 key,
                 format!("{v} is out of range; use {low} to {high}"),
             )),
-        }
-    };
+        };
     let max_k = bounded(
         "max_k",
         raw.max_k,

@@ -1244,3 +1244,97 @@ fn vectors_stay_out_of_dynamic_views_requests_and_model_inputs() {
         "{problem:?}"
     );
 }
+
+// ---------------------------------------------------------------------------
+// Similarity indexes and includes.
+
+/// BASE with a vector feature and an index on it (`index` is the table's body).
+fn indexed(index: &str) -> String {
+    edit("[[static_view.feature]]\nname = \"country\"", VECTOR).replace(
+        "[[dynamic_view]]",
+        &format!("[static_view.index]\n{index}\n\n[[dynamic_view]]"),
+    )
+}
+
+#[test]
+fn an_index_is_declared_on_a_vector_feature_with_defaults() {
+    let defs = parse(&indexed("feature = \"embedding\"\ndistance = \"cosine\""))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let (view, spec) = defs.indexed_views().next().expect("an indexed view");
+    assert_eq!(view.name, "profile");
+    assert_eq!(spec.dimensions, 3);
+    assert_eq!(spec.distance, Distance::Cosine);
+    assert_eq!(spec.max_k, DEFAULT_MAX_K);
+    assert_eq!(spec.quantization, Quantization::F16);
+    assert!((spec.recall_threshold - DEFAULT_RECALL_THRESHOLD).abs() < 1e-12);
+    let l2 = parse(&indexed(
+        "feature = \"embedding\"\ndistance = \"l2\"\nmax_k = 7\nquantization = \"f32\"",
+    ))
+    .unwrap_or_else(|e| panic!("{e}"));
+    let (_, spec) = l2.indexed_views().next().expect("an indexed view");
+    assert_eq!((spec.distance, spec.max_k), (Distance::L2, 7));
+}
+
+#[test]
+fn index_mistakes_name_the_key_and_the_fix() {
+    for (body, key, says) in [
+        (
+            "feature = \"nope\"\ndistance = \"cosine\"",
+            "static_view[0].index.feature",
+            "has no feature \"nope\"",
+        ),
+        (
+            "feature = \"country\"\ndistance = \"cosine\"",
+            "static_view[0].index.feature",
+            "is a string feature; an index holds a vector(N) feature",
+        ),
+        (
+            "feature = \"embedding\"\ndistance = \"cosine\"\nmax_k = 0",
+            "static_view[0].index.max_k",
+            "0 is out of range; use 1 to 1000",
+        ),
+        (
+            "feature = \"embedding\"\ndistance = \"cosine\"\nrecall_threshold = 1.5",
+            "static_view[0].index.recall_threshold",
+            "1.5 is not a recall",
+        ),
+    ] {
+        let problem = refused_at(&indexed(body), key);
+        assert!(problem.to_string().contains(says), "{problem}");
+    }
+    let message = parse_error(&indexed(
+        "feature = \"embedding\"\ndistance = \"manhattan\"",
+    ));
+    assert!(message.contains("manhattan"), "{message}");
+}
+
+#[test]
+fn included_files_are_merged_and_cycles_refused() {
+    let dir = std::env::temp_dir().join(format!("mlgw-include-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let extra = "[[entity]]\nname = \"merchant\"\nkeys = [\"merchant_id\"]\n";
+    std::fs::write(dir.join("extra.toml"), extra).expect("write");
+    let main = dir.join("main.toml");
+    std::fs::write(&main, format!("include = [\"extra.toml\"]\n{BASE}")).expect("write");
+    let defs = FeatureDefinitions::load(&main).unwrap_or_else(|e| panic!("{e}"));
+    assert!(defs.entity("merchant").is_some());
+    assert!(defs.entity("customer").is_some());
+    std::fs::write(
+        dir.join("extra.toml"),
+        format!("include = [\"main.toml\"]\n{extra}"),
+    )
+    .expect("write");
+    let err = FeatureDefinitions::load(&main).expect_err("a cycle");
+    assert!(err.to_string().contains("included twice"), "{err}");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn the_example_serves_merchant_embeddings_with_an_index() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("definitions/example.toml");
+    let defs = FeatureDefinitions::load(&path).unwrap_or_else(|e| panic!("{e}"));
+    let (view, spec) = defs.indexed_views().next().expect("the merchants' index");
+    assert_eq!(view.name, "merchant_embedding");
+    assert_eq!((spec.dimensions, spec.distance), (64, Distance::Cosine));
+    assert!(defs.model("fraud_detector").is_some());
+}

@@ -183,10 +183,9 @@ impl Validator<'_> {
             let features = self.features(&view.features, &at, None)?;
             let index = match &view.index {
                 None => None,
-                Some(raw) => Some(
-                    super::index::validate_index(raw, &features)
-                        .map_err(|(key, problem)| self.invalid(&format!("{at}.index.{key}"), problem))?,
-                ),
+                Some(raw) => Some(super::index::validate_index(raw, &features).map_err(
+                    |(key, problem)| self.invalid(&format!("{at}.index.{key}"), problem),
+                )?),
             };
             views.push(FeatureView {
                 name: view.name.clone(),

@@ -263,9 +263,7 @@ impl<S: FullStore> JobRun<S> {
                     tracing::warn!(job = self.spec.name, error = %e, "index build failed");
                 }
                 ended.message.push_str("; ");
-                ended
-                    .message
-                    .push_str(&crate::similarity::summary(&built));
+                ended.message.push_str(&crate::similarity::summary(&built));
             }
         }
         ended

@@ -60,6 +60,9 @@ pub enum BuildError {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// A refresh file cannot be read.
+    #[error(transparent)]
+    Source(crate::source::SourceError),
     /// Building or serialising the index failed.
     #[error(transparent)]
     Index(#[from] IndexError),
@@ -112,7 +115,9 @@ pub async fn build<S: RowStore + BatchStore + ArtifactStore>(
         .get(&view.name)
         .cloned()
         .ok_or_else(|| BuildError::NoBatch(view.name.clone()))?;
-    if let Some(existing) = current.get(&target).filter(|c| c.fingerprint == source.batch_id)
+    if let Some(existing) = current
+        .get(&target)
+        .filter(|c| c.fingerprint == source.batch_id)
         && !force
     {
         return Ok(BuildReport {
@@ -247,6 +252,60 @@ pub async fn batch_vectors<S: RowStore>(
     Ok(out)
 }
 
+/// The usable vectors of a refresh file for `view` (as [`batch_vectors`]
+/// reads a stored batch), without touching the store: for sizing before a
+/// load, or beside a gateway that holds the store.
+///
+/// # Errors
+/// The file cannot be read at all.
+pub fn file_vectors(
+    definitions: &FeatureDefinitions,
+    view_name: &str,
+    path: &std::path::Path,
+) -> Result<BatchVectors, BuildError> {
+    let (view, spec) = definitions
+        .indexed_views()
+        .find(|(v, _)| v.name == view_name)
+        .ok_or_else(|| BuildError::NoIndex(view_name.to_owned()))?;
+    let entity = definitions
+        .entity(&view.entity)
+        .ok_or_else(|| BuildError::NoIndex(view_name.to_owned()))?;
+    let rows = crate::source::open(view, entity, path).map_err(BuildError::Source)?;
+    let mut out = BatchVectors::default();
+    for item in rows {
+        match item.map_err(BuildError::Source)? {
+            crate::source::SourceItem::Row(row) => {
+                let vector = match row.values.get(&spec.feature) {
+                    Some(FeatureValue::Vector(v)) => {
+                        check_vector(v, spec.dimensions, spec.distance).map(|()| v.clone())
+                    }
+                    _ => Err(format!("{} is missing", spec.feature)),
+                };
+                match vector {
+                    Ok(v) => out.vectors.push((row.entity_key, v)),
+                    Err(reason) => {
+                        out.skipped += 1;
+                        if out.reasons.len() < KEPT_SKIPS {
+                            out.reasons.push(RejectedRow {
+                                line: row.line,
+                                reason,
+                            });
+                        }
+                    }
+                }
+            }
+            crate::source::SourceItem::Rejected(r) => {
+                out.skipped += 1;
+                if out.reasons.len() < KEPT_SKIPS {
+                    out.reasons.push(r);
+                }
+            }
+        }
+    }
+    out.vectors.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    Ok(out)
+}
+
 async fn build_recorded<S: RowStore + BatchStore + ArtifactStore>(
     store: &S,
     view_name: &str,
@@ -355,7 +414,11 @@ async fn prune<S: BatchStore + ArtifactStore>(store: &S, view: &str, target: &st
             // A build in progress (another process): not ours to remove.
             BatchStatus::Ingested | BatchStatus::Processing => true,
         };
-        if !keep && let Err(e) = store.delete_artifact(&artifact_name(view, &r.batch_id)).await {
+        if !keep
+            && let Err(e) = store
+                .delete_artifact(&artifact_name(view, &r.batch_id))
+                .await
+        {
             tracing::warn!(error = %e, view, index = %r.batch_id, "cannot remove an old index");
         }
     }

@@ -204,7 +204,7 @@ impl VectorIndex {
             feature: spec.feature.clone(),
             source_batch: provenance.source_batch,
             data_time: provenance.data_time,
-            built_at: SystemTime::now(),
+            built_at: crate::clock::now_micros(),
             distance: spec.distance.as_str().to_owned(),
             quantization: spec.quantization.as_str().to_owned(),
             dimensions: spec.dimensions,
@@ -351,7 +351,11 @@ impl VectorIndex {
         let graph_len = self.index.serialized_length();
         let mut out = Vec::with_capacity(8 + 4 + header.len() + 8 + keys_len + graph_len);
         out.extend_from_slice(MAGIC);
-        out.extend_from_slice(&u32::try_from(header.len()).unwrap_or(u32::MAX).to_le_bytes());
+        out.extend_from_slice(
+            &u32::try_from(header.len())
+                .unwrap_or(u32::MAX)
+                .to_le_bytes(),
+        );
         out.extend_from_slice(&header);
         out.extend_from_slice(&(self.keys.len() as u64).to_le_bytes());
         for k in &self.keys {

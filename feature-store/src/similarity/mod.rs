@@ -11,6 +11,9 @@ pub mod sizing;
 
 pub use build::{
     BatchVectors, BuildError, BuildReport, after_refresh, artifact_name, batch_vectors, build,
-    index_target, summary,
+    file_vectors, index_target, summary,
 };
 pub use index::{IndexError, IndexHeader, Neighbour, Provenance, VectorIndex, check_vector};
+
+#[cfg(test)]
+mod tests;

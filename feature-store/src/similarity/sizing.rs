@@ -78,7 +78,11 @@ pub fn size(
         .collect();
     let (basis, energy) = principal_components(vectors, full, spec.distance);
     let total_energy: f64 = energy.iter().sum::<f64>().max(f64::MIN_POSITIVE);
-    let mut wanted: Vec<usize> = dims.iter().copied().filter(|&d| d > 0 && d < full).collect();
+    let mut wanted: Vec<usize> = dims
+        .iter()
+        .copied()
+        .filter(|&d| d > 0 && d < full)
+        .collect();
     wanted.push(full);
     wanted.sort_unstable_by(|a, b| b.cmp(a));
     wanted.dedup();
@@ -167,7 +171,11 @@ fn percentile(sorted: &[f64], q: f64) -> f64 {
 }
 
 fn distance(a: &[f32], b: &[f32], kind: Distance) -> f64 {
-    let dot: f64 = a.iter().zip(b).map(|(x, y)| f64::from(*x) * f64::from(*y)).sum();
+    let dot: f64 = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| f64::from(*x) * f64::from(*y))
+        .sum();
     match kind {
         Distance::Dot => 1.0 - dot,
         Distance::Cosine => {
@@ -328,11 +336,7 @@ pub fn svg(s: &Sizing) -> String {
         .fold(s.threshold, f64::min)
         .min(0.9);
     let low = (min_recall * 10.0).floor() / 10.0;
-    let max_bytes = dims
-        .iter()
-        .map(|r| r.bytes_per_vector)
-        .fold(1.0, f64::max)
-        * 1.1;
+    let max_bytes = dims.iter().map(|r| r.bytes_per_vector).fold(1.0, f64::max) * 1.1;
     let x = |d: usize| left + pw * d as f64 / max_dim;
     let y_recall = |r: f64| top + ph * (1.0 - (r - low) / (1.0 - low).max(1e-9));
     let y_bytes = |b: f64| top + ph * (1.0 - b / max_bytes);

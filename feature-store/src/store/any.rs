@@ -8,12 +8,11 @@ use std::time::{Duration, SystemTime};
 use super::embedded::EmbeddedStore;
 use super::scylla::ScyllaStore;
 use super::{
-    ArtifactStore,
-    BatchRecord, BatchStore, CoordinationStore, CurrentBatch, DynamicWrite, EventQuery, EventWrite,
-    IdempotencyClaim, Lease, LeaseOutcome, LogStore, LogWindow, RequestRecord, RequestStore,
-    RoutingRecord, RoutingStore, RowStore, ScanPage, SchemaReport, ScoreEntry, ScoreKey,
-    ScoreStore, ScoreWrite, ScoringRunRecord, StaticKey, StaticScan, StaticWrite, StoreError,
-    TunerStore,
+    ArtifactStore, BatchRecord, BatchStore, CoordinationStore, CurrentBatch, DynamicWrite,
+    EventQuery, EventWrite, IdempotencyClaim, Lease, LeaseOutcome, LogStore, LogWindow,
+    RequestRecord, RequestStore, RoutingRecord, RoutingStore, RowStore, ScanPage, SchemaReport,
+    ScoreEntry, ScoreKey, ScoreStore, ScoreWrite, ScoringRunRecord, StaticKey, StaticScan,
+    StaticWrite, StoreError, TunerStore,
 };
 use crate::aggregate::EventRange;
 use crate::freshness::StoredRow;

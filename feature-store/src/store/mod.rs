@@ -100,7 +100,7 @@ impl<T> FullStore for T where
 /// ([`AnyStore`], a backend) call any store method.
 pub mod prelude {
     pub use super::{
-        ArtifactStore as _, BatchStore as _, CoordinationStore as _, LogStore as _, RequestStore as _,
-        RoutingStore as _, RowStore as _, ScoreStore as _, TunerStore as _,
+        ArtifactStore as _, BatchStore as _, CoordinationStore as _, LogStore as _,
+        RequestStore as _, RoutingStore as _, RowStore as _, ScoreStore as _, TunerStore as _,
     };
 }

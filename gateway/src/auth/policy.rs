@@ -278,6 +278,31 @@ mod tests {
     }
 
     #[test]
+    fn similarity_lookups_are_their_own_api() {
+        let rules = vec![Rule {
+            api: Api::Similar,
+            models: None,
+            groups: vec!["search".into()],
+            scopes: vec![],
+        }];
+        let p = Policy::new(rules, vec![]);
+        assert_eq!(
+            p.check(&caller("s", &["search"], &[]), Access::Similar),
+            Ok(())
+        );
+        assert_eq!(
+            p.check(&caller("f", &["fraud-team"], &["predict"]), Access::Similar),
+            Err("caller 'f' is not in a group allowed to look up similar entities".into())
+        );
+        // Granting similar grants nothing else.
+        assert!(
+            p.check(&caller("s", &["search"], &[]), Access::Push)
+                .is_err()
+        );
+        assert_eq!(Api::named("similar"), Some(Api::Similar));
+    }
+
+    #[test]
     fn pilots_are_reachable_only_by_their_groups() {
         let p = policy();
         let svc = caller("svc-a", &["fraud-team"], &["predict"]);

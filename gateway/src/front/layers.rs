@@ -119,6 +119,8 @@ pub fn route_of(path: &str) -> Option<Route> {
         p if p.starts_with("/v1/models/") && p.ends_with("/predict-async") => Route::PredictAsync,
         p if p.starts_with("/v1/predictions/") => Route::Poll,
         p if p.starts_with("/v1/features/") => Route::Push,
+        "/gateway.v1.SimilarityService/Similar" => Route::Similar,
+        p if p.starts_with("/v1/similar/") => Route::Similar,
         p if p.starts_with("/v1/admin/")
             || p.starts_with("/gateway.v1.RoutingAdminService/")
             || p.starts_with("/gateway.v1.TunerAdminService/") =>
@@ -234,6 +236,7 @@ mod tests {
             Some(Route::PredictBatch)
         );
         assert_eq!(route_of("/v1/features/clicks/push"), Some(Route::Push));
+        assert_eq!(route_of("/v1/similar/merchants"), Some(Route::Similar));
         assert_eq!(route_of("/v1/feedback"), Some(Route::Feedback));
         assert_eq!(route_of("/v1/admin/tuner/jobs/j"), Some(Route::Admin));
         assert_eq!(

@@ -37,12 +37,9 @@ impl ScyllaStore {
 impl ArtifactStore for ScyllaStore {
     async fn put_artifact(&self, name: &str, bytes: &[u8]) -> Result<(), StoreError> {
         let st = self.statements().await?;
-        let chunks = i32::try_from(chunk_count(bytes.len())).map_err(|_| {
-            StoreError::Backend(format!("artifact {name} is too large to store"))
-        })?;
-        let chunked: Vec<(i32, &[u8])> = (0..)
-            .zip(bytes.chunks(ARTIFACT_CHUNK))
-            .collect();
+        let chunks = i32::try_from(chunk_count(bytes.len()))
+            .map_err(|_| StoreError::Backend(format!("artifact {name} is too large to store")))?;
+        let chunked: Vec<(i32, &[u8])> = (0..).zip(bytes.chunks(ARTIFACT_CHUNK)).collect();
         for group in chunked.chunks(IN_FLIGHT) {
             futures_util::future::try_join_all(group.iter().map(|&(i, chunk)| {
                 deadline(self.config.write_timeout, async move {
@@ -72,15 +69,23 @@ impl ArtifactStore for ScyllaStore {
         let st = self.statements().await?;
         let parts: Vec<Vec<u8>> = stream::iter(0..chunks)
             .map(|i| {
-                deadline(self.config.read_timeout.max(std::time::Duration::from_secs(5)), async move {
-                    let mut statement = st.get_chunk.clone();
-                    statement.set_consistency(self.config.write_consistency);
-                    let result = self.session.execute_unpaged(&statement, (name, i)).await?;
-                    let row: Option<(Vec<u8>,)> = result.into_rows_result()?.maybe_first_row()?;
-                    row.map(|(data,)| data).ok_or_else(|| {
-                        StoreError::Backend(format!("artifact {name} lacks chunk {i} of {chunks}"))
-                    })
-                })
+                deadline(
+                    self.config
+                        .read_timeout
+                        .max(std::time::Duration::from_secs(5)),
+                    async move {
+                        let mut statement = st.get_chunk.clone();
+                        statement.set_consistency(self.config.write_consistency);
+                        let result = self.session.execute_unpaged(&statement, (name, i)).await?;
+                        let row: Option<(Vec<u8>,)> =
+                            result.into_rows_result()?.maybe_first_row()?;
+                        row.map(|(data,)| data).ok_or_else(|| {
+                            StoreError::Backend(format!(
+                                "artifact {name} lacks chunk {i} of {chunks}"
+                            ))
+                        })
+                    },
+                )
             })
             .buffered(IN_FLIGHT)
             .try_collect()
