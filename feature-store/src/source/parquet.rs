@@ -6,10 +6,11 @@
 //! a feature, appear once, and have a Parquet type that holds its declared type
 //! without loss (`float32` ← FLOAT; `float64` ← DOUBLE or FLOAT; `int64` ←
 //! INT64 or INT32, signed or unsigned as long as it fits; `bool` ← BOOLEAN;
-//! `string` ← BYTE_ARRAY annotated as UTF-8 text). Key columns may be text or
-//! integers (ids often are); integers become their decimal text. Nested,
-//! repeated and other types (timestamps, decimals, dates, plain binary) are
-//! refused, as is a column chunk compressed with a codec this build cannot
+//! `string` ← BYTE_ARRAY annotated as UTF-8 text; `vector(N)` ← a list of
+//! FLOAT, as pyarrow writes `list<float32>` and fixed-size lists, or a
+//! repeated FLOAT). Key columns may be text or integers (ids often are);
+//! integers become their decimal text. Other nested and repeated columns and
+//! other types (timestamps, decimals, dates, plain binary) are refused, as is a column chunk compressed with a codec this build cannot
 //! read (only snappy and uncompressed are built in).
 //!
 //! A null cell means "no value" (the default applies when the row is read). A
@@ -41,11 +42,21 @@ const BATCH_ROWS: usize = 4096;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Stored {
     Bool,
-    Int32 { unsigned: bool },
-    Int64 { unsigned: bool },
+    Int32 {
+        unsigned: bool,
+    },
+    Int64 {
+        unsigned: bool,
+    },
     Float,
     Double,
     Utf8,
+    /// A list of FLOAT: `outer_optional` when a null list is possible,
+    /// `element_optional` when a null element is.
+    FloatList {
+        outer_optional: bool,
+        element_optional: bool,
+    },
 }
 
 impl Stored {
@@ -88,8 +99,7 @@ impl Stored {
             ),
             FeatureType::Bool => self == Stored::Bool,
             FeatureType::String => self == Stored::Utf8,
-            // Repeated (list) columns are not read yet: CSV carries vectors.
-            FeatureType::Vector(_) => false,
+            FeatureType::Vector(_) => matches!(self, Stored::FloatList { .. }),
         }
     }
 
@@ -138,7 +148,7 @@ fn int_signedness(
 /// A top-level field's type as a person reading the schema would name it.
 fn describe(field: &SchemaType) -> String {
     if field.is_group() {
-        return "group (nested columns)".to_owned();
+        return "group (nested columns, or a list of another type than FLOAT)".to_owned();
     }
     let info = field.get_basic_info();
     let mut text = String::new();
@@ -200,6 +210,7 @@ enum Values {
 impl Values {
     fn new(stored: Stored) -> Values {
         match stored {
+            Stored::FloatList { .. } => Values::Float(Vec::new()),
             Stored::Bool => Values::Bool(Vec::new()),
             Stored::Int32 { .. } => Values::Int32(Vec::new()),
             Stored::Int64 { .. } => Values::Int64(Vec::new()),
@@ -242,8 +253,13 @@ struct Column {
     max_def: i16,
     /// The reader of this column's chunk in the current row group.
     reader: Option<ColumnReader>,
-    /// Definition levels of the batch's rows (optional columns only).
+    /// Definition levels of the batch's rows (optional columns only), or of
+    /// its list entries (list columns).
     defs: Vec<i16>,
+    /// Repetition levels of the batch's list entries (list columns only).
+    reps: Vec<i16>,
+    /// Index in `defs` of the next row's first level (list columns only).
+    next_level: usize,
     /// The batch's non-null values, in row order.
     values: Values,
     /// Index in `values` of the next row's value.
@@ -255,9 +271,13 @@ impl Column {
     /// buffers; returns how many rows were there.
     fn read_batch(&mut self, rows: usize) -> Result<usize, ParquetError> {
         self.defs.clear();
+        self.reps.clear();
         self.values.clear();
         self.next_value = 0;
+        self.next_level = 0;
+        let is_list = matches!(self.stored, Stored::FloatList { .. });
         let defs = (self.max_def > 0).then_some(&mut self.defs);
+        let reps = is_list.then_some(&mut self.reps);
         let Some(reader) = self.reader.as_mut() else {
             return Ok(0);
         };
@@ -272,7 +292,7 @@ impl Column {
                 r.read_records(rows, defs, None, v)?
             }
             (ColumnReader::FloatColumnReader(r), Values::Float(v)) => {
-                r.read_records(rows, defs, None, v)?
+                r.read_records(rows, defs, reps, v)?
             }
             (ColumnReader::DoubleColumnReader(r), Values::Double(v)) => {
                 r.read_records(rows, defs, None, v)?
@@ -298,6 +318,52 @@ impl Column {
         let index = self.next_value;
         self.next_value += 1;
         Some(index)
+    }
+
+    /// The next row of a list column: None for a null list, else its
+    /// elements or why they are not a vector (a null element).
+    fn take_list(&mut self) -> Option<Result<Vec<f32>, String>> {
+        let Stored::FloatList {
+            outer_optional,
+            element_optional,
+        } = self.stored
+        else {
+            return Some(Err("the column is not a list".to_owned()));
+        };
+        let Values::Float(values) = &self.values else {
+            return Some(Err("the column is not a list of floats".to_owned()));
+        };
+        let null_list_below = i16::from(outer_optional);
+        let mut out = Vec::new();
+        let mut problem = None;
+        let mut first = true;
+        let mut null = false;
+        while let Some(&def) = self.defs.get(self.next_level) {
+            let rep = self.reps.get(self.next_level).copied().unwrap_or(0);
+            if !first && rep == 0 {
+                break;
+            }
+            first = false;
+            self.next_level += 1;
+            if def == self.max_def {
+                if let Some(v) = values.get(self.next_value) {
+                    out.push(*v);
+                }
+                self.next_value += 1;
+            } else if element_optional && def == self.max_def - 1 {
+                problem.get_or_insert(format!("component {} is null", out.len() + 1));
+                out.push(f32::NAN);
+            } else if def < null_list_below {
+                null = true;
+            }
+        }
+        if null {
+            return None;
+        }
+        Some(match problem {
+            Some(p) => Err(p),
+            None => Ok(out),
+        })
     }
 
     /// The value at `index` in `values`; None if there is none (a chunk with
@@ -369,7 +435,8 @@ impl ParquetRows {
         let schema = reader.metadata().file_metadata().schema_descr_ptr();
         let fields = schema.root_schema().get_fields();
         let mut columns: Vec<Column> = Vec::with_capacity(fields.len());
-        for (index, field) in fields.iter().enumerate() {
+        let mut next_leaf = 0;
+        for field in fields {
             let name = field.name();
             if columns.iter().any(|c| c.name == name) {
                 return Err(SourceError::DuplicateColumn {
@@ -390,12 +457,20 @@ impl ParquetRows {
                     expected: expected_columns(view, entity),
                 });
             };
-            // Every field before this one is a single leaf column (a nested one
-            // would have been refused below), so this field is leaf `index`.
-            let desc = (field.is_primitive() && index < schema.num_columns())
-                .then(|| schema.column(index))
-                .filter(|d| d.max_rep_level() == 0 && d.max_def_level() <= 1);
-            let stored = desc.as_deref().and_then(Stored::of);
+            // The field's leaf columns: one for a primitive or a list (any
+            // other nesting is refused below).
+            let leaf = next_leaf;
+            let leaves = leaf_count(field);
+            next_leaf += leaves;
+            let desc = (leaves == 1 && leaf < schema.num_columns()).then(|| schema.column(leaf));
+            let stored = match &desc {
+                Some(d) if field.is_primitive() => (d.max_rep_level() == 0
+                    && d.max_def_level() <= 1)
+                    .then(|| Stored::of(d))
+                    .flatten(),
+                Some(d) => float_list(field, d),
+                None => None,
+            };
             let fits = stored.is_some_and(|s| match role {
                 Role::Key(_) => s.is_key(),
                 Role::Feature(ty) => s.holds(ty),
@@ -416,13 +491,15 @@ impl ParquetRows {
                 });
             };
             columns.push(Column {
-                leaf: index,
+                leaf,
                 name: name.to_owned(),
                 role,
                 stored,
                 max_def: desc.max_def_level(),
                 reader: None,
                 defs: Vec::with_capacity(BATCH_ROWS),
+                reps: Vec::new(),
+                next_level: 0,
                 values: Values::new(stored),
                 next_value: 0,
             });
@@ -527,6 +604,22 @@ impl ParquetRows {
         for column in &mut self.columns {
             // Every column moves past the row, even once it is rejected, so the
             // columns stay in step.
+            if let (Role::Feature(FeatureType::Vector(n)), Stored::FloatList { .. }) =
+                (column.role, column.stored)
+            {
+                let list = column.take_list();
+                if reason.is_some() {
+                    continue;
+                }
+                match list.map(|l| l.and_then(|v| list_vector(v, n))) {
+                    None => {}
+                    Some(Ok(value)) => {
+                        values.insert(column.name.clone(), value);
+                    }
+                    Some(Err(why)) => reason = Some(format!("column \"{}\": {why}", column.name)),
+                }
+                continue;
+            }
             let index = column.advance(row);
             if reason.is_some() {
                 continue;
@@ -578,6 +671,58 @@ impl Iterator for ParquetRows {
         }
         Some(Ok(self.row()))
     }
+}
+
+/// How many leaf columns `field` holds.
+fn leaf_count(field: &SchemaType) -> usize {
+    if field.is_primitive() {
+        1
+    } else {
+        field.get_fields().iter().map(|f| leaf_count(f)).sum()
+    }
+}
+
+/// A list column's elements as a `vector(n)` value; why not when the count
+/// is wrong or a component is not finite.
+fn list_vector(v: Vec<f32>, n: u16) -> Result<FeatureValue, String> {
+    if v.len() != usize::from(n) {
+        return Err(format!(
+            "the list has {} components; the feature is vector({n})",
+            v.len()
+        ));
+    }
+    if let Some(i) = v.iter().position(|x| !x.is_finite()) {
+        return Err(format!(
+            "component {} is {}, not a finite number",
+            i + 1,
+            v[i]
+        ));
+    }
+    Ok(FeatureValue::Vector(v))
+}
+
+/// How a group field holding one leaf column is stored if it is a list of
+/// FLOAT: the standard three-level LIST (`optional group x (LIST) {
+/// repeated group list { optional float element; } }`, as pyarrow writes
+/// lists and fixed-size lists) or a two-level repeated FLOAT.
+fn float_list(field: &SchemaType, leaf: &ColumnDescriptor) -> Option<Stored> {
+    let plain = leaf.logical_type_ref().is_none() && leaf.converted_type() == ConvertedType::NONE;
+    if leaf.max_rep_level() != 1 || leaf.physical_type() != PhysicalType::FLOAT || !plain {
+        return None;
+    }
+    let repetition = |t: &SchemaType| {
+        let info = t.get_basic_info();
+        info.has_repetition().then(|| info.repetition())
+    };
+    let outer_optional = repetition(field) == Some(Repetition::OPTIONAL);
+    let element_optional = repetition(leaf.self_type()) == Some(Repetition::OPTIONAL);
+    // Levels: the outer field (if optional), the repeated node, the element
+    // (if optional); anything deeper is not a plain list.
+    let expected = i16::from(outer_optional) + 1 + i16::from(element_optional);
+    (leaf.max_def_level() == expected).then_some(Stored::FloatList {
+        outer_optional,
+        element_optional,
+    })
 }
 
 /// A key cell as text: integers in decimal.
@@ -729,6 +874,8 @@ default = "none"
         F32(Vec<Option<f32>>),
         F64(Vec<Option<f64>>),
         Str(Vec<Option<String>>),
+        /// A three-level list of optional floats (outer and element optional).
+        F32List(Vec<Option<Vec<Option<f32>>>>),
     }
 
     impl Data {
@@ -744,6 +891,7 @@ default = "none"
                 Data::F32(v) => v.len(),
                 Data::F64(v) => v.len(),
                 Data::Str(v) => v.len(),
+                Data::F32List(v) => v.len(),
             }
         }
     }
@@ -818,6 +966,27 @@ default = "none"
                     Data::I64(v) => put::<Int64Type>(&mut column, &v[start..end], &levels),
                     Data::F32(v) => put::<FloatType>(&mut column, &v[start..end], &levels),
                     Data::F64(v) => put::<DoubleType>(&mut column, &v[start..end], &levels),
+                    Data::F32List(v) => {
+                        let (mut values, mut defs, mut reps) = (Vec::new(), Vec::new(), Vec::new());
+                        for row in &v[start..end] {
+                            match row {
+                                None => (defs.push(0), reps.push(0)),
+                                Some(items) if items.is_empty() => (defs.push(1), reps.push(0)),
+                                Some(items) => {
+                                    for (j, item) in items.iter().enumerate() {
+                                        reps.push(i16::from(j > 0));
+                                        defs.push(if item.is_some() { 3 } else { 2 });
+                                        values.extend(item);
+                                    }
+                                    continue;
+                                }
+                            };
+                        }
+                        column
+                            .typed::<FloatType>()
+                            .write_batch(&values, Some(&defs), Some(&reps))
+                            .unwrap();
+                    }
                     Data::Str(v) => {
                         let bytes: Vec<Option<ByteArray>> = v[start..end]
                             .iter()
@@ -1268,5 +1437,78 @@ default = "none"
     fn the_reader_can_move_to_another_thread() {
         fn send<T: Send>() {}
         send::<ParquetRows>();
+    }
+
+    #[test]
+    fn float_lists_load_as_vectors_and_bad_ones_are_rejected_with_the_reason() {
+        let defs = FeatureDefinitions::parse(
+            "[[entity]]\nname = \"merchant\"\nkeys = [\"merchant_id\"]\n\n\
+             [[static_view]]\nname = \"emb\"\nentity = \"merchant\"\nrefresh_job = \"j\"\nmax_age = \"1d\"\n\n\
+             [[static_view.feature]]\nname = \"embedding\"\ntype = \"vector(3)\"\ndefault = 0.0\n",
+            Path::new("emb.toml"),
+        )
+        .unwrap();
+        let schema = "message m { required binary merchant_id (UTF8); \
+                      optional group embedding (LIST) { repeated group list { optional float element; } } }";
+        let ids = ["m-1", "m-2", "m-3", "m-4", "m-5", "m-6"];
+        let lists = vec![
+            Some(vec![Some(0.5), Some(-1.0), Some(2.0)]),
+            None,
+            Some(vec![Some(1.0), Some(2.0)]),
+            Some(vec![Some(1.0), None, Some(3.0)]),
+            Some(vec![Some(1.0), Some(f32::INFINITY), Some(3.0)]),
+            Some(vec![Some(7.0), Some(8.0), Some(9.0)]),
+        ];
+        // Two rows per row group: lists cross batch and group boundaries.
+        let file = write(
+            "lists.parquet",
+            schema,
+            &[Data::text(&ids.map(Some)), Data::F32List(lists)],
+            2,
+        );
+        let items: Vec<SourceItem> = open_in(&defs, "emb", &file)
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(items.len(), 6);
+        assert_eq!(
+            row(&items[0]).values.get("embedding"),
+            Some(&FeatureValue::Vector(vec![0.5, -1.0, 2.0]))
+        );
+        // A null list is no value: the default applies when read.
+        assert!(row(&items[1]).values.is_empty());
+        assert_eq!(
+            rejected(&items),
+            vec![
+                (
+                    3,
+                    "column \"embedding\": the list has 2 components; the feature is vector(3)"
+                        .to_owned()
+                ),
+                (4, "column \"embedding\": component 2 is null".to_owned()),
+                (
+                    5,
+                    "column \"embedding\": component 2 is inf, not a finite number".to_owned()
+                ),
+            ]
+        );
+        assert_eq!(
+            row(&items[5]).values.get("embedding"),
+            Some(&FeatureValue::Vector(vec![7.0, 8.0, 9.0]))
+        );
+        // A list of doubles would lose precision: refused, naming the column.
+        let doubles = "message m { required binary merchant_id (UTF8); \
+                       optional group embedding (LIST) { repeated group list { optional double element; } } }";
+        let file = write(
+            "doubles.parquet",
+            doubles,
+            &[Data::text(&[Some("m-1")]), Data::F64(vec![None])],
+            1,
+        );
+        let err = open_in(&defs, "emb", &file)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("embedding") && err.contains("list"), "{err}");
     }
 }
