@@ -28,6 +28,8 @@ use crate::error::GatewayError;
 
 /// How long reading one index artifact from the store may take.
 const ARTIFACT_DEADLINE: Duration = Duration::from_secs(120);
+/// How long a build that failed to load waits before it is tried again.
+const RETRY_FAILED: Duration = Duration::from_secs(60);
 
 /// What to search for.
 #[derive(Debug, Clone)]
@@ -90,6 +92,9 @@ struct ViewIndex {
     status: Mutex<String>,
     /// The index build being loaded now, if any.
     loading: Mutex<Option<String>>,
+    /// The last build that failed to load, and when: retried only after
+    /// [`RETRY_FAILED`], so a damaged artifact is not re-read every poll.
+    failed: Mutex<Option<(String, Instant)>>,
 }
 
 /// What a view's index is doing, for `/metrics` and logs.
@@ -129,6 +134,7 @@ impl<S: FullStore> Similarity<S> {
                     current: ArcSwapOption::empty(),
                     status: Mutex::new("no index has been built for its current batch yet (mlgw-features index build)".to_owned()),
                     loading: Mutex::new(None),
+                    failed: Mutex::new(None),
                 })
             })
             .collect();
@@ -176,6 +182,13 @@ impl<S: FullStore> Similarity<S> {
             if loaded.as_ref().map(|l| l.index_id.as_str()) == Some(current.batch_id.as_str()) {
                 continue;
             }
+            let recently_failed = view.failed.lock().is_ok_and(|f| {
+                f.as_ref()
+                    .is_some_and(|(id, at)| *id == current.batch_id && at.elapsed() < RETRY_FAILED)
+            });
+            if recently_failed {
+                continue;
+            }
             {
                 let Ok(mut loading) = view.loading.lock() else {
                     continue;
@@ -201,6 +214,9 @@ impl<S: FullStore> Similarity<S> {
                         tracing::warn!(view = view.view, index = id, error = %why, "similarity index not loaded; the previous one keeps answering");
                         if let Ok(mut s) = view.status.lock() {
                             *s = format!("index {id} failed to load: {why}");
+                        }
+                        if let Ok(mut f) = view.failed.lock() {
+                            *f = Some((id.clone(), Instant::now()));
                         }
                     }
                 }

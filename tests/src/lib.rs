@@ -667,3 +667,53 @@ impl<P: RigPart> Drop for OwnRig<P> {
         }
     }
 }
+
+/// The example merchant embeddings
+/// (`feature-store/definitions/exports/merchant_embedding.csv`) by merchant,
+/// in file order.
+///
+/// # Errors
+/// When the file cannot be read or a row is not `id,…,"v1 v2 …"`.
+pub fn example_embeddings() -> Result<Vec<(String, Vec<f32>)>> {
+    let path = workspace_root().join("feature-store/definitions/exports/merchant_embedding.csv");
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("read {}", path.display()))?;
+    let mut out = Vec::new();
+    for line in text.lines().skip(1) {
+        let id = line.split(',').next().context("merchant id")?.to_owned();
+        let cell = line.split('"').nth(1).context("quoted vector")?;
+        let v: Vec<f32> = cell
+            .split_whitespace()
+            .map(str::parse)
+            .collect::<Result<_, _>>()?;
+        out.push((id, v));
+    }
+    Ok(out)
+}
+
+/// Brute-force cosine top-`k` of `id` among `vectors`, itself left out.
+///
+/// # Errors
+/// When `id` is not among them.
+pub fn cosine_top(vectors: &[(String, Vec<f32>)], id: &str, k: usize) -> Result<Vec<String>> {
+    let q = &vectors
+        .iter()
+        .find(|(m, _)| m == id)
+        .with_context(|| format!("{id} among the vectors"))?
+        .1;
+    let norm = |v: &[f32]| v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    let mut scored: Vec<(f32, &str)> = vectors
+        .iter()
+        .filter(|(m, _)| m != id)
+        .map(|(m, v)| {
+            let dot: f32 = q.iter().zip(v).map(|(a, b)| a * b).sum();
+            (1.0 - dot / (norm(q) * norm(v)), m.as_str())
+        })
+        .collect();
+    scored.sort_by(|a, b| a.0.total_cmp(&b.0));
+    Ok(scored
+        .into_iter()
+        .take(k)
+        .map(|(_, m)| m.to_owned())
+        .collect())
+}

@@ -489,21 +489,7 @@ fn embeddings_load_as_vectors(cli: &Cli) -> Result<()> {
         "{loaded}"
     );
     // Its answers agree with brute force over the file's vectors.
-    let vectors: Vec<(String, Vec<f32>)> = text
-        .lines()
-        .skip(1)
-        .map(|l| {
-            let id = l.split(',').next().unwrap_or_default().to_owned();
-            let v = l
-                .split('"')
-                .nth(1)
-                .unwrap_or_default()
-                .split_whitespace()
-                .filter_map(|x| x.parse().ok())
-                .collect();
-            (id, v)
-        })
-        .collect();
+    let vectors = rig::example_embeddings()?;
     let mut hits = 0;
     for id in ["m-00042", "m-00777", "m-01500", "m-01999"] {
         let answer = cli.json(&[
@@ -525,7 +511,7 @@ fn embeddings_load_as_vectors(cli: &Cli) -> Result<()> {
             .filter_map(|n| n["entity"].as_str())
             .collect();
         assert!(!got.contains(&id), "{answer}");
-        let truth = brute_force_top10(&vectors, id)?;
+        let truth = rig::cosine_top(&vectors, id, 10)?;
         hits += got.iter().filter(|g| truth.iter().any(|t| t == *g)).count();
     }
     assert!(hits >= 38, "{hits} of 40 true neighbours found");
@@ -610,26 +596,6 @@ fn embeddings_load_as_vectors(cli: &Cli) -> Result<()> {
         "{reasons:?}"
     );
     Ok(())
-}
-
-/// Cosine top-10 of `id` among `vectors`, itself left out.
-fn brute_force_top10(vectors: &[(String, Vec<f32>)], id: &str) -> Result<Vec<String>> {
-    let q = &vectors.iter().find(|(m, _)| m == id).context("query")?.1;
-    let norm = |v: &[f32]| v.iter().map(|x| x * x).sum::<f32>().sqrt();
-    let mut scored: Vec<(f32, &str)> = vectors
-        .iter()
-        .filter(|(m, _)| m != id)
-        .map(|(m, v)| {
-            let dot: f32 = q.iter().zip(v).map(|(a, b)| a * b).sum();
-            (1.0 - dot / (norm(q) * norm(v)), m.as_str())
-        })
-        .collect();
-    scored.sort_by(|a, b| a.0.total_cmp(&b.0));
-    Ok(scored
-        .iter()
-        .take(10)
-        .map(|(_, m)| (*m).to_owned())
-        .collect())
 }
 
 #[test]

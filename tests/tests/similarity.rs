@@ -32,22 +32,6 @@ fn embeddings_csv() -> PathBuf {
     rig::workspace_root().join("feature-store/definitions/exports/merchant_embedding.csv")
 }
 
-/// The example file's vectors by merchant.
-fn example_vectors() -> Result<Vec<(String, Vec<f32>)>> {
-    let text = std::fs::read_to_string(embeddings_csv())?;
-    let mut out = Vec::new();
-    for line in text.lines().skip(1) {
-        let id = line.split(',').next().context("id")?.to_owned();
-        let cell = line.split('"').nth(1).context("quoted vector")?;
-        let v: Vec<f32> = cell
-            .split_whitespace()
-            .map(str::parse)
-            .collect::<Result<_, _>>()?;
-        out.push((id, v));
-    }
-    Ok(out)
-}
-
 /// The example file with every merchant's vector moved to the next
 /// merchant: a batch whose neighbours differ from the original's.
 fn rotated_csv(dir: &Path) -> Result<PathBuf> {
@@ -68,30 +52,6 @@ fn rotated_csv(dir: &Path) -> Result<PathBuf> {
     let path = dir.join("rotated.csv");
     std::fs::write(&path, out)?;
     Ok(path)
-}
-
-/// Brute-force cosine top-k of merchant `id` among `vectors`, itself left out.
-fn exact(vectors: &[(String, Vec<f32>)], id: &str, k: usize) -> Result<Vec<String>> {
-    let q = &vectors
-        .iter()
-        .find(|(m, _)| m == id)
-        .context("query merchant")?
-        .1;
-    let norm = |v: &[f32]| v.iter().map(|x| x * x).sum::<f32>().sqrt();
-    let mut scored: Vec<(f32, &str)> = vectors
-        .iter()
-        .filter(|(m, _)| m != id)
-        .map(|(m, v)| {
-            let dot: f32 = q.iter().zip(v).map(|(a, b)| a * b).sum();
-            (1.0 - dot / (norm(q) * norm(v)), m.as_str())
-        })
-        .collect();
-    scored.sort_by(|a, b| a.0.total_cmp(&b.0));
-    Ok(scored
-        .into_iter()
-        .take(k)
-        .map(|(_, m)| m.to_owned())
-        .collect())
 }
 
 struct Rig {
@@ -169,7 +129,7 @@ fn neighbours(answer: &Value) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn similar_merchants_over_rest_and_grpc_agree_with_brute_force() -> Result<()> {
     let rig = Rig::start().await?;
-    let vectors = example_vectors()?;
+    let vectors = rig::example_embeddings()?;
 
     // REST by entity: recall@10 against brute force over 50 merchants.
     let mut hits = 0;
@@ -181,7 +141,7 @@ async fn similar_merchants_over_rest_and_grpc_agree_with_brute_force() -> Result
         ensure!(status == 200, "{status} {answer}");
         let got = neighbours(&answer);
         ensure!(got.len() == 10 && !got.contains(&id), "{answer}");
-        let truth: BTreeSet<String> = exact(&vectors, &id, 10)?.into_iter().collect();
+        let truth: BTreeSet<String> = rig::cosine_top(&vectors, &id, 10)?.into_iter().collect();
         hits += got.iter().filter(|g| truth.contains(*g)).count();
         assert_eq!(answer["distance"], "cosine");
         assert_eq!(answer["view"], VIEW);

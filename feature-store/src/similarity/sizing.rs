@@ -14,6 +14,7 @@ use serde::Serialize;
 use crate::definitions::{Distance, IndexSpec};
 
 use super::index::{IndexError, Provenance, VectorIndex};
+use crate::tuner::plot::escape;
 
 /// One dimension measured.
 #[derive(Debug, Clone, Serialize)]
@@ -446,10 +447,4 @@ pub fn svg(s: &Sizing) -> String {
     }
     out.push_str("</svg>\n");
     out
-}
-
-fn escape(text: &str) -> String {
-    text.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
 }

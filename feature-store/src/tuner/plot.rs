@@ -189,7 +189,8 @@ pub fn svg(plot: &Plot<'_>) -> String {
     out
 }
 
-fn escape(text: &str) -> String {
+/// `text` safe inside SVG text and attribute values.
+pub fn escape(text: &str) -> String {
     text.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")

@@ -17,6 +17,18 @@ fn chunk_key(name: &str, chunk: usize) -> Vec<u8> {
     key
 }
 
+/// Removes the chunks of an artifact `name` of `length` bytes (if stored).
+fn remove_chunks(
+    chunks: &mut redb::Table<'_, &[u8], &[u8]>,
+    name: &str,
+    length: Option<u64>,
+) -> Result<(), redb::StorageError> {
+    for i in 0..chunk_count(length.map_or(0, |l| usize::try_from(l).unwrap_or(0))) {
+        chunks.remove(chunk_key(name, i).as_slice())?;
+    }
+    Ok(())
+}
+
 impl ArtifactStore for EmbeddedStore {
     async fn put_artifact(&self, name: &str, bytes: &[u8]) -> Result<(), StoreError> {
         let (name, bytes) = (name.to_owned(), bytes.to_vec());
@@ -26,11 +38,8 @@ impl ArtifactStore for EmbeddedStore {
             {
                 let mut lengths = tx.open_table(ARTIFACTS)?;
                 let mut chunks = tx.open_table(ARTIFACT_CHUNKS)?;
-                if let Some(old) = lengths.get(name.as_str())?.map(|v| v.value()) {
-                    for i in 0..chunk_count(usize::try_from(old).unwrap_or(0)) {
-                        chunks.remove(chunk_key(&name, i).as_slice())?;
-                    }
-                }
+                let old = lengths.get(name.as_str())?.map(|v| v.value());
+                remove_chunks(&mut chunks, &name, old)?;
                 for (i, chunk) in bytes.chunks(ARTIFACT_CHUNK).enumerate() {
                     chunks.insert(chunk_key(&name, i).as_slice(), chunk)?;
                 }
@@ -84,11 +93,8 @@ impl ArtifactStore for EmbeddedStore {
             {
                 let mut lengths = tx.open_table(ARTIFACTS)?;
                 let mut chunks = tx.open_table(ARTIFACT_CHUNKS)?;
-                if let Some(old) = lengths.remove(name.as_str())?.map(|v| v.value()) {
-                    for i in 0..chunk_count(usize::try_from(old).unwrap_or(0)) {
-                        chunks.remove(chunk_key(&name, i).as_slice())?;
-                    }
-                }
+                let old = lengths.remove(name.as_str())?.map(|v| v.value());
+                remove_chunks(&mut chunks, &name, old)?;
             }
             tx.commit()?;
             Ok(())
