@@ -496,3 +496,86 @@ async fn the_tuner_is_judged_every_window_and_its_interval_drives_the_schedule()
         .unwrap_err();
     assert!(e.to_string().contains("\"profile_daily\""), "{e}");
 }
+
+/// A scheduled refresh of a view with a similarity index builds the index
+/// from the batch it loaded, and a rerun of identical input leaves it be.
+#[tokio::test]
+async fn a_scheduled_refresh_rebuilds_the_views_index() {
+    let dir = std::env::temp_dir().join(format!("mlgw-schedule-{}", uuid::Uuid::now_v7()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("items.csv"),
+        "item_id,embedding\ni-1,\"1 0\"\ni-2,\"0 1\"\ni-3,\"0.9 0.1\"\n",
+    )
+    .unwrap();
+    let text = r#"
+[[entity]]
+name = "item"
+keys = ["item_id"]
+
+[[static_view]]
+name = "item_embedding"
+entity = "item"
+refresh_job = "items_daily"
+max_age = "48h"
+
+[[static_view.feature]]
+name = "embedding"
+type = "vector(2)"
+default = 0.0
+
+[static_view.index]
+feature = "embedding"
+distance = "cosine"
+
+[[refresh_job]]
+name = "items_daily"
+interval = "1h"
+timeout = "1m"
+missed_run = "run_once"
+[refresh_job.source]
+file = "items.csv"
+"#;
+    let defs_path = dir.join("features.toml");
+    std::fs::write(&defs_path, text).unwrap();
+    let defs = Arc::new(FeatureDefinitions::load(&defs_path).unwrap_or_else(|e| panic!("{e}")));
+    let store = Arc::new(EmbeddedStore::open(&dir.join("features.redb")).unwrap());
+    store.apply_schema().await.unwrap();
+    let config = SchedulerConfig {
+        holder: "test-host/1".to_owned(),
+        poll: Duration::from_secs(1),
+        lease_margin: MIN,
+        shutdown_grace: Duration::from_secs(5),
+    };
+    let scheduler = Scheduler::new(Arc::clone(&store), Arc::clone(&defs), config);
+    let t0 = crate::clock::now_micros();
+    scheduler.tick(t0).await;
+    scheduler.wait_runs().await;
+    let current = store.current_batches().await.unwrap();
+    let batch = &current["item_embedding"];
+    let index = &current[&crate::similarity::index_target("item_embedding")];
+    assert_eq!(
+        index.fingerprint, batch.batch_id,
+        "the index is of the loaded batch"
+    );
+    let runs = store
+        .get_schedule("items_daily")
+        .await
+        .unwrap()
+        .unwrap()
+        .runs;
+    let message = &runs.last().unwrap().message;
+    assert!(
+        message.contains("index") && message.contains("3 vectors"),
+        "{message}"
+    );
+    // An hour later the same file: nothing loaded, the index is not rebuilt.
+    scheduler.tick(t0 + HOUR + MIN).await;
+    scheduler.wait_runs().await;
+    let again = store.current_batches().await.unwrap();
+    assert_eq!(
+        again[&crate::similarity::index_target("item_embedding")].batch_id,
+        index.batch_id
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
