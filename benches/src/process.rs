@@ -3,8 +3,9 @@
 //! can be killed, paused (SIGSTOP) and restarted on the same ports
 //! ([`ModelServer`]), CPU time per process and of the whole machine
 //! ([`CpuProbe`] → [`CpuUse`]: CPU µs per call and the cores other work kept
-//! busy), and [`interrupted`] for Ctrl-C / SIGTERM, which [`report_in_scratch`]
-//! (the body of most benches' `main`) stops a run on.
+//! busy), resident memory ([`resident_bytes`]), and [`interrupted`] for
+//! Ctrl-C / SIGTERM, which [`report_in_scratch`] (the body of most benches'
+//! `main`) stops a run on.
 //!
 //! Binaries are found by `rig::binary` (the bench profile's target folder,
 //! i.e. `cargo build --release -p model-server -p gateway`, or
@@ -27,6 +28,23 @@ pub fn cpu_seconds(pid: &str) -> Option<f64> {
     let ticks = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
     // USER_HZ is 100 on Linux.
     Some(ticks / 100.0)
+}
+
+/// Resident memory of a process now and its high-water mark (VmRSS and
+/// VmHWM of /proc/<pid>/status), bytes; None when it is gone.
+pub fn resident_bytes(pid: &str) -> Option<(u64, u64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let field = |name: &str| -> Option<u64> {
+        let kib: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))?
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()?;
+        Some(kib * 1024)
+    };
+    Some((field("VmRSS:")?, field("VmHWM:")?))
 }
 
 /// CPU seconds the whole machine has been busy (all cores, /proc/stat).
@@ -308,6 +326,26 @@ pub fn gateway_config_with_auth(
     settings: &GatewaySettings<'_>,
     auth_extra: &str,
 ) -> Result<PathBuf> {
+    gateway_config_with_definitions(
+        dir,
+        &workspace_root().join("feature-store/definitions/fraud.toml"),
+        settings,
+        auth_extra,
+    )
+}
+
+/// [`gateway_config_with_auth`] serving the feature definitions at
+/// `definitions` instead of the example's fraud.toml (they must declare what
+/// the `fraud_detector` model reads, e.g. by including fraud.toml).
+///
+/// # Errors
+/// On I/O errors.
+pub fn gateway_config_with_definitions(
+    dir: &Path,
+    definitions: &Path,
+    settings: &GatewaySettings<'_>,
+    auth_extra: &str,
+) -> Result<PathBuf> {
     let GatewaySettings {
         model_grpc,
         store,
@@ -344,9 +382,7 @@ threshold = 0.5
 top_k = 2
 {auth}{auth_extra}"#,
         auth = rig::gateway::DEV_AUTH,
-        defs = workspace_root()
-            .join("feature-store/definitions/fraud.toml")
-            .display()
+        defs = definitions.display()
     );
     let path = dir.join(format!("gateway-{}.toml", dir.read_dir()?.count()));
     std::fs::write(&path, text)?;
