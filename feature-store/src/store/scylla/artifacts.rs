@@ -67,7 +67,10 @@ impl ArtifactStore for ScyllaStore {
             return Ok(None);
         };
         let st = self.statements().await?;
-        let parts: Vec<Vec<u8>> = stream::iter(0..chunks)
+        // One buffer filled in order as chunks arrive (a few read ahead):
+        // never the chunks and their concatenation at once.
+        let mut bytes = Vec::with_capacity(usize::try_from(length).unwrap_or(0));
+        let mut parts = stream::iter(0..chunks)
             .map(|i| {
                 deadline(
                     self.config
@@ -87,10 +90,10 @@ impl ArtifactStore for ScyllaStore {
                     },
                 )
             })
-            .buffered(IN_FLIGHT)
-            .try_collect()
-            .await?;
-        let bytes = parts.concat();
+            .buffered(IN_FLIGHT);
+        while let Some(part) = parts.try_next().await? {
+            bytes.extend_from_slice(&part);
+        }
         if i64::try_from(bytes.len()).ok() != Some(length) || hex(&Sha256::digest(&bytes)) != sha {
             return Err(StoreError::Backend(format!(
                 "artifact {name} read back as {} bytes that do not match its recorded length {length} and SHA-256",

@@ -48,9 +48,13 @@ impl RowStore for ScyllaStore {
     }
 
     async fn scan_static(&self, scan: StaticScan<'_>) -> Result<ScanPage, StoreError> {
-        deadline(self.config.read_timeout, async {
+        // A page of thousands of rows is a bulk read (scoring runs, index
+        // builds), not a request's point read: it gets at least 5 s.
+        let limit = self.config.read_timeout.max(Duration::from_secs(5));
+        deadline(limit, async {
             let st = self.statements().await?;
             let mut statement = st.scan_static.clone();
+            statement.set_request_timeout(Some(limit));
             statement.set_page_size(i32::try_from(scan.limit.max(1)).unwrap_or(i32::MAX));
             let paging = scan.after.map_or_else(PagingState::start, |c| {
                 PagingState::new_from_raw_bytes(c.0.as_slice())
