@@ -205,7 +205,7 @@ async fn the_router_serves_what_the_document_lists() -> Result<()> {
             .values()
             .map(|p| p.as_object().map_or(0, |o| o.len()))
             .sum::<usize>(),
-        21
+        22
     );
     for (path, item) in paths {
         let url = format!("{}{}", gw.http, example_path(path));
