@@ -1011,21 +1011,26 @@ async fn run(scratch: PathBuf) -> Result<String> {
     let grpc = server.grpc_url();
     let configs = scratch.join("configs");
     std::fs::create_dir_all(&configs)?;
-    let embedded_config = gateway_config_with_definitions(
-        &configs,
-        &definitions,
-        &GatewaySettings {
-            model_grpc: &grpc,
-            store: &format!(
-                "[store]\nbackend = \"embedded\"\npath = \"{}\"",
-                redb.display()
-            ),
-            max_concurrent: 256,
-            model_extra: "",
-            extra: "",
-        },
-        SIMILAR_AUTH,
-    )?;
+    // A gateway config on the bench's embedded store for `definitions`.
+    let store = format!(
+        "[store]\nbackend = \"embedded\"\npath = \"{}\"",
+        redb.display()
+    );
+    let config_for = |definitions: &Path| {
+        gateway_config_with_definitions(
+            &configs,
+            definitions,
+            &GatewaySettings {
+                model_grpc: &grpc,
+                store: &store,
+                max_concurrent: 256,
+                model_extra: "",
+                extra: "",
+            },
+            SIMILAR_AUTH,
+        )
+    };
+    let embedded_config = config_for(&definitions)?;
     let (mut steps, embedded_rss) =
         through_gateway(&knobs, spec.expansion_search, &embedded_config, scratch).await?;
 
@@ -1055,21 +1060,7 @@ async fn run(scratch: PathBuf) -> Result<String> {
         drop(store);
         ensure!(rebuilt.built, "the rebuild did not build: {rebuilt:?}");
         recall_ef_build = Some((ef, seconds));
-        let config = gateway_config_with_definitions(
-            &configs,
-            &path,
-            &GatewaySettings {
-                model_grpc: &grpc,
-                store: &format!(
-                    "[store]\nbackend = \"embedded\"\npath = \"{}\"",
-                    redb.display()
-                ),
-                max_concurrent: 256,
-                model_extra: "",
-                extra: "",
-            },
-            SIMILAR_AUTH,
-        )?;
+        let config = config_for(&path)?;
         steps.extend(through_gateway(&knobs, ef, &config, scratch).await?.0);
     }
     let _ = std::fs::remove_file(&redb);
