@@ -52,3 +52,4 @@ pub mod serve;
 pub mod server;
 pub mod similar;
 pub mod state;
+pub mod tls;

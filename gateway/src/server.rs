@@ -23,6 +23,7 @@ use crate::async_predict::AsyncPredictions;
 use crate::auth::dev_issuer::{DevIssuer, DevIssuerError, DevToken};
 use crate::auth::keys::KeyFamilies;
 use crate::auth::keys::{FetchError, IssuerKeys};
+use crate::auth::verify::TokenFamilies;
 use crate::auth::{AuthMode, Authenticator, Authorizer, Policy, Verifier};
 use crate::config::GatewayConfig;
 use crate::front::grpc::{FeatureGrpc, FeedbackGrpc, PredictionGrpc, SimilarityGrpc};
@@ -201,6 +202,8 @@ impl GatewayServer {
         ));
         let limit = Arc::new(Semaphore::new(config.server.max_concurrent_requests));
         let mut page = metrics_page(&metrics, &reader, &core, &keys, &limit, config);
+        page.registry
+            .register_collector(Box::new(TokenFamilies(verifier.stats())));
         if let Some(q) = &queue {
             page.registry.register_collector(Box::new(q.families()));
         }

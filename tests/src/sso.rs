@@ -11,8 +11,6 @@ use anyhow::{Context, Result, bail};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::{Algorithm, EncodingKey};
-use rsa::pkcs1::EncodeRsaPrivateKey;
-use rsa::traits::PublicKeyParts;
 use serde_json::{Value, json};
 
 use crate::workspace_root;
@@ -184,8 +182,8 @@ pub struct TestKey {
     encoding: EncodingKey,
     n: String,
     e: String,
-    /// The public key as PKCS#1 DER (for the "HMAC keyed with the public key"
-    /// confusion attack).
+    /// The public key as X.509 SubjectPublicKeyInfo DER (for the "HMAC keyed
+    /// with the public key" confusion attack).
     pub public_der: Vec<u8>,
 }
 
@@ -195,17 +193,13 @@ impl TestKey {
     /// # Errors
     /// When key generation fails.
     pub fn generate(kid: &str) -> Result<Self> {
-        use rsa::pkcs1::EncodeRsaPublicKey;
-        let mut rng = rsa::rand_core::OsRng;
-        let private = rsa::RsaPrivateKey::new(&mut rng, 2048)?;
-        let der = private.to_pkcs1_der()?;
-        let public_der = private.to_public_key().to_pkcs1_der()?.as_bytes().to_vec();
+        let key = gateway::auth::dev_issuer::RsaKey::generate()?;
         Ok(TestKey {
             kid: kid.to_owned(),
-            encoding: EncodingKey::from_rsa_der(der.as_bytes()),
-            n: URL_SAFE_NO_PAD.encode(private.n().to_bytes_be()),
-            e: URL_SAFE_NO_PAD.encode(private.e().to_bytes_be()),
-            public_der,
+            encoding: key.encoding,
+            n: key.n,
+            e: key.e,
+            public_der: key.public_der,
         })
     }
 

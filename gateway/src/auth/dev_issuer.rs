@@ -1,5 +1,5 @@
 //! The local dev issuer (`[auth] mode = "dev"`): an RSA-2048 key pair made at
-//! start (RustCrypto `rsa`, the backend jsonwebtoken verifies with), whose
+//! start (aws-lc-rs, the backend jsonwebtoken verifies with), whose
 //! discovery document and JWKS the gateway serves itself under `/dev-issuer/`
 //! and then fetches over HTTP like any issuer's — the same path as
 //! production, no bypass. It mints one token at start for the demo. Refused
@@ -7,11 +7,11 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use aws_lc_rs::encoding::AsDer as _;
+use aws_lc_rs::signature::KeyPair as _;
 use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
-use rsa::pkcs1::EncodeRsaPrivateKey;
-use rsa::traits::PublicKeyParts;
 use serde_json::json;
 
 /// The path prefix the dev issuer is served under.
@@ -67,23 +67,15 @@ impl DevIssuer {
     /// # Errors
     /// [`DevIssuerError::Key`].
     pub fn generate(settings: DevSettings) -> Result<Self, DevIssuerError> {
-        let mut rng = rsa::rand_core::OsRng;
-        let private = rsa::RsaPrivateKey::new(&mut rng, 2048)
-            .map_err(|e| DevIssuerError::Key(e.to_string()))?;
-        let der = private
-            .to_pkcs1_der()
-            .map_err(|e| DevIssuerError::Key(e.to_string()))?;
-        let encoding = EncodingKey::from_rsa_der(der.as_bytes());
-        let n = URL_SAFE_NO_PAD.encode(private.n().to_bytes_be());
-        let e = URL_SAFE_NO_PAD.encode(private.e().to_bytes_be());
-        let kid = format!("dev-{}", n.chars().rev().take(12).collect::<String>());
+        let key = RsaKey::generate()?;
+        let kid = format!("dev-{}", key.n.chars().rev().take(12).collect::<String>());
         let jwks = json!({"keys": [{
-            "kty": "RSA", "use": "sig", "alg": "RS256", "kid": kid, "n": n, "e": e,
+            "kty": "RSA", "use": "sig", "alg": "RS256", "kid": kid, "n": key.n, "e": key.e,
         }]})
         .to_string();
         Ok(DevIssuer {
             kid,
-            encoding,
+            encoding: key.encoding,
             jwks,
             settings,
         })
@@ -114,6 +106,16 @@ impl DevIssuer {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
+        self.mint_at(issuer, audience, now)
+    }
+
+    /// [`Self::mint`] as if issued at `now` (Unix seconds).
+    pub(crate) fn mint_at(
+        &self,
+        issuer: &str,
+        audience: &str,
+        now: u64,
+    ) -> Result<DevToken, DevIssuerError> {
         let exp = now + self.settings.token_ttl.as_secs();
         let mut header = Header::new(Algorithm::RS256);
         header.kid = Some(self.kid.clone());
@@ -128,6 +130,53 @@ impl DevIssuer {
             token,
             expires_unix: exp,
             subject: self.settings.subject.clone(),
+        })
+    }
+}
+
+/// A fresh RSA-2048 key pair to sign tokens with, and its public parts.
+pub struct RsaKey {
+    /// The private key, as jsonwebtoken signs with it.
+    pub encoding: EncodingKey,
+    /// The modulus, base64url (the JWK's `n`).
+    pub n: String,
+    /// The public exponent, base64url (the JWK's `e`).
+    pub e: String,
+    /// The public key as X.509 SubjectPublicKeyInfo DER.
+    pub public_der: Vec<u8>,
+}
+
+impl RsaKey {
+    /// Generates the pair with aws-lc-rs (CPU work: tens of milliseconds).
+    ///
+    /// # Errors
+    /// [`DevIssuerError::Key`].
+    pub fn generate() -> Result<Self, DevIssuerError> {
+        let key_err = |what: &str| DevIssuerError::Key(what.to_owned());
+        let pair = aws_lc_rs::rsa::KeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048)
+            .map_err(|_| key_err("RSA-2048 generation failed"))?;
+        let pkcs8 = pair
+            .as_der()
+            .map_err(|_| key_err("cannot encode the private key"))?;
+        // jsonwebtoken signs RSA with PKCS#1 DER; its PEM reader takes the
+        // PKCS#8 that aws-lc-rs exports and unwraps it.
+        let pem = format!(
+            "-----BEGIN PRIVATE KEY-----\n{}\n-----END PRIVATE KEY-----\n",
+            STANDARD.encode(pkcs8.as_ref())
+        );
+        let encoding = EncodingKey::from_rsa_pem(pem.as_bytes())
+            .map_err(|e| DevIssuerError::Key(format!("cannot load the private key: {e}")))?;
+        let public = pair.public_key();
+        let public_der = public
+            .as_der()
+            .map_err(|_| key_err("cannot encode the public key"))?
+            .as_ref()
+            .to_vec();
+        Ok(RsaKey {
+            encoding,
+            n: URL_SAFE_NO_PAD.encode(public.modulus().big_endian_without_leading_zero()),
+            e: URL_SAFE_NO_PAD.encode(public.exponent().big_endian_without_leading_zero()),
+            public_der,
         })
     }
 }

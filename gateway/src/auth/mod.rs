@@ -94,6 +94,8 @@ pub struct AuthSettings {
     pub scopes_claim: claims::ClaimPath,
     /// Verified tokens remembered (0: verify every request).
     pub token_cache_entries: u64,
+    /// Refused tokens remembered (0: check every one again).
+    pub refused_cache_entries: u64,
     /// Allow rules.
     pub rules: Vec<policy::Rule>,
     /// Pilots.
@@ -113,6 +115,7 @@ impl AuthSettings {
             groups_claim: self.groups_claim.clone(),
             scopes_claim: self.scopes_claim.clone(),
             cache_entries: self.token_cache_entries,
+            refused_cache_entries: self.refused_cache_entries,
         }
     }
 }

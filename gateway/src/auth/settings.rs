@@ -39,6 +39,8 @@ pub(crate) struct RawAuth {
     scopes_claim: String,
     #[serde(default = "default_token_cache_entries")]
     token_cache_entries: u64,
+    #[serde(default = "default_token_cache_entries")]
+    refused_cache_entries: u64,
     dev: Option<RawDev>,
     #[serde(default)]
     allow: Vec<RawAllow>,
@@ -337,6 +339,7 @@ pub(crate) fn validate(
         groups_claim,
         scopes_claim,
         token_cache_entries: a.token_cache_entries,
+        refused_cache_entries: a.refused_cache_entries,
         rules,
         pilots,
     })

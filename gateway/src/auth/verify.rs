@@ -3,14 +3,22 @@
 //! `crit`, nested or encrypted tokens), the key by `kid`, the signature and
 //! the standard claims (jsonwebtoken), then our own: `iss` a string, `iat` not
 //! in the future, a bounded lifetime, groups and scopes from their claims.
+//! Verdicts are remembered both ways: verified tokens by their text, and
+//! refusals that cost a signature check by the token's SHA-256, so neither a
+//! returning caller nor a replayed forgery pays for RSA again.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, Validation};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::ConstCounter;
 use serde_json::Value;
 
 use super::Caller;
@@ -158,6 +166,8 @@ pub struct VerifySettings {
     pub scopes_claim: ClaimPath,
     /// Verified tokens remembered (0: verify every time).
     pub cache_entries: u64,
+    /// Refused tokens remembered (0: check every one again).
+    pub refused_cache_entries: u64,
 }
 
 /// A token that verified: who, until when, under which key set.
@@ -168,16 +178,96 @@ struct Verified {
     generation: u64,
 }
 
+/// A token refused after its signature was checked, and under which key set.
+#[derive(Clone)]
+struct Refused {
+    error: AuthError,
+    generation: u64,
+}
+
+/// The SHA-256 of a token's text: what the refused cache is keyed by, so a
+/// flood of large forged tokens holds 32 bytes each, not their text.
+type TokenDigest = [u8; 32];
+
+fn digest(token: &str) -> TokenDigest {
+    let mut out = [0; 32];
+    out.copy_from_slice(
+        aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes()).as_ref(),
+    );
+    out
+}
+
+/// Where each token's verdict came from, counted since start.
+#[derive(Debug, Default)]
+pub struct TokenStats {
+    /// Answered by the verified-token cache.
+    pub verified_hits: AtomicU64,
+    /// Answered by the refused-token cache.
+    pub refused_hits: AtomicU64,
+    /// Checked in full (up to the signature and claims, or a cheaper refusal).
+    pub checked: AtomicU64,
+}
+
+/// [`TokenStats`] as a `prometheus-client` collector, read at each scrape.
+#[derive(Debug)]
+pub struct TokenFamilies(pub Arc<TokenStats>);
+
+impl Collector for TokenFamilies {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> std::fmt::Result {
+        let mut family = encoder.encode_descriptor(
+            "mlgw_auth_tokens",
+            "Bearer tokens judged, by where the verdict came from: the verified \
+             cache, the refused cache, or a full check.",
+            None,
+            MetricType::Counter,
+        )?;
+        let s = &self.0;
+        for (source, c) in [
+            ("verified_cache", &s.verified_hits),
+            ("refused_cache", &s.refused_hits),
+            ("checked", &s.checked),
+        ] {
+            ConstCounter::new(c.load(Ordering::Relaxed))
+                .encode(family.encode_family(&[("source", source)])?)?;
+        }
+        Ok(())
+    }
+}
+
 /// Verifies tokens against the issuer's keys.
 pub struct Verifier {
     settings: VerifySettings,
     /// Token text → its verification. Only tokens that passed every check
     /// get in; a hit still checks `exp` and that the key set is unchanged.
     cache: Option<moka::sync::Cache<String, Verified>>,
+    /// Token digest → why it was refused, for refusals that cost a signature
+    /// check and stay true (bad signature, expired, wrong issuer or
+    /// audience, bad claims): replaying a forged token costs a hash, not an
+    /// RSA operation. Its own bounded cache, so a flood of forgeries cannot
+    /// evict verified callers; a hit holds only under the same key set.
+    refused: Option<moka::sync::Cache<TokenDigest, Refused>>,
+    stats: Arc<TokenStats>,
     /// One `Validation` per allowed algorithm (jsonwebtoken pins one family).
     validations: Vec<(Algorithm, Validation)>,
     keys: std::sync::Arc<IssuerKeys>,
     allowed_names: String,
+}
+
+/// Refusals worth remembering: reached only after the signature check (or
+/// the attempt), and true of the same token until the key set changes.
+/// Refusals that depend on the clock (`nbf`, `iat` ahead) or on the issuer
+/// being reachable are not; the cheap ones cost less than the lookup.
+fn stays_refused(error: &AuthError) -> bool {
+    matches!(
+        error,
+        AuthError::Signature
+            | AuthError::Expired
+            | AuthError::Lifetime(_)
+            | AuthError::Issuer
+            | AuthError::Audience(_)
+            | AuthError::Claims(_)
+            | AuthError::ClaimsJson(_)
+    )
 }
 
 fn now_unix() -> u64 {
@@ -217,13 +307,26 @@ impl Verifier {
                 .time_to_live(Duration::from_secs(300))
                 .build()
         });
+        let refused = (settings.refused_cache_entries > 0).then(|| {
+            moka::sync::Cache::builder()
+                .max_capacity(settings.refused_cache_entries)
+                .time_to_live(Duration::from_secs(300))
+                .build()
+        });
         Verifier {
             settings,
             cache,
+            refused,
+            stats: Arc::default(),
             validations,
             keys,
             allowed_names,
         }
+    }
+
+    /// Where verdicts came from, for `/metrics`.
+    pub fn stats(&self) -> Arc<TokenStats> {
+        Arc::clone(&self.stats)
     }
 
     /// The issuer's keys.
@@ -266,12 +369,13 @@ impl Verifier {
                 if hit.generation == self.keys.generation()
                     && hit.exp.saturating_add(self.settings.leeway.as_secs()) >= now
                 {
+                    self.stats.verified_hits.fetch_add(1, Ordering::Relaxed);
                     return Ok(hit.caller);
                 }
                 cache.invalidate(token);
             }
             let generation = self.keys.generation();
-            let (caller, exp) = self.verify_uncached(token).await?;
+            let (caller, exp) = self.verify_remembering_refusals(token).await?;
             cache.insert(
                 token.to_owned(),
                 Verified {
@@ -282,11 +386,43 @@ impl Verifier {
             );
             return Ok(caller);
         }
-        self.verify_uncached(token).await.map(|(caller, _)| caller)
+        self.verify_remembering_refusals(token)
+            .await
+            .map(|(caller, _)| caller)
+    }
+
+    /// [`Self::verify_uncached`] behind the refused cache.
+    async fn verify_remembering_refusals(&self, token: &str) -> Result<(Caller, u64), AuthError> {
+        let Some(refused) = &self.refused else {
+            return self.verify_uncached(token).await;
+        };
+        let key = digest(token);
+        if let Some(hit) = refused.get(&key) {
+            if hit.generation == self.keys.generation() {
+                self.stats.refused_hits.fetch_add(1, Ordering::Relaxed);
+                return Err(hit.error);
+            }
+            refused.invalidate(&key);
+        }
+        let generation = self.keys.generation();
+        let result = self.verify_uncached(token).await;
+        if let Err(error) = &result
+            && stays_refused(error)
+        {
+            refused.insert(
+                key,
+                Refused {
+                    error: error.clone(),
+                    generation,
+                },
+            );
+        }
+        result
     }
 
     /// Every check, no cache; the caller and the token's `exp`.
     async fn verify_uncached(&self, token: &str) -> Result<(Caller, u64), AuthError> {
+        self.stats.checked.fetch_add(1, Ordering::Relaxed);
         if !token
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
@@ -466,8 +602,74 @@ mod tests {
             groups_claim: ClaimPath::new("groups").unwrap_or_else(|| panic!("path")),
             scopes_claim: ClaimPath::new("scope").unwrap_or_else(|| panic!("path")),
             cache_entries,
+            refused_cache_entries: cache_entries,
         };
         (dev, Verifier::new(settings, Arc::new(keys)))
+    }
+
+    /// The same token with one character of its signature changed.
+    fn forged(token: &str) -> String {
+        let at = token.rfind('.').map_or(0, |dot| dot + 10);
+        let swap = if token.as_bytes().get(at) == Some(&b'A') {
+            "B"
+        } else {
+            "A"
+        };
+        let mut forged = token.to_owned();
+        forged.replace_range(at..=at, swap);
+        forged
+    }
+
+    #[tokio::test]
+    async fn a_replayed_forgery_is_refused_from_memory() {
+        let (dev, verifier) = setup(100);
+        let token = dev
+            .mint("https://i.example", "gw")
+            .map(|t| t.token)
+            .unwrap_or_default();
+        let forged = forged(&token);
+        for _ in 0..3 {
+            assert_eq!(verifier.verify(&forged).await, Err(AuthError::Signature));
+        }
+        let stats = verifier.stats();
+        assert_eq!(stats.checked.load(Ordering::Relaxed), 1);
+        assert_eq!(stats.refused_hits.load(Ordering::Relaxed), 2);
+        // The genuine token is not refused by its forgery's entry, and
+        // remembered on its own.
+        assert!(verifier.verify(&token).await.is_ok());
+        assert!(verifier.verify(&token).await.is_ok());
+        assert_eq!(stats.checked.load(Ordering::Relaxed), 2);
+        assert_eq!(stats.verified_hits.load(Ordering::Relaxed), 1);
+    }
+
+    #[tokio::test]
+    async fn refusals_that_depend_on_the_clock_are_not_remembered() {
+        let (dev, verifier) = setup(100);
+        let ahead = dev
+            .mint_at("https://i.example", "gw", now_unix() + 3600)
+            .map(|t| t.token)
+            .unwrap_or_default();
+        for _ in 0..2 {
+            assert_eq!(
+                verifier.verify(&ahead).await,
+                Err(AuthError::IssuedInFuture)
+            );
+        }
+        assert_eq!(verifier.stats().checked.load(Ordering::Relaxed), 2);
+    }
+
+    #[tokio::test]
+    async fn without_a_refused_cache_every_forgery_is_checked() {
+        let (dev, verifier) = setup(0);
+        let token = dev
+            .mint("https://i.example", "gw")
+            .map(|t| t.token)
+            .unwrap_or_default();
+        let forged = forged(&token);
+        for _ in 0..3 {
+            assert_eq!(verifier.verify(&forged).await, Err(AuthError::Signature));
+        }
+        assert_eq!(verifier.stats().checked.load(Ordering::Relaxed), 3);
     }
 
     #[tokio::test]

@@ -53,6 +53,7 @@ fn token(cli: &Cli) -> Result<String> {
 async fn run(cli: Cli) -> Result<String> {
     let token = token(&cli)?;
     let client = reqwest::Client::builder()
+        .use_preconfigured_tls(gateway::tls::client_config()?)
         .timeout(Duration::from_millis(cli.timeout_ms))
         .build()?;
     let base = cli.url.trim_end_matches('/').to_owned();
