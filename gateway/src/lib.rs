@@ -52,4 +52,3 @@ pub mod serve;
 pub mod server;
 pub mod similar;
 pub mod state;
-pub mod tls;

@@ -365,13 +365,7 @@ impl IssuerKeys {
         fetch_timeout: Duration,
         min_refetch: Duration,
     ) -> Result<Self, FetchError> {
-        let build_error = |detail: String| FetchError::Transport {
-            url: issuer.to_owned(),
-            detail: format!("cannot build the HTTP client: {detail}"),
-        };
-        let tls = crate::tls::client_config().map_err(|e| build_error(e.to_string()))?;
         let client = reqwest::Client::builder()
-            .use_preconfigured_tls(tls)
             .timeout(fetch_timeout)
             .connect_timeout(fetch_timeout)
             .redirect(reqwest::redirect::Policy::limited(3))
@@ -380,7 +374,10 @@ impl IssuerKeys {
             .pool_max_idle_per_host(0)
             .user_agent(concat!("mlgw-gateway/", env!("CARGO_PKG_VERSION")))
             .build()
-            .map_err(|e| build_error(e.to_string()))?;
+            .map_err(|e| FetchError::Transport {
+                url: issuer.to_owned(),
+                detail: format!("cannot build the HTTP client: {e}"),
+            })?;
         Ok(IssuerKeys {
             source: Source::Issuer {
                 issuer: issuer.trim_end_matches('/').to_owned(),

@@ -53,7 +53,6 @@ fn token(cli: &Cli) -> Result<String> {
 async fn run(cli: Cli) -> Result<String> {
     let token = token(&cli)?;
     let client = reqwest::Client::builder()
-        .use_preconfigured_tls(gateway::tls::client_config()?)
         .timeout(Duration::from_millis(cli.timeout_ms))
         .build()?;
     let base = cli.url.trim_end_matches('/').to_owned();
