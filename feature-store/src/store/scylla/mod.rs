@@ -62,6 +62,7 @@ use futures_util::stream::{self, StreamExt, TryStreamExt};
 use scylla::client::session::Session;
 use scylla::client::session_builder::SessionBuilder;
 use scylla::statement::Consistency;
+use scylla::statement::batch::{Batch, BatchType};
 use scylla::statement::prepared::PreparedStatement;
 use tokio::sync::OnceCell;
 
@@ -140,8 +141,12 @@ pub fn parse_consistency(text: &str) -> Option<Consistency> {
     })
 }
 
-/// Predictions written at once by one `write_predictions` call.
+/// Store calls in flight at once for one `write_predictions` call.
 const LOG_WRITE_PARALLELISM: usize = 16;
+
+/// Largest unlogged batch of log rows, in bytes of their blobs: Cassandra
+/// refuses batches above `batch_size_fail_threshold` (50 KiB by default).
+const MAX_BATCH_BYTES: usize = 40 * 1024;
 
 /// The ScyllaDB-backed store.
 pub struct ScyllaStore {
@@ -248,6 +253,72 @@ impl ScyllaStore {
                 }
             }
         }
+    }
+
+    /// Runs `prepared` for every row, the rows of one partition (`K`)
+    /// together: one unlogged single-partition batch of up to
+    /// `write_batch_rows` rows and [`MAX_BATCH_BYTES`] (each row says its
+    /// size), so the store applies one mutation per partition instead of one
+    /// request per row. [`LOG_WRITE_PARALLELISM`] calls at a time, each
+    /// within the write timeout; the first failure ends the call.
+    async fn execute_grouped<K, V>(
+        &self,
+        prepared: &PreparedStatement,
+        rows: Vec<(K, usize, V)>,
+    ) -> Result<(), StoreError>
+    where
+        K: std::hash::Hash + Eq,
+        V: scylla::serialize::row::SerializeRow + Send + Sync,
+    {
+        let max_rows = self.config.write_batch_rows.max(1);
+        // Each partition's batch being filled: its index in `calls`.
+        let mut filling: std::collections::HashMap<K, usize> = std::collections::HashMap::new();
+        let mut calls: Vec<(usize, Vec<V>)> = Vec::new();
+        for (key, bytes, values) in rows {
+            let open = filling.get(&key).copied().filter(|&i| {
+                let (b, v) = &calls[i];
+                v.len() < max_rows && b + bytes <= MAX_BATCH_BYTES
+            });
+            match open {
+                Some(i) => {
+                    calls[i].0 += bytes;
+                    calls[i].1.push(values);
+                }
+                None => {
+                    filling.insert(key, calls.len());
+                    calls.push((bytes, vec![values]));
+                }
+            }
+        }
+        stream::iter(calls)
+            .map(|(_, values)| async move {
+                deadline(self.config.write_timeout, async {
+                    if values.len() == 1 {
+                        return self
+                            .session
+                            .execute_unpaged(prepared, &values[0])
+                            .await
+                            .map(drop)
+                            .map_err(StoreError::from);
+                    }
+                    let mut batch = Batch::new(BatchType::Unlogged);
+                    batch.set_consistency(self.config.write_consistency);
+                    batch.set_request_timeout(Some(self.config.write_timeout));
+                    for _ in &values {
+                        batch.append_statement(prepared.clone());
+                    }
+                    self.session
+                        .batch(&batch, &values)
+                        .await
+                        .map(drop)
+                        .map_err(StoreError::from)
+                })
+                .await
+            })
+            .buffer_unordered(LOG_WRITE_PARALLELISM)
+            .try_collect::<Vec<()>>()
+            .await?;
+        Ok(())
     }
 
     /// Runs `prepared` once per row of values, [`LOG_WRITE_PARALLELISM`] at a

@@ -1,6 +1,8 @@
 //! The prediction log and feedback on ScyllaDB: partitions of one hour and
 //! shard taken from the UUIDv7 prediction ID itself, so a record is found
-//! from its ID alone and a time window is read partition by partition.
+//! from its ID alone and a time window is read partition by partition. A
+//! call's records are written a partition at a time, as unlogged
+//! single-partition batches: one mutation per partition, not per record.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -24,10 +26,13 @@ impl LogStore for ScyllaStore {
         let mut rows = Vec::with_capacity(records.len());
         for r in records {
             let key = PredictionKey::parse(&r.prediction_id)?;
+            let (hour, shard) = (key.hour(), i32::from(key.shard));
             let id = r.prediction_id.clone();
-            rows.push((key.hour(), i32::from(key.shard), id, r.to_bytes(), ttl));
+            let blob = r.to_bytes();
+            let bytes = blob.len() + id.len();
+            rows.push(((hour, shard), bytes, (hour, shard, id, blob, ttl)));
         }
-        self.execute_each(&st.write_prediction, rows).await
+        self.execute_grouped(&st.write_prediction, rows).await
     }
 
     async fn read_prediction(
