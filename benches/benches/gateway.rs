@@ -1,6 +1,7 @@
 //! Gateway load benchmark: gRPC `gateway.v1.PredictionService/Predict` through
 //! the real gateway and model-server processes (release builds), on the
-//! embedded store loaded with demo customers (and optionally on Cassandra).
+//! embedded store loaded with demo customers, and optionally as deployed:
+//! the shipped config on Cassandra.
 //!
 //! * **Open loop** at fixed rates: a pacing thread sends request *i* at
 //!   `start + i / rate` whether or not earlier ones have answered, and latency
@@ -40,26 +41,29 @@
 //! MLGW_BENCH_TRANSPORT (`tcp`, default: the gateway and the bench's direct
 //! calls reach the model-server over 127.0.0.1; `uds`: over its
 //! `--grpc-socket` Unix-domain socket, the sidecar deployment), and for the
-//! Cassandra cache-miss run MLGW_BENCH_GATEWAY_CASSANDRA=1 (start one with
-//! tests/rig/cassandra.sh) or MLGW_BENCH_CASSANDRA=host:port (reuse one),
-//! MLGW_BENCH_CASSANDRA_CUSTOMERS (default 200000), MLGW_BENCH_CASSANDRA_RATES
-//! (default 100,200,500: a single Cassandra node sharing two cores with
-//! everything else saturates far below the embedded store).
+//! Cassandra run (the production configuration, [`production`]:
+//! the shipped gateway.toml on Cassandra, shadows, prediction log, REST,
+//! per-user tokens) MLGW_BENCH_GATEWAY_CASSANDRA=1 (start one with
+//! tests/rig/cassandra.sh) or MLGW_BENCH_CASSANDRA=host:port (reuse one;
+//! MLGW_BENCH_CASSANDRA_PID for its CPU), MLGW_BENCH_CASSANDRA_CUSTOMERS
+//! (default 50000), MLGW_BENCH_CASSANDRA_RATES (default 500,1000,2000, then
+//! rising), MLGW_BENCH_EVENTS (raw events per customer, default 20),
+//! MLGW_BENCH_USERS (distinct users' tokens, default 50000).
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use benches::cassandra::Cassandra;
-use benches::demo::{Keys, load_embedded_profiles, load_profiles, model_request, predict_request};
+use benches::demo::{Keys, load_embedded_profiles, model_request, predict_json, predict_request};
 use benches::grpc_client::{
     Bearer, DirectClient, GatewayClient, channels, direct_clients, gateway_clients,
 };
 use benches::knobs::{env_list, env_num};
-use benches::load::{self, Call, Load, Measured, Outcome, WARMUP, closed_loop};
+use benches::load::{self, Call, Load, Measured, Outcome, WARMUP};
 use benches::process::{
     CpuProbe, CpuUse, GatewayProcess, GatewaySettings, gateway_config, report_in_scratch,
 };
@@ -67,6 +71,11 @@ use benches::prometheus::{delta, failure_codes, scrape};
 use benches::report::{Series, latency_chart, machine, ms, table_row};
 use rig::metrics::Page;
 use rig::{ModelServerProcess, example_repository_with, workspace_root};
+use tonic::metadata::{Ascii, MetadataValue};
+
+#[path = "gateway/production.rs"]
+mod production;
+use production::{ProductionNotes, ProductionSetup, run_production};
 
 /// Callers share this many HTTP/2 connections, as a client pool would.
 /// The issue's throughput target, offered by 32 paced callers.
@@ -111,6 +120,10 @@ struct Knobs {
     cassandra: CassandraMode,
     cassandra_customers: u64,
     cassandra_rates: Vec<f64>,
+    /// Raw events per customer in the dynamic view (Cassandra run).
+    events: u64,
+    /// Distinct users' tokens (Cassandra run).
+    users: u64,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -169,14 +182,18 @@ impl Knobs {
                 Ok(other) => bail!("MLGW_BENCH_TRANSPORT={other}: write tcp or uds"),
             },
             cassandra,
-            cassandra_customers: env_num("MLGW_BENCH_CASSANDRA_CUSTOMERS", 200_000.0)? as u64,
-            cassandra_rates: env_list("MLGW_BENCH_CASSANDRA_RATES", &[100.0, 200.0, 500.0])?,
+            cassandra_customers: env_num("MLGW_BENCH_CASSANDRA_CUSTOMERS", 50_000.0)? as u64,
+            cassandra_rates: env_list("MLGW_BENCH_CASSANDRA_RATES", &[500.0, 1000.0, 2000.0])?,
+            events: env_num("MLGW_BENCH_EVENTS", 20.0)? as u64,
+            users: env_num("MLGW_BENCH_USERS", 50_000.0)? as u64,
         };
         if knobs.seconds <= 0.0
             || knobs.rates.iter().any(|r| *r <= 0.0)
             || knobs.concurrency.contains(&0)
             || knobs.hot_keys == 0
             || knobs.customers < knobs.hot_keys
+            || knobs.cassandra_customers < knobs.hot_keys
+            || knobs.users == 0
         {
             bail!(
                 "bad knobs: seconds, rates, callers and hot keys must be positive, customers ≥ hot keys"
@@ -191,13 +208,32 @@ impl Knobs {
 
 /// Where the calls go.
 enum Target {
+    /// gRPC `Predict`, every call with the clients' one token.
     Gateway {
         clients: Vec<GatewayClient>,
         keys: Keys,
     },
+    /// REST `POST /v1/models/fraud_detector/predict`, JSON both ways.
+    Rest {
+        http: reqwest::Client,
+        url: String,
+        authorization: String,
+        keys: Keys,
+    },
+    /// gRPC `Predict`, each call with the next user's own token (cycling
+    /// through all of them, shared by every step).
+    Users {
+        clients: Vec<GatewayClient>,
+        tokens: Vec<MetadataValue<Ascii>>,
+        next: AtomicU64,
+        keys: Keys,
+    },
+    /// The same row straight to the model-server's `ModelInfer`, at
+    /// `version` (`""`: its default).
     Direct {
         clients: Vec<DirectClient>,
         hot: u64,
+        version: &'static str,
     },
 }
 
@@ -210,10 +246,59 @@ impl Call for Target {
                 request.set_timeout(CALL_TIMEOUT);
                 clients[conn].clone().predict(request).await.map(drop)
             }
-            Target::Direct { clients, hot } => {
-                let mut request = tonic::Request::new(model_request(k % hot, k));
+            Target::Users {
+                clients,
+                tokens,
+                next,
+                keys,
+            } => {
+                let mut request = tonic::Request::new(predict_request(keys.customer(k), k));
+                request.set_timeout(CALL_TIMEOUT);
+                let user = next.fetch_add(1, Ordering::Relaxed) as usize % tokens.len();
+                request
+                    .metadata_mut()
+                    .insert("authorization", tokens[user].clone());
+                clients[conn].clone().predict(request).await.map(drop)
+            }
+            Target::Direct {
+                clients,
+                hot,
+                version,
+            } => {
+                let mut row = model_request(k % hot, k);
+                row.model_version = (*version).to_owned();
+                let mut request = tonic::Request::new(row);
                 request.set_timeout(CALL_TIMEOUT);
                 clients[conn].clone().model_infer(request).await.map(drop)
+            }
+            Target::Rest {
+                http,
+                url,
+                authorization,
+                keys,
+            } => {
+                let sent = http
+                    .post(url)
+                    .header(http::header::AUTHORIZATION, authorization)
+                    .json(&predict_json(keys.customer(k), k))
+                    .timeout(CALL_TIMEOUT)
+                    .send()
+                    .await;
+                return match sent {
+                    Ok(answer) => {
+                        let status = answer.status();
+                        // Read the whole answer, as a caller would.
+                        let body = answer.bytes().await;
+                        match (status.as_u16(), body) {
+                            (200, Ok(_)) => Outcome::Ok,
+                            (429, _) => Outcome::Shed,
+                            (200, Err(_)) => Outcome::failed("body"),
+                            (code, _) => Outcome::failed(code.to_string()),
+                        }
+                    }
+                    Err(e) if e.is_timeout() => Outcome::failed("timeout"),
+                    Err(_) => Outcome::failed("transport"),
+                };
             }
         };
         Outcome::from_grpc(&result)
@@ -476,6 +561,11 @@ async fn run(scratch: PathBuf) -> Result<String> {
         ),
         None => c.to_owned(),
     })?;
+    if !matches!(knobs.cassandra, CassandraMode::Off) {
+        // The shipped config serves these too.
+        repo.add_model_as("customer_risk", "1", &["1"])?;
+        repo.add_model_as("txn_pattern", "1", &["1"])?;
+    }
     let model_config = std::fs::read_to_string(repo.path.join("fraud_detector/config.toml"))?;
     let queue_delay = model_config
         .lines()
@@ -561,6 +651,7 @@ async fn run(scratch: PathBuf) -> Result<String> {
     let direct = Arc::new(Target::Direct {
         clients: direct_clients(&channels(&model_url, CONNECTIONS).await?),
         hot: knobs.hot_keys,
+        version: "",
     });
     // Fail loudly before measuring anything if a call does not go through.
     for (name, t) in [("gateway", &hot), ("model-server", &direct)] {
@@ -649,91 +740,18 @@ async fn run(scratch: PathBuf) -> Result<String> {
     drop((hot, fresh, gateway_clients, gw_channels));
     gateway.stop().await?;
 
-    // --- Cassandra (opt-in) -------------------------------------------------
-    let mut cassandra_note = String::new();
+    // --- Cassandra, the production configuration (opt-in) -------------------
+    let mut production = None;
     if let Some(node) = start_cassandra(&knobs.cassandra, scratch)? {
-        let keyspace = format!("bench_gw_{}", std::process::id());
-        let store = benches::cassandra::store(&node.addr, keyspace.clone()).await?;
-        let seconds = load_profiles(&store, knobs.cassandra_customers, scratch).await?;
-        drop(store);
-        eprintln!(
-            "loaded {} customers into Cassandra in {seconds:.1} s",
-            knobs.cassandra_customers
-        );
-        let config = gateway_config(
-            &configs,
-            &GatewaySettings {
-                model_grpc: &model_url,
-                store: &format!(
-                    "[store]\nbackend = \"scylla\"\nnodes = [\"{}\"]\nkeyspace = \"{keyspace}\"",
-                    node.addr
-                ),
-                max_concurrent: knobs.max_concurrent,
-                model_extra: "",
-                extra: "",
-            },
-        )?;
-        let gateway = GatewayProcess::start(&config, scratch.join("gateway-cassandra.log")).await?;
-        let mut pids = vec![
-            ("gateway", gateway.pid()?),
-            ("model-server", ms_pid.clone()),
-            ("client", std::process::id().to_string()),
-        ];
-        if let Some(pid) = node.pid() {
-            pids.push(("cassandra", pid));
-        }
-        runner.probe = CpuProbe { pids };
-        let bearer = Bearer::new(&gateway.banner)?;
-        let clients = benches::grpc_client::gateway_clients(
-            &channels(&gateway.grpc, CONNECTIONS).await?,
-            &bearer,
-        );
-        let fresh = Arc::new(Target::Gateway {
-            clients,
-            keys: Keys::fresh(knobs.cassandra_customers),
-        });
-        if let Some(code) = fresh.call(0).await.failure() {
-            bail!(
-                "a first call to the Cassandra gateway failed with {code}; see {}",
-                gateway.log.display()
-            );
-        }
-        // A fresh JVM runs interpreted for a while: warm its read path (and
-        // the gateway's) for 10 s, unmeasured.
-        closed_loop(Arc::clone(&fresh), 16, None, 10.0).await?;
-        let cas = "Cassandra";
-        let gh = gateway.http.clone();
-        runner
-            .rising(
-                cas,
-                "miss",
-                &fresh,
-                Some(&gh),
-                None,
-                &knobs.cassandra_rates,
-                knobs.max_rate,
-            )
-            .await?;
-        for &callers in &knobs.concurrency {
-            runner
-                .step(
-                    cas,
-                    "miss",
-                    &fresh,
-                    Some(&gh),
-                    Load::Closed {
-                        callers,
-                        pace: None,
-                    },
-                )
-                .await?;
-        }
-        drop(fresh);
-        gateway.stop().await?;
-        cassandra_note = format!(
-            " Cassandra run: single-node Cassandra 5.0 from tests/rig/cassandra.sh on the same machine, {} customers, read warm-up 10 s.",
-            knobs.cassandra_customers
-        );
+        let setup = ProductionSetup {
+            knobs,
+            node: &node,
+            model_url: &model_url,
+            ms_pid: &ms_pid,
+            scratch,
+            configs: &configs,
+        };
+        production = Some(run_production(&mut runner, &setup).await?);
         drop(node);
     }
     model_server.stop().await?;
@@ -743,7 +761,7 @@ async fn run(scratch: PathBuf) -> Result<String> {
         knobs,
         &queue_delay,
         load_seconds,
-        &cassandra_note,
+        production.as_ref(),
     )?;
     let dir = workspace_root().join("benches/results");
     std::fs::create_dir_all(&dir)?;
@@ -766,12 +784,13 @@ fn report(
     knobs: &Knobs,
     queue_delay: &str,
     load_seconds: f64,
-    cassandra_note: &str,
+    production: Option<&ProductionNotes>,
 ) -> Result<String> {
     let mut out = String::new();
     let (cores, cpu) = machine();
     let log_filter = benches::process::gateway_log_filter();
     writeln!(out, "# Gateway load benchmark\n")?;
+    writeln!(out, "Commit {}.", benches::report::commit())?;
     writeln!(
         out,
         "Command: `cargo build --release -p model-server -p gateway && {}{}cargo bench -p benches --bench gateway` \
@@ -803,14 +822,16 @@ fn report(
         match knobs.cassandra {
             CassandraMode::Off => String::new(),
             _ => format!(
-                ", MLGW_BENCH_CASSANDRA_RATES={}, MLGW_BENCH_CASSANDRA_CUSTOMERS={}",
+                ", MLGW_BENCH_CASSANDRA_RATES={}, MLGW_BENCH_CASSANDRA_CUSTOMERS={}, MLGW_BENCH_EVENTS={}, MLGW_BENCH_USERS={}",
                 knobs
                     .cassandra_rates
                     .iter()
                     .map(|r| format!("{r:.0}"))
                     .collect::<Vec<_>>()
                     .join(","),
-                knobs.cassandra_customers
+                knobs.cassandra_customers,
+                knobs.events,
+                knobs.users
             ),
         }
     )?;
@@ -825,7 +846,7 @@ fn report(
          **hit**: {} hot customers, warmed into the row cache first; **miss**: every call a customer not asked for before in the run \
          (a permutation of all loaded customers), so the static row is read from the store; in both, the dynamic view is read from the store \
          (no dynamic values are loaded, so it is a lookup that finds nothing). **direct**: the same FP32 row sent straight to the model-server's \
-         `ModelInfer`, the paired run for the gateway's overhead.{cassandra_note} Each step has {:.1} s of unmeasured warm-up.\n",
+         `ModelInfer`, the paired run for the gateway's overhead. Each step has {:.1} s of unmeasured warm-up.\n",
         match knobs.transport {
             Transport::Tcp => "over 127.0.0.1 too",
             Transport::Uds =>
@@ -871,12 +892,46 @@ fn report(
          in parentheses, the gateway's own codes for its failed predictions from /metrics (warm-up included, so they may exceed the counts beside them). 'hit %' is the feature-cache hit share from the gateway's /metrics (static views only; warm-up included). \
          'CPU µs/call' is CPU time per completed call of gateway / model-server / client{} over the step; \
          'other load' is the cores kept busy by everything else on the machine meanwhile (it is shared with other builds and tests).\n",
-        if cassandra_note.is_empty() {
+        if production.is_none() {
             ""
         } else {
             " (/ Cassandra)"
         }
     )?;
+    if let Some(p) = production {
+        writeln!(
+            out,
+            "**Cassandra (the production configuration).** The shipped `gateway/config/gateway.toml` as it is, but for its store \
+             (single-node Cassandra 5.0 from tests/rig/cassandra.sh on the same two cores), its SSO (an OIDC issuer served by the \
+             bench, RS256 tokens shaped like the oidc-provider's, verified by the gateway as in production) and the model-server's \
+             address: `fraud_detector` routed to version 1 with versions 2 and 3 shadowed on every call, the prediction log on, \
+             the row cache, coalescing and dynamic features (`dynamic_ttl_ms = 0`: read on every call) as shipped. {} customers \
+             loaded by a refresh run ({:.1} s), each with its two pushed activity values and {} raw events in the last 23 hours, \
+             a quarter of them inside the last hour ({:.1} s to write), so every windowed aggregate reads events. \
+             **hit**: the {} hot customers' static rows cached (the dynamic view still read from Cassandra on each call); \
+             **miss**: static rows read from Cassandra too; **hit REST**: the same calls as JSON over `POST /v1/models/fraud_detector/predict` \
+             (HTTP/1.1, a pool of keep-alive connections); **hit, per-user tokens**: each call carries the next of {} users' own tokens; \
+             **hit, no shadows**: a second gateway, the same config with `shadow = []`; **direct**: the same row to version 1. \
+             After the load the bench waited {:.0} s for Cassandra to go quiet (under 0.1 core: its flushes and compactions done); \
+             JVM and read path warmed for 10 s first. {}\n",
+            knobs.cassandra_customers,
+            p.load_seconds.0,
+            knobs.events,
+            p.load_seconds.1,
+            p.settled_seconds,
+            knobs.hot_keys,
+            knobs.users,
+            p.tokens
+        )?;
+        writeln!(
+            out,
+            "Prediction log, checked after each gateway's last step:\n"
+        )?;
+        for line in &p.log_books {
+            writeln!(out, "- {line}")?;
+        }
+        writeln!(out)?;
+    }
 
     // Targets first: what the reader asks.
     writeln!(out, "## Against the targets\n")?;
@@ -933,6 +988,7 @@ fn report(
                 .map_or(f64::NAN, |v| (v.predict_mean_us - v.model_mean_us) / 1000.0))
         )?;
     }
+    production::targets(&mut out, steps)?;
     writeln!(
         out,
         "| for scale: Feast's feature server alone | 340–510 req/s by default, ~1,900 tuned, on this kind of machine |\n"
@@ -1100,6 +1156,20 @@ fn svg(steps: &[Step]) -> String {
             "#2ca02c",
             0.5,
             "model-server direct, p50",
+        ),
+        (
+            "Cassandra",
+            "hit",
+            "#ff7f0e",
+            0.99,
+            "gateway, Cassandra hit (shipped config), p99",
+        ),
+        (
+            "Cassandra",
+            "hit REST",
+            "#8c564b",
+            0.99,
+            "REST, Cassandra hit, p99",
         ),
         (
             "Cassandra",

@@ -80,8 +80,12 @@ impl Cassandra {
         cmd
     }
 
-    /// The node's PID (None for an outside node).
+    /// The node's PID: ours, or an outside node's from
+    /// MLGW_BENCH_CASSANDRA_PID (None when not given).
     pub fn pid(&self) -> Option<String> {
+        if !self.owned {
+            return std::env::var("MLGW_BENCH_CASSANDRA_PID").ok();
+        }
         std::fs::read_to_string(self.rig_dir.join("cassandra.pid"))
             .ok()
             .map(|p| p.trim().to_owned())

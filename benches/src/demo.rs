@@ -11,6 +11,8 @@
 //!   request features varied by the call number; [`model_request`]: the FP32
 //!   row the gateway assembles for the same call, for V2 `ModelInfer`
 //!   straight to a model-server; [`request_values`]: those request features.
+//! - [`load_activity`]: recent activity (pushed values and raw events) for
+//!   the dynamic view; [`predict_json`]: the REST body of a predict call.
 //! - [`Keys`]: which customer call `k` asks for (a hot set, or never
 //!   repeated).
 
@@ -248,4 +250,118 @@ impl Keys {
             }
         }
     }
+}
+
+/// The dynamic view the demo's activity goes to.
+pub const ACTIVITY_VIEW: &str = "customer_activity";
+
+/// Writes customer `i`'s recent activity for every customer below
+/// `customers`: the view's two pushed values and `events` raw events
+/// (transactions with an amount, and every fifth a failed authentication)
+/// spread over the last 23 hours, a quarter of them inside the last hour, so
+/// each windowed aggregate reads events at serving time. Returns the seconds
+/// taken.
+///
+/// # Errors
+/// When a write fails.
+pub async fn load_activity(store: &AnyStore, customers: u64, events: u64) -> Result<f64> {
+    use feature_store::aggregate::Event;
+    use feature_store::definitions::FeatureValue;
+    use feature_store::store::{DynamicWrite, EventWrite};
+    use std::collections::BTreeMap;
+    use std::time::{Duration, SystemTime};
+    const LANES: u64 = 16;
+    let started = Instant::now();
+    let now = SystemTime::now();
+    let expires_at = now + Duration::from_secs(48 * 3600);
+    let mut tasks = tokio::task::JoinSet::new();
+    for lane in 0..LANES {
+        let store = store.clone();
+        tasks.spawn(async move {
+            let mut i = lane;
+            while i < customers {
+                let key = customer_id(i);
+                let values = [
+                    (
+                        "distinct_merchants_24h".to_owned(),
+                        FeatureValue::Int64((i % 9) as i64 + 1),
+                    ),
+                    (
+                        "minutes_since_last_txn".to_owned(),
+                        FeatureValue::Float32((i % 600) as f32),
+                    ),
+                ];
+                store
+                    .write_dynamic(DynamicWrite {
+                        view: ACTIVITY_VIEW,
+                        entity_key: &key,
+                        values: &values,
+                        event_time: now,
+                        expires_at,
+                    })
+                    .await
+                    .with_context(|| format!("writing the activity of {key}"))?;
+                let made: Vec<Event> = (0..events)
+                    .map(|e| {
+                        // A quarter inside the last hour, the rest up to 23 h back.
+                        let age_s = if e % 4 == 0 {
+                            60 + (e * 97 + i) % 3000
+                        } else {
+                            3600 + (e * 4001 + i * 13) % (22 * 3600)
+                        };
+                        let fields = if e % 5 == 4 {
+                            BTreeMap::from([(
+                                "failed_auth_id".to_owned(),
+                                FeatureValue::String(format!("f-{i}-{e}")),
+                            )])
+                        } else {
+                            BTreeMap::from([
+                                (
+                                    "transaction_id".to_owned(),
+                                    FeatureValue::String(format!("t-{i}-{e}")),
+                                ),
+                                (
+                                    "amount".to_owned(),
+                                    FeatureValue::Float64(5.0 + ((i + e) % 400) as f64 * 0.75),
+                                ),
+                            ])
+                        };
+                        Event::new(&key, None, now - Duration::from_secs(age_s), fields)
+                    })
+                    .collect();
+                let writes: Vec<EventWrite<'_>> = made
+                    .iter()
+                    .map(|event| EventWrite {
+                        view: ACTIVITY_VIEW,
+                        entity_key: &key,
+                        event,
+                        expires_at,
+                    })
+                    .collect();
+                store
+                    .write_events(&writes)
+                    .await
+                    .with_context(|| format!("writing the events of {key}"))?;
+                i += LANES;
+            }
+            anyhow::Ok(())
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done??;
+    }
+    Ok(started.elapsed().as_secs_f64())
+}
+
+/// The REST body of `POST /v1/models/fraud_detector/predict` for call `k`
+/// about `customer`: the same request as [`predict_request`].
+pub fn predict_json(customer: u64, k: u64) -> serde_json::Value {
+    let (amount, card, hour, distance) = request_values(k);
+    serde_json::json!({
+        "entity": {"customer_id": customer_id(customer)},
+        "request_features": {
+            "amount": amount, "is_card_present": card, "hour_of_day": hour,
+            "distance_from_home_km": distance,
+        },
+    })
 }

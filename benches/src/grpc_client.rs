@@ -49,6 +49,21 @@ impl Bearer {
             .map(Bearer)
     }
 
+    /// `Bearer <token>` on every call.
+    ///
+    /// # Errors
+    /// When the token is not valid header text.
+    pub fn token(token: &str) -> Result<Self> {
+        MetadataValue::try_from(format!("Bearer {token}"))
+            .context("the bearer token is not valid header text")
+            .map(|v| Bearer(Some(v)))
+    }
+
+    /// No header: the caller sets `authorization` on each request itself.
+    pub fn none() -> Self {
+        Bearer(None)
+    }
+
     /// The token as text (for REST calls), if any.
     pub fn header(&self) -> Option<&str> {
         self.0.as_ref().and_then(|v| v.to_str().ok())

@@ -23,18 +23,18 @@ pub fn delta(before: &Page, after: &Page, series: &str) -> f64 {
     after.get(series).unwrap_or(0.0) - before.get(series).unwrap_or(0.0)
 }
 
-/// Failed gRPC predictions by the gateway's own code (from /metrics) between
-/// two scrapes, e.g. "overloaded 12, feature_store_unavailable 3"; empty if
-/// none.
+/// Failed predictions (both fronts) by the gateway's own code (from
+/// /metrics) between two scrapes, e.g. "overloaded 12,
+/// feature_store_unavailable 3"; empty if none.
 pub fn failure_codes(before: &Page, after: &Page) -> String {
     let counts = |page: &Page| -> BTreeMap<String, f64> {
         page.series("mlgw_requests_total")
-            .filter(|(l, _)| {
-                l.get("front").is_some_and(|f| f == "grpc")
-                    && l.get("route").is_some_and(|r| r == "predict")
-            })
+            .filter(|(l, _)| l.get("route").is_some_and(|r| r == "predict"))
             .filter_map(|(l, n)| Some((l.get("code")?.clone(), n)))
-            .collect()
+            .fold(BTreeMap::new(), |mut sum, (code, n)| {
+                *sum.entry(code).or_insert(0.0) += n;
+                sum
+            })
     };
     let was = counts(before);
     counts(after)
