@@ -270,7 +270,7 @@ pub async fn load_activity(store: &AnyStore, customers: u64, events: u64) -> Res
     use feature_store::store::{DynamicWrite, EventWrite};
     use std::collections::BTreeMap;
     use std::time::{Duration, SystemTime};
-    const LANES: u64 = 16;
+    const LANES: u64 = 8;
     let started = Instant::now();
     let now = SystemTime::now();
     let expires_at = now + Duration::from_secs(48 * 3600);
@@ -338,10 +338,17 @@ pub async fn load_activity(store: &AnyStore, customers: u64, events: u64) -> Res
                         expires_at,
                     })
                     .collect();
-                store
-                    .write_events(&writes)
-                    .await
-                    .with_context(|| format!("writing the events of {key}"))?;
+                // A node busy flushing a fresh load can time a batch out:
+                // the load is set-up, not measured, so retry it (the same
+                // events again are the same events).
+                let mut attempt = 0;
+                while let Err(e) = store.write_events(&writes).await {
+                    attempt += 1;
+                    if attempt == 5 {
+                        bail!("writing the events of {key}, 5 attempts: {e:#}");
+                    }
+                    tokio::time::sleep(Duration::from_secs(attempt)).await;
+                }
                 i += LANES;
             }
             anyhow::Ok(())
