@@ -270,7 +270,7 @@ pub async fn load_activity(store: &AnyStore, customers: u64, events: u64) -> Res
     use feature_store::store::{DynamicWrite, EventWrite};
     use std::collections::BTreeMap;
     use std::time::{Duration, SystemTime};
-    const LANES: u64 = 8;
+    const LANES: u64 = 4;
     let started = Instant::now();
     let now = SystemTime::now();
     let expires_at = now + Duration::from_secs(48 * 3600);
@@ -291,16 +291,16 @@ pub async fn load_activity(store: &AnyStore, customers: u64, events: u64) -> Res
                         FeatureValue::Float32((i % 600) as f32),
                     ),
                 ];
-                store
-                    .write_dynamic(DynamicWrite {
+                retried(&format!("the activity of {key}"), || {
+                    store.write_dynamic(DynamicWrite {
                         view: ACTIVITY_VIEW,
                         entity_key: &key,
                         values: &values,
                         event_time: now,
                         expires_at,
                     })
-                    .await
-                    .with_context(|| format!("writing the activity of {key}"))?;
+                })
+                .await?;
                 let made: Vec<Event> = (0..events)
                     .map(|e| {
                         // A quarter inside the last hour, the rest up to 23 h back.
@@ -338,17 +338,10 @@ pub async fn load_activity(store: &AnyStore, customers: u64, events: u64) -> Res
                         expires_at,
                     })
                     .collect();
-                // A node busy flushing a fresh load can time a batch out:
-                // the load is set-up, not measured, so retry it (the same
-                // events again are the same events).
-                let mut attempt = 0;
-                while let Err(e) = store.write_events(&writes).await {
-                    attempt += 1;
-                    if attempt == 5 {
-                        bail!("writing the events of {key}, 5 attempts: {e:#}");
-                    }
-                    tokio::time::sleep(Duration::from_secs(attempt)).await;
-                }
+                retried(&format!("the events of {key}"), || {
+                    store.write_events(&writes)
+                })
+                .await?;
                 i += LANES;
             }
             anyhow::Ok(())
@@ -358,6 +351,28 @@ pub async fn load_activity(store: &AnyStore, customers: u64, events: u64) -> Res
         done??;
     }
     Ok(started.elapsed().as_secs_f64())
+}
+
+/// Runs a store write until it succeeds, 8 attempts at most, 1, 2, … s
+/// apart: a fresh node busy with a bulk load times writes out now and then,
+/// and set-up is not what a bench measures (the writes are idempotent).
+async fn retried<F, Fut>(what: &str, write: F) -> Result<()>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<(), feature_store::store::StoreError>>,
+{
+    let mut attempt = 0;
+    loop {
+        match write().await {
+            Ok(()) => return Ok(()),
+            Err(e) if attempt < 7 => {
+                attempt += 1;
+                eprintln!("writing {what}: {e}; retrying");
+                tokio::time::sleep(std::time::Duration::from_secs(attempt)).await;
+            }
+            Err(e) => bail!("writing {what}, 8 attempts: {e:#}"),
+        }
+    }
 }
 
 /// The REST body of `POST /v1/models/fraud_detector/predict` for call `k`
