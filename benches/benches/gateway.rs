@@ -918,9 +918,9 @@ fn report(
             p.load_seconds.0,
             knobs.events,
             p.load_seconds.1,
-            p.settled_seconds,
             knobs.hot_keys,
             knobs.users,
+            p.settled_seconds,
             p.tokens
         )?;
         writeln!(
