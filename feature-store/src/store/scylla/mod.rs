@@ -144,7 +144,7 @@ pub fn parse_consistency(text: &str) -> Option<Consistency> {
 /// Store calls in flight at once for one `write_predictions` call.
 const LOG_WRITE_PARALLELISM: usize = 16;
 
-/// Largest unlogged batch of log rows, in bytes of their blobs: Cassandra
+/// Largest unlogged batch of rows, in bytes of their values: Cassandra
 /// refuses batches above `batch_size_fail_threshold` (50 KiB by default).
 const MAX_BATCH_BYTES: usize = 40 * 1024;
 
@@ -259,12 +259,13 @@ impl ScyllaStore {
     /// together: one unlogged single-partition batch of up to
     /// `write_batch_rows` rows and [`MAX_BATCH_BYTES`] (each row says its
     /// size), so the store applies one mutation per partition instead of one
-    /// request per row. [`LOG_WRITE_PARALLELISM`] calls at a time, each
-    /// within the write timeout; the first failure ends the call.
+    /// request per row; a lone row is one statement. `in_flight` calls at a
+    /// time, each within the write timeout; the first failure ends the call.
     async fn execute_grouped<K, V>(
         &self,
         prepared: &PreparedStatement,
         rows: Vec<(K, usize, V)>,
+        in_flight: usize,
     ) -> Result<(), StoreError>
     where
         K: std::hash::Hash + Eq,
@@ -315,7 +316,7 @@ impl ScyllaStore {
                 })
                 .await
             })
-            .buffer_unordered(LOG_WRITE_PARALLELISM)
+            .buffer_unordered(in_flight)
             .try_collect::<Vec<()>>()
             .await?;
         Ok(())

@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use super::{ScyllaStore, deadline, ttl_seconds};
+use super::{LOG_WRITE_PARALLELISM, ScyllaStore, deadline, ttl_seconds};
 use crate::log::{
     FeedbackRecord, LOG_SHARDS, LogEntry, PredictionKey, PredictionRecord, hours, id_lower_bound,
     unix_ms,
@@ -32,7 +32,8 @@ impl LogStore for ScyllaStore {
             let bytes = blob.len() + id.len();
             rows.push(((hour, shard), bytes, (hour, shard, id, blob, ttl)));
         }
-        self.execute_grouped(&st.write_prediction, rows).await
+        self.execute_grouped(&st.write_prediction, rows, LOG_WRITE_PARALLELISM)
+            .await
     }
 
     async fn read_prediction(

@@ -262,8 +262,8 @@ impl RowStore for ScyllaStore {
     }
 
     /// Events grouped by partition (view, entity): a partition's events go
-    /// in one unlogged batch (one mutation on one replica set), a lone
-    /// event as one prepared statement; at most
+    /// in unlogged single-partition batches (one mutation on one replica
+    /// set each), a lone event as one prepared statement; at most
     /// [`EVENT_WRITES_IN_FLIGHT`] calls at once, each with the write
     /// deadline. Measured against unlogged batches spanning partitions,
     /// which make one coordinator fan out to every replica and answer
@@ -273,71 +273,29 @@ impl RowStore for ScyllaStore {
             return Ok(());
         }
         let st = deadline(self.config.write_timeout, self.statements()).await?;
-        let mut partitions: HashMap<(&str, &str), Vec<usize>> = HashMap::new();
-        for (i, w) in writes.iter().enumerate() {
-            partitions
-                .entry((w.view, w.entity_key))
-                .or_default()
-                .push(i);
+        let mut rows = Vec::with_capacity(writes.len());
+        for w in writes {
+            // Already past the view's TTL: never read, so not written.
+            let Some(ttl) = ttl_left(w.expires_at) else {
+                continue;
+            };
+            let blob = codec::encode(w.event.fields.iter().map(|(n, v)| (n.as_str(), v)));
+            let bytes = blob.len() + w.event.event_id.len() + w.entity_key.len();
+            rows.push((
+                (w.view, w.entity_key),
+                bytes,
+                (
+                    w.view,
+                    w.entity_key,
+                    to_micros(w.event.event_time),
+                    w.event.event_id.as_str(),
+                    blob,
+                    ttl,
+                ),
+            ));
         }
-        let per_batch = self.config.write_batch_rows.max(1);
-        let calls: Vec<Vec<usize>> = partitions
-            .into_values()
-            .flat_map(|idx| {
-                idx.chunks(per_batch)
-                    .map(<[usize]>::to_vec)
-                    .collect::<Vec<_>>()
-            })
-            .collect();
-        let st = &st;
-        stream::iter(calls)
-            .map(|call| async move {
-                let mut values = Vec::with_capacity(call.len());
-                for &i in &call {
-                    let w = &writes[i];
-                    let Some(ttl) = ttl_left(w.expires_at) else {
-                        continue;
-                    };
-                    let blob = codec::encode(w.event.fields.iter().map(|(n, v)| (n.as_str(), v)));
-                    values.push((
-                        w.view,
-                        w.entity_key,
-                        to_micros(w.event.event_time),
-                        w.event.event_id.as_str(),
-                        blob,
-                        ttl,
-                    ));
-                }
-                deadline(self.config.write_timeout, async {
-                    match values.as_slice() {
-                        [] => Ok(()),
-                        [one] => self
-                            .session
-                            .execute_unpaged(&st.write_event, one)
-                            .await
-                            .map(drop)
-                            .map_err(StoreError::from),
-                        _ => {
-                            let mut batch = Batch::new(BatchType::Unlogged);
-                            batch.set_consistency(self.config.write_consistency);
-                            batch.set_request_timeout(Some(self.config.write_timeout));
-                            for _ in &values {
-                                batch.append_statement(st.write_event.clone());
-                            }
-                            self.session
-                                .batch(&batch, &values)
-                                .await
-                                .map(drop)
-                                .map_err(StoreError::from)
-                        }
-                    }
-                })
-                .await
-            })
-            .buffer_unordered(EVENT_WRITES_IN_FLIGHT)
-            .try_collect::<Vec<()>>()
-            .await?;
-        Ok(())
+        self.execute_grouped(&st.write_event, rows, EVENT_WRITES_IN_FLIGHT)
+            .await
     }
 
     async fn read_events(&self, query: EventQuery<'_>) -> Result<EventRange, StoreError> {
