@@ -334,7 +334,14 @@ impl<S: FullStore> Similarity<S> {
             }
             (QueryBy::Entity(_), None) => &[],
         };
-        let exclude = if query.include_query || vector_given {
+        // An entity asked for with include_query is its own nearest
+        // neighbour at distance 0 under cosine and l2: put it first exactly
+        // rather than hope the approximate search finds it (under dot a
+        // longer vector may come closer, so there the search decides).
+        let self_first = query.include_query
+            && entity.is_some()
+            && index.distance() != feature_store::definitions::Distance::Dot;
+        let exclude = if (query.include_query && !self_first) || vector_given {
             None
         } else {
             entity.as_deref()
@@ -352,6 +359,23 @@ impl<S: FullStore> Similarity<S> {
                 },
             })?;
         let header = index.header();
+        let mut neighbours: Vec<Found> = found
+            .into_iter()
+            .map(|n| Found {
+                entity: n.entity_key.replace(KEY_SEPARATOR, "|"),
+                distance: n.distance,
+            })
+            .collect();
+        if let (true, Some(key)) = (self_first, &entity) {
+            neighbours.insert(
+                0,
+                Found {
+                    entity: key.replace(KEY_SEPARATOR, "|"),
+                    distance: 0.0,
+                },
+            );
+            neighbours.truncate(query.k);
+        }
         Ok(SimilarAnswer {
             view: view.to_owned(),
             batch_id: header.source_batch.clone(),
@@ -360,13 +384,7 @@ impl<S: FullStore> Similarity<S> {
                 .duration_since(header.data_time)
                 .unwrap_or_default(),
             distance: index.distance().as_str(),
-            neighbours: found
-                .into_iter()
-                .map(|n| Found {
-                    entity: n.entity_key.replace(KEY_SEPARATOR, "|"),
-                    distance: n.distance,
-                })
-                .collect(),
+            neighbours,
         })
     }
 }
