@@ -774,7 +774,7 @@ fn encode_jobs(
             .unwrap_or(0.0)
     };
     type Value = fn(&JobOverview, &dyn Fn(SystemTime) -> f64) -> Option<f64>;
-    let families: [(&str, &str, Value); 6] = [
+    let families: [(&str, &str, Value); 7] = [
         (
             "mlgw_refresh_interval_seconds",
             "Interval in force for each refresh job (pinned, tuned or declared).",
@@ -784,6 +784,11 @@ fn encode_jobs(
             "mlgw_refresh_last_good_interval_seconds",
             "Longest interval the tuner has proven good (tuned jobs).",
             |j, _| j.last_good.map(|d| d.as_secs_f64()),
+        ),
+        (
+            "mlgw_refresh_tuner_windows_without_labels",
+            "Judged windows in a row with too few labelled predictions for a decision (tuned jobs); a rising value means labels stopped arriving.",
+            |j, _| j.windows_without_labels.map(f64::from),
         ),
         (
             "mlgw_refresh_pinned",

@@ -27,7 +27,7 @@ use feature_store::store::{
     TopicPosition,
 };
 use feature_store::tuner::controller::{JobState, Policy, Window};
-use feature_store::tuner::metric::MetricKind;
+use feature_store::tuner::metric::{MetricKind, Sample};
 use rig::store::{CONTRACT_DEFINITIONS, definitions, scylla_config};
 use rig::{ScratchDir, rig_env, unique};
 
@@ -917,14 +917,30 @@ async fn tuner_state_survives_a_restart(f: Fixture) -> Result<()> {
         good_windows: 1,
         cooldown_windows: 2,
         min_samples: 10,
+        label_delay: Duration::ZERO,
     };
     let start = feature_store::store::now_micros();
     let mut state = JobState::new("profile_daily", Duration::from_secs(1800), &policy, start);
+    // AUC 0.93 at every age of the 30-minute interval: positives score 0.5,
+    // 93 % of the negatives 0.0 and the rest 1.0.
+    let samples: Vec<Sample> = (0..2000u32)
+        .map(|i| Sample {
+            score: match i {
+                0..930 => 0.0,
+                930..1000 => 1.0,
+                _ => 0.5,
+            },
+            outcome: f64::from(u8::from(i >= 1000)),
+            age: Some(Duration::from_secs(u64::from(i % 8) * 225)),
+        })
+        .collect();
+    let end = state.settled_at + Duration::from_secs(3600);
     let w = Window {
         start: state.settled_at,
-        end: state.settled_at + Duration::from_secs(3600),
-        metric: Some(0.93),
-        samples: 50,
+        end,
+        judged_at: end,
+        samples: &samples,
+        model_version: Some("1"),
     };
     state.observe(&policy, w);
     assert_eq!(state.interval, Duration::from_secs(3600));

@@ -51,6 +51,7 @@ pub(super) struct RawJobTuner {
     pub cooldown_windows: Option<u32>,
     pub min_samples: Option<usize>,
     pub window: String,
+    pub label_delay: Option<String>,
 }
 
 /// Where a run's rows come from.
@@ -320,6 +321,13 @@ fn validate_tuner(t: &RawJobTuner) -> Result<JobTuning, (&'static str, Definitio
     if good_windows == 0 {
         return Err(("tuner.good_windows", bad("must be at least 1")));
     }
+    let label_delay = t
+        .label_delay
+        .as_deref()
+        .map(duration)
+        .transpose()
+        .map_err(|p| ("tuner.label_delay", p))?
+        .unwrap_or_default();
     let min_samples = t.min_samples.unwrap_or(500);
     if min_samples == 0 {
         return Err(("tuner.min_samples", bad("must be at least 1")));
@@ -341,6 +349,7 @@ fn validate_tuner(t: &RawJobTuner) -> Result<JobTuning, (&'static str, Definitio
             good_windows,
             cooldown_windows: t.cooldown_windows.unwrap_or(24),
             min_samples,
+            label_delay,
         },
         window,
     })

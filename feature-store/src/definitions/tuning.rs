@@ -78,4 +78,8 @@ pub struct Policy {
     pub cooldown_windows: u32,
     /// Labelled predictions a window needs for a decision.
     pub min_samples: usize,
+    /// How long after a prediction its label is final (chargebacks come
+    /// weeks later): a window is judged once this has passed since its end.
+    #[serde(default, with = "crate::clock::secs")]
+    pub label_delay: Duration,
 }

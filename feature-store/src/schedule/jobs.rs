@@ -71,6 +71,9 @@ pub struct JobOverview {
     pub interval: Duration,
     /// The longest interval proven good (tuned jobs).
     pub last_good: Option<Duration>,
+    /// Judged windows in a row without enough labels (tuned jobs): labels
+    /// may have stopped arriving.
+    pub windows_without_labels: Option<u32>,
     /// The tuner's metric name and threshold (tuned jobs).
     pub metric: Option<(&'static str, f64)>,
     /// The last judged window: its decision (with metric and samples).
@@ -186,6 +189,7 @@ async fn detail_of<S: TunerStore + BatchStore + CoordinationStore>(
             view: spec.view.clone(),
             interval,
             last_good: state.as_ref().map(|s| s.last_good),
+            windows_without_labels: state.as_ref().map(|s| s.windows_without_labels),
             metric: spec
                 .tuning
                 .as_ref()

@@ -394,7 +394,7 @@ impl<S: FullStore> Scheduler<S> {
     ) -> Result<(), ScheduleError> {
         let store = &*self.store;
         let last = match store.get_tuner_state(&job.job).await? {
-            Some(state) => state.history.last().map(|d| d.at),
+            Some(state) => state.history.last().map(Decision::judged),
             None => {
                 // A job the tuner has never seen: its first window starts
                 // now, so it is judged on predictions made under this
@@ -427,7 +427,7 @@ impl<S: FullStore> Scheduler<S> {
         let again = store
             .get_tuner_state(&job.job)
             .await?
-            .and_then(|s| s.history.last().map(|d| d.at));
+            .and_then(|s| s.history.last().map(Decision::judged));
         let result = if again.is_some_and(|t| now < t + job.window) {
             Ok(None)
         } else {

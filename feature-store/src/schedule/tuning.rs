@@ -3,6 +3,7 @@
 //! scheduler calls them every evaluation window; the CLI and the admin API
 //! for pins and dry runs.
 
+use std::collections::BTreeMap;
 use std::time::SystemTime;
 
 use crate::store::{LogStore, LogWindow, StoreError, TunerStore};
@@ -30,18 +31,23 @@ pub async fn load_state<S: TunerStore>(store: &S, job: &TunedJob) -> Result<JobS
     })
 }
 
-/// Judges the window ending at `end`: reads the prediction log joined with
-/// feedback, computes the job's metric for its model, lets the controller
-/// decide and saves the state. Returns the decision.
+/// Judges the window of predictions whose labels matured by `now`: the
+/// window ending the job's label delay before `now`. Reads the prediction
+/// log joined with feedback, computes the samples of the job's model (each
+/// with its feature age), lets the controller decide and saves the state.
+/// Returns the decision.
 ///
 /// # Errors
 /// The store's failure.
 pub async fn evaluate<S: TunerStore + LogStore>(
     store: &S,
     job: &TunedJob,
-    end: SystemTime,
+    now: SystemTime,
 ) -> Result<Decision, StoreError> {
     let mut state = load_state(store, job).await?;
+    let end = now
+        .checked_sub(job.policy.label_delay)
+        .unwrap_or(SystemTime::UNIX_EPOCH);
     let start = end
         .checked_sub(job.window)
         .unwrap_or(SystemTime::UNIX_EPOCH);
@@ -52,17 +58,30 @@ pub async fn evaluate<S: TunerStore + LogStore>(
             limit: usize::MAX,
         })
         .await?;
+    let mut versions: BTreeMap<&str, usize> = BTreeMap::new();
     let samples: Vec<_> = log
         .iter()
-        .filter_map(|e| job.scoring.sample(e, &job.view))
+        .filter_map(|e| {
+            let s = job.scoring.sample(e, &job.view)?;
+            *versions
+                .entry(e.prediction.model_version.as_str())
+                .or_default() += 1;
+            Some(s)
+        })
         .collect();
+    let version = versions
+        .iter()
+        .max_by_key(|(_, n)| **n)
+        .map(|(v, _)| *v)
+        .filter(|v| !v.is_empty());
     let decision = state.observe(
         &job.policy,
         Window {
             start,
             end,
-            metric: job.policy.metric.compute(&samples),
-            samples: samples.len(),
+            judged_at: now,
+            samples: &samples,
+            model_version: version,
         },
     );
     store.put_tuner_state(&state).await?;

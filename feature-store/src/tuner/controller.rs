@@ -2,12 +2,31 @@
 //! metric holds, go back to the last good interval (then cool down) as soon
 //! as it does not, shorten further if even that is not enough, respect
 //! bounds and a person's pin, and explain every decision.
+//!
+//! Labels arrive late (fraud labels are chargebacks), so a window is judged
+//! once its labels matured: its predictions were made under whatever
+//! interval was in force then, which the state remembers ([`Regime`]), and
+//! a bad window is blamed on that interval, not on the current one. A
+//! prediction whose features were older than its interval allows (a refresh
+//! failed or was skipped) is left out of the judgement. Every window also
+//! teaches the metric by feature age ([`AgeCurve`]): a doubling is refused
+//! while the curve predicts the longer interval would miss the threshold.
 
 use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
+use super::curve::{AgeCurve, Prediction};
+use super::metric::Sample;
 pub use crate::definitions::Policy;
+
+/// Intervals in force remembered, newest last (windows judged late look
+/// back at them).
+const REGIMES: usize = 64;
+/// Residuals (window metric minus the curve's prediction) remembered.
+const RESIDUALS: usize = 336;
+/// The curve forgets half of what it learned in this long.
+const CURVE_HALF_LIFE: Duration = Duration::from_secs(7 * 86_400);
 
 /// What the controller did with one window.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -15,6 +34,9 @@ pub use crate::definitions::Policy;
 pub enum Action {
     /// The metric held long enough: the interval doubled.
     Doubled,
+    /// The metric held long enough, but the metric by feature age expects
+    /// double to miss the threshold: the interval grew by less.
+    Lengthened,
     /// The metric fell: back to the last good interval.
     Reverted,
     /// The metric fell at the last good interval too: halved.
@@ -31,6 +53,38 @@ pub enum Action {
     Pinned,
     /// The scheduler began tuning the job.
     Started,
+    /// The window was made by another model version: the metric by feature
+    /// age is learned anew, the interval holds.
+    ModelChanged,
+    /// A bad window served at a longer interval than the one in force now:
+    /// it was acted on already.
+    AlreadyActed,
+}
+
+/// Which evidence decided.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Basis {
+    /// Nothing was judged (a pin, too few labels, a settling window).
+    #[default]
+    Nothing,
+    /// The window's metric.
+    Window,
+    /// The window's metric, and the metric by feature age predicted for a
+    /// longer interval (a doubling made or refused).
+    WindowAndCurve,
+}
+
+/// An interval in force from `since` (when the decision was made) until
+/// the next regime's `since`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Regime {
+    /// When it took effect.
+    #[serde(with = "crate::clock::unix_micros")]
+    pub since: SystemTime,
+    /// The interval.
+    #[serde(with = "crate::clock::secs")]
+    pub interval: Duration,
 }
 
 /// One decision with its reason.
@@ -49,10 +103,25 @@ pub struct Decision {
     pub to: Duration,
     /// The window's metric, if defined.
     pub metric: Option<f64>,
-    /// Labelled predictions in the window.
+    /// Labelled predictions in the window that were judged.
     pub samples: usize,
     /// Why, in words.
     pub reason: String,
+    /// Which evidence decided.
+    #[serde(default)]
+    pub basis: Basis,
+    /// The metric the curve predicted for the longer interval, when a
+    /// doubling was considered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub predicted: Option<f64>,
+    /// Predictions left out because their features were older than their
+    /// interval allows (a failed or late refresh).
+    #[serde(default)]
+    pub stale: usize,
+    /// When the window was judged (its labels matured); `at` is the end of
+    /// its predictions.
+    #[serde(default, with = "crate::clock::opt_unix_micros")]
+    pub judged_at: Option<SystemTime>,
 }
 
 /// A pin set by a person.
@@ -103,22 +172,45 @@ pub struct JobState {
     pub pin: Option<Pin>,
     /// Decisions, oldest first (the last [`HISTORY`] kept).
     pub history: Vec<Decision>,
+    /// The intervals in force lately, oldest first.
+    #[serde(default)]
+    pub regimes: Vec<Regime>,
+    /// When the interval last changed.
+    #[serde(default, with = "crate::clock::opt_unix_micros")]
+    pub changed_at: Option<SystemTime>,
+    /// The metric by feature age of the current model version.
+    #[serde(default)]
+    pub curve: AgeCurve,
+    /// Recent window metrics minus the curve's prediction for them: how far
+    /// a window falls from the curve, which a doubling must leave room for.
+    #[serde(default)]
+    pub residuals: Vec<f64>,
+    /// The model version the curve belongs to.
+    #[serde(default)]
+    pub model_version: Option<String>,
+    /// Windows in a row without enough labels (labels may have stopped
+    /// arriving; shown on `/metrics` for alerting).
+    #[serde(default)]
+    pub windows_without_labels: u32,
 }
 
 /// Decisions kept per job.
 pub const HISTORY: usize = 2000;
 
-/// A window's measurement.
+/// A window of labelled predictions to judge.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Window {
-    /// Its start.
+pub struct Window<'a> {
+    /// When its predictions start.
     pub start: SystemTime,
-    /// Its end.
+    /// When they end.
     pub end: SystemTime,
-    /// The metric, if defined.
-    pub metric: Option<f64>,
-    /// Labelled predictions.
-    pub samples: usize,
+    /// When it is judged: once its labels matured (`end` plus the job's
+    /// label delay), or later.
+    pub judged_at: SystemTime,
+    /// Its labelled predictions, each with its feature age.
+    pub samples: &'a [Sample],
+    /// The model version that made most of them.
+    pub model_version: Option<&'a str>,
 }
 
 /// "90 min", "2 h", "1 d 6 h": short human durations for reasons.
@@ -131,6 +223,14 @@ pub fn human(d: Duration) -> String {
         _ if s.is_multiple_of(3600) && s < 172_800 => format!("{} h", s / 3600),
         _ if s < 172_800 => format!("{:.1} h", s as f64 / 3600.0),
         _ => format!("{:.1} d", s as f64 / 86_400.0),
+    }
+}
+
+impl Decision {
+    /// When it was made: when its window was judged (older records, from
+    /// before labels could be late, only have `at`).
+    pub fn judged(&self) -> SystemTime {
+        self.judged_at.unwrap_or(self.at)
     }
 }
 
@@ -149,7 +249,77 @@ impl JobState {
             settled_at: now + interval,
             pin: None,
             history: Vec::new(),
+            regimes: vec![Regime {
+                since: now,
+                interval,
+            }],
+            changed_at: Some(now),
+            curve: AgeCurve::default(),
+            residuals: Vec::new(),
+            model_version: None,
+            windows_without_labels: 0,
         }
+    }
+
+    /// Records that `interval` is in force from `at` (a decision's time).
+    fn change_to(&mut self, interval: Duration, at: SystemTime) {
+        self.interval = interval;
+        self.good_streak = 0;
+        self.good_since = None;
+        self.settled_at = at + interval;
+        self.changed_at = Some(at);
+        self.regimes.push(Regime {
+            since: at,
+            interval,
+        });
+        if self.regimes.len() > REGIMES {
+            let extra = self.regimes.len() - REGIMES;
+            self.regimes.drain(..extra);
+        }
+    }
+
+    /// The longest interval in force while `[start, end)`'s predictions
+    /// were made.
+    pub fn interval_during(&self, start: SystemTime, end: SystemTime) -> Duration {
+        let mut longest: Option<Duration> = None;
+        for (i, r) in self.regimes.iter().enumerate() {
+            let until = self.regimes.get(i + 1).map(|n| n.since);
+            let overlaps = r.since < end && until.is_none_or(|u| u > start);
+            // A window before every remembered regime ran under the first.
+            let before_all = i == 0 && end <= r.since;
+            if overlaps || before_all {
+                longest = Some(longest.map_or(r.interval, |l| l.max(r.interval)));
+            }
+        }
+        longest.unwrap_or(self.interval)
+    }
+
+    /// The predicted metric of `interval` from the curve, shifted by the
+    /// low tail of recent residuals (how far windows fell below the curve
+    /// at the interval in force), so a longer interval leaves room for the
+    /// windows that fall furthest. A dip grows with the decline it rides
+    /// on (drift acts through age), so the tail is scaled by how much more
+    /// the curve declines at `interval` than at the current one.
+    fn predict(&self, policy: &Policy, interval: Duration) -> Option<(Prediction, f64)> {
+        let bounds = AgeCurve::bounds(policy.min_interval, policy.max_interval);
+        let kind = policy.metric;
+        let p = self.curve.predict(kind, &bounds, interval)?;
+        let higher = kind.higher_is_better();
+        let oriented = |x: f64| if higher { x } else { -x };
+        let mut tail: Vec<f64> = self.residuals.iter().map(|r| oriented(*r)).collect();
+        tail.sort_by(f64::total_cmp);
+        let low = tail.get(tail.len() / 100).copied().unwrap_or(0.0);
+        let decline = |j: Duration| {
+            let fresh = self.curve.predict(kind, &bounds, bounds[1])?;
+            let at = self.curve.predict(kind, &bounds, j)?;
+            Some(oriented(fresh.metric) - oriented(at.metric))
+        };
+        let scale = match (decline(interval), decline(self.interval)) {
+            (Some(there), Some(here)) if here > 0.002 && there > here => there / here,
+            _ => 1.0,
+        };
+        let shift = if low < 0.0 { low * scale } else { low };
+        Some((p, p.metric + if higher { shift } else { -shift }))
     }
 
     /// Pins the interval (the controller then holds it) or, with None,
@@ -159,7 +329,7 @@ impl JobState {
         let from = self.interval;
         let reason = match &pin {
             Some(p) => {
-                self.interval = p.interval;
+                self.change_to(p.interval, now);
                 let why = p
                     .reason
                     .as_deref()
@@ -180,6 +350,10 @@ impl JobState {
             metric: None,
             samples: 0,
             reason,
+            basis: Basis::Nothing,
+            predicted: None,
+            stale: 0,
+            judged_at: Some(now),
         });
     }
 
@@ -194,6 +368,10 @@ impl JobState {
             metric: None,
             samples: 0,
             reason,
+            basis: Basis::Nothing,
+            predicted: None,
+            stale: 0,
+            judged_at: Some(now),
         });
     }
 
@@ -207,37 +385,138 @@ impl JobState {
 
     /// Decides on one window and returns the decision (also kept in the
     /// history).
-    pub fn observe(&mut self, policy: &Policy, w: Window) -> Decision {
+    pub fn observe(&mut self, policy: &Policy, w: Window<'_>) -> Decision {
         let from = self.interval;
         let name = policy.metric.name();
-        let cmp = if policy.metric.higher_is_better() {
+        let (meets, misses) = if policy.metric.higher_is_better() {
             ("≥", "<")
         } else {
             ("≤", ">")
         };
+        let threshold = policy.threshold;
+        // The interval these predictions were served under, and how many
+        // had features older than it allows (a refresh failed, was skipped
+        // or ran late). They are judged as served: callers got them, and a
+        // job whose runs fail needs a shorter interval to keep the metric;
+        // the curve learns them at their true age.
+        let served = self.interval_during(w.start, w.end);
+        let limit = served + (served / 4).max(Duration::from_secs(600));
+        let fresh = w.samples;
+        let stale = fresh
+            .iter()
+            .filter(|s| s.age.is_some_and(|a| a > limit))
+            .count();
+        let metric = policy.metric.compute(fresh);
+        let stale_note = if stale > 0 {
+            format!(
+                "; {stale} prediction(s) had features older than {} allows (a refresh failed or was late)",
+                human(served)
+            )
+        } else {
+            String::new()
+        };
+
+        // A new model version has a curve of its own.
+        let changed_model = match (&self.model_version, w.model_version) {
+            (Some(old), Some(new)) if old != new => Some((old.clone(), new.to_owned())),
+            _ => None,
+        };
+        if let Some(v) = w.model_version {
+            self.model_version = Some(v.to_owned());
+        }
+        if changed_model.is_some() {
+            self.curve = AgeCurve::default();
+            self.residuals.clear();
+        }
+        // The residual is measured against the curve before it learns this
+        // window, so it says how far an unseen window falls from it; only
+        // where the curve has measured the window's ages (a miss past them
+        // is the extrapolation's, which the revert answers).
+        if fresh.len() >= policy.min_samples
+            && let Some(m) = metric
+            && let Some((p, _)) = self.predict_raw(policy, served)
+            && p.oldest_seen >= served
+        {
+            self.residuals.push(m - p.metric);
+            if self.residuals.len() > RESIDUALS {
+                let extra = self.residuals.len() - RESIDUALS;
+                self.residuals.drain(..extra);
+            }
+        }
+        let span = w.end.duration_since(w.start).unwrap_or_default();
+        let decay = 0.5f64.powf(span.as_secs_f64() / CURVE_HALF_LIFE.as_secs_f64());
+        let bounds = AgeCurve::bounds(policy.min_interval, policy.max_interval);
+        self.curve
+            .learn(policy.metric, &bounds, w.samples, decay.clamp(0.0, 1.0));
+
+        let mut basis = Basis::Window;
+        let mut predicted = None;
         let (action, reason) = if let Some(pin) = &self.pin {
-            self.interval = pin.interval;
+            basis = Basis::Nothing;
             (
                 Action::Pinned,
                 format!("held at {}: pinned by {}", human(pin.interval), pin.by),
             )
-        } else if w.samples < policy.min_samples || w.metric.is_none() {
+        } else if let Some((old, new)) = changed_model {
+            basis = Basis::Nothing;
+            self.good_streak = 0;
+            self.good_since = None;
+            (
+                Action::ModelChanged,
+                format!(
+                    "model version {old} → {new}: its metric by feature age is learned anew; held at {}",
+                    human(self.interval)
+                ),
+            )
+        } else if fresh.len() < policy.min_samples || metric.is_none() {
+            basis = Basis::Nothing;
+            self.windows_without_labels += 1;
             (
                 Action::TooFewLabels,
                 format!(
-                    "no decision: {} labelled predictions, {} needed",
-                    w.samples, policy.min_samples
+                    "no decision: {} labelled predictions, {} needed ({} window(s) in a row)",
+                    fresh.len(),
+                    policy.min_samples,
+                    self.windows_without_labels
                 ),
             )
         } else {
-            let m = w.metric.unwrap_or_default();
+            self.windows_without_labels = 0;
+            let m = metric.unwrap_or_default();
+            let good = policy.metric.meets(m, threshold);
             let settling = w.start < self.settled_at;
-            let good = policy.metric.meets(m, policy.threshold);
-            if settling && (good || self.interval <= self.last_good) {
+            let before_change = self.changed_at.is_some_and(|c| w.end <= c);
+            if !good && served > self.interval {
+                basis = Basis::Nothing;
+                (
+                    Action::AlreadyActed,
+                    format!(
+                        "no decision on {name} {m:.3}: served at {}, longer than the {} in force since",
+                        human(served),
+                        human(self.interval)
+                    ),
+                )
+            } else if !good && self.interval > self.last_good && served > self.last_good {
+                self.failed_attempts += 1;
+                self.cooldown_left = policy
+                    .cooldown_windows
+                    .saturating_mul(1 << (self.failed_attempts - 1).min(6));
+                let back = self.last_good;
+                self.change_to(back, w.judged_at);
+                (
+                    Action::Reverted,
+                    format!(
+                        "reverted {} → {}: {name} {m:.3} {misses} {threshold:.3}; cool-down {} window(s)",
+                        human(from),
+                        human(back),
+                        self.cooldown_left
+                    ),
+                )
+            } else if settling && (good || !before_change) {
                 // Rows refreshed under the previous interval are still being
                 // served: a good window proves nothing yet, and a bad one at
-                // the last good interval is the previous interval's doing. A
-                // bad window after a lengthening still reverts at once.
+                // the last good interval is the previous interval's doing.
+                basis = Basis::Nothing;
                 (
                     Action::Settling,
                     format!(
@@ -245,113 +524,141 @@ impl JobState {
                         human(self.interval)
                     ),
                 )
-            } else if good {
-                if self.cooldown_left > 0 {
-                    self.cooldown_left -= 1;
-                    (
-                        Action::CoolingDown,
-                        format!(
-                            "held at {}: {name} {m:.3} {} {:.3}, cool-down {} more window(s)",
-                            human(self.interval),
-                            cmp.0,
-                            policy.threshold,
-                            self.cooldown_left
-                        ),
-                    )
-                } else {
-                    self.good_streak += 1;
-                    let since = *self.good_since.get_or_insert(w.start);
-                    let spans = w.end.duration_since(since).unwrap_or_default() >= self.interval;
-                    let doubled = (self.interval * 2).min(policy.max_interval);
-                    if self.good_streak >= policy.good_windows && spans && doubled > self.interval {
-                        if self.interval > self.last_good {
-                            // A longer interval proved itself.
-                            self.failed_attempts = 0;
-                        }
-                        self.last_good = self.interval;
-                        self.interval = doubled;
-                        self.good_streak = 0;
-                        self.good_since = None;
-                        self.settled_at = w.end + doubled;
-                        (
-                            Action::Doubled,
-                            format!(
-                                "doubled {} → {}: {name} {m:.3} {} {:.3} for {} window(s)",
-                                human(from),
-                                human(doubled),
-                                cmp.0,
-                                policy.threshold,
-                                policy.good_windows
-                            ),
-                        )
-                    } else {
-                        let why = if doubled <= self.interval {
-                            "at the maximum interval".to_owned()
-                        } else if self.good_streak < policy.good_windows {
-                            format!(
-                                "{} of {} good windows",
-                                self.good_streak, policy.good_windows
-                            )
-                        } else {
-                            format!(
-                                "good windows do not yet span one {} cycle",
-                                human(self.interval)
-                            )
-                        };
-                        (
-                            Action::Held,
-                            format!(
-                                "held at {}: {name} {m:.3} {} {:.3}, {why}",
-                                human(self.interval),
-                                cmp.0,
-                                policy.threshold
-                            ),
-                        )
-                    }
-                }
-            } else if self.interval > self.last_good {
-                self.interval = self.last_good;
-                self.good_streak = 0;
-                self.good_since = None;
-                self.failed_attempts += 1;
-                self.cooldown_left = policy
-                    .cooldown_windows
-                    .saturating_mul(1 << (self.failed_attempts - 1).min(6));
-                self.settled_at = w.end + self.interval;
-                (
-                    Action::Reverted,
-                    format!(
-                        "reverted {} → {}: {name} {m:.3} {} {:.3}; cool-down {} window(s)",
-                        human(from),
-                        human(self.interval),
-                        cmp.1,
-                        policy.threshold,
-                        self.cooldown_left
-                    ),
-                )
-            } else {
-                let halved = (self.interval / 2).max(policy.min_interval);
-                self.interval = halved;
+            } else if !good {
+                // The interval these predictions were served at, believed
+                // good, is not: half of it.
+                let halved = (served / 2).max(policy.min_interval).min(self.interval);
                 self.last_good = halved;
-                self.good_streak = 0;
-                self.good_since = None;
+                self.change_to(halved, w.judged_at);
                 self.cooldown_left = policy.cooldown_windows;
-                self.settled_at = w.end + halved;
                 let bound = if halved == from {
                     " (already at the minimum interval)"
                 } else {
                     ""
                 };
+                let at = if served == from {
+                    "at the last good interval".to_owned()
+                } else {
+                    format!("at {}, an interval believed good", human(served))
+                };
                 (
                     Action::Shortened,
                     format!(
-                        "shortened {} → {}{bound}: {name} {m:.3} {} {:.3} at the last good interval",
+                        "shortened {} → {}{bound}: {name} {m:.3} {misses} {threshold:.3} {at}",
                         human(from),
-                        human(halved),
-                        cmp.1,
-                        policy.threshold
+                        human(halved)
                     ),
                 )
+            } else if self.cooldown_left > 0 {
+                self.cooldown_left -= 1;
+                (
+                    Action::CoolingDown,
+                    format!(
+                        "held at {}: {name} {m:.3} {meets} {threshold:.3}, cool-down {} more window(s)",
+                        human(self.interval),
+                        self.cooldown_left
+                    ),
+                )
+            } else {
+                self.good_streak += 1;
+                let since = *self.good_since.get_or_insert(w.start);
+                let spans = w.end.duration_since(since).unwrap_or_default() >= self.interval;
+                let doubled = (self.interval * 2).min(policy.max_interval);
+                let held = |why: String| {
+                    (
+                        Action::Held,
+                        format!(
+                            "held at {}: {name} {m:.3} {meets} {threshold:.3}, {why}",
+                            human(from)
+                        ),
+                    )
+                };
+                if doubled <= self.interval {
+                    held("at the maximum interval".to_owned())
+                } else if self.good_streak < policy.good_windows {
+                    held(format!(
+                        "{} of {} good windows",
+                        self.good_streak, policy.good_windows
+                    ))
+                } else if !spans {
+                    held(format!(
+                        "good windows do not yet span one {} cycle",
+                        human(self.interval)
+                    ))
+                } else {
+                    basis = Basis::WindowAndCurve;
+                    // The longest step up to double that the curve expects
+                    // to hold: double, else the longest of 7/8 … 1/8 of
+                    // the way there.
+                    let holds = |j: Duration| {
+                        self.predict(policy, j)
+                            .filter(|(_, shifted)| policy.metric.meets(*shifted, threshold))
+                    };
+                    let step = (1..=8u32).rev().find_map(|k| {
+                        let j = self.interval + (doubled - self.interval) * k / 8;
+                        holds(j).map(|(p, shifted)| (j, p, shifted))
+                    });
+                    let blind = policy.label_delay <= span;
+                    match (step, self.predict(policy, doubled)) {
+                        (_, None) if blind => {
+                            // Labels come within a window: a wrong doubling
+                            // is seen and reverted at once, so the window's
+                            // own evidence may decide.
+                            basis = Basis::Window;
+                            if self.interval > self.last_good {
+                                self.failed_attempts = 0;
+                            }
+                            self.last_good = self.interval;
+                            self.change_to(doubled, w.judged_at);
+                            (
+                                Action::Doubled,
+                                format!(
+                                    "doubled {} → {}: {name} {m:.3} {meets} {threshold:.3} for {} window(s); the metric by feature age is not known yet",
+                                    human(from),
+                                    human(doubled),
+                                    policy.good_windows
+                                ),
+                            )
+                        }
+                        (_, None) => held(format!(
+                            "not doubling to {}: labels take {}, and the metric by feature age is not known yet (fewer than two ages with enough labels)",
+                            human(doubled),
+                            human(policy.label_delay)
+                        )),
+                        (None, Some((p, shifted))) => {
+                            predicted = Some(shifted);
+                            held(format!(
+                                "not lengthening: the metric by feature age predicts {name} {shifted:.3} {misses} {threshold:.3} at {} (ages seen up to {}), and no shorter step holds",
+                                human(doubled),
+                                human(p.oldest_seen)
+                            ))
+                        }
+                        (Some((to, p, shifted)), _) => {
+                            predicted = Some(shifted);
+                            if self.interval > self.last_good {
+                                // A longer interval proved itself.
+                                self.failed_attempts = 0;
+                            }
+                            self.last_good = self.interval;
+                            self.change_to(to, w.judged_at);
+                            let (action, verb) = if to == doubled {
+                                (Action::Doubled, "doubled")
+                            } else {
+                                (Action::Lengthened, "lengthened")
+                            };
+                            (
+                                action,
+                                format!(
+                                    "{verb} {} → {}: {name} {m:.3} {meets} {threshold:.3} for {} window(s); the metric by feature age predicts {shifted:.3} there (ages seen up to {})",
+                                    human(from),
+                                    human(to),
+                                    policy.good_windows,
+                                    human(p.oldest_seen)
+                                ),
+                            )
+                        }
+                    }
+                }
             }
         };
         let decision = Decision {
@@ -359,11 +666,22 @@ impl JobState {
             action,
             from,
             to: self.interval,
-            metric: w.metric,
-            samples: w.samples,
-            reason,
+            metric,
+            samples: fresh.len(),
+            reason: reason + &stale_note,
+            basis,
+            predicted,
+            stale,
+            judged_at: Some(w.judged_at),
         };
         self.push(decision.clone());
         decision
+    }
+
+    /// The curve's plain prediction for `interval`.
+    fn predict_raw(&self, policy: &Policy, interval: Duration) -> Option<(Prediction, f64)> {
+        let bounds = AgeCurve::bounds(policy.min_interval, policy.max_interval);
+        let p = self.curve.predict(policy.metric, &bounds, interval)?;
+        Some((p, p.metric))
     }
 }

@@ -3,10 +3,13 @@
 //! the metric allows.
 //!
 //! [`metric`] computes AUC / accuracy / log-loss / MAE from the prediction
-//! log joined with feedback, overall and by feature age; [`controller`]
-//! turns one window's metric into a decision on the job's interval (double,
-//! revert, shorten, cool down, hold, pin), each with its reason; [`sim`] is a
-//! deterministic synthetic world to run the controller against for weeks;
+//! log joined with feedback, overall and by feature age; [`curve`] learns
+//! the metric as a function of feature age and predicts it for a longer
+//! interval; [`controller`] turns one window of matured labels into a
+//! decision on the job's interval (double, revert, shorten, cool down,
+//! hold, pin), each with its reason and the evidence that decided; [`sim`]
+//! is a seeded synthetic world (late labels, failed refreshes, drift that
+//! moves) to run the controller against for months;
 //! [`plot`] draws interval and metric over time as SVG (the simulation's
 //! report and `mlgw-features tuner report` of a real job).
 //!
@@ -14,6 +17,7 @@
 //! log and save a job's state run against the store in `schedule::tuning`.
 
 pub mod controller;
+pub mod curve;
 pub mod metric;
 pub mod plot;
 pub mod sim;
