@@ -13,15 +13,16 @@
 //!   customer (both views, 10 features) on HTTP/1.1 keep-alive, then
 //!   `ModelInfer` on the model-server with those 10 features and the 5
 //!   request features; answered when both are done. Feast reads both views
-//!   from Cassandra on every call (it has no row cache). Measured twice:
-//!   `feast serve` as it starts by default (1 worker, access log on, a
-//!   worker restart every ~1,000 requests) and tuned (MLGW_BENCH_FEAST_WORKERS
-//!   workers, default 2 = the cores, no access log, no worker restarts).
+//!   from Cassandra on every call (it has no row cache). Measured as
+//!   `feast serve` starts by default (1 worker, access log on, a worker
+//!   restart every ~1,000 requests) and tuned, once per worker count in
+//!   MLGW_BENCH_FEAST_WORKERS (no access log, no worker restarts), and
+//!   through its gRPC feature server (`feast listen`, GetOnlineFeatures).
 //! * Both load the same demo customers: `benches::demo::profile` for the
 //!   static view, [`activity`] for the dynamic one; the gateway's store gets
-//!   them through its refresh run, `write_dynamic` (the two plain features)
-//!   and `write_event` (the transactions and failed authorisations its
-//!   windowed aggregates are computed from), Feast through parquet
+//!   them through its refresh run and `write_dynamic` (the five activity
+//!   values; its definitions are the example's without the windowed
+//!   aggregates, so it reads one stored row as Feast does), Feast through parquet
 //!   files (benches/peers/feast/load.py), `feast apply` and `feast
 //!   materialize`. Before measuring, a few customers are read back through
 //!   Feast and compared with the loaded values, and the gateway's scores
@@ -47,7 +48,8 @@
 //! MLGW_BENCH_CUSTOMERS (loaded into both stores, default 100000),
 //! MLGW_BENCH_HOT_KEYS (default 1000), MLGW_BENCH_WARMUP_S (unmeasured
 //! closed-loop warm-up before each system, default 8),
-//! MLGW_BENCH_FEAST_WORKERS (workers of the tuned `feast serve`, default 2),
+//! MLGW_BENCH_FEAST_WORKERS (worker counts of the tuned `feast serve`, one
+//! run each, default 2,4),
 //! MLGW_BENCH_CASSANDRA=host:port (reuse a running Cassandra instead of
 //! starting one with tests/rig/cassandra.sh; its CPU is read from
 //! MLGW_BENCH_CASSANDRA_PID, else from the only CassandraDaemon running),
@@ -71,16 +73,19 @@ use benches::grpc_client::{
 use benches::knobs::{env_list, env_num, list_text};
 use benches::load::{self, Call, Load, Measured, Outcome, WARMUP, closed_loop};
 use benches::process::{
-    GatewayProcess, GatewaySettings, ModelServer, gateway_config, machine_busy_seconds,
-    python_venv, report_in_scratch, tail, terminate,
+    GatewayProcess, GatewaySettings, ModelServer, gateway_config_with_definitions,
+    machine_busy_seconds, python_venv, report_in_scratch, tail, terminate,
 };
 use benches::report::{Series, commit, latency_chart, machine, ms};
-use feature_store::aggregate::Event;
 use feature_store::definitions::FeatureValue;
 use feature_store::store::prelude::*;
-use feature_store::store::{AnyStore, DynamicWrite, EventWrite};
+use feature_store::store::{AnyStore, DynamicWrite};
 use proto::inference as inf;
 use rig::{OwnCassandra, workspace_root};
+use tonic::transport::Channel;
+
+#[path = "peer_feast/feast_grpc.rs"]
+mod feast_grpc;
 
 /// Callers share this many HTTP/2 connections to the gateway and to the
 /// model-server, as a client pool would.
@@ -116,7 +121,7 @@ struct Knobs {
     customers: u64,
     hot_keys: u64,
     warmup_s: f64,
-    feast_workers: u64,
+    feast_workers: Vec<u64>,
     cassandra: Option<String>,
 }
 
@@ -130,7 +135,10 @@ impl Knobs {
             customers: env_num("MLGW_BENCH_CUSTOMERS", 100_000.0)? as u64,
             hot_keys: env_num("MLGW_BENCH_HOT_KEYS", 1000.0)? as u64,
             warmup_s: env_num("MLGW_BENCH_WARMUP_S", 8.0)?,
-            feast_workers: env_num("MLGW_BENCH_FEAST_WORKERS", 2.0)? as u64,
+            feast_workers: env_list("MLGW_BENCH_FEAST_WORKERS", &[2.0, 4.0])?
+                .into_iter()
+                .map(|w| w as u64)
+                .collect(),
             cassandra: std::env::var("MLGW_BENCH_CASSANDRA").ok(),
         };
         ensure!(
@@ -140,7 +148,8 @@ impl Knobs {
                 && knobs.p99_ms > 0.0
                 && knobs.hot_keys > 0
                 && knobs.customers >= knobs.hot_keys
-                && knobs.feast_workers > 0,
+                && !knobs.feast_workers.is_empty()
+                && knobs.feast_workers.iter().all(|w| *w > 0),
             "bad knobs: seconds, rates, p99, hot keys and workers must be positive, customers ≥ hot keys"
         );
         Ok(knobs)
@@ -185,12 +194,10 @@ fn write_activity_csv(path: &Path, customers: u64) -> Result<()> {
     )
 }
 
-/// Writes every customer's activity into our store (event time one minute
-/// ago, as load.py gives Feast), `PARALLEL` customers at a time: the two
-/// plain features as values, and for the three windowed aggregates the raw
-/// events they are computed from (`txn_count_1h` transactions of 12.25 each,
-/// so their sum is `txn_amount_sum_1h`; `failed_auth_count_24h` failed
-/// authorisations), so the gateway serves the values Feast holds.
+/// Writes every customer's activity into our store as stored values (event
+/// time one minute ago, as load.py gives Feast), `PARALLEL` customers at a
+/// time. The gateway serves them through [`stored_values_definitions`], so
+/// it reads what Feast reads: one row of five values, no events.
 async fn load_activity(store: &AnyStore, customers: u64) -> Result<f64> {
     const PARALLEL: u64 = 64;
     let started = Instant::now();
@@ -203,9 +210,11 @@ async fn load_activity(store: &AnyStore, customers: u64) -> Result<f64> {
             let mut i = lane;
             while i < customers {
                 let (a, b, c, d, e) = activity(i);
-                debug_assert!((b - a as f64 * 12.25).abs() < 1e-9);
                 let values = [
+                    ("txn_count_1h".to_owned(), FeatureValue::Int64(a)),
+                    ("txn_amount_sum_1h".to_owned(), FeatureValue::Float64(b)),
                     ("distinct_merchants_24h".to_owned(), FeatureValue::Int64(c)),
+                    ("failed_auth_count_24h".to_owned(), FeatureValue::Int64(d)),
                     (
                         "minutes_since_last_txn".to_owned(),
                         FeatureValue::Float32(e),
@@ -222,33 +231,6 @@ async fn load_activity(store: &AnyStore, customers: u64) -> Result<f64> {
                     })
                     .await
                     .with_context(|| format!("writing the activity of {key}"))?;
-                let transactions = (0..a).map(|k| {
-                    BTreeMap::from([
-                        (
-                            "transaction_id".to_owned(),
-                            FeatureValue::String(format!("t-{k}")),
-                        ),
-                        ("amount".to_owned(), FeatureValue::Float64(12.25)),
-                    ])
-                });
-                let failed = (0..d).map(|k| {
-                    BTreeMap::from([(
-                        "failed_auth_id".to_owned(),
-                        FeatureValue::String(format!("f-{k}")),
-                    )])
-                });
-                for fields in transactions.chain(failed) {
-                    let event = Event::new(&key, None, event_time, fields);
-                    store
-                        .write_event(EventWrite {
-                            view: "customer_activity",
-                            entity_key: &key,
-                            event: &event,
-                            expires_at,
-                        })
-                        .await
-                        .with_context(|| format!("writing an event of {key}"))?;
-                }
                 i += PARALLEL;
             }
             anyhow::Ok(())
@@ -258,6 +240,27 @@ async fn load_activity(store: &AnyStore, customers: u64) -> Result<f64> {
         done??;
     }
     Ok(started.elapsed().as_secs_f64())
+}
+
+/// The example's fraud.toml with its windowed aggregates taken out, written
+/// to `dir`: every feature of `customer_activity` is then a stored value,
+/// read in one row as Feast reads its view, which is the work compared here.
+fn stored_values_definitions(dir: &Path) -> Result<PathBuf> {
+    let shipped = workspace_root().join("feature-store/definitions/fraud.toml");
+    let text = std::fs::read_to_string(&shipped)
+        .with_context(|| format!("reading {}", shipped.display()))?;
+    let kept: Vec<&str> = text
+        .lines()
+        .filter(|line| !line.trim_start().starts_with("aggregate"))
+        .collect();
+    ensure!(
+        kept.len() < text.lines().count(),
+        "{} declares no aggregate any more; this bench's view change is stale",
+        shipped.display()
+    );
+    let path = dir.join("fraud-stored-values.toml");
+    std::fs::write(&path, kept.join("\n"))?;
+    Ok(path)
 }
 
 // ---------------------------------------------------------------------------
@@ -402,13 +405,32 @@ enum Target {
         clients: Vec<GatewayClient>,
         keys: Keys,
     },
-    /// Feast `/get-online-features`, then ModelInfer.
+    /// Feast's online features, then ModelInfer.
     Feast {
-        http: reqwest::Client,
-        url: String,
+        client: FeastClient,
         models: Vec<DirectClient>,
         keys: Keys,
     },
+}
+
+/// How the pipeline asks Feast for a customer's features.
+#[derive(Clone)]
+enum FeastClient {
+    /// `POST {url}` (`/get-online-features` of `feast serve`).
+    Http { http: reqwest::Client, url: String },
+    /// `GetOnlineFeatures` of `feast listen`, one channel per connection.
+    Grpc { channels: Vec<Channel> },
+}
+
+impl FeastClient {
+    async fn features(&self, conn: usize, customer: u64) -> Result<[f32; 10], FeastError> {
+        match self {
+            FeastClient::Http { http, url } => feast_features(http, url, customer).await,
+            FeastClient::Grpc { channels } => {
+                feast_grpc::features(&channels[conn % channels.len()], customer).await
+            }
+        }
+    }
 }
 
 /// What went wrong in one Feast pipeline call, as a failure code.
@@ -418,6 +440,7 @@ fn feast_failure(e: &FeastError) -> Outcome {
         FeastError::Transport => Outcome::failed("feast transport"),
         FeastError::Body(_) => Outcome::failed("feast body"),
         FeastError::Missing(_) => Outcome::failed("feast not found"),
+        FeastError::Grpc(code) => Outcome::failed(format!("feast {code:?}")),
     }
 }
 
@@ -431,6 +454,8 @@ enum FeastError {
     Body(String),
     /// A feature without a value for the customer.
     Missing(String),
+    /// A gRPC status other than OK.
+    Grpc(tonic::Code),
 }
 
 impl std::fmt::Display for FeastError {
@@ -440,6 +465,7 @@ impl std::fmt::Display for FeastError {
             FeastError::Transport => write!(f, "no answer"),
             FeastError::Body(m) => write!(f, "unexpected answer: {m}"),
             FeastError::Missing(m) => write!(f, "no value: {m}"),
+            FeastError::Grpc(code) => write!(f, "gRPC {code:?}"),
         }
     }
 }
@@ -531,13 +557,14 @@ fn fraud_probability(resp: &inf::ModelInferResponse) -> Option<f64> {
 impl Target {
     /// One Feast pipeline call; its P(fraud) when it worked.
     async fn pipeline(
-        http: &reqwest::Client,
-        url: &str,
+        client: &FeastClient,
+        conn: usize,
         model: &DirectClient,
         customer: u64,
         k: u64,
     ) -> Result<f64, Outcome> {
-        let row = feast_features(http, url, customer)
+        let row = client
+            .features(conn, customer)
             .await
             .map_err(|e| feast_failure(&e))?;
         let mut request = tonic::Request::new(pipeline_request(&row, k));
@@ -560,12 +587,11 @@ impl Call for Target {
                 Outcome::from_grpc(&clients[conn].clone().predict(request).await)
             }
             Target::Feast {
-                http,
-                url,
+                client,
                 models,
                 keys,
             } => {
-                let call = Target::pipeline(http, url, &models[conn], keys.customer(k), k);
+                let call = Target::pipeline(client, conn, &models[conn], keys.customer(k), k);
                 match tokio::time::timeout(CALL_TIMEOUT, call).await {
                     Ok(Ok(_)) => Outcome::Ok,
                     Ok(Err(outcome)) => outcome,
@@ -579,12 +605,23 @@ impl Call for Target {
 // ---------------------------------------------------------------------------
 // feast serve
 
-/// `feast serve` as a child in a process group of its own (gunicorn and its
-/// workers), stopped with SIGTERM to the group; SIGKILL on drop.
+/// How Feast serves online features.
+enum FeastFront {
+    /// `feast serve` (FastAPI under gunicorn, HTTP/1.1 JSON) with these
+    /// extra arguments.
+    Http(Vec<String>),
+    /// `feast listen`: its gRPC feature server (one process, a thread pool
+    /// of 10 by default).
+    Grpc,
+}
+
+/// Feast's server as a child in a process group of its own (gunicorn and
+/// its workers), stopped with SIGTERM to the group; SIGKILL on drop.
 struct FeastServer {
     child: tokio::process::Child,
     pgid: Option<u32>,
     url: String,
+    grpc: bool,
     log: PathBuf,
 }
 
@@ -593,17 +630,23 @@ impl FeastServer {
         feast: &Path,
         repo: &Path,
         env: &[(&str, String)],
-        args: &[String],
+        front: &FeastFront,
         log: PathBuf,
     ) -> Result<Self> {
         let port = benches::process::free_port()?;
         let out = std::fs::File::create(&log)?;
         let mut cmd = tokio::process::Command::new(feast);
-        cmd.arg("-c")
-            .arg(repo)
-            .args(["serve", "-h", "127.0.0.1", "-p", &port.to_string()])
-            .args(args)
-            .stdout(out.try_clone()?)
+        cmd.arg("-c").arg(repo);
+        match front {
+            FeastFront::Http(args) => {
+                cmd.args(["serve", "-h", "127.0.0.1", "-p", &port.to_string()])
+                    .args(args);
+            }
+            FeastFront::Grpc => {
+                cmd.args(["listen", "-a", &format!("127.0.0.1:{port}")]);
+            }
+        }
+        cmd.stdout(out.try_clone()?)
             .stderr(out)
             .stdin(Stdio::null())
             .process_group(0)
@@ -616,18 +659,29 @@ impl FeastServer {
             .with_context(|| format!("cannot start {}", feast.display()))?;
         let pgid = child.id();
         let url = format!("http://127.0.0.1:{port}");
+        let grpc = matches!(front, FeastFront::Grpc);
         let http = reqwest::Client::new();
         let deadline = Instant::now() + Duration::from_secs(120);
         loop {
             if let Some(status) = child.try_wait()? {
                 bail!(
-                    "feast serve exited ({status}) before answering; log tail:\n{}",
+                    "feast exited ({status}) before answering; log tail:\n{}",
                     tail(&log)
                 );
             }
-            if let Ok(r) = http.get(format!("{url}/health")).send().await
-                && r.status().is_success()
-            {
+            let up = if grpc {
+                // Up once it answers a read (it has no other probe we use).
+                match Channel::from_shared(url.clone())?.connect().await {
+                    Ok(ch) => feast_grpc::features(&ch, 0).await.is_ok(),
+                    Err(_) => false,
+                }
+            } else {
+                http.get(format!("{url}/health"))
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status().is_success())
+            };
+            if up {
                 break;
             }
             if Instant::now() > deadline {
@@ -635,11 +689,12 @@ impl FeastServer {
                     child,
                     pgid,
                     url,
+                    grpc,
                     log,
                 };
                 let log_tail = tail(&server.log);
                 drop(server);
-                bail!("feast serve did not answer /health in 120 s; log tail:\n{log_tail}");
+                bail!("feast did not answer in 120 s; log tail:\n{log_tail}");
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
@@ -647,16 +702,28 @@ impl FeastServer {
             child,
             pgid,
             url,
+            grpc,
             log,
         })
     }
 
+    /// A client of this server: `CONNECTIONS` channels for gRPC, the shared
+    /// HTTP/1.1 pool otherwise.
+    async fn client(&self, http: &reqwest::Client) -> Result<FeastClient> {
+        Ok(if self.grpc {
+            FeastClient::Grpc {
+                channels: channels(&self.url, CONNECTIONS).await?,
+            }
+        } else {
+            FeastClient::Http {
+                http: http.clone(),
+                url: format!("{}/get-online-features", self.url),
+            }
+        })
+    }
+
     fn pid(&self) -> Result<String> {
-        Ok(self
-            .child
-            .id()
-            .context("feast serve has exited")?
-            .to_string())
+        Ok(self.child.id().context("feast has exited")?.to_string())
     }
 
     async fn stop(mut self) -> Result<()> {
@@ -866,18 +933,19 @@ impl Runner {
 // ---------------------------------------------------------------------------
 // Checks before measuring
 
-/// Feast's values for a few customers equal the loaded ones, and the
-/// gateway's P(fraud) equals the Feast pipeline's for the same calls.
+/// Feast's values for a few customers equal the loaded ones, and (given a
+/// gateway) the gateway's P(fraud) equals the Feast pipeline's for the same
+/// calls.
 async fn check_same_answers(
-    gateway: &GatewayClient,
-    http: &reqwest::Client,
-    feast_url: &str,
+    gateway: Option<&GatewayClient>,
+    client: &FeastClient,
     model: &DirectClient,
     customers: u64,
 ) -> Result<usize> {
     let picks = [0, 1, 42, 4242 % customers, customers / 2, customers - 1];
     for (n, &c) in picks.iter().enumerate() {
-        let got = feast_features(http, feast_url, c)
+        let got = client
+            .features(n, c)
             .await
             .map_err(|e| anyhow::anyhow!("Feast read of {}: {e}", customer_id(c)))?;
         let want = store_row(c);
@@ -887,6 +955,7 @@ async fn check_same_answers(
                 customer_id(c)
             );
         }
+        let Some(gateway) = gateway else { continue };
         let k = 7_000_000 + n as u64;
         let ours = gateway
             .clone()
@@ -900,7 +969,7 @@ async fn check_same_answers(
             .find(|o| o.name == "probabilities")
             .and_then(|o| o.values.get(1).copied())
             .context("the gateway's answer has no probabilities")?;
-        let theirs = Target::pipeline(http, feast_url, model, c, k)
+        let theirs = Target::pipeline(client, n, model, c, k)
             .await
             .map_err(|o| {
                 anyhow::anyhow!("the Feast pipeline failed for {}: {o:?}", customer_id(c))
@@ -992,8 +1061,9 @@ async fn run(scratch: PathBuf) -> Result<String> {
         .pid()
         .context("the model-server is not running")?;
     let model_clients = direct_clients(&channels(&model_server.grpc_url(), CONNECTIONS).await?);
-    let config = gateway_config(
+    let config = gateway_config_with_definitions(
         scratch,
+        &stored_values_definitions(scratch)?,
         &GatewaySettings {
             model_grpc: &model_server.grpc_url(),
             store: &format!(
@@ -1004,6 +1074,7 @@ async fn run(scratch: PathBuf) -> Result<String> {
             model_extra: "",
             extra: "",
         },
+        "",
     )?;
     let gateway = GatewayProcess::start(&config, scratch.join("gateway.log")).await?;
     let bearer = Bearer::new(&gateway.banner)?;
@@ -1014,32 +1085,37 @@ async fn run(scratch: PathBuf) -> Result<String> {
         .timeout(CALL_TIMEOUT)
         .build()?;
 
-    let tuned_args: Vec<String> = vec![
-        "-w".into(),
-        knobs.feast_workers.to_string(),
-        "--no-access-log".into(),
-        "--max-requests".into(),
-        "0".into(),
-    ];
-    let tuned_name = format!("Feast tuned, {} workers", knobs.feast_workers);
-    let feast_systems: Vec<(String, Vec<String>)> = vec![
-        ("Feast default".into(), Vec::new()),
-        (tuned_name, tuned_args),
-    ];
+    // Feast's serving knobs: gunicorn workers (its HTTP server is
+    // synchronous per worker, so more workers than cores can overlap
+    // Cassandra waits), no access log, no worker restarts.
+    let mut feast_systems: Vec<(String, FeastFront)> =
+        vec![("Feast default".into(), FeastFront::Http(Vec::new()))];
+    for workers in &knobs.feast_workers {
+        feast_systems.push((
+            format!("Feast tuned, {workers} workers"),
+            FeastFront::Http(vec![
+                "-w".into(),
+                workers.to_string(),
+                "--no-access-log".into(),
+                "--max-requests".into(),
+                "0".into(),
+            ]),
+        ));
+    }
+    feast_systems.push(("Feast gRPC (feast listen)".into(), FeastFront::Grpc));
 
     // Check the answers before measuring anything (default server).
     let feast_server = FeastServer::start(
         &feast,
         &repo,
         &feast_env,
-        &[],
+        &FeastFront::Http(Vec::new()),
         scratch.join("feast-check.log"),
     )
     .await?;
     let checked = check_same_answers(
-        &gw_clients[0],
-        &http,
-        &format!("{}/get-online-features", feast_server.url),
+        Some(&gw_clients[0]),
+        &feast_server.client(&http).await?,
         &model_clients[0],
         knobs.customers,
     )
@@ -1091,21 +1167,24 @@ async fn run(scratch: PathBuf) -> Result<String> {
     gateway.stop().await?;
 
     // --- Feast ------------------------------------------------------------
-    for (n, (name, args)) in feast_systems.iter().enumerate() {
+    for (n, (name, front)) in feast_systems.iter().enumerate() {
         let server = FeastServer::start(
             &feast,
             &repo,
             &feast_env,
-            args,
+            front,
             scratch.join(format!("feast-{n}.log")),
         )
         .await?;
+        let client = server.client(&http).await?;
+        check_same_answers(None, &client, &model_clients[0], knobs.customers)
+            .await
+            .with_context(|| format!("{name}: its answers"))?;
         runner.probe = Probe {
             pids: base_pids(vec![("feast", server.pid()?, true)]),
         };
         let target = Arc::new(Target::Feast {
-            http: http.clone(),
-            url: format!("{}/get-online-features", server.url),
+            client,
             models: model_clients.clone(),
             keys: Keys::fresh(knobs.customers),
         });
@@ -1233,9 +1312,9 @@ fn report(runner: &Runner, knobs: &Knobs, names: &[String], setup: &Setup) -> Re
         r,
         "## Setup\n\n\
          - **Work per prediction, both systems:** the 5 features of the static view `customer_profile` and the 5 of the dynamic view `customer_activity` of one customer from a single-node Cassandra 5.0{reuse}, plus 5 request-time features, then `fraud_detector` on this project's model-server (the same process for both, 4 HTTP/2 connections).\n\
-         - **Ours:** gRPC `Predict` to the release gateway (Cassandra backend, keyspace of its own, shipped settings: row cache for static rows, dynamic view read on every call, max_concurrent_requests 256, prediction log on — it also writes every prediction to Cassandra, which the Feast pipeline does not). *Cache hit:* {hot} hot customers, warmed. *Cache miss:* customer IDs never repeated (static read from Cassandra too).\n\
-         - **Feast pipeline:** `POST /get-online-features` (the 10 features, JSON, HTTP/1.1 keep-alive, reqwest) to `feast serve` (Cassandra online store, token-aware, protocol v5, keyspace of its own), then V2 `ModelInfer` with the 10 values + 5 request features; answered when both are done. Feast has no row cache: every call reads both views from Cassandra, so hit and miss are the same work for it (run on never-repeated IDs). *Default:* `feast serve` as it starts (1 worker, access log on, `--max-requests 1000`: gunicorn restarts the worker every ~1,000 requests). *Tuned:* `-w {workers} --no-access-log --max-requests 0`: {workers} workers, no access log, no worker restarts.\n\
-         - **Same data:** {customers} customers, the gateway's through its refresh run ({:.1} s) and `write_dynamic` + `write_event` (the raw events of its windowed aggregates; {:.1} s), Feast's from parquet made from the same values (benches/peers/feast/load.py), `feast apply`, `feast materialize` ({:.1} s of {:.1} s in all). Checked before measuring: Feast's 10 values for {} customers equal the loaded ones, and the gateway's P(fraud) equals the Feast pipeline's for the same calls.\n\
+         - **Ours:** gRPC `Predict` to the release gateway (Cassandra backend, keyspace of its own, shipped cache settings: row cache for static rows, dynamic view read on every call; its definitions are the example's without the windowed aggregates, so `customer_activity` is one stored row as in Feast; max_concurrent_requests 256, prediction log on — it also writes every prediction to Cassandra, which the Feast pipeline does not). *Cache hit:* {hot} hot customers, warmed. *Cache miss:* customer IDs never repeated (static read from Cassandra too).\n\
+         - **Feast pipeline:** `POST /get-online-features` (the 10 features, JSON, HTTP/1.1 keep-alive, reqwest) to `feast serve` (Cassandra online store, token-aware, protocol v5, keyspace of its own), then V2 `ModelInfer` with the 10 values + 5 request features; answered when both are done. Feast has no row cache: every call reads both views from Cassandra, so hit and miss are the same work for it (run on never-repeated IDs). *Default:* `feast serve` as it starts (1 worker, access log on, `--max-requests 1000`: gunicorn restarts the worker every ~1,000 requests). *Tuned:* `-w N --no-access-log --max-requests 0` for N in {workers}: N workers, no access log, no worker restarts. *gRPC:* `feast listen`, Feast's gRPC feature server (`GrpcFeatureServer/GetOnlineFeatures`, protobuf, 4 HTTP/2 connections; one process with its default pool of 10 threads). Feast's Go feature server (it has a Cassandra online store too) is not tried: it is built from Feast's Go module, which the module proxy this machine reaches does not serve.\n\
+         - **Same data:** {customers} customers, the gateway's through its refresh run ({:.1} s) and `write_dynamic` (the five activity values; {:.1} s), Feast's from parquet made from the same values (benches/peers/feast/load.py), `feast apply`, `feast materialize` ({:.1} s of {:.1} s in all). Checked before measuring: Feast's 10 values for {} customers equal the loaded ones, and the gateway's P(fraud) equals the Feast pipeline's for the same calls.\n\
          - **Load:** open loop (each call sent at its intended time, latency from then), {:.0} s measured per step after {:.1} s warm-up, the same rates for every system ({}), then ×{RISE} until a step blows up (p99 > {:.0} ms, > 1% failed, or < 90% achieved), then two bisection steps. Deadline 2 s per call. {:.0} s closed-loop warm-up (16 callers) before each system. CPU per call from /proc (`feast` = the gunicorn master and its workers).\n",
         setup.ours_profiles_s,
         setup.ours_activity_s,
@@ -1253,7 +1332,13 @@ fn report(runner: &Runner, knobs: &Knobs, names: &[String], setup: &Setup) -> Re
             " started by tests/rig/cassandra.sh"
         },
         hot = knobs.hot_keys,
-        workers = knobs.feast_workers,
+        workers = list_text(
+            &knobs
+                .feast_workers
+                .iter()
+                .map(|w| *w as f64)
+                .collect::<Vec<_>>()
+        ),
         customers = knobs.customers,
     )?;
 
