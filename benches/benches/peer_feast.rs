@@ -756,7 +756,7 @@ async fn feast_venv() -> Result<(PathBuf, PathBuf)> {
     let python = python_venv(
         "feast-venv",
         "benches/peers/feast/requirements.txt",
-        "import feast, cassandra, pandas",
+        "import feast, cassandra, pandas, grpc",
     )
     .await?;
     let feast = python.with_file_name("feast");
