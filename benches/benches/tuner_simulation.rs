@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use benches::knobs::env_num;
-use benches::report::{commit, machine};
+use benches::report::{commit, machine, median, range};
 use feature_store::definitions::FeatureDefinitions;
 use feature_store::tuner::TunedJob;
 use feature_store::tuner::controller::{Policy, human};
@@ -128,7 +128,7 @@ fn policies() -> Result<Vec<(&'static str, Policy, Duration, f64)>> {
     let shipped = defs
         .job_specs()
         .iter()
-        .find_map(|j| TunedJob::from_spec(j))
+        .find_map(TunedJob::from_spec)
         .context("fraud.toml declares no tuned refresh job")?;
     let fast = Policy {
         metric: MetricKind::Auc,
@@ -178,19 +178,6 @@ fn one(config: &SimConfig) -> Outcome {
         best_ladder_runs: best_ladder.map(|d| sim::fixed_runs(config, d)),
         share: result.share_meeting(policy),
         worst: result.worst_breaches_once_observable(policy, policy.label_delay, config.window),
-    }
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        f64::midpoint(v[n / 2 - 1], v[n / 2])
     }
 }
 
@@ -342,8 +329,8 @@ fn main() -> Result<()> {
                 .collect();
             let share: Vec<f64> = outs.iter().map(|o| o.share).collect();
             let worst: Vec<f64> = outs.iter().map(|o| o.worst as f64).collect();
-            let max = |v: &[f64]| v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-            let min = |v: &[f64]| v.iter().copied().fold(f64::INFINITY, f64::min);
+            let max = |v: &[f64]| range(v).1;
+            let min = |v: &[f64]| range(v).0;
             let dur = |s: f64| {
                 if s.is_finite() {
                     human(Duration::from_secs_f64(s))

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::log::{LogEntry, Outcome};
+use crate::log::{LogEntry, Outcome, PredictionSource};
 
 pub use crate::definitions::{MetricKind, Scoring};
 
@@ -94,7 +94,13 @@ impl Scoring {
     pub fn sample(&self, entry: &LogEntry, view: &str) -> Option<Sample> {
         let p = &entry.prediction;
         // Shadow copies were never seen by a caller: not the model's metric.
-        if p.model != self.model || p.shadow_of.is_some() {
+        // A precomputed answer was scored by a batch run on the features of
+        // its time, not on the rows served at this feature age: it says
+        // nothing about the refresh interval.
+        if p.model != self.model
+            || p.shadow_of.is_some()
+            || matches!(p.source, PredictionSource::Precomputed { .. })
+        {
             return None;
         }
         let feedback = entry.feedback.as_ref()?;
@@ -185,6 +191,69 @@ mod tests {
         );
         assert!(MetricKind::LogLoss.meets(0.2, 0.3));
         assert!(!MetricKind::Auc.meets(0.2, 0.3));
+    }
+
+    /// Only what callers were answered live counts: shadow copies and
+    /// precomputed answers are left out; the age is the logged one.
+    #[test]
+    fn samples_come_from_live_answers_with_feedback() {
+        use crate::log::{FeedbackRecord, LoggedOutput, PredictionRecord};
+        use std::collections::BTreeMap;
+        use std::time::UNIX_EPOCH;
+        let entry = |shadow: bool, source: PredictionSource| LogEntry {
+            prediction: PredictionRecord {
+                prediction_id: "p".into(),
+                at: UNIX_EPOCH,
+                subject: "s".into(),
+                model: "fraud_detector".into(),
+                model_version: "1".into(),
+                route: "stable".into(),
+                entity: "c-1".into(),
+                inputs: Vec::new(),
+                view_ages_ms: BTreeMap::from([("customer_profile".to_owned(), Some(90_000))]),
+                defaulted: Vec::new(),
+                outputs: vec![LoggedOutput {
+                    name: "probabilities".into(),
+                    label: Some("legit".into()),
+                    score: 0.8,
+                }],
+                shadow_of: shadow.then(|| "1".to_owned()),
+                model_time_us: None,
+                source,
+            },
+            feedback: Some(FeedbackRecord {
+                prediction_id: "p".into(),
+                outcome: Outcome::Label("fraud".into()),
+                observed_at: UNIX_EPOCH,
+                received_at: UNIX_EPOCH,
+                subject: "s".into(),
+            }),
+        };
+        let scoring = Scoring {
+            model: "fraud_detector".into(),
+            output: "probabilities".into(),
+            positive_label: Some("fraud".into()),
+        };
+        let live = scoring.sample(&entry(false, PredictionSource::Live), "customer_profile");
+        let s = live.unwrap_or(Sample {
+            score: -1.0,
+            outcome: -1.0,
+            age: None,
+        });
+        assert!((s.score - 0.2).abs() < 1e-12, "the positive label's score");
+        assert_eq!(s.outcome, 1.0);
+        assert_eq!(s.age, Some(Duration::from_secs(90)));
+        assert_eq!(
+            scoring.sample(&entry(true, PredictionSource::Live), "customer_profile"),
+            None
+        );
+        let precomputed = PredictionSource::Precomputed {
+            batch_id: "b".into(),
+        };
+        assert_eq!(
+            scoring.sample(&entry(false, precomputed), "customer_profile"),
+            None
+        );
     }
 
     #[test]

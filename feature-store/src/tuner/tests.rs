@@ -88,6 +88,15 @@ impl Run {
         self.judge(&samples, Duration::ZERO)
     }
 
+    /// The reason of the last decision.
+    fn last_reason(&self) -> String {
+        self.state
+            .history
+            .last()
+            .map(|d| d.reason.clone())
+            .unwrap_or_default()
+    }
+
     /// Judges the next hour of predictions `samples`, `delay` after it ends.
     fn judge(&mut self, samples: &[Sample], delay: Duration) -> Action {
         let start = self.now;
@@ -116,12 +125,7 @@ fn doubles_after_enough_good_windows_and_explains_it() {
     assert_eq!(r.window(0.91, 2000), Action::Doubled);
     assert_eq!(r.state.interval, 60 * MIN);
     assert_eq!(r.state.last_good, 30 * MIN);
-    let reason = &r
-        .state
-        .history
-        .last()
-        .map(|d| d.reason.clone())
-        .unwrap_or_default();
+    let reason = r.last_reason();
     assert!(
         reason.starts_with(
             "doubled 30 min → 60 min: AUC 0.910 ≥ 0.880 for 3 window(s); the metric by feature age predicts 0.9"
@@ -407,12 +411,7 @@ fn a_late_bad_window_is_blamed_on_the_interval_it_was_served_at() {
     let bad = with_auc(0.85, 2000, 2 * HOUR);
     assert_eq!(r.judge(&bad, delay), Action::Shortened);
     assert_eq!(r.state.interval, HOUR);
-    let reason = r
-        .state
-        .history
-        .last()
-        .map(|d| d.reason.clone())
-        .unwrap_or_default();
+    let reason = r.last_reason();
     assert!(
         reason.contains("at 2 h, an interval believed good"),
         "{reason}"
@@ -497,12 +496,7 @@ fn a_model_change_relearns_the_curve_and_holds_the_interval() {
     assert_eq!(r.state.interval, HOUR);
     assert_eq!(r.state.good_streak, 0);
     assert_eq!(r.state.model_version.as_deref(), Some("2"));
-    let reason = r
-        .state
-        .history
-        .last()
-        .map(|d| d.reason.clone())
-        .unwrap_or_default();
+    let reason = r.last_reason();
     assert!(reason.starts_with("model version 1 → 2"), "{reason}");
 }
 
