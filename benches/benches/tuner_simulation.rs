@@ -54,7 +54,7 @@ fn worlds() -> Vec<World> {
         },
         World {
             name: "sparse",
-            what: "100 labels an hour (judged over 6-hour windows), labels within 2 d",
+            what: "120 labels an hour (judged over 6-hour windows), labels within 2 d",
             apply: |c| {
                 c.labels_per_hour = 120;
                 c.window = 6 * HOUR;

@@ -204,6 +204,11 @@ async fn the_scheduler_runs_a_real_job_and_the_tuner_changes_its_interval_from_r
             .is_some_and(|r| r.contains("doubled 30 s → 1 min: AUC")),
         "{decision}"
     );
+    // 120 predictions made within seconds: too few ages for the metric by
+    // feature age, and labels come within the window, so the window's own
+    // metric decided.
+    assert_eq!(decision["basis"], "window", "{decision}");
+    assert!(decision["judged_at"].is_string(), "{decision}");
     assert_eq!(state["interval_s"], 60, "{state}");
     assert_eq!(state["last_good_s"], 30, "{state}");
 

@@ -359,6 +359,10 @@ pub fn decision_json(d: &Decision) -> Value {
         "metric": d.metric,
         "samples": d.samples,
         "reason": d.reason,
+        "basis": d.basis,
+        "predicted": d.predicted,
+        "stale": d.stale,
+        "judged_at": utc(d.judged()),
     })
 }
 

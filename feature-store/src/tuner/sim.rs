@@ -376,7 +376,6 @@ pub fn run(config: &SimConfig, fixed: Option<Duration>) -> SimResult {
     let mut refreshes = Refreshes::new(config.seed, start_interval);
     let window = config.window.max(HOUR);
     let delay = config.policy.label_delay;
-    let per_step = config.labels_per_hour / STEPS;
     let mut pending: VecDeque<Pending> = VecDeque::new();
     let mut hours = Vec::new();
     let mut decisions = Vec::new();
@@ -391,6 +390,9 @@ pub fn run(config: &SimConfig, fixed: Option<Duration>) -> SimResult {
             if fixed.is_some() {
                 continue;
             }
+            // The hour's labels spread over its steps, none lost to rounding.
+            let per_step =
+                config.labels_per_hour * (k + 1) / STEPS - config.labels_per_hour * k / STEPS;
             for _ in 0..per_step {
                 let y = rng.uniform() < config.positive_rate;
                 let z = if y { *qk } else { -*qk } + rng.normal();

@@ -327,19 +327,25 @@ fn ms(t: SystemTime) -> i64 {
 }
 
 fn decision_pb(d: &Decision) -> pb::TunerDecision {
-    let action = serde_json::to_value(d.action)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_owned))
-        .unwrap_or_default();
+    let name = |v: serde_json::Result<serde_json::Value>| {
+        v.ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default()
+    };
     pb::TunerDecision {
         at_ms: ms(d.at),
-        action,
+        action: name(serde_json::to_value(d.action)),
         from_s: d.from.as_secs(),
         to_s: d.to.as_secs(),
         has_metric: d.metric.is_some(),
         metric: d.metric.unwrap_or_default(),
         samples: d.samples as u64,
         reason: d.reason.clone(),
+        basis: name(serde_json::to_value(d.basis)),
+        has_predicted: d.predicted.is_some(),
+        predicted: d.predicted.unwrap_or_default(),
+        stale: d.stale as u64,
+        judged_at_ms: ms(d.judged()),
     }
 }
 
