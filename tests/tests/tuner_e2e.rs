@@ -191,7 +191,14 @@ async fn the_scheduler_runs_a_real_job_and_the_tuner_changes_its_interval_from_r
     )
     .await?;
     let (decision, state) = doubled;
-    assert_eq!(decision["samples"], 120, "{decision}");
+    // Judged on this test's labelled predictions: all 120, or, when a slow
+    // machine spread them over two windows, at least min_samples of them.
+    assert!(
+        decision["samples"]
+            .as_u64()
+            .is_some_and(|n| (100..=120).contains(&n)),
+        "{decision}"
+    );
     let auc = decision["metric"].as_f64().context("no metric")?;
     assert!(auc > 0.6 && auc < 1.0, "AUC {auc}: {decision}");
     assert_eq!(
