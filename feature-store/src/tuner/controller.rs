@@ -6,9 +6,10 @@
 //! Labels arrive late (fraud labels are chargebacks), so a window is judged
 //! once its labels matured: its predictions were made under whatever
 //! interval was in force then, which the state remembers ([`Regime`]), and
-//! a bad window is blamed on that interval, not on the current one. A
-//! prediction whose features were older than its interval allows (a refresh
-//! failed or was skipped) is left out of the judgement. Every window also
+//! a bad window is blamed on that interval, not on the current one.
+//! Predictions whose features were older than their interval allows (a
+//! refresh failed or was skipped) are judged as served and counted in the
+//! decision. Every window also
 //! teaches the metric by feature age ([`AgeCurve`]): a doubling is refused
 //! while the curve predicts the longer interval would miss the threshold.
 
@@ -401,12 +402,12 @@ impl JobState {
         // the curve learns them at their true age.
         let served = self.interval_during(w.start, w.end);
         let limit = served + (served / 4).max(Duration::from_secs(600));
-        let fresh = w.samples;
-        let stale = fresh
+        let stale = w
+            .samples
             .iter()
             .filter(|s| s.age.is_some_and(|a| a > limit))
             .count();
-        let metric = policy.metric.compute(fresh);
+        let metric = policy.metric.compute(w.samples);
         let stale_note = if stale > 0 {
             format!(
                 "; {stale} prediction(s) had features older than {} allows (a refresh failed or was late)",
@@ -432,9 +433,13 @@ impl JobState {
         // window, so it says how far an unseen window falls from it; only
         // where the curve has measured the window's ages (a miss past them
         // is the extrapolation's, which the revert answers).
-        if fresh.len() >= policy.min_samples
+        if w.samples.len() >= policy.min_samples
             && let Some(m) = metric
-            && let Some((p, _)) = self.predict_raw(policy, served)
+            && let Some(p) = self.curve.predict(
+                policy.metric,
+                &AgeCurve::bounds(policy.min_interval, policy.max_interval),
+                served,
+            )
             && p.oldest_seen >= served
         {
             self.residuals.push(m - p.metric);
@@ -468,14 +473,14 @@ impl JobState {
                     human(self.interval)
                 ),
             )
-        } else if fresh.len() < policy.min_samples || metric.is_none() {
+        } else if w.samples.len() < policy.min_samples || metric.is_none() {
             basis = Basis::Nothing;
             self.windows_without_labels += 1;
             (
                 Action::TooFewLabels,
                 format!(
                     "no decision: {} labelled predictions, {} needed ({} window(s) in a row)",
-                    fresh.len(),
+                    w.samples.len(),
                     policy.min_samples,
                     self.windows_without_labels
                 ),
@@ -667,7 +672,7 @@ impl JobState {
             from,
             to: self.interval,
             metric,
-            samples: fresh.len(),
+            samples: w.samples.len(),
             reason: reason + &stale_note,
             basis,
             predicted,
@@ -676,12 +681,5 @@ impl JobState {
         };
         self.push(decision.clone());
         decision
-    }
-
-    /// The curve's plain prediction for `interval`.
-    fn predict_raw(&self, policy: &Policy, interval: Duration) -> Option<(Prediction, f64)> {
-        let bounds = AgeCurve::bounds(policy.min_interval, policy.max_interval);
-        let p = self.curve.predict(policy.metric, &bounds, interval)?;
-        Some((p, p.metric))
     }
 }
