@@ -67,6 +67,27 @@ async fn accepted(gw: &str, http: &reqwest::Client, body: &Value) -> Result<Stri
     a["id"].as_str().map(str::to_owned).context("no id")
 }
 
+/// The first submit accepted: topics are made in the background at start,
+/// and until they exist a submit is refused with 503 `queue_unavailable`.
+async fn first_accepted(gw: &str, http: &reqwest::Client, body: &Value) -> Result<String> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let (s, a) = submit(gw, http, body, None).await?;
+        if s == 202 {
+            return a["id"].as_str().map(str::to_owned).context("no id");
+        }
+        ensure!(
+            s == 503 && a["code"] == "queue_unavailable",
+            "submit: {s} {a}"
+        );
+        ensure!(
+            tokio::time::Instant::now() < deadline,
+            "no submit accepted: {s} {a}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 async fn poll(gw: &str, http: &reqwest::Client, id: &str) -> Result<(u16, Value)> {
     let r = http.get(format!("{gw}/v1/predictions/{id}")).send().await?;
     let status = r.status().as_u16();
@@ -316,7 +337,7 @@ async fn submits_are_checked_at_once_and_results_are_private() -> Result<()> {
     assert_eq!(r.status().as_u16(), 404);
 
     // Only the submitter and an admin see a result.
-    let id = accepted(url, &service, &body(7)).await?;
+    let id = first_accepted(url, &service, &body(7)).await?;
     let done = wait_all(
         url,
         &service,
@@ -397,21 +418,7 @@ async fn kafka_away_refuses_submits_and_nothing_accepted_is_lost() -> Result<()>
     let gw = GatewayProcess::start_ready(&config).await?;
     let http = client_with_token(gw.token()?)?;
     let url = gw.http.as_str();
-    // Topics are made in the background at start: wait for the first 202.
-    let mut ids = Vec::new();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let (s, a) = submit(url, &http, &body(0), None).await?;
-        if s == 202 {
-            ids.push(a["id"].as_str().context("id")?.to_owned());
-            break;
-        }
-        ensure!(
-            tokio::time::Instant::now() < deadline,
-            "no submit accepted: {s} {a}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let mut ids = vec![first_accepted(url, &http, &body(0)).await?];
     for i in 1..50 {
         ids.push(accepted(url, &http, &body(i)).await?);
     }

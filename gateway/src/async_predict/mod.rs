@@ -34,6 +34,7 @@ use rdkafka::config::ClientConfig;
 use rdkafka::error::KafkaError;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
 
 use crate::auth::Caller;
 pub use crate::config::AsyncSettings;
@@ -275,6 +276,9 @@ impl<S: FullStore> AsyncPredictions<S> {
         idempotency_key: Option<&str>,
         deadline: Option<Duration>,
     ) -> Result<Accepted, GatewayError> {
+        // Kafka's wait is counted from here: a slow store write before it
+        // must shorten it, or the request timeout answers 504 instead.
+        let until = Instant::now() + self.ack_wait;
         let entity_key = core.check_queued(front, caller, &input)?;
         let deadline = deadline.unwrap_or(Duration::from_millis(self.settings.default_deadline_ms));
         let max = Duration::from_millis(self.settings.max_deadline_ms);
@@ -313,7 +317,7 @@ impl<S: FullStore> AsyncPredictions<S> {
                 .await
                 .map_err(|e| self.unavailable(&e))?;
             if let Some(first) = claimed {
-                return self.resume(core, first).await;
+                return self.resume(core, first, until).await;
             }
         }
         let queued = pb::QueuedPrediction {
@@ -343,7 +347,8 @@ impl<S: FullStore> AsyncPredictions<S> {
             body: body.clone(),
         };
         self.write_pending(record).await?;
-        self.enqueue(&input.model, &entity_key, &body).await?;
+        self.enqueue(&input.model, &entity_key, &body, until)
+            .await?;
         self.stats.accepted.fetch_add(1, Ordering::Relaxed);
         Ok(Accepted {
             id,
@@ -354,7 +359,12 @@ impl<S: FullStore> AsyncPredictions<S> {
     /// The answer to a repeated idempotency key: the first request's ID,
     /// queued again if it is still pending (its first queueing may have
     /// failed; a worker skips a copy of a request already answered).
-    async fn resume(&self, core: &Core<S>, first: String) -> Result<Accepted, GatewayError> {
+    async fn resume(
+        &self,
+        core: &Core<S>,
+        first: String,
+        until: Instant,
+    ) -> Result<Accepted, GatewayError> {
         let record = self
             .store
             .get_request(&first)
@@ -371,7 +381,7 @@ impl<S: FullStore> AsyncPredictions<S> {
                         .ok()
                 })
                 .unwrap_or_default();
-            self.enqueue(&r.model, &key, &r.body).await?;
+            self.enqueue(&r.model, &key, &r.body, until).await?;
         }
         self.stats.duplicate.fetch_add(1, Ordering::Relaxed);
         Ok(Accepted {
@@ -400,12 +410,13 @@ impl<S: FullStore> AsyncPredictions<S> {
     }
 
     /// Sends one request to its model's topic and waits for Kafka's
-    /// acknowledgement.
+    /// acknowledgement until `until`.
     async fn enqueue(
         &self,
         model: &str,
         entity_key: &str,
         body: &[u8],
+        until: Instant,
     ) -> Result<(), GatewayError> {
         let topic = self.settings.request_topic(model);
         let record = FutureRecord::to(&topic).key(entity_key).payload(body);
@@ -418,14 +429,15 @@ impl<S: FullStore> AsyncPredictions<S> {
         };
         // The caller's answer must come before the request's own timeout
         // ends the call: a 503 it can act on, not a 504.
-        match tokio::time::timeout(self.ack_wait, self.producer.send(record, self.ack_wait)).await {
+        let wait = until.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(wait, self.producer.send(record, wait)).await {
             Ok(Ok(_)) => {
                 self.breaker.succeeded();
                 Ok(())
             }
             Ok(Err((e, _))) => Err(refused(e.to_string())),
             Err(_) => Err(refused(format!(
-                "no acknowledgement within {} ms",
+                "no acknowledgement within {} ms of the submit",
                 self.ack_wait.as_millis()
             ))),
         }
