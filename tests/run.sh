@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh clone: formatting and lint checks, the build,
-# the real parts (Cassandra, oidc-provider, our model-server with the example
-# model) started on 127.0.0.1, then every unit and integration test.
+# the real parts (Cassandra, Kafka, oidc-provider, Chromium with ChromeDriver, our
+# model-server with the example model) started on 127.0.0.1, then every unit and
+# integration test.
 #
 #   ./tests/run.sh
 #
@@ -50,6 +51,7 @@ cleanup() {
   step "stopping the rig"
   tests/rig/model-server.sh stop || true
   tests/rig/oidc.sh stop || true
+  tests/rig/chromium.sh stop || true
   tests/rig/kafka.sh stop || true
   tests/rig/cassandra.sh stop || true
   if [[ $rc -eq 0 ]]; then rm -rf "$RIG_DIR"; else echo "rig state kept in $RIG_DIR"; fi
@@ -63,6 +65,7 @@ step "starting the real parts"
 tests/rig/cassandra.sh start
 tests/rig/kafka.sh start
 tests/rig/oidc.sh start
+tests/rig/chromium.sh start
 MODEL_SERVER_BIN="$MLGW_MODEL_SERVER_BIN" tests/rig/model-server.sh start
 # Python with NVIDIA's tritonclient, for the interoperability test.
 MLGW_TEST_INTEROP_PYTHON="$(tests/rig/python-venv.sh)"
@@ -78,6 +81,8 @@ set -a
 . "$RIG_DIR/kafka.env"
 # shellcheck disable=SC1091
 . "$RIG_DIR/oidc.env"
+# shellcheck disable=SC1091
+. "$RIG_DIR/chromium.env"
 # shellcheck disable=SC1091
 . "$RIG_DIR/model-server.env"
 # shellcheck disable=SC1091

@@ -130,6 +130,11 @@ The same over gRPC (reflection is on):
 
 Without the header both answer 401 / UNAUTHENTICATED.
 
+The web console (models and rollouts, refresh jobs with the tuner's plot,
+live figures), signed in through the dev issuer's sign-in page:
+
+  open http://127.0.0.1:8080/console/
+
 Precomputed predictions: customer_risk answers from the batch the scoring job
 just wrote ("source": "precomputed", with the batch and its age); an unknown
 customer is computed live:

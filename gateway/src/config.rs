@@ -34,6 +34,8 @@ struct RawConfig {
     async_predict: AsyncSettings,
     #[serde(default)]
     ingest: feature_store::ingest::IngestSettings,
+    #[serde(default)]
+    console: crate::console::ConsoleSettings,
     #[serde(rename = "model")]
     models: Vec<RawModel>,
     auth: Option<crate::auth::settings::RawAuth>,
@@ -347,6 +349,8 @@ pub struct GatewayConfig {
     pub async_predict: AsyncSettings,
     /// `[ingest]`: dynamic-feature events consumed from Kafka.
     pub ingest: feature_store::ingest::IngestSettings,
+    /// `[console]`: the web console and its sign-in.
+    pub console: crate::console::ConsoleSettings,
     /// The models.
     pub models: Vec<ModelConfig>,
     /// SSO authentication and the access policy.
@@ -450,6 +454,9 @@ impl GatewayConfig {
         raw.ingest
             .validate()
             .map_err(|(k, m)| err(&format!("ingest.{k}"), m))?;
+        raw.console
+            .validate()
+            .map_err(|(k, m)| err(&format!("console.{k}"), m))?;
         if raw.publish.enabled && !raw.prediction_log.enabled {
             return Err(err(
                 "publish.enabled",
@@ -635,6 +642,7 @@ impl GatewayConfig {
             publish: raw.publish,
             async_predict: raw.async_predict,
             ingest: raw.ingest,
+            console: raw.console,
             scheduler: raw.scheduler,
             models,
             auth,

@@ -11,6 +11,7 @@ use axum::response::{IntoResponse, Response};
 use feature_store::reader::ReadError;
 use feature_store::schedule::jobs::JobsError;
 
+use crate::auth::session::CsrfError;
 use crate::auth::{AuthError, Denied};
 use crate::enrich::EnrichError;
 use crate::model::infer::InferError;
@@ -153,6 +154,10 @@ pub enum GatewayError {
     /// A valid caller without the right to do this.
     #[error(transparent)]
     PermissionDenied(#[from] Denied),
+    /// A request with the console's session cookie that fails the CSRF
+    /// check (no token for a change, or another site's origin).
+    #[error(transparent)]
+    Csrf(#[from] CsrfError),
     /// The caller asked for a version it may not have (a pilot outside its
     /// groups: permission denied) or that the routing does not serve.
     #[error(transparent)]
@@ -226,6 +231,7 @@ pub const HTTP_CODES: &[(u16, &str)] = &[
     (503, "auth_unavailable"),
     (401, "invalid_token"),
     (403, "permission_denied"),
+    (403, "csrf_rejected"),
     (404, "unknown_version"),
     (400, "routing_refused"),
     (409, "routing_conflict"),
@@ -320,6 +326,7 @@ impl GatewayError {
             | GatewayError::Route(RouteError::NotPilot { .. }) => {
                 (403, tonic::Code::PermissionDenied, "permission_denied")
             }
+            GatewayError::Csrf(_) => (403, tonic::Code::PermissionDenied, "csrf_rejected"),
             GatewayError::Route(_) => (404, tonic::Code::NotFound, "unknown_version"),
             GatewayError::Rollout(RolloutError::Change(_) | RolloutError::VersionCheck(_)) => {
                 (400, tonic::Code::FailedPrecondition, "routing_refused")
@@ -484,6 +491,7 @@ mod tests {
             GatewayError::Unauthenticated(AuthError::KeysUnavailable),
             GatewayError::Unauthenticated(AuthError::Missing),
             GatewayError::PermissionDenied(Denied::from("no")),
+            GatewayError::Csrf(CsrfError::Token),
             GatewayError::Route(RouteError::NotServed {
                 model: s("m"),
                 version: s("v"),

@@ -7,6 +7,8 @@
 //!   layers and the tower stack ([`front::layers`]: shedding, timeout,
 //!   request metrics).
 //! - [`admin`]: the routing and tuner admin APIs, beside the fronts.
+//! - [`console`]: the web console over the admin APIs, and its SSO
+//!   sign-in (code flow with PKCE, session cookie).
 //! - [`apidoc`]: the frame of the REST API's OpenAPI document (info,
 //!   bearer scheme, error answers); the routes add their own paths.
 //! - [`serve`]: the prediction path both fronts call: predict (with
@@ -36,6 +38,7 @@ pub mod apidoc;
 pub mod async_predict;
 pub mod auth;
 pub mod config;
+pub mod console;
 pub mod enrich;
 pub mod error;
 pub mod front;

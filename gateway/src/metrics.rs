@@ -153,7 +153,7 @@ impl Lookup {
 
 /// Every result code a request can end with: `ok` and the error table's
 /// codes, so each counter is an atomic found by index.
-pub const CODES: [&str; 27] = [
+pub const CODES: [&str; 28] = [
     "ok",
     "invalid_argument",
     "unknown_model",
@@ -177,6 +177,7 @@ pub const CODES: [&str; 27] = [
     "auth_unavailable",
     "invalid_token",
     "permission_denied",
+    "csrf_rejected",
     "routing_refused",
     "routing_conflict",
     "job_running",

@@ -100,6 +100,8 @@ pub struct GatewayServer {
     config: GatewayConfig,
     /// The Kafka ingest of dynamic-feature events (`[ingest]`).
     ingest: Option<feature_store::ingest::Ingest<AnyStore>>,
+    /// The issuer tokens come from (the dev issuer's URL in dev mode).
+    issuer: String,
 }
 
 impl GatewayServer {
@@ -182,7 +184,11 @@ impl GatewayServer {
                     .map_err(ServeError::DevIssuer)?;
                 (
                     url.clone(),
-                    Some(Arc::new(DevIssuerState { issuer, url })),
+                    Some(Arc::new(DevIssuerState {
+                        issuer,
+                        url,
+                        audience: auth.audience.clone(),
+                    })),
                     Some(token),
                 )
             }
@@ -254,6 +260,7 @@ impl GatewayServer {
             dev_token,
             config: config.clone(),
             ingest,
+            issuer,
         })
     }
 
@@ -317,10 +324,20 @@ impl GatewayServer {
                 Arc::clone(&state.metrics),
             )
         }
-        let app =
+        let mut app =
             crate::front::rest::router(Arc::clone(state), crate::admin::rest_routes::<AnyStore>())
-                .map_err(ServeError::OpenApi)?
-                .layer(stack(state, Front::Rest, RestReject));
+                .map_err(ServeError::OpenApi)?;
+        if self.config.console.enabled {
+            let console = crate::console::Console::new(
+                self.config.console.clone(),
+                &self.issuer,
+                state.authn.clone(),
+                Arc::clone(&state.authz),
+                self.config.auth.fetch_timeout,
+            );
+            app = app.merge(crate::console::router(Arc::new(console)));
+        }
+        let app = app.layer(stack(state, Front::Rest, RestReject));
         let listener = self.http.tap_io(|tcp| {
             if let Err(e) = tcp.set_nodelay(true) {
                 tracing::warn!(error = %e, "cannot set TCP_NODELAY on an HTTP connection");

@@ -25,6 +25,8 @@ pub struct DevIssuerState {
     pub issuer: DevIssuer,
     /// Its issuer URL (`http://127.0.0.1:PORT/dev-issuer`).
     pub url: String,
+    /// The audience of the tokens it mints (`auth.audience`).
+    pub audience: String,
 }
 
 /// The `/metrics` registry, built once at start, and the slots of the

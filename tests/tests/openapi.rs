@@ -243,15 +243,24 @@ async fn the_router_serves_what_the_document_lists() -> Result<()> {
             }
         }
     }
-    for (method, path, _why) in gateway::front::rest::UNDOCUMENTED {
+    // Served (whatever they answer to an empty request), never listed.
+    for (method, path, _why) in gateway::front::rest::UNDOCUMENTED
+        .iter()
+        .chain(gateway::console::ROUTES)
+    {
         assert!(paths.get(*path).is_none(), "{path} is listed");
         let r = match *method {
             "GET" => http.get(format!("{}{path}", gw.http)),
+            "POST" => http.post(format!("{}{path}", gw.http)),
             other => bail!("unexpected method {other}"),
         }
         .send()
         .await?;
-        assert_eq!(r.status().as_u16(), 200, "{method} {path} is not served");
+        assert!(
+            ![404, 405].contains(&r.status().as_u16()),
+            "{method} {path} is not served: {}",
+            r.status()
+        );
     }
     drop(gw);
     Ok(())

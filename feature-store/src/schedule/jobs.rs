@@ -99,7 +99,15 @@ pub struct JobDetail {
     pub decisions: Vec<Decision>,
     /// The scheduler's runs, oldest first.
     pub runs: Vec<RunRecord>,
+    /// The view's newest refresh batches (at most [`BATCHES_LISTED`]),
+    /// newest first.
+    pub batches: Vec<BatchRecord>,
+    /// The batch the view serves now, if any.
+    pub current_batch: Option<String>,
 }
+
+/// Refresh batches a job's detail lists at most.
+pub const BATCHES_LISTED: usize = 50;
 
 /// The declared job `job`.
 ///
@@ -167,17 +175,15 @@ async fn detail_of<S: TunerStore + BatchStore + CoordinationStore>(
         .await?
         .unwrap_or_else(|| ScheduleState::new(&spec.name));
     let request = store.get_run_request(&spec.name).await?;
+    let current = store.current_batches().await?.remove(&spec.view);
     let mut schedule_for_due = schedule.clone();
     if schedule_for_due.anchor.is_none() {
-        schedule_for_due.anchor = store
-            .current_batches()
-            .await?
-            .remove(&spec.view)
-            .map(|c| c.written_at);
+        schedule_for_due.anchor = current.as_ref().map(|c| c.written_at);
     }
     let next_run = next_due(&schedule_for_due, interval, request.as_ref());
     let pending_request = request.filter(|r| schedule.is_pending(r));
-    let last_batch = store.list_batches(&spec.view, 1).await?.into_iter().next();
+    let batches = store.list_batches(&spec.view, BATCHES_LISTED).await?;
+    let last_batch = batches.first().cloned();
     let decisions = state
         .as_ref()
         .map(|s| s.history.clone())
@@ -203,6 +209,8 @@ async fn detail_of<S: TunerStore + BatchStore + CoordinationStore>(
         },
         decisions,
         runs: schedule.runs,
+        batches,
+        current_batch: current.map(|c| c.batch_id),
     })
 }
 
@@ -397,23 +405,32 @@ pub fn overview_json(o: &JobOverview) -> Value {
         "metric": o.metric.map(|(name, threshold)| json!({"name": name, "threshold": threshold})),
         "last_window": o.last_window.as_ref().map(decision_json),
         "pin": o.pin.as_ref().map(pin_json),
-        "last_batch": o.last_batch.as_ref().map(|b| json!({
-            "batch_id": b.batch_id,
-            "status": b.status.as_str(),
-            "ingested_at": utc(b.ingested_at),
-            "rows_written": b.rows_written,
-            "rows_rejected": b.rows_rejected,
-            "script_version": b.script_version,
-            "error": b.error,
-        })),
+        "last_batch": o.last_batch.as_ref().map(batch_json),
         "last_run": o.last_run.as_ref().map(run_json),
         "next_run": o.next_run.map(utc),
         "pending_request": o.pending_request.as_ref().map(|r| json!({"by": r.by, "at": utc(r.at), "reason": r.reason})),
     })
 }
 
+/// A refresh batch as JSON: identity, status, row counts, timing, source.
+pub fn batch_json(b: &BatchRecord) -> Value {
+    json!({
+        "batch_id": b.batch_id,
+        "status": b.status.as_str(),
+        "ingested_at": utc(b.ingested_at),
+        "started_at": b.started_at.map(utc),
+        "finished_at": b.finished_at.map(utc),
+        "rows_written": b.rows_written,
+        "rows_rejected": b.rows_rejected,
+        "source": b.source,
+        "fingerprint": b.fingerprint,
+        "script_version": b.script_version,
+        "error": b.error,
+    })
+}
+
 /// The JSON form of a job with its history (the last `limit` decisions and
-/// runs).
+/// runs) and its view's newest batches (`current` marks the one served).
 pub fn detail_json(d: &JobDetail, limit: usize) -> Value {
     let mut v = overview_json(&d.overview);
     let tail = |n: usize| n.saturating_sub(limit);
@@ -422,5 +439,14 @@ pub fn detail_json(d: &JobDetail, limit: usize) -> Value {
         .map(decision_json)
         .collect();
     v["runs"] = d.runs[tail(d.runs.len())..].iter().map(run_json).collect();
+    v["batches"] = d
+        .batches
+        .iter()
+        .map(|b| {
+            let mut j = batch_json(b);
+            j["current"] = json!(d.current_batch.as_deref() == Some(b.batch_id.as_str()));
+            j
+        })
+        .collect();
     v
 }

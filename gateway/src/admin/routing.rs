@@ -1,4 +1,4 @@
-//! The routing admin API (admin scope only), one core for both fronts: list
+//! The routing admin API (reads for viewers, changes for admins), one core for both fronts: list
 //! models with their routing, show one with its history, apply a change
 //! (canary weight, promote, shadows, pilots, rollback), and the
 //! shadow-vs-primary report from the prediction log. REST under
@@ -320,7 +320,7 @@ pub async fn rest_list<S: FullStore>(
     Extension(caller): Extension<Caller>,
 ) -> Result<Json<ListJson>, GatewayError> {
     let result: Result<ListJson, GatewayError> = async {
-        state.authz.admin(Front::Rest, &caller)?;
+        state.authz.view(Front::Rest, &caller)?;
         let admin = RoutingAdmin::new(&state.core);
         let mut models = Vec::new();
         for m in state.core.model_names() {
@@ -358,7 +358,7 @@ pub async fn rest_get<S: FullStore>(
     query: Result<Query<HistoryQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<ViewJson>, GatewayError> {
     let result: Result<ViewJson, GatewayError> = async {
-        state.authz.admin(Front::Rest, &caller)?;
+        state.authz.view(Front::Rest, &caller)?;
         let admin = RoutingAdmin::new(&state.core);
         let Query(q) = query.map_err(|e| GatewayError::InvalidArgument(e.body_text()))?;
         Ok(view_json(
@@ -458,7 +458,7 @@ pub async fn rest_shadow_report<S: FullStore>(
     query: Result<Query<ReportQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Value>, GatewayError> {
     let result: Result<Value, GatewayError> = async {
-        state.authz.admin(Front::Rest, &caller)?;
+        state.authz.view(Front::Rest, &caller)?;
         let admin = RoutingAdmin::new(&state.core);
         let Query(q) = query.map_err(|e| GatewayError::InvalidArgument(e.body_text()))?;
         let report = admin
@@ -568,6 +568,13 @@ impl<S: FullStore> RoutingAdminGrpc<S> {
         Ok(caller.clone())
     }
 
+    /// The request's caller, if the policy lets it read the admin API.
+    fn viewer<M>(&self, request: &Request<M>) -> Result<Caller, GatewayError> {
+        let caller = Caller::of(request.extensions())?;
+        self.state.authz.view(Front::Grpc, caller)?;
+        Ok(caller.clone())
+    }
+
     fn routing(&self) -> RoutingAdmin<'_, S> {
         RoutingAdmin::new(&self.state.core)
     }
@@ -584,7 +591,7 @@ impl<S: FullStore> pb::routing_admin_service_server::RoutingAdminService for Rou
         &self,
         request: Request<pb::ListRoutingRequest>,
     ) -> Result<Response<pb::ListRoutingResponse>, Status> {
-        let caller = self.admin(&request);
+        let caller = self.viewer(&request);
         let result = async {
             caller?;
             let mut models = Vec::new();
@@ -601,7 +608,7 @@ impl<S: FullStore> pb::routing_admin_service_server::RoutingAdminService for Rou
         &self,
         request: Request<pb::GetRoutingRequest>,
     ) -> Result<Response<pb::RoutingState>, Status> {
-        let caller = self.admin(&request);
+        let caller = self.viewer(&request);
         let r = request.into_inner();
         let result = async {
             caller?;

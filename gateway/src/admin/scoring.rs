@@ -1,4 +1,4 @@
-//! The batch-scoring admin API (admin scope only): REST routes under
+//! The batch-scoring admin API (runs for admins, listings for viewers): REST routes under
 //! `/v1/admin/scoring/jobs` to start a run of a `[[scoring_job]]` inside
 //! this gateway and to list a job's scoring batches (status, rows, rejected
 //! rows, cardinality alarms, which one is served).
@@ -103,7 +103,7 @@ async fn rest_batches<S: FullStore>(
     Path(job): Path<String>,
     Query(params): Query<ListParams>,
 ) -> Result<Json<BatchList>, GatewayError> {
-    state.authz.admin(Front::Rest, &caller)?;
+    state.authz.view(Front::Rest, &caller)?;
     let limit = params.limit.unwrap_or(10).clamp(1, 100);
     let batches = state
         .scoring

@@ -1,6 +1,6 @@
 //! The refresh tuner's admin API: REST routes under `/v1/admin/tuner/jobs`
-//! and gRPC `gateway.v1.TunerAdminService` (admin scope only), both thin
-//! over [`feature_store::schedule::jobs`]; the gateway's own scheduler, when
+//! and gRPC `gateway.v1.TunerAdminService` (reads for viewers, changes for
+//! admins), both thin over [`feature_store::schedule::jobs`]; the gateway's own scheduler, when
 //! enabled, starts the runs asked for here.
 
 use std::sync::Arc;
@@ -139,6 +139,15 @@ async fn admin<S: FullStore, T>(
     f.await
 }
 
+async fn viewer<S: FullStore, T>(
+    state: &AppState<S>,
+    caller: &Caller,
+    f: impl std::future::Future<Output = Result<T, GatewayError>>,
+) -> Result<T, GatewayError> {
+    state.authz.view(Front::Rest, caller)?;
+    f.await
+}
+
 /// `GET /v1/admin/tuner/jobs`.
 #[utoipa::path(
     get,
@@ -152,7 +161,7 @@ async fn rest_list<S: FullStore>(
     Extension(caller): Extension<Caller>,
 ) -> Result<Json<Value>, GatewayError> {
     let a = Admin::new(&state);
-    let list = admin(&state, &caller, a.list()).await?;
+    let list = viewer(&state, &caller, a.list()).await?;
     Ok(Json(
         json!({"jobs": list.iter().map(jobs::overview_json).collect::<Vec<_>>()}),
     ))
@@ -165,7 +174,7 @@ async fn rest_list<S: FullStore>(
     operation_id = "get_tuner_job",
     summary = "One refresh job with its recent decisions and runs",
     params(("job" = String, Path, description = "A declared refresh job", example = "customer_profile_daily")),
-    responses((status = 200, description = "The job, its last 100 decisions and runs", body = Object), AdminErrors),
+    responses((status = 200, description = "The job, its last 100 decisions and runs, and its view's newest 50 refresh batches (`current` marks the served one)", body = Object), AdminErrors),
 )]
 async fn rest_detail<S: FullStore>(
     State(state): State<Arc<AppState<S>>>,
@@ -173,7 +182,7 @@ async fn rest_detail<S: FullStore>(
     Path(job): Path<String>,
 ) -> Result<Json<Value>, GatewayError> {
     let a = Admin::new(&state);
-    let d = admin(&state, &caller, a.detail(&job)).await?;
+    let d = viewer(&state, &caller, a.detail(&job)).await?;
     Ok(Json(jobs::detail_json(&d, 100)))
 }
 
@@ -402,15 +411,22 @@ fn summary_pb(o: &JobOverview) -> pb::RefreshJobSummary {
 }
 
 impl<S: FullStore> TunerAdminGrpc<S> {
+    /// Runs `f` for the request's caller if the policy lets it read
+    /// (`change` false) or change (`change` true) through the admin API.
     async fn call<T, R>(
         &self,
         request: Request<T>,
+        change: bool,
         f: impl AsyncFnOnce(&Admin<'_, S>, &Caller, T) -> Result<R, GatewayError>,
     ) -> Result<Response<R>, Status> {
         let (_, extensions, message) = request.into_parts();
         let result = async {
             let caller = Caller::of(&extensions)?;
-            self.state.authz.admin(Front::Grpc, caller)?;
+            if change {
+                self.state.authz.admin(Front::Grpc, caller)?;
+            } else {
+                self.state.authz.view(Front::Grpc, caller)?;
+            }
             f(&Admin::new(&self.state), caller, message).await
         }
         .await;
@@ -424,7 +440,7 @@ impl<S: FullStore> pb::tuner_admin_service_server::TunerAdminService for TunerAd
         &self,
         request: Request<pb::ListJobsRequest>,
     ) -> Result<Response<pb::ListJobsResponse>, Status> {
-        self.call(request, async |a, _, _| {
+        self.call(request, false, async |a, _, _| {
             Ok(pb::ListJobsResponse {
                 jobs: a.list().await?.iter().map(summary_pb).collect(),
             })
@@ -436,7 +452,7 @@ impl<S: FullStore> pb::tuner_admin_service_server::TunerAdminService for TunerAd
         &self,
         request: Request<pb::GetJobRequest>,
     ) -> Result<Response<pb::RefreshJobDetail>, Status> {
-        self.call(request, async |a, _, r| {
+        self.call(request, false, async |a, _, r| {
             let d = a.detail(&r.job).await?;
             let limit = if r.limit == 0 { 100 } else { r.limit as usize };
             let tail = |n: usize| n.saturating_sub(limit);
@@ -456,7 +472,7 @@ impl<S: FullStore> pb::tuner_admin_service_server::TunerAdminService for TunerAd
         &self,
         request: Request<pb::PinJobRequest>,
     ) -> Result<Response<pb::RefreshJobSummary>, Status> {
-        self.call(request, async |a, caller, r| {
+        self.call(request, true, async |a, caller, r| {
             if r.interval_s == 0 {
                 return Err(GatewayError::InvalidArgument(
                     "interval_s: give the pinned interval in seconds".to_owned(),
@@ -479,7 +495,7 @@ impl<S: FullStore> pb::tuner_admin_service_server::TunerAdminService for TunerAd
         &self,
         request: Request<pb::UnpinJobRequest>,
     ) -> Result<Response<pb::RefreshJobSummary>, Status> {
-        self.call(request, async |a, caller, r| {
+        self.call(request, true, async |a, caller, r| {
             Ok(summary_pb(&a.unpin(caller, &r.job).await?))
         })
         .await
@@ -489,7 +505,7 @@ impl<S: FullStore> pb::tuner_admin_service_server::TunerAdminService for TunerAd
         &self,
         request: Request<pb::RunJobRequest>,
     ) -> Result<Response<pb::RunJobResponse>, Status> {
-        self.call(request, async |a, caller, r| {
+        self.call(request, true, async |a, caller, r| {
             let (request, expected) = a.run(caller, &r.job, nonempty(r.reason)).await?;
             Ok(pb::RunJobResponse {
                 job: request.job,

@@ -30,9 +30,26 @@ impl Authenticator {
         front: Front,
         headers: &http::HeaderMap,
     ) -> Result<Caller, AuthError> {
+        self.counted(front, self.verifier.authenticate(headers))
+            .await
+    }
+
+    /// The caller of a browser session's `token` (the console's cookie),
+    /// verified exactly as a bearer token.
+    ///
+    /// # Errors
+    /// [`AuthError`] saying why the token was refused (counted).
+    pub async fn session(&self, front: Front, token: &str) -> Result<Caller, AuthError> {
+        self.counted(front, self.verifier.verify(token)).await
+    }
+
+    async fn counted(
+        &self,
+        front: Front,
+        check: impl std::future::Future<Output = Result<Caller, AuthError>>,
+    ) -> Result<Caller, AuthError> {
         let front_label = front.as_str();
-        self.verifier
-            .authenticate(headers)
+        check
             // The token check is its own stage.
             .instrument(tracing::info_span!("auth", front = front_label))
             .await
@@ -93,6 +110,15 @@ impl Authorizer {
         self.check(front, caller, Access::Admin)
     }
 
+    /// Whether `caller` may read what the admin APIs show (granted by
+    /// `view` or `admin` rules).
+    ///
+    /// # Errors
+    /// [`Denied`] saying what the caller lacks.
+    pub fn view(&self, front: Front, caller: &Caller) -> Result<(), Denied> {
+        self.check(front, caller, Access::View)
+    }
+
     /// Whether `caller` may look up similar entities.
     ///
     /// # Errors
@@ -108,9 +134,16 @@ impl Authorizer {
     }
 
     /// Whether `caller` is an admin, asked without counting a denial (an
-    /// owner reading its own record is not denied anything).
+    /// owner reading its own record is not denied anything; the console
+    /// hides a viewer's actions).
     pub fn is_admin(&self, caller: &Caller) -> bool {
         self.policy.check(caller, Access::Admin).is_ok()
+    }
+
+    /// Whether `caller` may read the admin APIs, asked without counting a
+    /// denial.
+    pub fn is_viewer(&self, caller: &Caller) -> bool {
+        self.policy.check(caller, Access::View).is_ok()
     }
 
     fn check(&self, front: Front, caller: &Caller, access: Access<'_>) -> Result<(), Denied> {

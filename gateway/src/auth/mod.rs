@@ -10,7 +10,10 @@
 //!   counted) and [`Authorizer`] (one check per API kind, denials counted),
 //!   what the fronts call once per request.
 //! - [`settings`]: the `[auth]` section's validation.
-//! - [`dev_issuer`]: the local issuer for the demo (`mode = "dev"`).
+//! - [`session`]: the browser session cookie (the console's login) and its
+//!   CSRF check.
+//! - [`dev_issuer`]: the local issuer for the demo (`mode = "dev"`), with a
+//!   sign-in page for the console.
 //!
 //! **For handlers and the prediction log:** every request that passed the
 //! authentication layer carries exactly one [`Caller`] in its extensions — axum:
@@ -22,6 +25,7 @@ pub mod claims;
 pub mod dev_issuer;
 pub mod keys;
 pub mod policy;
+pub mod session;
 pub mod settings;
 pub mod verify;
 

@@ -17,6 +17,10 @@ pub enum Api {
     Feedback,
     /// The admin API.
     Admin,
+    /// The admin API's reads (routing, shadow reports, refresh jobs,
+    /// batches): what the console shows a viewer. A rule granting `admin`
+    /// grants this too.
+    View,
     /// Similarity lookups (`/v1/similar/{view}`, `Similar`).
     Similar,
 }
@@ -29,6 +33,7 @@ impl Api {
             "push" => Api::Push,
             "feedback" => Api::Feedback,
             "admin" => Api::Admin,
+            "view" => Api::View,
             "similar" => Api::Similar,
             _ => return None,
         })
@@ -41,6 +46,7 @@ impl Api {
             Api::Push => "push",
             Api::Feedback => "feedback",
             Api::Admin => "admin",
+            Api::View => "view",
             Api::Similar => "similar",
         }
     }
@@ -51,6 +57,7 @@ impl Api {
             Api::Push => "push features",
             Api::Feedback => "send feedback",
             Api::Admin => "use the admin API",
+            Api::View => "read the admin API",
             Api::Similar => "look up similar entities",
         }
     }
@@ -96,6 +103,8 @@ pub enum Access<'a> {
     Feedback,
     /// Use the admin API.
     Admin,
+    /// Read what the admin API shows.
+    View,
     /// Look up similar entities.
     Similar,
 }
@@ -108,6 +117,7 @@ impl Access<'_> {
             Access::Push => Api::Push,
             Access::Feedback => Api::Feedback,
             Access::Admin => Api::Admin,
+            Access::View => Api::View,
             Access::Similar => Api::Similar,
         }
     }
@@ -168,7 +178,8 @@ impl Policy {
         let covering: Vec<&Rule> = self
             .rules
             .iter()
-            .filter(|r| r.api == api)
+            // Whoever may change may also look.
+            .filter(|r| r.api == api || (api == Api::View && r.api == Api::Admin))
             .filter(|r| match (&r.models, model) {
                 (None, _) => true,
                 (Some(ms), Some(m)) => ms.iter().any(|x| x == m),
@@ -242,6 +253,41 @@ mod tests {
 
     fn predict(model: &str) -> Access<'_> {
         Access::Predict { model }
+    }
+
+    #[test]
+    fn admin_rules_grant_reading_and_view_rules_only_reading() {
+        let s = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let p = Policy::new(
+            vec![
+                Rule {
+                    api: Api::Admin,
+                    models: None,
+                    groups: s(&["ops"]),
+                    scopes: s(&["admin"]),
+                },
+                Rule {
+                    api: Api::View,
+                    models: None,
+                    groups: s(&["fraud-team"]),
+                    scopes: vec![],
+                },
+            ],
+            vec![],
+        );
+        let admin = caller("ann", &["ops"], &["admin"]);
+        let viewer = caller("vic", &["fraud-team"], &["predict"]);
+        let outsider = caller("oz", &["growth"], &["admin"]);
+        assert_eq!(p.check(&admin, Access::View), Ok(()));
+        assert_eq!(p.check(&admin, Access::Admin), Ok(()));
+        assert_eq!(p.check(&viewer, Access::View), Ok(()));
+        assert!(p.check(&viewer, Access::Admin).is_err());
+        assert_eq!(
+            p.check(&outsider, Access::View),
+            Err(Denied(
+                "caller 'oz' is not in a group allowed to read the admin API".into()
+            ))
+        );
     }
 
     #[test]

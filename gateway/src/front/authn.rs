@@ -1,5 +1,6 @@
 //! Authentication as one layer per front: the gRPC tower layer and the REST
-//! axum middleware both verify the `Authorization: Bearer` header, count
+//! axum middleware both verify the `Authorization: Bearer` header (REST
+//! also the console's session cookie, with its CSRF check), count
 //! failures by reason, answer 401 / UNAUTHENTICATED (503 / UNAVAILABLE while
 //! no signing key was ever loaded), and on success put the [`Caller`] into the
 //! request's extensions and run the request inside a span naming its subject.
@@ -13,7 +14,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use tracing::Instrument as _;
 
-use crate::auth::{Authenticator, Caller};
+use crate::auth::{Authenticator, Caller, session};
 use crate::error::GatewayError;
 use crate::metrics::Front;
 
@@ -21,9 +22,22 @@ fn span(caller: &Caller) -> tracing::Span {
     tracing::info_span!("request", caller = %caller.subject)
 }
 
-/// REST: axum middleware for the routes that need a caller.
+/// REST: axum middleware for the routes that need a caller. A request
+/// without an `Authorization` header may bring the console's session
+/// cookie instead.
 pub async fn rest(State(auth): State<Authenticator>, mut req: Request, next: Next) -> Response {
-    match auth.caller(Front::Rest, req.headers()).await {
+    let headers = req.headers();
+    let verdict = match session::token(headers) {
+        Some(token) if !headers.contains_key(http::header::AUTHORIZATION) => {
+            if let Err(e) = session::check(req.method(), headers, token) {
+                auth.metrics.auth_failure(Front::Rest, "csrf");
+                return GatewayError::Csrf(e).into_response();
+            }
+            auth.session(Front::Rest, token).await
+        }
+        _ => auth.caller(Front::Rest, headers).await,
+    };
+    match verdict {
         Ok(caller) => {
             let span = span(&caller);
             req.extensions_mut().insert(caller);

@@ -12,10 +12,10 @@ use std::time::Duration;
 
 use axum::Extension;
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use feature_store::log::Outcome;
 use feature_store::store::FullStore;
@@ -29,6 +29,7 @@ use crate::apidoc::{
     FeedbackErrors, PollErrors, PredictErrors, PushErrors, SimilarErrors, SubmitErrors,
 };
 use crate::auth::Caller;
+use crate::auth::dev_issuer::{self, AuthorizeRequest, OAuthError, TokenRequest};
 use crate::error::ErrorBody;
 use crate::error::GatewayError;
 use crate::metrics::Front;
@@ -762,6 +763,78 @@ async fn dev_jwks<S: FullStore>(State(state): Shared<S>) -> Response {
     }
 }
 
+/// The dev issuer's sign-in page for the console (`GET /dev-issuer/authorize`).
+async fn dev_authorize_page<S: FullStore>(
+    State(state): Shared<S>,
+    query: Result<Query<AuthorizeRequest>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let Some(dev) = &state.dev_issuer else {
+        return not_found().await;
+    };
+    let r = match query {
+        Ok(Query(r)) => r,
+        Err(e) => return oauth_refusal(&OAuthError::invalid(e.body_text())),
+    };
+    match dev.issuer.check_authorize(&r) {
+        Ok(()) => axum::response::Html(
+            dev.issuer
+                .sign_in_page(&format!("{}/authorize", dev_issuer::PATH), &r),
+        )
+        .into_response(),
+        Err(e) => oauth_refusal(&e),
+    }
+}
+
+/// The sign-in form's answer: back to the console with a code.
+async fn dev_authorize<S: FullStore>(
+    State(state): Shared<S>,
+    form: Result<axum::Form<AuthorizeRequest>, axum::extract::rejection::FormRejection>,
+) -> Response {
+    let Some(dev) = &state.dev_issuer else {
+        return not_found().await;
+    };
+    let r = match form {
+        Ok(axum::Form(r)) => r,
+        Err(e) => return oauth_refusal(&OAuthError::invalid(e.body_text())),
+    };
+    match dev.issuer.decide(&r) {
+        Ok(location) => axum::response::Redirect::to(&location).into_response(),
+        Err(e) => oauth_refusal(&e),
+    }
+}
+
+/// The dev issuer's token endpoint (`POST /dev-issuer/token`).
+async fn dev_token<S: FullStore>(
+    State(state): Shared<S>,
+    form: Result<axum::Form<TokenRequest>, axum::extract::rejection::FormRejection>,
+) -> Response {
+    let Some(dev) = &state.dev_issuer else {
+        return not_found().await;
+    };
+    let r = match form {
+        Ok(axum::Form(r)) => r,
+        Err(e) => return oauth_refusal(&OAuthError::invalid(e.body_text())),
+    };
+    match dev.issuer.exchange(&dev.url, &dev.audience, &r) {
+        Ok(answer) => (
+            [(axum::http::header::CACHE_CONTROL, "no-store")],
+            Json(answer),
+        )
+            .into_response(),
+        Err(e) => oauth_refusal(&e),
+    }
+}
+
+/// An OAuth error answer (RFC 6749 §5.2): 400 with `error` and
+/// `error_description`.
+fn oauth_refusal(e: &OAuthError) -> Response {
+    (
+        StatusCode::BAD_REQUEST,
+        Json(serde_json::json!({"error": e.error, "error_description": e.description})),
+    )
+        .into_response()
+}
+
 /// The routes the router serves but the OpenAPI document leaves out, with
 /// why: (method, path, reason). The dev issuer exists only in dev mode and
 /// is the token issuer's API (OIDC discovery, JWKS), not the gateway's.
@@ -775,6 +848,21 @@ pub const UNDOCUMENTED: &[(&str, &str, &str)] = &[
         "GET",
         "/dev-issuer/jwks",
         "the dev issuer's signing keys: dev mode only, the issuer's API",
+    ),
+    (
+        "GET",
+        "/dev-issuer/authorize",
+        "the dev issuer's sign-in page: dev mode only, the issuer's API",
+    ),
+    (
+        "POST",
+        "/dev-issuer/authorize",
+        "the dev issuer's sign-in form: dev mode only, the issuer's API",
+    ),
+    (
+        "POST",
+        "/dev-issuer/token",
+        "the dev issuer's token endpoint: dev mode only, the issuer's API",
     ),
 ];
 
@@ -847,7 +935,12 @@ pub fn routes<S: FullStore>(
             &format!("{dev}/.well-known/openid-configuration"),
             get(dev_discovery::<S>),
         )
-        .route(&format!("{dev}/jwks"), get(dev_jwks::<S>));
+        .route(&format!("{dev}/jwks"), get(dev_jwks::<S>))
+        .route(
+            &format!("{dev}/authorize"),
+            get(dev_authorize_page::<S>).post(dev_authorize::<S>),
+        )
+        .route(&format!("{dev}/token"), post(dev_token::<S>));
     (router, doc)
 }
 

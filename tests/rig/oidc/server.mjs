@@ -10,6 +10,11 @@
 //                    $RIG_DIR/oidc-keys.json (so a restart can reuse them)
 //   OIDC_TOKEN_TTL   access token lifetime in seconds (default 600)
 //
+// Browser sign-in (the gateway's console): the public client `mlgw-console`
+// (authorization code with PKCE, any loopback port's /console/callback) and
+// oidc-provider's own sign-in and consent pages, where any password is
+// accepted for the people in USERS.
+//
 // Everything is in memory; nothing survives a restart except what OIDC_JWKS_FILE gives.
 
 import * as crypto from 'node:crypto';
@@ -36,6 +41,28 @@ const CLIENTS = {
   'mlgw-pilot': { groups: ['fraud-team', 'pilot-fraud-v2'], scope: 'predict feedback' },
   'mlgw-admin': { groups: ['mlgw-admins'], scope: 'predict push feedback admin' },
   'mlgw-nogroups': { groups: [], scope: 'predict feedback' },
+};
+
+// People who sign in through a browser (the console): login -> groups.
+// Their access tokens carry these groups; anyone else signs in with none.
+const USERS = {
+  ana: { groups: ['mlgw-admins', 'fraud-team'] },
+  victor: { groups: ['fraud-team'] },
+};
+
+// The console's browser client: public (PKCE, no secret); `native` makes
+// oidc-provider accept its loopback redirect on whatever port a test's
+// gateway listens on (RFC 8252 7.3).
+const CONSOLE_CLIENT = {
+  client_id: 'mlgw-console',
+  client_name: 'mlgw console',
+  application_type: 'native',
+  token_endpoint_auth_method: 'none',
+  grant_types: ['authorization_code'],
+  response_types: ['code'],
+  redirect_uris: ['http://127.0.0.1/console/callback'],
+  scope: `openid ${ALL_SCOPES.join(' ')}`,
+  groups: [],
 };
 
 function log(msg) {
@@ -116,21 +143,29 @@ const jwks = loadKeys();
 
 const provider = new Provider(issuer, {
   jwks,
-  clients: Object.entries(CLIENTS).map(([clientId, { groups, scope }]) => ({
-    client_id: clientId,
-    client_secret: `${clientId}-secret`,
-    client_name: clientId,
-    grant_types: ['client_credentials'],
-    response_types: [],
-    redirect_uris: [],
-    token_endpoint_auth_method: 'client_secret_basic',
-    scope,
-    groups,
-  })),
+  clients: [
+    ...Object.entries(CLIENTS).map(([clientId, { groups, scope }]) => ({
+      client_id: clientId,
+      client_secret: `${clientId}-secret`,
+      client_name: clientId,
+      grant_types: ['client_credentials'],
+      response_types: [],
+      redirect_uris: [],
+      token_endpoint_auth_method: 'client_secret_basic',
+      scope,
+      groups,
+    })),
+    CONSOLE_CLIENT,
+  ],
+  findAccount: (ctx, id) => ({
+    accountId: id,
+    claims: async () => ({ sub: id, groups: USERS[id]?.groups ?? [] }),
+  }),
   extraClientMetadata: { properties: ['groups'] },
   scopes: ['openid', ...ALL_SCOPES],
   features: {
-    devInteractions: { enabled: false },
+    // Its sign-in and consent pages, for the console's browser tests.
+    devInteractions: { enabled: true },
     clientCredentials: { enabled: true },
     resourceIndicators: {
       enabled: true,
@@ -151,6 +186,10 @@ const provider = new Provider(issuer, {
     },
   },
   extraTokenClaims: (ctx, token) => {
+    // A person's token carries their groups; a service's, its client's.
+    if (token.accountId) {
+      return { groups: [...(USERS[token.accountId]?.groups ?? [])] };
+    }
     const groups = token.client?.groups ?? ctx?.oidc?.client?.groups;
     return { groups: Array.isArray(groups) ? [...groups] : [] };
   },
