@@ -62,6 +62,7 @@ fn document_lists_the_routes_and_leaves_out_the_dev_issuer() {
         ("POST", "/v1/admin/tuner/jobs/{job}/pin"),
         ("POST", "/v1/admin/tuner/jobs/{job}/unpin"),
         ("POST", "/v1/admin/tuner/jobs/{job}/run"),
+        ("GET", "/v1/admin/scoring/jobs"),
         ("POST", "/v1/admin/scoring/jobs/{job}/run"),
         ("GET", "/v1/admin/scoring/jobs/{job}/batches"),
         ("GET", "/healthz"),

@@ -29,7 +29,10 @@ const POLICY: &str = "[[auth.allow]]\napi = \"admin\"\ngroups = [\"mlgw-admins\"
 const CONSOLE: &str = "[console]\nclient_id = \"mlgw-console\"\nscopes = [\"openid\", \"admin\"]\n\
                        resource = \"urn:mlgw:gateway\"\n";
 
-const ROUTING: &str = "[model.routing]\nstable = \"1\"\ncanary = \"2\"\ncanary_percent = 10\nsticky_by = \"entity\"\n";
+/// Version 1 stable, 2 the canary at 10 %, 3 a silent shadow (so the
+/// shadow report has something to compare).
+const ROUTING: &str = "[model.routing]\nstable = \"1\"\ncanary = \"2\"\ncanary_percent = 10\n\
+                       sticky_by = \"entity\"\nshadow = [\"3\"]\n";
 
 /// A headless Chromium of its own (its own profile folder, removed after).
 struct Browser {
@@ -281,9 +284,20 @@ async fn an_admin_moves_a_canary_sees_it_served_rolls_back_and_pins_a_job() -> R
         t.contains("more traffic for v2") && t.contains("ana")
     })
     .await?;
-    b.shot("model").await?;
     let share = served_canary_share(&gw, &service).await?;
     assert!((share - 50.0).abs() < 8.0, "canary share {share}");
+    // The shadow's copies reach the report once the log has written them.
+    let until = Instant::now() + Duration::from_secs(30);
+    loop {
+        b.client.refresh().await?;
+        let report = b.text_when("#shadow-report", |t| !t.is_empty()).await?;
+        if report.lines().any(|l| l.starts_with("3 ")) {
+            break;
+        }
+        ensure!(Instant::now() < until, "no shadow in the report: {report}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    b.shot("model").await?;
 
     // A forged change: the session cookie goes along, the CSRF value does
     // not; refused, nothing changes.
@@ -328,6 +342,13 @@ async fn an_admin_moves_a_canary_sees_it_served_rolls_back_and_pins_a_job() -> R
     b.text_when("#pinned", |t| t.starts_with("at 4h by ana"))
         .await?;
     b.shot("job").await?;
+    // The prediction store's scoring jobs.
+    b.client
+        .goto(&format!("{}/console/#/scoring", gw.http))
+        .await?;
+    b.text_when("#scoring-jobs", |t| t.contains("customer_risk_daily"))
+        .await?;
+    b.shot("scoring").await?;
     b.client
         .goto(&format!("{}/console/#/live", gw.http))
         .await?;

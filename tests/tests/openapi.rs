@@ -177,6 +177,15 @@ async fn answers_fit_the_document() -> Result<()> {
     let url = format!("{base}/v1/admin/scoring/jobs/customer_risk_daily/batches");
     let listed = answers_as_documented(&http, &doc, ("get", batches, 200), url, None).await?;
     assert!(listed["batches"].is_array(), "{listed}");
+    let jobs = "/v1/admin/scoring/jobs";
+    let url = format!("{base}{jobs}");
+    let listed = answers_as_documented(&http, &doc, ("get", jobs, 200), url, None).await?;
+    assert!(
+        listed["jobs"]
+            .as_array()
+            .is_some_and(|j| j.iter().any(|j| j["job"] == "customer_risk_daily")),
+        "{listed}"
+    );
     drop(gw);
 
     // 403: the same token without the admin grant.
@@ -205,7 +214,7 @@ async fn the_router_serves_what_the_document_lists() -> Result<()> {
             .values()
             .map(|p| p.as_object().map_or(0, |o| o.len()))
             .sum::<usize>(),
-        22
+        23
     );
     for (path, item) in paths {
         let url = format!("{}{}", gw.http, example_path(path));

@@ -1,7 +1,8 @@
-//! The batch-scoring admin API (runs for admins, listings for viewers): REST routes under
-//! `/v1/admin/scoring/jobs` to start a run of a `[[scoring_job]]` inside
-//! this gateway and to list a job's scoring batches (status, rows, rejected
-//! rows, cardinality alarms, which one is served).
+//! The batch-scoring admin API (runs for admins, listings for viewers):
+//! REST routes under `/v1/admin/scoring/jobs` to list the declared
+//! `[[scoring_job]]`s with their latest batch, start a run inside this
+//! gateway, and list a job's scoring batches (status, rows, rejected rows,
+//! cardinality alarms, which one is served).
 
 use std::sync::Arc;
 
@@ -9,6 +10,7 @@ use axum::Extension;
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
+use feature_store::definitions::ScoringKey;
 use feature_store::store::FullStore;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -37,6 +39,30 @@ pub struct RunStarted {
 pub struct BatchList {
     /// Newest first.
     pub batches: Vec<BatchSummary>,
+}
+
+/// A declared scoring job and its latest batch.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ScoringJobSummary {
+    /// The job.
+    pub job: String,
+    /// The model it scores.
+    pub model: String,
+    /// What an entry is keyed by: `entity` or `combination`.
+    pub key: &'static str,
+    /// How often it runs, seconds.
+    pub interval_s: u64,
+    /// How old an entry may be and still answer, seconds.
+    pub max_age_s: u64,
+    /// Its newest batch, if it ever ran.
+    pub latest: Option<BatchSummary>,
+}
+
+/// Every declared scoring job.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ScoringJobList {
+    /// In declaration order.
+    pub jobs: Vec<ScoringJobSummary>,
 }
 
 /// `?limit=` of the batch list.
@@ -114,10 +140,48 @@ async fn rest_batches<S: FullStore>(
     Ok(Json(BatchList { batches }))
 }
 
+/// `GET /v1/admin/scoring/jobs`.
+#[utoipa::path(
+    get,
+    path = "/v1/admin/scoring/jobs",
+    operation_id = "list_scoring_jobs",
+    summary = "Every declared scoring job with its latest batch",
+    responses((status = 200, description = "The jobs", body = ScoringJobList), AdminErrors),
+)]
+async fn rest_jobs<S: FullStore>(
+    State(state): State<Arc<AppState<S>>>,
+    Extension(caller): Extension<Caller>,
+) -> Result<Json<ScoringJobList>, GatewayError> {
+    state.authz.view(Front::Rest, &caller)?;
+    let scorer = state.scoring.scorer();
+    let mut jobs = Vec::new();
+    for spec in scorer.definitions().scoring_jobs() {
+        let latest = scorer
+            .batches(&spec.name, 1)
+            .await
+            .map_err(listing)?
+            .into_iter()
+            .next();
+        jobs.push(ScoringJobSummary {
+            job: spec.name.clone(),
+            model: spec.model.clone(),
+            key: match spec.key {
+                ScoringKey::Entity => "entity",
+                ScoringKey::Combination(_) => "combination",
+            },
+            interval_s: spec.interval.as_secs(),
+            max_age_s: spec.max_age.as_secs(),
+            latest,
+        });
+    }
+    Ok(Json(ScoringJobList { jobs }))
+}
+
 /// The REST routes of the scoring admin API.
 pub fn routes<S: FullStore>() -> OpenApiRouter<Arc<AppState<S>>> {
     use crate::typed_routes;
     OpenApiRouter::new()
+        .routes(typed_routes!(S; rest_jobs))
         .routes(typed_routes!(S; rest_run))
         .routes(typed_routes!(S; rest_batches))
 }

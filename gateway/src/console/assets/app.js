@@ -319,6 +319,53 @@ async function jobPage(main, name) {
         h('td', {}, r.batch_id || '–'), h('td', {}, r.message || ''))), { id: 'runs' }));
 }
 
+// ---------------------------------------------------------------- scoring
+
+function alarms(list) {
+  return list && list.length ? list.map((a) => h('div', { class: 'pill bad' }, a)) : '–';
+}
+
+function scoringBatchRow(b) {
+  return h('tr', {},
+    h('td', {}, b.batch_id, b.served ? h('span', { class: 'pill good' }, ' served') : null),
+    h('td', {}, h('span', { class: `pill ${b.status === 'done' ? 'good' : b.status === 'failed' ? 'bad' : 'warn'}` }, b.status)),
+    h('td', { class: 'num' }, b.rows), h('td', { class: 'num' }, b.rejected),
+    h('td', {}, alarms(b.alarms)),
+    h('td', {}, when(b.started_at)), h('td', {}, when(b.finished_at)),
+    h('td', {}, b.scored_with), h('td', {}, b.error || ''));
+}
+
+const SCORING_BATCH_HEADERS = ['Batch', 'Status', { label: 'Rows', num: true }, { label: 'Rejected', num: true }, 'Cardinality alarms', 'Started', 'Finished', 'Scored with', 'Error'];
+
+async function scoringPage(main) {
+  const { jobs } = await api('/v1/admin/scoring/jobs');
+  main.replaceChildren(
+    h('h1', {}, 'Prediction store'),
+    h('p', { class: 'muted' }, 'Batch-scoring jobs: the predictions the gateway answers from first, and their latest run.'),
+    table(['Job', 'Model', 'Keyed by', { label: 'Interval', num: true }, { label: 'Max age', num: true }, 'Latest batch', { label: 'Rows', num: true }, 'Alarms'],
+      jobs.map((j) => h('tr', {},
+        h('td', {}, h('a', { href: `#/scoring/${encodeURIComponent(j.job)}` }, j.job)),
+        h('td', {}, j.model), h('td', {}, j.key),
+        h('td', { class: 'num' }, duration(j.interval_s)), h('td', { class: 'num' }, duration(j.max_age_s)),
+        h('td', {}, j.latest ? [h('span', { class: `pill ${j.latest.status === 'done' ? 'good' : j.latest.status === 'failed' ? 'bad' : 'warn'}` }, j.latest.status), j.latest.served ? ' served' : '', ` ${when(j.latest.finished_at)}`] : 'never ran'),
+        h('td', { class: 'num' }, j.latest ? j.latest.rows : '–'),
+        h('td', {}, j.latest ? alarms(j.latest.alarms) : '–'))), { id: 'scoring-jobs' }));
+}
+
+async function scoringJobPage(main, name) {
+  const reload = () => scoringJobPage(main, name);
+  const path = `/v1/admin/scoring/jobs/${encodeURIComponent(name)}`;
+  const { batches } = await api(`${path}/batches?limit=20`);
+  main.replaceChildren(
+    h('h1', {}, `Scoring job ${name}`),
+    me.may_change
+      ? h('section', { class: 'actions', 'aria-label': 'Scoring actions' },
+        h('button', { class: 'primary', id: 'score-now', onclick: () => act(`Start a scoring run of ${name} in this gateway`, `${path}/run`, {}, reload) }, 'Score now'))
+      : h('p', { class: 'muted', id: 'read-only' }, 'You can look but not change: changes need the admin role.'),
+    h('h2', {}, 'Batches, newest first'),
+    table(SCORING_BATCH_HEADERS, batches.map(scoringBatchRow), { id: 'scoring-batches' }));
+}
+
 // ---------------------------------------------------------------- live
 
 // Prometheus text → [{name, labels, value}].
@@ -362,6 +409,8 @@ async function livePage(main) {
   const p99 = quantileFromBuckets(samples.filter((s) => s.name === 'mlgw_request_seconds_bucket'), 0.99);
   const ratio = samples.find((s) => s.name === 'mlgw_feature_cache_hit_ratio');
   const circuits = samples.filter((s) => s.name === 'mlgw_model_circuit_state');
+  const lag = samples.filter((s) => s.name === 'mlgw_ingest_lag');
+  const queued = sum('mlgw_async_requests_total', (l) => l.result === 'accepted');
   const card = (label, value, id) => h('div', { class: 'card' }, h('div', { class: 'muted' }, label), h('div', { class: 'value', id }, value));
   const ms = (s) => (s === null ? '–' : s === Infinity ? '> largest bucket' : `≤ ${(s * 1000).toFixed(s < 0.001 ? 2 : 1)} ms`);
   main.replaceChildren(
@@ -373,11 +422,18 @@ async function livePage(main) {
       card('Errors since start', `${errors.toLocaleString('en')} (${requests ? ((100 * errors) / requests).toFixed(2) : '0.00'}%)`, 'live-errors'),
       card('Latency p50', ms(p50), 'live-p50'),
       card('Latency p99', ms(p99), 'live-p99'),
-      card('Row cache hit ratio', ratio ? `${(100 * ratio.value).toFixed(1)}%` : '–', 'live-cache')),
+      card('Row cache hit ratio', ratio ? `${(100 * ratio.value).toFixed(1)}%` : '–', 'live-cache'),
+      card('Asynchronous requests accepted', samples.some((s) => s.name === 'mlgw_async_requests_total') ? queued.toLocaleString('en') : 'off', 'live-async')),
     h('h2', {}, 'Model-server circuits'),
     table(['Labels', 'State'], circuits.map((c) => h('tr', {},
       h('td', {}, Object.entries(c.labels).map(([k, v]) => `${k}=${v}`).join(', ')),
-      h('td', {}, h('span', { class: `pill ${c.value === 0 ? 'good' : 'bad'}` }, c.value === 0 ? 'closed' : c.value === 1 ? 'open' : 'half-open')))), { id: 'circuits' }));
+      h('td', {}, h('span', { class: `pill ${c.value === 0 ? 'good' : 'bad'}` }, c.value === 0 ? 'closed' : c.value === 1 ? 'open' : 'half-open')))), { id: 'circuits' }),
+    h('h2', {}, 'Kafka ingest lag'),
+    lag.length
+      ? table(['Topic', { label: 'Partition', num: true }, { label: 'Records behind', num: true }], lag.map((l) => h('tr', {},
+        h('td', {}, l.labels.topic), h('td', { class: 'num' }, l.labels.partition),
+        h('td', { class: 'num' }, h('span', { class: `pill ${l.value > 1000 ? 'warn' : 'good'}` }, l.value.toLocaleString('en'))))), { id: 'ingest-lag' })
+      : h('p', { class: 'muted', id: 'ingest-lag' }, 'No Kafka ingest in this gateway ([ingest] is off).'));
   liveTimer = setTimeout(() => { if (location.hash === '#/live') route(); }, 5000);
 }
 
@@ -414,6 +470,8 @@ async function route(event) {
     else if (page === 'models') await modelsPage(main);
     else if (page === 'jobs' && parts[1]) await jobPage(main, parts[1]);
     else if (page === 'jobs') await jobsPage(main);
+    else if (page === 'scoring' && parts[1]) await scoringJobPage(main, parts[1]);
+    else if (page === 'scoring') await scoringPage(main);
     else if (page === 'live') await livePage(main);
     else main.replaceChildren(h('h1', {}, 'Not found'), h('p', {}, h('a', { href: '#/models' }, 'Models')));
   } catch (e) {
