@@ -7,9 +7,11 @@
 //!
 //! A worker takes up to `batch_max` requests, reads each one's record,
 //! scores the pending ones concurrently through [`Core::predict_queued`]
-//! (a request past its deadline fails instead), stores the results with
-//! the message's position, then in one Kafka transaction publishes them to
-//! the models' result topics and commits the consumed offsets. A worker
+//! (a request past its deadline fails instead) and stores the results with
+//! the message's position: from then on they are pollable. Meanwhile, in
+//! one Kafka transaction at a time, the results stored so far are
+//! published to the models' result topics and the consumed offsets
+//! committed, so a result never waits for an earlier batch's commit. A worker
 //! killed anywhere in between leaves its offsets uncommitted and its
 //! transaction aborted: the next worker reads the same messages, finds the
 //! stored results of those same positions and publishes them again (no
@@ -163,6 +165,15 @@ enum Outcome {
     },
 }
 
+/// A batch scored and stored, waiting for its transaction.
+struct Scored {
+    batch: Vec<Taken>,
+    outcomes: Vec<Outcome>,
+}
+
+/// Scored batches waiting for a commit at most; scoring waits beyond.
+const PIPELINE_BATCHES: usize = 64;
+
 struct Session {
     consumer: StreamConsumer<Quiet>,
     producer: FutureProducer<Quiet>,
@@ -220,7 +231,12 @@ impl Session {
         .await;
     }
 
-    /// Takes, scores and commits batches until `stop`.
+    /// Takes, scores and commits batches until `stop`, in two stages that
+    /// overlap: batches are scored and their results stored (pollable) as
+    /// they arrive, while the results stored so far are published and
+    /// their offsets committed in one transaction at a time. A result is
+    /// never held back by the previous batch's commit, and the commits
+    /// group whatever was scored while the previous one ran.
     async fn serve<S: FullStore>(
         &self,
         queue: &AsyncPredictions<S>,
@@ -229,94 +245,59 @@ impl Session {
     ) -> Result<(), SessionError> {
         let settings = queue.settings();
         let linger = Duration::from_millis(settings.batch_linger_ms);
-        loop {
-            let mut batch = Vec::new();
-            tokio::select! {
-                () = stop.as_mut() => return Ok(()),
-                first = self.consumer.recv() => batch.push(taken(&first?)),
-            }
-            let until = tokio::time::Instant::now() + linger;
-            while batch.len() < settings.batch_max {
-                match tokio::time::timeout_at(until, self.consumer.recv()).await {
-                    Ok(m) => batch.push(taken(&m?)),
-                    Err(_) => break,
+        let (scored_tx, mut scored_rx) = tokio::sync::mpsc::channel::<Scored>(PIPELINE_BATCHES);
+        let scoring = async {
+            loop {
+                let mut batch = Vec::new();
+                tokio::select! {
+                    () = stop.as_mut() => return Ok(()),
+                    first = self.consumer.recv() => batch.push(taken(&first?)),
+                }
+                let until = tokio::time::Instant::now() + linger;
+                while batch.len() < settings.batch_max {
+                    match tokio::time::timeout_at(until, self.consumer.recv()).await {
+                        Ok(m) => batch.push(taken(&m?)),
+                        Err(_) => break,
+                    }
+                }
+                let outcomes = score_batch(queue, core, &batch).await?;
+                if scored_tx.send(Scored { batch, outcomes }).await.is_err() {
+                    return Ok(());
                 }
             }
-            self.handle(queue, core, batch).await?;
+        };
+        let committing = async {
+            while let Some(first) = scored_rx.recv().await {
+                let mut group = vec![first];
+                while let Ok(more) = scored_rx.try_recv() {
+                    group.push(more);
+                }
+                let committed = self.commit(settings, &group).await;
+                if committed.is_err() {
+                    queue.stats().aborted.fetch_add(1, Ordering::Relaxed);
+                    let p = self.producer.clone();
+                    let _ =
+                        tokio::task::spawn_blocking(move || p.abort_transaction(TXN_TIMEOUT)).await;
+                }
+                committed?;
+            }
+            Ok(())
+        };
+        // Whichever ends first ends the session: a stop or a failure. What
+        // was stored but not committed is read again by the next session,
+        // which publishes the stored results without predicting again.
+        tokio::select! {
+            r = scoring => r,
+            r = committing => r,
         }
     }
 
-    async fn handle<S: FullStore>(
-        &self,
-        queue: &AsyncPredictions<S>,
-        core: &Core<S>,
-        batch: Vec<Taken>,
-    ) -> Result<(), SessionError> {
-        // Two copies of one request in a batch (an idempotent retry queued
-        // it again): the first is handled, the others skipped.
-        let mut seen = std::collections::HashSet::new();
-        let outcomes = join_all(batch.iter().map(|t| {
-            let first = pb::QueuedPrediction::decode(t.payload.as_slice())
-                .map_or(true, |q| seen.insert(q.id));
-            async move {
-                if first {
-                    outcome(queue, core, t).await
-                } else {
-                    queue.stats().skipped.fetch_add(1, Ordering::Relaxed);
-                    Ok(Outcome::Skip)
-                }
-            }
-        }))
-        .await;
-        let outcomes = outcomes
-            .into_iter()
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(SessionError::Store)?;
-        let fresh: Vec<RequestRecord> = outcomes
-            .iter()
-            .filter_map(|o| match o {
-                Outcome::Publish { store, .. } => store.as_deref().cloned(),
-                Outcome::Skip => None,
-            })
-            .collect();
-        if !fresh.is_empty() {
-            with_retry("storing results", || queue.store().put_requests(&fresh))
-                .await
-                .map_err(SessionError::Store)?;
-            let stats = queue.stats();
-            let now = SystemTime::now();
-            for r in &fresh {
-                match r.state {
-                    RequestState::Done => stats.done.fetch_add(1, Ordering::Relaxed),
-                    _ => stats.failed.fetch_add(1, Ordering::Relaxed),
-                };
-                stats.latency.observe(
-                    now.duration_since(r.submitted_at)
-                        .unwrap_or_default()
-                        .as_secs_f64(),
-                );
-            }
-        }
-        let committed = self.commit(queue.settings(), &batch, &outcomes).await;
-        if committed.is_err() {
-            queue.stats().aborted.fetch_add(1, Ordering::Relaxed);
-            let p = self.producer.clone();
-            let _ = tokio::task::spawn_blocking(move || p.abort_transaction(TXN_TIMEOUT)).await;
-        }
-        committed
-    }
-
-    /// Publishes the batch's results and commits its offsets in one
-    /// transaction.
-    async fn commit(
-        &self,
-        settings: &AsyncSettings,
-        batch: &[Taken],
-        outcomes: &[Outcome],
-    ) -> Result<(), SessionError> {
+    /// Publishes the results of a group of scored batches and commits their
+    /// offsets in one transaction.
+    async fn commit(&self, settings: &AsyncSettings, group: &[Scored]) -> Result<(), SessionError> {
         self.producer.begin_transaction()?;
         let mut deliveries = Vec::new();
-        for o in outcomes {
+        for o in group.iter().flat_map(|g| &g.outcomes) {
             let Outcome::Publish {
                 model, id, body, ..
             } = o
@@ -342,7 +323,7 @@ impl Session {
             }
         }
         let mut next: BTreeMap<(&str, i32), i64> = BTreeMap::new();
-        for t in batch {
+        for t in group.iter().flat_map(|g| &g.batch) {
             let at = next
                 .entry((t.topic.as_str(), t.position.partition))
                 .or_insert(0);
@@ -367,6 +348,60 @@ impl Session {
         drop(deliveries);
         Ok(())
     }
+}
+
+/// Reads, scores and stores one batch: its outcomes, in message order.
+async fn score_batch<S: FullStore>(
+    queue: &AsyncPredictions<S>,
+    core: &Core<S>,
+    batch: &[Taken],
+) -> Result<Vec<Outcome>, SessionError> {
+    // Two copies of one request in a batch (an idempotent retry queued it
+    // again): the first is handled, the others skipped.
+    let mut seen = std::collections::HashSet::new();
+    let outcomes = join_all(batch.iter().map(|t| {
+        let first =
+            pb::QueuedPrediction::decode(t.payload.as_slice()).map_or(true, |q| seen.insert(q.id));
+        async move {
+            if first {
+                outcome(queue, core, t).await
+            } else {
+                queue.stats().skipped.fetch_add(1, Ordering::Relaxed);
+                Ok(Outcome::Skip)
+            }
+        }
+    }))
+    .await;
+    let outcomes = outcomes
+        .into_iter()
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(SessionError::Store)?;
+    let fresh: Vec<RequestRecord> = outcomes
+        .iter()
+        .filter_map(|o| match o {
+            Outcome::Publish { store, .. } => store.as_deref().cloned(),
+            Outcome::Skip => None,
+        })
+        .collect();
+    if !fresh.is_empty() {
+        with_retry("storing results", || queue.store().put_requests(&fresh))
+            .await
+            .map_err(SessionError::Store)?;
+        let stats = queue.stats();
+        let now = SystemTime::now();
+        for r in &fresh {
+            match r.state {
+                RequestState::Done => stats.done.fetch_add(1, Ordering::Relaxed),
+                _ => stats.failed.fetch_add(1, Ordering::Relaxed),
+            };
+            stats.latency.observe(
+                now.duration_since(r.submitted_at)
+                    .unwrap_or_default()
+                    .as_secs_f64(),
+            );
+        }
+    }
+    Ok(outcomes)
 }
 
 fn taken(m: &rdkafka::message::BorrowedMessage<'_>) -> Taken {
