@@ -303,6 +303,22 @@ async fn the_scheduler_runs_a_real_job_and_the_tuner_changes_its_interval_from_r
         Some("dev-user")
     );
     assert_eq!(jobs[0].metric, "AUC");
+    // The detail lists the view's batches, the served one marked.
+    let detail = grpc
+        .get_job(pb::GetJobRequest {
+            job: JOB.into(),
+            limit: 10,
+        })
+        .await?
+        .into_inner();
+    let served: Vec<&str> = detail
+        .batches
+        .iter()
+        .filter(|b| b.current)
+        .map(|b| b.batch_id.as_str())
+        .collect();
+    assert_eq!(served, [first_batch.as_str()], "{:?}", detail.batches);
+    assert_eq!(detail.batches[0].rows_written, 120);
     let unpinned = grpc
         .unpin_job(pb::UnpinJobRequest { job: JOB.into() })
         .await?

@@ -386,6 +386,22 @@ fn run_pb(r: &RunRecord) -> pb::RefreshRun {
     }
 }
 
+fn batch_pb(b: &feature_store::store::BatchRecord, current: bool) -> pb::RefreshBatchInfo {
+    pb::RefreshBatchInfo {
+        batch_id: b.batch_id.clone(),
+        status: b.status.as_str().to_owned(),
+        ingested_at_ms: ms(b.ingested_at),
+        rows_written: b.rows_written,
+        rows_rejected: b.rows_rejected,
+        error: b.error.clone().unwrap_or_default(),
+        current,
+        started_at_ms: b.started_at.map_or(0, ms),
+        finished_at_ms: b.finished_at.map_or(0, ms),
+        source: b.source.clone(),
+        script_version: b.script_version.clone(),
+    }
+}
+
 fn summary_pb(o: &JobOverview) -> pb::RefreshJobSummary {
     pb::RefreshJobSummary {
         job: o.job.clone(),
@@ -396,14 +412,7 @@ fn summary_pb(o: &JobOverview) -> pb::RefreshJobSummary {
         threshold: o.metric.map_or(0.0, |(_, t)| t),
         last_window: o.last_window.as_ref().map(decision_pb),
         pin: o.pin.as_ref().map(pin_pb),
-        last_batch: o.last_batch.as_ref().map(|b| pb::RefreshBatchInfo {
-            batch_id: b.batch_id.clone(),
-            status: b.status.as_str().to_owned(),
-            ingested_at_ms: ms(b.ingested_at),
-            rows_written: b.rows_written,
-            rows_rejected: b.rows_rejected,
-            error: b.error.clone().unwrap_or_default(),
-        }),
+        last_batch: o.last_batch.as_ref().map(|b| batch_pb(b, false)),
         last_run: o.last_run.as_ref().map(run_pb),
         next_run_ms: o.next_run.map_or(0, ms),
         run_requested: o.pending_request.is_some(),
@@ -463,6 +472,11 @@ impl<S: FullStore> pb::tuner_admin_service_server::TunerAdminService for TunerAd
                     .map(decision_pb)
                     .collect(),
                 runs: d.runs[tail(d.runs.len())..].iter().map(run_pb).collect(),
+                batches: d
+                    .batches
+                    .iter()
+                    .map(|b| batch_pb(b, d.current_batch.as_deref() == Some(b.batch_id.as_str())))
+                    .collect(),
             })
         })
         .await
