@@ -4,8 +4,7 @@
 //! Each dynamic view may declare a topic (`source = { kafka = { … } }`, see
 //! [`crate::definitions::KafkaSource`]). One [`Ingest`] consumes every
 //! declared topic in one consumer group and loops over batches (up to
-//! `batch_max` records, or what arrived within `linger_ms` of the first),
-//! reading and decoding the next batch while the previous one is written:
+//! `batch_max` records, or what arrived within `linger_ms` of the first):
 //!
 //! 1. each record is decoded ([`decode`]) into an entity key and an event;
 //! 2. the decoded events are checked against their view and the valid ones
@@ -53,7 +52,6 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::statistics::Statistics;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use serde::Deserialize;
-use tokio::sync::{mpsc, watch};
 
 pub use decode::{Rejection, decode};
 
@@ -334,15 +332,6 @@ impl ConsumerContext for Context {
 }
 
 /// One record's fate within a batch.
-/// A batch read and decoded, waiting to be written.
-struct Decoded {
-    batch: Vec<OwnedMessage>,
-    fates: Vec<Fate>,
-}
-
-/// Decoded batches waiting for the writer at most (reading waits beyond).
-pub const PIPELINE_BATCHES: usize = 2;
-
 enum Fate {
     Event {
         view: usize,
@@ -437,13 +426,11 @@ impl<S: RowStore + BatchStore> Ingest<S> {
         Arc::clone(&self.stats)
     }
 
-    /// Consumes until `stop` completes, in two stages that overlap: the
-    /// next batch is read and decoded while the previous one is written.
-    /// The batches in hand (at most [`PIPELINE_BATCHES`] and the one being
-    /// written) are finished, written and committed, unless a write is
-    /// being retried, in which case it and those after it are left
-    /// uncommitted for the next member to read again.
+    /// Consumes until `stop` completes: the batch in hand is finished
+    /// (written and committed) unless its write is being retried, in which
+    /// case it is left uncommitted for the next member to read again.
     pub async fn run(self, stop: impl std::future::Future<Output = ()>) {
+        let mut stop = pin!(stop);
         let linger = Duration::from_millis(self.settings.linger_ms);
         let max = self.settings.batch_max.max(1);
         tracing::info!(
@@ -451,58 +438,39 @@ impl<S: RowStore + BatchStore> Ingest<S> {
             topics = ?self.sources.iter().map(|s| s.topic.as_str()).collect::<Vec<_>>(),
             "ingest: consuming"
         );
-        let this = &self;
-        let (stop_tx, stop_rx) = watch::channel(false);
-        let (decoded_tx, mut decoded_rx) = mpsc::channel::<Decoded>(PIPELINE_BATCHES);
-        let reading = async move {
-            let mut stop = pin!(stop);
-            loop {
-                let first = tokio::select! {
-                    () = &mut stop => break,
-                    m = this.consumer.recv() => m,
-                };
-                let mut batch = Vec::with_capacity(max.min(4096));
-                match first {
-                    Ok(m) => batch.push(m.detach()),
-                    Err(e) => {
-                        this.warn(&format!("ingest: reading from Kafka failed: {e}"));
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                        continue;
-                    }
+        let mut last_commit = None;
+        loop {
+            let first = tokio::select! {
+                () = &mut stop => break,
+                m = self.consumer.recv() => m,
+            };
+            let mut batch = Vec::with_capacity(max.min(4096));
+            match first {
+                Ok(m) => batch.push(m.detach()),
+                Err(e) => {
+                    self.warn(&format!("ingest: reading from Kafka failed: {e}"));
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
                 }
-                let until = tokio::time::Instant::now() + linger;
-                while batch.len() < max {
-                    tokio::select! {
-                        m = this.consumer.recv() => match m {
-                            Ok(m) => batch.push(m.detach()),
-                            Err(e) => {
-                                this.warn(&format!("ingest: reading from Kafka failed: {e}"));
-                                break;
-                            }
-                        },
-                        () = tokio::time::sleep_until(until) => break,
-                    }
-                }
-                let decoded = this.decode_batch(batch);
+            }
+            let until = tokio::time::Instant::now() + linger;
+            while batch.len() < max {
                 tokio::select! {
-                    () = &mut stop => break,
-                    sent = decoded_tx.send(decoded) => if sent.is_err() { break },
+                    m = self.consumer.recv() => match m {
+                        Ok(m) => batch.push(m.detach()),
+                        Err(e) => {
+                            self.warn(&format!("ingest: reading from Kafka failed: {e}"));
+                            break;
+                        }
+                    },
+                    () = tokio::time::sleep_until(until) => break,
                 }
             }
-            let _ = stop_tx.send(true);
-        };
-        let writing = async move {
-            let mut stopped = stop_rx;
-            let mut last_commit = None;
-            while let Some(decoded) = decoded_rx.recv().await {
-                match this.process(decoded, &mut stopped).await {
-                    Some(committed) => last_commit = Some(committed),
-                    None => break,
-                }
+            match self.process(&batch, &mut stop).await {
+                Some(committed) => last_commit = Some(committed),
+                None => break,
             }
-            last_commit
-        };
-        let ((), last_commit) = tokio::join!(reading, writing);
+        }
         // Batches are committed asynchronously; the last one again, and
         // waited for, before the consumer leaves the group. (Not the
         // consumer's position: that may be past records never written.)
@@ -523,10 +491,16 @@ impl<S: RowStore + BatchStore> Ingest<S> {
         tracing::info!("ingest: stopped");
     }
 
-    /// Decodes one batch: each record's event, or why it is a dead letter.
-    fn decode_batch(&self, batch: Vec<OwnedMessage>) -> Decoded {
+    /// Decodes, writes, dead-letters and commits one batch, returning the
+    /// offsets committed; None when stopped before the batch was done
+    /// (nothing committed then).
+    async fn process(
+        &self,
+        batch: &[OwnedMessage],
+        stop: &mut std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
+    ) -> Option<TopicPartitionList> {
         let mut fates = Vec::with_capacity(batch.len());
-        for m in &batch {
+        for m in batch {
             let Some(&view) = self.by_topic.get(m.topic()) else {
                 continue;
             };
@@ -537,19 +511,6 @@ impl<S: RowStore + BatchStore> Ingest<S> {
                 },
             );
         }
-        Decoded { batch, fates }
-    }
-
-    /// Writes, dead-letters and commits one decoded batch, returning the
-    /// offsets committed; None when stopped before the batch was done
-    /// (nothing committed then).
-    async fn process(
-        &self,
-        decoded: Decoded,
-        stop: &mut watch::Receiver<bool>,
-    ) -> Option<TopicPartitionList> {
-        let Decoded { batch, fates } = decoded;
-        let batch = batch.as_slice();
         // Write the decoded events, retrying until the store takes them.
         let mut pushed = Vec::with_capacity(fates.len());
         let mut pushed_at = Vec::with_capacity(fates.len());
@@ -708,12 +669,16 @@ impl<S: RowStore + BatchStore> Ingest<S> {
 
     /// Waits before the next attempt (100 ms doubling up to
     /// `retry_max_ms`); false when stopped meanwhile.
-    async fn backoff(&self, attempt: &mut u32, stop: &mut watch::Receiver<bool>) -> bool {
+    async fn backoff(
+        &self,
+        attempt: &mut u32,
+        stop: &mut std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
+    ) -> bool {
         let wait =
             Duration::from_millis((100u64 << (*attempt).min(10)).min(self.settings.retry_max_ms));
         *attempt += 1;
         tokio::select! {
-            _ = stop.wait_for(|stopped| *stopped) => false,
+            () = stop.as_mut() => false,
             () = tokio::time::sleep(wait) => true,
         }
     }
