@@ -29,7 +29,7 @@
 //! MLGW_BENCH_SECONDS (per steady or publish run, 10),
 //! MLGW_BENCH_PUBLISH_RATE (1000), MLGW_BENCH_PAIRS (rounds, 5),
 //! MLGW_BENCH_PUBLISH_LINGERS (ms, the shipped `[publish] linger_ms` first;
-//! default 100).
+//! default 5).
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -84,7 +84,7 @@ impl Knobs {
             seconds: env_num("MLGW_BENCH_SECONDS", 10.0)?,
             publish_rate: env_num("MLGW_BENCH_PUBLISH_RATE", 1000.0)?,
             pairs: env_num("MLGW_BENCH_PAIRS", 5.0)? as usize,
-            lingers: env_list("MLGW_BENCH_PUBLISH_LINGERS", &[100.0])?
+            lingers: env_list("MLGW_BENCH_PUBLISH_LINGERS", &[5.0])?
                 .into_iter()
                 .map(|l| l as u64)
                 .collect(),

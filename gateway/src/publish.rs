@@ -45,11 +45,8 @@ pub struct PublishSettings {
     pub feedback_topic: String,
     /// Records queued for sending at most; more are dropped (counted).
     pub queue_max: usize,
-    /// How long the producer waits to fill a batch, ms. Long by default:
-    /// fewer, larger produce requests cost the broker and the producer's
-    /// thread far less CPU, which on shared cores is what publishing takes
-    /// from the predictions' p99 (benches/results/streams.md); downstream
-    /// readers see a record up to this much later.
+    /// How long the producer waits to fill a batch, ms (downstream readers
+    /// see a record up to this much later).
     pub linger_ms: u64,
     /// How long a record may wait for Kafka's acknowledgement before it
     /// counts as failed, ms.
@@ -64,7 +61,7 @@ impl Default for PublishSettings {
             predictions_topic: "mlgw.predictions".to_owned(),
             feedback_topic: "mlgw.feedback".to_owned(),
             queue_max: 100_000,
-            linger_ms: 100,
+            linger_ms: 5,
             message_timeout_ms: 30_000,
         }
     }
