@@ -465,12 +465,18 @@ async fn run(scratch: PathBuf) -> Result<String> {
     }
     let mut pairs = Vec::new();
     for i in 0..knobs.pairs {
-        // Rotate the order, so drift over the run hits every setting.
+        // Rotate the order, so drift over the run hits every setting, and
+        // reverse it every other cycle, so each setting follows each other
+        // one equally often: a run right after the one without publishing
+        // measured slower than one after another publishing run.
         let mut runs: Vec<(Option<usize>, &PathBuf)> = std::iter::once((None, &off))
             .chain(on.iter().enumerate().map(|(k, c)| (Some(k), c)))
             .collect();
         let len = runs.len();
         runs.rotate_left(i % len);
+        if (i / len) % 2 == 1 {
+            runs.reverse();
+        }
         let mut measured: Vec<(Option<usize>, Measured)> = Vec::new();
         for (j, (which, cfg)) in runs.into_iter().enumerate() {
             let m = publish_run(knobs, cfg, configs.join(format!("gw-round{i}-{j}.log"))).await?;
@@ -618,7 +624,7 @@ fn report(knobs: &Knobs, burst: &Burst, steady: &Steady, pairs: &[Pair]) -> Resu
     writeln!(out, "## Publishing downstream on the sync path\n")?;
     writeln!(
         out,
-        "gRPC `Predict` open loop at {:.0}/s for {:.0} s per run (after 3 s of warm-up), the prediction log on in all; `[publish]` off, and on with the producer's `linger_ms` at {} ms (the first is the shipped default), interleaved rounds (the order rotates).\n",
+        "gRPC `Predict` open loop at {:.0}/s for {:.0} s per run (after 3 s of warm-up), the prediction log on in all; `[publish]` off, and on with the producer's `linger_ms` at {} ms (the first is the shipped default), interleaved rounds (the order rotates, and reverses every other cycle).\n",
         knobs.publish_rate,
         knobs.seconds,
         knobs
