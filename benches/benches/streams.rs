@@ -75,6 +75,15 @@ struct Knobs {
 }
 
 impl Knobs {
+    /// The lingers compared, joined by `sep`.
+    fn lingers_text(&self, sep: &str) -> String {
+        self.lingers
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(sep)
+    }
+
     fn from_env() -> Result<Self> {
         let k = Knobs {
             customers: env_num("MLGW_BENCH_CUSTOMERS", 20_000.0)? as u64,
@@ -550,12 +559,7 @@ fn report(knobs: &Knobs, burst: &Burst, steady: &Steady, pairs: &[Pair]) -> Resu
         knobs.seconds,
         knobs.publish_rate,
         knobs.pairs,
-        knobs
-            .lingers
-            .iter()
-            .map(ToString::to_string)
-            .collect::<Vec<_>>()
-            .join(",")
+        knobs.lingers_text(",")
     )?;
     writeln!(
         out,
@@ -627,12 +631,7 @@ fn report(knobs: &Knobs, burst: &Burst, steady: &Steady, pairs: &[Pair]) -> Resu
         "gRPC `Predict` open loop at {:.0}/s for {:.0} s per run (after 3 s of warm-up), the prediction log on in all; `[publish]` off, and on with the producer's `linger_ms` at {} ms (the first is the shipped default), interleaved rounds (the order rotates, and reverses every other cycle).\n",
         knobs.publish_rate,
         knobs.seconds,
-        knobs
-            .lingers
-            .iter()
-            .map(ToString::to_string)
-            .collect::<Vec<_>>()
-            .join(", ")
+        knobs.lingers_text(", ")
     )?;
     writeln!(
         out,

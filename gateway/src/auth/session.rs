@@ -34,15 +34,36 @@ pub enum CsrfError {
 
 /// The session token in the request's `Cookie` headers, if any.
 pub fn token(headers: &http::HeaderMap) -> Option<&str> {
+    cookie(headers, COOKIE)
+}
+
+/// The non-empty value of cookie `name` in the request's `Cookie`
+/// headers, if any.
+pub fn cookie<'a>(headers: &'a http::HeaderMap, name: &str) -> Option<&'a str> {
     headers
         .get_all(http::header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .find_map(|pair| {
-            let (name, value) = pair.trim().split_once('=')?;
-            (name == COOKIE && !value.is_empty()).then_some(value)
+            let (n, value) = pair.trim().split_once('=')?;
+            (n == name && !value.is_empty()).then_some(value)
         })
+}
+
+/// A `Set-Cookie` value: `HttpOnly`, `Secure` when asked.
+pub fn set_cookie_named(
+    name: &str,
+    value: &str,
+    path: &str,
+    max_age_s: u64,
+    same_site: &str,
+    secure: bool,
+) -> String {
+    format!(
+        "{name}={value}; Path={path}; Max-Age={max_age_s}; HttpOnly; SameSite={same_site}{}",
+        if secure { "; Secure" } else { "" }
+    )
 }
 
 /// The CSRF value of a session token: a hash no other site can compute
@@ -105,10 +126,7 @@ pub fn check(
 /// The `Set-Cookie` value that stores `token` for `max_age_s` seconds;
 /// `secure` unless the gateway is reached over loopback HTTP.
 pub fn set_cookie(token: &str, max_age_s: u64, secure: bool) -> String {
-    format!(
-        "{COOKIE}={token}; Path=/; Max-Age={max_age_s}; HttpOnly; SameSite=Strict{}",
-        if secure { "; Secure" } else { "" }
-    )
+    set_cookie_named(COOKIE, token, "/", max_age_s, "Strict", secure)
 }
 
 /// The `Set-Cookie` value that removes the session.

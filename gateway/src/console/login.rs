@@ -229,32 +229,19 @@ impl Console {
     }
 }
 
-fn cookie(
-    name: &str,
-    value: &str,
-    path: &str,
-    max_age_s: u64,
-    same_site: &str,
-    secure: bool,
-) -> HeaderValue {
-    let text = format!(
-        "{name}={value}; Path={path}; Max-Age={max_age_s}; HttpOnly; SameSite={same_site}{}",
-        if secure { "; Secure" } else { "" }
+/// The login cookie (`SameSite=Lax`: the issuer's redirect back is a
+/// navigation from its site).
+fn login_cookie(state: &str, max_age_s: u64, secure: bool) -> HeaderValue {
+    let text = session::set_cookie_named(
+        LOGIN_COOKIE,
+        state,
+        "/console/callback",
+        max_age_s,
+        "Lax",
+        secure,
     );
     // Every part is base64url or fixed text.
     HeaderValue::from_str(&text).unwrap_or_else(|_| HeaderValue::from_static(""))
-}
-
-fn cookie_value<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .find_map(|pair| {
-            let (n, v) = pair.trim().split_once('=')?;
-            (n == name).then_some(v)
-        })
 }
 
 /// `GET /console/login`: to the issuer's sign-in.
@@ -300,15 +287,7 @@ async fn start_inner(console: &Console, headers: &HeaderMap) -> Result<Response,
     let mut response = Redirect::to(location.as_str()).into_response();
     response.headers_mut().append(
         header::SET_COOKIE,
-        // Lax: the issuer's redirect back is a navigation from its site.
-        cookie(
-            LOGIN_COOKIE,
-            &state,
-            "/console/callback",
-            LOGIN_TTL.as_secs(),
-            "Lax",
-            secure,
-        ),
+        login_cookie(&state, LOGIN_TTL.as_secs(), secure),
     );
     Ok(response)
 }
@@ -357,7 +336,7 @@ async fn finish(
         .pending
         .remove(&state)
         .ok_or(ConsoleError::UnknownSignIn)?;
-    if cookie_value(headers, LOGIN_COOKIE) != Some(state.as_str()) {
+    if session::cookie(headers, LOGIN_COOKIE) != Some(state.as_str()) {
         return Err(ConsoleError::UnknownSignIn);
     }
     if let Some(error) = q.error {
@@ -432,17 +411,7 @@ async fn finish(
             |_| ConsoleError::TokenEndpoint("the access token is not cookie text".into()),
         )?;
     headers.append(header::SET_COOKIE, session_cookie);
-    headers.append(
-        header::SET_COOKIE,
-        cookie(
-            LOGIN_COOKIE,
-            "",
-            "/console/callback",
-            0,
-            "Lax",
-            pending.secure,
-        ),
-    );
+    headers.append(header::SET_COOKIE, login_cookie("", 0, pending.secure));
     Ok(response)
 }
 
@@ -507,8 +476,8 @@ mod tests {
             header::COOKIE,
             HeaderValue::from_static("mlgw_loginx=a; mlgw_login=b"),
         );
-        assert_eq!(cookie_value(&h, LOGIN_COOKIE), Some("b"));
-        let c = cookie(LOGIN_COOKIE, "s", "/console/callback", 600, "Lax", false);
+        assert_eq!(session::cookie(&h, LOGIN_COOKIE), Some("b"));
+        let c = login_cookie("s", 600, false);
         assert_eq!(
             c.to_str().ok(),
             Some("mlgw_login=s; Path=/console/callback; Max-Age=600; HttpOnly; SameSite=Lax")
