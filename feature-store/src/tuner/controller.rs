@@ -9,7 +9,11 @@
 //! a bad window is blamed on that interval, not on the current one.
 //! Predictions whose features were older than their interval allows (a
 //! refresh failed or was skipped) are judged as served and counted in the
-//! decision. Every window also
+//! decision. A window below the threshold counts against the interval it
+//! was served at by how many sampling errors it fell short ([`Evidence`]):
+//! far below acts at once, a little below only when windows in a row agree,
+//! so noise alone does not pull the interval back from where the true
+//! metric holds. Every window also
 //! teaches the metric by feature age ([`AgeCurve`]): a doubling is refused
 //! while the curve predicts the longer interval would miss the threshold.
 
@@ -28,6 +32,16 @@ const REGIMES: usize = 64;
 const RESIDUALS: usize = 336;
 /// The curve forgets half of what it learned in this long.
 const CURVE_HALF_LIFE: Duration = Duration::from_secs(7 * 86_400);
+/// A window below the threshold is evidence against the interval it was
+/// served at: how many standard errors below, less this allowance, summed
+/// over the windows served at that interval (a one-sided CUSUM, floored at
+/// zero, which windows above the threshold drain).
+const EVIDENCE_ALLOWANCE: f64 = 0.25;
+/// The interval fails once the evidence reaches this: at once for a window
+/// 1.75 standard errors below, after a few windows for ones just below, and
+/// rarely by chance where the true metric holds (a window's sampling error
+/// alone would otherwise revert one in six windows 1 standard error above).
+const FAIL_EVIDENCE: f64 = 1.5;
 
 /// What the controller did with one window.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -60,6 +74,9 @@ pub enum Action {
     /// A bad window served at a longer interval than the one in force now:
     /// it was acted on already.
     AlreadyActed,
+    /// The metric fell below the threshold by less than the window's
+    /// sampling error allows to tell: held, the evidence kept.
+    WithinError,
 }
 
 /// Which evidence decided.
@@ -193,10 +210,24 @@ pub struct JobState {
     /// arriving; shown on `/metrics` for alerting).
     #[serde(default)]
     pub windows_without_labels: u32,
+    /// Evidence against the interval last judged below the threshold (see
+    /// [`FAIL_EVIDENCE`]).
+    #[serde(default)]
+    pub evidence: Evidence,
 }
 
 /// Decisions kept per job.
 pub const HISTORY: usize = 2000;
+
+/// Evidence against one served interval, in standard errors.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Evidence {
+    /// The interval the windows were served at.
+    #[serde(with = "crate::clock::secs")]
+    pub served: Duration,
+    /// The CUSUM of their shortfalls.
+    pub score: f64,
+}
 
 /// A window of labelled predictions to judge.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -259,6 +290,7 @@ impl JobState {
             residuals: Vec::new(),
             model_version: None,
             windows_without_labels: 0,
+            evidence: Evidence::default(),
         }
     }
 
@@ -269,6 +301,7 @@ impl JobState {
         self.good_since = None;
         self.settled_at = at + interval;
         self.changed_at = Some(at);
+        self.evidence = Evidence::default();
         self.regimes.push(Regime {
             since: at,
             interval,
@@ -491,6 +524,42 @@ impl JobState {
             let good = policy.metric.meets(m, threshold);
             let settling = w.start < self.settled_at;
             let before_change = self.changed_at.is_some_and(|c| w.end <= c);
+            // How far below the threshold, in this window's sampling errors.
+            let se = policy.metric.standard_error(w.samples, m);
+            let below = if policy.metric.higher_is_better() {
+                threshold - m
+            } else {
+                m - threshold
+            };
+            let z = match se {
+                Some(se) if se > 0.0 => below / se,
+                _ if below > 0.0 => f64::INFINITY,
+                _ => 0.0,
+            };
+            if self.evidence.served != served {
+                self.evidence = Evidence { served, score: 0.0 };
+            }
+            // A window that still mixes rows of a longer interval says
+            // nothing against one believed good; against a trial interval
+            // it can only flatter it.
+            let counted = !(settling && served <= self.last_good);
+            if counted {
+                self.evidence.score = (self.evidence.score + z - EVIDENCE_ALLOWANCE).max(0.0);
+            }
+            // Below at these ages window after window (the curve pools
+            // them): the interval's oldest rows are too old, not unlucky.
+            let learned = self.curve.at_ages(policy.metric, &bounds, w.samples);
+            let systematic = learned.is_some_and(|l| !policy.metric.meets(l, threshold));
+            let failed = !good && (systematic || self.evidence.score >= FAIL_EVIDENCE);
+            let evidence = match learned {
+                Some(l) if systematic => {
+                    format!("{z:.1} standard error(s) below, and {l:.3} learned at these ages")
+                }
+                _ => format!(
+                    "{z:.1} standard error(s) below; evidence {:.1} ≥ {FAIL_EVIDENCE}",
+                    self.evidence.score
+                ),
+            };
             if !good && served > self.interval {
                 basis = Basis::Nothing;
                 (
@@ -499,6 +568,23 @@ impl JobState {
                         "no decision on {name} {m:.3}: served at {}, longer than the {} in force since",
                         human(served),
                         human(self.interval)
+                    ),
+                )
+            } else if !good && !failed && counted {
+                // One window a little below proves nothing: its sampling
+                // error alone puts it there often where the true metric
+                // holds. The evidence is kept; more windows below decide.
+                self.good_streak = 0;
+                self.good_since = None;
+                (
+                    Action::WithinError,
+                    format!(
+                        "held at {}: {name} {m:.3} {misses} {threshold:.3} by {z:.1} standard error(s) (±{:.3}), {} learned at these ages; evidence against {} {:.1} of {FAIL_EVIDENCE}",
+                        human(from),
+                        se.unwrap_or_default(),
+                        learned.map_or_else(|| "nothing".to_owned(), |l| format!("{l:.3}")),
+                        human(served),
+                        self.evidence.score
                     ),
                 )
             } else if !good && self.interval > self.last_good && served > self.last_good {
@@ -511,7 +597,7 @@ impl JobState {
                 (
                     Action::Reverted,
                     format!(
-                        "reverted {} → {}: {name} {m:.3} {misses} {threshold:.3}; cool-down {} window(s)",
+                        "reverted {} → {}: {name} {m:.3} {misses} {threshold:.3}, {evidence}; cool-down {} window(s)",
                         human(from),
                         human(back),
                         self.cooldown_left
@@ -549,7 +635,7 @@ impl JobState {
                 (
                     Action::Shortened,
                     format!(
-                        "shortened {} → {}{bound}: {name} {m:.3} {misses} {threshold:.3} {at}",
+                        "shortened {} → {}{bound}: {name} {m:.3} {misses} {threshold:.3} {at}, {evidence}",
                         human(from),
                         human(halved)
                     ),

@@ -163,6 +163,56 @@ impl AgeCurve {
     /// The predicted metric of a window served at `interval` (ages spread
     /// evenly over `[0, interval)`), or None while fewer than two buckets
     /// have enough samples.
+    /// The metric the curve has learned at the oldest ages of `samples`
+    /// (their 90th percentile; every hour must hold, the last of a cycle
+    /// too):
+    /// interpolated between the buckets' midpoints, extended past the
+    /// oldest along the last segment (never improving with age). It pools
+    /// every window judged lately, so it tells a window that fell below by
+    /// chance from ages that are below.
+    pub fn at_ages(
+        &self,
+        kind: MetricKind,
+        bounds: &[Duration],
+        samples: &[Sample],
+    ) -> Option<f64> {
+        let mut ages: Vec<f64> = samples
+            .iter()
+            .filter_map(|s| s.age.map(|a| a.as_secs_f64()))
+            .collect();
+        if ages.is_empty() {
+            return None;
+        }
+        ages.sort_by(f64::total_cmp);
+        let x = ages[ages.len() * 9 / 10];
+        let points: Vec<(f64, f64)> = self
+            .buckets
+            .iter()
+            .enumerate()
+            .filter_map(|(i, b)| {
+                let lo = bounds.get(i)?.as_secs_f64();
+                let hi = bounds.get(i + 1).map_or(lo * 2.0, Duration::as_secs_f64);
+                b.metric(kind).map(|m| (f64::midpoint(lo, hi), m))
+            })
+            .collect();
+        let (&first, &last) = (points.first()?, points.last()?);
+        if x <= first.0 || points.len() == 1 {
+            return Some(first.1);
+        }
+        if let Some(w) = points.windows(2).find(|w| x <= w[1].0) {
+            let t = (x - w[0].0) / (w[1].0 - w[0].0);
+            return Some(w[0].1 + t * (w[1].1 - w[0].1));
+        }
+        let before = points[points.len() - 2];
+        let raw = (last.1 - before.1) / (last.0 - before.0);
+        let slope = if kind.higher_is_better() {
+            raw.min(0.0)
+        } else {
+            raw.max(0.0)
+        };
+        Some(last.1 + slope * (x - last.0))
+    }
+
     pub fn predict(
         &self,
         kind: MetricKind,

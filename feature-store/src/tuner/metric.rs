@@ -14,38 +14,60 @@ impl MetricKind {
         if samples.is_empty() {
             return None;
         }
-        let n = samples.len() as f64;
         match self {
             MetricKind::Auc => auc(samples),
-            MetricKind::Accuracy => {
-                let right = samples
-                    .iter()
-                    .filter(|s| (s.score >= 0.5) == (s.outcome >= 0.5))
-                    .count();
-                Some(right as f64 / n)
+            _ => Some(samples.iter().map(|s| self.term(s)).sum::<f64>() / samples.len() as f64),
+        }
+    }
+
+    /// The sampling error of `value`, the metric over `samples`: how far a
+    /// window of this size strays from the model's true metric by chance.
+    /// AUC by Hanley and McNeil's formula, the others as the standard error
+    /// of a mean. None when it cannot be told (fewer than two samples, or
+    /// AUC with only one class).
+    pub fn standard_error(self, samples: &[Sample], value: f64) -> Option<f64> {
+        let n = samples.len() as f64;
+        if n < 2.0 {
+            return None;
+        }
+        match self {
+            MetricKind::Auc => {
+                let pos = samples.iter().filter(|s| s.outcome >= 0.5).count() as f64;
+                let neg = n - pos;
+                if pos == 0.0 || neg == 0.0 {
+                    return None;
+                }
+                let a = value.clamp(1e-6, 1.0 - 1e-6);
+                let q1 = a / (2.0 - a);
+                let q2 = 2.0 * a * a / (1.0 + a);
+                let var = (a * (1.0 - a) + (pos - 1.0) * (q1 - a * a) + (neg - 1.0) * (q2 - a * a))
+                    / (pos * neg);
+                Some(var.max(0.0).sqrt())
             }
-            MetricKind::LogLoss => {
-                let eps = 1e-15;
-                let sum: f64 = samples
+            _ => {
+                let var = samples
                     .iter()
-                    .map(|s| {
-                        let p = s.score.clamp(eps, 1.0 - eps);
-                        if s.outcome >= 0.5 {
-                            -p.ln()
-                        } else {
-                            -(1.0 - p).ln()
-                        }
-                    })
-                    .sum();
-                Some(sum / n)
-            }
-            MetricKind::Mae => Some(
-                samples
-                    .iter()
-                    .map(|s| (s.score - s.outcome).abs())
+                    .map(|s| (self.term(s) - value).powi(2))
                     .sum::<f64>()
-                    / n,
-            ),
+                    / (n - 1.0);
+                Some((var / n).sqrt())
+            }
+        }
+    }
+
+    /// One sample's term of a mean metric (accuracy, log-loss, MAE).
+    fn term(self, s: &Sample) -> f64 {
+        match self {
+            MetricKind::Accuracy => f64::from(u8::from((s.score >= 0.5) == (s.outcome >= 0.5))),
+            MetricKind::LogLoss => {
+                let p = s.score.clamp(1e-15, 1.0 - 1e-15);
+                if s.outcome >= 0.5 {
+                    -p.ln()
+                } else {
+                    -(1.0 - p).ln()
+                }
+            }
+            MetricKind::Mae | MetricKind::Auc => (s.score - s.outcome).abs(),
         }
     }
 }

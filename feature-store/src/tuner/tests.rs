@@ -159,12 +159,73 @@ fn a_bad_window_reverts_to_the_last_good_interval_then_cools_down() {
     assert_eq!(r.window(0.92, 2000), Action::Held);
     assert_eq!(r.window(0.92, 2000), Action::Held);
     assert_eq!(r.window(0.92, 2000), Action::Doubled);
+    assert!(r.state.history.iter().any(|d| {
+        d.reason
+            .starts_with("reverted 60 min → 30 min: AUC 0.860 < 0.880, 2.")
+            && d.reason.ends_with("; cool-down 2 window(s)")
+    }));
+}
+
+/// A window a little below the threshold, at ages where everything the
+/// curve has learned is below it too, is not bad luck: it acts at once.
+#[test]
+fn a_window_below_at_ages_learned_below_acts_at_once() {
+    let mut r = Run::new(60 * MIN);
+    r.settle();
+    assert_eq!(r.window(0.876, 2000), Action::Shortened);
+    assert_eq!(r.state.interval, 30 * MIN);
+    let reason = r.last_reason();
     assert!(
-        r.state
-            .history
-            .iter()
-            .any(|d| d.reason
-                == "reverted 60 min → 30 min: AUC 0.860 < 0.880; cool-down 2 window(s)")
+        reason.contains("0.5 standard error(s) below, and 0.8")
+            && reason.ends_with("learned at these ages"),
+        "{reason}"
+    );
+}
+
+/// Windows a little below the threshold, within their sampling error, hold
+/// the interval while windows above come between them; several in a row
+/// shorten it, and one far below reverts at once.
+#[test]
+fn windows_within_their_sampling_error_need_more_evidence() {
+    let mut r = Run::new(60 * MIN);
+    r.settle();
+    assert_eq!(r.window(0.9, 2000), Action::Held);
+    assert_eq!(r.window(0.9, 2000), Action::Held);
+    // 2,000 samples: a standard error of about 0.008. What the curve has
+    // learned at these ages stays above the threshold.
+    for _ in 0..10 {
+        assert_eq!(r.window(0.876, 2000), Action::WithinError);
+        assert_ne!(r.window(0.895, 2000), Action::Shortened);
+    }
+    assert_eq!(r.state.interval, 60 * MIN);
+    let reason = r
+        .state
+        .history
+        .iter()
+        .rev()
+        .find(|d| d.action == Action::WithinError)
+        .map(|d| d.reason.clone())
+        .unwrap_or_default();
+    assert!(
+        reason.starts_with("held at 60 min: AUC 0.876 < 0.880 by 0.5 standard error(s) (±0.00")
+            && reason.contains("learned at these ages; evidence against 60 min 0."),
+        "{reason}"
+    );
+    // Below, window after window: the evidence adds up.
+    let mut below = 0;
+    while r.window(0.872, 2000) == Action::WithinError {
+        below += 1;
+        assert!(below < 10, "never shortened");
+    }
+    assert_eq!(r.state.interval, 30 * MIN);
+    assert!(
+        below >= 1,
+        "one window 1 standard error below decided alone"
+    );
+    let reason = r.last_reason();
+    assert!(
+        reason.starts_with("shortened 60 min → 30 min: AUC 0.872 < 0.880 at the last good interval, 1.0 standard error(s) below; evidence "),
+        "{reason}"
     );
 }
 
