@@ -3,7 +3,7 @@
 //! person's latest request to run it now. The store keeps them as JSON
 //! documents; the scheduler writes them under the job's lease.
 
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
@@ -43,6 +43,12 @@ pub enum Trigger {
         /// Who.
         by: String,
     },
+    /// The last run failed or timed out: tried again before the next slot
+    /// (see [`retry_after`]).
+    Retry {
+        /// Runs failed in a row.
+        failed: u32,
+    },
 }
 
 impl Trigger {
@@ -53,6 +59,7 @@ impl Trigger {
             Trigger::Scheduled => "interval passed".to_owned(),
             Trigger::CatchUp { missed } => format!("catch-up after {missed} missed run(s)"),
             Trigger::Forced { by } => format!("forced by {by}"),
+            Trigger::Retry { failed } => format!("retry after {failed} failed run(s)"),
         }
     }
 }
@@ -140,6 +147,19 @@ impl ScheduleState {
         }
     }
 
+    /// Runs that failed or timed out since the last one that did not
+    /// (skipped slots left aside).
+    pub fn failures_in_a_row(&self) -> u32 {
+        let failed = self
+            .runs
+            .iter()
+            .rev()
+            .filter(|r| r.outcome != RunOutcome::Skipped)
+            .take_while(|r| matches!(r.outcome, RunOutcome::Failed | RunOutcome::TimedOut))
+            .count();
+        u32::try_from(failed).unwrap_or(u32::MAX)
+    }
+
     /// Appends a run, keeping the last [`KEPT_RUNS`].
     pub(crate) fn push(&mut self, run: RunRecord) {
         self.runs.push(run);
@@ -153,4 +173,17 @@ impl ScheduleState {
     pub fn is_pending(&self, request: &RunRequest) -> bool {
         self.handled_request.is_none_or(|h| request.at > h)
     }
+}
+
+/// How long after the start of a failed run (the `failures`-th in a row)
+/// the scheduler tries again. Until a run succeeds the previous batch is
+/// served, older than the interval allows, so waiting for the next slot
+/// would serve it for up to two intervals: an eighth of the interval
+/// instead, doubling with each failure in a row (a broken source is not
+/// hammered), at least 30 s, never later than the next slot.
+pub fn retry_after(interval: Duration, failures: u32) -> Duration {
+    let first = (interval / 8).max(Duration::from_secs(30));
+    first
+        .saturating_mul(1u32 << failures.saturating_sub(1).min(16))
+        .min(interval)
 }

@@ -1,7 +1,8 @@
 //! The refresh scheduler: runs each declared `[[refresh_job]]` at its current
 //! interval (the tuner's, or the declared one), judges the tuner's window
 //! every evaluation window, honours a person's run request, applies the
-//! job's missed-run policy after downtime, and stops a run at its timeout.
+//! job's missed-run policy after downtime, retries a failed run before the
+//! next slot ([`retry_after`]), and stops a run at its timeout.
 //!
 //! Two schedulers never run one job at once: a run holds the job's lease in
 //! the store (a lightweight transaction on ScyllaDB, a write transaction on
@@ -32,7 +33,9 @@ use crate::store::{FullStore, Lease, LeaseOutcome, StoreError, TunerStore};
 use crate::tuner::TunedJob;
 use crate::tuner::controller::{Decision, human};
 
-pub use crate::runs::{KEPT_RUNS, RunOutcome, RunRecord, RunRequest, ScheduleState, Trigger};
+pub use crate::runs::{
+    KEPT_RUNS, RunOutcome, RunRecord, RunRequest, ScheduleState, Trigger, retry_after,
+};
 
 /// Where time comes from for [`Scheduler::run`].
 pub trait Clock: Send + Sync + 'static {
@@ -203,6 +206,14 @@ fn due(
         return Due::Nothing;
     };
     let interval = interval.max(Duration::from_secs(1));
+    let failures = schedule.failures_in_a_row();
+    if failures > 0 && since < interval {
+        return if since < retry_after(interval, failures) {
+            Due::Nothing
+        } else {
+            Due::Run(Trigger::Retry { failed: failures })
+        };
+    }
     if since < interval {
         return Due::Nothing;
     }

@@ -369,6 +369,57 @@ command = ["sh", "-c", "echo reading warehouse; echo 'permission denied' >&2; ex
     assert!(runs[0].message.contains("exit code"), "{runs:?}");
 }
 
+/// A failed run is tried again after an eighth of the interval, then after
+/// twice as long with each failure in a row, never later than the next
+/// slot; a run that works brings back the normal interval.
+#[tokio::test]
+async fn a_failed_run_is_retried_before_the_next_slot() {
+    let f = fixture(
+        r#"
+interval = "1h"
+timeout = "30s"
+[refresh_job.source]
+command = ["sh", "-c", "test -f source-ready || { echo 'warehouse not ready' >&2; exit 3; }"]
+"#,
+    )
+    .await;
+    assert_eq!(started(&f.tick(Duration::ZERO).await), [Trigger::First]);
+    assert!(started(&f.tick(7 * MIN).await).is_empty());
+    // 7.5 min: an eighth of the hour.
+    assert_eq!(
+        started(&f.tick(8 * MIN).await),
+        [Trigger::Retry { failed: 1 }]
+    );
+    assert!(started(&f.tick(22 * MIN).await).is_empty());
+    // 15 min after the retry that failed.
+    assert_eq!(
+        started(&f.tick(23 * MIN).await),
+        [Trigger::Retry { failed: 2 }]
+    );
+    assert!(started(&f.tick(52 * MIN).await).is_empty());
+    std::fs::write(f.dir.join("source-ready"), "").unwrap();
+    assert_eq!(
+        started(&f.tick(53 * MIN).await),
+        [Trigger::Retry { failed: 3 }]
+    );
+    let runs = f.runs().await;
+    assert_eq!(
+        runs.last().map(|r| r.outcome),
+        Some(RunOutcome::Loaded),
+        "{runs:?}"
+    );
+    assert_eq!(
+        runs.last().map(|r| r.trigger.describe()).as_deref(),
+        Some("retry after 3 failed run(s)")
+    );
+    assert!(started(&f.tick(112 * MIN).await).is_empty());
+    assert_eq!(started(&f.tick(113 * MIN).await), [Trigger::Scheduled]);
+    // The fourth retry in a row would wait the whole interval: that is the
+    // next slot.
+    assert_eq!(retry_after(HOUR, 4), HOUR);
+    assert_eq!(retry_after(2 * MIN, 1), Duration::from_secs(30));
+}
+
 #[tokio::test]
 async fn a_command_can_write_the_file_the_loader_reads() {
     let f = fixture(

@@ -2,7 +2,8 @@
 //! binary model whose scores lose their signal as the static features age,
 //! at a drift rate that can rise, fall and follow a weekly cycle; labels
 //! that arrive hours to weeks after the prediction (or stop arriving);
-//! refresh runs that take time and sometimes fail; a model version change.
+//! refresh runs that take time and sometimes fail (retried early, as the
+//! scheduler does); a model version change.
 //!
 //! Per prediction with feature age `a` (hours) and drift rate `λ(t)`, the
 //! label is positive with probability `positive_rate` and the score is
@@ -18,6 +19,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::controller::{Action, Decision, JobState, Policy, Window};
 use super::metric::{MetricKind, Sample};
+use crate::runs::retry_after;
 
 const HOUR: Duration = Duration::from_secs(3600);
 /// Ground truth and refresh timing are resolved to this step.
@@ -273,6 +275,8 @@ struct Refreshes {
     next: Duration,
     /// The last run's start.
     last_start: Duration,
+    /// Runs failed in a row (the scheduler retries them early).
+    failures: u32,
     runs: u64,
     rng: Rng,
 }
@@ -284,6 +288,7 @@ impl Refreshes {
             running: None,
             next: interval,
             last_start: Duration::ZERO,
+            failures: 0,
             runs: 1, // the load at t = 0
             rng: Rng(seed ^ 0xA5A5_5A5A_F00D_BEEF),
         }
@@ -312,15 +317,25 @@ impl Refreshes {
             self.last_start = start;
             if self.rng.uniform() >= config.refresh_failure {
                 self.running = Some((start, start + config.refresh_time));
+                self.failures = 0;
+            } else {
+                // As the scheduler does: try again before the next slot.
+                self.failures += 1;
+                self.next = start + retry_after(interval, self.failures);
             }
         }
         t.saturating_sub(self.snapshot)
     }
 
-    /// The interval changed at `t`: the next run is one new interval after
-    /// the last start, or now when that is past.
+    /// The interval changed at `t`: the next run is one new interval (or
+    /// retry delay) after the last start, or now when that is past.
     fn replan(&mut self, t: Duration, interval: Duration) {
-        self.next = (self.last_start + interval).max(t);
+        let wait = if self.failures > 0 {
+            retry_after(interval, self.failures)
+        } else {
+            interval
+        };
+        self.next = (self.last_start + wait).max(t);
     }
 }
 
