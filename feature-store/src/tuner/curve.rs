@@ -160,13 +160,9 @@ impl AgeCurve {
         }
     }
 
-    /// The predicted metric of a window served at `interval` (ages spread
-    /// evenly over `[0, interval)`), or None while fewer than two buckets
-    /// have enough samples.
     /// The metric the curve has learned at the oldest ages of `samples`
     /// (their 90th percentile; every hour must hold, the last of a cycle
-    /// too):
-    /// interpolated between the buckets' midpoints, extended past the
+    /// too): interpolated between the buckets' midpoints, extended past the
     /// oldest along the last segment (never improving with age). It pools
     /// every window judged lately, so it tells a window that fell below by
     /// chance from ages that are below.
@@ -213,6 +209,9 @@ impl AgeCurve {
         Some(last.1 + slope * (x - last.0))
     }
 
+    /// The predicted metric of a window served at `interval` (ages spread
+    /// evenly over `[0, interval)`), or None while fewer than two buckets
+    /// have enough samples.
     pub fn predict(
         &self,
         kind: MetricKind,
