@@ -314,9 +314,21 @@ async function jobPage(main, name) {
     h('h2', {}, 'Runs'),
     table(['Started', { label: 'Took', num: true }, 'Trigger', 'Outcome', 'Batch', 'Message'],
       (job.runs || []).slice().reverse().map((r) => h('tr', {},
-        h('td', {}, when(r.started_at)), h('td', { class: 'num' }, `${num(r.took_s, 1)} s`), h('td', {}, r.trigger),
+        h('td', {}, when(r.started_at)), h('td', { class: 'num' }, `${num(r.took_s, 1)} s`), h('td', {}, triggerText(r.trigger)),
         h('td', {}, h('span', { class: `pill ${r.outcome === 'loaded' || r.outcome === 'unchanged' ? 'good' : r.outcome === 'skipped' ? 'warn' : 'bad'}` }, r.outcome)),
         h('td', {}, r.batch_id || '–'), h('td', {}, r.message || ''))), { id: 'runs' }));
+}
+
+// Why a run started, from its trigger ({kind, ...}).
+function triggerText(t) {
+  switch (t && t.kind) {
+    case 'first': return 'first run';
+    case 'scheduled': return 'interval passed';
+    case 'catch_up': return `catch-up (${t.missed} missed)`;
+    case 'forced': return `asked by ${t.by}`;
+    case 'retry': return `retry (${t.failed} failed)`;
+    default: return t && t.kind ? t.kind : '–';
+  }
 }
 
 // ---------------------------------------------------------------- scoring
