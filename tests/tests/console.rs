@@ -335,7 +335,8 @@ async fn an_admin_moves_a_canary_sees_it_served_rolls_back_and_pins_a_job() -> R
         t.contains("done") && t.contains("served") && t.contains("50")
     })
     .await?;
-    b.text_when("#runs", |t| t.contains("loaded") && t.contains("first run")).await?;
+    b.text_when("#runs", |t| t.contains("loaded") && t.contains("first run"))
+        .await?;
     b.fill("#pin-interval", "4h").await?;
     b.click("#pin").await?;
     b.confirm("hold while the source is migrated").await?;
