@@ -539,10 +539,10 @@ impl JobState {
             if self.evidence.served != served {
                 self.evidence = Evidence { served, score: 0.0 };
             }
-            // A window that still mixes rows of a longer interval says
-            // nothing against one believed good; against a trial interval
-            // it can only flatter it.
-            let counted = !(settling && served <= self.last_good);
+            // A window made since the last change that still mixes rows of
+            // a longer interval says nothing against one believed good;
+            // against a trial interval it can only flatter it.
+            let counted = !(settling && !before_change && served <= self.last_good);
             if counted {
                 self.evidence.score = (self.evidence.score + z - EVIDENCE_ALLOWANCE).max(0.0);
             }

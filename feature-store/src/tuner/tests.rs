@@ -482,6 +482,21 @@ fn a_late_bad_window_is_blamed_on_the_interval_it_was_served_at() {
     assert_eq!(r.state.interval, HOUR);
 }
 
+/// A late window made before a doubling, a little below the threshold at
+/// the interval believed good, is sampling error until others agree: held.
+#[test]
+fn a_late_window_within_its_error_does_not_shorten() {
+    let mut r = Run::new(2 * HOUR);
+    r.policy.label_delay = 24 * HOUR;
+    r.settle();
+    let delay = 24 * HOUR;
+    let good = with_auc(0.93, 2000, 2 * HOUR);
+    while r.judge(&good, delay) != Action::Doubled {}
+    let low = with_auc(0.876, 2000, 2 * HOUR);
+    assert_eq!(r.judge(&low, delay), Action::WithinError);
+    assert_eq!(r.state.interval, 4 * HOUR);
+}
+
 /// After a doubling decided on late labels, windows made before the new
 /// interval took full effect prove nothing: no second doubling until
 /// windows made under it have matured.
