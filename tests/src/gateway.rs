@@ -41,6 +41,19 @@ pub fn definitions() -> PathBuf {
     workspace_root().join("feature-store/definitions/fraud.toml")
 }
 
+/// The example definitions with their `[[refresh_job]]` replaced by `job`
+/// (TOML from `[[refresh_job]]` on), for tests that tune a job of their own.
+///
+/// # Errors
+/// When the example definitions cannot be read or declare no job.
+pub fn definitions_with_refresh_job(job: &str) -> Result<String> {
+    let text = std::fs::read_to_string(definitions())?;
+    let at = text
+        .find("[[refresh_job]]")
+        .context("the example definitions declare no [[refresh_job]]")?;
+    Ok(format!("{}{job}", &text[..at]))
+}
+
 /// A gateway config for the example model on `model_grpc`, an embedded
 /// store `features.redb` beside the config, and `auth` as its `[auth]`
 /// section (e.g. [`DEV_AUTH`]).

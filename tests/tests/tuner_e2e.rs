@@ -25,12 +25,8 @@ const JOB: &str = "customer_profile_daily";
 /// 30-second windows (the interval doubles only after good windows that
 /// span a whole interval).
 fn definitions_with_job() -> Result<String> {
-    let text = std::fs::read_to_string(definitions())?;
-    let at = text
-        .find("[[refresh_job]]")
-        .context("the example definitions declare no [[refresh_job]]")?;
-    Ok(format!(
-        r#"{}[[refresh_job]]
+    rig::gateway::definitions_with_refresh_job(&format!(
+        r#"[[refresh_job]]
 name = "{JOB}"
 script_version = "e2e-v1"
 interval = "30s"
@@ -48,8 +44,7 @@ good_windows = 1
 cooldown_windows = 2
 min_samples = 100
 window = "30s"
-"#,
-        &text[..at]
+"#
     ))
 }
 

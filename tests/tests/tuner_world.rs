@@ -318,12 +318,8 @@ impl World {
 /// one that loads the world's file every 10 s, judged on 20 s windows of
 /// labels that mature 8 s after their window.
 fn definitions_with_job() -> Result<String> {
-    let text = std::fs::read_to_string(definitions())?;
-    let at = text
-        .find("[[refresh_job]]")
-        .context("the example definitions declare no [[refresh_job]]")?;
-    Ok(format!(
-        r#"{}[[refresh_job]]
+    rig::gateway::definitions_with_refresh_job(&format!(
+        r#"[[refresh_job]]
 name = "{JOB}"
 script_version = "world-v1"
 interval = "10s"
@@ -342,8 +338,7 @@ cooldown_windows = 1
 min_samples = 600
 window = "20s"
 label_delay = "8s"
-"#,
-        &text[..at]
+"#
     ))
 }
 
