@@ -44,7 +44,7 @@ pub enum Trigger {
         by: String,
     },
     /// The last run failed or timed out: tried again before the next slot
-    /// (see [`retry_after`]).
+    /// (see [`wait_after`]).
     Retry {
         /// Runs failed in a row.
         failed: u32,
@@ -175,15 +175,18 @@ impl ScheduleState {
     }
 }
 
-/// How long after the start of a failed run (the `failures`-th in a row)
-/// the scheduler tries again. Until a run succeeds the previous batch is
-/// served, older than the interval allows, so waiting for the next slot
-/// would serve it for up to two intervals: an eighth of the interval
-/// instead, doubling with each failure in a row (a broken source is not
-/// hammered), at least 30 s, never later than the next slot.
-pub fn retry_after(interval: Duration, failures: u32) -> Duration {
+/// How long after a run's start the next one is due: the interval after a
+/// run that worked. After the `failures`-th failed run in a row the previous
+/// batch is still served, older than the interval allows, and waiting for
+/// the next slot would serve it for up to two intervals: an eighth of the
+/// interval instead, doubling with each failure in a row (a broken source
+/// is not hammered), at least 30 s, never later than the next slot.
+pub fn wait_after(interval: Duration, failures: u32) -> Duration {
+    if failures == 0 {
+        return interval;
+    }
     let first = (interval / 8).max(Duration::from_secs(30));
     first
-        .saturating_mul(1u32 << failures.saturating_sub(1).min(16))
+        .saturating_mul(1u32 << (failures - 1).min(16))
         .min(interval)
 }

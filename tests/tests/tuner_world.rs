@@ -350,6 +350,12 @@ fn replace_file(path: &std::path::Path, text: &str) -> Result<()> {
     Ok(())
 }
 
+/// The guard of `m`, even if a task panicked while holding it (the test
+/// fails on that panic anyway).
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 #[derive(Default)]
 struct Traffic {
     predicted: AtomicU64,
@@ -361,11 +367,7 @@ struct Traffic {
 impl Traffic {
     fn fail(&self, what: String) {
         self.failed.fetch_add(1, Ordering::Relaxed);
-        let mut first = self
-            .first_failure
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        first.get_or_insert(what);
+        lock(&self.first_failure).get_or_insert(what);
     }
 }
 
@@ -454,13 +456,8 @@ async fn next_decision(
 async fn the_tuner_doubles_reverts_and_shortens_as_served_profiles_go_stale() -> Result<()> {
     let (dir, config) = rig::gateway::scratch("tuner_world", DEV_AUTH, |c| c).await?;
     let world = Arc::new(Mutex::new(World::new(20_240_611)));
-    let lock = |w: &Arc<Mutex<World>>| {
-        w.lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .csv()
-    };
     let source = dir.join("profile.csv");
-    replace_file(&source, &lock(&world))?;
+    replace_file(&source, &lock(&world).csv())?;
     let defs = dir.join("features.toml");
     std::fs::write(&defs, definitions_with_job()?)?;
     let text = std::fs::read_to_string(&config)?.replace(
@@ -497,9 +494,7 @@ async fn the_tuner_doubles_reverts_and_shortens_as_served_profiles_go_stale() ->
             while !stop.load(Ordering::Relaxed) {
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 let csv = {
-                    let mut w = world
-                        .lock()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner);
+                    let mut w = lock(&world);
                     w.step(last.elapsed());
                     w.csv()
                 };
@@ -524,10 +519,7 @@ async fn the_tuner_doubles_reverts_and_shortens_as_served_profiles_go_stale() ->
                 let Ok(permit) = in_flight.clone().acquire_owned().await else {
                     break;
                 };
-                let drawn = world
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .payment();
+                let drawn = lock(&world).payment();
                 let (http, base, traffic) = (http.clone(), base.clone(), traffic.clone());
                 tokio::spawn(predict_then_label(permit, http, base, drawn, traffic));
             }
@@ -551,10 +543,7 @@ async fn the_tuner_doubles_reverts_and_shortens_as_served_profiles_go_stale() ->
 
         // 2. The world starts moving fast: at 20 s most served profiles are
         // outdated, the AUC falls, and the tuner goes back to 10 s.
-        world
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .change_per_s = FAST_CHANGE_PER_S;
+        lock(&world).change_per_s = FAST_CHANGE_PER_S;
         let (at, reverted) = next_decision(&show, "reverted", at + 1, limit).await?;
         eprintln!("reverted: {reverted}");
         assert_eq!(
@@ -594,11 +583,7 @@ async fn the_tuner_doubles_reverts_and_shortens_as_served_profiles_go_stale() ->
     );
     eprintln!("{predicted} predictions, {labelled} labels, {failed} failed calls");
     outcome?;
-    let first = traffic
-        .first_failure
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .clone();
+    let first = lock(&traffic.first_failure).clone();
     assert!(
         failed * 100 <= predicted,
         "{failed} failed calls of {predicted}; first: {first:?}"

@@ -2,7 +2,7 @@
 //! interval (the tuner's, or the declared one), judges the tuner's window
 //! every evaluation window, honours a person's run request, applies the
 //! job's missed-run policy after downtime, retries a failed run before the
-//! next slot ([`retry_after`]), and stops a run at its timeout.
+//! next slot ([`wait_after`]), and stops a run at its timeout.
 //!
 //! Two schedulers never run one job at once: a run holds the job's lease in
 //! the store (a lightweight transaction on ScyllaDB, a write transaction on
@@ -34,7 +34,7 @@ use crate::tuner::TunedJob;
 use crate::tuner::controller::{Decision, human};
 
 pub use crate::runs::{
-    KEPT_RUNS, RunOutcome, RunRecord, RunRequest, ScheduleState, Trigger, retry_after,
+    KEPT_RUNS, RunOutcome, RunRecord, RunRequest, ScheduleState, Trigger, wait_after,
 };
 
 /// Where time comes from for [`Scheduler::run`].
@@ -207,15 +207,11 @@ fn due(
     };
     let interval = interval.max(Duration::from_secs(1));
     let failures = schedule.failures_in_a_row();
-    if failures > 0 && since < interval {
-        return if since < retry_after(interval, failures) {
-            Due::Nothing
-        } else {
-            Due::Run(Trigger::Retry { failed: failures })
-        };
+    if since < wait_after(interval, failures) {
+        return Due::Nothing;
     }
     if since < interval {
-        return Due::Nothing;
+        return Due::Run(Trigger::Retry { failed: failures });
     }
     // Slots whose time has come since the anchor: one is the normal run,
     // more mean the scheduler was not running.

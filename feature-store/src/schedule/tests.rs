@@ -416,8 +416,9 @@ command = ["sh", "-c", "test -f source-ready || { echo 'warehouse not ready' >&2
     assert_eq!(started(&f.tick(113 * MIN).await), [Trigger::Scheduled]);
     // The fourth retry in a row would wait the whole interval: that is the
     // next slot.
-    assert_eq!(retry_after(HOUR, 4), HOUR);
-    assert_eq!(retry_after(2 * MIN, 1), Duration::from_secs(30));
+    assert_eq!(wait_after(HOUR, 4), HOUR);
+    assert_eq!(wait_after(2 * MIN, 1), Duration::from_secs(30));
+    assert_eq!(wait_after(HOUR, 0), HOUR);
 }
 
 #[tokio::test]

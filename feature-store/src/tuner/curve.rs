@@ -26,6 +26,14 @@ const MIN_BUCKET_SAMPLES: f64 = 100.0;
 /// For AUC, this many of each class too.
 const MIN_BUCKET_CLASS: f64 = 10.0;
 
+/// The ages `[lo, hi)` of bucket `i` in seconds (the last reaches twice its
+/// start). `i` is below `bounds.len()`.
+fn span(bounds: &[Duration], i: usize) -> (f64, f64) {
+    let lo = bounds[i].as_secs_f64();
+    let hi = bounds.get(i + 1).map_or(lo * 2.0, Duration::as_secs_f64);
+    (lo, hi)
+}
+
 /// Decayed statistics of the samples in one age bucket.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Stats {
@@ -160,6 +168,19 @@ impl AgeCurve {
         }
     }
 
+    /// (bucket, middle age in s, metric, samples) of every bucket that can
+    /// be told.
+    fn seen(&self, kind: MetricKind, bounds: &[Duration]) -> Vec<(usize, f64, f64, f64)> {
+        self.buckets
+            .iter()
+            .zip(0..bounds.len())
+            .filter_map(|(b, i)| {
+                let (lo, hi) = span(bounds, i);
+                b.metric(kind).map(|m| (i, f64::midpoint(lo, hi), m, b.n))
+            })
+            .collect()
+    }
+
     /// The metric the curve has learned at the oldest ages of `samples`
     /// (their 90th percentile; every hour must hold, the last of a cycle
     /// too): interpolated between the buckets' midpoints, extended past the
@@ -182,14 +203,9 @@ impl AgeCurve {
         ages.sort_by(f64::total_cmp);
         let x = ages[ages.len() * 9 / 10];
         let points: Vec<(f64, f64)> = self
-            .buckets
-            .iter()
-            .enumerate()
-            .filter_map(|(i, b)| {
-                let lo = bounds.get(i)?.as_secs_f64();
-                let hi = bounds.get(i + 1).map_or(lo * 2.0, Duration::as_secs_f64);
-                b.metric(kind).map(|m| (f64::midpoint(lo, hi), m))
-            })
+            .seen(kind, bounds)
+            .into_iter()
+            .map(|(_, mid, m, _)| (mid, m))
             .collect();
         let (&first, &last) = (points.first()?, points.last()?);
         if x <= first.0 || points.len() == 1 {
@@ -218,21 +234,7 @@ impl AgeCurve {
         bounds: &[Duration],
         interval: Duration,
     ) -> Option<Prediction> {
-        let span = |i: usize| -> (f64, f64) {
-            let lo = bounds[i].as_secs_f64();
-            let hi = bounds.get(i + 1).map_or(lo * 2.0, Duration::as_secs_f64);
-            (lo, hi)
-        };
-        // (middle age in s, metric, samples) of every bucket that can be told.
-        let seen: Vec<(usize, f64, f64, f64)> = self
-            .buckets
-            .iter()
-            .enumerate()
-            .filter_map(|(i, b)| {
-                let (lo, hi) = span(i);
-                b.metric(kind).map(|m| (i, f64::midpoint(lo, hi), m, b.n))
-            })
-            .collect();
+        let seen = self.seen(kind, bounds);
         let (&(last_i, last_mid, last_m, _), _) = seen.split_last()?;
         if seen.len() < 2 {
             return None;
@@ -263,7 +265,7 @@ impl AgeCurve {
         let j = interval.as_secs_f64();
         let (mut total, mut weight) = (0.0, 0.0);
         for i in 0..bounds.len() {
-            let (lo, hi) = span(i);
+            let (lo, hi) = span(bounds, i);
             if lo >= j {
                 break;
             }
@@ -279,7 +281,7 @@ impl AgeCurve {
         }
         (weight > 0.0).then(|| Prediction {
             metric: total / weight,
-            oldest_seen: Duration::from_secs_f64(span(last_i).1),
+            oldest_seen: Duration::from_secs_f64(span(bounds, last_i).1),
             samples: seen.iter().map(|x| x.3).sum(),
         })
     }

@@ -19,7 +19,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::controller::{Action, Decision, JobState, Policy, Window};
 use super::metric::{MetricKind, Sample};
-use crate::runs::retry_after;
+use crate::runs::wait_after;
 
 const HOUR: Duration = Duration::from_secs(3600);
 /// Ground truth and refresh timing are resolved to this step.
@@ -321,7 +321,7 @@ impl Refreshes {
             } else {
                 // As the scheduler does: try again before the next slot.
                 self.failures += 1;
-                self.next = start + retry_after(interval, self.failures);
+                self.next = start + wait_after(interval, self.failures);
             }
         }
         t.saturating_sub(self.snapshot)
@@ -330,12 +330,7 @@ impl Refreshes {
     /// The interval changed at `t`: the next run is one new interval (or
     /// retry delay) after the last start, or now when that is past.
     fn replan(&mut self, t: Duration, interval: Duration) {
-        let wait = if self.failures > 0 {
-            retry_after(interval, self.failures)
-        } else {
-            interval
-        };
-        self.next = (self.last_start + wait).max(t);
+        self.next = (self.last_start + wait_after(interval, self.failures)).max(t);
     }
 }
 
