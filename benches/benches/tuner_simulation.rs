@@ -263,7 +263,7 @@ fn main() -> Result<()> {
     )?;
     writeln!(
         md,
-        "**The world** (feature_store::tuner::sim): a binary model, fresh-feature AUC ≈ 0.95 (30 % positives), whose signal decays as e^(−λ·age); AUC threshold {}. Each hour is judged by the world's ground truth (the exact AUC of its predictions in expectation, feature ages sampled every 5 minutes), whether or not its labels ever arrive. Labels are drawn per prediction and arrive after a random delay; a window is judged once its declared maturity (the longest delay) has passed.\n",
+        "**The world** (feature_store::tuner::sim): a binary model, fresh-feature AUC ≈ 0.95 (30 % positives), whose signal decays as e^(−λ·age); AUC threshold {}. Each hour is judged by the world's ground truth (the exact AUC of its predictions in expectation, feature ages sampled every 5 minutes), whether or not its labels ever arrive. Labels are drawn per prediction and arrive after a random delay; a window is judged once its declared maturity (the longest delay) has passed, and looked at early, an eighth of that after its end, on the labels that have arrived by then (an early look may only shorten the interval).\n",
         policies[0].1.threshold
     )?;
     for (name, p, start, drift) in &policies {

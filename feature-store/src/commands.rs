@@ -359,18 +359,23 @@ async fn tuner(cli: &Cli, action: &TunerAction, json: bool) -> Result<ExitCode> 
                 )
             })?;
             let store = connect(cli).await?;
-            let decision = feature_store::schedule::tuning::evaluate(
+            let evaluation = feature_store::schedule::tuning::evaluate(
                 &store,
                 &tuned,
                 feature_store::store::now_micros(),
             )
             .await?;
             if json {
-                print_json(
-                    &json!({"job": tuned.job, "view": tuned.view, "decision": jobs::decision_json(&decision)}),
-                );
+                print_json(&json!({
+                    "job": tuned.job,
+                    "view": tuned.view,
+                    "decision": jobs::decision_json(&evaluation.matured),
+                    "early_look": evaluation.early.as_ref().map(jobs::decision_json),
+                }));
             } else {
-                out!("{}: {}", tuned.job, decision.reason);
+                for decision in evaluation.decisions() {
+                    out!("{}: {}", tuned.job, decision.reason);
+                }
             }
         }
         TunerAction::Show { job, history } => {

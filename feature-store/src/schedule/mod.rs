@@ -441,11 +441,11 @@ impl<S: FullStore> Scheduler<S> {
             tuning::evaluate(store, job, now).await.map(Some)
         };
         store.release_lease(&lease, &self.config.holder).await?;
-        if let Some(decision) = result? {
-            events.push(TickEvent::Evaluated {
+        if let Some(evaluation) = result? {
+            events.extend(evaluation.decisions().map(|decision| TickEvent::Evaluated {
                 job: job.job.clone(),
-                decision,
-            });
+                decision: decision.clone(),
+            }));
         }
         Ok(())
     }

@@ -549,6 +549,111 @@ async fn the_tuner_is_judged_every_window_and_its_interval_drives_the_schedule()
     assert!(e.to_string().contains("\"profile_daily\""), "{e}");
 }
 
+/// A logged prediction of `scorer` at `at` whose "profile" rows were `age`
+/// old, scored `fraud_score`, and its label.
+fn labelled(
+    at: SystemTime,
+    age: Duration,
+    fraud_score: f64,
+    fraud: bool,
+) -> (crate::log::PredictionRecord, crate::log::FeedbackRecord) {
+    use crate::log::{FeedbackRecord, LoggedOutput, Outcome, PredictionRecord, PredictionSource};
+    let since = at.duration_since(std::time::UNIX_EPOCH).unwrap();
+    let ts = uuid::Timestamp::from_unix(uuid::NoContext, since.as_secs(), since.subsec_nanos());
+    let id = uuid::Uuid::new_v7(ts).to_string();
+    let prediction = PredictionRecord {
+        prediction_id: id.clone(),
+        at,
+        subject: "svc".to_owned(),
+        model: "scorer".to_owned(),
+        model_version: "1".to_owned(),
+        route: "stable".to_owned(),
+        entity: "user_id=u-1".to_owned(),
+        inputs: vec![0.0],
+        view_ages_ms: std::collections::BTreeMap::from([(
+            "profile".to_owned(),
+            Some(u64::try_from(age.as_millis()).unwrap()),
+        )]),
+        defaulted: Vec::new(),
+        outputs: vec![LoggedOutput {
+            name: "probabilities".to_owned(),
+            label: Some("fraud".to_owned()),
+            score: fraud_score,
+        }],
+        shadow_of: None,
+        model_time_us: None,
+        source: PredictionSource::Live,
+    };
+    let feedback = FeedbackRecord {
+        prediction_id: id,
+        outcome: Outcome::Label(if fraud { "fraud" } else { "legit" }.to_owned()),
+        observed_at: at,
+        received_at: at,
+        subject: "svc".to_owned(),
+    };
+    (prediction, feedback)
+}
+
+/// Labels declared a week late: the scheduler also looks at the window of
+/// 21 hours ago on the labels it has so far, and shortens the interval on
+/// them instead of waiting for the week.
+#[tokio::test]
+async fn the_scheduler_looks_early_at_labels_that_arrived_so_far() {
+    let job = TUNED_JOB.replace("window = \"1h\"", "window = \"1h\"\nlabel_delay = \"7d\"");
+    let f = fixture(&job).await;
+    f.tick(Duration::ZERO).await;
+    // The first hour's predictions rank fraud no better than chance.
+    let mut predictions = Vec::new();
+    for i in 0..40u32 {
+        let (p, l) = labelled(
+            f.t0 + i * MIN,
+            30 * MIN,
+            f64::from(i % 2) * 0.5 + 0.25,
+            i % 4 < 2,
+        );
+        f.store
+            .write_feedback(&l, Duration::from_secs(30 * 86_400))
+            .await
+            .unwrap();
+        predictions.push(p);
+    }
+    f.store
+        .write_predictions(&predictions, Duration::from_secs(30 * 86_400))
+        .await
+        .unwrap();
+    let events = f.tick(22 * HOUR).await;
+    let decisions: Vec<_> = events
+        .iter()
+        .filter_map(|e| match e {
+            TickEvent::Evaluated { decision, .. } => Some(decision),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(decisions.len(), 2, "{decisions:?}");
+    // The matured window (a week ago) had nothing; the early look acted.
+    assert_eq!(
+        decisions[0].action,
+        crate::tuner::controller::Action::TooFewLabels
+    );
+    let early = decisions[1];
+    assert_eq!(early.action, crate::tuner::controller::Action::Shortened);
+    assert_eq!(early.basis, crate::tuner::controller::Basis::EarlyLabels);
+    assert_eq!((early.from, early.to), (HOUR, 30 * MIN));
+    assert_eq!(early.samples, 40);
+    assert!(
+        early.reason.contains("arrived within 21 h"),
+        "{}",
+        early.reason
+    );
+    let state = f
+        .store
+        .get_tuner_state("profile_daily")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(state.interval, 30 * MIN);
+}
+
 /// A scheduled refresh of a view with a similarity index builds the index
 /// from the batch it loaded, and a rerun of identical input leaves it be.
 #[tokio::test]

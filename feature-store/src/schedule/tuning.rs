@@ -1,5 +1,5 @@
 //! The tuner's steps that read and write the store: load a job's state,
-//! judge a window from the prediction log, pin or unpin its interval. The
+//! judge a window from the prediction log (and look early at a later one), pin or unpin its interval. The
 //! scheduler calls them every evaluation window; the CLI and the admin API
 //! for pins and dry runs.
 
@@ -8,7 +8,8 @@ use std::time::SystemTime;
 
 use crate::store::{LogStore, LogWindow, StoreError, TunerStore};
 use crate::tuner::TunedJob;
-use crate::tuner::controller::{Decision, JobState, Pin, Window};
+use crate::tuner::controller::{Decision, JobState, Pin, Window, early_look_lag};
+use crate::tuner::metric::Sample;
 
 /// The job's saved state, or a new one that adopts its current interval as
 /// already in force (so the first window is judged).
@@ -31,11 +32,29 @@ pub async fn load_state<S: TunerStore>(store: &S, job: &TunedJob) -> Result<JobS
     })
 }
 
-/// Judges the window of predictions whose labels matured by `now`: the
-/// window ending the job's label delay before `now`. Reads the prediction
-/// log joined with feedback, computes the samples of the job's model (each
-/// with its feature age), lets the controller decide and saves the state.
-/// Returns the decision.
+/// What one evaluation decided: on the window whose labels matured, and,
+/// when it changed the interval, on the early look at a later window.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Evaluation {
+    /// The decision on the matured window.
+    pub matured: Decision,
+    /// The early look's decision, when it acted.
+    pub early: Option<Decision>,
+}
+
+impl Evaluation {
+    /// Its decisions, the matured window's first.
+    pub fn decisions(&self) -> impl Iterator<Item = &Decision> {
+        std::iter::once(&self.matured).chain(&self.early)
+    }
+}
+
+/// Judges the window of predictions whose labels matured by `now` (the
+/// window ending the job's label delay before `now`), then looks early at
+/// the window ending [`early_look_lag`] before `now` on the labels it has
+/// so far. Reads the prediction log joined with feedback, computes the
+/// samples of the job's model (each with its feature age), lets the
+/// controller decide and saves the state.
 ///
 /// # Errors
 /// The store's failure.
@@ -43,17 +62,58 @@ pub async fn evaluate<S: TunerStore + LogStore>(
     store: &S,
     job: &TunedJob,
     now: SystemTime,
-) -> Result<Decision, StoreError> {
+) -> Result<Evaluation, StoreError> {
     let mut state = load_state(store, job).await?;
     let end = now
         .checked_sub(job.policy.label_delay)
         .unwrap_or(SystemTime::UNIX_EPOCH);
-    let start = end
-        .checked_sub(job.window)
-        .unwrap_or(SystemTime::UNIX_EPOCH);
+    let (samples, version) = window_samples(store, job, end).await?;
+    let matured = state.observe(
+        &job.policy,
+        Window {
+            start: end
+                .checked_sub(job.window)
+                .unwrap_or(SystemTime::UNIX_EPOCH),
+            end,
+            judged_at: now,
+            samples: &samples,
+            model_version: version.as_deref(),
+        },
+    );
+    let mut early = None;
+    if let Some(lag) = early_look_lag(&job.policy, job.window)
+        && let Some(end) = now.checked_sub(lag)
+    {
+        let (samples, version) = window_samples(store, job, end).await?;
+        early = state.look_early(
+            &job.policy,
+            Window {
+                start: end
+                    .checked_sub(job.window)
+                    .unwrap_or(SystemTime::UNIX_EPOCH),
+                end,
+                judged_at: now,
+                samples: &samples,
+                model_version: version.as_deref(),
+            },
+        );
+    }
+    store.put_tuner_state(&state).await?;
+    Ok(Evaluation { matured, early })
+}
+
+/// The job's labelled samples of the window ending at `end`, and the model
+/// version that made most of them.
+async fn window_samples<S: LogStore>(
+    store: &S,
+    job: &TunedJob,
+    end: SystemTime,
+) -> Result<(Vec<Sample>, Option<String>), StoreError> {
     let log = store
         .read_log(LogWindow {
-            from: start,
+            from: end
+                .checked_sub(job.window)
+                .unwrap_or(SystemTime::UNIX_EPOCH),
             to: end,
             limit: usize::MAX,
         })
@@ -72,20 +132,9 @@ pub async fn evaluate<S: TunerStore + LogStore>(
     let version = versions
         .iter()
         .max_by_key(|(_, n)| **n)
-        .map(|(v, _)| *v)
+        .map(|(v, _)| (*v).to_owned())
         .filter(|v| !v.is_empty());
-    let decision = state.observe(
-        &job.policy,
-        Window {
-            start,
-            end,
-            judged_at: now,
-            samples: &samples,
-            model_version: version,
-        },
-    );
-    store.put_tuner_state(&state).await?;
-    Ok(decision)
+    Ok((samples, version))
 }
 
 /// Pins (or with None unpins, on behalf of `by`) a job's interval and saves

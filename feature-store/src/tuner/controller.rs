@@ -6,7 +6,10 @@
 //! Labels arrive late (fraud labels are chargebacks), so a window is judged
 //! once its labels matured: its predictions were made under whatever
 //! interval was in force then, which the state remembers ([`Regime`]), and
-//! a bad window is blamed on that interval, not on the current one.
+//! a bad window is blamed on that interval, not on the current one. An
+//! early look at a younger window, on the labels it has so far, may pull
+//! the interval back before a week of late labels has passed (never push
+//! it out).
 //! Predictions whose features were older than their interval allows (a
 //! refresh failed or was skipped) are judged as served and counted in the
 //! decision. A window below the threshold counts against the interval it
@@ -22,7 +25,7 @@ use std::time::{Duration, SystemTime};
 use serde::{Deserialize, Serialize};
 
 use super::curve::{AgeCurve, Prediction};
-use super::metric::Sample;
+use super::metric::{MetricKind, Sample};
 pub use crate::definitions::Policy;
 
 /// Intervals in force remembered, newest last (windows judged late look
@@ -91,6 +94,8 @@ pub enum Basis {
     /// The window's metric, and the metric by feature age predicted for a
     /// longer interval (a doubling made or refused).
     WindowAndCurve,
+    /// The labels a window had before it matured (an early look).
+    EarlyLabels,
 }
 
 /// An interval in force from `since` (when the decision was made) until
@@ -214,6 +219,9 @@ pub struct JobState {
     /// [`FAIL_EVIDENCE`]).
     #[serde(default)]
     pub evidence: Evidence,
+    /// The same, from early looks at windows not yet matured.
+    #[serde(default)]
+    pub early_evidence: Evidence,
 }
 
 /// Decisions kept per job.
@@ -243,6 +251,41 @@ pub struct Window<'a> {
     pub samples: &'a [Sample],
     /// The model version that made most of them.
     pub model_version: Option<&'a str>,
+}
+
+/// How far `m`, the metric over `samples`, falls short of the threshold in
+/// standard errors (negative above it), and the standard error.
+fn shortfall(policy: &Policy, samples: &[Sample], m: f64) -> (f64, Option<f64>) {
+    let se = policy.metric.standard_error(samples, m);
+    let below = if policy.metric.higher_is_better() {
+        policy.threshold - m
+    } else {
+        m - policy.threshold
+    };
+    let z = match se {
+        Some(se) if se > 0.0 => below / se,
+        _ if below > 0.0 => f64::INFINITY,
+        _ => 0.0,
+    };
+    (z, se)
+}
+
+/// How long after a window's end it gets its early look: an eighth of the
+/// label delay, in whole windows (None: labels mature within a window, or
+/// the metric is not AUC). Only AUC is looked at early: it compares
+/// positives with negatives, so labels of one class arriving sooner than
+/// the other's do not bias it, as long as within a class a label's delay
+/// does not depend on the score; a mean metric over early labels would
+/// weigh the faster class more.
+pub fn early_look_lag(policy: &Policy, window: Duration) -> Option<Duration> {
+    if policy.metric != MetricKind::Auc || window.is_zero() {
+        return None;
+    }
+    let windows = (policy.label_delay.as_secs() / 8)
+        .div_ceil(window.as_secs())
+        .max(1);
+    let lag = window * u32::try_from(windows).ok()?;
+    (lag < policy.label_delay).then_some(lag)
 }
 
 /// "90 min", "2 h", "1 d 6 h": short human durations for reasons.
@@ -291,6 +334,7 @@ impl JobState {
             model_version: None,
             windows_without_labels: 0,
             evidence: Evidence::default(),
+            early_evidence: Evidence::default(),
         }
     }
 
@@ -302,6 +346,7 @@ impl JobState {
         self.settled_at = at + interval;
         self.changed_at = Some(at);
         self.evidence = Evidence::default();
+        self.early_evidence = Evidence::default();
         self.regimes.push(Regime {
             since: at,
             interval,
@@ -417,6 +462,126 @@ impl JobState {
         }
     }
 
+    /// The interval `served` failed (`metric` and `evidence` say how): back
+    /// to the last good interval when `served` was a trial longer than it,
+    /// else half of `served` (which was believed good), then cool down.
+    fn fail(
+        &mut self,
+        policy: &Policy,
+        served: Duration,
+        at: SystemTime,
+        metric: &str,
+        evidence: &str,
+    ) -> (Action, String) {
+        let from = self.interval;
+        if self.interval > self.last_good && served > self.last_good {
+            self.failed_attempts += 1;
+            self.cooldown_left = policy
+                .cooldown_windows
+                .saturating_mul(1 << (self.failed_attempts - 1).min(6));
+            let back = self.last_good;
+            self.change_to(back, at);
+            return (
+                Action::Reverted,
+                format!(
+                    "reverted {} → {}: {metric}, {evidence}; cool-down {} window(s)",
+                    human(from),
+                    human(back),
+                    self.cooldown_left
+                ),
+            );
+        }
+        let halved = (served / 2).max(policy.min_interval).min(self.interval);
+        self.last_good = halved;
+        self.change_to(halved, at);
+        self.cooldown_left = policy.cooldown_windows;
+        let bound = if halved == from {
+            " (already at the minimum interval)"
+        } else {
+            ""
+        };
+        let at = if served == from {
+            "at the last good interval".to_owned()
+        } else {
+            format!("at {}, an interval believed good", human(served))
+        };
+        (
+            Action::Shortened,
+            format!(
+                "shortened {} → {}{bound}: {metric} {at}, {evidence}",
+                human(from),
+                human(halved)
+            ),
+        )
+    }
+
+    /// Looks early at a window whose labels have not all arrived (see
+    /// [`early_look_lag`]): its labels so far are evidence against the
+    /// interval it was served at, summed like a matured window's but apart
+    /// from them, and the interval falls back as soon as that evidence
+    /// suffices. It never lengthens an interval nor teaches the curve:
+    /// those wait for the matured window. Returns a decision only when the
+    /// interval changed.
+    pub fn look_early(&mut self, policy: &Policy, w: Window<'_>) -> Option<Decision> {
+        if self.pin.is_some()
+            || policy.metric != MetricKind::Auc
+            || w.samples.len() < policy.min_samples
+        {
+            return None;
+        }
+        if let (Some(old), Some(new)) = (&self.model_version, w.model_version)
+            && old != new
+        {
+            return None;
+        }
+        let m = policy.metric.compute(w.samples)?;
+        let served = self.interval_during(w.start, w.end);
+        let settling = w.start < self.settled_at;
+        let before_change = self.changed_at.is_some_and(|c| w.end <= c);
+        if served > self.interval || (settling && !before_change && served <= self.last_good) {
+            return None;
+        }
+        let (z, _) = shortfall(policy, w.samples, m);
+        if self.early_evidence.served != served {
+            self.early_evidence = Evidence { served, score: 0.0 };
+        }
+        self.early_evidence.score = (self.early_evidence.score + z - EVIDENCE_ALLOWANCE).max(0.0);
+        if policy.metric.meets(m, policy.threshold) || self.early_evidence.score < FAIL_EVIDENCE {
+            return None;
+        }
+        let from = self.interval;
+        let lag = w.judged_at.duration_since(w.end).unwrap_or_default();
+        let score = self.early_evidence.score;
+        let (action, reason) = self.fail(
+            policy,
+            served,
+            w.judged_at,
+            &format!(
+                "{} {m:.3} < {:.3} on the {} label(s) arrived within {} of the window's end",
+                policy.metric.name(),
+                policy.threshold,
+                w.samples.len(),
+                human(lag)
+            ),
+            &format!("{z:.1} standard error(s) below; early evidence {score:.1} ≥ {FAIL_EVIDENCE}"),
+        );
+        let decision = Decision {
+            at: w.end,
+            action,
+            from,
+            to: self.interval,
+            metric: Some(m),
+            samples: w.samples.len(),
+            reason,
+            basis: Basis::EarlyLabels,
+            predicted: None,
+            stale: 0,
+            judged_at: Some(w.judged_at),
+        };
+        self.push(decision.clone());
+        Some(decision)
+    }
+
     /// Decides on one window and returns the decision (also kept in the
     /// history).
     pub fn observe(&mut self, policy: &Policy, w: Window<'_>) -> Decision {
@@ -525,17 +690,7 @@ impl JobState {
             let settling = w.start < self.settled_at;
             let before_change = self.changed_at.is_some_and(|c| w.end <= c);
             // How far below the threshold, in this window's sampling errors.
-            let se = policy.metric.standard_error(w.samples, m);
-            let below = if policy.metric.higher_is_better() {
-                threshold - m
-            } else {
-                m - threshold
-            };
-            let z = match se {
-                Some(se) if se > 0.0 => below / se,
-                _ if below > 0.0 => f64::INFINITY,
-                _ => 0.0,
-            };
+            let (z, se) = shortfall(policy, w.samples, m);
             if self.evidence.served != served {
                 self.evidence = Evidence { served, score: 0.0 };
             }
@@ -588,20 +743,12 @@ impl JobState {
                     ),
                 )
             } else if !good && self.interval > self.last_good && served > self.last_good {
-                self.failed_attempts += 1;
-                self.cooldown_left = policy
-                    .cooldown_windows
-                    .saturating_mul(1 << (self.failed_attempts - 1).min(6));
-                let back = self.last_good;
-                self.change_to(back, w.judged_at);
-                (
-                    Action::Reverted,
-                    format!(
-                        "reverted {} → {}: {name} {m:.3} {misses} {threshold:.3}, {evidence}; cool-down {} window(s)",
-                        human(from),
-                        human(back),
-                        self.cooldown_left
-                    ),
+                self.fail(
+                    policy,
+                    served,
+                    w.judged_at,
+                    &format!("{name} {m:.3} {misses} {threshold:.3}"),
+                    &evidence,
                 )
             } else if settling && (good || !before_change) {
                 // Rows refreshed under the previous interval are still being
@@ -616,29 +763,12 @@ impl JobState {
                     ),
                 )
             } else if !good {
-                // The interval these predictions were served at, believed
-                // good, is not: half of it.
-                let halved = (served / 2).max(policy.min_interval).min(self.interval);
-                self.last_good = halved;
-                self.change_to(halved, w.judged_at);
-                self.cooldown_left = policy.cooldown_windows;
-                let bound = if halved == from {
-                    " (already at the minimum interval)"
-                } else {
-                    ""
-                };
-                let at = if served == from {
-                    "at the last good interval".to_owned()
-                } else {
-                    format!("at {}, an interval believed good", human(served))
-                };
-                (
-                    Action::Shortened,
-                    format!(
-                        "shortened {} → {}{bound}: {name} {m:.3} {misses} {threshold:.3} {at}, {evidence}",
-                        human(from),
-                        human(halved)
-                    ),
+                self.fail(
+                    policy,
+                    served,
+                    w.judged_at,
+                    &format!("{name} {m:.3} {misses} {threshold:.3}"),
+                    &evidence,
                 )
             } else if self.cooldown_left > 0 {
                 self.cooldown_left -= 1;

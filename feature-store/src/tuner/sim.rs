@@ -17,7 +17,7 @@
 use std::collections::VecDeque;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use super::controller::{Action, Decision, JobState, Policy, Window};
+use super::controller::{Action, Decision, JobState, Policy, Window, early_look_lag};
 use super::metric::{MetricKind, Sample};
 use crate::runs::wait_after;
 
@@ -386,6 +386,7 @@ pub fn run(config: &SimConfig, fixed: Option<Duration>) -> SimResult {
     let mut refreshes = Refreshes::new(config.seed, start_interval);
     let window = config.window.max(HOUR);
     let delay = config.policy.label_delay;
+    let early_lag = early_look_lag(&config.policy, window);
     let mut pending: VecDeque<Pending> = VecDeque::new();
     let mut hours = Vec::new();
     let mut decisions = Vec::new();
@@ -471,6 +472,37 @@ pub fn run(config: &SimConfig, fixed: Option<Duration>) -> SimResult {
             }
             decisions.push(decision);
             judged_until = to;
+        }
+        // The early look at the window `lag` before now, on the labels
+        // that have arrived.
+        if let Some(lag) = early_lag
+            && let Some(to) = t.checked_sub(lag)
+            && let Some(from) = to.checked_sub(window)
+            && to > judged_until
+        {
+            let samples: Vec<Sample> = pending
+                .iter()
+                .rev()
+                .skip_while(|p| p.made >= to)
+                .take_while(|p| p.made >= from)
+                .filter(|p| p.arrives <= t)
+                .map(|p| p.sample)
+                .collect();
+            let before = state.interval;
+            let looked = state.look_early(
+                &config.policy,
+                Window {
+                    start: at(from),
+                    end: at(to),
+                    judged_at: at(t),
+                    samples: &samples,
+                    model_version: Some(world.model_at(from).2),
+                },
+            );
+            if state.interval != before {
+                refreshes.replan(t, state.interval);
+            }
+            decisions.extend(looked);
         }
     }
     SimResult {

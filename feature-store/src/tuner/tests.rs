@@ -2,7 +2,7 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use super::controller::{Action, Basis, JobState, Pin, Policy, Window};
+use super::controller::{Action, Basis, Decision, JobState, Pin, Policy, Window, early_look_lag};
 use super::metric::{MetricKind, Sample};
 
 const MIN: Duration = Duration::from_secs(60);
@@ -95,6 +95,23 @@ impl Run {
             .last()
             .map(|d| d.reason.clone())
             .unwrap_or_default()
+    }
+
+    /// Looks early, `lag` after it ends, at the next hour of predictions
+    /// whose labels so far are `samples`.
+    fn look_early(&mut self, samples: &[Sample], lag: Duration) -> Option<Decision> {
+        let start = self.now;
+        self.now += HOUR;
+        self.state.look_early(
+            &self.policy,
+            Window {
+                start,
+                end: self.now,
+                judged_at: self.now + lag,
+                samples,
+                model_version: Some(self.version),
+            },
+        )
     }
 
     /// Judges the next hour of predictions `samples`, `delay` after it ends.
@@ -614,4 +631,91 @@ fn the_curve_refuses_a_doubling_it_expects_to_miss() {
         d.is_some_and(|d| d.basis == Basis::WindowAndCurve && d.predicted.is_some()),
         "the curve decided"
     );
+}
+
+/// Labels a week late: a doubling that fails is seen on the labels that
+/// arrived within a day, and reverted then, not a week later; the matured
+/// window of that time is not acted on twice.
+#[test]
+fn early_labels_revert_a_failing_doubling_before_the_window_matures() {
+    let mut r = Run::new(HOUR);
+    let delay = 7 * 24 * HOUR;
+    r.policy.label_delay = delay;
+    let lag = early_look_lag(&r.policy, HOUR).unwrap_or_default();
+    assert_eq!(lag, 21 * HOUR);
+    r.settle();
+    let good = with_auc(0.95, 2000, HOUR);
+    while r.judge(&good, delay) != Action::Doubled {}
+    assert_eq!(r.state.interval, 2 * HOUR);
+    // Predictions made once the doubling took effect.
+    r.now = r.now.max(r.state.settled_at);
+    let before = r.state.clone();
+    let bad = with_auc(0.80, 500, 2 * HOUR);
+    let decision = r.look_early(&bad, lag);
+    let Some(d) = decision else {
+        panic!(
+            "no early decision on AUC 0.80: {:?}",
+            r.state.early_evidence
+        );
+    };
+    assert_eq!((d.action, d.basis), (Action::Reverted, Basis::EarlyLabels));
+    assert_eq!(r.state.interval, HOUR);
+    assert!(
+        d.reason
+            .contains("on the 500 label(s) arrived within 21 h of the window's end"),
+        "{}",
+        d.reason
+    );
+    assert_eq!(r.state.curve, before.curve, "an early look teaches nothing");
+    // The same window, matured a week later: already acted on.
+    r.now -= HOUR;
+    let matured = with_auc(0.80, 2000, 2 * HOUR);
+    assert_eq!(r.judge(&matured, delay), Action::AlreadyActed);
+    assert_eq!(r.state.interval, HOUR);
+}
+
+/// An early look never lengthens the interval nor counts toward a
+/// doubling, and one window a little below is noise until others agree.
+#[test]
+fn early_labels_only_ever_shorten() {
+    let mut r = Run::new(2 * HOUR);
+    let delay = 7 * 24 * HOUR;
+    r.policy.label_delay = delay;
+    r.settle();
+    let lag = 21 * HOUR;
+    let before = r.state.clone();
+    for _ in 0..10 {
+        assert!(r.look_early(&with_auc(0.95, 1000, 2 * HOUR), lag).is_none());
+    }
+    assert_eq!(r.state.good_streak, before.good_streak);
+    assert_eq!(r.state.history, before.history);
+    // 0.87 on 500 labels is about half a standard error below.
+    assert!(r.look_early(&with_auc(0.87, 500, 2 * HOUR), lag).is_none());
+    assert!(r.state.early_evidence.score > 0.0);
+    assert_eq!(r.state.interval, 2 * HOUR);
+    // Fewer labels than a decision needs: nothing, however low.
+    assert!(r.look_early(&with_auc(0.70, 99, 2 * HOUR), lag).is_none());
+    // Windows in a row below agree: the interval believed good is halved.
+    let low = with_auc(0.86, 500, 2 * HOUR);
+    let acted = (0..10).find_map(|_| r.look_early(&low, lag));
+    assert_eq!(acted.map(|d| d.action), Some(Action::Shortened));
+    assert_eq!(r.state.interval, HOUR);
+}
+
+/// Early looks are for AUC only (a mean over early labels weighs the class
+/// whose labels come first more), and only where labels take longer than
+/// a window.
+#[test]
+fn early_looks_are_taken_where_they_cannot_mislead() {
+    let mut p = policy();
+    p.label_delay = 30 * 24 * HOUR;
+    assert_eq!(early_look_lag(&p, HOUR), Some(90 * HOUR));
+    assert_eq!(early_look_lag(&p, 6 * HOUR), Some(90 * HOUR));
+    p.label_delay = 6 * HOUR;
+    assert_eq!(early_look_lag(&p, HOUR), Some(HOUR));
+    p.label_delay = HOUR;
+    assert_eq!(early_look_lag(&p, HOUR), None);
+    p.label_delay = 7 * 24 * HOUR;
+    p.metric = MetricKind::LogLoss;
+    assert_eq!(early_look_lag(&p, HOUR), None);
 }
