@@ -18,7 +18,8 @@
 //! so noise alone does not pull the interval back from where the true
 //! metric holds. Every window also
 //! teaches the metric by feature age ([`AgeCurve`]): a doubling is refused
-//! while the curve predicts the longer interval would miss the threshold.
+//! while the curve predicts the longer interval would miss the threshold,
+//! over a window or at the oldest age it serves.
 
 use std::time::{Duration, SystemTime};
 
@@ -398,7 +399,16 @@ impl JobState {
             _ => 1.0,
         };
         let shift = if low < 0.0 { low * scale } else { low };
-        Some((p, p.metric + if higher { shift } else { -shift }))
+        let window = p.metric + if higher { shift } else { -shift };
+        // Every hour must hold, the cycle's last too: a window longer than
+        // an hour averages the oldest rows with fresh ones.
+        let oldest = self.curve.at_age(kind, &bounds, interval).unwrap_or(window);
+        let worst = if higher {
+            window.min(oldest)
+        } else {
+            window.max(oldest)
+        };
+        Some((p, worst))
     }
 
     /// Pins the interval (the controller then holds it) or, with None,

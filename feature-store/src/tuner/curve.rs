@@ -4,11 +4,13 @@
 //! it was made, and the log holds predictions made at many ages (all of
 //! `[0, interval)` every cycle, older ones when a refresh failed). The curve
 //! keeps decayed statistics per age bucket (buckets on a doubling ladder
-//! from an eighth of the shortest interval) and predicts the metric of a
-//! window served at a candidate interval: the curve averaged over the ages
-//! that interval produces, extended past the oldest age seen along the
-//! slope of the older buckets (never assuming features improve with age).
-//! The controller refuses a doubling whose prediction misses the threshold.
+//! from an eighth of the shortest interval, each placed at the mean age of
+//! its samples) and predicts the metric at an age, and of a window served
+//! at a candidate interval: the curve averaged over the ages that interval
+//! produces. Past the oldest age seen it extends along the slope of the
+//! older buckets (never assuming features improve with age). The
+//! controller refuses a doubling whose window or oldest age misses the
+//! threshold.
 
 use std::time::Duration;
 
@@ -48,6 +50,11 @@ pub struct Stats {
     /// AUC: negatives per score bin.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub neg: Vec<f64>,
+    /// Sum of the samples' ages in seconds: where in the bucket its metric
+    /// was measured (a bucket spans a doubling of ages, and the longest
+    /// interval seen may fill only its start).
+    #[serde(default)]
+    pub age_sum: f64,
 }
 
 fn bin(score: f64) -> usize {
@@ -58,8 +65,9 @@ fn bin(score: f64) -> usize {
 }
 
 impl Stats {
-    fn add(&mut self, kind: MetricKind, s: &Sample) {
+    fn add(&mut self, kind: MetricKind, s: &Sample, age: Duration) {
         self.n += 1.0;
+        self.age_sum += age.as_secs_f64();
         match kind {
             MetricKind::Auc => {
                 if self.pos.is_empty() {
@@ -91,6 +99,7 @@ impl Stats {
     fn decay(&mut self, factor: f64) {
         self.n *= factor;
         self.sum *= factor;
+        self.age_sum *= factor;
         self.pos.iter_mut().for_each(|v| *v *= factor);
         self.neg.iter_mut().for_each(|v| *v *= factor);
     }
@@ -164,26 +173,32 @@ impl AgeCurve {
         for s in samples {
             let Some(age) = s.age else { continue };
             let i = bounds.iter().rposition(|b| age >= *b).unwrap_or(0);
-            self.buckets[i].add(kind, s);
+            self.buckets[i].add(kind, s, age);
         }
     }
 
-    /// (bucket, middle age in s, metric, samples) of every bucket that can
-    /// be told.
+    /// (bucket, mean age of its samples in s, metric, samples) of every
+    /// bucket that can be told (a state saved before ages were summed
+    /// places a bucket at its middle).
     fn seen(&self, kind: MetricKind, bounds: &[Duration]) -> Vec<(usize, f64, f64, f64)> {
         self.buckets
             .iter()
             .zip(0..bounds.len())
             .filter_map(|(b, i)| {
                 let (lo, hi) = span(bounds, i);
-                b.metric(kind).map(|m| (i, f64::midpoint(lo, hi), m, b.n))
+                let at = if b.age_sum > 0.0 {
+                    (b.age_sum / b.n).clamp(lo, hi)
+                } else {
+                    f64::midpoint(lo, hi)
+                };
+                b.metric(kind).map(|m| (i, at, m, b.n))
             })
             .collect()
     }
 
     /// The metric the curve has learned at the oldest ages of `samples`
     /// (their 90th percentile; every hour must hold, the last of a cycle
-    /// too): interpolated between the buckets' midpoints, extended past the
+    /// too): interpolated between the buckets' mean ages, extended past the
     /// oldest along the last segment (never improving with age). It pools
     /// every window judged lately, so it tells a window that fell below by
     /// chance from ages that are below.
@@ -201,7 +216,18 @@ impl AgeCurve {
             return None;
         }
         ages.sort_by(f64::total_cmp);
-        let x = ages[ages.len() * 9 / 10];
+        self.at_age(
+            kind,
+            bounds,
+            Duration::from_secs_f64(ages[ages.len() * 9 / 10]),
+        )
+    }
+
+    /// The metric the curve has learned at `age`: interpolated between the
+    /// buckets' mean ages, extended past the oldest along the last segment
+    /// (never improving with age); None until a bucket can be told.
+    pub fn at_age(&self, kind: MetricKind, bounds: &[Duration], age: Duration) -> Option<f64> {
+        let x = age.as_secs_f64();
         let points: Vec<(f64, f64)> = self
             .seen(kind, bounds)
             .into_iter()
@@ -271,11 +297,15 @@ impl AgeCurve {
             }
             let top = hi.min(j);
             // A bucket seen counts as measured; any other (a gap, or past
-            // the oldest age seen) lies on the line through the oldest.
-            let value = seen.iter().find(|x| x.0 == i).map_or_else(
-                || last_m + slope * (f64::midpoint(lo, top) - last_mid),
-                |x| x.2,
-            );
+            // the oldest age seen) lies on the line through the oldest, and
+            // so do the oldest bucket's ages past those it measured.
+            let mid = f64::midpoint(lo, top);
+            let line = last_m + slope * (mid - last_mid);
+            let value = match seen.iter().find(|x| x.0 == i) {
+                Some(_) if i == last_i && mid > last_mid => line,
+                Some(x) => x.2,
+                None => line,
+            };
             total += value * (top - lo);
             weight += top - lo;
         }
@@ -343,6 +373,40 @@ mod tests {
             "a longer interval serves older rows: {longer:?} vs {now:?}"
         );
         assert_eq!(now.oldest_seen, 2 * HOUR);
+    }
+
+    /// A bucket spans a doubling of ages; an interval just past its start
+    /// fills only its first ages, and the curve places the bucket where
+    /// its samples were, so the decline is as steep as measured.
+    #[test]
+    fn a_bucket_counts_at_the_ages_it_measured() {
+        let bounds = AgeCurve::bounds(HOUR, 8 * HOUR);
+        let mut c = AgeCurve::default();
+        // 95 % right up to 3 h, 85 % at 4 h 15 min (the 4–8 h bucket's
+        // start).
+        let mut samples = at(HOUR / 2, 95);
+        samples.extend(at(3 * HOUR / 2, 95));
+        samples.extend(at(3 * HOUR, 95));
+        samples.extend(at(4 * HOUR + HOUR / 4, 85));
+        c.learn(MetricKind::Accuracy, &bounds, &samples, 1.0);
+        let at_age = |h: f64| {
+            c.at_age(
+                MetricKind::Accuracy,
+                &bounds,
+                Duration::from_secs_f64(h * 3600.0),
+            )
+            .unwrap_or(f64::NAN)
+        };
+        assert!((at_age(4.25) - 0.85).abs() < 1e-9, "{}", at_age(4.25));
+        // Past the ages measured, along the slope between them.
+        assert!((at_age(5.5) - 0.75).abs() < 1e-9, "{}", at_age(5.5));
+        let p = c.predict(MetricKind::Accuracy, &bounds, 6 * HOUR);
+        // Counted flat, the 4–6 h ages would make it (4·0.95 + 2·0.85)/6
+        // = 0.917.
+        assert!(
+            p.is_some_and(|p| p.metric < 0.915),
+            "the 4–8 h bucket's later ages lie on the slope: {p:?}"
+        );
     }
 
     #[test]
