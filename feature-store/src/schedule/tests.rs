@@ -490,18 +490,20 @@ min_samples = 10
 window = "1h"
 "#;
 
+/// The tuner's decisions among a tick's events.
+fn evaluated(events: &[TickEvent]) -> Vec<crate::tuner::controller::Decision> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            TickEvent::Evaluated { decision, .. } => Some(decision.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
 #[tokio::test]
 async fn the_tuner_is_judged_every_window_and_its_interval_drives_the_schedule() {
     let f = fixture(TUNED_JOB).await;
-    let evaluated = |events: &[TickEvent]| {
-        events
-            .iter()
-            .filter_map(|e| match e {
-                TickEvent::Evaluated { decision, .. } => Some(decision.clone()),
-                _ => None,
-            })
-            .collect::<Vec<_>>()
-    };
     assert!(evaluated(&f.tick(Duration::ZERO).await).is_empty());
     let state = f
         .store
@@ -621,21 +623,14 @@ async fn the_scheduler_looks_early_at_labels_that_arrived_so_far() {
         .write_predictions(&predictions, Duration::from_secs(30 * 86_400))
         .await
         .unwrap();
-    let events = f.tick(22 * HOUR).await;
-    let decisions: Vec<_> = events
-        .iter()
-        .filter_map(|e| match e {
-            TickEvent::Evaluated { decision, .. } => Some(decision),
-            _ => None,
-        })
-        .collect();
+    let decisions = evaluated(&f.tick(22 * HOUR).await);
     assert_eq!(decisions.len(), 2, "{decisions:?}");
     // The matured window (a week ago) had nothing; the early look acted.
     assert_eq!(
         decisions[0].action,
         crate::tuner::controller::Action::TooFewLabels
     );
-    let early = decisions[1];
+    let early = &decisions[1];
     assert_eq!(early.action, crate::tuner::controller::Action::Shortened);
     assert_eq!(early.basis, crate::tuner::controller::Basis::EarlyLabels);
     assert_eq!((early.from, early.to), (HOUR, 30 * MIN));

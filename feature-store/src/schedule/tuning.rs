@@ -67,53 +67,53 @@ pub async fn evaluate<S: TunerStore + LogStore>(
     let end = now
         .checked_sub(job.policy.label_delay)
         .unwrap_or(SystemTime::UNIX_EPOCH);
-    let (samples, version) = window_samples(store, job, end).await?;
-    let matured = state.observe(
-        &job.policy,
-        Window {
-            start: end
-                .checked_sub(job.window)
-                .unwrap_or(SystemTime::UNIX_EPOCH),
-            end,
-            judged_at: now,
-            samples: &samples,
-            model_version: version.as_deref(),
-        },
-    );
+    let matured = window_ending(store, job, end).await?;
+    let matured = state.observe(&job.policy, matured.window(now));
     let mut early = None;
     if let Some(lag) = early_look_lag(&job.policy, job.window)
         && let Some(end) = now.checked_sub(lag)
     {
-        let (samples, version) = window_samples(store, job, end).await?;
-        early = state.look_early(
-            &job.policy,
-            Window {
-                start: end
-                    .checked_sub(job.window)
-                    .unwrap_or(SystemTime::UNIX_EPOCH),
-                end,
-                judged_at: now,
-                samples: &samples,
-                model_version: version.as_deref(),
-            },
-        );
+        let window = window_ending(store, job, end).await?;
+        early = state.look_early(&job.policy, window.window(now));
     }
     store.put_tuner_state(&state).await?;
     Ok(Evaluation { matured, early })
 }
 
-/// The job's labelled samples of the window ending at `end`, and the model
-/// version that made most of them.
-async fn window_samples<S: LogStore>(
+/// A window of the job's labelled samples read from the log.
+struct Logged {
+    start: SystemTime,
+    end: SystemTime,
+    samples: Vec<Sample>,
+    /// The model version that made most of them.
+    version: Option<String>,
+}
+
+impl Logged {
+    /// The window as the controller judges it at `now`.
+    fn window(&self, now: SystemTime) -> Window<'_> {
+        Window {
+            start: self.start,
+            end: self.end,
+            judged_at: now,
+            samples: &self.samples,
+            model_version: self.version.as_deref(),
+        }
+    }
+}
+
+/// The job's labelled samples of the window ending at `end`.
+async fn window_ending<S: LogStore>(
     store: &S,
     job: &TunedJob,
     end: SystemTime,
-) -> Result<(Vec<Sample>, Option<String>), StoreError> {
+) -> Result<Logged, StoreError> {
+    let start = end
+        .checked_sub(job.window)
+        .unwrap_or(SystemTime::UNIX_EPOCH);
     let log = store
         .read_log(LogWindow {
-            from: end
-                .checked_sub(job.window)
-                .unwrap_or(SystemTime::UNIX_EPOCH),
+            from: start,
             to: end,
             limit: usize::MAX,
         })
@@ -134,7 +134,12 @@ async fn window_samples<S: LogStore>(
         .max_by_key(|(_, n)| **n)
         .map(|(v, _)| (*v).to_owned())
         .filter(|v| !v.is_empty());
-    Ok((samples, version))
+    Ok(Logged {
+        start,
+        end,
+        samples,
+        version,
+    })
 }
 
 /// Pins (or with None unpins, on behalf of `by`) a job's interval and saves

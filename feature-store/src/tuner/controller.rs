@@ -752,7 +752,13 @@ impl JobState {
                         self.evidence.score
                     ),
                 )
-            } else if !good && self.interval > self.last_good && served > self.last_good {
+            } else if !good
+                && ((self.interval > self.last_good && served > self.last_good)
+                    || !settling
+                    || before_change)
+            {
+                // A trial interval fails at once; one believed good only
+                // on windows made under it (or before the change).
                 self.fail(
                     policy,
                     served,
@@ -760,7 +766,7 @@ impl JobState {
                     &format!("{name} {m:.3} {misses} {threshold:.3}"),
                     &evidence,
                 )
-            } else if settling && (good || !before_change) {
+            } else if settling {
                 // Rows refreshed under the previous interval are still being
                 // served: a good window proves nothing yet, and a bad one at
                 // the last good interval is the previous interval's doing.
@@ -771,14 +777,6 @@ impl JobState {
                         "no decision on {name} {m:.3}: the window mixes rows refreshed before the change to {}",
                         human(self.interval)
                     ),
-                )
-            } else if !good {
-                self.fail(
-                    policy,
-                    served,
-                    w.judged_at,
-                    &format!("{name} {m:.3} {misses} {threshold:.3}"),
-                    &evidence,
                 )
             } else if self.cooldown_left > 0 {
                 self.cooldown_left -= 1;

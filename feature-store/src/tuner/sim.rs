@@ -443,6 +443,9 @@ pub fn run(config: &SimConfig, fixed: Option<Duration>) -> SimResult {
         if fixed.is_some() || !(t.as_secs()).is_multiple_of(window.as_secs()) {
             continue;
         }
+        // The window starting at `from`, judged now.
+        let window_of =
+            |from: Duration| (at(from), at(from + window), at(t), world.model_at(from).2);
         // Judge every window whose labels have matured by now.
         while judged_until + window + delay <= t {
             let (from, to) = (judged_until, judged_until + window);
@@ -455,18 +458,8 @@ pub fn run(config: &SimConfig, fixed: Option<Duration>) -> SimResult {
                     samples.push(p.sample);
                 }
             }
-            let version = world.model_at(from).2;
             let before = state.interval;
-            let decision = state.observe(
-                &config.policy,
-                Window {
-                    start: at(from),
-                    end: at(to),
-                    judged_at: at(t),
-                    samples: &samples,
-                    model_version: Some(version),
-                },
-            );
+            let decision = state.observe(&config.policy, judged(window_of(from), &samples));
             if state.interval != before {
                 refreshes.replan(t, state.interval);
             }
@@ -489,16 +482,7 @@ pub fn run(config: &SimConfig, fixed: Option<Duration>) -> SimResult {
                 .map(|p| p.sample)
                 .collect();
             let before = state.interval;
-            let looked = state.look_early(
-                &config.policy,
-                Window {
-                    start: at(from),
-                    end: at(to),
-                    judged_at: at(t),
-                    samples: &samples,
-                    model_version: Some(world.model_at(from).2),
-                },
-            );
+            let looked = state.look_early(&config.policy, judged(window_of(from), &samples));
             if state.interval != before {
                 refreshes.replan(t, state.interval);
             }
@@ -510,6 +494,20 @@ pub fn run(config: &SimConfig, fixed: Option<Duration>) -> SimResult {
         decisions,
         runs: refreshes.runs,
         state,
+    }
+}
+
+/// A window (start, end, judged at, model version) with its samples.
+fn judged<'a>(
+    (start, end, judged_at, version): (SystemTime, SystemTime, SystemTime, &'static str),
+    samples: &'a [Sample],
+) -> Window<'a> {
+    Window {
+        start,
+        end,
+        judged_at,
+        samples,
+        model_version: Some(version),
     }
 }
 
