@@ -117,6 +117,12 @@ impl Browser {
         }
     }
 
+    /// Waits until the element `css` is there (at most 20 s): pages render
+    /// after their data arrives.
+    async fn wait_for(&self, css: &str) -> Result<()> {
+        self.on(css, |_| async { Ok(()) }).await
+    }
+
     async fn click(&self, css: &str) -> Result<()> {
         self.on(css, |el| async move { el.click().await }).await
     }
@@ -330,7 +336,7 @@ async fn an_admin_moves_a_canary_sees_it_served_rolls_back_and_pins_a_job() -> R
         .await?;
     b.shot("jobs").await?;
     b.click("#jobs a").await?;
-    ensure!(b.present("#tuner-plot").await?, "no plot");
+    b.wait_for("#tuner-plot").await?;
     b.text_when("#batches", |t| {
         t.contains("done") && t.contains("served") && t.contains("50")
     })
@@ -429,7 +435,7 @@ async fn a_viewer_sees_no_actions_and_the_api_refuses_them_anyway() -> Result<()
     b.click("#models a").await?;
     b.text_when("#canary", |t| t == "2 at 10% of callers")
         .await?;
-    ensure!(b.present("#read-only").await?, "no read-only notice");
+    b.wait_for("#read-only").await?;
     for button in ["#set-canary", "#promote", "#rollback"] {
         ensure!(!b.present(button).await?, "a viewer sees {button}");
     }
@@ -437,7 +443,7 @@ async fn a_viewer_sees_no_actions_and_the_api_refuses_them_anyway() -> Result<()
         .goto(&format!("{}/console/#/jobs", gw.http))
         .await?;
     b.click("#jobs a").await?;
-    ensure!(b.present("#tuner-plot").await?, "no plot");
+    b.wait_for("#tuner-plot").await?;
     ensure!(!b.present("#pin").await?, "a viewer sees the pin button");
     // With the right CSRF value, the policy still says no.
     let refused = b
