@@ -16,9 +16,10 @@
 //! depends on the model's score. Labels reach the feedback API 1–7 s after
 //! their prediction, and the job declares an 8 s label delay.
 //!
-//! While the world changes slowly, the tuner doubles the interval. Then the
-//! test makes profiles change fast (a redraw every ~3 s). The tuner reverts
-//! the doubling, then shortens the interval it believed good.
+//! While the world changes slowly, the tuner lengthens the interval (up to
+//! double). Then the test makes profiles change fast (a redraw every ~3 s).
+//! The tuner reverts the lengthening, then shortens the interval it
+//! believed good.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -422,7 +423,7 @@ async fn predict_then_label(
 /// The job's decisions since the first `seen` until one has `action`.
 async fn next_decision(
     show: &impl AsyncFn() -> Result<Value>,
-    action: &str,
+    action: &[&str],
     seen: usize,
     limit: Duration,
 ) -> Result<(usize, Value)> {
@@ -434,7 +435,7 @@ async fn next_decision(
             .iter()
             .enumerate()
             .skip(seen)
-            .find(|(_, d)| d["action"] == action)
+            .find(|(_, d)| action.iter().any(|a| d["action"] == *a))
         {
             return Ok((i, d.clone()));
         }
@@ -528,39 +529,39 @@ async fn the_tuner_doubles_reverts_and_shortens_as_served_profiles_go_stale() ->
 
     let outcome = async {
         // 1. A slow world: the profiles served at 10 s are as good as
-        // fresh, and the tuner doubles the interval.
+        // fresh, and the tuner lengthens the interval (doubles it, or less
+        // where the metric by feature age expects double to miss).
         let limit = Duration::from_secs(150);
-        let (at, doubled) = next_decision(&show, "doubled", 0, limit).await?;
-        eprintln!("doubled: {doubled}");
-        assert_eq!(
-            (doubled["from_s"].as_u64(), doubled["to_s"].as_u64()),
-            (Some(10), Some(20)),
-            "{doubled}"
-        );
-        let auc = doubled["metric"].as_f64().context("no metric")?;
-        assert!(auc >= THRESHOLD, "{doubled}");
-        assert!(doubled["samples"].as_u64() >= Some(600), "{doubled}");
+        let (at, grown) = next_decision(&show, &["doubled", "lengthened"], 0, limit).await?;
+        eprintln!("grown: {grown}");
+        assert_eq!(grown["from_s"].as_u64(), Some(10), "{grown}");
+        let longer = grown["to_s"].as_u64().context("no to_s")?;
+        assert!((11..=20).contains(&longer), "{grown}");
+        let auc = grown["metric"].as_f64().context("no metric")?;
+        assert!(auc >= THRESHOLD, "{grown}");
+        assert!(grown["samples"].as_u64() >= Some(600), "{grown}");
 
-        // 2. The world starts moving fast: at 20 s most served profiles are
-        // outdated, the AUC falls, and the tuner goes back to 10 s.
+        // 2. The world starts moving fast: at the longer interval most
+        // served profiles are outdated, the AUC falls, and the tuner goes
+        // back to the last good one.
         lock(&world).change_per_s = FAST_CHANGE_PER_S;
-        let (at, reverted) = next_decision(&show, "reverted", at + 1, limit).await?;
+        let (at, reverted) = next_decision(&show, &["reverted"], at + 1, limit).await?;
         eprintln!("reverted: {reverted}");
-        assert_eq!(
-            (reverted["from_s"].as_u64(), reverted["to_s"].as_u64()),
-            (Some(20), Some(10)),
+        let back = reverted["to_s"].as_u64().context("no to_s")?;
+        assert!(
+            reverted["from_s"].as_u64() > Some(back) && back >= 10,
             "{reverted}"
         );
         assert!(reverted["metric"].as_f64() < Some(THRESHOLD), "{reverted}");
 
-        // 3. 10 s is not enough either in this world: once the rows served
-        // at 20 s are gone and a window served at 10 s is judged, it is
-        // halved.
-        let (_, shortened) = next_decision(&show, "shortened", at + 1, limit).await?;
+        // 3. That is not enough either in this world: once the rows served
+        // at the longer interval are gone and a window served at the last
+        // good one is judged, it is halved.
+        let (_, shortened) = next_decision(&show, &["shortened"], at + 1, limit).await?;
         eprintln!("shortened: {shortened}");
         assert_eq!(
             (shortened["from_s"].as_u64(), shortened["to_s"].as_u64()),
-            (Some(10), Some(5)),
+            (Some(back), Some((back / 2).max(5))),
             "{shortened}"
         );
         assert!(
@@ -568,7 +569,11 @@ async fn the_tuner_doubles_reverts_and_shortens_as_served_profiles_go_stale() ->
             "{shortened}"
         );
         let state = show().await?;
-        assert_eq!(state["interval_s"], 5, "{state}");
+        assert_eq!(
+            state["interval_s"].as_u64(),
+            shortened["to_s"].as_u64(),
+            "{state}"
+        );
         anyhow::Ok(())
     }
     .await;
