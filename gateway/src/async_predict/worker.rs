@@ -47,7 +47,8 @@ use crate::serve::Core;
 /// Kafka's calls inside a worker's transaction, at most.
 const TXN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Attempts at a prediction failing for a passing reason (model-server or
-/// store away, overload), within the request's deadline.
+/// store away, overload, one slow model call), within the request's
+/// deadline.
 const PREDICT_ATTEMPTS: u32 = 3;
 
 /// Creates the `topics` that do not exist yet.
@@ -550,9 +551,25 @@ async fn score<S: FullStore>(
 }
 
 /// Whether a failure may pass on its own (tried again within the deadline).
+/// A model call that overran its own timeout counts: a queued request may
+/// have minutes left, and one slow answer under load should not fail it.
 fn passing(e: &GatewayError) -> bool {
     matches!(
         e.code().code,
-        "model_unavailable" | "overloaded" | "feature_store_unavailable"
+        "model_unavailable" | "overloaded" | "feature_store_unavailable" | "deadline_exceeded"
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slow_or_absent_parts_are_tried_again_bad_input_is_not() {
+        assert!(passing(&GatewayError::DeadlineExceeded));
+        assert!(passing(&GatewayError::Overloaded));
+        assert!(!passing(&GatewayError::InvalidArgument(
+            "no entity".to_owned()
+        )));
+    }
 }
