@@ -238,6 +238,21 @@ pub struct Evidence {
     pub score: f64,
 }
 
+impl Evidence {
+    /// Starts over when the windows judged were served at another interval.
+    fn against(&mut self, served: Duration) {
+        if self.served != served {
+            *self = Evidence { served, score: 0.0 };
+        }
+    }
+
+    /// Adds a window `z` standard errors below the threshold (negative:
+    /// above it, which drains the sum).
+    fn add(&mut self, z: f64) {
+        self.score = (self.score + z - EVIDENCE_ALLOWANCE).max(0.0);
+    }
+}
+
 /// A window of labelled predictions to judge.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Window<'a> {
@@ -552,10 +567,8 @@ impl JobState {
             return None;
         }
         let (z, _) = shortfall(policy, w.samples, m);
-        if self.early_evidence.served != served {
-            self.early_evidence = Evidence { served, score: 0.0 };
-        }
-        self.early_evidence.score = (self.early_evidence.score + z - EVIDENCE_ALLOWANCE).max(0.0);
+        self.early_evidence.against(served);
+        self.early_evidence.add(z);
         if policy.metric.meets(m, policy.threshold) || self.early_evidence.score < FAIL_EVIDENCE {
             return None;
         }
@@ -701,15 +714,13 @@ impl JobState {
             let before_change = self.changed_at.is_some_and(|c| w.end <= c);
             // How far below the threshold, in this window's sampling errors.
             let (z, se) = shortfall(policy, w.samples, m);
-            if self.evidence.served != served {
-                self.evidence = Evidence { served, score: 0.0 };
-            }
+            self.evidence.against(served);
             // A window made since the last change that still mixes rows of
             // a longer interval says nothing against one believed good;
             // against a trial interval it can only flatter it.
             let counted = !(settling && !before_change && served <= self.last_good);
             if counted {
-                self.evidence.score = (self.evidence.score + z - EVIDENCE_ALLOWANCE).max(0.0);
+                self.evidence.add(z);
             }
             // Below at these ages window after window (the curve pools
             // them): the interval's oldest rows are too old, not unlucky.
