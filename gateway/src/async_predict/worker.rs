@@ -8,7 +8,8 @@
 //! A worker takes up to `batch_max` requests, reads each one's record,
 //! scores the pending ones concurrently through [`Core::predict_queued`]
 //! (a request past its deadline fails instead) and stores the results with
-//! the message's position: from then on they are pollable. Meanwhile, in
+//! the message's position: from then on they are pollable. The next batch
+//! does not wait for that: a few batches are scored at once. Meanwhile, in
 //! one Kafka transaction at a time, the results stored so far are
 //! published to the models' result topics and the consumed offsets
 //! committed, so a result never waits for an earlier batch's commit. A worker
@@ -19,14 +20,16 @@
 //! finds a result of another position and is skipped. Result topics read
 //! with `isolation.level=read_committed` hold each result once.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::pin::pin;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use feature_store::store::{FullStore, RequestRecord, RequestState, StoreError, TopicPosition};
+use futures_util::StreamExt as _;
 use futures_util::future::join_all;
+use futures_util::stream::FuturesOrdered;
 use prost::Message as _;
 use proto::gateway::v1 as pb;
 use rdkafka::Message as _;
@@ -174,6 +177,9 @@ struct Scored {
 
 /// Scored batches waiting for a commit at most; scoring waits beyond.
 const PIPELINE_BATCHES: usize = 64;
+/// Batches scored at once: a batch's model calls and result write wait on
+/// other processes, and the next batch need not wait for them.
+const SCORING_BATCHES: usize = 4;
 
 struct Session {
     consumer: StreamConsumer<Quiet>,
@@ -232,12 +238,13 @@ impl Session {
         .await;
     }
 
-    /// Takes, scores and commits batches until `stop`, in two stages that
-    /// overlap: batches are scored and their results stored (pollable) as
-    /// they arrive, while the results stored so far are published and
-    /// their offsets committed in one transaction at a time. A result is
-    /// never held back by the previous batch's commit, and the commits
-    /// group whatever was scored while the previous one ran.
+    /// Takes, scores and commits batches until `stop`, in three stages that
+    /// overlap: batches are taken as they arrive; up to `SCORING_BATCHES`
+    /// of them are scored and their results stored (pollable) at once; and
+    /// the results stored so far are published and their offsets committed
+    /// in one transaction at a time, in the order the batches were taken. A
+    /// result is never held back by an earlier batch's scoring or commit,
+    /// and the commits group whatever was scored while the previous one ran.
     async fn serve<S: FullStore>(
         &self,
         queue: &AsyncPredictions<S>,
@@ -246,8 +253,10 @@ impl Session {
     ) -> Result<(), SessionError> {
         let settings = queue.settings();
         let linger = Duration::from_millis(settings.batch_linger_ms);
+        let (batch_tx, mut batch_rx) = tokio::sync::mpsc::channel::<Vec<Taken>>(1);
         let (scored_tx, mut scored_rx) = tokio::sync::mpsc::channel::<Scored>(PIPELINE_BATCHES);
-        let scoring = async {
+        let gathering = async {
+            let batch_tx = batch_tx;
             loop {
                 let mut batch = Vec::new();
                 tokio::select! {
@@ -261,11 +270,37 @@ impl Session {
                         Err(_) => break,
                     }
                 }
-                let outcomes = score_batch(queue, core, &batch).await?;
-                if scored_tx.send(Scored { batch, outcomes }).await.is_err() {
+                if batch_tx.send(batch).await.is_err() {
                     return Ok(());
                 }
             }
+        };
+        let scoring = async {
+            let scored_tx = scored_tx;
+            let scoring = Mutex::new(HashSet::new());
+            let mut running = FuturesOrdered::new();
+            let mut open = true;
+            while open || !running.is_empty() {
+                tokio::select! {
+                    next = batch_rx.recv(), if open && running.len() < SCORING_BATCHES => {
+                        let Some(batch) = next else {
+                            open = false;
+                            continue;
+                        };
+                        let scoring = &scoring;
+                        running.push_back(async move {
+                            let outcomes = score_batch(queue, core, &batch, scoring).await?;
+                            Ok::<_, SessionError>(Scored { batch, outcomes })
+                        });
+                    }
+                    Some(done) = running.next() => {
+                        if scored_tx.send(done?).await.is_err() {
+                            return Ok(());
+                        }
+                    }
+                }
+            }
+            Ok(())
         };
         let committing = async {
             while let Some(first) = scored_rx.recv().await {
@@ -284,13 +319,12 @@ impl Session {
             }
             Ok(())
         };
-        // Whichever ends first ends the session: a stop or a failure. What
-        // was stored but not committed is read again by the next session,
-        // which publishes the stored results without predicting again.
-        tokio::select! {
-            r = scoring => r,
-            r = committing => r,
-        }
+        // A stop ends the gathering; the batches taken by then are scored
+        // and committed before the session ends. A failure anywhere ends it
+        // at once: what was stored but not committed is read again by the
+        // next session, which publishes the stored results without
+        // predicting again.
+        tokio::try_join!(gathering, scoring, committing).map(drop)
     }
 
     /// Publishes the results of a group of scored batches and commits their
@@ -356,13 +390,20 @@ async fn score_batch<S: FullStore>(
     queue: &AsyncPredictions<S>,
     core: &Core<S>,
     batch: &[Taken],
+    scoring: &Mutex<HashSet<String>>,
 ) -> Result<Vec<Outcome>, SessionError> {
-    // Two copies of one request in a batch (an idempotent retry queued it
-    // again): the first is handled, the others skipped.
-    let mut seen = std::collections::HashSet::new();
+    // Two copies of one request in the batches being scored (an idempotent
+    // retry queued it again): the first is handled, the others skipped. Once
+    // its result is stored, a later copy finds it and is skipped too.
+    let mut mine = Vec::new();
     let outcomes = join_all(batch.iter().map(|t| {
-        let first =
-            pb::QueuedPrediction::decode(t.payload.as_slice()).map_or(true, |q| seen.insert(q.id));
+        let first = pb::QueuedPrediction::decode(t.payload.as_slice()).map_or(true, |q| {
+            let first = lock(scoring).insert(q.id.clone());
+            if first {
+                mine.push(q.id);
+            }
+            first
+        });
         async move {
             if first {
                 outcome(queue, core, t).await
@@ -373,6 +414,7 @@ async fn score_batch<S: FullStore>(
         }
     }))
     .await;
+    let _release = Release(scoring, mine);
     let outcomes = outcomes
         .into_iter()
         .collect::<Result<Vec<_>, _>>()
@@ -403,6 +445,24 @@ async fn score_batch<S: FullStore>(
         }
     }
     Ok(outcomes)
+}
+
+/// The IDs one batch is scoring, released when the batch is done with
+/// them (its results stored, or it failed and ends the session).
+struct Release<'a>(&'a Mutex<HashSet<String>>, Vec<String>);
+
+impl Drop for Release<'_> {
+    fn drop(&mut self) {
+        let mut scoring = lock(self.0);
+        for id in &self.1 {
+            scoring.remove(id);
+        }
+    }
+}
+
+fn lock(m: &Mutex<HashSet<String>>) -> std::sync::MutexGuard<'_, HashSet<String>> {
+    // The set holds plain IDs: a panic elsewhere cannot leave it half-made.
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 fn taken(m: &rdkafka::message::BorrowedMessage<'_>) -> Taken {
