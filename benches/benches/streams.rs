@@ -3,7 +3,11 @@
 //!
 //! Starts the example model-server (release build), a Kafka 4.4 broker of
 //! its own (tests/rig/kafka.sh; on the same two cores) and gateways on an
-//! embedded store with demo customers, with the shipped config's settings:
+//! embedded store with demo customers, with the shipped config's settings.
+//! A freshly started broker spends its first minute compiling its own hot
+//! paths (the JVM's JIT, about half a core here), where a deployed broker
+//! is long warm: so the steady run below runs once first, on the cold
+//! broker, and its figures are reported beside the warm ones.
 //! 1. **Submit burst**: a front-only gateway (`workers = false`) takes gRPC
 //!    `PredictAsync` from closed-loop callers for the burst's seconds
 //!    (accepted/s, submit latency); then a worker gateway on the same store
@@ -334,10 +338,12 @@ async fn steady(
     grpc: &str,
     store: &str,
     broker: &str,
+    tag: &str,
 ) -> Result<Steady> {
-    let prefix = format!("bench-steady-{}", std::process::id());
+    let prefix = format!("bench-steady-{tag}-{}", std::process::id());
     let both = config(scratch, grpc, store, &async_section(broker, &prefix, true))?;
-    let gateway = GatewayProcess::start(&both, scratch.join("gateway-steady.log")).await?;
+    let gateway =
+        GatewayProcess::start(&both, scratch.join(format!("gateway-steady-{tag}.log"))).await?;
     let target = submitter(&gateway, knobs.customers).await?;
     let topic = format!("{prefix}.results.fraud_detector");
     // Reading while submitting: "on topic" is when a result became visible.
@@ -358,7 +364,7 @@ async fn steady(
     let stored = quantiles_ms(results.values().map(|r| r.1 - r.0))?;
     let on_topic = quantiles_ms(results.values().map(|r| r.2 - r.0))?;
     eprintln!(
-        "steady {:.0}/s: submit {}; stored p50 {} p99 {} ms; on topic p50 {} p99 {} ms",
+        "steady {:.0}/s ({tag}): submit {}; stored p50 {} p99 {} ms; on topic p50 {} p99 {} ms",
         knobs.async_rate,
         submit.summary(),
         stored.0,
@@ -457,8 +463,9 @@ async fn run(scratch: PathBuf) -> Result<String> {
     let configs = scratch.join("configs");
     std::fs::create_dir_all(&configs)?;
 
+    let cold = steady(knobs, &configs, &grpc, &store, &broker, "cold").await?;
     let burst = burst(knobs, &configs, &grpc, &store, &broker).await?;
-    let steady = steady(knobs, &configs, &grpc, &store, &broker).await?;
+    let warm = steady(knobs, &configs, &grpc, &store, &broker, "warm").await?;
 
     let log = "[prediction_log]\nenabled = true\n";
     benches_create_topic(&broker, "bench.predictions").await?;
@@ -515,7 +522,7 @@ async fn run(scratch: PathBuf) -> Result<String> {
     kafka.passed = true;
     drop(kafka);
 
-    let report = report(knobs, &burst, &steady, &pairs)?;
+    let report = report(knobs, &burst, [&cold, &warm], &pairs)?;
     let dir = workspace_root().join("benches/results");
     std::fs::create_dir_all(&dir)?;
     std::fs::write(dir.join("streams.md"), &report)?;
@@ -541,7 +548,12 @@ async fn benches_create_topic(broker: &str, topic: &str) -> Result<()> {
     Ok(())
 }
 
-fn report(knobs: &Knobs, burst: &Burst, steady: &Steady, pairs: &[Pair]) -> Result<String> {
+fn report(
+    knobs: &Knobs,
+    burst: &Burst,
+    [cold, warm]: [&Steady; 2],
+    pairs: &[Pair],
+) -> Result<String> {
     let (cores, cpu) = machine();
     let mut out = String::new();
     writeln!(
@@ -573,7 +585,7 @@ fn report(knobs: &Knobs, burst: &Burst, steady: &Steady, pairs: &[Pair]) -> Resu
     )?;
     writeln!(
         out,
-        "A front-only gateway (`workers = false`) takes gRPC `PredictAsync` from {} closed-loop callers; each answer comes after the pending record is stored and Kafka acknowledged the request (`acks=all`). Then a worker gateway on the same store drains the backlog.\n",
+        "A front-only gateway (`workers = false`) takes gRPC `PredictAsync` from {} closed-loop callers; each answer comes after the pending record is stored and Kafka acknowledged the request (`acks=all`). It runs after the cold steady run below, so on a broker past its first minute. Then a worker gateway on the same store drains the backlog.\n",
         knobs.burst_callers
     )?;
     writeln!(
@@ -598,33 +610,36 @@ fn report(knobs: &Knobs, burst: &Burst, steady: &Steady, pairs: &[Pair]) -> Resu
         burst.drain_s,
         burst.scored_per_s
     )?;
-    writeln!(out, "## Submit → result at a steady {:.0}/s\n", steady.rate)?;
+    writeln!(out, "## Submit → result at a steady {:.0}/s\n", warm.rate)?;
     writeln!(
         out,
-        "One gateway accepts and scores; open-loop submits for {:.0} s; every result read back from the result topic. *Scored*: acceptance → result scored (stored and pollable right after), from the result's own timestamps. *On topic*: acceptance → the result read by a read-committed consumer (the worker's transaction committed), on the reader's clock.\n",
+        "One gateway accepts and scores; open-loop submits for {:.0} s; every result read back from the result topic. *Scored*: acceptance → result scored (stored and pollable right after), from the result's own timestamps. *On topic*: acceptance → the result read by a read-committed consumer (the worker's transaction committed), on the reader's clock. *Cold*: the bench's first traffic, on the broker just started (its JIT compiling); *warm*: the same run again after the burst and the drain, as a deployed broker is. The target is judged on the warm run.\n",
         knobs.seconds
     )?;
     writeln!(
         out,
-        "| submit p50 | submit p99 | scored p50 | scored p99 | target | on topic p50 | on topic p99 | max |"
+        "| broker | submit p50 | submit p99 | scored p50 | scored p99 | target | on topic p50 | on topic p99 | max |"
     )?;
-    writeln!(out, "|---:|---:|---:|---:|---:|---:|---:|---:|")?;
-    writeln!(
-        out,
-        "| {} ms | {} ms | {} ms | {} ms | ≤ {LATENCY_TARGET_MS:.0} ms {} | {} ms | {} ms | {} ms |\n",
-        ms(steady.submit.p_ms(0.5)),
-        ms(steady.submit.p_ms(0.99)),
-        steady.stored.0,
-        steady.stored.1,
-        if steady.stored.1 <= LATENCY_TARGET_MS {
-            "met"
-        } else {
-            "**missed**"
-        },
-        steady.topic.0,
-        steady.topic.1,
-        steady.topic.2
-    )?;
+    writeln!(out, "|---|---:|---:|---:|---:|---:|---:|---:|---:|")?;
+    for (name, steady) in [("cold", cold), ("warm", warm)] {
+        writeln!(
+            out,
+            "| {name} | {} ms | {} ms | {} ms | {} ms | ≤ {LATENCY_TARGET_MS:.0} ms {} | {} ms | {} ms | {} ms |",
+            ms(steady.submit.p_ms(0.5)),
+            ms(steady.submit.p_ms(0.99)),
+            steady.stored.0,
+            steady.stored.1,
+            if steady.stored.1 <= LATENCY_TARGET_MS {
+                "met"
+            } else {
+                "**missed**"
+            },
+            steady.topic.0,
+            steady.topic.1,
+            steady.topic.2
+        )?;
+    }
+    writeln!(out)?;
     writeln!(out, "## Publishing downstream on the sync path\n")?;
     writeln!(
         out,
