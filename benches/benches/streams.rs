@@ -180,6 +180,10 @@ fn submit_request(customers: u64, k: u64) -> tonic::Request<gw::PredictAsyncRequ
     r
 }
 
+/// How long the result reader waits for a new result, once it knows how
+/// many to expect, before it reports the missing ones.
+const QUIET_LIMIT: Duration = Duration::from_secs(60);
+
 /// Reads results from `topic` (read-committed) until as many distinct IDs
 /// as `want` says arrived or `limit` passed; says on `ready` once it has
 /// its partitions. Per result: (submitted, scored, received) as Unix ms.
@@ -205,10 +209,19 @@ async fn read_results(
     let mut ready = Some(ready);
     let mut out = HashMap::new();
     let deadline = tokio::time::Instant::now() + limit;
+    let mut last_new = tokio::time::Instant::now();
     while out.len() < *want.borrow() {
         ensure!(
             tokio::time::Instant::now() < deadline,
             "{topic}: {} results within {limit:?}",
+            out.len()
+        );
+        // Once the count is known, a long silence means some accepted
+        // request will never arrive: say so now rather than at the limit.
+        let expected = *want.borrow();
+        ensure!(
+            expected == usize::MAX || last_new.elapsed() < QUIET_LIMIT,
+            "{topic}: {} of the {expected} accepted requests have a result, and none came for {QUIET_LIMIT:?}",
             out.len()
         );
         if ready.is_some() && consumer.assignment().is_ok_and(|a| a.count() > 0) {
@@ -221,7 +234,12 @@ async fn read_results(
         let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_millis() as i64;
         let r = gw::AsyncPrediction::decode(m.payload().unwrap_or_default())?;
         ensure!(r.state == "done", "a request failed: {r:?}");
-        out.insert(r.id, (r.submitted_at_unix_ms, r.finished_at_unix_ms, now));
+        if out
+            .insert(r.id, (r.submitted_at_unix_ms, r.finished_at_unix_ms, now))
+            .is_none()
+        {
+            last_new = tokio::time::Instant::now();
+        }
     }
     Ok(out)
 }
