@@ -255,6 +255,8 @@ impl Session {
         let linger = Duration::from_millis(settings.batch_linger_ms);
         let (batch_tx, mut batch_rx) = tokio::sync::mpsc::channel::<Vec<Taken>>(1);
         let (scored_tx, mut scored_rx) = tokio::sync::mpsc::channel::<Scored>(PIPELINE_BATCHES);
+        // Each stage owns the sender it feeds the next one with: its end
+        // closes the channel, and the next stage finishes what it was given.
         let gathering = async {
             let batch_tx = batch_tx;
             loop {
@@ -397,19 +399,29 @@ async fn score_batch<S: FullStore>(
     // its result is stored, a later copy finds it and is skipped too.
     let mut mine = Vec::new();
     let outcomes = join_all(batch.iter().map(|t| {
-        let first = pb::QueuedPrediction::decode(t.payload.as_slice()).map_or(true, |q| {
-            let first = lock(scoring).insert(q.id.clone());
-            if first {
-                mine.push(q.id);
+        let queued = match pb::QueuedPrediction::decode(t.payload.as_slice()) {
+            Ok(q) if lock(scoring).insert(q.id.clone()) => {
+                mine.push(q.id.clone());
+                Some(q)
             }
-            first
-        });
-        async move {
-            if first {
-                outcome(queue, core, t).await
-            } else {
+            Ok(_) => {
                 queue.stats().skipped.fetch_add(1, Ordering::Relaxed);
-                Ok(Outcome::Skip)
+                None
+            }
+            Err(_) => {
+                tracing::warn!(
+                    topic = %t.topic,
+                    partition = t.position.partition,
+                    offset = t.position.offset,
+                    "async_predict worker: a message that is not a queued prediction was skipped"
+                );
+                None
+            }
+        };
+        async move {
+            match queued {
+                Some(q) => outcome(queue, core, t, q).await,
+                None => Ok(Outcome::Skip),
             }
         }
     }))
@@ -499,22 +511,14 @@ where
     }
 }
 
-/// Reads the record of one message's request and decides: skip it,
+/// Reads the record of request `q` (message `t`) and decides: skip it,
 /// publish its stored result again, or score it.
 async fn outcome<S: FullStore>(
     queue: &AsyncPredictions<S>,
     core: &Core<S>,
     t: &Taken,
+    q: pb::QueuedPrediction,
 ) -> Result<Outcome, StoreError> {
-    let Ok(q) = pb::QueuedPrediction::decode(t.payload.as_slice()) else {
-        tracing::warn!(
-            topic = %t.topic,
-            partition = t.position.partition,
-            offset = t.position.offset,
-            "async_predict worker: a message that is not a queued prediction was skipped"
-        );
-        return Ok(Outcome::Skip);
-    };
     let record = with_retry("reading a request", || queue.store().get_request(&q.id)).await?;
     if let Some(r) = record.filter(|r| r.state != RequestState::Pending) {
         if r.position == Some(t.position) {
